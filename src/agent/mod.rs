@@ -1,0 +1,755 @@
+//! `wfcg agent`: the root daemon that owns the cgroup tree and the store.
+//!
+//! [`Agent`] holds the state and carries out requests as plain blocking calls;
+//! [`server`] puts them on the Unix socket; [`reaper`] notices runs that ended.
+//! The agent is never the parent of a workflow: `wfcg run` supervises its own
+//! command inside the run's cgroup, so the agent may stop and start again while
+//! runs go on, and [`Agent::start`] reconciles the store with the cgroup tree.
+
+pub mod reaper;
+pub mod server;
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::api::{
+    self, CleanupStatus, CreateRun, ErrorKind, ExitAck, ExitReport, KillRequest, KillResult,
+    RunInfo, RunStarted, RunStatus,
+};
+use crate::cgroup::{self, Cgroup};
+use crate::kill;
+use crate::procfs;
+use crate::store::{self, RunRecord, Store};
+use crate::template::Template;
+use reaper::{OnEmpty, Reaper};
+
+/// The environment variable that marks every process of a run.
+pub const RUN_ID_ENV: &str = "WFCG_RUN_ID";
+/// The file in a run directory where the supervisor leaves its command's exit.
+pub const EXIT_STATUS_FILE: &str = "exit-status";
+
+/// Where the agent keeps and finds things. Every host path is here so tests
+/// can run agents side by side.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// The cgroup the agent owns; `<cgroup2 mount>/wfcg` when absent.
+    pub cgroup_root: Option<PathBuf>,
+    pub proc_root: PathBuf,
+}
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Not run as root.
+    #[error("wfcg agent must run as root (it creates cgroups and signals other users' processes)")]
+    NotRoot,
+    /// No cgroup2 mount.
+    #[error("{0}")]
+    Cgroup(#[from] cgroup::Error),
+    /// The kernel lacks cgroup.kill.
+    #[error("the kernel has no cgroup.kill in {0} (needs Linux 5.14 or later)")]
+    NoCgroupKill(PathBuf),
+    /// The store cannot be opened.
+    #[error("cannot open the store {path}: {source}")]
+    Store { path: PathBuf, source: store::Error },
+    /// A directory cannot be made.
+    #[error("cannot create {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    /// The template is broken.
+    #[error("{0}")]
+    Template(String),
+    /// The socket cannot be served.
+    #[error("{0}")]
+    Socket(String),
+}
+
+/// An error answer: its kind decides the HTTP status and the CLI's exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> Failure {
+        Failure::new(ErrorKind::Internal, e.to_string())
+    }
+    fn not_found(run_id: &str) -> Failure {
+        Failure::new(ErrorKind::NotFound, format!("no such run: {run_id}"))
+    }
+}
+
+impl From<store::Error> for Failure {
+    fn from(e: store::Error) -> Failure {
+        Failure::internal(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// Who sent a request, from the socket's peer credentials.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    /// From SO_PEERPIDFD where the kernel has it (Linux ≥ 6.5).
+    pub pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Caller {
+    fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// A kill sequence under way; concurrent kills of the same run wait on it.
+#[derive(Default)]
+struct KillSlot {
+    result: Mutex<Option<KillResult>>,
+    done: Condvar,
+}
+
+pub struct Agent {
+    pub cfg: Config,
+    runs_cg: Cgroup,
+    run_dirs: PathBuf,
+    tmp_dirs: PathBuf,
+    log_dirs: PathBuf,
+    store: Mutex<Store>,
+    template: Template,
+    reaper: Reaper,
+    inflight: Mutex<HashMap<String, Arc<KillSlot>>>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn make_dir(path: &Path, mode: u32) -> std::result::Result<(), StartError> {
+    fs::create_dir_all(path)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+        .map_err(|source| StartError::Dir {
+            path: path.into(),
+            source,
+        })
+}
+
+/// A fresh run id: `run_` and 12 lowercase hex digits.
+fn new_run_id() -> String {
+    let mut bytes = [0u8; 6];
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
+        .expect("getrandom");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("run_{hex}")
+}
+
+impl Agent {
+    /// Checks the host, sets up the cgroup tree, directories and store, moves the
+    /// agent into its own leaf cgroup, and reconciles runs left from before.
+    pub fn start(cfg: Config) -> std::result::Result<Arc<Agent>, StartError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(StartError::NotRoot);
+        }
+        let root = Cgroup::new(match &cfg.cgroup_root {
+            Some(p) => p.clone(),
+            None => cgroup::cgroup2_mount()?.join("wfcg"),
+        });
+        root.create()?;
+        if !root.supports_kill() {
+            return Err(StartError::NoCgroupKill(root.path().into()));
+        }
+        // The no-internal-processes rule: the agent lives in a leaf beside the runs.
+        let leaf = root.child("agent");
+        leaf.create()?;
+        leaf.add_process(std::process::id() as i32)?;
+        let runs_cg = root.child("runs");
+        runs_cg.create()?;
+
+        let sock_dir = cfg.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let run_dirs = sock_dir.join("runs");
+        let tmp_dirs = cfg.state_dir.join("tmp");
+        let log_dirs = cfg.state_dir.join("logs");
+        make_dir(&sock_dir, 0o755)?;
+        make_dir(&cfg.state_dir, 0o755)?;
+        for dir in [&run_dirs, &tmp_dirs, &log_dirs] {
+            make_dir(dir, 0o711)?;
+        }
+        let db = cfg.state_dir.join("wfcg.db");
+        let store = Store::open(&db).map_err(|source| StartError::Store { path: db, source })?;
+        let template = Template::default_for_host().map_err(StartError::Template)?;
+        let reaper = Reaper::new().map_err(|e| StartError::Socket(format!("inotify: {e}")))?;
+
+        let agent = Arc::new(Agent {
+            cfg,
+            runs_cg,
+            run_dirs,
+            tmp_dirs,
+            log_dirs,
+            store: Mutex::new(store),
+            template,
+            reaper,
+            inflight: Mutex::default(),
+        });
+        agent.reaper.start(Arc::downgrade(&agent));
+        agent.reconcile();
+        Ok(agent)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves SQLite consistent (each call is one
+        // statement or transaction), so a poisoned lock is safe to use.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the store in line with the cgroup tree after a start.
+    fn reconcile(&self) {
+        let live: Vec<&str> = RunStatus::ALL
+            .iter()
+            .filter(|s| s.is_live())
+            .map(|s| s.as_str())
+            .collect();
+        let records = self.store().list_runs(Some(&live)).unwrap_or_default();
+        let mut known = std::collections::HashSet::new();
+        for rec in records {
+            known.insert(rec.run_id.clone());
+            if rec.status == RunStatus::Stopping.as_str() {
+                // A kill was cut short by the agent's end; a new kill may start over.
+                let _ = self.store().set_status(&rec.run_id, RunStatus::Running.as_str());
+            }
+            let cg = Cgroup::new(&rec.cgroup_path);
+            if cg.exists() {
+                self.reaper.watch(&rec.run_id, &cg, self);
+            } else {
+                self.on_run_empty(&rec.run_id);
+            }
+        }
+        for cg in self.runs_cg.children().unwrap_or_default() {
+            let Some(run_id) = cg.path().file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if known.contains(run_id) || self.store().get_run(run_id).ok().flatten().is_some() {
+                continue;
+            }
+            let pid = cg.procs_recursive().ok().and_then(|p| p.first().copied());
+            let command = pid
+                .and_then(|p| procfs::cmdline(&self.cfg.proc_root, p))
+                .map(|c| vec![c])
+                .unwrap_or_default();
+            tracing::warn!(
+                "adopting cgroup {} with no record as run {run_id} (status unknown)",
+                cg.path().display()
+            );
+            let rec = RunRecord {
+                run_id: run_id.to_owned(),
+                pid,
+                pid_starttime: pid.and_then(|p| procfs::starttime(&self.cfg.proc_root, p)),
+                status: RunStatus::Unknown.as_str().into(),
+                started_at: Some(now()),
+                owner_uid: 0,
+                command: serde_json::to_string(&command).unwrap_or_else(|_| "[]".into()),
+                cgroup_path: cg.path().display().to_string(),
+                ..Default::default()
+            };
+            if self.store().insert_run(&rec).is_ok() {
+                self.reaper.watch(run_id, &cg, self);
+            }
+        }
+    }
+
+    /// Starts a run: creates its cgroup and directories, moves the caller into it,
+    /// records it. On any failure nothing is left behind.
+    pub fn create_run(&self, caller: &Caller, req: CreateRun) -> Result<RunStarted> {
+        if req.command.is_empty() {
+            return Err(Failure::new(ErrorKind::BadInput, "no command given"));
+        }
+        let run_id = match req.run_id {
+            Some(id) => {
+                if let Some(problem) = api::run_id_problem(&id) {
+                    return Err(Failure::new(ErrorKind::BadInput, problem));
+                }
+                id
+            }
+            None => new_run_id(),
+        };
+        let conflict = || Failure::new(ErrorKind::Conflict, format!("run id {run_id:?} is already in use"));
+        if self.store().get_run(&run_id)?.is_some() {
+            return Err(conflict());
+        }
+        // Identify the caller for good before touching it: a pidfd, then its start time.
+        let pidfd = match &caller.pidfd {
+            Some(fd) => fd.clone(),
+            None => Arc::new(procfs::pidfd_open(caller.pid).map_err(|e| {
+                Failure::new(ErrorKind::BadInput, format!("caller pid {} is gone: {e}", caller.pid))
+            })?),
+        };
+        let starttime = procfs::starttime(&self.cfg.proc_root, caller.pid);
+
+        let cg = self.runs_cg.child(&run_id);
+        match cg.create_new() {
+            Ok(()) => {}
+            Err(cgroup::Error::Create { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                return Err(conflict());
+            }
+            Err(e) => return Err(Failure::internal(e)),
+        }
+        let run_dir = self.run_dirs.join(&run_id);
+        let tmpdir = self.tmp_dirs.join(&run_id);
+        let log_path = req.detach.then(|| self.log_dirs.join(format!("{run_id}.log")));
+        let undo = |msg: String| {
+            let _ = cg.remove();
+            let _ = fs::remove_dir_all(&run_dir);
+            let _ = fs::remove_dir_all(&tmpdir);
+            if let Some(log) = &log_path {
+                let _ = fs::remove_file(log);
+            }
+            Failure::new(ErrorKind::Internal, msg)
+        };
+        let owned = |path: &Path, dir: bool| -> std::io::Result<()> {
+            if dir {
+                fs::create_dir(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+            } else {
+                fs::File::create(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+            }
+            std::os::unix::fs::chown(path, Some(caller.uid), Some(caller.gid))
+        };
+        for (path, dir) in [(&run_dir, true), (&tmpdir, true)] {
+            owned(path, dir).map_err(|e| undo(format!("cannot create {}: {e}", path.display())))?;
+        }
+        if let Some(log) = &log_path {
+            owned(log, false).map_err(|e| undo(format!("cannot create {}: {e}", log.display())))?;
+        }
+        // Move the caller, then confirm through its pidfd that it was still the
+        // same process: a process cannot be replaced under its pid while alive.
+        if let Err(e) = cg.add_process(caller.pid) {
+            return Err(undo(e.to_string()));
+        }
+        if !procfs::pidfd_alive(&*pidfd) {
+            let _ = cg.kill();
+            let _ = cg.wait_unpopulated(self.template.kill.kill_deadline);
+            return Err(undo(format!("caller pid {} exited while it was moved", caller.pid)));
+        }
+        let rec = RunRecord {
+            run_id: run_id.clone(),
+            pid: Some(caller.pid),
+            pid_starttime: starttime,
+            status: RunStatus::Running.as_str().into(),
+            started_at: Some(now()),
+            workspace_path: req.workspace,
+            owner_uid: caller.uid,
+            workflow: req.workflow,
+            command: serde_json::to_string(&req.command).map_err(Failure::internal)?,
+            cgroup_path: cg.path().display().to_string(),
+            run_dir: Some(run_dir.display().to_string()),
+            tmpdir: Some(tmpdir.display().to_string()),
+            log_path: log_path.as_ref().map(|p| p.display().to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.store().insert_run(&rec) {
+            let _ = cg.kill();
+            return Err(undo(e.to_string()));
+        }
+        tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
+        self.reaper.watch(&run_id, &cg, self);
+        Ok(RunStarted {
+            run_id,
+            run_dir: rec.run_dir.unwrap_or_default(),
+            tmpdir: rec.tmpdir.unwrap_or_default(),
+            cgroup: rec.cgroup_path,
+            log_path: rec.log_path,
+        })
+    }
+
+    /// The record of a run the caller may see.
+    fn visible_run(&self, caller: &Caller, run_id: &str) -> Result<RunRecord> {
+        if let Some(problem) = api::run_id_problem(run_id) {
+            return Err(Failure::new(ErrorKind::BadInput, problem));
+        }
+        let rec = self
+            .store()
+            .get_run(run_id)?
+            .ok_or_else(|| Failure::not_found(run_id))?;
+        if !caller.is_root() && rec.owner_uid != caller.uid {
+            return Err(Failure::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "run {run_id} belongs to uid {}; uid {} may act only on its own runs",
+                    rec.owner_uid, caller.uid
+                ),
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// The supervisor reports its command's end. Whatever else the command left
+    /// running in the run is killed (as systemd does for a service's control group).
+    pub fn report_exit(&self, caller: &Caller, run_id: &str, report: ExitReport) -> Result<ExitAck> {
+        let rec = self.visible_run(caller, run_id)?;
+        if !caller.is_root() && rec.pid != Some(caller.pid) {
+            return Err(Failure::new(
+                ErrorKind::Forbidden,
+                format!("only the supervisor of run {run_id} may report its exit"),
+            ));
+        }
+        self.store().record_exit(run_id, report.exit_code, report.signal)?;
+        if rec.status != RunStatus::Running.as_str() {
+            return Ok(ExitAck::default());
+        }
+        let cg = Cgroup::new(&rec.cgroup_path);
+        let mut killed = 0;
+        if cg.freeze(self.template.kill.freeze_timeout).is_ok() {
+            for pid in cg.procs_recursive().unwrap_or_default() {
+                if pid == caller.pid {
+                    continue;
+                }
+                if let Ok(fd) = procfs::pidfd_open(pid) {
+                    if procfs::pidfd_signal(&fd, rustix::process::Signal::KILL).is_ok() {
+                        killed += 1;
+                    }
+                }
+            }
+        }
+        let _ = cg.thaw();
+        if killed > 0 {
+            tracing::info!(run_id, killed, "killed processes left behind by the command");
+        }
+        Ok(ExitAck {
+            leftovers_killed: killed,
+        })
+    }
+
+    /// The runs the caller may see: live ones, or all with `all`.
+    pub fn list(&self, caller: &Caller, all: bool) -> Result<Vec<RunInfo>> {
+        let live: Vec<&str> = RunStatus::ALL
+            .iter()
+            .filter(|s| s.is_live())
+            .map(|s| s.as_str())
+            .collect();
+        let recs = self.store().list_runs((!all).then_some(&live[..]))?;
+        Ok(recs
+            .into_iter()
+            .filter(|r| caller.is_root() || r.owner_uid == caller.uid)
+            .map(|r| self.info(r))
+            .collect())
+    }
+
+    pub fn get(&self, caller: &Caller, run_id: &str) -> Result<RunInfo> {
+        Ok(self.info(self.visible_run(caller, run_id)?))
+    }
+
+    fn info(&self, rec: RunRecord) -> RunInfo {
+        let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+        let cg = Cgroup::new(&rec.cgroup_path);
+        let (processes, cpu_usec) = if status.is_live() {
+            (
+                cg.procs_recursive().map(|p| p.len() as u32).unwrap_or(0),
+                cg.cpu_usage_usec(),
+            )
+        } else {
+            (0, None)
+        };
+        let parse = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|d| d.with_timezone(&chrono::Utc))
+        };
+        let end = parse(&rec.ended_at).unwrap_or_else(chrono::Utc::now);
+        let age_secs = parse(&rec.started_at)
+            .map(|s| (end - s).num_milliseconds() as f64 / 1e3)
+            .unwrap_or(0.0);
+        RunInfo {
+            owner: crate::users::user_name(rec.owner_uid),
+            command: serde_json::from_str(&rec.command).unwrap_or_default(),
+            kill_result: rec
+                .kill_result
+                .as_deref()
+                .and_then(|k| serde_json::from_str(k).ok()),
+            run_id: rec.run_id,
+            workflow: rec.workflow,
+            owner_uid: rec.owner_uid,
+            status,
+            pid: rec.pid,
+            processes,
+            started_at: rec.started_at,
+            ended_at: rec.ended_at,
+            age_secs,
+            cpu_usec,
+            exit_code: rec.exit_code,
+            exit_signal: rec.exit_signal,
+            workspace: rec.workspace_path,
+            cgroup: rec.cgroup_path,
+            log_path: rec.log_path,
+        }
+    }
+
+    /// Kills a run. Concurrent kills of one run share one kill sequence; a run
+    /// that has ended answers success with `already_ended`.
+    pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
+        let rec = self.visible_run(caller, run_id)?;
+        let (slot, leader) = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(run_id) {
+                Some(slot) => (slot.clone(), false),
+                None => {
+                    // Decide under the lock, so only one request starts the sequence.
+                    let current = self.store().get_run(run_id)?.unwrap_or(rec.clone());
+                    let status = RunStatus::parse(&current.status).unwrap_or(RunStatus::Unknown);
+                    if !status.is_live() {
+                        return Ok(already_ended(&current, status));
+                    }
+                    self.store().set_status(run_id, RunStatus::Stopping.as_str())?;
+                    let slot = Arc::new(KillSlot::default());
+                    inflight.insert(run_id.to_owned(), slot.clone());
+                    (slot, true)
+                }
+            }
+        };
+        if !leader {
+            let mut result = slot.result.lock().unwrap_or_else(|p| p.into_inner());
+            while result.is_none() {
+                result = slot.done.wait(result).unwrap_or_else(|p| p.into_inner());
+            }
+            return Ok(result.clone().unwrap_or_default());
+        }
+        let result = self.kill_sequence(&rec, &req);
+        *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
+        slot.done.notify_all();
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
+        Ok(result)
+    }
+
+    fn kill_sequence(&self, rec: &RunRecord, req: &KillRequest) -> KillResult {
+        let started_at = now();
+        let t = Instant::now();
+        let settings = &self.template.kill;
+        let plan = kill::Plan {
+            force: req.force,
+            term_grace: req
+                .grace_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(settings.term_grace),
+            freeze_timeout: settings.freeze_timeout,
+            kill_deadline: settings.kill_deadline,
+            spare: rec.pid.zip(rec.pid_starttime),
+        };
+        let cg = Cgroup::new(&rec.cgroup_path);
+        let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
+        let mode = if req.force { "force" } else { "graceful" };
+        let mut result = KillResult {
+            run_id: rec.run_id.clone(),
+            mode: mode.into(),
+            reason: req.reason.clone(),
+            processes_killed: report.processes,
+            phases: report.phases,
+            ..Default::default()
+        };
+        let status = if report.survivors.is_empty() {
+            result.killed_at = Some(now());
+            let t_clean = Instant::now();
+            result.cleanup_status = self.cleanup(rec);
+            result.phases.push(api::Phase {
+                name: "cleanup".into(),
+                duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
+                detail: format!("{:?}", result.cleanup_status),
+            });
+            let clean = result.cleanup_status.processes_remaining == 0;
+            result.success = clean;
+            result.message = if clean {
+                format!(
+                    "run {} killed ({mode}): {} processes ended, nothing left",
+                    rec.run_id, report.processes
+                )
+            } else {
+                format!(
+                    "run {}: cgroup empty but {} processes carrying its marker remain",
+                    rec.run_id, result.cleanup_status.processes_remaining
+                )
+            };
+            RunStatus::Killed
+        } else {
+            // Keep the cgroup frozen and in place: a later kill retries.
+            let _ = cg.freeze(plan.freeze_timeout);
+            result.cleanup_status.processes_remaining = report.survivors.len() as u32;
+            let names: Vec<String> = report
+                .survivors
+                .iter()
+                .map(|s| {
+                    format!(
+                        "pid {} ({}) state {} wchan {}",
+                        s.pid,
+                        s.cmdline.as_deref().unwrap_or("?"),
+                        s.state.unwrap_or('?'),
+                        s.wchan.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect();
+            result.message = format!(
+                "run {} is unkillable: {} processes survived cgroup.kill: {}",
+                rec.run_id,
+                report.survivors.len(),
+                names.join("; ")
+            );
+            RunStatus::Unkillable
+        };
+        if !report.errors.is_empty() {
+            result.message.push_str(&format!(" (errors: {})", report.errors.join("; ")));
+        }
+        result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
+        let json = serde_json::to_string(&result).unwrap_or_default();
+        let store = self.store();
+        if let Err(e) = store.record_kill(&rec.run_id, &started_at, &json) {
+            tracing::error!(run_id = rec.run_id, "cannot record the kill: {e}");
+        }
+        let update = if status == RunStatus::Killed {
+            store.finish_run(&rec.run_id, status.as_str(), &now())
+        } else {
+            store.set_status(&rec.run_id, status.as_str())
+        };
+        if let Err(e) = update {
+            tracing::error!(run_id = rec.run_id, "cannot record the run's status: {e}");
+        }
+        drop(store);
+        tracing::info!(run_id = rec.run_id, mode, success = result.success, "{}", result.message);
+        result
+    }
+
+    /// Removes what an ended run leaves (its cgroup, run dir, TMPDIR) and checks that
+    /// no process of it remains anywhere (by cgroup and by its environment marker).
+    fn cleanup(&self, rec: &RunRecord) -> CleanupStatus {
+        self.reaper.forget(&rec.run_id);
+        let cg = Cgroup::new(&rec.cgroup_path);
+        let cgroup_removed = match cg.remove() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{e}");
+                false
+            }
+        };
+        let remove = |dir: &Option<String>| match dir {
+            Some(d) => match fs::remove_dir_all(d) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => {
+                    tracing::warn!("cannot remove {d}: {e}");
+                    false
+                }
+            },
+            None => true,
+        };
+        let tmpdir_removed = remove(&rec.tmpdir);
+        let run_dir_removed = remove(&rec.run_dir);
+        let mut remaining =
+            procfs::pids_with_env(&self.cfg.proc_root, RUN_ID_ENV, &rec.run_id);
+        if !cgroup_removed {
+            remaining.extend(cg.procs_recursive().unwrap_or_default());
+        }
+        remaining.sort_unstable();
+        remaining.dedup();
+        CleanupStatus {
+            processes_remaining: remaining.len() as u32,
+            cgroup_removed,
+            tmpdir_removed,
+            run_dir_removed,
+        }
+    }
+
+    /// The exit the supervisor left in the run directory, if it did.
+    fn exit_from_file(rec: &RunRecord) -> Option<(Option<i32>, Option<i32>)> {
+        let text = fs::read_to_string(Path::new(rec.run_dir.as_ref()?).join(EXIT_STATUS_FILE)).ok()?;
+        let (kind, value) = text.trim().split_once(' ')?;
+        let value: i32 = value.parse().ok()?;
+        match kind {
+            "code" => Some((Some(value), None)),
+            "signal" => Some((None, Some(value))),
+            _ => None,
+        }
+    }
+
+    /// How many runs the reaper watches.
+    pub fn watched_runs(&self) -> usize {
+        self.reaper.len()
+    }
+}
+
+impl OnEmpty for Agent {
+    /// A run's cgroup emptied (or vanished) without a kill: record how it ended
+    /// and clean up.
+    fn on_run_empty(&self, run_id: &str) {
+        let rec = {
+            let store = self.store();
+            let Ok(Some(mut rec)) = store.get_run(run_id) else {
+                return;
+            };
+            let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+            if !status.is_live() || status == RunStatus::Stopping {
+                return; // ended already, or a kill sequence will finish it
+            }
+            if rec.exit_code.is_none() && rec.exit_signal.is_none() {
+                if let Some((code, signal)) = Agent::exit_from_file(&rec) {
+                    let _ = store.record_exit(run_id, code, signal);
+                    (rec.exit_code, rec.exit_signal) = (code, signal);
+                }
+            }
+            let end = match status {
+                RunStatus::Unkillable => RunStatus::Killed,
+                _ if rec.exit_code.is_some() || rec.exit_signal.is_some() => RunStatus::Exited,
+                _ => RunStatus::Lost,
+            };
+            if let Err(e) = store.finish_run(run_id, end.as_str(), &now()) {
+                tracing::error!(run_id, "cannot record the end of the run: {e}");
+                return;
+            }
+            tracing::info!(run_id, status = end.as_str(), "run ended");
+            rec
+        };
+        let status = self.cleanup(&rec);
+        if status.processes_remaining > 0 || !status.cgroup_removed {
+            tracing::warn!(run_id, ?status, "run ended but cleanup is incomplete");
+        }
+    }
+}
+
+/// The answer to a kill of a run that had ended already.
+fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
+    let how = match (status, rec.exit_code, rec.exit_signal) {
+        (RunStatus::Exited, Some(c), _) => format!("exited with status {c}"),
+        (RunStatus::Exited, _, Some(s)) => format!("exited on signal {s}"),
+        (RunStatus::Killed, ..) => "was killed".to_string(),
+        (other, ..) => format!("ended as {other}"),
+    };
+    let previous: Option<KillResult> = rec
+        .kill_result
+        .as_deref()
+        .and_then(|k| serde_json::from_str(k).ok());
+    KillResult {
+        success: true,
+        run_id: rec.run_id.clone(),
+        killed_at: previous.as_ref().and_then(|p| p.killed_at.clone()),
+        cleanup_status: previous.map(|p| p.cleanup_status).unwrap_or_default(),
+        message: format!("run {} already ended: it {how}", rec.run_id),
+        already_ended: true,
+        ended_as: Some(status.as_str().into()),
+        mode: "none".into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,250 @@
+//! The agent's HTTP/JSON API on a Unix socket (axum), with every request tied to
+//! the peer's credentials (SO_PEERCRED, and SO_PEERPIDFD where the kernel has it).
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::connect_info::{self, ConnectInfo};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+
+use super::{Agent, Caller, Config, Failure, StartError};
+use crate::api::{ApiError, ErrorKind};
+
+/// `getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD)`: a pidfd for the peer process,
+/// taken by the kernel at connect time (Linux ≥ 6.5). `None` on older kernels.
+fn peer_pidfd(sock: impl AsFd) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` and `len` are valid for writes of the sizes given; the socket fd is
+    // borrowed for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
+    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The peer of one connection.
+#[derive(Clone, Debug)]
+struct Peer(Option<Caller>);
+
+impl connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        let io = stream.io();
+        let Ok(cred) = io.peer_cred() else {
+            return Peer(None);
+        };
+        Peer(Some(Caller {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid().unwrap_or(0),
+            pidfd: peer_pidfd(io).map(Arc::new),
+        }))
+    }
+}
+
+/// An error answer with the status that matches its kind.
+struct Answer(Failure);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let status = match self.0.kind {
+            ErrorKind::BadInput => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = ApiError {
+            kind: self.0.kind,
+            error: self.0.message,
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+type Reply = Result<Response, Answer>;
+
+fn caller(peer: Peer) -> Result<Caller, Answer> {
+    peer.0.ok_or_else(|| {
+        Answer(Failure::new(
+            ErrorKind::Forbidden,
+            "cannot read the peer credentials of this connection",
+        ))
+    })
+}
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Answer> {
+    let bytes = if bytes.is_empty() { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| {
+        Answer(Failure::new(
+            ErrorKind::BadInput,
+            format!("bad request body: {e}"),
+        ))
+    })
+}
+
+/// Runs a blocking agent call off the async workers and turns it into JSON.
+async fn call<T: serde::Serialize + Send + 'static>(
+    f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Reply {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(axum::Json(v).into_response()),
+        Ok(Err(e)) => Err(Answer(e)),
+        Err(e) => Err(Answer(Failure::internal(format!("request failed: {e}")))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn health() -> Response {
+    axum::Json(serde_json::json!({
+        "ok": true,
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+async fn create_run(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Reply {
+    let caller = caller(peer)?;
+    let req = body(&bytes)?;
+    call(move || agent.create_run(&caller, req)).await
+}
+
+async fn list_runs(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(q): Query<ListQuery>,
+) -> Reply {
+    let caller = caller(peer)?;
+    call(move || agent.list(&caller, q.all)).await
+}
+
+async fn get_run(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Reply {
+    let caller = caller(peer)?;
+    call(move || agent.get(&caller, &id)).await
+}
+
+async fn report_exit(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+    bytes: Bytes,
+) -> Reply {
+    let caller = caller(peer)?;
+    let report = body(&bytes)?;
+    call(move || agent.report_exit(&caller, &id, report)).await
+}
+
+async fn kill_run(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+    bytes: Bytes,
+) -> Reply {
+    let caller = caller(peer)?;
+    let req = body(&bytes)?;
+    call(move || agent.kill(&caller, &id, req)).await
+}
+
+async fn not_found() -> Answer {
+    Answer(Failure::new(ErrorKind::NotFound, "no such API route"))
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/runs", get(list_runs).post(create_run))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/exit", post(report_exit))
+        .route("/v1/runs/{id}/kill", post(kill_run))
+        .fallback(not_found)
+        .with_state(agent)
+}
+
+/// Binds the socket (refusing if another agent answers on it), world-connectable:
+/// who may do what is decided per request from the peer's credentials.
+fn bind(socket: &Path) -> Result<UnixListener, StartError> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(StartError::Socket(format!(
+            "an agent already answers on {}",
+            socket.display()
+        )));
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| StartError::Socket(format!("cannot listen on {}: {e}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| StartError::Socket(format!("cannot chmod {}: {e}", socket.display())))?;
+    Ok(listener)
+}
+
+/// Runs the agent until SIGTERM or SIGINT. Runs are left running when it stops.
+pub async fn serve(cfg: Config) -> Result<(), StartError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(StartError::NotRoot);
+    }
+    let socket = cfg.socket.clone();
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StartError::Socket(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    // Bound first, so a second agent on the same socket stops before touching anything.
+    let listener = bind(&socket)?;
+    let agent = tokio::task::spawn_blocking(move || Agent::start(cfg))
+        .await
+        .map_err(|e| StartError::Socket(e.to_string()))?
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&socket);
+        })?;
+    tracing::info!(
+        socket = %socket.display(),
+        runs = agent.watched_runs(),
+        "wfcg agent listening"
+    );
+    let app = router(agent).into_make_service_with_connect_info::<Peer>();
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("stopping; runs go on");
+    };
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    res.map_err(|e| StartError::Socket(e.to_string()))
+}

@@ -1,0 +1,265 @@
+//! Wire types of the agent's HTTP/JSON API, shared by the agent, the CLI and MCP.
+//!
+//! Routes (all under the agent's Unix socket):
+//! - `POST /v1/runs` ([`CreateRun`] → [`RunStarted`]): start a run; the caller is moved into it.
+//! - `GET /v1/runs[?all=true]` (→ `Vec<RunInfo>`), `GET /v1/runs/{id}` (→ [`RunInfo`]).
+//! - `POST /v1/runs/{id}/exit` ([`ExitReport`] → [`ExitAck`]): the supervisor reports its command's end.
+//! - `POST /v1/runs/{id}/kill` ([`KillRequest`] → [`KillResult`]).
+//!
+//! Errors come back as [`ApiError`] with a matching HTTP status. This module has
+//! no dependencies inside the crate.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a run is in its life. Stored as the lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// The workflow's command is running.
+    Running,
+    /// A kill sequence is under way.
+    Stopping,
+    /// The command ended by itself; `exit_code` / `exit_signal` say how.
+    Exited,
+    /// Ended by `wfcg kill`.
+    Killed,
+    /// Processes survived `cgroup.kill`; the cgroup is kept frozen.
+    Unkillable,
+    /// Ended while nobody watched (no exit was reported).
+    Lost,
+    /// Found in the cgroup tree with no record (adopted after a restart).
+    Unknown,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 7] = [
+        RunStatus::Running,
+        RunStatus::Stopping,
+        RunStatus::Exited,
+        RunStatus::Killed,
+        RunStatus::Unkillable,
+        RunStatus::Lost,
+        RunStatus::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Stopping => "stopping",
+            RunStatus::Exited => "exited",
+            RunStatus::Killed => "killed",
+            RunStatus::Unkillable => "unkillable",
+            RunStatus::Lost => "lost",
+            RunStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the run may still have processes.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Running | RunStatus::Stopping | RunStatus::Unkillable | RunStatus::Unknown
+        )
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /v1/runs`: start a run. The caller (found by its socket credentials) is moved into it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateRun {
+    /// Wanted run id; the agent makes one (`run_` + 12 hex digits) when absent.
+    pub run_id: Option<String>,
+    pub workflow: Option<String>,
+    pub workspace: Option<String>,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Ask for a log file for a detached run's output.
+    #[serde(default)]
+    pub detach: bool,
+}
+
+/// The answer to [`CreateRun`]: the caller is now inside the run's cgroup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunStarted {
+    pub run_id: String,
+    /// `WFCG_RUN_DIR`: a directory the agent made for this run, owned by the caller.
+    pub run_dir: String,
+    /// `TMPDIR` for the run, removed when the run ends.
+    pub tmpdir: String,
+    pub cgroup: String,
+    /// Where a detached run's stdout and stderr go.
+    pub log_path: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/exit`: the supervisor's report of how the command ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExitReport {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// The answer to [`ExitReport`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExitAck {
+    /// Processes the command left behind in the run, killed by the agent.
+    pub leftovers_killed: u32,
+}
+
+/// `POST /v1/runs/{id}/kill`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KillRequest {
+    /// Skip SIGTERM and its grace: freeze and `cgroup.kill` at once.
+    #[serde(default)]
+    pub force: bool,
+    /// How long processes get after SIGTERM; the template's default when absent.
+    pub grace_ms: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// One step of a kill sequence and how long it took.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Phase {
+    pub name: String,
+    pub duration_ms: f64,
+    pub detail: String,
+}
+
+/// What was cleaned up after a run ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CleanupStatus {
+    /// Processes of the run still alive anywhere on the host (by cgroup and by marker).
+    pub processes_remaining: u32,
+    pub cgroup_removed: bool,
+    pub tmpdir_removed: bool,
+    pub run_dir_removed: bool,
+}
+
+/// The result of a kill: the contract `{success, run_id, killed_at, cleanup_status, message}`
+/// plus how it went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KillResult {
+    pub success: bool,
+    pub run_id: String,
+    /// RFC 3339 time the run was found dead.
+    pub killed_at: Option<String>,
+    pub cleanup_status: CleanupStatus,
+    pub message: String,
+    /// The run had ended before this request; `ended_as` says how.
+    #[serde(default)]
+    pub already_ended: bool,
+    pub ended_as: Option<String>,
+    /// `graceful` or `force`.
+    pub mode: String,
+    pub reason: Option<String>,
+    /// Processes that were in the run when the kill began.
+    pub processes_killed: u32,
+    pub phases: Vec<Phase>,
+    pub duration_ms: f64,
+}
+
+/// A run as `ps` and `status` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub workflow: Option<String>,
+    pub owner_uid: u32,
+    pub owner: Option<String>,
+    pub status: RunStatus,
+    /// The supervisor's pid (`wfcg run`, the parent of the command).
+    pub pid: Option<i32>,
+    /// Processes in the run's cgroup now.
+    pub processes: u32,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub age_secs: f64,
+    /// CPU time of the cgroup, from `cpu.stat`.
+    pub cpu_usec: Option<u64>,
+    pub command: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub workspace: Option<String>,
+    pub cgroup: String,
+    pub log_path: Option<String>,
+    pub kill_result: Option<KillResult>,
+}
+
+/// What went wrong, as a category the CLI maps to its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was malformed (bad run id, bad duration, …). HTTP 400.
+    BadInput,
+    /// No such run. HTTP 404.
+    NotFound,
+    /// The caller may not do this. HTTP 403.
+    Forbidden,
+    /// The request conflicts with the state (a run id already in use). HTTP 409.
+    Conflict,
+    /// The agent failed. HTTP 500.
+    Internal,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub error: String,
+}
+
+/// The rule for run ids given with `--run-id`: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`
+/// and no `..`. Returns what is wrong, or `None` for a good id.
+pub fn run_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("run id is empty".into());
+    }
+    if id.len() > 64 {
+        return Some(format!("run id is {} characters long, at most 64 are allowed", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+        return Some(format!(
+            "run id {:?} contains {:?}; only letters, digits, '_', '.' and '-' are allowed",
+            id, c
+        ));
+    }
+    if !id.as_bytes()[0].is_ascii_alphanumeric() {
+        return Some(format!("run id {id:?} must start with a letter or digit"));
+    }
+    if id.contains("..") {
+        return Some(format!("run id {id:?} must not contain '..'"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_rule() {
+        assert_eq!(run_id_problem("run_5fbae44ab6f0"), None);
+        assert_eq!(run_id_problem("a"), None);
+        assert_eq!(run_id_problem(&"a".repeat(64)), None);
+        for bad in ["", "../x", "a/b", "a\0b", ".hidden", "-x", "a..b", "sp ace", "é"] {
+            assert!(run_id_problem(bad).is_some(), "{bad:?} accepted");
+        }
+        assert!(run_id_problem(&"a".repeat(65)).unwrap().contains("65"));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for st in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(st.as_str()), Some(st));
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+        }
+    }
+}

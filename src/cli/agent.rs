@@ -1,0 +1,33 @@
+//! `wfcg agent`: starts the root daemon.
+
+use crate::agent::{Config, server};
+use crate::exit::{self, Failure};
+
+/// Run the wfcg agent (as root): serves the API on --socket, owns the cgroup
+/// tree under --cgroup-root and the store in --state-dir. Runs keep going while
+/// it is stopped or restarted; it reconciles them when it comes back.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(cli: &super::Cli, _args: &Args) -> Result<i32, Failure> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WFCG_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cfg = Config {
+        socket: cli.socket.clone(),
+        state_dir: cli.state_dir.clone(),
+        cgroup_root: cli.cgroup_root.clone(),
+        proc_root: "/proc".into(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot start the runtime: {e}")))?;
+    rt.block_on(server::serve(cfg))
+        .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+    Ok(exit::OK)
+}

@@ -1,0 +1,71 @@
+//! The command line: clap definitions, one file per verb, and dispatch.
+//!
+//! Every verb finds the agent through `--socket` (or `WFCG_SOCKET`) and returns
+//! an exit code from [`crate::exit`].
+
+mod agent;
+mod kill;
+mod ps;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::Failure;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (for kill: the run ended, or had ended already)
+  1  failed (for kill: processes survived)
+  2  usage or bad input
+  3  no such run
+  4  not permitted
+  5  agent unreachable
+  wfcg run exits with its command's status (128+N if it died of signal N).";
+
+/// wfcg makes every workflow run killable: each run lives in its own cgroup v2,
+/// and `wfcg kill` ends the whole tree, with nothing left behind.
+#[derive(Parser, Debug)]
+#[command(name = "wfcg", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The agent's socket.
+    #[arg(long, global = true, env = "WFCG_SOCKET", default_value = "/run/wfcg/agent.sock")]
+    pub socket: PathBuf,
+
+    /// The agent's state directory (database, logs, run temp dirs).
+    #[arg(long, global = true, env = "WFCG_STATE_DIR", default_value = "/var/lib/wfcg")]
+    pub state_dir: PathBuf,
+
+    /// The cgroup the agent owns [default: <cgroup2 mount>/wfcg].
+    #[arg(long, global = true, env = "WFCG_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    Agent(agent::Args),
+    Run(run::Args),
+    Kill(kill::Args),
+    Ps(ps::PsArgs),
+    Status(ps::StatusArgs),
+}
+
+/// Runs the parsed command line; returns the exit code.
+pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
+    match cli.command {
+        Verb::Agent(ref a) => agent::run(&cli, a),
+        Verb::Run(ref a) => run::run(&cli, a),
+        Verb::Kill(ref a) => kill::run(&cli, a),
+        Verb::Ps(ref a) => ps::ps(&cli, a),
+        Verb::Status(ref a) => ps::status(&cli, a),
+    }
+}
+
+/// Parses a duration flag; the error names the flag.
+fn duration_arg(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
+    crate::duration::parse(text).map_err(|e| Failure::usage(format!("{flag}: {e}")))
+}

@@ -1,0 +1,113 @@
+//! `wfcg ps` and `wfcg status`: what runs there are and how they are doing.
+
+use crate::api::{self, RunInfo};
+use crate::client::Client;
+use crate::exit::{self, Failure};
+
+/// List runs: live ones, or all with --all.
+#[derive(clap::Args, Debug)]
+pub struct PsArgs {
+    /// Include runs that have ended.
+    #[arg(long, short)]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Show one run: status, processes, CPU time, command, how it ended.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    pub run_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86400, s / 3600 % 24),
+    }
+}
+
+fn cpu(usec: Option<u64>) -> String {
+    usec.map(|u| format!("{:.2}s", u as f64 / 1e6))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn owner(r: &RunInfo) -> String {
+    r.owner.clone().unwrap_or_else(|| r.owner_uid.to_string())
+}
+
+pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
+    let client = Client::new(&cli.socket);
+    let path = if args.all { "/v1/runs?all=true" } else { "/v1/runs" };
+    let runs: Vec<RunInfo> = client.get(path)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<20} {:<12} {:<10} {:<10} {:>8} {:>6} {:>8} {:>8}  COMMAND",
+        "RUN", "WORKFLOW", "OWNER", "STATUS", "PID", "PROCS", "AGE", "CPU"
+    );
+    for r in &runs {
+        println!(
+            "{:<20} {:<12} {:<10} {:<10} {:>8} {:>6} {:>8} {:>8}  {}",
+            r.run_id,
+            r.workflow.as_deref().unwrap_or("-"),
+            owner(r),
+            r.status,
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.processes,
+            age(r.age_secs),
+            cpu(r.cpu_usec),
+            r.command.join(" ")
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
+    if let Some(problem) = api::run_id_problem(&args.run_id) {
+        return Err(Failure::usage(problem));
+    }
+    let client = Client::new(&cli.socket);
+    let r: RunInfo = client.get(&format!("/v1/runs/{}", args.run_id))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("run:        {}", r.run_id);
+    println!("workflow:   {}", opt(&r.workflow));
+    println!("owner:      {} (uid {})", owner(&r), r.owner_uid);
+    println!("status:     {}", r.status);
+    println!("command:    {}", r.command.join(" "));
+    println!("pid:        {}", r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    println!("processes:  {}", r.processes);
+    println!("started:    {}", opt(&r.started_at));
+    println!("age:        {}", age(r.age_secs));
+    println!("cpu:        {}", cpu(r.cpu_usec));
+    println!("workspace:  {}", opt(&r.workspace));
+    println!("cgroup:     {}", r.cgroup);
+    if let Some(log) = &r.log_path {
+        println!("log:        {log}");
+    }
+    if let Some(ended) = &r.ended_at {
+        println!("ended:      {ended}");
+    }
+    match (r.exit_code, r.exit_signal) {
+        (Some(c), _) => println!("exit:       status {c}"),
+        (None, Some(s)) => println!("exit:       signal {s}"),
+        _ => {}
+    }
+    if let Some(k) = &r.kill_result {
+        println!("kill:       {}", k.message);
+    }
+    Ok(exit::OK)
+}

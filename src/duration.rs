@@ -1,0 +1,101 @@
+//! Human durations on the command line and in templates: `500ms`, `30s`, `5m`,
+//! `1h30m`, `2d`, or plain (possibly fractional) seconds.
+
+use std::time::Duration;
+
+/// Parses a duration; the error says what was wrong with the text.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return secs_to_duration(secs, text);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!("{text:?} is not a duration (try 30s, 5m, 1h30m)"));
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{text:?} has a bad number {:?}", &rest[..num_len]))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            "" => return Err(format!("{text:?} needs a unit after {value} (ms, s, m, h, d)")),
+            unit => return Err(format!("{text:?} has an unknown unit {unit:?} (ms, s, m, h, d)")),
+        };
+        total += value * factor;
+        rest = &rest[unit_len..];
+    }
+    secs_to_duration(total, text)
+}
+
+fn secs_to_duration(secs: f64, text: &str) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Formats a duration the way `parse` reads it back, e.g. `1h30m`, `2.5s`.
+pub fn format(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 && d.subsec_nanos() == 0 {
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        let mut out = String::new();
+        for (v, u) in [(h, "h"), (m, "m"), (s, "s")] {
+            if v > 0 {
+                out.push_str(&format!("{v}{u}"));
+            }
+        }
+        out
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", (d.as_secs_f64() * 10.0).round() / 10.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms() {
+        assert_eq!(parse("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse("12").unwrap(), Duration::from_secs(12));
+        assert_eq!(parse("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse("0").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn rejects_with_a_reason() {
+        for bad in ["", "abc", "5x", "-1", "s", "10 s", "1e400"] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse("5x").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for d in ["1h30m", "5m", "2.5s", "250ms"] {
+            assert_eq!(format(parse(d).unwrap()), d);
+        }
+    }
+}

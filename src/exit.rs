@@ -1,0 +1,67 @@
+//! Exit codes of every `wfcg` command, and the error that carries one.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | done (a kill: the run ended, or had ended already) |
+//! | 1 | failed (a kill: processes survived; or an internal error) |
+//! | 2 | usage or bad input |
+//! | 3 | no such run |
+//! | 4 | not permitted |
+//! | 5 | agent unreachable |
+//!
+//! `wfcg run` exits with its command's status instead (128+N for signal N).
+
+use crate::api::ErrorKind;
+use crate::client;
+
+pub const OK: i32 = 0;
+pub const FAILED: i32 = 1;
+pub const USAGE: i32 = 2;
+pub const NO_SUCH_RUN: i32 = 3;
+pub const NOT_PERMITTED: i32 = 4;
+pub const UNREACHABLE: i32 = 5;
+
+/// A command's failure: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure::new(USAGE, message)
+    }
+}
+
+/// The exit code for an error kind the agent answered with.
+pub fn code_for(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::BadInput | ErrorKind::Conflict => USAGE,
+        ErrorKind::NotFound => NO_SUCH_RUN,
+        ErrorKind::Forbidden => NOT_PERMITTED,
+        ErrorKind::Internal => FAILED,
+    }
+}
+
+impl From<client::Error> for Failure {
+    fn from(e: client::Error) -> Failure {
+        let code = match &e {
+            client::Error::Unreachable { .. } => UNREACHABLE,
+            client::Error::Api(api) => code_for(api.kind),
+            client::Error::Protocol(_) => FAILED,
+        };
+        let mut message = e.to_string();
+        if code == UNREACHABLE {
+            message.push_str(" (start one with `sudo wfcg agent`, or pass --socket)");
+        }
+        Failure { code, message }
+    }
+}

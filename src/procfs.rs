@@ -1,0 +1,176 @@
+//! Processes through procfs and pidfds: identities that survive PID reuse,
+//! signals that cannot hit a recycled PID, and host-wide scans for a run's marker.
+//!
+//! A leaf module: it knows `/proc` (whose root the caller passes in) and nothing
+//! of runs or the agent.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+/// The start time of a process in clock ticks since boot: field 22 of
+/// `/proc/<pid>/stat`, read as the raw integer (never through a float), so that
+/// (pid, start time) names one process for good.
+pub fn starttime(proc_root: &Path, pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat_starttime(&text)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The command (field 2) may hold spaces
+/// and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat_starttime(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After the comm come fields 3 (state) onwards; starttime is field 22.
+    after.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The process state letter (R, S, D, Z, T, …) from `/proc/<pid>/stat`.
+pub fn state(proc_root: &Path, pid: i32) -> Option<char> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_whitespace().next()?.chars().next()
+}
+
+/// The command line of a process, arguments joined by spaces (`/proc/<pid>/cmdline`),
+/// or its `comm` in brackets for kernel threads and zombies.
+pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
+    let dir = proc_root.join(pid.to_string());
+    let raw = fs::read(dir.join("cmdline")).ok()?;
+    if raw.is_empty() {
+        let comm = fs::read_to_string(dir.join("comm")).ok()?;
+        return Some(format!("[{}]", comm.trim_end()));
+    }
+    let parts: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    Some(parts.join(" "))
+}
+
+/// Whether a process's environment holds `key=value` (`/proc/<pid>/environ`).
+pub fn has_env(proc_root: &Path, pid: i32, key: &str, value: &str) -> bool {
+    let Ok(raw) = fs::read(proc_root.join(pid.to_string()).join("environ")) else {
+        return false;
+    };
+    let want = format!("{key}={value}");
+    raw.split(|b| *b == 0).any(|e| e == want.as_bytes())
+}
+
+/// Every numeric entry of `/proc`.
+pub fn all_pids(proc_root: &Path) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Every process on the host whose environment holds `key=value`, zombies excepted.
+/// This is how a run's processes are found wherever they went: each carries
+/// `WFCG_RUN_ID=<id>`.
+pub fn pids_with_env(proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
+    all_pids(proc_root)
+        .into_iter()
+        .filter(|&pid| has_env(proc_root, pid, key, value))
+        .filter(|&pid| state(proc_root, pid) != Some('Z'))
+        .collect()
+}
+
+/// `pidfd_open(2)`: a file descriptor that refers to this one process for as
+/// long as it is held, whatever happens to the PID number.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// `pidfd_send_signal(2)`: signals exactly the process the pidfd refers to.
+pub fn pidfd_signal(pidfd: impl AsFd, signal: Signal) -> io::Result<()> {
+    Ok(rustix::process::pidfd_send_signal(pidfd, signal)?)
+}
+
+/// Whether the process behind a pidfd is still running: a pidfd polls readable
+/// once the process has exited (`poll(2)` with a zero timeout).
+pub fn pidfd_alive(pidfd: impl AsFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&zero)), Ok(0))
+}
+
+/// The PID a pidfd refers to, from the `Pid:` line of `/proc/self/fdinfo/<fd>`
+/// (-1 there once the process is gone, which this returns as `None`).
+pub fn pidfd_pid(pidfd: impl AsFd) -> Option<i32> {
+    let fd = pidfd.as_fd().as_raw_fd();
+    let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    let pid: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0).then_some(pid)
+}
+
+/// The kernel's wait channel and stack of a process, for reports on processes
+/// that do not die (`/proc/<pid>/wchan`, `/proc/<pid>/stack`, the latter root only).
+pub fn wchan_and_stack(proc_root: &Path, pid: i32) -> (Option<String>, Option<String>) {
+    let dir = proc_root.join(pid.to_string());
+    let wchan = fs::read_to_string(dir.join("wchan")).ok();
+    let stack = fs::read_to_string(dir.join("stack")).ok();
+    (wchan, stack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starttime_is_field_22_even_with_odd_command_names() {
+        let stat = "4242 (we ird) cmd)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654321 1000 10 18446744073709551615";
+        assert_eq!(parse_stat_starttime(stat), Some(987654321));
+        assert_eq!(parse_stat_starttime("garbage"), None);
+    }
+
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id() as i32;
+        let proc_root = Path::new("/proc");
+        assert!(starttime(proc_root, me).unwrap() > 0);
+        assert!(cmdline(proc_root, me).is_some());
+        let pidfd = pidfd_open(me).unwrap();
+        assert!(pidfd_alive(&pidfd));
+        assert_eq!(pidfd_pid(&pidfd), Some(me));
+    }
+
+    #[test]
+    fn finds_a_process_by_its_environment_marker() {
+        let marker = format!("probe-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("WFCG_TEST_MARK", &marker)
+            .spawn()
+            .unwrap();
+        let found = pids_with_env(Path::new("/proc"), "WFCG_TEST_MARK", &marker);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, vec![child.id() as i32]);
+    }
+
+    #[test]
+    fn a_pidfd_reports_exit() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = pidfd_open(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        assert!(!pidfd_alive(&pidfd));
+        assert_eq!(pidfd_pid(&pidfd), None);
+    }
+}

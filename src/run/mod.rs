@@ -1,0 +1,307 @@
+//! `wfcg run`: the supervisor side of a run (the `systemd-run --scope` model).
+//!
+//! The process asks the agent for a run; the agent moves this very process into
+//! the run's cgroup and answers. Then it starts the command, which is inside the
+//! cgroup from its first instruction, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT
+//! to it, waits for it, reports its exit and exits with its status.
+//! With `--detach` the work happens in a forked child in a new session, and the
+//! parent prints the run id as soon as the run exists.
+
+mod signals;
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::agent::{EXIT_STATUS_FILE, RUN_ID_ENV};
+use crate::api::{self, CreateRun, ExitAck, ExitReport, RunStarted};
+use crate::client::{self, Client};
+use crate::exit::{self, Failure};
+
+/// Where the agent is and how to start one.
+#[derive(Debug, Clone)]
+pub struct AgentAddr {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub run_id: Option<String>,
+    pub workflow: Option<String>,
+    pub workspace: Option<PathBuf>,
+    pub detach: bool,
+    pub quiet: bool,
+    pub command: Vec<String>,
+}
+
+/// How long an agent started on demand gets to answer.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the exit report is retried while the agent is away (e.g. restarting).
+const REPORT_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs `wfcg run`; returns the exit code.
+pub fn run(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
+    if let Some(id) = &opts.run_id {
+        if let Some(problem) = api::run_id_problem(id) {
+            return Err(Failure::usage(problem));
+        }
+    }
+    if opts.command.is_empty() {
+        return Err(Failure::usage("no command given: wfcg run [OPTIONS] -- CMD [ARGS...]"));
+    }
+    if let Some(ws) = &opts.workspace {
+        if !ws.is_dir() {
+            return Err(Failure::usage(format!(
+                "workspace {} is not a directory",
+                ws.display()
+            )));
+        }
+    }
+    if opts.detach {
+        detach_then(addr, opts)
+    } else {
+        supervise(addr, &opts, None)
+    }
+}
+
+/// Forks; the child (in a new session) starts and supervises the run and sends
+/// the parent `ok RUN_ID` or `err CODE MESSAGE` through a pipe.
+fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
+    let (read_end, write_end) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
+            Failure::new(exit::FAILED, format!("pipe: {e}"))
+        })?;
+    // SAFETY: this process is single-threaded here (no runtime or helper thread has
+    // been started yet), so the child may go on running ordinary Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(Failure::new(
+            exit::FAILED,
+            format!("fork: {}", std::io::Error::last_os_error()),
+        )),
+        0 => {
+            drop(read_end);
+            let _ = rustix::process::setsid();
+            let code = match supervise(addr, &opts, Some(write_end)) {
+                Ok(code) => code,
+                Err(_) => exit::FAILED, // already sent to the parent
+            };
+            std::process::exit(code);
+        }
+        _ => {
+            drop(write_end);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
+            let msg = msg.trim_end();
+            if let Some(id) = msg.strip_prefix("ok ") {
+                println!("{id}");
+                Ok(exit::OK)
+            } else if let Some(rest) = msg.strip_prefix("err ") {
+                let (code, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                Err(Failure::new(code.parse().unwrap_or(exit::FAILED), text))
+            } else {
+                Err(Failure::new(exit::FAILED, "the detached run's supervisor died before the run started"))
+            }
+        }
+    }
+}
+
+/// Makes sure an agent answers; a root caller gets one started in the background.
+fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
+    if client.ping() {
+        return Ok(());
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(Failure::new(
+            exit::UNREACHABLE,
+            format!(
+                "no wfcg agent answers on {}; ask root to start one (`sudo wfcg agent`), or pass --socket",
+                addr.socket.display()
+            ),
+        ));
+    }
+    let fail = |m: String| Failure::new(exit::UNREACHABLE, m);
+    std::fs::create_dir_all(&addr.state_dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", addr.state_dir.display())))?;
+    let log_path = addr.state_dir.join("agent.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find wfcg itself: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("agent")
+        .arg("--socket")
+        .arg(&addr.socket)
+        .arg("--state-dir")
+        .arg(&addr.state_dir);
+    if let Some(root) = &addr.cgroup_root {
+        cmd.arg("--cgroup-root").arg(root);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
+        .stderr(log);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot start the agent: {e}")))?;
+    let deadline = Instant::now() + AGENT_START_TIMEOUT;
+    while Instant::now() < deadline {
+        if client.ping() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(fail(format!(
+                "the agent exited at start ({status}); see {}",
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(fail(format!(
+        "the agent started but did not answer within {}s; see {}",
+        AGENT_START_TIMEOUT.as_secs(),
+        log_path.display()
+    )))
+}
+
+/// Creates the run (this process moves into it), runs the command, reports its end.
+fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Result<i32, Failure> {
+    let client = Client::new(&addr.socket);
+    let started = ensure_agent(&client, addr).and_then(|()| {
+        let req = CreateRun {
+            run_id: opts.run_id.clone(),
+            workflow: opts.workflow.clone(),
+            workspace: opts
+                .workspace
+                .as_ref()
+                .map(|w| std::path::absolute(w).unwrap_or(w.clone()).display().to_string()),
+            command: opts.command.clone(),
+            detach: opts.detach,
+        };
+        client
+            .post::<_, RunStarted>("/v1/runs", &req)
+            .map_err(Failure::from)
+    });
+    let started = match (started, parent) {
+        (Ok(s), Some(pipe)) => {
+            if let Err(e) = redirect_stdio(s.log_path.as_deref()) {
+                tell_parent(pipe, &format!("err {} {e}", exit::FAILED));
+                return Err(Failure::new(exit::FAILED, e));
+            }
+            tell_parent(pipe, &format!("ok {}", s.run_id));
+            s
+        }
+        (Ok(s), None) => s,
+        (Err(e), Some(pipe)) => {
+            tell_parent(pipe, &format!("err {} {}", e.code, e.message));
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    if !opts.quiet && !opts.detach {
+        eprintln!("wfcg: run {} started", started.run_id);
+    }
+
+    let forwarded = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+    let mut all = forwarded.to_vec();
+    all.push(libc::SIGCHLD);
+    let set = signals::SignalSet::new(&all);
+    set.block();
+
+    let mut cmd = Command::new(&opts.command[0]);
+    cmd.args(&opts.command[1..])
+        .env(RUN_ID_ENV, &started.run_id)
+        .env("WFCG_RUN_DIR", &started.run_dir)
+        .env("TMPDIR", &started.tmpdir);
+    if let Some(ws) = &opts.workspace {
+        cmd.current_dir(ws);
+    }
+    let (code, report) = match cmd.spawn() {
+        Err(e) => {
+            eprintln!("wfcg: cannot run {:?}: {e}", opts.command[0]);
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            (code, ExitReport { exit_code: Some(code), signal: None })
+        }
+        Ok(mut child) => {
+            let pid = rustix::process::Pid::from_child(&child);
+            let status = loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    break status;
+                }
+                let sig = set.wait();
+                // Signals from the terminal reach the command's process group directly;
+                // only those sent by a process (kill(2): si_code ≤ 0) are passed on.
+                if sig.signo != libc::SIGCHLD && sig.code <= 0 {
+                    if let Some(s) = rustix::process::Signal::from_named_raw(sig.signo) {
+                        let _ = rustix::process::kill_process(pid, s);
+                    }
+                }
+            };
+            match (status.code(), status.signal()) {
+                (Some(c), _) => (c, ExitReport { exit_code: Some(c), signal: None }),
+                (None, Some(s)) => (128 + s, ExitReport { exit_code: None, signal: Some(s) }),
+                _ => (exit::FAILED, ExitReport::default()),
+            }
+        }
+    };
+    record_exit(&client, &started, &report);
+    Ok(code)
+}
+
+/// Leaves the exit in the run directory (read by the agent if the report is lost),
+/// then reports it, retrying while the agent is away.
+fn record_exit(client: &Client, started: &RunStarted, report: &ExitReport) {
+    let line = match (report.exit_code, report.signal) {
+        (Some(c), _) => format!("code {c}\n"),
+        (None, Some(s)) => format!("signal {s}\n"),
+        _ => String::new(),
+    };
+    let _ = std::fs::write(Path::new(&started.run_dir).join(EXIT_STATUS_FILE), line);
+    let path = format!("/v1/runs/{}/exit", started.run_id);
+    let deadline = Instant::now() + REPORT_RETRY;
+    loop {
+        match client.post::<_, ExitAck>(&path, report) {
+            Err(client::Error::Unreachable { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => return,
+        }
+    }
+}
+
+fn tell_parent(pipe: OwnedFd, msg: &str) {
+    let mut f = std::fs::File::from(pipe);
+    let _ = writeln!(f, "{msg}");
+}
+
+/// A detached run: stdin from /dev/null, stdout and stderr to its log file.
+fn redirect_stdio(log: Option<&str>) -> Result<(), String> {
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    rustix::stdio::dup2_stdin(&null).map_err(|e| format!("dup2: {e}"))?;
+    let out = match log {
+        Some(path) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open the run's log {path}: {e}"))?,
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?,
+    };
+    rustix::stdio::dup2_stdout(&out).map_err(|e| format!("dup2: {e}"))?;
+    rustix::stdio::dup2_stderr(&out).map_err(|e| format!("dup2: {e}"))?;
+    Ok(())
+}
