@@ -222,9 +222,15 @@ pub fn run_id_problem(id: &str) -> Option<String> {
         return Some("run id is empty".into());
     }
     if id.len() > 64 {
-        return Some(format!("run id is {} characters long, at most 64 are allowed", id.len()));
+        return Some(format!(
+            "run id is {} characters long, at most 64 are allowed",
+            id.len()
+        ));
     }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
+    {
         return Some(format!(
             "run id {:?} contains {:?}; only letters, digits, '_', '.' and '-' are allowed",
             id, c
@@ -248,7 +254,9 @@ mod tests {
         assert_eq!(run_id_problem("run_5fbae44ab6f0"), None);
         assert_eq!(run_id_problem("a"), None);
         assert_eq!(run_id_problem(&"a".repeat(64)), None);
-        for bad in ["", "../x", "a/b", "a\0b", ".hidden", "-x", "a..b", "sp ace", "é"] {
+        for bad in [
+            "", "../x", "a/b", "a\0b", ".hidden", "-x", "a..b", "sp ace", "é",
+        ] {
             assert!(run_id_problem(bad).is_some(), "{bad:?} accepted");
         }
         assert!(run_id_problem(&"a".repeat(65)).unwrap().contains("65"));

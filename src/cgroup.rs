@@ -369,7 +369,8 @@ mod tests {
             parse_cgroup2_mount(hybrid),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        let pure = "36 35 98:0 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        let pure =
+            "36 35 98:0 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
             parse_cgroup2_mount(pure),
             Some(PathBuf::from("/sys/fs/cgroup"))
@@ -407,7 +408,10 @@ mod tests {
         );
         fs::write(cg.path().join(CGROUP_PROCS), "12\nnope\n").unwrap();
         let err = cg.procs().unwrap_err().to_string();
-        assert!(err.contains("cgroup.procs") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("cgroup.procs") && err.contains("nope"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -435,7 +439,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cg = Cgroup::new(dir.path().join("missing"));
         let err = cg.kill().unwrap_err().to_string();
-        assert!(err.contains("missing/cgroup.kill") && err.contains("\"1\""), "{err}");
+        assert!(
+            err.contains("missing/cgroup.kill") && err.contains("\"1\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -77,7 +77,12 @@ impl Client {
         self.get::<serde_json::Value>("/v1/health").is_ok()
     }
 
-    fn request<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T> {
+    fn request<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
         let (status, bytes) = self.rt.block_on(self.send(method, path, body))?;
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))

@@ -34,8 +34,16 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "m" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            "" => return Err(format!("{text:?} needs a unit after {value} (ms, s, m, h, d)")),
-            unit => return Err(format!("{text:?} has an unknown unit {unit:?} (ms, s, m, h, d)")),
+            "" => {
+                return Err(format!(
+                    "{text:?} needs a unit after {value} (ms, s, m, h, d)"
+                ));
+            }
+            unit => {
+                return Err(format!(
+                    "{text:?} has an unknown unit {unit:?} (ms, s, m, h, d)"
+                ));
+            }
         };
         total += value * factor;
         rest = &rest[unit_len..];
@@ -44,7 +52,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 fn secs_to_duration(secs: f64, text: &str) -> Result<Duration, String> {
-    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
         return Err(format!("{text:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

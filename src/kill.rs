@@ -101,10 +101,11 @@ fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, report: &mut Report
     report.processes = pids.len() as u32;
     let mut signalled = 0;
     for &pid in &pids {
-        if let Some((spare, start)) = plan.spare {
-            if pid == spare && procfs::starttime(proc_root, pid) == Some(start) {
-                continue;
-            }
+        if let Some((spare, start)) = plan.spare
+            && pid == spare
+            && procfs::starttime(proc_root, pid) == Some(start)
+        {
+            continue;
         }
         // SIGTERM is queued while frozen and handled on thaw; SIGCONT wakes stopped ones.
         if signal_member(cg, pid, Signal::TERM, proc_root) {
@@ -203,7 +204,11 @@ mod tests {
         cg.create().unwrap();
         let me = std::process::id();
         fs::write(cg.path().join(cgroup::CGROUP_PROCS), format!("{me}\n")).unwrap();
-        fs::write(cg.path().join(cgroup::CGROUP_EVENTS), "populated 1\nfrozen 0\n").unwrap();
+        fs::write(
+            cg.path().join(cgroup::CGROUP_EVENTS),
+            "populated 1\nfrozen 0\n",
+        )
+        .unwrap();
         let plan = Plan {
             force: true,
             term_grace: Duration::from_millis(100),

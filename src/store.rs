@@ -208,7 +208,10 @@ impl Store {
     pub fn list_runs(&self, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
         let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs");
         if let Some(st) = statuses {
-            let list: Vec<String> = st.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
+            let list: Vec<String> = st
+                .iter()
+                .map(|s| format!("'{}'", s.replace('\'', "''")))
+                .collect();
             sql.push_str(&format!(" WHERE status IN ({})", list.join(",")));
         }
         sql.push_str(" ORDER BY created_at DESC, rowid DESC");
@@ -241,6 +244,21 @@ impl Store {
             params![run_id, status, ended_at],
         )?;
         Ok(())
+    }
+
+    /// Marks a run ended only if its status is still `from`; returns whether it was.
+    pub fn finish_run_if(
+        &self,
+        run_id: &str,
+        from: &str,
+        status: &str,
+        ended_at: &str,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE runs SET status = ?3, ended_at = ?4 WHERE run_id = ?1 AND status = ?2",
+            params![run_id, from, status, ended_at],
+        )?;
+        Ok(n == 1)
     }
 
     /// Stores a kill sequence's result: one row in `kills`, and the run's last result.
@@ -304,7 +322,10 @@ mod tests {
         let store = Store::open(&dir.path().join("wfcg.db")).unwrap();
         store.insert_run(&sample("run_a")).unwrap();
         let err = store.insert_run(&sample("run_a")).unwrap_err();
-        assert!(matches!(err, Error::Duplicate(ref id) if id == "run_a"), "{err}");
+        assert!(
+            matches!(err, Error::Duplicate(ref id) if id == "run_a"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -326,12 +347,24 @@ mod tests {
         let store = Store::open(&dir.path().join("wfcg.db")).unwrap();
         store.insert_run(&sample("run_a")).unwrap();
         store.insert_run(&sample("run_b")).unwrap();
-        store.finish_run("run_b", "killed", "2026-01-01T00:00:00Z").unwrap();
-        store.record_kill("run_b", "2026-01-01T00:00:00Z", "{}").unwrap();
+        store
+            .finish_run("run_b", "killed", "2026-01-01T00:00:00Z")
+            .unwrap();
+        store
+            .record_kill("run_b", "2026-01-01T00:00:00Z", "{}")
+            .unwrap();
         let live = store.list_runs(Some(&["running"])).unwrap();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].run_id, "run_a");
         assert_eq!(store.kill_count("run_b").unwrap(), 1);
-        assert_eq!(store.get_run("run_b").unwrap().unwrap().kill_result.as_deref(), Some("{}"));
+        assert_eq!(
+            store
+                .get_run("run_b")
+                .unwrap()
+                .unwrap()
+                .kill_result
+                .as_deref(),
+            Some("{}")
+        );
     }
 }

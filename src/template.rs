@@ -114,6 +114,10 @@ mod tests {
             + 1;
         assert!(err.starts_with(&format!("x.toml:{line}:")), "{err}");
         let unknown = DEFAULT_TOML.replace("[kill]", "[kill]\nbogus = 1");
-        assert!(Template::parse(&unknown, "y.toml").unwrap_err().contains("bogus"));
+        assert!(
+            Template::parse(&unknown, "y.toml")
+                .unwrap_err()
+                .contains("bogus")
+        );
     }
 }

@@ -61,7 +61,10 @@ pub enum StartError {
     Store { path: PathBuf, source: store::Error },
     /// A directory cannot be made.
     #[error("cannot create {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The template is broken.
     #[error("{0}")]
     Template(String),
@@ -151,8 +154,7 @@ fn make_dir(path: &Path, mode: u32) -> std::result::Result<(), StartError> {
 /// A fresh run id: `run_` and 12 lowercase hex digits.
 fn new_run_id() -> String {
     let mut bytes = [0u8; 6];
-    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
-        .expect("getrandom");
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("run_{hex}")
 }
@@ -228,7 +230,9 @@ impl Agent {
             known.insert(rec.run_id.clone());
             if rec.status == RunStatus::Stopping.as_str() {
                 // A kill was cut short by the agent's end; a new kill may start over.
-                let _ = self.store().set_status(&rec.run_id, RunStatus::Running.as_str());
+                let _ = self
+                    .store()
+                    .set_status(&rec.run_id, RunStatus::Running.as_str());
             }
             let cg = Cgroup::new(&rec.cgroup_path);
             if cg.exists() {
@@ -285,7 +289,12 @@ impl Agent {
             }
             None => new_run_id(),
         };
-        let conflict = || Failure::new(ErrorKind::Conflict, format!("run id {run_id:?} is already in use"));
+        let conflict = || {
+            Failure::new(
+                ErrorKind::Conflict,
+                format!("run id {run_id:?} is already in use"),
+            )
+        };
         if self.store().get_run(&run_id)?.is_some() {
             return Err(conflict());
         }
@@ -293,7 +302,10 @@ impl Agent {
         let pidfd = match &caller.pidfd {
             Some(fd) => fd.clone(),
             None => Arc::new(procfs::pidfd_open(caller.pid).map_err(|e| {
-                Failure::new(ErrorKind::BadInput, format!("caller pid {} is gone: {e}", caller.pid))
+                Failure::new(
+                    ErrorKind::BadInput,
+                    format!("caller pid {} is gone: {e}", caller.pid),
+                )
             })?),
         };
         let starttime = procfs::starttime(&self.cfg.proc_root, caller.pid);
@@ -310,7 +322,9 @@ impl Agent {
         }
         let run_dir = self.run_dirs.join(&run_id);
         let tmpdir = self.tmp_dirs.join(&run_id);
-        let log_path = req.detach.then(|| self.log_dirs.join(format!("{run_id}.log")));
+        let log_path = req
+            .detach
+            .then(|| self.log_dirs.join(format!("{run_id}.log")));
         let undo = |msg: String| {
             let _ = cg.remove();
             let _ = fs::remove_dir_all(&run_dir);
@@ -344,7 +358,10 @@ impl Agent {
         if !procfs::pidfd_alive(&*pidfd) {
             let _ = cg.kill();
             let _ = cg.wait_unpopulated(self.template.kill.kill_deadline);
-            return Err(undo(format!("caller pid {} exited while it was moved", caller.pid)));
+            return Err(undo(format!(
+                "caller pid {} exited while it was moved",
+                caller.pid
+            )));
         }
         let rec = RunRecord {
             run_id: run_id.clone(),
@@ -398,9 +415,15 @@ impl Agent {
         Ok(rec)
     }
 
-    /// The supervisor reports its command's end. Whatever else the command left
-    /// running in the run is killed (as systemd does for a service's control group).
-    pub fn report_exit(&self, caller: &Caller, run_id: &str, report: ExitReport) -> Result<ExitAck> {
+    /// The supervisor reports its command's end: the run has exited. Whatever else
+    /// the command left running in the run is killed (as systemd does for a
+    /// service's control group); the reaper removes the cgroup once it is empty.
+    pub fn report_exit(
+        &self,
+        caller: &Caller,
+        run_id: &str,
+        report: ExitReport,
+    ) -> Result<ExitAck> {
         let rec = self.visible_run(caller, run_id)?;
         if !caller.is_root() && rec.pid != Some(caller.pid) {
             return Err(Failure::new(
@@ -408,9 +431,10 @@ impl Agent {
                 format!("only the supervisor of run {run_id} may report its exit"),
             ));
         }
-        self.store().record_exit(run_id, report.exit_code, report.signal)?;
+        self.store()
+            .record_exit(run_id, report.exit_code, report.signal)?;
         if rec.status != RunStatus::Running.as_str() {
-            return Ok(ExitAck::default());
+            return Ok(ExitAck::default()); // a kill is under way, or it ended already
         }
         let cg = Cgroup::new(&rec.cgroup_path);
         let mut killed = 0;
@@ -419,17 +443,29 @@ impl Agent {
                 if pid == caller.pid {
                     continue;
                 }
-                if let Ok(fd) = procfs::pidfd_open(pid) {
-                    if procfs::pidfd_signal(&fd, rustix::process::Signal::KILL).is_ok() {
-                        killed += 1;
-                    }
+                if let Ok(fd) = procfs::pidfd_open(pid)
+                    && procfs::pidfd_signal(&fd, rustix::process::Signal::KILL).is_ok()
+                {
+                    killed += 1;
                 }
             }
         }
         let _ = cg.thaw();
         if killed > 0 {
-            tracing::info!(run_id, killed, "killed processes left behind by the command");
+            tracing::info!(
+                run_id,
+                killed,
+                "killed processes left behind by the command"
+            );
         }
+        // Only if no kill began meanwhile: then the kill sequence has the last word.
+        self.store().finish_run_if(
+            run_id,
+            RunStatus::Running.as_str(),
+            RunStatus::Exited.as_str(),
+            &now(),
+        )?;
+        tracing::info!(run_id, code = ?report.exit_code, signal = ?report.signal, "run exited");
         Ok(ExitAck {
             leftovers_killed: killed,
         })
@@ -514,7 +550,8 @@ impl Agent {
                     if !status.is_live() {
                         return Ok(already_ended(&current, status));
                     }
-                    self.store().set_status(run_id, RunStatus::Stopping.as_str())?;
+                    self.store()
+                        .set_status(run_id, RunStatus::Stopping.as_str())?;
                     let slot = Arc::new(KillSlot::default());
                     inflight.insert(run_id.to_owned(), slot.clone());
                     (slot, true)
@@ -612,7 +649,9 @@ impl Agent {
             RunStatus::Unkillable
         };
         if !report.errors.is_empty() {
-            result.message.push_str(&format!(" (errors: {})", report.errors.join("; ")));
+            result
+                .message
+                .push_str(&format!(" (errors: {})", report.errors.join("; ")));
         }
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let json = serde_json::to_string(&result).unwrap_or_default();
@@ -629,7 +668,13 @@ impl Agent {
             tracing::error!(run_id = rec.run_id, "cannot record the run's status: {e}");
         }
         drop(store);
-        tracing::info!(run_id = rec.run_id, mode, success = result.success, "{}", result.message);
+        tracing::info!(
+            run_id = rec.run_id,
+            mode,
+            success = result.success,
+            "{}",
+            result.message
+        );
         result
     }
 
@@ -658,8 +703,7 @@ impl Agent {
         };
         let tmpdir_removed = remove(&rec.tmpdir);
         let run_dir_removed = remove(&rec.run_dir);
-        let mut remaining =
-            procfs::pids_with_env(&self.cfg.proc_root, RUN_ID_ENV, &rec.run_id);
+        let mut remaining = procfs::pids_with_env(&self.cfg.proc_root, RUN_ID_ENV, &rec.run_id);
         if !cgroup_removed {
             remaining.extend(cg.procs_recursive().unwrap_or_default());
         }
@@ -675,7 +719,8 @@ impl Agent {
 
     /// The exit the supervisor left in the run directory, if it did.
     fn exit_from_file(rec: &RunRecord) -> Option<(Option<i32>, Option<i32>)> {
-        let text = fs::read_to_string(Path::new(rec.run_dir.as_ref()?).join(EXIT_STATUS_FILE)).ok()?;
+        let text =
+            fs::read_to_string(Path::new(rec.run_dir.as_ref()?).join(EXIT_STATUS_FILE)).ok()?;
         let (kind, value) = text.trim().split_once(' ')?;
         let value: i32 = value.parse().ok()?;
         match kind {
@@ -692,8 +737,8 @@ impl Agent {
 }
 
 impl OnEmpty for Agent {
-    /// A run's cgroup emptied (or vanished) without a kill: record how it ended
-    /// and clean up.
+    /// A run's cgroup emptied (or vanished). Unless a kill sequence is under way
+    /// (it finishes the run itself), record how a live run ended, then clean up.
     fn on_run_empty(&self, run_id: &str) {
         let rec = {
             let store = self.store();
@@ -701,25 +746,28 @@ impl OnEmpty for Agent {
                 return;
             };
             let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
-            if !status.is_live() || status == RunStatus::Stopping {
-                return; // ended already, or a kill sequence will finish it
+            if status == RunStatus::Stopping {
+                return;
             }
-            if rec.exit_code.is_none() && rec.exit_signal.is_none() {
-                if let Some((code, signal)) = Agent::exit_from_file(&rec) {
+            if status.is_live() {
+                if rec.exit_code.is_none()
+                    && rec.exit_signal.is_none()
+                    && let Some((code, signal)) = Agent::exit_from_file(&rec)
+                {
                     let _ = store.record_exit(run_id, code, signal);
                     (rec.exit_code, rec.exit_signal) = (code, signal);
                 }
+                let end = match status {
+                    RunStatus::Unkillable => RunStatus::Killed,
+                    _ if rec.exit_code.is_some() || rec.exit_signal.is_some() => RunStatus::Exited,
+                    _ => RunStatus::Lost,
+                };
+                if let Err(e) = store.finish_run(run_id, end.as_str(), &now()) {
+                    tracing::error!(run_id, "cannot record the end of the run: {e}");
+                    return;
+                }
+                tracing::info!(run_id, status = end.as_str(), "run ended");
             }
-            let end = match status {
-                RunStatus::Unkillable => RunStatus::Killed,
-                _ if rec.exit_code.is_some() || rec.exit_signal.is_some() => RunStatus::Exited,
-                _ => RunStatus::Lost,
-            };
-            if let Err(e) = store.finish_run(run_id, end.as_str(), &now()) {
-                tracing::error!(run_id, "cannot record the end of the run: {e}");
-                return;
-            }
-            tracing::info!(run_id, status = end.as_str(), "run ended");
             rec
         };
         let status = self.cleanup(&rec);

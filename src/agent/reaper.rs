@@ -60,11 +60,11 @@ impl Reaper {
                     };
                     for wd in fired {
                         let entry = watches.lock().unwrap().get(&wd).cloned();
-                        if let Some((run_id, cg)) = entry {
-                            if !cg.events().map(|e| e.populated).unwrap_or(false) {
-                                watches.lock().unwrap().remove(&wd);
-                                target.on_run_empty(&run_id);
-                            }
+                        if let Some((run_id, cg)) = entry
+                            && !cg.events().map(|e| e.populated).unwrap_or(false)
+                        {
+                            watches.lock().unwrap().remove(&wd);
+                            target.on_run_empty(&run_id);
                         }
                     }
                 }

@@ -44,7 +44,10 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     let client = Client::new(&cli.socket);
     let result: KillResult = client.post(&format!("/v1/runs/{}/kill", args.run_id), &req)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
     } else {
         let took = if result.already_ended {
             String::new()
@@ -53,5 +56,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         };
         println!("{}{took}", result.message);
     }
-    Ok(if result.success { exit::OK } else { exit::FAILED })
+    Ok(if result.success {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }

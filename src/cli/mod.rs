@@ -30,11 +30,21 @@ Exit codes:
 #[command(name = "wfcg", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// The agent's socket.
-    #[arg(long, global = true, env = "WFCG_SOCKET", default_value = "/run/wfcg/agent.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "WFCG_SOCKET",
+        default_value = "/run/wfcg/agent.sock"
+    )]
     pub socket: PathBuf,
 
     /// The agent's state directory (database, logs, run temp dirs).
-    #[arg(long, global = true, env = "WFCG_STATE_DIR", default_value = "/var/lib/wfcg")]
+    #[arg(
+        long,
+        global = true,
+        env = "WFCG_STATE_DIR",
+        default_value = "/var/lib/wfcg"
+    )]
     pub state_dir: PathBuf,
 
     /// The cgroup the agent owns [default: <cgroup2 mount>/wfcg].

@@ -45,10 +45,17 @@ fn owner(r: &RunInfo) -> String {
 
 pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     let client = Client::new(&cli.socket);
-    let path = if args.all { "/v1/runs?all=true" } else { "/v1/runs" };
+    let path = if args.all {
+        "/v1/runs?all=true"
+    } else {
+        "/v1/runs"
+    };
     let runs: Vec<RunInfo> = client.get(path)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&runs).unwrap_or_default()
+        );
         return Ok(exit::OK);
     }
     println!(
@@ -88,7 +95,10 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     println!("owner:      {} (uid {})", owner(&r), r.owner_uid);
     println!("status:     {}", r.status);
     println!("command:    {}", r.command.join(" "));
-    println!("pid:        {}", r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    println!(
+        "pid:        {}",
+        r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+    );
     println!("processes:  {}", r.processes);
     println!("started:    {}", opt(&r.started_at));
     println!("age:        {}", age(r.age_secs));

@@ -46,21 +46,23 @@ const REPORT_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs `wfcg run`; returns the exit code.
 pub fn run(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
-    if let Some(id) = &opts.run_id {
-        if let Some(problem) = api::run_id_problem(id) {
-            return Err(Failure::usage(problem));
-        }
+    if let Some(id) = &opts.run_id
+        && let Some(problem) = api::run_id_problem(id)
+    {
+        return Err(Failure::usage(problem));
     }
     if opts.command.is_empty() {
-        return Err(Failure::usage("no command given: wfcg run [OPTIONS] -- CMD [ARGS...]"));
+        return Err(Failure::usage(
+            "no command given: wfcg run [OPTIONS] -- CMD [ARGS...]",
+        ));
     }
-    if let Some(ws) = &opts.workspace {
-        if !ws.is_dir() {
-            return Err(Failure::usage(format!(
-                "workspace {} is not a directory",
-                ws.display()
-            )));
-        }
+    if let Some(ws) = &opts.workspace
+        && !ws.is_dir()
+    {
+        return Err(Failure::usage(format!(
+            "workspace {} is not a directory",
+            ws.display()
+        )));
     }
     if opts.detach {
         detach_then(addr, opts)
@@ -72,10 +74,8 @@ pub fn run(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
 /// Forks; the child (in a new session) starts and supervises the run and sends
 /// the parent `ok RUN_ID` or `err CODE MESSAGE` through a pipe.
 fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
-    let (read_end, write_end) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
-            Failure::new(exit::FAILED, format!("pipe: {e}"))
-        })?;
+    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Failure::new(exit::FAILED, format!("pipe: {e}")))?;
     // SAFETY: this process is single-threaded here (no runtime or helper thread has
     // been started yet), so the child may go on running ordinary Rust code.
     let pid = unsafe { libc::fork() };
@@ -105,7 +105,10 @@ fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
                 let (code, text) = rest.split_once(' ').unwrap_or((rest, ""));
                 Err(Failure::new(code.parse().unwrap_or(exit::FAILED), text))
             } else {
-                Err(Failure::new(exit::FAILED, "the detached run's supervisor died before the run started"))
+                Err(Failure::new(
+                    exit::FAILED,
+                    "the detached run's supervisor died before the run started",
+                ))
             }
         }
     }
@@ -184,10 +187,12 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
         let req = CreateRun {
             run_id: opts.run_id.clone(),
             workflow: opts.workflow.clone(),
-            workspace: opts
-                .workspace
-                .as_ref()
-                .map(|w| std::path::absolute(w).unwrap_or(w.clone()).display().to_string()),
+            workspace: opts.workspace.as_ref().map(|w| {
+                std::path::absolute(w)
+                    .unwrap_or(w.clone())
+                    .display()
+                    .to_string()
+            }),
             command: opts.command.clone(),
             detach: opts.detach,
         };
@@ -229,11 +234,23 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     if let Some(ws) = &opts.workspace {
         cmd.current_dir(ws);
     }
+    // SAFETY: clear_mask only calls sigprocmask(2), which is async-signal-safe.
+    unsafe { cmd.pre_exec(signals::clear_mask) };
     let (code, report) = match cmd.spawn() {
         Err(e) => {
             eprintln!("wfcg: cannot run {:?}: {e}", opts.command[0]);
-            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
-            (code, ExitReport { exit_code: Some(code), signal: None })
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            (
+                code,
+                ExitReport {
+                    exit_code: Some(code),
+                    signal: None,
+                },
+            )
         }
         Ok(mut child) => {
             let pid = rustix::process::Pid::from_child(&child);
@@ -244,15 +261,28 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
                 let sig = set.wait();
                 // Signals from the terminal reach the command's process group directly;
                 // only those sent by a process (kill(2): si_code ≤ 0) are passed on.
-                if sig.signo != libc::SIGCHLD && sig.code <= 0 {
-                    if let Some(s) = rustix::process::Signal::from_named_raw(sig.signo) {
-                        let _ = rustix::process::kill_process(pid, s);
-                    }
+                if sig.signo != libc::SIGCHLD
+                    && sig.code <= 0
+                    && let Some(s) = rustix::process::Signal::from_named_raw(sig.signo)
+                {
+                    let _ = rustix::process::kill_process(pid, s);
                 }
             };
             match (status.code(), status.signal()) {
-                (Some(c), _) => (c, ExitReport { exit_code: Some(c), signal: None }),
-                (None, Some(s)) => (128 + s, ExitReport { exit_code: None, signal: Some(s) }),
+                (Some(c), _) => (
+                    c,
+                    ExitReport {
+                        exit_code: Some(c),
+                        signal: None,
+                    },
+                ),
+                (None, Some(s)) => (
+                    128 + s,
+                    ExitReport {
+                        exit_code: None,
+                        signal: Some(s),
+                    },
+                ),
                 _ => (exit::FAILED, ExitReport::default()),
             }
         }

@@ -26,7 +26,7 @@ impl SignalSet {
     }
 
     /// `pthread_sigmask(SIG_BLOCK)`: from now on these signals queue up until taken.
-    /// Children started with `std::process::Command` get an empty mask again.
+    /// The mask is inherited across fork and exec: see [`clear_mask`].
     pub fn block(&self) {
         // SAFETY: `self.0` is an initialised sigset_t; the old mask is not asked for.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) };
@@ -47,5 +47,16 @@ impl SignalSet {
             }
             // EINTR: a signal outside the set was handled; wait again.
         }
+    }
+}
+
+/// `sigprocmask(SIG_SETMASK, {})`: unblocks every signal. Called in a child
+/// between fork and exec, so the command does not inherit the supervisor's mask.
+pub fn clear_mask() -> std::io::Result<()> {
+    let empty = SignalSet::new(&[]);
+    // SAFETY: `empty.0` is an initialised sigset_t; sigprocmask is async-signal-safe.
+    match unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty.0, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
