@@ -1,0 +1,6 @@
+//! Integration tests: the real `wfcg` binary against a real agent, on the real
+//! kernel's cgroup2, as root. Each test has an agent of its own (see `util`).
+
+mod util;
+
+mod run;
