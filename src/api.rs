@@ -192,6 +192,41 @@ pub struct RunInfo {
     pub kill_result: Option<KillResult>,
 }
 
+/// The kinds of critical section a kill waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SectionKind {
+    /// A git lock file is open (`.git/index.lock`, …).
+    Git,
+    /// A SQLite database is in a write transaction.
+    Database,
+    /// A file in the workspace is open for writing.
+    Files,
+}
+
+impl SectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SectionKind::Git => "git",
+            SectionKind::Database => "database",
+            SectionKind::Files => "files",
+        }
+    }
+}
+
+/// An open critical section of a run, as seen in procfs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Section {
+    pub kind: SectionKind,
+    pub path: String,
+    pub pid: i32,
+    pub command: String,
+    /// RFC 3339 time it was first seen open.
+    pub since: String,
+    /// How long it has been seen open, in seconds.
+    pub open_secs: f64,
+}
+
 /// What went wrong, as a category the CLI maps to its exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

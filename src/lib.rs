@@ -19,6 +19,7 @@ pub mod exit;
 pub mod kill;
 pub mod procfs;
 pub mod run;
+pub mod sections;
 pub mod store;
 pub mod template;
 pub mod users;

@@ -1,0 +1,396 @@
+//! Critical sections, detected from procfs: what a run is in the middle of that a
+//! kill would damage.
+//!
+//! - git: an open fd on a lock file inside a git directory (`.git/index.lock`,
+//!   `.git/HEAD.lock`, `.git/refs/**/*.lock`, …). Git's locks are O_EXCL files,
+//!   not kernel locks, so they are found by fd path.
+//! - database: a POSIX or OFD write lock held on a SQLite database or its `-shm`
+//!   file (`/proc/locks`, matched to the holder's fds by device and inode; blocked
+//!   waiters are not holders), or an open SQLite `-journal` (a write transaction
+//!   in rollback mode).
+//! - files: a regular file inside the run's workspace open for writing.
+//!
+//! A leaf module: it reads `/proc` (and the files' first bytes) and knows nothing
+//! of runs or the agent.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::api::SectionKind;
+use crate::procfs;
+
+/// One open critical section.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Finding {
+    pub kind: SectionKind,
+    pub path: String,
+    pub pid: i32,
+    pub command: String,
+    /// Device and inode of the file, to tell it from a later file of the same name.
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What to look at.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// The processes of the run.
+    pub pids: Vec<i32>,
+    /// Writes inside this directory are critical (none when absent).
+    pub workspace: Option<PathBuf>,
+    /// Files and directories never reported (the run's own logs, TMPDIR, run dir).
+    pub exclude: Vec<PathBuf>,
+}
+
+/// One line of `/proc/locks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// POSIX, OFDLCK or FLOCK.
+    pub class: String,
+    pub write: bool,
+    /// A waiter (`->`), not a holder.
+    pub blocked: bool,
+    /// The owner; -1 for OFD locks.
+    pub pid: i32,
+    pub major: u32,
+    pub minor: u32,
+    pub ino: u64,
+}
+
+/// Parses `/proc/locks`, e.g. `1: POSIX  ADVISORY  WRITE 7346 fe:00:10010649 1073741825 1073741825`
+/// (device numbers in hex) and `1: -> POSIX  ADVISORY  WRITE …` for waiters.
+pub fn parse_locks(text: &str) -> Vec<Lock> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let blocked = f.first() == Some(&"->");
+            if blocked {
+                f.remove(0);
+            }
+            // class, ADVISORY|MANDATORY, READ|WRITE, pid, maj:min:ino, start, end
+            let mut dev = f.get(4)?.split(':');
+            Some(Lock {
+                class: f.first()?.to_string(),
+                write: *f.get(2)? == "WRITE",
+                blocked,
+                pid: f.get(3)?.parse().ok()?,
+                major: u32::from_str_radix(dev.next()?, 16).ok()?,
+                minor: u32::from_str_radix(dev.next()?, 16).ok()?,
+                ino: dev.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Whether a path names a lock file inside a git directory.
+pub fn is_git_lock(path: &str) -> bool {
+    path.ends_with(".lock")
+        && Path::new(path)
+            .components()
+            .any(|c| c.as_os_str() == ".git")
+}
+
+/// Whether a file starts with the SQLite header.
+fn is_sqlite_db(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|()| &head == b"SQLite format 3\0")
+        .unwrap_or(false)
+}
+
+/// Whether a path is a SQLite database or one of its side files.
+fn is_sqlite_file(path: &str) -> bool {
+    for suffix in ["-journal", "-wal", "-shm"] {
+        if let Some(db) = path.strip_suffix(suffix) {
+            return is_sqlite_db(Path::new(db));
+        }
+    }
+    is_sqlite_db(Path::new(path))
+}
+
+/// An open fd of a process: its number and the path it points to.
+struct Fd {
+    num: String,
+    path: String,
+}
+
+fn open_files(proc_root: &Path, pid: i32) -> Vec<Fd> {
+    let dir = proc_root.join(pid.to_string()).join("fd");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let target = fs::read_link(e.path()).ok()?;
+            let path = target.to_str()?.to_owned();
+            // Only files on a filesystem; not pipes, sockets or deleted files.
+            (path.starts_with('/') && !path.ends_with(" (deleted)")).then(|| Fd {
+                num: e.file_name().to_string_lossy().into_owned(),
+                path,
+            })
+        })
+        .collect()
+}
+
+/// The open flags of an fd, from the `flags:` line (octal) of its fdinfo.
+fn fd_flags(proc_root: &Path, pid: i32, fd: &str) -> Option<u32> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("fdinfo").join(fd)).ok()?;
+    let flags = text.lines().find_map(|l| l.strip_prefix("flags:"))?;
+    u32::from_str_radix(flags.trim(), 8).ok()
+}
+
+/// Scans the processes of `scope` for open critical sections.
+pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
+    let locks = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+    let held: Vec<Lock> = parse_locks(&locks)
+        .into_iter()
+        .filter(|l| l.write && !l.blocked)
+        .collect();
+    let pids: HashSet<i32> = scope.pids.iter().copied().collect();
+    let excluded = |p: &str| scope.exclude.iter().any(|e| Path::new(p).starts_with(e));
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    for &pid in &scope.pids {
+        let files = open_files(proc_root, pid);
+        if files.is_empty() {
+            continue;
+        }
+        let command = procfs::cmdline(proc_root, pid).unwrap_or_default();
+        let my_locks: Vec<&Lock> = held
+            .iter()
+            .filter(|l| l.pid == pid || (l.pid == -1 && pids.contains(&pid)))
+            .collect();
+        for fd in files {
+            if excluded(&fd.path) || !seen.insert((pid, fd.path.clone())) {
+                continue;
+            }
+            let fd_path = proc_root.join(pid.to_string()).join("fd").join(&fd.num);
+            let Ok(meta) = fs::metadata(&fd_path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let locked = my_locks.iter().any(|l| {
+                l.ino == meta.ino()
+                    && l.major == rustix::fs::major(meta.dev())
+                    && l.minor == rustix::fs::minor(meta.dev())
+            });
+            let kind = if is_git_lock(&fd.path) {
+                Some(SectionKind::Git)
+            } else if (locked || fd.path.ends_with("-journal")) && is_sqlite_file(&fd.path) {
+                Some(SectionKind::Database)
+            } else if scope
+                .workspace
+                .as_deref()
+                .is_some_and(|ws| Path::new(&fd.path).starts_with(ws))
+                && fd_flags(proc_root, pid, &fd.num).is_some_and(|f| f & 0o3 != 0)
+                && !is_sqlite_file(&fd.path)
+            {
+                Some(SectionKind::Files)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                found.push(Finding {
+                    kind,
+                    path: fd.path,
+                    pid,
+                    command: command.clone(),
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Every path any live process on the host has open, for checking that a lock
+/// file is held by nobody before it is removed.
+pub fn held_anywhere(proc_root: &Path, paths: &[&str]) -> HashSet<String> {
+    let wanted: HashSet<&str> = paths.iter().copied().collect();
+    let mut held = HashSet::new();
+    for pid in procfs::all_pids(proc_root) {
+        for fd in open_files(proc_root, pid) {
+            if wanted.contains(fd.path.as_str()) {
+                held.insert(fd.path);
+            }
+        }
+    }
+    held
+}
+
+/// Removes git lock files that processes of a dead run had open, when the file is
+/// still the one they had (same device and inode) and no live process holds it.
+/// Returns the paths removed.
+pub fn remove_stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<String> {
+    let mut candidates: Vec<&Finding> =
+        seen.iter().filter(|f| f.kind == SectionKind::Git).collect();
+    candidates.sort_by(|a, b| a.path.cmp(&b.path));
+    candidates.dedup_by(|a, b| a.path == b.path);
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let paths: Vec<&str> = candidates.iter().map(|f| f.path.as_str()).collect();
+    let held = held_anywhere(proc_root, &paths);
+    let mut removed = Vec::new();
+    for f in candidates {
+        let same_file = fs::symlink_metadata(&f.path)
+            .map(|m| m.dev() == f.dev && m.ino() == f.ino)
+            .unwrap_or(false);
+        if same_file && !held.contains(&f.path) && fs::remove_file(&f.path).is_ok() {
+            removed.push(f.path.clone());
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_holders_and_waiters() {
+        let text = "1: POSIX  ADVISORY  WRITE 7346 fe:00:10010649 1073741825 1073741825\n\
+                    1: -> POSIX  ADVISORY  WRITE 7400 fe:00:10010649 1073741825 1073741825\n\
+                    2: OFDLCK ADVISORY  READ  -1 08:01:42 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 12 00:1a:7 0 EOF\n";
+        let locks = parse_locks(text);
+        assert_eq!(locks.len(), 4);
+        assert_eq!(
+            locks[0],
+            Lock {
+                class: "POSIX".into(),
+                write: true,
+                blocked: false,
+                pid: 7346,
+                major: 0xfe,
+                minor: 0,
+                ino: 10010649
+            }
+        );
+        assert!(locks[1].blocked && locks[1].pid == 7400);
+        assert!(!locks[2].write && locks[2].pid == -1 && locks[2].minor == 1);
+        assert_eq!(locks[3].minor, 0x1a);
+    }
+
+    #[test]
+    fn git_lock_paths() {
+        for yes in [
+            "/w/.git/index.lock",
+            "/w/.git/HEAD.lock",
+            "/w/.git/refs/heads/main.lock",
+            "/w/.git/packed-refs.lock",
+            "/w/.git/worktrees/x/index.lock",
+        ] {
+            assert!(is_git_lock(yes), "{yes}");
+        }
+        for no in [
+            "/w/.git/index",
+            "/w/Cargo.lock",
+            "/w/git/index.lock",
+            "/w/.gitignore.lock",
+        ] {
+            assert!(!is_git_lock(no), "{no}");
+        }
+    }
+
+    /// Our own process holding a git lock, a SQLite write lock and a file open
+    /// for writing in a workspace: each is found, with its kind.
+    #[test]
+    fn finds_each_kind_in_a_live_process() {
+        let ws = tempfile::tempdir().unwrap();
+        fs::create_dir_all(ws.path().join(".git")).unwrap();
+        let lock_path = ws.path().join(".git/index.lock");
+        let _lock = fs::File::create(&lock_path).unwrap();
+        let _out = fs::File::create(ws.path().join("out.txt")).unwrap();
+        let db = ws.path().join("x.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t(a); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let me = std::process::id() as i32;
+        let scope = Scope {
+            pids: vec![me],
+            workspace: Some(ws.path().to_path_buf()),
+            exclude: vec![],
+        };
+        // Tests run side by side in this process: look only at our own directory.
+        let mine = |found: Vec<Finding>| -> Vec<Finding> {
+            found
+                .into_iter()
+                .filter(|f| f.path.starts_with(&*ws.path().to_string_lossy()))
+                .collect()
+        };
+        let found = mine(scan(Path::new("/proc"), &scope));
+        let kind_of = |suffix: &str| {
+            found
+                .iter()
+                .filter(|f| f.path.ends_with(suffix))
+                .map(|f| f.kind)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kind_of("index.lock"), vec![SectionKind::Git]);
+        assert_eq!(kind_of("out.txt"), vec![SectionKind::Files]);
+        assert!(
+            kind_of("x.db").contains(&SectionKind::Database),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|f| f.pid == me));
+
+        // Excluded paths are not reported; after the transaction the database is not either.
+        conn.execute_batch("COMMIT").unwrap();
+        let scope = Scope {
+            exclude: vec![ws.path().join("out.txt")],
+            ..scope
+        };
+        let found = mine(scan(Path::new("/proc"), &scope));
+        assert!(
+            found.iter().all(|f| !f.path.ends_with("out.txt")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().all(|f| f.kind != SectionKind::Database),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_stale_lock_is_removed_only_when_nobody_holds_it() {
+        let ws = tempfile::tempdir().unwrap();
+        fs::create_dir_all(ws.path().join(".git")).unwrap();
+        let path = ws.path().join(".git/index.lock");
+        let held = fs::File::create(&path).unwrap();
+        let me = std::process::id() as i32;
+        let scope = Scope {
+            pids: vec![me],
+            ..Default::default()
+        };
+        let found: Vec<Finding> = scan(Path::new("/proc"), &scope)
+            .into_iter()
+            .filter(|f| f.path.starts_with(&*ws.path().to_string_lossy()))
+            .collect();
+        assert_eq!(found.len(), 1);
+        // Still held by us: kept.
+        assert!(remove_stale_git_locks(Path::new("/proc"), &found).is_empty());
+        assert!(path.exists());
+        drop(held);
+        // Another file under the same name (a new inode, while the old one lives on
+        // elsewhere) is never touched.
+        let aside = ws.path().join(".git/index.lock.aside");
+        fs::rename(&path, &aside).unwrap();
+        fs::File::create(&path).unwrap();
+        assert!(remove_stale_git_locks(Path::new("/proc"), &found).is_empty());
+        assert!(path.exists());
+        // The very file the dead process had, held by nobody: removed.
+        fs::rename(&aside, &path).unwrap();
+        let removed = remove_stale_git_locks(Path::new("/proc"), &found);
+        assert_eq!(removed, vec![path.display().to_string()]);
+        assert!(!path.exists());
+    }
+}
