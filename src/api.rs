@@ -85,6 +85,9 @@ pub struct CreateRun {
     /// Ask for a log file for a detached run's output.
     #[serde(default)]
     pub detach: bool,
+    /// Remove the workspace when the run ends (it is kept by default).
+    #[serde(default)]
+    pub cleanup_workspace: bool,
 }
 
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup.
@@ -123,6 +126,12 @@ pub struct KillRequest {
     /// How long processes get after SIGTERM; the template's default when absent.
     pub grace_ms: Option<u64>,
     pub reason: Option<String>,
+    /// How long to wait for open critical sections of each kind, and in all
+    /// (the template's defaults when absent).
+    pub grace_git_ms: Option<u64>,
+    pub grace_db_ms: Option<u64>,
+    pub grace_files_ms: Option<u64>,
+    pub max_wait_ms: Option<u64>,
 }
 
 /// One step of a kill sequence and how long it took.
@@ -141,6 +150,10 @@ pub struct CleanupStatus {
     pub cgroup_removed: bool,
     pub tmpdir_removed: bool,
     pub run_dir_removed: bool,
+    /// Git lock files the dead tree left behind, removed.
+    pub stale_locks_removed: Vec<String>,
+    /// `kept`, `removed`, or `none` (the run had no workspace).
+    pub workspace: String,
 }
 
 /// The result of a kill: the contract `{success, run_id, killed_at, cleanup_status, message}`
@@ -164,6 +177,14 @@ pub struct KillResult {
     pub processes_killed: u32,
     pub phases: Vec<Phase>,
     pub duration_ms: f64,
+    /// Critical sections seen open during the kill.
+    pub sections: Vec<Section>,
+    /// How long the kill waited for critical sections to close.
+    pub waited_ms: f64,
+    /// Kinds of section whose grace ran out while still open.
+    pub graces_expired: Vec<SectionKind>,
+    /// The overall limit on waiting ran out.
+    pub max_wait_expired: bool,
 }
 
 /// A run as `ps` and `status` show it.
@@ -190,6 +211,8 @@ pub struct RunInfo {
     pub cgroup: String,
     pub log_path: Option<String>,
     pub kill_result: Option<KillResult>,
+    /// Critical sections open right now (live runs only).
+    pub sections: Vec<Section>,
 }
 
 /// The kinds of critical section a kill waits for.

@@ -1,23 +1,60 @@
-//! The kill sequence: how one run's cgroup is brought to `populated 0`.
+//! The kill sequence: how one run's cgroup is brought to `populated 0`, as
+//! safely as its deadline allows.
 //!
-//! Graceful: freeze, SIGTERM + SIGCONT to every process through pidfds (the
-//! tree cannot fork while frozen, so nothing is missed), thaw, wait up to the
-//! grace for `populated 0`, then the hard kill. Force: the hard kill at once.
-//! Hard kill: freeze, `cgroup.kill`, wait for `populated 0` (never trusting an
-//! empty `cgroup.procs`). Processes that survive the deadline are reported with
-//! their state, wait channel and kernel stack; the cgroup is left frozen.
+//! Graceful, in order:
+//! 1. freeze, wait for `frozen 1`; scan the frozen, stable tree for critical
+//!    sections ([`crate::sections`]); thaw;
+//! 2. while a section is open: poll until it closes, its kind's grace runs out,
+//!    or the overall limit passes;
+//! 3. write the stop reason where the run can read it;
+//! 4. freeze, SIGTERM + SIGCONT to every process through pidfds (the tree cannot
+//!    fork while frozen, so nothing is missed), thaw; wait up to the TERM grace
+//!    for `populated 0`;
+//! 5. the hard kill: freeze, `cgroup.kill`, wait for `populated 0` (never
+//!    trusting an empty `cgroup.procs`).
 //!
-//! Cleanup of what the run leaves (directories, the cgroup itself) is the
-//! caller's; this module only ends processes.
+//! Force: the scan (to report what was open and to clean up after), then the
+//! hard kill at once. Processes that survive the hard kill's deadline are
+//! reported with their state, wait channel and kernel stack; the cgroup is left
+//! frozen. Cleanup of what the run leaves is the caller's.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
-use crate::api::Phase;
+use crate::api::{Phase, SectionKind};
 use crate::cgroup::{self, Cgroup};
 use crate::procfs;
+use crate::sections::{self, Finding};
+
+/// How long to wait for each kind of critical section, and for all of them.
+#[derive(Debug, Clone)]
+pub struct Graces {
+    pub git: Duration,
+    pub database: Duration,
+    pub files: Duration,
+    pub max_wait: Duration,
+}
+
+impl Graces {
+    pub fn of(&self, kind: SectionKind) -> Duration {
+        match kind {
+            SectionKind::Git => self.git,
+            SectionKind::Database => self.database,
+            SectionKind::Files => self.files,
+        }
+    }
+}
+
+/// Written to `$WFCG_RUN_DIR/stop-reason` before SIGTERM.
+#[derive(Debug, Clone)]
+pub struct StopReason {
+    pub path: PathBuf,
+    pub reason: Option<String>,
+    pub requested_by: String,
+}
 
 /// How to kill.
 #[derive(Debug, Clone)]
@@ -31,6 +68,10 @@ pub struct Plan {
     /// A process spared SIGTERM (the run's supervisor, which ends when its command does);
     /// given as (pid, start time). The hard kill spares nobody.
     pub spare: Option<(i32, u64)>,
+    pub graces: Graces,
+    /// Where to look for critical sections (the pids are filled in at each scan).
+    pub scope: sections::Scope,
+    pub stop_reason: Option<StopReason>,
 }
 
 /// A process that outlived the hard kill.
@@ -43,12 +84,28 @@ pub struct Survivor {
     pub stack: Option<String>,
 }
 
+/// A critical section and when it was seen open, in time since the kill began.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub finding: Finding,
+    pub first: Duration,
+    pub last: Duration,
+}
+
 /// What the sequence did.
 #[derive(Debug, Default)]
 pub struct Report {
     /// Processes in the cgroup when the kill began.
     pub processes: u32,
     pub phases: Vec<Phase>,
+    /// Every critical section seen open during the kill.
+    pub sections: Vec<Seen>,
+    /// How long the kill waited for critical sections.
+    pub waited: Duration,
+    /// Kinds whose grace ran out with a section still open.
+    pub graces_expired: Vec<SectionKind>,
+    /// The overall limit on waiting ran out.
+    pub max_wait_expired: bool,
     /// Empty when the cgroup reached `populated 0`.
     pub survivors: Vec<Survivor>,
     /// Errors that did not stop the sequence.
@@ -63,32 +120,154 @@ impl Report {
             detail,
         });
     }
+
+    /// Records the sections of one scan; returns those open now.
+    fn saw(&mut self, found: Vec<Finding>, at: Duration) -> Vec<Finding> {
+        for f in &found {
+            match self.sections.iter_mut().find(|s| &s.finding == f) {
+                Some(s) => s.last = at,
+                None => self.sections.push(Seen {
+                    finding: f.clone(),
+                    first: at,
+                    last: at,
+                }),
+            }
+        }
+        found
+    }
 }
 
 /// Runs the sequence on `cg`. `proc_root` is normally `/proc`.
 pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
+    let start = Instant::now();
     let mut report = Report::default();
-    if !plan.force {
-        graceful_term(cg, plan, proc_root, &mut report);
-        let t = Instant::now();
-        match cg.wait_unpopulated(plan.term_grace) {
-            Ok(true) => {
-                report.phase("term_wait", t, "all processes exited after SIGTERM".into());
-                return report;
-            }
-            Ok(false) => report.phase(
-                "term_wait",
-                t,
-                format!(
-                    "grace of {} ran out",
-                    crate::duration::format(plan.term_grace)
-                ),
-            ),
-            Err(e) => report.errors.push(e.to_string()),
-        }
+
+    // 1. Freeze and scan the stable tree.
+    let t = Instant::now();
+    if let Err(e) = cg.freeze(plan.freeze_timeout) {
+        report.errors.push(e.to_string());
     }
+    let pids = cg.procs_recursive().unwrap_or_default();
+    report.processes = pids.len() as u32;
+    let open = scan(plan, pids, proc_root);
+    let open = report.saw(open, start.elapsed());
+    report.phase("scan", t, describe(&open));
+    if plan.force {
+        hard_kill(cg, plan, proc_root, &mut report);
+        return report;
+    }
+    if let Err(e) = cg.thaw() {
+        report.errors.push(e.to_string());
+    }
+
+    // 2. Wait for critical sections to close.
+    if !open.is_empty() {
+        wait_for_sections(cg, plan, proc_root, start, &mut report);
+    }
+
+    // 3. Say why, 4. SIGTERM and its grace.
+    if let Some(stop) = &plan.stop_reason
+        && let Err(e) = write_stop_reason(stop, plan)
+    {
+        report.errors.push(e);
+    }
+    graceful_term(cg, plan, proc_root, &mut report);
+    let t = Instant::now();
+    match cg.wait_unpopulated(plan.term_grace) {
+        Ok(true) => {
+            report.phase("term_wait", t, "all processes exited after SIGTERM".into());
+            return report;
+        }
+        Ok(false) => report.phase(
+            "term_wait",
+            t,
+            format!(
+                "grace of {} ran out",
+                crate::duration::format(plan.term_grace)
+            ),
+        ),
+        Err(e) => report.errors.push(e.to_string()),
+    }
+
+    // 5. The hard kill.
     hard_kill(cg, plan, proc_root, &mut report);
     report
+}
+
+fn scan(plan: &Plan, pids: Vec<i32>, proc_root: &Path) -> Vec<Finding> {
+    let scope = sections::Scope {
+        pids,
+        ..plan.scope.clone()
+    };
+    sections::scan(proc_root, &scope)
+}
+
+fn describe(open: &[Finding]) -> String {
+    if open.is_empty() {
+        return "no critical section open".into();
+    }
+    let list: Vec<String> = open
+        .iter()
+        .map(|f| format!("{}: {} (pid {})", f.kind.as_str(), f.path, f.pid))
+        .collect();
+    list.join("; ")
+}
+
+/// How often open critical sections are looked at again.
+const SECTION_POLL: Duration = Duration::from_millis(100);
+
+/// Polls until no section is open, every open one's grace has run out, or the
+/// overall limit passes. Each kind's grace counts from the start of the wait.
+fn wait_for_sections(
+    cg: &Cgroup,
+    plan: &Plan,
+    proc_root: &Path,
+    start: Instant,
+    report: &mut Report,
+) {
+    let t = Instant::now();
+    let detail = loop {
+        std::thread::sleep(SECTION_POLL);
+        let pids = cg.procs_recursive().unwrap_or_default();
+        let open = scan(plan, pids, proc_root);
+        let open = report.saw(open, start.elapsed());
+        if open.is_empty() {
+            break "all critical sections closed".to_string();
+        }
+        let waited = t.elapsed();
+        let kinds: BTreeSet<SectionKind> = open.iter().map(|f| f.kind).collect();
+        if kinds.iter().all(|k| waited >= plan.graces.of(*k)) {
+            report.graces_expired = kinds.into_iter().collect();
+            break format!("grace ran out with {} still open", describe(&open));
+        }
+        if waited >= plan.graces.max_wait {
+            report.max_wait_expired = true;
+            report.graces_expired = kinds
+                .into_iter()
+                .filter(|k| waited >= plan.graces.of(*k))
+                .collect();
+            break format!(
+                "waited the limit of {} with {} still open",
+                crate::duration::format(plan.graces.max_wait),
+                describe(&open)
+            );
+        }
+    };
+    report.waited = t.elapsed();
+    report.phase("sections_wait", t, detail);
+}
+
+fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
+    let deadline = chrono::Utc::now()
+        + chrono::Duration::from_std(plan.term_grace).unwrap_or(chrono::Duration::zero());
+    let body = serde_json::json!({
+        "reason": stop.reason,
+        "requested_by": stop.requested_by,
+        "mode": if plan.force { "force" } else { "graceful" },
+        "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    std::fs::write(&stop.path, format!("{body}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", stop.path.display()))
 }
 
 /// Freeze, SIGTERM + SIGCONT to every process but the spared one, thaw.
@@ -145,9 +324,6 @@ fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, report: &mut Report) {
     // Freezing first closes the fork race of older kernels' cgroup.kill.
     if let Err(e) = cg.freeze(plan.freeze_timeout) {
         report.errors.push(e.to_string());
-    }
-    if plan.force {
-        report.processes = cg.procs_recursive().map(|p| p.len() as u32).unwrap_or(0);
     }
     if let Err(e) = cg.kill() {
         report.errors.push(e.to_string());
@@ -215,6 +391,14 @@ mod tests {
             freeze_timeout: Duration::from_millis(100),
             kill_deadline: Duration::from_millis(200),
             spare: None,
+            graces: Graces {
+                git: Duration::ZERO,
+                database: Duration::ZERO,
+                files: Duration::ZERO,
+                max_wait: Duration::ZERO,
+            },
+            scope: Default::default(),
+            stop_reason: None,
         };
         let report = kill(&cg, &plan, Path::new("/proc"));
         assert_eq!(report.processes, 1);

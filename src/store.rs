@@ -42,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
         result TEXT NOT NULL
     );
     CREATE INDEX kills_run ON kills(run_id);",
+    // 2: the workspace may be removed when the run ends.
+    "ALTER TABLE runs ADD COLUMN cleanup_workspace INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -83,11 +85,13 @@ pub struct RunRecord {
     pub run_dir: Option<String>,
     pub tmpdir: Option<String>,
     pub log_path: Option<String>,
+    /// Remove the workspace when the run ends.
+    pub cleanup_workspace: bool,
 }
 
 const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, workspace_path, \
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
-    ended_at, kill_result, run_dir, tmpdir, log_path";
+    ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace";
 
 fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -109,6 +113,7 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         run_dir: r.get(15)?,
         tmpdir: r.get(16)?,
         log_path: r.get(17)?,
+        cleanup_workspace: r.get(18)?,
     })
 }
 
@@ -159,7 +164,7 @@ impl Store {
         let res = self.conn.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
             ),
             params![
                 run.run_id,
@@ -180,6 +185,7 @@ impl Store {
                 run.run_dir,
                 run.tmpdir,
                 run.log_path,
+                run.cleanup_workspace,
             ],
         );
         match res {

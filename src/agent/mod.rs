@@ -24,6 +24,7 @@ use crate::api::{
 use crate::cgroup::{self, Cgroup};
 use crate::kill;
 use crate::procfs;
+use crate::sections::{self, Finding};
 use crate::store::{self, RunRecord, Store};
 use crate::template::Template;
 use reaper::{OnEmpty, Reaper};
@@ -32,6 +33,8 @@ use reaper::{OnEmpty, Reaper};
 pub const RUN_ID_ENV: &str = "WFCG_RUN_ID";
 /// The file in a run directory where the supervisor leaves its command's exit.
 pub const EXIT_STATUS_FILE: &str = "exit-status";
+/// The file in a run directory that says why the run is being stopped (JSON).
+pub const STOP_REASON_FILE: &str = "stop-reason";
 
 /// Where the agent keeps and finds things. Every host path is here so tests
 /// can run agents side by side.
@@ -117,7 +120,16 @@ impl Caller {
     fn is_root(&self) -> bool {
         self.uid == 0
     }
+
+    /// `name (uid N, pid P)`, for records.
+    fn describe(&self) -> String {
+        let name = crate::users::user_name(self.uid).unwrap_or_else(|| "?".into());
+        format!("{name} (uid {}, pid {})", self.uid, self.pid)
+    }
 }
+
+/// When each open critical section of a run, by (pid, path), was first seen.
+type Sightings = HashMap<(i32, String), chrono::DateTime<chrono::Utc>>;
 
 /// A kill sequence under way; concurrent kills of the same run wait on it.
 #[derive(Default)]
@@ -136,6 +148,11 @@ pub struct Agent {
     template: Template,
     reaper: Reaper,
     inflight: Mutex<HashMap<String, Arc<KillSlot>>>,
+    /// When each open critical section was first seen, per run, for `status`.
+    sightings: Mutex<HashMap<String, Sightings>>,
+    /// Git locks that processes of an exited run held when they were killed,
+    /// checked and removed once the run's cgroup is empty.
+    stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
 }
 
 fn now() -> String {
@@ -205,6 +222,8 @@ impl Agent {
             template,
             reaper,
             inflight: Mutex::default(),
+            sightings: Mutex::default(),
+            stale_candidates: Mutex::default(),
         });
         agent.reaper.start(Arc::downgrade(&agent));
         agent.reconcile();
@@ -280,6 +299,19 @@ impl Agent {
         if req.command.is_empty() {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
         }
+        if req.cleanup_workspace && req.workspace.is_none() {
+            return Err(Failure::new(
+                ErrorKind::BadInput,
+                "cleanup_workspace needs an explicit workspace",
+            ));
+        }
+        // Without an explicit workspace, the caller's working directory is where
+        // the run writes its files (and where writes count as critical sections).
+        let workspace = req.workspace.clone().or_else(|| {
+            fs::read_link(self.cfg.proc_root.join(caller.pid.to_string()).join("cwd"))
+                .ok()
+                .map(|p| p.display().to_string())
+        });
         let run_id = match req.run_id {
             Some(id) => {
                 if let Some(problem) = api::run_id_problem(&id) {
@@ -369,7 +401,8 @@ impl Agent {
             pid_starttime: starttime,
             status: RunStatus::Running.as_str().into(),
             started_at: Some(now()),
-            workspace_path: req.workspace,
+            workspace_path: workspace,
+            cleanup_workspace: req.cleanup_workspace,
             owner_uid: caller.uid,
             workflow: req.workflow,
             command: serde_json::to_string(&req.command).map_err(Failure::internal)?,
@@ -439,10 +472,25 @@ impl Agent {
         let cg = Cgroup::new(&rec.cgroup_path);
         let mut killed = 0;
         if cg.freeze(self.template.kill.freeze_timeout).is_ok() {
-            for pid in cg.procs_recursive().unwrap_or_default() {
-                if pid == caller.pid {
-                    continue;
-                }
+            let leftovers: Vec<i32> = cg
+                .procs_recursive()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&pid| pid != caller.pid)
+                .collect();
+            // Git locks the leftovers hold now become stale once they are dead.
+            let scope = sections::Scope {
+                pids: leftovers.clone(),
+                ..self.section_scope(&rec)
+            };
+            let locks = sections::scan(&self.cfg.proc_root, &scope);
+            if !locks.is_empty() {
+                self.stale_candidates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(run_id.to_owned(), locks);
+            }
+            for pid in leftovers {
                 if let Ok(fd) = procfs::pidfd_open(pid)
                     && procfs::pidfd_signal(&fd, rustix::process::Signal::KILL).is_ok()
                 {
@@ -482,16 +530,22 @@ impl Agent {
         Ok(recs
             .into_iter()
             .filter(|r| caller.is_root() || r.owner_uid == caller.uid)
-            .map(|r| self.info(r))
+            .map(|r| self.info(r, false))
             .collect())
     }
 
     pub fn get(&self, caller: &Caller, run_id: &str) -> Result<RunInfo> {
-        Ok(self.info(self.visible_run(caller, run_id)?))
+        Ok(self.info(self.visible_run(caller, run_id)?, true))
     }
 
-    fn info(&self, rec: RunRecord) -> RunInfo {
+    /// A run for display; `with_sections` adds the critical sections open now (a procfs scan).
+    fn info(&self, rec: RunRecord, with_sections: bool) -> RunInfo {
         let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+        let sections = if with_sections && status.is_live() {
+            self.open_sections(&rec)
+        } else {
+            Vec::new()
+        };
         let cg = Cgroup::new(&rec.cgroup_path);
         let (processes, cpu_usec) = if status.is_live() {
             (
@@ -532,6 +586,7 @@ impl Agent {
             workspace: rec.workspace_path,
             cgroup: rec.cgroup_path,
             log_path: rec.log_path,
+            sections,
         }
     }
 
@@ -565,7 +620,7 @@ impl Agent {
             }
             return Ok(result.clone().unwrap_or_default());
         }
-        let result = self.kill_sequence(&rec, &req);
+        let result = self.kill_sequence(caller, &rec, &req);
         *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         slot.done.notify_all();
         self.inflight
@@ -575,35 +630,86 @@ impl Agent {
         Ok(result)
     }
 
-    fn kill_sequence(&self, rec: &RunRecord, req: &KillRequest) -> KillResult {
-        let started_at = now();
+    /// Where a run's critical sections are looked for: its workspace, less its
+    /// own log, TMPDIR and run directory.
+    fn section_scope(&self, rec: &RunRecord) -> sections::Scope {
+        let workspace = rec
+            .workspace_path
+            .as_deref()
+            .map(PathBuf::from)
+            .filter(|w| w != Path::new("/"));
+        sections::Scope {
+            pids: Vec::new(),
+            workspace,
+            exclude: [&rec.log_path, &rec.tmpdir, &rec.run_dir]
+                .into_iter()
+                .flatten()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
+
+    fn kill_sequence(&self, caller: &Caller, rec: &RunRecord, req: &KillRequest) -> KillResult {
+        let started_at = chrono::Utc::now();
         let t = Instant::now();
         let settings = &self.template.kill;
+        let cs = &self.template.critical_sections;
+        let ms =
+            |v: Option<u64>, default| v.map(std::time::Duration::from_millis).unwrap_or(default);
         let plan = kill::Plan {
             force: req.force,
-            term_grace: req
-                .grace_ms
-                .map(std::time::Duration::from_millis)
-                .unwrap_or(settings.term_grace),
+            term_grace: ms(req.grace_ms, settings.term_grace),
             freeze_timeout: settings.freeze_timeout,
             kill_deadline: settings.kill_deadline,
             spare: rec.pid.zip(rec.pid_starttime),
+            graces: kill::Graces {
+                git: ms(req.grace_git_ms, cs.git),
+                database: ms(req.grace_db_ms, cs.database),
+                files: ms(req.grace_files_ms, cs.files),
+                max_wait: ms(req.max_wait_ms, cs.max_wait),
+            },
+            scope: self.section_scope(rec),
+            stop_reason: rec.run_dir.as_ref().map(|d| kill::StopReason {
+                path: Path::new(d).join(STOP_REASON_FILE),
+                reason: req.reason.clone(),
+                requested_by: caller.describe(),
+            }),
         };
         let cg = Cgroup::new(&rec.cgroup_path);
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
         let mode = if req.force { "force" } else { "graceful" };
+        let at = |d: std::time::Duration| {
+            (started_at + chrono::Duration::from_std(d).unwrap_or_default())
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
         let mut result = KillResult {
             run_id: rec.run_id.clone(),
             mode: mode.into(),
             reason: req.reason.clone(),
             processes_killed: report.processes,
             phases: report.phases,
+            sections: report
+                .sections
+                .iter()
+                .map(|s| api::Section {
+                    kind: s.finding.kind,
+                    path: s.finding.path.clone(),
+                    pid: s.finding.pid,
+                    command: s.finding.command.clone(),
+                    since: at(s.first),
+                    open_secs: (s.last - s.first).as_secs_f64(),
+                })
+                .collect(),
+            waited_ms: report.waited.as_secs_f64() * 1e3,
+            graces_expired: report.graces_expired,
+            max_wait_expired: report.max_wait_expired,
             ..Default::default()
         };
+        let seen: Vec<Finding> = report.sections.into_iter().map(|s| s.finding).collect();
         let status = if report.survivors.is_empty() {
             result.killed_at = Some(now());
             let t_clean = Instant::now();
-            result.cleanup_status = self.cleanup(rec);
+            result.cleanup_status = self.cleanup(rec, &seen);
             result.phases.push(api::Phase {
                 name: "cleanup".into(),
                 duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
@@ -622,6 +728,19 @@ impl Agent {
                     rec.run_id, result.cleanup_status.processes_remaining
                 )
             };
+            if !result.sections.is_empty() {
+                result.message.push_str(&format!(
+                    "; {} critical section(s) seen, waited {:.1} s",
+                    result.sections.len(),
+                    result.waited_ms / 1e3
+                ));
+            }
+            if !result.cleanup_status.stale_locks_removed.is_empty() {
+                result.message.push_str(&format!(
+                    "; removed stale lock(s) {}",
+                    result.cleanup_status.stale_locks_removed.join(", ")
+                ));
+            }
             RunStatus::Killed
         } else {
             // Keep the cgroup frozen and in place: a later kill retries.
@@ -656,7 +775,7 @@ impl Agent {
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let json = serde_json::to_string(&result).unwrap_or_default();
         let store = self.store();
-        if let Err(e) = store.record_kill(&rec.run_id, &started_at, &json) {
+        if let Err(e) = store.record_kill(&rec.run_id, &at(std::time::Duration::ZERO), &json) {
             tracing::error!(run_id = rec.run_id, "cannot record the kill: {e}");
         }
         let update = if status == RunStatus::Killed {
@@ -678,10 +797,32 @@ impl Agent {
         result
     }
 
-    /// Removes what an ended run leaves (its cgroup, run dir, TMPDIR) and checks that
-    /// no process of it remains anywhere (by cgroup and by its environment marker).
-    fn cleanup(&self, rec: &RunRecord) -> CleanupStatus {
+    /// Removes what an ended run leaves (stale git locks of its dead tree, its
+    /// cgroup, run dir, TMPDIR, and the workspace if asked) and checks that no
+    /// process of it remains anywhere (by cgroup and by its environment marker).
+    /// `seen` are the critical sections its processes were found in.
+    fn cleanup(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
         self.reaper.forget(&rec.run_id);
+        self.sightings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.run_id);
+        let mut seen = seen.to_vec();
+        if let Some(more) = self
+            .stale_candidates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.run_id)
+        {
+            seen.extend(more);
+        }
+        let stale_locks_removed = sections::remove_stale_git_locks(&self.cfg.proc_root, &seen);
+        for lock in &stale_locks_removed {
+            tracing::warn!(
+                run_id = rec.run_id,
+                "removed stale lock {lock} left by the dead tree"
+            );
+        }
         let cg = Cgroup::new(&rec.cgroup_path);
         let cgroup_removed = match cg.remove() {
             Ok(()) => true,
@@ -690,7 +831,7 @@ impl Agent {
                 false
             }
         };
-        let remove = |dir: &Option<String>| match dir {
+        let remove = |dir: Option<&str>| match dir {
             Some(d) => match fs::remove_dir_all(d) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -701,8 +842,14 @@ impl Agent {
             },
             None => true,
         };
-        let tmpdir_removed = remove(&rec.tmpdir);
-        let run_dir_removed = remove(&rec.run_dir);
+        let tmpdir_removed = remove(rec.tmpdir.as_deref());
+        let run_dir_removed = remove(rec.run_dir.as_deref());
+        let workspace = match (&rec.workspace_path, rec.cleanup_workspace) {
+            (None, _) => "none",
+            (Some(_), false) => "kept",
+            (Some(ws), true) if remove(Some(ws)) => "removed",
+            (Some(_), true) => "removal failed",
+        };
         let mut remaining = procfs::pids_with_env(&self.cfg.proc_root, RUN_ID_ENV, &rec.run_id);
         if !cgroup_removed {
             remaining.extend(cg.procs_recursive().unwrap_or_default());
@@ -714,7 +861,45 @@ impl Agent {
             cgroup_removed,
             tmpdir_removed,
             run_dir_removed,
+            stale_locks_removed,
+            workspace: workspace.into(),
         }
+    }
+
+    /// The critical sections a live run has open now, each with when it was first seen.
+    fn open_sections(&self, rec: &RunRecord) -> Vec<api::Section> {
+        let pids = Cgroup::new(&rec.cgroup_path)
+            .procs_recursive()
+            .unwrap_or_default();
+        let scope = sections::Scope {
+            pids,
+            ..self.section_scope(rec)
+        };
+        let found = sections::scan(&self.cfg.proc_root, &scope);
+        let now = chrono::Utc::now();
+        let mut sightings = self.sightings.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = sightings.remove(&rec.run_id).unwrap_or_default();
+        let mut current = HashMap::new();
+        let out = found
+            .into_iter()
+            .map(|f| {
+                let key = (f.pid, f.path.clone());
+                let since = previous.get(&key).copied().unwrap_or(now);
+                current.insert(key, since);
+                api::Section {
+                    kind: f.kind,
+                    path: f.path,
+                    pid: f.pid,
+                    command: f.command,
+                    since: since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    open_secs: (now - since).num_milliseconds() as f64 / 1e3,
+                }
+            })
+            .collect();
+        if !current.is_empty() {
+            sightings.insert(rec.run_id.clone(), current);
+        }
+        out
     }
 
     /// The exit the supervisor left in the run directory, if it did.
@@ -770,7 +955,7 @@ impl OnEmpty for Agent {
             }
             rec
         };
-        let status = self.cleanup(&rec);
+        let status = self.cleanup(&rec, &[]);
         if status.processes_remaining > 0 || !status.cgroup_removed {
             tracing::warn!(run_id, ?status, "run ended but cleanup is incomplete");
         }

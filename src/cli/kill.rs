@@ -6,10 +6,15 @@ use crate::exit::{self, Failure};
 
 /// Kill a run: every process of its cgroup, atomically, with nothing left.
 ///
-/// Graceful (default): SIGTERM to every process, up to --grace for them to exit,
-/// then freeze + cgroup.kill. --force: freeze + cgroup.kill at once. Killing a run
-/// that already ended succeeds (exit 0) and says how it ended. Exit 1 when
-/// processes survived (the run is then `unkillable`).
+/// Graceful (default): freeze the run and look for critical sections (open git
+/// locks, SQLite write transactions, files being written in the workspace); wait
+/// for them to close, up to each kind's grace; write the reason to
+/// $WFCG_RUN_DIR/stop-reason; SIGTERM every process and wait up to --grace; then
+/// freeze + cgroup.kill. --force: cgroup.kill at once (open sections are still
+/// reported). Afterwards stale git locks of the dead tree, the run's TMPDIR and
+/// cgroup are removed and the host is checked for survivors. Killing a run that
+/// already ended succeeds (exit 0) and says how it ended. Exit 1 when processes
+/// survived (the run is then `unkillable`; a later kill retries).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The run to kill.
@@ -20,7 +25,19 @@ pub struct Args {
     /// How long processes get after SIGTERM (e.g. 500ms, 5s, 1m) [default: from the template, 5s].
     #[arg(long, value_name = "DUR")]
     pub grace: Option<String>,
-    /// Why; recorded with the kill.
+    /// How long to wait for an open git lock to close [default: 30s].
+    #[arg(long, value_name = "DUR")]
+    pub grace_git: Option<String>,
+    /// How long to wait for a database write transaction to end [default: 15s].
+    #[arg(long, value_name = "DUR")]
+    pub grace_db: Option<String>,
+    /// How long to wait for files being written in the workspace [default: 10s].
+    #[arg(long, value_name = "DUR")]
+    pub grace_files: Option<String>,
+    /// The most to wait for critical sections in all [default: 60s].
+    #[arg(long, value_name = "DUR")]
+    pub max_wait: Option<String>,
+    /// Why; recorded with the kill and written to $WFCG_RUN_DIR/stop-reason.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
     /// Print the kill result as JSON.
@@ -32,14 +49,20 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     if let Some(problem) = api::run_id_problem(&args.run_id) {
         return Err(Failure::usage(problem));
     }
-    let grace_ms = match &args.grace {
-        Some(g) => Some(super::duration_arg("--grace", g)?.as_millis() as u64),
-        None => None,
+    let ms = |flag: &str, v: &Option<String>| -> Result<Option<u64>, Failure> {
+        match v {
+            Some(text) => Ok(Some(super::duration_arg(flag, text)?.as_millis() as u64)),
+            None => Ok(None),
+        }
     };
     let req = KillRequest {
         force: args.force,
-        grace_ms,
+        grace_ms: ms("--grace", &args.grace)?,
         reason: args.reason.clone(),
+        grace_git_ms: ms("--grace-git", &args.grace_git)?,
+        grace_db_ms: ms("--grace-db", &args.grace_db)?,
+        grace_files_ms: ms("--grace-files", &args.grace_files)?,
+        max_wait_ms: ms("--max-wait", &args.max_wait)?,
     };
     let client = Client::new(&cli.socket);
     let result: KillResult = client.post(&format!("/v1/runs/{}/kill", args.run_id), &req)?;

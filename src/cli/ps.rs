@@ -116,6 +116,16 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         (None, Some(s)) => println!("exit:       signal {s}"),
         _ => {}
     }
+    for sec in &r.sections {
+        println!(
+            "critical:   {}: {} held by pid {} ({}) for {:.1} s",
+            sec.kind.as_str(),
+            sec.path,
+            sec.pid,
+            sec.command,
+            sec.open_secs
+        );
+    }
     if let Some(k) = &r.kill_result {
         println!("kill:       {}", k.message);
     }

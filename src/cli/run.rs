@@ -23,6 +23,9 @@ pub struct Args {
     /// Working directory of the run; CMD starts in it.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
+    /// Remove the workspace when the run ends (needs --workspace).
+    #[arg(long, requires = "workspace")]
+    pub cleanup_workspace: bool,
     /// Print the run id and return at once; the run goes on (output goes to its log file).
     #[arg(long, short)]
     pub detach: bool,
@@ -47,6 +50,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             workflow: args.workflow.clone(),
             workspace: args.workspace.clone(),
             detach: args.detach,
+            cleanup_workspace: args.cleanup_workspace,
             quiet: args.quiet,
             command: args.command.clone(),
         },

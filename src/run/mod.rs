@@ -35,6 +35,7 @@ pub struct Options {
     pub workflow: Option<String>,
     pub workspace: Option<PathBuf>,
     pub detach: bool,
+    pub cleanup_workspace: bool,
     pub quiet: bool,
     pub command: Vec<String>,
 }
@@ -195,6 +196,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
             }),
             command: opts.command.clone(),
             detach: opts.detach,
+            cleanup_workspace: opts.cleanup_workspace,
         };
         client
             .post::<_, RunStarted>("/v1/runs", &req)
