@@ -661,7 +661,10 @@ impl Agent {
             term_grace: ms(req.grace_ms, settings.term_grace),
             freeze_timeout: settings.freeze_timeout,
             kill_deadline: settings.kill_deadline,
-            spare: rec.pid.zip(rec.pid_starttime),
+            // Only a supervisor is spared; an adopted run's pid is just one of its processes.
+            spare: (rec.status != RunStatus::Unknown.as_str())
+                .then(|| rec.pid.zip(rec.pid_starttime))
+                .flatten(),
             graces: kill::Graces {
                 git: ms(req.grace_git_ms, cs.git),
                 database: ms(req.grace_db_ms, cs.database),
