@@ -3,4 +3,6 @@
 
 mod util;
 
+mod agent;
+mod kill;
 mod run;

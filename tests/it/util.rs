@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +35,9 @@ pub fn privileged() -> bool {
             eprintln!("SKIPPED (WFCG_TEST_ALLOW_SKIP=1): {p}");
             false
         }
-        Some(p) => panic!("{p}; run as root on a host with cgroup2 (or set WFCG_TEST_ALLOW_SKIP=1 on a laptop)"),
+        Some(p) => panic!(
+            "{p}; run as root on a host with cgroup2 (or set WFCG_TEST_ALLOW_SKIP=1 on a laptop)"
+        ),
     }
 }
 
@@ -67,10 +70,19 @@ pub fn pids_with_env(key: &str, value: &str) -> Vec<i32> {
     wfcg::procfs::pids_with_env(Path::new("/proc"), key, value)
 }
 
+/// The environment variable the tests give every process they start, with a
+/// value from [`marker`]: unlike `WFCG_RUN_ID`, it is carried by the `wfcg run`
+/// supervisor too, and by processes of runs that never got an id.
+pub const TEST_MARK: &str = "WFCG_TEST_MARK";
+
 /// A unique marker value for one test's processes.
 pub fn marker(name: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One agent of our own, with its own socket, state directory and cgroup root.
@@ -88,7 +100,10 @@ impl TestAgent {
     /// Starts an agent and waits until it answers.
     pub fn start() -> TestAgent {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = tempfile::Builder::new().prefix("wfcg-test").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wfcg-test")
+            .tempdir()
+            .unwrap();
         let mount = cgroup::cgroup2_mount().expect("cgroup2 mount");
         let cgroup_root = mount.join(format!(
             "wfcg-test-{}-{}",
@@ -124,7 +139,11 @@ impl TestAgent {
             .expect("starting wfcg agent");
         self.child = Some(child);
         let answered = wait_until(Duration::from_secs(10), || {
-            self.wfcg().args(["ps"]).output().map(|o| o.status.success()).unwrap_or(false)
+            self.wfcg()
+                .args(["ps"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
         });
         assert!(answered, "agent did not answer; log:\n{}", self.log());
     }
@@ -158,18 +177,142 @@ impl TestAgent {
         self.wfcg().args(args).output().expect("running wfcg")
     }
 
-    /// `wfcg run --detach [extra...] -- sh -c SCRIPT`; returns the run id.
-    pub fn start_run(&self, extra: &[&str], script: &str) -> String {
-        let mut args = vec!["run", "--detach"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "sh", "-c", script]);
-        let out = self.cli(&args);
+    /// A `wfcg` command aimed at this agent whose processes (and their
+    /// descendants) carry `WFCG_TEST_MARK=marker`.
+    pub fn marked(&self, marker: &str) -> Command {
+        let mut cmd = self.wfcg();
+        cmd.env(TEST_MARK, marker);
+        cmd
+    }
+
+    /// `wfcg run --detach [extra...] -- sh -c SCRIPT` with a fresh marker.
+    pub fn start_run(&self, extra: &[&str], script: &str) -> Run {
+        let marker = marker("run");
+        let out = self
+            .marked(&marker)
+            .args(["run", "--detach"])
+            .args(extra)
+            .args(["--", "sh", "-c", script])
+            .output()
+            .expect("running wfcg run");
         assert!(
             out.status.success(),
             "wfcg run failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Run { id, marker }
+    }
+
+    /// `wfcg kill --json RUN [extra...]`: the output, and the kill result when
+    /// one was printed (`Null` otherwise).
+    pub fn kill(&self, run_id: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+        let out = self
+            .wfcg()
+            .args(["kill", "--json", run_id])
+            .args(extra)
+            .output()
+            .expect("running wfcg kill");
+        let result = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out, result)
+    }
+
+    /// `wfcg kill --json RUN [extra...]`, which must succeed; the kill result.
+    pub fn kill_ok(&self, run_id: &str, extra: &[&str]) -> serde_json::Value {
+        let (out, result) = self.kill(run_id, extra);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "wfcg kill {run_id} {extra:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(result["success"], true, "{result:#}");
+        result
+    }
+
+    /// How many kill sequences the store recorded for a run.
+    pub fn kill_count(&self, run_id: &str) -> u32 {
+        self.sql(&format!(
+            "select count(*) from kills where run_id = '{run_id}'"
+        ))
+        .parse()
+        .unwrap()
+    }
+
+    /// `wfcg ps --json [--all]` parsed.
+    pub fn ps(&self, all: bool) -> Vec<serde_json::Value> {
+        let mut args = vec!["ps", "--json"];
+        if all {
+            args.push("--all");
+        }
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "ps failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Asserts that nothing of a run is left: its cgroup is gone, and no process
+    /// on the host carries its `WFCG_RUN_ID` or its test marker.
+    pub fn assert_run_gone(&self, run: &Run) {
+        let cg = self.run_cgroup(&run.id);
+        assert!(
+            !cg.exists(),
+            "cgroup {} still exists (events {:?}, procs {:?})",
+            cg.path().display(),
+            cg.events(),
+            cg.procs_recursive()
+        );
+        assert_no_marked_processes(&run.id, &run.marker);
+    }
+
+    /// Waits until nothing of a run that ends by itself is left (see [`Self::assert_run_gone`]).
+    pub fn wait_run_gone(&self, run: &Run) {
+        let cg = self.run_cgroup(&run.id);
+        wait_until(Duration::from_secs(15), || {
+            !cg.exists()
+                && pids_with_env("WFCG_RUN_ID", &run.id).is_empty()
+                && pids_with_env(TEST_MARK, &run.marker).is_empty()
+        });
+        self.assert_run_gone(run);
+    }
+
+    /// Asserts that no run was ever created: no row in the store, no cgroup under
+    /// `runs/`, no run directory, TMPDIR or log.
+    pub fn assert_nothing_created(&self) {
+        assert_eq!(self.sql("select count(*) from runs"), "0", "rows in runs");
+        let cgroups = Cgroup::new(self.cgroup_root.join("runs"))
+            .children()
+            .unwrap();
+        assert!(cgroups.is_empty(), "run cgroups: {cgroups:?}");
+        for dir in [
+            self.dir.path().join("runs"),
+            self.state_dir.join("tmp"),
+            self.state_dir.join("logs"),
+        ] {
+            let entries: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            assert!(entries.is_empty(), "{} holds {entries:?}", dir.display());
+        }
+    }
+
+    /// Makes the socket reachable by every user (the test directory is private
+    /// to root by default), as `/run/wfcg` is on a host.
+    pub fn open_to_all_users(&self) {
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A `wfcg` command aimed at this agent, run as another user.
+    pub fn wfcg_as(&self, user: &TestUser) -> Command {
+        let mut cmd = user.command(WFCG);
+        cmd.envs(self.env());
+        cmd
     }
 
     /// The cgroup of a run.
@@ -188,13 +331,19 @@ impl TestAgent {
     /// `wfcg status --json RUN` parsed.
     pub fn status(&self, run_id: &str) -> serde_json::Value {
         let out = self.cli(&["status", "--json", run_id]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// Waits until a run's status is `want`.
     pub fn wait_status(&self, run_id: &str, want: &str) -> bool {
-        wait_until(Duration::from_secs(15), || self.status(run_id)["status"] == want)
+        wait_until(Duration::from_secs(15), || {
+            self.status(run_id)["status"] == want
+        })
     }
 
     pub fn db(&self) -> PathBuf {
@@ -203,13 +352,146 @@ impl TestAgent {
 
     /// One value from the store through the sqlite3 CLI, as an operator would read it.
     pub fn sql(&self, query: &str) -> String {
-        let out = Command::new("sqlite3").arg(self.db()).arg(query).output().expect("sqlite3");
-        assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("sqlite3")
+            .arg(self.db())
+            .arg(query)
+            .output()
+            .expect("sqlite3");
+        assert!(
+            out.status.success(),
+            "sqlite3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// A run started by a test: its id and the marker its processes carry.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub id: String,
+    pub marker: String,
+}
+
+/// Asserts that no live process carries `WFCG_RUN_ID=run_id` or `WFCG_TEST_MARK=marker`.
+pub fn assert_no_marked_processes(run_id: &str, marker: &str) {
+    for (key, value) in [("WFCG_RUN_ID", run_id), (TEST_MARK, marker)] {
+        let left = pids_with_env(key, value);
+        assert!(
+            left.is_empty(),
+            "processes with {key}={value} remain: {}",
+            describe(&left)
+        );
+    }
+}
+
+/// `pid (cmdline) state` for each process, for failure messages.
+pub fn describe(pids: &[i32]) -> String {
+    let proc_root = Path::new("/proc");
+    pids.iter()
+        .map(|&p| {
+            format!(
+                "{p} ({}) {}",
+                wfcg::procfs::cmdline(proc_root, p).unwrap_or_default(),
+                wfcg::procfs::state(proc_root, p).unwrap_or('?')
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The command line of a process, arguments joined by spaces ("" when gone).
+pub fn cmdline(pid: i32) -> String {
+    wfcg::procfs::cmdline(Path::new("/proc"), pid).unwrap_or_default()
+}
+
+/// The parent of a process (field 4 of `/proc/<pid>/stat`; 0 when gone).
+pub fn ppid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    !matches!(
+        wfcg::procfs::state(Path::new("/proc"), pid),
+        None | Some('Z')
+    )
+}
+
+/// A child process that is SIGKILLed and reaped when dropped, so a failing test
+/// leaves no helper process behind.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn id(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Waits for the child's exit, at most `timeout`; `None` if it goes on.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.0.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An unprivileged user for permission tests (created with `useradd` if missing).
+pub struct TestUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TestUser {
+    pub const NAME: &str = "wfcgtest1";
+
+    /// The test user, created if missing. Tests run in parallel processes, so a
+    /// `useradd` that loses the race for /etc/passwd is retried.
+    pub fn get() -> TestUser {
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").args([flag, Self::NAME]).output().ok()?;
+            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+        };
+        let exists = wait_until(Duration::from_secs(20), || {
+            id("-u").is_some()
+                || Command::new("useradd")
+                    .args(["-M", "-s", "/usr/sbin/nologin", Self::NAME])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+        });
+        assert!(exists, "cannot create the test user {}", Self::NAME);
+        TestUser {
+            uid: id("-u").unwrap(),
+            gid: id("-g").unwrap(),
+        }
+    }
+
+    /// `program` run as this user (real and effective ids, no supplementary groups).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(program);
+        cmd
     }
 }
 

@@ -1,0 +1,136 @@
+//! `wfcg agent`: restarts, reconciliation, and the socket API itself.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::require_privileges;
+use crate::util::{self, KillOnDrop, Run, TEST_MARK, TestAgent};
+
+#[test]
+fn runs_outlive_an_agent_killed_with_sigkill_and_a_new_agent_kills_them() {
+    require_privileges!();
+    let mut agent = TestAgent::start();
+    let runs: Vec<Run> = (0..3)
+        .map(|_| agent.start_run(&[], "sleep 1000 & exec sleep 1000"))
+        .collect();
+    let mut pids = Vec::new();
+    for run in &runs {
+        // The supervisor and two sleeps.
+        assert!(agent.wait_procs(&run.id, 3));
+        pids.extend(agent.run_cgroup(&run.id).procs_recursive().unwrap());
+    }
+
+    agent.kill9();
+    let out = agent.cli(&["ps"]);
+    assert_eq!(out.status.code(), Some(5), "the agent still answers");
+    agent.spawn();
+
+    let dead: Vec<i32> = pids.iter().copied().filter(|&p| !util::alive(p)).collect();
+    assert!(dead.is_empty(), "processes died with the agent: {dead:?}");
+    let listed = agent.ps(false);
+    for run in &runs {
+        let info = listed
+            .iter()
+            .find(|r| r["run_id"] == run.id.as_str())
+            .unwrap_or_else(|| panic!("{} not listed: {listed:#?}", run.id));
+        assert_eq!(info["status"], "running", "{info:#}");
+        assert_eq!(info["processes"], 3, "{info:#}");
+    }
+    for run in &runs {
+        agent.kill_ok(&run.id, &[]);
+        agent.assert_run_gone(run);
+    }
+}
+
+#[test]
+fn a_cgroup_made_by_hand_is_adopted_as_unknown_and_can_be_killed() {
+    require_privileges!();
+    let mut agent = TestAgent::start();
+    let run = Run {
+        id: util::marker("handmade"),
+        marker: util::marker("handmade"),
+    };
+    let cg = agent.run_cgroup(&run.id);
+    cg.create_new().unwrap();
+    let mut stray = KillOnDrop(
+        Command::new("sleep")
+            .arg("1000")
+            .env(TEST_MARK, &run.marker)
+            .spawn()
+            .unwrap(),
+    );
+    cg.add_process(stray.id()).unwrap();
+
+    agent.kill9();
+    agent.spawn();
+
+    let info = agent.status(&run.id);
+    assert_eq!(info["status"], "unknown", "{info:#}");
+    assert_eq!(info["processes"], 1, "{info:#}");
+    let result = agent.kill_ok(&run.id, &["--grace", "10s"]);
+    let status = stray
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the stray process lives");
+    assert!(!status.success());
+    agent.assert_run_gone(&run);
+    // SIGTERM reached it: no hard kill after the grace was needed.
+    let phases = result["phases"].as_array().unwrap();
+    assert!(
+        phases.iter().all(|p| p["name"] != "kill"),
+        "SIGTERM did not reach the adopted process: {result:#}"
+    );
+}
+
+/// `curl --unix-socket`: the HTTP status and the body.
+fn curl(agent: &TestAgent, method: &str, path: &str, body: Option<&str>) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--unix-socket"])
+        .arg(&agent.socket)
+        .args(["-X", method, "-w", "\n%{http_code}"]);
+    if let Some(body) = body {
+        cmd.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    let out = cmd
+        .arg(format!("http://wfcg{path}"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn the_api_refuses_bad_run_ids() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let (code, body) = curl(&agent, "GET", "/v1/runs", None);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "[]"));
+
+    let too_long = "a".repeat(65);
+    for id in [
+        "../x",
+        "a/b",
+        "",
+        too_long.as_str(),
+        "a\0b",
+        ".hidden",
+        "a..b",
+    ] {
+        let req = serde_json::json!({ "run_id": id, "command": ["true"] }).to_string();
+        let (code, body) = curl(&agent, "POST", "/v1/runs", Some(&req));
+        assert_eq!(code, "400", "{id:?}: {body}");
+        let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["kind"], "bad_input", "{id:?}: {body}");
+    }
+    agent.assert_nothing_created();
+}

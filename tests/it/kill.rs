@@ -1,0 +1,226 @@
+//! `wfcg kill`: whole trees, escapees, graceful handlers, idempotence,
+//! concurrent kills, permissions.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::require_privileges;
+use crate::util::{self, TestAgent, TestUser, wait_until};
+
+/// The names of a run's kill phases, in order.
+fn phase_names(result: &serde_json::Value) -> Vec<String> {
+    result["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn force_kill_leaves_nothing_of_a_tree_of_1000_processes() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(&[], "for i in $(seq 1000); do sleep 1000 & done; wait");
+    // The supervisor, the shell and its 1000 sleeps.
+    assert!(
+        agent.wait_procs(&run.id, 1002),
+        "the tree did not grow to 1002 processes"
+    );
+
+    let result = agent.kill_ok(&run.id, &["--force"]);
+
+    assert_eq!(result["processes_killed"], 1002, "{result:#}");
+    assert_eq!(result["cleanup_status"]["processes_remaining"], 0);
+    agent.assert_run_gone(&run);
+    assert_eq!(agent.status(&run.id)["status"], "killed");
+}
+
+#[test]
+fn graceful_kill_leaves_no_escapee() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    // Each kind of escapee is a `sleep` with its own duration, to find it by.
+    let run = agent.start_run(
+        &[],
+        r#"
+        setsid sh -c 'sleep 1001 &' &                   # double fork + setsid daemon
+        setsid -f sleep 1002                            # setsid(1) forking a daemon
+        nohup sleep 1003 >/dev/null 2>&1 &              # nohup
+        sh -c 'trap "" TERM; exec sleep 1004' &         # ignores SIGTERM
+        sh -c 'trap "" TERM
+               while :; do (sleep 1005 &); sleep 0.02; done' &  # keeps forking, ignores SIGTERM
+        wait
+        "#,
+    );
+    let marked = || util::pids_with_env("WFCG_RUN_ID", &run.id);
+    let running = |arg: &str| {
+        marked()
+            .into_iter()
+            .filter(|&p| util::cmdline(p) == format!("sleep {arg}"))
+            .collect::<Vec<_>>()
+    };
+    let all_started = wait_until(Duration::from_secs(30), || {
+        ["1001", "1002", "1003", "1004", "1005"]
+            .iter()
+            .all(|a| !running(a).is_empty())
+    });
+    assert!(
+        all_started,
+        "not every escapee started: {}",
+        util::describe(&marked())
+    );
+    // The setsid daemon really left the tree: its parent is no process of the run.
+    let daemon = running("1001")[0];
+    assert!(
+        !marked().contains(&util::ppid(daemon)),
+        "the daemon {daemon} was not reparented out of the run"
+    );
+
+    let result = agent.kill_ok(&run.id, &["--grace", "500ms"]);
+
+    agent.assert_run_gone(&run);
+    assert!(
+        phase_names(&result).contains(&"kill".to_string()),
+        "processes that ignore SIGTERM must have needed the hard kill: {result:#}"
+    );
+}
+
+#[test]
+fn graceful_kill_lets_a_sigterm_handler_finish() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let done = agent.dir.path().join("handler-done");
+    let run = agent.start_run(
+        &[],
+        &format!(
+            "trap 'sleep 0.3; echo done > {}; exit 0' TERM; while :; do sleep 0.1; done",
+            done.display()
+        ),
+    );
+    // Supervisor, shell, and a `sleep 0.1` of the loop: the trap is set.
+    assert!(agent.wait_procs(&run.id, 3));
+
+    let result = agent.kill_ok(&run.id, &["--grace", "10s"]);
+
+    assert_eq!(
+        std::fs::read_to_string(&done).ok().as_deref(),
+        Some("done\n"),
+        "the handler did not finish: {result:#}"
+    );
+    let phases = phase_names(&result);
+    assert!(phases.contains(&"term_wait".to_string()), "{result:#}");
+    assert!(
+        !phases.contains(&"kill".to_string()),
+        "the hard kill was not needed: {result:#}"
+    );
+    agent.assert_run_gone(&run);
+}
+
+#[test]
+fn kill_of_an_unknown_run_exits_3() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let (out, _) = agent.kill("no-such-run", &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kill_of_an_ended_run_succeeds_with_already_ended() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let id = util::marker("ended");
+    let out = agent.cli(&["run", "-q", "--run-id", &id, "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+
+    let result = agent.kill_ok(&id, &[]);
+
+    assert_eq!(result["already_ended"], true, "{result:#}");
+    assert_eq!(result["ended_as"], "exited", "{result:#}");
+    assert_eq!(agent.kill_count(&id), 0, "no kill sequence may run");
+}
+
+#[test]
+fn concurrent_kills_of_one_run_share_one_kill_sequence() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    // Ignores SIGTERM, so the sequence lasts the whole grace and the kills overlap.
+    let run = agent.start_run(&[], "trap '' TERM; while :; do sleep 0.1; done");
+    assert!(agent.wait_procs(&run.id, 3));
+
+    let kills: Vec<_> = (0..20)
+        .map(|_| {
+            agent
+                .wfcg()
+                .args(["kill", "--json", "--grace", "1s", &run.id])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning wfcg kill")
+        })
+        .collect();
+    let outs: Vec<_> = kills
+        .into_iter()
+        .map(|k| k.wait_with_output().expect("waiting for wfcg kill"))
+        .collect();
+
+    let mut sequences = HashSet::new();
+    for out in &outs {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["success"], true, "{result:#}");
+        if result["already_ended"] == false {
+            sequences.insert(result["killed_at"].to_string());
+        }
+    }
+    assert_eq!(agent.kill_count(&run.id), 1, "kill sequences recorded");
+    assert_eq!(
+        sequences.len(),
+        1,
+        "the kills that joined the sequence got its result: {sequences:?}"
+    );
+    agent.assert_run_gone(&run);
+    // And one more, later, finds it ended.
+    assert_eq!(agent.kill_ok(&run.id, &[])["already_ended"], true);
+    assert_eq!(agent.kill_count(&run.id), 1);
+}
+
+#[test]
+fn a_user_cannot_kill_another_users_run() {
+    require_privileges!();
+    let user = TestUser::get();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let run = agent.start_run(&[], "exec sleep 1000");
+    assert!(agent.wait_procs(&run.id, 2));
+
+    let out = agent
+        .wfcg_as(&user)
+        .args(["kill", "--force", &run.id])
+        .output()
+        .expect("running wfcg kill as the test user");
+
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = agent.status(&run.id);
+    assert_eq!(status["status"], "running");
+    assert_eq!(status["processes"], 2);
+    assert_eq!(agent.kill_count(&run.id), 0);
+    agent.kill_ok(&run.id, &["--force"]);
+    agent.assert_run_gone(&run);
+}
