@@ -17,6 +17,7 @@ pub mod client;
 pub mod duration;
 pub mod exit;
 pub mod kill;
+pub mod policy;
 pub mod procfs;
 pub mod run;
 pub mod sections;

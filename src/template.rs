@@ -19,6 +19,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     crate::duration::parse(&text).map_err(serde::de::Error::custom)
 }
 
+/// The 1-based line number of a byte offset in `text`, for error messages.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let before = &text[..offset.min(text.len())];
+    before.lines().count().max(1) + usize::from(before.ends_with('\n'))
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
@@ -63,14 +69,9 @@ pub struct CriticalSections {
 impl Template {
     /// Parses a template; the error names the file, the line and what is wrong.
     pub fn parse(text: &str, name: &str) -> Result<Template, String> {
-        toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-            match line {
-                Some(l) => format!("{name}:{l}: {}", e.message()),
-                None => format!("{name}: {}", e.message()),
-            }
+        toml::from_str(text).map_err(|e| match e.span().map(|s| line_of(text, s.start)) {
+            Some(l) => format!("{name}:{l}: {}", e.message()),
+            None => format!("{name}: {}", e.message()),
         })
     }
 

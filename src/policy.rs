@@ -1,0 +1,550 @@
+//! Who may do what: roles with permissions, users and Unix groups mapped to
+//! roles, and teams, from a TOML policy file (default `/etc/wfcg/policy.toml`).
+//!
+//! ```toml
+//! [roles]                       # the four defaults; add or redefine roles here
+//! owner = ["kill_own", "kill_force"]
+//! admin = ["kill_any", "kill_force", "emergency_kill", "view_all"]
+//! team_lead = ["kill_own", "kill_force", "kill_team_workflows"]
+//! readonly = ["view_all"]
+//!
+//! default_role = "owner"        # for users mapped nowhere
+//!
+//! [users]                       # user name -> role
+//! alice = "team_lead"
+//! [groups]                      # Unix group name -> role
+//! auditors = "readonly"
+//!
+//! [teams.build]                 # "@name" is a Unix group
+//! members = ["bob", "@builders"]
+//! leads = ["alice"]
+//! ```
+//!
+//! root is always admin. With no file, every user is `owner` of their own runs.
+//! A leaf module: identities and runs come in as plain data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::template::line_of;
+
+/// The largest policy file accepted.
+pub const MAX_SIZE: u64 = 1024 * 1024;
+
+/// What a role may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// Kill runs one started.
+    KillOwn,
+    /// Kill with `--force` (on top of the right to kill the run).
+    KillForce,
+    /// Kill anybody's run.
+    KillAny,
+    /// Kill runs of a team one leads.
+    KillTeamWorkflows,
+    /// `--emergency`: force, no critical-section wait, also on unkillable runs.
+    EmergencyKill,
+    /// See every run and the whole audit trail.
+    ViewAll,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 6] = [
+        Permission::KillOwn,
+        Permission::KillForce,
+        Permission::KillAny,
+        Permission::KillTeamWorkflows,
+        Permission::EmergencyKill,
+        Permission::ViewAll,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::KillOwn => "kill_own",
+            Permission::KillForce => "kill_force",
+            Permission::KillAny => "kill_any",
+            Permission::KillTeamWorkflows => "kill_team_workflows",
+            Permission::EmergencyKill => "emergency_kill",
+            Permission::ViewAll => "view_all",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is asking, as the kernel vouches for it (peer credentials) plus names from NSS.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub uid: u32,
+    pub user: Option<String>,
+    /// Names of the primary and supplementary groups.
+    pub groups: Vec<String>,
+}
+
+/// What a run is, for decisions.
+#[derive(Debug, Clone, Default)]
+pub struct RunScope<'a> {
+    pub owner_uid: u32,
+    pub teams: &'a [String],
+}
+
+/// What the caller wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    View,
+    Kill { force: bool, emergency: bool },
+}
+
+/// A decision and the permission it rested on (or the one that was missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub permission: Option<Permission>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Team {
+    users: BTreeSet<String>,
+    groups: BTreeSet<String>,
+    lead_users: BTreeSet<String>,
+    lead_groups: BTreeSet<String>,
+}
+
+impl Team {
+    fn has(users: &BTreeSet<String>, groups: &BTreeSet<String>, id: &Identity) -> bool {
+        id.user.as_ref().is_some_and(|u| users.contains(u))
+            || id.groups.iter().any(|g| groups.contains(g))
+    }
+}
+
+/// A loaded policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    roles: BTreeMap<String, BTreeSet<Permission>>,
+    default_role: String,
+    users: BTreeMap<String, String>,
+    groups: BTreeMap<String, String>,
+    teams: BTreeMap<String, Team>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    roles: BTreeMap<String, Vec<Spanned<String>>>,
+    default_role: Option<Spanned<String>>,
+    #[serde(default)]
+    users: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    groups: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    teams: BTreeMap<String, RawTeam>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    leads: Vec<String>,
+}
+
+fn builtin_roles() -> BTreeMap<String, BTreeSet<Permission>> {
+    use Permission::*;
+    [
+        ("owner", vec![KillOwn, KillForce]),
+        ("admin", vec![KillAny, KillForce, EmergencyKill, ViewAll]),
+        ("team_lead", vec![KillOwn, KillForce, KillTeamWorkflows]),
+        ("readonly", vec![ViewAll]),
+    ]
+    .into_iter()
+    .map(|(n, p)| (n.to_string(), p.into_iter().collect()))
+    .collect()
+}
+
+impl Default for Policy {
+    /// No file: the built-in roles, everybody `owner` (root is admin regardless).
+    fn default() -> Policy {
+        Policy {
+            roles: builtin_roles(),
+            default_role: "owner".into(),
+            users: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            teams: BTreeMap::new(),
+        }
+    }
+}
+
+impl Policy {
+    /// Loads a policy file; errors read `file:line: what is wrong`.
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let name = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?;
+        if meta.len() > MAX_SIZE {
+            return Err(format!(
+                "{name}: the file is {} bytes; a policy may be at most {MAX_SIZE} bytes",
+                meta.len()
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
+            format!("{name}:{}: not UTF-8 (byte {at})", line_of(&text, at))
+        })?;
+        Policy::parse(&text, &name)
+    }
+
+    /// Parses policy text; `name` prefixes errors.
+    pub fn parse(text: &str, name: &str) -> Result<Policy, String> {
+        let at = |span: std::ops::Range<usize>, msg: String| {
+            format!("{name}:{}: {msg}", line_of(text, span.start))
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => at(span, e.message().to_string()),
+            None => format!("{name}: {}", e.message()),
+        })?;
+        let mut policy = Policy::default();
+        for (role, perms) in raw.roles {
+            let mut set = BTreeSet::new();
+            for p in perms {
+                let perm = Permission::parse(p.get_ref()).ok_or_else(|| {
+                    let known: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+                    at(
+                        p.span(),
+                        format!(
+                            "unknown permission {:?} in role {role:?} (known: {})",
+                            p.get_ref(),
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+                set.insert(perm);
+            }
+            policy.roles.insert(role, set);
+        }
+        let check_role = |role: &Spanned<String>, whose: String| -> Result<String, String> {
+            if policy.roles.contains_key(role.get_ref()) {
+                Ok(role.get_ref().clone())
+            } else {
+                let known: Vec<&str> = policy.roles.keys().map(String::as_str).collect();
+                Err(at(
+                    role.span(),
+                    format!(
+                        "unknown role {:?} for {whose} (known: {})",
+                        role.get_ref(),
+                        known.join(", ")
+                    ),
+                ))
+            }
+        };
+        if let Some(role) = &raw.default_role {
+            policy.default_role = check_role(role, "default_role".into())?;
+        }
+        let mut users = BTreeMap::new();
+        for (user, role) in &raw.users {
+            users.insert(user.clone(), check_role(role, format!("user {user:?}"))?);
+        }
+        let mut groups = BTreeMap::new();
+        for (group, role) in &raw.groups {
+            groups.insert(group.clone(), check_role(role, format!("group {group:?}"))?);
+        }
+        policy.users = users;
+        policy.groups = groups;
+        for (name, raw_team) in raw.teams {
+            let mut team = Team::default();
+            for (list, users, groups) in [
+                (&raw_team.members, &mut team.users, &mut team.groups),
+                (&raw_team.leads, &mut team.lead_users, &mut team.lead_groups),
+            ] {
+                for entry in list {
+                    match entry.strip_prefix('@') {
+                        _ if entry.is_empty() || entry == "@" => {
+                            return Err(format!("{name}: team {name:?} lists an empty name"));
+                        }
+                        Some(g) => groups.insert(g.to_string()),
+                        None => users.insert(entry.clone()),
+                    };
+                }
+            }
+            policy.teams.insert(name, team);
+        }
+        Ok(policy)
+    }
+
+    /// The roles of an identity: root is admin; otherwise the user's own mapping,
+    /// else those of its groups, else the default role.
+    pub fn roles(&self, id: &Identity) -> Vec<String> {
+        if id.uid == 0 {
+            return vec!["admin".into()];
+        }
+        if let Some(role) = id.user.as_ref().and_then(|u| self.users.get(u)) {
+            return vec![role.clone()];
+        }
+        let from_groups: BTreeSet<String> = id
+            .groups
+            .iter()
+            .filter_map(|g| self.groups.get(g).cloned())
+            .collect();
+        if from_groups.is_empty() {
+            vec![self.default_role.clone()]
+        } else {
+            from_groups.into_iter().collect()
+        }
+    }
+
+    /// The permissions of an identity.
+    pub fn permissions(&self, id: &Identity) -> BTreeSet<Permission> {
+        if id.uid == 0 {
+            return Permission::ALL.into_iter().collect();
+        }
+        self.roles(id)
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// The teams an identity is a member or lead of (a run started by it belongs to these).
+    pub fn teams_of(&self, id: &Identity) -> Vec<String> {
+        self.teams
+            .iter()
+            .filter(|(_, t)| {
+                Team::has(&t.users, &t.groups, id) || Team::has(&t.lead_users, &t.lead_groups, id)
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Whether an identity leads any of `teams`.
+    fn leads_any(&self, id: &Identity, teams: &[String]) -> bool {
+        teams.iter().any(|name| {
+            self.teams
+                .get(name)
+                .is_some_and(|t| Team::has(&t.lead_users, &t.lead_groups, id))
+        })
+    }
+
+    /// Decides whether `id` may do `action` to a run.
+    pub fn decide(&self, id: &Identity, action: Action, run: &RunScope<'_>) -> Decision {
+        let perms = self.permissions(id);
+        let who = id.user.clone().unwrap_or_else(|| format!("uid {}", id.uid));
+        let roles = self.roles(id).join(", ");
+        let own = run.owner_uid == id.uid;
+        let lead = self.leads_any(id, run.teams);
+        let allow = |p: Permission| Decision {
+            allowed: true,
+            permission: Some(p),
+            message: format!("{who} may, by {p}"),
+        };
+        let deny = |p: Permission, what: &str| Decision {
+            allowed: false,
+            permission: Some(p),
+            message: format!("not permitted: {what} needs {p}; {who} has role(s) {roles}"),
+        };
+        // The right to act on this run at all, and the permission it rests on.
+        let base = if own {
+            Permission::KillOwn
+        } else if perms.contains(&Permission::KillAny) {
+            Permission::KillAny
+        } else if lead {
+            Permission::KillTeamWorkflows
+        } else {
+            Permission::KillAny
+        };
+        match action {
+            Action::View => {
+                if own {
+                    allow(Permission::KillOwn)
+                } else if perms.contains(&Permission::ViewAll) {
+                    allow(Permission::ViewAll)
+                } else if lead {
+                    allow(Permission::KillTeamWorkflows)
+                } else {
+                    deny(Permission::ViewAll, "seeing another user's run")
+                }
+            }
+            Action::Kill {
+                emergency: true, ..
+            } => {
+                if perms.contains(&Permission::EmergencyKill) {
+                    allow(Permission::EmergencyKill)
+                } else {
+                    deny(Permission::EmergencyKill, "an emergency kill")
+                }
+            }
+            Action::Kill { force, .. } => {
+                if !perms.contains(&base) {
+                    let what = if own {
+                        "killing one's own run"
+                    } else {
+                        "killing another user's run (kill_team_workflows would do for a team one leads)"
+                    };
+                    return deny(base, what);
+                }
+                if force && !perms.contains(&Permission::KillForce) {
+                    return deny(Permission::KillForce, "a force kill");
+                }
+                allow(base)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+default_role = "owner"
+
+[users]
+alice = "team_lead"
+carol = "readonly"
+dave = "admin"
+
+[groups]
+auditors = "readonly"
+
+[teams.build]
+members = ["bob", "@builders"]
+leads = ["alice"]
+"#;
+
+    fn id(uid: u32, user: &str, groups: &[&str]) -> Identity {
+        Identity {
+            uid,
+            user: Some(user.into()),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn kill(force: bool) -> Action {
+        Action::Kill {
+            force,
+            emergency: false,
+        }
+    }
+
+    #[test]
+    fn the_seed_roles_decide_as_documented() {
+        let p = Policy::parse(EXAMPLE, "policy.toml").unwrap();
+        let (alice, bob, carol, dave, erin) = (
+            id(1001, "alice", &[]),
+            id(1002, "bob", &[]),
+            id(1003, "carol", &[]),
+            id(1004, "dave", &[]),
+            id(1005, "erin", &["builders"]),
+        );
+        let team = vec!["build".to_string()];
+        let bobs_run = RunScope {
+            owner_uid: 1002,
+            teams: &team,
+        };
+        let outsiders_run = RunScope {
+            owner_uid: 1999,
+            teams: &[],
+        };
+        assert_eq!(p.teams_of(&bob), team);
+        assert_eq!(p.teams_of(&erin), team);
+        // An owner kills their own run, with --force too.
+        assert!(p.decide(&bob, kill(true), &bobs_run).allowed);
+        // Not another's.
+        let d = p.decide(&bob, kill(false), &outsiders_run);
+        assert!(
+            !d.allowed && d.permission == Some(Permission::KillAny),
+            "{d:?}"
+        );
+        // A team lead kills a member's run, not an outsider's.
+        let d = p.decide(&alice, kill(false), &bobs_run);
+        assert!(
+            d.allowed && d.permission == Some(Permission::KillTeamWorkflows),
+            "{d:?}"
+        );
+        assert!(!p.decide(&alice, kill(false), &outsiders_run).allowed);
+        // readonly sees everything and kills nothing.
+        assert!(p.decide(&carol, Action::View, &outsiders_run).allowed);
+        assert!(!p.decide(&carol, kill(false), &outsiders_run).allowed);
+        // admin does anything; root is admin.
+        let emergency = Action::Kill {
+            force: true,
+            emergency: true,
+        };
+        assert!(p.decide(&dave, emergency, &outsiders_run).allowed);
+        assert!(p.decide(&id(0, "root", &[]), emergency, &bobs_run).allowed);
+        assert!(!p.decide(&bob, emergency, &bobs_run).allowed);
+        // Groups map to roles.
+        assert_eq!(p.roles(&id(1006, "frank", &["auditors"])), vec!["readonly"]);
+        assert_eq!(p.roles(&id(1007, "gina", &[])), vec!["owner"]);
+    }
+
+    #[test]
+    fn force_needs_kill_force() {
+        let text = "[roles]\nowner = [\"kill_own\"]\n";
+        let p = Policy::parse(text, "p").unwrap();
+        let bob = id(1002, "bob", &[]);
+        let mine = RunScope {
+            owner_uid: 1002,
+            teams: &[],
+        };
+        assert!(p.decide(&bob, kill(false), &mine).allowed);
+        let d = p.decide(&bob, kill(true), &mine);
+        assert!(!d.allowed && d.message.contains("kill_force"), "{d:?}");
+    }
+
+    #[test]
+    fn bad_policies_name_the_line_and_the_problem() {
+        let cases = [
+            (
+                "[roles]\nowner = [\"kill_own\", \"kill_everything\"]\n",
+                "p:2:",
+                "kill_everything",
+            ),
+            ("[users]\nalice = \"overlord\"\n", "p:2:", "overlord"),
+            ("\n\n[bogus]\nx = 1\n", "p:3:", "bogus"),
+            ("default_role = \"nobody\"\n", "p:1:", "nobody"),
+            (
+                "[users]\nalice = \"owner\"\nalice = \"admin\"\n",
+                "p:3:",
+                "duplicate",
+            ),
+        ];
+        for (text, line, word) in cases {
+            let err = Policy::parse(text, "p").unwrap_err();
+            assert!(
+                err.starts_with(line) && err.contains(word),
+                "{text:?} -> {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_and_non_utf8_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; 10 * 1024 * 1024]).unwrap();
+        assert!(Policy::load(&big).unwrap_err().contains("at most"));
+        let bin = dir.path().join("bin.toml");
+        std::fs::write(&bin, b"[users]\nalice = \"owner\"\n\xff\xfe\n").unwrap();
+        let err = Policy::load(&bin).unwrap_err();
+        assert!(
+            err.contains("bin.toml:3:") && err.contains("UTF-8"),
+            "{err}"
+        );
+    }
+}
