@@ -44,7 +44,31 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX kills_run ON kills(run_id);",
     // 2: the workspace may be removed when the run ends.
     "ALTER TABLE runs ADD COLUMN cleanup_workspace INTEGER NOT NULL DEFAULT 0;",
+    // 3: teams a run belongs to, and the audit trail.
+    "ALTER TABLE runs ADD COLUMN teams TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        time TEXT NOT NULL,
+        actor_uid INTEGER,
+        actor_name TEXT NOT NULL,
+        caller_pid INTEGER,
+        action TEXT NOT NULL,
+        run_id TEXT,
+        reason TEXT,
+        mode TEXT,
+        decision TEXT NOT NULL,
+        permission TEXT,
+        outcome TEXT NOT NULL,
+        sections TEXT,
+        duration_ms REAL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_run ON audit(run_id);",
 ];
+
+/// The hash that stands before the first audit record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -87,11 +111,13 @@ pub struct RunRecord {
     pub log_path: Option<String>,
     /// Remove the workspace when the run ends.
     pub cleanup_workspace: bool,
+    /// The teams the run belongs to, as a JSON array.
+    pub teams: String,
 }
 
 const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, workspace_path, \
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
-    ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace";
+    ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams";
 
 fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -114,6 +140,7 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         tmpdir: r.get(16)?,
         log_path: r.get(17)?,
         cleanup_workspace: r.get(18)?,
+        teams: r.get(19)?,
     })
 }
 
@@ -164,7 +191,7 @@ impl Store {
         let res = self.conn.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
             ),
             params![
                 run.run_id,
@@ -186,6 +213,7 @@ impl Store {
                 run.tmpdir,
                 run.log_path,
                 run.cleanup_workspace,
+                run.teams,
             ],
         );
         match res {
@@ -290,6 +318,217 @@ impl Store {
     }
 }
 
+/// One event for the audit trail, before it is chained.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub time: String,
+    pub actor_uid: Option<u32>,
+    pub actor_name: String,
+    pub caller_pid: Option<i32>,
+    /// `kill`, `auto_kill`, `run_start`, `run_end`, `policy_load`.
+    pub action: String,
+    pub run_id: Option<String>,
+    pub reason: Option<String>,
+    /// `graceful`, `force` or `emergency`.
+    pub mode: Option<String>,
+    /// `allowed`, `denied`, or `-` where no decision was needed.
+    pub decision: String,
+    /// The permission the decision rested on (or the one missing).
+    pub permission: Option<String>,
+    pub outcome: String,
+    /// Critical sections waited on, as JSON.
+    pub sections: Option<String>,
+    pub duration_ms: Option<f64>,
+}
+
+/// A chained audit record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Which audit records to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub run_id: Option<String>,
+    pub actor: Option<String>,
+    pub actor_uid: Option<u32>,
+    /// RFC 3339; records at or after it.
+    pub since: Option<String>,
+    /// The newest N (all when absent).
+    pub limit: Option<u32>,
+}
+
+/// The outcome of checking the chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainCheck {
+    pub records: u64,
+    pub last_seq: i64,
+    pub last_hash: String,
+    /// The first record that does not match, and why.
+    pub first_bad: Option<(i64, String)>,
+}
+
+/// SHA-256 over the previous hash and the record's fields, in a fixed order.
+pub fn audit_hash(seq: i64, prev_hash: &str, e: &AuditEntry) -> String {
+    use sha2::{Digest, Sha256};
+    let fields = serde_json::json!([
+        seq,
+        e.time,
+        e.actor_uid,
+        e.actor_name,
+        e.caller_pid,
+        e.action,
+        e.run_id,
+        e.reason,
+        e.mode,
+        e.decision,
+        e.permission,
+        e.outcome,
+        e.sections,
+        e.duration_ms
+    ]);
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(fields.to_string().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const AUDIT_COLUMNS: &str = "seq, time, actor_uid, actor_name, caller_pid, action, run_id, reason, \
+    mode, decision, permission, outcome, sections, duration_ms, prev_hash, hash";
+
+fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        entry: AuditEntry {
+            time: r.get(1)?,
+            actor_uid: r.get(2)?,
+            actor_name: r.get(3)?,
+            caller_pid: r.get(4)?,
+            action: r.get(5)?,
+            run_id: r.get(6)?,
+            reason: r.get(7)?,
+            mode: r.get(8)?,
+            decision: r.get(9)?,
+            permission: r.get(10)?,
+            outcome: r.get(11)?,
+            sections: r.get(12)?,
+            duration_ms: r.get(13)?,
+        },
+        prev_hash: r.get(14)?,
+        hash: r.get(15)?,
+    })
+}
+
+impl Store {
+    /// Appends a record to the audit chain, in one immediate transaction, so that
+    /// concurrent writers cannot fork the chain. Committed (fsynced) on return.
+    pub fn append_audit(&mut self, e: &AuditEntry) -> Result<AuditRecord> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (prev_seq, prev_hash) = last.unwrap_or((0, GENESIS_HASH.to_string()));
+        let seq = prev_seq + 1;
+        let hash = audit_hash(seq, &prev_hash, e);
+        tx.execute(
+            &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+            params![
+                seq, e.time, e.actor_uid, e.actor_name, e.caller_pid, e.action, e.run_id,
+                e.reason, e.mode, e.decision, e.permission, e.outcome, e.sections,
+                e.duration_ms, prev_hash, hash
+            ],
+        )?;
+        tx.commit()?;
+        Ok(AuditRecord {
+            seq,
+            entry: e.clone(),
+            prev_hash,
+            hash,
+        })
+    }
+
+    /// Audit records, oldest first.
+    pub fn audit_records(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(run) = &f.run_id {
+            args.push(run.clone().into());
+            sql.push_str(&format!(" AND run_id = ?{}", args.len()));
+        }
+        if let Some(actor) = &f.actor {
+            args.push(actor.clone().into());
+            sql.push_str(&format!(" AND actor_name = ?{}", args.len()));
+        }
+        if let Some(uid) = f.actor_uid {
+            args.push(i64::from(uid).into());
+            sql.push_str(&format!(" AND actor_uid = ?{}", args.len()));
+        }
+        if let Some(since) = &f.since {
+            args.push(since.clone().into());
+            sql.push_str(&format!(" AND time >= ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY seq DESC");
+        if let Some(limit) = f.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), audit_from_row)?;
+        let mut out: Vec<AuditRecord> = rows.collect::<rusqlite::Result<_>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Recomputes the chain: every record must follow the one before it (sequence
+    /// numbers without gaps, `prev_hash` equal to its predecessor's hash) and carry
+    /// the hash of its own fields.
+    pub fn verify_audit(&self) -> Result<ChainCheck> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"))?;
+        let mut rows = stmt.query([])?;
+        let mut check = ChainCheck {
+            records: 0,
+            last_seq: 0,
+            last_hash: GENESIS_HASH.into(),
+            first_bad: None,
+        };
+        while let Some(row) = rows.next()? {
+            let rec = audit_from_row(row)?;
+            check.records += 1;
+            let bad = if rec.seq != check.last_seq + 1 {
+                Some(format!(
+                    "sequence jumps from {} to {}: record(s) deleted",
+                    check.last_seq, rec.seq
+                ))
+            } else if rec.prev_hash != check.last_hash {
+                Some("its prev_hash does not match the record before it".to_string())
+            } else if audit_hash(rec.seq, &rec.prev_hash, &rec.entry) != rec.hash {
+                Some("its content does not match its hash: the record was edited".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = bad {
+                check.first_bad.get_or_insert((rec.seq, why));
+            }
+            check.last_seq = rec.seq;
+            check.last_hash = rec.hash;
+        }
+        Ok(check)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +584,57 @@ mod tests {
             .unwrap();
         let err = Store::open(&path).err().unwrap().to_string();
         assert!(err.contains("99"), "{err}");
+    }
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            time: "2026-01-01T00:00:00.000Z".into(),
+            actor_uid: Some(0),
+            actor_name: "root".into(),
+            action: action.into(),
+            decision: "allowed".into(),
+            outcome: "killed".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_audit_chain_detects_edits_and_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+        for i in 0..5 {
+            let rec = store.append_audit(&entry(&format!("kill{i}"))).unwrap();
+            assert_eq!(rec.seq, i + 1);
+        }
+        let ok = store.verify_audit().unwrap();
+        assert_eq!((ok.records, ok.first_bad.clone()), (5, None));
+        let recs = store
+            .audit_records(&AuditFilter {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+
+        store
+            .conn
+            .execute("UPDATE audit SET outcome = 'denied' WHERE seq = 3", [])
+            .unwrap();
+        let bad = store.verify_audit().unwrap();
+        assert_eq!(bad.first_bad.unwrap().0, 3);
+        store
+            .conn
+            .execute("UPDATE audit SET outcome = 'killed' WHERE seq = 3", [])
+            .unwrap();
+        assert_eq!(store.verify_audit().unwrap().first_bad, None);
+
+        store
+            .conn
+            .execute("DELETE FROM audit WHERE seq = 2", [])
+            .unwrap();
+        let (seq, why) = store.verify_audit().unwrap().first_bad.unwrap();
+        assert_eq!(seq, 3);
+        assert!(why.contains("deleted"), "{why}");
     }
 
     #[test]
