@@ -88,6 +88,9 @@ pub struct CreateRun {
     /// Remove the workspace when the run ends (it is kept by default).
     #[serde(default)]
     pub cleanup_workspace: bool,
+    /// The team the run belongs to (the caller must be in it); by default all
+    /// the caller's teams.
+    pub team: Option<String>,
 }
 
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup.
@@ -123,6 +126,9 @@ pub struct KillRequest {
     /// Skip SIGTERM and its grace: freeze and `cgroup.kill` at once.
     #[serde(default)]
     pub force: bool,
+    /// A force kill that needs `emergency_kill` rather than the right to the run.
+    #[serde(default)]
+    pub emergency: bool,
     /// How long processes get after SIGTERM; the template's default when absent.
     pub grace_ms: Option<u64>,
     pub reason: Option<String>,
@@ -185,6 +191,9 @@ pub struct KillResult {
     pub graces_expired: Vec<SectionKind>,
     /// The overall limit on waiting ran out.
     pub max_wait_expired: bool,
+    /// `written` once the attempt is in the audit trail; `pending` while the
+    /// agent still retries writing it.
+    pub audit: Option<String>,
 }
 
 /// A run as `ps` and `status` show it.
@@ -248,6 +257,26 @@ pub struct Section {
     pub since: String,
     /// How long it has been seen open, in seconds.
     pub open_secs: f64,
+}
+
+/// `GET /v1/audit` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditQuery {
+    pub run: Option<String>,
+    pub actor: Option<String>,
+    /// Only records of the last N seconds.
+    pub since_secs: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/audit/verify`: the result of recomputing the hash chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerify {
+    pub records: u64,
+    pub intact: bool,
+    /// The first record that does not match.
+    pub first_bad_seq: Option<i64>,
+    pub message: String,
 }
 
 /// What went wrong, as a category the CLI maps to its exit code.

@@ -1,4 +1,5 @@
-//! User names through NSS (`getpwuid_r(3)`), for display.
+//! User and group names through NSS (`getpwuid_r(3)`, `getgrgid_r(3)`), and a
+//! process's groups from procfs.
 
 /// The login name of `uid`, or `None` if NSS does not know it.
 pub fn user_name(uid: u32) -> Option<String> {
@@ -27,11 +28,68 @@ pub fn user_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The name of group `gid`, or `None` if NSS does not know it.
+pub fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: all-zero bytes are a valid `group` (null pointers, zero id); it is
+    // only read after getgrgid_r has filled it.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `grp` and `result` live on this
+    // stack frame and `buf` is a live allocation of `buf.len()` bytes.
+    let rc = unsafe {
+        libc::getgrgid_r(
+            gid,
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success `gr_name` points to a NUL-terminated string inside `buf`,
+    // which is still alive here.
+    let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The supplementary group ids of a process, from the `Groups:` line of
+/// `/proc/<pid>/status`.
+pub fn process_groups(proc_root: &std::path::Path, pid: i32) -> Vec<u32> {
+    let text =
+        std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn root_is_known() {
         assert_eq!(super::user_name(0).as_deref(), Some("root"));
         assert_eq!(super::user_name(4_000_000_000), None);
+        assert_eq!(super::group_name(0).as_deref(), Some("root"));
+        assert_eq!(super::group_name(4_000_000_000), None);
+    }
+
+    #[test]
+    fn groups_come_from_the_status_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("42")).unwrap();
+        std::fs::write(
+            dir.path().join("42/status"),
+            "Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \nNgid:\t0\n",
+        )
+        .unwrap();
+        assert_eq!(super::process_groups(dir.path(), 42), vec![4, 27, 1000]);
+        assert!(super::process_groups(dir.path(), 43).is_empty());
     }
 }

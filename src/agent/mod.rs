@@ -6,6 +6,8 @@
 //! command inside the run's cgroup, so the agent may stop and start again while
 //! runs go on, and [`Agent::start`] reconciles the store with the cgroup tree.
 
+pub mod access;
+pub mod audit;
 pub mod reaper;
 pub mod server;
 
@@ -23,9 +25,10 @@ use crate::api::{
 };
 use crate::cgroup::{self, Cgroup};
 use crate::kill;
+use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
 use crate::sections::{self, Finding};
-use crate::store::{self, RunRecord, Store};
+use crate::store::{self, AuditEntry, AuditFilter, AuditRecord, ChainCheck, RunRecord, Store};
 use crate::template::Template;
 use reaper::{OnEmpty, Reaper};
 
@@ -45,6 +48,8 @@ pub struct Config {
     /// The cgroup the agent owns; `<cgroup2 mount>/wfcg` when absent.
     pub cgroup_root: Option<PathBuf>,
     pub proc_root: PathBuf,
+    /// The policy file; the built-in policy while it does not exist.
+    pub policy: PathBuf,
 }
 
 /// Why the agent cannot start.
@@ -71,6 +76,9 @@ pub enum StartError {
     /// The template is broken.
     #[error("{0}")]
     Template(String),
+    /// The policy file is broken.
+    #[error("{0}")]
+    Policy(String),
     /// The socket cannot be served.
     #[error("{0}")]
     Socket(String),
@@ -153,6 +161,14 @@ pub struct Agent {
     /// Git locks that processes of an exited run held when they were killed,
     /// checked and removed once the run's cgroup is empty.
     stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
+    access: access::Access,
+    auditor: Arc<audit::Auditor>,
+}
+
+impl AsRef<Mutex<Store>> for Agent {
+    fn as_ref(&self) -> &Mutex<Store> {
+        &self.store
+    }
 }
 
 fn now() -> String {
@@ -211,6 +227,9 @@ impl Agent {
         let store = Store::open(&db).map_err(|source| StartError::Store { path: db, source })?;
         let template = Template::default_for_host().map_err(StartError::Template)?;
         let reaper = Reaper::new().map_err(|e| StartError::Socket(format!("inotify: {e}")))?;
+        let access = access::Access::load(cfg.policy.clone(), cfg.proc_root.clone())
+            .map_err(StartError::Policy)?;
+        let auditor = Arc::new(audit::Auditor::new(cfg.state_dir.join("audit.head")));
 
         let agent = Arc::new(Agent {
             cfg,
@@ -224,8 +243,18 @@ impl Agent {
             inflight: Mutex::default(),
             sightings: Mutex::default(),
             stale_candidates: Mutex::default(),
+            access,
+            auditor,
         });
         agent.reaper.start(Arc::downgrade(&agent));
+        agent.auditor.start_retry(Arc::downgrade(&agent));
+        agent.audit_policy_load("start", Ok(()));
+        let weak = Arc::downgrade(&agent);
+        agent.access.watch(move || {
+            if let Some(agent) = weak.upgrade() {
+                agent.reload_policy("file changed");
+            }
+        });
         agent.reconcile();
         Ok(agent)
     }
@@ -321,6 +350,26 @@ impl Agent {
             }
             None => new_run_id(),
         };
+        let id = self.access.identity(caller);
+        let my_teams = self.access.policy().teams_of(&id);
+        let teams = match &req.team {
+            Some(team) if !my_teams.contains(team) => {
+                return Err(Failure::new(
+                    ErrorKind::BadInput,
+                    format!(
+                        "team {team:?}: {} is not in it (their teams: {})",
+                        id.user.as_deref().unwrap_or("caller"),
+                        if my_teams.is_empty() {
+                            "none".to_string()
+                        } else {
+                            my_teams.join(", ")
+                        }
+                    ),
+                ));
+            }
+            Some(team) => vec![team.clone()],
+            None => my_teams,
+        };
         let conflict = || {
             Failure::new(
                 ErrorKind::Conflict,
@@ -403,6 +452,7 @@ impl Agent {
             started_at: Some(now()),
             workspace_path: workspace,
             cleanup_workspace: req.cleanup_workspace,
+            teams: serde_json::to_string(&teams).map_err(Failure::internal)?,
             owner_uid: caller.uid,
             workflow: req.workflow,
             command: serde_json::to_string(&req.command).map_err(Failure::internal)?,
@@ -417,6 +467,15 @@ impl Agent {
             return Err(undo(e.to_string()));
         }
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
+        self.audit_event(AuditEntry {
+            actor_uid: Some(caller.uid),
+            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
+            caller_pid: Some(caller.pid),
+            action: "run_start".into(),
+            run_id: Some(run_id.clone()),
+            outcome: "started".into(),
+            ..Default::default()
+        });
         self.reaper.watch(&run_id, &cg, self);
         Ok(RunStarted {
             run_id,
@@ -427,22 +486,34 @@ impl Agent {
         })
     }
 
-    /// The record of a run the caller may see.
-    fn visible_run(&self, caller: &Caller, run_id: &str) -> Result<RunRecord> {
+    /// The record of a run, whoever may see it.
+    fn find_run(&self, run_id: &str) -> Result<RunRecord> {
         if let Some(problem) = api::run_id_problem(run_id) {
             return Err(Failure::new(ErrorKind::BadInput, problem));
         }
-        let rec = self
-            .store()
+        self.store()
             .get_run(run_id)?
-            .ok_or_else(|| Failure::not_found(run_id))?;
-        if !caller.is_root() && rec.owner_uid != caller.uid {
+            .ok_or_else(|| Failure::not_found(run_id))
+    }
+
+    /// What the policy says of `id` doing `action` to the run `rec`.
+    fn decide(&self, id: &Identity, action: Action, rec: &RunRecord) -> crate::policy::Decision {
+        let teams: Vec<String> = serde_json::from_str(&rec.teams).unwrap_or_default();
+        let scope = RunScope {
+            owner_uid: rec.owner_uid,
+            teams: &teams,
+        };
+        self.access.policy().decide(id, action, &scope)
+    }
+
+    /// The record of a run the caller may see.
+    fn visible_run(&self, caller: &Caller, run_id: &str) -> Result<RunRecord> {
+        let rec = self.find_run(run_id)?;
+        let d = self.decide(&self.access.identity(caller), Action::View, &rec);
+        if !d.allowed {
             return Err(Failure::new(
                 ErrorKind::Forbidden,
-                format!(
-                    "run {run_id} belongs to uid {}; uid {} may act only on its own runs",
-                    rec.owner_uid, caller.uid
-                ),
+                format!("run {run_id}: {}", d.message),
             ));
         }
         Ok(rec)
@@ -507,12 +578,15 @@ impl Agent {
             );
         }
         // Only if no kill began meanwhile: then the kill sequence has the last word.
-        self.store().finish_run_if(
+        let exited = self.store().finish_run_if(
             run_id,
             RunStatus::Running.as_str(),
             RunStatus::Exited.as_str(),
             &now(),
         )?;
+        if exited {
+            self.audit_run_end(run_id, RunStatus::Exited);
+        }
         tracing::info!(run_id, code = ?report.exit_code, signal = ?report.signal, "run exited");
         Ok(ExitAck {
             leftovers_killed: killed,
@@ -527,9 +601,10 @@ impl Agent {
             .map(|s| s.as_str())
             .collect();
         let recs = self.store().list_runs((!all).then_some(&live[..]))?;
+        let id = self.access.identity(caller);
         Ok(recs
             .into_iter()
-            .filter(|r| caller.is_root() || r.owner_uid == caller.uid)
+            .filter(|r| self.decide(&id, Action::View, r).allowed)
             .map(|r| self.info(r, false))
             .collect())
     }
@@ -590,17 +665,88 @@ impl Agent {
         }
     }
 
-    /// Kills a run. Concurrent kills of one run share one kill sequence; a run
-    /// that has ended answers success with `already_ended`.
+    /// Kills a run, if the policy allows, and writes the attempt to the audit
+    /// trail before answering, whatever its outcome.
     pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
-        let rec = self.visible_run(caller, run_id)?;
+        let t = Instant::now();
+        let id = self.access.identity(caller);
+        let mode = if req.emergency {
+            "emergency"
+        } else if req.force {
+            "force"
+        } else {
+            "graceful"
+        };
+        let mut entry = AuditEntry {
+            time: now(),
+            actor_uid: Some(caller.uid),
+            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
+            caller_pid: Some(caller.pid),
+            action: "kill".into(),
+            run_id: Some(run_id.to_owned()),
+            reason: req.reason.clone(),
+            mode: Some(mode.into()),
+            decision: "-".into(),
+            ..Default::default()
+        };
+        let outcome = self.find_run(run_id).and_then(|rec| {
+            let action = Action::Kill {
+                force: req.force || req.emergency,
+                emergency: req.emergency,
+            };
+            let d = self.decide(&id, action, &rec);
+            entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
+            entry.permission = d.permission.map(|p| p.as_str().to_string());
+            if !d.allowed {
+                return Err(Failure::new(
+                    ErrorKind::Forbidden,
+                    format!("run {run_id}: {}", d.message),
+                ));
+            }
+            self.kill_allowed(caller, rec, req)
+        });
+        entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+        entry.outcome = match &outcome {
+            Ok(r) if r.already_ended => "already_ended".into(),
+            Ok(r) if r.success => "killed".into(),
+            Ok(r) if r.mode.is_empty() => "failed".into(),
+            Ok(_) => "unkillable".into(),
+            Err(f) => match f.kind {
+                ErrorKind::NotFound => "no_such_run",
+                ErrorKind::Forbidden => "denied",
+                ErrorKind::BadInput | ErrorKind::Conflict => "bad_input",
+                ErrorKind::Internal => "failed",
+            }
+            .into(),
+        };
+        if let Ok(r) = &outcome
+            && !r.sections.is_empty()
+        {
+            entry.sections = serde_json::to_string(&r.sections).ok();
+        }
+        let written = self.auditor.record(&self.store, entry);
+        outcome.map(|mut r| {
+            r.audit = Some(if written { "written" } else { "pending" }.into());
+            r
+        })
+    }
+
+    /// Kills a run the caller may kill. Concurrent kills of one run share one kill
+    /// sequence; a run that has ended answers success with `already_ended`.
+    fn kill_allowed(
+        &self,
+        caller: &Caller,
+        rec: RunRecord,
+        req: KillRequest,
+    ) -> Result<KillResult> {
+        let run_id = rec.run_id.as_str();
         let (slot, leader) = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             match inflight.get(run_id) {
                 Some(slot) => (slot.clone(), false),
                 None => {
                     // Decide under the lock, so only one request starts the sequence.
-                    let current = self.store().get_run(run_id)?.unwrap_or(rec.clone());
+                    let current = self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
                     let status = RunStatus::parse(&current.status).unwrap_or(RunStatus::Unknown);
                     if !status.is_live() {
                         return Ok(already_ended(&current, status));
@@ -657,7 +803,7 @@ impl Agent {
         let ms =
             |v: Option<u64>, default| v.map(std::time::Duration::from_millis).unwrap_or(default);
         let plan = kill::Plan {
-            force: req.force,
+            force: req.force || req.emergency,
             term_grace: ms(req.grace_ms, settings.term_grace),
             freeze_timeout: settings.freeze_timeout,
             kill_deadline: settings.kill_deadline,
@@ -680,7 +826,13 @@ impl Agent {
         };
         let cg = Cgroup::new(&rec.cgroup_path);
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
-        let mode = if req.force { "force" } else { "graceful" };
+        let mode = if req.emergency {
+            "emergency"
+        } else if req.force {
+            "force"
+        } else {
+            "graceful"
+        };
         let at = |d: std::time::Duration| {
             (started_at + chrono::Duration::from_std(d).unwrap_or_default())
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -790,6 +942,9 @@ impl Agent {
             tracing::error!(run_id = rec.run_id, "cannot record the run's status: {e}");
         }
         drop(store);
+        if status == RunStatus::Killed {
+            self.audit_run_end(&rec.run_id, status);
+        }
         tracing::info!(
             run_id = rec.run_id,
             mode,
@@ -869,6 +1024,118 @@ impl Agent {
         }
     }
 
+    /// Reads the policy file again (SIGHUP, or the file changed); a broken file
+    /// keeps the previous policy. Either way the load is audited.
+    pub fn reload_policy(&self, trigger: &str) {
+        let res = self.access.reload();
+        match &res {
+            Ok(()) => tracing::info!(
+                "policy reloaded ({trigger}) from {}",
+                self.access.path().display()
+            ),
+            Err(e) => {
+                tracing::error!("policy NOT reloaded ({trigger}), the previous one stays: {e}")
+            }
+        }
+        self.audit_policy_load(trigger, res);
+    }
+
+    fn audit_policy_load(&self, trigger: &str, res: std::result::Result<(), String>) {
+        let outcome = match res {
+            Ok(()) if self.access.path().exists() => "loaded".to_string(),
+            Ok(()) => "built-in (no policy file)".to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        self.audit_event(AuditEntry {
+            action: "policy_load".into(),
+            reason: Some(format!("{trigger}: {}", self.access.path().display())),
+            outcome,
+            ..Default::default()
+        });
+    }
+
+    /// Writes an event of the agent's own to the audit trail.
+    fn audit_event(&self, mut entry: AuditEntry) {
+        entry.time = now();
+        if entry.actor_name.is_empty() {
+            entry.actor_name = "agent".into();
+        }
+        if entry.decision.is_empty() {
+            entry.decision = "-".into();
+        }
+        self.auditor.record(&self.store, entry);
+    }
+
+    /// Audit: a run ended, and how.
+    fn audit_run_end(&self, run_id: &str, status: RunStatus) {
+        self.audit_event(AuditEntry {
+            action: "run_end".into(),
+            run_id: Some(run_id.to_owned()),
+            outcome: status.as_str().into(),
+            ..Default::default()
+        });
+    }
+
+    /// Audit records the caller may read: all with view_all, else its own actions.
+    pub fn audit_list(&self, caller: &Caller, q: &api::AuditQuery) -> Result<Vec<AuditRecord>> {
+        let id = self.access.identity(caller);
+        let all = self
+            .access
+            .policy()
+            .permissions(&id)
+            .contains(&crate::policy::Permission::ViewAll);
+        let filter = AuditFilter {
+            run_id: q.run.clone(),
+            actor: q.actor.clone(),
+            actor_uid: (!all).then_some(caller.uid),
+            since: q.since_secs.map(|s| {
+                (chrono::Utc::now() - chrono::Duration::seconds(s as i64))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
+            limit: q.limit,
+        };
+        Ok(self.store().audit_records(&filter)?)
+    }
+
+    /// Recomputes the audit chain (needs view_all).
+    pub fn audit_verify(&self, caller: &Caller) -> Result<api::AuditVerify> {
+        let id = self.access.identity(caller);
+        if !self
+            .access
+            .policy()
+            .permissions(&id)
+            .contains(&crate::policy::Permission::ViewAll)
+        {
+            return Err(Failure::new(
+                ErrorKind::Forbidden,
+                "not permitted: verifying the audit trail needs view_all",
+            ));
+        }
+        let check: ChainCheck = self.auditor.verify(&self.store())?;
+        let pending = self.auditor.pending();
+        Ok(match check.first_bad {
+            None => api::AuditVerify {
+                records: check.records,
+                intact: true,
+                first_bad_seq: None,
+                message: if pending == 0 {
+                    format!("{} records, chain intact", check.records)
+                } else {
+                    format!(
+                        "{} records, chain intact ({pending} pending)",
+                        check.records
+                    )
+                },
+            },
+            Some((seq, why)) => api::AuditVerify {
+                records: check.records,
+                intact: false,
+                first_bad_seq: Some(seq),
+                message: format!("audit record {seq} does not match: {why}"),
+            },
+        })
+    }
+
     /// The critical sections a live run has open now, each with when it was first seen.
     fn open_sections(&self, rec: &RunRecord) -> Vec<api::Section> {
         let pids = Cgroup::new(&rec.cgroup_path)
@@ -928,7 +1195,7 @@ impl OnEmpty for Agent {
     /// A run's cgroup emptied (or vanished). Unless a kill sequence is under way
     /// (it finishes the run itself), record how a live run ended, then clean up.
     fn on_run_empty(&self, run_id: &str) {
-        let rec = {
+        let (rec, ended) = {
             let store = self.store();
             let Ok(Some(mut rec)) = store.get_run(run_id) else {
                 return;
@@ -937,6 +1204,7 @@ impl OnEmpty for Agent {
             if status == RunStatus::Stopping {
                 return;
             }
+            let mut ended = None;
             if status.is_live() {
                 if rec.exit_code.is_none()
                     && rec.exit_signal.is_none()
@@ -955,9 +1223,13 @@ impl OnEmpty for Agent {
                     return;
                 }
                 tracing::info!(run_id, status = end.as_str(), "run ended");
+                ended = Some(end);
             }
-            rec
+            (rec, ended)
         };
+        if let Some(end) = ended {
+            self.audit_run_end(run_id, end);
+        }
         let status = self.cleanup(&rec, &[]);
         if status.processes_remaining > 0 || !status.cgroup_removed {
             tracing::warn!(run_id, ?status, "run ended but cleanup is incomplete");

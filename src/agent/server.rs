@@ -176,6 +176,23 @@ async fn kill_run(
     call(move || agent.kill(&caller, &id, req)).await
 }
 
+async fn audit_list(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(q): Query<crate::api::AuditQuery>,
+) -> Reply {
+    let caller = caller(peer)?;
+    call(move || agent.audit_list(&caller, &q)).await
+}
+
+async fn audit_verify(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Reply {
+    let caller = caller(peer)?;
+    call(move || agent.audit_verify(&caller)).await
+}
+
 async fn not_found() -> Answer {
     Answer(Failure::new(ErrorKind::NotFound, "no such API route"))
 }
@@ -187,6 +204,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/exit", post(report_exit))
         .route("/v1/runs/{id}/kill", post(kill_run))
+        .route("/v1/audit", get(audit_list))
+        .route("/v1/audit/verify", get(audit_verify))
         .fallback(not_found)
         .with_state(agent)
 }
@@ -231,6 +250,17 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         runs = agent.watched_runs(),
         "wfcg agent listening"
     );
+    let hup_agent = agent.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let agent = hup_agent.clone();
+            let _ = tokio::task::spawn_blocking(move || agent.reload_policy("SIGHUP")).await;
+        }
+    });
     let app = router(agent).into_make_service_with_connect_info::<Peer>();
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};

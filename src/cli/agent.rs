@@ -7,9 +7,14 @@ use crate::exit::{self, Failure};
 /// tree under --cgroup-root and the store in --state-dir. Runs keep going while
 /// it is stopped or restarted; it reconciles them when it comes back.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The policy file (roles, users, groups, teams); reloaded on SIGHUP and when
+    /// it changes. Without it, root is admin and every user owns their runs.
+    #[arg(long, env = "WFCG_POLICY", default_value = "/etc/wfcg/policy.toml")]
+    pub policy: std::path::PathBuf,
+}
 
-pub fn run(cli: &super::Cli, _args: &Args) -> Result<i32, Failure> {
+pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -22,6 +27,7 @@ pub fn run(cli: &super::Cli, _args: &Args) -> Result<i32, Failure> {
         state_dir: cli.state_dir.clone(),
         cgroup_root: cli.cgroup_root.clone(),
         proc_root: "/proc".into(),
+        policy: args.policy.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,6 +22,10 @@ pub struct Args {
     /// Skip SIGTERM and the grace: cgroup.kill at once.
     #[arg(long)]
     pub force: bool,
+    /// A force kill resting on the emergency_kill permission: any run, also
+    /// unkillable or frozen ones, no waiting for critical sections.
+    #[arg(long)]
+    pub emergency: bool,
     /// How long processes get after SIGTERM (e.g. 500ms, 5s, 1m) [default: from the template, 5s].
     #[arg(long, value_name = "DUR")]
     pub grace: Option<String>,
@@ -57,6 +61,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     };
     let req = KillRequest {
         force: args.force,
+        emergency: args.emergency,
         grace_ms: ms("--grace", &args.grace)?,
         reason: args.reason.clone(),
         grace_git_ms: ms("--grace-git", &args.grace_git)?,

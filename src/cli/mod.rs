@@ -4,6 +4,7 @@
 //! an exit code from [`crate::exit`].
 
 mod agent;
+mod audit;
 mod kill;
 mod ps;
 mod run;
@@ -62,6 +63,7 @@ pub enum Verb {
     Kill(kill::Args),
     Ps(ps::PsArgs),
     Status(ps::StatusArgs),
+    Audit(audit::Args),
 }
 
 /// Runs the parsed command line; returns the exit code.
@@ -72,6 +74,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Kill(ref a) => kill::run(&cli, a),
         Verb::Ps(ref a) => ps::ps(&cli, a),
         Verb::Status(ref a) => ps::status(&cli, a),
+        Verb::Audit(ref a) => audit::run(&cli, a),
     }
 }
 

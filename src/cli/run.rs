@@ -23,6 +23,9 @@ pub struct Args {
     /// Working directory of the run; CMD starts in it.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
+    /// The team the run belongs to (you must be in it) [default: all your teams].
+    #[arg(long)]
+    pub team: Option<String>,
     /// Remove the workspace when the run ends (needs --workspace).
     #[arg(long, requires = "workspace")]
     pub cleanup_workspace: bool,
@@ -51,6 +54,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             workspace: args.workspace.clone(),
             detach: args.detach,
             cleanup_workspace: args.cleanup_workspace,
+            team: args.team.clone(),
             quiet: args.quiet,
             command: args.command.clone(),
         },

@@ -36,6 +36,7 @@ pub struct Options {
     pub workspace: Option<PathBuf>,
     pub detach: bool,
     pub cleanup_workspace: bool,
+    pub team: Option<String>,
     pub quiet: bool,
     pub command: Vec<String>,
 }
@@ -197,6 +198,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
             command: opts.command.clone(),
             detach: opts.detach,
             cleanup_workspace: opts.cleanup_workspace,
+            team: opts.team.clone(),
         };
         client
             .post::<_, RunStarted>("/v1/runs", &req)

@@ -162,7 +162,13 @@ impl TestAgent {
             ("WFCG_SOCKET", self.socket.clone()),
             ("WFCG_STATE_DIR", self.state_dir.clone()),
             ("WFCG_CGROUP_ROOT", self.cgroup_root.clone()),
+            ("WFCG_POLICY", self.policy_path()),
         ]
+    }
+
+    /// The agent's policy file (absent until a test writes it: the built-in policy).
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
     }
 
     /// A `wfcg` command aimed at this agent.

@@ -1,0 +1,133 @@
+//! The audit trail's writer: every record is committed to the store before the
+//! request it describes is answered. A record that cannot be written is kept in
+//! order in memory and retried (loudly) until it is; the answer then says
+//! `audit: pending`.
+//!
+//! After each write the chain's head (`seq hash`) is also written to a file
+//! beside the database, so that deleting the newest records is detected too.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::store::{AuditEntry, ChainCheck, Store};
+
+/// How often pending records are retried.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Auditor {
+    pending: Mutex<VecDeque<AuditEntry>>,
+    head: PathBuf,
+}
+
+impl Auditor {
+    pub fn new(head: PathBuf) -> Auditor {
+        Auditor {
+            pending: Mutex::default(),
+            head,
+        }
+    }
+
+    /// Appends `entry` after any pending ones. Returns whether everything,
+    /// this entry included, is now written.
+    pub fn record(&self, store: &Mutex<Store>, entry: AuditEntry) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push_back(entry);
+        self.flush(store, &mut pending)
+    }
+
+    fn flush(&self, store: &Mutex<Store>, pending: &mut VecDeque<AuditEntry>) -> bool {
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = pending.front() {
+            match store.append_audit(entry) {
+                Ok(rec) => {
+                    pending.pop_front();
+                    if let Err(e) = write_head(&self.head, rec.seq, &rec.hash) {
+                        tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        pending = pending.len(),
+                        "AUDIT RECORD NOT WRITTEN, will retry: {e}"
+                    );
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// How many records wait to be written.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Starts the thread that retries pending records until they are written.
+    pub fn start_retry<F>(self: &Arc<Self>, store: Weak<F>)
+    where
+        F: AsRef<Mutex<Store>> + Send + Sync + 'static,
+    {
+        let me = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("wfcg-audit-retry".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(RETRY_EVERY);
+                    let (Some(me), Some(owner)) = (me.upgrade(), store.upgrade()) else {
+                        return;
+                    };
+                    let mut pending = me.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    if !pending.is_empty() && me.flush((*owner).as_ref(), &mut pending) {
+                        tracing::warn!("AUDIT: pending records are written now");
+                    }
+                }
+            })
+            .expect("spawning the audit retry thread");
+    }
+
+    /// Checks the chain in the store, and its newest record against the head file.
+    pub fn verify(&self, store: &Store) -> crate::store::Result<ChainCheck> {
+        let mut check = store.verify_audit()?;
+        if check.first_bad.is_none()
+            && let Some((seq, hash)) = read_head(&self.head)
+        {
+            if seq > check.last_seq {
+                check.first_bad = Some((
+                    check.last_seq + 1,
+                    format!(
+                        "records {}..{seq} are missing: the chain ends at {} but {} says {seq}",
+                        check.last_seq + 1,
+                        check.last_seq,
+                        self.head.display()
+                    ),
+                ));
+            } else if seq == check.last_seq && hash != check.last_hash {
+                check.first_bad = Some((
+                    seq,
+                    format!(
+                        "its hash differs from the one kept in {}",
+                        self.head.display()
+                    ),
+                ));
+            }
+        }
+        Ok(check)
+    }
+}
+
+fn write_head(path: &Path, seq: i64, hash: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{seq} {hash}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_head(path: &Path) -> Option<(i64, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (seq, hash) = text.trim().split_once(' ')?;
+    Some((seq.parse().ok()?, hash.to_string()))
+}
