@@ -206,11 +206,21 @@ impl Policy {
             let text = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
             format!("{name}:{}: not UTF-8 (byte {at})", line_of(&text, at))
         })?;
-        Policy::parse(&text, &name)
+        Policy::parse_with(&text, &name, crate::users::groups_of_user)
     }
 
     /// Parses policy text; `name` prefixes errors.
     pub fn parse(text: &str, name: &str) -> Result<Policy, String> {
+        Policy::parse_with(text, name, |_| Vec::new())
+    }
+
+    /// Parses policy text; `groups_of` names the groups of a user, to refuse a user
+    /// given one role in `[users]` and another through a group in `[groups]`.
+    pub fn parse_with(
+        text: &str,
+        name: &str,
+        groups_of: impl Fn(&str) -> Vec<String>,
+    ) -> Result<Policy, String> {
         let at = |span: std::ops::Range<usize>, msg: String| {
             format!("{name}:{}: {msg}", line_of(text, span.start))
         };
@@ -262,6 +272,19 @@ impl Policy {
         let mut groups = BTreeMap::new();
         for (group, role) in &raw.groups {
             groups.insert(group.clone(), check_role(role, format!("group {group:?}"))?);
+        }
+        for (user, role) in &users {
+            for group in groups_of(user) {
+                if let Some(other) = groups.get(&group).filter(|r| *r != role) {
+                    let span = raw.users[user].span();
+                    return Err(at(
+                        span,
+                        format!(
+                            "user {user:?} is given role {role:?} here but role {other:?} through group {group:?} in [groups]; give each user one role"
+                        ),
+                    ));
+                }
+            }
         }
         policy.users = users;
         policy.groups = groups;
@@ -531,6 +554,22 @@ leads = ["alice"]
                 "{text:?} -> {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_user_with_two_roles_is_refused() {
+        let text = "[users]\nalice = \"owner\"\n[groups]\nops = \"admin\"\nstaff = \"owner\"\n";
+        let groups = |u: &str| -> Vec<String> {
+            match u {
+                "alice" => vec!["staff".into(), "ops".into()],
+                _ => vec![],
+            }
+        };
+        let err = Policy::parse_with(text, "p", groups).unwrap_err();
+        assert!(err.starts_with("p:2:") && err.contains("ops"), "{err}");
+        // The same role both ways is no conflict.
+        let text = text.replace("ops = \"admin\"", "ops = \"owner\"");
+        assert!(Policy::parse_with(&text, "p", groups).is_ok());
     }
 
     #[test]

@@ -55,6 +55,40 @@ pub fn group_name(gid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The names of the groups user `name` is in (`getpwnam_r(3)`, `getgrouplist(3)`),
+/// empty if NSS does not know the user.
+pub fn groups_of_user(name: &str) -> Vec<String> {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return Vec::new();
+    };
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: all-zero bytes are a valid `passwd`; it is only read after success.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: `cname` is NUL-terminated; the other pointers are valid for the call.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Vec::new();
+    }
+    let mut gids: Vec<libc::gid_t> = vec![0; 256];
+    let mut n = gids.len() as libc::c_int;
+    // SAFETY: `gids` holds `n` elements; getgrouplist writes at most `n` and sets `n`.
+    let rc = unsafe { libc::getgrouplist(cname.as_ptr(), pwd.pw_gid, gids.as_mut_ptr(), &mut n) };
+    if rc < 0 {
+        return Vec::new();
+    }
+    gids.truncate(n.max(0) as usize);
+    gids.into_iter().filter_map(group_name).collect()
+}
+
 /// The supplementary group ids of a process, from the `Groups:` line of
 /// `/proc/<pid>/status`.
 pub fn process_groups(proc_root: &std::path::Path, pid: i32) -> Vec<u32> {
