@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The shipped `default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../cgroup-templates/default.toml");
@@ -19,50 +19,115 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     crate::duration::parse(&text).map_err(serde::de::Error::custom)
 }
 
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::duration::format(*d))
+}
+
 /// The 1-based line number of a byte offset in `text`, for error messages.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let before = &text[..offset.min(text.len())];
     before.lines().count().max(1) + usize::from(before.ends_with('\n'))
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
+    #[serde(default)]
+    pub run: RunSettings,
     pub kill: KillSettings,
     pub timeouts: Timeouts,
     pub critical_sections: CriticalSections,
+    #[serde(default)]
+    pub cleanup: Cleanup,
+    #[serde(default)]
+    pub alerts: Alerts,
+    /// cgroup limits by file name (`memory.max`, `pids.max`, `cpu.max`), written
+    /// where the controller is enabled.
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// When a run counts as initialized.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ready {
+    /// When it sends READY=1 (sd_notify); until then it is `initializing`.
+    #[default]
+    Notify,
+    /// As soon as its command starts.
+    Start,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    #[serde(default)]
+    pub ready: Ready,
+}
+
+/// What happens to the workspace when a run ends.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspacePolicy {
+    #[default]
+    Keep,
+    Remove,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cleanup {
+    #[serde(default)]
+    pub workspace: WorkspacePolicy,
+}
+
+/// Where events about a run go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// A command run with the event as JSON on stdin.
+    pub on_event: Option<String>,
+    /// An http:// URL the event is POSTed to as JSON.
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KillSettings {
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub term_grace: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub freeze_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub kill_deadline: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub init: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub total: Duration,
+    /// Heartbeat interval (WATCHDOG=1); zero is off.
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub watchdog: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CriticalSections {
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub git: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub database: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub files: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub max_wait: Duration,
 }
 
