@@ -232,8 +232,10 @@ pub fn held_anywhere(proc_root: &Path, paths: &[&str]) -> HashSet<String> {
 pub fn remove_stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<String> {
     let mut candidates: Vec<&Finding> =
         seen.iter().filter(|f| f.kind == SectionKind::Git).collect();
-    candidates.sort_by(|a, b| a.path.cmp(&b.path));
-    candidates.dedup_by(|a, b| a.path == b.path);
+    // One path may have been several files (a lock released and taken again by
+    // the next git command): each is a candidate, at most one is still there.
+    candidates.sort_by_key(|f| (&f.path, f.dev, f.ino));
+    candidates.dedup_by_key(|f| (&f.path, f.dev, f.ino));
     if candidates.is_empty() {
         return Vec::new();
     }
@@ -390,6 +392,37 @@ mod tests {
         // The very file the dead process had, held by nobody: removed.
         fs::rename(&aside, &path).unwrap();
         let removed = remove_stale_git_locks(Path::new("/proc"), &found);
+        assert_eq!(removed, vec![path.display().to_string()]);
+        assert!(!path.exists());
+    }
+
+    /// A lock released and taken again (git add, then git commit) was two files
+    /// under one path: the one left behind is removed whichever was seen first.
+    #[test]
+    fn a_stale_lock_is_removed_when_its_path_was_seen_twice() {
+        let ws = tempfile::tempdir().unwrap();
+        fs::create_dir_all(ws.path().join(".git")).unwrap();
+        let path = ws.path().join(".git/index.lock");
+        let scope = Scope {
+            pids: vec![std::process::id() as i32],
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        let mut files = Vec::new();
+        for _ in 0..2 {
+            // Kept open while the next is made, so the inode is not reused.
+            let _ = fs::remove_file(&path);
+            files.push(fs::File::create(&path).unwrap());
+            seen.extend(
+                scan(Path::new("/proc"), &scope)
+                    .into_iter()
+                    .filter(|f| f.path.starts_with(&*ws.path().to_string_lossy())),
+            );
+        }
+        drop(files);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_ne!(seen[0].ino, seen[1].ino);
+        let removed = remove_stale_git_locks(Path::new("/proc"), &seen);
         assert_eq!(removed, vec![path.display().to_string()]);
         assert!(!path.exists());
     }
