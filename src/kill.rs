@@ -13,6 +13,10 @@
 //! 5. the hard kill: freeze, `cgroup.kill`, wait for `populated 0` (never
 //!    trusting an empty `cgroup.procs`).
 //!
+//! Before each signal the frozen tree is scanned again, so that what the signal
+//! may leave behind is on record for the cleanup: a process frozen in `open()`
+//! of a git lock dies on thaw before git has registered the lock for removal.
+//!
 //! Force: the scan (to report what was open and to clean up after), then the
 //! hard kill at once. Processes that survive the hard kill's deadline are
 //! reported with their state, wait channel and kernel stack; the cgroup is left
@@ -153,7 +157,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     let open = report.saw(open, start.elapsed());
     report.phase("scan", t, describe(&open));
     if plan.force {
-        hard_kill(cg, plan, proc_root, &mut report);
+        hard_kill(cg, plan, proc_root, start, &mut report);
         return report;
     }
     if let Err(e) = cg.thaw() {
@@ -171,7 +175,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     {
         report.errors.push(e);
     }
-    graceful_term(cg, plan, proc_root, &mut report);
+    graceful_term(cg, plan, proc_root, start, &mut report);
     let t = Instant::now();
     match cg.wait_unpopulated(plan.term_grace) {
         Ok(true) => {
@@ -190,7 +194,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     }
 
     // 5. The hard kill.
-    hard_kill(cg, plan, proc_root, &mut report);
+    hard_kill(cg, plan, proc_root, start, &mut report);
     report
 }
 
@@ -271,13 +275,16 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
 }
 
 /// Freeze, SIGTERM + SIGCONT to every process but the spared one, thaw.
-fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, report: &mut Report) {
+fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report: &mut Report) {
     let t = Instant::now();
     if let Err(e) = cg.freeze(plan.freeze_timeout) {
         report.errors.push(e.to_string());
     }
     let pids = cg.procs_recursive().unwrap_or_default();
     report.processes = pids.len() as u32;
+    // Locks the signal may orphan: recorded for the cleanup (see the module doc).
+    let open = scan(plan, pids.clone(), proc_root);
+    report.saw(open, start.elapsed());
     let mut signalled = 0;
     for &pid in &pids {
         if let Some((spare, start)) = plan.spare
@@ -319,11 +326,16 @@ fn signal_member(cg: &Cgroup, pid: i32, sig: Signal, proc_root: &Path) -> bool {
 }
 
 /// Freeze, `cgroup.kill`, wait for `populated 0`.
-fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, report: &mut Report) {
+fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report: &mut Report) {
     let t = Instant::now();
     // Freezing first closes the fork race of older kernels' cgroup.kill.
     if let Err(e) = cg.freeze(plan.freeze_timeout) {
         report.errors.push(e.to_string());
+    }
+    // What SIGKILL will orphan (a force kill scanned under this same freeze).
+    if !plan.force {
+        let open = scan(plan, cg.procs_recursive().unwrap_or_default(), proc_root);
+        report.saw(open, start.elapsed());
     }
     if let Err(e) = cg.kill() {
         report.errors.push(e.to_string());
