@@ -54,28 +54,25 @@ fn graceful_kill_leaves_no_escapee() {
         wait
         "#,
     );
-    let marked = || util::pids_with_env("WFCG_RUN_ID", &run.id);
-    let running = |arg: &str| {
-        marked()
-            .into_iter()
-            .filter(|&p| util::cmdline(p) == format!("sleep {arg}"))
-            .collect::<Vec<_>>()
-    };
+    // Every escapee runs, and the setsid daemon has really left the tree: its
+    // parent is no process of the run (a kill by process tree would miss it).
     let all_started = wait_until(Duration::from_secs(30), || {
-        ["1001", "1002", "1003", "1004", "1005"]
-            .iter()
-            .all(|a| !running(a).is_empty())
+        let pids = util::pids_with_env("WFCG_RUN_ID", &run.id);
+        let sleeping = |arg: &str| {
+            let cmd = format!("sleep {arg}");
+            pids.clone()
+                .into_iter()
+                .filter(move |&p| util::cmdline(p) == cmd)
+        };
+        sleeping("1001").any(|p| !pids.contains(&util::ppid(p)))
+            && ["1002", "1003", "1004", "1005"]
+                .iter()
+                .all(|a| sleeping(a).next().is_some())
     });
     assert!(
         all_started,
         "not every escapee started: {}",
-        util::describe(&marked())
-    );
-    // The setsid daemon really left the tree: its parent is no process of the run.
-    let daemon = running("1001")[0];
-    assert!(
-        !marked().contains(&util::ppid(daemon)),
-        "the daemon {daemon} was not reparented out of the run"
+        util::describe(&util::pids_with_env("WFCG_RUN_ID", &run.id))
     );
 
     let result = agent.kill_ok(&run.id, &["--grace", "500ms"]);

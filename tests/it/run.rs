@@ -256,7 +256,8 @@ fn processes_left_behind_by_an_exiting_command_are_killed() {
     let out = agent
         .marked(&run.marker)
         .args(["run", "-q", "--run-id", &run.id, "--"])
-        .args(["sh", "-c", "sleep 1000 & echo $!; exit 0"])
+        // The leftover must not hold our stdout, or a failure would hang `output()`.
+        .args(["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!; exit 0"])
         .output()
         .unwrap();
     assert_eq!(
