@@ -6,3 +6,4 @@ mod util;
 mod agent;
 mod kill;
 mod run;
+mod safety;
