@@ -159,7 +159,13 @@ mod tests {
             .env("WFCG_TEST_MARK", &marker)
             .spawn()
             .unwrap();
-        let found = pids_with_env(Path::new("/proc"), "WFCG_TEST_MARK", &marker);
+        // spawn() returns once the child is in execve(), a little before the
+        // kernel sets up the new environment: until then `environ` reads empty.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = Vec::new();
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            found = pids_with_env(Path::new("/proc"), "WFCG_TEST_MARK", &marker);
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, vec![child.id() as i32]);
