@@ -304,7 +304,7 @@ fn without_an_agent_a_user_gets_exit_5_and_how_to_start_one() {
     assert_eq!(out.status.code(), Some(5));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("wfcg agent"),
+        stderr.contains("start") && stderr.contains("wfcg agent"),
         "no hint how to start an agent: {stderr}"
     );
     assert!(
