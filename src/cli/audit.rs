@@ -15,19 +15,19 @@ pub struct Args {
     #[command(subcommand)]
     pub what: Option<What>,
     /// Only records about this run.
-    #[arg(long, value_name = "RUN_ID")]
+    #[arg(long, value_name = "RUN_ID", global = true)]
     pub run: Option<String>,
     /// Only records of this actor (a user name, `agent` or `monitor`).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub actor: Option<String>,
     /// Only records of the last DUR (e.g. 1h, 30m).
-    #[arg(long, value_name = "DUR")]
+    #[arg(long, value_name = "DUR", global = true)]
     pub since: Option<String>,
     /// At most the newest N records.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", global = true)]
     pub limit: Option<u32>,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
