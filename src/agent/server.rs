@@ -232,6 +232,10 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     if !rustix::process::geteuid().is_root() {
         return Err(StartError::NotRoot);
     }
+    // SIGHUP reloads the policy. Its default action ends the process, so it is
+    // caught before anything else: one that arrives while the agent starts up is
+    // then a reload once it serves, not the end of the agent.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let socket = cfg.socket.clone();
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
@@ -252,8 +256,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     );
     let hup_agent = agent.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Ok(mut hup) = hup else {
             return;
         };
         while hup.recv().await.is_some() {
