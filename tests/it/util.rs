@@ -513,3 +513,41 @@ impl Drop for TestAgent {
         }
     }
 }
+
+impl TestAgent {
+    /// An agent not started yet: its directory, socket, state and cgroup root are
+    /// chosen (as in [`TestAgent::start`]); [`TestAgent::spawn`] starts it.
+    pub fn unstarted() -> TestAgent {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = tempfile::Builder::new()
+            .prefix("wfcg-test")
+            .tempdir()
+            .unwrap();
+        let mount = cgroup::cgroup2_mount().expect("cgroup2 mount");
+        let cgroup_root = mount.join(format!(
+            "wfcg-test-{}-u{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        TestAgent {
+            socket: dir.path().join("agent.sock"),
+            state_dir: dir.path().join("state"),
+            cgroup_root,
+            dir,
+            child: None,
+        }
+    }
+
+    /// Starts an agent whose policy file holds `policy` from the start.
+    pub fn start_with_policy(policy: &str) -> TestAgent {
+        let mut agent = TestAgent::unstarted();
+        std::fs::write(agent.policy_path(), policy).unwrap();
+        agent.spawn();
+        agent
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+}
