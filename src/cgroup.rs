@@ -5,6 +5,7 @@
 //! runs or the agent. Every path comes from the caller, so tests point it at a
 //! fake tree in a temporary directory or at a private root on the real mount.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,12 @@ pub const CGROUP_KILL: &str = "cgroup.kill";
 pub const CGROUP_CONTROLLERS: &str = "cgroup.controllers";
 pub const CGROUP_SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 pub const CPU_STAT: &str = "cpu.stat";
+pub const MEMORY_MAX: &str = "memory.max";
+pub const PIDS_MAX: &str = "pids.max";
+pub const CPU_MAX: &str = "cpu.max";
+
+/// The limit files a template may set, each belonging to the controller its name starts with.
+pub const LIMIT_FILES: [&str; 3] = [MEMORY_MAX, PIDS_MAX, CPU_MAX];
 
 /// How long `remove` retries an `rmdir` that fails with EBUSY.
 const RMDIR_RETRY: Duration = Duration::from_secs(2);
@@ -119,6 +126,84 @@ pub fn process_cgroup(proc_root: &Path, pid: i32) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_owned)
+}
+
+/// The controller of a limit file wfcg writes (`memory.max` → `memory`), or
+/// `None` for any other file.
+pub fn limit_controller(file: &str) -> Option<&'static str> {
+    match file {
+        MEMORY_MAX => Some("memory"),
+        PIDS_MAX => Some("pids"),
+        CPU_MAX => Some("cpu"),
+        _ => None,
+    }
+}
+
+/// Checks a limit's value the way the kernel reads it: `memory.max` bytes with
+/// an optional K/M/G/T/P/E suffix, `pids.max` a count, `cpu.max` a quota and an
+/// optional period in µs; each may be `max` (no limit). The error says why.
+pub fn check_limit(file: &str, value: &str) -> std::result::Result<(), String> {
+    let v = value.trim();
+    let number = |s: &str| s.parse::<u64>().ok();
+    match file {
+        MEMORY_MAX => {
+            let digits = v.trim_end_matches(|c: char| "kKmMgGtTpPeE".contains(c));
+            let suffixes = v.len() - digits.len();
+            if v == "max" || (suffixes <= 1 && number(digits).is_some()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{v:?} is not a size (bytes, with K, M, G or T, or \"max\")"
+                ))
+            }
+        }
+        PIDS_MAX => match (v, number(v)) {
+            ("max", _) | (_, Some(_)) => Ok(()),
+            _ => Err(format!("{v:?} is not a number of processes (or \"max\")")),
+        },
+        CPU_MAX => {
+            let mut parts = v.split_whitespace();
+            let quota = parts.next().unwrap_or("");
+            let period = parts.next();
+            let quota_ok = quota == "max" || number(quota).is_some_and(|q| q >= 1000);
+            let period_ok =
+                period.is_none_or(|p| number(p).is_some_and(|p| (1000..=1_000_000).contains(&p)));
+            if quota_ok && period_ok && parts.next().is_none() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{v:?} is not \"QUOTA PERIOD\" in µs (quota ≥ 1000 or \"max\", \
+                     period 1000..=1000000), e.g. \"200000 100000\" for 2 CPUs"
+                ))
+            }
+        }
+        other => Err(format!(
+            "unknown limit {other:?} (wfcg writes {})",
+            LIMIT_FILES.join(", ")
+        )),
+    }
+}
+
+/// Why a controller could not be made available to a cgroup's children.
+#[derive(Debug)]
+pub enum Unavailable {
+    /// Not in the `cgroup.controllers` of this cgroup nor of any ancestor wfcg may change.
+    NotEnabled {
+        /// The cgroup whose children should have had it.
+        path: PathBuf,
+        /// Its `cgroup.controllers` is empty, as on hybrid hosts.
+        none_at_all: bool,
+    },
+    /// Writing `cgroup.subtree_control` failed.
+    Enable(Error),
+}
+
+/// The words of a space-separated cgroup file, without the `+` of a fake
+/// tree's `cgroup.subtree_control` (the kernel lists names only).
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| w.trim_start_matches('+').to_string())
+        .collect()
 }
 
 /// One cgroup directory.
@@ -347,6 +432,114 @@ impl Cgroup {
         self.remove()
     }
 
+    /// The parent cgroup (the directory above), if any.
+    pub fn parent(&self) -> Option<Cgroup> {
+        self.path.parent().map(Cgroup::new)
+    }
+
+    /// The controllers this cgroup may use (`cgroup.controllers`).
+    pub fn controllers(&self) -> Result<Vec<String>> {
+        Ok(words(&self.read(CGROUP_CONTROLLERS)?))
+    }
+
+    /// The controllers enabled for this cgroup's children (`cgroup.subtree_control`).
+    pub fn subtree_control(&self) -> Result<Vec<String>> {
+        Ok(words(&self.read(CGROUP_SUBTREE_CONTROL)?))
+    }
+
+    /// Enables `controller` for this cgroup's children: writes `+controller` to
+    /// `cgroup.subtree_control`, unless it is enabled already.
+    pub fn enable_controller(&self, controller: &str) -> Result<()> {
+        if self.subtree_control()?.iter().any(|c| c == controller) {
+            return Ok(());
+        }
+        self.write(CGROUP_SUBTREE_CONTROL, &format!("+{controller}"))
+    }
+
+    /// Makes `controller` available to this cgroup's children: enables it in this
+    /// cgroup's `cgroup.subtree_control` when it is in its `cgroup.controllers`;
+    /// when it is not, first enables it in the ancestors' (at most `levels - 1`
+    /// of them) where it is available. Ancestors further up are never touched.
+    pub fn enable_for_children(
+        &self,
+        controller: &str,
+        levels: usize,
+    ) -> std::result::Result<(), Unavailable> {
+        let available = self.controllers().map_err(Unavailable::Enable)?;
+        if !available.iter().any(|c| c == controller) {
+            let parent = self.parent().filter(|_| levels > 1);
+            let from_above =
+                parent.is_some_and(|p| p.enable_for_children(controller, levels - 1).is_ok());
+            let now = if from_above {
+                self.controllers().map_err(Unavailable::Enable)?
+            } else {
+                available
+            };
+            if !now.iter().any(|c| c == controller) {
+                return Err(Unavailable::NotEnabled {
+                    path: self.path.clone(),
+                    none_at_all: now.is_empty(),
+                });
+            }
+        }
+        self.enable_controller(controller)
+            .map_err(Unavailable::Enable)
+    }
+
+    /// Writes cgroup limits (`memory.max`, `pids.max`, `cpu.max`) into this cgroup
+    /// where their controller is enabled for it: in the parent's
+    /// `cgroup.subtree_control`, enabled there (or in the grandparent's first)
+    /// when its `cgroup.controllers` allows. Returns a one-line warning for each
+    /// limit skipped and why: an unknown file, a bad value, or a controller not
+    /// enabled (e.g. on hybrid hosts, whose cgroup2 mount has no controllers).
+    pub fn apply_limits(&self, limits: &BTreeMap<String, String>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (file, value) in limits {
+            let value = value.trim();
+            let skipped = |why: String| format!("{file}={value} skipped: {why}");
+            let Some(controller) = limit_controller(file) else {
+                warnings.push(skipped(format!(
+                    "unknown limit (wfcg writes {})",
+                    LIMIT_FILES.join(", ")
+                )));
+                continue;
+            };
+            if let Err(e) = check_limit(file, value) {
+                warnings.push(skipped(e));
+                continue;
+            }
+            let enabled = match self.parent() {
+                Some(parent) => parent.enable_for_children(controller, 2),
+                None => Err(Unavailable::NotEnabled {
+                    path: self.path.clone(),
+                    none_at_all: true,
+                }),
+            };
+            match enabled {
+                Ok(()) => {
+                    if let Err(e) = self.write(file, value) {
+                        warnings.push(format!("{file}={value} not applied: {e}"));
+                    }
+                }
+                Err(Unavailable::NotEnabled { path, none_at_all }) => {
+                    let hint = if none_at_all {
+                        "hybrid host?"
+                    } else {
+                        "not delegated to it"
+                    };
+                    warnings.push(skipped(format!(
+                        "the {controller} controller is not enabled for {} ({hint})",
+                        path.display()
+                    )));
+                }
+                Err(Unavailable::Enable(e)) => warnings.push(skipped(format!(
+                    "cannot enable the {controller} controller: {e}"
+                ))),
+            }
+        }
+        warnings
+    }
+
     /// CPU time used by the cgroup, from `usage_usec` in `cpu.stat`.
     pub fn cpu_usage_usec(&self) -> Option<u64> {
         let text = self.read(CPU_STAT).ok()?;
@@ -455,5 +648,184 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cg.cpu_usage_usec(), Some(1234));
+    }
+
+    /// A fake cgroupfs: root/ (the wfcg root) → runs/ → r1/, with the given
+    /// `cgroup.controllers` in root and runs.
+    fn fake_tree(root_has: &str, runs_has: &str) -> (tempfile::TempDir, Cgroup, Cgroup, Cgroup) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Cgroup::new(dir.path().join("wfcg"));
+        let runs = root.child("runs");
+        let run = runs.child("r1");
+        for (cg, controllers) in [(&root, root_has), (&runs, runs_has), (&run, "")] {
+            cg.create().unwrap();
+            fs::write(
+                cg.path().join(CGROUP_CONTROLLERS),
+                format!("{controllers}\n"),
+            )
+            .unwrap();
+            fs::write(cg.path().join(CGROUP_SUBTREE_CONTROL), "").unwrap();
+            fs::write(cg.path().join(CGROUP_PROCS), "").unwrap();
+        }
+        (dir, root, runs, run)
+    }
+
+    fn limits(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn limits_are_written_where_the_controllers_are_enabled() {
+        let (_dir, _root, runs, run) = fake_tree("cpu memory pids", "cpu memory pids");
+        let warnings = run.apply_limits(&limits(&[("memory.max", "2G")]));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            fs::read_to_string(run.path().join(MEMORY_MAX)).unwrap(),
+            "2G"
+        );
+        assert_eq!(
+            fs::read_to_string(runs.path().join(CGROUP_SUBTREE_CONTROL)).unwrap(),
+            "+memory"
+        );
+        let warnings = run.apply_limits(&limits(&[
+            ("pids.max", "512"),
+            ("cpu.max", "200000 100000"),
+        ]));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            fs::read_to_string(run.path().join(PIDS_MAX)).unwrap(),
+            "512"
+        );
+        assert_eq!(
+            fs::read_to_string(run.path().join(CPU_MAX)).unwrap(),
+            "200000 100000"
+        );
+    }
+
+    #[test]
+    fn a_controller_enabled_already_is_not_written_again() {
+        let (_dir, _root, runs, run) = fake_tree("memory", "memory pids");
+        fs::write(runs.path().join(CGROUP_SUBTREE_CONTROL), "pids\n").unwrap();
+        assert!(run.apply_limits(&limits(&[("pids.max", "max")])).is_empty());
+        assert_eq!(
+            fs::read_to_string(runs.path().join(CGROUP_SUBTREE_CONTROL)).unwrap(),
+            "pids\n"
+        );
+        assert_eq!(
+            fs::read_to_string(run.path().join(PIDS_MAX)).unwrap(),
+            "max"
+        );
+    }
+
+    #[test]
+    fn limits_are_skipped_with_a_warning_where_the_controller_is_missing() {
+        let (_dir, root, runs, run) = fake_tree("", "");
+        let warnings = run.apply_limits(&limits(&[("memory.max", "2G"), ("pids.max", "64")]));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(
+            warnings[0],
+            format!(
+                "memory.max=2G skipped: the memory controller is not enabled for {} (hybrid host?)",
+                runs.path().display()
+            )
+        );
+        assert!(
+            warnings[1].starts_with("pids.max=64 skipped:"),
+            "{warnings:?}"
+        );
+        assert!(!run.path().join(MEMORY_MAX).exists());
+        assert!(!run.path().join(PIDS_MAX).exists());
+        assert_eq!(
+            fs::read_to_string(root.path().join(CGROUP_SUBTREE_CONTROL)).unwrap(),
+            ""
+        );
+    }
+
+    #[test]
+    fn the_grandparent_is_asked_first_when_only_it_has_the_controller() {
+        // The fake kernel does not pass controllers down, so the limit is still
+        // skipped, but the wfcg root got the "+memory" a real kernel would act on.
+        let (_dir, root, runs, run) = fake_tree("memory", "pids");
+        let warnings = run.apply_limits(&limits(&[("memory.max", "1G")]));
+        assert_eq!(
+            fs::read_to_string(root.path().join(CGROUP_SUBTREE_CONTROL)).unwrap(),
+            "+memory"
+        );
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains(&format!(
+                "not enabled for {} (not delegated",
+                runs.path().display()
+            )),
+            "{warnings:?}"
+        );
+        // And once it is passed down, the limit is written.
+        fs::write(runs.path().join(CGROUP_CONTROLLERS), "memory pids\n").unwrap();
+        assert!(
+            run.apply_limits(&limits(&[("memory.max", "1G")]))
+                .is_empty()
+        );
+        assert_eq!(
+            fs::read_to_string(run.path().join(MEMORY_MAX)).unwrap(),
+            "1G"
+        );
+    }
+
+    #[test]
+    fn unknown_limits_and_bad_values_are_skipped_with_a_warning() {
+        let (_dir, _root, _runs, run) = fake_tree("cpu memory pids io", "cpu memory pids io");
+        let warnings = run.apply_limits(&limits(&[
+            ("io.max", "8:0 rbps=1"),
+            ("memory.max", "lots"),
+            ("cpu.max", "1 2 3"),
+        ]));
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("cpu.max=1 2 3 skipped: "),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("io.max=8:0 rbps=1 skipped: unknown limit"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].starts_with("memory.max=lots skipped: "),
+            "{warnings:?}"
+        );
+        assert!(!run.path().join("io.max").exists());
+    }
+
+    #[test]
+    fn limit_values_are_checked_like_the_kernel_reads_them() {
+        for (file, good) in [
+            (MEMORY_MAX, "max"),
+            (MEMORY_MAX, "1073741824"),
+            (MEMORY_MAX, "512M"),
+            (MEMORY_MAX, "8g"),
+            (PIDS_MAX, "4096"),
+            (PIDS_MAX, "max"),
+            (CPU_MAX, "max"),
+            (CPU_MAX, "50000"),
+            (CPU_MAX, "200000 100000"),
+            (CPU_MAX, "max 100000"),
+        ] {
+            assert!(check_limit(file, good).is_ok(), "{file}={good}");
+        }
+        for (file, bad) in [
+            (MEMORY_MAX, ""),
+            (MEMORY_MAX, "2GB"),
+            (MEMORY_MAX, "-1"),
+            (PIDS_MAX, "lots"),
+            (PIDS_MAX, "1.5"),
+            (CPU_MAX, "10"),
+            (CPU_MAX, "100000 10"),
+            (CPU_MAX, "1 2 3"),
+            ("io.max", "1"),
+        ] {
+            assert!(check_limit(file, bad).is_err(), "{file}={bad}");
+        }
     }
 }
