@@ -10,6 +10,7 @@
 //! [`store`], which know nothing of the agent.
 
 pub mod agent;
+pub mod alerts;
 pub mod api;
 pub mod cgroup;
 pub mod cli;
