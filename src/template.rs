@@ -1,26 +1,114 @@
-//! Run templates (`cgroup-templates/*.toml`): the graces and timeouts a run gets.
+//! Run templates (`cgroup-templates/*.toml`): the timeouts, graces, cleanup,
+//! alert channels and cgroup limits a run gets.
 //!
-//! `default.toml` is built into the binary; a file of the same name in
-//! `/etc/wfcg/templates` takes its place.
+//! The shipped templates (`default`, `builder`, `lina`, `guardian`) are built into
+//! the binary; a file `/etc/wfcg/templates/NAME.toml` takes the place of the
+//! shipped one of that name, or adds a new one. Every template may be partial:
+//! its TOML table is deep-merged over the built-in `default.toml`, then read with
+//! unknown keys refused. Errors are `NAME:LINE: message`, the line being in the
+//! template's own text.
+//!
+//! Templates serialize (serde) with durations as strings like `"5m"`, so the
+//! agent stores a run's resolved template as JSON and reads it back.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// The shipped `default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../cgroup-templates/default.toml");
 
+/// The shipped templates, by name, in the order `wfcg templates` lists them.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("default", DEFAULT_TOML),
+    ("builder", include_str!("../cgroup-templates/builder.toml")),
+    ("lina", include_str!("../cgroup-templates/lina.toml")),
+    (
+        "guardian",
+        include_str!("../cgroup-templates/guardian.toml"),
+    ),
+];
+
 /// Where operators put their own templates.
 pub const SYSTEM_DIR: &str = "/etc/wfcg/templates";
 
+/// Where `wfcg templates` says a shipped template comes from.
+pub const BUILTIN_SOURCE: &str = "built-in";
+
+/// How many problems `check` reports at most.
+const MAX_PROBLEMS: usize = 50;
+
+/// Reads a duration: a string (`"30s"`, `"5m"`, `"1h30m"`, `"0"`) or a number of seconds.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    crate::duration::parse(&text).map_err(serde::de::Error::custom)
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration like \"30s\", \"5m\", \"1h30m\", or seconds")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            crate::duration::parse(v).map_err(E::custom)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            crate::duration::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            crate::duration::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+            crate::duration::parse(&v.to_string()).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
 }
 
+/// Writes a duration the way [`duration`] reads it back exactly: `"5m"`, `"2.5s"`,
+/// `"1234ms"`.
 fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::duration::format(*d))
+    s.serialize_str(&duration_text(*d))
+}
+
+/// A duration as text that parses back to the same value (to the nanosecond
+/// where it has sub-millisecond parts).
+pub fn duration_text(d: Duration) -> String {
+    if d.is_zero() {
+        return "0".into();
+    }
+    let pretty = crate::duration::format(d);
+    if crate::duration::parse(&pretty) == Ok(d) {
+        pretty
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+    }
+}
+
+/// Reads the limits table: values are strings, or integers (`"pids.max" = 4096`).
+fn limit_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+    }
+    let map = BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Text::S(s) => s,
+                Text::I(i) => i.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 /// The 1-based line number of a byte offset in `text`, for error messages.
@@ -43,7 +131,7 @@ pub struct Template {
     pub alerts: Alerts,
     /// cgroup limits by file name (`memory.max`, `pids.max`, `cpu.max`), written
     /// where the controller is enabled.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limit_map")]
     pub limits: std::collections::BTreeMap<String, String>,
 }
 
@@ -81,7 +169,8 @@ pub struct Cleanup {
     pub workspace: WorkspacePolicy,
 }
 
-/// Where events about a run go.
+/// Where events about a run go. Each one set here replaces the agent-wide one
+/// (`wfcg agent --on-event/--webhook`); an empty string turns it off for the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Alerts {
@@ -131,26 +220,337 @@ pub struct CriticalSections {
     pub max_wait: Duration,
 }
 
+/// A problem found in a template's text: where (a line, when known) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    line: Option<usize>,
+    message: String,
+}
+
+impl Problem {
+    fn at(text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Problem {
+        Problem {
+            line: span.map(|s| line_of(text, s.start)),
+            message: message.into(),
+        }
+    }
+
+    fn render(&self, name: &str) -> String {
+        match self.line {
+            Some(l) => format!("{name}:{l}: {}", self.message),
+            None => format!("{name}: {}", self.message),
+        }
+    }
+}
+
 impl Template {
-    /// Parses a template; the error names the file, the line and what is wrong.
+    /// Parses a template, deep-merged over the built-in default; the error names
+    /// the file, the line and what is wrong (the first problem, with a count of
+    /// the others: [`Template::check`] lists them all).
     pub fn parse(text: &str, name: &str) -> Result<Template, String> {
-        toml::from_str(text).map_err(|e| match e.span().map(|s| line_of(text, s.start)) {
-            Some(l) => format!("{name}:{l}: {}", e.message()),
-            None => format!("{name}: {}", e.message()),
+        Template::check(text, name).map_err(|problems| {
+            let mut first = problems.first().cloned().unwrap_or_default();
+            if problems.len() > 1 {
+                first.push_str(&format!(
+                    " (and {} more problem{}: see `wfcg template check`)",
+                    problems.len() - 1,
+                    if problems.len() == 2 { "" } else { "s" }
+                ));
+            }
+            first
         })
+    }
+
+    /// Parses a template like [`Template::parse`], and reports every problem:
+    /// syntax errors, unknown keys, bad values, each as `name:line: message`,
+    /// in line order.
+    pub fn check(text: &str, name: &str) -> Result<Template, Vec<String>> {
+        let render = |mut problems: Vec<Problem>| {
+            problems.sort_by_key(|p| p.line);
+            problems.dedup();
+            problems.iter().map(|p| p.render(name)).collect::<Vec<_>>()
+        };
+        let (user, syntax) = DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            let problems = syntax
+                .iter()
+                .map(|e| Problem::at(text, e.span(), e.message().trim()))
+                .collect();
+            return Err(render(problems));
+        }
+        let mut user = user.into_inner();
+        let mut problems = Vec::new();
+        check_limits(text, &mut user, &mut problems);
+        let base = DeTable::parse(DEFAULT_TOML)
+            .map_err(|e| vec![format!("built-in default.toml: {}", e.message())])?
+            .into_inner();
+        loop {
+            let mut merged = base.clone();
+            merge(&mut merged, user.clone());
+            let de = toml::de::Deserializer::from(Spanned::new(0..text.len(), merged));
+            match Template::deserialize(de) {
+                Ok(t) => {
+                    check_values(text, &t, &user, &mut problems);
+                    return if problems.is_empty() {
+                        Ok(t)
+                    } else {
+                        Err(render(problems))
+                    };
+                }
+                Err(e) => {
+                    problems.push(Problem::at(text, e.span(), e.message().trim()));
+                    // Take the offending entry out (the default fills in) and
+                    // read again, to report the next problem too.
+                    let removed = e.span().is_some_and(|s| remove_at(&mut user, &s));
+                    if !removed || problems.len() >= MAX_PROBLEMS {
+                        return Err(render(problems));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The template `name`: `/etc/wfcg/templates/NAME.toml` if present, else the
+    /// shipped one. An unknown name is an error listing the known ones.
+    pub fn lookup(name: &str) -> Result<Template, String> {
+        Template::lookup_in(Path::new(SYSTEM_DIR), name)
+    }
+
+    /// [`Template::lookup`] with another directory in place of `/etc/wfcg/templates`.
+    pub fn lookup_in(dir: &Path, name: &str) -> Result<Template, String> {
+        check_name(name)?;
+        let path = dir.join(format!("{name}.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Template::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match builtin_text(name) {
+                Some(text) => Template::parse(text, &builtin_file(name)),
+                None => Err(format!(
+                    "no template {name:?} (known: {}; add one as {})",
+                    Template::list_in(dir)
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    path.display()
+                )),
+            },
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// The templates there are, as (name, where from): the shipped ones first
+    /// (`built-in`, or the file in `/etc/wfcg/templates` that replaces one), then
+    /// the other files of `/etc/wfcg/templates`, by name.
+    pub fn list() -> Vec<(String, String)> {
+        Template::list_in(Path::new(SYSTEM_DIR))
+    }
+
+    /// [`Template::list`] with another directory in place of `/etc/wfcg/templates`.
+    pub fn list_in(dir: &Path) -> Vec<(String, String)> {
+        let file = |name: &str| dir.join(format!("{name}.toml"));
+        let mut out: Vec<(String, String)> = BUILTIN
+            .iter()
+            .map(|(name, _)| {
+                let source = if file(name).exists() {
+                    file(name).display().to_string()
+                } else {
+                    BUILTIN_SOURCE.to_string()
+                };
+                (name.to_string(), source)
+            })
+            .collect();
+        let mut extra: Vec<(String, String)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let path: PathBuf = entry.path();
+                let stem = path.file_name()?.to_str()?.strip_suffix(".toml")?;
+                (check_name(stem).is_ok() && builtin_text(stem).is_none())
+                    .then(|| (stem.to_string(), path.display().to_string()))
+            })
+            .collect();
+        extra.sort();
+        out.extend(extra);
+        out
     }
 
     /// The default template: `/etc/wfcg/templates/default.toml` if present, else the built-in one.
     pub fn default_for_host() -> Result<Template, String> {
-        let path = Path::new(SYSTEM_DIR).join("default.toml");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Template::parse(&text, &path.display().to_string()),
-            Err(_) => Template::builtin(),
-        }
+        Template::lookup("default")
     }
 
+    /// The shipped `default.toml`.
     pub fn builtin() -> Result<Template, String> {
-        Template::parse(DEFAULT_TOML, "cgroup-templates/default.toml")
+        Template::parse(DEFAULT_TOML, &builtin_file("default"))
+    }
+}
+
+/// The text of a shipped template.
+pub fn builtin_text(name: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// How errors name a shipped template.
+fn builtin_file(name: &str) -> String {
+    format!("cgroup-templates/{name}.toml")
+}
+
+/// A template name must be a plain file stem: no path, no `..`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.contains("..");
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad template name {name:?}: a plain name (letters, digits, '-', '_', '.'), \
+             not a path; use --template FILE for a file"
+        ))
+    }
+}
+
+/// Deep merge: `over`'s entries replace `base`'s, tables merging key by key.
+/// Replaced entries take `over`'s key too, so errors point into `over`'s text.
+fn merge<'i>(base: &mut DeTable<'i>, over: DeTable<'i>) {
+    for (key, value) in over {
+        let existing = base.remove(key.get_ref().as_ref());
+        let value = match (existing.map(Spanned::into_inner), value) {
+            (Some(DeValue::Table(mut b)), v) if matches!(v.get_ref(), DeValue::Table(_)) => {
+                let span = v.span();
+                let DeValue::Table(o) = v.into_inner() else {
+                    unreachable!("matched a table")
+                };
+                merge(&mut b, o);
+                Spanned::new(span, DeValue::Table(b))
+            }
+            (_, v) => v,
+        };
+        base.insert(key, value);
+    }
+}
+
+fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// Removes the innermost entry of `table` whose key or value spans `span`
+/// (a table's own span may cover only its header, so every table is searched).
+fn remove_at(table: &mut DeTable<'_>, span: &Range<usize>) -> bool {
+    let mut hit: Option<String> = None;
+    for (key, value) in table.iter_mut() {
+        if let DeValue::Table(inner) = value.get_mut()
+            && remove_at(inner, span)
+        {
+            return true;
+        }
+        if hit.is_none() && (contains(&key.span(), span) || contains(&value.span(), span)) {
+            hit = Some(key.get_ref().to_string());
+        }
+    }
+    match hit {
+        Some(key) => table.remove(key.as_str()).is_some(),
+        None => false,
+    }
+}
+
+/// The entry at `path` in the template's own text, if it sets it.
+fn entry_at<'a, 'i>(table: &'a DeTable<'i>, path: &[&str]) -> Option<&'a Spanned<DeValue<'i>>> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(*first)?;
+    if rest.is_empty() {
+        return Some(value);
+    }
+    match value.get_ref() {
+        DeValue::Table(inner) => entry_at(inner, rest),
+        _ => None,
+    }
+}
+
+/// Checks the `[limits]` the template's text sets, before they are read: each
+/// must be a limit wfcg writes, with a value the kernel takes. Bad entries are
+/// reported and taken out.
+fn check_limits(text: &str, user: &mut DeTable<'_>, problems: &mut Vec<Problem>) {
+    let Some(DeValue::Table(limits)) = user.get_mut("limits").map(Spanned::get_mut) else {
+        return;
+    };
+    let mut bad = Vec::new();
+    for (key, value) in limits.iter() {
+        let name = key.get_ref().as_ref();
+        let problem = match value.get_ref() {
+            DeValue::Table(inner) => {
+                let file = match inner.iter().next() {
+                    Some((k, _)) => format!("{name}.{}", k.get_ref()),
+                    None => name.to_string(),
+                };
+                Some((
+                    key.span(),
+                    format!(
+                        "limits: {file} is read as a dotted key; quote the file name: \
+                         \"{file}\" = \"...\""
+                    ),
+                ))
+            }
+            _ if crate::cgroup::limit_controller(name).is_none() => Some((
+                key.span(),
+                format!(
+                    "unknown limit {name:?} (wfcg writes {})",
+                    crate::cgroup::LIMIT_FILES.join(", ")
+                ),
+            )),
+            DeValue::String(s) => crate::cgroup::check_limit(name, s)
+                .err()
+                .map(|e| (value.span(), format!("limits: {name}: {e}"))),
+            DeValue::Integer(i) => crate::cgroup::check_limit(name, i.as_str())
+                .err()
+                .map(|e| (value.span(), format!("limits: {name}: {e}"))),
+            other => Some((
+                value.span(),
+                format!(
+                    "limits: {name}: expected a string like \"8G\", found {}",
+                    other.type_str()
+                ),
+            )),
+        };
+        if let Some((span, message)) = problem {
+            problems.push(Problem::at(text, Some(span), message));
+            bad.push(name.to_string());
+        }
+    }
+    for name in bad {
+        limits.remove(name.as_str());
+    }
+}
+
+/// Checks what types alone do not: the values make sense together and the
+/// alert channels can be used.
+fn check_values(text: &str, t: &Template, user: &DeTable<'_>, problems: &mut Vec<Problem>) {
+    let span = |path: &[&str]| entry_at(user, path).map(Spanned::span);
+    if let Some(url) = t.alerts.webhook.as_deref().filter(|u| !u.is_empty())
+        && let Err(e) = crate::alerts::HttpUrl::parse(url)
+    {
+        problems.push(Problem::at(
+            text,
+            span(&["alerts", "webhook"]),
+            format!("alerts.webhook: {e}"),
+        ));
+    }
+    for (what, d) in [
+        ("kill.freeze_timeout", t.kill.freeze_timeout),
+        ("kill.kill_deadline", t.kill.kill_deadline),
+    ] {
+        if d.is_zero() {
+            let path: Vec<&str> = what.split('.').collect();
+            problems.push(Problem::at(
+                text,
+                span(&path),
+                format!("{what} must be more than 0"),
+            ));
+        }
     }
 }
 
@@ -164,9 +564,26 @@ mod tests {
         assert_eq!(t.kill.term_grace, Duration::from_secs(5));
         assert_eq!(t.kill.kill_deadline, Duration::from_secs(10));
         assert_eq!(t.timeouts.init, Duration::from_secs(300));
+        assert_eq!(t.timeouts.total, Duration::from_secs(3600));
         assert_eq!(t.critical_sections.git, Duration::from_secs(30));
         assert_eq!(t.critical_sections.database, Duration::from_secs(15));
         assert_eq!(t.critical_sections.files, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_shipped_template_parses_with_its_init_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, init) in [
+            ("default", 5),
+            ("builder", 30),
+            ("lina", 30),
+            ("guardian", 5),
+        ] {
+            let t = Template::lookup_in(dir.path(), name).unwrap();
+            assert_eq!(t.timeouts.init, Duration::from_secs(init * 60), "{name}");
+            assert_eq!(t.timeouts.total, Duration::from_secs(3600), "{name}");
+        }
+        assert_eq!(BUILTIN.len(), 4);
     }
 
     #[test]
@@ -185,5 +602,168 @@ mod tests {
                 .unwrap_err()
                 .contains("bogus")
         );
+    }
+
+    #[test]
+    fn a_partial_template_is_merged_over_the_default() {
+        let t = Template::parse("[timeouts]\ninit = \"30m\"\n", "p.toml").unwrap();
+        let d = Template::builtin().unwrap();
+        assert_eq!(t.timeouts.init, Duration::from_secs(1800));
+        assert_eq!(t.timeouts.total, d.timeouts.total);
+        assert_eq!(t.kill, d.kill);
+        assert_eq!(t.critical_sections, d.critical_sections);
+        assert_eq!(Template::parse("", "empty.toml").unwrap(), d);
+    }
+
+    #[test]
+    fn check_reports_every_problem_with_its_own_line() {
+        let text = "\
+[timeouts]
+init = \"soon\"
+bogus = 1
+
+[kill]
+term_grace = \"10s\"
+
+[cleanup]
+workspace = \"shred\"
+
+[limits]
+\"memory.max\" = \"lots\"
+\"io.max\" = \"1\"
+";
+        let problems = Template::check(text, "t.toml").unwrap_err();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        let lines: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').nth(1).unwrap())
+            .collect();
+        assert_eq!(lines, ["2", "3", "9", "12", "13"], "{problems:#?}");
+        assert!(
+            problems[1].contains("unknown field `bogus`"),
+            "{problems:#?}"
+        );
+        assert!(problems[2].contains("shred"), "{problems:#?}");
+        assert!(problems[3].contains("memory.max"), "{problems:#?}");
+        assert!(
+            problems[4].contains("unknown limit \"io.max\""),
+            "{problems:#?}"
+        );
+        let one = Template::parse(text, "t.toml").unwrap_err();
+        assert!(
+            one.starts_with("t.toml:2:") && one.contains("and 4 more problems"),
+            "{one}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_bad_webhooks_have_lines_too() {
+        let err = Template::parse("[timeouts\ninit = \"1m\"\n", "s.toml").unwrap_err();
+        assert!(err.starts_with("s.toml:1:"), "{err}");
+        let err = Template::parse("\n[alerts]\nwebhook = \"https://x/y\"\n", "w.toml").unwrap_err();
+        assert!(
+            err.starts_with("w.toml:3:") && err.contains("http://"),
+            "{err}"
+        );
+        let err = Template::parse("[limits]\nmemory.max = \"1G\"\n", "d.toml").unwrap_err();
+        assert!(
+            err.starts_with("d.toml:2:") && err.contains("quote"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_take_strings_and_integers() {
+        let t = Template::parse(
+            "[limits]\n\"pids.max\" = 512\n\"memory.max\" = \"2G\"\n\"cpu.max\" = \"max 100000\"\n",
+            "l.toml",
+        )
+        .unwrap();
+        assert_eq!(t.limits["pids.max"], "512");
+        assert_eq!(t.limits["memory.max"], "2G");
+        assert_eq!(t.limits["cpu.max"], "max 100000");
+    }
+
+    #[test]
+    fn a_json_round_trip_gives_the_same_template() {
+        for (name, text) in BUILTIN {
+            let mut t = Template::parse(text, name).unwrap();
+            t.timeouts.init = Duration::from_millis(1234);
+            t.kill.term_grace = Duration::from_nanos(1_500_000_007);
+            t.limits.insert("pids.max".into(), "64".into());
+            t.alerts.webhook = Some("http://127.0.0.1:9/x".into());
+            let json = serde_json::to_string(&t).unwrap();
+            assert!(json.contains("\"total\":\"1h\""), "{json}");
+            let back: Template = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, t, "{json}");
+        }
+    }
+
+    #[test]
+    fn lookup_prefers_the_host_file_and_lists_both() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("builder.toml"),
+            "[timeouts]\ninit = \"45m\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("nightly.toml"),
+            "[timeouts]\ntotal = \"6h\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("broken.toml"), "[timeouts]\nnope = 1\n").unwrap();
+        std::fs::write(dir.path().join("README"), "not a template").unwrap();
+        let t = Template::lookup_in(dir.path(), "builder").unwrap();
+        assert_eq!(t.timeouts.init, Duration::from_secs(45 * 60));
+        let t = Template::lookup_in(dir.path(), "nightly").unwrap();
+        assert_eq!(t.timeouts.total, Duration::from_secs(6 * 3600));
+        assert_eq!(t.timeouts.init, Duration::from_secs(300));
+        let err = Template::lookup_in(dir.path(), "broken").unwrap_err();
+        assert!(
+            err.contains("broken.toml:2:") && err.contains("nope"),
+            "{err}"
+        );
+
+        let list = Template::list_in(dir.path());
+        let names: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "default", "builder", "lina", "guardian", "broken", "nightly"
+            ]
+        );
+        assert_eq!(list[0].1, BUILTIN_SOURCE);
+        assert!(list[1].1.ends_with("builder.toml"), "{list:?}");
+
+        let err = Template::lookup_in(dir.path(), "nosuch").unwrap_err();
+        assert!(
+            err.contains("default, builder, lina, guardian, broken, nightly"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn names_are_plain_file_stems() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "../etc/passwd", "a/b", "..", ".hidden", "x..y", "a b"] {
+            let err = Template::lookup_in(dir.path(), bad).unwrap_err();
+            assert!(err.contains("bad template name"), "{bad:?}: {err}");
+        }
+        assert!(check_name("builder-2.nightly_x").is_ok());
+    }
+
+    #[test]
+    fn durations_are_written_so_they_read_back_exactly() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(1234),
+            Duration::from_secs(5400),
+            Duration::from_millis(90_250),
+            Duration::from_nanos(1_000_000_001),
+        ] {
+            assert_eq!(crate::duration::parse(&duration_text(d)), Ok(d), "{d:?}");
+        }
+        assert_eq!(duration_text(Duration::from_secs(300)), "5m");
     }
 }
