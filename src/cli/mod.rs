@@ -8,6 +8,7 @@ mod audit;
 mod kill;
 mod ps;
 mod run;
+mod template;
 
 use std::path::PathBuf;
 
@@ -64,6 +65,8 @@ pub enum Verb {
     Ps(ps::PsArgs),
     Status(ps::StatusArgs),
     Audit(audit::Args),
+    Templates(template::ListArgs),
+    Template(template::Args),
 }
 
 /// Runs the parsed command line; returns the exit code.
@@ -75,6 +78,8 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Ps(ref a) => ps::ps(&cli, a),
         Verb::Status(ref a) => ps::status(&cli, a),
         Verb::Audit(ref a) => audit::run(&cli, a),
+        Verb::Templates(ref a) => template::list(&cli, a),
+        Verb::Template(ref a) => template::run(&cli, a),
     }
 }
 
