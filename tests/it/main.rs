@@ -5,6 +5,6 @@ mod util;
 
 mod agent;
 mod kill;
-mod policy;
 mod run;
 mod safety;
+mod templates;
