@@ -5,6 +5,7 @@ mod util;
 
 mod agent;
 mod kill;
+mod policy;
 mod run;
 mod safety;
 mod templates;
