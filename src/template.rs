@@ -338,6 +338,24 @@ impl Template {
         }
     }
 
+    /// The template `name` if there is one: `Ok(None)` when no file and no
+    /// shipped template has that name (or it is no plain name, e.g. a workflow
+    /// label with a '/'), an error when it exists but is broken or unreadable.
+    /// For `--workflow NAME`, whose template is optional.
+    pub fn find(name: &str) -> Result<Option<Template>, String> {
+        Template::find_in(Path::new(SYSTEM_DIR), name)
+    }
+
+    /// [`Template::find`] with another directory in place of `/etc/wfcg/templates`.
+    pub fn find_in(dir: &Path, name: &str) -> Result<Option<Template>, String> {
+        if check_name(name).is_err()
+            || (builtin_text(name).is_none() && !dir.join(format!("{name}.toml")).exists())
+        {
+            return Ok(None);
+        }
+        Template::lookup_in(dir, name).map(Some)
+    }
+
     /// The templates there are, as (name, where from): the shipped ones first
     /// (`built-in`, or the file in `/etc/wfcg/templates` that replaces one), then
     /// the other files of `/etc/wfcg/templates`, by name.
@@ -741,6 +759,26 @@ workspace = \"shred\"
             err.contains("default, builder, lina, guardian, broken, nightly"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn find_tells_a_missing_template_from_a_broken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("broken.toml"), "[timeouts\n").unwrap();
+        assert_eq!(Template::find_in(dir.path(), "nosuch"), Ok(None));
+        assert_eq!(Template::find_in(dir.path(), "team/a"), Ok(None));
+        assert!(Template::find_in(dir.path(), "lina").unwrap().is_some());
+        let err = Template::find_in(dir.path(), "broken").unwrap_err();
+        assert!(err.contains("broken.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn durations_may_be_plain_numbers_of_seconds() {
+        let t = Template::parse("[timeouts]\ninit = 90\ntotal = 1.5\n", "n.toml").unwrap();
+        assert_eq!(t.timeouts.init, Duration::from_secs(90));
+        assert_eq!(t.timeouts.total, Duration::from_millis(1500));
+        let err = Template::parse("[timeouts]\ninit = -1\n", "n.toml").unwrap_err();
+        assert!(err.starts_with("n.toml:2:"), "{err}");
     }
 
     #[test]
