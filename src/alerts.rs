@@ -3,7 +3,8 @@
 //!
 //! An [`Event`] goes to the run's alert channels (its template's `[alerts]`, else
 //! the agent's): an `on_event` command, run with `sh -c` and the event as JSON on
-//! stdin, and/or a webhook, the JSON POSTed to an `http://` URL. Delivery never
+//! stdin (and `WFCG_EVENT`, `WFCG_EVENT_RUN_ID` in its environment), and/or a
+//! webhook, the JSON POSTed to an `http://` URL. Delivery never
 //! blocks the caller: [`Alerter::emit`] hands the work to a small pool of threads
 //! and returns. Commands get a timeout; webhooks a connect and read timeout and
 //! three retries with backoff. Outcomes are logged (tracing) and counted
@@ -139,7 +140,7 @@ struct Pool {
     pending: u64,
 }
 
-/// What the logs say an delivery was about.
+/// What the logs say a delivery was about.
 #[derive(Debug, Clone)]
 struct EventId {
     event: String,
