@@ -15,14 +15,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
-    /// The workflow's command is running.
+    /// Started, not yet READY=1 (when its template waits for READY).
+    Initializing,
+    /// Initialized (READY=1), or started when its template does not wait for READY.
     Running,
-    /// A kill sequence is under way.
+    /// Shutting down: it said STOPPING=1, or a kill sequence is under way.
     Stopping,
     /// The command ended by itself; `exit_code` / `exit_signal` say how.
     Exited,
     /// Ended by `wfcg kill`.
     Killed,
+    /// Killed by the monitor: a deadline (initialization, total, heartbeat) passed.
+    #[serde(rename = "timed_out")]
+    TimedOut,
     /// Processes survived `cgroup.kill`; the cgroup is kept frozen.
     Unkillable,
     /// Ended while nobody watched (no exit was reported).
@@ -32,11 +37,13 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 7] = [
+    pub const ALL: [RunStatus; 9] = [
+        RunStatus::Initializing,
         RunStatus::Running,
         RunStatus::Stopping,
         RunStatus::Exited,
         RunStatus::Killed,
+        RunStatus::TimedOut,
         RunStatus::Unkillable,
         RunStatus::Lost,
         RunStatus::Unknown,
@@ -44,10 +51,12 @@ impl RunStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            RunStatus::Initializing => "initializing",
             RunStatus::Running => "running",
             RunStatus::Stopping => "stopping",
             RunStatus::Exited => "exited",
             RunStatus::Killed => "killed",
+            RunStatus::TimedOut => "timed_out",
             RunStatus::Unkillable => "unkillable",
             RunStatus::Lost => "lost",
             RunStatus::Unknown => "unknown",
@@ -62,7 +71,11 @@ impl RunStatus {
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            RunStatus::Running | RunStatus::Stopping | RunStatus::Unkillable | RunStatus::Unknown
+            RunStatus::Initializing
+                | RunStatus::Running
+                | RunStatus::Stopping
+                | RunStatus::Unkillable
+                | RunStatus::Unknown
         )
     }
 }
@@ -91,6 +104,15 @@ pub struct CreateRun {
     /// The team the run belongs to (the caller must be in it); by default all
     /// the caller's teams.
     pub team: Option<String>,
+    /// A template by name (`/etc/wfcg/templates/NAME.toml` or a shipped one); by
+    /// default the one named like the workflow, else `default`.
+    pub template: Option<String>,
+    /// A template's text (`wfcg run --template FILE`, read by the client).
+    pub template_text: Option<String>,
+    /// Overrides of the template's timeouts, in milliseconds (0 = none).
+    pub init_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub watchdog_ms: Option<u64>,
 }
 
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup.
@@ -104,6 +126,12 @@ pub struct RunStarted {
     pub cgroup: String,
     /// Where a detached run's stdout and stderr go.
     pub log_path: Option<String>,
+    /// `NOTIFY_SOCKET` for the run (sd_notify).
+    pub notify_socket: Option<String>,
+    /// The template the run got.
+    pub template: String,
+    /// Things that did not apply, one line each (e.g. limits skipped on this host).
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/runs/{id}/exit`: the supervisor's report of how the command ended.
@@ -222,6 +250,20 @@ pub struct RunInfo {
     pub kill_result: Option<KillResult>,
     /// Critical sections open right now (live runs only).
     pub sections: Vec<Section>,
+    pub template: Option<String>,
+    /// When it sent READY=1.
+    pub ready_at: Option<String>,
+    /// Its last STATUS= message.
+    pub status_text: Option<String>,
+    pub last_heartbeat: Option<String>,
+    /// Deadlines in force (RFC 3339).
+    pub init_deadline: Option<String>,
+    pub total_deadline: Option<String>,
+    pub watchdog_deadline: Option<String>,
+    /// Why it counts as stuck: past or near a deadline, or a heartbeat overdue.
+    pub stuck: Option<String>,
+    /// The same command started again and again while initializing.
+    pub loop_suspected: Option<String>,
 }
 
 /// The kinds of critical section a kill waits for.

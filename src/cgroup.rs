@@ -264,6 +264,18 @@ impl Cgroup {
         })
     }
 
+    /// Whether process `pid` is in this cgroup or below it, from `/proc/<pid>/cgroup`
+    /// (a path relative to the mount: inside when it, or one of its ancestors, is
+    /// where this cgroup's path ends). `None` when the process is gone.
+    pub fn contains_process(&self, proc_root: &Path, pid: i32) -> Option<bool> {
+        let rel = process_cgroup(proc_root, pid)?;
+        Some(
+            Path::new(rel.trim_start_matches('/'))
+                .ancestors()
+                .any(|a| !a.as_os_str().is_empty() && self.path.ends_with(a)),
+        )
+    }
+
     /// Whether the kernel offers `cgroup.kill` here (Linux ≥ 5.14; never on the root cgroup).
     pub fn supports_kill(&self) -> bool {
         self.path.join(CGROUP_KILL).exists()

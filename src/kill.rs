@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 
 use crate::api::{Phase, SectionKind};
-use crate::cgroup::{self, Cgroup};
+use crate::cgroup::Cgroup;
 use crate::procfs;
 use crate::sections::{self, Finding};
 
@@ -58,6 +58,8 @@ pub struct StopReason {
     pub path: PathBuf,
     pub reason: Option<String>,
     pub requested_by: String,
+    /// The status the run will end with (`killed`, or `timed_out` for the monitor).
+    pub ending: &'static str,
 }
 
 /// How to kill.
@@ -268,6 +270,7 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
         "reason": stop.reason,
         "requested_by": stop.requested_by,
         "mode": if plan.force { "force" } else { "graceful" },
+        "status": stop.ending,
         "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
     std::fs::write(&stop.path, format!("{body}\n"))
@@ -315,13 +318,7 @@ fn signal_member(cg: &Cgroup, pid: i32, sig: Signal, proc_root: &Path) -> bool {
     let Ok(pidfd) = procfs::pidfd_open(pid) else {
         return false;
     };
-    // `/proc/<pid>/cgroup` is relative to the mount: the process is inside when
-    // one of its cgroup's ancestors (or the cgroup itself) is where `cg` ends.
-    let inside = cgroup::process_cgroup(proc_root, pid).is_some_and(|rel| {
-        Path::new(rel.trim_start_matches('/'))
-            .ancestors()
-            .any(|a| !a.as_os_str().is_empty() && cg.path().ends_with(a))
-    });
+    let inside = cg.contains_process(proc_root, pid).unwrap_or(false);
     inside && procfs::pidfd_signal(&pidfd, sig).is_ok()
 }
 
@@ -381,6 +378,7 @@ fn survivors(cg: &Cgroup, proc_root: &Path) -> Vec<Survivor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroup;
     use std::fs;
 
     /// A fake cgroup whose `cgroup.events` never reports `populated 0`: the kill

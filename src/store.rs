@@ -65,7 +65,47 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL
     );
     CREATE INDEX audit_run ON audit(run_id);",
+    // 4: lifecycle: the run's template, phases, deadlines, heartbeats.
+    "ALTER TABLE runs ADD COLUMN template TEXT;
+    ALTER TABLE runs ADD COLUMN template_name TEXT;
+    ALTER TABLE runs ADD COLUMN ready_at TIMESTAMP;
+    ALTER TABLE runs ADD COLUMN status_text TEXT;
+    ALTER TABLE runs ADD COLUMN init_deadline TIMESTAMP;
+    ALTER TABLE runs ADD COLUMN total_deadline TIMESTAMP;
+    ALTER TABLE runs ADD COLUMN watchdog_deadline TIMESTAMP;
+    ALTER TABLE runs ADD COLUMN watchdog_usec INTEGER;
+    ALTER TABLE runs ADD COLUMN loop_suspected TEXT;
+    ALTER TABLE runs ADD COLUMN notify_socket TEXT;",
 ];
+
+/// Text columns of `runs` that change during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Col {
+    ReadyAt,
+    StatusText,
+    InitDeadline,
+    TotalDeadline,
+    WatchdogDeadline,
+    LastHeartbeat,
+    LoopSuspected,
+}
+
+impl Col {
+    fn name(self) -> &'static str {
+        match self {
+            Col::ReadyAt => "ready_at",
+            Col::StatusText => "status_text",
+            Col::InitDeadline => "init_deadline",
+            Col::TotalDeadline => "total_deadline",
+            Col::WatchdogDeadline => "watchdog_deadline",
+            Col::LastHeartbeat => "last_heartbeat",
+            Col::LoopSuspected => "loop_suspected",
+        }
+    }
+}
+
+/// A heartbeat to store: run id, its time, the watchdog deadline it sets, and the interval.
+pub type Heartbeat = (String, String, String, Option<i64>);
 
 /// The hash that stands before the first audit record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -113,11 +153,25 @@ pub struct RunRecord {
     pub cleanup_workspace: bool,
     /// The teams the run belongs to, as a JSON array.
     pub teams: String,
+    /// The run's resolved template, as JSON, and its name.
+    pub template: Option<String>,
+    pub template_name: Option<String>,
+    pub ready_at: Option<String>,
+    pub status_text: Option<String>,
+    pub init_deadline: Option<String>,
+    pub total_deadline: Option<String>,
+    pub watchdog_deadline: Option<String>,
+    /// The heartbeat interval in force (from the template or WATCHDOG_USEC).
+    pub watchdog_usec: Option<i64>,
+    pub loop_suspected: Option<String>,
+    pub notify_socket: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, workspace_path, \
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
-    ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams";
+    ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams, template, \
+    template_name, ready_at, status_text, init_deadline, total_deadline, watchdog_deadline, \
+    watchdog_usec, loop_suspected, notify_socket";
 
 fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -141,6 +195,16 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         log_path: r.get(17)?,
         cleanup_workspace: r.get(18)?,
         teams: r.get(19)?,
+        template: r.get(20)?,
+        template_name: r.get(21)?,
+        ready_at: r.get(22)?,
+        status_text: r.get(23)?,
+        init_deadline: r.get(24)?,
+        total_deadline: r.get(25)?,
+        watchdog_deadline: r.get(26)?,
+        watchdog_usec: r.get(27)?,
+        loop_suspected: r.get(28)?,
+        notify_socket: r.get(29)?,
     })
 }
 
@@ -191,7 +255,8 @@ impl Store {
         let res = self.conn.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
             ),
             params![
                 run.run_id,
@@ -214,6 +279,16 @@ impl Store {
                 run.log_path,
                 run.cleanup_workspace,
                 run.teams,
+                run.template,
+                run.template_name,
+                run.ready_at,
+                run.status_text,
+                run.init_deadline,
+                run.total_deadline,
+                run.watchdog_deadline,
+                run.watchdog_usec,
+                run.loop_suspected,
+                run.notify_socket,
             ],
         );
         match res {
@@ -284,15 +359,53 @@ impl Store {
     pub fn finish_run_if(
         &self,
         run_id: &str,
-        from: &str,
+        from: &[&str],
         status: &str,
         ended_at: &str,
     ) -> Result<bool> {
+        let from = serde_json::to_string(from).unwrap_or_default();
         let n = self.conn.execute(
-            "UPDATE runs SET status = ?3, ended_at = ?4 WHERE run_id = ?1 AND status = ?2",
+            "UPDATE runs SET status = ?3, ended_at = ?4 WHERE run_id = ?1 \
+             AND status IN (SELECT value FROM json_each(?2))",
             params![run_id, from, status, ended_at],
         )?;
         Ok(n == 1)
+    }
+
+    /// Changes a run's status only if it is one of `from`; returns whether it was.
+    pub fn transition(&self, run_id: &str, from: &[&str], to: &str) -> Result<bool> {
+        let from = serde_json::to_string(from).unwrap_or_default();
+        let n = self.conn.execute(
+            "UPDATE runs SET status = ?3 WHERE run_id = ?1 \
+             AND status IN (SELECT value FROM json_each(?2))",
+            params![run_id, from, to],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Sets one of the lifecycle columns.
+    pub fn set(&self, run_id: &str, col: Col, value: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            &format!("UPDATE runs SET {} = ?2 WHERE run_id = ?1", col.name()),
+            params![run_id, value],
+        )?;
+        Ok(())
+    }
+
+    /// Stores heartbeats in one transaction (one fsync for many runs).
+    pub fn set_heartbeats(&mut self, beats: &[Heartbeat]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE runs SET last_heartbeat = ?2, watchdog_deadline = ?3, \
+                 watchdog_usec = coalesce(?4, watchdog_usec) WHERE run_id = ?1",
+            )?;
+            for (run_id, at, deadline, usec) in beats {
+                stmt.execute(params![run_id, at, deadline, usec])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Stores a kill sequence's result: one row in `kills`, and the run's last result.
@@ -646,6 +759,34 @@ mod tests {
         store
             .finish_run("run_b", "killed", "2026-01-01T00:00:00Z")
             .unwrap();
+        assert!(
+            !store
+                .finish_run_if("run_b", &["running"], "exited", "x")
+                .unwrap()
+        );
+        assert!(
+            store
+                .transition("run_a", &["initializing", "running"], "stopping")
+                .unwrap()
+        );
+        assert!(
+            !store
+                .transition("run_a", &["initializing"], "running")
+                .unwrap()
+        );
+        store.transition("run_a", &["stopping"], "running").unwrap();
+        store
+            .set("run_a", Col::StatusText, Some("cloning"))
+            .unwrap();
+        assert_eq!(
+            store
+                .get_run("run_a")
+                .unwrap()
+                .unwrap()
+                .status_text
+                .as_deref(),
+            Some("cloning")
+        );
         store
             .record_kill("run_b", "2026-01-01T00:00:00Z", "{}")
             .unwrap();

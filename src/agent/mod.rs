@@ -8,6 +8,9 @@
 
 pub mod access;
 pub mod audit;
+mod lifecycle;
+pub mod monitor;
+pub mod notify;
 pub mod reaper;
 pub mod server;
 
@@ -50,6 +53,9 @@ pub struct Config {
     pub proc_root: PathBuf,
     /// The policy file; the built-in policy while it does not exist.
     pub policy: PathBuf,
+    /// Agent-wide alert channels, for runs whose template names none.
+    pub on_event: Option<String>,
+    pub webhook: Option<String>,
 }
 
 /// Why the agent cannot start.
@@ -163,6 +169,8 @@ pub struct Agent {
     stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
     access: access::Access,
     auditor: Arc<audit::Auditor>,
+    life: lifecycle::Lifecycle,
+    alerter: crate::alerts::Alerter,
 }
 
 impl AsRef<Mutex<Store>> for Agent {
@@ -230,6 +238,7 @@ impl Agent {
         let access = access::Access::load(cfg.policy.clone(), cfg.proc_root.clone())
             .map_err(StartError::Policy)?;
         let auditor = Arc::new(audit::Auditor::new(cfg.state_dir.join("audit.head")));
+        let alerter = crate::alerts::Alerter::new(cfg.on_event.clone(), cfg.webhook.clone());
 
         let agent = Arc::new(Agent {
             cfg,
@@ -245,7 +254,10 @@ impl Agent {
             stale_candidates: Mutex::default(),
             access,
             auditor,
+            life: lifecycle::Lifecycle::default(),
+            alerter,
         });
+        agent.start_lifecycle(tokio::runtime::Handle::current());
         agent.reaper.start(Arc::downgrade(&agent));
         agent.auditor.start_retry(Arc::downgrade(&agent));
         agent.audit_policy_load("start", Ok(()));
@@ -266,7 +278,7 @@ impl Agent {
     }
 
     /// Brings the store in line with the cgroup tree after a start.
-    fn reconcile(&self) {
+    fn reconcile(self: &Arc<Self>) {
         let live: Vec<&str> = RunStatus::ALL
             .iter()
             .filter(|s| s.is_live())
@@ -276,15 +288,11 @@ impl Agent {
         let mut known = std::collections::HashSet::new();
         for rec in records {
             known.insert(rec.run_id.clone());
-            if rec.status == RunStatus::Stopping.as_str() {
-                // A kill was cut short by the agent's end; a new kill may start over.
-                let _ = self
-                    .store()
-                    .set_status(&rec.run_id, RunStatus::Running.as_str());
-            }
             let cg = Cgroup::new(&rec.cgroup_path);
             if cg.exists() {
-                self.reaper.watch(&rec.run_id, &cg, self);
+                // Deadlines are absolute times: one that passed meanwhile fires at once.
+                self.lifecycle_begin(&rec, Arc::downgrade(self));
+                self.reaper.watch(&rec.run_id, &cg, &**self);
             } else {
                 self.on_run_empty(&rec.run_id);
             }
@@ -317,17 +325,33 @@ impl Agent {
                 ..Default::default()
             };
             if self.store().insert_run(&rec).is_ok() {
-                self.reaper.watch(run_id, &cg, self);
+                self.lifecycle_begin(&rec, Arc::downgrade(self));
+                self.reaper.watch(run_id, &cg, &**self);
             }
         }
     }
 
     /// Starts a run: creates its cgroup and directories, moves the caller into it,
     /// records it. On any failure nothing is left behind.
-    pub fn create_run(&self, caller: &Caller, req: CreateRun) -> Result<RunStarted> {
+    pub fn create_run(self: &Arc<Self>, caller: &Caller, req: CreateRun) -> Result<RunStarted> {
         if req.command.is_empty() {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
         }
+        let (template_name, mut template) = self.resolve_template(&req)?;
+        let ms = std::time::Duration::from_millis;
+        if let Some(v) = req.init_timeout_ms {
+            template.timeouts.init = ms(v);
+        }
+        if let Some(v) = req.timeout_ms {
+            template.timeouts.total = ms(v);
+        }
+        if let Some(v) = req.watchdog_ms {
+            template.timeouts.watchdog = ms(v);
+        }
+        // The template may remove only a workspace named explicitly, never a cwd.
+        let cleanup_workspace = req.cleanup_workspace
+            || (req.workspace.is_some()
+                && template.cleanup.workspace == crate::template::WorkspacePolicy::Remove);
         if req.cleanup_workspace && req.workspace.is_none() {
             return Err(Failure::new(
                 ErrorKind::BadInput,
@@ -401,6 +425,8 @@ impl Agent {
             }
             Err(e) => return Err(Failure::internal(e)),
         }
+        // Limits apply from the first instruction: written before the caller moves in.
+        let warnings = cg.apply_limits(&template.limits);
         let run_dir = self.run_dirs.join(&run_id);
         let tmpdir = self.tmp_dirs.join(&run_id);
         let log_path = req
@@ -444,14 +470,16 @@ impl Agent {
                 caller.pid
             )));
         }
-        let rec = RunRecord {
+        let mut rec = RunRecord {
             run_id: run_id.clone(),
             pid: Some(caller.pid),
             pid_starttime: starttime,
-            status: RunStatus::Running.as_str().into(),
             started_at: Some(now()),
             workspace_path: workspace,
-            cleanup_workspace: req.cleanup_workspace,
+            cleanup_workspace,
+            template: serde_json::to_string(&template).ok(),
+            template_name: Some(template_name.clone()),
+            notify_socket: Some(run_dir.join("notify").display().to_string()),
             teams: serde_json::to_string(&teams).map_err(Failure::internal)?,
             owner_uid: caller.uid,
             workflow: req.workflow,
@@ -462,6 +490,7 @@ impl Agent {
             log_path: log_path.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         };
+        Agent::initial_deadlines(&template, &mut rec);
         if let Err(e) = self.store().insert_run(&rec) {
             let _ = cg.kill();
             return Err(undo(e.to_string()));
@@ -476,14 +505,50 @@ impl Agent {
             outcome: "started".into(),
             ..Default::default()
         });
-        self.reaper.watch(&run_id, &cg, self);
+        // The notify socket is bound before the answer, so the command can use it at once.
+        self.lifecycle_begin(&rec, Arc::downgrade(self));
+        self.reaper.watch(&run_id, &cg, &**self);
+        for w in &warnings {
+            tracing::warn!(run_id, "{w}");
+        }
         Ok(RunStarted {
             run_id,
             run_dir: rec.run_dir.unwrap_or_default(),
             tmpdir: rec.tmpdir.unwrap_or_default(),
             cgroup: rec.cgroup_path,
             log_path: rec.log_path,
+            notify_socket: rec.notify_socket,
+            template: template_name,
+            warnings,
         })
+    }
+
+    /// The template a new run gets: its text if the client sent one, a template
+    /// named with `template`, else the one named like the workflow, else `default`.
+    fn resolve_template(&self, req: &CreateRun) -> Result<(String, Template)> {
+        let bad = |e: String| Failure::new(ErrorKind::BadInput, e);
+        if let Some(text) = &req.template_text {
+            let name = req.template.clone().unwrap_or_else(|| "template".into());
+            return Template::parse(text, &name).map(|t| (name, t)).map_err(bad);
+        }
+        if let Some(name) = &req.template {
+            return Template::lookup(name)
+                .map(|t| (name.clone(), t))
+                .map_err(bad);
+        }
+        if let Some(workflow) = &req.workflow
+            && let Ok(t) = Template::lookup(workflow)
+        {
+            return Ok((workflow.clone(), t));
+        }
+        Ok(("default".into(), self.template.clone()))
+    }
+
+    fn kill_in_flight(&self, run_id: &str) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(run_id)
     }
 
     /// The record of a run, whoever may see it.
@@ -537,8 +602,9 @@ impl Agent {
         }
         self.store()
             .record_exit(run_id, report.exit_code, report.signal)?;
-        if rec.status != RunStatus::Running.as_str() {
-            return Ok(ExitAck::default()); // a kill is under way, or it ended already
+        let live = RunStatus::parse(&rec.status).is_some_and(RunStatus::is_live);
+        if !live || self.kill_in_flight(run_id) {
+            return Ok(ExitAck::default()); // it ended already, or a kill is under way
         }
         let cg = Cgroup::new(&rec.cgroup_path);
         let mut killed = 0;
@@ -580,7 +646,12 @@ impl Agent {
         // Only if no kill began meanwhile: then the kill sequence has the last word.
         let exited = self.store().finish_run_if(
             run_id,
-            RunStatus::Running.as_str(),
+            &[
+                RunStatus::Initializing.as_str(),
+                RunStatus::Running.as_str(),
+                RunStatus::Stopping.as_str(),
+                RunStatus::Unknown.as_str(),
+            ],
             RunStatus::Exited.as_str(),
             &now(),
         )?;
@@ -594,7 +665,7 @@ impl Agent {
     }
 
     /// The runs the caller may see: live ones, or all with `all`.
-    pub fn list(&self, caller: &Caller, all: bool) -> Result<Vec<RunInfo>> {
+    pub fn list(&self, caller: &Caller, all: bool, stuck: bool) -> Result<Vec<RunInfo>> {
         let live: Vec<&str> = RunStatus::ALL
             .iter()
             .filter(|s| s.is_live())
@@ -606,6 +677,7 @@ impl Agent {
             .into_iter()
             .filter(|r| self.decide(&id, Action::View, r).allowed)
             .map(|r| self.info(r, false))
+            .filter(|r| !stuck || r.stuck.is_some())
             .collect())
     }
 
@@ -635,6 +707,10 @@ impl Agent {
                 .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
                 .map(|d| d.with_timezone(&chrono::Utc))
         };
+        let stuck = self.stuck_reason(&rec);
+        let (last_heartbeat, watchdog_deadline) = self
+            .fresh_heartbeat(&rec.run_id)
+            .unwrap_or((rec.last_heartbeat.clone(), rec.watchdog_deadline.clone()));
         let end = parse(&rec.ended_at).unwrap_or_else(chrono::Utc::now);
         let age_secs = parse(&rec.started_at)
             .map(|s| (end - s).num_milliseconds() as f64 / 1e3)
@@ -662,34 +738,32 @@ impl Agent {
             cgroup: rec.cgroup_path,
             log_path: rec.log_path,
             sections,
+            template: rec.template_name,
+            ready_at: rec.ready_at,
+            status_text: rec.status_text,
+            last_heartbeat,
+            init_deadline: rec.init_deadline,
+            total_deadline: rec.total_deadline,
+            watchdog_deadline,
+            stuck,
+            loop_suspected: rec.loop_suspected,
         }
     }
 
     /// Kills a run, if the policy allows, and writes the attempt to the audit
     /// trail before answering, whatever its outcome.
     pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
-        let t = Instant::now();
         let id = self.access.identity(caller);
-        let mode = if req.emergency {
-            "emergency"
-        } else if req.force {
-            "force"
-        } else {
-            "graceful"
-        };
-        let mut entry = AuditEntry {
-            time: now(),
+        let entry = AuditEntry {
             actor_uid: Some(caller.uid),
             actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
             caller_pid: Some(caller.pid),
             action: "kill".into(),
             run_id: Some(run_id.to_owned()),
-            reason: req.reason.clone(),
-            mode: Some(mode.into()),
-            decision: "-".into(),
             ..Default::default()
         };
-        let outcome = self.find_run(run_id).and_then(|rec| {
+        self.audited(entry, &req, |entry| {
+            let rec = self.find_run(run_id)?;
             let action = Action::Kill {
                 force: req.force || req.emergency,
                 emergency: req.emergency,
@@ -703,8 +777,48 @@ impl Agent {
                     format!("run {run_id}: {}", d.message),
                 ));
             }
-            self.kill_allowed(caller, rec, req)
+            self.kill_allowed(caller.describe(), rec, req.clone(), RunStatus::Killed)
+        })
+    }
+
+    /// The monitor's kill of a run whose deadline passed: graceful, ending as
+    /// `timed_out`, audited as `auto_kill` by `monitor`, with alerts.
+    pub(super) fn auto_kill(&self, rec: RunRecord, req: KillRequest) {
+        let entry = AuditEntry {
+            actor_name: "monitor".into(),
+            action: "auto_kill".into(),
+            run_id: Some(rec.run_id.clone()),
+            ..Default::default()
+        };
+        let run = rec.clone();
+        let res = self.audited(entry, &req, |_| {
+            self.kill_allowed("monitor".into(), run, req.clone(), RunStatus::TimedOut)
         });
+        match res {
+            Ok(r) if r.already_ended => {}
+            Ok(r) if r.success => self.alert("auto_killed", &rec, &r.message),
+            Ok(r) if r.cleanup_status.processes_remaining > 0 && !r.mode.is_empty() => {
+                self.alert("unkillable", &rec, &r.message)
+            }
+            Ok(r) => self.alert("kill_failed", &rec, &r.message),
+            Err(f) => self.alert("kill_failed", &rec, &f.message),
+        }
+    }
+
+    /// Carries out `attempt` and writes its audit record (completed with mode,
+    /// reason, outcome, sections and duration) before returning.
+    fn audited(
+        &self,
+        mut entry: AuditEntry,
+        req: &KillRequest,
+        attempt: impl FnOnce(&mut AuditEntry) -> Result<KillResult>,
+    ) -> Result<KillResult> {
+        let t = Instant::now();
+        entry.time = now();
+        entry.reason = req.reason.clone();
+        entry.mode = Some(kill_mode(req).into());
+        entry.decision = "-".into();
+        let outcome = attempt(&mut entry);
         entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);
         entry.outcome = match &outcome {
             Ok(r) if r.already_ended => "already_ended".into(),
@@ -731,13 +845,36 @@ impl Agent {
         })
     }
 
+    /// Tells the run's alert channels (template, else agent-wide) about an event.
+    pub(super) fn alert(&self, event: &str, rec: &RunRecord, message: &str) {
+        tracing::warn!(run_id = rec.run_id, event, "{message}");
+        let template = self.run_template(rec);
+        self.alerter.emit(
+            &template.alerts,
+            crate::alerts::Event {
+                event: event.into(),
+                run_id: rec.run_id.clone(),
+                workflow: rec.workflow.clone(),
+                message: message.into(),
+                time: now(),
+                details: serde_json::json!({
+                    "status": rec.status,
+                    "owner_uid": rec.owner_uid,
+                    "started_at": rec.started_at,
+                    "status_text": rec.status_text,
+                }),
+            },
+        );
+    }
+
     /// Kills a run the caller may kill. Concurrent kills of one run share one kill
     /// sequence; a run that has ended answers success with `already_ended`.
     fn kill_allowed(
         &self,
-        caller: &Caller,
+        requested_by: String,
         rec: RunRecord,
         req: KillRequest,
+        end: RunStatus,
     ) -> Result<KillResult> {
         let run_id = rec.run_id.as_str();
         let (slot, leader) = {
@@ -766,7 +903,7 @@ impl Agent {
             }
             return Ok(result.clone().unwrap_or_default());
         }
-        let result = self.kill_sequence(caller, &rec, &req);
+        let result = self.kill_sequence(&requested_by, &rec, &req, end);
         *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         slot.done.notify_all();
         self.inflight
@@ -795,11 +932,18 @@ impl Agent {
         }
     }
 
-    fn kill_sequence(&self, caller: &Caller, rec: &RunRecord, req: &KillRequest) -> KillResult {
+    fn kill_sequence(
+        &self,
+        requested_by: &str,
+        rec: &RunRecord,
+        req: &KillRequest,
+        end: RunStatus,
+    ) -> KillResult {
         let started_at = chrono::Utc::now();
         let t = Instant::now();
-        let settings = &self.template.kill;
-        let cs = &self.template.critical_sections;
+        let template = self.run_template(rec);
+        let settings = &template.kill;
+        let cs = &template.critical_sections;
         let ms =
             |v: Option<u64>, default| v.map(std::time::Duration::from_millis).unwrap_or(default);
         let plan = kill::Plan {
@@ -821,18 +965,13 @@ impl Agent {
             stop_reason: rec.run_dir.as_ref().map(|d| kill::StopReason {
                 path: Path::new(d).join(STOP_REASON_FILE),
                 reason: req.reason.clone(),
-                requested_by: caller.describe(),
+                requested_by: requested_by.to_owned(),
+                ending: end.as_str(),
             }),
         };
         let cg = Cgroup::new(&rec.cgroup_path);
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
-        let mode = if req.emergency {
-            "emergency"
-        } else if req.force {
-            "force"
-        } else {
-            "graceful"
-        };
+        let mode = kill_mode(req);
         let at = |d: std::time::Duration| {
             (started_at + chrono::Duration::from_std(d).unwrap_or_default())
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -896,7 +1035,7 @@ impl Agent {
                     result.cleanup_status.stale_locks_removed.join(", ")
                 ));
             }
-            RunStatus::Killed
+            end
         } else {
             // Keep the cgroup frozen and in place: a later kill retries.
             let _ = cg.freeze(plan.freeze_timeout);
@@ -933,7 +1072,7 @@ impl Agent {
         if let Err(e) = store.record_kill(&rec.run_id, &at(std::time::Duration::ZERO), &json) {
             tracing::error!(run_id = rec.run_id, "cannot record the kill: {e}");
         }
-        let update = if status == RunStatus::Killed {
+        let update = if status == end {
             store.finish_run(&rec.run_id, status.as_str(), &now())
         } else {
             store.set_status(&rec.run_id, status.as_str())
@@ -942,7 +1081,7 @@ impl Agent {
             tracing::error!(run_id = rec.run_id, "cannot record the run's status: {e}");
         }
         drop(store);
-        if status == RunStatus::Killed {
+        if status == end {
             self.audit_run_end(&rec.run_id, status);
         }
         tracing::info!(
@@ -961,6 +1100,7 @@ impl Agent {
     /// `seen` are the critical sections its processes were found in.
     fn cleanup(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
         self.reaper.forget(&rec.run_id);
+        self.lifecycle_end(&rec.run_id);
         self.sightings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1201,8 +1341,8 @@ impl OnEmpty for Agent {
                 return;
             };
             let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
-            if status == RunStatus::Stopping {
-                return;
+            if self.kill_in_flight(run_id) {
+                return; // the kill sequence finishes the run itself
             }
             let mut ended = None;
             if status.is_live() {
@@ -1237,12 +1377,24 @@ impl OnEmpty for Agent {
     }
 }
 
+/// `graceful`, `force` or `emergency`.
+fn kill_mode(req: &KillRequest) -> &'static str {
+    if req.emergency {
+        "emergency"
+    } else if req.force {
+        "force"
+    } else {
+        "graceful"
+    }
+}
+
 /// The answer to a kill of a run that had ended already.
 fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
     let how = match (status, rec.exit_code, rec.exit_signal) {
         (RunStatus::Exited, Some(c), _) => format!("exited with status {c}"),
         (RunStatus::Exited, _, Some(s)) => format!("exited on signal {s}"),
         (RunStatus::Killed, ..) => "was killed".to_string(),
+        (RunStatus::TimedOut, ..) => "was killed by the monitor (timed out)".to_string(),
         (other, ..) => format!("ended as {other}"),
     };
     let previous: Option<KillResult> = rec

@@ -115,6 +115,8 @@ async fn call<T: serde::Serialize + Send + 'static>(
 struct ListQuery {
     #[serde(default)]
     all: bool,
+    #[serde(default)]
+    stuck: bool,
 }
 
 async fn health() -> Response {
@@ -142,7 +144,7 @@ async fn list_runs(
     Query(q): Query<ListQuery>,
 ) -> Reply {
     let caller = caller(peer)?;
-    call(move || agent.list(&caller, q.all)).await
+    call(move || agent.list(&caller, q.all, q.stuck)).await
 }
 
 async fn get_run(

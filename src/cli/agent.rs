@@ -12,6 +12,13 @@ pub struct Args {
     /// it changes. Without it, root is admin and every user owns their runs.
     #[arg(long, env = "WFCG_POLICY", default_value = "/etc/wfcg/policy.toml")]
     pub policy: std::path::PathBuf,
+    /// A command run for each alert (stuck, auto_killed, kill_failed, unkillable,
+    /// loop_suspected) with the event as JSON on stdin, for runs whose template names none.
+    #[arg(long, value_name = "CMD")]
+    pub on_event: Option<String>,
+    /// An http:// URL each alert is POSTed to as JSON, for runs whose template names none.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
@@ -28,6 +35,8 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         cgroup_root: cli.cgroup_root.clone(),
         proc_root: "/proc".into(),
         policy: args.policy.clone(),
+        on_event: args.on_event.clone(),
+        webhook: args.webhook.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,6 @@
 //! `wfcg kill`: end a run's whole process tree.
 
-use crate::api::{self, KillRequest, KillResult};
+use crate::api::{self, KillRequest, KillResult, RunInfo};
 use crate::client::Client;
 use crate::exit::{self, Failure};
 
@@ -18,7 +18,17 @@ use crate::exit::{self, Failure};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The run to kill.
-    pub run_id: String,
+    #[arg(required_unless_present = "stuck")]
+    pub run_id: Option<String>,
+    /// Kill every stuck run (see `wfcg ps --stuck`) instead of one.
+    #[arg(long, conflicts_with = "run_id")]
+    pub stuck: bool,
+    /// With --stuck: only runs older than DUR.
+    #[arg(long, value_name = "DUR", requires = "stuck")]
+    pub older_than: Option<String>,
+    /// With --stuck: list what would be killed, kill nothing.
+    #[arg(long, requires = "stuck")]
+    pub dry_run: bool,
     /// Skip SIGTERM and the grace: cgroup.kill at once.
     #[arg(long)]
     pub force: bool,
@@ -50,7 +60,7 @@ pub struct Args {
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
-    if let Some(problem) = api::run_id_problem(&args.run_id) {
+    if let Some(problem) = args.run_id.as_deref().and_then(api::run_id_problem) {
         return Err(Failure::usage(problem));
     }
     let ms = |flag: &str, v: &Option<String>| -> Result<Option<u64>, Failure> {
@@ -70,7 +80,10 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         max_wait_ms: ms("--max-wait", &args.max_wait)?,
     };
     let client = Client::new(&cli.socket);
-    let result: KillResult = client.post(&format!("/v1/runs/{}/kill", args.run_id), &req)?;
+    let Some(run_id) = &args.run_id else {
+        return kill_stuck(&client, args, &req);
+    };
+    let result: KillResult = client.post(&format!("/v1/runs/{run_id}/kill"), &req)?;
     if args.json {
         println!(
             "{}",
@@ -89,4 +102,78 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     } else {
         exit::FAILED
     })
+}
+
+/// `wfcg kill --stuck`: every stuck run (older than --older-than), each killed at
+/// once in its own thread. Exit 0 when all ended (or none was stuck), 1 otherwise.
+fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Failure> {
+    let older = match &args.older_than {
+        Some(d) => super::duration_arg("--older-than", d)?.as_secs_f64(),
+        None => 0.0,
+    };
+    let runs: Vec<RunInfo> = client.get("/v1/runs?stuck=true")?;
+    let runs: Vec<RunInfo> = runs.into_iter().filter(|r| r.age_secs >= older).collect();
+    if args.dry_run || runs.is_empty() {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&runs).unwrap_or_default()
+            );
+        } else if runs.is_empty() {
+            println!("no stuck runs");
+        }
+        for r in runs.iter().filter(|_| !args.json) {
+            println!(
+                "would kill {}: {}",
+                r.run_id,
+                r.stuck.as_deref().unwrap_or("stuck")
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let socket = client.socket().to_path_buf();
+    let results: Vec<Result<KillResult, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                let socket = socket.clone();
+                let mut req = req.clone();
+                req.reason.get_or_insert_with(|| {
+                    format!("stuck: {}", r.stuck.as_deref().unwrap_or("past a deadline"))
+                });
+                s.spawn(move || {
+                    Client::new(&socket)
+                        .post::<_, KillResult>(&format!("/v1/runs/{}/kill", r.run_id), &req)
+                        .map_err(|e| format!("{}: {e}", r.run_id))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("kill thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut failed = 0;
+    for res in &results {
+        match res {
+            Ok(r) => {
+                failed += usize::from(!r.success);
+                if !args.json {
+                    println!("{}", r.message);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("wfcg: {e}");
+            }
+        }
+    }
+    if args.json {
+        let ok: Vec<&KillResult> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        println!("{}", serde_json::to_string_pretty(&ok).unwrap_or_default());
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::FAILED })
 }

@@ -6,6 +6,7 @@
 mod agent;
 mod audit;
 mod kill;
+mod notify;
 mod ps;
 mod run;
 mod template;
@@ -65,6 +66,7 @@ pub enum Verb {
     Ps(ps::PsArgs),
     Status(ps::StatusArgs),
     Audit(audit::Args),
+    Notify(notify::Args),
     Templates(template::ListArgs),
     Template(template::Args),
 }
@@ -78,6 +80,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Ps(ref a) => ps::ps(&cli, a),
         Verb::Status(ref a) => ps::status(&cli, a),
         Verb::Audit(ref a) => audit::run(&cli, a),
+        Verb::Notify(ref a) => notify::run(&cli, a),
         Verb::Templates(ref a) => template::list(&cli, a),
         Verb::Template(ref a) => template::run(&cli, a),
     }

@@ -10,6 +10,10 @@ pub struct PsArgs {
     /// Include runs that have ended.
     #[arg(long, short)]
     pub all: bool,
+    /// Only runs past or near a deadline: initializing for 80% of their init
+    /// timeout, a heartbeat overdue, or near their total timeout.
+    #[arg(long)]
+    pub stuck: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -45,12 +49,8 @@ fn owner(r: &RunInfo) -> String {
 
 pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     let client = Client::new(&cli.socket);
-    let path = if args.all {
-        "/v1/runs?all=true"
-    } else {
-        "/v1/runs"
-    };
-    let runs: Vec<RunInfo> = client.get(path)?;
+    let path = format!("/v1/runs?all={}&stuck={}", args.all, args.stuck);
+    let runs: Vec<RunInfo> = client.get(&path)?;
     if args.json {
         println!(
             "{}",
@@ -75,6 +75,9 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
             cpu(r.cpu_usec),
             r.command.join(" ")
         );
+        for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
+            println!("{:<20} ! {note}", "");
+        }
     }
     Ok(exit::OK)
 }
@@ -94,6 +97,30 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     println!("workflow:   {}", opt(&r.workflow));
     println!("owner:      {} (uid {})", owner(&r), r.owner_uid);
     println!("status:     {}", r.status);
+    if let Some(t) = &r.template {
+        println!("template:   {t}");
+    }
+    if let Some(t) = &r.status_text {
+        println!("says:       {t}");
+    }
+    if let Some(t) = &r.ready_at {
+        println!("ready:      {t}");
+    }
+    if let Some(t) = &r.last_heartbeat {
+        println!("heartbeat:  {t}");
+    }
+    for (name, d) in [
+        ("init by", &r.init_deadline),
+        ("end by", &r.total_deadline),
+        ("next beat", &r.watchdog_deadline),
+    ] {
+        if let Some(d) = d.as_ref().filter(|_| r.status.is_live()) {
+            println!("{:<11} {d}", format!("{name}:"));
+        }
+    }
+    for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
+        println!("stuck:      {note}");
+    }
     println!("command:    {}", r.command.join(" "));
     println!(
         "pid:        {}",

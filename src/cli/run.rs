@@ -2,24 +2,44 @@
 
 use std::path::PathBuf;
 
+use crate::api::CreateRun;
 use crate::exit::Failure;
 use crate::run::{AgentAddr, Options};
 
 /// Run CMD as a workflow in its own cgroup v2, supervised until it ends.
 ///
-/// CMD gets WFCG_RUN_ID, WFCG_RUN_DIR (a directory for this run) and TMPDIR (removed
-/// when the run ends). Signals sent to wfcg run (SIGINT, SIGTERM, SIGHUP, SIGQUIT)
-/// are passed on to CMD; wfcg run exits with CMD's status (128+N for signal N).
+/// CMD gets WFCG_RUN_ID, WFCG_RUN_DIR (a directory for this run), TMPDIR (removed
+/// when the run ends) and NOTIFY_SOCKET (sd_notify: READY=1 ends initialization,
+/// WATCHDOG=1 is a heartbeat; `systemd-notify` and `wfcg notify` speak it). Signals
+/// sent to wfcg run (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are passed on to CMD; wfcg
+/// run exits with CMD's status (128+N for signal N), or 124 if the run timed out.
 /// Whatever CMD leaves running when it exits is killed. As root, an agent is
 /// started in the background if none answers.
+///
+/// Timeouts come from the template (the one named like --workflow, else
+/// `default`: 5m to initialize, 1h in all): a run that has not sent READY=1 within
+/// --init-timeout, runs longer than --timeout, or misses heartbeats for two
+/// --watchdog intervals is killed. Durations: 30s, 5m, 1h30m, plain seconds; 0 = none.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Run id: letters, digits, '_', '.', '-', at most 64, no '..' [default: run_ + 12 hex digits].
     #[arg(long)]
     pub run_id: Option<String>,
-    /// Workflow name (a label shown by ps).
+    /// Workflow name (a label shown by ps; also picks the template of that name).
     #[arg(long)]
     pub workflow: Option<String>,
+    /// A template file for this run (instead of the one named like the workflow).
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// How long the run may take to send READY=1 [default: from the template].
+    #[arg(long, value_name = "DUR")]
+    pub init_timeout: Option<String>,
+    /// How long the run may take in all; 0 is no limit [default: from the template].
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
+    /// Heartbeat interval: the run must send WATCHDOG=1 at least every two [default: off].
+    #[arg(long, value_name = "DUR")]
+    pub watchdog: Option<String>,
     /// Working directory of the run; CMD starts in it.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
@@ -46,17 +66,39 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         state_dir: cli.state_dir.clone(),
         cgroup_root: cli.cgroup_root.clone(),
     };
+    let ms = |flag: &str, v: &Option<String>| -> Result<Option<u64>, Failure> {
+        v.as_deref()
+            .map(|t| super::duration_arg(flag, t).map(|d| d.as_millis() as u64))
+            .transpose()
+    };
+    let (template, template_text) = match &args.template {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("--template {}: {e}", path.display())))?;
+            (Some(path.display().to_string()), Some(text))
+        }
+        None => (None, None),
+    };
+    let request = CreateRun {
+        run_id: args.run_id.clone(),
+        workflow: args.workflow.clone(),
+        command: args.command.clone(),
+        detach: args.detach,
+        cleanup_workspace: args.cleanup_workspace,
+        team: args.team.clone(),
+        template,
+        template_text,
+        init_timeout_ms: ms("--init-timeout", &args.init_timeout)?,
+        timeout_ms: ms("--timeout", &args.timeout)?,
+        watchdog_ms: ms("--watchdog", &args.watchdog)?,
+        workspace: None,
+    };
     crate::run::run(
         &addr,
         Options {
-            run_id: args.run_id.clone(),
-            workflow: args.workflow.clone(),
+            request,
             workspace: args.workspace.clone(),
-            detach: args.detach,
-            cleanup_workspace: args.cleanup_workspace,
-            team: args.team.clone(),
             quiet: args.quiet,
-            command: args.command.clone(),
         },
     )
 }

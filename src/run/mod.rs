@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::{EXIT_STATUS_FILE, RUN_ID_ENV};
+use crate::agent::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
 use crate::api::{self, CreateRun, ExitAck, ExitReport, RunStarted};
 use crate::client::{self, Client};
 use crate::exit::{self, Failure};
@@ -29,16 +29,14 @@ pub struct AgentAddr {
     pub cgroup_root: Option<PathBuf>,
 }
 
+/// What `wfcg run` was asked for: the request for the agent (command, run id,
+/// template, timeouts, …) plus what only the supervisor needs.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    pub run_id: Option<String>,
-    pub workflow: Option<String>,
+    pub request: CreateRun,
+    /// The workspace as given (the request carries it made absolute).
     pub workspace: Option<PathBuf>,
-    pub detach: bool,
-    pub cleanup_workspace: bool,
-    pub team: Option<String>,
     pub quiet: bool,
-    pub command: Vec<String>,
 }
 
 /// How long an agent started on demand gets to answer.
@@ -47,13 +45,13 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 const REPORT_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs `wfcg run`; returns the exit code.
-pub fn run(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
-    if let Some(id) = &opts.run_id
+pub fn run(addr: &AgentAddr, mut opts: Options) -> Result<i32, Failure> {
+    if let Some(id) = &opts.request.run_id
         && let Some(problem) = api::run_id_problem(id)
     {
         return Err(Failure::usage(problem));
     }
-    if opts.command.is_empty() {
+    if opts.request.command.is_empty() {
         return Err(Failure::usage(
             "no command given: wfcg run [OPTIONS] -- CMD [ARGS...]",
         ));
@@ -66,7 +64,13 @@ pub fn run(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
             ws.display()
         )));
     }
-    if opts.detach {
+    opts.request.workspace = opts.workspace.as_ref().map(|w| {
+        std::path::absolute(w)
+            .unwrap_or(w.clone())
+            .display()
+            .to_string()
+    });
+    if opts.request.detach {
         detach_then(addr, opts)
     } else {
         supervise(addr, &opts, None)
@@ -186,22 +190,8 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
 fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Result<i32, Failure> {
     let client = Client::new(&addr.socket);
     let started = ensure_agent(&client, addr).and_then(|()| {
-        let req = CreateRun {
-            run_id: opts.run_id.clone(),
-            workflow: opts.workflow.clone(),
-            workspace: opts.workspace.as_ref().map(|w| {
-                std::path::absolute(w)
-                    .unwrap_or(w.clone())
-                    .display()
-                    .to_string()
-            }),
-            command: opts.command.clone(),
-            detach: opts.detach,
-            cleanup_workspace: opts.cleanup_workspace,
-            team: opts.team.clone(),
-        };
         client
-            .post::<_, RunStarted>("/v1/runs", &req)
+            .post::<_, RunStarted>("/v1/runs", &opts.request)
             .map_err(Failure::from)
     });
     let started = match (started, parent) {
@@ -220,8 +210,16 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
         }
         (Err(e), None) => return Err(e),
     };
-    if !opts.quiet && !opts.detach {
-        eprintln!("wfcg: run {} started", started.run_id);
+    if !opts.quiet {
+        for w in &started.warnings {
+            eprintln!("wfcg: warning: {w}");
+        }
+        if !opts.request.detach {
+            eprintln!(
+                "wfcg: run {} started (template {})",
+                started.run_id, started.template
+            );
+        }
     }
 
     let forwarded = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -230,11 +228,16 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     let set = signals::SignalSet::new(&all);
     set.block();
 
-    let mut cmd = Command::new(&opts.command[0]);
-    cmd.args(&opts.command[1..])
+    let command = &opts.request.command;
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
         .env(RUN_ID_ENV, &started.run_id)
         .env("WFCG_RUN_DIR", &started.run_dir)
         .env("TMPDIR", &started.tmpdir);
+    match &started.notify_socket {
+        Some(sock) => cmd.env("NOTIFY_SOCKET", sock),
+        None => cmd.env_remove("NOTIFY_SOCKET"),
+    };
     if let Some(ws) = &opts.workspace {
         cmd.current_dir(ws);
     }
@@ -242,7 +245,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     unsafe { cmd.pre_exec(signals::clear_mask) };
     let (code, report) = match cmd.spawn() {
         Err(e) => {
-            eprintln!("wfcg: cannot run {:?}: {e}", opts.command[0]);
+            eprintln!("wfcg: cannot run {:?}: {e}", command[0]);
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -292,7 +295,27 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
         }
     };
     record_exit(&client, &started, &report);
+    // A run the monitor stopped exits like coreutils' timeout, saying why.
+    if let Some(why) = timed_out(&started) {
+        eprintln!("wfcg: run {} timed out: {why}", started.run_id);
+        return Ok(TIMED_OUT);
+    }
     Ok(code)
+}
+
+/// The exit code of a run killed by the monitor (as `timeout(1)`).
+pub const TIMED_OUT: i32 = 124;
+
+/// The reason, if the run's stop-reason file says the monitor timed it out.
+fn timed_out(started: &RunStarted) -> Option<String> {
+    let text = std::fs::read_to_string(Path::new(&started.run_dir).join(STOP_REASON_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (v["status"] == "timed_out").then(|| {
+        v["reason"]
+            .as_str()
+            .unwrap_or("a deadline passed")
+            .to_string()
+    })
 }
 
 /// Leaves the exit in the run directory (read by the agent if the report is lost),

@@ -1,0 +1,543 @@
+//! The life of a run once it has started: its notify socket (READY, WATCHDOG,
+//! STATUS, STOPPING, EXTEND_TIMEOUT_USEC, WATCHDOG_USEC), its deadlines in the
+//! monitor, heartbeats (kept in memory, written to the store once a second in
+//! one transaction), the automatic kill of runs whose deadline passed, and the
+//! hint that an initializing run restarts the same command again and again.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::monitor::{Kind, Monitor};
+use super::notify::{self, Message};
+use super::{Agent, now};
+use crate::api::{KillRequest, RunStatus};
+use crate::cgroup::Cgroup;
+use crate::procfs;
+use crate::store::{Col, RunRecord};
+
+/// How often heartbeats are written to the store.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often initializing runs are sampled for restart loops.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// The loop hint: this many starts of one command line …
+const LOOP_STARTS: usize = 5;
+/// … within this window.
+const LOOP_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the agent keeps in memory about a live run.
+struct Live {
+    cg: Cgroup,
+    /// How long after a heartbeat the next must come (2 intervals, or WATCHDOG_USEC).
+    threshold: Option<Duration>,
+    notify_task: Option<tokio::task::AbortHandle>,
+}
+
+/// Starts of command lines seen in an initializing run.
+#[derive(Default)]
+struct LoopTracker {
+    seen: HashSet<(i32, u64)>,
+    starts: HashMap<String, VecDeque<Instant>>,
+    flagged: bool,
+}
+
+/// Counters of notify messages, for metrics.
+#[derive(Default)]
+pub struct NotifyCounters {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Lifecycle {
+    monitor: OnceLock<Monitor>,
+    rt: OnceLock<tokio::runtime::Handle>,
+    lives: Mutex<HashMap<String, Live>>,
+    beats: Mutex<HashMap<String, crate::store::Heartbeat>>,
+    loops: Mutex<HashMap<String, LoopTracker>>,
+    pub counters: NotifyCounters,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_time(t: Option<&str>) -> Option<DateTime<Utc>> {
+    t.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// Starts the monitor, the heartbeat writer and the loop sampler.
+    pub(super) fn start_lifecycle(self: &Arc<Self>, rt: tokio::runtime::Handle) {
+        let weak = Arc::downgrade(self);
+        let monitor = Monitor::start(&rt, move |run_id, kind| {
+            if let Some(agent) = weak.upgrade() {
+                agent.on_deadline(&run_id, kind);
+            }
+        });
+        let _ = self.life.monitor.set(monitor);
+        let _ = self.life.rt.set(rt.clone());
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut flush = tokio::time::interval(FLUSH_EVERY);
+            let mut sample = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                let which = tokio::select! {
+                    _ = flush.tick() => true,
+                    _ = sample.tick() => false,
+                };
+                let Some(agent) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || {
+                    if which {
+                        agent.flush_heartbeats()
+                    } else {
+                        agent.sample_loops()
+                    }
+                })
+                .await;
+            }
+        });
+    }
+
+    fn monitor(&self) -> Option<&Monitor> {
+        self.life.monitor.get()
+    }
+
+    /// A run's template, as stored with it (the agent's default for old records).
+    pub(super) fn run_template(&self, rec: &RunRecord) -> crate::template::Template {
+        rec.template
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_else(|| self.template.clone())
+    }
+
+    /// Takes a live run under watch: its notify socket, its deadlines, its loop sampling.
+    pub(super) fn lifecycle_begin(self: &Agent, rec: &RunRecord, weak: Weak<Agent>) {
+        let template = self.run_template(rec);
+        let threshold = match rec.watchdog_usec {
+            Some(us) if us > 0 => Some(Duration::from_micros(us as u64)),
+            _ => (!template.timeouts.watchdog.is_zero()).then(|| 2 * template.timeouts.watchdog),
+        };
+        let notify_task = rec
+            .notify_socket
+            .as_deref()
+            .and_then(|path| self.serve_notify(&rec.run_id, path, weak));
+        lock(&self.life.lives).insert(
+            rec.run_id.clone(),
+            Live {
+                cg: Cgroup::new(&rec.cgroup_path),
+                threshold,
+                notify_task,
+            },
+        );
+        if rec.status == RunStatus::Initializing.as_str() {
+            lock(&self.life.loops).insert(rec.run_id.clone(), LoopTracker::default());
+        }
+        if let Some(m) = self.monitor() {
+            m.set(
+                &rec.run_id,
+                Kind::Init,
+                parse_time(rec.init_deadline.as_deref()),
+            );
+            m.set(
+                &rec.run_id,
+                Kind::Total,
+                parse_time(rec.total_deadline.as_deref()),
+            );
+            m.set(
+                &rec.run_id,
+                Kind::Watchdog,
+                parse_time(rec.watchdog_deadline.as_deref()),
+            );
+        }
+    }
+
+    /// Stops watching a run that ended.
+    pub(super) fn lifecycle_end(&self, run_id: &str) {
+        if let Some(live) = lock(&self.life.lives).remove(run_id)
+            && let Some(task) = live.notify_task
+        {
+            task.abort();
+        }
+        lock(&self.life.loops).remove(run_id);
+        lock(&self.life.beats).remove(run_id);
+        if let Some(m) = self.monitor() {
+            m.forget(run_id);
+        }
+    }
+
+    /// Binds the run's notify socket and serves it on the runtime; messages of one
+    /// run are handled in order.
+    fn serve_notify(
+        &self,
+        run_id: &str,
+        path: &str,
+        weak: Weak<Agent>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let rt = self.life.rt.get()?;
+        let _guard = rt.enter();
+        let sock = match notify::bind(std::path::Path::new(path))
+            .and_then(tokio::net::UnixDatagram::from_std)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(run_id, "cannot bind the notify socket {path}: {e}");
+                return None;
+            }
+        };
+        let run_id = run_id.to_owned();
+        let task = rt.spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let got = sock
+                    .async_io(tokio::io::Interest::READABLE, || {
+                        notify::receive(&sock, &mut buf)
+                    })
+                    .await;
+                let Ok((n, pid)) = got else { continue };
+                let msg = notify::parse(&buf[..n]);
+                let Some(agent) = weak.upgrade() else { return };
+                let id = run_id.clone();
+                let _ = tokio::task::spawn_blocking(move || agent.on_notify(&id, pid, msg)).await;
+            }
+        });
+        Some(task.abort_handle())
+    }
+
+    /// One notify message for a run. Dropped (and counted) when its sender is
+    /// provably outside the run's cgroup; a sender already gone is believed, since
+    /// the socket names the run.
+    pub(super) fn on_notify(&self, run_id: &str, pid: Option<i32>, msg: Message) {
+        let (cg, threshold) = match lock(&self.life.lives).get(run_id) {
+            Some(live) => (live.cg.clone(), live.threshold),
+            None => return,
+        };
+        if let Some(pid) = pid
+            && cg.contains_process(&self.cfg.proc_root, pid) == Some(false)
+        {
+            self.life.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                run_id,
+                pid,
+                "notify message from a process outside the run dropped"
+            );
+            return;
+        }
+        self.life.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let now_t = Utc::now();
+        if let Some(us) = msg.watchdog_usec {
+            let threshold = Duration::from_micros(us);
+            if let Some(live) = lock(&self.life.lives).get_mut(run_id) {
+                live.threshold = Some(threshold);
+            }
+            self.heartbeat(run_id, now_t, Some(threshold), Some(us as i64));
+        } else if msg.watchdog {
+            self.heartbeat(run_id, now_t, threshold, None);
+        }
+        if msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some() {
+            self.on_phase_message(run_id, now_t, &msg);
+        }
+    }
+
+    /// Records a heartbeat in memory (written within a second) and re-arms the watchdog.
+    fn heartbeat(
+        &self,
+        run_id: &str,
+        at: DateTime<Utc>,
+        threshold: Option<Duration>,
+        usec: Option<i64>,
+    ) {
+        let deadline = threshold.map(|t| at + chrono::Duration::from_std(t).unwrap_or_default());
+        lock(&self.life.beats).insert(
+            run_id.to_owned(),
+            (
+                run_id.to_owned(),
+                rfc3339(at),
+                deadline.map(rfc3339).unwrap_or_default(),
+                usec,
+            ),
+        );
+        if let (Some(m), Some(d)) = (self.monitor(), deadline) {
+            m.set(run_id, Kind::Watchdog, Some(d));
+        }
+    }
+
+    /// The newest heartbeat of a run and the watchdog deadline it set, if not yet stored.
+    pub(super) fn fresh_heartbeat(&self, run_id: &str) -> Option<(Option<String>, Option<String>)> {
+        lock(&self.life.beats).get(run_id).map(|b| {
+            (
+                Some(b.1.clone()),
+                Some(b.2.clone()).filter(|d| !d.is_empty()),
+            )
+        })
+    }
+
+    fn flush_heartbeats(&self) {
+        let beats: Vec<_> = lock(&self.life.beats).drain().map(|(_, b)| b).collect();
+        if beats.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_heartbeats(&beats)
+        {
+            tracing::error!("cannot store {} heartbeats: {e}", beats.len());
+        }
+    }
+
+    /// READY, STATUS, STOPPING and EXTEND_TIMEOUT_USEC: rare, written at once.
+    fn on_phase_message(&self, run_id: &str, at: DateTime<Utc>, msg: &Message) {
+        let store = self.store();
+        let Ok(Some(rec)) = store.get_run(run_id) else {
+            return;
+        };
+        if let Some(text) = &msg.status {
+            let _ = store.set(run_id, Col::StatusText, Some(text));
+        }
+        let initializing = RunStatus::Initializing.as_str();
+        let running = RunStatus::Running.as_str();
+        let mut still_initializing = rec.status == initializing;
+        if msg.ready
+            && store
+                .transition(run_id, &[initializing], running)
+                .unwrap_or(false)
+        {
+            let _ = store.set(run_id, Col::ReadyAt, Some(&rfc3339(at)));
+            let _ = store.set(run_id, Col::InitDeadline, None);
+            still_initializing = false;
+            lock(&self.life.loops).remove(run_id);
+            if let Some(m) = self.monitor() {
+                m.set(run_id, Kind::Init, None);
+            }
+            tracing::info!(run_id, "run is ready");
+        }
+        if let Some(us) = msg.extend_usec {
+            let (col, kind, current) = if still_initializing {
+                (Col::InitDeadline, Kind::Init, rec.init_deadline.as_deref())
+            } else {
+                (
+                    Col::TotalDeadline,
+                    Kind::Total,
+                    rec.total_deadline.as_deref(),
+                )
+            };
+            if let Some(current) = parse_time(current) {
+                let wanted = at + chrono::Duration::microseconds(us.min(i64::MAX as u64) as i64);
+                if wanted > current {
+                    let _ = store.set(run_id, col, Some(&rfc3339(wanted)));
+                    if let Some(m) = self.monitor() {
+                        m.set(run_id, kind, Some(wanted));
+                    }
+                }
+            }
+        }
+        if msg.stopping {
+            let _ = store.transition(
+                run_id,
+                &[initializing, running],
+                RunStatus::Stopping.as_str(),
+            );
+        }
+    }
+
+    /// A deadline passed: check it against the record, then kill the run
+    /// gracefully (critical sections honoured) as `timed_out`.
+    pub(super) fn on_deadline(&self, run_id: &str, kind: Kind) {
+        let Ok(Some(rec)) = self.store().get_run(run_id) else {
+            return;
+        };
+        let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+        if !status.is_live() || lock(&self.inflight).contains_key(run_id) {
+            return;
+        }
+        let template = self.run_template(&rec);
+        let now_t = Utc::now();
+        let since = |t: &Option<String>| {
+            parse_time(t.as_deref())
+                .map(|t| t.format("%H:%M:%S").to_string())
+                .unwrap_or_else(|| "?".into())
+        };
+        let last_status = rec
+            .status_text
+            .as_deref()
+            .map(|s| format!(", last status '{s}'"))
+            .unwrap_or_default();
+        let fmt = |d: Duration| crate::duration::format(d);
+        let reason = match kind {
+            Kind::Init => {
+                if status != RunStatus::Initializing
+                    || parse_time(rec.init_deadline.as_deref()).is_none_or(|d| d > now_t)
+                {
+                    return;
+                }
+                format!(
+                    "initialization timeout {} exceeded: still initializing since {}{last_status}",
+                    fmt(template.timeouts.init),
+                    since(&rec.started_at)
+                )
+            }
+            Kind::Total => {
+                if parse_time(rec.total_deadline.as_deref()).is_none_or(|d| d > now_t) {
+                    return;
+                }
+                format!(
+                    "total timeout {} exceeded: started at {}{last_status}",
+                    fmt(template.timeouts.total),
+                    since(&rec.started_at)
+                )
+            }
+            Kind::Watchdog => {
+                let last = lock(&self.life.beats)
+                    .get(run_id)
+                    .map(|b| b.1.clone())
+                    .or(rec.last_heartbeat.clone());
+                let threshold = lock(&self.life.lives).get(run_id).and_then(|l| l.threshold);
+                format!(
+                    "heartbeat missed: no WATCHDOG=1 for {} (last at {}){last_status}",
+                    threshold.map(fmt).unwrap_or_else(|| "?".into()),
+                    if last.is_some() {
+                        since(&last)
+                    } else {
+                        "never".into()
+                    }
+                )
+            }
+        };
+        tracing::warn!(run_id, "{reason}; killing it");
+        self.alert("stuck", &rec, &reason);
+        let req = KillRequest {
+            reason: Some(reason),
+            ..Default::default()
+        };
+        self.auto_kill(rec, req);
+    }
+
+    /// While a run initializes, notices the same command line being started again
+    /// and again (a restart loop). It only marks the run; the deadline kills.
+    fn sample_loops(&self) {
+        let ids: Vec<String> = lock(&self.life.loops).keys().cloned().collect();
+        for run_id in ids {
+            let Some(cg) = lock(&self.life.lives).get(&run_id).map(|l| l.cg.clone()) else {
+                continue;
+            };
+            let pids = cg.procs_recursive().unwrap_or_default();
+            let now_i = Instant::now();
+            let mut found = None;
+            {
+                let mut loops = lock(&self.life.loops);
+                let Some(t) = loops.get_mut(&run_id) else {
+                    continue;
+                };
+                let mut present = HashSet::new();
+                for pid in pids {
+                    let Some(start) = procfs::starttime(&self.cfg.proc_root, pid) else {
+                        continue;
+                    };
+                    present.insert((pid, start));
+                    if t.seen.insert((pid, start))
+                        && let Some(cmd) = procfs::cmdline(&self.cfg.proc_root, pid)
+                    {
+                        t.starts.entry(cmd).or_default().push_back(now_i);
+                    }
+                }
+                t.seen.retain(|k| present.contains(k));
+                for (cmd, starts) in t.starts.iter_mut() {
+                    while starts
+                        .front()
+                        .is_some_and(|s| now_i.duration_since(*s) > LOOP_WINDOW)
+                    {
+                        starts.pop_front();
+                    }
+                    if starts.len() >= LOOP_STARTS && !t.flagged {
+                        t.flagged = true;
+                        found = Some(format!(
+                            "suspected initialization loop: '{cmd}' started {} times in the last minute",
+                            starts.len()
+                        ));
+                    }
+                }
+                t.starts.retain(|_, s| !s.is_empty());
+            }
+            if let Some(text) = found {
+                tracing::warn!(run_id, "{text}");
+                let _ = self.store().set(&run_id, Col::LoopSuspected, Some(&text));
+                if let Ok(Some(rec)) = self.store().get_run(&run_id) {
+                    self.alert("loop_suspected", &rec, &text);
+                }
+            }
+        }
+    }
+
+    /// Why a live run counts as stuck, if it does: initializing for 80% or more of
+    /// its init timeout, a heartbeat overdue, or 80% or more of its total time gone.
+    pub(super) fn stuck_reason(&self, rec: &RunRecord) -> Option<String> {
+        let status = RunStatus::parse(&rec.status)?;
+        if !status.is_live() {
+            return None;
+        }
+        let template = self.run_template(rec);
+        let now_t = Utc::now();
+        let near = |deadline: Option<&str>, span: Duration| {
+            let d = parse_time(deadline)?;
+            let margin = chrono::Duration::from_std(span / 5).unwrap_or_default();
+            (now_t >= d - margin).then_some(d)
+        };
+        if status == RunStatus::Initializing
+            && let Some(d) = near(rec.init_deadline.as_deref(), template.timeouts.init)
+        {
+            return Some(format!(
+                "initializing since {} (init deadline {})",
+                rec.started_at.as_deref().unwrap_or("?"),
+                rfc3339(d)
+            ));
+        }
+        let watchdog = lock(&self.life.beats)
+            .get(&rec.run_id)
+            .map(|b| b.2.clone())
+            .or(rec.watchdog_deadline.clone());
+        if let Some(d) = parse_time(watchdog.as_deref()).filter(|d| now_t > *d) {
+            return Some(format!("heartbeat overdue since {}", rfc3339(d)));
+        }
+        if let Some(d) = near(rec.total_deadline.as_deref(), template.timeouts.total) {
+            return Some(format!("near its total timeout ({})", rfc3339(d)));
+        }
+        None
+    }
+
+    /// The deadlines and status a new run starts with, from its template.
+    pub(super) fn initial_deadlines(template: &crate::template::Template, rec: &mut RunRecord) {
+        let start = Utc::now();
+        let after = |d: Duration| {
+            (!d.is_zero())
+                .then(|| rfc3339(start + chrono::Duration::from_std(d).unwrap_or_default()))
+        };
+        let notify = template.run.ready == crate::template::Ready::Notify;
+        rec.status = if notify {
+            RunStatus::Initializing
+        } else {
+            RunStatus::Running
+        }
+        .as_str()
+        .into();
+        if !notify {
+            rec.ready_at = Some(now());
+        }
+        rec.init_deadline = if notify {
+            after(template.timeouts.init)
+        } else {
+            None
+        };
+        rec.total_deadline = after(template.timeouts.total);
+        rec.watchdog_deadline = after(2 * template.timeouts.watchdog);
+    }
+}
