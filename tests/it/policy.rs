@@ -747,7 +747,12 @@ fn a_policy_reload_on_sighup_takes_effect() {
         "SIGHUP did not make carol readonly; log:\n{}",
         agent.log()
     );
-    let loads = policy_loads(&agent);
+    // The record follows the switch to the new policy: wait for it too.
+    let mut loads = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        loads = policy_loads(&agent);
+        loads.len() >= 2
+    });
     assert_eq!(loads.len(), 2, "{loads:?}");
     assert!(loads[1].0.starts_with("SIGHUP"), "{loads:?}");
     assert_eq!(loads[1].1, "loaded", "{loads:?}");
@@ -770,7 +775,12 @@ fn a_rewritten_policy_file_takes_effect_without_sighup() {
         "the rewritten policy was not picked up; log:\n{}",
         agent.log()
     );
-    let loads = policy_loads(&agent);
+    // The record follows the switch to the new policy: wait for it too.
+    let mut loads = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        loads = policy_loads(&agent);
+        loads.len() >= 2
+    });
     let last = loads.last().unwrap();
     assert!(last.0.starts_with("file changed"), "{loads:?}");
     assert_eq!(last.1, "loaded", "{loads:?}");
