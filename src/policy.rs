@@ -158,9 +158,9 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawTeam {
     #[serde(default)]
-    members: Vec<String>,
+    members: Vec<Spanned<String>>,
     #[serde(default)]
-    leads: Vec<String>,
+    leads: Vec<Spanned<String>>,
 }
 
 fn builtin_roles() -> BTreeMap<String, BTreeSet<Permission>> {
@@ -288,23 +288,27 @@ impl Policy {
         }
         policy.users = users;
         policy.groups = groups;
-        for (name, raw_team) in raw.teams {
+        for (team_name, raw_team) in raw.teams {
             let mut team = Team::default();
             for (list, users, groups) in [
                 (&raw_team.members, &mut team.users, &mut team.groups),
                 (&raw_team.leads, &mut team.lead_users, &mut team.lead_groups),
             ] {
-                for entry in list {
+                for spanned in list {
+                    let entry = spanned.get_ref();
                     match entry.strip_prefix('@') {
                         _ if entry.is_empty() || entry == "@" => {
-                            return Err(format!("{name}: team {name:?} lists an empty name"));
+                            return Err(at(
+                                spanned.span(),
+                                format!("team {team_name:?} lists an empty name"),
+                            ));
                         }
                         Some(g) => groups.insert(g.to_string()),
                         None => users.insert(entry.clone()),
                     };
                 }
             }
-            policy.teams.insert(name, team);
+            policy.teams.insert(team_name, team);
         }
         Ok(policy)
     }
@@ -545,6 +549,11 @@ leads = ["alice"]
                 "[users]\nalice = \"owner\"\nalice = \"admin\"\n",
                 "p:3:",
                 "duplicate",
+            ),
+            (
+                "[teams.build]\nleads = [\"alice\"]\nmembers = [\"bob\", \"@\"]\n",
+                "p:3:",
+                "empty name",
             ),
         ];
         for (text, line, word) in cases {

@@ -536,8 +536,9 @@ impl Agent {
                 .map(|t| (name.clone(), t))
                 .map_err(bad);
         }
+        // A workflow named like no template gets the default; a broken one is an error.
         if let Some(workflow) = &req.workflow
-            && let Ok(t) = Template::lookup(workflow)
+            && let Some(t) = Template::find(workflow).map_err(bad)?
         {
             return Ok((workflow.clone(), t));
         }

@@ -29,6 +29,10 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if let Some(url) = &args.webhook {
+        crate::alerts::HttpUrl::parse(url)
+            .map_err(|e| Failure::usage(format!("--webhook {url}: {e}")))?;
+    }
     let cfg = Config {
         socket: cli.socket.clone(),
         state_dir: cli.state_dir.clone(),

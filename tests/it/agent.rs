@@ -33,7 +33,8 @@ fn runs_outlive_an_agent_killed_with_sigkill_and_a_new_agent_kills_them() {
             .iter()
             .find(|r| r["run_id"] == run.id.as_str())
             .unwrap_or_else(|| panic!("{} not listed: {listed:#?}", run.id));
-        assert_eq!(info["status"], "running", "{info:#}");
+        // Still initializing: the command never sent READY=1.
+        assert_eq!(info["status"], "initializing", "{info:#}");
         assert_eq!(info["processes"], 3, "{info:#}");
     }
     for run in &runs {
