@@ -843,7 +843,7 @@ fn a_broken_reload_keeps_the_old_policy_and_is_audited_as_refused() {
 fn a_broken_policy_at_start_stops_the_agent_with_file_and_line() {
     require_privileges!();
     let mount = wfcg::cgroup::cgroup2_mount().unwrap();
-    let cases: [(&str, &[u8], &str); 3] = [
+    let cases: [(&str, &[u8], &str); 4] = [
         (
             "role",
             b"[users]\nsomeone = \"owner\"\nother = \"overlord\"\n",
@@ -855,6 +855,11 @@ fn a_broken_policy_at_start_stops_the_agent_with_file_and_line() {
             ":2:",
         ),
         ("utf8", b"[users]\n\xff\xfe = \"owner\"\n", ":2:"),
+        (
+            "team",
+            b"[teams.build]\nleads = [\"someone\"]\nmembers = [\"other\", \"\"]\n",
+            ":3:",
+        ),
     ];
     for (name, policy, line) in cases {
         let dir = tempfile::Builder::new()
