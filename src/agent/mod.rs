@@ -207,6 +207,10 @@ impl Agent {
         if !rustix::process::geteuid().is_root() {
             return Err(StartError::NotRoot);
         }
+        // Everything that can refuse a start is read before the host is touched.
+        let access = access::Access::load(cfg.policy.clone(), cfg.proc_root.clone())
+            .map_err(StartError::Policy)?;
+        let template = Template::default_for_host().map_err(StartError::Template)?;
         let root = Cgroup::new(match &cfg.cgroup_root {
             Some(p) => p.clone(),
             None => cgroup::cgroup2_mount()?.join("wfcg"),
@@ -233,10 +237,7 @@ impl Agent {
         }
         let db = cfg.state_dir.join("wfcg.db");
         let store = Store::open(&db).map_err(|source| StartError::Store { path: db, source })?;
-        let template = Template::default_for_host().map_err(StartError::Template)?;
         let reaper = Reaper::new().map_err(|e| StartError::Socket(format!("inotify: {e}")))?;
-        let access = access::Access::load(cfg.policy.clone(), cfg.proc_root.clone())
-            .map_err(StartError::Policy)?;
         let auditor = Arc::new(audit::Auditor::new(cfg.state_dir.join("audit.head")));
         let alerter = crate::alerts::Alerter::new(cfg.on_event.clone(), cfg.webhook.clone());
 
