@@ -172,8 +172,9 @@ fn concurrent_kills_of_one_run_share_one_kill_sequence() {
         assert_eq!(
             out.status.code(),
             Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            "{}\nagent log (end):\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log_tail(30)
         );
         let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(result["success"], true, "{result:#}");

@@ -229,11 +229,17 @@ impl TestAgent {
         assert_eq!(
             out.status.code(),
             Some(0),
-            "wfcg kill {run_id} {extra:?}: {}{}",
+            "wfcg kill {run_id} {extra:?}: {}{}\nagent log (end):\n{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(30)
         );
-        assert_eq!(result["success"], true, "{result:#}");
+        assert_eq!(
+            result["success"],
+            true,
+            "{result:#}\nagent log (end):\n{}",
+            self.log_tail(30)
+        );
         result
     }
 
@@ -373,6 +379,13 @@ impl TestAgent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the agent's log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
 
