@@ -421,6 +421,15 @@ impl Store {
         Ok(())
     }
 
+    /// How many runs there are of each status.
+    pub fn count_by_status(&self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// How many kill sequences were carried out on a run.
     pub fn kill_count(&self, run_id: &str) -> Result<u64> {
         Ok(self.conn.query_row(

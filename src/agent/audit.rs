@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub struct Auditor {
     pending: Mutex<VecDeque<AuditEntry>>,
     head: PathBuf,
+    /// Records written, and failed attempts to write one, since the start.
+    pub written: AtomicU64,
+    pub failures: AtomicU64,
 }
 
 impl Auditor {
@@ -27,6 +31,8 @@ impl Auditor {
         Auditor {
             pending: Mutex::default(),
             head,
+            written: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -44,11 +50,13 @@ impl Auditor {
             match store.append_audit(entry) {
                 Ok(rec) => {
                     pending.pop_front();
+                    self.written.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = write_head(&self.head, rec.seq, &rec.hash) {
                         tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
                     }
                 }
                 Err(e) => {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         pending = pending.len(),
                         "AUDIT RECORD NOT WRITTEN, will retry: {e}"

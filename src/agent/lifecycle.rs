@@ -5,7 +5,6 @@
 //! hint that an initializing run restarts the same command again and again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ const LOOP_WINDOW: Duration = Duration::from_secs(60);
 /// What the agent keeps in memory about a live run.
 struct Live {
     cg: Cgroup,
+    template: Arc<crate::template::Template>,
     /// How long after a heartbeat the next must come (2 intervals, or WATCHDOG_USEC).
     threshold: Option<Duration>,
     notify_task: Option<tokio::task::AbortHandle>,
@@ -44,13 +44,6 @@ struct LoopTracker {
     flagged: bool,
 }
 
-/// Counters of notify messages, for metrics.
-#[derive(Default)]
-pub struct NotifyCounters {
-    pub accepted: AtomicU64,
-    pub rejected: AtomicU64,
-}
-
 #[derive(Default)]
 pub struct Lifecycle {
     monitor: OnceLock<Monitor>,
@@ -58,7 +51,6 @@ pub struct Lifecycle {
     lives: Mutex<HashMap<String, Live>>,
     beats: Mutex<HashMap<String, crate::store::Heartbeat>>,
     loops: Mutex<HashMap<String, LoopTracker>>,
-    pub counters: NotifyCounters,
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -112,11 +104,16 @@ impl Agent {
     }
 
     /// A run's template, as stored with it (the agent's default for old records).
-    pub(super) fn run_template(&self, rec: &RunRecord) -> crate::template::Template {
-        rec.template
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_else(|| self.template.clone())
+    pub(super) fn run_template(&self, rec: &RunRecord) -> Arc<crate::template::Template> {
+        if let Some(live) = lock(&self.life.lives).get(&rec.run_id) {
+            return live.template.clone();
+        }
+        Arc::new(
+            rec.template
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or_else(|| self.template.clone()),
+        )
     }
 
     /// Takes a live run under watch: its notify socket, its deadlines, its loop sampling.
@@ -134,6 +131,7 @@ impl Agent {
             rec.run_id.clone(),
             Live {
                 cg: Cgroup::new(&rec.cgroup_path),
+                template,
                 threshold,
                 notify_task,
             },
@@ -223,7 +221,7 @@ impl Agent {
         if let Some(pid) = pid
             && cg.contains_process(&self.cfg.proc_root, pid) == Some(false)
         {
-            self.life.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            self.metrics.notify(false);
             tracing::warn!(
                 run_id,
                 pid,
@@ -231,7 +229,7 @@ impl Agent {
             );
             return;
         }
-        self.life.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.notify(true);
         let now_t = Utc::now();
         if let Some(us) = msg.watchdog_usec {
             let threshold = Duration::from_micros(us);

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod audit;
 mod lifecycle;
+pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod reaper;
@@ -56,6 +57,8 @@ pub struct Config {
     /// Agent-wide alert channels, for runs whose template names none.
     pub on_event: Option<String>,
     pub webhook: Option<String>,
+    /// Also serve `/metrics` on this TCP address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the agent cannot start.
@@ -171,6 +174,7 @@ pub struct Agent {
     auditor: Arc<audit::Auditor>,
     life: lifecycle::Lifecycle,
     alerter: crate::alerts::Alerter,
+    metrics: metrics::Metrics,
 }
 
 impl AsRef<Mutex<Store>> for Agent {
@@ -257,6 +261,7 @@ impl Agent {
             auditor,
             life: lifecycle::Lifecycle::default(),
             alerter,
+            metrics: metrics::Metrics::default(),
         });
         agent.start_lifecycle(tokio::runtime::Handle::current());
         agent.reaper.start(Arc::downgrade(&agent));
@@ -840,6 +845,12 @@ impl Agent {
         {
             entry.sections = serde_json::to_string(&r.sections).ok();
         }
+        self.metrics.kill(
+            kill_mode(req),
+            &entry.outcome,
+            outcome.as_ref().ok(),
+            t.elapsed().as_secs_f64(),
+        );
         let written = self.auditor.record(&self.store, entry);
         outcome.map(|mut r| {
             r.audit = Some(if written { "written" } else { "pending" }.into());
@@ -1164,6 +1175,51 @@ impl Agent {
             stale_locks_removed,
             workspace: workspace.into(),
         }
+    }
+
+    /// The metrics text for one scrape.
+    pub fn metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering;
+        let live_statuses: Vec<&str> = RunStatus::ALL
+            .iter()
+            .filter(|s| s.is_live())
+            .map(|s| s.as_str())
+            .collect();
+        let (counts, live) = {
+            let store = self.store();
+            (
+                store.count_by_status().unwrap_or_default(),
+                store.list_runs(Some(&live_statuses)).unwrap_or_default(),
+            )
+        };
+        let now_t = chrono::Utc::now();
+        let mut snap = metrics::Snapshot {
+            runs_by_status: counts,
+            audit_records: self.auditor.written.load(Ordering::Relaxed),
+            audit_failures: self.auditor.failures.load(Ordering::Relaxed),
+            audit_pending: self.auditor.pending() as u64,
+            ..Default::default()
+        };
+        let stats = self.alerter.stats();
+        (snap.alerts_sent, snap.alerts_failed) = (stats.sent, stats.failed);
+        for rec in &live {
+            if self.stuck_reason(rec).is_some() {
+                snap.stuck += 1;
+            }
+            let age = rec
+                .started_at
+                .as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|s| (now_t - s.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3)
+                .unwrap_or(0.0);
+            snap.live.push((
+                rec.run_id.clone(),
+                rec.workflow.clone().unwrap_or_default(),
+                rec.status.clone(),
+                age,
+            ));
+        }
+        self.metrics.render(&snap)
     }
 
     /// Reads the policy file again (SIGHUP, or the file changed); a broken file

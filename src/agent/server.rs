@@ -195,6 +195,16 @@ async fn audit_verify(
     call(move || agent.audit_verify(&caller)).await
 }
 
+/// The content type of the Prometheus text format.
+const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    match tokio::task::spawn_blocking(move || agent.metrics_text()).await {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, METRICS_TYPE)], text).into_response(),
+        Err(e) => Answer(Failure::internal(e)).into_response(),
+    }
+}
+
 async fn not_found() -> Answer {
     Answer(Failure::new(ErrorKind::NotFound, "no such API route"))
 }
@@ -208,6 +218,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/runs/{id}/kill", post(kill_run))
         .route("/v1/audit", get(audit_list))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(agent)
 }
@@ -239,6 +250,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     // then a reload once it serves, not the end of the agent.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let socket = cfg.socket.clone();
+    let metrics_listen = cfg.metrics_listen;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| StartError::Socket(format!("cannot create {}: {e}", dir.display())))?;
@@ -266,6 +278,20 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             let _ = tokio::task::spawn_blocking(move || agent.reload_policy("SIGHUP")).await;
         }
     });
+    if let Some(addr) = metrics_listen {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Socket(format!("--metrics-listen {addr}: {e}")))?;
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(agent.clone());
+        tracing::info!(%addr, "serving /metrics on TCP");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, app).await {
+                tracing::error!("metrics listener failed: {e}");
+            }
+        });
+    }
     let app = router(agent).into_make_service_with_connect_info::<Peer>();
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};

@@ -19,6 +19,10 @@ pub struct Args {
     /// An http:// URL each alert is POSTed to as JSON, for runs whose template names none.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
+    /// Also serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464);
+    /// they are always at /metrics on the socket.
+    #[arg(long, value_name = "ADDR", env = "WFCG_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
@@ -41,6 +45,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         policy: args.policy.clone(),
         on_event: args.on_event.clone(),
         webhook: args.webhook.clone(),
+        metrics_listen: args.metrics_listen,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,6 +5,8 @@ mod util;
 
 mod agent;
 mod kill;
+mod lifecycle;
+mod metrics;
 mod policy;
 mod run;
 mod safety;

@@ -1,0 +1,313 @@
+//! Prometheus metrics (the text exposition format, by prometheus-client), served
+//! at `GET /metrics` on the agent's socket and, with `--metrics-listen ADDR`, on TCP.
+//!
+//! Events (kills, notify messages) are counted as they happen; the rest (runs by
+//! status, stuck runs, run ages, the agent's own resources) is read at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::api::{KillResult, SectionKind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KillLabels {
+    mode: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    run_id: String,
+    workflow: String,
+    status: String,
+}
+
+/// The counters kept between scrapes.
+#[derive(Debug)]
+pub struct Metrics {
+    kills: Family<KillLabels, Counter>,
+    kill_duration: Family<ModeLabel, Histogram>,
+    section_waits: Family<KindLabel, Counter>,
+    section_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    notify: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            kills: Family::default(),
+            kill_duration: Family::new_with_constructor(|| {
+                // 1 ms … ~65 s
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
+            section_waits: Family::default(),
+            section_wait_seconds: Counter::default(),
+            notify: Family::default(),
+        }
+    }
+}
+
+/// What is read at scrape time.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Runs by status (all the store holds).
+    pub runs_by_status: Vec<(String, u64)>,
+    pub stuck: u64,
+    /// Live runs: id, workflow, status, age in seconds.
+    pub live: Vec<(String, String, String, f64)>,
+    pub audit_records: u64,
+    pub audit_failures: u64,
+    pub audit_pending: u64,
+    pub alerts_sent: u64,
+    pub alerts_failed: u64,
+}
+
+impl Metrics {
+    /// Counts a finished kill attempt (`outcome` as audited).
+    pub fn kill(&self, mode: &str, outcome: &str, result: Option<&KillResult>, seconds: f64) {
+        self.kills
+            .get_or_create(&KillLabels {
+                mode: mode.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        let Some(r) = result.filter(|r| !r.already_ended) else {
+            return;
+        };
+        self.kill_duration
+            .get_or_create(&ModeLabel { mode: mode.into() })
+            .observe(seconds);
+        let mut kinds: Vec<SectionKind> = r.sections.iter().map(|s| s.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        for kind in kinds {
+            self.section_waits
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str().into(),
+                })
+                .inc();
+        }
+        self.section_wait_seconds.inc_by(r.waited_ms / 1e3);
+    }
+
+    /// Counts a notify message, accepted or rejected.
+    pub fn notify(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "rejected" };
+        self.notify
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The exposition text for one scrape.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let mut reg = Registry::with_prefix("wfcg");
+        reg.register(
+            "kills",
+            "Kill attempts by mode (graceful, force, emergency) and outcome",
+            self.kills.clone(),
+        );
+        reg.register_with_unit(
+            "kill_duration",
+            "Duration of kill sequences",
+            Unit::Seconds,
+            self.kill_duration.clone(),
+        );
+        reg.register(
+            "critical_section_waits",
+            "Kills that found critical sections open, by kind",
+            self.section_waits.clone(),
+        );
+        reg.register_with_unit(
+            "critical_section_wait",
+            "Time kills spent waiting for critical sections to close",
+            Unit::Seconds,
+            self.section_wait_seconds.clone(),
+        );
+        reg.register(
+            "notify_messages",
+            "sd_notify messages, accepted or rejected (sender outside the run)",
+            self.notify.clone(),
+        );
+        let runs: Family<StatusLabel, Gauge> = Family::default();
+        for (status, n) in &snap.runs_by_status {
+            runs.get_or_create(&StatusLabel {
+                status: status.clone(),
+            })
+            .set(*n as i64);
+        }
+        reg.register("runs", "Runs in the store by status", runs);
+        reg.register(
+            "stuck_runs",
+            "Live runs past or near a deadline",
+            ConstGauge::new(snap.stuck as i64),
+        );
+        let ages: Family<RunLabels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        for (run_id, workflow, status, age) in &snap.live {
+            ages.get_or_create(&RunLabels {
+                run_id: run_id.clone(),
+                workflow: workflow.clone(),
+                status: status.clone(),
+            })
+            .set(*age);
+        }
+        reg.register_with_unit("run_age", "Age of each live run", Unit::Seconds, ages);
+        reg.register(
+            "audit_records",
+            "Audit records written",
+            ConstCounter::new(snap.audit_records),
+        );
+        reg.register(
+            "audit_write_failures",
+            "Failed attempts to write an audit record (retried)",
+            ConstCounter::new(snap.audit_failures),
+        );
+        reg.register(
+            "audit_pending",
+            "Audit records waiting to be written",
+            ConstGauge::new(snap.audit_pending as i64),
+        );
+        let alerts: Family<ResultLabel, Counter> = Family::default();
+        for (result, n) in [("sent", snap.alerts_sent), ("failed", snap.alerts_failed)] {
+            alerts
+                .get_or_create(&ResultLabel {
+                    result: result.into(),
+                })
+                .inc_by(n);
+        }
+        reg.register("alerts", "Alert deliveries, sent or failed", alerts);
+        register_process(&mut reg);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        to_prometheus_text(&out)
+    }
+}
+
+/// prometheus-client writes OpenMetrics; scrapers and `promtool check metrics` read
+/// the Prometheus text format (0.0.4), where a counter's HELP and TYPE carry the
+/// `_total` name of its samples and there are no `# UNIT` or `# EOF` lines.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_and_units_dropped() {
+        let om = "# HELP x_kills Kills.\n# TYPE x_kills counter\n# UNIT x_kills seconds\nx_kills_total 1\n\
+                  # HELP x_runs Runs.\n# TYPE x_runs gauge\nx_runs 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP x_kills_total Kills.\n# TYPE x_kills_total counter\nx_kills_total 1\n\
+             # HELP x_runs Runs.\n# TYPE x_runs gauge\nx_runs 2\n"
+        );
+    }
+
+    #[test]
+    fn a_scrape_names_every_family() {
+        let m = Metrics::default();
+        m.notify(true);
+        m.kill("force", "killed", None, 0.01);
+        let text = m.render(&Snapshot {
+            runs_by_status: vec![("running".into(), 3)],
+            live: vec![("run_a".into(), "w".into(), "running".into(), 1.5)],
+            ..Default::default()
+        });
+        for want in [
+            "wfcg_kills_total{mode=\"force\",outcome=\"killed\"} 1",
+            "wfcg_runs{status=\"running\"} 3",
+            "wfcg_notify_messages_total{result=\"accepted\"} 1",
+            "wfcg_run_age_seconds{run_id=\"run_a\",workflow=\"w\",status=\"running\"} 1.5",
+            "# TYPE wfcg_agent_process_cpu_seconds_total counter",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+    }
+}
+
+/// The agent's own resources, from `/proc/self`.
+fn register_process(reg: &mut Registry) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
+    let field = |n: usize| -> f64 {
+        // Fields counted from 3 (state) after the command.
+        after
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as f64;
+    let cpu = (field(14) + field(15)) / ticks.max(1.0);
+    let rss = field(24) * page;
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let process = reg.sub_registry_with_prefix("agent");
+    process.register_with_unit(
+        "process_cpu",
+        "CPU time used by the agent",
+        Unit::Seconds,
+        ConstCounter::new(cpu),
+    );
+    process.register_with_unit(
+        "process_resident_memory",
+        "Resident memory of the agent",
+        Unit::Bytes,
+        ConstGauge::new(rss as i64),
+    );
+    process.register(
+        "process_open_fds",
+        "Open file descriptors of the agent",
+        ConstGauge::new(fds as i64),
+    );
+}
