@@ -236,43 +236,6 @@ fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_named_with_total_and_units_dropped() {
-        let om = "# HELP x_kills Kills.\n# TYPE x_kills counter\n# UNIT x_kills seconds\nx_kills_total 1\n\
-                  # HELP x_runs Runs.\n# TYPE x_runs gauge\nx_runs 2\n# EOF\n";
-        assert_eq!(
-            to_prometheus_text(om),
-            "# HELP x_kills_total Kills.\n# TYPE x_kills_total counter\nx_kills_total 1\n\
-             # HELP x_runs Runs.\n# TYPE x_runs gauge\nx_runs 2\n"
-        );
-    }
-
-    #[test]
-    fn a_scrape_names_every_family() {
-        let m = Metrics::default();
-        m.notify(true);
-        m.kill("force", "killed", None, 0.01);
-        let text = m.render(&Snapshot {
-            runs_by_status: vec![("running".into(), 3)],
-            live: vec![("run_a".into(), "w".into(), "running".into(), 1.5)],
-            ..Default::default()
-        });
-        for want in [
-            "wfcg_kills_total{mode=\"force\",outcome=\"killed\"} 1",
-            "wfcg_runs{status=\"running\"} 3",
-            "wfcg_notify_messages_total{result=\"accepted\"} 1",
-            "wfcg_run_age_seconds{run_id=\"run_a\",workflow=\"w\",status=\"running\"} 1.5",
-            "# TYPE wfcg_agent_process_cpu_seconds_total counter",
-        ] {
-            assert!(text.contains(want), "{want} missing in\n{text}");
-        }
-    }
-}
-
 /// The agent's own resources, from `/proc/self`.
 fn register_process(reg: &mut Registry) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -310,4 +273,41 @@ fn register_process(reg: &mut Registry) {
         "Open file descriptors of the agent",
         ConstGauge::new(fds as i64),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_and_units_dropped() {
+        let om = "# HELP x_kills Kills.\n# TYPE x_kills counter\n# UNIT x_kills seconds\nx_kills_total 1\n\
+                  # HELP x_runs Runs.\n# TYPE x_runs gauge\nx_runs 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP x_kills_total Kills.\n# TYPE x_kills_total counter\nx_kills_total 1\n\
+             # HELP x_runs Runs.\n# TYPE x_runs gauge\nx_runs 2\n"
+        );
+    }
+
+    #[test]
+    fn a_scrape_names_every_family() {
+        let m = Metrics::default();
+        m.notify(true);
+        m.kill("force", "killed", None, 0.01);
+        let text = m.render(&Snapshot {
+            runs_by_status: vec![("running".into(), 3)],
+            live: vec![("run_a".into(), "w".into(), "running".into(), 1.5)],
+            ..Default::default()
+        });
+        for want in [
+            "wfcg_kills_total{mode=\"force\",outcome=\"killed\"} 1",
+            "wfcg_runs{status=\"running\"} 3",
+            "wfcg_notify_messages_total{result=\"accepted\"} 1",
+            "wfcg_run_age_seconds{run_id=\"run_a\",workflow=\"w\",status=\"running\"} 1.5",
+            "# TYPE wfcg_agent_process_cpu_seconds_total counter",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+    }
 }
