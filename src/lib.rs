@@ -18,6 +18,7 @@ pub mod client;
 pub mod duration;
 pub mod exit;
 pub mod kill;
+pub mod mcp;
 pub mod policy;
 pub mod procfs;
 pub mod run;

@@ -6,6 +6,7 @@
 mod agent;
 mod audit;
 mod kill;
+mod mcp;
 mod notify;
 mod ps;
 mod run;
@@ -69,6 +70,7 @@ pub enum Verb {
     Notify(notify::Args),
     Templates(template::ListArgs),
     Template(template::Args),
+    Mcp(mcp::Args),
 }
 
 /// Runs the parsed command line; returns the exit code.
@@ -83,6 +85,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Notify(ref a) => notify::run(&cli, a),
         Verb::Templates(ref a) => template::list(&cli, a),
         Verb::Template(ref a) => template::run(&cli, a),
+        Verb::Mcp(ref a) => mcp::run(&cli, a),
     }
 }
 

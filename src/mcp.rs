@@ -1,0 +1,486 @@
+//! `wfcg mcp`: a Model Context Protocol server over stdio, so an AI agent can find
+//! stuck workflow runs and kill them itself.
+//!
+//! It is built on the official Rust SDK (rmcp) and is a *client* of the agent: every
+//! tool is one or two calls on the agent's socket through [`crate::client::Client`],
+//! so the permissions of whoever started `wfcg mcp` apply, and the agent's audit
+//! trail records them as the actor.
+//!
+//! Tools (input schemas generated from the parameter types below):
+//!
+//! | tool | agent route | annotations |
+//! |---|---|---|
+//! | `list_workflows` (status?, workflow?, stuck?, all?) | `GET /v1/runs?all=&stuck=`, then filtered | read-only |
+//! | `get_workflow` (run_id) | `GET /v1/runs/{id}` | read-only |
+//! | `kill_workflow` (run_id, force?, reason?) | `POST /v1/runs/{id}/kill` | destructive |
+//! | `list_stuck` () | `GET /v1/runs?stuck=true` | read-only |
+//! | `audit_log` (run_id?, limit?) | `GET /v1/audit?run=&limit=` | read-only |
+//!
+//! Answers are JSON, both as `structuredContent` (always an object) and as the text
+//! content. A failure is a tool error (`isError: true`) whose text is the message
+//! the CLI prints for the same failure (without the `wfcg: ` prefix), e.g.
+//! `no such run: run_0123456789ab`; its structured content adds the error `kind`
+//! and the CLI's `exit_code`. A kill that leaves processes alive (the run is
+//! `unkillable`) is a tool error too, carrying the kill result.
+//!
+//! stdout carries nothing but the protocol; logs go to stderr (`WFCG_LOG`, default
+//! `warn`). The socket client is blocking (it owns a runtime of its own), so each
+//! call runs on tokio's blocking pool, with a client made there.
+
+use std::path::{Path, PathBuf};
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::{self, KillRequest, RunStatus};
+use crate::client::{self, Client};
+use crate::exit::Failure;
+
+/// What the server tells a client about itself when it connects.
+const INSTRUCTIONS: &str = "\
+wfcg runs each workflow in its own cgroup v2 and can kill its whole process tree. \
+Use list_stuck or list_workflows to find runs, get_workflow to look at one (status, \
+processes, open critical sections such as git locks, heartbeats, deadlines), \
+kill_workflow to stop one, and audit_log to see who did what. Your own permissions \
+on the wfcg agent apply.";
+
+/// A run status to filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilter {
+    /// Started, not yet ready (READY=1).
+    Initializing,
+    /// Ready, or started when its template does not wait for READY.
+    Running,
+    /// Shutting down, or a kill is under way.
+    Stopping,
+    /// Its command ended by itself.
+    Exited,
+    /// Ended by a kill.
+    Killed,
+    /// Killed by the agent's monitor: a deadline passed.
+    TimedOut,
+    /// Processes survived cgroup.kill; its cgroup is kept frozen.
+    Unkillable,
+    /// Ended while nobody watched.
+    Lost,
+    /// Found in the cgroup tree with no record.
+    Unknown,
+}
+
+impl StatusFilter {
+    fn status(self) -> RunStatus {
+        match self {
+            StatusFilter::Initializing => RunStatus::Initializing,
+            StatusFilter::Running => RunStatus::Running,
+            StatusFilter::Stopping => RunStatus::Stopping,
+            StatusFilter::Exited => RunStatus::Exited,
+            StatusFilter::Killed => RunStatus::Killed,
+            StatusFilter::TimedOut => RunStatus::TimedOut,
+            StatusFilter::Unkillable => RunStatus::Unkillable,
+            StatusFilter::Lost => RunStatus::Lost,
+            StatusFilter::Unknown => RunStatus::Unknown,
+        }
+    }
+}
+
+/// Parameters of `list_workflows`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only runs with this status. A status of an ended run (exited, killed,
+    /// timed_out, lost) also searches runs that have ended.
+    pub status: Option<StatusFilter>,
+    /// Only runs of this workflow (the name given with `wfcg run --workflow`).
+    pub workflow: Option<String>,
+    /// Only stuck runs: initializing for 80% of their init timeout, a heartbeat
+    /// overdue, or near their total timeout.
+    #[serde(default)]
+    pub stuck: bool,
+    /// Include runs that have ended (by default only live runs are listed).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Parameters of `get_workflow`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    /// The run id, e.g. `run_5fbae44ab6f0`.
+    pub run_id: String,
+}
+
+/// Parameters of `kill_workflow`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KillParams {
+    /// The run id, e.g. `run_5fbae44ab6f0`.
+    pub run_id: String,
+    /// Skip waiting for critical sections and SIGTERM's grace: freeze and
+    /// cgroup.kill at once. Needs the kill_force permission. Default false.
+    #[serde(default)]
+    pub force: bool,
+    /// Why the run is killed: recorded in the audit trail and written to the
+    /// run's $WFCG_RUN_DIR/stop-reason so the workflow can read it.
+    pub reason: Option<String>,
+}
+
+/// Parameters of `audit_log`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Only records about this run.
+    pub run_id: Option<String>,
+    /// At most the newest N records (default 50).
+    #[schemars(range(min = 1))]
+    pub limit: Option<u32>,
+}
+
+/// How many audit records `audit_log` returns when no limit is given.
+const DEFAULT_AUDIT_LIMIT: u32 = 50;
+
+/// The MCP server: the agent's socket, and the tools.
+#[derive(Clone)]
+pub struct WfcgMcp {
+    socket: PathBuf,
+    tool_router: ToolRouter<WfcgMcp>,
+}
+
+#[tool_router]
+impl WfcgMcp {
+    pub fn new(socket: &Path) -> WfcgMcp {
+        WfcgMcp {
+            socket: socket.to_path_buf(),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// List workflow runs. By default the live ones (initializing, running,
+    /// stopping, unkillable, unknown); filter by status, workflow name or
+    /// stuckness. Each run has its id, workflow, owner, status, supervisor pid,
+    /// process count, age, CPU time, command, open critical sections, last
+    /// heartbeat, deadlines, and why it counts as stuck (`stuck`). Answers
+    /// `{"runs": [...], "count": N}`.
+    #[tool(annotations(
+        title = "List workflow runs",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
+    async fn list_workflows(&self, Parameters(p): Parameters<ListParams>) -> CallToolResult {
+        let want = p.status.map(StatusFilter::status);
+        let all = p.all || want.is_some_and(|s| !s.is_live());
+        let path = format!("/v1/runs?all={all}&stuck={}", p.stuck);
+        let runs = match self.call(move |c| c.get::<Vec<Value>>(&path)).await {
+            Ok(runs) => runs,
+            Err(e) => return tool_error(e),
+        };
+        let runs: Vec<Value> = runs
+            .into_iter()
+            .filter(|r| want.is_none_or(|s| r["status"] == s.as_str()))
+            .filter(|r| {
+                p.workflow
+                    .as_deref()
+                    .is_none_or(|w| r["workflow"].as_str() == Some(w))
+            })
+            .collect();
+        runs_result(runs)
+    }
+
+    /// Show one workflow run in detail: status (its phase: initializing → running
+    /// → stopping → exited/killed/timed_out/unkillable/lost) and the last STATUS=
+    /// message it sent (`status_text`), its processes (`processes`, `pid`), CPU
+    /// time, the critical sections open right now (`sections`: git locks,
+    /// database write transactions, files being written, with the holding pid and
+    /// for how long), its last heartbeat, its deadlines (`init_deadline`,
+    /// `total_deadline`, `watchdog_deadline`), why it counts as stuck, and for an
+    /// ended run how it ended (exit code or signal, the kill result).
+    #[tool(annotations(
+        title = "Show a workflow run",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
+    async fn get_workflow(&self, Parameters(p): Parameters<RunParams>) -> CallToolResult {
+        if let Some(problem) = api::run_id_problem(&p.run_id) {
+            return usage_error(problem);
+        }
+        let path = format!("/v1/runs/{}", p.run_id);
+        match self.call(move |c| c.get::<Value>(&path)).await {
+            Ok(run) => object_result(run),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    /// Kill a workflow run: every process of its cgroup, atomically, with nothing
+    /// left behind. Graceful by default: wait for open critical sections (git
+    /// locks, database transactions, files being written) to close within their
+    /// graces, write the reason to the run's stop-reason file, SIGTERM every
+    /// process and wait up to the grace, then freeze + cgroup.kill; then clean up
+    /// (stale git locks, TMPDIR, cgroup) and check nothing survived. `force`
+    /// skips the waiting. Answers the kill result: `success`, `run_id`,
+    /// `killed_at`, `cleanup_status` (processes_remaining, cgroup_removed,
+    /// tmpdir_removed, stale_locks_removed, ...), `message`, and the phases with
+    /// their timings, the critical sections seen, and `processes_killed`. Killing
+    /// a run that already ended succeeds with `already_ended: true`. When
+    /// processes survive, the run is `unkillable` and this is a tool error with
+    /// the kill result; a later kill retries.
+    #[tool(annotations(
+        title = "Kill a workflow run",
+        read_only_hint = false,
+        destructive_hint = true,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn kill_workflow(&self, Parameters(p): Parameters<KillParams>) -> CallToolResult {
+        if let Some(problem) = api::run_id_problem(&p.run_id) {
+            return usage_error(problem);
+        }
+        let path = format!("/v1/runs/{}/kill", p.run_id);
+        let req = KillRequest {
+            force: p.force,
+            reason: p.reason,
+            ..KillRequest::default()
+        };
+        match self.call(move |c| c.post::<_, Value>(&path, &req)).await {
+            Ok(result) => {
+                let success = result["success"].as_bool().unwrap_or(false);
+                let mut answer = object_result(result);
+                answer.is_error = Some(!success);
+                answer
+            }
+            Err(e) => tool_error(e),
+        }
+    }
+
+    /// List the stuck workflow runs: initializing for 80% of their init timeout,
+    /// a heartbeat overdue, or near their total timeout. Each run says why in
+    /// `stuck` (and `loop_suspected` when it keeps restarting the same command).
+    /// Answers `{"runs": [...], "count": N}`; kill_workflow stops one.
+    #[tool(annotations(
+        title = "List stuck workflow runs",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
+    async fn list_stuck(&self) -> CallToolResult {
+        match self
+            .call(|c| c.get::<Vec<Value>>("/v1/runs?stuck=true"))
+            .await
+        {
+            Ok(runs) => runs_result(runs),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    /// Read the audit trail, newest records last: every kill attempt (allowed,
+    /// denied, failed), automatic kills by the monitor, run starts and ends, and
+    /// policy loads, each with its time, actor, action, run, reason, mode,
+    /// decision and the permission it rested on, outcome, and hash chain links.
+    /// Without the view_all permission only your own actions are shown. Answers
+    /// `{"records": [...], "count": N}`.
+    #[tool(annotations(
+        title = "Read the audit trail",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
+    async fn audit_log(&self, Parameters(p): Parameters<AuditParams>) -> CallToolResult {
+        let limit = p.limit.unwrap_or(DEFAULT_AUDIT_LIMIT).max(1);
+        let mut path = format!("/v1/audit?limit={limit}");
+        if let Some(run) = &p.run_id {
+            path.push_str("&run=");
+            path.push_str(&percent_encode(run));
+        }
+        match self.call(move |c| c.get::<Vec<Value>>(&path)).await {
+            Ok(records) => object_result(json!({"count": records.len(), "records": records})),
+            Err(e) => tool_error(e),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for WfcgMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("wfcg", env!("CARGO_PKG_VERSION"))
+                    .with_title("wfcg: workflows you can stop"),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+}
+
+impl WfcgMcp {
+    /// Runs `f` with a socket client on tokio's blocking pool (the client blocks,
+    /// on a runtime of its own).
+    async fn call<T, F>(&self, f: F) -> client::Result<T>
+    where
+        F: FnOnce(&Client) -> client::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let socket = self.socket.clone();
+        tokio::task::spawn_blocking(move || f(&Client::new(&socket)))
+            .await
+            .unwrap_or_else(|e| {
+                Err(client::Error::Protocol(format!(
+                    "the call to the agent failed: {e}"
+                )))
+            })
+    }
+}
+
+/// A successful answer: `value` (an object) as structured content and as text.
+fn object_result(value: Value) -> CallToolResult {
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(value);
+    result
+}
+
+/// A list of runs, wrapped in an object (structured content must be one).
+fn runs_result(runs: Vec<Value>) -> CallToolResult {
+    object_result(json!({"count": runs.len(), "runs": runs}))
+}
+
+/// A tool error for a failed call on the agent: the CLI's message for it.
+fn tool_error(e: client::Error) -> CallToolResult {
+    let kind = match &e {
+        client::Error::Unreachable { .. } => "unreachable".to_string(),
+        client::Error::Api(a) => serde_json::to_value(a.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "internal".into()),
+        client::Error::Protocol(_) => "protocol".to_string(),
+    };
+    failure_result(Failure::from(e), &kind)
+}
+
+/// A tool error for bad input caught before asking the agent (as the CLI does).
+fn usage_error(problem: String) -> CallToolResult {
+    failure_result(Failure::usage(problem), "bad_input")
+}
+
+fn failure_result(f: Failure, kind: &str) -> CallToolResult {
+    let mut result = CallToolResult::error(vec![ContentBlock::text(f.message.clone())]);
+    result.structured_content = Some(json!({
+        "error": f.message,
+        "kind": kind,
+        "exit_code": f.code,
+    }));
+    result
+}
+
+/// Percent-encodes a query-string value (RFC 3986 unreserved characters kept).
+fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Serves MCP on stdin/stdout until the client closes the connection.
+pub fn serve_stdio(socket: &Path) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let server = WfcgMcp::new(socket);
+    let outcome = rt.block_on(async move {
+        let running = server
+            .serve(rmcp::transport::stdio_pipes())
+            .await
+            .map_err(|e| format!("MCP initialization failed: {e}"))?;
+        tracing::info!("serving MCP on stdio; agent socket {}", socket.display());
+        let reason = running
+            .waiting()
+            .await
+            .map_err(|e| format!("the MCP service failed: {e}"))?;
+        tracing::info!("MCP connection ended: {reason:?}");
+        Ok(())
+    });
+    // A blocking read of stdin may still be pending: do not wait for it.
+    rt.shutdown_background();
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_tools_kill_is_the_only_destructive_one() {
+        let server = WfcgMcp::new(Path::new("/nonexistent.sock"));
+        let mut tools = server.tool_router.list_all();
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "audit_log",
+                "get_workflow",
+                "kill_workflow",
+                "list_stuck",
+                "list_workflows"
+            ]
+        );
+        for t in &tools {
+            let a = t.annotations.as_ref().expect("annotations");
+            let kill = t.name == "kill_workflow";
+            assert_eq!(a.destructive_hint, kill.then_some(true), "{}", t.name);
+            assert_eq!(a.read_only_hint, Some(!kill), "{}", t.name);
+            assert!(t.description.as_deref().is_some_and(|d| d.len() > 40));
+            assert_eq!(t.input_schema["type"], "object", "{}", t.name);
+        }
+        let kill = tools.iter().find(|t| t.name == "kill_workflow").unwrap();
+        assert_eq!(kill.input_schema["required"], json!(["run_id"]));
+        let list = tools.iter().find(|t| t.name == "list_workflows").unwrap();
+        let statuses = serde_json::to_string(&list.input_schema).unwrap();
+        for st in RunStatus::ALL {
+            assert!(statuses.contains(&format!("\"{st}\"")), "{st}: {statuses}");
+        }
+    }
+
+    #[test]
+    fn status_filter_names_are_the_api_names() {
+        for st in RunStatus::ALL {
+            let f: StatusFilter = serde_json::from_value(json!(st.as_str())).unwrap();
+            assert_eq!(f.status(), st);
+        }
+    }
+
+    #[test]
+    fn errors_carry_the_cli_message() {
+        let e = client::Error::Api(api::ApiError {
+            kind: api::ErrorKind::NotFound,
+            error: "no such run: run_x".into(),
+        });
+        let r = tool_error(e);
+        assert_eq!(r.is_error, Some(true));
+        assert_eq!(r.content[0].as_text().unwrap().text, "no such run: run_x");
+        let s = r.structured_content.unwrap();
+        assert_eq!(s["kind"], "not_found");
+        assert_eq!(s["exit_code"], crate::exit::NO_SUCH_RUN);
+    }
+
+    #[tokio::test]
+    async fn unreachable_agent_is_a_tool_error_naming_the_socket() {
+        let server = WfcgMcp::new(Path::new("/nonexistent/agent.sock"));
+        let r = server.list_stuck().await;
+        assert_eq!(r.is_error, Some(true));
+        let text = &r.content[0].as_text().unwrap().text;
+        assert!(text.contains("/nonexistent/agent.sock"), "{text}");
+        assert!(text.contains("start one with"), "{text}");
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(percent_encode("run_a.b-c~"), "run_a.b-c~");
+        assert_eq!(percent_encode("a&b c"), "a%26b%20c");
+    }
+}
