@@ -6,6 +6,7 @@ mod util;
 mod agent;
 mod kill;
 mod lifecycle;
+mod mcp;
 mod metrics;
 mod policy;
 mod run;

@@ -1,0 +1,332 @@
+//! `wfcg mcp` driven by two real MCP clients over stdio, against a real agent:
+//! rmcp's own client (in this test process), and the Python `mcp` package
+//! (tests/mcp_client.py, run with `$WFCG_PYTHON`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::require_privileges;
+use crate::util::{self, TestAgent};
+
+/// The five tools, sorted.
+const TOOLS: [&str; 5] = [
+    "audit_log",
+    "get_workflow",
+    "kill_workflow",
+    "list_stuck",
+    "list_workflows",
+];
+
+/// `wfcg mcp` aimed at `agent`, connected to rmcp's client over the child's stdio.
+async fn connect(agent: &TestAgent) -> RunningService<RoleClient, ()> {
+    let cmd = tokio::process::Command::new(util::WFCG).configure(|cmd| {
+        cmd.arg("mcp").envs(agent.env());
+    });
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting wfcg mcp");
+    ().serve(transport).await.expect("MCP initialization")
+}
+
+/// Calls a tool; the result, whether it is a success or a tool error.
+async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: protocol error: {e}"))
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+/// The structured answer of a successful call (the text content must say the same).
+fn answer(tool: &str, r: CallToolResult) -> Value {
+    assert_eq!(r.is_error, Some(false), "{tool} failed: {}", text(&r));
+    let value = r.structured_content.clone().expect("structured content");
+    let from_text: Value = serde_json::from_str(&text(&r)).expect("text content is JSON");
+    assert_eq!(
+        from_text, value,
+        "{tool}: text and structured content differ"
+    );
+    value
+}
+
+/// The run ids in a `{"runs": [...]}` answer.
+fn run_ids(v: &Value) -> Vec<&str> {
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(v["count"], runs.len(), "{v:#}");
+    runs.iter().map(|r| r["run_id"].as_str().unwrap()).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(
+        &["--workflow", "mcp-test"],
+        "sleep 1000 & setsid sleep 1001 & wait",
+    );
+    assert!(agent.wait_procs(&run.id, 4), "the run did not start");
+    let other = agent.start_run(&["--workflow", "other"], "sleep 1000");
+
+    runtime().block_on(async {
+        let client = connect(&agent).await;
+        let info = client.peer_info().expect("server info");
+        assert_eq!(
+            info.server_info.as_ref().map(|i| i.name.as_str()),
+            Some("wfcg")
+        );
+
+        // The tools: all five, each described, with an object schema; only kill is destructive.
+        let mut tools: Vec<Tool> = client.list_all_tools().await.expect("tools/list");
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, TOOLS);
+        for t in &tools {
+            assert!(
+                t.description.as_deref().is_some_and(|d| !d.is_empty()),
+                "{}",
+                t.name
+            );
+            assert_eq!(t.input_schema["type"], "object", "{}", t.name);
+            let a = t.annotations.as_ref().expect("annotations");
+            if t.name == "kill_workflow" {
+                assert_eq!(a.destructive_hint, Some(true));
+                assert_eq!(a.read_only_hint, Some(false));
+            } else {
+                assert_eq!(a.read_only_hint, Some(true), "{}", t.name);
+                assert_ne!(a.destructive_hint, Some(true), "{}", t.name);
+            }
+        }
+        let kill_tool = tools.iter().find(|t| t.name == "kill_workflow").unwrap();
+        assert_eq!(kill_tool.input_schema["required"], json!(["run_id"]));
+        for arg in ["run_id", "force", "reason"] {
+            assert!(
+                kill_tool.input_schema["properties"].get(arg).is_some(),
+                "kill_workflow has no {arg}: {:#}",
+                Value::Object((*kill_tool.input_schema).clone())
+            );
+        }
+
+        // list_workflows: live runs, and the filters.
+        let live = answer(
+            "list_workflows",
+            call(&client, "list_workflows", json!({})).await,
+        );
+        let ids = run_ids(&live);
+        assert!(
+            ids.contains(&run.id.as_str()) && ids.contains(&other.id.as_str()),
+            "{ids:?}"
+        );
+        let by_workflow = answer(
+            "list_workflows",
+            call(&client, "list_workflows", json!({"workflow": "mcp-test"})).await,
+        );
+        assert_eq!(run_ids(&by_workflow), [run.id.as_str()]);
+        let killed = answer(
+            "list_workflows",
+            call(&client, "list_workflows", json!({"status": "killed"})).await,
+        );
+        assert!(run_ids(&killed).is_empty(), "{killed:#}");
+        let stuck = answer("list_stuck", call(&client, "list_stuck", json!({})).await);
+        assert!(run_ids(&stuck).is_empty(), "{stuck:#}");
+
+        // get_workflow: the live run in detail.
+        let got = answer(
+            "get_workflow",
+            call(&client, "get_workflow", json!({"run_id": run.id})).await,
+        );
+        assert_eq!(got["run_id"], run.id);
+        assert_eq!(got["workflow"], "mcp-test");
+        assert!(
+            ["initializing", "running"].contains(&got["status"].as_str().unwrap()),
+            "{got:#}"
+        );
+        assert!(got["processes"].as_u64().unwrap() >= 4, "{got:#}");
+        for field in [
+            "sections",
+            "last_heartbeat",
+            "init_deadline",
+            "total_deadline",
+        ] {
+            assert!(got.get(field).is_some(), "no {field}: {got:#}");
+        }
+
+        // kill_workflow: the kill result, and nothing of the run is left.
+        let reason = "stuck, says the MCP test";
+        let result = answer(
+            "kill_workflow",
+            call(
+                &client,
+                "kill_workflow",
+                json!({"run_id": run.id, "reason": reason}),
+            )
+            .await,
+        );
+        assert_eq!(result["success"], true, "{result:#}");
+        assert_eq!(result["run_id"], run.id);
+        assert!(result["killed_at"].is_string(), "{result:#}");
+        assert!(result["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(result["cleanup_status"]["processes_remaining"], 0);
+        assert_eq!(result["cleanup_status"]["cgroup_removed"], true);
+        assert_eq!(result["reason"], reason);
+        assert_eq!(result["mode"], "graceful");
+        assert_eq!(agent.status(&run.id)["status"], "killed");
+        assert!(
+            util::pids_with_env("WFCG_RUN_ID", &run.id).is_empty(),
+            "processes of the run remain: {}",
+            util::describe(&util::pids_with_env("WFCG_RUN_ID", &run.id))
+        );
+        agent.assert_run_gone(&run);
+        let after = answer(
+            "get_workflow",
+            call(&client, "get_workflow", json!({"run_id": run.id})).await,
+        );
+        assert_eq!(after["status"], "killed");
+        let killed = answer(
+            "list_workflows",
+            call(&client, "list_workflows", json!({"status": "killed"})).await,
+        );
+        assert_eq!(run_ids(&killed), [run.id.as_str()]);
+        // The other run was not touched.
+        assert_eq!(
+            run_ids(&answer(
+                "list_workflows",
+                call(&client, "list_workflows", json!({})).await
+            )),
+            [other.id.as_str()]
+        );
+
+        // audit_log: the kill is on the record, with its reason.
+        let audit = answer(
+            "audit_log",
+            call(&client, "audit_log", json!({"run_id": run.id, "limit": 10})).await,
+        );
+        let records = audit["records"].as_array().expect("records");
+        assert!(records.iter().all(|r| r["run_id"] == run.id), "{audit:#}");
+        assert!(
+            records
+                .iter()
+                .any(|r| r["action"] == "kill" && r["reason"] == reason),
+            "{audit:#}"
+        );
+
+        // Errors are tool errors with the CLI's message.
+        let missing = "run_000000000000";
+        for tool in ["get_workflow", "kill_workflow"] {
+            let err = call(&client, tool, json!({"run_id": missing})).await;
+            assert_eq!(err.is_error, Some(true), "{tool}: {}", text(&err));
+            assert_eq!(text(&err), format!("no such run: {missing}"), "{tool}");
+            assert_eq!(err.structured_content.unwrap()["kind"], "not_found");
+        }
+        let cli = agent.cli(&["status", missing]);
+        assert_eq!(
+            String::from_utf8_lossy(&cli.stderr).trim(),
+            format!("wfcg: no such run: {missing}"),
+            "the CLI says something else"
+        );
+        let bad = call(&client, "kill_workflow", json!({"run_id": "../etc"})).await;
+        assert_eq!(bad.is_error, Some(true));
+        let cli = agent.cli(&["kill", "../etc"]);
+        assert_eq!(
+            format!("wfcg: {}", text(&bad)),
+            String::from_utf8_lossy(&cli.stderr).trim()
+        );
+
+        client.cancel().await.expect("closing the client");
+    });
+}
+
+/// The interpreter for the Python client: `$WFCG_PYTHON` (relative to the crate
+/// root when it is a relative path). Without it the test fails, saying how to
+/// make one, unless `WFCG_TEST_ALLOW_SKIP=1`.
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("WFCG_PYTHON").filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if p.is_relative() && p.components().count() > 1 {
+                Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p))
+            } else {
+                Some(p)
+            }
+        }
+        None => {
+            let problem = "WFCG_PYTHON is not set: this test runs tests/mcp_client.py with a \
+                Python that has the `mcp` package; create the venv with \
+                `python3 -m venv .venv && .venv/bin/pip install 'mcp>=2.3,<3'` and set \
+                WFCG_PYTHON=.venv/bin/python";
+            if std::env::var("WFCG_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
+                eprintln!("SKIPPED (WFCG_TEST_ALLOW_SKIP=1): {problem}");
+                None
+            } else {
+                panic!("{problem} (or set WFCG_TEST_ALLOW_SKIP=1 on a laptop)");
+            }
+        }
+    }
+}
+
+#[test]
+fn mcp_python_client_kills_a_live_run() {
+    require_privileges!();
+    let Some(python) = python() else { return };
+    let agent = TestAgent::start();
+    let run = agent.start_run(&[], "sleep 1000 & setsid sleep 1001 & wait");
+    assert!(agent.wait_procs(&run.id, 4), "the run did not start");
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
+    let out_path = agent.dir.path().join("mcp_client.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let child = std::process::Command::new(&python)
+        .arg(&script)
+        .args(["--wfcg", util::WFCG, "--reason", "python says stop"])
+        .arg(&run.id)
+        .envs(agent.env())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {} (WFCG_PYTHON): {e}", python.display()));
+    let mut child = util::KillOnDrop(child);
+    let status = child.wait_timeout(Duration::from_secs(90));
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{} tests/mcp_client.py {}: {status:?}\n{output}",
+        python.display(),
+        run.id
+    );
+    assert!(
+        output.contains("after: ") && output.ends_with("ok\n"),
+        "{output}"
+    );
+    eprintln!("tests/mcp_client.py said:\n{output}");
+
+    // Checked here too, independently of the Python side.
+    let st = agent.status(&run.id);
+    assert_eq!(st["status"], "killed", "{st:#}");
+    assert_eq!(st["kill_result"]["reason"], "python says stop", "{st:#}");
+    assert!(util::pids_with_env("WFCG_RUN_ID", &run.id).is_empty());
+    agent.assert_run_gone(&run);
+}
