@@ -467,6 +467,9 @@ fn deadlines_survive_an_agent_restart() {
         agent.status(&on_time.id)
     );
     let took = t0.elapsed();
+    eprintln!(
+        "agent down for {down_for:?}; the passed deadline fired {late:?} after the restart; killed {took:?} after the start"
+    );
     assert!(
         took >= Duration::from_millis(3900) && took < Duration::from_secs(7),
         "killed {took:?} after its start; its init timeout was 4 s"
