@@ -253,9 +253,114 @@ pub fn remove_stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<String>
     removed
 }
 
+/// The git directory a lock path lies in: the path up to and including `.git`.
+pub fn git_dir_of(path: &str) -> Option<PathBuf> {
+    let mut dir = PathBuf::new();
+    for c in Path::new(path).components() {
+        dir.push(c);
+        if c.as_os_str() == ".git" {
+            return Some(dir);
+        }
+    }
+    None
+}
+
+/// Git lock files under `git_dir` (not in `objects/`, which holds no locks).
+fn lock_files(git_dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(git_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 && e.file_name() != "objects" => {
+                lock_files(&path, depth - 1, out)
+            }
+            Ok(t) if t.is_file() && path.extension().is_some_and(|x| x == "lock") => out.push(path),
+            _ => {}
+        }
+    }
+}
+
+/// Removes git lock files a dead run left that it was never seen holding open:
+/// git closes `index.lock` and `HEAD.lock` after writing them and keeps them
+/// until it renames them, so a process killed in between leaves a lock no fd
+/// points to. A lock in one of `git_dirs` is removed only when it was created
+/// since the run started (`since`), no live process holds it, and no live process
+/// works in that repository (its cwd inside the work tree): then nobody can be
+/// in the middle of using it. Returns the paths removed.
+pub fn remove_orphan_git_locks(
+    proc_root: &Path,
+    git_dirs: &[PathBuf],
+    since: std::time::SystemTime,
+) -> Vec<String> {
+    let mut removed = Vec::new();
+    for git_dir in git_dirs {
+        let mut locks = Vec::new();
+        lock_files(git_dir, 6, &mut locks);
+        locks.retain(|l| {
+            fs::symlink_metadata(l)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        });
+        if locks.is_empty() {
+            continue;
+        }
+        let work_tree = git_dir.parent().unwrap_or(git_dir);
+        let busy = procfs::all_pids(proc_root).into_iter().any(|pid| {
+            fs::read_link(proc_root.join(pid.to_string()).join("cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(work_tree))
+        });
+        if busy {
+            continue;
+        }
+        let paths: Vec<String> = locks.iter().map(|l| l.display().to_string()).collect();
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let held = held_anywhere(proc_root, &refs);
+        for path in paths {
+            if !held.contains(&path) && fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_orphan_lock_is_removed_unless_someone_works_in_the_repository() {
+        let ws = tempfile::tempdir().unwrap();
+        let git = ws.path().join(".git");
+        fs::create_dir_all(git.join("refs/heads")).unwrap();
+        let head = git.join("HEAD.lock");
+        let branch = git.join("refs/heads/main.lock");
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+        fs::write(&head, "x").unwrap();
+        fs::write(&branch, "x").unwrap();
+        assert_eq!(git_dir_of(&branch.display().to_string()), Some(git.clone()));
+        // A live process working in the repository: nothing is touched.
+        let mut busy = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(ws.path())
+            .spawn()
+            .unwrap();
+        let proc_root = Path::new("/proc");
+        let kept = remove_orphan_git_locks(proc_root, std::slice::from_ref(&git), before);
+        busy.kill().unwrap();
+        busy.wait().unwrap();
+        assert!(kept.is_empty() && head.exists());
+        // A lock older than the run is not the run's.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(remove_orphan_git_locks(proc_root, std::slice::from_ref(&git), later).is_empty());
+        // Nobody there: both go.
+        let mut removed = remove_orphan_git_locks(proc_root, &[git], before);
+        removed.sort();
+        assert_eq!(removed, vec![head.display().to_string(), branch.display().to_string()]);
+        assert!(!head.exists() && !branch.exists());
+    }
 
     #[test]
     fn parses_holders_and_waiters() {

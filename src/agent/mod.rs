@@ -1127,7 +1127,33 @@ impl Agent {
         {
             seen.extend(more);
         }
-        let stale_locks_removed = sections::remove_stale_git_locks(&self.cfg.proc_root, &seen);
+        let mut stale_locks_removed = sections::remove_stale_git_locks(&self.cfg.proc_root, &seen);
+        // Locks the run's git processes had already closed (and so were never seen
+        // open), in the repositories it was seen using and in its workspace.
+        let mut git_dirs: Vec<PathBuf> = seen
+            .iter()
+            .filter(|f| f.kind == api::SectionKind::Git)
+            .filter_map(|f| sections::git_dir_of(&f.path))
+            .collect();
+        if let Some(ws) = &rec.workspace_path
+            && ws != "/"
+        {
+            git_dirs.push(Path::new(ws).join(".git"));
+        }
+        git_dirs.sort();
+        git_dirs.dedup();
+        let started = rec
+            .started_at
+            .as_deref()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(std::time::SystemTime::from);
+        if let Some(since) = started {
+            stale_locks_removed.extend(sections::remove_orphan_git_locks(
+                &self.cfg.proc_root,
+                &git_dirs,
+                since,
+            ));
+        }
         for lock in &stale_locks_removed {
             tracing::warn!(
                 run_id = rec.run_id,
