@@ -69,7 +69,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixDatagram> {
 }
 
 /// Receives one datagram (`recvmsg(2)`, non-blocking): its bytes and the sender's
-/// pid from SCM_CREDENTIALS.
+/// pid from SCM_CREDENTIALS. The control buffer has room for credentials only:
+/// file descriptors a sender passes (`systemd-notify` sends BARRIER=1 with a pipe
+/// and waits for it to close) are discarded, and so closed, by the kernel.
 pub fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<i32>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
