@@ -1,0 +1,735 @@
+//! The kill benchmark (`cargo bench --bench kill`, or `scripts/bench-kill`): how
+//! long `wfcg kill --force` takes to end a process tree, against the kernel's
+//! floor (`cgroup.kill` on a bare cgroup) and the classic `kill(-pgid)` (with the
+//! processes it misses), and what `wfcg run` adds to starting a command.
+//!
+//! Not a timed test: it prints figures and marks the targets of issue 2 as met
+//! or not; its exit status says only whether the benchmark itself ran.
+//!
+//! Two processes. The outer one is a child subreaper: it starts the inner one
+//! (this binary again, which does the work), reaps every process orphaned below
+//! it at once (as init does on a host; this machine's PID 1 does not), and when
+//! the inner one ends, however it ends (panic, Ctrl-C, SIGKILL), kills and
+//! removes every cgroup the inner one created and its temporary directory.
+//!
+//! Needs root and cgroup2, like the integration tests, whose harness it reuses.
+//! Environment: `WFCG_BENCH_SIZES` (default `10,100,1000`), `WFCG_BENCH_REPS`
+//! (kills per figure, default 5), `WFCG_BENCH_SPAWN_REPS` (default 20).
+
+#[path = "../tests/it/util.rs"]
+mod util;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use wfcg::cgroup::{self, Cgroup};
+
+/// Set in the inner process's environment.
+const INNER_ENV: &str = "WFCG_BENCH_INNER";
+/// Every process of every tree carries `WFCG_BENCH_MARK=<marker>`: survivors are
+/// counted by scanning /proc for it.
+const MARK_ENV: &str = "WFCG_BENCH_MARK";
+/// How long a kill may take before the benchmark calls it failed.
+const KILL_DEADLINE: Duration = Duration::from_secs(30);
+/// After `kill(-pgid)` and reaping the direct child: time for stragglers to die
+/// before survivors are counted.
+const SETTLE: Duration = Duration::from_millis(200);
+
+fn main() {
+    if std::env::var_os(INNER_ENV).is_some() {
+        inner();
+    } else {
+        std::process::exit(outer());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The outer process: subreaper and last-resort cleanup.
+
+fn outer() -> i32 {
+    if !util::privileged() {
+        return 0; // WFCG_TEST_ALLOW_SKIP=1 without root or cgroup2
+    }
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        eprintln!(
+            "bench: cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
+        return 1;
+    }
+    // Signals are taken with sigwait below; blocked before the inner process exists
+    // (which inherits the mask: std::process::Command keeps it; the inner process
+    // clears it first thing).
+    let signals = [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    // SAFETY: `set` is initialised by sigemptyset before use; pthread_sigmask only
+    // reads it. This process has no other threads yet.
+    let set = unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in signals {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        let set = set.assume_init();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    // The agent's socket, state and logs go below this directory (tempfile honours TMPDIR).
+    let tmp = tempfile::Builder::new()
+        .prefix("wfcg-bench")
+        .tempdir()
+        .expect("creating a temporary directory");
+    let exe = std::env::current_exe().expect("finding the benchmark binary");
+    let inner = match Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(INNER_ENV, "1")
+        .env("TMPDIR", tmp.path())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench: cannot start the inner process: {e}");
+            return 1;
+        }
+    };
+    let inner_pid = inner.id() as i32;
+    let code = loop {
+        let mut sig = 0;
+        // SAFETY: `set` is a valid signal set and `sig` a valid place to write to.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        if sig != libc::SIGCHLD {
+            // Ctrl-C reaches the inner process from the terminal; other senders do not.
+            // SAFETY: kill(2) with plain integers.
+            unsafe { libc::kill(inner_pid, libc::SIGTERM) };
+            continue;
+        }
+        if let Some(status) = reap_all(inner_pid) {
+            break status;
+        }
+    };
+    let left = cleanup_leftovers(inner_pid);
+    if left > 0 {
+        eprintln!("bench: cleaned up {left} cgroups the benchmark left behind");
+    }
+    // Orphans of the cleanup (trees just killed) are reaped before returning.
+    std::thread::sleep(Duration::from_millis(50));
+    reap_all(-1);
+    drop(tmp);
+    code
+}
+
+/// Reaps every exited child; returns the exit code when `watched` was among them.
+fn reap_all(watched: i32) -> Option<i32> {
+    let mut result = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid(2) writes the status into `status`, a valid i32.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return result;
+        }
+        if pid == watched {
+            result = Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            });
+        }
+    }
+}
+
+/// Kills and removes the cgroups named after the inner process: the benchmark's
+/// own root and the test agents' roots (`wfcg-test-<pid>-<n>`, see util.rs).
+fn cleanup_leftovers(inner_pid: i32) -> usize {
+    let Ok(mount) = cgroup::cgroup2_mount() else {
+        return 0;
+    };
+    let names = [
+        format!("wfcg-bench-{inner_pid}"),
+        format!("wfcg-test-{inner_pid}-"),
+    ];
+    let mut n = 0;
+    for entry in std::fs::read_dir(&mount).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if names.iter().any(|p| name.starts_with(p.as_str())) {
+            let cg = Cgroup::new(entry.path());
+            let _ = cg.kill();
+            let _ = cg.wait_unpopulated(Duration::from_secs(10));
+            if let Err(e) = cg.remove_recursive() {
+                eprintln!("bench: {e}");
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------
+// The inner process: the measurements.
+
+fn env_num(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn inner() {
+    // The outer process's blocked signals were inherited: let Ctrl-C end this process
+    // (the outer one cleans up), and start the agent and the trees with a clean mask.
+    // SAFETY: `empty` is initialised by sigemptyset; pthread_sigmask only reads it.
+    unsafe {
+        let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+    }
+    let sizes: Vec<usize> = std::env::var("WFCG_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 100, 1000]);
+    let reps = env_num("WFCG_BENCH_REPS", 5).max(1);
+    let spawn_reps = env_num("WFCG_BENCH_SPAWN_REPS", 20).max(1);
+
+    let mount = cgroup::cgroup2_mount().expect("cgroup2 mount");
+    let root = BareRoot::create(&mount);
+    let agent = util::TestAgent::start();
+
+    println!(
+        "wfcg kill benchmark: kernel {}, {} CPUs, cgroup2 at {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mount.display()
+    );
+    println!(
+        "trees: sh + N-1 `sleep 1000 &`, ~10% of them via setsid; {reps} kills per figure, \
+         {spawn_reps} spawns per figure; times in ms as median [min-max]"
+    );
+    let load_before = loadavg();
+    println!("load average at start: {load_before:.2}\n");
+
+    // Warm the agent and the page cache: one untimed round of each kind.
+    let _ = measure_wfcg(&agent, 10);
+    let _ = measure_raw(&root, 10, false);
+    let _ = measure_pgid(&root, 10);
+
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let mut row = Row {
+            n,
+            ..Default::default()
+        };
+        for rep in 0..reps {
+            // Interleaved, so a drift of the machine hits every method alike.
+            let w = measure_wfcg(&agent, n);
+            let r = measure_raw(&root, n, false);
+            let f = measure_raw(&root, n, true);
+            let p = measure_pgid(&root, n);
+            eprintln!(
+                "N={n:<5} rep {}: wfcg {:8.2} ms (agent {:7.2}, survivors {}) | raw {:7.2} ms \
+                 | freeze+kill {:7.2} ms | kill(-pgid) {:7.2} ms, survivors {}",
+                rep + 1,
+                w.e2e_ms,
+                w.agent_ms,
+                w.survivors,
+                r.ms,
+                f.ms,
+                p.ms,
+                p.survivors
+            );
+            row.wfcg.push(w.e2e_ms);
+            row.wfcg_agent.push(w.agent_ms);
+            row.wfcg_survivors = row.wfcg_survivors.max(w.survivors);
+            row.wfcg_failures += usize::from(!w.success);
+            for (name, ms) in w.phases {
+                match row.phases.iter_mut().find(|(p, _)| *p == name) {
+                    Some((_, v)) => v.push(ms),
+                    None => row.phases.push((name, vec![ms])),
+                }
+            }
+            row.outside.push(w.e2e_ms - w.agent_ms);
+            row.raw.push(r.ms);
+            row.raw_survivors = row.raw_survivors.max(r.survivors);
+            row.freeze_kill.push(f.ms);
+            row.pgid.push(p.ms);
+            row.pgid_survivors.push(p.survivors as f64);
+        }
+        rows.push(row);
+    }
+
+    eprintln!("spawn: {spawn_reps} x `wfcg run -q -- true` and `true`, interleaved");
+    let spawn = measure_spawn(&agent, spawn_reps);
+
+    report(&rows, &spawn, reps);
+    let load_after = loadavg();
+    println!("\nload average at start {load_before:.2}, at end {load_after:.2}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if load_before.max(load_after) > cpus {
+        println!(
+            "WARNING: the machine was busy (load above its {cpus} CPUs): these wall-clock \
+             figures are inflated; run again on an idle machine"
+        );
+    }
+    drop(agent);
+    drop(root);
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Median, min and max of a sample.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (med, s[0], s[n - 1])
+}
+
+fn med(v: &[f64]) -> f64 {
+    stats(v).0
+}
+
+fn fmt_stats(v: &[f64]) -> String {
+    let (m, lo, hi) = stats(v);
+    format!("{m:.2} [{lo:.2}-{hi:.2}]")
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT MET" }
+}
+
+#[derive(Default)]
+struct Row {
+    n: usize,
+    wfcg: Vec<f64>,
+    wfcg_agent: Vec<f64>,
+    outside: Vec<f64>,
+    phases: Vec<(String, Vec<f64>)>,
+    wfcg_survivors: usize,
+    wfcg_failures: usize,
+    raw: Vec<f64>,
+    raw_survivors: usize,
+    freeze_kill: Vec<f64>,
+    pgid: Vec<f64>,
+    pgid_survivors: Vec<f64>,
+}
+
+fn report(rows: &[Row], spawn: &Spawn, reps: usize) {
+    println!("\nKill times, ms, median [min-max] of {reps}");
+    println!(
+        "{:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9} {:>9}",
+        "N",
+        "wfcg kill --force",
+        "raw cgroup.kill",
+        "raw freeze+kill",
+        "kill(-pgid)",
+        "wfcg agent-side",
+        "wfcg/raw",
+        "(of mins)"
+    );
+    for r in rows {
+        println!(
+            "{:>5}  {:<24} {:<24} {:<24} {:<24} {:<24} {:>9.2} {:>9.2}",
+            r.n,
+            fmt_stats(&r.wfcg),
+            fmt_stats(&r.raw),
+            fmt_stats(&r.freeze_kill),
+            fmt_stats(&r.pgid),
+            fmt_stats(&r.wfcg_agent),
+            med(&r.wfcg) / med(&r.raw),
+            stats(&r.wfcg).1 / stats(&r.raw).1
+        );
+    }
+    println!(
+        "wfcg: from spawning `wfcg kill --force --json` to its exit; agent-side: its duration_ms. \
+         raw: cgroup.kill + wait for populated 0 on a bare cgroup; freeze+kill: the same after \
+         cgroup.freeze. kill(-pgid): SIGKILL to the group until its leader is reaped. \
+         wfcg/raw: of the medians (of the minimums)."
+    );
+
+    println!(
+        "\nSurvivors (processes alive after the kill; wfcg and raw: max of {reps}, pgid: median)"
+    );
+    println!(
+        "{:>5}  {:>8} {:>8} {:>12} {:>14}",
+        "N", "wfcg", "raw", "kill(-pgid)", "wfcg failures"
+    );
+    for r in rows {
+        println!(
+            "{:>5}  {:>8} {:>8} {:>12} {:>14}",
+            r.n,
+            r.wfcg_survivors,
+            r.raw_survivors,
+            med(&r.pgid_survivors),
+            r.wfcg_failures
+        );
+    }
+
+    println!(
+        "\nWhere wfcg kill's time goes, ms (median of {reps}); from `wfcg kill --json` phases"
+    );
+    for r in rows {
+        let mut parts: Vec<String> = r
+            .phases
+            .iter()
+            .map(|(name, v)| format!("{name} {:.2}", med(v)))
+            .collect();
+        parts.push(format!("agent total {:.2}", med(&r.wfcg_agent)));
+        parts.push(format!(
+            "outside the sequence (CLI start, HTTP, store) {:.2}",
+            med(&r.outside)
+        ));
+        println!("{:>5}  {}", r.n, parts.join(" | "));
+    }
+
+    println!(
+        "\nStart a command (median of {} each, warm agent)",
+        spawn.reps
+    );
+    println!("  true (spawned directly)  {}", fmt_stats(&spawn.plain));
+    println!("  wfcg run -q -- true      {}", fmt_stats(&spawn.wfcg));
+    let overhead = med(&spawn.wfcg) - med(&spawn.plain);
+    println!("  overhead                 {overhead:.2} ms");
+
+    println!("\nTargets (issue 2)");
+    let at = |n: usize| rows.iter().find(|r| r.n == n);
+    match at(1000) {
+        Some(r) => {
+            let ratio = med(&r.wfcg) / med(&r.raw);
+            println!(
+                "  wfcg/raw at N=1000 <= 1.2          {ratio:6.2}          {}",
+                mark(ratio <= 1.2)
+            );
+        }
+        None => println!("  wfcg/raw at N=1000 <= 1.2          (N=1000 not measured)"),
+    }
+    match at(10) {
+        Some(r) => {
+            let extra = med(&r.wfcg) - med(&r.raw);
+            println!(
+                "  wfcg <= raw + 5 ms at N=10         raw +{extra:.2} ms  {}",
+                mark(extra <= 5.0)
+            );
+        }
+        None => println!("  wfcg <= raw + 5 ms at N=10         (N=10 not measured)"),
+    }
+    let survivors: usize = rows.iter().map(|r| r.wfcg_survivors).sum();
+    let failures: usize = rows.iter().map(|r| r.wfcg_failures).sum();
+    println!(
+        "  0 survivors after wfcg kill        {survivors} survivors, {failures} failed kills  {}",
+        mark(survivors == 0 && failures == 0)
+    );
+    println!(
+        "  spawn overhead <= 5 ms             {overhead:.2} ms       {}",
+        mark(overhead <= 5.0)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Trees.
+
+/// The shell script of a tree of `n` processes: itself and n-1 `sleep 1000`, about
+/// 10% of them started through setsid(1), so they leave the process group and the
+/// session as double-forked daemons do. It waits for them, so it stays the root.
+fn tree_script(n: usize) -> String {
+    let n = n.max(1);
+    let detached = ((n + 5) / 10).min(n - 1);
+    let plain = n - 1 - detached;
+    format!(
+        "i=0; while [ $i -lt {plain} ]; do sleep 1000 & i=$((i+1)); done; \
+         i=0; while [ $i -lt {detached} ]; do setsid sleep 1000 & i=$((i+1)); done; \
+         wait"
+    )
+}
+
+/// Processes carrying a marker, zombies excepted.
+fn marked(marker: &str) -> usize {
+    util::pids_with_env(MARK_ENV, marker).len()
+}
+
+/// Waits until a cgroup holds `total` processes of which `n - 1` (a tree's
+/// leaves) already run `sleep`, so every setsid has happened; then gives the
+/// kernel a moment to settle.
+fn wait_for_tree(cg: &Cgroup, total: usize, n: usize) {
+    let proc_root = Path::new("/proc");
+    let sleeping = |pids: &[i32]| {
+        pids.iter()
+            .filter(|&&p| {
+                std::fs::read_to_string(proc_root.join(p.to_string()).join("comm"))
+                    .is_ok_and(|c| c.trim_end() == "sleep")
+            })
+            .count()
+    };
+    let full = util::wait_until(Duration::from_secs(60), || {
+        cg.procs_recursive()
+            .is_ok_and(|p| p.len() >= total && sleeping(&p) + 1 >= n)
+    });
+    assert!(
+        full,
+        "the tree in {} did not reach {total} processes (has {:?})",
+        cg.path().display(),
+        cg.procs_recursive().map(|p| p.len())
+    );
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// The benchmark's own cgroup root, `<mount>/wfcg-bench-<pid>`, for bare cgroups.
+/// Dropping it kills whatever is below and removes it.
+struct BareRoot(Cgroup);
+
+impl BareRoot {
+    fn create(mount: &Path) -> BareRoot {
+        let cg = Cgroup::new(mount.join(format!("wfcg-bench-{}", std::process::id())));
+        cg.create().expect("creating the benchmark's cgroup root");
+        BareRoot(cg)
+    }
+}
+
+impl Drop for BareRoot {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait_unpopulated(Duration::from_secs(10));
+        let _ = self.0.remove_recursive();
+    }
+}
+
+/// A tree of ours in a bare cgroup. Dropping it kills the tree and removes the cgroup.
+struct BareTree {
+    cg: Cgroup,
+    child: Child,
+    marker: String,
+}
+
+impl BareTree {
+    /// Starts `tree_script(n)` in a new cgroup `name` below `root` (the shell moves
+    /// itself in before it forks), in a process group of its own if `own_pgrp`.
+    fn start(root: &BareRoot, name: &str, n: usize, own_pgrp: bool) -> BareTree {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let cg = root
+            .0
+            .child(&format!("{name}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        cg.create_new().expect("creating a bare cgroup");
+        let marker = util::marker("bench");
+        let script = format!(
+            "echo $$ > '{}' || exit 111; {}",
+            cg.path().join(cgroup::CGROUP_PROCS).display(),
+            tree_script(n)
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script])
+            .env(MARK_ENV, &marker)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if own_pgrp {
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().expect("starting sh");
+        let tree = BareTree { cg, child, marker };
+        wait_for_tree(&tree.cg, n, n);
+        tree
+    }
+}
+
+impl Drop for BareTree {
+    fn drop(&mut self) {
+        let _ = self.cg.kill();
+        let _ = self.cg.wait_unpopulated(Duration::from_secs(10));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Err(e) = self.cg.remove() {
+            eprintln!("bench: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measurements.
+
+struct WfcgKill {
+    e2e_ms: f64,
+    agent_ms: f64,
+    phases: Vec<(String, f64)>,
+    survivors: usize,
+    success: bool,
+}
+
+/// `wfcg kill --force --json RUN` of a detached run of `n` processes (plus its
+/// supervisor), timed from spawning the CLI to its exit.
+fn measure_wfcg(agent: &util::TestAgent, n: usize) -> WfcgKill {
+    let marker = util::marker("bench-wfcg");
+    let out = agent
+        .wfcg()
+        .args(["run", "--detach", "-q", "--", "sh", "-c", &tree_script(n)])
+        .env(MARK_ENV, &marker)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running wfcg run --detach");
+    assert!(
+        out.status.success(),
+        "wfcg run --detach failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let cg = agent.run_cgroup(&run_id);
+    wait_for_tree(&cg, n + 1, n);
+
+    let mut cmd = agent.wfcg();
+    cmd.args(["kill", "--force", "--json", &run_id])
+        .stdin(Stdio::null());
+    let t = Instant::now();
+    let out = cmd.output().expect("running wfcg kill");
+    let e2e_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let success = out.status.success() && result["success"] == true;
+    if !success {
+        eprintln!(
+            "bench: wfcg kill {run_id} failed (exit {:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let phases = result["phases"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or("?").to_string(),
+                        p["duration_ms"].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Survivors: anything still carrying the marker, or still in the cgroup.
+    let in_cgroup = if cg.exists() {
+        cg.procs_recursive().map(|p| p.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    let survivors = marked(&marker).max(in_cgroup);
+    if cg.exists() {
+        // Whatever went wrong, leave nothing running.
+        let _ = cg.kill();
+        let _ = cg.wait_unpopulated(KILL_DEADLINE);
+    }
+    WfcgKill {
+        e2e_ms,
+        agent_ms: result["duration_ms"].as_f64().unwrap_or(f64::NAN),
+        phases,
+        survivors,
+        success,
+    }
+}
+
+struct Timed {
+    ms: f64,
+    survivors: usize,
+}
+
+/// The floor: `cgroup.kill` on a bare cgroup (after `cgroup.freeze` if `freeze`),
+/// then wait for `populated 0`, through the library's own calls.
+fn measure_raw(root: &BareRoot, n: usize, freeze: bool) -> Timed {
+    let kind = if freeze { "freeze" } else { "raw" };
+    let mut tree = BareTree::start(root, &format!("{kind}-{n}"), n, false);
+    let t = Instant::now();
+    if freeze {
+        assert!(
+            tree.cg.freeze(KILL_DEADLINE).expect("cgroup.freeze"),
+            "freeze timed out"
+        );
+    }
+    tree.cg.kill().expect("cgroup.kill");
+    let emptied = tree
+        .cg
+        .wait_unpopulated(KILL_DEADLINE)
+        .expect("waiting for populated 0");
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(
+        emptied,
+        "cgroup.kill did not empty {}",
+        tree.cg.path().display()
+    );
+    let _ = tree.child.wait();
+    Timed {
+        ms,
+        survivors: marked(&tree.marker),
+    }
+}
+
+/// `kill(-pgid, SIGKILL)` of a tree in its own process group, timed until the
+/// direct child (the group leader) is reaped, as an executor that kills by
+/// process group would see it. Survivors are counted after a short settle.
+fn measure_pgid(root: &BareRoot, n: usize) -> Timed {
+    let mut tree = BareTree::start(root, &format!("pgid-{n}"), n, true);
+    let pgid = rustix::process::Pid::from_child(&tree.child);
+    let t = Instant::now();
+    rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).expect("kill(-pgid)");
+    let _ = tree.child.wait();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    std::thread::sleep(SETTLE);
+    Timed {
+        ms,
+        survivors: marked(&tree.marker),
+    }
+}
+
+struct Spawn {
+    reps: usize,
+    plain: Vec<f64>,
+    wfcg: Vec<f64>,
+}
+
+/// `wfcg run -q -- true` against `true`, each spawned and waited for, interleaved.
+fn measure_spawn(agent: &util::TestAgent, reps: usize) -> Spawn {
+    let time = |mut cmd: Command| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let t = Instant::now();
+        let status = cmd.status().expect("spawning");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        assert!(status.success(), "{cmd:?} failed: {status}");
+        ms
+    };
+    let wfcg_true = || {
+        let mut cmd = agent.wfcg();
+        cmd.args(["run", "-q", "--", "true"]);
+        cmd
+    };
+    for _ in 0..3 {
+        time(wfcg_true());
+        time(Command::new("true"));
+    }
+    let mut spawn = Spawn {
+        reps,
+        plain: Vec::new(),
+        wfcg: Vec::new(),
+    };
+    for _ in 0..reps {
+        spawn.plain.push(time(Command::new("true")));
+        spawn.wfcg.push(time(wfcg_true()));
+    }
+    // Let the agent finish cleaning up after the last runs before it is stopped.
+    std::thread::sleep(Duration::from_millis(200));
+    spawn
+}
