@@ -25,4 +25,5 @@ pub mod run;
 pub mod sections;
 pub mod store;
 pub mod template;
+pub mod top;
 pub mod users;

@@ -11,6 +11,7 @@ mod notify;
 mod ps;
 mod run;
 mod template;
+mod top;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,7 @@ pub enum Verb {
     Notify(notify::Args),
     Templates(template::ListArgs),
     Template(template::Args),
+    Top(top::Args),
     Mcp(mcp::Args),
 }
 
@@ -85,6 +87,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Notify(ref a) => notify::run(&cli, a),
         Verb::Templates(ref a) => template::list(&cli, a),
         Verb::Template(ref a) => template::run(&cli, a),
+        Verb::Top(ref a) => top::run(&cli, a),
         Verb::Mcp(ref a) => mcp::run(&cli, a),
     }
 }
