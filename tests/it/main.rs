@@ -12,3 +12,4 @@ mod policy;
 mod run;
 mod safety;
 mod templates;
+mod top;
