@@ -90,6 +90,9 @@ pub enum Tone {
     Bad,
 }
 
+/// How many refreshes a message stays (the kills pane keeps the history).
+pub const MESSAGE_REFRESHES: u32 = 5;
+
 /// The dashboard's whole state.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -101,8 +104,11 @@ pub struct App {
     /// The filter in force (case-insensitive substring).
     pub filter: String,
     pub mode: Mode,
-    /// The last thing to tell the user (a kill's result, a refusal).
+    /// The last thing to tell the user (a kill's result, a refusal), shown
+    /// for [`MESSAGE_REFRESHES`] refreshes.
     pub message: Option<(String, Tone)>,
+    /// Refreshes since the message was set.
+    message_age: u32,
     /// Runs with a kill under way from this dashboard.
     pub killing: Vec<String>,
 }
@@ -122,6 +128,7 @@ impl App {
             filter: String::new(),
             mode: Mode::Normal,
             message: None,
+            message_age: 0,
             killing: Vec::new(),
         }
     }
@@ -132,6 +139,10 @@ impl App {
             Ok(s) => {
                 self.snapshot = s;
                 self.error = None;
+                self.message_age += 1;
+                if self.message_age > MESSAGE_REFRESHES {
+                    self.message = None;
+                }
             }
             Err(e) => self.error = Some(e),
         }
@@ -140,6 +151,7 @@ impl App {
     /// Takes the outcome of a kill started from here.
     pub fn kill_done(&mut self, run_id: &str, result: Result<KillResult, String>) {
         self.killing.retain(|id| id != run_id);
+        self.message_age = 0;
         self.message = Some(match result {
             Ok(r) if r.success => (r.message, Tone::Good),
             Ok(r) => (r.message, Tone::Bad),
@@ -190,6 +202,15 @@ impl App {
 
     /// Handles one key; returns what the loop must do.
     pub fn on_key(&mut self, key: KeyEvent) -> Action {
+        let before = self.message.clone();
+        let action = self.handle_key(key);
+        if self.message != before {
+            self.message_age = 0;
+        }
+        action
+    }
+
+    fn handle_key(&mut self, key: KeyEvent) -> Action {
         if key.kind == KeyEventKind::Release {
             return Action::None;
         }

@@ -211,10 +211,16 @@ fn small_terminals_drop_panes_and_columns_but_keep_the_footer() {
     assert!(screen.contains("STATUS"), "{screen}");
     assert!(!screen.contains("PHASE"), "{screen}");
 
+    // Very narrow: the status squeezes in beside a shortened run id.
+    let screen = text(&render(&app, 24, 6));
+    assert!(screen.contains("run_000000 running"), "{screen}");
+
+    // Three lines: the header, the selected run (no column titles), the footer.
     app.on_key(key(KeyCode::Char('k')));
     let buf = render(&app, 10, 3);
-    let last = lines(&buf).pop().unwrap();
-    assert!(last.starts_with(" Kill run_"), "{last:?}");
+    let l = lines(&buf);
+    assert!(l[1].contains("run_0"), "{l:?}");
+    assert!(l[2].starts_with(" Kill run_"), "{l:?}");
 }
 
 #[test]
@@ -329,6 +335,13 @@ fn kill_asks_first_and_force_is_separate() {
         }),
     );
     assert!(app.killing.is_empty());
+    let shown = text(&render(&app, 80, 24));
+    assert!(shown.contains("killed (force)"), "{shown}");
+    // The message goes after a few refreshes; the kills pane keeps the history.
+    for _ in 0..=super::app::MESSAGE_REFRESHES {
+        app.update(Ok(app.snapshot.clone()));
+    }
+    assert!(app.message.is_none());
 
     // A run that has ended cannot be killed again.
     app.on_key(key(KeyCode::End));
@@ -369,4 +382,25 @@ fn formats() {
     assert_eq!(view::percent(None), "-");
     assert_eq!(view::percent(Some(0.24)), "0.2%");
     assert_eq!(view::percent(Some(150.0)), "150%");
+}
+
+#[test]
+fn a_long_run_id_gives_way_to_the_phase() {
+    let mut app = sample();
+    let mut s = app.snapshot.clone();
+    s.runs.push(row(info(
+        "nightly-backup-of-the-database-2026-11-23",
+        RunStatus::Running,
+    )));
+    app.update(Ok(s));
+    let screen = text(&render(&app, 80, 24));
+    assert!(screen.contains("PHASE"), "{screen}");
+    assert!(screen.contains("nightly-backup-o"), "{screen}");
+    // Wide terminals show more of it, and the workflow and owner.
+    let screen = text(&render(&app, 160, 24));
+    assert!(screen.contains("nightly-backup-of-the-data"), "{screen}");
+    assert!(
+        screen.contains("WORKFLOW") && screen.contains("OWNER"),
+        "{screen}"
+    );
 }

@@ -233,13 +233,36 @@ struct Widths {
 }
 
 /// The columns that fit in `width`, in the order they are shown. The run id
-/// gives up to 6 columns so the status fits beside it.
+/// gives up to 6 columns so the status fits beside it, and shrinks to 16 (the
+/// length of generated ids) to make room for the phase.
 fn columns(width: u16, want: Widths) -> (Vec<Col>, Widths) {
+    let (cols, w) = pick_columns(width, want);
+    if cols.contains(&Col::Phase) || w.run <= 16 {
+        return (cols, w);
+    }
+    let used: u16 = cols.iter().map(|c| c.width(w) + 1).sum();
+    let short = (Col::Phase.width(w) + 1).saturating_sub(width.saturating_sub(used));
+    let shorter = Widths {
+        run: w.run.saturating_sub(short).max(16),
+        ..w
+    };
+    let (retry, rw) = pick_columns(width, shorter);
+    if retry.contains(&Col::Phase) {
+        (retry, rw)
+    } else {
+        (cols, w)
+    }
+}
+
+fn pick_columns(width: u16, want: Widths) -> (Vec<Col>, Widths) {
     let mut w = want;
     if w.run + 1 + w.status > width {
         w.run = width
             .saturating_sub(w.status + 1)
             .max(w.run.saturating_sub(6));
+    }
+    if w.run + 1 + w.status > width {
+        w.status = width.saturating_sub(w.run + 1).max(w.status.min(7));
     }
     w.run = w.run.min(width).max(1);
     let mut used = 0u16;
@@ -299,7 +322,8 @@ fn draw_runs(frame: &mut Frame, area: Rect, app: &App) {
             .clamp(least, most) as u16
     };
     let want = Widths {
-        run: longest(Col::Run, 6, 24),
+        // Up to a quarter of a wide terminal; 64 is the longest a run id can be.
+        run: longest(Col::Run, 6, (inner_width / 4).clamp(24, 64) as usize),
         status: longest(Col::Status, 6, 13),
     };
     let (cols, cw) = columns(inner_width, want);
@@ -344,9 +368,12 @@ fn draw_runs(frame: &mut Frame, area: Rect, app: &App) {
         )
         .style(row_style(r))
     });
-    let table = Table::new(rows, widths)
-        .header(header)
-        .block(block)
+    let mut table = Table::new(rows, widths).block(block);
+    // Below 3 lines the rows need the room more than the column titles.
+    if area.height >= 3 {
+        table = table.header(header);
+    }
+    let table = table
         .column_spacing(1)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("> ");
@@ -440,8 +467,27 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     if notes.is_empty() {
         let text = match (&i.kill_result, &i.ended_at) {
             (Some(k), _) => format!(" {}", k.message),
-            (None, Some(t)) => format!(" {} at {t}", i.status),
-            _ => format!(" cgroup {}", i.cgroup),
+            (None, Some(t)) => format!(" {} at {}", i.status, clock(t)),
+            _ => {
+                let mut facts = Vec::new();
+                if let Some(t) = &i.template {
+                    facts.push(format!("template {t}"));
+                }
+                let deadlines = [
+                    ("init by", &i.init_deadline),
+                    ("next beat by", &i.watchdog_deadline),
+                    ("ends by", &i.total_deadline),
+                ];
+                for (what, when) in deadlines {
+                    if let Some(t) = when {
+                        facts.push(format!("{what} {}", clock(t)));
+                    }
+                }
+                if facts.is_empty() {
+                    facts.push(format!("cgroup {}", i.cgroup));
+                }
+                format!(" {}", facts.join("  "))
+            }
         };
         notes.push(Span::from(text).dark_gray());
     }
@@ -482,9 +528,7 @@ fn draw_kills(frame: &mut Frame, area: Rect, app: &App) {
 /// One kill attempt as a line: time, action, actor, run, mode, outcome, reason.
 fn kill_line(k: &AuditRecord) -> Line<'static> {
     let e = &k.entry;
-    let time = DateTime::parse_from_rfc3339(&e.time)
-        .map(|t| t.with_timezone(&Local).format("%H:%M:%S").to_string())
-        .unwrap_or_else(|_| e.time.clone());
+    let time = clock(&e.time);
     let outcome_style = match e.outcome.as_str() {
         "killed" | "already_ended" | "timed_out" => Style::new().fg(Color::Green),
         "denied" | "no_such_run" | "bad_input" => Style::new().fg(Color::Yellow),
@@ -495,7 +539,10 @@ fn kill_line(k: &AuditRecord) -> Line<'static> {
             " {time} {:<9} {:<8} {:<16} {:<9} ",
             e.action,
             truncate(&e.actor_name, 8),
-            e.run_id.as_deref().unwrap_or("-"),
+            e.run_id
+                .as_deref()
+                .map(|id| ellipsis(id, 16))
+                .unwrap_or("-".into()),
             e.mode.as_deref().unwrap_or("-"),
         )),
         Span::styled(e.outcome.clone(), outcome_style),
@@ -542,6 +589,13 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(line), area);
 }
 
+/// An RFC 3339 time as local `HH:MM:SS` (as given when it does not parse).
+fn clock(t: &str) -> String {
+    DateTime::parse_from_rfc3339(t)
+        .map(|t| t.with_timezone(&Local).format("%H:%M:%S").to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
 /// Seconds as `42s`, `3m07s`, `2h05m`, `1d04h`.
 pub fn duration(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -572,6 +626,17 @@ pub fn percent(p: Option<f64>) -> String {
         None => "-".into(),
         Some(p) if p < 10.0 => format!("{p:.1}%"),
         Some(p) => format!("{p:.0}%"),
+    }
+}
+
+/// At most `n` characters, the last one `…` when cut.
+fn ellipsis(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
+        out.push('…');
+        out
     }
 }
 
