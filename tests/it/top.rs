@@ -1,7 +1,7 @@
 //! `wfcg top` in a real terminal: tmux runs it at 80×24, the test reads the
 //! screen with `capture-pane` and types with `send-keys`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,18 +12,21 @@ use crate::util::{TestAgent, WFCG, wait_until};
 /// test leaves no server or `wfcg top` behind.
 struct Tmux {
     name: String,
+    /// The server's socket file, removed when dropped (tmux leaves it).
+    socket: Option<PathBuf>,
 }
 
 impl Tmux {
     /// Starts `command` (through `sh -c`) in a detached session of `w`×`h`.
     fn start(w: u16, h: u16, command: &str) -> Tmux {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let tmux = Tmux {
+        let mut tmux = Tmux {
             name: format!(
                 "wfcg-top-{}-{}",
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             ),
+            socket: None,
         };
         let out = tmux
             .cmd()
@@ -37,6 +40,13 @@ impl Tmux {
             "tmux new-session: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let out = tmux
+            .cmd()
+            .args(["display-message", "-p", "#{socket_path}"])
+            .output()
+            .expect("tmux display-message");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        tmux.socket = (!path.is_empty()).then(|| PathBuf::from(path));
         tmux
     }
 
@@ -92,6 +102,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
