@@ -358,7 +358,10 @@ mod tests {
         // Nobody there: both go.
         let mut removed = remove_orphan_git_locks(proc_root, &[git], before);
         removed.sort();
-        assert_eq!(removed, vec![head.display().to_string(), branch.display().to_string()]);
+        assert_eq!(
+            removed,
+            vec![head.display().to_string(), branch.display().to_string()]
+        );
         assert!(!head.exists() && !branch.exists());
     }
 

@@ -28,6 +28,27 @@ pub fn user_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// [`user_name`], remembered for a minute: listing a thousand runs asks NSS once
+/// per owner, not once per run.
+pub fn user_name_cached(uid: u32) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    type Names = HashMap<u32, (Option<String>, Instant)>;
+    static CACHE: Mutex<Option<Names>> = Mutex::new(None);
+    const TTL: Duration = Duration::from_secs(60);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let map = cache.get_or_insert_with(HashMap::new);
+    if let Some((name, at)) = map.get(&uid)
+        && at.elapsed() < TTL
+    {
+        return name.clone();
+    }
+    let name = user_name(uid);
+    map.insert(uid, (name.clone(), Instant::now()));
+    name
+}
+
 /// The name of group `gid`, or `None` if NSS does not know it.
 pub fn group_name(gid: u32) -> Option<String> {
     let mut buf = vec![0u8; 16384];

@@ -4,7 +4,7 @@
 //! one transaction), the automatic kill of runs whose deadline passed, and the
 //! hint that an initializing run restarts the same command again and again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,10 @@ use crate::cgroup::Cgroup;
 use crate::procfs;
 use crate::store::{Col, RunRecord};
 
-/// How often heartbeats are written to the store.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often heartbeats are written to the store (one transaction for all runs).
+/// A restarted agent adds this to the stored watchdog deadlines, which may be
+/// that much behind the last heartbeat.
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// How often initializing runs are sampled for restart loops.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// The loop hint: this many starts of one command line …
@@ -39,7 +41,8 @@ struct Live {
 /// Starts of command lines seen in an initializing run.
 #[derive(Default)]
 struct LoopTracker {
-    seen: HashSet<(i32, u64)>,
+    /// Processes seen in the last sample, with their start times.
+    seen: HashMap<i32, u64>,
     starts: HashMap<String, VecDeque<Instant>>,
     flagged: bool,
 }
@@ -81,6 +84,8 @@ impl Agent {
         rt.spawn(async move {
             let mut flush = tokio::time::interval(FLUSH_EVERY);
             let mut sample = tokio::time::interval(SAMPLE_EVERY);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let which = tokio::select! {
                     _ = flush.tick() => true,
@@ -116,8 +121,15 @@ impl Agent {
         )
     }
 
-    /// Takes a live run under watch: its notify socket, its deadlines, its loop sampling.
-    pub(super) fn lifecycle_begin(self: &Agent, rec: &RunRecord, weak: Weak<Agent>) {
+    /// Takes a live run under watch: its notify socket, its deadlines, its loop
+    /// sampling. `restarted` when the agent takes over a run it did not start: a
+    /// stored watchdog deadline may then be up to one flush behind.
+    pub(super) fn lifecycle_begin(
+        self: &Agent,
+        rec: &RunRecord,
+        weak: Weak<Agent>,
+        restarted: bool,
+    ) {
         let template = self.run_template(rec);
         let threshold = match rec.watchdog_usec {
             Some(us) if us > 0 => Some(Duration::from_micros(us as u64)),
@@ -150,11 +162,10 @@ impl Agent {
                 Kind::Total,
                 parse_time(rec.total_deadline.as_deref()),
             );
-            m.set(
-                &rec.run_id,
-                Kind::Watchdog,
-                parse_time(rec.watchdog_deadline.as_deref()),
-            );
+            let slack = chrono::Duration::from_std(FLUSH_EVERY).unwrap_or_default();
+            let watchdog = parse_time(rec.watchdog_deadline.as_deref())
+                .map(|d| if restarted { d + slack } else { d });
+            m.set(&rec.run_id, Kind::Watchdog, watchdog);
         }
     }
 
@@ -193,16 +204,29 @@ impl Agent {
         };
         let run_id = run_id.to_owned();
         let task = rt.spawn(async move {
-            let mut buf = vec![0u8; 4096];
+            let mut buf = vec![0u8; notify::MAX_MESSAGE];
             loop {
                 let got = sock
                     .async_io(tokio::io::Interest::READABLE, || {
                         notify::receive(&sock, &mut buf)
                     })
                     .await;
-                let Ok((n, pid)) = got else { continue };
+                let (n, pid) = match got {
+                    Ok(got) => got,
+                    Err(e) => {
+                        // Not WouldBlock (async_io waits on that): back off, never spin.
+                        tracing::warn!(run_id, "notify socket: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let msg = notify::parse(&buf[..n]);
                 let Some(agent) = weak.upgrade() else { return };
+                if msg.only_heartbeat() {
+                    // Memory only (a /proc read and a map update): no blocking thread needed.
+                    agent.on_notify(&run_id, pid, msg);
+                    continue;
+                }
                 let id = run_id.clone();
                 let _ = tokio::task::spawn_blocking(move || agent.on_notify(&id, pid, msg)).await;
             }
@@ -428,7 +452,8 @@ impl Agent {
             let Some(cg) = lock(&self.life.lives).get(&run_id).map(|l| l.cg.clone()) else {
                 continue;
             };
-            let pids = cg.procs_recursive().unwrap_or_default();
+            // A run cannot make cgroups of its own: its processes are all here.
+            let pids = cg.procs().unwrap_or_default();
             let now_i = Instant::now();
             let mut found = None;
             {
@@ -436,19 +461,23 @@ impl Agent {
                 let Some(t) = loops.get_mut(&run_id) else {
                     continue;
                 };
-                let mut present = HashSet::new();
+                // Only processes not seen in the last sample are read (a pid reused
+                // within one sampling period would be missed: this is a hint only).
+                let mut seen = HashMap::with_capacity(pids.len());
                 for pid in pids {
+                    if let Some(start) = t.seen.get(&pid) {
+                        seen.insert(pid, *start);
+                        continue;
+                    }
                     let Some(start) = procfs::starttime(&self.cfg.proc_root, pid) else {
                         continue;
                     };
-                    present.insert((pid, start));
-                    if t.seen.insert((pid, start))
-                        && let Some(cmd) = procfs::cmdline(&self.cfg.proc_root, pid)
-                    {
+                    seen.insert(pid, start);
+                    if let Some(cmd) = procfs::cmdline(&self.cfg.proc_root, pid) {
                         t.starts.entry(cmd).or_default().push_back(now_i);
                     }
                 }
-                t.seen.retain(|k| present.contains(k));
+                t.seen = seen;
                 for (cmd, starts) in t.starts.iter_mut() {
                     while starts
                         .front()

@@ -297,7 +297,7 @@ impl Agent {
             let cg = Cgroup::new(&rec.cgroup_path);
             if cg.exists() {
                 // Deadlines are absolute times: one that passed meanwhile fires at once.
-                self.lifecycle_begin(&rec, Arc::downgrade(self));
+                self.lifecycle_begin(&rec, Arc::downgrade(self), true);
                 self.reaper.watch(&rec.run_id, &cg, &**self);
             } else {
                 self.on_run_empty(&rec.run_id);
@@ -331,7 +331,7 @@ impl Agent {
                 ..Default::default()
             };
             if self.store().insert_run(&rec).is_ok() {
-                self.lifecycle_begin(&rec, Arc::downgrade(self));
+                self.lifecycle_begin(&rec, Arc::downgrade(self), true);
                 self.reaper.watch(run_id, &cg, &**self);
             }
         }
@@ -512,7 +512,7 @@ impl Agent {
             ..Default::default()
         });
         // The notify socket is bound before the answer, so the command can use it at once.
-        self.lifecycle_begin(&rec, Arc::downgrade(self));
+        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
         self.reaper.watch(&run_id, &cg, &**self);
         for w in &warnings {
             tracing::warn!(run_id, "{w}");
@@ -723,7 +723,7 @@ impl Agent {
             .map(|s| (end - s).num_milliseconds() as f64 / 1e3)
             .unwrap_or(0.0);
         RunInfo {
-            owner: crate::users::user_name(rec.owner_uid),
+            owner: crate::users::user_name_cached(rec.owner_uid),
             command: serde_json::from_str(&rec.command).unwrap_or_default(),
             kill_result: rec
                 .kill_result

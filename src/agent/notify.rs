@@ -14,6 +14,9 @@ use std::path::Path;
 
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
+/// The largest message read; longer ones are cut (sd_notify messages are short).
+pub const MAX_MESSAGE: usize = 1024;
+
 /// What one datagram said. Several assignments may come in one datagram, one per line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
@@ -29,6 +32,18 @@ pub struct Message {
     pub extend_usec: Option<u64>,
     /// WATCHDOG_USEC=…: the heartbeat timeout from now on.
     pub watchdog_usec: Option<u64>,
+}
+
+impl Message {
+    /// Only WATCHDOG=1 (the frequent case, handled without touching the store).
+    pub fn only_heartbeat(&self) -> bool {
+        self.watchdog
+            && !self.ready
+            && !self.stopping
+            && self.status.is_none()
+            && self.extend_usec.is_none()
+            && self.watchdog_usec.is_none()
+    }
 }
 
 /// Parses a datagram (`KEY=VALUE` lines; unknown keys are ignored, as sd_notify allows).

@@ -1,0 +1,202 @@
+//! Scale benchmark: the agent with many idle runs.
+//!
+//! Starts N idle runs (default 1000; `WFCG_BENCH_RUNS`), a tenth of them sending a
+//! heartbeat every second, then measures over a window (default 60 s;
+//! `WFCG_BENCH_SECS`): the agent's CPU use as a percentage of one core and its RSS
+//! (the monitor's overhead), and the cost of one `/metrics` scrape and one
+//! `wfcg ps --json` (median of 20 each), against the same with no runs as the
+//! baseline. Run with `cargo bench --bench scale` (root, cgroup2).
+
+#[path = "../tests/it/util.rs"]
+mod util;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{TestAgent, WFCG};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+}
+
+/// CPU seconds of each thread of a process, by thread name.
+fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let tid: i32 = t.file_name().to_string_lossy().parse().unwrap_or(0);
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
+        let f: Vec<f64> = after
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let secs = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks;
+        let _ = tid;
+        *out.entry(comm.trim().to_string()).or_insert(0.0) += secs;
+    }
+    out
+}
+
+fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn median_ms(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[n / 2]
+}
+
+/// One `GET path` over the socket, in this process (no client to start).
+fn get(agent: &TestAgent, path: &str) -> f64 {
+    use std::io::{Read, Write};
+    median_ms(20, || {
+        let mut sock = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+        write!(
+            sock,
+            "GET {path} HTTP/1.1\r\nHost: wfcg\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        sock.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    })
+}
+
+fn scrape(agent: &TestAgent) -> f64 {
+    get(agent, "/metrics")
+}
+
+fn ps_json(agent: &TestAgent) -> f64 {
+    median_ms(20, || {
+        let out = agent.cli(&["ps", "--json"]);
+        assert!(out.status.success());
+    })
+}
+
+fn main() {
+    if !util::privileged() {
+        return;
+    }
+    let runs = env_or("WFCG_BENCH_RUNS", 1000) as usize;
+    let secs = env_or("WFCG_BENCH_SECS", 60);
+    let agent = TestAgent::start();
+    let pid = agent.pid().expect("agent pid");
+
+    // Baselines with no runs.
+    let scrape_empty = scrape(&agent);
+    let ps_empty = ps_json(&agent);
+    let true_spawn = median_ms(20, || {
+        assert!(Command::new("true").status().unwrap().success());
+    });
+    let t0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_empty = (cpu_seconds(pid) - t0) / 5.0 * 100.0;
+
+    eprintln!("starting {runs} idle runs ...");
+    let t = Instant::now();
+    let beat = format!("while :; do {WFCG} notify --heartbeat; sleep 1; done");
+    for i in 0..runs {
+        let script = if i % 10 == 0 {
+            beat.as_str()
+        } else {
+            "exec sleep 100000"
+        };
+        let mut args = vec!["run", "--detach", "--init-timeout", "0", "--timeout", "0"];
+        if i % 10 == 0 {
+            args.extend(["--watchdog", "5s"]);
+        }
+        args.extend(["--", "sh", "-c", script]);
+        let out = agent
+            .wfcg()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "run {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let start_secs = t.elapsed().as_secs_f64();
+    eprintln!("started in {start_secs:.1} s; measuring {secs} s ...");
+    std::thread::sleep(Duration::from_secs(3));
+
+    let c0 = cpu_seconds(pid);
+    let threads0 = thread_cpu(pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu_pct = (cpu_seconds(pid) - c0) / secs as f64 * 100.0;
+    let threads1 = thread_cpu(pid);
+    let rss = rss_mib(pid);
+    let scrape_full = scrape(&agent);
+    let ps_full = ps_json(&agent);
+    let list_full = get(&agent, "/v1/runs");
+
+    println!(
+        "wfcg agent with {runs} idle runs ({} heartbeating every 1 s), {secs} s window",
+        runs.div_ceil(10)
+    );
+    println!(
+        "  agent CPU          {cpu_pct:>8.3} % of one core   (no runs: {idle_empty:.3} %)  target < 0.5 %"
+    );
+    println!(
+        "  agent RSS          {rss:>8.1} MiB                                   target < 30 MiB"
+    );
+    println!(
+        "  /metrics scrape    {scrape_full:>8.2} ms (no runs: {scrape_empty:.2} ms, ratio {:.1})  target < 20 ms",
+        scrape_full / scrape_empty
+    );
+    println!(
+        "  wfcg ps --json     {ps_full:>8.2} ms (no runs: {ps_empty:.2} ms, ratio {:.1}; starting `true` alone: {true_spawn:.2} ms)  target < 20 ms",
+        ps_full / ps_empty
+    );
+    println!("  GET /v1/runs        {list_full:>8.2} ms (the agent's part of ps --json)");
+    for (name, t1) in &threads1 {
+        let used = t1 - threads0.get(name).copied().unwrap_or(0.0);
+        if used > 0.0 {
+            println!(
+                "    thread {name:<20} {:>6.3} % of one core",
+                used / secs as f64 * 100.0
+            );
+        }
+    }
+    println!(
+        "  starting the runs  {start_secs:>8.1} s ({:.1} ms each)",
+        start_secs * 1e3 / runs as f64
+    );
+    // Dropping the agent kills every run under its cgroup root.
+}
