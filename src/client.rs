@@ -119,13 +119,18 @@ impl Client {
             .method(method)
             .uri(path)
             .header("host", "wfcg")
+            .header("connection", "close")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(proto)?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
-        driver.abort();
+        // Close the connection now: with no sender left the driver ends and drops
+        // the socket. (An aborted task would keep it open until this runtime runs
+        // again, and a detached supervisor may not for hours.)
+        drop(sender);
+        let _ = driver.await;
         Ok((status, bytes))
     }
 }

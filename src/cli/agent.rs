@@ -47,6 +47,17 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         webhook: args.webhook.clone(),
         metrics_listen: args.metrics_listen,
     };
+    // Each run holds a notify socket: allow as many open files as the host permits.
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    if let Some(max) = getrlimit(Resource::Nofile).maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
     // Few malloc arenas: the agent's threads do little allocation each, and every
     // arena costs resident memory.
     // SAFETY: mallopt(3) only tunes the allocator; no thread has been started yet.

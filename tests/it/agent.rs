@@ -135,3 +135,36 @@ fn the_api_refuses_bad_run_ids() {
     }
     agent.assert_nothing_created();
 }
+
+/// A detached run's supervisor once kept its request's connection (and so the
+/// agent's pidfd of it) open for the run's whole life: a thousand runs, a
+/// thousand sockets and pidfds in the agent.
+#[test]
+fn detached_runs_hold_no_connection_to_the_agent() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let pid = agent.pid().expect("agent pid");
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains(what))
+            })
+            .count()
+    };
+    let sockets_before = count("socket:");
+    for _ in 0..5 {
+        agent.start_run(&[], "exec sleep 1000");
+    }
+    // Five notify sockets are expected; connections and pidfds are not.
+    let settled = crate::util::wait_until(std::time::Duration::from_secs(5), || {
+        count("[pidfd]") == 0 && count("socket:") == sockets_before + 5
+    });
+    assert!(
+        settled,
+        "agent holds {} pidfds and {} sockets (had {sockets_before})",
+        count("[pidfd]"),
+        count("socket:")
+    );
+}
