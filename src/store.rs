@@ -315,7 +315,17 @@ impl Store {
 
     /// Runs, newest first; with `statuses`, only those in one of them.
     pub fn list_runs(&self, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
-        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs");
+        self.query_runs(RUN_COLUMNS, statuses)
+    }
+
+    /// [`Store::list_runs`] without each run's template (the bulk of a row), for
+    /// listings that do not need it.
+    pub fn list_runs_brief(&self, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
+        self.query_runs(&RUN_COLUMNS.replacen("teams, template,", "teams, NULL,", 1), statuses)
+    }
+
+    fn query_runs(&self, columns: &str, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
+        let mut sql = format!("SELECT {columns} FROM runs");
         if let Some(st) = statuses {
             let list: Vec<String> = st
                 .iter()
@@ -681,6 +691,7 @@ mod tests {
         // Reopening applies nothing twice and keeps the data.
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list_runs(None).unwrap().len(), 1);
+        assert_eq!(store.list_runs_brief(None).unwrap()[0].run_id, "run_a");
     }
 
     #[test]

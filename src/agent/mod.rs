@@ -678,7 +678,7 @@ impl Agent {
             .filter(|s| s.is_live())
             .map(|s| s.as_str())
             .collect();
-        let recs = self.store().list_runs((!all).then_some(&live[..]))?;
+        let recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
         let id = self.access.identity(caller);
         Ok(recs
             .into_iter()
@@ -703,7 +703,9 @@ impl Agent {
         let cg = Cgroup::new(&rec.cgroup_path);
         let (processes, cpu_usec) = if status.is_live() {
             (
-                cg.procs_recursive().map(|p| p.len() as u32).unwrap_or(0),
+                // A run's processes are all in its own cgroup (it cannot make cgroups
+                // below it unless it runs as root): one read, no directory walk.
+                cg.procs().map(|p| p.len() as u32).unwrap_or(0),
                 cg.cpu_usage_usec(),
             )
         } else {
@@ -1215,7 +1217,7 @@ impl Agent {
             let store = self.store();
             (
                 store.count_by_status().unwrap_or_default(),
-                store.list_runs(Some(&live_statuses)).unwrap_or_default(),
+                store.list_runs_brief(Some(&live_statuses)).unwrap_or_default(),
             )
         };
         let now_t = chrono::Utc::now();
