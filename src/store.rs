@@ -321,7 +321,10 @@ impl Store {
     /// [`Store::list_runs`] without each run's template (the bulk of a row), for
     /// listings that do not need it.
     pub fn list_runs_brief(&self, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
-        self.query_runs(&RUN_COLUMNS.replacen("teams, template,", "teams, NULL,", 1), statuses)
+        self.query_runs(
+            &RUN_COLUMNS.replacen("teams, template,", "teams, NULL,", 1),
+            statuses,
+        )
     }
 
     fn query_runs(&self, columns: &str, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {

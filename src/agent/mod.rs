@@ -1217,7 +1217,9 @@ impl Agent {
             let store = self.store();
             (
                 store.count_by_status().unwrap_or_default(),
-                store.list_runs_brief(Some(&live_statuses)).unwrap_or_default(),
+                store
+                    .list_runs_brief(Some(&live_statuses))
+                    .unwrap_or_default(),
             )
         };
         let now_t = chrono::Utc::now();
