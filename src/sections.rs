@@ -146,11 +146,18 @@ fn fd_flags(proc_root: &Path, pid: i32, fd: &str) -> Option<u32> {
 
 /// Scans the processes of `scope` for open critical sections.
 pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
-    let locks = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
-    let held: Vec<Lock> = parse_locks(&locks)
-        .into_iter()
-        .filter(|l| l.write && !l.blocked)
-        .collect();
+    // /proc/locks is read only once a regular file turns up: reading it takes the
+    // kernel's file_rwsem for writing, which waits for an RCU grace period (~10 ms).
+    let held = std::cell::OnceCell::<Vec<Lock>>::new();
+    let held = || {
+        held.get_or_init(|| {
+            let locks = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
+            parse_locks(&locks)
+                .into_iter()
+                .filter(|l| l.write && !l.blocked)
+                .collect()
+        })
+    };
     let pids: HashSet<i32> = scope.pids.iter().copied().collect();
     let excluded = |p: &str| scope.exclude.iter().any(|e| Path::new(p).starts_with(e));
     let mut found = Vec::new();
@@ -160,11 +167,12 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
         if files.is_empty() {
             continue;
         }
-        let command = procfs::cmdline(proc_root, pid).unwrap_or_default();
-        let my_locks: Vec<&Lock> = held
-            .iter()
-            .filter(|l| l.pid == pid || (l.pid == -1 && pids.contains(&pid)))
-            .collect();
+        let command = std::cell::OnceCell::new();
+        let command = || {
+            command
+                .get_or_init(|| procfs::cmdline(proc_root, pid).unwrap_or_default())
+                .clone()
+        };
         for fd in files {
             if excluded(&fd.path) || !seen.insert((pid, fd.path.clone())) {
                 continue;
@@ -176,14 +184,17 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
             if !meta.is_file() {
                 continue;
             }
-            let locked = my_locks.iter().any(|l| {
-                l.ino == meta.ino()
-                    && l.major == rustix::fs::major(meta.dev())
-                    && l.minor == rustix::fs::minor(meta.dev())
-            });
+            let locked = || {
+                held().iter().any(|l| {
+                    (l.pid == pid || (l.pid == -1 && pids.contains(&pid)))
+                        && l.ino == meta.ino()
+                        && l.major == rustix::fs::major(meta.dev())
+                        && l.minor == rustix::fs::minor(meta.dev())
+                })
+            };
             let kind = if is_git_lock(&fd.path) {
                 Some(SectionKind::Git)
-            } else if (locked || fd.path.ends_with("-journal")) && is_sqlite_file(&fd.path) {
+            } else if (locked() || fd.path.ends_with("-journal")) && is_sqlite_file(&fd.path) {
                 Some(SectionKind::Database)
             } else if scope
                 .workspace
@@ -201,7 +212,7 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                     kind,
                     path: fd.path,
                     pid,
-                    command: command.clone(),
+                    command: command(),
                     dev: meta.dev(),
                     ino: meta.ino(),
                 });

@@ -615,7 +615,13 @@ impl Agent {
         }
         let cg = Cgroup::new(&rec.cgroup_path);
         let mut killed = 0;
-        if cg.freeze(self.template.kill.freeze_timeout).is_ok() {
+        // The usual case: only the supervisor is left, and it waits for this answer, so
+        // nothing can fork; no need to freeze and scan. (cgroup.procs may still list
+        // tasks that are exiting, never omit a live one.)
+        let alone = cg
+            .procs_recursive()
+            .is_ok_and(|p| p.iter().all(|&pid| pid == caller.pid));
+        if !alone && cg.freeze(self.template.kill.freeze_timeout).is_ok() {
             let leftovers: Vec<i32> = cg
                 .procs_recursive()
                 .unwrap_or_default()
@@ -642,7 +648,9 @@ impl Agent {
                 }
             }
         }
-        let _ = cg.thaw();
+        if !alone {
+            let _ = cg.thaw();
+        }
         if killed > 0 {
             tracing::info!(
                 run_id,
