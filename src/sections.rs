@@ -128,8 +128,12 @@ fn open_files(proc_root: &Path, pid: i32) -> Vec<Fd> {
         .filter_map(|e| {
             let target = fs::read_link(e.path()).ok()?;
             let path = target.to_str()?.to_owned();
-            // Only files on a filesystem; not pipes, sockets or deleted files.
-            (path.starts_with('/') && !path.ends_with(" (deleted)")).then(|| Fd {
+            // Only files on a filesystem; not pipes, sockets, deleted files, nor
+            // the pseudo-filesystems (/dev/null, /proc, /sys), which hold no section.
+            let pseudo = ["/dev/", "/proc/", "/sys/"]
+                .iter()
+                .any(|p| path.starts_with(p));
+            (path.starts_with('/') && !pseudo && !path.ends_with(" (deleted)")).then(|| Fd {
                 num: e.file_name().to_string_lossy().into_owned(),
                 path,
             })
