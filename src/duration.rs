@@ -77,6 +77,17 @@ pub fn format(d: Duration) -> String {
     }
 }
 
+/// Seconds, for tables: `42s`, `3m07s`, `2h05m`, `1d04h` (negative is `0s`).
+pub fn short(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86400, s / 3600 % 24),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

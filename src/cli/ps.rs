@@ -28,16 +28,6 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-fn age(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-        _ => format!("{}d{:02}h", s / 86400, s / 3600 % 24),
-    }
-}
-
 fn cpu(usec: Option<u64>) -> String {
     usec.map(|u| format!("{:.2}s", u as f64 / 1e6))
         .unwrap_or_else(|| "-".into())
@@ -71,7 +61,7 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
             r.status,
             r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.processes,
-            age(r.age_secs),
+            crate::duration::short(r.age_secs),
             cpu(r.cpu_usec),
             r.command.join(" ")
         );
@@ -128,7 +118,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     );
     println!("processes:  {}", r.processes);
     println!("started:    {}", opt(&r.started_at));
-    println!("age:        {}", age(r.age_secs));
+    println!("age:        {}", crate::duration::short(r.age_secs));
     println!("cpu:        {}", cpu(r.cpu_usec));
     println!("workspace:  {}", opt(&r.workspace));
     println!("cgroup:     {}", r.cgroup);

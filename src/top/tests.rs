@@ -373,10 +373,10 @@ fn the_selection_follows_its_run_across_refreshes() {
 
 #[test]
 fn formats() {
-    assert_eq!(view::duration(59.9), "59s");
-    assert_eq!(view::duration(125.0), "2m05s");
-    assert_eq!(view::duration(7300.0), "2h01m");
-    assert_eq!(view::duration(-3.0), "0s");
+    assert_eq!(crate::duration::short(59.9), "59s");
+    assert_eq!(crate::duration::short(125.0), "2m05s");
+    assert_eq!(crate::duration::short(7300.0), "2h01m");
+    assert_eq!(crate::duration::short(-3.0), "0s");
     assert_eq!(view::bytes(512 * 1024), "512K");
     assert_eq!(view::bytes(3 * 1024 * 1024 * 1024 / 2), "1.5G");
     assert_eq!(view::percent(None), "-");

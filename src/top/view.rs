@@ -204,18 +204,22 @@ impl Col {
                 };
                 format!("{mark}{}", i.status)
             }
-            Col::Age => duration(i.age_secs),
+            Col::Age => crate::duration::short(i.age_secs),
             Col::Beat => i
                 .last_heartbeat
                 .as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| duration((now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3))
+                .map(|t| {
+                    crate::duration::short(
+                        (now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3,
+                    )
+                })
                 .unwrap_or_else(|| "-".into()),
             Col::Procs => i.processes.to_string(),
             Col::Cpu => percent(r.cpu_percent),
             Col::Time => i
                 .cpu_usec
-                .map(|u| duration(u as f64 / 1e6))
+                .map(|u| crate::duration::short(u as f64 / 1e6))
                 .unwrap_or_else(|| "-".into()),
             Col::Mem => r.memory_bytes.map(bytes).unwrap_or_else(|| "-".into()),
             Col::Crit if !r.sections_known || !i.status.is_live() => "-".into(),
@@ -461,7 +465,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
             " {}: {path} (pid {}, {})",
             kind.as_str(),
             pids.join(","),
-            duration(secs)
+            crate::duration::short(secs)
         )));
     }
     if notes.is_empty() {
@@ -594,17 +598,6 @@ fn clock(t: &str) -> String {
     DateTime::parse_from_rfc3339(t)
         .map(|t| t.with_timezone(&Local).format("%H:%M:%S").to_string())
         .unwrap_or_else(|_| t.to_string())
-}
-
-/// Seconds as `42s`, `3m07s`, `2h05m`, `1d04h`.
-pub fn duration(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-        _ => format!("{}d{:02}h", s / 86400, s / 3600 % 24),
-    }
 }
 
 /// Bytes as `512K`, `12.3M`, `1.5G` (powers of 1024).
