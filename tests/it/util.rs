@@ -99,24 +99,7 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent and waits until it answers.
     pub fn start() -> TestAgent {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = tempfile::Builder::new()
-            .prefix("wfcg-test")
-            .tempdir()
-            .unwrap();
-        let mount = cgroup::cgroup2_mount().expect("cgroup2 mount");
-        let cgroup_root = mount.join(format!(
-            "wfcg-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut agent = TestAgent {
-            socket: dir.path().join("agent.sock"),
-            state_dir: dir.path().join("state"),
-            cgroup_root,
-            dir,
-            child: None,
-        };
+        let mut agent = TestAgent::unstarted();
         agent.spawn();
         agent
     }
@@ -538,7 +521,7 @@ impl TestAgent {
             .unwrap();
         let mount = cgroup::cgroup2_mount().expect("cgroup2 mount");
         let cgroup_root = mount.join(format!(
-            "wfcg-test-{}-u{}",
+            "wfcg-test-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
