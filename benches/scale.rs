@@ -22,16 +22,15 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
-    let f: Vec<f64> = after
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
+/// utime + stime of a process (or thread) from its `stat` file, in seconds.
+fn cpu_seconds_of(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     let ticks = rustix::param::clock_ticks_per_second() as f64;
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+    wfcg::procfs::parse_stat_cpu_ticks(&stat).unwrap_or(0) as f64 / ticks
+}
+
+fn cpu_seconds(pid: i32) -> f64 {
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
 }
 
 /// CPU seconds of each thread of a process, by thread name.
@@ -41,17 +40,8 @@ fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, f64> {
         return out;
     };
     for t in tasks.flatten() {
-        let tid: i32 = t.file_name().to_string_lossy().parse().unwrap_or(0);
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
-        let f: Vec<f64> = after
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0.0))
-            .collect();
-        let ticks = rustix::param::clock_ticks_per_second() as f64;
-        let secs = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks;
-        let _ = tid;
+        let secs = cpu_seconds_of(&t.path().join("stat").to_string_lossy());
         *out.entry(comm.trim().to_string()).or_insert(0.0) += secs;
     }
     out

@@ -19,19 +19,30 @@ pub fn starttime(proc_root: &Path, pid: i32) -> Option<u64> {
     parse_stat_starttime(&text)
 }
 
-/// Field 22 of a `/proc/<pid>/stat` line. The command (field 2) may hold spaces
-/// and parentheses, so fields are counted from the last `)`.
-pub fn parse_stat_starttime(stat: &str) -> Option<u64> {
+/// Field `n` (counted from 1, as in proc(5)) of a `/proc/<pid>/stat` line, from
+/// field 3 on. The command (field 2) may hold spaces and parentheses, so fields
+/// are counted from its last `)`.
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let after = &stat[stat.rfind(')')? + 1..];
-    // After the comm come fields 3 (state) onwards; starttime is field 22.
-    after.split_whitespace().nth(22 - 3)?.parse().ok()
+    after.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+/// Field 22 (starttime, clock ticks since boot) of a `/proc/<pid>/stat` line.
+pub fn parse_stat_starttime(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)?.parse().ok()
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let utime: u64 = stat_field(stat, 14)?.parse().ok()?;
+    let stime: u64 = stat_field(stat, 15)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// The process state letter (R, S, D, Z, T, …) from `/proc/<pid>/stat`.
 pub fn state(proc_root: &Path, pid: i32) -> Option<char> {
     let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let after = &text[text.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
+    stat_field(&text, 3)?.chars().next()
 }
 
 /// The command line of a process, arguments joined by spaces (`/proc/<pid>/cmdline`),

@@ -239,19 +239,13 @@ fn to_prometheus_text(openmetrics: &str) -> String {
 /// The agent's own resources, from `/proc/self`.
 fn register_process(reg: &mut Registry) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
-    let field = |n: usize| -> f64 {
-        // Fields counted from 3 (state) after the command.
-        after
-            .split_whitespace()
-            .nth(n - 3)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     let page = rustix::param::page_size() as f64;
-    let cpu = (field(14) + field(15)) / ticks.max(1.0);
-    let rss = field(24) * page;
+    let cpu = crate::procfs::parse_stat_cpu_ticks(&stat).unwrap_or(0) as f64 / ticks.max(1.0);
+    let rss_pages: f64 = crate::procfs::stat_field(&stat, 24)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let rss = rss_pages * page;
     let fds = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0);

@@ -185,7 +185,7 @@ impl Source {
         let proc_dir = Path::new("/proc").join(pid.to_string());
         let ticks = std::fs::read_to_string(proc_dir.join("stat"))
             .ok()
-            .and_then(|s| cpu_ticks(&s));
+            .and_then(|s| crate::procfs::parse_stat_cpu_ticks(&s));
         let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
         let cpu_percent = match (ticks, self.prev_agent) {
             (Some(t), Some((p, before, at))) if p == pid => {
@@ -223,18 +223,6 @@ pub fn latest_kills(records: Vec<AuditRecord>, n: usize) -> Vec<AuditRecord> {
     kills
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
-/// The command name (field 2) may hold spaces and parentheses, so fields are
-/// counted after its last `)`.
-pub fn cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// `VmRSS` of a `/proc/<pid>/status`, in bytes.
 pub fn rss_bytes(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -255,8 +243,8 @@ mod tests {
     fn stat_with_spaces_and_parens_in_the_name() {
         let stat = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
                     250 50 0 0 20 0 3 0 12345 1000000 300 18446744073709551615";
-        assert_eq!(cpu_ticks(stat), Some(300));
-        assert_eq!(cpu_ticks("garbage"), None);
+        assert_eq!(crate::procfs::parse_stat_cpu_ticks(stat), Some(300));
+        assert_eq!(crate::procfs::parse_stat_cpu_ticks("garbage"), None);
     }
 
     #[test]
