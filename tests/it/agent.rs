@@ -144,27 +144,51 @@ fn detached_runs_hold_no_connection_to_the_agent() {
     require_privileges!();
     let agent = TestAgent::start();
     let pid = agent.pid().expect("agent pid");
-    let count = |what: &str| {
+    let fd_targets = || -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .flatten()
-            .filter(|e| {
-                std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains(what))
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|t| t.to_string_lossy().into_owned())
+            .collect()
+    };
+    // A connection is a connected stream socket (type 0001, state 03 in
+    // /proc/net/unix) bound to the agent's socket path; the listener, the
+    // notify datagram sockets and the runtime's socketpairs are not.
+    let path = agent.socket.to_string_lossy().into_owned();
+    let connections = || {
+        let net = std::fs::read_to_string("/proc/net/unix").unwrap();
+        let connected: std::collections::HashSet<String> = net
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 8 && f[4] == "0001" && f[5] == "03" && f[7] == path)
+                    .then(|| f[6].to_string())
             })
+            .collect();
+        fd_targets()
+            .iter()
+            .filter_map(|t| t.strip_prefix("socket:[")?.strip_suffix(']'))
+            .filter(|inode| connected.contains(*inode))
             .count()
     };
-    let sockets_before = count("socket:");
+    let pidfds = || {
+        fd_targets()
+            .iter()
+            .filter(|t| t.contains("[pidfd]"))
+            .count()
+    };
     for _ in 0..5 {
         agent.start_run(&[], "exec sleep 1000");
     }
-    // Five notify sockets are expected; connections and pidfds are not.
     let settled = crate::util::wait_until(std::time::Duration::from_secs(5), || {
-        count("[pidfd]") == 0 && count("socket:") == sockets_before + 5
+        pidfds() == 0 && connections() == 0
     });
     assert!(
         settled,
-        "agent holds {} pidfds and {} sockets (had {sockets_before})",
-        count("[pidfd]"),
-        count("socket:")
+        "with 5 detached runs the agent holds {} pidfds and {} connections",
+        pidfds(),
+        connections()
     );
 }
