@@ -164,6 +164,8 @@ pub struct Agent {
     store: Mutex<Store>,
     template: Template,
     reaper: Reaper,
+    /// The kill sequence under way per run. Lock order: `inflight`, then
+    /// `store`; never take `inflight` while holding `store`.
     inflight: Mutex<HashMap<String, Arc<KillSlot>>>,
     /// When each open critical section was first seen, per run, for `status`.
     sightings: Mutex<HashMap<String, Sightings>>,
@@ -1432,14 +1434,16 @@ impl OnEmpty for Agent {
     /// (it finishes the run itself), record how a live run ended, then clean up.
     fn on_run_empty(&self, run_id: &str) {
         let (rec, ended) = {
+            // Both locks held, in the agent's order, so no kill starts in between.
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if inflight.contains_key(run_id) {
+                return; // the kill sequence finishes the run itself
+            }
             let store = self.store();
             let Ok(Some(mut rec)) = store.get_run(run_id) else {
                 return;
             };
             let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
-            if self.kill_in_flight(run_id) {
-                return; // the kill sequence finishes the run itself
-            }
             let mut ended = None;
             if status.is_live() {
                 if rec.exit_code.is_none()

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::require_privileges;
-use crate::util::{self, TestAgent, TestUser, wait_until};
+use crate::util::{self, KillOnDrop, TestAgent, TestUser, wait_until};
 
 /// The names of a run's kill phases, in order.
 fn phase_names(result: &serde_json::Value) -> Vec<String> {
@@ -141,6 +141,58 @@ fn kill_of_an_ended_run_succeeds_with_already_ended() {
     assert_eq!(result["already_ended"], true, "{result:#}");
     assert_eq!(result["ended_as"], "exited", "{result:#}");
     assert_eq!(agent.kill_count(&id), 0, "no kill sequence may run");
+}
+
+/// A kill that arrives while the agent records the end of a run (its cgroup
+/// just emptied) once deadlocked the agent: each path held one of two locks and
+/// waited for the other. Here four clients ask to kill each run the moment its
+/// command exits, until told it ended; every request must be answered.
+#[test]
+fn kills_racing_the_end_of_runs_are_all_answered() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let (answered_tx, answered_rx) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<String>();
+            let (socket, answered_tx) = (agent.socket.clone(), answered_tx.clone());
+            std::thread::spawn(move || {
+                let client = wfcg::client::Client::new(&socket);
+                let req = wfcg::api::KillRequest::default();
+                for id in go_rx {
+                    let path = format!("/v1/runs/{id}/kill");
+                    let ended = (0..1000).any(|_| {
+                        client
+                            .post::<_, wfcg::api::KillResult>(&path, &req)
+                            .is_ok_and(|r| r.already_ended)
+                    });
+                    answered_tx.send((id, ended)).unwrap();
+                }
+            });
+            go_tx
+        })
+        .collect();
+    for i in 0..200 {
+        let id = util::marker(&format!("race{i}"));
+        let mut run = agent
+            .wfcg()
+            .args(["run", "-q", "--run-id", &id, "--", "true"])
+            .spawn()
+            .expect("spawning wfcg run");
+        assert!(run.wait().unwrap().success());
+        for go in &clients {
+            go.send(id.clone()).unwrap();
+        }
+        for _ in &clients {
+            let answer = answered_rx.recv_timeout(Duration::from_secs(20));
+            assert_eq!(
+                answer,
+                Ok((id.clone(), true)),
+                "kills of run {id} as it ended; agent log: {}",
+                agent.log_tail(5)
+            );
+        }
+    }
 }
 
 #[test]
