@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::require_privileges;
-use crate::util::{self, KillOnDrop, TestAgent, TestUser, wait_until};
+use crate::util::{self, TestAgent, TestUser, wait_until};
 
 /// The names of a run's kill phases, in order.
 fn phase_names(result: &serde_json::Value) -> Vec<String> {
