@@ -37,15 +37,17 @@ pub fn user_name_cached(uid: u32) -> Option<String> {
     type Names = HashMap<u32, (Option<String>, Instant)>;
     static CACHE: Mutex<Option<Names>> = Mutex::new(None);
     const TTL: Duration = Duration::from_secs(60);
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    let map = cache.get_or_insert_with(HashMap::new);
-    if let Some((name, at)) = map.get(&uid)
+    let cache = || CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((name, at)) = cache().get_or_insert_with(HashMap::new).get(&uid)
         && at.elapsed() < TTL
     {
         return name.clone();
     }
+    // Asked without the lock: a slow directory service holds up only this caller.
     let name = user_name(uid);
-    map.insert(uid, (name.clone(), Instant::now()));
+    cache()
+        .get_or_insert_with(HashMap::new)
+        .insert(uid, (name.clone(), Instant::now()));
     name
 }
 

@@ -498,7 +498,8 @@ impl Agent {
             if let Some(text) = found {
                 tracing::warn!(run_id, "{text}");
                 let _ = self.store().set(&run_id, Col::LoopSuspected, Some(&text));
-                if let Ok(Some(rec)) = self.store().get_run(&run_id) {
+                let rec = self.store().get_run(&run_id);
+                if let Ok(Some(rec)) = rec {
                     self.alert("loop_suspected", &rec, &text);
                 }
             }

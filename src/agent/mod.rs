@@ -155,6 +155,32 @@ struct KillSlot {
     done: Condvar,
 }
 
+/// Ends a run's kill slot when the leader is done, even if its kill sequence
+/// panicked: the waiters get an answer and later kills start a new sequence.
+struct Answer<'a> {
+    agent: &'a Agent,
+    run_id: &'a str,
+    slot: Arc<KillSlot>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        let mut result = self.slot.result.lock().unwrap_or_else(|p| p.into_inner());
+        result.get_or_insert_with(|| KillResult {
+            run_id: self.run_id.to_owned(),
+            message: "the kill sequence failed with an agent error (see its log)".into(),
+            ..Default::default()
+        });
+        self.slot.done.notify_all();
+        drop(result);
+        self.agent
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.run_id);
+    }
+}
+
 pub struct Agent {
     pub cfg: Config,
     runs_cg: Cgroup,
@@ -499,7 +525,8 @@ impl Agent {
             ..Default::default()
         };
         Agent::initial_deadlines(&template, &mut rec);
-        if let Err(e) = self.store().insert_run(&rec) {
+        let inserted = self.store().insert_run(&rec);
+        if let Err(e) = inserted {
             let _ = cg.kill();
             return Err(undo(e.to_string()));
         }
@@ -661,17 +688,22 @@ impl Agent {
             );
         }
         // Only if no kill began meanwhile: then the kill sequence has the last word.
-        let exited = self.store().finish_run_if(
-            run_id,
-            &[
-                RunStatus::Initializing.as_str(),
-                RunStatus::Running.as_str(),
-                RunStatus::Stopping.as_str(),
-                RunStatus::Unknown.as_str(),
-            ],
-            RunStatus::Exited.as_str(),
-            &now(),
-        )?;
+        // (Both locks held, in the agent's order, so none begins in between.)
+        let exited = {
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            !inflight.contains_key(run_id)
+                && self.store().finish_run_if(
+                    run_id,
+                    &[
+                        RunStatus::Initializing.as_str(),
+                        RunStatus::Running.as_str(),
+                        RunStatus::Stopping.as_str(),
+                        RunStatus::Unknown.as_str(),
+                    ],
+                    RunStatus::Exited.as_str(),
+                    &now(),
+                )?
+        };
         if exited {
             self.audit_run_end(run_id, RunStatus::Exited);
         }
@@ -928,13 +960,23 @@ impl Agent {
             }
             return Ok(result.clone().unwrap_or_default());
         }
+        let answer = Answer {
+            agent: self,
+            run_id,
+            slot,
+        };
         let result = self.kill_sequence(&requested_by, &rec, &req, end);
-        *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
-        slot.done.notify_all();
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(run_id);
+        *answer.slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
+        drop(answer);
+        // The reaper skips a run while its kill is under way: if the survivors of
+        // an unkillable run died meanwhile, nothing else would finish it.
+        if result.cleanup_status.processes_remaining > 0
+            && Cgroup::new(&rec.cgroup_path)
+                .events()
+                .is_ok_and(|e| !e.populated)
+        {
+            self.on_run_empty(run_id);
+        }
         Ok(result)
     }
 
