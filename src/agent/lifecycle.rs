@@ -22,8 +22,12 @@ use crate::store::{Col, RunRecord};
 /// A restarted agent adds this to the stored watchdog deadlines, which may be
 /// that much behind the last heartbeat.
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
-/// How often initializing runs are sampled for restart loops.
+/// How often initializing runs are sampled for restart loops: every
+/// `SAMPLE_EVERY` while new processes appear in a run, backing off to
+/// `QUIET_SAMPLE_EVERY` while none do (a loop shows new processes; a thousand
+/// quiet runs then cost a few dozen reads a second, not five hundred).
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const QUIET_SAMPLE_EVERY: Duration = Duration::from_secs(16);
 /// The loop hint: this many starts of one command line …
 const LOOP_STARTS: usize = 5;
 /// … within this window.
@@ -45,6 +49,9 @@ struct LoopTracker {
     seen: HashMap<i32, u64>,
     starts: HashMap<String, VecDeque<Instant>>,
     flagged: bool,
+    /// The run's current sampling period, and when it is next sampled.
+    every: Duration,
+    next: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -447,14 +454,18 @@ impl Agent {
     /// While a run initializes, notices the same command line being started again
     /// and again (a restart loop). It only marks the run; the deadline kills.
     fn sample_loops(&self) {
-        let ids: Vec<String> = lock(&self.life.loops).keys().cloned().collect();
+        let now_i = Instant::now();
+        let ids: Vec<String> = lock(&self.life.loops)
+            .iter()
+            .filter(|(_, t)| t.next.is_none_or(|n| n <= now_i))
+            .map(|(id, _)| id.clone())
+            .collect();
         for run_id in ids {
             let Some(cg) = lock(&self.life.lives).get(&run_id).map(|l| l.cg.clone()) else {
                 continue;
             };
             // A run cannot make cgroups of its own: its processes are all here.
             let pids = cg.procs().unwrap_or_default();
-            let now_i = Instant::now();
             let mut found = None;
             {
                 let mut loops = lock(&self.life.loops);
@@ -477,7 +488,15 @@ impl Agent {
                         t.starts.entry(cmd).or_default().push_back(now_i);
                     }
                 }
+                let fresh = seen.keys().any(|p| !t.seen.contains_key(p));
                 t.seen = seen;
+                t.every = if fresh {
+                    SAMPLE_EVERY
+                } else {
+                    (t.every * 2).clamp(SAMPLE_EVERY, QUIET_SAMPLE_EVERY)
+                };
+                // Half a tick early, so the tick that falls due is not missed by jitter.
+                t.next = Some(now_i + t.every - SAMPLE_EVERY / 2);
                 for (cmd, starts) in t.starts.iter_mut() {
                     while starts
                         .front()

@@ -3,9 +3,14 @@
 //! Event-driven: the task sleeps until the earliest deadline or the next change,
 //! never scanning all runs. Deadlines are absolute (UTC) times, as stored, so an
 //! agent restart re-arms them unchanged.
+//!
+//! A deadline moved later (every heartbeat moves one) only updates a map: the
+//! task is not woken. When its earlier timer fires, the task finds the deadline
+//! moved and sleeps until the new one instead.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -22,17 +27,16 @@ impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Init, Kind::Total, Kind::Watchdog];
 }
 
-struct Update {
-    run_id: String,
-    kind: Kind,
-    /// `None` clears the deadline.
-    at: Option<DateTime<Utc>>,
-}
+type Key = (String, Kind);
+/// The deadline in force for each run and kind.
+type Current = Arc<Mutex<HashMap<Key, DateTime<Utc>>>>;
 
 /// The handle through which deadlines are set; the queue lives in a tokio task.
 #[derive(Clone)]
 pub struct Monitor {
-    tx: mpsc::UnboundedSender<Update>,
+    current: Current,
+    /// Timers the task must add: deadlines new or moved earlier.
+    tx: mpsc::UnboundedSender<(DateTime<Utc>, Key)>,
 }
 
 impl Monitor {
@@ -43,17 +47,26 @@ impl Monitor {
         expired: impl Fn(String, Kind) + Send + Sync + 'static,
     ) -> Monitor {
         let (tx, rx) = mpsc::unbounded_channel();
-        rt.spawn(run(rx, std::sync::Arc::new(expired)));
-        Monitor { tx }
+        let current = Current::default();
+        rt.spawn(run(rx, current.clone(), Arc::new(expired)));
+        Monitor { current, tx }
     }
 
     /// Sets (or with `None` clears) one deadline of a run.
     pub fn set(&self, run_id: &str, kind: Kind, at: Option<DateTime<Utc>>) {
-        let _ = self.tx.send(Update {
-            run_id: run_id.to_owned(),
-            kind,
-            at,
-        });
+        let key = (run_id.to_owned(), kind);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = at else {
+            current.remove(&key); // its timer, when it fires, finds nothing
+            return;
+        };
+        // A deadline moved later keeps its timer, which re-arms when it fires.
+        let earlier = current.get(&key).is_none_or(|prev| at < *prev);
+        current.insert(key.clone(), at);
+        drop(current);
+        if earlier {
+            let _ = self.tx.send((at, key));
+        }
     }
 
     /// Clears every deadline of a run.
@@ -64,18 +77,16 @@ impl Monitor {
     }
 }
 
-type Entry = Reverse<(DateTime<Utc>, String, Kind)>;
-
 async fn run(
-    mut rx: mpsc::UnboundedReceiver<Update>,
-    expired: std::sync::Arc<dyn Fn(String, Kind) + Send + Sync>,
+    mut rx: mpsc::UnboundedReceiver<(DateTime<Utc>, Key)>,
+    current: Current,
+    expired: Arc<dyn Fn(String, Kind) + Send + Sync>,
 ) {
-    let mut heap: BinaryHeap<Entry> = BinaryHeap::new();
-    let mut current: HashMap<(String, Kind), DateTime<Utc>> = HashMap::new();
+    let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, Key)>> = BinaryHeap::new();
     loop {
         let wait = heap
             .peek()
-            .map(|Reverse((at, _, _))| (*at - Utc::now()).to_std().unwrap_or_default());
+            .map(|Reverse((at, _))| (*at - Utc::now()).to_std().unwrap_or_default());
         let sleep = async {
             match wait {
                 Some(d) => tokio::time::sleep(d).await,
@@ -83,39 +94,31 @@ async fn run(
             }
         };
         tokio::select! {
-            update = rx.recv() => {
-                let Some(u) = update else { return };
-                match u.at {
-                    Some(at) => {
-                        current.insert((u.run_id.clone(), u.kind), at);
-                        heap.push(Reverse((at, u.run_id, u.kind)));
-                    }
-                    None => {
-                        current.remove(&(u.run_id, u.kind));
-                    }
-                }
+            timer = rx.recv() => {
+                let Some(timer) = timer else { return };
+                heap.push(Reverse(timer));
             }
             () = sleep => {
                 let now = Utc::now();
-                while let Some(Reverse((at, _, _))) = heap.peek() {
-                    if *at > now {
-                        break;
-                    }
-                    let Some(Reverse((at, run_id, kind))) = heap.pop() else { break };
-                    // Entries for deadlines that were moved or cleared are stale.
-                    let key = (run_id, kind);
-                    if current.get(&key) == Some(&at) {
-                        current.remove(&key);
-                        let expired = expired.clone();
-                        tokio::task::spawn_blocking(move || expired(key.0, key.1));
+                while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                    let Some(Reverse((_, key))) = heap.pop() else { break };
+                    let mut cur = current.lock().unwrap_or_else(|p| p.into_inner());
+                    match cur.get(&key).copied() {
+                        None => {} // cleared
+                        Some(at) if at > now => heap.push(Reverse((at, key))), // moved later
+                        Some(_) => {
+                            cur.remove(&key);
+                            drop(cur);
+                            let expired = expired.clone();
+                            tokio::task::spawn_blocking(move || expired(key.0, key.1));
+                        }
                     }
                 }
-                // Keep the heap from growing without bound with stale entries.
-                if heap.len() > 4 * current.len() + 1024 {
-                    heap = current
-                        .iter()
-                        .map(|((id, kind), at)| Reverse((*at, id.clone(), *kind)))
-                        .collect();
+                // Timers of deadlines moved earlier or cleared are left behind:
+                // keep them from piling up, with one timer per deadline in force.
+                let cur = current.lock().unwrap_or_else(|p| p.into_inner());
+                if heap.len() > 4 * cur.len() + 1024 {
+                    heap = cur.iter().map(|(key, at)| Reverse((*at, key.clone()))).collect();
                 }
             }
         }
@@ -129,7 +132,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn fires_only_deadlines_that_were_not_moved_or_cleared() {
+    fn fires_only_deadlines_in_force_and_when_they_are_due() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -138,19 +141,38 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let monitor = Monitor::start(rt.handle(), move |id, kind| {
-            tx.lock().unwrap().send((id, kind)).unwrap();
+            tx.lock().unwrap().send((id, kind, Utc::now())).unwrap();
         });
-        let soon = |ms: i64| Some(Utc::now() + chrono::Duration::milliseconds(ms));
-        monitor.set("a", Kind::Init, soon(50));
-        monitor.set("b", Kind::Init, soon(50));
-        monitor.set("b", Kind::Init, soon(100_000)); // moved far away
-        monitor.set("c", Kind::Watchdog, soon(50));
+        let t0 = Utc::now();
+        let at = |ms: i64| Some(t0 + chrono::Duration::milliseconds(ms));
+        monitor.set("a", Kind::Init, at(50));
+        monitor.set("b", Kind::Init, at(50));
+        monitor.set("b", Kind::Init, at(100_000)); // moved far away
+        monitor.set("c", Kind::Watchdog, at(50));
         monitor.set("c", Kind::Watchdog, None); // cleared
-        monitor.set("d", Kind::Total, soon(150));
-        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(first, ("a".to_string(), Kind::Init));
-        assert_eq!(second, ("d".to_string(), Kind::Total));
+        monitor.set("d", Kind::Total, at(150));
+        monitor.set("e", Kind::Watchdog, at(50));
+        monitor.set("e", Kind::Watchdog, at(300)); // moved later, as heartbeats do
+        monitor.set("f", Kind::Init, at(100_000));
+        monitor.set("f", Kind::Init, at(100)); // moved earlier
+        let mut fired = HashMap::new();
+        for _ in 0..4 {
+            let (id, kind, when) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(fired.insert(id, (kind, when)).is_none(), "fired twice");
+        }
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        let mut ids: Vec<_> = fired.keys().cloned().collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "d", "e", "f"]);
+        // Never before its deadline in force.
+        for (id, due) in [("a", 50), ("d", 150), ("e", 300), ("f", 100)] {
+            let when = fired[id].1;
+            assert!(
+                when >= at(due).unwrap(),
+                "{id} fired {} ms early",
+                (at(due).unwrap() - when).num_milliseconds()
+            );
+        }
+        assert_eq!(fired["e"].0, Kind::Watchdog);
     }
 }
