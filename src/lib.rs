@@ -19,6 +19,7 @@ pub mod duration;
 pub mod exit;
 pub mod kill;
 pub mod mcp;
+pub mod par;
 pub mod policy;
 pub mod procfs;
 pub mod run;

@@ -722,10 +722,14 @@ impl Agent {
             .collect();
         let recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
         let id = self.access.identity(caller);
-        Ok(recs
+        let visible: Vec<RunRecord> = recs
             .into_iter()
             .filter(|r| self.decide(&id, Action::View, r).allowed)
-            .map(|r| self.info(r, false))
+            .collect();
+        // Two cgroup files per live run: with many runs, read them on every core.
+        let infos = crate::par::map(&visible, 256, |r| self.info(r.clone(), false));
+        Ok(infos
+            .into_iter()
             .filter(|r| !stuck || r.stuck.is_some())
             .collect())
     }
