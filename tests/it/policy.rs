@@ -691,6 +691,124 @@ fn the_audit_record_of_a_kill_survives_a_sigkill_of_the_agent_right_after_the_an
     assert_eq!(v["records"], 21 + 3 * 20, "{v:#}\n{message}");
 }
 
+/// Runs one statement on the agent's store with the sqlite3 CLI, waiting up to
+/// 5 s for a write of the agent's own to finish instead of failing as busy.
+fn sql_write(agent: &TestAgent, statement: &str) {
+    let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
+        .arg(agent.db())
+        .arg(statement)
+        .output()
+        .expect("sqlite3");
+    assert_ok(&out);
+}
+
+/// The value of an unlabelled metric in the agent's `GET /metrics`.
+fn metric(agent: &TestAgent, name: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(&agent.socket)
+        .arg("http://wfcg/metrics")
+        .output()
+        .expect("curl");
+    assert_ok(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// A kill whose audit record cannot be written (a trigger makes every insert
+/// into `audit` fail) is still carried out and answered `audit: pending`; the
+/// agent logs the failure loudly and retries, and once the store takes writes
+/// again the held records land in order, the chain verifies intact, and the
+/// next kill is `written` at once.
+#[test]
+fn a_kill_whose_audit_record_cannot_be_written_is_carried_out_and_written_later() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(&[], "exec sleep 1000");
+    assert!(agent.wait_procs(&run.id, 2), "{}", agent.log_tail(30));
+    // The policy load at start, and the run's start.
+    assert_eq!(agent.sql("select count(*) from audit"), "2");
+    sql_write(
+        &agent,
+        "CREATE TRIGGER block_audit BEFORE INSERT ON audit \
+         BEGIN SELECT RAISE(ABORT, 'audit blocked by the test'); END;",
+    );
+
+    let result = agent.kill_ok(&run.id, &["--reason", "audit down"]);
+    assert_eq!(result["audit"], "pending", "{result:#}");
+    assert_eq!(result["already_ended"], false, "{result:#}");
+    agent.assert_run_gone(&run);
+    assert_eq!(agent.status(&run.id)["status"], "killed");
+    let log = agent.log();
+    assert!(
+        log.contains("AUDIT RECORD NOT WRITTEN, will retry")
+            && log.contains("audit blocked by the test"),
+        "{}",
+        agent.log_tail(30)
+    );
+    // Neither the kill nor the run's end (audited by the kill sequence, before
+    // the kill's own record) is in the store yet: both wait, in memory.
+    let actions = |agent: &TestAgent| -> Vec<Value> {
+        audit(agent, &["--run", &run.id])
+            .into_iter()
+            .map(|r| r["action"].clone())
+            .collect()
+    };
+    assert_eq!(actions(&agent), ["run_start"]);
+    assert_eq!(metric(&agent, "wfcg_audit_pending"), 2.0);
+    assert!(metric(&agent, "wfcg_audit_write_failures_total") >= 2.0);
+    let (code, _, message) = verify(&agent);
+    assert_eq!(code, Some(0), "{message}");
+    assert_eq!(message.trim(), "2 records, chain intact (2 pending)");
+
+    sql_write(&agent, "DROP TRIGGER block_audit");
+    let written = wait_until(Duration::from_secs(20), || {
+        kill_records(&agent, &run.id, "root").len() == 1
+    });
+    assert!(
+        written,
+        "the kill's record was never written; agent log (end):\n{}",
+        agent.log_tail(30)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .log()
+            .contains("AUDIT: pending records are written now")),
+        "{}",
+        agent.log_tail(30)
+    );
+    assert_eq!(actions(&agent), ["run_start", "run_end", "kill"]);
+    let r = &kill_records(&agent, &run.id, "root")[0];
+    assert_eq!(
+        (&r["decision"], &r["outcome"], &r["reason"]),
+        (
+            &Value::from("allowed"),
+            &Value::from("killed"),
+            &Value::from("audit down")
+        ),
+        "{r:#}"
+    );
+    assert_eq!(metric(&agent, "wfcg_audit_pending"), 0.0);
+    let (code, v, message) = verify(&agent);
+    assert_eq!(code, Some(0), "{message}");
+    assert_eq!(message.trim(), "4 records, chain intact");
+    assert_eq!(v["intact"], true, "{v:#}");
+
+    // The trail takes writes again: the next kill is on record before its answer.
+    let again = agent.kill_ok(&run.id, &[]);
+    assert_eq!(again["already_ended"], true, "{again:#}");
+    assert_eq!(again["audit"], "written", "{again:#}");
+    let records = kill_records(&agent, &run.id, "root");
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records[1]["outcome"], "already_ended", "{records:#?}");
+    let (code, _, message) = verify(&agent);
+    assert_eq!(code, Some(0), "{message}");
+    assert_eq!(message.trim(), "5 records, chain intact");
+}
+
 /// Waits until `user`'s `wfcg ps` does (or does not) show `run`.
 fn wait_sees(agent: &TestAgent, user: &User, run: &Run, sees: bool) -> bool {
     wait_until(Duration::from_secs(10), || {
