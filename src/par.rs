@@ -4,7 +4,10 @@
 /// `items.iter().map(f).collect()`, in chunks of at least `min_chunk` items,
 /// one scoped thread per chunk (one chunk, on this thread, for short slices).
 pub fn map<T: Sync, R: Send>(items: &[T], min_chunk: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once: std reads /proc/self/cgroup and the CPU quota files each time.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let chunk = items.len().div_ceil(threads).max(min_chunk.max(1));
     if items.len() <= chunk {
         return items.iter().map(f).collect();
