@@ -2,7 +2,6 @@
 //! concurrent kills, permissions.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::require_privileges;
@@ -203,21 +202,7 @@ fn concurrent_kills_of_one_run_share_one_kill_sequence() {
     let run = agent.start_run(&[], "trap '' TERM; while :; do sleep 0.1; done");
     assert!(agent.wait_procs(&run.id, 3));
 
-    let kills: Vec<_> = (0..20)
-        .map(|_| {
-            agent
-                .wfcg()
-                .args(["kill", "--json", "--grace", "1s", &run.id])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawning wfcg kill")
-        })
-        .collect();
-    let outs: Vec<_> = kills
-        .into_iter()
-        .map(|k| k.wait_with_output().expect("waiting for wfcg kill"))
-        .collect();
+    let outs = agent.kill_concurrently(&run.id, 20, &["--grace", "1s"]);
 
     let mut sequences = HashSet::new();
     for out in &outs {

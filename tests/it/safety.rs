@@ -208,6 +208,28 @@ while True:
     time.sleep(1000)
 "#;
 
+/// Starts a run in `ws` that runs `hold.py READY RELEASE_AFTER ON_TERM SPEC...`
+/// and waits until it holds its files. Returns the run and the holder's pid.
+fn start_holder(
+    agent: &TestAgent,
+    hold: &Path,
+    ws: &Dir,
+    ready: &Path,
+    hold_args: &str,
+) -> (util::Run, i32) {
+    let _ = std::fs::remove_file(ready);
+    let run = agent.start_run(
+        &["--workspace", ws.str()],
+        &format!(
+            "exec python3 {} {} {hold_args}",
+            hold.display(),
+            ready.display()
+        ),
+    );
+    let pid = wait_for_pid_file(ready);
+    (run, pid)
+}
+
 /// A kill in the middle of a loop of `git add -A && git commit` in a repository
 /// of 2000 files leaves the repository sound: fsck is clean, no lock file is
 /// left, and git works. A git section in the kill result is named as such.
@@ -691,19 +713,7 @@ fn fifty_rapid_kills_of_one_run_make_one_kill_sequence() {
         let run = agent.start_run(&[], "trap '' TERM; while :; do sleep 0.1; done");
         assert!(agent.wait_procs(&run.id, 3));
 
-        let kills: Vec<_> = (0..50)
-            .map(|_| {
-                agent
-                    .wfcg()
-                    .args(["kill", "--json", "--grace", "1s", &run.id])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawning wfcg kill")
-            })
-            .collect();
-        for k in kills {
-            let out = k.wait_with_output().unwrap();
+        for out in agent.kill_concurrently(&run.id, 50, &["--grace", "1s"]) {
             assert_eq!(
                 out.status.code(),
                 Some(0),
@@ -756,19 +766,17 @@ fn force_kill_removes_the_stale_git_lock_and_only_that() {
         );
         wait_for_pid_file(&outside_ready);
         // The run creates a's lock and opens c's as well.
-        let ready = scripts.join("run-ready");
-        let _ = std::fs::remove_file(&ready);
-        let run = agent.start_run(
-            &["--workspace", ws.str()],
+        let (run, holder) = start_holder(
+            &agent,
+            &hold,
+            &ws,
+            &scripts.join("run-ready"),
             &format!(
-                "exec python3 {} {} -1 - create:{} open:{}",
-                hold.display(),
-                ready.display(),
+                "-1 - create:{} open:{}",
                 lock(&a).display(),
                 lock(&c).display()
             ),
         );
-        let holder = wait_for_pid_file(&ready);
 
         let t = Instant::now();
         let result = agent.kill_ok(&run.id, &["--force"]);
@@ -826,19 +834,14 @@ fn graceful_kill_waits_for_a_git_lock_to_be_released() {
         let ws = Dir::new("wfcg-safety-wait-ws");
         git_ok(&ws.path, &["init", "-q", "."]);
         let lock = ws.join(".git/index.lock");
-        let ready = scripts.join(format!("ready-{rep}"));
         let on_term = scripts.join(format!("on-term-{rep}"));
-        let run = agent.start_run(
-            &["--workspace", ws.str()],
-            &format!(
-                "exec python3 {} {} 2.5 {} create:{}",
-                hold.display(),
-                ready.display(),
-                on_term.display(),
-                lock.display()
-            ),
+        let (run, _) = start_holder(
+            &agent,
+            &hold,
+            &ws,
+            &scripts.join(format!("ready-{rep}")),
+            &format!("2.5 {} create:{}", on_term.display(), lock.display()),
         );
-        wait_for_pid_file(&ready);
 
         let result = agent.kill_ok(&run.id, &["--grace-git", "10s"]);
 
@@ -885,17 +888,13 @@ fn graceful_kill_gives_up_on_a_git_lock_after_its_grace_and_removes_it() {
         let ws = Dir::new("wfcg-safety-grace-ws");
         git_ok(&ws.path, &["init", "-q", "."]);
         let lock = ws.join(".git/index.lock");
-        let ready = scripts.join(format!("ready-{rep}"));
-        let run = agent.start_run(
-            &["--workspace", ws.str()],
-            &format!(
-                "exec python3 {} {} -1 - create:{}",
-                hold.display(),
-                ready.display(),
-                lock.display()
-            ),
+        let (run, _) = start_holder(
+            &agent,
+            &hold,
+            &ws,
+            &scripts.join(format!("ready-{rep}")),
+            &format!("-1 - create:{}", lock.display()),
         );
-        wait_for_pid_file(&ready);
 
         let result = agent.kill_ok(&run.id, &["--grace-git", "1s"]);
 
@@ -968,17 +967,13 @@ fn status_shows_an_open_git_section() {
     let ws = Dir::new("wfcg-safety-status-ws");
     git_ok(&ws.path, &["init", "-q", "."]);
     let lock = ws.join(".git/index.lock");
-    let ready = scripts.join("ready");
-    let run = agent.start_run(
-        &["--workspace", ws.str()],
-        &format!(
-            "exec python3 {} {} -1 - create:{}",
-            hold.display(),
-            ready.display(),
-            lock.display()
-        ),
+    let (run, pid) = start_holder(
+        &agent,
+        &hold,
+        &ws,
+        &scripts.join("ready"),
+        &format!("-1 - create:{}", lock.display()),
     );
-    let pid = wait_for_pid_file(&ready);
     let prefix = format!("git: {} held by pid {pid} (", lock.display());
     // The seconds the section has been open, from `wfcg status`.
     let open_for = || -> Option<f64> {

@@ -208,7 +208,7 @@ impl Hook {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                if body_tx.send(read_body(&stream)).is_err() {
+                if body_tx.send(read_request(&stream).1).is_err() {
                     return;
                 }
                 let mut state = state.lock().unwrap();
@@ -238,8 +238,11 @@ impl Hook {
     }
 }
 
-fn read_body(stream: &TcpStream) -> serde_json::Value {
+/// Reads one HTTP request: its head lines (request line and headers) and its
+/// JSON body (Content-Length bytes).
+fn read_request(stream: &TcpStream) -> (Vec<String>, serde_json::Value) {
     let mut reader = BufReader::new(stream);
+    let mut head = Vec::new();
     let mut length = 0;
     loop {
         let mut line = String::new();
@@ -250,10 +253,11 @@ fn read_body(stream: &TcpStream) -> serde_json::Value {
         if line == "\r\n" || line.is_empty() {
             break;
         }
+        head.push(line.trim_end().to_string());
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).unwrap();
-    serde_json::from_slice(&body).unwrap()
+    (head, serde_json::from_slice(&body).unwrap())
 }
 
 fn answer_ok(mut stream: TcpStream) {
@@ -418,22 +422,7 @@ fn the_alert_script_opens_a_ticket_through_the_trackers_api() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut head = Vec::new();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            head.push(line.trim_end().to_string());
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
+        let request = read_request(&stream);
         let answer = r#"{"number": 7, "html_url": "http://tracker.example/acme/ops/issues/7"}"#;
         write!(
             stream,
@@ -441,10 +430,7 @@ fn the_alert_script_opens_a_ticket_through_the_trackers_api() {
             answer.len()
         )
         .unwrap();
-        (
-            head,
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-        )
+        request
     });
     let out = alert_to_ticket(
         &[

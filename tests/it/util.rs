@@ -226,6 +226,26 @@ impl TestAgent {
         result
     }
 
+    /// `n` runs of `wfcg kill --json RUN [extra...]` started at once; their
+    /// outputs, once all have exited.
+    pub fn kill_concurrently(&self, run_id: &str, n: usize, extra: &[&str]) -> Vec<Output> {
+        let kills: Vec<_> = (0..n)
+            .map(|_| {
+                self.wfcg()
+                    .args(["kill", "--json", run_id])
+                    .args(extra)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawning wfcg kill")
+            })
+            .collect();
+        kills
+            .into_iter()
+            .map(|k| k.wait_with_output().expect("waiting for wfcg kill"))
+            .collect()
+    }
+
     /// How many kill sequences the store recorded for a run.
     pub fn kill_count(&self, run_id: &str) -> u32 {
         self.sql(&format!(
