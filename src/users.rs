@@ -28,26 +28,42 @@ pub fn user_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-/// [`user_name`], remembered for a minute: listing a thousand runs asks NSS once
-/// per owner, not once per run.
+/// [`user_name`], remembered for a minute: listing a thousand runs or
+/// answering a thousand requests asks NSS once per user, not once each.
 pub fn user_name_cached(uid: u32) -> Option<String> {
+    cached(Id::User(uid), user_name)
+}
+
+/// [`group_name`], remembered for a minute.
+pub fn group_name_cached(gid: u32) -> Option<String> {
+    cached(Id::Group(gid), group_name)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Id {
+    User(u32),
+    Group(u32),
+}
+
+fn cached(id: Id, lookup: fn(u32) -> Option<String>) -> Option<String> {
     use std::collections::HashMap;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    type Names = HashMap<u32, (Option<String>, Instant)>;
+    type Names = HashMap<Id, (Option<String>, Instant)>;
     static CACHE: Mutex<Option<Names>> = Mutex::new(None);
     const TTL: Duration = Duration::from_secs(60);
     let cache = || CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((name, at)) = cache().get_or_insert_with(HashMap::new).get(&uid)
+    if let Some((name, at)) = cache().get_or_insert_with(HashMap::new).get(&id)
         && at.elapsed() < TTL
     {
         return name.clone();
     }
     // Asked without the lock: a slow directory service holds up only this caller.
-    let name = user_name(uid);
+    let (Id::User(n) | Id::Group(n)) = id;
+    let name = lookup(n);
     cache()
         .get_or_insert_with(HashMap::new)
-        .insert(uid, (name.clone(), Instant::now()));
+        .insert(id, (name.clone(), Instant::now()));
     name
 }
 

@@ -62,8 +62,8 @@ impl Access {
         gids.dedup();
         Identity {
             uid: caller.uid,
-            user: users::user_name(caller.uid),
-            groups: gids.into_iter().filter_map(users::group_name).collect(),
+            user: users::user_name_cached(caller.uid),
+            groups: gids.into_iter().filter_map(users::group_name_cached).collect(),
         }
     }
 

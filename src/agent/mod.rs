@@ -140,7 +140,7 @@ impl Caller {
 
     /// `name (uid N, pid P)`, for records.
     fn describe(&self) -> String {
-        let name = crate::users::user_name(self.uid).unwrap_or_else(|| "?".into());
+        let name = crate::users::user_name_cached(self.uid).unwrap_or_else(|| "?".into());
         format!("{name} (uid {}, pid {})", self.uid, self.pid)
     }
 }

@@ -724,13 +724,7 @@ fn fifty_rapid_kills_of_one_run_make_one_kill_sequence() {
             assert_eq!(result["success"], true, "{result:#}");
         }
 
-        assert_eq!(
-            agent.sql(&format!(
-                "select count(*) from kills where run_id='{}'",
-                run.id
-            )),
-            "1"
-        );
+        assert_eq!(agent.kill_count(&run.id), 1, "kill sequences recorded");
         agent.assert_run_gone(&run);
     }
 }
