@@ -68,6 +68,15 @@ impl RunStatus {
     }
 
     /// Whether the run may still have processes.
+    /// The names of the live statuses, for store queries.
+    pub fn live_names() -> Vec<&'static str> {
+        RunStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_live())
+            .map(RunStatus::as_str)
+            .collect()
+    }
+
     pub fn is_live(self) -> bool {
         matches!(
             self,

@@ -297,9 +297,8 @@ fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, rep
             continue;
         }
         // SIGTERM is queued while frozen and handled on thaw; SIGCONT wakes stopped ones.
-        if signal_member(cg, pid, Signal::TERM, proc_root) {
+        if signal_member(cg, pid, &[Signal::TERM, Signal::CONT], proc_root) {
             signalled += 1;
-            signal_member(cg, pid, Signal::CONT, proc_root);
         }
     }
     if let Err(e) = cg.thaw() {
@@ -312,14 +311,17 @@ fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, rep
     );
 }
 
-/// Signals `pid` through a pidfd, only if the process behind the pidfd is in `cg`
-/// (so a PID reused since `cgroup.procs` was read is never hit).
-fn signal_member(cg: &Cgroup, pid: i32, sig: Signal, proc_root: &Path) -> bool {
+/// Sends `sigs` to `pid` through one pidfd, only if the process behind the pidfd
+/// is in `cg` (so a PID reused since `cgroup.procs` was read is never hit).
+/// Whether all were delivered (it stops at the first that is not).
+pub fn signal_member(cg: &Cgroup, pid: i32, sigs: &[Signal], proc_root: &Path) -> bool {
     let Ok(pidfd) = procfs::pidfd_open(pid) else {
         return false;
     };
-    let inside = cg.contains_process(proc_root, pid).unwrap_or(false);
-    inside && procfs::pidfd_signal(&pidfd, sig).is_ok()
+    cg.contains_process(proc_root, pid).unwrap_or(false)
+        && sigs
+            .iter()
+            .all(|&sig| procfs::pidfd_signal(&pidfd, sig).is_ok())
 }
 
 /// Freeze, `cgroup.kill`, wait for `populated 0`.

@@ -63,7 +63,10 @@ impl Access {
         Identity {
             uid: caller.uid,
             user: users::user_name_cached(caller.uid),
-            groups: gids.into_iter().filter_map(users::group_name_cached).collect(),
+            groups: gids
+                .into_iter()
+                .filter_map(users::group_name_cached)
+                .collect(),
         }
     }
 

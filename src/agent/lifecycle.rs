@@ -1,7 +1,7 @@
 //! The life of a run once it has started: its notify socket (READY, WATCHDOG,
 //! STATUS, STOPPING, EXTEND_TIMEOUT_USEC, WATCHDOG_USEC), its deadlines in the
-//! monitor, heartbeats (kept in memory, written to the store once a second in
-//! one transaction), the automatic kill of runs whose deadline passed, and the
+//! monitor, heartbeats (kept in memory, written to the store every 5 s in one
+//! transaction), the automatic kill of runs whose deadline passed, and the
 //! hint that an initializing run restarts the same command again and again.
 
 use std::collections::{HashMap, VecDeque};
@@ -48,7 +48,6 @@ struct LoopTracker {
     /// Processes seen in the last sample, with their start times.
     seen: HashMap<i32, u64>,
     starts: HashMap<String, VecDeque<Instant>>,
-    flagged: bool,
     /// The run's current sampling period, and when it is next sampled.
     every: Duration,
     next: Option<Instant>,
@@ -276,7 +275,7 @@ impl Agent {
         }
     }
 
-    /// Records a heartbeat in memory (written within a second) and re-arms the watchdog.
+    /// Records a heartbeat in memory (written within `FLUSH_EVERY`) and re-arms the watchdog.
     fn heartbeat(
         &self,
         run_id: &str,
@@ -314,12 +313,8 @@ impl Agent {
         if beats.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_heartbeats(&beats)
-        {
+        let written = self.store().set_heartbeats(&beats);
+        if let Err(e) = written {
             tracing::error!("cannot store {} heartbeats: {e}", beats.len());
         }
     }
@@ -386,7 +381,7 @@ impl Agent {
             return;
         };
         let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
-        if !status.is_live() || lock(&self.inflight).contains_key(run_id) {
+        if !status.is_live() || self.kill_in_flight(run_id) {
             return;
         }
         let template = self.run_template(&rec);
@@ -504,8 +499,7 @@ impl Agent {
                     {
                         starts.pop_front();
                     }
-                    if starts.len() >= LOOP_STARTS && !t.flagged {
-                        t.flagged = true;
+                    if starts.len() >= LOOP_STARTS && found.is_none() {
                         found = Some(format!(
                             "suspected initialization loop: '{cmd}' started {} times in the last minute",
                             starts.len()
@@ -513,6 +507,10 @@ impl Agent {
                     }
                 }
                 t.starts.retain(|_, s| !s.is_empty());
+                if found.is_some() {
+                    // Flagged once: sampling it further would tell nothing new.
+                    loops.remove(&run_id);
+                }
             }
             if let Some(text) = found {
                 tracing::warn!(run_id, "{text}");

@@ -313,11 +313,7 @@ impl Agent {
 
     /// Brings the store in line with the cgroup tree after a start.
     fn reconcile(self: &Arc<Self>) {
-        let live: Vec<&str> = RunStatus::ALL
-            .iter()
-            .filter(|s| s.is_live())
-            .map(|s| s.as_str())
-            .collect();
+        let live: Vec<&str> = RunStatus::live_names();
         let records = self.store().list_runs(Some(&live)).unwrap_or_default();
         let mut known = std::collections::HashSet::new();
         for rec in records {
@@ -650,7 +646,11 @@ impl Agent {
         let alone = cg
             .procs_recursive()
             .is_ok_and(|p| p.iter().all(|&pid| pid == caller.pid));
-        if !alone && cg.freeze(self.template.kill.freeze_timeout).is_ok() {
+        if !alone
+            && cg
+                .freeze(self.run_template(&rec).kill.freeze_timeout)
+                .is_ok()
+        {
             let leftovers: Vec<i32> = cg
                 .procs_recursive()
                 .unwrap_or_default()
@@ -669,13 +669,11 @@ impl Agent {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(run_id.to_owned(), locks);
             }
-            for pid in leftovers {
-                if let Ok(fd) = procfs::pidfd_open(pid)
-                    && procfs::pidfd_signal(&fd, rustix::process::Signal::KILL).is_ok()
-                {
-                    killed += 1;
-                }
-            }
+            let kill = [rustix::process::Signal::KILL];
+            killed = leftovers
+                .into_iter()
+                .filter(|&pid| crate::kill::signal_member(&cg, pid, &kill, &self.cfg.proc_root))
+                .count() as u32;
         }
         if !alone {
             let _ = cg.thaw();
@@ -715,11 +713,7 @@ impl Agent {
 
     /// The runs the caller may see: live ones, or all with `all`.
     pub fn list(&self, caller: &Caller, all: bool, stuck: bool) -> Result<Vec<RunInfo>> {
-        let live: Vec<&str> = RunStatus::ALL
-            .iter()
-            .filter(|s| s.is_live())
-            .map(|s| s.as_str())
-            .collect();
+        let live: Vec<&str> = RunStatus::live_names();
         let recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
         let id = self.access.identity(caller);
         let visible: Vec<RunRecord> = recs
@@ -1108,8 +1102,8 @@ impl Agent {
             }
             end
         } else {
-            // Keep the cgroup frozen and in place: a later kill retries.
-            let _ = cg.freeze(plan.freeze_timeout);
+            // The cgroup stays frozen (the hard kill left it so) and in place: a
+            // later kill retries.
             result.cleanup_status.processes_remaining = report.survivors.len() as u32;
             let names: Vec<String> = report
                 .survivors
@@ -1264,11 +1258,7 @@ impl Agent {
     /// The metrics text for one scrape.
     pub fn metrics_text(&self) -> String {
         use std::sync::atomic::Ordering;
-        let live_statuses: Vec<&str> = RunStatus::ALL
-            .iter()
-            .filter(|s| s.is_live())
-            .map(|s| s.as_str())
-            .collect();
+        let live_statuses: Vec<&str> = RunStatus::live_names();
         let (counts, live) = {
             let store = self.store();
             (

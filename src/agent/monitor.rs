@@ -32,7 +32,6 @@ type Key = (String, Kind);
 type Current = Arc<Mutex<HashMap<Key, DateTime<Utc>>>>;
 
 /// The handle through which deadlines are set; the queue lives in a tokio task.
-#[derive(Clone)]
 pub struct Monitor {
     current: Current,
     /// Timers the task must add: deadlines new or moved earlier.
