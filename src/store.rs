@@ -421,16 +421,27 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a kill sequence's result: one row in `kills`, and the run's last result.
-    pub fn record_kill(&self, run_id: &str, started_at: &str, result_json: &str) -> Result<()> {
-        self.conn.execute(
+    /// Stores a kill sequence's outcome in one transaction: a row in `kills`, and
+    /// the run's last result, its status and (if it ended) its end time.
+    pub fn record_kill(
+        &mut self,
+        run_id: &str,
+        started_at: &str,
+        result_json: &str,
+        status: &str,
+        ended_at: Option<&str>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "INSERT INTO kills (run_id, started_at, result) VALUES (?1, ?2, ?3)",
             params![run_id, started_at, result_json],
         )?;
-        self.conn.execute(
-            "UPDATE runs SET kill_result = ?2 WHERE run_id = ?1",
-            params![run_id, result_json],
+        tx.execute(
+            "UPDATE runs SET kill_result = ?2, status = ?3, ended_at = coalesce(?4, ended_at) \
+             WHERE run_id = ?1",
+            params![run_id, result_json, status, ended_at],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -776,7 +787,7 @@ mod tests {
     #[test]
     fn lists_by_status_and_counts_kills() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+        let mut store = Store::open(&dir.path().join("wfcg.db")).unwrap();
         store.insert_run(&sample("run_a")).unwrap();
         store.insert_run(&sample("run_b")).unwrap();
         store
@@ -811,7 +822,13 @@ mod tests {
             Some("cloning")
         );
         store
-            .record_kill("run_b", "2026-01-01T00:00:00Z", "{}")
+            .record_kill(
+                "run_b",
+                "2026-01-01T00:00:00Z",
+                "{}",
+                "killed",
+                Some("2026-01-01T00:00:01Z"),
+            )
             .unwrap();
         let live = store.list_runs(Some(&["running"])).unwrap();
         assert_eq!(live.len(), 1);

@@ -1133,19 +1133,17 @@ impl Agent {
         }
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let json = serde_json::to_string(&result).unwrap_or_default();
-        let store = self.store();
-        if let Err(e) = store.record_kill(&rec.run_id, &at(std::time::Duration::ZERO), &json) {
+        let ended_at = (status == end).then(now);
+        let recorded = self.store().record_kill(
+            &rec.run_id,
+            &at(std::time::Duration::ZERO),
+            &json,
+            status.as_str(),
+            ended_at.as_deref(),
+        );
+        if let Err(e) = recorded {
             tracing::error!(run_id = rec.run_id, "cannot record the kill: {e}");
         }
-        let update = if status == end {
-            store.finish_run(&rec.run_id, status.as_str(), &now())
-        } else {
-            store.set_status(&rec.run_id, status.as_str())
-        };
-        if let Err(e) = update {
-            tracing::error!(run_id = rec.run_id, "cannot record the run's status: {e}");
-        }
-        drop(store);
         if status == end {
             self.audit_run_end(&rec.run_id, status);
         }
