@@ -25,15 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::template::Alerts;
 
-/// The events wfcg raises.
-pub const EVENTS: [&str; 5] = [
-    "stuck",
-    "auto_killed",
-    "kill_failed",
-    "unkillable",
-    "loop_suspected",
-];
-
 /// At most this many deliveries run at once; more wait in a queue.
 const MAX_WORKERS: usize = 16;
 

@@ -275,6 +275,15 @@ pub struct RunInfo {
     pub loop_suspected: Option<String>,
 }
 
+impl RunInfo {
+    /// The owner's name, or the uid when it has none.
+    pub fn owner_display(&self) -> String {
+        self.owner
+            .clone()
+            .unwrap_or_else(|| self.owner_uid.to_string())
+    }
+}
+
 /// The kinds of critical section a kill waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

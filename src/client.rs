@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, ErrorKind};
+use crate::api::ApiError;
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +31,6 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-impl Error {
-    pub fn kind(&self) -> Option<ErrorKind> {
-        match self {
-            Error::Api(e) => Some(e.kind),
-            _ => None,
-        }
-    }
-}
 
 pub struct Client {
     socket: PathBuf,

@@ -42,7 +42,7 @@ impl Failure {
 }
 
 /// The exit code for an error kind the agent answered with.
-pub fn code_for(kind: ErrorKind) -> i32 {
+fn code_for(kind: ErrorKind) -> i32 {
     match kind {
         ErrorKind::BadInput | ErrorKind::Conflict => USAGE,
         ErrorKind::NotFound => NO_SUCH_RUN,

@@ -371,7 +371,6 @@ impl Policy {
     pub fn decide(&self, id: &Identity, action: Action, run: &RunScope<'_>) -> Decision {
         let perms = self.permissions(id);
         let who = id.user.clone().unwrap_or_else(|| format!("uid {}", id.uid));
-        let roles = self.roles(id).join(", ");
         let own = run.owner_uid == id.uid;
         let lead = self.leads_any(id, run.teams);
         let allow = |p: Permission| Decision {
@@ -382,7 +381,10 @@ impl Policy {
         let deny = |p: Permission, what: &str| Decision {
             allowed: false,
             permission: Some(p),
-            message: format!("not permitted: {what} needs {p}; {who} has role(s) {roles}"),
+            message: format!(
+                "not permitted: {what} needs {p}; {who} has role(s) {}",
+                self.roles(id).join(", ")
+            ),
         };
         // The right to act on this run at all, and the permission it rests on.
         let base = if own {

@@ -162,7 +162,6 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                 .collect()
         })
     };
-    let pids: HashSet<i32> = scope.pids.iter().copied().collect();
     let excluded = |p: &str| scope.exclude.iter().any(|e| Path::new(p).starts_with(e));
     let mut found = Vec::new();
     let mut seen = HashSet::new();
@@ -191,22 +190,25 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
             }
             let locked = || {
                 held().iter().any(|l| {
-                    (l.pid == pid || (l.pid == -1 && pids.contains(&pid)))
+                    // An OFD lock has no owner pid (-1).
+                    (l.pid == pid || l.pid == -1)
                         && l.ino == meta.ino()
                         && l.major == rustix::fs::major(meta.dev())
                         && l.minor == rustix::fs::minor(meta.dev())
                 })
             };
+            let sqlite = std::cell::OnceCell::new();
+            let sqlite = || *sqlite.get_or_init(|| is_sqlite_file(&fd.path));
             let kind = if is_git_lock(&fd.path) {
                 Some(SectionKind::Git)
-            } else if (locked() || fd.path.ends_with("-journal")) && is_sqlite_file(&fd.path) {
+            } else if (locked() || fd.path.ends_with("-journal")) && sqlite() {
                 Some(SectionKind::Database)
             } else if scope
                 .workspace
                 .as_deref()
                 .is_some_and(|ws| Path::new(&fd.path).starts_with(ws))
                 && fd_flags(proc_root, pid, &fd.num).is_some_and(|f| f & 0o3 != 0)
-                && !is_sqlite_file(&fd.path)
+                && !sqlite()
             {
                 Some(SectionKind::Files)
             } else {

@@ -228,9 +228,7 @@ impl Store {
 
     fn migrate(&mut self) -> Result<()> {
         let known = MIGRATIONS.len() as i64;
-        let found: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let found = self.schema_version()?;
         if found > known {
             return Err(Error::TooNew { found, known });
         }

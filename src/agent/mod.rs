@@ -719,13 +719,12 @@ impl Agent {
         let visible: Vec<RunRecord> = recs
             .into_iter()
             .filter(|r| self.decide(&id, Action::View, r).allowed)
+            .filter(|r| !stuck || self.stuck_reason(r).is_some())
             .collect();
         // Two cgroup files per live run: with many runs, read them on every core.
-        let infos = crate::par::map(&visible, 256, |r| self.info(r.clone(), false));
-        Ok(infos
-            .into_iter()
-            .filter(|r| !stuck || r.stuck.is_some())
-            .collect())
+        Ok(crate::par::map(&visible, 256, |r| {
+            self.info(r.clone(), false)
+        }))
     }
 
     pub fn get(&self, caller: &Caller, run_id: &str) -> Result<RunInfo> {

@@ -63,12 +63,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     if let Some(problem) = args.run_id.as_deref().and_then(api::run_id_problem) {
         return Err(Failure::usage(problem));
     }
-    let ms = |flag: &str, v: &Option<String>| -> Result<Option<u64>, Failure> {
-        match v {
-            Some(text) => Ok(Some(super::duration_arg(flag, text)?.as_millis() as u64)),
-            None => Ok(None),
-        }
-    };
+    let ms = super::millis_arg;
     let req = KillRequest {
         force: args.force,
         emergency: args.emergency,

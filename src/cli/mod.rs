@@ -96,3 +96,10 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
 fn duration_arg(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
     crate::duration::parse(text).map_err(|e| Failure::usage(format!("{flag}: {e}")))
 }
+
+/// An optional duration flag in milliseconds, as the API takes it.
+fn millis_arg(flag: &str, text: &Option<String>) -> Result<Option<u64>, Failure> {
+    text.as_deref()
+        .map(|t| duration_arg(flag, t).map(|d| d.as_millis() as u64))
+        .transpose()
+}

@@ -33,10 +33,6 @@ fn cpu(usec: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn owner(r: &RunInfo) -> String {
-    r.owner.clone().unwrap_or_else(|| r.owner_uid.to_string())
-}
-
 pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     let client = Client::new(&cli.socket);
     let path = format!("/v1/runs?all={}&stuck={}", args.all, args.stuck);
@@ -57,7 +53,7 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
             "{:<20} {:<12} {:<10} {:<10} {:>8} {:>6} {:>8} {:>8}  {}",
             r.run_id,
             r.workflow.as_deref().unwrap_or("-"),
-            owner(r),
+            r.owner_display(),
             r.status,
             r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.processes,
@@ -85,7 +81,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("run:        {}", r.run_id);
     println!("workflow:   {}", opt(&r.workflow));
-    println!("owner:      {} (uid {})", owner(&r), r.owner_uid);
+    println!("owner:      {} (uid {})", r.owner_display(), r.owner_uid);
     println!("status:     {}", r.status);
     if let Some(t) = &r.template {
         println!("template:   {t}");

@@ -66,11 +66,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         state_dir: cli.state_dir.clone(),
         cgroup_root: cli.cgroup_root.clone(),
     };
-    let ms = |flag: &str, v: &Option<String>| -> Result<Option<u64>, Failure> {
-        v.as_deref()
-            .map(|t| super::duration_arg(flag, t).map(|d| d.as_millis() as u64))
-            .transpose()
-    };
+    let ms = super::millis_arg;
     let (template, template_text) = match &args.template {
         Some(path) => {
             let text = std::fs::read_to_string(path)

@@ -195,7 +195,7 @@ impl Col {
         match self {
             Col::Run => i.run_id.clone(),
             Col::Workflow => i.workflow.clone().unwrap_or_else(|| "-".into()),
-            Col::Owner => i.owner.clone().unwrap_or_else(|| i.owner_uid.to_string()),
+            Col::Owner => i.owner_display(),
             Col::Status => {
                 let mark = if is_stuck(r) || i.loop_suspected.is_some() {
                     "!"
@@ -436,10 +436,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     if let Some(w) = &i.workflow {
         facts.push(format!("workflow {w}"));
     }
-    facts.push(format!(
-        "owner {}",
-        i.owner.clone().unwrap_or_else(|| i.owner_uid.to_string())
-    ));
+    facts.push(format!("owner {}", i.owner_display()));
     if let Some(p) = i.pid {
         facts.push(format!("pid {p}"));
     }
