@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::monitor::{Kind, Monitor};
 use super::notify::{self, Message};
-use super::{Agent, now};
+use super::{Agent, now, parse_time, rfc3339};
 use crate::api::{KillRequest, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::procfs;
@@ -60,15 +60,6 @@ pub struct Lifecycle {
     lives: Mutex<HashMap<String, Live>>,
     beats: Mutex<HashMap<String, crate::store::Heartbeat>>,
     loops: Mutex<HashMap<String, LoopTracker>>,
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn parse_time(t: Option<&str>) -> Option<DateTime<Utc>> {
-    t.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| d.with_timezone(&Utc))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -212,7 +212,24 @@ impl AsRef<Mutex<Store>> for Agent {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339(chrono::Utc::now())
+}
+
+/// A time as the store and the API write it (RFC 3339, UTC, milliseconds).
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_time(t: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
+/// Seconds from `started_at` to `until`; 0 when there is no start time.
+fn age_secs(started_at: Option<&str>, until: chrono::DateTime<chrono::Utc>) -> f64 {
+    parse_time(started_at)
+        .map(|s| (until - s).num_milliseconds() as f64 / 1e3)
+        .unwrap_or(0.0)
 }
 
 fn make_dir(path: &Path, mode: u32) -> std::result::Result<(), StartError> {
@@ -750,19 +767,12 @@ impl Agent {
         } else {
             (0, None)
         };
-        let parse = |t: &Option<String>| {
-            t.as_deref()
-                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                .map(|d| d.with_timezone(&chrono::Utc))
-        };
         let stuck = self.stuck_reason(&rec);
         let (last_heartbeat, watchdog_deadline) = self
             .fresh_heartbeat(&rec.run_id)
             .unwrap_or((rec.last_heartbeat.clone(), rec.watchdog_deadline.clone()));
-        let end = parse(&rec.ended_at).unwrap_or_else(chrono::Utc::now);
-        let age_secs = parse(&rec.started_at)
-            .map(|s| (end - s).num_milliseconds() as f64 / 1e3)
-            .unwrap_or(0.0);
+        let end = parse_time(rec.ended_at.as_deref()).unwrap_or_else(chrono::Utc::now);
+        let age_secs = age_secs(rec.started_at.as_deref(), end);
         RunInfo {
             owner: crate::users::user_name_cached(rec.owner_uid),
             command: serde_json::from_str(&rec.command).unwrap_or_default(),
@@ -1037,8 +1047,7 @@ impl Agent {
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
         let mode = kill_mode(req);
         let at = |d: std::time::Duration| {
-            (started_at + chrono::Duration::from_std(d).unwrap_or_default())
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
         };
         let mut result = KillResult {
             run_id: rec.run_id.clone(),
@@ -1191,11 +1200,7 @@ impl Agent {
         }
         git_dirs.sort();
         git_dirs.dedup();
-        let started = rec
-            .started_at
-            .as_deref()
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-            .map(std::time::SystemTime::from);
+        let started = parse_time(rec.started_at.as_deref()).map(std::time::SystemTime::from);
         if let Some(since) = started {
             stale_locks_removed.extend(sections::remove_orphan_git_locks(
                 &self.cfg.proc_root,
@@ -1279,12 +1284,7 @@ impl Agent {
             if self.stuck_reason(rec).is_some() {
                 snap.stuck += 1;
             }
-            let age = rec
-                .started_at
-                .as_deref()
-                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                .map(|s| (now_t - s.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3)
-                .unwrap_or(0.0);
+            let age = age_secs(rec.started_at.as_deref(), now_t);
             snap.live.push((
                 rec.run_id.clone(),
                 rec.workflow.clone().unwrap_or_default(),
@@ -1359,10 +1359,9 @@ impl Agent {
             run_id: q.run.clone(),
             actor: q.actor.clone(),
             actor_uid: (!all).then_some(caller.uid),
-            since: q.since_secs.map(|s| {
-                (chrono::Utc::now() - chrono::Duration::seconds(s as i64))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            }),
+            since: q
+                .since_secs
+                .map(|s| rfc3339(chrono::Utc::now() - chrono::Duration::seconds(s as i64))),
             limit: q.limit,
         };
         Ok(self.store().audit_records(&filter)?)
@@ -1432,7 +1431,7 @@ impl Agent {
                     path: f.path,
                     pid: f.pid,
                     command: f.command,
-                    since: since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    since: rfc3339(since),
                     open_secs: (now - since).num_milliseconds() as f64 / 1e3,
                 }
             })
