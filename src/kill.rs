@@ -90,6 +90,33 @@ pub struct Survivor {
     pub stack: Option<String>,
 }
 
+impl Survivor {
+    /// `pid N (CMD) state D wchan W stack f1 < f2 < f3`: the innermost kernel
+    /// frames say where it is stuck.
+    pub fn describe(&self) -> String {
+        let stack: Vec<&str> = self
+            .stack
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .take(3)
+            .collect();
+        format!(
+            "pid {} ({}) state {} wchan {} stack {}",
+            self.pid,
+            self.cmdline.as_deref().unwrap_or("?"),
+            self.state.unwrap_or('?'),
+            self.wchan.as_deref().unwrap_or("?"),
+            if stack.is_empty() {
+                "?".into()
+            } else {
+                stack.join(" < ")
+            }
+        )
+    }
+}
+
 /// A critical section and when it was seen open, in time since the kill began.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Seen {
@@ -380,6 +407,34 @@ fn survivors(cg: &Cgroup, proc_root: &Path) -> Vec<Survivor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_survivor_is_described_with_its_innermost_kernel_frames() {
+        let s = Survivor {
+            pid: 42,
+            state: Some('D'),
+            cmdline: Some("dd if=/dev/sdz".into()),
+            wchan: Some("io_schedule".into()),
+            stack: Some(
+                "[<0>] io_schedule+0x12/0x40\n[<0>] folio_wait_bit+0x1/0x2\n\
+                 [<0>] filemap_read+0x3/0x4\n[<0>] vfs_read+0x5/0x6\n"
+                    .into(),
+            ),
+        };
+        assert_eq!(
+            s.describe(),
+            "pid 42 (dd if=/dev/sdz) state D wchan io_schedule stack \
+             io_schedule+0x12/0x40 < folio_wait_bit+0x1/0x2 < filemap_read+0x3/0x4"
+        );
+        let unknown = Survivor {
+            stack: None,
+            wchan: None,
+            state: None,
+            cmdline: None,
+            pid: 7,
+        };
+        assert_eq!(unknown.describe(), "pid 7 (?) state ? wchan ? stack ?");
+    }
     use crate::cgroup;
     use std::fs;
 

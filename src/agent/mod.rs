@@ -1116,15 +1116,7 @@ impl Agent {
             let names: Vec<String> = report
                 .survivors
                 .iter()
-                .map(|s| {
-                    format!(
-                        "pid {} ({}) state {} wchan {}",
-                        s.pid,
-                        s.cmdline.as_deref().unwrap_or("?"),
-                        s.state.unwrap_or('?'),
-                        s.wchan.as_deref().unwrap_or("?")
-                    )
-                })
+                .map(kill::Survivor::describe)
                 .collect();
             result.message = format!(
                 "run {} is unkillable: {} processes survived cgroup.kill: {}",
