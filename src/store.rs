@@ -105,7 +105,7 @@ impl Col {
 }
 
 /// A heartbeat to store: run id, its time, the watchdog deadline it sets, and the interval.
-pub type Heartbeat = (String, String, String, Option<i64>);
+pub type Heartbeat = (String, String, Option<String>, Option<i64>);
 
 /// The hash that stands before the first audit record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";

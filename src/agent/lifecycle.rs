@@ -42,6 +42,15 @@ struct Live {
     notify_task: Option<tokio::task::AbortHandle>,
 }
 
+/// A run's newest heartbeat, until it is written to the store.
+#[derive(Clone, Copy)]
+struct Beat {
+    at: DateTime<Utc>,
+    /// The watchdog deadline it set (none without a threshold).
+    deadline: Option<DateTime<Utc>>,
+    usec: Option<i64>,
+}
+
 /// Starts of command lines seen in an initializing run.
 #[derive(Default)]
 struct LoopTracker {
@@ -58,7 +67,7 @@ pub struct Lifecycle {
     monitor: OnceLock<Monitor>,
     rt: OnceLock<tokio::runtime::Handle>,
     lives: Mutex<HashMap<String, Live>>,
-    beats: Mutex<HashMap<String, crate::store::Heartbeat>>,
+    beats: Mutex<HashMap<String, Beat>>,
     loops: Mutex<HashMap<String, LoopTracker>>,
 }
 
@@ -275,15 +284,15 @@ impl Agent {
         usec: Option<i64>,
     ) {
         let deadline = threshold.map(|t| at + chrono::Duration::from_std(t).unwrap_or_default());
-        lock(&self.life.beats).insert(
-            run_id.to_owned(),
-            (
-                run_id.to_owned(),
-                rfc3339(at),
-                deadline.map(rfc3339).unwrap_or_default(),
-                usec,
-            ),
-        );
+        let beat = Beat { at, deadline, usec };
+        let mut beats = lock(&self.life.beats);
+        match beats.get_mut(run_id) {
+            Some(b) => *b = beat,
+            None => {
+                beats.insert(run_id.to_owned(), beat);
+            }
+        }
+        drop(beats);
         if let (Some(m), Some(d)) = (self.monitor(), deadline) {
             m.set(run_id, Kind::Watchdog, Some(d));
         }
@@ -291,16 +300,16 @@ impl Agent {
 
     /// The newest heartbeat of a run and the watchdog deadline it set, if not yet stored.
     pub(super) fn fresh_heartbeat(&self, run_id: &str) -> Option<(Option<String>, Option<String>)> {
-        lock(&self.life.beats).get(run_id).map(|b| {
-            (
-                Some(b.1.clone()),
-                Some(b.2.clone()).filter(|d| !d.is_empty()),
-            )
-        })
+        lock(&self.life.beats)
+            .get(run_id)
+            .map(|b| (Some(rfc3339(b.at)), b.deadline.map(rfc3339)))
     }
 
     fn flush_heartbeats(&self) {
-        let beats: Vec<_> = lock(&self.life.beats).drain().map(|(_, b)| b).collect();
+        let beats: Vec<_> = lock(&self.life.beats)
+            .drain()
+            .map(|(id, b)| (id, rfc3339(b.at), b.deadline.map(rfc3339), b.usec))
+            .collect();
         if beats.is_empty() {
             return;
         }
@@ -414,7 +423,7 @@ impl Agent {
             Kind::Watchdog => {
                 let last = lock(&self.life.beats)
                     .get(run_id)
-                    .map(|b| b.1.clone())
+                    .map(|b| rfc3339(b.at))
                     .or(rec.last_heartbeat.clone());
                 let threshold = lock(&self.life.lives).get(run_id).and_then(|l| l.threshold);
                 format!(
@@ -537,11 +546,11 @@ impl Agent {
                 rfc3339(d)
             ));
         }
-        let watchdog = lock(&self.life.beats)
-            .get(&rec.run_id)
-            .map(|b| b.2.clone())
-            .or(rec.watchdog_deadline.clone());
-        if let Some(d) = parse_time(watchdog.as_deref()).filter(|d| now_t > *d) {
+        let watchdog = match lock(&self.life.beats).get(&rec.run_id) {
+            Some(b) => b.deadline,
+            None => parse_time(rec.watchdog_deadline.as_deref()),
+        };
+        if let Some(d) = watchdog.filter(|d| now_t > *d) {
             return Some(format!("heartbeat overdue since {}", rfc3339(d)));
         }
         if let Some(d) = near(rec.total_deadline.as_deref(), template.timeouts.total) {
