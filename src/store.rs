@@ -340,14 +340,6 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn set_status(&self, run_id: &str, status: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE runs SET status = ?2 WHERE run_id = ?1",
-            params![run_id, status],
-        )?;
-        Ok(())
-    }
-
     /// Records how the command ended (reported by the supervisor).
     pub fn record_exit(&self, run_id: &str, code: Option<i32>, signal: Option<i32>) -> Result<()> {
         self.conn.execute(

@@ -946,14 +946,21 @@ impl Agent {
             match inflight.get(run_id) {
                 Some(slot) => (slot.clone(), false),
                 None => {
-                    // Decide under the lock, so only one request starts the sequence.
-                    let current = self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
-                    let status = RunStatus::parse(&current.status).unwrap_or(RunStatus::Unknown);
-                    if !status.is_live() {
-                        return Ok(already_ended(&current, status));
+                    // Decide under the lock, so only one request starts the sequence:
+                    // a live run becomes `stopping` in one statement.
+                    let stopping = self.store().transition(
+                        run_id,
+                        &RunStatus::live_names(),
+                        RunStatus::Stopping.as_str(),
+                    )?;
+                    if !stopping {
+                        let current = self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
+                        let status =
+                            RunStatus::parse(&current.status).unwrap_or(RunStatus::Unknown);
+                        if !status.is_live() {
+                            return Ok(already_ended(&current, status));
+                        }
                     }
-                    self.store()
-                        .set_status(run_id, RunStatus::Stopping.as_str())?;
                     let slot = Arc::new(KillSlot::default());
                     inflight.insert(run_id.to_owned(), slot.clone());
                     (slot, true)
