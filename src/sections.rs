@@ -171,10 +171,11 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
         if files.is_empty() {
             continue;
         }
+        // None once the process is gone: what it held is no longer open.
         let command = std::cell::OnceCell::new();
         let command = || {
             command
-                .get_or_init(|| procfs::cmdline(proc_root, pid).unwrap_or_default())
+                .get_or_init(|| procfs::cmdline(proc_root, pid))
                 .clone()
         };
         for fd in files {
@@ -215,11 +216,14 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                 None
             };
             if let Some(kind) = kind {
+                let Some(command) = command() else {
+                    break;
+                };
                 found.push(Finding {
                     kind,
                     path: fd.path,
                     pid,
-                    command: command(),
+                    command,
                     dev: meta.dev(),
                     ino: meta.ino(),
                 });
