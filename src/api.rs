@@ -11,6 +11,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The environment variable that marks every process of a run.
+pub const RUN_ID_ENV: &str = "WFCG_RUN_ID";
+/// The file in a run directory where the supervisor leaves its command's exit.
+pub const EXIT_STATUS_FILE: &str = "exit-status";
+/// The file in a run directory that says why the run is being stopped (JSON).
+pub const STOP_REASON_FILE: &str = "stop-reason";
+
 /// Where a run is in its life. Stored as the lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
-use crate::api::{Phase, SectionKind};
+use crate::api::{Phase, STOP_REASON_FILE, SectionKind};
 use crate::cgroup::Cgroup;
 use crate::procfs;
 use crate::sections::{self, Finding};
@@ -55,7 +55,10 @@ impl Graces {
 /// Written to `$WFCG_RUN_DIR/stop-reason` before SIGTERM.
 #[derive(Debug, Clone)]
 pub struct StopReason {
-    pub path: PathBuf,
+    /// The run directory (the user's): the file is written there as its owner,
+    /// without following symlinks, never into a FIFO or device.
+    pub dir: PathBuf,
+    pub owner: crate::userfs::Cred,
     pub reason: Option<String>,
     pub requested_by: String,
     /// The status the run will end with (`killed`, or `timed_out` for the monitor).
@@ -300,8 +303,13 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
         "status": stop.ending,
         "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
-    std::fs::write(&stop.path, format!("{body}\n"))
-        .map_err(|e| format!("cannot write {}: {e}", stop.path.display()))
+    let path = stop.dir.join(STOP_REASON_FILE);
+    crate::userfs::as_user(&stop.owner, || {
+        let dir = crate::userfs::open_dir(&stop.dir)?;
+        crate::userfs::write_at(dir, STOP_REASON_FILE, format!("{body}\n").as_bytes(), 0o644)
+    })
+    .and_then(|r| r)
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Freeze, SIGTERM + SIGCONT to every process but the spared one, thaw.

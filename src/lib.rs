@@ -27,4 +27,5 @@ pub mod sections;
 pub mod store;
 pub mod template;
 pub mod top;
+pub mod userfs;
 pub mod users;

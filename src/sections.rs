@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -93,13 +92,18 @@ pub fn is_git_lock(path: &str) -> bool {
             .any(|c| c.as_os_str() == ".git")
 }
 
-/// Whether a file starts with the SQLite header.
+/// Whether a file starts with the SQLite header. The path comes from a user's
+/// process: it is read without following a symlink in its last component and
+/// without blocking (a FIFO or device put in its place is no database).
 fn is_sqlite_db(path: &Path) -> bool {
-    let mut head = [0u8; 16];
-    fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|()| &head == b"SQLite format 3\0")
-        .unwrap_or(false)
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    let Ok(dir) = fs::File::open(dir) else {
+        return false;
+    };
+    crate::userfs::read_head_at(&dir, &name.to_string_lossy(), 16)
+        .is_ok_and(|head| head == b"SQLite format 3\0")
 }
 
 /// Whether a path is a SQLite database or one of its side files.

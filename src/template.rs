@@ -265,6 +265,11 @@ impl Template {
     /// syntax errors, unknown keys, bad values, each as `name:line: message`,
     /// in line order.
     pub fn check(text: &str, name: &str) -> Result<Template, Vec<String>> {
+        Template::check_over(text, name, DEFAULT_TOML)
+    }
+
+    /// [`Template::check`] with `base` (TOML) in place of the built-in default.
+    fn check_over(text: &str, name: &str, base: &str) -> Result<Template, Vec<String>> {
         let render = |mut problems: Vec<Problem>| {
             problems.sort_by_key(|p| p.line);
             problems.dedup();
@@ -281,8 +286,8 @@ impl Template {
         let mut user = user.into_inner();
         let mut problems = Vec::new();
         check_limits(text, &mut user, &mut problems);
-        let base = DeTable::parse(DEFAULT_TOML)
-            .map_err(|e| vec![format!("built-in default.toml: {}", e.message())])?
+        let base = DeTable::parse(base)
+            .map_err(|e| vec![format!("base template: {}", e.message())])?
             .into_inner();
         loop {
             let mut merged = base.clone();
@@ -308,6 +313,64 @@ impl Template {
                 }
             }
         }
+    }
+
+    /// A template sent by a client that is not root, read over `base` (the
+    /// operator's template the run would get without it). Such a template is data,
+    /// not authority: it may set `[run]`, and make timeouts, graces and kill
+    /// deadlines shorter; it may not set `[alerts]` (commands and webhooks the
+    /// root agent would run or call), `[cleanup]` or `[limits]`, nor lengthen or
+    /// remove a timeout or grace. The error names the key and the operator's value.
+    pub fn confine(text: &str, name: &str, base: &Template) -> Result<Template, String> {
+        let base_text =
+            toml::to_string(base).map_err(|e| format!("cannot write the base template: {e}"))?;
+        let t = Template::check_over(text, name, &base_text).map_err(|problems| {
+            problems.into_iter().next().unwrap_or_default()
+        })?;
+        let operator_only = |section: &str, same: bool| {
+            if same {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name}: [{section}] may be set only by the operator (a template in \
+                     {SYSTEM_DIR}, or the agent's flags), not by a run's template"
+                ))
+            }
+        };
+        operator_only("alerts", t.alerts == base.alerts)?;
+        operator_only("cleanup", t.cleanup == base.cleanup)?;
+        operator_only("limits", t.limits == base.limits)?;
+        let fields = [
+            ("timeouts.init", t.timeouts.init, base.timeouts.init, true),
+            ("timeouts.total", t.timeouts.total, base.timeouts.total, true),
+            ("timeouts.watchdog", t.timeouts.watchdog, base.timeouts.watchdog, true),
+            ("kill.term_grace", t.kill.term_grace, base.kill.term_grace, false),
+            ("kill.freeze_timeout", t.kill.freeze_timeout, base.kill.freeze_timeout, false),
+            ("kill.kill_deadline", t.kill.kill_deadline, base.kill.kill_deadline, false),
+            ("critical_sections.git", t.critical_sections.git, base.critical_sections.git, false),
+            (
+                "critical_sections.database",
+                t.critical_sections.database,
+                base.critical_sections.database,
+                false,
+            ),
+            (
+                "critical_sections.files",
+                t.critical_sections.files,
+                base.critical_sections.files,
+                false,
+            ),
+            (
+                "critical_sections.max_wait",
+                t.critical_sections.max_wait,
+                base.critical_sections.max_wait,
+                false,
+            ),
+        ];
+        for (key, value, limit, zero_is_off) in fields {
+            no_longer(key, value, limit, zero_is_off).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(t)
     }
 
     /// The template `name`: `/etc/wfcg/templates/NAME.toml` if present, else the
@@ -402,6 +465,29 @@ impl Template {
     pub fn builtin() -> Result<Template, String> {
         Template::parse(DEFAULT_TOML, &builtin_file("default"))
     }
+}
+
+/// Checks that `value` for `key` is no longer than the operator's `limit`: what a
+/// user may ask for themselves. With `zero_is_off` (timeouts), 0 means no limit at
+/// all, so it is the longest value there is.
+pub fn no_longer(key: &str, value: Duration, limit: Duration, zero_is_off: bool) -> Result<(), String> {
+    let off = |d: Duration| zero_is_off && d.is_zero();
+    let longer = !off(limit) && (off(value) || value > limit);
+    if !longer {
+        return Ok(());
+    }
+    let show = |d: Duration| {
+        if off(d) {
+            "0 (off)".to_string()
+        } else {
+            duration_text(d)
+        }
+    };
+    Err(format!(
+        "{key} = {} is longer than the operator's {} (only root may lengthen or remove it)",
+        show(value),
+        show(limit)
+    ))
 }
 
 /// The text of a shipped template.

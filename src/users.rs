@@ -1,31 +1,99 @@
 //! User and group names through NSS (`getpwuid_r(3)`, `getgrgid_r(3)`), and a
 //! process's groups from procfs.
 
+/// What the password database says of a user.
+#[derive(Debug, Clone)]
+pub struct Passwd {
+    pub name: String,
+    pub gid: u32,
+    pub home: std::path::PathBuf,
+}
+
+/// The password database entry of `uid` (`getpwuid_r(3)`, its buffer grown on
+/// ERANGE), or `None` if NSS does not know it.
+pub fn passwd(uid: u32) -> Option<Passwd> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: all-zero bytes are a valid `passwd` (null pointers, zero ids); it
+        // is only read after getpwuid_r has filled it.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: `pwd` and `result` live on
+        // this stack frame and `buf` is a live allocation of `buf.len()` bytes.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: on success `pw_name` and `pw_dir` point to NUL-terminated strings
+        // inside `buf`, which is still alive here.
+        let (name, home) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(pwd.pw_name),
+                std::ffi::CStr::from_ptr(pwd.pw_dir),
+            )
+        };
+        use std::os::unix::ffi::OsStrExt;
+        return Some(Passwd {
+            name: name.to_string_lossy().into_owned(),
+            gid: pwd.pw_gid,
+            home: std::ffi::OsStr::from_bytes(home.to_bytes()).into(),
+        });
+    }
+}
+
+/// Every home directory a removal must spare: those in `/etc/passwd`, and
+/// `uid`'s own from NSS (which may come from elsewhere).
+pub fn home_dirs(uid: u32) -> Vec<std::path::PathBuf> {
+    let mut homes: Vec<std::path::PathBuf> = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(5))
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from)
+        .collect();
+    homes.extend(passwd(uid).map(|p| p.home));
+    homes
+}
+
 /// The login name of `uid`, or `None` if NSS does not know it.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: all-zero bytes are a valid `passwd` (null pointers, zero ids); it is
-    // only read after getpwuid_r has filled it.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `pwd` and `result` live on this
-    // stack frame and `buf` is a live allocation of `buf.len()` bytes.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
+    passwd(uid).map(|p| p.name)
+}
+
+/// The primary group and every group of `uid` as a login gives them
+/// (`getgrouplist(3)`, grown until all fit), or `None` if NSS does not know it.
+pub fn gids_of_uid(uid: u32) -> Option<(u32, Vec<u32>)> {
+    let pw = passwd(uid)?;
+    let cname = std::ffi::CString::new(pw.name).ok()?;
+    let mut gids: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut n = gids.len() as libc::c_int;
+        // SAFETY: `gids` holds `n` elements; getgrouplist writes at most `n` and sets
+        // `n` to the number there are.
+        let rc =
+            unsafe { libc::getgrouplist(cname.as_ptr(), pw.gid, gids.as_mut_ptr(), &mut n) };
+        if rc < 0 {
+            if n as usize <= gids.len() || n > 1 << 16 {
+                return None;
+            }
+            gids.resize(n as usize, 0);
+            continue;
+        }
+        gids.truncate(n.max(0) as usize);
+        return Some((pw.gid, gids));
     }
-    // SAFETY: on success `pw_name` points to a NUL-terminated string inside `buf`,
-    // which is still alive here.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// [`user_name`], remembered for a minute: listing a thousand runs or
@@ -128,21 +196,6 @@ pub fn groups_of_user(name: &str) -> Vec<String> {
     gids.into_iter().filter_map(group_name).collect()
 }
 
-/// The supplementary group ids of a process, from the `Groups:` line of
-/// `/proc/<pid>/status`.
-pub fn process_groups(proc_root: &std::path::Path, pid: i32) -> Vec<u32> {
-    let text =
-        std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -151,18 +204,5 @@ mod tests {
         assert_eq!(super::user_name(4_000_000_000), None);
         assert_eq!(super::group_name(0).as_deref(), Some("root"));
         assert_eq!(super::group_name(4_000_000_000), None);
-    }
-
-    #[test]
-    fn groups_come_from_the_status_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("42")).unwrap();
-        std::fs::write(
-            dir.path().join("42/status"),
-            "Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \nNgid:\t0\n",
-        )
-        .unwrap();
-        assert_eq!(super::process_groups(dir.path(), 42), vec![4, 27, 1000]);
-        assert!(super::process_groups(dir.path(), 43).is_empty());
     }
 }

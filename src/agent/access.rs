@@ -13,7 +13,6 @@ use crate::users;
 
 pub struct Access {
     path: PathBuf,
-    proc_root: PathBuf,
     policy: RwLock<Arc<Policy>>,
 }
 
@@ -26,11 +25,10 @@ fn read(path: &Path) -> Result<Policy, String> {
 }
 
 impl Access {
-    pub fn load(path: PathBuf, proc_root: PathBuf) -> Result<Access, String> {
+    pub fn load(path: PathBuf) -> Result<Access, String> {
         let policy = read(&path)?;
         Ok(Access {
             path,
-            proc_root,
             policy: RwLock::new(Arc::new(policy)),
         })
     }
@@ -53,10 +51,13 @@ impl Access {
         Ok(())
     }
 
-    /// The caller's identity: uid and pid from the socket, names from NSS, groups
-    /// from the process (`/proc/<pid>/status`) and its primary gid.
+    /// The caller's identity: uid and gid from the socket, names from NSS, groups
+    /// from the group database for that uid (`getgrouplist(3)`), never from a pid
+    /// that could have been recycled by the time it is read.
     pub fn identity(&self, caller: &Caller) -> Identity {
-        let mut gids = users::process_groups(&self.proc_root, caller.pid);
+        let mut gids = users::gids_of_uid(caller.uid)
+            .map(|(_, g)| g)
+            .unwrap_or_default();
         gids.push(caller.gid);
         gids.sort_unstable();
         gids.dedup();

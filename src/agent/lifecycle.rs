@@ -181,6 +181,8 @@ impl Agent {
             && let Some(task) = live.notify_task
         {
             task.abort();
+            // In the agent's own directory (see serve_notify).
+            let _ = std::fs::remove_file(self.notify_dirs.join(run_id));
         }
         lock(&self.life.loops).remove(run_id);
         lock(&self.life.beats).remove(run_id);
@@ -199,12 +201,25 @@ impl Agent {
     ) -> Option<tokio::task::AbortHandle> {
         let rt = self.life.rt.get()?;
         let _guard = rt.enter();
-        let sock = match notify::bind(std::path::Path::new(path))
+        let path = std::path::Path::new(path);
+        // Only ever in the agent's own directory: a path in a user's directory (a run
+        // recorded by an older agent) is not bound again, since binding and chmod
+        // there would act on whatever the user put in its place.
+        if path.parent() != Some(self.notify_dirs.as_path()) {
+            tracing::warn!(
+                run_id,
+                "not serving the notify socket {}: outside {}",
+                path.display(),
+                self.notify_dirs.display()
+            );
+            return None;
+        }
+        let sock = match notify::bind(path)
             .and_then(tokio::net::UnixDatagram::from_std)
         {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(run_id, "cannot bind the notify socket {path}: {e}");
+                tracing::warn!(run_id, "cannot bind the notify socket {}: {e}", path.display());
                 return None;
             }
         };

@@ -34,14 +34,10 @@ use crate::procfs;
 use crate::sections::{self, Finding};
 use crate::store::{self, AuditEntry, AuditFilter, AuditRecord, ChainCheck, RunRecord, Store};
 use crate::template::Template;
+use crate::userfs::{self, Cred};
 use reaper::{OnEmpty, Reaper};
 
-/// The environment variable that marks every process of a run.
-pub const RUN_ID_ENV: &str = "WFCG_RUN_ID";
-/// The file in a run directory where the supervisor leaves its command's exit.
-pub const EXIT_STATUS_FILE: &str = "exit-status";
-/// The file in a run directory that says why the run is being stopped (JSON).
-pub const STOP_REASON_FILE: &str = "stop-reason";
+pub use crate::api::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
 
 /// Where the agent keeps and finds things. Every host path is here so tests
 /// can run agents side by side.
@@ -59,6 +55,9 @@ pub struct Config {
     pub webhook: Option<String>,
     /// Also serve `/metrics` on this TCP address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether `/metrics` on TCP (which anyone who can connect reads) carries the
+    /// per-run series with run ids and workflows.
+    pub metrics_per_run: bool,
 }
 
 /// Why the agent cannot start.
@@ -185,6 +184,8 @@ pub struct Agent {
     pub cfg: Config,
     runs_cg: Cgroup,
     run_dirs: PathBuf,
+    /// The runs' sd_notify sockets, `<socket dir>/notify/<id>` (agent-owned, 0711).
+    notify_dirs: PathBuf,
     tmp_dirs: PathBuf,
     log_dirs: PathBuf,
     store: Mutex<Store>,
@@ -256,8 +257,10 @@ impl Agent {
         if !rustix::process::geteuid().is_root() {
             return Err(StartError::NotRoot);
         }
+        // Nothing the agent creates is readable by others unless it says so.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         // Everything that can refuse a start is read before the host is touched.
-        let access = access::Access::load(cfg.policy.clone(), cfg.proc_root.clone())
+        let access = access::Access::load(cfg.policy.clone())
             .map_err(StartError::Policy)?;
         let template = Template::default_for_host().map_err(StartError::Template)?;
         let root = Cgroup::new(match &cfg.cgroup_root {
@@ -276,16 +279,33 @@ impl Agent {
         runs_cg.create()?;
 
         let sock_dir = cfg.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let run_dirs = sock_dir.join("runs");
-        let tmp_dirs = cfg.state_dir.join("tmp");
-        let log_dirs = cfg.state_dir.join("logs");
         make_dir(&sock_dir, 0o755)?;
-        make_dir(&cfg.state_dir, 0o755)?;
-        for dir in [&run_dirs, &tmp_dirs, &log_dirs] {
-            make_dir(dir, 0o711)?;
-        }
+        // The state dir holds the store and the audit head (0600 each): users may
+        // pass through it to their own TMPDIR and logs, but not list or read it.
+        make_dir(&cfg.state_dir, 0o711)?;
+        // Run files live in these agent-owned directories, which no user can write:
+        // a user's symlink can never stand where the agent creates or removes one.
+        // Resolved once, so later no-symlink opens below them succeed.
+        let agent_dir = |parent: &Path, name: &str| -> std::result::Result<PathBuf, StartError> {
+            let dir = parent.join(name);
+            make_dir(&dir, 0o711)?;
+            fs::canonicalize(&dir).map_err(|source| StartError::Dir { path: dir, source })
+        };
+        let run_dirs = agent_dir(&sock_dir, "runs")?;
+        let notify_dirs = agent_dir(&sock_dir, "notify")?;
+        let tmp_dirs = agent_dir(&cfg.state_dir, "tmp")?;
+        let log_dirs = agent_dir(&cfg.state_dir, "logs")?;
         let db = cfg.state_dir.join("wfcg.db");
-        let store = Store::open(&db).map_err(|source| StartError::Store { path: db, source })?;
+        let store = Store::open(&db).map_err(|source| StartError::Store {
+            path: db.clone(),
+            source,
+        })?;
+        for file in [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
+            if file.exists() {
+                fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
+                    .map_err(|source| StartError::Dir { path: file, source })?;
+            }
+        }
         let reaper = Reaper::new().map_err(|e| StartError::Socket(format!("inotify: {e}")))?;
         let auditor = Arc::new(audit::Auditor::new(cfg.state_dir.join("audit.head")));
         let alerter = crate::alerts::Alerter::new(cfg.on_event.clone(), cfg.webhook.clone());
@@ -294,6 +314,7 @@ impl Agent {
             cfg,
             runs_cg,
             run_dirs,
+            notify_dirs,
             tmp_dirs,
             log_dirs,
             store: Mutex::new(store),
@@ -384,16 +405,20 @@ impl Agent {
         if req.command.is_empty() {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
         }
-        let (template_name, mut template) = self.resolve_template(&req)?;
+        let (template_name, mut template) = self.resolve_template(caller, &req)?;
         let ms = std::time::Duration::from_millis;
-        if let Some(v) = req.init_timeout_ms {
-            template.timeouts.init = ms(v);
-        }
-        if let Some(v) = req.timeout_ms {
-            template.timeouts.total = ms(v);
-        }
-        if let Some(v) = req.watchdog_ms {
-            template.timeouts.watchdog = ms(v);
+        // Users may shorten the operator's timeouts, not lengthen or remove them.
+        for (flag, value, slot) in [
+            ("init timeout", req.init_timeout_ms, &mut template.timeouts.init),
+            ("timeout", req.timeout_ms, &mut template.timeouts.total),
+            ("watchdog", req.watchdog_ms, &mut template.timeouts.watchdog),
+        ] {
+            let Some(v) = value else { continue };
+            if !caller.is_root() {
+                crate::template::no_longer(flag, ms(v), *slot, true)
+                    .map_err(|e| Failure::new(ErrorKind::BadInput, e))?;
+            }
+            *slot = ms(v);
         }
         // The template may remove only a workspace named explicitly, never a cwd.
         let cleanup_workspace = req.cleanup_workspace
@@ -404,6 +429,20 @@ impl Agent {
                 ErrorKind::BadInput,
                 "cleanup_workspace needs an explicit workspace",
             ));
+        }
+        // A workspace to remove must be the caller's own directory, never `/`, a
+        // home or a mount point; it is checked again, and removed as its owner, at
+        // the end.
+        if cleanup_workspace && let Some(ws) = &req.workspace {
+            let cred = Cred::of_uid(caller.uid);
+            if let Some(problem) =
+                userfs::removal_problem(Path::new(ws), &cred, &crate::users::home_dirs(caller.uid))
+            {
+                return Err(Failure::new(
+                    ErrorKind::BadInput,
+                    format!("workspace {ws} cannot be removed at the end of the run: {problem}"),
+                ));
+            }
         }
         // Without an explicit workspace, the caller's working directory is where
         // the run writes its files (and where writes count as critical sections).
@@ -450,17 +489,24 @@ impl Agent {
         if self.store().get_run(&run_id)?.is_some() {
             return Err(conflict());
         }
-        // Identify the caller for good before touching it: a pidfd, then its start time.
-        let pidfd = match &caller.pidfd {
-            Some(fd) => fd.clone(),
-            None => Arc::new(procfs::pidfd_open(caller.pid).map_err(|e| {
-                Failure::new(
-                    ErrorKind::BadInput,
-                    format!("caller pid {} is gone: {e}", caller.pid),
-                )
-            })?),
+        // The caller was pinned by a pidfd when its connection was accepted; while
+        // that process lives, its pid cannot name another one.
+        let gone = || {
+            Failure::new(
+                ErrorKind::BadInput,
+                format!(
+                    "the process that connected (pid {}) is gone; a run is started by a \
+                     live caller only",
+                    caller.pid
+                ),
+            )
         };
+        let pidfd = caller.pidfd.clone().ok_or_else(gone)?;
         let starttime = procfs::starttime(&self.cfg.proc_root, caller.pid);
+        let origin = cgroup::process_cgroup(&self.cfg.proc_root, caller.pid);
+        if !procfs::pidfd_alive(&*pidfd) || origin.is_none() {
+            return Err(gone());
+        }
 
         let cg = self.runs_cg.child(&run_id);
         match cg.create_new() {
@@ -504,18 +550,25 @@ impl Agent {
         if let Some(log) = &log_path {
             owned(log, false).map_err(|e| undo(format!("cannot create {}: {e}", log.display())))?;
         }
-        // Move the caller, then confirm through its pidfd that it was still the
-        // same process: a process cannot be replaced under its pid while alive.
+        // Move the caller, then confirm through its pidfd that it was alive all along:
+        // alive before and after the write, so the pid named it at the write. If it
+        // died in between, whatever the pid named then is put back where the caller
+        // was, never killed (it may be any process that got the recycled pid).
+        if !procfs::pidfd_alive(&*pidfd) {
+            return Err(undo(gone().message));
+        }
         if let Err(e) = cg.add_process(caller.pid) {
             return Err(undo(e.to_string()));
         }
         if !procfs::pidfd_alive(&*pidfd) {
-            let _ = cg.kill();
-            let _ = cg.wait_unpopulated(self.template.kill.kill_deadline);
-            return Err(undo(format!(
-                "caller pid {} exited while it was moved",
-                caller.pid
-            )));
+            if let (Ok(mount), Some(origin)) = (cgroup::cgroup2_mount(), &origin) {
+                let back = Cgroup::new(mount.join(origin.trim_start_matches('/')));
+                for pid in cg.procs().unwrap_or_default() {
+                    tracing::warn!(run_id, pid, "moving a process back: the caller died during its move");
+                    let _ = back.add_process(pid);
+                }
+            }
+            return Err(undo(gone().message));
         }
         let mut rec = RunRecord {
             run_id: run_id.clone(),
@@ -526,7 +579,7 @@ impl Agent {
             cleanup_workspace,
             template: serde_json::to_string(&template).ok(),
             template_name: Some(template_name.clone()),
-            notify_socket: Some(run_dir.join("notify").display().to_string()),
+            notify_socket: Some(self.notify_dirs.join(&run_id).display().to_string()),
             teams: serde_json::to_string(&teams).map_err(Failure::internal)?,
             owner_uid: caller.uid,
             workflow: req.workflow,
@@ -573,11 +626,23 @@ impl Agent {
 
     /// The template a new run gets: its text if the client sent one, a template
     /// named with `template`, else the one named like the workflow, else `default`.
-    fn resolve_template(&self, req: &CreateRun) -> Result<(String, Template)> {
+    /// A template text from anyone but root is confined to what a user may ask
+    /// for ([`Template::confine`]) over the template the run would get without it.
+    fn resolve_template(&self, caller: &Caller, req: &CreateRun) -> Result<(String, Template)> {
         let bad = |e: String| Failure::new(ErrorKind::BadInput, e);
         if let Some(text) = &req.template_text {
             let name = req.template.clone().unwrap_or_else(|| "template".into());
-            return Template::parse(text, &name).map(|t| (name, t)).map_err(bad);
+            if caller.is_root() {
+                return Template::parse(text, &name).map(|t| (name, t)).map_err(bad);
+            }
+            let base = match &req.workflow {
+                Some(workflow) => Template::find(workflow).map_err(bad)?,
+                None => None,
+            }
+            .unwrap_or_else(|| self.template.clone());
+            return Template::confine(text, &name, &base)
+                .map(|t| (name, t))
+                .map_err(bad);
         }
         if let Some(name) = &req.template {
             return Template::lookup(name)
@@ -1044,7 +1109,8 @@ impl Agent {
             },
             scope: self.section_scope(rec),
             stop_reason: rec.run_dir.as_ref().map(|d| kill::StopReason {
-                path: Path::new(d).join(STOP_REASON_FILE),
+                dir: PathBuf::from(d),
+                owner: Cred::of_uid(rec.owner_uid),
                 reason: req.reason.clone(),
                 requested_by: requested_by.to_owned(),
                 ending: end.as_str(),
@@ -1237,8 +1303,17 @@ impl Agent {
         let workspace = match (&rec.workspace_path, rec.cleanup_workspace) {
             (None, _) => "none",
             (Some(_), false) => "kept",
-            (Some(ws), true) if remove(Some(ws)) => "removed",
-            (Some(_), true) => "removal failed",
+            (Some(ws), true) if fs::symlink_metadata(ws).is_err() => "removed",
+            (Some(ws), true) => {
+                let homes = crate::users::home_dirs(rec.owner_uid);
+                match userfs::remove_tree_as(Path::new(ws), &Cred::of_uid(rec.owner_uid), &homes) {
+                    Ok(()) => "removed",
+                    Err(e) => {
+                        tracing::warn!(run_id = rec.run_id, "workspace {ws} not removed: {e}");
+                        "removal failed"
+                    }
+                }
+            }
         };
         let mut remaining = procfs::pids_with_env(&self.cfg.proc_root, RUN_ID_ENV, &rec.run_id);
         if !cgroup_removed {
@@ -1256,8 +1331,25 @@ impl Agent {
         }
     }
 
-    /// The metrics text for one scrape.
-    pub fn metrics_text(&self) -> String {
+    /// Whether the caller may see every run (root, or `view_all`).
+    fn sees_all(&self, caller: &Caller) -> bool {
+        caller.is_root()
+            || self
+                .access
+                .policy()
+                .permissions(&self.access.identity(caller))
+                .contains(&crate::policy::Permission::ViewAll)
+    }
+
+    /// `/metrics` on the socket: per-run series only for callers who may see
+    /// every run; the aggregates for everyone.
+    pub fn metrics_for(&self, caller: &Caller) -> String {
+        self.metrics_text(self.sees_all(caller))
+    }
+
+    /// The metrics text for one scrape; `per_run` adds the series labelled with
+    /// run ids and workflows.
+    pub fn metrics_text(&self, per_run: bool) -> String {
         use std::sync::atomic::Ordering;
         let live_statuses: Vec<&str> = RunStatus::live_names();
         let (counts, live) = {
@@ -1282,6 +1374,9 @@ impl Agent {
         for rec in &live {
             if self.stuck_reason(rec).is_some() {
                 snap.stuck += 1;
+            }
+            if !per_run {
+                continue;
             }
             let age = age_secs(rec.started_at.as_deref(), now_t);
             snap.live.push((
@@ -1442,9 +1537,17 @@ impl Agent {
     }
 
     /// The exit the supervisor left in the run directory, if it did.
+    /// Read as the run's owner, without following symlinks, non-blocking, at most
+    /// 64 bytes: the directory is the user's.
     fn exit_from_file(rec: &RunRecord) -> Option<(Option<i32>, Option<i32>)> {
-        let text =
-            fs::read_to_string(Path::new(rec.run_dir.as_ref()?).join(EXIT_STATUS_FILE)).ok()?;
+        let dir = PathBuf::from(rec.run_dir.as_ref()?);
+        let bytes = userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
+            userfs::read_at(userfs::open_dir(&dir)?, EXIT_STATUS_FILE, 64)
+        })
+        .and_then(|r| r)
+        .map_err(|e| tracing::info!("no exit status in {}: {e}", dir.display()))
+        .ok()?;
+        let text = String::from_utf8_lossy(&bytes);
         let (kind, value) = text.trim().split_once(' ')?;
         let value: i32 = value.parse().ok()?;
         match kind {

@@ -20,9 +20,12 @@ use tokio::net::UnixListener;
 use super::{Agent, Caller, Config, Failure, StartError};
 use crate::api::{ApiError, ErrorKind};
 
-/// `getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD)`: a pidfd for the peer process,
-/// taken by the kernel at connect time (Linux ≥ 6.5). `None` on older kernels.
-fn peer_pidfd(sock: impl AsFd) -> Option<OwnedFd> {
+/// A pidfd for the peer, pinned when the connection is accepted:
+/// `getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD)` (Linux ≥ 6.5: the kernel's own
+/// reference to the process that connected), or on older kernels `pidfd_open(2)`
+/// of SO_PEERCRED's pid at once. `None` when the peer is already gone: its pid may
+/// then name another process, and nothing is ever done to it.
+fn peer_pidfd(sock: impl AsFd, pid: i32) -> Option<OwnedFd> {
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `fd` and `len` are valid for writes of the sizes given; the socket fd is
@@ -36,8 +39,14 @@ fn peer_pidfd(sock: impl AsFd) -> Option<OwnedFd> {
             &mut len,
         )
     };
-    // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
-    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    if rc == 0 && fd >= 0 {
+        // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
+        return Some(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOPROTOOPT) if pid > 0 => crate::procfs::pidfd_open(pid).ok(),
+        _ => None,
+    }
 }
 
 /// The peer of one connection.
@@ -50,11 +59,12 @@ impl connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>> for 
         let Ok(cred) = io.peer_cred() else {
             return Peer(None);
         };
+        let pid = cred.pid().unwrap_or(0);
         Peer(Some(Caller {
             uid: cred.uid(),
             gid: cred.gid(),
-            pid: cred.pid().unwrap_or(0),
-            pidfd: peer_pidfd(io).map(Arc::new),
+            pid,
+            pidfd: peer_pidfd(io, pid).map(Arc::new),
         }))
     }
 }
@@ -198,8 +208,23 @@ async fn audit_verify(
 /// The content type of the Prometheus text format.
 const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
-    match tokio::task::spawn_blocking(move || agent.metrics_text()).await {
+async fn metrics(State(agent): State<Arc<Agent>>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+    let caller = match caller(peer) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    metrics_answer(move || agent.metrics_for(&caller)).await
+}
+
+/// `/metrics` on TCP: no caller to judge, so per-run series only with
+/// `--metrics-per-run`.
+async fn tcp_metrics(State(agent): State<Arc<Agent>>) -> Response {
+    let per_run = agent.cfg.metrics_per_run;
+    metrics_answer(move || agent.metrics_text(per_run)).await
+}
+
+async fn metrics_answer(text: impl FnOnce() -> String + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(text).await {
         Ok(text) => ([(axum::http::header::CONTENT_TYPE, METRICS_TYPE)], text).into_response(),
         Err(e) => Answer(Failure::internal(e)).into_response(),
     }
@@ -283,7 +308,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError::Socket(format!("--metrics-listen {addr}: {e}")))?;
         let app = Router::new()
-            .route("/metrics", get(metrics))
+            .route("/metrics", get(tcp_metrics))
             .with_state(agent.clone());
         tracing::info!(%addr, "serving /metrics on TCP");
         tokio::spawn(async move {

@@ -23,6 +23,11 @@ pub struct Args {
     /// they are always at /metrics on the socket.
     #[arg(long, value_name = "ADDR", env = "WFCG_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Also label the TCP metrics with run ids and workflows
+    /// (`wfcg_run_age_seconds`). Anyone who can connect to the address reads them,
+    /// so they are off by default; on the socket they go to root and `view_all`.
+    #[arg(long)]
+    pub metrics_per_run: bool,
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
@@ -46,6 +51,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         on_event: args.on_event.clone(),
         webhook: args.webhook.clone(),
         metrics_listen: args.metrics_listen,
+        metrics_per_run: args.metrics_per_run,
     };
     // Each run holds a notify socket: allow as many open files as the host permits.
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};

@@ -9,6 +9,7 @@
 
 mod signals;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -138,9 +139,12 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
     std::fs::create_dir_all(&addr.state_dir)
         .map_err(|e| fail(format!("cannot create {}: {e}", addr.state_dir.display())))?;
     let log_path = addr.state_dir.join("agent.log");
+    // Root's log of runs' commands: readable by root only.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&log_path)
         .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
     let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find wfcg itself: {e}")))?;
