@@ -324,9 +324,8 @@ impl Template {
     pub fn confine(text: &str, name: &str, base: &Template) -> Result<Template, String> {
         let base_text =
             toml::to_string(base).map_err(|e| format!("cannot write the base template: {e}"))?;
-        let t = Template::check_over(text, name, &base_text).map_err(|problems| {
-            problems.into_iter().next().unwrap_or_default()
-        })?;
+        let t = Template::check_over(text, name, &base_text)
+            .map_err(|problems| problems.into_iter().next().unwrap_or_default())?;
         let operator_only = |section: &str, same: bool| {
             if same {
                 Ok(())
@@ -342,12 +341,42 @@ impl Template {
         operator_only("limits", t.limits == base.limits)?;
         let fields = [
             ("timeouts.init", t.timeouts.init, base.timeouts.init, true),
-            ("timeouts.total", t.timeouts.total, base.timeouts.total, true),
-            ("timeouts.watchdog", t.timeouts.watchdog, base.timeouts.watchdog, true),
-            ("kill.term_grace", t.kill.term_grace, base.kill.term_grace, false),
-            ("kill.freeze_timeout", t.kill.freeze_timeout, base.kill.freeze_timeout, false),
-            ("kill.kill_deadline", t.kill.kill_deadline, base.kill.kill_deadline, false),
-            ("critical_sections.git", t.critical_sections.git, base.critical_sections.git, false),
+            (
+                "timeouts.total",
+                t.timeouts.total,
+                base.timeouts.total,
+                true,
+            ),
+            (
+                "timeouts.watchdog",
+                t.timeouts.watchdog,
+                base.timeouts.watchdog,
+                true,
+            ),
+            (
+                "kill.term_grace",
+                t.kill.term_grace,
+                base.kill.term_grace,
+                false,
+            ),
+            (
+                "kill.freeze_timeout",
+                t.kill.freeze_timeout,
+                base.kill.freeze_timeout,
+                false,
+            ),
+            (
+                "kill.kill_deadline",
+                t.kill.kill_deadline,
+                base.kill.kill_deadline,
+                false,
+            ),
+            (
+                "critical_sections.git",
+                t.critical_sections.git,
+                base.critical_sections.git,
+                false,
+            ),
             (
                 "critical_sections.database",
                 t.critical_sections.database,
@@ -470,7 +499,12 @@ impl Template {
 /// Checks that `value` for `key` is no longer than the operator's `limit`: what a
 /// user may ask for themselves. With `zero_is_off` (timeouts), 0 means no limit at
 /// all, so it is the longest value there is.
-pub fn no_longer(key: &str, value: Duration, limit: Duration, zero_is_off: bool) -> Result<(), String> {
+pub fn no_longer(
+    key: &str,
+    value: Duration,
+    limit: Duration,
+    zero_is_off: bool,
+) -> Result<(), String> {
     let off = |d: Duration| zero_is_off && d.is_zero();
     let longer = !off(limit) && (off(value) || value > limit);
     if !longer {

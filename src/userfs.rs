@@ -167,7 +167,9 @@ pub fn read_at(dir: impl AsFd, name: &str, max: usize) -> io::Result<Vec<u8>> {
 /// The first `n` bytes (or fewer) of the regular file `name` in `dir`.
 pub fn read_head_at(dir: impl AsFd, name: &str, n: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    open_regular(dir, name)?.take(n as u64).read_to_end(&mut out)?;
+    open_regular(dir, name)?
+        .take(n as u64)
+        .read_to_end(&mut out)?;
     Ok(out)
 }
 
@@ -220,7 +222,11 @@ pub fn removal_problem(path: &Path, cred: &Cred, homes: &[std::path::PathBuf]) -
     }
     let dir = match open_dir(path) {
         Ok(d) => d,
-        Err(e) => return Some(format!("{shown}: {e} (a directory reached without symlinks is needed)")),
+        Err(e) => {
+            return Some(format!(
+                "{shown}: {e} (a directory reached without symlinks is needed)"
+            ));
+        }
     };
     match owner(&dir) {
         Ok(uid) if uid == cred.uid || cred.is_root() => {}
@@ -297,7 +303,10 @@ mod tests {
     fn removal_refuses_the_root_mounts_homes_and_others_directories() {
         let root = Cred::of_uid(0);
         assert!(removal_problem(Path::new("/"), &root, &[]).is_some());
-        assert!(removal_problem(Path::new("/proc"), &root, &[]).is_some(), "a mount point");
+        assert!(
+            removal_problem(Path::new("/proc"), &root, &[]).is_some(),
+            "a mount point"
+        );
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(removal_problem(dir.path(), &root, &[]), None);
         let homes = vec![dir.path().to_path_buf()];

@@ -82,8 +82,7 @@ pub fn gids_of_uid(uid: u32) -> Option<(u32, Vec<u32>)> {
         let mut n = gids.len() as libc::c_int;
         // SAFETY: `gids` holds `n` elements; getgrouplist writes at most `n` and sets
         // `n` to the number there are.
-        let rc =
-            unsafe { libc::getgrouplist(cname.as_ptr(), pw.gid, gids.as_mut_ptr(), &mut n) };
+        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), pw.gid, gids.as_mut_ptr(), &mut n) };
         if rc < 0 {
             if n as usize <= gids.len() || n > 1 << 16 {
                 return None;

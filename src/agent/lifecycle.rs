@@ -214,12 +214,14 @@ impl Agent {
             );
             return None;
         }
-        let sock = match notify::bind(path)
-            .and_then(tokio::net::UnixDatagram::from_std)
-        {
+        let sock = match notify::bind(path).and_then(tokio::net::UnixDatagram::from_std) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(run_id, "cannot bind the notify socket {}: {e}", path.display());
+                tracing::warn!(
+                    run_id,
+                    "cannot bind the notify socket {}: {e}",
+                    path.display()
+                );
                 return None;
             }
         };

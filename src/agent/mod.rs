@@ -260,8 +260,7 @@ impl Agent {
         // Nothing the agent creates is readable by others unless it says so.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         // Everything that can refuse a start is read before the host is touched.
-        let access = access::Access::load(cfg.policy.clone())
-            .map_err(StartError::Policy)?;
+        let access = access::Access::load(cfg.policy.clone()).map_err(StartError::Policy)?;
         let template = Template::default_for_host().map_err(StartError::Template)?;
         let root = Cgroup::new(match &cfg.cgroup_root {
             Some(p) => p.clone(),
@@ -300,7 +299,11 @@ impl Agent {
             path: db.clone(),
             source,
         })?;
-        for file in [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
+        for file in [
+            db.clone(),
+            db.with_extension("db-wal"),
+            db.with_extension("db-shm"),
+        ] {
             if file.exists() {
                 fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
                     .map_err(|source| StartError::Dir { path: file, source })?;
@@ -409,7 +412,11 @@ impl Agent {
         let ms = std::time::Duration::from_millis;
         // Users may shorten the operator's timeouts, not lengthen or remove them.
         for (flag, value, slot) in [
-            ("init timeout", req.init_timeout_ms, &mut template.timeouts.init),
+            (
+                "init timeout",
+                req.init_timeout_ms,
+                &mut template.timeouts.init,
+            ),
             ("timeout", req.timeout_ms, &mut template.timeouts.total),
             ("watchdog", req.watchdog_ms, &mut template.timeouts.watchdog),
         ] {
@@ -564,7 +571,11 @@ impl Agent {
             if let (Ok(mount), Some(origin)) = (cgroup::cgroup2_mount(), &origin) {
                 let back = Cgroup::new(mount.join(origin.trim_start_matches('/')));
                 for pid in cg.procs().unwrap_or_default() {
-                    tracing::warn!(run_id, pid, "moving a process back: the caller died during its move");
+                    tracing::warn!(
+                        run_id,
+                        pid,
+                        "moving a process back: the caller died during its move"
+                    );
                     let _ = back.add_process(pid);
                 }
             }

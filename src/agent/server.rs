@@ -208,7 +208,10 @@ async fn audit_verify(
 /// The content type of the Prometheus text format.
 const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn metrics(State(agent): State<Arc<Agent>>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+async fn metrics(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Response {
     let caller = match caller(peer) {
         Ok(c) => c,
         Err(e) => return e.into_response(),

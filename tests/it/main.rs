@@ -4,6 +4,7 @@
 mod util;
 
 mod agent;
+mod fuzz;
 mod kill;
 mod lifecycle;
 mod mcp;
@@ -11,5 +12,6 @@ mod metrics;
 mod policy;
 mod run;
 mod safety;
+mod security;
 mod templates;
 mod top;
