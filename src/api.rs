@@ -17,6 +17,8 @@ pub const RUN_ID_ENV: &str = "WFCG_RUN_ID";
 pub const EXIT_STATUS_FILE: &str = "exit-status";
 /// The file in a run directory that says why the run is being stopped (JSON).
 pub const STOP_REASON_FILE: &str = "stop-reason";
+/// The longest kill reason accepted, in bytes.
+pub const MAX_REASON: usize = 1024;
 
 /// Where a run is in its life. Stored as the lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

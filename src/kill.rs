@@ -23,6 +23,8 @@
 //! frozen. Cleanup of what the run leaves is the caller's.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,15 @@ pub struct Plan {
     /// Where to look for critical sections (the pids are filled in at each scan).
     pub scope: sections::Scope,
     pub stop_reason: Option<StopReason>,
+    /// Set by a later `--force` or `--emergency` request while this sequence waits:
+    /// every wait ends within [`SECTION_POLL`] and the hard kill follows at once.
+    pub escalate: Arc<AtomicBool>,
+}
+
+impl Plan {
+    fn escalated(&self) -> bool {
+        self.escalate.load(Ordering::Relaxed)
+    }
 }
 
 /// A process that outlived the hard kill.
@@ -200,6 +211,10 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     if !open.is_empty() {
         wait_for_sections(cg, plan, proc_root, start, &mut report);
     }
+    if plan.escalated() {
+        hard_kill(cg, plan, proc_root, start, &mut report);
+        return report;
+    }
 
     // 3. Say why, 4. SIGTERM and its grace.
     if let Some(stop) = &plan.stop_reason
@@ -209,11 +224,16 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     }
     graceful_term(cg, plan, proc_root, start, &mut report);
     let t = Instant::now();
-    match cg.wait_unpopulated(plan.term_grace) {
+    match wait_unpopulated_unless_escalated(cg, plan, plan.term_grace) {
         Ok(true) => {
             report.phase("term_wait", t, "all processes exited after SIGTERM".into());
             return report;
         }
+        Ok(false) if plan.escalated() => report.phase(
+            "term_wait",
+            t,
+            "a forced kill came in: no more waiting".into(),
+        ),
         Ok(false) => report.phase(
             "term_wait",
             t,
@@ -264,6 +284,9 @@ fn wait_for_sections(
     let t = Instant::now();
     let detail = loop {
         std::thread::sleep(SECTION_POLL);
+        if plan.escalated() {
+            break "a forced kill came in: no more waiting".to_string();
+        }
         let pids = cg.procs_recursive().unwrap_or_default();
         let open = scan(plan, pids, proc_root);
         let open = report.saw(open, start.elapsed());
@@ -291,6 +314,25 @@ fn wait_for_sections(
     };
     report.waited = t.elapsed();
     report.phase("sections_wait", t, detail);
+}
+
+/// [`Cgroup::wait_unpopulated`] in slices of [`SECTION_POLL`], ending early (false)
+/// when the plan is escalated.
+fn wait_unpopulated_unless_escalated(
+    cg: &Cgroup,
+    plan: &Plan,
+    timeout: Duration,
+) -> Result<bool, crate::cgroup::Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if cg.wait_unpopulated(left.min(SECTION_POLL))? {
+            return Ok(true);
+        }
+        if left <= SECTION_POLL || plan.escalated() {
+            return Ok(false);
+        }
+    }
 }
 
 fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
@@ -474,6 +516,7 @@ mod tests {
             },
             scope: Default::default(),
             stop_reason: None,
+            escalate: Arc::default(),
         };
         let report = kill(&cg, &plan, Path::new("/proc"));
         assert_eq!(report.processes, 1);

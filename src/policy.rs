@@ -133,6 +133,8 @@ impl Team {
 /// A loaded policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    /// What one user (never root) may hold of the agent.
+    pub limits: Limits,
     roles: BTreeMap<String, BTreeSet<Permission>>,
     default_role: String,
     users: BTreeMap<String, String>,
@@ -152,6 +154,34 @@ struct RawPolicy {
     groups: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     teams: BTreeMap<String, RawTeam>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// Per-user limits (`[limits]`), so that no user can exhaust the agent for root or
+/// for the others. Root is never limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Live runs one user may have at once.
+    pub max_live_runs: u32,
+    /// Runs one user may start in a minute.
+    pub max_starts_per_minute: u32,
+    /// Connections one user may hold open to the agent's socket.
+    pub max_connections: u32,
+    /// Requests of one user the agent works on at once (the others wait their turn).
+    pub max_busy_requests: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_live_runs: 256,
+            max_starts_per_minute: 240,
+            max_connections: 64,
+            max_busy_requests: 8,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -180,6 +210,7 @@ impl Default for Policy {
     /// No file: the built-in roles, everybody `owner` (root is admin regardless).
     fn default() -> Policy {
         Policy {
+            limits: Limits::default(),
             roles: builtin_roles(),
             default_role: "owner".into(),
             users: BTreeMap::new(),
@@ -228,7 +259,10 @@ impl Policy {
             Some(span) => at(span, e.message().to_string()),
             None => format!("{name}: {}", e.message()),
         })?;
-        let mut policy = Policy::default();
+        let mut policy = Policy {
+            limits: raw.limits,
+            ..Policy::default()
+        };
         for (role, perms) in raw.roles {
             let mut set = BTreeSet::new();
             for p in perms {

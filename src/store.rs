@@ -444,6 +444,21 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// How many runs of `owner_uid` have one of `statuses`.
+    pub fn count_runs_of(&self, owner_uid: u32, statuses: &[&str]) -> Result<u64> {
+        let list: Vec<String> = statuses
+            .iter()
+            .map(|s| format!("'{}'", s.replace('\'', "''")))
+            .collect();
+        let sql = format!(
+            "SELECT count(*) FROM runs WHERE owner_uid = ?1 AND status IN ({})",
+            list.join(",")
+        );
+        Ok(self
+            .conn
+            .query_row(&sql, [owner_uid], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     /// How many kill sequences were carried out on a run.
     pub fn kill_count(&self, run_id: &str) -> Result<u64> {
         Ok(self.conn.query_row(

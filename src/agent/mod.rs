@@ -152,6 +152,9 @@ type Sightings = HashMap<(i32, String), chrono::DateTime<chrono::Utc>>;
 struct KillSlot {
     result: Mutex<Option<KillResult>>,
     done: Condvar,
+    /// Set by a `--force` or `--emergency` request that finds this sequence under
+    /// way: its waits end and it goes straight to the hard kill.
+    escalate: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Ends a run's kill slot when the leader is done, even if its kill sequence
@@ -196,6 +199,8 @@ pub struct Agent {
     inflight: Mutex<HashMap<String, Arc<KillSlot>>>,
     /// When each open critical section was first seen, per run, for `status`.
     sightings: Mutex<HashMap<String, Sightings>>,
+    /// When each user (never root) started runs in the last minute.
+    starts: Mutex<HashMap<u32, std::collections::VecDeque<Instant>>>,
     /// Git locks that processes of an exited run held when they were killed,
     /// checked and removed once the run's cgroup is empty.
     stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
@@ -325,6 +330,7 @@ impl Agent {
             reaper,
             inflight: Mutex::default(),
             sightings: Mutex::default(),
+            starts: Mutex::default(),
             stale_candidates: Mutex::default(),
             access,
             auditor,
@@ -407,6 +413,9 @@ impl Agent {
     pub fn create_run(self: &Arc<Self>, caller: &Caller, req: CreateRun) -> Result<RunStarted> {
         if req.command.is_empty() {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
+        }
+        if !caller.is_root() {
+            self.check_start_limits(caller.uid)?;
         }
         let (template_name, mut template) = self.resolve_template(caller, &req)?;
         let ms = std::time::Duration::from_millis;
@@ -637,6 +646,45 @@ impl Agent {
 
     /// The template a new run gets: its text if the client sent one, a template
     /// named with `template`, else the one named like the workflow, else `default`.
+    /// A user (never root) may have so many live runs and start so many a minute
+    /// (`[limits]` in the policy), so that no one can exhaust the agent.
+    fn check_start_limits(&self, uid: u32) -> Result<()> {
+        let limits = self.access.policy().limits;
+        let live = self.store().count_runs_of(uid, &RunStatus::live_names())?;
+        if live >= u64::from(limits.max_live_runs) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "uid {uid} has {live} live runs, the most a user may have (policy [limits] \
+                     max_live_runs = {}); end some first",
+                    limits.max_live_runs
+                ),
+            ));
+        }
+        let now = Instant::now();
+        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = starts.entry(uid).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t).as_secs() >= 60)
+        {
+            recent.pop_front();
+        }
+        if recent.len() as u64 >= u64::from(limits.max_starts_per_minute) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "uid {uid} started {} runs in the last minute, the most a user may (policy \
+                     [limits] max_starts_per_minute = {}); try again shortly",
+                    recent.len(),
+                    limits.max_starts_per_minute
+                ),
+            ));
+        }
+        recent.push_back(now);
+        Ok(())
+    }
+
     /// A template text from anyone but root is confined to what a user may ask
     /// for ([`Template::confine`]) over the template the run would get without it.
     fn resolve_template(&self, caller: &Caller, req: &CreateRun) -> Result<(String, Template)> {
@@ -897,6 +945,18 @@ impl Agent {
             ..Default::default()
         };
         self.audited(entry, &req, |entry| {
+            if let Some(reason) = &req.reason
+                && reason.len() > api::MAX_REASON
+            {
+                return Err(Failure::new(
+                    ErrorKind::BadInput,
+                    format!(
+                        "the reason is {} bytes long; at most {} are accepted",
+                        reason.len(),
+                        api::MAX_REASON
+                    ),
+                ));
+            }
             let rec = self.find_run(run_id)?;
             let action = Action::Kill {
                 force: req.force || req.emergency,
@@ -911,7 +971,17 @@ impl Agent {
                     format!("run {run_id}: {}", d.message),
                 ));
             }
-            self.kill_allowed(caller.describe(), rec, req.clone(), RunStatus::Killed)
+            let mut req = req.clone();
+            if !caller.is_root()
+                && !self
+                    .access
+                    .policy()
+                    .permissions(&id)
+                    .contains(&crate::policy::Permission::KillAny)
+            {
+                self.cap_graces(&rec, &mut req);
+            }
+            self.kill_allowed(caller.describe(), rec, req, RunStatus::Killed)
         })
     }
 
@@ -949,7 +1019,14 @@ impl Agent {
     ) -> Result<KillResult> {
         let t = Instant::now();
         entry.time = now();
-        entry.reason = req.reason.clone();
+        // Only the accepted length is recorded, whatever was sent.
+        entry.reason = req.reason.as_ref().map(|r| {
+            let mut end = r.len().min(api::MAX_REASON);
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r[..end].to_owned()
+        });
         entry.mode = Some(kill_mode(req).into());
         entry.decision = "-".into();
         let outcome = attempt(&mut entry);
@@ -1044,18 +1121,48 @@ impl Agent {
             }
         };
         if !leader {
-            let mut result = slot.result.lock().unwrap_or_else(|p| p.into_inner());
-            while result.is_none() {
-                result = slot.done.wait(result).unwrap_or_else(|p| p.into_inner());
+            let forced = req.force || req.emergency;
+            if forced {
+                slot.escalate
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            return Ok(result.clone().unwrap_or_default());
+            let limit = self.kill_wait_limit(&rec, forced);
+            let deadline = Instant::now() + limit;
+            let mut result = slot.result.lock().unwrap_or_else(|p| p.into_inner());
+            while result.is_none() && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                result = slot
+                    .done
+                    .wait_timeout(result, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if let Some(r) = result.clone() {
+                return Ok(r);
+            }
+            drop(result);
+            if forced {
+                // The sequence under way does not answer: kill without it
+                // (cgroup.kill may be written any number of times).
+                tracing::warn!(run_id, "a kill under way did not end in {limit:?}: killing beside it");
+                return Ok(self.kill_sequence(&requested_by, &rec, &req, end, Arc::default()));
+            }
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "a kill of {run_id} has been under way for more than {}; --force or \
+                     --emergency ends it at once",
+                    crate::duration::format(limit)
+                ),
+            ));
         }
         let answer = Answer {
             agent: self,
             run_id,
             slot,
         };
-        let result = self.kill_sequence(&requested_by, &rec, &req, end);
+        let escalate = answer.slot.escalate.clone();
+        let result = self.kill_sequence(&requested_by, &rec, &req, end, escalate);
         *answer.slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         drop(answer);
         // The reaper skips a run while its kill is under way: if the survivors of
@@ -1068,6 +1175,38 @@ impl Agent {
             self.on_run_empty(run_id);
         }
         Ok(result)
+    }
+
+    /// A kill asked by someone without `kill_any` waits no longer than the run's
+    /// template allows: its graces are capped at the operator's, so no request can
+    /// hold a run in `stopping` past its deadlines.
+    fn cap_graces(&self, rec: &RunRecord, req: &mut KillRequest) {
+        let t = self.run_template(rec);
+        let cs = &t.critical_sections;
+        let cap = |v: &mut Option<u64>, limit: std::time::Duration| {
+            if let Some(ms) = v {
+                *ms = (*ms).min(limit.as_millis() as u64);
+            }
+        };
+        cap(&mut req.grace_ms, t.kill.term_grace);
+        cap(&mut req.grace_git_ms, cs.git);
+        cap(&mut req.grace_db_ms, cs.database);
+        cap(&mut req.grace_files_ms, cs.files);
+        cap(&mut req.max_wait_ms, cs.max_wait);
+    }
+
+    /// How long a kill request waits for a sequence of the same run already under
+    /// way: its whole graceful course, or for a forced request (which makes it go
+    /// straight to the hard kill) the hard kill alone; a few seconds more either way.
+    fn kill_wait_limit(&self, rec: &RunRecord, forced: bool) -> std::time::Duration {
+        let t = self.run_template(rec);
+        let hard = 2 * t.kill.freeze_timeout + t.kill.kill_deadline;
+        let margin = std::time::Duration::from_secs(5);
+        if forced {
+            hard + margin
+        } else {
+            t.critical_sections.max_wait + t.kill.term_grace + hard + margin
+        }
     }
 
     /// Where a run's critical sections are looked for: its workspace, less its
@@ -1095,6 +1234,7 @@ impl Agent {
         rec: &RunRecord,
         req: &KillRequest,
         end: RunStatus,
+        escalate: Arc<std::sync::atomic::AtomicBool>,
     ) -> KillResult {
         let started_at = chrono::Utc::now();
         let t = Instant::now();
@@ -1126,6 +1266,7 @@ impl Agent {
                 requested_by: requested_by.to_owned(),
                 ending: end.as_str(),
             }),
+            escalate,
         };
         let cg = Cgroup::new(&rec.cgroup_path);
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);

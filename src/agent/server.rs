@@ -4,18 +4,21 @@
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::connect_info::{self, ConnectInfo};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio::net::{UnixListener, UnixStream};
 
 use super::{Agent, Caller, Config, Failure, StartError};
 use crate::api::{ApiError, ErrorKind};
@@ -53,9 +56,10 @@ fn peer_pidfd(sock: impl AsFd, pid: i32) -> Option<OwnedFd> {
 #[derive(Clone, Debug)]
 struct Peer(Option<Caller>);
 
-impl connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        let io = stream.io();
+impl Peer {
+    /// The peer of a connection just accepted: its credentials, and a pidfd that
+    /// pins the process that connected.
+    fn of(io: &UnixStream) -> Peer {
         let Ok(cred) = io.peer_cred() else {
             return Peer(None);
         };
@@ -320,7 +324,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             }
         });
     }
-    let app = router(agent).into_make_service_with_connect_info::<Peer>();
+    let app = router(agent.clone());
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -331,9 +335,170 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         }
         tracing::info!("stopping; runs go on");
     };
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    accept_loop(listener, app, agent, shutdown).await;
     let _ = std::fs::remove_file(&socket);
-    res.map_err(|e| StartError::Socket(e.to_string()))
+    Ok(())
+}
+
+/// How long a client may take to send a request's headers, and then its body.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request body read (a template text is the largest there is).
+const MAX_BODY: usize = 1 << 20;
+
+/// What each user holds of the agent right now: open connections and requests
+/// being worked on. Root is never counted, so no user can queue root's requests
+/// behind theirs or take the connections root needs.
+#[derive(Default)]
+struct Gate {
+    connections: std::sync::Mutex<HashMap<u32, u32>>,
+    busy: std::sync::Mutex<HashMap<u32, Arc<Semaphore>>>,
+}
+
+/// One open connection of a user; counted until dropped.
+struct Connection {
+    gate: Arc<Gate>,
+    uid: u32,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut conns = self.gate.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = conns.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                conns.remove(&self.uid);
+            }
+        }
+    }
+}
+
+impl Gate {
+    /// Counts a new connection of `uid`, or `None` when the user already holds
+    /// `max` of them (the connection is then closed at once).
+    fn connect(self: &Arc<Gate>, uid: u32, max: u32) -> Option<Connection> {
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let n = conns.entry(uid).or_default();
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Connection {
+            gate: self.clone(),
+            uid,
+        })
+    }
+
+    /// The semaphore that lets `uid` have at most `max` requests worked on at once.
+    fn busy(&self, uid: u32, max: u32) -> Arc<Semaphore> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(max.max(1) as usize)))
+            .clone()
+    }
+}
+
+/// The uid a connection counts against (root's and unidentified peers' apart).
+fn uid_of(peer: &Peer) -> u32 {
+    peer.0.as_ref().map_or(u32::MAX, |c| c.uid)
+}
+
+/// Accepts connections until `shutdown`: each user may hold at most
+/// `max_connections` (policy `[limits]`; root any number), must send its headers
+/// within [`HEADER_TIMEOUT`], and its requests are served through [`limit`].
+async fn accept_loop(
+    listener: UnixListener,
+    app: Router,
+    agent: Arc<Agent>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let gate = Arc::new(Gate::default());
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        (gate.clone(), agent.clone()),
+        limit,
+    ));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            res = listener.accept() => match res {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of fds (EMFILE) or the like: never a busy loop.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = Peer::of(&stream);
+        let uid = uid_of(&peer);
+        let held = if uid == 0 {
+            None
+        } else {
+            match gate.connect(uid, agent.access.policy().limits.max_connections) {
+                Some(c) => Some(c),
+                None => {
+                    tracing::debug!(uid, "connection refused: the user holds the most allowed");
+                    continue;
+                }
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(peer.clone()));
+                tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(held);
+        });
+    }
+}
+
+/// Every request: its body read within [`BODY_TIMEOUT`] and at most [`MAX_BODY`]
+/// bytes, then, for anyone but root, worked on only while the user has fewer than
+/// `max_busy_requests` others under way (policy `[limits]`).
+async fn limit(
+    State((gate, agent)): State<(Arc<Gate>, Arc<Agent>)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uid = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map_or(u32::MAX, |ConnectInfo(p)| uid_of(p));
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return Answer(Failure::new(
+                ErrorKind::BadInput,
+                format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"),
+            ))
+            .into_response();
+        }
+        Err(_) => {
+            return Answer(Failure::new(
+                ErrorKind::BadInput,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            ))
+            .into_response();
+        }
+    };
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    if uid == 0 {
+        return next.run(req).await;
+    }
+    let busy = gate.busy(uid, agent.access.policy().limits.max_busy_requests);
+    let Ok(_permit) = busy.acquire_owned().await else {
+        return Answer(Failure::internal("the agent is stopping")).into_response();
+    };
+    next.run(req).await
 }
