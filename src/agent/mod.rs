@@ -1144,7 +1144,10 @@ impl Agent {
             if forced {
                 // The sequence under way does not answer: kill without it
                 // (cgroup.kill may be written any number of times).
-                tracing::warn!(run_id, "a kill under way did not end in {limit:?}: killing beside it");
+                tracing::warn!(
+                    run_id,
+                    "a kill under way did not end in {limit:?}: killing beside it"
+                );
                 return Ok(self.kill_sequence(&requested_by, &rec, &req, end, Arc::default()));
             }
             return Err(Failure::new(

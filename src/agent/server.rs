@@ -1,10 +1,10 @@
 //! The agent's HTTP/JSON API on a Unix socket (axum), with every request tied to
 //! the peer's credentials (SO_PEERCRED, and SO_PEERPIDFD where the kernel has it).
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
 use super::{Agent, Caller, Config, Failure, StartError};
 use crate::api::{ApiError, ErrorKind};
@@ -363,7 +363,11 @@ struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let mut conns = self.gate.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self
+            .gate
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = conns.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
@@ -475,7 +479,8 @@ async fn limit(
         .get::<ConnectInfo<Peer>>()
         .map_or(u32::MAX, |ConnectInfo(p)| uid_of(p));
     let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             return Answer(Failure::new(

@@ -4,6 +4,7 @@
 mod util;
 
 mod agent;
+mod availability;
 mod fuzz;
 mod kill;
 mod lifecycle;

@@ -93,6 +93,8 @@ pub struct TestAgent {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub cgroup_root: PathBuf,
+    /// The agent's open-file limit (soft and hard), if not the test's own.
+    pub fd_limit: Option<u64>,
     child: Option<Child>,
 }
 
@@ -112,7 +114,16 @@ impl TestAgent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let child = Command::new(WFCG)
+        let mut cmd = match self.fd_limit {
+            // As on a host whose service manager gives the agent this many files.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(WFCG);
+                c
+            }
+            None => Command::new(WFCG),
+        };
+        let child = cmd
             .arg("agent")
             .envs(self.env())
             .stdin(Stdio::null())
@@ -550,6 +561,7 @@ impl TestAgent {
             state_dir: dir.path().join("state"),
             cgroup_root,
             dir,
+            fd_limit: None,
             child: None,
         }
     }
