@@ -71,6 +71,17 @@ impl Access {
         }
     }
 
+    /// The identity of a user who is not on the line (for "may uid U ..."
+    /// questions): names and groups from NSS (`getgrouplist(3)`).
+    pub fn identity_of_uid(&self, uid: u32) -> Identity {
+        let user = users::user_name_cached(uid);
+        let groups = user
+            .as_deref()
+            .map(users::groups_of_user)
+            .unwrap_or_default();
+        Identity { uid, user, groups }
+    }
+
     /// Calls `changed` whenever the policy file is written, created, moved or
     /// removed (an inotify watch on its directory, so editors that replace the
     /// file are seen too).

@@ -12,6 +12,7 @@ mod lifecycle;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+mod query;
 pub mod reaper;
 pub mod server;
 
@@ -1144,7 +1145,10 @@ impl Agent {
             if forced {
                 // The sequence under way does not answer: kill without it
                 // (cgroup.kill may be written any number of times).
-                tracing::warn!(run_id, "a kill under way did not end in {limit:?}: killing beside it");
+                tracing::warn!(
+                    run_id,
+                    "a kill under way did not end in {limit:?}: killing beside it"
+                );
                 return Ok(self.kill_sequence(&requested_by, &rec, &req, end, Arc::default()));
             }
             return Err(Failure::new(

@@ -1,24 +1,25 @@
 //! The agent's HTTP/JSON API on a Unix socket (axum), with every request tied to
 //! the peer's credentials (SO_PEERCRED, and SO_PEERPIDFD where the kernel has it).
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
 use super::{Agent, Caller, Config, Failure, StartError};
 use crate::api::{ApiError, ErrorKind};
@@ -192,6 +193,22 @@ async fn kill_run(
     call(move || agent.kill(&caller, &id, req)).await
 }
 
+async fn may_kill(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+    q: Result<Query<crate::api::MayKillQuery>, QueryRejection>,
+) -> Reply {
+    let caller = caller(peer)?;
+    let Query(q) = q.map_err(|e| {
+        Answer(Failure::new(
+            ErrorKind::BadInput,
+            format!("bad query: {}", e.body_text()),
+        ))
+    })?;
+    call(move || agent.may_kill(&caller, &id, q)).await
+}
+
 async fn audit_list(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -248,6 +265,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/exit", post(report_exit))
         .route("/v1/runs/{id}/kill", post(kill_run))
+        .route("/v1/runs/{id}/may-kill", get(may_kill))
         .route("/v1/audit", get(audit_list))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(metrics))
@@ -363,7 +381,11 @@ struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let mut conns = self.gate.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self
+            .gate
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = conns.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
@@ -475,7 +497,8 @@ async fn limit(
         .get::<ConnectInfo<Peer>>()
         .map_or(u32::MAX, |ConnectInfo(p)| uid_of(p));
     let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             return Answer(Failure::new(
