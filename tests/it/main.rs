@@ -10,6 +10,7 @@ mod lifecycle;
 mod mcp;
 mod metrics;
 mod policy;
+mod python;
 mod run;
 mod safety;
 mod security;
