@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -332,3 +333,29 @@ def test_emergency_kill_takes_the_run_at_once(agent: Agent, marker: str) -> None
     assert result["success"] is True and result["mode"] == "emergency", result
     assert not pids_with_env("WFCG_RUN_ID", run.id)
     assert os.path.exists(agent.socket)
+
+
+def test_the_example_executor_kills_its_tasks_on_cancellation(agent: Agent, marker: str) -> None:
+    example = Path(__file__).parent.parent / "examples" / "executor.py"
+    out = subprocess.run(
+        [sys.executable, str(example), "--tasks", "2", "--cancel-after", "2"],
+        env={**os.environ, **agent.env, "WFCG_BIN": agent.binary, "WFCG_TEST_MARK": marker},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["task"] for r in results] == ["t0", "t1"]
+    client = agent.client()
+    for r in results:
+        assert r["status"] == "cancelled", r
+        assert CONTRACT_KEYS <= set(r["kill"]) and r["kill"]["success"] is True, r
+        info = client.status(r["run_id"])
+        assert (info.status, info.workflow) == ("killed", "builder"), info
+        # It had initialized and heartbeated before it was cancelled.
+        assert info.raw["ready_at"] and info.last_heartbeat, info
+        assert info.status_text and info.status_text.startswith(f"{r['task']}: step"), info
+        kill = [a for a in client.audit(run_id=r["run_id"]) if a["action"] == "kill"]
+        assert kill[0]["reason"] == f"task {r['task']} cancelled"
