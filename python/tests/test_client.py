@@ -121,6 +121,11 @@ def test_errors_are_typed_like_the_cli_exit_codes(agent: Agent, tmp_path: Path) 
     with pytest.raises(wfcg.AgentUnreachable, match="no wfcg agent answers") as u:
         wfcg.Client(tmp_path / "nothing.sock").list()
     assert u.value.exit_code == 5
+    # A bad question to the permission route is bad input, in the API's error shape.
+    with pytest.raises(wfcg.BadInput, match="bad query"):
+        client._request("GET", "/v1/runs/run_000000000000/may-kill?uid=nobody")
+    with pytest.raises(wfcg.BadInput, match="run id"):
+        client.may_kill("bad id!")
     # The agent is unharmed.
     assert client.health()["ok"] is True
 

@@ -259,7 +259,6 @@ fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
     });
 }
 
-
 #[test]
 fn mcp_python_client_kills_a_live_run() {
     require_privileges!();

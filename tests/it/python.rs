@@ -17,7 +17,14 @@ fn python_client_suite_passes_against_a_real_agent() {
     };
     let user = TestUser::get();
     let out = Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "python/tests"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "python/tests",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("WFCG_BIN", util::WFCG)
         .env("WFCG_TEST_USER", TestUser::NAME)
@@ -39,7 +46,11 @@ fn python_client_suite_passes_against_a_real_agent() {
         user.uid
     );
     // Every test ran: none skipped or deselected.
-    let summary = report.lines().rev().find(|l| l.contains(" passed")).unwrap_or("");
+    let summary = report
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed"))
+        .unwrap_or("");
     assert!(
         !summary.contains("skipped") && !summary.contains("deselected"),
         "{report}"
