@@ -174,7 +174,7 @@ def test_permission_questions_are_answered_by_the_agent_and_audited(
 
     # The user's own run: they may kill it, and do.
     def own_run() -> object:
-        mine = theirs.run(["sleep", "1000"], init_timeout=0, env={"WFCG_TEST_MARK": marker})
+        mine = theirs.run(["sleep", "1000"], env={"WFCG_TEST_MARK": marker})
         return (mine.id, theirs.may_kill(mine.id, force=True), mine.kill(force=True))
 
     got = test_user.call(own_run)

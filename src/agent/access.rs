@@ -72,14 +72,20 @@ impl Access {
     }
 
     /// The identity of a user who is not on the line (for "may uid U ..."
-    /// questions): names and groups from NSS (`getgrouplist(3)`).
+    /// questions), as [`Access::identity`] makes it for a caller with that uid
+    /// and its primary group.
     pub fn identity_of_uid(&self, uid: u32) -> Identity {
-        let user = users::user_name_cached(uid);
-        let groups = user
-            .as_deref()
-            .map(users::groups_of_user)
+        let gids = users::gids_of_uid(uid)
+            .map(|(_, g)| g)
             .unwrap_or_default();
-        Identity { uid, user, groups }
+        Identity {
+            uid,
+            user: users::user_name_cached(uid),
+            groups: gids
+                .into_iter()
+                .filter_map(users::group_name_cached)
+                .collect(),
+        }
     }
 
     /// Calls `changed` whenever the policy file is written, created, moved or
