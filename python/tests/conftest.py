@@ -12,6 +12,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -163,6 +164,27 @@ class Agent:
         self.proc.wait()
         _kill_cgroup_tree(self.cgroup_root)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The tests run the installed package (as executors would): it must be this
+    checkout's, not one installed before python/src changed."""
+    src = Path(__file__).resolve().parent.parent / "src" / "wfcg"
+    installed = Path(wfcg.__file__).resolve().parent
+    if installed == src:
+        return
+    stale = sorted(
+        f.name
+        for f in src.glob("*.py")
+        if not (installed / f.name).is_file()
+        or (installed / f.name).read_bytes() != f.read_bytes()
+    )
+    if stale:
+        pytest.exit(
+            f"the installed wfcg package ({installed}) differs from python/src in {stale}: "
+            f"reinstall it with `{sys.executable} -m pip install ./python`",
+            returncode=3,
+        )
 
 
 @pytest.fixture(scope="session")

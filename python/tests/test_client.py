@@ -118,6 +118,10 @@ def test_errors_are_typed_like_the_cli_exit_codes(agent: Agent, tmp_path: Path) 
         client.run(["true"], run_id="bad id!")
     with pytest.raises(wfcg.BadInput, match="--timeout"):
         client.run(["true"], timeout="soon")
+    client.run(["true"], run_id="py-dup", init_timeout=0).wait(timeout=15)
+    with pytest.raises(wfcg.BadInput, match="already in use") as dup:
+        client.run(["true"], run_id="py-dup")
+    assert dup.value.exit_code == 2
     with pytest.raises(wfcg.AgentUnreachable, match="no wfcg agent answers") as u:
         wfcg.Client(tmp_path / "nothing.sock").list()
     assert u.value.exit_code == 5
