@@ -190,14 +190,9 @@ def test_permission_questions_are_answered_by_the_agent_and_audited(
     # Nothing was killed by asking, and every question is on the record.
     assert client.status(run.id).live
     asked = [r for r in client.audit(run_id=run.id) if r["action"] == "permission_query"]
-    assert [r["decision"] for r in asked] == ["allowed", "allowed", "allowed", "denied", "denied"]
-    assert [r["outcome"] for r in asked] == [
-        "answered: allowed",
-        "answered: denied",
-        "answered: denied",
-        "answered: denied",
-        "denied",
-    ]
+    assert [r["decision"] for r in asked] == ["allowed", "denied", "denied", "denied", "denied"]
+    assert [r["outcome"] for r in asked] == ["answered"] * 4 + ["denied"]
+    assert [r["permission"] for r in asked][1:] == ["kill_any"] * 3 + ["view_all"]
     assert asked[-1]["actor_uid"] == test_user.uid and asked[-1]["permission"] == "view_all"
     assert client.audit_verify()["intact"] is True
     with pytest.raises(wfcg.NoSuchRun):

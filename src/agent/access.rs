@@ -75,9 +75,7 @@ impl Access {
     /// questions), as [`Access::identity`] makes it for a caller with that uid
     /// and its primary group.
     pub fn identity_of_uid(&self, uid: u32) -> Identity {
-        let gids = users::gids_of_uid(uid)
-            .map(|(_, g)| g)
-            .unwrap_or_default();
+        let gids = users::gids_of_uid(uid).map(|(_, g)| g).unwrap_or_default();
         Identity {
             uid,
             user: users::user_name_cached(uid),

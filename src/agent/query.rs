@@ -10,7 +10,9 @@ use crate::store::AuditEntry;
 
 impl Agent {
     /// Answers a [`MayKillQuery`]. A user may ask about themselves; asking about
-    /// another uid needs view_all. The answer and the question go to the audit trail.
+    /// another uid needs view_all. The question goes to the audit trail: its
+    /// decision and permission are the answer's, its outcome `answered`; a
+    /// question refused is `denied` on view_all.
     pub fn may_kill(&self, caller: &Caller, run_id: &str, q: MayKillQuery) -> Result<MayKill> {
         let asker = self.access.identity(caller);
         let uid = q.uid.unwrap_or(caller.uid);
@@ -33,8 +35,7 @@ impl Agent {
         };
         let answer = self.answer_may_kill(caller, &asker, uid, run_id, &q, &mut entry);
         entry.outcome = match &answer {
-            Ok(a) if a.allowed => "answered: allowed".into(),
-            Ok(_) => "answered: denied".into(),
+            Ok(_) => "answered".into(),
             Err(f) if f.kind == ErrorKind::Forbidden => "denied".into(),
             Err(f) if f.kind == ErrorKind::NotFound => "no_such_run".into(),
             Err(_) => "bad_input".into(),
@@ -63,9 +64,9 @@ impl Agent {
                 .policy()
                 .permissions(asker)
                 .contains(&Permission::ViewAll);
-            entry.decision = if may_ask { "allowed" } else { "denied" }.into();
-            entry.permission = Some(Permission::ViewAll.as_str().into());
             if !may_ask {
+                entry.decision = "denied".into();
+                entry.permission = Some(Permission::ViewAll.as_str().into());
                 return Err(Failure::new(
                     ErrorKind::Forbidden,
                     format!("not permitted: asking what uid {uid} may do needs view_all"),
@@ -79,10 +80,8 @@ impl Agent {
             emergency: q.emergency,
         };
         let d = self.decide(&subject, action, &rec);
-        if uid == caller.uid {
-            entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
-            entry.permission = d.permission.map(|p| p.as_str().into());
-        }
+        entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
+        entry.permission = d.permission.map(|p| p.as_str().into());
         Ok(MayKill {
             allowed: d.allowed,
             permission: d.permission.map(|p| p.as_str().into()),
