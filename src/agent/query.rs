@@ -33,7 +33,7 @@ impl Agent {
             decision: "-".into(),
             ..Default::default()
         };
-        let answer = self.answer_may_kill(caller, &asker, uid, run_id, &q, &mut entry);
+        let answer = self.answer_may_kill(caller, &asker, run_id, &q, mode, &mut entry);
         entry.outcome = match &answer {
             Ok(_) => "answered".into(),
             Err(f) if f.kind == ErrorKind::Forbidden => "denied".into(),
@@ -41,21 +41,19 @@ impl Agent {
             Err(_) => "bad_input".into(),
         };
         self.auditor.record(&self.store, entry);
-        answer.map(|mut a| {
-            a.mode = mode.into();
-            a
-        })
+        answer
     }
 
     fn answer_may_kill(
         &self,
         caller: &Caller,
         asker: &crate::policy::Identity,
-        uid: u32,
         run_id: &str,
         q: &MayKillQuery,
+        mode: &str,
         entry: &mut AuditEntry,
     ) -> Result<MayKill> {
+        let uid = q.uid.unwrap_or(caller.uid);
         let subject = if uid == caller.uid {
             asker.clone()
         } else {
@@ -89,7 +87,7 @@ impl Agent {
             run_id: run_id.to_owned(),
             uid,
             user: subject.user,
-            mode: String::new(),
+            mode: mode.into(),
         })
     }
 }
