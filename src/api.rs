@@ -5,6 +5,7 @@
 //! - `GET /v1/runs[?all=true]` (→ `Vec<RunInfo>`), `GET /v1/runs/{id}` (→ [`RunInfo`]).
 //! - `POST /v1/runs/{id}/exit` ([`ExitReport`] → [`ExitAck`]): the supervisor reports its command's end.
 //! - `POST /v1/runs/{id}/kill` ([`KillRequest`] → [`KillResult`]).
+//! - `GET /v1/runs/{id}/may-kill` ([`MayKillQuery`] → [`MayKill`]): a permission question.
 //!
 //! Errors come back as [`ApiError`] with a matching HTTP status. This module has
 //! no dependencies inside the crate.
@@ -184,6 +185,32 @@ pub struct KillRequest {
     pub grace_db_ms: Option<u64>,
     pub grace_files_ms: Option<u64>,
     pub max_wait_ms: Option<u64>,
+}
+
+/// `GET /v1/runs/{id}/may-kill?uid=U&force=B&emergency=B`: would a kill by
+/// `uid` (the caller when absent) be allowed? Asking about another user needs
+/// view_all. Nothing is done to the run; the question is audited.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MayKillQuery {
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub emergency: bool,
+}
+
+/// The answer to [`MayKillQuery`]: what the policy says, as a kill would be decided.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MayKill {
+    pub allowed: bool,
+    /// The permission the answer rests on (or the one missing).
+    pub permission: Option<String>,
+    pub message: String,
+    pub run_id: String,
+    pub uid: u32,
+    pub user: Option<String>,
+    /// `graceful`, `force` or `emergency`.
+    pub mode: String,
 }
 
 /// One step of a kill sequence and how long it took.

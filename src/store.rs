@@ -76,6 +76,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN watchdog_usec INTEGER;
     ALTER TABLE runs ADD COLUMN loop_suspected TEXT;
     ALTER TABLE runs ADD COLUMN notify_socket TEXT;",
+    // 5: the executors' table, as a view over runs, so their queries work unchanged.
+    "CREATE VIEW workflow_processes AS
+        SELECT run_id, pid, status, started_at, workspace_path, last_heartbeat, created_at
+        FROM runs;",
 ];
 
 /// Text columns of `runs` that change during a run.

@@ -71,6 +71,21 @@ impl Access {
         }
     }
 
+    /// The identity of a user who is not on the line (for "may uid U ..."
+    /// questions), as [`Access::identity`] makes it for a caller with that uid
+    /// and its primary group.
+    pub fn identity_of_uid(&self, uid: u32) -> Identity {
+        let gids = users::gids_of_uid(uid).map(|(_, g)| g).unwrap_or_default();
+        Identity {
+            uid,
+            user: users::user_name_cached(uid),
+            groups: gids
+                .into_iter()
+                .filter_map(users::group_name_cached)
+                .collect(),
+        }
+    }
+
     /// Calls `changed` whenever the policy file is written, created, moved or
     /// removed (an inotify watch on its directory, so editors that replace the
     /// file are seen too).

@@ -185,7 +185,16 @@ impl Agent {
             let _ = std::fs::remove_file(self.notify_dirs.join(run_id));
         }
         lock(&self.life.loops).remove(run_id);
-        lock(&self.life.beats).remove(run_id);
+        // Its last heartbeat, if not yet written, is written now (else a run that
+        // ends between two flushes would show an older one, or none, for good).
+        let beat = lock(&self.life.beats).remove(run_id);
+        if let Some(b) = beat
+            && let Err(e) = self
+                .store()
+                .set(run_id, Col::LastHeartbeat, Some(&rfc3339(b.at)))
+        {
+            tracing::error!(run_id, "cannot store the last heartbeat: {e}");
+        }
         if let Some(m) = self.monitor() {
             m.forget(run_id);
         }

@@ -12,6 +12,7 @@ mod lifecycle;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+mod query;
 pub mod reaper;
 pub mod server;
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -192,6 +193,22 @@ async fn kill_run(
     call(move || agent.kill(&caller, &id, req)).await
 }
 
+async fn may_kill(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+    q: Result<Query<crate::api::MayKillQuery>, QueryRejection>,
+) -> Reply {
+    let caller = caller(peer)?;
+    let Query(q) = q.map_err(|e| {
+        Answer(Failure::new(
+            ErrorKind::BadInput,
+            format!("bad query: {}", e.body_text()),
+        ))
+    })?;
+    call(move || agent.may_kill(&caller, &id, q)).await
+}
+
 async fn audit_list(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -248,6 +265,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/exit", post(report_exit))
         .route("/v1/runs/{id}/kill", post(kill_run))
+        .route("/v1/runs/{id}/may-kill", get(may_kill))
         .route("/v1/audit", get(audit_list))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(metrics))

@@ -179,6 +179,7 @@ fn a_live_agent_answers_generated_requests_and_keeps_its_state() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
+    let live = run.id.clone();
     let bodies = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
         "\\{(\"(command|run_id|grace_ms|force|emergency|reason|timeout_ms|template_text|workspace)\": ?(\"[^\"]{0,12}\"|-?[0-9]{1,22}|true|null|\\[\\]|\\[\"x\"\\]|\\{\\}),? ?){0,5}\\}".prop_map(String::into_bytes),
@@ -190,6 +191,8 @@ fn a_live_agent_answers_generated_requests_and_keeps_its_state() {
         "/v1/runs\\?(all|stuck)=[a-z0-9%]{0,6}",
         "/v1/audit\\?(since_secs|limit|run|actor)=[-a-z0-9%]{0,12}",
         "/v1/runs/[^ /?#]{0,70}",
+        "(uid|force|emergency)=[-a-z0-9%]{0,12}(&(uid|force|emergency)=[-a-z0-9%]{0,12})?"
+            .prop_map(move |q| format!("/v1/runs/{live}/may-kill?{q}")),
     ];
     runner
         .run(&(paths, bodies), |(path, body)| {

@@ -11,6 +11,7 @@ mod lifecycle;
 mod mcp;
 mod metrics;
 mod policy;
+mod python;
 mod run;
 mod safety;
 mod security;

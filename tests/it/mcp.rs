@@ -259,38 +259,12 @@ fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
     });
 }
 
-/// The interpreter for the Python client: `$WFCG_PYTHON` (relative to the crate
-/// root when it is a relative path). Without it the test fails, saying how to
-/// make one, unless `WFCG_TEST_ALLOW_SKIP=1`.
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("WFCG_PYTHON").filter(|p| !p.is_empty()) {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            if p.is_relative() && p.components().count() > 1 {
-                Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p))
-            } else {
-                Some(p)
-            }
-        }
-        None => {
-            let problem = "WFCG_PYTHON is not set: this test runs tests/mcp_client.py with a \
-                Python that has the `mcp` package; create the venv with \
-                `python3 -m venv .venv && .venv/bin/pip install 'mcp>=2.3,<3'` and set \
-                WFCG_PYTHON=.venv/bin/python";
-            if std::env::var("WFCG_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
-                eprintln!("SKIPPED (WFCG_TEST_ALLOW_SKIP=1): {problem}");
-                None
-            } else {
-                panic!("{problem} (or set WFCG_TEST_ALLOW_SKIP=1 on a laptop)");
-            }
-        }
-    }
-}
-
 #[test]
 fn mcp_python_client_kills_a_live_run() {
     require_privileges!();
-    let Some(python) = python() else { return };
+    let Some(python) = util::python() else {
+        return;
+    };
     let agent = TestAgent::start();
     let run = agent.start_run(&[], "sleep 1000 & setsid sleep 1001 & wait");
     assert!(agent.wait_procs(&run.id, 4), "the run did not start");

@@ -579,3 +579,32 @@ impl TestAgent {
         self.child.as_ref().map(|c| c.id() as i32)
     }
 }
+
+/// The Python for the tests that drive real Python clients (the `mcp` package,
+/// and this repository's `python/` package with pytest): `$WFCG_PYTHON` (relative
+/// to the crate root when it is a relative path). Without it the test fails, saying how to
+/// make one, unless `WFCG_TEST_ALLOW_SKIP=1`.
+pub fn python() -> Option<PathBuf> {
+    match std::env::var_os("WFCG_PYTHON").filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if p.is_relative() && p.components().count() > 1 {
+                Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p))
+            } else {
+                Some(p)
+            }
+        }
+        None => {
+            let problem = "WFCG_PYTHON is not set: this test needs a Python with the `mcp` \
+                package, pytest and ./python installed; create the venv with \
+                `python3 -m venv .venv && .venv/bin/pip install 'mcp>=2.3,<3' pytest ./python` \
+                and set WFCG_PYTHON=.venv/bin/python";
+            if std::env::var("WFCG_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
+                eprintln!("SKIPPED (WFCG_TEST_ALLOW_SKIP=1): {problem}");
+                None
+            } else {
+                panic!("{problem} (or set WFCG_TEST_ALLOW_SKIP=1 on a laptop)");
+            }
+        }
+    }
+}
