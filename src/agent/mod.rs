@@ -1723,6 +1723,15 @@ impl OnEmpty for Agent {
     /// A run's cgroup emptied (or vanished). Unless a kill sequence is under way
     /// (it finishes the run itself), record how a live run ended, then clean up.
     fn on_run_empty(&self, run_id: &str) {
+        // The exit the supervisor may have left is read before any lock is taken:
+        // the file is the user's (read non-blocking, size-limited, as its owner).
+        let from_file = self
+            .store()
+            .get_run(run_id)
+            .ok()
+            .flatten()
+            .filter(|r| r.exit_code.is_none() && r.exit_signal.is_none())
+            .and_then(|r| Agent::exit_from_file(&r));
         let (rec, ended) = {
             // Both locks held, in the agent's order, so no kill starts in between.
             let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -1738,7 +1747,7 @@ impl OnEmpty for Agent {
             if status.is_live() {
                 if rec.exit_code.is_none()
                     && rec.exit_signal.is_none()
-                    && let Some((code, signal)) = Agent::exit_from_file(&rec)
+                    && let Some((code, signal)) = from_file
                 {
                     let _ = store.record_exit(run_id, code, signal);
                     (rec.exit_code, rec.exit_signal) = (code, signal);
