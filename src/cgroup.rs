@@ -118,6 +118,20 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     parse_cgroup2_mount(&text).ok_or(Error::NoCgroup2)
 }
 
+/// The cgroup2 mount of this host, read once.
+fn host_mount() -> Option<&'static Path> {
+    static MOUNT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    MOUNT.get_or_init(|| cgroup2_mount().ok()).as_deref()
+}
+
+/// Whether the cgroup `rel` (relative to the cgroup2 mount `mount`, as
+/// `/proc/<pid>/cgroup` names it) is `cg` or below it. The whole path is
+/// compared, component by component: a run named `user.slice` does not hold
+/// the processes of `/user.slice`.
+pub fn within(mount: &Path, rel: &str, cg: &Path) -> bool {
+    mount.join(rel.trim_start_matches('/')).starts_with(cg)
+}
+
 /// The cgroup path of a process relative to the cgroup2 mount, from `/proc/<pid>/cgroup`
 /// (the `0::` line). `None` when the process is gone.
 pub fn process_cgroup(proc_root: &Path, pid: i32) -> Option<String> {
@@ -277,15 +291,11 @@ impl Cgroup {
     }
 
     /// Whether process `pid` is in this cgroup or below it, from `/proc/<pid>/cgroup`
-    /// (a path relative to the mount: inside when it, or one of its ancestors, is
-    /// where this cgroup's path ends). `None` when the process is gone.
+    /// (a path relative to the host's cgroup2 mount, compared whole: see
+    /// [`within`]). `None` when the process is gone or its cgroup cannot be read.
     pub fn contains_process(&self, proc_root: &Path, pid: i32) -> Option<bool> {
         let rel = process_cgroup(proc_root, pid)?;
-        Some(
-            Path::new(rel.trim_start_matches('/'))
-                .ancestors()
-                .any(|a| !a.as_os_str().is_empty() && self.path.ends_with(a)),
-        )
+        Some(within(host_mount()?, &rel, &self.path))
     }
 
     /// Whether the kernel offers `cgroup.kill` here (Linux ≥ 5.14; never on the root cgroup).
@@ -343,6 +353,17 @@ impl Cgroup {
     /// Parses `cgroup.events`.
     pub fn events(&self) -> Result<Events> {
         Ok(parse_events(&self.read(CGROUP_EVENTS)?))
+    }
+
+    /// Whether the cgroup is empty: `populated 0`, or the cgroup is gone. A read
+    /// that fails for any other reason (EMFILE, EIO, ...) is an error, never
+    /// "empty": a run is not over because its cgroup could not be read.
+    pub fn empty(&self) -> Result<bool> {
+        match self.events() {
+            Ok(e) => Ok(!e.populated),
+            Err(Error::Read { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits until `cgroup.events` satisfies `done`, or the timeout passes.
@@ -604,6 +625,26 @@ mod tests {
             parse_cgroup2_mount(escaped),
             Some(PathBuf::from("/mnt/with space"))
         );
+    }
+
+    #[test]
+    fn membership_compares_the_whole_path_never_a_suffix() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        let run = mount.join("wfcg/runs/user.slice");
+        assert!(within(mount, "/wfcg/runs/user.slice", &run));
+        assert!(within(mount, "/wfcg/runs/user.slice/payload", &run));
+        // A suffix of the run's path, or of one of its ancestors, is not the run.
+        for outside in [
+            "/user.slice",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/runs/user.slice",
+            "/other/wfcg/runs/user.slice",
+            "/wfcg/runs/user.slice2",
+            "/wfcg/runs",
+            "/",
+        ] {
+            assert!(!within(mount, outside, &run), "{outside}");
+        }
     }
 
     fn fake() -> (tempfile::TempDir, Cgroup) {

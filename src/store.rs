@@ -245,6 +245,16 @@ impl Store {
         Ok(())
     }
 
+    /// `PRAGMA quick_check`: `None` when the database is sound, else what SQLite
+    /// found wrong (its first lines).
+    pub fn quick_check(&self) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check(5)")?;
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok((lines != ["ok"]).then(|| lines.join("; ")))
+    }
+
     /// The schema version in use.
     pub fn schema_version(&self) -> Result<i64> {
         Ok(self

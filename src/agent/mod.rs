@@ -74,8 +74,11 @@ pub enum StartError {
     #[error("the kernel has no cgroup.kill in {0} (needs Linux 5.14 or later)")]
     NoCgroupKill(PathBuf),
     /// The store cannot be opened.
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {path}: {source}{}", recovery(path))]
     Store { path: PathBuf, source: store::Error },
+    /// The store fails its integrity check.
+    #[error("the store {path} is corrupt (quick_check: {detail}){}", recovery(path))]
+    Corrupt { path: PathBuf, detail: String },
     /// A directory cannot be made.
     #[error("cannot create {path}: {source}")]
     Dir {
@@ -91,6 +94,17 @@ pub enum StartError {
     /// The socket cannot be served.
     #[error("{0}")]
     Socket(String),
+}
+
+/// How to recover from a store the agent cannot use.
+fn recovery(db: &Path) -> String {
+    let d = db.display();
+    format!(
+        ". The agent does not start on it. To recover: move it aside with its -wal and \
+         -shm files (`mv {d} {d}.bad; mv {d}-wal {d}-wal.bad; mv {d}-shm {d}-shm.bad`) \
+         and start the agent again: it creates a new store and re-adopts the live runs \
+         from the cgroup tree (their history and audit trail stay in the moved file)"
+    )
 }
 
 /// An error answer: its kind decides the HTTP status and the CLI's exit code.
@@ -305,6 +319,12 @@ impl Agent {
             path: db.clone(),
             source,
         })?;
+        // A corrupt store would fail every call behind a healthy-looking socket.
+        match store.quick_check() {
+            Ok(None) => {}
+            Ok(Some(detail)) => return Err(StartError::Corrupt { path: db, detail }),
+            Err(source) => return Err(StartError::Store { path: db, source }),
+        }
         for file in [
             db.clone(),
             db.with_extension("db-wal"),

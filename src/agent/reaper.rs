@@ -2,10 +2,12 @@
 //! every live run's `cgroup.events`, read by one thread. Scales to thousands of
 //! runs without polling any of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::fs::inotify;
 
 use crate::cgroup::{CGROUP_EVENTS, Cgroup};
@@ -18,6 +20,28 @@ pub trait OnEmpty: Send + Sync + 'static {
 pub struct Reaper {
     ino: Arc<OwnedFd>,
     watches: Arc<Mutex<HashMap<i32, (String, Cgroup)>>>,
+    /// Watches whose `cgroup.events` could not be read at the last look.
+    unsure: Arc<Mutex<HashSet<i32>>>,
+}
+
+/// How often a cgroup that could not be read is looked at again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether the watched cgroup is empty. A failed read is "unknown": the watch
+/// is marked to be looked at again, and the run is not over.
+fn check(run_id: &str, cg: &Cgroup, wd: i32, unsure: &Mutex<HashSet<i32>>) -> bool {
+    match cg.empty() {
+        Ok(empty) => {
+            unsure.lock().unwrap().remove(&wd);
+            empty
+        }
+        Err(e) => {
+            if unsure.lock().unwrap().insert(wd) {
+                tracing::warn!(run_id, "cannot tell whether the run ended, will look again: {e}");
+            }
+            false
+        }
+    }
 }
 
 impl Reaper {
@@ -26,43 +50,65 @@ impl Reaper {
         Ok(Reaper {
             ino: Arc::new(ino),
             watches: Arc::default(),
+            unsure: Arc::default(),
         })
     }
 
     /// Starts the thread that reads events and calls `target` for emptied runs.
+    /// A run whose `cgroup.events` cannot be read is not taken as empty: it is
+    /// looked at again every [`RECHECK`] until a read answers.
     pub fn start<T: OnEmpty>(&self, target: Weak<T>) {
         let ino = self.ino.clone();
         let watches = self.watches.clone();
+        let unsure = self.unsure.clone();
         std::thread::Builder::new()
             .name("wfcg-reaper".into())
             .spawn(move || {
                 let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
                 loop {
                     let mut fired = Vec::new();
-                    let mut reader = inotify::Reader::new(&*ino, &mut buf);
-                    // The first read blocks; then take what else is queued.
-                    match reader.next() {
-                        Ok(ev) => fired.push(ev.wd()),
-                        Err(rustix::io::Errno::INTR) => continue,
+                    let mut fds = [PollFd::new(&*ino, PollFlags::IN)];
+                    let timeout = Timespec::try_from(RECHECK).ok();
+                    match poll(&mut fds, timeout.as_ref()) {
+                        Ok(n) if n > 0 => {
+                            let mut reader = inotify::Reader::new(&*ino, &mut buf);
+                            match reader.next() {
+                                Ok(ev) => fired.push(ev.wd()),
+                                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                                Err(e) => {
+                                    tracing::error!("reaper: reading inotify failed: {e}");
+                                    return;
+                                }
+                            }
+                            while !reader.is_buffer_empty() {
+                                match reader.next() {
+                                    Ok(ev) => fired.push(ev.wd()),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
                         Err(e) => {
-                            tracing::error!("reaper: reading inotify failed: {e}");
+                            tracing::error!("reaper: poll on inotify failed: {e}");
                             return;
                         }
                     }
-                    while !reader.is_buffer_empty() {
-                        match reader.next() {
-                            Ok(ev) => fired.push(ev.wd()),
-                            Err(_) => break,
-                        }
+                    fired.extend(unsure.lock().unwrap().iter().copied());
+                    fired.sort_unstable();
+                    fired.dedup();
+                    if fired.is_empty() {
+                        continue;
                     }
                     let Some(target) = target.upgrade() else {
                         return;
                     };
                     for wd in fired {
                         let entry = watches.lock().unwrap().get(&wd).cloned();
-                        if let Some((run_id, cg)) = entry
-                            && !cg.events().map(|e| e.populated).unwrap_or(false)
-                        {
+                        let Some((run_id, cg)) = entry else {
+                            unsure.lock().unwrap().remove(&wd);
+                            continue;
+                        };
+                        if check(&run_id, &cg, wd, &unsure) {
                             watches.lock().unwrap().remove(&wd);
                             target.on_run_empty(&run_id);
                         }
@@ -75,17 +121,25 @@ impl Reaper {
     /// Watches a run's cgroup. If it is empty already, `target` is told at once.
     pub fn watch<T: OnEmpty>(&self, run_id: &str, cg: &Cgroup, target: &T) {
         let path = cg.path().join(CGROUP_EVENTS);
-        match inotify::add_watch(&*self.ino, &path, inotify::WatchFlags::MODIFY) {
+        let wd = match inotify::add_watch(&*self.ino, &path, inotify::WatchFlags::MODIFY) {
             Ok(wd) => {
                 self.watches
                     .lock()
                     .unwrap()
                     .insert(wd, (run_id.to_owned(), cg.clone()));
+                Some(wd)
             }
-            Err(e) => tracing::warn!("cannot watch {}: {e}", path.display()),
-        }
+            Err(e) => {
+                tracing::warn!("cannot watch {}: {e}", path.display());
+                None
+            }
+        };
         // Checked after the watch is in place, so no change can fall between.
-        if !cg.events().map(|e| e.populated).unwrap_or(false) {
+        let empty = match wd {
+            Some(wd) => check(run_id, cg, wd, &self.unsure),
+            None => matches!(cg.empty(), Ok(true)),
+        };
+        if empty {
             self.forget(run_id);
             target.on_run_empty(run_id);
         }
@@ -101,6 +155,7 @@ impl Reaper {
             .collect();
         for wd in wds {
             watches.remove(&wd);
+            self.unsure.lock().unwrap().remove(&wd);
             let _ = inotify::remove_watch(&*self.ino, wd);
         }
     }
@@ -112,5 +167,67 @@ impl Reaper {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::CGROUP_PROCS;
+    use std::fs;
+    use std::time::Instant;
+
+    #[derive(Default)]
+    struct Ended(Mutex<Vec<String>>);
+
+    impl OnEmpty for Ended {
+        fn on_run_empty(&self, run_id: &str) {
+            self.0.lock().unwrap().push(run_id.to_owned());
+        }
+    }
+
+    /// A fake cgroup whose `cgroup.events` fails to read with EIO (it points at
+    /// `/proc/self/mem`, whose page 0 is unmapped).
+    fn unreadable_cgroup(dir: &std::path::Path) -> Cgroup {
+        let cg = Cgroup::new(dir.join("run"));
+        cg.create().unwrap();
+        fs::write(cg.path().join(CGROUP_PROCS), "1\n").unwrap();
+        std::os::unix::fs::symlink("/proc/self/mem", cg.path().join(CGROUP_EVENTS)).unwrap();
+        let err = cg.empty().unwrap_err().to_string();
+        assert!(err.contains("Input/output error"), "{err}");
+        cg
+    }
+
+    #[test]
+    fn an_unreadable_cgroup_is_not_an_ended_run_and_is_looked_at_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = unreadable_cgroup(dir.path());
+        let ended = Arc::new(Ended::default());
+        let reaper = Reaper::new().unwrap();
+        reaper.start(Arc::downgrade(&ended));
+        reaper.watch("r1", &cg, &*ended);
+        std::thread::sleep(RECHECK * 2);
+        assert!(ended.0.lock().unwrap().is_empty(), "a failed read taken as empty");
+        assert_eq!(reaper.len(), 1);
+
+        // The read answers again, with `populated 0`: no inotify event comes for
+        // it (the watch is on the symlink's target), the recheck finds it.
+        fs::remove_file(cg.path().join(CGROUP_EVENTS)).unwrap();
+        fs::write(cg.path().join(CGROUP_EVENTS), "populated 0\nfrozen 0\n").unwrap();
+        let deadline = Instant::now() + RECHECK * 5;
+        while ended.0.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*ended.0.lock().unwrap(), vec!["r1".to_string()]);
+        assert_eq!(reaper.len(), 0);
+    }
+
+    #[test]
+    fn a_vanished_cgroup_is_an_ended_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ended = Ended::default();
+        let reaper = Reaper::new().unwrap();
+        reaper.watch("gone", &Cgroup::new(dir.path().join("nope")), &ended);
+        assert_eq!(*ended.0.lock().unwrap(), vec!["gone".to_string()]);
     }
 }
