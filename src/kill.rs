@@ -157,6 +157,9 @@ pub struct Report {
     pub survivors: Vec<Survivor>,
     /// Errors that did not stop the sequence.
     pub errors: Vec<String>,
+    /// Why the end of the processes could not be confirmed (a read of the
+    /// cgroup failed): the run is not over, whatever else this report says.
+    pub unconfirmed: Option<String>,
 }
 
 impl Report {
@@ -194,7 +197,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     if let Err(e) = cg.freeze(plan.freeze_timeout) {
         report.errors.push(e.to_string());
     }
-    let pids = cg.procs_recursive().unwrap_or_default();
+    let pids = listed(cg, &mut report);
     report.processes = pids.len() as u32;
     let open = scan(plan, pids, proc_root);
     let open = report.saw(open, start.elapsed());
@@ -250,6 +253,15 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     report
 }
 
+/// The processes of the cgroup; a failed listing is noted as an error (the kill
+/// goes on: `cgroup.kill` reaches them all the same), never taken as "none".
+fn listed(cg: &Cgroup, report: &mut Report) -> Vec<i32> {
+    cg.procs_recursive().unwrap_or_else(|e| {
+        report.errors.push(format!("cannot list the processes: {e}"));
+        Vec::new()
+    })
+}
+
 fn scan(plan: &Plan, pids: Vec<i32>, proc_root: &Path) -> Vec<Finding> {
     let scope = sections::Scope {
         pids,
@@ -287,7 +299,15 @@ fn wait_for_sections(
         if plan.escalated() {
             break "a forced kill came in: no more waiting".to_string();
         }
-        let pids = cg.procs_recursive().unwrap_or_default();
+        // A listing that fails says nothing about the sections: still open.
+        let pids = match cg.procs_recursive() {
+            Ok(pids) => pids,
+            Err(e) if t.elapsed() >= plan.graces.max_wait => {
+                report.max_wait_expired = true;
+                break format!("waited the limit; cannot list the processes: {e}");
+            }
+            Err(_) => continue,
+        };
         let open = scan(plan, pids, proc_root);
         let open = report.saw(open, start.elapsed());
         if open.is_empty() {
@@ -360,7 +380,7 @@ fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, rep
     if let Err(e) = cg.freeze(plan.freeze_timeout) {
         report.errors.push(e.to_string());
     }
-    let pids = cg.procs_recursive().unwrap_or_default();
+    let pids = listed(cg, report);
     report.processes = pids.len() as u32;
     // Locks the signal may orphan: recorded for the cleanup (see the module doc).
     let open = scan(plan, pids.clone(), proc_root);
@@ -410,16 +430,26 @@ fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report:
     }
     // What SIGKILL will orphan (a force kill scanned under this same freeze).
     if !plan.force {
-        let open = scan(plan, cg.procs_recursive().unwrap_or_default(), proc_root);
+        let pids = listed(cg, report);
+        let open = scan(plan, pids, proc_root);
         report.saw(open, start.elapsed());
     }
     if let Err(e) = cg.kill() {
         report.errors.push(e.to_string());
     }
-    match cg.wait_unpopulated(plan.kill_deadline) {
+    match wait_unpopulated(cg, plan.kill_deadline) {
         Ok(true) => report.phase("kill", t, "cgroup.kill; populated 0".into()),
         Ok(false) => {
-            report.survivors = survivors(cg, proc_root);
+            // Survivors are named from a listing; one that fails, or lists none
+            // while the cgroup says populated, proves nothing.
+            match survivors(cg, proc_root) {
+                Ok(s) if s.is_empty() => {
+                    report.unconfirmed =
+                        Some("the cgroup is still populated but lists no process".into())
+                }
+                Ok(s) => report.survivors = s,
+                Err(e) => report.unconfirmed = Some(format!("cannot list the survivors: {e}")),
+            }
             report.phase(
                 "kill",
                 t,
@@ -432,14 +462,26 @@ fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report:
         }
         Err(e) => {
             report.errors.push(e.to_string());
-            report.survivors = survivors(cg, proc_root);
+            report.unconfirmed = Some(e.to_string());
         }
     }
 }
 
-fn survivors(cg: &Cgroup, proc_root: &Path) -> Vec<Survivor> {
-    cg.procs_recursive()
-        .unwrap_or_default()
+/// [`Cgroup::wait_unpopulated`], with reads that fail retried until the
+/// deadline: only a read that answers says whether the cgroup emptied.
+fn wait_unpopulated(cg: &Cgroup, deadline: Duration) -> crate::cgroup::Result<bool> {
+    let start = Instant::now();
+    loop {
+        match cg.wait_unpopulated(deadline.saturating_sub(start.elapsed())) {
+            Err(_) if start.elapsed() < deadline => std::thread::sleep(SECTION_POLL),
+            done => return done,
+        }
+    }
+}
+
+fn survivors(cg: &Cgroup, proc_root: &Path) -> crate::cgroup::Result<Vec<Survivor>> {
+    Ok(cg
+        .procs_recursive()?
         .into_iter()
         .map(|pid| {
             let (wchan, stack) = procfs::wchan_and_stack(proc_root, pid);
@@ -451,7 +493,7 @@ fn survivors(cg: &Cgroup, proc_root: &Path) -> Vec<Survivor> {
                 stack,
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -530,6 +572,41 @@ mod tests {
         assert_eq!(
             fs::read_to_string(cg.path().join(cgroup::CGROUP_FREEZE)).unwrap(),
             "1"
+        );
+    }
+
+    /// A fake cgroup whose `cgroup.events` and `cgroup.procs` fail to read (EIO):
+    /// the kill must not report the processes ended, nor "no survivors".
+    #[test]
+    fn a_cgroup_that_cannot_be_read_is_no_proof_of_an_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::new(dir.path().join("eio"));
+        cg.create().unwrap();
+        for file in [cgroup::CGROUP_EVENTS, cgroup::CGROUP_PROCS] {
+            std::os::unix::fs::symlink("/proc/self/mem", cg.path().join(file)).unwrap();
+        }
+        let plan = Plan {
+            force: true,
+            term_grace: Duration::from_millis(100),
+            freeze_timeout: Duration::from_millis(100),
+            kill_deadline: Duration::from_millis(300),
+            spare: None,
+            graces: Graces {
+                git: Duration::ZERO,
+                database: Duration::ZERO,
+                files: Duration::ZERO,
+                max_wait: Duration::ZERO,
+            },
+            scope: Default::default(),
+            stop_reason: None,
+        };
+        let report = kill(&cg, &plan, Path::new("/proc"));
+        let why = report.unconfirmed.expect("an unreadable cgroup taken as empty");
+        assert!(why.contains("Input/output error"), "{why}");
+        assert!(
+            report.errors.iter().any(|e| e.contains("cannot list the processes")),
+            "{:?}",
+            report.errors
         );
     }
 }

@@ -1,7 +1,9 @@
 //! The audit trail's writer: every record is committed to the store before the
-//! request it describes is answered. A record that cannot be written is kept in
-//! order in memory and retried (loudly) until it is; the answer then says
-//! `audit: pending`.
+//! request it describes is answered. A record that cannot be written (a full or
+//! read-only disk, an I/O error) is kept in order in memory and retried (loudly)
+//! until it is; the answer then says `audit: pending`. The ends of runs (a kill's
+//! result, an exit the reaper noticed) go through the same queue, so that a kill
+//! never waits for the disk and its records land in the order they happened.
 //!
 //! After each write the chain's head (`seq hash`) is also written to a file
 //! beside the database, so that deleting the newest records is detected too.
@@ -13,13 +15,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::store::{AuditEntry, ChainCheck, Store};
+use crate::store::{AuditEntry, ChainCheck, RunRecord, Store};
+
+/// A write the store must get, in order.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Audit(AuditEntry),
+    /// A kill sequence's result and the status it leaves the run in.
+    Kill {
+        run_id: String,
+        started_at: String,
+        result: String,
+        status: String,
+        ended_at: Option<String>,
+    },
+    /// The end of a run the reaper noticed, with the exit its supervisor left.
+    End {
+        run_id: String,
+        status: String,
+        ended_at: String,
+        exit: Option<(Option<i32>, Option<i32>)>,
+    },
+}
+
+impl Record {
+    fn run_id(&self) -> Option<&str> {
+        match self {
+            Record::Audit(_) => None,
+            Record::Kill { run_id, .. } | Record::End { run_id, .. } => Some(run_id),
+        }
+    }
+}
 
 /// How often pending records are retried.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Auditor {
-    pending: Mutex<VecDeque<AuditEntry>>,
+    pending: Mutex<VecDeque<Record>>,
     head: PathBuf,
     /// Records written, and failed attempts to write one, since the start.
     pub written: AtomicU64,
@@ -36,24 +68,51 @@ impl Auditor {
         }
     }
 
-    /// Appends `entry` after any pending ones. Returns whether everything,
+    /// Appends `entry` after any pending records. Returns whether everything,
     /// this entry included, is now written.
     pub fn record(&self, store: &Mutex<Store>, entry: AuditEntry) -> bool {
+        self.keep(store, Record::Audit(entry))
+    }
+
+    /// Writes `rec` after any pending records, or keeps it pending. Returns
+    /// whether everything, this record included, is now written.
+    pub fn keep(&self, store: &Mutex<Store>, rec: Record) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.push_back(entry);
+        pending.push_back(rec);
         self.flush(store, &mut pending)
     }
 
-    fn flush(&self, store: &Mutex<Store>, pending: &mut VecDeque<AuditEntry>) -> bool {
+    fn flush(&self, store: &Mutex<Store>, pending: &mut VecDeque<Record>) -> bool {
         let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(entry) = pending.front() {
-            match store.append_audit(entry) {
-                Ok(rec) => {
-                    pending.pop_front();
+        while let Some(rec) = pending.front() {
+            let res = match rec {
+                Record::Audit(entry) => store.append_audit(entry).map(|rec| {
                     self.written.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = write_head(&self.head, rec.seq, &rec.hash) {
                         tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
                     }
+                }),
+                Record::Kill {
+                    run_id,
+                    started_at,
+                    result,
+                    status,
+                    ended_at,
+                } => store.record_kill(run_id, started_at, result, status, ended_at.as_deref()),
+                Record::End {
+                    run_id,
+                    status,
+                    ended_at,
+                    exit,
+                } => exit
+                    .map_or(Ok(()), |(code, signal)| {
+                        store.record_exit(run_id, code, signal)
+                    })
+                    .and_then(|()| store.finish_run(run_id, status, ended_at)),
+            };
+            match res {
+                Ok(()) => {
+                    pending.pop_front();
                 }
                 Err(e) => {
                     self.failures.fetch_add(1, Ordering::Relaxed);
@@ -66,6 +125,39 @@ impl Auditor {
             }
         }
         true
+    }
+
+    /// Puts what pending records say of a run over its stored record: a run
+    /// whose end is not written yet is shown (and answered for) as ended.
+    pub fn overlay(&self, run: &mut RunRecord) {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for rec in pending.iter().filter(|r| r.run_id() == Some(&run.run_id)) {
+            match rec {
+                Record::Kill {
+                    result,
+                    status,
+                    ended_at,
+                    ..
+                } => {
+                    run.kill_result = Some(result.clone());
+                    run.status = status.clone();
+                    run.ended_at = ended_at.clone().or(run.ended_at.take());
+                }
+                Record::End {
+                    status,
+                    ended_at,
+                    exit,
+                    ..
+                } => {
+                    run.status = status.clone();
+                    run.ended_at = Some(ended_at.clone());
+                    if let Some((code, signal)) = exit {
+                        (run.exit_code, run.exit_signal) = (*code, *signal);
+                    }
+                }
+                Record::Audit(_) => {}
+            }
+        }
     }
 
     /// How many records wait to be written.
