@@ -257,7 +257,9 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
 /// goes on: `cgroup.kill` reaches them all the same), never taken as "none".
 fn listed(cg: &Cgroup, report: &mut Report) -> Vec<i32> {
     cg.procs_recursive().unwrap_or_else(|e| {
-        report.errors.push(format!("cannot list the processes: {e}"));
+        report
+            .errors
+            .push(format!("cannot list the processes: {e}"));
         Vec::new()
     })
 }
@@ -434,10 +436,21 @@ fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report:
         let open = scan(plan, pids, proc_root);
         report.saw(open, start.elapsed());
     }
-    if let Err(e) = cg.kill() {
-        report.errors.push(e.to_string());
+    // A write that fails (EMFILE, EIO) is retried until the deadline: until it is
+    // written, no process is known to have been killed.
+    let deadline = Instant::now() + plan.kill_deadline;
+    let mut written = cg.kill();
+    while let Err(e) = &written {
+        if Instant::now() >= deadline {
+            report.errors.push(e.to_string());
+            report.unconfirmed = Some(e.to_string());
+            report.phase("kill", t, format!("cgroup.kill not written: {e}"));
+            return;
+        }
+        std::thread::sleep(SECTION_POLL);
+        written = cg.kill();
     }
-    match wait_unpopulated(cg, plan.kill_deadline) {
+    match wait_unpopulated(cg, deadline.saturating_duration_since(Instant::now())) {
         Ok(true) => report.phase("kill", t, "cgroup.kill; populated 0".into()),
         Ok(false) => {
             // Survivors are named from a listing; one that fails, or lists none
@@ -599,12 +612,18 @@ mod tests {
             },
             scope: Default::default(),
             stop_reason: None,
+            escalate: Arc::default(),
         };
         let report = kill(&cg, &plan, Path::new("/proc"));
-        let why = report.unconfirmed.expect("an unreadable cgroup taken as empty");
+        let why = report
+            .unconfirmed
+            .expect("an unreadable cgroup taken as empty");
         assert!(why.contains("Input/output error"), "{why}");
         assert!(
-            report.errors.iter().any(|e| e.contains("cannot list the processes")),
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("cannot list the processes")),
             "{:?}",
             report.errors
         );

@@ -470,6 +470,27 @@ impl Agent {
             ..Default::default()
         };
         self.auto_kill(rec, req);
+        // A kill that could not be confirmed (a read failed) leaves the run live:
+        // the deadline fires again in a second (an unkillable run is not retried).
+        let live = self
+            .store()
+            .get_run(run_id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| {
+                RunStatus::parse(&r.status)
+                    .is_some_and(|s| s.is_live() && s != RunStatus::Unkillable)
+            });
+        if live
+            && !self.kill_in_flight(run_id)
+            && let Some(m) = self.monitor()
+        {
+            m.set(
+                run_id,
+                kind,
+                Some(Utc::now() + chrono::Duration::seconds(1)),
+            );
+        }
     }
 
     /// While a run initializes, notices the same command line being started again

@@ -77,7 +77,10 @@ pub enum StartError {
     #[error("cannot open the store {path}: {source}{}", recovery(path))]
     Store { path: PathBuf, source: store::Error },
     /// The store fails its integrity check.
-    #[error("the store {path} is corrupt (quick_check: {detail}){}", recovery(path))]
+    #[error(
+        "the store {path} is corrupt (quick_check: {detail}){}",
+        recovery(path)
+    )]
     Corrupt { path: PathBuf, detail: String },
     /// A directory cannot be made.
     #[error("cannot create {path}: {source}")]
@@ -387,10 +390,30 @@ impl Agent {
         for rec in records {
             known.insert(rec.run_id.clone());
             let cg = Cgroup::new(&rec.cgroup_path);
+            let interrupted = (rec.status == RunStatus::Stopping.as_str())
+                .then(|| self.kill_interrupted(&rec, cg.exists()));
             if cg.exists() {
                 // Deadlines are absolute times: one that passed meanwhile fires at once.
                 self.lifecycle_begin(&rec, Arc::downgrade(self), true);
                 self.reaper.watch(&rec.run_id, &cg, &**self);
+                if let Some((by, req, end)) = interrupted {
+                    let agent = self.clone();
+                    std::thread::spawn(move || {
+                        let entry = AuditEntry {
+                            actor_name: "agent".into(),
+                            action: "kill_resumed".into(),
+                            run_id: Some(rec.run_id.clone()),
+                            ..Default::default()
+                        };
+                        let run_id = rec.run_id.clone();
+                        let res = agent.audited(entry, &req.clone(), |_| {
+                            agent.kill_allowed(by, rec, req, end)
+                        });
+                        if let Err(f) = res {
+                            tracing::error!(run_id, "resuming the kill failed: {}", f.message);
+                        }
+                    });
+                }
             } else {
                 self.on_run_empty(&rec.run_id);
             }
@@ -427,6 +450,60 @@ impl Agent {
                 self.reaper.watch(run_id, &cg, &**self);
             }
         }
+    }
+
+    /// A run found `stopping` at start: the previous agent stopped during its
+    /// kill. Audits the interrupted attempt (from its `kill_start` record) and
+    /// returns how to resume it: same mode and reason, the template's graces
+    /// (a request's own graces are not kept), ending as the attempt would have.
+    fn kill_interrupted(&self, rec: &RunRecord, live: bool) -> (String, KillRequest, RunStatus) {
+        let filter = AuditFilter {
+            run_id: Some(rec.run_id.clone()),
+            ..Default::default()
+        };
+        let start = self
+            .store()
+            .audit_records(&filter)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|r| r.entry.action == KILL_START)
+            .map(|r| r.entry);
+        let mode = start.as_ref().and_then(|s| s.mode.clone());
+        let mode = mode.as_deref().unwrap_or("graceful");
+        let end = start
+            .as_ref()
+            .and_then(|s| s.outcome.strip_prefix("started, ending as "))
+            .and_then(RunStatus::parse)
+            .unwrap_or(RunStatus::Killed);
+        let by = start
+            .as_ref()
+            .map(|s| format!("{} at {}", s.actor_name, s.time))
+            .unwrap_or_else(|| "an unrecorded request".into());
+        tracing::warn!(
+            run_id = rec.run_id,
+            "the {mode} kill by {by} was interrupted by an agent restart; {}",
+            if live {
+                "resuming it"
+            } else {
+                "its processes are gone"
+            }
+        );
+        self.audit_event(AuditEntry {
+            action: "kill_interrupted".into(),
+            run_id: Some(rec.run_id.clone()),
+            reason: Some(format!("the agent stopped during the {mode} kill by {by}")),
+            mode: Some(mode.into()),
+            outcome: if live { "resumed" } else { "processes gone" }.into(),
+            ..Default::default()
+        });
+        let req = KillRequest {
+            force: mode != "graceful",
+            emergency: mode == "emergency",
+            reason: start.and_then(|s| s.reason),
+            ..Default::default()
+        };
+        (format!("agent (resuming the kill by {by})"), req, end)
     }
 
     /// Starts a run: creates its cgroup and directories, moves the caller into it,
@@ -750,9 +827,12 @@ impl Agent {
         if let Some(problem) = api::run_id_problem(run_id) {
             return Err(Failure::new(ErrorKind::BadInput, problem));
         }
-        self.store()
+        let mut rec = self
+            .store()
             .get_run(run_id)?
-            .ok_or_else(|| Failure::not_found(run_id))
+            .ok_or_else(|| Failure::not_found(run_id))?;
+        self.auditor.overlay(&mut rec);
+        Ok(rec)
     }
 
     /// What the policy says of `id` doing `action` to the run `rec`.
@@ -876,7 +956,8 @@ impl Agent {
     /// The runs the caller may see: live ones, or all with `all`.
     pub fn list(&self, caller: &Caller, all: bool, stuck: bool) -> Result<Vec<RunInfo>> {
         let live: Vec<&str> = RunStatus::live_names();
-        let recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
+        let mut recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
+        recs.iter_mut().for_each(|r| self.auditor.overlay(r));
         let id = self.access.identity(caller);
         let visible: Vec<RunRecord> = recs
             .into_iter()
@@ -1056,6 +1137,10 @@ impl Agent {
             Ok(r) if r.already_ended => "already_ended".into(),
             Ok(r) if r.success => "killed".into(),
             Ok(r) if r.mode.is_empty() => "failed".into(),
+            // Not confirmed over, nothing survivor-listed: a failed kill, not an unkillable run.
+            Ok(r) if r.killed_at.is_none() && r.cleanup_status.processes_remaining == 0 => {
+                "failed".into()
+            }
             Ok(_) => "unkillable".into(),
             Err(f) => match f.kind {
                 ErrorKind::NotFound => "no_such_run",
@@ -1121,14 +1206,27 @@ impl Agent {
                 Some(slot) => (slot.clone(), false),
                 None => {
                     // Decide under the lock, so only one request starts the sequence:
-                    // a live run becomes `stopping` in one statement.
-                    let stopping = self.store().transition(
-                        run_id,
-                        &RunStatus::live_names(),
-                        RunStatus::Stopping.as_str(),
-                    )?;
+                    // a live run becomes `stopping` in one statement. A store that
+                    // cannot be written does not stop a kill: the run's record
+                    // (read, with what is pending over it) says whether it is live.
+                    let stopping = self
+                        .store()
+                        .transition(
+                            run_id,
+                            &RunStatus::live_names(),
+                            RunStatus::Stopping.as_str(),
+                        )
+                        .unwrap_or_else(|e| {
+                            tracing::error!(
+                                run_id,
+                                "cannot record the kill's start, killing anyway: {e}"
+                            );
+                            false
+                        });
                     if !stopping {
-                        let current = self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
+                        let mut current =
+                            self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
+                        self.auditor.overlay(&mut current);
                         let status =
                             RunStatus::parse(&current.status).unwrap_or(RunStatus::Unknown);
                         if !status.is_live() {
@@ -1292,9 +1390,20 @@ impl Agent {
             }),
             escalate,
         };
+        let mode = kill_mode(req);
+        // A trace before the kill acts (kept pending if the disk refuses it): an
+        // agent that dies mid-kill leaves it, and its successor resumes the kill.
+        self.audit_event(AuditEntry {
+            actor_name: requested_by.to_owned(),
+            action: KILL_START.into(),
+            run_id: Some(rec.run_id.clone()),
+            reason: req.reason.clone(),
+            mode: Some(mode.into()),
+            outcome: format!("started, ending as {}", end.as_str()),
+            ..Default::default()
+        });
         let cg = Cgroup::new(&rec.cgroup_path);
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
-        let mode = kill_mode(req);
         let at = |d: std::time::Duration| {
             rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
         };
@@ -1322,7 +1431,18 @@ impl Agent {
             ..Default::default()
         };
         let seen: Vec<Finding> = report.sections.into_iter().map(|s| s.finding).collect();
-        let status = if report.survivors.is_empty() {
+        let status = if let Some(why) = &report.unconfirmed {
+            // A read failed: the run is not known to be over. It stays live (its
+            // TMPDIR and cgroup untouched), the kill fails, and may be retried.
+            result.message = format!(
+                "run {}: the kill could not be confirmed ({why}); the run stays {} and \
+                 the kill may be retried",
+                rec.run_id, rec.status
+            );
+            RunStatus::parse(&rec.status)
+                .filter(|s| s.is_live() && *s != RunStatus::Stopping)
+                .unwrap_or(RunStatus::Running)
+        } else if report.survivors.is_empty() {
             result.killed_at = Some(now());
             let t_clean = Instant::now();
             result.cleanup_status = self.cleanup(rec, &seen);
@@ -1383,16 +1503,17 @@ impl Agent {
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let json = serde_json::to_string(&result).unwrap_or_default();
         let ended_at = (status == end).then(now);
-        let recorded = self.store().record_kill(
-            &rec.run_id,
-            &at(std::time::Duration::ZERO),
-            &json,
-            status.as_str(),
-            ended_at.as_deref(),
+        // Kept pending while the store cannot be written; the answer says so.
+        self.auditor.keep(
+            &self.store,
+            audit::Record::Kill {
+                run_id: rec.run_id.clone(),
+                started_at: at(std::time::Duration::ZERO),
+                result: json,
+                status: status.as_str().into(),
+                ended_at,
+            },
         );
-        if let Err(e) = recorded {
-            tracing::error!(run_id = rec.run_id, "cannot record the kill: {e}");
-        }
         if status == end {
             self.audit_run_end(&rec.run_id, status);
         }
@@ -1758,29 +1879,51 @@ impl OnEmpty for Agent {
             if inflight.contains_key(run_id) {
                 return; // the kill sequence finishes the run itself
             }
-            let store = self.store();
-            let Ok(Some(mut rec)) = store.get_run(run_id) else {
+            let Ok(Some(mut rec)) = self.store().get_run(run_id) else {
                 return;
             };
+            self.auditor.overlay(&mut rec);
+            // Over only if a read says so (or the cgroup is gone): a read that
+            // fails leaves the run live and watched, its TMPDIR in place.
+            let cg = Cgroup::new(&rec.cgroup_path);
+            match cg.empty() {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(run_id, "cannot tell whether the run ended: {e}");
+                    drop(inflight);
+                    self.reaper.watch(run_id, &cg, self);
+                    return;
+                }
+            }
             let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
             let mut ended = None;
             if status.is_live() {
+                let mut exit = None;
                 if rec.exit_code.is_none()
                     && rec.exit_signal.is_none()
                     && let Some((code, signal)) = from_file
                 {
-                    let _ = store.record_exit(run_id, code, signal);
+                    exit = Some((code, signal));
                     (rec.exit_code, rec.exit_signal) = (code, signal);
                 }
                 let end = match status {
-                    RunStatus::Unkillable => RunStatus::Killed,
+                    // A kill had begun (one interrupted by an agent restart, if
+                    // no sequence is under way): its processes are gone.
+                    RunStatus::Unkillable | RunStatus::Stopping => RunStatus::Killed,
                     _ if rec.exit_code.is_some() || rec.exit_signal.is_some() => RunStatus::Exited,
                     _ => RunStatus::Lost,
                 };
-                if let Err(e) = store.finish_run(run_id, end.as_str(), &now()) {
-                    tracing::error!(run_id, "cannot record the end of the run: {e}");
-                    return;
-                }
+                // Kept pending (and shown) while the store cannot be written.
+                self.auditor.keep(
+                    &self.store,
+                    audit::Record::End {
+                        run_id: run_id.to_owned(),
+                        status: end.as_str().into(),
+                        ended_at: now(),
+                        exit,
+                    },
+                );
                 tracing::info!(run_id, status = end.as_str(), "run ended");
                 ended = Some(end);
             }
@@ -1795,6 +1938,9 @@ impl OnEmpty for Agent {
         }
     }
 }
+
+/// The audit action written before a kill acts.
+const KILL_START: &str = "kill_start";
 
 /// `graceful`, `force` or `emergency`.
 fn kill_mode(req: &KillRequest) -> &'static str {

@@ -37,7 +37,10 @@ fn check(run_id: &str, cg: &Cgroup, wd: i32, unsure: &Mutex<HashSet<i32>>) -> bo
         }
         Err(e) => {
             if unsure.lock().unwrap().insert(wd) {
-                tracing::warn!(run_id, "cannot tell whether the run ended, will look again: {e}");
+                tracing::warn!(
+                    run_id,
+                    "cannot tell whether the run ended, will look again: {e}"
+                );
             }
             false
         }
@@ -207,7 +210,10 @@ mod tests {
         reaper.start(Arc::downgrade(&ended));
         reaper.watch("r1", &cg, &*ended);
         std::thread::sleep(RECHECK * 2);
-        assert!(ended.0.lock().unwrap().is_empty(), "a failed read taken as empty");
+        assert!(
+            ended.0.lock().unwrap().is_empty(),
+            "a failed read taken as empty"
+        );
         assert_eq!(reaper.len(), 1);
 
         // The read answers again, with `populated 0`: no inotify event comes for

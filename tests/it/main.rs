@@ -5,6 +5,7 @@ mod util;
 
 mod agent;
 mod availability;
+mod availability_faults;
 mod fuzz;
 mod kill;
 mod lifecycle;
