@@ -26,6 +26,7 @@ pub mod run;
 pub mod sections;
 pub mod store;
 pub mod template;
+pub mod tmpfs;
 pub mod top;
 pub mod userfs;
 pub mod users;

@@ -129,6 +129,8 @@ pub struct Template {
     pub cleanup: Cleanup,
     #[serde(default)]
     pub alerts: Alerts,
+    #[serde(default)]
+    pub tmpdir: TmpdirSettings,
     /// cgroup limits by file name (`memory.max`, `pids.max`, `cpu.max`), written
     /// where the controller is enabled.
     #[serde(default, deserialize_with = "limit_map")]
@@ -151,6 +153,20 @@ pub enum Ready {
 pub struct RunSettings {
     #[serde(default)]
     pub ready: Ready,
+}
+
+/// The run's TMPDIR: a tmpfs of its own of this size.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TmpdirSettings {
+    /// Bytes, with K, M, G or T (`mount -t tmpfs -o size=`).
+    pub size: String,
+}
+
+impl Default for TmpdirSettings {
+    fn default() -> Self {
+        TmpdirSettings { size: "1G".into() }
+    }
 }
 
 /// What happens to the workspace when a run ends.
@@ -339,6 +355,7 @@ impl Template {
         operator_only("alerts", t.alerts == base.alerts)?;
         operator_only("cleanup", t.cleanup == base.cleanup)?;
         operator_only("limits", t.limits == base.limits)?;
+        operator_only("tmpdir", t.tmpdir == base.tmpdir)?;
         let fields = [
             ("timeouts.init", t.timeouts.init, base.timeouts.init, true),
             (
@@ -675,6 +692,16 @@ fn check_values(text: &str, t: &Template, user: &DeTable<'_>, problems: &mut Vec
             text,
             span(&["alerts", "webhook"]),
             format!("alerts.webhook: {e}"),
+        ));
+    }
+    if !crate::tmpfs::valid_size(&t.tmpdir.size) {
+        problems.push(Problem::at(
+            text,
+            span(&["tmpdir", "size"]),
+            format!(
+                "tmpdir.size: {:?} is not a size (bytes, with K, M, G or T)",
+                t.tmpdir.size
+            ),
         ));
     }
     for (what, d) in [

@@ -633,7 +633,7 @@ impl Agent {
             Err(e) => return Err(Failure::internal(e)),
         }
         // Limits apply from the first instruction: written before the caller moves in.
-        let warnings = cg.apply_limits(&template.limits);
+        let mut warnings = cg.apply_limits(&template.limits);
         let run_dir = self.run_dirs.join(&run_id);
         let tmpdir = self.tmp_dirs.join(&run_id);
         let log_path = req
@@ -642,6 +642,7 @@ impl Agent {
         let undo = |msg: String| {
             let _ = cg.remove();
             let _ = fs::remove_dir_all(&run_dir);
+            let _ = crate::tmpfs::unmount(&tmpdir);
             let _ = fs::remove_dir_all(&tmpdir);
             if let Some(log) = &log_path {
                 let _ = fs::remove_file(log);
@@ -663,6 +664,16 @@ impl Agent {
         }
         if let Some(log) = &log_path {
             owned(log, false).map_err(|e| undo(format!("cannot create {}: {e}", log.display())))?;
+        }
+        // TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk.
+        if let Err(e) = crate::tmpfs::mount(&tmpdir, &template.tmpdir.size, caller.uid, caller.gid)
+        {
+            warnings.push(format!(
+                "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
+                 mount a tmpfs of {} on it: {e}",
+                tmpdir.display(),
+                template.tmpdir.size
+            ));
         }
         // Move the caller, then confirm through its pidfd that it was alive all along:
         // alive before and after the write, so the pid named it at the write. If it
@@ -1595,6 +1606,11 @@ impl Agent {
             },
             None => true,
         };
+        if let Some(tmp) = &rec.tmpdir
+            && let Err(e) = crate::tmpfs::unmount(Path::new(tmp))
+        {
+            tracing::warn!(run_id = rec.run_id, "cannot unmount the TMPDIR {tmp}: {e}");
+        }
         let tmpdir_removed = remove(rec.tmpdir.as_deref());
         let run_dir_removed = remove(rec.run_dir.as_deref());
         let workspace = match (&rec.workspace_path, rec.cleanup_workspace) {

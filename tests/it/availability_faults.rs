@@ -39,18 +39,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Whether anything is mounted at or below `path`.
-fn mounted_below(path: &Path) -> Vec<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = path.display().to_string();
-    mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Writes zeros into `file` until the filesystem says it is full.
 fn fill(file: &Path) {
     let mut f = std::fs::File::create(file).unwrap();
@@ -151,11 +139,81 @@ fn an_emergency_kill_on_a_full_state_disk_kills_and_keeps_its_records_pending() 
         );
         agent.kill9();
     }
+    let left = util::mounts_below(&state);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A run that fills its TMPDIR (as the attacker did, `yes > $TMPDIR/fill`)
+/// fills only a tmpfs of its own, of the template's size, owned by the run's
+/// user: the store stays writable and the kill is recorded at once. The tmpfs is
+/// gone with the run.
+#[test]
+fn a_run_filling_its_tmpdir_fills_only_its_own_tmpfs() {
+    require_privileges!();
+    let user = TestUser::get();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let template = dir.path().join("small-tmp.toml");
+    std::fs::write(&template, "[tmpdir]\nsize = \"4M\"\n").unwrap();
+    std::fs::set_permissions(&template, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = agent
+        .wfcg_as(&user)
+        .args(["run", "--detach", "--template", template.to_str().unwrap()])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "yes > \"$TMPDIR/fill\"; echo full > \"$TMPDIR/said\"; exec sleep 1000",
+        ])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    // A user's template may not set [tmpdir] (the operator's size holds)...
+    assert!(!out.status.success());
     assert!(
-        mounted_below(&state).is_empty(),
-        "{:?}",
-        mounted_below(&state)
+        String::from_utf8_lossy(&out.stderr).contains("[tmpdir] may be set only by the operator"),
+        "{out:?}"
     );
+    // ... root's may.
+    let run = agent.start_run(
+        &["--template", template.to_str().unwrap()],
+        "yes > \"$TMPDIR/fill\"; exec sleep 1000",
+    );
+    let tmpdir = agent.state_dir.join("tmp").join(&run.id);
+    let fill = tmpdir.join("fill");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            agent
+                .run_cgroup(&run.id)
+                .procs()
+                .is_ok_and(|p| p.len() == 2)
+        }),
+        "the run did not fill its TMPDIR and go on"
+    );
+    let size = std::fs::metadata(&fill).unwrap().len();
+    assert!(
+        (3 << 20..=4 << 20).contains(&size),
+        "TMPDIR took {size} bytes, not its 4M tmpfs"
+    );
+    let mounts = util::mounts_below(&tmpdir);
+    assert_eq!(
+        mounts,
+        vec![tmpdir.clone()],
+        "TMPDIR is not a mount of its own"
+    );
+    let fs = rustix::fs::statfs(&tmpdir).unwrap();
+    assert_eq!(fs.f_type as i64, libc::TMPFS_MAGIC);
+    let result = agent.kill_ok(&run.id, &["--reason", "filled its TMPDIR"]);
+    assert_eq!(result["audit"], "written", "{result:#}");
+    assert_eq!(
+        result["cleanup_status"]["tmpdir_removed"], true,
+        "{result:#}"
+    );
+    agent.assert_run_gone(&run);
+    assert!(util::mounts_below(&agent.state_dir).is_empty());
+    assert!(!tmpdir.exists());
 }
 
 /// SIGKILL of the agent while a graceful kill waits for a git lock: the

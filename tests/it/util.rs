@@ -528,9 +528,26 @@ impl TestUser {
     }
 }
 
+/// Mount points at or below `path` (from `/proc/self/mountinfo`), deepest first.
+pub fn mounts_below(path: &Path) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(path))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found
+}
+
 impl Drop for TestAgent {
     fn drop(&mut self) {
         self.kill9();
+        // Runs' TMPDIRs are tmpfs mounts below the state dir: none may outlive the test.
+        for m in mounts_below(self.dir.path()) {
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
         let root = Cgroup::new(&self.cgroup_root);
         if root.exists() {
             // cgroup.kill on the root reaches every run below it.

@@ -1,0 +1,67 @@
+//! A run's TMPDIR as a tmpfs of its own: a size limit per run, off the store's
+//! filesystem, so that a run filling its TMPDIR fills only that (and its pages
+//! are charged to the memory cgroup of the run that writes them).
+//!
+//! A leaf module: `mount(2)` and `umount2(2)` of one directory the caller owns.
+
+use std::io;
+use std::path::Path;
+
+use rustix::mount::{MountFlags, UnmountFlags};
+
+/// Whether `size` is one `mount -t tmpfs -o size=` takes: bytes, with an
+/// optional K, M, G or T.
+pub fn valid_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', 't', 'T']);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && size.len() - digits.len() <= 1
+}
+
+/// Mounts a tmpfs of `size` on `dir` (`mount(2)`), nosuid and nodev, its root
+/// owned by `uid`:`gid` with mode 0700. `dir` must be a directory no user can
+/// replace (it is resolved by path).
+pub fn mount(dir: &Path, size: &str, uid: u32, gid: u32) -> io::Result<()> {
+    if !valid_size(size) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("tmpfs size {size:?}: bytes with K, M, G or T expected"),
+        ));
+    }
+    let data = std::ffi::CString::new(format!("size={size},mode=0700,uid={uid},gid={gid}"))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    rustix::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(data.as_c_str()),
+    )?;
+    Ok(())
+}
+
+/// Detaches the tmpfs on `dir` (`umount2(2)` with MNT_DETACH: it goes at once,
+/// even while a file in it is still open). Not mounted is fine.
+pub fn unmount(dir: &Path) -> io::Result<()> {
+    match rustix::mount::unmount(dir, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+        Ok(()) => Ok(()),
+        // Not a mount point (EINVAL), or gone (ENOENT).
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_bytes_with_one_unit() {
+        for ok in ["1G", "512M", "100k", "4096", "2T"] {
+            assert!(valid_size(ok), "{ok}");
+        }
+        for bad in ["", "G", "1GG", "1.5G", "-1", "1G,uid=0", "50%", "max"] {
+            assert!(!valid_size(bad), "{bad}");
+        }
+    }
+}
