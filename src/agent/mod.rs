@@ -659,13 +659,17 @@ impl Agent {
             }
             std::os::unix::fs::chown(path, Some(caller.uid), Some(caller.gid))
         };
-        for (path, dir) in [(&run_dir, true), (&tmpdir, true)] {
-            owned(path, dir).map_err(|e| undo(format!("cannot create {}: {e}", path.display())))?;
-        }
+        owned(&run_dir, true)
+            .map_err(|e| undo(format!("cannot create {}: {e}", run_dir.display())))?;
         if let Some(log) = &log_path {
             owned(log, false).map_err(|e| undo(format!("cannot create {}: {e}", log.display())))?;
         }
-        // TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk.
+        // TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk. It
+        // is mounted on a directory still root's (0700), so nothing of the user's
+        // can be opened below the mount first; the tmpfs root is the user's.
+        fs::create_dir(&tmpdir)
+            .and_then(|()| fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| undo(format!("cannot create {}: {e}", tmpdir.display())))?;
         if let Err(e) = crate::tmpfs::mount(&tmpdir, &template.tmpdir.size, caller.uid, caller.gid)
         {
             warnings.push(format!(
@@ -674,6 +678,8 @@ impl Agent {
                 tmpdir.display(),
                 template.tmpdir.size
             ));
+            std::os::unix::fs::chown(&tmpdir, Some(caller.uid), Some(caller.gid))
+                .map_err(|e| undo(format!("cannot chown {}: {e}", tmpdir.display())))?;
         }
         // Move the caller, then confirm through its pidfd that it was alive all along:
         // alive before and after the write, so the pid named it at the write. If it
@@ -1404,8 +1410,11 @@ impl Agent {
         let mode = kill_mode(req);
         // A trace before the kill acts (kept pending if the disk refuses it): an
         // agent that dies mid-kill leaves it, and its successor resumes the kill.
+        let (actor_name, actor_uid, caller_pid) = actor_of(requested_by);
         self.audit_event(AuditEntry {
-            actor_name: requested_by.to_owned(),
+            actor_name,
+            actor_uid,
+            caller_pid,
             action: KILL_START.into(),
             run_id: Some(rec.run_id.clone()),
             reason: req.reason.clone(),
@@ -1958,6 +1967,22 @@ impl OnEmpty for Agent {
 /// The audit action written before a kill acts.
 const KILL_START: &str = "kill_start";
 
+/// The actor's name, uid and pid in a requester as [`Caller::describe`] writes it
+/// (`name (uid N, pid P)`), or the whole text (`monitor`) with neither.
+fn actor_of(requested_by: &str) -> (String, Option<u32>, Option<i32>) {
+    let parsed = requested_by
+        .strip_suffix(')')
+        .and_then(|r| r.rsplit_once(" (uid "))
+        .and_then(|(name, rest)| {
+            let (uid, pid) = rest.split_once(", pid ")?;
+            Some((name.to_owned(), uid.parse().ok()?, pid.parse().ok()?))
+        });
+    match parsed {
+        Some((name, uid, pid)) => (name, Some(uid), Some(pid)),
+        None => (requested_by.to_owned(), None, None),
+    }
+}
+
 /// `graceful`, `force` or `emergency`.
 fn kill_mode(req: &KillRequest) -> &'static str {
     if req.emergency {
@@ -1967,6 +1992,20 @@ fn kill_mode(req: &KillRequest) -> &'static str {
     } else {
         "graceful"
     }
+}
+
+#[cfg(test)]
+#[test]
+fn the_actor_of_a_kill_start_is_read_back_from_the_requester() {
+    assert_eq!(
+        actor_of("alice (uid 1000, pid 42)"),
+        ("alice".to_string(), Some(1000), Some(42))
+    );
+    assert_eq!(actor_of("monitor"), ("monitor".to_string(), None, None));
+    assert_eq!(
+        actor_of("x (uid y, pid 1)"),
+        ("x (uid y, pid 1)".to_string(), None, None)
+    );
 }
 
 /// The answer to a kill of a run that had ended already.

@@ -687,8 +687,8 @@ fn the_audit_record_of_a_kill_survives_a_sigkill_of_the_agent_right_after_the_an
     }
     let (code, v, message) = verify(&agent);
     assert_eq!(code, Some(0), "{message}");
-    // 21 policy loads (one per start), and per run: start, kill, end.
-    assert_eq!(v["records"], 21 + 3 * 20, "{v:#}\n{message}");
+    // 21 policy loads (one per start), and per run: start, kill_start, kill, end.
+    assert_eq!(v["records"], 21 + 4 * 20, "{v:#}\n{message}");
 }
 
 /// Runs one statement on the agent's store with the sqlite3 CLI, waiting up to
@@ -749,8 +749,9 @@ fn a_kill_whose_audit_record_cannot_be_written_is_carried_out_and_written_later(
         "{}",
         agent.log_tail(30)
     );
-    // Neither the kill nor the run's end (audited by the kill sequence, before
-    // the kill's own record) is in the store yet: both wait, in memory.
+    // Neither the kill's start, nor the run's end (audited by the kill sequence,
+    // before the kill's own record), nor the kill is in the store yet: all wait,
+    // in memory.
     let actions = |agent: &TestAgent| -> Vec<Value> {
         audit(agent, &["--run", &run.id])
             .into_iter()
@@ -758,11 +759,12 @@ fn a_kill_whose_audit_record_cannot_be_written_is_carried_out_and_written_later(
             .collect()
     };
     assert_eq!(actions(&agent), ["run_start"]);
-    assert_eq!(metric(&agent, "wfcg_audit_pending"), 2.0);
+    // kill_start, the kill's result on the run, run_end, kill.
+    assert_eq!(metric(&agent, "wfcg_audit_pending"), 4.0);
     assert!(metric(&agent, "wfcg_audit_write_failures_total") >= 2.0);
     let (code, _, message) = verify(&agent);
     assert_eq!(code, Some(0), "{message}");
-    assert_eq!(message.trim(), "2 records, chain intact (2 pending)");
+    assert_eq!(message.trim(), "2 records, chain intact (4 pending)");
 
     sql_write(&agent, "DROP TRIGGER block_audit");
     let written = wait_until(Duration::from_secs(20), || {
@@ -780,7 +782,10 @@ fn a_kill_whose_audit_record_cannot_be_written_is_carried_out_and_written_later(
         "{}",
         agent.log_tail(30)
     );
-    assert_eq!(actions(&agent), ["run_start", "run_end", "kill"]);
+    assert_eq!(
+        actions(&agent),
+        ["run_start", "kill_start", "run_end", "kill"]
+    );
     let r = &kill_records(&agent, &run.id, "root")[0];
     assert_eq!(
         (&r["decision"], &r["outcome"], &r["reason"]),
@@ -794,7 +799,7 @@ fn a_kill_whose_audit_record_cannot_be_written_is_carried_out_and_written_later(
     assert_eq!(metric(&agent, "wfcg_audit_pending"), 0.0);
     let (code, v, message) = verify(&agent);
     assert_eq!(code, Some(0), "{message}");
-    assert_eq!(message.trim(), "4 records, chain intact");
+    assert_eq!(message.trim(), "5 records, chain intact");
     assert_eq!(v["intact"], true, "{v:#}");
 
     // The trail takes writes again: the next kill is on record before its answer.
@@ -806,7 +811,7 @@ fn a_kill_whose_audit_record_cannot_be_written_is_carried_out_and_written_later(
     assert_eq!(records[1]["outcome"], "already_ended", "{records:#?}");
     let (code, _, message) = verify(&agent);
     assert_eq!(code, Some(0), "{message}");
-    assert_eq!(message.trim(), "5 records, chain intact");
+    assert_eq!(message.trim(), "6 records, chain intact");
 }
 
 /// Waits until `user`'s `wfcg ps` does (or does not) show `run`.
@@ -1043,15 +1048,15 @@ fn audit_lists_filter_by_run_actor_and_limit_and_export_prints_json_lines() {
     let all = audit(&agent, &[]);
     let seqs: Vec<i64> = all.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    // start, 2 run starts, erin's denial, 2 kills, 2 run ends.
-    assert_eq!(all.len(), 8, "{all:#?}");
+    // start, 2 run starts, erin's denial, 2 kill starts, 2 kills, 2 run ends.
+    assert_eq!(all.len(), 10, "{all:#?}");
 
     let of_a = audit(&agent, &["--run", &a.id]);
     let actions: Vec<&str> = of_a.iter().map(|r| r["action"].as_str().unwrap()).collect();
     // The kill sequence records the run's end, then the kill is recorded.
     assert_eq!(
         actions,
-        ["run_start", "kill", "run_end", "kill"],
+        ["run_start", "kill", "kill_start", "run_end", "kill"],
         "{of_a:#?}"
     );
     assert!(of_a.iter().all(|r| r["run_id"] == a.id.as_str()));
@@ -1060,14 +1065,14 @@ fn audit_lists_filter_by_run_actor_and_limit_and_export_prints_json_lines() {
     assert_eq!(of_erin.len(), 1, "{of_erin:#?}");
     assert_eq!(of_erin[0]["decision"], "denied");
     let of_root = audit(&agent, &["--actor", "root"]);
-    assert_eq!(of_root.len(), 4, "{of_root:#?}");
+    assert_eq!(of_root.len(), 6, "{of_root:#?}");
     assert!(of_root.iter().all(|r| r["actor_uid"] == 0));
 
     let newest = audit(&agent, &["--limit", "2"]);
     assert_eq!(newest, all[all.len() - 2..].to_vec());
     assert_eq!(
         audit(&agent, &["--run", &a.id, "--limit", "1"]),
-        [of_a[3].clone()]
+        [of_a[4].clone()]
     );
     assert_eq!(audit(&agent, &["--since", "1h"]), all);
 
@@ -1092,7 +1097,8 @@ fn audit_lists_filter_by_run_actor_and_limit_and_export_prints_json_lines() {
     );
     let out = agent.cli(&["audit", "export", "--run", &b.id]);
     assert_ok(&out);
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
+    // start, kill_start, run_end, kill.
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 4);
 }
 
 #[test]
