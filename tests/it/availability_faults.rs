@@ -74,15 +74,25 @@ fn an_emergency_kill_on_a_full_state_disk_kills_and_keeps_its_records_pending() 
     {
         let _disk = Tmpfs::mount(&state, "8m");
         agent.spawn();
+        // The baseline: the same kill with room on the disk, in the same agent.
+        let baseline = agent.start_run(&[], "sleep 1000 & sleep 1000");
         let run = agent.start_run(&[], "sleep 1000 & sleep 1000");
-        assert!(agent.wait_procs(&run.id, 3));
+        assert!(agent.wait_procs(&baseline.id, 3) && agent.wait_procs(&run.id, 3));
+        let t = Instant::now();
+        let base = agent.kill_ok(&baseline.id, &["--emergency"]);
+        let with_room = t.elapsed();
+        assert_eq!(base["audit"], "written", "{base:#}");
         let filler = state.join("filler");
         fill(&filler);
 
         let t = Instant::now();
         let (out, result) = agent.kill(&run.id, &["--emergency", "--reason", "disk full"]);
         let took = t.elapsed();
-        println!("emergency kill on a full state disk: {took:?}");
+        println!(
+            "emergency kill (CLI start to exit): full state disk {took:?}, with room \
+             {with_room:?}, ratio {:.2}",
+            took.as_secs_f64() / with_room.as_secs_f64()
+        );
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -161,12 +171,7 @@ fn a_run_filling_its_tmpdir_fills_only_its_own_tmpfs() {
     let out = agent
         .wfcg_as(&user)
         .args(["run", "--detach", "--template", template.to_str().unwrap()])
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "yes > \"$TMPDIR/fill\"; echo full > \"$TMPDIR/said\"; exec sleep 1000",
-        ])
+        .args(["--", "sh", "-c", "yes > \"$TMPDIR/fill\"; exec sleep 1000"])
         .current_dir("/")
         .output()
         .unwrap();
@@ -179,17 +184,12 @@ fn a_run_filling_its_tmpdir_fills_only_its_own_tmpfs() {
     // ... root's may.
     let run = agent.start_run(
         &["--template", template.to_str().unwrap()],
-        "yes > \"$TMPDIR/fill\"; exec sleep 1000",
+        "yes > \"$TMPDIR/fill\"; mkdir \"$TMPDIR/full\"; exec sleep 1000",
     );
     let tmpdir = agent.state_dir.join("tmp").join(&run.id);
     let fill = tmpdir.join("fill");
     assert!(
-        wait_until(Duration::from_secs(30), || {
-            agent
-                .run_cgroup(&run.id)
-                .procs()
-                .is_ok_and(|p| p.len() == 2)
-        }),
+        wait_until(Duration::from_secs(30), || tmpdir.join("full").exists()),
         "the run did not fill its TMPDIR and go on"
     );
     let size = std::fs::metadata(&fill).unwrap().len();
@@ -272,12 +272,17 @@ fn an_agent_killed_mid_kill_leaves_a_trace_and_its_successor_finishes_the_kill()
         "stopping"
     );
 
+    let t = Instant::now();
     agent.spawn();
     assert!(
         agent.wait_status(&run.id, "killed"),
         "the interrupted kill was not finished: {:#}\nlog:\n{}",
         agent.status(&run.id),
         agent.log_tail(30)
+    );
+    println!(
+        "interrupted graceful kill finished {:?} after the restart (template git grace 2 s)",
+        t.elapsed()
     );
     agent.wait_run_gone(&run);
     let actions = audit_actions(&agent, &run.id);
@@ -542,28 +547,30 @@ fn fd_exhaustion_by_a_user_never_ends_a_live_run_on_a_failed_read() {
         "the agent's descriptors were not exhausted"
     );
 
-    // The init deadline (4 s) passes during the flood; look for 6 s more.
+    // The init deadline (4 s) passes during the flood. A run recorded as ended
+    // must really be over (the flood may let a read through now and then); a
+    // live one keeps its TMPDIR.
     let status = || {
         agent.sql(&format!(
             "select status from runs where run_id = '{}'",
             run.id
         ))
     };
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
         let st = status();
-        assert!(
-            ["initializing", "running", "stopping"].contains(&st.as_str()),
-            "run recorded {st} while its processes live (read failures taken as an end); log:\n{}",
-            agent.log_tail(30)
-        );
-        assert!(tmpdir.exists(), "the TMPDIR of a live run was removed");
-        assert!(
-            agent
-                .run_cgroup(&run.id)
-                .procs()
-                .is_ok_and(|p| p.len() >= 3)
-        );
+        if ["initializing", "running", "stopping"].contains(&st.as_str()) {
+            assert!(tmpdir.exists(), "the TMPDIR of a live run was removed");
+        } else {
+            let left = util::pids_with_env(util::TEST_MARK, &run.marker);
+            assert!(
+                left.is_empty(),
+                "run recorded {st} while its processes live ({}): a failed read \
+                 taken as an end; log:\n{}",
+                util::describe(&left),
+                agent.log_tail(30)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = agent.log();
