@@ -699,7 +699,7 @@ fn check_values(text: &str, t: &Template, user: &DeTable<'_>, problems: &mut Vec
             text,
             span(&["tmpdir", "size"]),
             format!(
-                "tmpdir.size: {:?} is not a size (bytes, with K, M, G or T)",
+                "tmpdir.size: {:?} is not a size (bytes, with K, M, G or T, more than 0)",
                 t.tmpdir.size
             ),
         ));
@@ -722,6 +722,23 @@ fn check_values(text: &str, t: &Template, user: &DeTable<'_>, problems: &mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tmpdir_size_is_checked_and_defaults_to_1g() {
+        assert_eq!(Template::parse("", "x.toml").unwrap().tmpdir.size, "1G");
+        assert_eq!(
+            Template::parse("[tmpdir]\nsize = \"64M\"\n", "x.toml")
+                .unwrap()
+                .tmpdir
+                .size,
+            "64M"
+        );
+        for bad in ["lots", "0", "1G,uid=0"] {
+            let err =
+                Template::parse(&format!("[tmpdir]\nsize = {bad:?}\n"), "x.toml").unwrap_err();
+            assert!(err.starts_with("x.toml:2: tmpdir.size"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn the_shipped_default_parses_with_the_documented_values() {

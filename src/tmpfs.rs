@@ -10,11 +10,12 @@ use std::path::Path;
 use rustix::mount::{MountFlags, UnmountFlags};
 
 /// Whether `size` is one `mount -t tmpfs -o size=` takes: bytes, with an
-/// optional K, M, G or T.
+/// optional K, M, G or T, more than 0 (tmpfs reads `size=0` as no limit at all).
 pub fn valid_size(size: &str) -> bool {
     let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', 't', 'T']);
     !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
         && size.len() - digits.len() <= 1
 }
 
@@ -60,7 +61,9 @@ mod tests {
         for ok in ["1G", "512M", "100k", "4096", "2T"] {
             assert!(valid_size(ok), "{ok}");
         }
-        for bad in ["", "G", "1GG", "1.5G", "-1", "1G,uid=0", "50%", "max"] {
+        for bad in [
+            "", "G", "1GG", "1.5G", "-1", "1G,uid=0", "50%", "max", "0", "00G",
+        ] {
             assert!(!valid_size(bad), "{bad}");
         }
     }
