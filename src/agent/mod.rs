@@ -1911,15 +1911,14 @@ impl OnEmpty for Agent {
             // Over only if a read says so (or the cgroup is gone): a read that
             // fails leaves the run live and watched, its TMPDIR in place.
             let cg = Cgroup::new(&rec.cgroup_path);
-            match cg.empty() {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
+            let empty = cg.empty();
+            if !matches!(empty, Ok(true)) {
+                if let Err(e) = empty {
                     tracing::warn!(run_id, "cannot tell whether the run ended: {e}");
-                    drop(inflight);
-                    self.reaper.watch(run_id, &cg, self);
-                    return;
                 }
+                drop(inflight);
+                self.reaper.watch(run_id, &cg, self);
+                return;
             }
             let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
             let mut ended = None;
