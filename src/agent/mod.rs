@@ -162,6 +162,9 @@ impl Caller {
     }
 }
 
+/// How a run's command ended: its exit code, or the signal that killed it.
+type Exit = (Option<i32>, Option<i32>);
+
 /// When each open critical section of a run, by (pid, path), was first seen.
 type Sightings = HashMap<(i32, String), chrono::DateTime<chrono::Utc>>;
 
@@ -1861,22 +1864,42 @@ impl Agent {
     /// The exit the supervisor left in the run directory, if it did.
     /// Read as the run's owner, without following symlinks, non-blocking, at most
     /// 64 bytes: the directory is the user's.
-    fn exit_from_file(rec: &RunRecord) -> Option<(Option<i32>, Option<i32>)> {
-        let dir = PathBuf::from(rec.run_dir.as_ref()?);
-        let bytes = userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
+    /// `Err` when the read failed for want of the agent's own resources (out of
+    /// file descriptors or memory, an I/O error): the exit is then unknown, not
+    /// absent, and the run is not ended on it.
+    fn exit_from_file(rec: &RunRecord) -> std::io::Result<Option<Exit>> {
+        let Some(dir) = rec.run_dir.as_ref().map(PathBuf::from) else {
+            return Ok(None);
+        };
+        let read = userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
             userfs::read_at(userfs::open_dir(&dir)?, EXIT_STATUS_FILE, 64)
         })
-        .and_then(|r| r)
-        .map_err(|e| tracing::info!("no exit status in {}: {e}", dir.display()))
-        .ok()?;
+        .and_then(|r| r);
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EIO)
+                ) =>
+            {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::info!("no exit status in {}: {e}", dir.display());
+                return Ok(None);
+            }
+        };
         let text = String::from_utf8_lossy(&bytes);
-        let (kind, value) = text.trim().split_once(' ')?;
-        let value: i32 = value.parse().ok()?;
-        match kind {
-            "code" => Some((Some(value), None)),
-            "signal" => Some((None, Some(value))),
-            _ => None,
-        }
+        let parsed = text.trim().split_once(' ').and_then(|(kind, value)| {
+            let value: i32 = value.parse().ok()?;
+            match kind {
+                "code" => Some((Some(value), None)),
+                "signal" => Some((None, Some(value))),
+                _ => None,
+            }
+        });
+        Ok(parsed)
     }
 
     /// How many runs the reaper watches.
@@ -1891,13 +1914,24 @@ impl OnEmpty for Agent {
     fn on_run_empty(&self, run_id: &str) {
         // The exit the supervisor may have left is read before any lock is taken:
         // the file is the user's (read non-blocking, size-limited, as its owner).
-        let from_file = self
+        let from_file = match self
             .store()
             .get_run(run_id)
             .ok()
             .flatten()
             .filter(|r| r.exit_code.is_none() && r.exit_signal.is_none())
-            .and_then(|r| Agent::exit_from_file(&r));
+            .map(|r| (Agent::exit_from_file(&r), r))
+        {
+            // Unknown is not absent: looked at again in a second, not `lost` (while
+            // the cgroup is there to watch).
+            Some((Err(e), rec)) if self.reaper.recheck(run_id, &Cgroup::new(&rec.cgroup_path)) => {
+                tracing::warn!(run_id, "cannot read the run's exit status, will retry: {e}");
+                return;
+            }
+            Some((Err(_), _)) => None,
+            Some((Ok(exit), _)) => exit,
+            None => None,
+        };
         let (rec, ended) = {
             // Both locks held, in the agent's order, so no kill starts in between.
             let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());

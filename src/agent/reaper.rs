@@ -148,6 +148,27 @@ impl Reaper {
         }
     }
 
+    /// Watches a run's cgroup and looks at it again within [`RECHECK`] (not at
+    /// once): for an end that could not be recorded yet for want of a read.
+    /// Whether the watch is in place (not when the cgroup is gone).
+    pub fn recheck(&self, run_id: &str, cg: &Cgroup) -> bool {
+        let path = cg.path().join(CGROUP_EVENTS);
+        match inotify::add_watch(&*self.ino, &path, inotify::WatchFlags::MODIFY) {
+            Ok(wd) => {
+                self.watches
+                    .lock()
+                    .unwrap()
+                    .insert(wd, (run_id.to_owned(), cg.clone()));
+                self.unsure.lock().unwrap().insert(wd);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch {}: {e}", path.display());
+                false
+            }
+        }
+    }
+
     /// Stops watching a run.
     pub fn forget(&self, run_id: &str) {
         let mut watches = self.watches.lock().unwrap();

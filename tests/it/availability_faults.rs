@@ -519,6 +519,8 @@ fn fd_exhaustion_by_a_user_never_ends_a_live_run_on_a_failed_read() {
         "sleep 1000 & exec sleep 1000",
     );
     assert!(agent.wait_procs(&run.id, 3));
+    // A run that ends by itself during the flood, with status 3.
+    let exits = agent.start_run(&[], "sleep 3; exit 3");
     let tmpdir = agent.state_dir.join("tmp").join(&run.id);
     let pid = agent.pid().unwrap();
     let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -556,8 +558,27 @@ fn fd_exhaustion_by_a_user_never_ends_a_live_run_on_a_failed_read() {
             run.id
         ))
     };
+    let exit_of = || {
+        agent.sql(&format!(
+            "select status || ' ' || coalesce(exit_code, '-') from runs where run_id = '{}'",
+            exits.id
+        ))
+    };
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
+        let ended = exit_of();
+        assert!(
+            [
+                "running 3",
+                "initializing 3",
+                "running -",
+                "initializing -",
+                "exited 3"
+            ]
+            .contains(&ended.as_str()),
+            "the run that exited 3 was recorded {ended}; log:\n{}",
+            agent.log_tail(30)
+        );
         let st = status();
         if ["initializing", "running", "stopping"].contains(&st.as_str()) {
             assert!(tmpdir.exists(), "the TMPDIR of a live run was removed");
@@ -588,4 +609,11 @@ fn fd_exhaustion_by_a_user_never_ends_a_live_run_on_a_failed_read() {
         agent.log_tail(30)
     );
     agent.wait_run_gone(&run);
+    assert!(
+        wait_until(Duration::from_secs(15), || exit_of() == "exited 3"),
+        "{}; log:\n{}",
+        exit_of(),
+        agent.log_tail(30)
+    );
+    agent.wait_run_gone(&exits);
 }
