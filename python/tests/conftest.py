@@ -97,6 +97,17 @@ def _kill_cgroup_tree(root: Path) -> None:
                 time.sleep(0.01)
 
 
+def _detach_mounts(root: Path) -> None:
+    """Detaches (``umount -l``) every mount at or below ``root``, deepest first:
+    the runs' TMPDIRs are tmpfs mounts below the state directory, and an agent
+    killed with SIGKILL leaves them."""
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+
+
 class Agent:
     """``wfcg agent`` with its own socket, state directory and cgroup root."""
 
@@ -163,6 +174,7 @@ class Agent:
         self.proc.kill()
         self.proc.wait()
         _kill_cgroup_tree(self.cgroup_root)
+        _detach_mounts(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
