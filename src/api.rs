@@ -5,6 +5,8 @@
 //! - `GET /v1/runs[?all=true]` (→ `Vec<RunInfo>`), `GET /v1/runs/{id}` (→ [`RunInfo`]).
 //! - `POST /v1/runs/{id}/exit` ([`ExitReport`] → [`ExitAck`]): the supervisor reports its command's end.
 //! - `POST /v1/runs/{id}/kill` ([`KillRequest`] → [`KillResult`]).
+//! - `POST /v1/runs/adopt` ([`AdoptRequest`] → [`Adopted`]): take a tree started
+//!   outside wfcg into a new run (and kill it, with `kill`).
 //! - `GET /v1/runs/{id}/may-kill` ([`MayKillQuery`] → [`MayKill`]): a permission question.
 //!
 //! Errors come back as [`ApiError`] with a matching HTTP status. This module has
@@ -213,6 +215,100 @@ pub struct MayKill {
     pub mode: String,
 }
 
+/// `POST /v1/runs/adopt`: take a process tree (or a whole cgroup) started
+/// outside wfcg into a new run; with `kill`, kill it at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AdoptRequest {
+    /// The root of the tree. Either this or `cgroup`.
+    pub pid: Option<i32>,
+    /// The run's id, e.g. the executor's own; the agent makes one when absent.
+    pub run_id: Option<String>,
+    pub workflow: Option<String>,
+    /// Why; recorded in the audit trail (and with the kill).
+    pub reason: Option<String>,
+    /// `VAR=VALUE` entries that mark the tree's escapees, on top of the markers
+    /// executors set (`WFCG_RUN_ID`, `RUNNER_TRACKING_ID`, `GITHUB_RUN_ID`,
+    /// `CI_JOB_ID`, with the root's values).
+    #[serde(default)]
+    pub markers: Vec<String>,
+    /// List what would be taken and why; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Kill the run right after adopting it, before it is thawed.
+    #[serde(default)]
+    pub kill: bool,
+    /// Take this existing cgroup in place (a path under the cgroup2 mount, or
+    /// relative to it) instead of a tree. Either this or `pid`.
+    pub cgroup: Option<String>,
+    /// Deadlines, in milliseconds, counted from the root's real start.
+    pub init_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// The kill's settings, as in [`KillRequest`] (with `kill`).
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub emergency: bool,
+    pub grace_ms: Option<u64>,
+    pub grace_git_ms: Option<u64>,
+    pub grace_db_ms: Option<u64>,
+    pub grace_files_ms: Option<u64>,
+    pub max_wait_ms: Option<u64>,
+}
+
+impl AdoptRequest {
+    /// The kill this request asks for (with `kill`).
+    pub fn kill_request(&self) -> KillRequest {
+        KillRequest {
+            force: self.force,
+            emergency: self.emergency,
+            grace_ms: self.grace_ms,
+            reason: self.reason.clone(),
+            grace_git_ms: self.grace_git_ms,
+            grace_db_ms: self.grace_db_ms,
+            grace_files_ms: self.grace_files_ms,
+            max_wait_ms: self.max_wait_ms,
+        }
+    }
+}
+
+/// A process of an adopted tree, and why it was taken.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AdoptMember {
+    pub pid: i32,
+    /// `root`, `child of N`, `escapee: same session S`, `escapee: same process
+    /// group G`, `escapee: marker VAR=VALUE`, `in cgroup PATH`.
+    pub reason: String,
+    pub command: String,
+}
+
+/// The answer to [`AdoptRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Adopted {
+    pub run_id: String,
+    pub dry_run: bool,
+    /// The run's cgroup.
+    pub cgroup: String,
+    /// The root process's real start (RFC 3339).
+    pub started_at: Option<String>,
+    /// What was taken (or, in a dry run, would be).
+    pub members: Vec<AdoptMember>,
+    pub message: String,
+    /// The kill's result, with `kill`.
+    pub kill: Option<KillResult>,
+    /// Processes of the tree left alone (PID 1, the agent, the caller, another
+    /// user's process, a process of another run), each with why.
+    #[serde(default)]
+    pub skipped: Vec<AdoptMember>,
+    /// The tree held still: a last pass found nothing new. When false the tree
+    /// kept growing; what was moved is left frozen.
+    #[serde(default)]
+    pub complete: bool,
+    /// The root was adopted already (by an earlier or concurrent request): this
+    /// is that run.
+    #[serde(default)]
+    pub already_adopted: bool,
+}
+
 /// One step of a kill sequence and how long it took.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Phase {
@@ -309,6 +405,10 @@ pub struct RunInfo {
     pub stuck: Option<String>,
     /// The same command started again and again while initializing.
     pub loop_suspected: Option<String>,
+    /// Started outside wfcg and adopted: `pid` (its tree moved in) or `cgroup`
+    /// (its cgroup taken in place). Such a run has no supervisor; `pid` is its root.
+    #[serde(default)]
+    pub adopted: Option<String>,
 }
 
 impl RunInfo {

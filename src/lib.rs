@@ -9,6 +9,7 @@
 //! (wire types); [`agent`] → [`kill`] → the leaves [`cgroup`], [`procfs`],
 //! [`store`], which know nothing of the agent.
 
+pub mod adopt;
 pub mod agent;
 pub mod alerts;
 pub mod api;

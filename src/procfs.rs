@@ -8,6 +8,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 
@@ -91,6 +92,112 @@ pub fn pids_with_env(proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
         .filter(|&pid| has_env(proc_root, pid, key, value))
         .filter(|&pid| state(proc_root, pid) != Some('Z'))
         .collect()
+}
+
+/// What `/proc/<pid>/stat` says of a process's place in the process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// The state letter (R, S, D, Z, T, …).
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    /// `PF_*` flags (field 9).
+    pub flags: u64,
+    /// Clock ticks since boot, the raw integer (see [`starttime`]).
+    pub starttime: u64,
+}
+
+/// `PF_KTHREAD`: the process is a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl Stat {
+    /// Whether this is a kernel thread (which no cgroup move applies to).
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// Parses a `/proc/<pid>/stat` line (fields as in proc(5)).
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let num = |n: usize| -> Option<i64> { stat_field(text, n)?.parse().ok() };
+    Some(Stat {
+        state: stat_field(text, 3)?.chars().next()?,
+        ppid: num(4)? as i32,
+        pgrp: num(5)? as i32,
+        session: num(6)? as i32,
+        flags: stat_field(text, 9)?.parse().ok()?,
+        starttime: stat_field(text, 22)?.parse().ok()?,
+    })
+}
+
+/// [`Stat`] of a process; `None` when it is gone.
+pub fn stat(proc_root: &Path, pid: i32) -> Option<Stat> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// The children of a process: the union of `/proc/<pid>/task/<tid>/children`
+/// over its threads (each thread forks children of its own). Only complete
+/// while the process cannot fork (frozen or stopped); a hint otherwise.
+pub fn children(proc_root: &Path, pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The real, effective and saved uids of a process (the `Uid:` line of
+/// `/proc/<pid>/status`).
+pub fn uids(proc_root: &Path, pid: i32) -> Option<[u32; 3]> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some([ids.next()??, ids.next()??, ids.next()??])
+}
+
+/// At most `limit` bytes of a process's environment (`/proc/<pid>/environ`), as
+/// `VAR=VALUE` entries. Not read from a process in uninterruptible sleep (D):
+/// reading another process's memory takes its mmap lock, which such a process
+/// may hold, and the reader would hang with it.
+pub fn environ(proc_root: &Path, pid: i32, limit: u64) -> Vec<Vec<u8>> {
+    use std::io::Read;
+    if state(proc_root, pid) == Some('D') {
+        return Vec::new();
+    }
+    let Ok(file) = fs::File::open(proc_root.join(pid.to_string()).join("environ")) else {
+        return Vec::new();
+    };
+    let mut raw = Vec::new();
+    if file.take(limit).read_to_end(&mut raw).is_err() {
+        return Vec::new();
+    }
+    raw.split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// The wall-clock time a process started, from its stat start time (clock
+/// ticks since boot): now, less the time since boot (`/proc/uptime`, on the
+/// clock start times count in), plus the start time. Finer than the whole
+/// seconds of `btime` in `/proc/stat`. `None` when `/proc/uptime` is unreadable.
+pub fn start_wall_time(proc_root: &Path, starttime: u64) -> Option<std::time::SystemTime> {
+    let uptime = fs::read_to_string(proc_root.join("uptime")).ok()?;
+    let up: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    let since_boot = Duration::from_nanos(starttime.saturating_mul(1_000_000_000) / ticks);
+    let ago = Duration::from_secs_f64(up).saturating_sub(since_boot);
+    Some(std::time::SystemTime::now() - ago)
 }
 
 /// `pidfd_open(2)`: a file descriptor that refers to this one process for as

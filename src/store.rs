@@ -80,6 +80,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE VIEW workflow_processes AS
         SELECT run_id, pid, status, started_at, workspace_path, last_heartbeat, created_at
         FROM runs;",
+    // 6: runs adopted from outside wfcg: `pid` (a tree moved in), `cgroup` (taken in place).
+    "ALTER TABLE runs ADD COLUMN adopted TEXT;",
 ];
 
 /// Text columns of `runs` that change during a run.
@@ -169,13 +171,18 @@ pub struct RunRecord {
     pub watchdog_usec: Option<i64>,
     pub loop_suspected: Option<String>,
     pub notify_socket: Option<String>,
+    /// How a run started outside wfcg was adopted: `pid` (its tree was moved
+    /// into the run's payload cgroup) or `cgroup` (its own cgroup, taken in
+    /// place); `None` for runs started by `wfcg run`. An adopted run has no
+    /// supervisor: `pid` is its root process.
+    pub adopted: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, workspace_path, \
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
     ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams, template, \
     template_name, ready_at, status_text, init_deadline, total_deadline, watchdog_deadline, \
-    watchdog_usec, loop_suspected, notify_socket";
+    watchdog_usec, loop_suspected, notify_socket, adopted";
 
 fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -209,6 +216,7 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         watchdog_usec: r.get(27)?,
         loop_suspected: r.get(28)?,
         notify_socket: r.get(29)?,
+        adopted: r.get(30)?,
     })
 }
 
@@ -268,7 +276,7 @@ impl Store {
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
             ),
             params![
                 run.run_id,
@@ -301,6 +309,7 @@ impl Store {
                 run.watchdog_usec,
                 run.loop_suspected,
                 run.notify_socket,
+                run.adopted,
             ],
         );
         match res {

@@ -148,7 +148,7 @@ impl Agent {
         lock(&self.life.lives).insert(
             rec.run_id.clone(),
             Live {
-                cg: Cgroup::new(&rec.cgroup_path),
+                cg: super::workload(rec),
                 template,
                 threshold,
                 notify_task,

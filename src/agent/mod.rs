@@ -7,6 +7,7 @@
 //! runs go on, and [`Agent::start`] reconciles the store with the cgroup tree.
 
 pub mod access;
+mod adopt;
 pub mod audit;
 mod lifecycle;
 pub mod metrics;
@@ -230,6 +231,8 @@ pub struct Agent {
     life: lifecycle::Lifecycle,
     alerter: crate::alerts::Alerter,
     metrics: metrics::Metrics,
+    /// Held while a tree is adopted: concurrent adoptions of one tree make one run.
+    adopt_lock: Mutex<()>,
 }
 
 impl AsRef<Mutex<Store>> for Agent {
@@ -364,6 +367,7 @@ impl Agent {
             life: lifecycle::Lifecycle::default(),
             alerter,
             metrics: metrics::Metrics::default(),
+            adopt_lock: Mutex::default(),
         });
         agent.start_lifecycle(tokio::runtime::Handle::current());
         agent.reaper.start(Arc::downgrade(&agent));
@@ -1002,11 +1006,11 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let cg = Cgroup::new(&rec.cgroup_path);
+        let cg = workload(&rec);
         let (processes, cpu_usec) = if status.is_live() {
             (
-                // A run's processes are all in its own cgroup (it cannot make cgroups
-                // below it unless it runs as root): one read, no directory walk.
+                // A run's processes are all in its workload cgroup (it cannot make
+                // cgroups below it unless it runs as root): one read, no directory walk.
                 cg.procs().map(|p| p.len() as u32).unwrap_or(0),
                 cg.cpu_usage_usec(),
             )
@@ -1051,6 +1055,7 @@ impl Agent {
             watchdog_deadline,
             stuck,
             loop_suspected: rec.loop_suspected,
+            adopted: rec.adopted,
         }
     }
 
@@ -1391,7 +1396,7 @@ impl Agent {
             freeze_timeout: settings.freeze_timeout,
             kill_deadline: settings.kill_deadline,
             // Only a supervisor is spared; an adopted run's pid is just one of its processes.
-            spare: (rec.status != RunStatus::Unknown.as_str())
+            spare: (rec.status != RunStatus::Unknown.as_str() && rec.adopted.is_none())
                 .then(|| rec.pid.zip(rec.pid_starttime))
                 .flatten(),
             graces: kill::Graces {
@@ -1600,13 +1605,15 @@ impl Agent {
             );
         }
         let cg = Cgroup::new(&rec.cgroup_path);
-        let cgroup_removed = match cg.remove() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!("{e}");
-                false
-            }
-        };
+        // A cgroup adopted in place is not wfcg's: it is left (empty) to its owner.
+        let cgroup_removed = rec.adopted.as_deref() != Some(adopt::IN_PLACE)
+            && match cg.remove_recursive() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            };
         let remove = |dir: Option<&str>| match dir {
             Some(d) => match fs::remove_dir_all(d) {
                 Ok(()) => true,
@@ -2013,6 +2020,18 @@ fn actor_of(requested_by: &str) -> (String, Option<u32>, Option<i32>) {
     match parsed {
         Some((name, uid, pid)) => (name, Some(uid), Some(pid)),
         None => (requested_by.to_owned(), None, None),
+    }
+}
+
+/// The cgroup that holds a run's workload, where its processes are counted and
+/// sampled: the run's cgroup, or the `payload` leaf below it for a tree adopted
+/// from outside. Freezing and killing act on the run's cgroup, which covers it
+/// (both are hierarchical in cgroup v2). The one place that decides this.
+pub(crate) fn workload(rec: &RunRecord) -> Cgroup {
+    let cg = Cgroup::new(&rec.cgroup_path);
+    match rec.adopted.as_deref() {
+        Some(adopt::TREE) => cg.child(adopt::PAYLOAD),
+        _ => cg,
     }
 }
 

@@ -209,6 +209,16 @@ async fn may_kill(
     call(move || agent.may_kill(&caller, &id, q)).await
 }
 
+async fn adopt(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Reply {
+    let caller = caller(peer)?;
+    let req = body(&bytes)?;
+    call(move || agent.adopt(&caller, req)).await
+}
+
 async fn audit_list(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -262,6 +272,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/runs", get(list_runs).post(create_run))
+        .route("/v1/runs/adopt", post(adopt))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/exit", post(report_exit))
         .route("/v1/runs/{id}/kill", post(kill_run))

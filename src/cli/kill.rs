@@ -15,14 +15,28 @@ use crate::exit::{self, Failure};
 /// cgroup are removed and the host is checked for survivors. Killing a run that
 /// already ended succeeds (exit 0) and says how it ended. Exit 1 when processes
 /// survived (the run is then `unkillable`; a later kill retries).
+///
+/// --pid PID kills a workflow that wfcg did not start: its tree is adopted
+/// (see `wfcg adopt`) and killed while still frozen, in one step.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The run to kill.
-    #[arg(required_unless_present = "stuck")]
+    #[arg(required_unless_present_any = ["stuck", "pid"])]
     pub run_id: Option<String>,
     /// Kill every stuck run (see `wfcg ps --stuck`) instead of one.
-    #[arg(long, conflicts_with = "run_id")]
+    #[arg(long, conflicts_with_all = ["run_id", "pid"])]
     pub stuck: bool,
+    /// Kill the tree rooted at PID, started outside wfcg: adopt it (with its
+    /// escapees) into a run, then kill that run.
+    #[arg(long, value_name = "PID", conflicts_with = "run_id")]
+    pub pid: Option<i32>,
+    /// With --pid: VAR=VALUE in a process's environment marks it as one of the
+    /// tree's escapees (repeatable).
+    #[arg(long = "marker", value_name = "VAR=VALUE", requires = "pid")]
+    pub markers: Vec<String>,
+    /// With --pid: the id of the run it becomes (e.g. the executor's own).
+    #[arg(long = "as", value_name = "ID", requires = "pid")]
+    pub as_run_id: Option<String>,
     /// With --stuck: only runs older than DUR.
     #[arg(long, value_name = "DUR", requires = "stuck")]
     pub older_than: Option<String>,
@@ -75,10 +89,11 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         max_wait_ms: ms("--max-wait", &args.max_wait)?,
     };
     let client = Client::new(&cli.socket);
-    let Some(run_id) = &args.run_id else {
-        return kill_stuck(&client, args, &req);
+    let result: KillResult = match (&args.run_id, args.pid) {
+        (Some(run_id), _) => client.post(&format!("/v1/runs/{run_id}/kill"), &req)?,
+        (None, Some(pid)) => kill_pid(&client, args, pid, &req)?,
+        (None, None) => return kill_stuck(&client, args, &req),
     };
-    let result: KillResult = client.post(&format!("/v1/runs/{run_id}/kill"), &req)?;
     if args.json {
         println!(
             "{}",
@@ -97,6 +112,43 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     } else {
         exit::FAILED
     })
+}
+
+/// `wfcg kill --pid`: adopt the tree and kill it (one request); the kill result.
+fn kill_pid(
+    client: &Client,
+    args: &Args,
+    pid: i32,
+    req: &KillRequest,
+) -> Result<KillResult, Failure> {
+    let adopt = api::AdoptRequest {
+        pid: Some(pid),
+        run_id: args.as_run_id.clone(),
+        reason: req.reason.clone(),
+        markers: args.markers.clone(),
+        kill: true,
+        force: req.force,
+        emergency: req.emergency,
+        grace_ms: req.grace_ms,
+        grace_git_ms: req.grace_git_ms,
+        grace_db_ms: req.grace_db_ms,
+        grace_files_ms: req.grace_files_ms,
+        max_wait_ms: req.max_wait_ms,
+        ..Default::default()
+    };
+    let adopted: api::Adopted = client.post("/v1/runs/adopt", super::adopt::check(&adopt)?)?;
+    if !args.json && !adopted.already_adopted {
+        eprintln!(
+            "adopted {} processes of pid {pid} as run {}",
+            adopted.members.len(),
+            adopted.run_id
+        );
+    }
+    match adopted.kill {
+        Some(result) => Ok(result),
+        // Found in a run already: kill that run.
+        None => Ok(client.post(&format!("/v1/runs/{}/kill", adopted.run_id), req)?),
+    }
 }
 
 /// `wfcg kill --stuck`: every stuck run (older than --older-than), each killed at

@@ -3,6 +3,7 @@
 //! Every verb finds the agent through `--socket` (or `WFCG_SOCKET`) and returns
 //! an exit code from [`crate::exit`].
 
+mod adopt;
 mod agent;
 mod audit;
 mod kill;
@@ -65,6 +66,7 @@ pub enum Verb {
     Agent(agent::Args),
     Run(run::Args),
     Kill(kill::Args),
+    Adopt(adopt::Args),
     Ps(ps::PsArgs),
     Status(ps::StatusArgs),
     Audit(audit::Args),
@@ -81,6 +83,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Agent(ref a) => agent::run(&cli, a),
         Verb::Run(ref a) => run::run(&cli, a),
         Verb::Kill(ref a) => kill::run(&cli, a),
+        Verb::Adopt(ref a) => adopt::run(&cli, a),
         Verb::Ps(ref a) => ps::ps(&cli, a),
         Verb::Status(ref a) => ps::status(&cli, a),
         Verb::Audit(ref a) => audit::run(&cli, a),

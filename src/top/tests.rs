@@ -43,6 +43,7 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         watchdog_deadline: None,
         stuck: None,
         loop_suspected: None,
+        adopted: None,
     }
 }
 

@@ -1,0 +1,401 @@
+//! Adopting a process tree that wfcg did not start: find every process of it,
+//! and move them into a cgroup, race-free.
+//!
+//! The recipe (like CRIU's seize loop, with the freezer doing the seizing):
+//! 1. pin the root with a pidfd and its raw stat start time ([`pin`]);
+//! 2. the target cgroup is frozen before anything moves, so a process stops the
+//!    moment it is moved and only processes not yet moved can fork;
+//! 3. move the tree top down, breadth first: the children of each moved process
+//!    (`/proc/P/task/*/children`), then a scan of every process whose parent was
+//!    moved; each process is identified by a pidfd and re-checked (still the
+//!    child of a moved parent, started after it) right before its move;
+//! 4. then its escapees: processes in the root's source cgroup (reparenting
+//!    never changes a cgroup) started after the root, that share its session or
+//!    process group (when the leader of that session or group is the root, one
+//!    of the tree, or gone: an interactive shell's session is not a workflow's),
+//!    or carry one of the markers in their environment;
+//! 5. scan again until a whole pass finds nothing new, at most [`MAX_PASSES`]
+//!    times: a tree that keeps growing past that is left moved and frozen, and
+//!    [`Gathered::complete`] says so.
+//!
+//! Without a target (a dry run) the same walk lists what would be taken, and
+//! why, and changes nothing.
+//!
+//! A leaf module over [`crate::cgroup`] and [`crate::procfs`]: it knows nothing of
+//! runs, policies or the agent; what may not be taken is the caller's to say.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use crate::cgroup::{self, Cgroup};
+use crate::procfs;
+
+/// Passes over the process table before a still-growing tree is given up on.
+pub const MAX_PASSES: usize = 32;
+/// Passes of a dry run: the tree is not frozen, so it never holds still.
+pub const DRY_RUN_PASSES: usize = 2;
+/// The most of a process's environment read when looking for a marker.
+pub const ENVIRON_LIMIT: u64 = 256 * 1024;
+/// The markers executors set, looked for (with the root's own values) by default.
+pub const DEFAULT_MARKERS: [&str; 4] = [
+    "WFCG_RUN_ID",
+    "RUNNER_TRACKING_ID",
+    "GITHUB_RUN_ID",
+    "CI_JOB_ID",
+];
+
+/// The root of a tree, pinned: its pidfd keeps the number from naming anything
+/// else while the process lives.
+#[derive(Debug)]
+pub struct Root {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub stat: procfs::Stat,
+    /// Real uid.
+    pub uid: u32,
+    /// Its cgroup, relative to the cgroup2 mount (as `/proc/<pid>/cgroup` says).
+    pub cgroup: String,
+    pub command: String,
+}
+
+/// Why a process cannot be a root.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PinError {
+    #[error("no such process: {0}")]
+    NoSuchProcess(i32),
+    #[error("pid {0} is a zombie: it has exited already (its parent has not reaped it)")]
+    Zombie(i32),
+    #[error("pid {0} is a kernel thread")]
+    KernelThread(i32),
+    #[error("pid {0} is not a valid process id")]
+    Invalid(i32),
+}
+
+/// Pins `pid`: a pidfd first, then its stat, uid, cgroup and command, then a
+/// check through the pidfd that all of it was read of that same process.
+pub fn pin(proc_root: &Path, pid: i32) -> Result<Root, PinError> {
+    if pid <= 0 {
+        return Err(PinError::Invalid(pid));
+    }
+    let gone = PinError::NoSuchProcess(pid);
+    let pidfd = procfs::pidfd_open(pid).map_err(|_| PinError::NoSuchProcess(pid))?;
+    let stat = procfs::stat(proc_root, pid).ok_or(PinError::NoSuchProcess(pid))?;
+    if stat.is_kernel_thread() {
+        return Err(PinError::KernelThread(pid));
+    }
+    if stat.state == 'Z' || stat.state == 'X' {
+        return Err(PinError::Zombie(pid));
+    }
+    let uid = procfs::uids(proc_root, pid).ok_or(PinError::NoSuchProcess(pid))?[0];
+    let cgroup = cgroup::process_cgroup(proc_root, pid).ok_or(PinError::NoSuchProcess(pid))?;
+    let command = procfs::cmdline(proc_root, pid).unwrap_or_default();
+    if !procfs::pidfd_alive(&pidfd) {
+        return Err(gone);
+    }
+    Ok(Root {
+        pid,
+        pidfd,
+        stat,
+        uid,
+        cgroup,
+        command,
+    })
+}
+
+/// One process taken (or, in a dry run, that would be).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub pid: i32,
+    pub starttime: u64,
+    /// Real uid.
+    pub uid: u32,
+    /// Why: `root`, `child of N`, `escapee: same session S`, `escapee: marker V=X`, …
+    pub reason: String,
+    pub command: String,
+}
+
+/// A process that belonged to the tree but was left alone, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub pid: i32,
+    pub reason: String,
+    pub command: String,
+}
+
+/// What one walk found (and moved, given a target).
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub members: Vec<Member>,
+    pub skipped: Vec<Skipped>,
+    /// A pass found nothing new (false: the tree kept growing, or a dry run's
+    /// last pass still found processes).
+    pub complete: bool,
+    pub passes: usize,
+    /// Moves that failed for another reason than the process exiting.
+    pub errors: Vec<String>,
+}
+
+/// Processes the caller says may not be taken, each with why (checked before
+/// every move): PID 1, the agent, the caller and its ancestors, other runs.
+pub type Veto<'a> = &'a dyn Fn(i32, &procfs::Stat, u32) -> Option<String>;
+
+/// What to walk and how.
+pub struct Walk<'a> {
+    pub proc_root: &'a Path,
+    pub root: &'a Root,
+    /// `VAR=VALUE` entries that mark an escapee.
+    pub markers: Vec<Vec<u8>>,
+    pub veto: Veto<'a>,
+    /// Moves here when given (frozen by the caller beforehand); a dry run when not.
+    pub target: Option<&'a Cgroup>,
+    pub max_passes: usize,
+}
+
+/// The markers to look for: the given `VAR=VALUE` entries, and each default
+/// marker the root itself carries, with the root's value.
+pub fn markers(proc_root: &Path, root: &Root, given: &[String]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = given.iter().map(|m| m.as_bytes().to_vec()).collect();
+    for entry in procfs::environ(proc_root, root.pid, ENVIRON_LIMIT) {
+        if DEFAULT_MARKERS
+            .iter()
+            .any(|k| entry.starts_with(k.as_bytes()) && entry.get(k.len()) == Some(&b'='))
+            && entry.len() > entry.iter().position(|b| *b == b'=').unwrap_or(0) + 1
+        {
+            out.push(entry);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Checks a `--marker` argument: `VAR=VALUE` with a non-empty name of letters,
+/// digits and `_`, and a non-empty value.
+pub fn marker_problem(m: &str) -> Option<String> {
+    let Some((var, value)) = m.split_once('=') else {
+        return Some(format!("marker {m:?} is not VAR=VALUE"));
+    };
+    if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Some(format!(
+            "marker {m:?}: the variable name must be letters, digits and '_'"
+        ));
+    }
+    if value.is_empty() {
+        return Some(format!(
+            "marker {m:?}: the value must not be empty (it would match too much)"
+        ));
+    }
+    None
+}
+
+struct State<'a> {
+    walk: &'a Walk<'a>,
+    /// pid → start time of every process taken.
+    taken: HashMap<i32, u64>,
+    skipped: HashMap<i32, Skipped>,
+    frontier: VecDeque<i32>,
+    out: Gathered,
+}
+
+impl State<'_> {
+    /// Takes `pid` if it is still what it was found as: `parent` (a member) its
+    /// parent, or for an escapee `check` still true of it. Returns whether it was taken.
+    fn consider(
+        &mut self,
+        pid: i32,
+        parent: Option<i32>,
+        reason: &dyn Fn(&procfs::Stat) -> Option<String>,
+    ) -> bool {
+        if self.taken.contains_key(&pid) || self.skipped.contains_key(&pid) {
+            return false;
+        }
+        let proc_root = self.walk.proc_root;
+        // Pin it, then read what it is: what is read after the pidfd and before
+        // the pidfd says it died is of this very process.
+        let Ok(pidfd) = procfs::pidfd_open(pid) else {
+            return false;
+        };
+        let Some(stat) = procfs::stat(proc_root, pid) else {
+            return false;
+        };
+        if stat.state == 'Z' || stat.state == 'X' || stat.is_kernel_thread() {
+            return false; // dead already (a zombie cannot be moved), or not ours to move
+        }
+        if let Some(p) = parent {
+            // Still the child of that member, and younger than it.
+            if stat.ppid != p || self.taken.get(&p).is_none_or(|&st| stat.starttime < st) {
+                return false;
+            }
+        }
+        let Some(why) = reason(&stat) else {
+            return false;
+        };
+        let uid = procfs::uids(proc_root, pid)
+            .map(|u| u[0])
+            .unwrap_or(u32::MAX);
+        let command = procfs::cmdline(proc_root, pid).unwrap_or_default();
+        if let Some(veto) = (self.walk.veto)(pid, &stat, uid) {
+            self.skipped.insert(
+                pid,
+                Skipped {
+                    pid,
+                    reason: format!("{why}, left alone: {veto}"),
+                    command,
+                },
+            );
+            return false;
+        }
+        if !procfs::pidfd_alive(&pidfd) {
+            return false;
+        }
+        if let Some(target) = self.walk.target {
+            if let Err(e) = target.add_process(pid) {
+                if procfs::pidfd_alive(&pidfd) {
+                    self.out.errors.push(format!("pid {pid}: {e}"));
+                }
+                return false;
+            }
+            // The write named a number: it moved this process unless the process
+            // died in between and the number went to another. (A child of a frozen
+            // member that dies stays a zombie, its number taken, until the parent
+            // thaws; an escapee's number would have to go round pid_max in between.)
+            if !procfs::pidfd_alive(&pidfd) {
+                if procfs::stat(proc_root, pid).is_some_and(|now| now.starttime != stat.starttime)
+                    && target.contains_process(proc_root, pid) == Some(true)
+                {
+                    self.out.errors.push(format!(
+                        "pid {pid} exited while it was moved and its number was reused \
+                         at once: the new process {pid} was moved too"
+                    ));
+                }
+                return false;
+            }
+        }
+        self.taken.insert(pid, stat.starttime);
+        self.frontier.push_back(pid);
+        self.out.members.push(Member {
+            pid,
+            starttime: stat.starttime,
+            uid,
+            reason: why,
+            command,
+        });
+        true
+    }
+
+    /// Breadth first from the frontier: each member's children.
+    fn descend(&mut self) -> usize {
+        let mut found = 0;
+        while let Some(p) = self.frontier.pop_front() {
+            for c in procfs::children(self.walk.proc_root, p) {
+                let why = format!("child of {p}");
+                if self.consider(c, Some(p), &|_| Some(why.clone())) {
+                    found += 1;
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether the leader of a session or process group `id` makes membership
+    /// in it a sign of the tree: the leader is the root, a member, or gone.
+    fn led_by_tree(&self, id: i32) -> bool {
+        id == self.walk.root.pid
+            || self.taken.contains_key(&id)
+            || procfs::stat(self.walk.proc_root, id).is_none_or(|s| s.state == 'Z')
+    }
+
+    /// One scan of every process: children of members the child lists missed,
+    /// and escapees.
+    fn scan(&mut self) -> usize {
+        let proc_root = self.walk.proc_root;
+        let root = self.walk.root;
+        let session_counts = self.led_by_tree(root.stat.session);
+        let group_counts = self.led_by_tree(root.stat.pgrp);
+        let mut found = 0;
+        for pid in procfs::all_pids(proc_root) {
+            if self.taken.contains_key(&pid) || self.skipped.contains_key(&pid) {
+                continue;
+            }
+            let Some(stat) = procfs::stat(proc_root, pid) else {
+                continue;
+            };
+            if self.taken.contains_key(&stat.ppid) {
+                let why = format!("child of {}", stat.ppid);
+                if self.consider(pid, Some(stat.ppid), &|_| Some(why.clone())) {
+                    found += 1 + self.descend();
+                }
+                continue;
+            }
+            if stat.starttime < root.stat.starttime {
+                continue;
+            }
+            let escapee = |s: &procfs::Stat| -> Option<String> {
+                if s.starttime < root.stat.starttime
+                    || cgroup::process_cgroup(proc_root, pid).as_deref() != Some(&root.cgroup)
+                {
+                    return None;
+                }
+                if session_counts && s.session == root.stat.session {
+                    return Some(format!("escapee: same session {}", s.session));
+                }
+                if group_counts && s.pgrp == root.stat.pgrp {
+                    return Some(format!("escapee: same process group {}", s.pgrp));
+                }
+                if self.walk.markers.is_empty() {
+                    return None;
+                }
+                let env = procfs::environ(proc_root, pid, ENVIRON_LIMIT);
+                self.walk
+                    .markers
+                    .iter()
+                    .find(|m| env.contains(m))
+                    .map(|m| format!("escapee: marker {}", String::from_utf8_lossy(m)))
+            };
+            // Cheap tests first; the closure runs again under the pidfd.
+            let maybe = (session_counts && stat.session == root.stat.session)
+                || (group_counts && stat.pgrp == root.stat.pgrp)
+                || !self.walk.markers.is_empty();
+            if maybe && self.consider(pid, None, &escapee) {
+                found += 1 + self.descend();
+            }
+        }
+        found
+    }
+}
+
+/// Walks the tree of `walk.root`, moving each process into `walk.target` when
+/// given. The root is taken first (its pidfd proves it is still the process
+/// pinned); if it has exited, nothing is taken.
+pub fn gather(walk: &Walk<'_>) -> Gathered {
+    let mut st = State {
+        walk,
+        taken: HashMap::new(),
+        skipped: HashMap::new(),
+        frontier: VecDeque::new(),
+        out: Gathered::default(),
+    };
+    let root = walk.root;
+    let root_start = root.stat.starttime;
+    let taken_root = procfs::pidfd_alive(&root.pidfd)
+        && st.consider(root.pid, None, &|s| {
+            (s.starttime == root_start).then(|| "root".to_string())
+        });
+    if !taken_root {
+        st.out.skipped = st.skipped.into_values().collect();
+        return st.out;
+    }
+    for pass in 1..=walk.max_passes.max(1) {
+        st.out.passes = pass;
+        let found = st.descend() + st.scan();
+        if found == 0 {
+            st.out.complete = true;
+            break;
+        }
+    }
+    let mut skipped: Vec<Skipped> = st.skipped.into_values().collect();
+    skipped.sort_by_key(|s| s.pid);
+    st.out.skipped = skipped;
+    st.out
+}

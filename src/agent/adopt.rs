@@ -1,0 +1,700 @@
+//! `POST /v1/runs/adopt`: runs started outside wfcg, taken over.
+//!
+//! A tree rooted at a pid is moved (race-free, see [`crate::adopt`]) into
+//! `runs/<id>/payload`, created frozen before anything moves; an adopted tree
+//! has no supervisor, so `runs/<id>/supervisor` is never made. A whole cgroup is
+//! taken in place (`cgroup`), nothing moved. Either way the run is recorded with
+//! the root process's uid as owner, its real start time and command, audited as
+//! `adopt` with every member and why it was taken, and then thawed, or, with
+//! `kill`, killed while still frozen.
+
+use std::os::fd::AsFd;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Agent, Caller, Failure, Result, now, rfc3339};
+use crate::adopt::{self, Gathered, Root, Walk};
+use crate::api::{AdoptMember, AdoptRequest, Adopted, CreateRun, ErrorKind, RunStatus};
+use crate::cgroup::{self, Cgroup};
+use crate::policy::{Identity, Permission};
+use crate::procfs;
+use crate::store::{AuditEntry, RunRecord};
+
+/// `adopted` of a run whose tree was moved in.
+pub const TREE: &str = "pid";
+/// `adopted` of a run whose cgroup was taken in place.
+pub const IN_PLACE: &str = "cgroup";
+/// The leaf of an adopted run's cgroup that holds the tree.
+pub const PAYLOAD: &str = "payload";
+/// `statfs` type of cgroup2 (`CGROUP2_SUPER_MAGIC`).
+const CGROUP2_MAGIC: u64 = 0x6367_7270;
+
+fn bad(msg: impl Into<String>) -> Failure {
+    Failure::new(ErrorKind::BadInput, msg)
+}
+
+/// The parent chain of a process, itself first, up to PID 1.
+fn lineage(proc_root: &Path, pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut p = pid;
+    while p > 1 && out.len() < 4096 {
+        match procfs::stat(proc_root, p) {
+            Some(s) if s.ppid > 0 => {
+                out.push(s.ppid);
+                p = s.ppid;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// What a caller may do with processes it does not own.
+struct Rights {
+    any: bool,
+    view_all: bool,
+}
+
+impl Agent {
+    fn rights(&self, id: &Identity) -> Rights {
+        let perms = self.access.policy().permissions(id);
+        Rights {
+            any: perms.contains(&Permission::KillAny),
+            view_all: perms.contains(&Permission::ViewAll),
+        }
+    }
+
+    /// Adopts a tree (`pid`) or a cgroup in place (`cgroup`) into a new run, or
+    /// lists what would be taken (`dry_run`); with `kill`, kills it at once.
+    /// The attempt is audited as `adopt`, whatever its outcome.
+    pub fn adopt(self: &Arc<Self>, caller: &Caller, req: AdoptRequest) -> Result<Adopted> {
+        if let Some(problem) = req.run_id.as_deref().and_then(crate::api::run_id_problem) {
+            return Err(bad(problem));
+        }
+        if let Some(problem) = req.markers.iter().find_map(|m| adopt::marker_problem(m)) {
+            return Err(bad(problem));
+        }
+        let id = self.access.identity(caller);
+        let t = Instant::now();
+        let mut entry = AuditEntry {
+            time: now(),
+            actor_uid: Some(caller.uid),
+            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
+            caller_pid: Some(caller.pid),
+            action: if req.dry_run {
+                "adopt_dry_run"
+            } else {
+                "adopt"
+            }
+            .into(),
+            run_id: req.run_id.clone(),
+            reason: req.reason.clone(),
+            decision: "-".into(),
+            ..Default::default()
+        };
+        let adopted = {
+            let _one_at_a_time = self.adopt_lock.lock().unwrap_or_else(|p| p.into_inner());
+            match (req.pid, req.cgroup.as_deref()) {
+                (Some(pid), None) => self.adopt_tree(caller, &id, pid, &req, &mut entry),
+                (None, Some(path)) => self.adopt_cgroup(caller, &id, path, &req, &mut entry),
+                (Some(_), Some(_)) => Err(bad("give a pid or a cgroup to adopt, not both")),
+                (None, None) => Err(bad("give a pid (or a cgroup) to adopt")),
+            }
+        };
+        entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+        entry.outcome = match &adopted {
+            Ok(a) if a.already_adopted => format!("already adopted as {}", a.run_id),
+            Ok(a) => {
+                let list: Vec<String> = a
+                    .members
+                    .iter()
+                    .map(|m| format!("{} ({})", m.pid, m.reason))
+                    .collect();
+                let verb = if a.dry_run { "would adopt" } else { "adopted" };
+                format!("{verb} {} processes: {}", a.members.len(), list.join(", "))
+            }
+            Err(f) => format!("refused: {}", f.message),
+        };
+        if let Ok(a) = &adopted {
+            entry.run_id = Some(a.run_id.clone());
+        }
+        self.auditor.record(&self.store, entry);
+        let mut adopted = adopted?;
+        if req.kill && !req.dry_run {
+            let run_cg = Cgroup::new(&adopted.cgroup);
+            match self.kill(caller, &adopted.run_id, req.kill_request()) {
+                Ok(result) => {
+                    adopted.message = format!("{}; {}", adopted.message, result.message);
+                    adopted.kill = Some(result);
+                }
+                Err(f) => {
+                    // Refused (e.g. a force kill without kill_force): the run stays
+                    // adopted, and must not stay frozen.
+                    let _ = run_cg.thaw();
+                    return Err(Failure::new(
+                        f.kind,
+                        format!(
+                            "run {} adopted, but not killed: {}",
+                            adopted.run_id, f.message
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Refuses roots wfcg must never take: PID 1, the agent and its ancestors,
+    /// the caller and its ancestors (the caller's shell).
+    fn refuse_root(&self, caller: &Caller, pid: i32) -> Result<()> {
+        let proc_root = &self.cfg.proc_root;
+        if pid == 1 {
+            return Err(bad("pid 1 is the init process: wfcg never adopts it"));
+        }
+        let me = std::process::id() as i32;
+        if lineage(proc_root, me).contains(&pid) {
+            return Err(bad(format!(
+                "pid {pid} is the wfcg agent or one of its ancestors: wfcg never adopts it"
+            )));
+        }
+        if lineage(proc_root, caller.pid).contains(&pid) {
+            return Err(bad(format!(
+                "pid {pid} is the caller or one of its ancestors (your shell?): \
+                 adopting it would take the caller too"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The run of wfcg a cgroup (an absolute path) belongs to: `Some(Some(id))`
+    /// inside `runs/<id>`, `Some(None)` inside the agent's own cgroup, `None`
+    /// elsewhere.
+    fn wfcg_owner(&self, abs: &Path) -> Option<Option<String>> {
+        if let Ok(rest) = abs.strip_prefix(self.runs_cg.path()) {
+            return Some(
+                rest.components()
+                    .next()
+                    .and_then(|c| c.as_os_str().to_str())
+                    .map(str::to_owned),
+            );
+        }
+        let root = self.runs_cg.parent()?;
+        (abs.starts_with(root.child("agent").path()) || root.path().starts_with(abs))
+            .then_some(None)
+    }
+
+    /// The answer for a root found inside a run already (adopted, or started
+    /// by `wfcg run`): that run, if the caller may see it.
+    fn existing_run(&self, caller: &Caller, run_id: &str, pid: i32) -> Result<Adopted> {
+        let rec = self.visible_run(caller, run_id)?;
+        Ok(Adopted {
+            run_id: rec.run_id.clone(),
+            cgroup: rec.cgroup_path,
+            started_at: rec.started_at,
+            message: format!("pid {pid} is in run {} already", rec.run_id),
+            already_adopted: true,
+            complete: true,
+            ..Default::default()
+        })
+    }
+
+    fn adopt_tree(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &Identity,
+        pid: i32,
+        req: &AdoptRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<Adopted> {
+        let proc_root = self.cfg.proc_root.clone();
+        self.refuse_root(caller, pid)?;
+        let root = adopt::pin(&proc_root, pid).map_err(|e| bad(e.to_string()))?;
+        let mount = cgroup::cgroup2_mount().map_err(Failure::internal)?;
+        let abs = |rel: &str| mount.join(rel.trim_start_matches('/'));
+        match self.wfcg_owner(&abs(&root.cgroup)) {
+            Some(Some(run_id)) if self.store().get_run(&run_id)?.is_some() => {
+                return self.existing_run(caller, &run_id, pid);
+            }
+            Some(_) => {
+                return Err(bad(format!(
+                    "pid {pid} is in wfcg's own cgroup {}",
+                    root.cgroup
+                )));
+            }
+            None => {}
+        }
+        let rights = self.rights(id);
+        let me = std::process::id() as i32;
+        let callers = lineage(&proc_root, caller.pid);
+        // Never taken, whatever the tree: init, the agent, the caller's line,
+        // processes of wfcg's runs.
+        let never = |p: i32, _: &procfs::Stat, _: u32| -> Option<String> {
+            if p == 1 {
+                return Some("pid 1".into());
+            }
+            if p == me {
+                return Some("the wfcg agent".into());
+            }
+            if callers.contains(&p) {
+                return Some("the caller or its ancestor".into());
+            }
+            let cg = cgroup::process_cgroup(&proc_root, p)?;
+            match self.wfcg_owner(&abs(&cg)) {
+                Some(Some(run)) => Some(format!("in run {run}")),
+                Some(None) => Some("in the wfcg agent's cgroup".into()),
+                None => None,
+            }
+        };
+        let markers = adopt::markers(&proc_root, &root, &req.markers);
+        let walk = |target: Option<&Cgroup>, veto: adopt::Veto<'_>| {
+            adopt::gather(&Walk {
+                proc_root: &proc_root,
+                root: &root,
+                markers: markers.clone(),
+                veto,
+                target,
+                max_passes: if target.is_some() {
+                    adopt::MAX_PASSES
+                } else {
+                    adopt::DRY_RUN_PASSES
+                },
+            })
+        };
+        // Who may take what: decided on a walk that changes nothing (skipped for
+        // kill_any, which may take anything anyway).
+        if req.dry_run || !rights.any {
+            let seen = walk(None, &never);
+            let foreign = seen.members.iter().find(|m| m.uid != caller.uid);
+            let allowed_by = match foreign {
+                None => Some(Permission::KillOwn),
+                Some(_) if rights.any => Some(Permission::KillAny),
+                Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
+                Some(_) => None,
+            };
+            entry.decision = if allowed_by.is_some() {
+                "allowed"
+            } else {
+                "denied"
+            }
+            .into();
+            entry.permission = Some(
+                allowed_by
+                    .unwrap_or(if req.dry_run {
+                        Permission::ViewAll
+                    } else {
+                        Permission::KillAny
+                    })
+                    .as_str()
+                    .into(),
+            );
+            if allowed_by.is_none() {
+                let m = foreign.expect("a foreign member");
+                let what = if req.dry_run { "view_all" } else { "kill_any" };
+                return Err(Failure::new(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "not permitted: pid {} ({}) belongs to uid {}; adopting another \
+                         user's processes needs {what}",
+                        m.pid, m.command, m.uid
+                    ),
+                ));
+            }
+            if req.dry_run {
+                let run_id = req.run_id.clone().unwrap_or_default();
+                return Ok(self.answer(&root, &seen, run_id, String::new(), true));
+            }
+        } else {
+            entry.decision = "allowed".into();
+            entry.permission = Some(Permission::KillAny.as_str().into());
+        }
+
+        let run_id = self.new_adopted_id(req)?;
+        let run_cg = self.runs_cg.child(&run_id);
+        self.create_cgroup(&run_cg, &run_id)?;
+        let payload = run_cg.child(PAYLOAD);
+        // Frozen before anything moves: a process stops the moment it is moved in.
+        let frozen = payload
+            .create_new()
+            .and_then(|()| payload.freeze(std::time::Duration::from_secs(1)));
+        if let Err(e) = frozen {
+            let _ = run_cg.remove_recursive();
+            return Err(Failure::internal(e));
+        }
+        let owned_only = !rights.any;
+        let veto = |p: i32, s: &procfs::Stat, uid: u32| -> Option<String> {
+            never(p, s, uid).or_else(|| {
+                (owned_only && uid != caller.uid).then(|| format!("owned by uid {uid}"))
+            })
+        };
+        let got = walk(Some(&payload), &veto);
+        if got.members.is_empty() {
+            let _ = run_cg.remove_recursive();
+            return Err(bad(format!(
+                "no such process: {pid} (it exited before it could be adopted)"
+            )));
+        }
+        let rec = self.adopted_record(&run_id, &root, req, &run_cg, TREE)?;
+        if let Err(e) = self.store().insert_run(&rec) {
+            // Nothing records the run: let the tree go on where it is now.
+            let _ = payload.thaw();
+            return Err(Failure::internal(format!(
+                "cannot record the adopted run {run_id} (its processes are in {}): {e}",
+                payload.path().display()
+            )));
+        }
+        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
+        self.reaper.watch(&run_id, &run_cg, &**self);
+        // Thaw, unless it is to be killed (then it stays frozen under its run's
+        // cgroup until the kill sequence), or it never held still.
+        let thawed = if req.kill {
+            run_cg
+                .freeze(std::time::Duration::from_secs(1))
+                .and_then(|_| payload.thaw())
+        } else if got.complete {
+            payload.thaw()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = thawed {
+            tracing::warn!(run_id, "{e}");
+        }
+        let mut message = format!(
+            "adopted {} processes of pid {pid} ({}) as run {run_id}",
+            got.members.len(),
+            root.command
+        );
+        if !got.complete {
+            message.push_str(&format!(
+                "; the tree was still growing after {} passes: what was moved is left \
+                 frozen (wfcg kill {run_id} ends it)",
+                got.passes
+            ));
+        }
+        if !got.errors.is_empty() {
+            message.push_str(&format!(" (errors: {})", got.errors.join("; ")));
+        }
+        tracing::info!(run_id, pid, members = got.members.len(), "adopted a tree");
+        let mut answer = self.answer(&root, &got, run_id, message, false);
+        answer.cgroup = rec.cgroup_path;
+        Ok(answer)
+    }
+
+    /// The answer for a walk of `root`'s tree.
+    fn answer(
+        &self,
+        root: &Root,
+        got: &Gathered,
+        run_id: String,
+        message: String,
+        dry_run: bool,
+    ) -> Adopted {
+        let member = |pid, reason: &str, command: &str| AdoptMember {
+            pid,
+            reason: reason.into(),
+            command: command.into(),
+        };
+        let message = if dry_run {
+            format!(
+                "would adopt {} processes of pid {} ({})",
+                got.members.len(),
+                root.pid,
+                root.command
+            )
+        } else {
+            message
+        };
+        Adopted {
+            run_id,
+            dry_run,
+            cgroup: String::new(),
+            started_at: procfs::start_wall_time(&self.cfg.proc_root, root.stat.starttime)
+                .map(|t| rfc3339(t.into())),
+            members: got
+                .members
+                .iter()
+                .map(|m| member(m.pid, &m.reason, &m.command))
+                .collect(),
+            skipped: got
+                .skipped
+                .iter()
+                .map(|s| member(s.pid, &s.reason, &s.command))
+                .collect(),
+            complete: got.complete,
+            message,
+            ..Default::default()
+        }
+    }
+
+    /// The id for an adopted run: the one asked for (which must be new), or a fresh one.
+    fn new_adopted_id(&self, req: &AdoptRequest) -> Result<String> {
+        let run_id = req.run_id.clone().unwrap_or_else(super::new_run_id);
+        if self.store().get_run(&run_id)?.is_some() {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!("run id {run_id:?} is already in use"),
+            ));
+        }
+        Ok(run_id)
+    }
+
+    fn create_cgroup(&self, cg: &Cgroup, run_id: &str) -> Result<()> {
+        match cg.create_new() {
+            Ok(()) => Ok(()),
+            Err(cgroup::Error::Create { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Err(Failure::new(
+                    ErrorKind::Conflict,
+                    format!("run id {run_id:?} is already in use"),
+                ))
+            }
+            Err(e) => Err(Failure::internal(e)),
+        }
+    }
+
+    /// The record of an adopted run: owned by the root's uid, started when the
+    /// root started, deadlines (only those asked for) counted from then.
+    fn adopted_record(
+        &self,
+        run_id: &str,
+        root: &Root,
+        req: &AdoptRequest,
+        cg: &Cgroup,
+        how: &str,
+    ) -> Result<RunRecord> {
+        let (template_name, mut template) = self.resolve_template(&CreateRun {
+            workflow: req.workflow.clone(),
+            ..Default::default()
+        })?;
+        let ms = std::time::Duration::from_millis;
+        template.timeouts.init = ms(req.init_timeout_ms.unwrap_or(0));
+        template.timeouts.total = ms(req.timeout_ms.unwrap_or(0));
+        template.timeouts.watchdog = std::time::Duration::ZERO;
+        let start: chrono::DateTime<chrono::Utc> =
+            procfs::start_wall_time(&self.cfg.proc_root, root.stat.starttime)
+                .map(Into::into)
+                .unwrap_or_else(chrono::Utc::now);
+        let after = |d: std::time::Duration| {
+            (!d.is_zero())
+                .then(|| rfc3339(start + chrono::Duration::from_std(d).unwrap_or_default()))
+        };
+        let initializing = !template.timeouts.init.is_zero();
+        let workspace =
+            std::fs::read_link(self.cfg.proc_root.join(root.pid.to_string()).join("cwd"))
+                .ok()
+                .map(|p| p.display().to_string());
+        Ok(RunRecord {
+            run_id: run_id.to_owned(),
+            pid: Some(root.pid),
+            pid_starttime: Some(root.stat.starttime),
+            status: if initializing {
+                RunStatus::Initializing
+            } else {
+                RunStatus::Running
+            }
+            .as_str()
+            .into(),
+            started_at: Some(rfc3339(start)),
+            ready_at: (!initializing).then(now),
+            init_deadline: after(template.timeouts.init),
+            total_deadline: after(template.timeouts.total),
+            workspace_path: workspace,
+            template: serde_json::to_string(&template).ok(),
+            template_name: Some(template_name),
+            teams: "[]".into(),
+            owner_uid: root.uid,
+            workflow: req.workflow.clone(),
+            command: serde_json::to_string(&[&root.command]).map_err(Failure::internal)?,
+            cgroup_path: cg.path().display().to_string(),
+            adopted: Some(how.into()),
+            ..Default::default()
+        })
+    }
+
+    /// `cgroup` as a cgroup on the cgroup2 mount: a path under the mount or
+    /// relative to it, with no `..`, no symlink on the way (checked with
+    /// openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and on cgroup2 itself.
+    fn resolve_cgroup(&self, given: &str) -> Result<PathBuf> {
+        let mount = cgroup::cgroup2_mount().map_err(Failure::internal)?;
+        let rel = Path::new(given)
+            .strip_prefix(&mount)
+            .unwrap_or(Path::new(given.trim_start_matches('/')));
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(bad(format!(
+                "cgroup {given:?}: give a path under {} without '.' or '..'",
+                mount.display()
+            )));
+        }
+        if rel.as_os_str().is_empty() {
+            return Err(bad(format!(
+                "cgroup {given:?} is the root cgroup: wfcg never adopts it"
+            )));
+        }
+        use rustix::fs::{Mode, OFlags, ResolveFlags, fstatfs, open, openat2};
+        let not_one = |e: rustix::io::Errno| bad(format!("cgroup {given:?}: no such cgroup ({e})"));
+        let dir = open(
+            &mount,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(Failure::internal)?;
+        let fd = openat2(
+            dir.as_fd(),
+            rel,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH
+                | ResolveFlags::NO_SYMLINKS
+                | ResolveFlags::NO_MAGICLINKS
+                | ResolveFlags::NO_XDEV,
+        )
+        .map_err(not_one)?;
+        let fs = fstatfs(&fd).map_err(not_one)?;
+        if fs.f_type as u64 != CGROUP2_MAGIC {
+            return Err(bad(format!("cgroup {given:?} is not on the cgroup2 mount")));
+        }
+        Ok(mount.join(rel))
+    }
+
+    fn adopt_cgroup(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &Identity,
+        given: &str,
+        req: &AdoptRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<Adopted> {
+        let proc_root = self.cfg.proc_root.clone();
+        let abs = self.resolve_cgroup(given)?;
+        let cg = Cgroup::new(&abs);
+        let shown = abs.display().to_string();
+        if let Some(owner) = self.wfcg_owner(&abs) {
+            return match owner {
+                Some(run_id) if self.store().get_run(&run_id)?.is_some() => {
+                    self.existing_run(caller, &run_id, 0).map(|mut a| {
+                        a.message = format!("cgroup {shown} is run {run_id}'s already");
+                        a
+                    })
+                }
+                _ => Err(bad(format!(
+                    "cgroup {shown} is wfcg's own (or holds it): wfcg never adopts it"
+                ))),
+            };
+        }
+        let live = RunStatus::live_names();
+        let same = self
+            .store()
+            .list_runs_brief(Some(&live))?
+            .into_iter()
+            .find(|r| r.cgroup_path == shown);
+        if let Some(r) = same {
+            return self.existing_run(caller, &r.run_id, 0);
+        }
+        let pids = cg.procs_recursive().map_err(|e| bad(e.to_string()))?;
+        let callers = lineage(&proc_root, caller.pid);
+        let me = std::process::id() as i32;
+        if let Some(p) = pids
+            .iter()
+            .find(|&&p| p == 1 || p == me || callers.contains(&p))
+        {
+            let who = match *p {
+                1 => "PID 1".to_string(),
+                p if p == me => "the wfcg agent".to_string(),
+                p => format!("the caller or its ancestor (pid {p})"),
+            };
+            return Err(bad(format!(
+                "cgroup {shown} holds {who}: wfcg never adopts it"
+            )));
+        }
+        if !cg.supports_kill() {
+            return Err(bad(format!(
+                "cgroup {shown} has no cgroup.kill (the root cgroup, or Linux < 5.14)"
+            )));
+        }
+        // Its members, oldest first: the oldest is the run's root.
+        let mut members: Vec<(u64, i32, u32, String)> = pids
+            .iter()
+            .filter_map(|&p| {
+                let s = procfs::stat(&proc_root, p)?;
+                let uid = procfs::uids(&proc_root, p)?[0];
+                Some((
+                    s.starttime,
+                    p,
+                    uid,
+                    procfs::cmdline(&proc_root, p).unwrap_or_default(),
+                ))
+            })
+            .collect();
+        members.sort();
+        let Some((_, oldest, ..)) = members.first().cloned() else {
+            return Err(bad(format!("cgroup {shown} holds no process")));
+        };
+        let rights = self.rights(id);
+        let foreign = members.iter().find(|m| m.2 != caller.uid);
+        let allowed_by = match foreign {
+            None => Some(Permission::KillOwn),
+            Some(_) if rights.any => Some(Permission::KillAny),
+            Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
+            Some(_) => None,
+        };
+        entry.decision = if allowed_by.is_some() {
+            "allowed"
+        } else {
+            "denied"
+        }
+        .into();
+        entry.permission = allowed_by
+            .or(Some(if req.dry_run {
+                Permission::ViewAll
+            } else {
+                Permission::KillAny
+            }))
+            .map(|p| p.as_str().into());
+        if let (None, Some(m)) = (allowed_by, foreign) {
+            let what = if req.dry_run { "view_all" } else { "kill_any" };
+            return Err(Failure::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "not permitted: pid {} ({}) in {shown} belongs to uid {}; adopting \
+                     another user's processes needs {what}",
+                    m.1, m.3, m.2
+                ),
+            ));
+        }
+        let root = adopt::pin(&proc_root, oldest).map_err(|e| bad(e.to_string()))?;
+        let got = Gathered {
+            members: members
+                .iter()
+                .map(|(st, p, uid, cmd)| adopt::Member {
+                    pid: *p,
+                    starttime: *st,
+                    uid: *uid,
+                    reason: format!("in cgroup {shown}"),
+                    command: cmd.clone(),
+                })
+                .collect(),
+            complete: true,
+            ..Default::default()
+        };
+        if req.dry_run {
+            let run_id = req.run_id.clone().unwrap_or_default();
+            let mut a = self.answer(&root, &got, run_id, String::new(), true);
+            a.cgroup = shown;
+            return Ok(a);
+        }
+        let run_id = self.new_adopted_id(req)?;
+        let rec = self.adopted_record(&run_id, &root, req, &cg, IN_PLACE)?;
+        self.store().insert_run(&rec)?;
+        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
+        self.reaper.watch(&run_id, &cg, &**self);
+        tracing::info!(run_id, cgroup = shown, "adopted a cgroup in place");
+        let message = format!(
+            "adopted cgroup {shown} ({} processes) in place as run {run_id}",
+            got.members.len()
+        );
+        let mut a = self.answer(&root, &got, run_id, message, false);
+        a.cgroup = shown;
+        Ok(a)
+    }
+}

@@ -1,0 +1,124 @@
+//! `wfcg adopt`: take a workflow that wfcg did not start into a run.
+
+use crate::api::{AdoptRequest, Adopted};
+use crate::client::Client;
+use crate::exit::{self, Failure};
+
+/// Take over a process tree started outside wfcg (or a whole cgroup) as a run,
+/// so it can be watched, given deadlines and killed like any other.
+///
+/// The tree rooted at PID is moved, race-free, into the run's cgroup: it is
+/// created frozen, the root pinned by a pidfd, the tree moved top down and
+/// scanned again until nothing new appears; then its escapees are taken too:
+/// processes of the same source cgroup, started after the root, that share its
+/// session or process group, or carry a marker in their environment (--marker,
+/// and WFCG_RUN_ID, RUNNER_TRACKING_ID, GITHUB_RUN_ID, CI_JOB_ID with the root's
+/// values). The run keeps the root's owner, real start time and command.
+/// Needs kill_any, or owning every process taken; --dry-run needs view_all or
+/// ownership. `wfcg kill --pid PID` adopts and kills in one step.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The root of the tree.
+    #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
+    pub pid: Option<i32>,
+    /// Take this existing cgroup in place instead (a path under the cgroup2
+    /// mount, or relative to it, e.g. /system.slice/runner.service): nothing is
+    /// moved, the kill uses its own cgroup.kill.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// The run's id, e.g. the executor's own (run_5fbae44ab6f0) [default: a new one].
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// The workflow's name (its template gives the kill's graces).
+    #[arg(long, value_name = "NAME")]
+    pub workflow: Option<String>,
+    /// Why; recorded in the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// VAR=VALUE in a process's environment marks it as the tree's escapee (repeatable).
+    #[arg(long = "marker", value_name = "VAR=VALUE")]
+    pub markers: Vec<String>,
+    /// List what would be taken, and why; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Kill the run right after adopting it (as `wfcg kill`, graceful unless --force).
+    #[arg(long)]
+    pub kill: bool,
+    /// With --kill: cgroup.kill at once.
+    #[arg(long, requires = "kill")]
+    pub force: bool,
+    /// With --kill: how long processes get after SIGTERM.
+    #[arg(long, value_name = "DUR", requires = "kill")]
+    pub grace: Option<String>,
+    /// Kill the run if it has not become ready this long after its real start
+    /// (it never sends READY=1, so this is a deadline from its start).
+    #[arg(long, value_name = "DUR")]
+    pub init_timeout: Option<String>,
+    /// Kill the run when it is older than this (counted from its real start:
+    /// a run started two days ago with --timeout 1h is killed at once).
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
+    let ms = super::millis_arg;
+    let req = AdoptRequest {
+        pid: args.pid,
+        cgroup: args.cgroup.clone(),
+        run_id: args.run_id.clone(),
+        workflow: args.workflow.clone(),
+        reason: args.reason.clone(),
+        markers: args.markers.clone(),
+        dry_run: args.dry_run,
+        kill: args.kill,
+        force: args.force,
+        grace_ms: ms("--grace", &args.grace)?,
+        init_timeout_ms: ms("--init-timeout", &args.init_timeout)?,
+        timeout_ms: ms("--timeout", &args.timeout)?,
+        ..Default::default()
+    };
+    let checks = check(&req)?;
+    let adopted: Adopted = Client::new(&cli.socket).post("/v1/runs/adopt", &checks)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&adopted).unwrap_or_default()
+        );
+    } else {
+        print(&adopted);
+    }
+    Ok(match &adopted.kill {
+        Some(k) if !k.success => exit::FAILED,
+        _ => exit::OK,
+    })
+}
+
+/// Input the CLI can judge before asking the agent.
+pub fn check(req: &AdoptRequest) -> Result<&AdoptRequest, Failure> {
+    if let Some(problem) = req.run_id.as_deref().and_then(crate::api::run_id_problem) {
+        return Err(Failure::usage(problem));
+    }
+    if let Some(problem) = req
+        .markers
+        .iter()
+        .find_map(|m| crate::adopt::marker_problem(m))
+    {
+        return Err(Failure::usage(problem));
+    }
+    Ok(req)
+}
+
+fn print(a: &Adopted) {
+    println!("{}", a.message);
+    if a.dry_run || a.members.len() <= 20 {
+        for m in &a.members {
+            println!("  {:>7}  {:<24}  {}", m.pid, m.reason, m.command);
+        }
+    }
+    for s in &a.skipped {
+        println!("  {:>7}  {:<24}  {}", s.pid, s.reason, s.command);
+    }
+}
