@@ -170,25 +170,6 @@ pub fn markers(proc_root: &Path, root: &Root, given: &[String]) -> Vec<Vec<u8>> 
     out
 }
 
-/// Checks a `--marker` argument: `VAR=VALUE` with a non-empty name of letters,
-/// digits and `_`, and a non-empty value.
-pub fn marker_problem(m: &str) -> Option<String> {
-    let Some((var, value)) = m.split_once('=') else {
-        return Some(format!("marker {m:?} is not VAR=VALUE"));
-    };
-    if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Some(format!(
-            "marker {m:?}: the variable name must be letters, digits and '_'"
-        ));
-    }
-    if value.is_empty() {
-        return Some(format!(
-            "marker {m:?}: the value must not be empty (it would match too much)"
-        ));
-    }
-    None
-}
-
 struct State<'a> {
     walk: &'a Walk<'a>,
     /// pid → start time of every process taken.

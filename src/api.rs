@@ -256,6 +256,14 @@ pub struct AdoptRequest {
 }
 
 impl AdoptRequest {
+    /// What is wrong with the request's run id or markers, if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.run_id
+            .as_deref()
+            .and_then(run_id_problem)
+            .or_else(|| self.markers.iter().find_map(|m| marker_problem(m)))
+    }
+
     /// The kill this request asks for (with `kill`).
     pub fn kill_request(&self) -> KillRequest {
         KillRequest {
@@ -528,6 +536,25 @@ pub fn run_id_problem(id: &str) -> Option<String> {
     None
 }
 
+/// Checks a `--marker` argument: `VAR=VALUE` with a non-empty name of letters,
+/// digits and `_`, and a non-empty value.
+pub fn marker_problem(m: &str) -> Option<String> {
+    let Some((var, value)) = m.split_once('=') else {
+        return Some(format!("marker {m:?} is not VAR=VALUE"));
+    };
+    if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Some(format!(
+            "marker {m:?}: the variable name must be letters, digits and '_'"
+        ));
+    }
+    if value.is_empty() {
+        return Some(format!(
+            "marker {m:?}: the value must not be empty (it would match too much)"
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +570,14 @@ mod tests {
             assert!(run_id_problem(bad).is_some(), "{bad:?} accepted");
         }
         assert!(run_id_problem(&"a".repeat(65)).unwrap().contains("65"));
+    }
+
+    #[test]
+    fn marker_rule() {
+        assert_eq!(marker_problem("RUNNER_TRACKING_ID=github_5fbae44a"), None);
+        for bad in ["", "X", "=v", "X=", "A B=c", "É=1"] {
+            assert!(marker_problem(bad).is_some(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `kill_workflow` (run_id, force?, reason?) | `POST /v1/runs/{id}/kill` | destructive |
 //! | `list_stuck` () | `GET /v1/runs?stuck=true` | read-only |
 //! | `audit_log` (run_id?, limit?) | `GET /v1/audit?run=&limit=` | read-only |
+//! | `adopt_workflow` (pid, run_id?, workflow?, reason?, markers?, dry_run?, kill?, force?) | `POST /v1/runs/adopt` | destructive |
 //!
 //! Answers are JSON, both as `structuredContent` (always an object) and as the text
 //! content. A failure is a tool error (`isError: true`) whose text is the message
@@ -46,8 +47,9 @@ const INSTRUCTIONS: &str = "\
 wfcg runs each workflow in its own cgroup v2 and can kill its whole process tree. \
 Use list_stuck or list_workflows to find runs, get_workflow to look at one (status, \
 processes, open critical sections such as git locks, heartbeats, deadlines), \
-kill_workflow to stop one, and audit_log to see who did what. Your own permissions \
-on the wfcg agent apply.";
+kill_workflow to stop one, and audit_log to see who did what. A workflow started \
+outside wfcg (known only by a pid) is taken over, or killed, with adopt_workflow. Your \
+own permissions on the wfcg agent apply.";
 
 /// A run status to filter on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -128,6 +130,32 @@ pub struct KillParams {
     /// Why the run is killed: recorded in the audit trail and written to the
     /// run's $WFCG_RUN_DIR/stop-reason so the workflow can read it.
     pub reason: Option<String>,
+}
+
+/// Parameters of `adopt_workflow`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptParams {
+    /// The root process of the workflow's tree.
+    pub pid: i32,
+    /// The run id it becomes, e.g. the executor's own (`run_5fbae44ab6f0`).
+    pub run_id: Option<String>,
+    /// The workflow's name.
+    pub workflow: Option<String>,
+    /// Why: recorded in the audit trail (and with the kill).
+    pub reason: Option<String>,
+    /// `VAR=VALUE` environment entries that mark the tree's escapees.
+    #[serde(default)]
+    pub markers: Vec<String>,
+    /// Only list what would be taken, and why; change nothing. Default false.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Kill the run right after adopting it. Default false.
+    #[serde(default)]
+    pub kill: bool,
+    /// With kill: freeze and cgroup.kill at once (needs kill_force). Default false.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Parameters of `audit_log`.
@@ -275,6 +303,51 @@ impl WfcgMcp {
         }
     }
 
+    /// Take over a workflow that wfcg did not start, known by its root pid: its
+    /// whole tree (children, and escapees that double-forked or called setsid,
+    /// found by session, process group or environment markers) is moved,
+    /// race-free, into a new run, which then has a status, deadlines, the audit
+    /// trail and kills like any other. `dry_run` lists the processes that would
+    /// be taken and why. `kill` kills the run at once (graceful, or `force`).
+    /// Answers `run_id`, `cgroup`, `started_at` (the root's real start),
+    /// `members` (pid, reason, command), `message`, and with `kill` the kill
+    /// result in `kill`. Needs kill_any, or owning every process taken.
+    #[tool(annotations(
+        title = "Adopt (and kill) a workflow started outside wfcg",
+        read_only_hint = false,
+        destructive_hint = true,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn adopt_workflow(&self, Parameters(p): Parameters<AdoptParams>) -> CallToolResult {
+        let req = api::AdoptRequest {
+            pid: Some(p.pid),
+            run_id: p.run_id,
+            workflow: p.workflow,
+            reason: p.reason,
+            markers: p.markers,
+            dry_run: p.dry_run,
+            kill: p.kill,
+            force: p.force,
+            ..Default::default()
+        };
+        if let Some(problem) = req.problem() {
+            return usage_error(problem);
+        }
+        match self
+            .call(move |c| c.post::<_, Value>("/v1/runs/adopt", &req))
+            .await
+        {
+            Ok(answer) => {
+                let failed = answer["kill"]["success"] == Value::Bool(false);
+                let mut result = object_result(answer);
+                result.is_error = Some(failed);
+                result
+            }
+            Err(e) => tool_error(e),
+        }
+    }
+
     /// Read the audit trail, newest records last: every kill attempt (allowed,
     /// denied, failed), automatic kills by the monitor, run starts and ends, and
     /// policy loads, each with its time, actor, action, run, reason, mode,
@@ -414,7 +487,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn five_tools_kill_is_the_only_destructive_one() {
+    fn six_tools_kill_and_adopt_are_the_destructive_ones() {
         let server = WfcgMcp::new(Path::new("/nonexistent.sock"));
         let mut tools = server.tool_router.list_all();
         tools.sort_by(|a, b| a.name.cmp(&b.name));
@@ -422,6 +495,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "adopt_workflow",
                 "audit_log",
                 "get_workflow",
                 "kill_workflow",
@@ -431,7 +505,7 @@ mod tests {
         );
         for t in &tools {
             let a = t.annotations.as_ref().expect("annotations");
-            let kill = t.name == "kill_workflow";
+            let kill = t.name == "kill_workflow" || t.name == "adopt_workflow";
             assert_eq!(a.destructive_hint, kill.then_some(true), "{}", t.name);
             assert_eq!(a.read_only_hint, Some(!kill), "{}", t.name);
             assert!(t.description.as_deref().is_some_and(|d| d.len() > 40));

@@ -6,8 +6,8 @@ Usage: mcp_client.py [--wfcg PATH] [--socket PATH] [--reason TEXT] RUN_ID
 Starts `wfcg mcp` as a child process and talks to it over stdio with
 `mcp.client.stdio.stdio_client` and `ClientSession`:
 
-1. initialize, and list the tools: the five of wfcg, each with an object input
-   schema, kill_workflow marked destructive, the others read-only;
+1. initialize, and list the tools: the six of wfcg, each with an object input
+   schema, kill_workflow and adopt_workflow marked destructive, the others read-only;
 2. get_workflow RUN_ID: the run is live;
 3. kill_workflow RUN_ID: the kill result says success, names the run, has
    killed_at, a cleanup_status with no process remaining, and a message;
@@ -37,7 +37,8 @@ except ImportError as e:  # pragma: no cover - environment problem, not a test f
     )
     sys.exit(2)
 
-TOOLS = {"list_workflows", "get_workflow", "kill_workflow", "list_stuck", "audit_log"}
+TOOLS = {"list_workflows", "get_workflow", "kill_workflow", "list_stuck", "audit_log", "adopt_workflow"}
+DESTRUCTIVE = {"kill_workflow", "adopt_workflow"}
 LIVE = {"initializing", "running", "stopping", "unknown"}
 
 
@@ -85,9 +86,9 @@ async def run(args):
                 check(bool(tool.description), f"{name}: no description")
                 ann = tool.annotations
                 check(ann is not None, f"{name}: no annotations")
-                if name == "kill_workflow":
-                    check(ann.destructive_hint is True, f"kill_workflow not destructive: {ann}")
-                    check(ann.read_only_hint is False, f"kill_workflow read-only: {ann}")
+                if name in DESTRUCTIVE:
+                    check(ann.destructive_hint is True, f"{name} not destructive: {ann}")
+                    check(ann.read_only_hint is False, f"{name} read-only: {ann}")
                 else:
                     check(ann.read_only_hint is True, f"{name} not read-only: {ann}")
             check("run_id" in tools["kill_workflow"].input_schema.get("required", []), "kill_workflow: run_id not required")

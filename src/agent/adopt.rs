@@ -69,10 +69,7 @@ impl Agent {
     /// lists what would be taken (`dry_run`); with `kill`, kills it at once.
     /// The attempt is audited as `adopt`, whatever its outcome.
     pub fn adopt(self: &Arc<Self>, caller: &Caller, req: AdoptRequest) -> Result<Adopted> {
-        if let Some(problem) = req.run_id.as_deref().and_then(crate::api::run_id_problem) {
-            return Err(bad(problem));
-        }
-        if let Some(problem) = req.markers.iter().find_map(|m| adopt::marker_problem(m)) {
+        if let Some(problem) = req.problem() {
             return Err(bad(problem));
         }
         let id = self.access.identity(caller);

@@ -98,17 +98,10 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
 
 /// Input the CLI can judge before asking the agent.
 pub fn check(req: &AdoptRequest) -> Result<&AdoptRequest, Failure> {
-    if let Some(problem) = req.run_id.as_deref().and_then(crate::api::run_id_problem) {
-        return Err(Failure::usage(problem));
+    match req.problem() {
+        Some(problem) => Err(Failure::usage(problem)),
+        None => Ok(req),
     }
-    if let Some(problem) = req
-        .markers
-        .iter()
-        .find_map(|m| crate::adopt::marker_problem(m))
-    {
-        return Err(Failure::usage(problem));
-    }
-    Ok(req)
 }
 
 fn print(a: &Adopted) {

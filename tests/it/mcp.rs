@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 use crate::require_privileges;
 use crate::util::{self, TestAgent};
 
-/// The five tools, sorted.
-const TOOLS: [&str; 5] = [
+/// The six tools, sorted.
+const TOOLS: [&str; 6] = [
+    "adopt_workflow",
     "audit_log",
     "get_workflow",
     "kill_workflow",
@@ -99,7 +100,8 @@ fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
             Some("wfcg")
         );
 
-        // The tools: all five, each described, with an object schema; only kill is destructive.
+        // The tools: all six, each described, with an object schema; only kill and
+        // adopt (which may kill) are destructive.
         let mut tools: Vec<Tool> = client.list_all_tools().await.expect("tools/list");
         tools.sort_by(|a, b| a.name.cmp(&b.name));
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
@@ -112,8 +114,8 @@ fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
             );
             assert_eq!(t.input_schema["type"], "object", "{}", t.name);
             let a = t.annotations.as_ref().expect("annotations");
-            if t.name == "kill_workflow" {
-                assert_eq!(a.destructive_hint, Some(true));
+            if t.name == "kill_workflow" || t.name == "adopt_workflow" {
+                assert_eq!(a.destructive_hint, Some(true), "{}", t.name);
                 assert_eq!(a.read_only_hint, Some(false));
             } else {
                 assert_eq!(a.read_only_hint, Some(true), "{}", t.name);
