@@ -331,7 +331,7 @@ impl Agent {
                 "no such process: {pid} (it exited before it could be adopted)"
             )));
         }
-        let rec = self.adopted_record(&run_id, &root, req, &run_cg, TREE)?;
+        let rec = self.adopted_record(caller, &run_id, &root, req, &run_cg, TREE)?;
         if let Err(e) = self.store().insert_run(&rec) {
             // Nothing records the run: let the tree go on where it is now.
             let _ = payload.thaw();
@@ -454,16 +454,20 @@ impl Agent {
     /// root started, deadlines (only those asked for) counted from then.
     fn adopted_record(
         &self,
+        caller: &Caller,
         run_id: &str,
         root: &Root,
         req: &AdoptRequest,
         cg: &Cgroup,
         how: &str,
     ) -> Result<RunRecord> {
-        let (template_name, mut template) = self.resolve_template(&CreateRun {
-            workflow: req.workflow.clone(),
-            ..Default::default()
-        })?;
+        let (template_name, mut template) = self.resolve_template(
+            caller,
+            &CreateRun {
+                workflow: req.workflow.clone(),
+                ..Default::default()
+            },
+        )?;
         let ms = std::time::Duration::from_millis;
         template.timeouts.init = ms(req.init_timeout_ms.unwrap_or(0));
         template.timeouts.total = ms(req.timeout_ms.unwrap_or(0));
@@ -681,7 +685,7 @@ impl Agent {
             return Ok(a);
         }
         let run_id = self.new_adopted_id(req)?;
-        let rec = self.adopted_record(&run_id, &root, req, &cg, IN_PLACE)?;
+        let rec = self.adopted_record(caller, &run_id, &root, req, &cg, IN_PLACE)?;
         self.store().insert_run(&rec)?;
         self.lifecycle_begin(&rec, Arc::downgrade(self), false);
         self.reaper.watch(&run_id, &cg, &**self);
