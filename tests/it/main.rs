@@ -3,6 +3,7 @@
 
 mod util;
 
+mod adopt;
 mod agent;
 mod availability;
 mod availability_faults;
