@@ -1,7 +1,9 @@
 //! The kill benchmark (`cargo bench --bench kill`, or `scripts/bench-kill`): how
 //! long `wfcg kill --force` takes to end a process tree, against the kernel's
 //! floor (`cgroup.kill` on a bare cgroup) and the classic `kill(-pgid)` (with the
-//! processes it misses), and what `wfcg run` adds to starting a command.
+//! processes it misses), and what `wfcg run` adds to starting a command; and how
+//! long `wfcg kill --pid --force` takes to adopt and end the same tree when it was
+//! started outside wfcg, against `wfcg kill --force` of it under `wfcg run`.
 //!
 //! Not a timed test: it prints figures and marks the targets of issue 2 as met
 //! or not; its exit status says only whether the benchmark itself ran.
@@ -229,6 +231,22 @@ fn inner() {
             let r = measure_raw(&root, n, false);
             let f = measure_raw(&root, n, true);
             let p = measure_pgid(&root, n);
+            let a = measure_adopt(&agent, &root, n);
+            eprintln!(
+                "N={n:<5} rep {}: wfcg kill --pid --force {:8.2} ms (adopt {:7.2} ms, {} taken, \
+                 kill {:7.2} ms, survivors {})",
+                rep + 1,
+                a.e2e_ms,
+                a.adopt_ms,
+                a.taken,
+                a.kill_ms,
+                a.survivors
+            );
+            row.adopt.push(a.e2e_ms);
+            row.adopt_part.push(a.adopt_ms);
+            row.adopt_kill.push(a.kill_ms);
+            row.adopt_survivors = row.adopt_survivors.max(a.survivors);
+            row.adopt_failures += usize::from(!a.success);
             eprintln!(
                 "N={n:<5} rep {}: wfcg {:8.2} ms (agent {:7.2}, survivors {}) | raw {:7.2} ms \
                  | freeze+kill {:7.2} ms | kill(-pgid) {:7.2} ms, survivors {}",
@@ -329,6 +347,11 @@ struct Row {
     freeze_kill: Vec<f64>,
     pgid: Vec<f64>,
     pgid_survivors: Vec<f64>,
+    adopt: Vec<f64>,
+    adopt_part: Vec<f64>,
+    adopt_kill: Vec<f64>,
+    adopt_survivors: usize,
+    adopt_failures: usize,
 }
 
 fn report(rows: &[Row], spawn: &Spawn, reps: usize) {
@@ -398,6 +421,40 @@ fn report(rows: &[Row], spawn: &Spawn, reps: usize) {
         ));
         println!("{:>5}  {}", r.n, parts.join(" | "));
     }
+
+    println!(
+        "\nA tree started outside wfcg: `wfcg kill --pid --force` (adopt + kill, one request) \
+         against `wfcg kill --force` of the same tree under `wfcg run`; ms, median [min-max] of {reps}"
+    );
+    println!(
+        "{:>5}  {:<24} {:<24} {:<24} {:<24} {:>9} {:>10} {:>9}",
+        "N",
+        "kill --pid --force",
+        "of which adopting",
+        "of which the kill",
+        "kill --force (run)",
+        "pid/run",
+        "survivors",
+        "failures"
+    );
+    for r in rows {
+        println!(
+            "{:>5}  {:<24} {:<24} {:<24} {:<24} {:>9.2} {:>10} {:>9}",
+            r.n,
+            fmt_stats(&r.adopt),
+            fmt_stats(&r.adopt_part),
+            fmt_stats(&r.adopt_kill),
+            fmt_stats(&r.wfcg),
+            med(&r.adopt) / med(&r.wfcg),
+            r.adopt_survivors,
+            r.adopt_failures
+        );
+    }
+    println!(
+        "kill --pid: from spawning `wfcg kill --pid ROOT --force --json` to its exit; the kill: \
+         its duration_ms; adopting: the rest of the agent's work (pin, freeze, move, escapee \
+         scan, record) and the CLI."
+    );
 
     println!(
         "\nStart a command (median of {} each, warm agent)",
@@ -690,6 +747,50 @@ fn measure_pgid(root: &BareRoot, n: usize) -> Timed {
     Timed {
         ms,
         survivors: marked(&tree.marker),
+    }
+}
+
+struct AdoptKill {
+    e2e_ms: f64,
+    adopt_ms: f64,
+    kill_ms: f64,
+    taken: usize,
+    survivors: usize,
+    success: bool,
+}
+
+/// `wfcg kill --pid ROOT --force --json` of a tree of `n` processes started
+/// outside wfcg (in a bare cgroup), timed from spawning the CLI to its exit.
+fn measure_adopt(agent: &util::TestAgent, root: &BareRoot, n: usize) -> AdoptKill {
+    let mut tree = BareTree::start(root, &format!("outside-{n}"), n, false);
+    let mut cmd = agent.wfcg();
+    cmd.args(["kill", "--force", "--json", "--pid"])
+        .arg(tree.child.id().to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    let t = Instant::now();
+    let out = cmd.output().expect("running wfcg kill --pid");
+    let e2e_ms = t.elapsed().as_secs_f64() * 1e3;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let success = out.status.success() && result["success"] == true;
+    if !success {
+        eprintln!(
+            "bench: wfcg kill --pid failed (exit {:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = tree.child.wait();
+    let kill_ms = result["duration_ms"].as_f64().unwrap_or(f64::NAN);
+    let in_source = tree.cg.procs().map(|p| p.len()).unwrap_or(0);
+    AdoptKill {
+        e2e_ms,
+        adopt_ms: e2e_ms - kill_ms,
+        kill_ms,
+        taken: result["processes_killed"].as_u64().unwrap_or(0) as usize,
+        survivors: marked(&tree.marker).max(in_source),
+        success,
     }
 }
 

@@ -165,8 +165,8 @@ impl Agent {
     }
 
     /// The run of wfcg a cgroup (an absolute path) belongs to: `Some(Some(id))`
-    /// inside `runs/<id>`, `Some(None)` inside the agent's own cgroup, `None`
-    /// elsewhere.
+    /// inside `runs/<id>`, `Some(None)` inside the agent's own leaf or `runs/`
+    /// itself, `None` elsewhere.
     fn wfcg_owner(&self, abs: &Path) -> Option<Option<String>> {
         if let Ok(rest) = abs.strip_prefix(self.runs_cg.path()) {
             return Some(
@@ -176,9 +176,8 @@ impl Agent {
                     .map(str::to_owned),
             );
         }
-        let root = self.runs_cg.parent()?;
-        (abs.starts_with(root.child("agent").path()) || root.path().starts_with(abs))
-            .then_some(None)
+        let agent_leaf = self.runs_cg.parent()?.child("agent");
+        abs.starts_with(agent_leaf.path()).then_some(None)
     }
 
     /// The answer for a root found inside a run already (adopted, or started
@@ -570,6 +569,15 @@ impl Agent {
         let abs = self.resolve_cgroup(given)?;
         let cg = Cgroup::new(&abs);
         let shown = abs.display().to_string();
+        let wfcg_root = self
+            .runs_cg
+            .parent()
+            .unwrap_or_else(|| self.runs_cg.clone());
+        if wfcg_root.path().starts_with(&abs) {
+            return Err(bad(format!(
+                "cgroup {shown} holds wfcg's own cgroups: wfcg never adopts it"
+            )));
+        }
         if let Some(owner) = self.wfcg_owner(&abs) {
             return match owner {
                 Some(run_id) if self.store().get_run(&run_id)?.is_some() => {

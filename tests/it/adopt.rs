@@ -61,6 +61,18 @@ impl Source {
     }
 }
 
+/// SIGKILLs every process carrying `WFCG_TEST_MARK=marker` when dropped: for
+/// trees started outside any cgroup of the test's agent, should the test fail.
+struct Sweep<'a>(&'a str);
+
+impl Drop for Sweep<'_> {
+    fn drop(&mut self) {
+        for pid in util::pids_with_env(util::TEST_MARK, self.0) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
 /// The processes carrying `marker` whose command is `cmd`.
 fn running(marker: &str, cmd: &str) -> Vec<i32> {
     util::pids_with_env(util::TEST_MARK, marker)
@@ -533,4 +545,39 @@ fn a_cgroup_is_adopted_in_place_and_killed_through_its_own_cgroup_kill() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_tree_in_the_callers_own_cgroup_is_adopted_without_its_neighbours() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let marker = util::marker("here");
+    let _sweep = Sweep(&marker);
+    // Started right here, in whatever cgroup this test runs in (the root cgroup
+    // on a hybrid host, which holds the agent's root too), beside a neighbour.
+    let spawn = |script: &str| {
+        KillOnDrop(
+            Command::new("sh")
+                .args(["-c", script])
+                .env(util::TEST_MARK, &marker)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut tree = spawn("sleep 1070 & sleep 1071 & wait");
+    let neighbour = spawn("exec sleep 1072");
+    assert!(wait_until(Duration::from_secs(10), || {
+        !running(&marker, "sleep 1071").is_empty() && util::cmdline(neighbour.id()) == "sleep 1072"
+    }));
+
+    let out = agent.cli(&["kill", "--pid", &tree.id().to_string(), "--json"]);
+
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = json(&out);
+    assert_eq!(result["processes_killed"], 3, "{result:#}");
+    assert!(tree.wait_timeout(Duration::from_secs(10)).is_some());
+    assert!(running(&marker, "sleep 1070").is_empty());
+    assert!(running(&marker, "sleep 1071").is_empty());
+    assert!(util::alive(neighbour.id()), "the neighbour was taken");
 }
