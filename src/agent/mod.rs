@@ -1976,7 +1976,13 @@ impl OnEmpty for Agent {
                     // A kill had begun (one interrupted by an agent restart, if
                     // no sequence is under way): its processes are gone.
                     RunStatus::Unkillable | RunStatus::Stopping => RunStatus::Killed,
-                    _ if rec.exit_code.is_some() || rec.exit_signal.is_some() => RunStatus::Exited,
+                    // An adopted run has no supervisor to report an exit: it ended by itself.
+                    _ if rec.exit_code.is_some()
+                        || rec.exit_signal.is_some()
+                        || rec.adopted.is_some() =>
+                    {
+                        RunStatus::Exited
+                    }
                     _ => RunStatus::Lost,
                 };
                 // Kept pending (and shown) while the store cannot be written.

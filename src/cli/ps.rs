@@ -112,6 +112,11 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         "pid:        {}",
         r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
     );
+    match r.adopted.as_deref() {
+        Some("cgroup") => println!("adopted:    its cgroup, in place (started outside wfcg)"),
+        Some(_) => println!("adopted:    pid is its root (started outside wfcg; no supervisor)"),
+        None => {}
+    }
     println!("processes:  {}", r.processes);
     println!("started:    {}", opt(&r.started_at));
     println!("age:        {}", crate::duration::short(r.age_secs));

@@ -581,3 +581,38 @@ fn a_tree_in_the_callers_own_cgroup_is_adopted_without_its_neighbours() {
     assert!(running(&marker, "sleep 1071").is_empty());
     assert!(util::alive(neighbour.id()), "the neighbour was taken");
 }
+
+#[test]
+fn an_adopted_tree_that_ends_by_itself_has_exited_not_been_lost() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let source = Source::new(&agent);
+    let marker = util::marker("ends");
+    // It ends when its stdin closes: the test decides when.
+    let mut tree = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0"; exec sh -c 'sleep 1080 & read x; kill $!'"#)
+            .arg(source.procs_file())
+            .env(util::TEST_MARK, &marker)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        !running(&marker, "sleep 1080").is_empty()
+    }));
+    let out = agent.cli(&["adopt", &tree.id().to_string(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_id = json(&out)["run_id"].as_str().unwrap().to_string();
+
+    drop(tree.0.stdin.take());
+    assert!(tree.wait_timeout(Duration::from_secs(10)).is_some());
+
+    assert!(
+        agent.wait_status(&run_id, "exited"),
+        "{:#}",
+        agent.status(&run_id)
+    );
+    assert!(!agent.run_cgroup(&run_id).exists(), "cgroup left behind");
+}
