@@ -108,8 +108,9 @@ pub fn pin(proc_root: &Path, pid: i32) -> Result<Root, PinError> {
 pub struct Member {
     pub pid: i32,
     pub starttime: u64,
-    /// Real uid.
-    pub uid: u32,
+    /// The uid it runs as, when its real, effective and saved uids agree (and
+    /// were read: [`Walk::uids`]).
+    pub uid: Option<u32>,
     /// Why: `root`, `child of N`, `escapee: same session S`, `escapee: marker V=X`, …
     pub reason: String,
     pub command: String,
@@ -138,7 +139,7 @@ pub struct Gathered {
 
 /// Processes the caller says may not be taken, each with why (checked before
 /// every move): PID 1, the agent, the caller and its ancestors, other runs.
-pub type Veto<'a> = &'a dyn Fn(i32, &procfs::Stat, u32) -> Option<String>;
+pub type Veto<'a> = &'a dyn Fn(i32, &procfs::Stat, Option<u32>) -> Option<String>;
 
 /// What to walk and how.
 pub struct Walk<'a> {
@@ -150,6 +151,8 @@ pub struct Walk<'a> {
     /// Moves here when given (frozen by the caller beforehand); a dry run when not.
     pub target: Option<&'a Cgroup>,
     pub max_passes: usize,
+    /// Read each process's uids (for ownership checks); a `status` read each.
+    pub uids: bool,
 }
 
 /// The markers to look for: the given `VAR=VALUE` entries, and each default
@@ -212,9 +215,11 @@ impl State<'_> {
         let Some(why) = reason(&stat) else {
             return false;
         };
-        let uid = procfs::uids(proc_root, pid)
-            .map(|u| u[0])
-            .unwrap_or(u32::MAX);
+        let uid = if self.walk.uids {
+            procfs::uids(proc_root, pid).and_then(procfs::sole_uid)
+        } else {
+            None
+        };
         let command = procfs::cmdline(proc_root, pid).unwrap_or_default();
         if let Some(veto) = (self.walk.veto)(pid, &stat, uid) {
             self.skipped.insert(

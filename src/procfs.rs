@@ -165,6 +165,12 @@ pub fn uids(proc_root: &Path, pid: i32) -> Option<[u32; 3]> {
     Some([ids.next()??, ids.next()??, ids.next()??])
 }
 
+/// The one uid a process runs as, when its real, effective and saved uids are
+/// the same (`None` when they differ, as in a setuid program).
+pub fn sole_uid(uids: [u32; 3]) -> Option<u32> {
+    (uids[0] == uids[1] && uids[1] == uids[2]).then_some(uids[0])
+}
+
 /// At most `limit` bytes of a process's environment (`/proc/<pid>/environ`), as
 /// `VAR=VALUE` entries. Not read from a process in uninterruptible sleep (D):
 /// reading another process's memory takes its mmap lock, which such a process

@@ -50,6 +50,14 @@ fn lineage(proc_root: &Path, pid: i32) -> Vec<i32> {
     out
 }
 
+/// `uid N`, or what a process with differing real, effective and saved uids is.
+fn uid_text(uid: Option<u32>) -> String {
+    match uid {
+        Some(u) => format!("uid {u}"),
+        None => "differing real, effective and saved uids (setuid?)".into(),
+    }
+}
+
 /// What a caller may do with processes it does not own.
 struct Rights {
     any: bool,
@@ -225,7 +233,7 @@ impl Agent {
         let callers = lineage(&proc_root, caller.pid);
         // Never taken, whatever the tree: init, the agent, the caller's line,
         // processes of wfcg's runs.
-        let never = |p: i32, _: &procfs::Stat, _: u32| -> Option<String> {
+        let never = |p: i32, _: &procfs::Stat, _: Option<u32>| -> Option<String> {
             if p == 1 {
                 return Some("pid 1".into());
             }
@@ -243,7 +251,7 @@ impl Agent {
             }
         };
         let markers = adopt::markers(&proc_root, &root, &req.markers);
-        let walk = |target: Option<&Cgroup>, veto: adopt::Veto<'_>| {
+        let walk = |target: Option<&Cgroup>, veto: adopt::Veto<'_>, uids: bool| {
             adopt::gather(&Walk {
                 proc_root: &proc_root,
                 root: &root,
@@ -255,13 +263,14 @@ impl Agent {
                 } else {
                     adopt::DRY_RUN_PASSES
                 },
+                uids,
             })
         };
         // Who may take what: decided on a walk that changes nothing (skipped for
         // kill_any, which may take anything anyway).
         if req.dry_run || !rights.any {
-            let seen = walk(None, &never);
-            let foreign = seen.members.iter().find(|m| m.uid != caller.uid);
+            let seen = walk(None, &never, true);
+            let foreign = seen.members.iter().find(|m| m.uid != Some(caller.uid));
             let allowed_by = match foreign {
                 None => Some(Permission::KillOwn),
                 Some(_) if rights.any => Some(Permission::KillAny),
@@ -290,9 +299,11 @@ impl Agent {
                 return Err(Failure::new(
                     ErrorKind::Forbidden,
                     format!(
-                        "not permitted: pid {} ({}) belongs to uid {}; adopting another \
+                        "not permitted: pid {} ({}) belongs to {}; adopting another \
                          user's processes needs {what}",
-                        m.pid, m.command, m.uid
+                        m.pid,
+                        m.command,
+                        uid_text(m.uid)
                     ),
                 ));
             }
@@ -318,12 +329,15 @@ impl Agent {
             return Err(Failure::internal(e));
         }
         let owned_only = !rights.any;
-        let veto = |p: i32, s: &procfs::Stat, uid: u32| -> Option<String> {
+        let veto = |p: i32, s: &procfs::Stat, uid: Option<u32>| -> Option<String> {
             never(p, s, uid).or_else(|| {
-                (owned_only && uid != caller.uid).then(|| format!("owned by uid {uid}"))
+                (owned_only && uid != Some(caller.uid))
+                    .then(|| format!("owned by {}", uid_text(uid)))
             })
         };
-        let got = walk(Some(&payload), &veto);
+        let t = Instant::now();
+        let got = walk(Some(&payload), &veto, owned_only);
+        let walked_ms = t.elapsed().as_secs_f64() * 1e3;
         if got.members.is_empty() {
             let _ = run_cg.remove_recursive();
             return Err(bad(format!(
@@ -370,7 +384,14 @@ impl Agent {
         if !got.errors.is_empty() {
             message.push_str(&format!(" (errors: {})", got.errors.join("; ")));
         }
-        tracing::info!(run_id, pid, members = got.members.len(), "adopted a tree");
+        tracing::info!(
+            run_id,
+            pid,
+            members = got.members.len(),
+            passes = got.passes,
+            walked_ms,
+            "adopted a tree"
+        );
         let mut answer = self.answer(&root, &got, run_id, message, false);
         answer.cgroup = rec.cgroup_path;
         Ok(answer)
@@ -622,11 +643,11 @@ impl Agent {
             )));
         }
         // Its members, oldest first: the oldest is the run's root.
-        let mut members: Vec<(u64, i32, u32, String)> = pids
+        let mut members: Vec<(u64, i32, Option<u32>, String)> = pids
             .iter()
             .filter_map(|&p| {
                 let s = procfs::stat(&proc_root, p)?;
-                let uid = procfs::uids(&proc_root, p)?[0];
+                let uid = procfs::uids(&proc_root, p).and_then(procfs::sole_uid);
                 Some((
                     s.starttime,
                     p,
@@ -640,7 +661,7 @@ impl Agent {
             return Err(bad(format!("cgroup {shown} holds no process")));
         };
         let rights = self.rights(id);
-        let foreign = members.iter().find(|m| m.2 != caller.uid);
+        let foreign = members.iter().find(|m| m.2 != Some(caller.uid));
         let allowed_by = match foreign {
             None => Some(Permission::KillOwn),
             Some(_) if rights.any => Some(Permission::KillAny),
@@ -665,9 +686,11 @@ impl Agent {
             return Err(Failure::new(
                 ErrorKind::Forbidden,
                 format!(
-                    "not permitted: pid {} ({}) in {shown} belongs to uid {}; adopting \
+                    "not permitted: pid {} ({}) in {shown} belongs to {}; adopting \
                      another user's processes needs {what}",
-                    m.1, m.3, m.2
+                    m.1,
+                    m.3,
+                    uid_text(m.2)
                 ),
             ));
         }

@@ -306,3 +306,62 @@ fn mcp_python_client_kills_a_live_run() {
     assert!(util::pids_with_env("WFCG_RUN_ID", &run.id).is_empty());
     agent.assert_run_gone(&run);
 }
+
+#[test]
+fn mcp_adopt_workflow_lists_then_kills_a_tree_started_outside_wfcg() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let marker = util::marker("mcp-adopt");
+    let mut tree = util::KillOnDrop(
+        std::process::Command::new("sh")
+            .args(["-c", "sleep 1090 & sleep 1091 & wait"])
+            .env(util::TEST_MARK, &marker)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(util::wait_until(Duration::from_secs(10), || {
+        util::pids_with_env(util::TEST_MARK, &marker).len() == 3
+    }));
+    runtime().block_on(async {
+        let client = connect(&agent).await;
+        let pid = tree.id();
+        let listed = answer(
+            "adopt_workflow",
+            call(
+                &client,
+                "adopt_workflow",
+                json!({"pid": pid, "dry_run": true}),
+            )
+            .await,
+        );
+        assert_eq!(listed["dry_run"], true);
+        assert_eq!(listed["members"].as_array().unwrap().len(), 3, "{listed:#}");
+        assert_eq!(listed["members"][0]["reason"], "root");
+
+        let done = answer(
+            "adopt_workflow",
+            call(
+                &client,
+                "adopt_workflow",
+                json!({"pid": pid, "run_id": "run_0dcbc991c0d4", "kill": true,
+                       "force": true, "reason": "stuck two days"}),
+            )
+            .await,
+        );
+        assert_eq!(done["run_id"], "run_0dcbc991c0d4");
+        assert_eq!(done["kill"]["success"], true, "{done:#}");
+        assert_eq!(done["kill"]["mode"], "force");
+
+        let bad = call(&client, "adopt_workflow", json!({"pid": 1})).await;
+        assert_eq!(bad.is_error, Some(true));
+        assert!(
+            text(&bad).contains("pid 1 is the init process"),
+            "{}",
+            text(&bad)
+        );
+        client.cancel().await.unwrap();
+    });
+    assert!(tree.wait_timeout(Duration::from_secs(10)).is_some());
+    assert!(util::pids_with_env(util::TEST_MARK, &marker).is_empty());
+    assert_eq!(agent.status("run_0dcbc991c0d4")["status"], "killed");
+}
