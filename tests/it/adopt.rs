@@ -354,6 +354,28 @@ fn another_users_process_is_refused_with_exit_4() {
         "0"
     );
 
+    // A marker does not let them pull root's processes into their run: a root
+    // process carrying it, started after theirs in the same cgroup, makes the
+    // whole adoption a denial, with nothing moved.
+    let later = source.sh(&marker, "exec sleep 1022");
+    assert!(wait_until(Duration::from_secs(10), || {
+        util::cmdline(later.id()) == "sleep 1022"
+    }));
+    let out = agent
+        .wfcg_as(&user)
+        .args(["kill", "--pid", &theirs.id().to_string()])
+        .args(["--marker", &format!("{}={marker}", util::TEST_MARK)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("pid {}", later.id())),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(source.pids().len(), 3, "something moved");
+    agent.assert_nothing_created();
+
     // Their own process they may adopt and kill (kill_own).
     let out = agent
         .wfcg_as(&user)
