@@ -14,7 +14,7 @@
 //!    process group (when the leader of that session or group is the root, one
 //!    of the tree, or gone: an interactive shell's session is not a workflow's),
 //!    or carry one of the markers in their environment;
-//! 5. scan again until a whole pass finds nothing new, at most [`MAX_PASSES`]
+//! 5. scan again until a whole scan finds nothing new, at most [`MAX_PASSES`]
 //!    times: a tree that keeps growing past that is left moved and frozen, and
 //!    [`Gathered::complete`] says so.
 //!
@@ -374,8 +374,11 @@ pub fn gather(walk: &Walk<'_>) -> Gathered {
     }
     for pass in 1..=walk.max_passes.max(1) {
         st.out.passes = pass;
-        let found = st.descend() + st.scan();
-        if found == 0 {
+        // Stable once a scan, begun after every member's children were taken,
+        // finds nothing: a member forks only into the frozen target from then
+        // on (a child is born in its parent's cgroup).
+        st.descend();
+        if st.scan() == 0 {
             st.out.complete = true;
             break;
         }
@@ -384,4 +387,76 @@ pub fn gather(walk: &Walk<'_>) -> Gathered {
     skipped.sort_by_key(|s| s.pid);
     st.out.skipped = skipped;
     st.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_that_cannot_be_pinned_says_why() {
+        let proc_root = Path::new("/proc");
+        assert_eq!(pin(proc_root, 0).unwrap_err(), PinError::Invalid(0));
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id() as i32;
+        // Exited, not yet reaped: a zombie.
+        while procfs::state(proc_root, pid) != Some('Z') {
+            std::thread::yield_now();
+        }
+        assert_eq!(pin(proc_root, pid).unwrap_err(), PinError::Zombie(pid));
+        c.wait().unwrap();
+        assert_eq!(
+            pin(proc_root, pid).unwrap_err(),
+            PinError::NoSuchProcess(pid)
+        );
+    }
+
+    #[test]
+    fn a_dry_run_lists_the_tree_with_reasons_and_moves_nothing() {
+        let proc_root = Path::new("/proc");
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 31 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while procfs::children(proc_root, pid).len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let root = pin(proc_root, pid).unwrap();
+        let cgroup_before = root.cgroup.clone();
+        let got = gather(&Walk {
+            proc_root,
+            root: &root,
+            markers: Vec::new(),
+            veto: &|_, _, _| None,
+            target: None,
+            max_passes: DRY_RUN_PASSES,
+            uids: true,
+        });
+        let kids = procfs::children(proc_root, pid);
+        for k in &kids {
+            let _ = std::process::Command::new("kill")
+                .arg(k.to_string())
+                .status();
+        }
+        sh.wait().unwrap();
+        assert_eq!(got.members[0].reason, "root");
+        assert_eq!(got.members[0].uid, Some(rustix::process::getuid().as_raw()));
+        let mut listed: Vec<(i32, String)> = got.members[1..]
+            .iter()
+            .map(|m| (m.pid, m.reason.clone()))
+            .collect();
+        listed.sort();
+        let mut want: Vec<(i32, String)> = kids
+            .iter()
+            .map(|&k| (k, format!("child of {pid}")))
+            .collect();
+        want.sort();
+        assert_eq!(listed, want);
+        assert_eq!(
+            cgroup::process_cgroup(proc_root, std::process::id() as i32),
+            Some(cgroup_before)
+        );
+    }
 }

@@ -265,6 +265,30 @@ mod tests {
     }
 
     #[test]
+    fn stat_fields_are_counted_after_the_command() {
+        let line =
+            "4242 (a) b (c)) S 17 4242 4000 0 -1 2097216 100 0 0 0 1 2 0 0 20 0 1 0 987654321 1000";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(
+            (s.state, s.ppid, s.pgrp, s.session, s.starttime),
+            ('S', 17, 4242, 4000, 987654321)
+        );
+        assert!(s.is_kernel_thread()); // 2097216 = PF_KTHREAD | 0x40
+        assert_eq!(parse_stat("1 (x) S 0"), None);
+        assert_eq!(sole_uid([1000, 1000, 1000]), Some(1000));
+        assert_eq!(sole_uid([1000, 0, 1000]), None);
+    }
+
+    #[test]
+    fn a_start_time_is_a_wall_clock_time_in_the_past() {
+        let me = std::process::id() as i32;
+        let proc_root = Path::new("/proc");
+        let start = start_wall_time(proc_root, starttime(proc_root, me).unwrap()).unwrap();
+        let age = std::time::SystemTime::now().duration_since(start).unwrap();
+        assert!(age < Duration::from_secs(3600), "{age:?}");
+    }
+
+    #[test]
     fn reads_our_own_process() {
         let me = std::process::id() as i32;
         let proc_root = Path::new("/proc");
