@@ -122,7 +122,7 @@ impl Agent {
             Err(f) => format!("refused: {}", f.message),
         };
         if let Ok(a) = &adopted {
-            entry.run_id = Some(a.run_id.clone());
+            entry.run_id = (!a.run_id.is_empty()).then(|| a.run_id.clone());
         }
         self.auditor.record(&self.store, entry);
         let mut adopted = adopted?;
@@ -135,8 +135,10 @@ impl Agent {
                 }
                 Err(f) => {
                     // Refused (e.g. a force kill without kill_force): the run stays
-                    // adopted, and must not stay frozen.
-                    let _ = run_cg.thaw();
+                    // adopted, and must not stay frozen (if this request froze it).
+                    if !adopted.already_adopted {
+                        let _ = run_cg.thaw();
+                    }
                     return Err(Failure::new(
                         f.kind,
                         format!(
