@@ -13,6 +13,16 @@ use wfcg::cgroup::Cgroup;
 use crate::require_privileges;
 use crate::util::{self, KillOnDrop, TestAgent, TestUser, wait_until};
 
+/// Starts `cmd` without the markers executors set, which wfcg takes as the
+/// tree's own (with the root's values): a CI job running these tests sets them
+/// on every process, neighbours included.
+fn unmarked(cmd: &mut Command) -> &mut Command {
+    for key in wfcg::adopt::DEFAULT_MARKERS {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
 /// A cgroup outside wfcg's runs, where trees are started "by someone else".
 struct Source {
     cg: Cgroup,
@@ -37,7 +47,13 @@ impl Source {
     /// Starts `argv` in this cgroup (it moves itself in, then execs), its
     /// processes marked with `WFCG_TEST_MARK=marker`.
     fn spawn(&self, marker: &str, argv: &[&str]) -> KillOnDrop {
-        let child = Command::new("sh")
+        self.spawn_with(marker, &[], argv)
+    }
+
+    /// [`Source::spawn`] with more environment.
+    fn spawn_with(&self, marker: &str, env: &[(&str, &str)], argv: &[&str]) -> KillOnDrop {
+        let child = unmarked(&mut Command::new("sh"))
+            .envs(env.iter().copied())
             .arg("-c")
             .arg(r#"echo $$ > "$0"; exec "$@""#)
             .arg(self.procs_file())
@@ -180,8 +196,9 @@ fn dry_run_lists_the_escapees_with_their_reasons_and_moves_nothing() {
     let marker = util::marker("dry");
     // The root leads a session of its own (an executor's job): an orphan of
     // that session is an escapee by session; the setsid daemon only by marker.
-    let tree = source.spawn(
+    let tree = source.spawn_with(
         &marker,
+        &[("RUNNER_TRACKING_ID", &marker)],
         &[
             "setsid",
             "sh",
@@ -230,9 +247,12 @@ fn dry_run_lists_the_escapees_with_their_reasons_and_moves_nothing() {
         reason_of(orphan),
         format!("escapee: same session {}", tree.id())
     );
-    assert_eq!(
-        reason_of(daemon),
-        format!("escapee: marker {}={marker}", util::TEST_MARK)
+    // It carries both markers (the first found is named).
+    assert!(
+        [util::TEST_MARK, "RUNNER_TRACKING_ID"]
+            .iter()
+            .any(|k| reason_of(daemon) == format!("escapee: marker {k}={marker}")),
+        "{answer:#}"
     );
     assert_eq!(answer["members"].as_array().unwrap().len(), 3, "{answer:#}");
     // Nothing moved, nothing recorded.
@@ -240,6 +260,20 @@ fn dry_run_lists_the_escapees_with_their_reasons_and_moves_nothing() {
     after.sort_unstable();
     assert_eq!(before, after);
     agent.assert_nothing_created();
+    // The runner's own marker is looked for without being asked.
+    let out = agent.cli(&["adopt", &tree.id().to_string(), "--dry-run", "--json"]);
+    let answer = json(&out);
+    let daemon_reason = answer["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["pid"] == daemon)
+        .map(|m| m["reason"].clone());
+    assert_eq!(
+        daemon_reason,
+        Some(format!("escapee: marker RUNNER_TRACKING_ID={marker}").into()),
+        "{answer:#}"
+    );
     // The plain output names each pid with its reason.
     let out = agent.cli(&["adopt", &tree.id().to_string(), "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -581,7 +615,7 @@ fn a_tree_in_the_callers_own_cgroup_is_adopted_without_its_neighbours() {
     // on a hybrid host, which holds the agent's root too), beside a neighbour.
     let spawn = |script: &str| {
         KillOnDrop(
-            Command::new("sh")
+            unmarked(&mut Command::new("sh"))
                 .args(["-c", script])
                 .env(util::TEST_MARK, &marker)
                 .stdin(Stdio::null())
@@ -614,7 +648,7 @@ fn an_adopted_tree_that_ends_by_itself_has_exited_not_been_lost() {
     let marker = util::marker("ends");
     // It ends when its stdin closes: the test decides when.
     let mut tree = KillOnDrop(
-        Command::new("sh")
+        unmarked(&mut Command::new("sh"))
             .arg("-c")
             .arg(r#"echo $$ > "$0"; exec sh -c 'sleep 1080 & read x; kill $!'"#)
             .arg(source.procs_file())

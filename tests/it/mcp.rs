@@ -312,9 +312,14 @@ fn mcp_adopt_workflow_lists_then_kills_a_tree_started_outside_wfcg() {
     require_privileges!();
     let agent = TestAgent::start();
     let marker = util::marker("mcp-adopt");
+    // Without the markers executors set (a CI job sets them on every process
+    // of this test's cgroup, which the adoption would take as escapees).
+    let mut cmd = std::process::Command::new("sh");
+    for key in wfcg::adopt::DEFAULT_MARKERS {
+        cmd.env_remove(key);
+    }
     let mut tree = util::KillOnDrop(
-        std::process::Command::new("sh")
-            .args(["-c", "sleep 1090 & sleep 1091 & wait"])
+        cmd.args(["-c", "sleep 1090 & sleep 1091 & wait"])
             .env(util::TEST_MARK, &marker)
             .spawn()
             .unwrap(),
