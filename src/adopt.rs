@@ -144,6 +144,8 @@ pub type Veto<'a> = &'a dyn Fn(i32, &procfs::Stat, Option<u32>) -> Option<String
 /// What to walk and how.
 pub struct Walk<'a> {
     pub proc_root: &'a Path,
+    /// The cgroup2 mount, which `/proc/<pid>/cgroup` paths are relative to.
+    pub mount: &'a Path,
     pub root: &'a Root,
     /// `VAR=VALUE` entries that mark an escapee.
     pub markers: Vec<Vec<u8>>,
@@ -236,6 +238,7 @@ impl State<'_> {
             return false;
         }
         if let Some(target) = self.walk.target {
+            let from = cgroup::process_cgroup(proc_root, pid);
             if let Err(e) = target.add_process(pid) {
                 if procfs::pidfd_alive(&pidfd) {
                     self.out.errors.push(format!("pid {pid}: {e}"));
@@ -243,16 +246,25 @@ impl State<'_> {
                 return false;
             }
             // The write named a number: it moved this process unless the process
-            // died in between and the number went to another. (A child of a frozen
+            // died in between and the number went to another, which is then put
+            // back where the dead one was (never killed). A child of a frozen
             // member that dies stays a zombie, its number taken, until the parent
-            // thaws; an escapee's number would have to go round pid_max in between.)
+            // thaws; an escapee's number would have to go round pid_max meanwhile.
             if !procfs::pidfd_alive(&pidfd) {
                 if procfs::stat(proc_root, pid).is_some_and(|now| now.starttime != stat.starttime)
                     && target.contains_process(proc_root, pid) == Some(true)
                 {
+                    let back = from
+                        .map(|rel| Cgroup::new(self.walk.mount.join(rel.trim_start_matches('/'))));
+                    let moved_back = back.is_some_and(|cg| cg.add_process(pid).is_ok());
                     self.out.errors.push(format!(
-                        "pid {pid} exited while it was moved and its number was reused \
-                         at once: the new process {pid} was moved too"
+                        "pid {pid} exited while it was moved and its number went to a new \
+                         process at once; that one was {}",
+                        if moved_back {
+                            "moved back"
+                        } else {
+                            "moved too"
+                        }
                     ));
                 }
                 return false;
@@ -427,6 +439,7 @@ mod tests {
         let cgroup_before = root.cgroup.clone();
         let got = gather(&Walk {
             proc_root,
+            mount: Path::new("/sys/fs/cgroup"),
             root: &root,
             markers: Vec::new(),
             veto: &|_, _, _| None,

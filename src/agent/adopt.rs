@@ -256,6 +256,7 @@ impl Agent {
         let walk = |target: Option<&Cgroup>, veto: adopt::Veto<'_>, uids: bool| {
             adopt::gather(&Walk {
                 proc_root: &proc_root,
+                mount: &mount,
                 root: &root,
                 markers: markers.clone(),
                 veto,
