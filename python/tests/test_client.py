@@ -363,3 +363,38 @@ def test_the_example_executor_kills_its_tasks_on_cancellation(agent: Agent, mark
         assert info.status_text and info.status_text.startswith(f"{r['task']}: step"), info
         kill = [a for a in client.audit(run_id=r["run_id"]) if a["action"] == "kill"]
         assert kill[0]["reason"] == f"task {r['task']} cancelled"
+
+
+def test_register_process_adopts_a_tree_started_outside_wfcg(agent: Agent, marker: str) -> None:
+    """The executor's own process (started without wfcg) becomes a run under its
+    own id; kill_workflow then ends its whole tree."""
+    # Without the markers executors set: wfcg takes them (with the root's values)
+    # as the tree's own, and a CI job sets them on every process.
+    executor_markers = ("WFCG_RUN_ID", "RUNNER_TRACKING_ID", "GITHUB_RUN_ID", "CI_JOB_ID")
+    env = {k: v for k, v in os.environ.items() if k not in executor_markers}
+    tree = subprocess.Popen(
+        ["sh", "-c", "sleep 1000 & setsid sleep 1001 & wait"],
+        env={**env, "WFCG_TEST_MARK": marker},
+    )
+    try:
+        wait_until(lambda: len(pids_with_env("WFCG_TEST_MARK", marker)) == 3, 15, "the tree")
+        tracker = WorkflowProcessTracker(agent.async_client())
+        dry = agent.client().adopt(tree.pid, dry_run=True)
+        assert dry["dry_run"] is True and len(dry["members"]) == 3, dry
+        assert dry["members"][0]["pid"] == tree.pid and dry["members"][0]["reason"] == "root"
+
+        adopted = asyncio.run(
+            tracker.register_process("run_5fbae44ab6f0", tree.pid, workflow="builder")
+        )
+
+        assert adopted["run_id"] == "run_5fbae44ab6f0" and len(adopted["members"]) == 3, adopted
+        assert adopted["started_at"] and adopted["cgroup"].endswith("runs/run_5fbae44ab6f0"), adopted
+        info = asyncio.run(tracker.get_process_info("run_5fbae44ab6f0"))
+        assert info is not None and info["pid"] == tree.pid and info["status"] == "running", info
+        result = asyncio.run(kill_workflow("run_5fbae44ab6f0", True, client=agent.async_client()))
+        assert result["success"] is True, result
+        tree.wait(10)
+        assert pids_with_env("WFCG_TEST_MARK", marker) == []
+    finally:
+        tree.kill()
+        tree.wait()
