@@ -139,7 +139,17 @@ pub struct Gathered {
 
 /// Processes the caller says may not be taken, each with why (checked before
 /// every move): PID 1, the agent, the caller and its ancestors, other runs.
-pub type Veto<'a> = &'a dyn Fn(i32, &procfs::Stat, Option<u32>) -> Option<String>;
+pub type Veto<'a> = &'a dyn Fn(&Candidate<'_>) -> Option<String>;
+
+/// A process about to be taken, as the veto sees it.
+pub struct Candidate<'a> {
+    pub pid: i32,
+    pub stat: &'a procfs::Stat,
+    /// As in [`Member::uid`].
+    pub uid: Option<u32>,
+    /// Its cgroup, relative to the cgroup2 mount.
+    pub cgroup: Option<&'a str>,
+}
 
 /// What to walk and how.
 pub struct Walk<'a> {
@@ -223,7 +233,14 @@ impl State<'_> {
             None
         };
         let command = procfs::cmdline(proc_root, pid).unwrap_or_default();
-        if let Some(veto) = (self.walk.veto)(pid, &stat, uid) {
+        let from = cgroup::process_cgroup(proc_root, pid);
+        let candidate = Candidate {
+            pid,
+            stat: &stat,
+            uid,
+            cgroup: from.as_deref(),
+        };
+        if let Some(veto) = (self.walk.veto)(&candidate) {
             self.skipped.insert(
                 pid,
                 Skipped {
@@ -238,7 +255,6 @@ impl State<'_> {
             return false;
         }
         if let Some(target) = self.walk.target {
-            let from = cgroup::process_cgroup(proc_root, pid);
             if let Err(e) = target.add_process(pid) {
                 if procfs::pidfd_alive(&pidfd) {
                     self.out.errors.push(format!("pid {pid}: {e}"));
@@ -442,7 +458,7 @@ mod tests {
             mount: Path::new("/sys/fs/cgroup"),
             root: &root,
             markers: Vec::new(),
-            veto: &|_, _, _| None,
+            veto: &|_| None,
             target: None,
             max_passes: DRY_RUN_PASSES,
             uids: true,

@@ -235,18 +235,17 @@ impl Agent {
         let callers = lineage(&proc_root, caller.pid);
         // Never taken, whatever the tree: init, the agent, the caller's line,
         // processes of wfcg's runs.
-        let never = |p: i32, _: &procfs::Stat, _: Option<u32>| -> Option<String> {
-            if p == 1 {
+        let never = |c: &adopt::Candidate<'_>| -> Option<String> {
+            if c.pid == 1 {
                 return Some("pid 1".into());
             }
-            if p == me {
+            if c.pid == me {
                 return Some("the wfcg agent".into());
             }
-            if callers.contains(&p) {
+            if callers.contains(&c.pid) {
                 return Some("the caller or its ancestor".into());
             }
-            let cg = cgroup::process_cgroup(&proc_root, p)?;
-            match self.wfcg_owner(&abs(&cg)) {
+            match self.wfcg_owner(&abs(c.cgroup?)) {
                 Some(Some(run)) => Some(format!("in run {run}")),
                 Some(None) => Some("in the wfcg agent's cgroup".into()),
                 None => None,
@@ -332,10 +331,10 @@ impl Agent {
             return Err(Failure::internal(e));
         }
         let owned_only = !rights.any;
-        let veto = |p: i32, s: &procfs::Stat, uid: Option<u32>| -> Option<String> {
-            never(p, s, uid).or_else(|| {
-                (owned_only && uid != Some(caller.uid))
-                    .then(|| format!("owned by {}", uid_text(uid)))
+        let veto = |c: &adopt::Candidate<'_>| -> Option<String> {
+            never(c).or_else(|| {
+                (owned_only && c.uid != Some(caller.uid))
+                    .then(|| format!("owned by {}", uid_text(c.uid)))
             })
         };
         let t = Instant::now();
