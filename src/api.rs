@@ -4,6 +4,8 @@
 //! - `POST /v1/runs` ([`CreateRun`] → [`RunStarted`]): start a run; the caller is moved into it.
 //! - `GET /v1/runs[?all=true]` (→ `Vec<RunInfo>`), `GET /v1/runs/{id}` (→ [`RunInfo`]).
 //! - `POST /v1/runs/{id}/exit` ([`ExitReport`] → [`ExitAck`]): the supervisor reports its command's end.
+//! - `POST /v1/runs/{id}/supervisor` (no body → `null`): the supervisor, having
+//!   started its command in the run's payload leaf, moves itself to the supervisor leaf.
 //! - `POST /v1/runs/{id}/kill` ([`KillRequest`] → [`KillResult`]).
 //! - `POST /v1/runs/adopt` ([`AdoptRequest`] → [`Adopted`]): take a tree started
 //!   outside wfcg into a new run (and kill it, with `kill`).

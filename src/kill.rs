@@ -83,6 +83,11 @@ pub struct Plan {
     /// Where to look for critical sections (the pids are filled in at each scan).
     pub scope: sections::Scope,
     pub stop_reason: Option<StopReason>,
+    /// The run's whole cgroup, when the sequence acts on its payload leaf: once
+    /// the payload is empty, the supervisor gets `supervisor_grace` to leave by
+    /// itself (it reports the exit and says why), then the whole run is killed.
+    pub whole: Option<Cgroup>,
+    pub supervisor_grace: Duration,
     /// Set by a later `--force` or `--emergency` request while this sequence waits:
     /// every wait ends within [`SECTION_POLL`] and the hard kill follows at once.
     pub escalate: Arc<AtomicBool>,
@@ -203,7 +208,10 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     let open = report.saw(open, start.elapsed());
     report.phase("scan", t, describe(&open));
     if plan.force {
+        // The supervisor reads why before it exits.
+        say_why(plan, &mut report);
         hard_kill(cg, plan, proc_root, start, &mut report);
+        end_whole(plan, proc_root, &mut report);
         return report;
     }
     if let Err(e) = cg.thaw() {
@@ -216,20 +224,18 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     }
     if plan.escalated() {
         hard_kill(cg, plan, proc_root, start, &mut report);
+        end_whole(plan, proc_root, &mut report);
         return report;
     }
 
     // 3. Say why, 4. SIGTERM and its grace.
-    if let Some(stop) = &plan.stop_reason
-        && let Err(e) = write_stop_reason(stop, plan)
-    {
-        report.errors.push(e);
-    }
+    say_why(plan, &mut report);
     graceful_term(cg, plan, proc_root, start, &mut report);
     let t = Instant::now();
     match wait_unpopulated_unless_escalated(cg, plan, plan.term_grace) {
         Ok(true) => {
             report.phase("term_wait", t, "all processes exited after SIGTERM".into());
+            end_whole(plan, proc_root, &mut report);
             return report;
         }
         Ok(false) if plan.escalated() => report.phase(
@@ -250,6 +256,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
 
     // 5. The hard kill.
     hard_kill(cg, plan, proc_root, start, &mut report);
+    end_whole(plan, proc_root, &mut report);
     report
 }
 
@@ -262,6 +269,65 @@ fn listed(cg: &Cgroup, report: &mut Report) -> Vec<i32> {
             .push(format!("cannot list the processes: {e}"));
         Vec::new()
     })
+}
+
+fn say_why(plan: &Plan, report: &mut Report) {
+    if let Some(stop) = &plan.stop_reason
+        && let Err(e) = write_stop_reason(stop, plan)
+    {
+        report.errors.push(e);
+    }
+}
+
+/// 6. Once the payload is empty: the supervisor's grace to exit by itself, then
+/// `cgroup.kill` of the whole run, so nothing hides in the supervisor leaf.
+/// Nothing to do when the payload did not empty (the run is unkillable and
+/// stays frozen) or when the sequence acted on the whole run already.
+fn end_whole(plan: &Plan, proc_root: &Path, report: &mut Report) {
+    let Some(whole) = &plan.whole else { return };
+    if !report.survivors.is_empty() || report.unconfirmed.is_some() {
+        return;
+    }
+    let t = Instant::now();
+    match whole.wait_unpopulated(plan.supervisor_grace) {
+        Ok(true) => {
+            report.phase("supervisor", t, "the supervisor exited".into());
+            return;
+        }
+        Ok(false) => {}
+        Err(e) => report.errors.push(e.to_string()),
+    }
+    if let Err(e) = whole.kill() {
+        report.errors.push(e.to_string());
+    }
+    match whole.wait_unpopulated(plan.kill_deadline) {
+        Ok(true) => report.phase(
+            "supervisor",
+            t,
+            format!(
+                "the supervisor did not exit within {}; cgroup.kill of the whole run",
+                crate::duration::format(plan.supervisor_grace)
+            ),
+        ),
+        Ok(false) | Err(_) => {
+            match survivors(whole, proc_root) {
+                Ok(s) if s.is_empty() => {
+                    report.unconfirmed =
+                        Some("the run's cgroup is still populated but lists no process".into())
+                }
+                Ok(s) => report.survivors = s,
+                Err(e) => report.unconfirmed = Some(format!("cannot list the survivors: {e}")),
+            }
+            report.phase(
+                "supervisor",
+                t,
+                format!(
+                    "{} processes survived cgroup.kill of the whole run",
+                    report.survivors.len()
+                ),
+            );
+        }
+    }
 }
 
 fn scan(plan: &Plan, pids: Vec<i32>, proc_root: &Path) -> Vec<Finding> {
@@ -572,6 +638,8 @@ mod tests {
             scope: Default::default(),
             stop_reason: None,
             escalate: Arc::default(),
+            whole: None,
+            supervisor_grace: Duration::ZERO,
         };
         let report = kill(&cg, &plan, Path::new("/proc"));
         assert_eq!(report.processes, 1);

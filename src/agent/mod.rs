@@ -9,6 +9,7 @@
 pub mod access;
 mod adopt;
 pub mod audit;
+pub mod layout;
 mod lifecycle;
 pub mod metrics;
 pub mod monitor;
@@ -40,6 +41,8 @@ use crate::userfs::{self, Cred};
 use reaper::{OnEmpty, Reaper};
 
 pub use crate::api::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
+/// How long a run's supervisor has to exit by itself once its payload is empty.
+const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the agent keeps and finds things. Every host path is here so tests
 /// can run agents side by side.
@@ -639,15 +642,20 @@ impl Agent {
             }
             Err(e) => return Err(Failure::internal(e)),
         }
-        // Limits apply from the first instruction: written before the caller moves in.
+        // Limits apply from the first instruction: written before the caller moves
+        // in, on runs/<id> so that they cover the supervisor and the payload.
         let mut warnings = cg.apply_limits(&template.limits);
+        if let Err(e) = layout::create_leaves(&cg) {
+            let _ = cg.remove_recursive();
+            return Err(Failure::internal(e));
+        }
         let run_dir = self.run_dirs.join(&run_id);
         let tmpdir = self.tmp_dirs.join(&run_id);
         let log_path = req
             .detach
             .then(|| self.log_dirs.join(format!("{run_id}.log")));
         let undo = |msg: String| {
-            let _ = cg.remove();
+            let _ = cg.remove_recursive();
             let _ = fs::remove_dir_all(&run_dir);
             let _ = crate::tmpfs::unmount(&tmpdir);
             let _ = fs::remove_dir_all(&tmpdir);
@@ -695,13 +703,13 @@ impl Agent {
         if !procfs::pidfd_alive(&*pidfd) {
             return Err(undo(gone().message));
         }
-        if let Err(e) = cg.add_process(caller.pid) {
+        if let Err(e) = layout::first_home(&cg).add_process(caller.pid) {
             return Err(undo(e.to_string()));
         }
         if !procfs::pidfd_alive(&*pidfd) {
             if let (Ok(mount), Some(origin)) = (cgroup::cgroup2_mount(), &origin) {
                 let back = Cgroup::new(mount.join(origin.trim_start_matches('/')));
-                for pid in cg.procs().unwrap_or_default() {
+                for pid in layout::first_home(&cg).procs().unwrap_or_default() {
                     tracing::warn!(
                         run_id,
                         pid,
@@ -904,7 +912,7 @@ impl Agent {
         if !live || self.kill_in_flight(run_id) {
             return Ok(ExitAck::default()); // it ended already, or a kill is under way
         }
-        let cg = Cgroup::new(&rec.cgroup_path);
+        let cg = layout::payload(&Cgroup::new(&rec.cgroup_path));
         let mut killed = 0;
         // The usual case: only the supervisor is left, and it waits for this answer, so
         // nothing can fork; no need to freeze and scan. (cgroup.procs may still list
@@ -975,6 +983,51 @@ impl Agent {
         Ok(ExitAck {
             leftovers_killed: killed,
         })
+    }
+
+    /// The run's supervisor, having forked its command inside the payload, moves
+    /// itself to the supervisor leaf, where the kill does not reach it until the
+    /// payload is empty.
+    ///
+    /// Only the caller itself is ever moved (pinned by its pidfd, checked to be
+    /// the run's supervisor by pid and start time and to be in this run's payload
+    /// now), and only between the two leaves of its own run: nobody can use this
+    /// to move another process, and no cgroup file is handed to a user.
+    pub fn enter_supervisor(&self, caller: &Caller, run_id: &str) -> Result<()> {
+        let rec = self.find_run(run_id)?;
+        let proc_root = &self.cfg.proc_root;
+        let supervisor = rec.pid == Some(caller.pid)
+            && rec.pid_starttime.is_some()
+            && procfs::starttime(proc_root, caller.pid) == rec.pid_starttime;
+        if !supervisor {
+            return Err(Failure::new(
+                ErrorKind::Forbidden,
+                format!("only the supervisor of run {run_id} may enter its supervisor leaf"),
+            ));
+        }
+        let run_cg = Cgroup::new(&rec.cgroup_path);
+        let payload = layout::payload(&run_cg);
+        let Some(leaf) = layout::supervisor(&run_cg) else {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!("run {run_id} has no supervisor leaf"),
+            ));
+        };
+        let pidfd = match &caller.pidfd {
+            Some(fd) => fd.clone(),
+            None => Arc::new(procfs::pidfd_open(caller.pid).map_err(Failure::internal)?),
+        };
+        if payload == run_cg || payload.contains_process(proc_root, caller.pid) != Some(true) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!("the caller is not in the payload of run {run_id}"),
+            ));
+        }
+        leaf.add_process(caller.pid).map_err(Failure::internal)?;
+        if !procfs::pidfd_alive(&*pidfd) {
+            tracing::error!(run_id, pid = caller.pid, "supervisor exited while it was moved");
+        }
+        Ok(())
     }
 
     /// The runs the caller may see: live ones, or all with `all`.
@@ -1414,6 +1467,18 @@ impl Agent {
                 ending: end.as_str(),
             }),
             escalate,
+            whole: None,
+            supervisor_grace: SUPERVISOR_GRACE,
+        };
+        let run_cg = Cgroup::new(&rec.cgroup_path);
+        // The kill acts on the payload; the supervisor is killed once the payload
+        // is empty, unless this is an emergency (everything at once).
+        let (cg, plan) = if req.emergency {
+            (run_cg, plan)
+        } else {
+            let payload = layout::payload(&run_cg);
+            let whole = (payload != run_cg).then_some(run_cg);
+            (payload, kill::Plan { whole, ..plan })
         };
         let mode = kill_mode(req);
         // A trace before the kill acts (kept pending if the disk refuses it): an
@@ -1430,7 +1495,6 @@ impl Agent {
             outcome: format!("started, ending as {}", end.as_str()),
             ..Default::default()
         });
-        let cg = Cgroup::new(&rec.cgroup_path);
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
         let at = |d: std::time::Duration| {
             rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
@@ -1834,7 +1898,7 @@ impl Agent {
 
     /// The critical sections a live run has open now, each with when it was first seen.
     fn open_sections(&self, rec: &RunRecord) -> Vec<api::Section> {
-        let pids = Cgroup::new(&rec.cgroup_path)
+        let pids = layout::payload(&Cgroup::new(&rec.cgroup_path))
             .procs_recursive()
             .unwrap_or_default();
         let scope = sections::Scope {

@@ -182,6 +182,15 @@ async fn report_exit(
     call(move || agent.report_exit(&caller, &id, report)).await
 }
 
+async fn enter_supervisor(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+) -> Reply {
+    let caller = caller(peer)?;
+    call(move || agent.enter_supervisor(&caller, &id)).await
+}
+
 async fn kill_run(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -275,6 +284,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/runs/adopt", post(adopt))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/exit", post(report_exit))
+        .route("/v1/runs/{id}/supervisor", post(enter_supervisor))
         .route("/v1/runs/{id}/kill", post(kill_run))
         .route("/v1/runs/{id}/may-kill", get(may_kill))
         .route("/v1/audit", get(audit_list))

@@ -264,6 +264,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
             )
         }
         Ok(mut child) => {
+            leave_payload(&client, &started, opts.quiet);
             let pid = rustix::process::Pid::from_child(&child);
             let status = loop {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -299,27 +300,64 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
         }
     };
     record_exit(&client, &started, &report);
-    // A run the monitor stopped exits like coreutils' timeout, saying why.
-    if let Some(why) = timed_out(&started) {
-        eprintln!("wfcg: run {} timed out: {why}", started.run_id);
-        return Ok(TIMED_OUT);
+    // A killed run says why; one the monitor stopped exits like coreutils' timeout.
+    match stopped(&started) {
+        Some(Stopped::TimedOut(why)) => {
+            eprintln!("wfcg: run {} timed out: {why}", started.run_id);
+            Ok(TIMED_OUT)
+        }
+        Some(Stopped::Killed(why)) => {
+            eprintln!("wfcg: run {} {why}", started.run_id);
+            Ok(code)
+        }
+        None => Ok(code),
     }
-    Ok(code)
 }
 
 /// The exit code of a run killed by the monitor (as `timeout(1)`).
 pub const TIMED_OUT: i32 = 124;
 
-/// The reason, if the run's stop-reason file says the monitor timed it out.
-fn timed_out(started: &RunStarted) -> Option<String> {
+/// Asks the agent to move this process from the run's payload, where the
+/// command was just forked, to the supervisor leaf: a kill then acts on the
+/// command's tree only, and this process lives on to say how the run ended.
+///
+/// Why this way round: the agent moves only the caller of a request (pinned by
+/// its pidfd and checked to be the run's supervisor) between the two leaves of
+/// its own run. Moving the command instead would mean the agent moving a pid a
+/// client names, and letting the command write itself into the payload would
+/// mean handing users a cgroup file; either could be turned on other processes.
+fn leave_payload(client: &Client, started: &RunStarted, quiet: bool) {
+    let path = format!("/v1/runs/{}/supervisor", started.run_id);
+    if let Err(e) = client.post::<_, serde::de::IgnoredAny>(&path, &serde_json::json!({}))
+        && !quiet
+    {
+        eprintln!("wfcg: warning: the supervisor stays in the run's payload (a kill ends it too): {e}");
+    }
+}
+
+/// Why the agent stopped the run, from its stop-reason file.
+enum Stopped {
+    /// The monitor: a deadline passed.
+    TimedOut(String),
+    /// An operator's kill: who, how and why.
+    Killed(String),
+}
+
+fn stopped(started: &RunStarted) -> Option<Stopped> {
     let text = std::fs::read_to_string(Path::new(&started.run_dir).join(STOP_REASON_FILE)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    (v["status"] == "timed_out").then(|| {
-        v["reason"]
-            .as_str()
-            .unwrap_or("a deadline passed")
-            .to_string()
-    })
+    let reason = v["reason"].as_str();
+    if v["status"] == "timed_out" {
+        return Some(Stopped::TimedOut(
+            reason.unwrap_or("a deadline passed").to_string(),
+        ));
+    }
+    Some(Stopped::Killed(format!(
+        "killed by {} ({}){}",
+        v["requested_by"].as_str().unwrap_or("?"),
+        v["mode"].as_str().unwrap_or("?"),
+        reason.map(|r| format!(": {r}")).unwrap_or_default()
+    )))
 }
 
 /// Leaves the exit in the run directory (read by the agent if the report is lost),

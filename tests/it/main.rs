@@ -17,5 +17,6 @@ mod python;
 mod run;
 mod safety;
 mod security;
+mod supervisor;
 mod templates;
 mod top;

@@ -1,0 +1,64 @@
+//! Which cgroup of a run each action uses (DESIGN.md, "One run's cgroup"):
+//!
+//! ```text
+//! runs/<id>/             limits; the reaper watches it; removed at the end
+//! runs/<id>/supervisor   `wfcg run` (relays the exit, prints why)
+//! runs/<id>/payload      CMD and everything it starts: frozen, scanned, signalled, killed
+//! ```
+//!
+//! A run of the older flat layout (processes directly in `runs/<id>`, from an
+//! agent before the split) and an adopted tree with no supervisor leaf are
+//! handled by the same few functions, so the rest of the agent never asks.
+
+use crate::cgroup::Cgroup;
+
+/// The leaf `wfcg run` lives in.
+pub const SUPERVISOR: &str = "supervisor";
+/// The leaf the command and all it starts live in.
+pub const PAYLOAD: &str = "payload";
+
+/// What the kill sequence freezes, scans, signals and kills: the payload leaf,
+/// or the whole run when it has none (flat layout).
+pub fn payload(run: &Cgroup) -> Cgroup {
+    let leaf = run.child(PAYLOAD);
+    if leaf.exists() { leaf } else { run.clone() }
+}
+
+/// The supervisor's leaf, when the run has one.
+pub fn supervisor(run: &Cgroup) -> Option<Cgroup> {
+    Some(run.child(SUPERVISOR)).filter(Cgroup::exists)
+}
+
+/// Creates the two leaves of a new run (below `run`, which holds the limits).
+pub fn create_leaves(run: &Cgroup) -> crate::cgroup::Result<()> {
+    run.child(SUPERVISOR).create_new()?;
+    run.child(PAYLOAD).create_new()
+}
+
+/// Where a new run's caller is moved at first: the payload, so that the command
+/// it forks is in the payload from its first instruction. The caller moves
+/// itself to [`supervisor`] afterwards (`POST /v1/runs/{id}/supervisor`).
+pub fn first_home(run: &Cgroup) -> Cgroup {
+    payload(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flat_run_is_its_own_payload_and_has_no_supervisor_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Cgroup::new(dir.path().join("r"));
+        std::fs::create_dir(run.path()).unwrap();
+        std::fs::write(run.path().join(crate::cgroup::CGROUP_PROCS), "").unwrap();
+        assert_eq!(payload(&run), run);
+        assert_eq!(supervisor(&run), None);
+        create_leaves(&run).unwrap();
+        for leaf in [SUPERVISOR, PAYLOAD] {
+            std::fs::write(run.child(leaf).path().join(crate::cgroup::CGROUP_PROCS), "").unwrap();
+        }
+        assert_eq!(payload(&run), run.child(PAYLOAD));
+        assert_eq!(supervisor(&run), Some(run.child(SUPERVISOR)));
+    }
+}
