@@ -29,6 +29,17 @@ pub fn supervisor(run: &Cgroup) -> Option<Cgroup> {
     Some(run.child(SUPERVISOR)).filter(Cgroup::exists)
 }
 
+/// How many processes the run has, supervisor included (a read of each leaf's
+/// `cgroup.procs`; a flat run's own).
+pub fn process_count(run: &Cgroup) -> u32 {
+    let count = |cg: &Cgroup| cg.procs().map(|p| p.len() as u32).unwrap_or(0);
+    let payload = payload(run);
+    if payload == *run {
+        return count(run);
+    }
+    count(&payload) + supervisor(run).map(|s| count(&s)).unwrap_or(0)
+}
+
 /// Creates the two leaves of a new run (below `run`, which holds the limits).
 pub fn create_leaves(run: &Cgroup) -> crate::cgroup::Result<()> {
     run.child(SUPERVISOR).create_new()?;

@@ -506,8 +506,8 @@ impl Agent {
             let Some(cg) = lock(&self.life.lives).get(&run_id).map(|l| l.cg.clone()) else {
                 continue;
             };
-            // A run cannot make cgroups of its own: its processes are all here.
-            let pids = cg.procs().unwrap_or_default();
+            // A run cannot make cgroups of its own: its command's processes are all here.
+            let pids = super::layout::payload(&cg).procs().unwrap_or_default();
             let mut found = None;
             {
                 let mut loops = lock(&self.life.loops);

@@ -1062,9 +1062,9 @@ impl Agent {
         let cg = workload(&rec);
         let (processes, cpu_usec) = if status.is_live() {
             (
-                // A run's processes are all in its workload cgroup (it cannot make
-                // cgroups below it unless it runs as root): one read, no directory walk.
-                cg.procs().map(|p| p.len() as u32).unwrap_or(0),
+                // A run's processes are all in its leaves (it cannot make cgroups
+                // below them unless it runs as root): no directory walk.
+                layout::process_count(&cg),
                 cg.cpu_usage_usec(),
             )
         } else {

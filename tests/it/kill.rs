@@ -30,7 +30,9 @@ fn force_kill_leaves_nothing_of_a_tree_of_1000_processes() {
 
     let result = agent.kill_ok(&run.id, &["--force"]);
 
-    assert_eq!(result["processes_killed"], 1002, "{result:#}");
+    // The kill acts on the payload (the shell and its sleeps); the supervisor,
+    // in its own leaf, exits once the payload is empty.
+    assert_eq!(result["processes_killed"], 1001, "{result:#}");
     assert_eq!(result["cleanup_status"]["processes_remaining"], 0);
     agent.assert_run_gone(&run);
     assert_eq!(agent.status(&run.id)["status"], "killed");
