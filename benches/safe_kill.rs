@@ -75,6 +75,7 @@ fn main() {
         pids: pids.clone(),
         workspace: Some(std::env::temp_dir()),
         exclude: vec![],
+        inherited_from: None,
     };
     let scan_ms = median(
         (0..20)

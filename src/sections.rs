@@ -8,7 +8,12 @@
 //!   file (`/proc/locks`, matched to the holder's fds by device and inode; blocked
 //!   waiters are not holders), or an open SQLite `-journal` (a write transaction
 //!   in rollback mode).
-//! - files: a regular file inside the run's workspace open for writing.
+//! - files: a write a kill can tear: a regular file inside the run's workspace
+//!   open for writing, not O_APPEND, and not one of the files the run started
+//!   with (those its supervisor holds: the log the executor redirected the
+//!   run's output to). An append-only log and the inherited output are not
+//!   critical; a file being written in place and a temp file about to be renamed
+//!   over its target (`cmd > out.tmp && mv out.tmp out`) are.
 //!
 //! A leaf module: it reads `/proc` (and the files' first bytes) and knows nothing
 //! of runs or the agent.
@@ -42,6 +47,18 @@ pub struct Scope {
     pub workspace: Option<PathBuf>,
     /// Files and directories never reported (the run's own logs, TMPDIR, run dir).
     pub exclude: Vec<PathBuf>,
+    /// The run's supervisor: files it has open are what the run started with
+    /// (its stdout and stderr, say), not writes of the run's own.
+    pub inherited_from: Option<i32>,
+}
+
+/// `O_APPEND` in the octal `flags:` of fdinfo.
+const O_APPEND: u32 = 0o2000;
+
+/// Whether an fd with open flags `flags` may be a torn write: open for
+/// writing, not append-only (appends never overwrite what is there).
+fn writes_in_place(flags: u32) -> bool {
+    flags & 0o3 != 0 && flags & O_APPEND == 0
 }
 
 /// One line of `/proc/locks`.
@@ -167,6 +184,24 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
         })
     };
     let excluded = |p: &str| scope.exclude.iter().any(|e| Path::new(p).starts_with(e));
+    // The (device, inode) of each file the supervisor holds, read once when needed.
+    let inherited = std::cell::OnceCell::<HashSet<(u64, u64)>>::new();
+    let inherited = |dev: u64, ino: u64| {
+        inherited
+            .get_or_init(|| {
+                let Some(sup) = scope.inherited_from else {
+                    return HashSet::new();
+                };
+                open_files(proc_root, sup)
+                    .iter()
+                    .filter_map(|fd| {
+                        let p = proc_root.join(sup.to_string()).join("fd").join(&fd.num);
+                        fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+                    })
+                    .collect()
+            })
+            .contains(&(dev, ino))
+    };
     let mut found = Vec::new();
     let mut seen = HashSet::new();
     // Listing each process's open files is most of the scan: on every core.
@@ -212,7 +247,8 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                 .workspace
                 .as_deref()
                 .is_some_and(|ws| Path::new(&fd.path).starts_with(ws))
-                && fd_flags(proc_root, pid, &fd.num).is_some_and(|f| f & 0o3 != 0)
+                && fd_flags(proc_root, pid, &fd.num).is_some_and(writes_in_place)
+                && !inherited(meta.dev(), meta.ino())
                 && !sqlite()
             {
                 Some(SectionKind::Files)
@@ -392,6 +428,45 @@ mod tests {
     }
 
     #[test]
+    fn appends_and_reads_are_not_writes_in_place() {
+        assert!(writes_in_place(0o100001)); // O_WRONLY|O_LARGEFILE
+        assert!(writes_in_place(0o100002)); // O_RDWR
+        assert!(!writes_in_place(0o102001)); // O_WRONLY|O_APPEND
+        assert!(!writes_in_place(0o100000)); // O_RDONLY
+    }
+
+    /// A file the supervisor holds (the run's inherited stdout) is not a section;
+    /// the same kind of file opened by the run itself is.
+    #[test]
+    fn an_inherited_output_file_is_not_a_section() {
+        let ws = tempfile::tempdir().unwrap();
+        let inherited = ws.path().join("inherited.log");
+        let own = ws.path().join("own.out");
+        let _a = fs::File::create(&inherited).unwrap();
+        let _b = fs::File::create(&own).unwrap();
+        // A stand-in supervisor holding `inherited.log`.
+        let mut sup = std::process::Command::new("sleep")
+            .arg("30")
+            .stdout(fs::File::options().write(true).open(&inherited).unwrap())
+            .spawn()
+            .unwrap();
+        let scope = Scope {
+            pids: vec![std::process::id() as i32],
+            workspace: Some(ws.path().to_path_buf()),
+            exclude: vec![],
+            inherited_from: Some(sup.id() as i32),
+        };
+        let found: Vec<String> = scan(Path::new("/proc"), &scope)
+            .into_iter()
+            .map(|f| f.path)
+            .filter(|p| p.starts_with(&*ws.path().to_string_lossy()))
+            .collect();
+        sup.kill().unwrap();
+        sup.wait().unwrap();
+        assert_eq!(found, vec![own.display().to_string()]);
+    }
+
+    #[test]
     fn parses_holders_and_waiters() {
         let text = "1: POSIX  ADVISORY  WRITE 7346 fe:00:10010649 1073741825 1073741825\n\
                     1: -> POSIX  ADVISORY  WRITE 7400 fe:00:10010649 1073741825 1073741825\n\
@@ -455,6 +530,7 @@ mod tests {
             pids: vec![me],
             workspace: Some(ws.path().to_path_buf()),
             exclude: vec![],
+            inherited_from: None,
         };
         // Tests run side by side in this process: look only at our own directory.
         let mine = |found: Vec<Finding>| -> Vec<Finding> {

@@ -1425,6 +1425,11 @@ impl Agent {
                 .flatten()
                 .map(PathBuf::from)
                 .collect(),
+            // An adopted run's pid is just one of its processes, not a supervisor.
+            inherited_from: (rec.status != RunStatus::Unknown.as_str())
+                .then_some(rec.pid)
+                .flatten()
+                .filter(|&pid| procfs::starttime(&self.cfg.proc_root, pid) == rec.pid_starttime),
         }
     }
 

@@ -16,6 +16,7 @@ mod policy;
 mod python;
 mod run;
 mod safety;
+mod sections;
 mod security;
 mod supervisor;
 mod templates;
