@@ -76,6 +76,9 @@ fn main() {
         workspace: Some(std::env::temp_dir()),
         exclude: vec![],
         inherited_from: None,
+        // As the agent scans: also for git locks held with no fd.
+        since: Some(std::time::SystemTime::now()),
+        owner: None,
     };
     let scan_ms = median(
         (0..20)

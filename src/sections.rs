@@ -22,8 +22,10 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::api::SectionKind;
+use crate::gitlocks::{self, LockFile};
 use crate::procfs;
 
 /// One open critical section.
@@ -50,6 +52,13 @@ pub struct Scope {
     /// The run's supervisor: files it has open are what the run started with
     /// (its stdout and stderr, say), not writes of the run's own.
     pub inherited_from: Option<i32>,
+    /// When the run started: git locks created since then in a git directory the
+    /// run uses, that no process outside it holds, are the run's even with no fd
+    /// open (git closes `index.lock` while hooks and the editor run). `None`:
+    /// only locks held open count.
+    pub since: Option<SystemTime>,
+    /// Git directories are looked in only when this user owns them (`None`: any).
+    pub owner: Option<u32>,
 }
 
 /// `O_APPEND` in the octal `flags:` of fdinfo.
@@ -205,7 +214,18 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
     let mut found = Vec::new();
     let mut seen = HashSet::new();
     // Listing each process's open files is most of the scan: on every core.
-    let all_files = crate::par::map(&scope.pids, 128, |&pid| open_files(proc_root, pid));
+    let listed = crate::par::map(&scope.pids, 128, |&pid| {
+        let cwd = scope
+            .since
+            .and_then(|_| fs::read_link(proc_root.join(pid.to_string()).join("cwd")).ok());
+        (open_files(proc_root, pid), cwd)
+    });
+    let mut cwds = Vec::new();
+    let mut all_files = Vec::with_capacity(listed.len());
+    for (files, cwd) in listed {
+        cwds.extend(cwd);
+        all_files.push(files);
+    }
     for (&pid, files) in scope.pids.iter().zip(all_files) {
         if files.is_empty() {
             continue;
@@ -270,15 +290,100 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
             }
         }
     }
+    if let Some(since) = scope.since {
+        let closed = closed_git_locks(proc_root, scope, since, cwds, &found);
+        found.extend(closed);
+    }
     found
+}
+
+/// The git directories a run uses: its workspace's, those of its processes'
+/// working directories, and those its processes have files open in; with the
+/// common directory of each linked worktree.
+fn git_dirs_used(workspace: Option<&Path>, mut cwds: Vec<PathBuf>, open: &[Finding]) -> Vec<PathBuf> {
+    cwds.sort();
+    cwds.dedup();
+    let mut dirs: Vec<PathBuf> = workspace
+        .map(|ws| ws.join(".git"))
+        .into_iter()
+        .chain(cwds.iter().filter_map(|c| gitlocks::git_dir_above(c)))
+        .chain(open.iter().filter_map(|f| git_dir_of(&f.path)))
+        .flat_map(gitlocks::with_common_dir)
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    // A git directory inside another (a submodule's below `.git/modules`) is listed with it.
+    let all = dirs.clone();
+    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    dirs
+}
+
+/// Git locks in the directories the run uses that no fd of the run holds open
+/// (git closed it, or this run never had it open), created since the run
+/// started and held by no process outside the run.
+fn closed_git_locks(
+    proc_root: &Path,
+    scope: &Scope,
+    since: SystemTime,
+    cwds: Vec<PathBuf>,
+    open: &[Finding],
+) -> Vec<Finding> {
+    let dirs = git_dirs_used(scope.workspace.as_deref(), cwds, open);
+    let mut locks: Vec<LockFile> = dirs
+        .iter()
+        .flat_map(|d| gitlocks::list(d, scope.owner))
+        .filter(|l| l.ctime >= since)
+        .filter(|l| !open.iter().any(|f| f.dev == l.dev && f.ino == l.ino))
+        .collect();
+    if locks.is_empty() {
+        return Vec::new();
+    }
+    let paths: Vec<String> = locks.iter().map(|l| l.path.display().to_string()).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let held = held_outside(proc_root, &refs, &scope.pids);
+    locks.retain(|l| !held.contains(&l.path.display().to_string()));
+    // Named after a git process of the run if there is one, else its first process.
+    let commands: Vec<(i32, String)> = scope
+        .pids
+        .iter()
+        .filter_map(|&p| procfs::cmdline(proc_root, p).map(|c| (p, c)))
+        .collect();
+    let Some((pid, command)) = commands
+        .iter()
+        .find(|(_, c)| c == "git" || c.starts_with("git "))
+        .or(commands.first())
+        .cloned()
+    else {
+        return Vec::new();
+    };
+    locks
+        .into_iter()
+        .map(|l| Finding {
+            kind: SectionKind::Git,
+            path: l.path.display().to_string(),
+            pid,
+            command: command.clone(),
+            dev: l.dev,
+            ino: l.ino,
+        })
+        .collect()
 }
 
 /// Every path any live process on the host has open, for checking that a lock
 /// file is held by nobody before it is removed.
 pub fn held_anywhere(proc_root: &Path, paths: &[&str]) -> HashSet<String> {
+    held_outside(proc_root, paths, &[])
+}
+
+/// Which of `paths` a live process other than `except` has open.
+fn held_outside(proc_root: &Path, paths: &[&str], except: &[i32]) -> HashSet<String> {
     let wanted: HashSet<&str> = paths.iter().copied().collect();
+    let except: HashSet<i32> = except.iter().copied().collect();
     let mut held = HashSet::new();
     for pid in procfs::all_pids(proc_root) {
+        if except.contains(&pid) {
+            continue;
+        }
         for fd in open_files(proc_root, pid) {
             if wanted.contains(fd.path.as_str()) {
                 held.insert(fd.path);
@@ -288,10 +393,10 @@ pub fn held_anywhere(proc_root: &Path, paths: &[&str]) -> HashSet<String> {
     held
 }
 
-/// Removes git lock files that processes of a dead run had open, when the file is
-/// still the one they had (same device and inode) and no live process holds it.
-/// Returns the paths removed.
-pub fn remove_stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<String> {
+/// The git lock files that processes of a dead run had open (or created with
+/// their fd closed) and that are still there: the same device and inode, held
+/// by no live process. The caller removes them ([`gitlocks::remove`]).
+pub fn stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<LockFile> {
     let mut candidates: Vec<&Finding> =
         seen.iter().filter(|f| f.kind == SectionKind::Git).collect();
     // One path may have been several files (a lock released and taken again by
@@ -303,16 +408,29 @@ pub fn remove_stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<String>
     }
     let paths: Vec<&str> = candidates.iter().map(|f| f.path.as_str()).collect();
     let held = held_anywhere(proc_root, &paths);
-    let mut removed = Vec::new();
-    for f in candidates {
-        let same_file = fs::symlink_metadata(&f.path)
-            .map(|m| m.dev() == f.dev && m.ino() == f.ino)
-            .unwrap_or(false);
-        if same_file && !held.contains(&f.path) && fs::remove_file(&f.path).is_ok() {
-            removed.push(f.path.clone());
-        }
-    }
-    removed
+    candidates
+        .into_iter()
+        .filter(|f| !held.contains(&f.path))
+        .filter(|f| {
+            fs::symlink_metadata(&f.path).is_ok_and(|m| m.dev() == f.dev && m.ino() == f.ino)
+        })
+        .map(|f| LockFile {
+            path: PathBuf::from(&f.path),
+            dev: f.dev,
+            ino: f.ino,
+            ctime: SystemTime::UNIX_EPOCH,
+        })
+        .collect()
+}
+
+/// Removes `locks` ([`gitlocks::remove`]: still the same file, never through a
+/// symlink) with this thread's credentials; the paths removed.
+pub fn remove_locks(locks: &[LockFile]) -> Vec<String> {
+    locks
+        .iter()
+        .filter(|l| gitlocks::remove(l))
+        .map(|l| l.path.display().to_string())
+        .collect()
 }
 
 /// The git directory a lock path lies in: the path up to and including `.git`.
@@ -327,44 +445,23 @@ pub fn git_dir_of(path: &str) -> Option<PathBuf> {
     None
 }
 
-/// Git lock files under `git_dir` (not in `objects/`, which holds no locks).
-fn lock_files(git_dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(git_dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        match e.file_type() {
-            Ok(t) if t.is_dir() && depth > 0 && e.file_name() != "objects" => {
-                lock_files(&path, depth - 1, out)
-            }
-            Ok(t) if t.is_file() && path.extension().is_some_and(|x| x == "lock") => out.push(path),
-            _ => {}
-        }
-    }
-}
-
-/// Removes git lock files a dead run left that it was never seen holding open:
-/// git closes `index.lock` and `HEAD.lock` after writing them and keeps them
-/// until it renames them, so a process killed in between leaves a lock no fd
-/// points to. A lock in one of `git_dirs` is removed only when it was created
-/// since the run started (`since`), no live process holds it, and no live process
-/// works in that repository (its cwd inside the work tree): then nobody can be
-/// in the middle of using it. Returns the paths removed.
-pub fn remove_orphan_git_locks(
+/// Git lock files a dead run left that it was never seen holding: git closes
+/// `index.lock` and `HEAD.lock` after writing them and keeps them until it
+/// renames them, so a process killed in between leaves a lock no fd points to.
+/// A lock in one of `git_dirs` (owned by `owner`, when given) is a candidate
+/// when it was created since the run started (`since`), no live process holds
+/// it, and no live process works in that repository (its cwd inside the work
+/// tree): then nobody can be in the middle of using it. The caller removes them.
+pub fn orphan_git_locks(
     proc_root: &Path,
     git_dirs: &[PathBuf],
-    since: std::time::SystemTime,
-) -> Vec<String> {
-    let mut removed = Vec::new();
+    since: SystemTime,
+    owner: Option<u32>,
+) -> Vec<LockFile> {
+    let mut out = Vec::new();
     for git_dir in git_dirs {
-        let mut locks = Vec::new();
-        lock_files(git_dir, 6, &mut locks);
-        locks.retain(|l| {
-            fs::symlink_metadata(l)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= since)
-        });
+        let mut locks = gitlocks::list(git_dir, owner);
+        locks.retain(|l| l.ctime >= since);
         if locks.is_empty() {
             continue;
         }
@@ -376,21 +473,29 @@ pub fn remove_orphan_git_locks(
         if busy {
             continue;
         }
-        let paths: Vec<String> = locks.iter().map(|l| l.display().to_string()).collect();
+        let paths: Vec<String> = locks.iter().map(|l| l.path.display().to_string()).collect();
         let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
         let held = held_anywhere(proc_root, &refs);
-        for path in paths {
-            if !held.contains(&path) && fs::remove_file(&path).is_ok() {
-                removed.push(path);
-            }
-        }
+        out.extend(
+            locks
+                .into_iter()
+                .filter(|l| !held.contains(&l.path.display().to_string())),
+        );
     }
-    removed
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn remove_orphan_git_locks(proc_root: &Path, dirs: &[PathBuf], since: SystemTime) -> Vec<String> {
+        remove_locks(&orphan_git_locks(proc_root, dirs, since, None))
+    }
+
+    fn remove_stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<String> {
+        remove_locks(&stale_git_locks(proc_root, seen))
+    }
 
     #[test]
     fn an_orphan_lock_is_removed_unless_someone_works_in_the_repository() {
@@ -455,6 +560,8 @@ mod tests {
             workspace: Some(ws.path().to_path_buf()),
             exclude: vec![],
             inherited_from: Some(sup.id() as i32),
+            since: None,
+            owner: None,
         };
         let found: Vec<String> = scan(Path::new("/proc"), &scope)
             .into_iter()
@@ -531,6 +638,8 @@ mod tests {
             workspace: Some(ws.path().to_path_buf()),
             exclude: vec![],
             inherited_from: None,
+            since: None,
+            owner: None,
         };
         // Tests run side by side in this process: look only at our own directory.
         let mine = |found: Vec<Finding>| -> Vec<Finding> {

@@ -1430,6 +1430,8 @@ impl Agent {
                 .then_some(rec.pid)
                 .flatten()
                 .filter(|&pid| procfs::starttime(&self.cfg.proc_root, pid) == rec.pid_starttime),
+            since: parse_time(rec.started_at.as_deref()).map(std::time::SystemTime::from),
+            owner: lock_owner(rec),
         }
     }
 
@@ -1644,7 +1646,7 @@ impl Agent {
         {
             seen.extend(more);
         }
-        let mut stale_locks_removed = sections::remove_stale_git_locks(&self.cfg.proc_root, &seen);
+        let mut stale = sections::stale_git_locks(&self.cfg.proc_root, &seen);
         // Locks the run's git processes had already closed (and so were never seen
         // open), in the repositories it was seen using and in its workspace.
         let mut git_dirs: Vec<PathBuf> = seen
@@ -1661,12 +1663,24 @@ impl Agent {
         git_dirs.dedup();
         let started = parse_time(rec.started_at.as_deref()).map(std::time::SystemTime::from);
         if let Some(since) = started {
-            stale_locks_removed.extend(sections::remove_orphan_git_locks(
-                &self.cfg.proc_root,
-                &git_dirs,
-                since,
-            ));
+            let orphans =
+                sections::orphan_git_locks(&self.cfg.proc_root, &git_dirs, since, lock_owner(rec));
+            let new: Vec<_> = orphans
+                .into_iter()
+                .filter(|o| !stale.iter().any(|s| s.path == o.path))
+                .collect();
+            stale.extend(new);
         }
+        // Checked as root (which processes hold what), unlinked as the run's owner.
+        let stale_locks_removed = if stale.is_empty() {
+            Vec::new()
+        } else {
+            crate::creds::as_user(rec.owner_uid, || sections::remove_locks(&stale))
+                .unwrap_or_else(|e| {
+                    tracing::error!(run_id = rec.run_id, "cannot act as the run's owner: {e}");
+                    Vec::new()
+                })
+        };
         for lock in &stale_locks_removed {
             tracing::warn!(
                 run_id = rec.run_id,
@@ -2108,6 +2122,12 @@ pub(crate) fn workload(rec: &RunRecord) -> Cgroup {
         Some(adopt::TREE) => cg.child(adopt::PAYLOAD),
         _ => cg,
     }
+}
+
+/// Whose git directories a run's locks are looked for in: its owner's, or any
+/// for a root run (trusted as root).
+fn lock_owner(rec: &RunRecord) -> Option<u32> {
+    (rec.owner_uid != 0).then_some(rec.owner_uid)
 }
 
 /// `graceful`, `force` or `emergency`.

@@ -1,0 +1,264 @@
+//! Git's lock files, found by looking in git directories rather than at open
+//! fds: git holds `index.lock` with its fd closed while commit hooks and the
+//! editor run, and a killed git leaves its locks behind.
+//!
+//! Every path here may be a user's: directories are opened without following
+//! any symlink (`openat2` with RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS for
+//! the git directory, then `openat` with O_NOFOLLOW relative to each parent's
+//! fd), files are looked at with `fstatat(AT_SYMLINK_NOFOLLOW)` on their
+//! directory's fd, and a lock is unlinked with `unlinkat` on that same fd, so
+//! nothing is resolved again between the check and the unlink. Removal runs
+//! with the credentials the caller passes (see [`crate::creds`]).
+//!
+//! A leaf module.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags};
+
+/// How deep below a git directory locks are looked for (`modules/a/modules/b/refs/heads/x.lock`).
+const DEPTH: usize = 8;
+/// At most this many bytes of a `.git` file or a `commondir` file are read.
+const SMALL_FILE: u64 = 4096;
+
+/// A lock file in a git directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockFile {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    /// Its inode change time (set when it was created or renamed; a user cannot set it back).
+    pub ctime: SystemTime,
+}
+
+/// Whether a file name is one of git's locks: `*.lock` (index, HEAD, refs,
+/// packed-refs, shallow, config, maintenance, …) or `gc.pid`.
+pub fn is_lock_name(name: &str) -> bool {
+    (name.ends_with(".lock") && name.len() > ".lock".len()) || name == "gc.pid"
+}
+
+/// Opens a directory by absolute path, refusing any symlink on the way.
+pub fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+fn open_subdir(dir: &OwnedFd, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn ctime(st: &rustix::fs::Stat) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::new(
+            st.st_ctime.max(0) as u64,
+            st.st_ctime_nsec.clamp(0, 999_999_999) as u32,
+        )
+}
+
+/// The lock files below `git_dir` (not in `objects/`, which holds none); with
+/// `owner`, only if that user owns the git directory.
+pub fn list(git_dir: &Path, owner: Option<u32>) -> Vec<LockFile> {
+    let mut out = Vec::new();
+    let Ok(fd) = open_dir(git_dir) else {
+        return out;
+    };
+    if owner.is_some_and(|uid| rustix::fs::fstat(&fd).map(|st| st.st_uid) != Ok(uid)) {
+        return out;
+    }
+    walk(&fd, git_dir, DEPTH, &mut out);
+    out
+}
+
+fn walk(dir: &OwnedFd, path: &Path, depth: usize, out: &mut Vec<LockFile>) {
+    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(text) = name.to_str() else { continue };
+        if text == "." || text == ".." || text == "objects" {
+            continue;
+        }
+        match entry.file_type() {
+            FileType::Directory if depth > 0 => {
+                if let Ok(sub) = open_subdir(dir, name) {
+                    walk(&sub, &path.join(text), depth - 1, out);
+                }
+            }
+            FileType::RegularFile | FileType::Unknown if is_lock_name(text) => {
+                if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                {
+                    out.push(LockFile {
+                        path: path.join(text),
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                        ctime: ctime(&st),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads a small regular file without following symlinks (a `.git` file or a
+/// `commondir`), at most [`SMALL_FILE`] bytes, never blocking on a FIFO.
+fn read_small(path: &Path) -> Option<String> {
+    let fd = rustix::fs::openat2(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return None;
+    }
+    let mut text = String::new();
+    fs::File::from(fd)
+        .take(SMALL_FILE)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// The git directory of the repository `dir` is in, looking at `dir` and its
+/// ancestors for a `.git` directory, or a `.git` file naming one (a linked
+/// worktree, a submodule). Symlinks are never followed.
+pub fn git_dir_above(dir: &Path) -> Option<PathBuf> {
+    for a in dir.ancestors() {
+        let dot_git = a.join(".git");
+        let Ok(meta) = fs::symlink_metadata(&dot_git) else {
+            continue;
+        };
+        if meta.is_dir() {
+            return Some(dot_git);
+        }
+        if meta.is_file() {
+            let text = read_small(&dot_git)?;
+            let target = text.lines().next()?.strip_prefix("gitdir: ")?.trim();
+            return a.join(target).canonicalize().ok();
+        }
+        return None; // a symlink or something else: not followed
+    }
+    None
+}
+
+/// `git_dir` and, for a linked worktree's git directory, the repository's
+/// common directory (`commondir`), where its refs are locked.
+pub fn with_common_dir(git_dir: PathBuf) -> Vec<PathBuf> {
+    let common = read_small(&git_dir.join("commondir"))
+        .map(|t| git_dir.join(t.trim()))
+        .and_then(|c| c.canonicalize().ok());
+    std::iter::once(git_dir).chain(common).collect()
+}
+
+/// Removes the lock `lock` if it is still the very file (device and inode) and
+/// a regular file: its directory is opened without following symlinks, checked
+/// and unlinked through that one fd. Whether it was removed.
+pub fn remove(lock: &LockFile) -> bool {
+    let (Some(parent), Some(name)) = (lock.path.parent(), lock.path.file_name()) else {
+        return false;
+    };
+    let Ok(dir) = open_dir(parent) else {
+        return false;
+    };
+    let same = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_dev == lock.dev
+            && st.st_ino == lock.ino
+    });
+    same && rustix::fs::unlinkat(&dir, name, AtFlags::empty()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_names() {
+        for yes in ["index.lock", "HEAD.lock", "main.lock", "gc.pid", "shallow.lock"] {
+            assert!(is_lock_name(yes), "{yes}");
+        }
+        for no in ["index", ".lock", "gc.pid.old", "Cargo.lockfile"] {
+            assert!(!is_lock_name(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn locks_are_listed_without_following_symlinks_and_removed_only_if_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let git = tmp.path().join("ws/.git");
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir_all(git.join("refs/heads")).unwrap();
+        fs::create_dir_all(git.join("modules/sub")).unwrap();
+        fs::create_dir_all(git.join("objects/ab")).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        for f in [
+            "index.lock",
+            "refs/heads/main.lock",
+            "modules/sub/index.lock",
+            "gc.pid",
+            "objects/ab/x.lock",
+        ] {
+            fs::write(git.join(f), "").unwrap();
+        }
+        fs::write(elsewhere.join("victim.lock"), "").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, git.join("refs/linked")).unwrap();
+        let mut names: Vec<String> = list(&git, None)
+            .iter()
+            .map(|l| l.path.strip_prefix(&git).unwrap().display().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["gc.pid", "index.lock", "modules/sub/index.lock", "refs/heads/main.lock"]
+        );
+        // The git directory itself a symlink: nothing.
+        let link = tmp.path().join("ws2");
+        fs::create_dir(&link).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, link.join(".git")).unwrap();
+        assert!(list(&link.join(".git"), None).is_empty());
+        // Owned by someone else: not looked in.
+        assert!(list(&git, Some(12345)).is_empty());
+        assert_eq!(git_dir_above(&link), None);
+        assert_eq!(git_dir_above(&git.join("refs")), Some(git.clone()));
+
+        let index = list(&git, None)
+            .into_iter()
+            .find(|l| l.path.ends_with("index.lock") && l.path.parent() == Some(&git))
+            .unwrap();
+        // Replaced by another file under the same name: kept.
+        fs::remove_file(&index.path).unwrap();
+        let _keep = fs::File::create(tmp.path().join("hold")).unwrap();
+        fs::write(&index.path, "").unwrap();
+        let replaced = fs::symlink_metadata(&index.path).unwrap();
+        if std::os::unix::fs::MetadataExt::ino(&replaced) != index.ino {
+            assert!(!remove(&index));
+            assert!(index.path.exists());
+        }
+        let now = list(&git, None)
+            .into_iter()
+            .find(|l| l.path == index.path)
+            .unwrap();
+        assert!(remove(&now));
+        assert!(!now.path.exists());
+    }
+}
