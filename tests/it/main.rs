@@ -8,6 +8,7 @@ mod agent;
 mod availability;
 mod availability_faults;
 mod fuzz;
+mod git_locks;
 mod kill;
 mod lifecycle;
 mod mcp;

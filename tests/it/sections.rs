@@ -4,8 +4,8 @@
 //! submodules, worktrees) are git sections, waited for, and removed after a
 //! force kill.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;

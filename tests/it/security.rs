@@ -527,3 +527,75 @@ print(answer.decode(errors="replace").split("\r\n", 1)[0], flush=True)
         agent.ps(true)
     );
 }
+
+/// Issue 9 item 5: `ln -s /root-owned/dir ws/.git`, then a run in `ws`. The git
+/// lock cleanup used to read the directory through the symlink and unlink, as
+/// root, a root-owned `important.lock` held open by a root process (the "held"
+/// check compared the unresolved path) and a nested lock. Now git directories
+/// are opened without following symlinks, only when the run's owner owns them,
+/// and locks are unlinked as the run's owner: both survive.
+#[test]
+fn git_lock_cleanup_never_follows_a_workspace_symlink_into_a_root_directory() {
+    require_privileges!();
+    let user = TestUser::get();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = base.join("root-owned");
+    std::fs::create_dir_all(victim.join("sub")).unwrap();
+    let ws = base.join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(user.uid), Some(user.gid)).unwrap();
+    std::os::unix::fs::symlink(&victim, ws.join(".git")).unwrap();
+    std::os::unix::fs::lchown(ws.join(".git"), Some(user.uid), Some(user.gid)).unwrap();
+    let started = ws.join("started");
+
+    let out = agent
+        .wfcg_as(&user)
+        .args(["run", "--detach", "--init-timeout", "0", "--workspace"])
+        .arg(&ws)
+        .args(["--", "sh", "-c"])
+        .arg(format!("touch {}; exec sleep 1000", started.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(wait_until(Duration::from_secs(20), || started.exists()));
+
+    // Created after the run started, as a root process's locks would be.
+    let important = victim.join("important.lock");
+    let nested = victim.join("sub/nested.lock");
+    let _holder = KillOnDrop(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 3>{}; exec sleep 1000", important.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(&nested, "").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || important.exists()));
+
+    let out = agent
+        .wfcg_as(&user)
+        .args(["kill", "--json", "--force", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    assert!(important.exists(), "the root-owned held lock was removed: {result:#}");
+    assert!(nested.exists(), "the root-owned nested lock was removed: {result:#}");
+    assert_eq!(
+        result["cleanup_status"]["stale_locks_removed"],
+        serde_json::json!([]),
+        "{result:#}"
+    );
+    let sections = result["sections"].as_array().unwrap();
+    assert!(
+        sections.iter().all(|s| !s["path"].as_str().unwrap().contains("root-owned")),
+        "a root-owned lock was reported as the user's section: {result:#}"
+    );
+}

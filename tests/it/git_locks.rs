@@ -1,0 +1,257 @@
+//! Git locks held with no fd open (issue 11 item 3), with real git: `git
+//! commit -a` holds `index.lock` with its fd closed while a `pre-commit` hook or
+//! the editor runs; the same in a submodule (`.git/modules/*`) and a linked
+//! worktree (`.git/worktrees/*`). A graceful kill reports the lock and waits for
+//! it; a force kill leaves no lock behind: the next commit works and `git fsck`
+//! is clean.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::require_privileges;
+use crate::util::{TestAgent, marker, wait_until};
+
+const GIT_ENV: [(&str, &str); 7] = [
+    ("GIT_AUTHOR_NAME", "t"),
+    ("GIT_AUTHOR_EMAIL", "t@t"),
+    ("GIT_COMMITTER_NAME", "t"),
+    ("GIT_COMMITTER_EMAIL", "t@t"),
+    ("GIT_CONFIG_NOSYSTEM", "1"),
+    ("GIT_CONFIG_GLOBAL", "/dev/null"),
+    ("GIT_TERMINAL_PROMPT", "0"),
+];
+
+fn git(dir: &Path, args: &[&str]) -> Output {
+    Command::new("git")
+        .current_dir(dir)
+        .envs(GIT_ENV)
+        .args(args)
+        .output()
+        .expect("running git")
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let out = git(dir, args);
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A repository in `dir` with one committed file.
+fn make_repo(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    git_ok(dir, &["init", "-q", "-b", "main", "."]);
+    std::fs::write(dir.join("f"), "0\n").unwrap();
+    git_ok(dir, &["add", "-A"]);
+    git_ok(dir, &["commit", "-qm", "init"]);
+}
+
+/// A `pre-commit` hook in `hooks` that says it started (creates `started`) and sleeps.
+fn sleeping_hook(hooks: &Path, started: &Path) {
+    std::fs::create_dir_all(hooks).unwrap();
+    let hook = hooks.join("pre-commit");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\ntouch {}\nexec sleep 1000\n", started.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Starts a detached run in `dir` running `script` with git's test environment
+/// (and `extra_env`); returns its id.
+fn start_git_run(agent: &TestAgent, dir: &Path, script: &str, extra_env: &[(&str, &str)]) -> String {
+    let out = agent
+        .marked(&marker("git"))
+        .envs(GIT_ENV)
+        .envs(extra_env.iter().copied())
+        .args(["run", "--detach", "--init-timeout", "0", "--workspace"])
+        .arg(dir)
+        .args(["--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn git_sections(result: &Value) -> Vec<String> {
+    let mut paths: Vec<String> = result["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "git")
+        .map(|s| s["path"].as_str().unwrap().to_string())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+fn removed(result: &Value) -> Vec<String> {
+    result["cleanup_status"]["stale_locks_removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// One case: a commit in `work` (a work tree) stopped while `lock` exists,
+/// killed gracefully (`--grace-git 1s`: the lock is reported and waited for) or
+/// by force (the lock is reported and removed). Either way, afterwards no lock
+/// is left, `git fsck` is clean and the next commit works.
+struct Case<'a> {
+    name: &'a str,
+    work: PathBuf,
+    lock: PathBuf,
+    started: PathBuf,
+    script: String,
+    env: Vec<(&'a str, &'a str)>,
+}
+
+fn run_case(agent: &TestAgent, case: &Case, force: bool) {
+    let _ = std::fs::remove_file(&case.started);
+    std::fs::write(case.work.join("f"), format!("{}-{force}\n", case.name)).unwrap();
+    let id = start_git_run(agent, &case.work, &case.script, &case.env);
+    let holding = wait_until(Duration::from_secs(20), || {
+        case.started.exists() && case.lock.exists()
+    });
+    assert!(holding, "{}: the commit did not stop holding {}", case.name, case.lock.display());
+    let lock = case.lock.display().to_string();
+
+    let result = if force {
+        agent.kill_ok(&id, &["--force"])
+    } else {
+        agent.kill_ok(&id, &["--grace-git", "1s"])
+    };
+
+    assert!(
+        git_sections(&result).contains(&lock),
+        "{} (force {force}): {lock} not reported as a git section: {result:#}",
+        case.name
+    );
+    if force {
+        assert!(removed(&result).contains(&lock), "{}: {result:#}", case.name);
+    } else {
+        assert!(result["waited_ms"].as_f64().unwrap() >= 900.0, "{result:#}");
+        assert!(
+            result["graces_expired"].as_array().unwrap().contains(&"git".into()),
+            "{result:#}"
+        );
+    }
+    assert!(!case.lock.exists(), "{}: {lock} left behind: {result:#}", case.name);
+    git_ok(&case.work, &["fsck", "--no-progress"]);
+    git_ok(&case.work, &["-c", "core.hooksPath=/dev/null", "commit", "-qam", "after"]);
+}
+
+#[test]
+fn a_commit_stopped_in_its_pre_commit_hook_holds_index_lock_with_no_fd() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().canonicalize().unwrap().join("repo");
+    make_repo(&repo);
+    let started = repo.join(".git/hook-started");
+    sleeping_hook(&repo.join(".git/hooks"), &started);
+    let case = Case {
+        name: "pre-commit",
+        lock: repo.join(".git/index.lock"),
+        work: repo,
+        started,
+        script: "git commit -qam wip".into(),
+        env: vec![],
+    };
+    run_case(&agent, &case, false);
+    run_case(&agent, &case, true);
+}
+
+#[test]
+fn a_commit_waiting_for_its_editor_holds_index_lock_with_no_fd() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().canonicalize().unwrap().join("repo");
+    make_repo(&repo);
+    let started = repo.join(".git/editor-started");
+    let editor = format!("touch {}; sleep 1000 #", started.display());
+    let case = Case {
+        name: "editor",
+        lock: repo.join(".git/index.lock"),
+        work: repo,
+        started,
+        script: "git commit -qa".into(),
+        env: vec![("GIT_EDITOR", editor.leak())],
+    };
+    run_case(&agent, &case, false);
+    run_case(&agent, &case, true);
+}
+
+#[test]
+fn a_submodule_commit_holds_its_index_lock_below_git_modules() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    let (repo, upstream) = (base.join("repo"), base.join("upstream"));
+    make_repo(&upstream);
+    make_repo(&repo);
+    git_ok(
+        &repo,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            upstream.to_str().unwrap(),
+            "sub",
+        ],
+    );
+    git_ok(&repo, &["commit", "-qm", "add sub"]);
+    let modules = repo.join(".git/modules/sub");
+    let started = base.join("sub-hook-started");
+    sleeping_hook(&modules.join("hooks"), &started);
+    let case = Case {
+        name: "submodule",
+        lock: modules.join("index.lock"),
+        work: repo.join("sub"),
+        started,
+        script: "git commit -qam wip".into(),
+        env: vec![],
+    };
+    run_case(&agent, &case, false);
+    run_case(&agent, &case, true);
+}
+
+#[test]
+fn a_linked_worktree_commit_holds_its_index_lock_below_git_worktrees() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().canonicalize().unwrap();
+    let repo = base.join("repo");
+    make_repo(&repo);
+    let wt = base.join("wt");
+    git_ok(&repo, &["worktree", "add", "-q", "-b", "side", wt.to_str().unwrap()]);
+    let started = base.join("wt-hook-started");
+    sleeping_hook(&repo.join(".git/hooks"), &started);
+    let case = Case {
+        name: "worktree",
+        lock: repo.join(".git/worktrees/wt/index.lock"),
+        work: wt,
+        started,
+        script: "git commit -qam wip".into(),
+        env: vec![],
+    };
+    run_case(&agent, &case, false);
+    run_case(&agent, &case, true);
+}
