@@ -8,7 +8,7 @@
 //! fd), files are looked at with `fstatat(AT_SYMLINK_NOFOLLOW)` on their
 //! directory's fd, and a lock is unlinked with `unlinkat` on that same fd, so
 //! nothing is resolved again between the check and the unlink. Removal runs
-//! with the credentials the caller passes (see [`crate::creds`]).
+//! with the credentials the caller acts with (see [`crate::userfs::as_user`]).
 //!
 //! A leaf module.
 
@@ -194,7 +194,13 @@ mod tests {
 
     #[test]
     fn lock_names() {
-        for yes in ["index.lock", "HEAD.lock", "main.lock", "gc.pid", "shallow.lock"] {
+        for yes in [
+            "index.lock",
+            "HEAD.lock",
+            "main.lock",
+            "gc.pid",
+            "shallow.lock",
+        ] {
             assert!(is_lock_name(yes), "{yes}");
         }
         for no in ["index", ".lock", "gc.pid.old", "Cargo.lockfile"] {
@@ -229,7 +235,12 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["gc.pid", "index.lock", "modules/sub/index.lock", "refs/heads/main.lock"]
+            [
+                "gc.pid",
+                "index.lock",
+                "modules/sub/index.lock",
+                "refs/heads/main.lock"
+            ]
         );
         // The git directory itself a symlink: nothing.
         let link = tmp.path().join("ws2");

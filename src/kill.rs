@@ -279,8 +279,8 @@ fn say_why(plan: &Plan, report: &mut Report) {
     }
 }
 
-/// 6. Once the payload is empty: the supervisor's grace to exit by itself, then
-/// `cgroup.kill` of the whole run, so nothing hides in the supervisor leaf.
+/// Step 6, once the payload is empty: the supervisor's grace to exit by itself,
+/// then `cgroup.kill` of the whole run, so nothing hides in the supervisor leaf.
 /// Nothing to do when the payload did not empty (the run is unkillable and
 /// stays frozen) or when the sequence acted on the whole run already.
 fn end_whole(plan: &Plan, proc_root: &Path, report: &mut Report) {

@@ -15,7 +15,6 @@ pub mod alerts;
 pub mod api;
 pub mod cgroup;
 pub mod cli;
-pub mod creds;
 pub mod client;
 pub mod duration;
 pub mod exit;

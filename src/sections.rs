@@ -300,7 +300,11 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
 /// The git directories a run uses: its workspace's, those of its processes'
 /// working directories, and those its processes have files open in; with the
 /// common directory of each linked worktree.
-fn git_dirs_used(workspace: Option<&Path>, mut cwds: Vec<PathBuf>, open: &[Finding]) -> Vec<PathBuf> {
+fn git_dirs_used(
+    workspace: Option<&Path>,
+    mut cwds: Vec<PathBuf>,
+    open: &[Finding],
+) -> Vec<PathBuf> {
     cwds.sort();
     cwds.dedup();
     let mut dirs: Vec<PathBuf> = workspace
@@ -489,7 +493,11 @@ pub fn orphan_git_locks(
 mod tests {
     use super::*;
 
-    fn remove_orphan_git_locks(proc_root: &Path, dirs: &[PathBuf], since: SystemTime) -> Vec<String> {
+    fn remove_orphan_git_locks(
+        proc_root: &Path,
+        dirs: &[PathBuf],
+        since: SystemTime,
+    ) -> Vec<String> {
         remove_locks(&orphan_git_locks(proc_root, dirs, since, None))
     }
 

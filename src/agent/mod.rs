@@ -1025,7 +1025,11 @@ impl Agent {
         }
         leaf.add_process(caller.pid).map_err(Failure::internal)?;
         if !procfs::pidfd_alive(&*pidfd) {
-            tracing::error!(run_id, pid = caller.pid, "supervisor exited while it was moved");
+            tracing::error!(
+                run_id,
+                pid = caller.pid,
+                "supervisor exited while it was moved"
+            );
         }
         Ok(())
     }
@@ -1675,11 +1679,13 @@ impl Agent {
         let stale_locks_removed = if stale.is_empty() {
             Vec::new()
         } else {
-            crate::creds::as_user(rec.owner_uid, || sections::remove_locks(&stale))
-                .unwrap_or_else(|e| {
-                    tracing::error!(run_id = rec.run_id, "cannot act as the run's owner: {e}");
-                    Vec::new()
-                })
+            userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
+                sections::remove_locks(&stale)
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(run_id = rec.run_id, "cannot act as the run's owner: {e}");
+                Vec::new()
+            })
         };
         for lock in &stale_locks_removed {
             tracing::warn!(

@@ -331,7 +331,9 @@ fn leave_payload(client: &Client, started: &RunStarted, quiet: bool) {
     if let Err(e) = client.post::<_, serde::de::IgnoredAny>(&path, &serde_json::json!({}))
         && !quiet
     {
-        eprintln!("wfcg: warning: the supervisor stays in the run's payload (a kill ends it too): {e}");
+        eprintln!(
+            "wfcg: warning: the supervisor stays in the run's payload (a kill ends it too): {e}"
+        );
     }
 }
 

@@ -69,7 +69,12 @@ fn sleeping_hook(hooks: &Path, started: &Path) {
 
 /// Starts a detached run in `dir` running `script` with git's test environment
 /// (and `extra_env`); returns its id.
-fn start_git_run(agent: &TestAgent, dir: &Path, script: &str, extra_env: &[(&str, &str)]) -> String {
+fn start_git_run(
+    agent: &TestAgent,
+    dir: &Path,
+    script: &str,
+    extra_env: &[(&str, &str)],
+) -> String {
     let out = agent
         .marked(&marker("git"))
         .envs(GIT_ENV)
@@ -79,7 +84,11 @@ fn start_git_run(agent: &TestAgent, dir: &Path, script: &str, extra_env: &[(&str
         .args(["--", "sh", "-c", script])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -125,7 +134,12 @@ fn run_case(agent: &TestAgent, case: &Case, force: bool) {
     let holding = wait_until(Duration::from_secs(20), || {
         case.started.exists() && case.lock.exists()
     });
-    assert!(holding, "{}: the commit did not stop holding {}", case.name, case.lock.display());
+    assert!(
+        holding,
+        "{}: the commit did not stop holding {}",
+        case.name,
+        case.lock.display()
+    );
     let lock = case.lock.display().to_string();
 
     let result = if force {
@@ -140,17 +154,31 @@ fn run_case(agent: &TestAgent, case: &Case, force: bool) {
         case.name
     );
     if force {
-        assert!(removed(&result).contains(&lock), "{}: {result:#}", case.name);
+        assert!(
+            removed(&result).contains(&lock),
+            "{}: {result:#}",
+            case.name
+        );
     } else {
         assert!(result["waited_ms"].as_f64().unwrap() >= 900.0, "{result:#}");
         assert!(
-            result["graces_expired"].as_array().unwrap().contains(&"git".into()),
+            result["graces_expired"]
+                .as_array()
+                .unwrap()
+                .contains(&"git".into()),
             "{result:#}"
         );
     }
-    assert!(!case.lock.exists(), "{}: {lock} left behind: {result:#}", case.name);
+    assert!(
+        !case.lock.exists(),
+        "{}: {lock} left behind: {result:#}",
+        case.name
+    );
     git_ok(&case.work, &["fsck", "--no-progress"]);
-    git_ok(&case.work, &["-c", "core.hooksPath=/dev/null", "commit", "-qam", "after"]);
+    git_ok(
+        &case.work,
+        &["-c", "core.hooksPath=/dev/null", "commit", "-qam", "after"],
+    );
 }
 
 #[test]
@@ -241,7 +269,10 @@ fn a_linked_worktree_commit_holds_its_index_lock_below_git_worktrees() {
     let repo = base.join("repo");
     make_repo(&repo);
     let wt = base.join("wt");
-    git_ok(&repo, &["worktree", "add", "-q", "-b", "side", wt.to_str().unwrap()]);
+    git_ok(
+        &repo,
+        &["worktree", "add", "-q", "-b", "side", wt.to_str().unwrap()],
+    );
     let started = base.join("wt-hook-started");
     sleeping_hook(&repo.join(".git/hooks"), &started);
     let case = Case {

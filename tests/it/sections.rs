@@ -50,7 +50,11 @@ fn output_redirected_into_the_workspace_is_not_a_files_section() {
             .marked(&marker("files-log"))
             .args(["run", "-q", "--run-id", &id, "--init-timeout", "0"])
             .args(["--workspace", ws.to_str().unwrap(), "--"])
-            .args(["sh", "-c", "exec 3>>own.log; echo started; echo more >&3; sleep 1000"])
+            .args([
+                "sh",
+                "-c",
+                "exec 3>>own.log; echo started; echo more >&3; sleep 1000",
+            ])
             .stdin(Stdio::null())
             .stdout(job_log.try_clone().unwrap())
             .stderr(job_log)

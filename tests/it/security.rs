@@ -554,13 +554,17 @@ fn git_lock_cleanup_never_follows_a_workspace_symlink_into_a_root_directory() {
 
     let out = agent
         .wfcg_as(&user)
-        .args(["run", "--detach", "--init-timeout", "0", "--workspace"])
+        .args(["run", "--detach", "--workspace"])
         .arg(&ws)
         .args(["--", "sh", "-c"])
         .arg(format!("touch {}; exec sleep 1000", started.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(wait_until(Duration::from_secs(20), || started.exists()));
 
@@ -583,11 +587,21 @@ fn git_lock_cleanup_never_follows_a_workspace_symlink_into_a_root_directory() {
         .args(["kill", "--json", "--force", &id])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    assert!(important.exists(), "the root-owned held lock was removed: {result:#}");
-    assert!(nested.exists(), "the root-owned nested lock was removed: {result:#}");
+    assert!(
+        important.exists(),
+        "the root-owned held lock was removed: {result:#}"
+    );
+    assert!(
+        nested.exists(),
+        "the root-owned nested lock was removed: {result:#}"
+    );
     assert_eq!(
         result["cleanup_status"]["stale_locks_removed"],
         serde_json::json!([]),
@@ -595,7 +609,9 @@ fn git_lock_cleanup_never_follows_a_workspace_symlink_into_a_root_directory() {
     );
     let sections = result["sections"].as_array().unwrap();
     assert!(
-        sections.iter().all(|s| !s["path"].as_str().unwrap().contains("root-owned")),
+        sections
+            .iter()
+            .all(|s| !s["path"].as_str().unwrap().contains("root-owned")),
         "a root-owned lock was reported as the user's section: {result:#}"
     );
 }

@@ -111,10 +111,7 @@ fn a_stuck_run_that_ignores_sigterm_ends_its_foreground_run_with_124_and_the_rea
 fn an_operators_kill_ends_the_foreground_run_with_the_commands_status_and_who_killed_it() {
     require_privileges!();
     let agent = TestAgent::start();
-    for (mode, extra, code) in [
-        ("graceful", &[][..], 143),
-        ("force", &["--force"][..], 137),
-    ] {
+    for (mode, extra, code) in [("graceful", &[][..], 143), ("force", &["--force"][..], 137)] {
         let dir = tempfile::tempdir().unwrap();
         let id = format!("op-{mode}-{}", std::process::id());
         let mut child = foreground(
@@ -132,7 +129,11 @@ fn an_operators_kill_ends_the_foreground_run_with_the_commands_status_and_who_ki
             .wait_timeout(Duration::from_secs(20))
             .expect("wfcg run outlived its kill");
         let err = stderr(&dir);
-        assert_eq!(status.code(), Some(code), "{mode}: {status:?}\n{err}\n{result:#}");
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{mode}: {status:?}\n{err}\n{result:#}"
+        );
         assert!(
             err.contains(&format!("run {id} killed by"))
                 && err.contains(&format!("({mode}): testing the split")),
@@ -149,7 +150,13 @@ fn a_signal_relayed_to_the_command_gives_128_plus_n() {
     let agent = TestAgent::start();
     let dir = tempfile::tempdir().unwrap();
     let id = format!("relay-{}", std::process::id());
-    let mut child = foreground(&agent, &dir, &id, &["--init-timeout", "0"], "sleep 1000; true");
+    let mut child = foreground(
+        &agent,
+        &dir,
+        &id,
+        &["--init-timeout", "0"],
+        "sleep 1000; true",
+    );
     wait_split(&agent, &id, child.id(), 2);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id()).unwrap(),
