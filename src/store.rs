@@ -547,6 +547,33 @@ pub struct ChainCheck {
     pub first_bad: Option<(i64, String)>,
 }
 
+/// The action of the record the agent writes when the chain in the store does
+/// not end where it last wrote it.
+pub const CHAIN_BREAK: &str = "chain_break";
+
+/// What is wrong when the writer's last head is `expected` but the store's newest
+/// record is `found` (seq, hash); `None` when they are the same.
+fn chain_break(expected: &(i64, String), found: &(i64, String)) -> Option<String> {
+    let (want, have) = (expected.0, found.0);
+    if (want, &expected.1) == (have, &found.1) {
+        None
+    } else if have < want {
+        Some(format!(
+            "records {}..{want} are missing: the store ends at {have}, the agent last wrote {want}",
+            have + 1
+        ))
+    } else if have == want {
+        Some(format!(
+            "record {want} was changed after the agent wrote it"
+        ))
+    } else {
+        Some(format!(
+            "records {}..{have} were added behind the agent's back (it last wrote {want})",
+            want + 1
+        ))
+    }
+}
+
 /// SHA-256 over the previous hash and the record's fields, in a fixed order.
 pub fn audit_hash(seq: i64, prev_hash: &str, e: &AuditEntry) -> String {
     use sha2::{Digest, Sha256};
@@ -603,34 +630,85 @@ impl Store {
     /// Appends a record to the audit chain, in one immediate transaction, so that
     /// concurrent writers cannot fork the chain. Committed (fsynced) on return.
     pub fn append_audit(&mut self, e: &AuditEntry) -> Result<AuditRecord> {
+        Ok(self.append_audit_after(e, None)?.pop().expect("one record"))
+    }
+
+    /// [`Store::append_audit`] for a writer that knows the head it wrote last
+    /// (`expected`: seq and hash). When the store's newest record is not that
+    /// head (records deleted from the end, the newest one changed, or records
+    /// added behind the writer's back), the record is not chained over the gap:
+    /// a [`CHAIN_BREAK`] record naming what is missing or changed is appended
+    /// first, after the expected head (so a deleted range stays a visible jump
+    /// in sequence numbers). Returns the records appended, the entry's last.
+    pub fn append_audit_after(
+        &mut self,
+        e: &AuditEntry,
+        expected: Option<&(i64, String)>,
+    ) -> Result<Vec<AuditRecord>> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let last: Option<(i64, String)> = tx
+        let last: Option<AuditRecord> = tx
             .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"),
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                audit_from_row,
             )
             .optional()?;
-        let (prev_seq, prev_hash) = last.unwrap_or((0, GENESIS_HASH.to_string()));
-        let seq = prev_seq + 1;
-        let hash = audit_hash(seq, &prev_hash, e);
-        tx.execute(
-            &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
-            params![
-                seq, e.time, e.actor_uid, e.actor_name, e.caller_pid, e.action, e.run_id,
-                e.reason, e.mode, e.decision, e.permission, e.outcome, e.sections,
-                e.duration_ms, prev_hash, hash
-            ],
-        )?;
+        // The newest record as it reads now: its content must still give its hash.
+        let edited = last
+            .as_ref()
+            .is_some_and(|r| audit_hash(r.seq, &r.prev_hash, &r.entry) != r.hash);
+        let mut head = last
+            .map(|r| (r.seq, r.hash))
+            .unwrap_or((0, GENESIS_HASH.to_string()));
+        let mut entries = Vec::new();
+        let broken = expected.and_then(|x| match chain_break(x, &head) {
+            None if edited => Some(format!(
+                "record {} was changed after the agent wrote it",
+                x.0
+            )),
+            other => other,
+        });
+        if let Some(why) = broken {
+            let at = expected.expect("a break has an expected head");
+            // After the head we wrote, unless records beyond it were added.
+            if at.0 > head.0 {
+                head = at.clone();
+            }
+            entries.push(AuditEntry {
+                time: e.time.clone(),
+                actor_name: "agent".into(),
+                action: CHAIN_BREAK.into(),
+                decision: "-".into(),
+                outcome: why,
+                ..Default::default()
+            });
+        }
+        entries.push(e.clone());
+        let mut out = Vec::new();
+        for e in entries {
+            let (prev_seq, prev_hash) = head;
+            let seq = prev_seq + 1;
+            let hash = audit_hash(seq, &prev_hash, &e);
+            tx.execute(
+                &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+                params![
+                    seq, e.time, e.actor_uid, e.actor_name, e.caller_pid, e.action, e.run_id,
+                    e.reason, e.mode, e.decision, e.permission, e.outcome, e.sections,
+                    e.duration_ms, prev_hash, hash
+                ],
+            )?;
+            head = (seq, hash.clone());
+            out.push(AuditRecord {
+                seq,
+                entry: e,
+                prev_hash,
+                hash,
+            });
+        }
         tx.commit()?;
-        Ok(AuditRecord {
-            seq,
-            entry: e.clone(),
-            prev_hash,
-            hash,
-        })
+        Ok(out)
     }
 
     /// Audit records, oldest first.
@@ -683,13 +761,18 @@ impl Store {
             check.records += 1;
             let bad = if rec.seq != check.last_seq + 1 {
                 Some(format!(
-                    "sequence jumps from {} to {}: record(s) deleted",
-                    check.last_seq, rec.seq
+                    "records {}..{} deleted (the sequence jumps from {} to {})",
+                    check.last_seq + 1,
+                    rec.seq - 1,
+                    check.last_seq,
+                    rec.seq
                 ))
             } else if rec.prev_hash != check.last_hash {
                 Some("its prev_hash does not match the record before it".to_string())
             } else if audit_hash(rec.seq, &rec.prev_hash, &rec.entry) != rec.hash {
                 Some("its content does not match its hash: the record was edited".to_string())
+            } else if rec.entry.action == CHAIN_BREAK {
+                Some(format!("the chain was broken: {}", rec.entry.outcome))
             } else {
                 None
             };
@@ -809,7 +892,61 @@ mod tests {
             .unwrap();
         let (seq, why) = store.verify_audit().unwrap().first_bad.unwrap();
         assert_eq!(seq, 3);
-        assert!(why.contains("deleted"), "{why}");
+        assert!(why.contains("records 2..2 deleted"), "{why}");
+    }
+
+    /// A writer that knows its last head does not chain over records deleted from
+    /// the end, nor over a changed newest record: it writes a chain_break first,
+    /// and the chain never verifies again.
+    #[test]
+    fn a_cut_chain_is_not_chained_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let mut head = None;
+        for i in 0..5 {
+            let recs = store
+                .append_audit_after(&entry(&format!("kill{i}")), head.as_ref())
+                .unwrap();
+            assert_eq!(recs.len(), 1);
+            head = recs.last().map(|r| (r.seq, r.hash.clone()));
+        }
+        store
+            .conn
+            .execute("DELETE FROM audit WHERE seq >= 4", [])
+            .unwrap();
+        let recs = store
+            .append_audit_after(&entry("kill5"), head.as_ref())
+            .unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].entry.action, CHAIN_BREAK);
+        assert_eq!((recs[0].seq, recs[1].seq), (6, 7));
+        assert!(
+            recs[0].entry.outcome.contains("records 4..5 are missing"),
+            "{recs:?}"
+        );
+        let (seq, why) = store.verify_audit().unwrap().first_bad.unwrap();
+        assert_eq!(seq, 6);
+        assert!(why.contains("records 4..5 deleted"), "{why}");
+        head = recs.last().map(|r| (r.seq, r.hash.clone()));
+
+        // The newest record changed: a break naming it.
+        store
+            .conn
+            .execute("UPDATE audit SET reason = 'x' WHERE seq = 7", [])
+            .unwrap();
+        let recs = store
+            .append_audit_after(&entry("kill6"), head.as_ref())
+            .unwrap();
+        assert!(
+            recs[0].entry.outcome.contains("record 7 was changed"),
+            "{recs:?}"
+        );
+        // Chained as expected: no break.
+        let head = recs.last().map(|r| (r.seq, r.hash.clone()));
+        let recs = store
+            .append_audit_after(&entry("kill7"), head.as_ref())
+            .unwrap();
+        assert_eq!(recs.len(), 1);
     }
 
     #[test]

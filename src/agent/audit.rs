@@ -7,6 +7,11 @@
 //!
 //! After each write the chain's head (`seq hash`) is also written to a file
 //! beside the database, so that deleting the newest records is detected too.
+//! The head last written is also remembered: before appending, the store's
+//! newest record must be that head. If it is not (records deleted from the end,
+//! the newest changed, records added behind the agent's back), the new record is
+//! not chained over the gap: a `chain_break` record naming the range comes first,
+//! an `audit_tampered` alert goes out, and `audit verify` fails from then on.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::store::{AuditEntry, ChainCheck, RunRecord, Store};
+use crate::store::{AuditEntry, CHAIN_BREAK, ChainCheck, RunRecord, Store};
 
 /// A write the store must get, in order.
 #[derive(Debug, Clone)]
@@ -50,9 +55,17 @@ impl Record {
 /// How often pending records are retried.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// What to call when the chain is found cut.
+type BreakHook = Box<dyn Fn(&str) + Send + Sync>;
+
 pub struct Auditor {
     pending: Mutex<VecDeque<Record>>,
     head: PathBuf,
+    /// The head (seq, hash) this agent wrote last (at start, the head file's):
+    /// the store's newest record must be it, or the chain was cut.
+    last: Mutex<Option<(i64, String)>>,
+    /// Told when the chain was found cut (the chain_break record's text).
+    on_break: Mutex<Option<BreakHook>>,
     /// Records written, and failed attempts to write one, since the start.
     pub written: AtomicU64,
     pub failures: AtomicU64,
@@ -62,6 +75,8 @@ impl Auditor {
     pub fn new(head: PathBuf) -> Auditor {
         Auditor {
             pending: Mutex::default(),
+            last: Mutex::new(read_head(&head)),
+            on_break: Mutex::default(),
             head,
             written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -82,12 +97,30 @@ impl Auditor {
         self.flush(store, &mut pending)
     }
 
+    /// Calls `f` with what is wrong whenever the chain is found cut.
+    pub fn on_break(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *self.on_break.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
     fn flush(&self, store: &Mutex<Store>, pending: &mut VecDeque<Record>) -> bool {
         let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(rec) = pending.front() {
             let res = match rec {
-                Record::Audit(entry) => store.append_audit(entry).map(|rec| {
-                    self.written.fetch_add(1, Ordering::Relaxed);
+                Record::Audit(entry) => store.append_audit_after(entry, last.as_ref()).map(|recs| {
+                    self.written.fetch_add(recs.len() as u64, Ordering::Relaxed);
+                    for r in recs.iter().filter(|r| r.entry.action == CHAIN_BREAK) {
+                        tracing::error!(
+                            "AUDIT CHAIN BROKEN (record {}): {}",
+                            r.seq,
+                            r.entry.outcome
+                        );
+                        if let Some(f) = &*self.on_break.lock().unwrap_or_else(|p| p.into_inner()) {
+                            f(&r.entry.outcome);
+                        }
+                    }
+                    let rec = recs.last().expect("the entry's record");
+                    *last = Some((rec.seq, rec.hash.clone()));
                     if let Err(e) = write_head(&self.head, rec.seq, &rec.hash) {
                         tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
                     }

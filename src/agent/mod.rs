@@ -375,6 +375,12 @@ impl Agent {
         agent.start_lifecycle(tokio::runtime::Handle::current());
         agent.reaper.start(Arc::downgrade(&agent));
         agent.auditor.start_retry(Arc::downgrade(&agent));
+        let weak = Arc::downgrade(&agent);
+        agent.auditor.on_break(move |why| {
+            if let Some(agent) = weak.upgrade() {
+                agent.alert_audit_tampered(why);
+            }
+        });
         agent.audit_policy_load("start", Ok(()));
         let weak = Arc::downgrade(&agent);
         agent.access.watch(move || {
@@ -1248,6 +1254,22 @@ impl Agent {
             r.audit = Some(if written { "written" } else { "pending" }.into());
             r
         })
+    }
+
+    /// Tells the agent-wide alert channels that the audit chain was found cut.
+    /// (Called while the store is locked: the alerter only queues the event.)
+    fn alert_audit_tampered(&self, why: &str) {
+        self.alerter.emit(
+            &self.template.alerts,
+            crate::alerts::Event {
+                event: "audit_tampered".into(),
+                run_id: String::new(),
+                workflow: None,
+                message: format!("the audit chain was cut: {why}"),
+                time: now(),
+                details: serde_json::json!({ "audit_head": self.cfg.state_dir.join("audit.head") }),
+            },
+        );
     }
 
     /// Tells the run's alert channels (template, else agent-wide) about an event.

@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(long, env = "WFCG_POLICY", default_value = "/etc/wfcg/policy.toml")]
     pub policy: std::path::PathBuf,
     /// A command run for each alert (stuck, auto_killed, kill_failed, unkillable,
-    /// loop_suspected) with the event as JSON on stdin, for runs whose template names none.
+    /// loop_suspected; audit_tampered) with the event as JSON on stdin, for runs
+    /// whose template names none.
     #[arg(long, value_name = "CMD")]
     pub on_event: Option<String>,
     /// An http:// URL each alert is POSTed to as JSON, for runs whose template names none.

@@ -5,6 +5,7 @@ mod util;
 
 mod adopt;
 mod agent;
+mod audit_chain;
 mod availability;
 mod availability_faults;
 mod fuzz;

@@ -108,6 +108,11 @@ impl TestAgent {
 
     /// Starts the agent process (again) and waits until it answers.
     pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// [`TestAgent::spawn`] with more arguments for `wfcg agent` (e.g. `--on-event`).
+    pub fn spawn_with(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "agent already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -125,6 +130,7 @@ impl TestAgent {
         };
         let child = cmd
             .arg("agent")
+            .args(args)
             .envs(self.env())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
