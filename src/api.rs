@@ -337,6 +337,13 @@ pub struct CleanupStatus {
     pub run_dir_removed: bool,
     /// Git lock files the dead tree left behind, removed.
     pub stale_locks_removed: Vec<String>,
+    /// Processes that carried the run's marker outside its cgroup (a root
+    /// workflow can move itself out), killed through a pidfd.
+    #[serde(default)]
+    pub escapees_killed: Vec<i32>,
+    /// Those still alive, each described (`pid N (CMD) state S wchan W …`).
+    #[serde(default)]
+    pub survivors: Vec<String>,
     /// `kept`, `removed`, or `none` (the run had no workspace).
     pub workspace: String,
 }

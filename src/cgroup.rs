@@ -72,6 +72,45 @@ pub struct Events {
     pub frozen: bool,
 }
 
+/// A cgroup frozen by [`Cgroup::freeze_guard`].
+#[derive(Debug)]
+pub struct Frozen<'a> {
+    cg: &'a Cgroup,
+    /// `frozen 1` was read within the timeout. When not, some task has not
+    /// stopped (one in uninterruptible sleep, say) and the tree may still fork.
+    pub confirmed: bool,
+    timeout: Duration,
+    keep: bool,
+}
+
+impl Frozen<'_> {
+    /// Why the freeze does not count, when it was not confirmed.
+    pub fn unconfirmed(&self) -> Option<String> {
+        (!self.confirmed).then(|| {
+            format!(
+                "freeze of {} not confirmed within {:?}: the tree was not frozen",
+                self.cg.path.display(),
+                self.timeout
+            )
+        })
+    }
+
+    /// Leaves the cgroup frozen (an unkillable run is kept so).
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = self.cg.thaw()
+        {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 /// Finds the cgroup2 mount point in the text of `/proc/self/mountinfo`.
 ///
 /// On hybrid hosts it is `/sys/fs/cgroup/unified`, on pure v2 hosts `/sys/fs/cgroup`.
@@ -442,6 +481,19 @@ impl Cgroup {
         self.write(CGROUP_FREEZE, "0")
     }
 
+    /// Freezes the cgroup and returns a guard that thaws it when dropped, on
+    /// every path out (a panic included), unless [`Frozen::keep`] is called.
+    /// `Err` when `cgroup.freeze` could not be written (nothing to thaw then).
+    pub fn freeze_guard(&self, timeout: Duration) -> Result<Frozen<'_>> {
+        let confirmed = self.freeze(timeout)?;
+        Ok(Frozen {
+            cg: self,
+            confirmed,
+            timeout,
+            keep: false,
+        })
+    }
+
     /// SIGKILLs every process in the cgroup and below, atomically against forks
     /// (`cgroup.kill` = 1, Linux ≥ 5.14).
     pub fn kill(&self) -> Result<()> {
@@ -600,6 +652,31 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guard thaws on every path out: when dropped, and when a panic unwinds
+    /// through it; kept, it leaves the cgroup frozen.
+    #[test]
+    fn a_freeze_guard_thaws_even_on_a_panic_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::new(dir.path().join("g"));
+        cg.create().unwrap();
+        fs::write(cg.path().join(CGROUP_EVENTS), "populated 1\nfrozen 0\n").unwrap();
+        let freeze = || fs::read_to_string(cg.path().join(CGROUP_FREEZE)).unwrap();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let frozen = cg.freeze_guard(Duration::from_millis(20)).unwrap();
+            assert!(!frozen.confirmed);
+            assert!(frozen.unconfirmed().unwrap().contains("not confirmed"));
+            assert_eq!(freeze(), "1");
+            panic!("in the middle of a kill");
+        }));
+        assert!(result.is_err());
+        assert_eq!(freeze(), "0", "a panic left the cgroup frozen");
+        fs::write(cg.path().join(CGROUP_EVENTS), "populated 1\nfrozen 1\n").unwrap();
+        let frozen = cg.freeze_guard(Duration::from_millis(20)).unwrap();
+        assert!(frozen.confirmed && frozen.unconfirmed().is_none());
+        frozen.keep();
+        assert_eq!(freeze(), "1");
+    }
 
     #[test]
     fn finds_hybrid_and_pure_v2_mounts() {

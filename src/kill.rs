@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 
 use crate::api::{Phase, STOP_REASON_FILE, SectionKind};
-use crate::cgroup::Cgroup;
+use crate::cgroup::{Cgroup, Frozen};
 use crate::procfs;
 use crate::sections::{self, Finding};
 
@@ -199,31 +199,27 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
 
     // 1. Freeze and scan the stable tree.
     let t = Instant::now();
-    if let Err(e) = cg.freeze(plan.freeze_timeout) {
-        report.errors.push(e.to_string());
-    }
+    let frozen = freeze(cg, plan, &mut report);
     let pids = listed(cg, &mut report);
     report.processes = pids.len() as u32;
     let open = scan(plan, pids, proc_root);
     let open = report.saw(open, start.elapsed());
-    report.phase("scan", t, describe(&open));
+    report.phase("scan", t, not_frozen(&frozen) + &describe(&open));
     if plan.force {
         // The supervisor reads why before it exits.
         say_why(plan, &mut report);
-        hard_kill(cg, plan, proc_root, start, &mut report);
+        hard_kill(cg, plan, proc_root, start, &mut report, Some(frozen));
         end_whole(plan, proc_root, &mut report);
         return report;
     }
-    if let Err(e) = cg.thaw() {
-        report.errors.push(e.to_string());
-    }
+    drop(frozen);
 
     // 2. Wait for critical sections to close.
     if !open.is_empty() {
         wait_for_sections(cg, plan, proc_root, start, &mut report);
     }
     if plan.escalated() {
-        hard_kill(cg, plan, proc_root, start, &mut report);
+        hard_kill(cg, plan, proc_root, start, &mut report, None);
         end_whole(plan, proc_root, &mut report);
         return report;
     }
@@ -255,7 +251,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     }
 
     // 5. The hard kill.
-    hard_kill(cg, plan, proc_root, start, &mut report);
+    hard_kill(cg, plan, proc_root, start, &mut report, None);
     end_whole(plan, proc_root, &mut report);
     report
 }
@@ -269,6 +265,33 @@ fn listed(cg: &Cgroup, report: &mut Report) -> Vec<i32> {
             .push(format!("cannot list the processes: {e}"));
         Vec::new()
     })
+}
+
+/// The one place the sequence freezes: a guard that thaws when dropped. A
+/// freeze not confirmed within its timeout is an error of the phase, and what
+/// follows goes on without it (`cgroup.kill` is atomic anyway; a scan is then
+/// marked as of a tree not frozen).
+fn freeze<'a>(cg: &'a Cgroup, plan: &Plan, report: &mut Report) -> Option<Frozen<'a>> {
+    match cg.freeze_guard(plan.freeze_timeout) {
+        Ok(f) => {
+            if let Some(why) = f.unconfirmed() {
+                report.errors.push(why);
+            }
+            Some(f)
+        }
+        Err(e) => {
+            report.errors.push(e.to_string());
+            None
+        }
+    }
+}
+
+/// `"tree not frozen: "` before a scan's detail when its freeze did not hold.
+fn not_frozen(frozen: &Option<Frozen>) -> String {
+    match frozen {
+        Some(f) if f.confirmed => String::new(),
+        _ => "tree not frozen: ".into(),
+    }
 }
 
 fn say_why(plan: &Plan, report: &mut Report) {
@@ -445,9 +468,7 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
 /// Freeze, SIGTERM + SIGCONT to every process but the spared one, thaw.
 fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report: &mut Report) {
     let t = Instant::now();
-    if let Err(e) = cg.freeze(plan.freeze_timeout) {
-        report.errors.push(e.to_string());
-    }
+    let frozen = freeze(cg, plan, report);
     let pids = listed(cg, report);
     report.processes = pids.len() as u32;
     // Locks the signal may orphan: recorded for the cleanup (see the module doc).
@@ -466,14 +487,10 @@ fn graceful_term(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, rep
             signalled += 1;
         }
     }
-    if let Err(e) = cg.thaw() {
-        report.errors.push(e.to_string());
-    }
-    report.phase(
-        "term",
-        t,
-        format!("SIGTERM to {signalled} of {} processes", pids.len()),
-    );
+    let detail =
+        not_frozen(&frozen) + &format!("SIGTERM to {signalled} of {} processes", pids.len());
+    drop(frozen);
+    report.phase("term", t, detail);
 }
 
 /// Sends `sigs` to `pid` through one pidfd, only if the process behind the pidfd
@@ -489,19 +506,30 @@ pub fn signal_member(cg: &Cgroup, pid: i32, sigs: &[Signal], proc_root: &Path) -
             .all(|&sig| procfs::pidfd_signal(&pidfd, sig).is_ok())
 }
 
-/// Freeze, `cgroup.kill`, wait for `populated 0`.
-fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report: &mut Report) {
+/// Freeze, `cgroup.kill`, wait for `populated 0`. `scanned`: the freeze under
+/// which a force kill has just scanned (no second freeze or scan then).
+fn hard_kill<'a>(
+    cg: &'a Cgroup,
+    plan: &Plan,
+    proc_root: &Path,
+    start: Instant,
+    report: &mut Report,
+    scanned: Option<Option<Frozen<'a>>>,
+) {
     let t = Instant::now();
-    // Freezing first closes the fork race of older kernels' cgroup.kill.
-    if let Err(e) = cg.freeze(plan.freeze_timeout) {
-        report.errors.push(e.to_string());
-    }
-    // What SIGKILL will orphan (a force kill scanned under this same freeze).
-    if !plan.force {
-        let pids = listed(cg, report);
-        let open = scan(plan, pids, proc_root);
-        report.saw(open, start.elapsed());
-    }
+    let frozen = match scanned {
+        Some(frozen) => frozen,
+        None => {
+            // Freezing first closes the fork race of older kernels' cgroup.kill.
+            let frozen = freeze(cg, plan, report);
+            // What SIGKILL will orphan.
+            let pids = listed(cg, report);
+            let open = scan(plan, pids, proc_root);
+            report.saw(open, start.elapsed());
+            frozen
+        }
+    };
+    let unfrozen = not_frozen(&frozen);
     // A write that fails (EMFILE, EIO) is retried until the deadline: until it is
     // written, no process is known to have been killed.
     let deadline = Instant::now() + plan.kill_deadline;
@@ -511,14 +539,21 @@ fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report:
             report.errors.push(e.to_string());
             report.unconfirmed = Some(e.to_string());
             report.phase("kill", t, format!("cgroup.kill not written: {e}"));
+            if let Some(f) = frozen {
+                f.keep();
+            }
             return;
         }
         std::thread::sleep(SECTION_POLL);
         written = cg.kill();
     }
     match wait_unpopulated(cg, deadline.saturating_duration_since(Instant::now())) {
-        Ok(true) => report.phase("kill", t, "cgroup.kill; populated 0".into()),
+        Ok(true) => report.phase("kill", t, unfrozen + "cgroup.kill; populated 0"),
         Ok(false) => {
+            // Kept frozen and in place, so that a later kill can retry.
+            if let Some(f) = frozen {
+                f.keep();
+            }
             // Survivors are named from a listing; one that fails, or lists none
             // while the cgroup says populated, proves nothing.
             match survivors(cg, proc_root) {
@@ -540,6 +575,9 @@ fn hard_kill(cg: &Cgroup, plan: &Plan, proc_root: &Path, start: Instant, report:
             );
         }
         Err(e) => {
+            if let Some(f) = frozen {
+                f.keep();
+            }
             report.errors.push(e.to_string());
             report.unconfirmed = Some(e.to_string());
         }
@@ -555,6 +593,68 @@ fn wait_unpopulated(cg: &Cgroup, deadline: Duration) -> crate::cgroup::Result<bo
             Err(_) if start.elapsed() < deadline => std::thread::sleep(SECTION_POLL),
             done => return done,
         }
+    }
+}
+
+/// What became of the processes carrying a run's marker outside its cgroup.
+#[derive(Debug, Default)]
+pub struct Escapees {
+    /// Killed (SIGKILL through a pidfd, and seen dead).
+    pub killed: Vec<i32>,
+    /// Still alive: not the owner's to kill, or not dead by the deadline.
+    pub survivors: Vec<Survivor>,
+}
+
+/// Kills the processes that carry the run's marker (`key=value` in their
+/// environment) though they are outside its cgroup: each is pinned by a pidfd,
+/// its marker re-read after that, and it is signalled only if the run's owner
+/// could signal it (root, or the owner is its real or saved uid: a setuid
+/// program started with a user's marker stays out of reach). Waits up to
+/// `deadline` for them to die.
+pub fn kill_escapees(
+    proc_root: &Path,
+    key: &str,
+    value: &str,
+    owner: u32,
+    deadline: Duration,
+) -> Escapees {
+    let mut out = Escapees::default();
+    let mut pending = Vec::new();
+    for pid in procfs::pids_with_env(proc_root, key, value) {
+        let Ok(pidfd) = procfs::pidfd_open(pid) else {
+            continue; // gone already
+        };
+        let ours = procfs::has_env(proc_root, pid, key, value)
+            && (owner == 0
+                || procfs::uids(proc_root, pid).is_some_and(|(r, s)| owner == r || owner == s));
+        if ours && procfs::pidfd_signal(&pidfd, Signal::KILL).is_ok() {
+            pending.push((pid, pidfd));
+        } else if procfs::pidfd_alive(&pidfd) {
+            out.survivors.push(survivor(proc_root, pid));
+        }
+    }
+    let until = Instant::now() + deadline;
+    for (pid, pidfd) in pending {
+        while procfs::pidfd_alive(&pidfd) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if procfs::pidfd_alive(&pidfd) {
+            out.survivors.push(survivor(proc_root, pid));
+        } else {
+            out.killed.push(pid);
+        }
+    }
+    out
+}
+
+fn survivor(proc_root: &Path, pid: i32) -> Survivor {
+    let (wchan, stack) = procfs::wchan_and_stack(proc_root, pid);
+    Survivor {
+        pid,
+        state: procfs::state(proc_root, pid),
+        cmdline: procfs::cmdline(proc_root, pid),
+        wchan,
+        stack,
     }
 }
 

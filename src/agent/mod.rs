@@ -926,11 +926,10 @@ impl Agent {
         let alone = cg
             .procs_recursive()
             .is_ok_and(|p| p.iter().all(|&pid| pid == caller.pid));
-        if !alone
-            && cg
-                .freeze(self.run_template(&rec).kill.freeze_timeout)
-                .is_ok()
-        {
+        if !alone && let Ok(frozen) = cg.freeze_guard(self.run_template(&rec).kill.freeze_timeout) {
+            if let Some(why) = frozen.unconfirmed() {
+                tracing::warn!(run_id, "{why}; killing the leftovers anyway");
+            }
             let leftovers: Vec<i32> = cg
                 .procs_recursive()
                 .unwrap_or_default()
@@ -954,9 +953,7 @@ impl Agent {
                 .into_iter()
                 .filter(|&pid| crate::kill::signal_member(&cg, pid, &kill, &self.cfg.proc_root))
                 .count() as u32;
-        }
-        if !alone {
-            let _ = cg.thaw();
+            drop(frozen); // thawed: the SIGKILLs are delivered
         }
         if killed > 0 {
             tracing::info!(
@@ -1578,17 +1575,28 @@ impl Agent {
             });
             let clean = result.cleanup_status.processes_remaining == 0;
             result.success = clean;
+            let escaped = &result.cleanup_status.escapees_killed;
             result.message = if clean {
                 format!(
                     "run {} killed ({mode}): {} processes ended, nothing left",
-                    rec.run_id, report.processes
+                    rec.run_id,
+                    report.processes as usize + escaped.len()
                 )
             } else {
                 format!(
-                    "run {}: cgroup empty but {} processes carrying its marker remain",
-                    rec.run_id, result.cleanup_status.processes_remaining
+                    "run {} is unkillable: cgroup empty but {} processes carrying its marker \
+                     remain outside it: {}",
+                    rec.run_id,
+                    result.cleanup_status.processes_remaining,
+                    result.cleanup_status.survivors.join("; ")
                 )
             };
+            if !escaped.is_empty() {
+                result.message.push_str(&format!(
+                    "; {} of them had left its cgroup (pids {escaped:?}), killed through pidfds",
+                    escaped.len()
+                ));
+            }
             if !result.sections.is_empty() {
                 result.message.push_str(&format!(
                     "; {} critical section(s) seen, waited {:.1} s",
@@ -1602,7 +1610,8 @@ impl Agent {
                     result.cleanup_status.stale_locks_removed.join(", ")
                 ));
             }
-            end
+            // `killed` only when nothing is left.
+            if clean { end } else { RunStatus::Unkillable }
         } else {
             // The cgroup stays frozen (the hard kill left it so) and in place: a
             // later kill retries.
@@ -1758,7 +1767,24 @@ impl Agent {
                 }
             }
         };
-        let mut remaining = procfs::pids_with_env(&self.cfg.proc_root, RUN_ID_ENV, &rec.run_id);
+        // Nothing of the run may remain anywhere: what carries its marker outside
+        // its cgroup (a root workflow can move itself out) is killed too.
+        let escapees = kill::kill_escapees(
+            &self.cfg.proc_root,
+            RUN_ID_ENV,
+            &rec.run_id,
+            rec.owner_uid,
+            self.run_template(rec).kill.kill_deadline,
+        );
+        if !escapees.killed.is_empty() {
+            tracing::warn!(
+                run_id = rec.run_id,
+                "killed {} process(es) carrying the run's marker outside its cgroup: {:?}",
+                escapees.killed.len(),
+                escapees.killed
+            );
+        }
+        let mut remaining: Vec<i32> = escapees.survivors.iter().map(|s| s.pid).collect();
         if !cgroup_removed {
             remaining.extend(cg.procs_recursive().unwrap_or_default());
         }
@@ -1771,6 +1797,12 @@ impl Agent {
             run_dir_removed,
             stale_locks_removed,
             workspace: workspace.into(),
+            escapees_killed: escapees.killed,
+            survivors: escapees
+                .survivors
+                .iter()
+                .map(kill::Survivor::describe)
+                .collect(),
         }
     }
 

@@ -49,7 +49,7 @@ pub struct Options {
 /// What the worker threads tell the loop.
 enum Event {
     Snapshot(Result<Snapshot, String>),
-    KillDone(String, Result<KillResult, String>),
+    KillDone(String, Box<Result<KillResult, String>>),
 }
 
 /// How long the loop waits for a key before looking at its channels again.
@@ -123,7 +123,7 @@ fn drain(rx: &Receiver<Event>, app: &mut App) -> bool {
         any = true;
         match ev {
             Event::Snapshot(s) => app.update(s),
-            Event::KillDone(id, r) => app.kill_done(&id, r),
+            Event::KillDone(id, r) => app.kill_done(&id, *r),
         }
     }
     any
@@ -172,7 +172,7 @@ fn spawn_kill(
             let result = Client::new(&socket)
                 .post::<_, KillResult>(&format!("/v1/runs/{run_id}/kill"), &req)
                 .map_err(|e| e.to_string());
-            let _ = tx.send(Event::KillDone(run_id, result));
+            let _ = tx.send(Event::KillDone(run_id, Box::new(result)));
             let _ = nudge.send(());
         })
 }

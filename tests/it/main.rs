@@ -11,6 +11,7 @@ mod availability_faults;
 mod fuzz;
 mod git_locks;
 mod kill;
+mod kill_edges;
 mod lifecycle;
 mod mcp;
 mod metrics;
