@@ -54,8 +54,12 @@ struct Beat {
 /// Starts of command lines seen in an initializing run.
 #[derive(Default)]
 struct LoopTracker {
-    /// Processes seen in the last sample, with their start times.
-    seen: HashMap<i32, u64>,
+    /// Processes seen in the last sample, with their command lines.
+    seen: HashMap<i32, Option<String>>,
+    /// Instances of each command line seen to exit and not started again yet.
+    exited: HashMap<String, usize>,
+    /// Restarts of each command line: a start after an earlier instance exited
+    /// (so a fan-out of many at once is not a loop).
     starts: HashMap<String, VecDeque<Instant>>,
     /// The run's current sampling period, and when it is next sampled.
     every: Duration,
@@ -517,20 +521,28 @@ impl Agent {
                 // Only processes not seen in the last sample are read (a pid reused
                 // within one sampling period would be missed: this is a hint only).
                 let mut seen = HashMap::with_capacity(pids.len());
+                let mut new = Vec::new();
+                let mut fresh = false;
                 for pid in pids {
-                    if let Some(start) = t.seen.get(&pid) {
-                        seen.insert(pid, *start);
+                    if let Some(cmd) = t.seen.remove(&pid) {
+                        seen.insert(pid, cmd);
                         continue;
                     }
-                    let Some(start) = procfs::starttime(&self.cfg.proc_root, pid) else {
-                        continue;
-                    };
-                    seen.insert(pid, start);
-                    if let Some(cmd) = procfs::cmdline(&self.cfg.proc_root, pid) {
+                    fresh = true;
+                    let cmd = procfs::cmdline(&self.cfg.proc_root, pid);
+                    new.extend(cmd.clone());
+                    seen.insert(pid, cmd);
+                }
+                // What is left of the last sample has exited.
+                for cmd in t.seen.drain().filter_map(|(_, c)| c) {
+                    *t.exited.entry(cmd).or_default() += 1;
+                }
+                for cmd in new {
+                    if let Some(n) = t.exited.get_mut(&cmd).filter(|n| **n > 0) {
+                        *n -= 1;
                         t.starts.entry(cmd).or_default().push_back(now_i);
                     }
                 }
-                let fresh = seen.keys().any(|p| !t.seen.contains_key(p));
                 t.seen = seen;
                 t.every = if fresh {
                     SAMPLE_EVERY
@@ -548,7 +560,7 @@ impl Agent {
                     }
                     if starts.len() >= LOOP_STARTS && found.is_none() {
                         found = Some(format!(
-                            "suspected initialization loop: '{cmd}' started {} times in the last minute",
+                            "suspected initialization loop: '{cmd}' started again {} times in the last minute",
                             starts.len()
                         ));
                     }
@@ -576,6 +588,14 @@ impl Agent {
         let status = RunStatus::parse(&rec.status)?;
         if !status.is_live() {
             return None;
+        }
+        // One predicate for ps --stuck, kill --stuck, MCP list_stuck, the
+        // wfcg_stuck_runs metric and top.
+        if status == RunStatus::Unkillable {
+            return Some("unkillable: processes survived cgroup.kill".into());
+        }
+        if let Some(hint) = &rec.loop_suspected {
+            return Some(hint.clone());
         }
         let template = self.run_template(rec);
         let now_t = Utc::now();
@@ -613,7 +633,10 @@ impl Agent {
             (!d.is_zero())
                 .then(|| rfc3339(start + chrono::Duration::from_std(d).unwrap_or_default()))
         };
-        let notify = template.run.ready == crate::template::Ready::Notify;
+        // With no init timeout there is no initialization to wait out: a run that
+        // will never be killed for not sending READY=1 is running from the start.
+        let notify = template.run.ready == crate::template::Ready::Notify
+            && !template.timeouts.init.is_zero();
         rec.status = if notify {
             RunStatus::Initializing
         } else {

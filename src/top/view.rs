@@ -16,7 +16,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
 
 use super::app::{App, Mode, RunRow, Tone};
-use crate::api::{RunInfo, RunStatus, SectionKind};
+use crate::api::{RunInfo, SectionKind};
 use crate::store::AuditRecord;
 
 /// The style of a stuck run's row.
@@ -421,9 +421,10 @@ fn open_sections(i: &RunInfo) -> Vec<(SectionKind, &str)> {
     out
 }
 
-/// Whether a run is stuck or overdue: the agent says so, or it is unkillable.
+/// Whether a run is stuck: the agent's one predicate says so (overdue,
+/// unkillable, a suspected initialization loop).
 pub fn is_stuck(r: &RunRow) -> bool {
-    r.info.status.is_live() && (r.info.stuck.is_some() || r.info.status == RunStatus::Unkillable)
+    r.info.status.is_live() && r.info.stuck.is_some()
 }
 
 fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {

@@ -21,6 +21,7 @@ mod run;
 mod safety;
 mod sections;
 mod security;
+mod stuck;
 mod supervisor;
 mod templates;
 mod top;
