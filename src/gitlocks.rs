@@ -69,7 +69,7 @@ fn ctime(st: &rustix::fs::Stat) -> SystemTime {
         )
 }
 
-/// The lock files below `git_dir` (not in `objects/`, which holds none); with
+/// The lock files below `git_dir` (not in `objects/`, `logs/`, `hooks/`, `lfs/`); with
 /// `owner`, only if that user owns the git directory.
 pub fn list(git_dir: &Path, owner: Option<u32>) -> Vec<LockFile> {
     let mut out = Vec::new();
@@ -90,7 +90,9 @@ fn walk(dir: &OwnedFd, path: &Path, depth: usize, out: &mut Vec<LockFile>) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Ok(text) = name.to_str() else { continue };
-        if text == "." || text == ".." || text == "objects" {
+        // No locks in objects/ (large), logs/ (reflogs are written under the
+        // ref's lock), hooks/ or lfs/.
+        if matches!(text, "." | ".." | "objects" | "logs" | "hooks" | "lfs") {
             continue;
         }
         match entry.file_type() {
@@ -170,6 +172,33 @@ pub fn with_common_dir(git_dir: PathBuf) -> Vec<PathBuf> {
     std::iter::once(git_dir).chain(common).collect()
 }
 
+/// The work tree a lock in `git_dir` belongs to, where git runs when it takes
+/// it: for `<git_dir>/worktrees/NAME/…` that linked worktree's (from its
+/// `gitdir` file), for a linked worktree's own git directory (it has a
+/// `commondir`) the same, for `…/.git` (or a submodule's below it) the
+/// directory holding `.git`; `None` for a bare repository.
+pub fn work_tree(git_dir: &Path, lock: &Path) -> Option<PathBuf> {
+    let linked = |wt_git_dir: &Path| {
+        let text = read_small(&wt_git_dir.join("gitdir"))?;
+        Some(Path::new(text.trim()).parent()?.to_path_buf())
+    };
+    if let Ok(rel) = lock.strip_prefix(git_dir.join("worktrees"))
+        && let Some(name) = rel.components().next()
+    {
+        return linked(&git_dir.join("worktrees").join(name));
+    }
+    if git_dir.join("commondir").exists() {
+        return linked(git_dir);
+    }
+    // `…/.git`, or a submodule's `…/.git/modules/NAME` (its work tree is inside
+    // the superproject's): the directory holding that `.git`.
+    git_dir
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == ".git"))?
+        .parent()
+        .map(Path::to_path_buf)
+}
+
 /// Removes the lock `lock` if it is still the very file (device and inode) and
 /// a regular file: its directory is opened without following symlinks, checked
 /// and unlinked through that one fd. Whether it was removed.
@@ -191,6 +220,41 @@ pub fn remove(lock: &LockFile) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_work_tree_of_a_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let git = tmp.path().join("repo/.git");
+        fs::create_dir_all(git.join("worktrees/wt")).unwrap();
+        fs::write(
+            git.join("worktrees/wt/gitdir"),
+            format!("{}\n", tmp.path().join("wt/.git").display()),
+        )
+        .unwrap();
+        fs::write(git.join("worktrees/wt/commondir"), "../..\n").unwrap();
+        let repo = tmp.path().join("repo");
+        assert_eq!(work_tree(&git, &git.join("index.lock")), Some(repo.clone()));
+        assert_eq!(
+            work_tree(&git, &git.join("modules/sub/index.lock")),
+            Some(repo.clone())
+        );
+        assert_eq!(
+            work_tree(&git, &git.join("worktrees/wt/index.lock")),
+            Some(tmp.path().join("wt"))
+        );
+        let wt_git = git.join("worktrees/wt");
+        assert_eq!(
+            work_tree(&wt_git, &wt_git.join("index.lock")),
+            Some(tmp.path().join("wt"))
+        );
+        assert_eq!(
+            work_tree(
+                Path::new("/srv/bare.git"),
+                Path::new("/srv/bare.git/x.lock")
+            ),
+            None
+        );
+    }
 
     #[test]
     fn lock_names() {

@@ -333,19 +333,40 @@ fn closed_git_locks(
     open: &[Finding],
 ) -> Vec<Finding> {
     let dirs = git_dirs_used(scope.workspace.as_deref(), cwds, open);
-    let mut locks: Vec<LockFile> = dirs
+    let mut locks: Vec<(&PathBuf, LockFile)> = dirs
         .iter()
-        .flat_map(|d| gitlocks::list(d, scope.owner))
-        .filter(|l| l.ctime >= since)
-        .filter(|l| !open.iter().any(|f| f.dev == l.dev && f.ino == l.ino))
+        .flat_map(|d| {
+            gitlocks::list(d, scope.owner)
+                .into_iter()
+                .map(move |l| (d, l))
+        })
+        .filter(|(_, l)| l.ctime >= since)
+        .filter(|(_, l)| !open.iter().any(|f| f.dev == l.dev && f.ino == l.ino))
         .collect();
     if locks.is_empty() {
         return Vec::new();
     }
-    let paths: Vec<String> = locks.iter().map(|l| l.path.display().to_string()).collect();
+    let paths: Vec<String> = locks
+        .iter()
+        .map(|(_, l)| l.path.display().to_string())
+        .collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let held = held_outside(proc_root, &refs, &scope.pids);
-    locks.retain(|l| !held.contains(&l.path.display().to_string()));
+    // The run is its processes and its supervisor.
+    let run: Vec<i32> = scope
+        .pids
+        .iter()
+        .copied()
+        .chain(scope.inherited_from)
+        .collect();
+    let outside = outside_use(proc_root, &refs, &run);
+    // Not the run's: a lock someone outside holds open, or one in a repository
+    // someone outside works in (git there may be in a hook with the fd closed).
+    locks.retain(|(dir, l)| {
+        !outside.held.contains(&l.path.display().to_string())
+            && gitlocks::work_tree(dir, &l.path)
+                .is_none_or(|wt| !outside.cwds.iter().any(|c| c.starts_with(&wt)))
+    });
+    let locks: Vec<LockFile> = locks.into_iter().map(|(_, l)| l).collect();
     // Named after a git process of the run if there is one, else its first process.
     let commands: Vec<(i32, String)> = scope
         .pids
@@ -379,15 +400,44 @@ pub fn held_anywhere(proc_root: &Path, paths: &[&str]) -> HashSet<String> {
     held_outside(proc_root, paths, &[])
 }
 
+/// What the live processes other than `except` use: which of `paths` they
+/// have open, and their working directories.
+struct OutsideUse {
+    held: HashSet<String>,
+    cwds: Vec<PathBuf>,
+}
+
+fn outside_use(proc_root: &Path, paths: &[&str], except: &[i32]) -> OutsideUse {
+    let except: HashSet<i32> = except.iter().copied().collect();
+    let pids: Vec<i32> = procfs::all_pids(proc_root)
+        .into_iter()
+        .filter(|p| !except.contains(p))
+        .collect();
+    let cwds = pids
+        .iter()
+        .filter_map(|p| fs::read_link(proc_root.join(p.to_string()).join("cwd")).ok())
+        .collect();
+    OutsideUse {
+        held: held_by(proc_root, paths, &pids),
+        cwds,
+    }
+}
+
 /// Which of `paths` a live process other than `except` has open.
 fn held_outside(proc_root: &Path, paths: &[&str], except: &[i32]) -> HashSet<String> {
-    let wanted: HashSet<&str> = paths.iter().copied().collect();
     let except: HashSet<i32> = except.iter().copied().collect();
+    let pids: Vec<i32> = procfs::all_pids(proc_root)
+        .into_iter()
+        .filter(|p| !except.contains(p))
+        .collect();
+    held_by(proc_root, paths, &pids)
+}
+
+/// Which of `paths` one of `pids` has open.
+fn held_by(proc_root: &Path, paths: &[&str], pids: &[i32]) -> HashSet<String> {
+    let wanted: HashSet<&str> = paths.iter().copied().collect();
     let mut held = HashSet::new();
-    for pid in procfs::all_pids(proc_root) {
-        if except.contains(&pid) {
-            continue;
-        }
+    for &pid in pids {
         for fd in open_files(proc_root, pid) {
             if wanted.contains(fd.path.as_str()) {
                 held.insert(fd.path);
