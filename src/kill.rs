@@ -88,6 +88,9 @@ pub struct Plan {
     /// itself (it reports the exit and says why), then the whole run is killed.
     pub whole: Option<Cgroup>,
     pub supervisor_grace: Duration,
+    /// Set when an `--emergency` request joins the sequence: the whole run is
+    /// killed without the supervisor's grace.
+    pub emergency: Arc<AtomicBool>,
     /// Set by a later `--force` or `--emergency` request while this sequence waits:
     /// every wait ends within [`SECTION_POLL`] and the hard kill follows at once.
     pub escalate: Arc<AtomicBool>,
@@ -312,7 +315,12 @@ fn end_whole(plan: &Plan, proc_root: &Path, report: &mut Report) {
         return;
     }
     let t = Instant::now();
-    match whole.wait_unpopulated(plan.supervisor_grace) {
+    let grace = if plan.emergency.load(Ordering::Relaxed) {
+        Duration::ZERO
+    } else {
+        plan.supervisor_grace
+    };
+    match whole.wait_unpopulated(grace) {
         Ok(true) => {
             report.phase("supervisor", t, "the supervisor exited".into());
             return;
@@ -738,10 +746,19 @@ mod tests {
             scope: Default::default(),
             stop_reason: None,
             escalate: Arc::default(),
+            emergency: Arc::default(),
             whole: None,
             supervisor_grace: Duration::ZERO,
         };
         let report = kill(&cg, &plan, Path::new("/proc"));
+        // The fake tree never says `frozen 1`: each freeze is an error of its phase.
+        assert!(
+            report.errors.iter().any(|e| e.contains("not confirmed")),
+            "{:?}",
+            report.errors
+        );
+        let scan = report.phases.iter().find(|p| p.name == "scan").unwrap();
+        assert!(scan.detail.starts_with("tree not frozen: "), "{scan:?}");
         assert_eq!(report.processes, 1);
         assert_eq!(report.survivors.len(), 1);
         assert_eq!(report.survivors[0].pid, me as i32);

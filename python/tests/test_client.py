@@ -47,7 +47,8 @@ def test_run_is_listed_and_killed_gracefully_then_by_force(agent: Agent, marker:
     listed = {r.run_id: r for r in client.list()}
     assert {graceful.id, forced.id} <= set(listed)
     assert listed[graceful.id].workflow == "py-test"
-    assert listed[graceful.id].live and listed[graceful.id].status == "initializing"
+    # Started with init_timeout=0: no initialization phase, running at once.
+    assert listed[graceful.id].live and listed[graceful.id].status == "running"
     assert listed[graceful.id].owner_uid == 0
 
     result = graceful.kill(reason="cancelled by the executor", grace=5)
@@ -320,7 +321,7 @@ def test_workflow_processes_view_reads_like_the_executors_table(
     assert info is not None
     for key in ("run_id", "pid", "status", "started_at", "workspace_path"):
         assert row[key] == info[key], (key, row, info)
-    assert row["status"] == "initializing" and row["workspace_path"] == str(tmp_path)
+    assert row["status"] == "running" and row["workspace_path"] == str(tmp_path)
     assert row["created_at"]
     assert asyncio.run(WorkflowProcessTracker(agent.async_client()).get_process_info("nope")) is None
     client.kill(run.id, force=True)

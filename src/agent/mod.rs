@@ -180,6 +180,9 @@ struct KillSlot {
     /// Set by a `--force` or `--emergency` request that finds this sequence under
     /// way: its waits end and it goes straight to the hard kill.
     escalate: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by an `--emergency` request that finds it under way: the supervisor
+    /// is not waited for either.
+    emergency: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Ends a run's kill slot when the leader is done, even if its kill sequence
@@ -1346,6 +1349,10 @@ impl Agent {
                 slot.escalate
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
+            if req.emergency {
+                slot.emergency
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let limit = self.kill_wait_limit(&rec, forced);
             let deadline = Instant::now() + limit;
             let mut result = slot.result.lock().unwrap_or_else(|p| p.into_inner());
@@ -1368,7 +1375,14 @@ impl Agent {
                     run_id,
                     "a kill under way did not end in {limit:?}: killing beside it"
                 );
-                return Ok(self.kill_sequence(&requested_by, &rec, &req, end, Arc::default()));
+                return Ok(self.kill_sequence(
+                    &requested_by,
+                    &rec,
+                    &req,
+                    end,
+                    Arc::default(),
+                    Arc::new(req.emergency.into()),
+                ));
             }
             return Err(Failure::new(
                 ErrorKind::Conflict,
@@ -1385,7 +1399,8 @@ impl Agent {
             slot,
         };
         let escalate = answer.slot.escalate.clone();
-        let result = self.kill_sequence(&requested_by, &rec, &req, end, escalate);
+        let emergency = answer.slot.emergency.clone();
+        let result = self.kill_sequence(&requested_by, &rec, &req, end, escalate, emergency);
         *answer.slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         drop(answer);
         // The reaper skips a run while its kill is under way: if the survivors of
@@ -1465,6 +1480,7 @@ impl Agent {
         req: &KillRequest,
         end: RunStatus,
         escalate: Arc<std::sync::atomic::AtomicBool>,
+        emergency: Arc<std::sync::atomic::AtomicBool>,
     ) -> KillResult {
         let started_at = chrono::Utc::now();
         let t = Instant::now();
@@ -1499,6 +1515,7 @@ impl Agent {
             escalate,
             whole: None,
             supervisor_grace: SUPERVISOR_GRACE,
+            emergency,
         };
         let run_cg = Cgroup::new(&rec.cgroup_path);
         // The kill acts on the payload; the supervisor is killed once the payload

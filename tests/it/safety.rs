@@ -670,8 +670,9 @@ fn graceful_kill_of_deep_and_wide_trees_leaves_nothing() {
             phases.contains(&"term".into()) && phases.contains(&"kill".into()),
             "the graceful path, then the hard kill for the TERM-ignoring shells: {result:#}"
         );
+        // The kill acts on the payload: all but the supervisor.
         assert!(
-            result["processes_killed"].as_u64().unwrap() >= expected as u64,
+            result["processes_killed"].as_u64().unwrap() >= expected as u64 - 1,
             "{result:#}"
         );
     }
