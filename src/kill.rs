@@ -797,6 +797,9 @@ mod tests {
             },
             scope: Default::default(),
             stop_reason: None,
+            whole: None,
+            supervisor_grace: Duration::ZERO,
+            emergency: Arc::default(),
             escalate: Arc::default(),
         };
         let report = kill(&cg, &plan, Path::new("/proc"));

@@ -107,24 +107,28 @@ impl Auditor {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(rec) = pending.front() {
             let res = match rec {
-                Record::Audit(entry) => store.append_audit_after(entry, last.as_ref()).map(|recs| {
-                    self.written.fetch_add(recs.len() as u64, Ordering::Relaxed);
-                    for r in recs.iter().filter(|r| r.entry.action == CHAIN_BREAK) {
-                        tracing::error!(
-                            "AUDIT CHAIN BROKEN (record {}): {}",
-                            r.seq,
-                            r.entry.outcome
-                        );
-                        if let Some(f) = &*self.on_break.lock().unwrap_or_else(|p| p.into_inner()) {
-                            f(&r.entry.outcome);
+                Record::Audit(entry) => {
+                    store.append_audit_after(entry, last.as_ref()).map(|recs| {
+                        self.written.fetch_add(recs.len() as u64, Ordering::Relaxed);
+                        for r in recs.iter().filter(|r| r.entry.action == CHAIN_BREAK) {
+                            tracing::error!(
+                                "AUDIT CHAIN BROKEN (record {}): {}",
+                                r.seq,
+                                r.entry.outcome
+                            );
+                            if let Some(f) =
+                                &*self.on_break.lock().unwrap_or_else(|p| p.into_inner())
+                            {
+                                f(&r.entry.outcome);
+                            }
                         }
-                    }
-                    let rec = recs.last().expect("the entry's record");
-                    *last = Some((rec.seq, rec.hash.clone()));
-                    if let Err(e) = write_head(&self.head, rec.seq, &rec.hash) {
-                        tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
-                    }
-                }),
+                        let rec = recs.last().expect("the entry's record");
+                        *last = Some((rec.seq, rec.hash.clone()));
+                        if let Err(e) = write_head(&self.head, rec.seq, &rec.hash) {
+                            tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
+                        }
+                    })
+                }
                 Record::Kill {
                     run_id,
                     started_at,
