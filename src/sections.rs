@@ -340,7 +340,7 @@ fn closed_git_locks(
                 .into_iter()
                 .map(move |l| (d, l))
         })
-        .filter(|(_, l)| l.ctime >= since)
+        .filter(|(_, l)| created_since(l, since))
         .filter(|(_, l)| !open.iter().any(|f| f.dev == l.dev && f.ino == l.ino))
         .collect();
     if locks.is_empty() {
@@ -421,6 +421,16 @@ fn outside_use(proc_root: &Path, paths: &[&str], except: &[i32]) -> OutsideUse {
         held: held_by(proc_root, paths, &pids),
         cwds,
     }
+}
+
+/// How far an inode's times may lag the clock the run's start was read from:
+/// the kernel stamps them from a coarse clock (one tick, up to 10 ms, behind).
+const COARSE_CLOCK_SLACK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a lock was created (its ctime) since `since`, allowing for the
+/// coarse clock inode times come from.
+fn created_since(lock: &LockFile, since: SystemTime) -> bool {
+    lock.ctime + COARSE_CLOCK_SLACK >= since
 }
 
 /// Which of `paths` a live process other than `except` has open.
@@ -515,7 +525,7 @@ pub fn orphan_git_locks(
     let mut out = Vec::new();
     for git_dir in git_dirs {
         let mut locks = gitlocks::list(git_dir, owner);
-        locks.retain(|l| l.ctime >= since);
+        locks.retain(|l| created_since(l, since));
         if locks.is_empty() {
             continue;
         }
