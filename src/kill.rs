@@ -634,7 +634,7 @@ pub fn kill_escapees(
         };
         let ours = procfs::has_env(proc_root, pid, key, value)
             && (owner == 0
-                || procfs::uids(proc_root, pid).is_some_and(|(r, s)| owner == r || owner == s));
+                || procfs::uids(proc_root, pid).is_some_and(|[r, _, s]| owner == r || owner == s));
         if ours && procfs::pidfd_signal(&pidfd, Signal::KILL).is_ok() {
             pending.push((pid, pidfd));
         } else if procfs::pidfd_alive(&pidfd) {

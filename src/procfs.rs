@@ -72,19 +72,6 @@ pub fn has_env(proc_root: &Path, pid: i32, key: &str, value: &str) -> bool {
     raw.split(|b| *b == 0).any(|e| e == want.as_bytes())
 }
 
-/// The real and saved uid of a process, from the `Uid:` line of
-/// `/proc/<pid>/status` (real, effective, saved, filesystem).
-pub fn uids(proc_root: &Path, pid: i32) -> Option<(u32, u32)> {
-    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    let ids: Vec<u32> = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    Some((*ids.first()?, *ids.get(2)?))
-}
-
 /// Every numeric entry of `/proc`.
 pub fn all_pids(proc_root: &Path) -> Vec<i32> {
     let Ok(entries) = fs::read_dir(proc_root) else {
