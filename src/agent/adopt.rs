@@ -25,8 +25,9 @@ use crate::store::{AuditEntry, RunRecord};
 pub const TREE: &str = "pid";
 /// `adopted` of a run whose cgroup was taken in place.
 pub const IN_PLACE: &str = "cgroup";
-/// The leaf of an adopted run's cgroup that holds the tree.
-pub const PAYLOAD: &str = "payload";
+/// The leaf of an adopted run's cgroup that holds the tree: the payload leaf of
+/// every run (an adopted tree has no supervisor leaf).
+pub use super::layout::PAYLOAD;
 /// `statfs` type of cgroup2 (`CGROUP2_SUPER_MAGIC`).
 const CGROUP2_MAGIC: u64 = 0x6367_7270;
 
