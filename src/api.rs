@@ -44,6 +44,10 @@ pub enum RunStatus {
     TimedOut,
     /// Processes survived `cgroup.kill`; the cgroup is kept frozen.
     Unkillable,
+    /// Ended by the kernel's OOM killer (over its `memory.max`; `oom_kill` in
+    /// `memory.events`), the whole run at once (`memory.oom.group`).
+    #[serde(rename = "oom_killed")]
+    OomKilled,
     /// Ended while nobody watched (no exit was reported).
     Lost,
     /// Found in the cgroup tree with no record (adopted after a restart).
@@ -51,7 +55,7 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 9] = [
+    pub const ALL: [RunStatus; 10] = [
         RunStatus::Initializing,
         RunStatus::Running,
         RunStatus::Stopping,
@@ -59,6 +63,7 @@ impl RunStatus {
         RunStatus::Killed,
         RunStatus::TimedOut,
         RunStatus::Unkillable,
+        RunStatus::OomKilled,
         RunStatus::Lost,
         RunStatus::Unknown,
     ];
@@ -72,6 +77,7 @@ impl RunStatus {
             RunStatus::Killed => "killed",
             RunStatus::TimedOut => "timed_out",
             RunStatus::Unkillable => "unkillable",
+            RunStatus::OomKilled => "oom_killed",
             RunStatus::Lost => "lost",
             RunStatus::Unknown => "unknown",
         }

@@ -24,9 +24,15 @@ pub const CPU_STAT: &str = "cpu.stat";
 pub const MEMORY_MAX: &str = "memory.max";
 pub const PIDS_MAX: &str = "pids.max";
 pub const CPU_MAX: &str = "cpu.max";
+pub const MEMORY_HIGH: &str = "memory.high";
+pub const MEMORY_OOM_GROUP: &str = "memory.oom.group";
+pub const MEMORY_EVENTS: &str = "memory.events";
 
 /// The limit files a template may set, each belonging to the controller its name starts with.
-pub const LIMIT_FILES: [&str; 3] = [MEMORY_MAX, PIDS_MAX, CPU_MAX];
+pub const LIMIT_FILES: [&str; 4] = [MEMORY_MAX, MEMORY_HIGH, PIDS_MAX, CPU_MAX];
+
+/// The controllers of the limit files.
+pub const LIMIT_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
 /// How long `remove` retries an `rmdir` that fails with EBUSY.
 const RMDIR_RETRY: Duration = Duration::from_secs(2);
@@ -184,21 +190,22 @@ pub fn process_cgroup(proc_root: &Path, pid: i32) -> Option<String> {
 /// `None` for any other file.
 pub fn limit_controller(file: &str) -> Option<&'static str> {
     match file {
-        MEMORY_MAX => Some("memory"),
+        MEMORY_MAX | MEMORY_HIGH => Some("memory"),
         PIDS_MAX => Some("pids"),
         CPU_MAX => Some("cpu"),
         _ => None,
     }
 }
 
-/// Checks a limit's value the way the kernel reads it: `memory.max` bytes with
+/// Checks a limit's value the way the kernel reads it: `memory.max` (and
+/// `memory.high`) bytes with
 /// an optional K/M/G/T/P/E suffix, `pids.max` a count, `cpu.max` a quota and an
 /// optional period in µs; each may be `max` (no limit). The error says why.
 pub fn check_limit(file: &str, value: &str) -> std::result::Result<(), String> {
     let v = value.trim();
     let number = |s: &str| s.parse::<u64>().ok();
     match file {
-        MEMORY_MAX => {
+        MEMORY_MAX | MEMORY_HIGH => {
             let digits = v.trim_end_matches(|c: char| "kKmMgGtTpPeE".contains(c));
             let suffixes = v.len() - digits.len();
             if v == "max" || (suffixes <= 1 && number(digits).is_some()) {
@@ -620,6 +627,12 @@ impl Cgroup {
                     if let Err(e) = self.write(file, value) {
                         warnings.push(format!("{file}={value} not applied: {e}"));
                     }
+                    // An OOM kill in the run takes the whole run, not one process of it.
+                    if controller == "memory"
+                        && let Err(e) = self.write(MEMORY_OOM_GROUP, "1")
+                    {
+                        warnings.push(format!("{MEMORY_OOM_GROUP}=1 not applied: {e}"));
+                    }
                 }
                 Err(Unavailable::NotEnabled { path, none_at_all }) => {
                     let hint = if none_at_all {
@@ -638,6 +651,15 @@ impl Cgroup {
             }
         }
         warnings
+    }
+
+    /// How many processes the kernel's OOM killer killed in this cgroup and below
+    /// (`oom_kill` in `memory.events`); `None` without the memory controller.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let text = self.read(MEMORY_EVENTS).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// CPU time used by the cgroup, from `usage_usec` in `cpu.stat`.

@@ -69,6 +69,9 @@ pub enum StatusFilter {
     TimedOut,
     /// Processes survived cgroup.kill; its cgroup is kept frozen.
     Unkillable,
+    /// Ended by the kernel's OOM killer (over its memory.max).
+    #[serde(rename = "oom_killed")]
+    OomKilled,
     /// Ended while nobody watched.
     Lost,
     /// Found in the cgroup tree with no record.
@@ -85,6 +88,7 @@ impl StatusFilter {
             StatusFilter::Killed => RunStatus::Killed,
             StatusFilter::TimedOut => RunStatus::TimedOut,
             StatusFilter::Unkillable => RunStatus::Unkillable,
+            StatusFilter::OomKilled => RunStatus::OomKilled,
             StatusFilter::Lost => RunStatus::Lost,
             StatusFilter::Unknown => RunStatus::Unknown,
         }
@@ -96,7 +100,7 @@ impl StatusFilter {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only runs with this status. A status of an ended run (exited, killed,
-    /// timed_out, lost) also searches runs that have ended.
+    /// timed_out, oom_killed, lost) also searches runs that have ended.
     pub status: Option<StatusFilter>,
     /// Only runs of this workflow (the name given with `wfcg run --workflow`).
     pub workflow: Option<String>,

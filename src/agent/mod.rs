@@ -14,6 +14,7 @@ mod lifecycle;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod placement;
 mod query;
 pub mod reaper;
 pub mod server;
@@ -74,6 +75,9 @@ pub enum StartError {
     /// No cgroup2 mount.
     #[error("{0}")]
     Cgroup(#[from] cgroup::Error),
+    /// Under systemd, the agent's cgroup is not delegated to it.
+    #[error("{0}")]
+    Placement(String),
     /// The kernel lacks cgroup.kill.
     #[error("the kernel has no cgroup.kill in {0} (needs Linux 5.14 or later)")]
     NoCgroupKill(PathBuf),
@@ -297,10 +301,12 @@ impl Agent {
         // Everything that can refuse a start is read before the host is touched.
         let access = access::Access::load(cfg.policy.clone()).map_err(StartError::Policy)?;
         let template = Template::default_for_host().map_err(StartError::Template)?;
-        let root = Cgroup::new(match &cfg.cgroup_root {
+        let root = match &cfg.cgroup_root {
             Some(p) => p.clone(),
-            None => cgroup::cgroup2_mount()?.join("wfcg"),
-        });
+            None => placement::decide(None, &placement::Host::current()?, placement::is_delegated)
+                .map_err(StartError::Placement)?,
+        };
+        let root = Cgroup::new(root);
         root.create()?;
         if !root.supports_kill() {
             return Err(StartError::NoCgroupKill(root.path().into()));
@@ -311,6 +317,19 @@ impl Agent {
         leaf.add_process(std::process::id() as i32)?;
         let runs_cg = root.child("runs");
         runs_cg.create()?;
+        // Limits need their controllers in the subtree: enabled once here, where the
+        // host offers them (a hybrid host offers none: limits are then skipped per run).
+        for cg in [&root, &runs_cg] {
+            for controller in cgroup::LIMIT_CONTROLLERS {
+                if cg
+                    .controllers()
+                    .is_ok_and(|c| c.iter().any(|c| c == controller))
+                    && let Err(e) = cg.enable_controller(controller)
+                {
+                    tracing::warn!("cannot enable the {controller} controller: {e}");
+                }
+            }
+        }
 
         let sock_dir = cfg.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
         make_dir(&sock_dir, 0o755)?;
@@ -967,6 +986,12 @@ impl Agent {
         }
         // Only if no kill began meanwhile: then the kill sequence has the last word.
         // (Both locks held, in the agent's order, so none begins in between.)
+        // memory.events of the run's cgroup counts its leaves' OOM kills too.
+        let end = if Cgroup::new(&rec.cgroup_path).oom_kills().unwrap_or(0) > 0 {
+            RunStatus::OomKilled
+        } else {
+            RunStatus::Exited
+        };
         let exited = {
             let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             !inflight.contains_key(run_id)
@@ -978,12 +1003,15 @@ impl Agent {
                         RunStatus::Stopping.as_str(),
                         RunStatus::Unknown.as_str(),
                     ],
-                    RunStatus::Exited.as_str(),
+                    end.as_str(),
                     &now(),
                 )?
         };
         if exited {
-            self.audit_run_end(run_id, RunStatus::Exited);
+            self.audit_run_end(run_id, end);
+            if end == RunStatus::OomKilled {
+                self.alert_oom(&rec);
+            }
         }
         tracing::info!(run_id, code = ?report.exit_code, signal = ?report.signal, "run exited");
         Ok(ExitAck {
@@ -1269,6 +1297,21 @@ impl Agent {
                 time: now(),
                 details: serde_json::json!({ "audit_head": self.cfg.state_dir.join("audit.head") }),
             },
+        );
+    }
+
+    /// The `oom_killed` alert: the kernel's OOM killer ended the run.
+    fn alert_oom(&self, rec: &RunRecord) {
+        let limit = std::fs::read_to_string(Path::new(&rec.cgroup_path).join(cgroup::MEMORY_MAX))
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_else(|_| "?".into());
+        self.alert(
+            "oom_killed",
+            rec,
+            &format!(
+                "run {} was killed by the kernel's OOM killer (memory.max {limit})",
+                rec.run_id
+            ),
         );
     }
 
@@ -2132,10 +2175,12 @@ impl OnEmpty for Agent {
                     exit = Some((code, signal));
                     (rec.exit_code, rec.exit_signal) = (code, signal);
                 }
+                let oom = Cgroup::new(&rec.cgroup_path).oom_kills().unwrap_or(0) > 0;
                 let end = match status {
                     // A kill had begun (one interrupted by an agent restart, if
                     // no sequence is under way): its processes are gone.
                     RunStatus::Unkillable | RunStatus::Stopping => RunStatus::Killed,
+                    _ if oom => RunStatus::OomKilled,
                     // An adopted run has no supervisor to report an exit: it ended by itself.
                     _ if rec.exit_code.is_some()
                         || rec.exit_signal.is_some()
@@ -2162,6 +2207,9 @@ impl OnEmpty for Agent {
         };
         if let Some(end) = ended {
             self.audit_run_end(run_id, end);
+            if end == RunStatus::OomKilled {
+                self.alert_oom(&rec);
+            }
         }
         let status = self.cleanup(&rec, &[]);
         if status.processes_remaining > 0 || !status.cgroup_removed {

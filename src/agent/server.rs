@@ -311,6 +311,15 @@ fn bind(socket: &Path) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
+/// Tells the service manager (systemd's `NOTIFY_SOCKET`, when set) how the agent is.
+fn notify_service_manager(text: &str) {
+    if let Ok(socket) = std::env::var("NOTIFY_SOCKET")
+        && let Err(e) = super::notify::send(&socket, text)
+    {
+        tracing::warn!("cannot notify the service manager on {socket}: {e}");
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT. Runs are left running when it stops.
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
     if !rustix::process::geteuid().is_root() {
@@ -364,6 +373,9 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         });
     }
     let app = router(agent.clone());
+    // The socket is bound and the agent set up: a connection made from now on is
+    // answered, so systemd (Type=notify) may count the service as started.
+    notify_service_manager("READY=1\nSTATUS=serving");
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -373,6 +385,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             _ = int.recv() => {},
         }
         tracing::info!("stopping; runs go on");
+        notify_service_manager("STOPPING=1");
     };
     accept_loop(listener, app, agent, shutdown).await;
     let _ = std::fs::remove_file(&socket);

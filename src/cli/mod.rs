@@ -6,6 +6,7 @@
 mod adopt;
 mod agent;
 mod audit;
+mod install;
 mod kill;
 mod mcp;
 mod notify;
@@ -53,7 +54,8 @@ pub struct Cli {
     )]
     pub state_dir: PathBuf,
 
-    /// The cgroup the agent owns [default: <cgroup2 mount>/wfcg].
+    /// The cgroup the agent owns [default: under systemd (PID 1) the agent's own
+    /// delegated cgroup (wfcg.service), else <cgroup2 mount>/wfcg].
     #[arg(long, global = true, env = "WFCG_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
 
@@ -75,6 +77,9 @@ pub enum Verb {
     Template(template::Args),
     Top(top::Args),
     Mcp(mcp::Args),
+    InstallService(install::InstallArgs),
+    #[command(hide = true)]
+    Generate(install::GenerateArgs),
 }
 
 /// Runs the parsed command line; returns the exit code.
@@ -92,6 +97,8 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Template(ref a) => template::run(&cli, a),
         Verb::Top(ref a) => top::run(&cli, a),
         Verb::Mcp(ref a) => mcp::run(&cli, a),
+        Verb::InstallService(ref a) => install::install_service(a),
+        Verb::Generate(ref a) => install::generate(a),
     }
 }
 

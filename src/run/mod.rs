@@ -157,6 +157,8 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
     if let Some(root) = &addr.cgroup_root {
         cmd.arg("--cgroup-root").arg(root);
     }
+    // The agent tells a NOTIFY_SOCKET it is ready: not the one of a run this is in.
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
         .stderr(log);
