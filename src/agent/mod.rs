@@ -301,20 +301,29 @@ impl Agent {
         // Everything that can refuse a start is read before the host is touched.
         let access = access::Access::load(cfg.policy.clone()).map_err(StartError::Policy)?;
         let template = Template::default_for_host().map_err(StartError::Template)?;
-        let root = match &cfg.cgroup_root {
-            Some(p) => p.clone(),
+        let place = match &cfg.cgroup_root {
+            Some(p) => placement::Placement::Own(p.clone()),
             None => placement::decide(None, &placement::Host::current()?, placement::is_delegated)
                 .map_err(StartError::Placement)?,
         };
-        let root = Cgroup::new(root);
+        let root = match &place {
+            placement::Placement::Own(path) => Cgroup::new(path),
+            placement::Placement::Scope { path, unit, slice } => {
+                placement::ensure_scope(path, unit, slice).map_err(StartError::Placement)?;
+                Cgroup::new(path)
+            }
+        };
         root.create()?;
         if !root.supports_kill() {
             return Err(StartError::NoCgroupKill(root.path().into()));
         }
-        // The no-internal-processes rule: the agent lives in a leaf beside the runs.
-        let leaf = root.child("agent");
-        leaf.create()?;
-        leaf.add_process(std::process::id() as i32)?;
+        if let placement::Placement::Own(_) = place {
+            // The no-internal-processes rule: the agent lives in a leaf beside the runs.
+            let leaf = root.child("agent");
+            leaf.create()?;
+            leaf.add_process(std::process::id() as i32)?;
+        }
+        tracing::info!(root = %root.path().display(), "cgroup tree");
         let runs_cg = root.child("runs");
         runs_cg.create()?;
         // Limits need their controllers in the subtree: enabled once here, where the

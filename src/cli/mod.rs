@@ -80,6 +80,9 @@ pub enum Verb {
     InstallService(install::InstallArgs),
     #[command(hide = true)]
     Generate(install::GenerateArgs),
+    /// Keep the runs' scope open (started by the agent under systemd < 254).
+    #[command(hide = true)]
+    Hold,
 }
 
 /// Runs the parsed command line; returns the exit code.
@@ -99,6 +102,9 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Mcp(ref a) => mcp::run(&cli, a),
         Verb::InstallService(ref a) => install::install_service(a),
         Verb::Generate(ref a) => install::generate(a),
+        Verb::Hold => crate::agent::placement::hold()
+            .map(|()| crate::exit::OK)
+            .map_err(|e| Failure::new(crate::exit::FAILED, e)),
     }
 }
 
