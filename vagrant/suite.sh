@@ -154,6 +154,12 @@ stop_leaves_runs_alive() {
   wfcg kill vm-stop --force >/dev/null || die "kill after start failed"
 }
 
+root_run_starts_the_stopped_service() {
+  systemctl stop wfcg || die "systemctl stop failed"
+  wfcg run --quiet -- true || die "wfcg run with the service stopped failed"
+  [ "$(systemctl is-active wfcg)" = active ] || die "wfcg.service is $(systemctl is-active wfcg)"
+}
+
 memory_max_ends_as_oom_killed() {
   template vm-oom '[limits]
 "memory.max" = "64M"
@@ -271,7 +277,8 @@ echo "wfcg VM suite: $(uname -r), systemd $(systemctl --version | head -1 | cut 
 echo "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 for s in service_ready_reaches_systemd agent_lives_in_its_delegated_cgroup \
          agent_refuses_an_undelegated_cgroup escape_tree_leaves_no_survivor \
-         restart_keeps_three_runs_alive stop_leaves_runs_alive memory_max_ends_as_oom_killed \
+         restart_keeps_three_runs_alive stop_leaves_runs_alive root_run_starts_the_stopped_service \
+         memory_max_ends_as_oom_killed \
          pids_max_contains_a_fork_bomb memory_high_run_is_killed_quickly \
          graceful_kill_during_git_commit_leaves_a_sound_repo audit_chain_verifies \
          compare_with_systemd; do

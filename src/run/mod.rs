@@ -136,6 +136,22 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
         ));
     }
     let fail = |m: String| Failure::new(exit::UNREACHABLE, m);
+    if std::path::Path::new("/run/systemd/system").is_dir() && addr.cgroup_root.is_none() {
+        // Under systemd the agent is wfcg.service: an agent started from here would
+        // not be in a delegated cgroup (and refuses to start).
+        let started = Command::new("systemctl")
+            .args(["start", "wfcg.service"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if started && client.ping() {
+            return Ok(());
+        }
+        return Err(fail(format!(
+            "no wfcg agent answers on {} and `systemctl start wfcg.service` did not start one \
+             (install it with `wfcg install-service`), or pass --socket",
+            addr.socket.display()
+        )));
+    }
     std::fs::create_dir_all(&addr.state_dir)
         .map_err(|e| fail(format!("cannot create {}: {e}", addr.state_dir.display())))?;
     let log_path = addr.state_dir.join("agent.log");
