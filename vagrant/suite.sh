@@ -245,7 +245,7 @@ compare_with_systemd() {
   echo "  wfcg phases: $(echo "$out" | jq -r '[.phases[] | "\(.name) \(.duration_ms | floor) ms"] | join(", ")')"
   [ "$(marked cmp-wfcg)" -eq 0 ] || die "wfcg left processes"
 
-  { systemd-run --scope --quiet --unit cmp-scope -- sh -c "$tree" >/dev/null 2>&1 & } 2>/dev/null
+  setsid -f systemd-run --scope --quiet --unit cmp-scope -- sh -c "$tree" >/dev/null 2>&1
   local scg=/sys/fs/cgroup/system.slice/cmp-scope.scope
   wait_for 300 sh -c "[ \$(cat $scg/cgroup.procs 2>/dev/null | wc -l) -ge 1001 ]" ||
     die "the scope has $(wc -l <"$scg/cgroup.procs") processes"
@@ -253,7 +253,6 @@ compare_with_systemd() {
   systemctl kill --signal=SIGKILL cmp-scope.scope
   while systemctl is-active --quiet cmp-scope.scope || [ -e "$scg" ]; do sleep 0.005; done
   s=$(($(ms_now) - t0))
-  wait 2>/dev/null
   echo "  kill of 1000 processes: wfcg kill --force $w ms, systemctl kill + unit gone $s ms"
 
   local n=20 i
