@@ -226,7 +226,7 @@ graceful_kill_during_git_commit_leaves_a_sound_repo() {
   [ ! -e .git/index.lock ] || die "index.lock left behind"
   git fsck --strict --no-progress >/dev/null 2>&1 || die "git fsck: $(git fsck --strict 2>&1 | head -3)"
   git status --porcelain >/dev/null || die "git status fails"
-  echo "  $(git rev-list --count HEAD) commits, fsck clean"
+  echo "  $(git rev-list --count HEAD 2>/dev/null || echo 0) commits, fsck clean"
 }
 
 audit_chain_verifies() {
