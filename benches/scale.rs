@@ -6,6 +6,9 @@
 //! (the monitor's overhead), and the cost of one `/metrics` scrape and one
 //! `wfcg ps --json` (median of 20 each), against the same with no runs as the
 //! baseline. Run with `cargo bench --bench scale` (root, cgroup2).
+//! `WFCG_BENCH_STALL=2m` gives every run that stall timeout (each then has its
+//! cgroup sampled on the deadline queue every 30 s): compare the CPU with a run
+//! without it.
 
 #[path = "../tests/it/util.rs"]
 mod util;
@@ -102,6 +105,7 @@ fn main() {
     }
     let runs = env_or("WFCG_BENCH_RUNS", 1000) as usize;
     let secs = env_or("WFCG_BENCH_SECS", 60);
+    let stall = std::env::var("WFCG_BENCH_STALL").ok();
     let agent = TestAgent::start();
     let pid = agent.pid().expect("agent pid");
 
@@ -127,6 +131,9 @@ fn main() {
         let mut args = vec!["run", "--detach", "--init-timeout", "0", "--timeout", "0"];
         if i % 10 == 0 {
             args.extend(["--watchdog", "5s"]);
+        }
+        if let Some(stall) = &stall {
+            args.extend(["--stall-timeout", stall.as_str()]);
         }
         args.extend(["--", "sh", "-c", script]);
         let out = agent
@@ -157,8 +164,9 @@ fn main() {
     let list_full = get(&agent, "/v1/runs");
 
     println!(
-        "wfcg agent with {runs} idle runs ({} heartbeating every 1 s), {secs} s window",
-        runs.div_ceil(10)
+        "wfcg agent with {runs} idle runs ({} heartbeating every 1 s), {secs} s window, stall timeout {}",
+        runs.div_ceil(10),
+        stall.as_deref().unwrap_or("off")
     );
     println!(
         "  agent CPU          {cpu_pct:>8.3} % of one core   (no runs: {idle_empty:.3} %)  target < 0.5 %"

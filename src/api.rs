@@ -142,7 +142,44 @@ pub struct CreateRun {
     pub init_timeout_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub watchdog_ms: Option<u64>,
+    /// No-progress and first-output timeouts, in milliseconds (0 = none).
+    #[serde(default)]
+    pub stall_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub output_timeout_ms: Option<u64>,
+    /// Readiness conditions (`notify`, `start`, `output`, `log:REGEX`, `file:PATH`,
+    /// `port:N`) in place of the template's `[run] ready`.
+    #[serde(default)]
+    pub ready_when: Option<Vec<String>>,
 }
+
+/// What the supervisor watches in its command's output and workspace, and tells
+/// the agent about through the notify socket (see [`OUTPUT_NOTIFY`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// Report output (first byte, then at most once a second) to the agent.
+    #[serde(default)]
+    pub output: bool,
+    /// Send READY=1 at the first byte of output.
+    #[serde(default)]
+    pub ready_on_output: bool,
+    /// Send READY=1 when a line of output matches this regular expression.
+    #[serde(default)]
+    pub ready_on_log: Option<String>,
+    /// Send READY=1 when this file (relative to the workspace) exists.
+    #[serde(default)]
+    pub ready_on_file: Option<String>,
+}
+
+impl Watch {
+    /// Whether the command's output must pass through the supervisor.
+    pub fn needs_output(&self) -> bool {
+        self.output || self.ready_on_output || self.ready_on_log.is_some()
+    }
+}
+
+/// The notify line a run's supervisor sends when its command wrote output.
+pub const OUTPUT_NOTIFY: &str = "X_WFCG_OUTPUT=1";
 
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +198,24 @@ pub struct RunStarted {
     pub template: String,
     /// Things that did not apply, one line each (e.g. limits skipped on this host).
     pub warnings: Vec<String>,
+    /// What the supervisor watches for the agent.
+    #[serde(default)]
+    pub watch: Watch,
+}
+
+/// A workflow's circuit breaker (`GET /v1/breakers`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BreakerInfo {
+    pub workflow: String,
+    /// Runs in a row that ended stuck (init, first-output or stall timeout).
+    pub failures: u32,
+    /// Whether new runs of the workflow are refused now.
+    pub open: bool,
+    pub opened_at: Option<String>,
+    /// When the cooldown ends (the next run is let through).
+    pub open_until: Option<String>,
+    pub last_run_id: Option<String>,
+    pub last_reason: Option<String>,
 }
 
 /// `POST /v1/runs/{id}/exit`: the supervisor's report of how the command ended.
@@ -512,6 +567,8 @@ pub enum ErrorKind {
     Conflict,
     /// The agent failed. HTTP 500.
     Internal,
+    /// The workflow's circuit breaker is open: new runs are refused. HTTP 503.
+    BreakerOpen,
 }
 
 /// The body of every error answer.

@@ -8,6 +8,7 @@
 //! | 3 | no such run |
 //! | 4 | not permitted |
 //! | 5 | agent unreachable |
+//! | 6 | the workflow's circuit breaker is open: the run was refused (`wfcg breaker reset`) |
 //!
 //! `wfcg run` exits with its command's status instead (128+N for signal N).
 
@@ -20,6 +21,7 @@ pub const USAGE: i32 = 2;
 pub const NO_SUCH_RUN: i32 = 3;
 pub const NOT_PERMITTED: i32 = 4;
 pub const UNREACHABLE: i32 = 5;
+pub const BREAKER_OPEN: i32 = 6;
 
 /// A command's failure: the message for stderr and the exit code.
 #[derive(Debug)]
@@ -48,6 +50,7 @@ fn code_for(kind: ErrorKind) -> i32 {
         ErrorKind::NotFound => NO_SUCH_RUN,
         ErrorKind::Forbidden => NOT_PERMITTED,
         ErrorKind::Internal => FAILED,
+        ErrorKind::BreakerOpen => BREAKER_OPEN,
     }
 }
 

@@ -291,18 +291,28 @@ impl WfcgMcp {
     /// List the stuck workflow runs: initializing for 80% of their init timeout,
     /// a heartbeat overdue, or near their total timeout. Each run says why in
     /// `stuck` (and `loop_suspected` when it keeps restarting the same command).
-    /// Answers `{"runs": [...], "count": N}`; kill_workflow stops one.
+    /// Also the workflows whose circuit breaker is open (their last runs all ended
+    /// stuck; new runs are refused until the cooldown passes or an operator runs
+    /// `wfcg breaker reset`). Answers `{"runs": [...], "count": N,
+    /// "breakers_open": [...]}`; kill_workflow stops a run.
     #[tool(annotations(
         title = "List stuck workflow runs",
         read_only_hint = true,
         open_world_hint = false
     ))]
     async fn list_stuck(&self) -> CallToolResult {
-        match self
-            .call(|c| c.get::<Vec<Value>>("/v1/runs?stuck=true"))
-            .await
-        {
-            Ok(runs) => runs_result(runs),
+        let got = self
+            .call(|c| {
+                let runs = c.get::<Vec<Value>>("/v1/runs?stuck=true")?;
+                let breakers = c.get::<Vec<Value>>("/v1/breakers")?;
+                Ok((runs, breakers))
+            })
+            .await;
+        match got {
+            Ok((runs, breakers)) => {
+                let open: Vec<Value> = breakers.into_iter().filter(|b| b["open"] == true).collect();
+                object_result(json!({"count": runs.len(), "runs": runs, "breakers_open": open}))
+            }
             Err(e) => tool_error(e),
         }
     }

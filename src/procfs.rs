@@ -253,6 +253,49 @@ pub fn wchan_and_stack(proc_root: &Path, pid: i32) -> (Option<String>, Option<St
     (wchan, stack)
 }
 
+/// The socket inodes listening on TCP `port` (IPv4 or IPv6) in the network
+/// namespace of `pid`, from `/proc/<pid>/net/tcp{,6}`.
+pub fn tcp_listeners(proc_root: &Path, pid: i32, port: u16) -> Vec<u64> {
+    let dir = proc_root.join(pid.to_string()).join("net");
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .flat_map(|text| parse_tcp_listeners(&text, port))
+        .collect()
+}
+
+/// The inodes of the sockets in LISTEN state on `port` in a `/proc/net/tcp{,6}` text.
+pub fn parse_tcp_listeners(text: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit_once(':')?.1;
+            let listening = *f.get(3)? == LISTEN;
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| f.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Whether `pid` holds an open fd on one of the socket `inodes`.
+pub fn holds_socket(proc_root: &Path, pid: i32, inodes: &[u64]) -> bool {
+    let Ok(fds) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| inodes.contains(&n))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +369,17 @@ mod tests {
         child.wait().unwrap();
         assert!(!pidfd_alive(&pidfd));
         assert_eq!(pidfd_pid(&pidfd), None);
+    }
+
+    #[test]
+    fn tcp_listeners_are_found_by_port_and_state() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(parse_tcp_listeners(text, 8080), vec![4242]);
+        assert_eq!(parse_tcp_listeners(text, 80), vec![99]);
+        assert!(parse_tcp_listeners(text, 81).is_empty());
     }
 }

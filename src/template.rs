@@ -131,28 +131,196 @@ pub struct Template {
     pub alerts: Alerts,
     #[serde(default)]
     pub tmpdir: TmpdirSettings,
+    pub breaker: Breaker,
     /// cgroup limits by file name (`memory.max`, `pids.max`, `cpu.max`), written
     /// where the controller is enabled.
     #[serde(default, deserialize_with = "limit_map")]
     pub limits: std::collections::BTreeMap<String, String>,
 }
 
-/// When a run counts as initialized.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+/// One way a run shows it is initialized (`[run] ready`, `wfcg run --ready-when`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Ready {
-    /// When it sends READY=1 (sd_notify); until then it is `initializing`.
-    #[default]
+    /// It sends READY=1 (sd_notify); until then it is `initializing`.
     Notify,
     /// As soon as its command starts.
     Start,
+    /// Its first byte on stdout or stderr.
+    Output,
+    /// A line of its output matches this regular expression.
+    Log(String),
+    /// This file exists (relative to the workspace), as the run's owner sees it.
+    File(String),
+    /// A process of the run listens on this TCP port.
+    Port(u16),
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// The forms `Ready` takes, for error messages.
+pub const READY_FORMS: &str = "notify, start, output, log:REGEX, file:PATH or port:N";
+
+impl Ready {
+    pub fn parse(text: &str) -> Result<Ready, String> {
+        let bad = |why: String| Err(format!("ready {text:?}: {why} (one of {READY_FORMS})"));
+        match text {
+            "notify" => return Ok(Ready::Notify),
+            "start" => return Ok(Ready::Start),
+            "output" => return Ok(Ready::Output),
+            _ => {}
+        }
+        let Some((kind, arg)) = text.split_once(':') else {
+            return bad("unknown".into());
+        };
+        match kind {
+            "log" if arg.len() > 1024 => bad("the pattern is longer than 1024 bytes".into()),
+            "log" => match regex::Regex::new(arg) {
+                Ok(_) => Ok(Ready::Log(arg.into())),
+                Err(e) => bad(format!("bad regular expression: {e}")),
+            },
+            "file" if arg.is_empty() || arg.len() > 4096 || arg.contains('\0') => {
+                bad("a path of 1 to 4096 bytes".into())
+            }
+            "file" => Ok(Ready::File(arg.into())),
+            "port" => match arg.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(Ready::Port(n)),
+                _ => bad("a TCP port from 1 to 65535".into()),
+            },
+            _ => bad("unknown".into()),
+        }
+    }
+}
+
+impl TryFrom<String> for Ready {
+    type Error = String;
+    fn try_from(s: String) -> Result<Ready, String> {
+        Ready::parse(&s)
+    }
+}
+
+impl From<Ready> for String {
+    fn from(r: Ready) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Ready::Notify => f.write_str("notify"),
+            Ready::Start => f.write_str("start"),
+            Ready::Output => f.write_str("output"),
+            Ready::Log(re) => write!(f, "log:{re}"),
+            Ready::File(p) => write!(f, "file:{p}"),
+            Ready::Port(n) => write!(f, "port:{n}"),
+        }
+    }
+}
+
+/// Reads `ready`: one condition as a string, or a list of them (the first that
+/// holds ends initialization).
+fn ready_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ready>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<Ready>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "one of {READY_FORMS}, or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<Ready>, E> {
+            Ready::parse(v).map(|r| vec![r]).map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Ready>, A::Error> {
+            let mut list = Vec::new();
+            while let Some(text) = seq.next_element::<String>()? {
+                list.push(Ready::parse(&text).map_err(serde::de::Error::custom)?);
+            }
+            if list.is_empty() {
+                return Err(serde::de::Error::custom(format!(
+                    "ready: give at least one of {READY_FORMS}"
+                )));
+            }
+            Ok(list)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn ser_ready<S: Serializer>(list: &[Ready], s: S) -> Result<S::Ok, S::Error> {
+    match list {
+        [one] => one.serialize(s),
+        many => many.serialize(s),
+    }
+}
+
+fn default_ready() -> Vec<Ready> {
+    vec![Ready::Notify]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettings {
+    /// When the run counts as initialized: the first of these that holds.
+    /// READY=1 always counts too.
+    #[serde(
+        default = "default_ready",
+        deserialize_with = "ready_list",
+        serialize_with = "ser_ready"
+    )]
+    pub ready: Vec<Ready>,
+}
+
+impl Default for RunSettings {
+    fn default() -> RunSettings {
+        RunSettings {
+            ready: default_ready(),
+        }
+    }
+}
+
+impl RunSettings {
+    /// Whether the run starts `initializing` (it does unless `start` is among its conditions).
+    pub fn waits(&self) -> bool {
+        !self.ready.contains(&Ready::Start)
+    }
+
+    /// The TCP port whose listener makes it ready, if any.
+    pub fn port(&self) -> Option<u16> {
+        self.ready.iter().find_map(|r| match r {
+            Ready::Port(n) => Some(*n),
+            _ => None,
+        })
+    }
+}
+
+/// The circuit breaker of a workflow: after `failures` runs in a row ended stuck
+/// (an init, first-output or stall timeout), new runs are refused for `cooldown`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// 0 is off.
     #[serde(default)]
-    pub ready: Ready,
+    pub failures: u32,
+    #[serde(
+        default = "default_cooldown",
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub cooldown: Duration,
+}
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for Breaker {
+    fn default() -> Breaker {
+        Breaker {
+            failures: 0,
+            cooldown: default_cooldown(),
+        }
+    }
 }
 
 /// The run's TMPDIR: a tmpfs of its own of this size.
@@ -221,6 +389,21 @@ pub struct Timeouts {
         serialize_with = "ser_duration"
     )]
     pub watchdog: Duration,
+    /// No progress (CPU time, processes started or ended, output) for this long
+    /// kills the run as stalled; zero is off.
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub stall: Duration,
+    /// No first byte of output within this long kills the run; zero is off.
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "ser_duration"
+    )]
+    pub output: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -356,6 +539,9 @@ impl Template {
         operator_only("cleanup", t.cleanup == base.cleanup)?;
         operator_only("limits", t.limits == base.limits)?;
         operator_only("tmpdir", t.tmpdir == base.tmpdir)?;
+        // A breaker is shared by everyone's runs of the workflow: a user's template
+        // may not trip it sooner for others, nor turn it off.
+        operator_only("breaker", t.breaker == base.breaker)?;
         let fields = [
             ("timeouts.init", t.timeouts.init, base.timeouts.init, true),
             (
@@ -368,6 +554,18 @@ impl Template {
                 "timeouts.watchdog",
                 t.timeouts.watchdog,
                 base.timeouts.watchdog,
+                true,
+            ),
+            (
+                "timeouts.stall",
+                t.timeouts.stall,
+                base.timeouts.stall,
+                true,
+            ),
+            (
+                "timeouts.output",
+                t.timeouts.output,
+                base.timeouts.output,
                 true,
             ),
             (
@@ -764,6 +962,12 @@ mod tests {
             let t = Template::lookup_in(dir.path(), name).unwrap();
             assert_eq!(t.timeouts.init, Duration::from_secs(init * 60), "{name}");
             assert_eq!(t.timeouts.total, Duration::from_secs(3600), "{name}");
+            // The agent-CLI templates: ready at the first output, a stall
+            // timeout and a breaker; the default keeps sd_notify and neither.
+            let agent_cli = name != "default";
+            assert_eq!(t.run.ready == [Ready::Output], agent_cli, "{name}");
+            assert_eq!(!t.timeouts.stall.is_zero(), agent_cli, "{name}");
+            assert_eq!(t.breaker.failures, if agent_cli { 3 } else { 0 }, "{name}");
         }
         assert_eq!(BUILTIN.len(), 4);
     }
@@ -967,5 +1171,72 @@ workspace = \"shred\"
             assert_eq!(crate::duration::parse(&duration_text(d)), Ok(d), "{d:?}");
         }
         assert_eq!(duration_text(Duration::from_secs(300)), "5m");
+    }
+
+    #[test]
+    fn ready_takes_one_condition_or_a_list_and_checks_each() {
+        let t = Template::parse("[run]\nready = \"output\"\n", "r.toml").unwrap();
+        assert_eq!(t.run.ready, [Ready::Output]);
+        let t = Template::parse(
+            "[run]\nready = [\"log:^up$\", \"port:8080\", \"file:run/ready\"]\n",
+            "r.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            t.run.ready,
+            [
+                Ready::Log("^up$".into()),
+                Ready::Port(8080),
+                Ready::File("run/ready".into())
+            ]
+        );
+        assert!(t.run.waits());
+        assert_eq!(t.run.port(), Some(8080));
+        let back: Template = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        for (bad, why) in [
+            ("port:0", "TCP port"),
+            ("port:http", "TCP port"),
+            ("log:(", "regular expression"),
+            ("file:", "path"),
+            ("soon", "unknown"),
+        ] {
+            let err =
+                Template::parse(&format!("\n[run]\nready = \"{bad}\"\n"), "b.toml").unwrap_err();
+            assert!(
+                err.starts_with("b.toml:3:") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        assert!(
+            !Template::parse("[run]\nready = \"start\"\n", "s")
+                .unwrap()
+                .run
+                .waits()
+        );
+    }
+
+    #[test]
+    fn a_users_template_may_shorten_stall_and_output_but_not_set_the_breaker() {
+        let base = Template::parse(
+            "[timeouts]\nstall = \"10m\"\n[breaker]\nfailures = 3\n",
+            "op.toml",
+        )
+        .unwrap();
+        // A timeout the operator left off may be turned on: that only tightens.
+        let t =
+            Template::confine("[timeouts]\nstall = \"1m\"\noutput = \"5m\"\n", "u", &base).unwrap();
+        assert_eq!(t.timeouts.output, Duration::from_secs(300));
+        let t = Template::confine("[timeouts]\nstall = \"1m\"\n", "u", &base).unwrap();
+        assert_eq!(t.timeouts.stall, Duration::from_secs(60));
+        for (text, key) in [
+            ("[timeouts]\nstall = \"1h\"\n", "timeouts.stall"),
+            ("[timeouts]\nstall = \"0\"\n", "timeouts.stall"),
+            ("[breaker]\nfailures = 0\n", "[breaker]"),
+            ("[breaker]\nfailures = 1\n", "[breaker]"),
+        ] {
+            let err = Template::confine(text, "u", &base).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 }

@@ -399,3 +399,32 @@ def test_register_process_adopts_a_tree_started_outside_wfcg(agent: Agent, marke
     finally:
         tree.kill()
         tree.wait()
+
+
+def test_a_run_ready_at_its_first_output_and_an_open_breaker(
+    agent: Agent, marker: str, tmp_path: Path
+) -> None:
+    client = agent.client()
+    go = tmp_path / "go"
+    run = client.run(
+        ["sh", "-c", f"while [ ! -e '{go}' ]; do sleep 0.05; done; echo up; sleep 1000"],
+        ready_when="output",
+        init_timeout=60,
+        stall_timeout="10m",
+        env={"WFCG_TEST_MARK": marker},
+    )
+    time.sleep(0.5)
+    assert client.status(run.id).status == "initializing"
+    go.touch()
+    wait_until(lambda: client.status(run.id).status == "running", 15, "first output")
+    client.kill(run.id, force=True)
+
+    template = tmp_path / "breaker.toml"
+    template.write_text('[breaker]\nfailures = 1\ncooldown = "10m"\n[timeouts]\ninit = "1s"\n')
+    stuck = client.run(
+        ["sleep", "1000"], workflow="py-flaky", template=template, env={"WFCG_TEST_MARK": marker}
+    )
+    assert stuck.wait(timeout=30).status == "timed_out"
+    with pytest.raises(wfcg.BreakerOpen, match="circuit breaker open") as e:
+        client.run(["true"], workflow="py-flaky", template=template)
+    assert e.value.exit_code == 6

@@ -73,6 +73,22 @@ pub struct Lifecycle {
     lives: Mutex<HashMap<String, Live>>,
     beats: Mutex<HashMap<String, Beat>>,
     loops: Mutex<HashMap<String, LoopTracker>>,
+    /// Output, stall and port watches (progress.rs).
+    watches: Mutex<HashMap<String, super::progress::RunWatch>>,
+    /// Runs being killed as stuck, with why, until their end is counted (breaker.rs).
+    stuck_ends: Mutex<HashMap<String, String>>,
+}
+
+impl Lifecycle {
+    pub(super) fn watches(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, super::progress::RunWatch>> {
+        lock(&self.watches)
+    }
+
+    pub(super) fn stuck_ends(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        lock(&self.stuck_ends)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -83,11 +99,23 @@ impl Agent {
     /// Starts the monitor, the heartbeat writer and the loop sampler.
     pub(super) fn start_lifecycle(self: &Arc<Self>, rt: tokio::runtime::Handle) {
         let weak = Arc::downgrade(self);
-        let monitor = Monitor::start(&rt, move |run_id, kind| {
-            if let Some(agent) = weak.upgrade() {
-                agent.on_deadline(&run_id, kind);
-            }
-        });
+        let quick = weak.clone();
+        let monitor = Monitor::start_with(
+            &rt,
+            // A stall sample that finds progress re-arms itself here, on the
+            // queue's task; only a stalled run goes on to `on_deadline`.
+            move |run_id, kind| {
+                kind != Kind::Stall
+                    || quick
+                        .upgrade()
+                        .is_some_and(|agent| agent.sample_stall(run_id).is_some())
+            },
+            move |run_id, kind| {
+                if let Some(agent) = weak.upgrade() {
+                    agent.on_deadline(&run_id, kind);
+                }
+            },
+        );
         let _ = self.life.monitor.set(monitor);
         let _ = self.life.rt.set(rt.clone());
         let weak = Arc::downgrade(self);
@@ -114,8 +142,13 @@ impl Agent {
         });
     }
 
-    fn monitor(&self) -> Option<&Monitor> {
+    pub(super) fn monitor(&self) -> Option<&Monitor> {
         self.life.monitor.get()
+    }
+
+    /// The cgroup of a run under watch.
+    pub(super) fn live_cgroup(&self, run_id: &str) -> Option<Cgroup> {
+        lock(&self.life.lives).get(run_id).map(|l| l.cg.clone())
     }
 
     /// A run's template, as stored with it (the agent's default for old records).
@@ -153,11 +186,12 @@ impl Agent {
             rec.run_id.clone(),
             Live {
                 cg: super::workload(rec),
-                template,
+                template: template.clone(),
                 threshold,
                 notify_task,
             },
         );
+        self.progress_begin(rec, &template, restarted);
         if rec.status == RunStatus::Initializing.as_str() {
             lock(&self.life.loops).insert(rec.run_id.clone(), LoopTracker::default());
         }
@@ -189,6 +223,7 @@ impl Agent {
             let _ = std::fs::remove_file(self.notify_dirs.join(run_id));
         }
         lock(&self.life.loops).remove(run_id);
+        self.progress_end(run_id);
         // Its last heartbeat, if not yet written, is written now (else a run that
         // ends between two flushes would show an older one, or none, for good).
         let beat = lock(&self.life.beats).remove(run_id);
@@ -300,6 +335,9 @@ impl Agent {
         } else if msg.watchdog {
             self.heartbeat(run_id, now_t, threshold, None);
         }
+        if msg.output {
+            self.saw_output(run_id);
+        }
         if msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some() {
             self.on_phase_message(run_id, now_t, &msg);
         }
@@ -361,20 +399,11 @@ impl Agent {
         let initializing = RunStatus::Initializing.as_str();
         let running = RunStatus::Running.as_str();
         let mut still_initializing = rec.status == initializing;
-        if msg.ready
-            && store
-                .transition(run_id, &[initializing], running)
-                .unwrap_or(false)
-        {
-            let _ = store.set(run_id, Col::ReadyAt, Some(&rfc3339(at)));
-            let _ = store.set(run_id, Col::InitDeadline, None);
+        drop(store);
+        if msg.ready && self.became_ready(run_id, at, "READY=1") {
             still_initializing = false;
-            lock(&self.life.loops).remove(run_id);
-            if let Some(m) = self.monitor() {
-                m.set(run_id, Kind::Init, None);
-            }
-            tracing::info!(run_id, "run is ready");
         }
+        let store = self.store();
         if let Some(us) = msg.extend_usec {
             let (col, kind, current) = if still_initializing {
                 (Col::InitDeadline, Kind::Init, rec.init_deadline.as_deref())
@@ -404,9 +433,42 @@ impl Agent {
         }
     }
 
+    /// An initializing run is ready (READY=1, or a ready condition held): it is
+    /// `running`, its init deadline is gone. Whether it was initializing.
+    pub(super) fn became_ready(&self, run_id: &str, at: DateTime<Utc>, how: &str) -> bool {
+        let store = self.store();
+        let initializing = RunStatus::Initializing.as_str();
+        if !store
+            .transition(run_id, &[initializing], RunStatus::Running.as_str())
+            .unwrap_or(false)
+        {
+            return false;
+        }
+        let _ = store.set(run_id, Col::ReadyAt, Some(&rfc3339(at)));
+        let _ = store.set(run_id, Col::InitDeadline, None);
+        drop(store);
+        lock(&self.life.loops).remove(run_id);
+        if let Some(m) = self.monitor() {
+            m.set(run_id, Kind::Init, None);
+            m.set(run_id, Kind::Probe, None);
+        }
+        tracing::info!(run_id, how, "run is ready");
+        true
+    }
+
     /// A deadline passed: check it against the record, then kill the run
     /// gracefully (critical sections honoured) as `timed_out`.
     pub(super) fn on_deadline(&self, run_id: &str, kind: Kind) {
+        // Samples and probes, the frequent timers, read no record unless they
+        // find the run stalled.
+        let stalled = match kind {
+            Kind::Stall => match self.sample_stall(run_id) {
+                Some(reason) => Some(reason),
+                None => return,
+            },
+            Kind::Probe => return self.probe_port(run_id),
+            _ => None,
+        };
         let Ok(Some(rec)) = self.store().get_run(run_id) else {
             return;
         };
@@ -428,6 +490,14 @@ impl Agent {
             .unwrap_or_default();
         let fmt = |d: Duration| crate::duration::format(d);
         let reason = match kind {
+            Kind::Stall | Kind::Probe => match stalled {
+                Some(reason) => reason,
+                None => return,
+            },
+            Kind::Output => match self.output_overdue(&rec) {
+                Some(reason) => reason,
+                None => return,
+            },
             Kind::Init => {
                 if status != RunStatus::Initializing
                     || parse_time(rec.init_deadline.as_deref()).is_none_or(|d| d > now_t)
@@ -468,6 +538,9 @@ impl Agent {
             }
         };
         tracing::warn!(run_id, "{reason}; killing it");
+        if kind != Kind::Total && kind != Kind::Watchdog {
+            self.mark_stuck(run_id, &reason);
+        }
         self.alert("stuck", &rec, &reason);
         let req = KillRequest {
             reason: Some(reason),
@@ -634,9 +707,8 @@ impl Agent {
                 .then(|| rfc3339(start + chrono::Duration::from_std(d).unwrap_or_default()))
         };
         // With no init timeout there is no initialization to wait out: a run that
-        // will never be killed for not sending READY=1 is running from the start.
-        let notify = template.run.ready == crate::template::Ready::Notify
-            && !template.timeouts.init.is_zero();
+        // will never be killed for not becoming ready is running from the start.
+        let notify = template.run.waits() && !template.timeouts.init.is_zero();
         rec.status = if notify {
             RunStatus::Initializing
         } else {

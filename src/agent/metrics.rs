@@ -77,6 +77,8 @@ pub struct Snapshot {
     /// Runs by status (all the store holds).
     pub runs_by_status: Vec<(String, u64)>,
     pub stuck: u64,
+    /// Workflows whose circuit breaker is open.
+    pub breakers_open: u64,
     /// Live runs: id, workflow, status, age in seconds.
     pub live: Vec<(String, String, String, f64)>,
     pub audit_records: u64,
@@ -166,6 +168,11 @@ impl Metrics {
             "stuck_runs",
             "Live runs past or near a deadline",
             ConstGauge::new(snap.stuck as i64),
+        );
+        reg.register(
+            "breakers_open",
+            "Workflows whose circuit breaker is open (new runs refused)",
+            ConstGauge::new(snap.breakers_open as i64),
         );
         let ages: Family<RunLabels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
         for (run_id, workflow, status, age) in &snap.live {

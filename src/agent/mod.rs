@@ -9,12 +9,14 @@
 pub mod access;
 mod adopt;
 pub mod audit;
+mod breaker;
 pub mod layout;
 mod lifecycle;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod placement;
+mod progress;
 mod query;
 pub mod reaper;
 pub mod server;
@@ -562,7 +564,9 @@ impl Agent {
         if !caller.is_root() {
             self.check_start_limits(caller.uid)?;
         }
+        self.check_breaker(caller, req.workflow.as_deref())?;
         let (template_name, mut template) = self.resolve_template(caller, &req)?;
+        self.apply_run_options(caller, &req, &mut template)?;
         let ms = std::time::Duration::from_millis;
         // Users may shorten the operator's timeouts, not lengthen or remove them.
         for (flag, value, slot) in [
@@ -808,6 +812,7 @@ impl Agent {
             notify_socket: rec.notify_socket,
             template: template_name,
             warnings,
+            watch: progress::watch_for(&template, req.detach),
         })
     }
 
@@ -1271,7 +1276,7 @@ impl Agent {
                 ErrorKind::NotFound => "no_such_run",
                 ErrorKind::Forbidden => "denied",
                 ErrorKind::BadInput | ErrorKind::Conflict => "bad_input",
-                ErrorKind::Internal => "failed",
+                ErrorKind::Internal | ErrorKind::BreakerOpen => "failed",
             }
             .into(),
         };
@@ -1911,6 +1916,7 @@ impl Agent {
             audit_records: self.auditor.written.load(Ordering::Relaxed),
             audit_failures: self.auditor.failures.load(Ordering::Relaxed),
             audit_pending: self.auditor.pending() as u64,
+            breakers_open: self.open_breakers() as u64,
             ..Default::default()
         };
         let stats = self.alerter.stats();
@@ -1983,6 +1989,7 @@ impl Agent {
             outcome: status.as_str().into(),
             ..Default::default()
         });
+        self.breaker_on_end(run_id, status);
     }
 
     /// Audit records the caller may read: all with view_all, else its own actions.

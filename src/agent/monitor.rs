@@ -1,5 +1,6 @@
 //! The deadline queue: one timer per run and kind (initialization, total time,
-//! heartbeat), re-armed when READY=1, WATCHDOG=1 or EXTEND_TIMEOUT_USEC arrive.
+//! heartbeat, first output; and the next progress sample or port probe of a run),
+//! re-armed when READY=1, WATCHDOG=1 or EXTEND_TIMEOUT_USEC arrive.
 //! Event-driven: the task sleeps until the earliest deadline or the next change,
 //! never scanning all runs. Deadlines are absolute (UTC) times, as stored, so an
 //! agent restart re-arms them unchanged.
@@ -21,15 +22,31 @@ pub enum Kind {
     Init,
     Total,
     Watchdog,
+    /// The first byte of output is due (`--output-timeout`).
+    Output,
+    /// The next sample of a run's progress (`--stall-timeout`).
+    Stall,
+    /// The next look for a listener on the run's ready port (`ready = "port:N"`).
+    Probe,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Init, Kind::Total, Kind::Watchdog];
+    pub const ALL: [Kind; 6] = [
+        Kind::Init,
+        Kind::Total,
+        Kind::Watchdog,
+        Kind::Output,
+        Kind::Stall,
+        Kind::Probe,
+    ];
 }
 
 type Key = (String, Kind);
 /// The deadline in force for each run and kind.
 type Current = Arc<Mutex<HashMap<Key, DateTime<Utc>>>>;
+
+/// Called on the queue's task for a deadline that passed: whether `expired` must follow.
+type Quick = dyn Fn(&str, Kind) -> bool + Send + Sync;
 
 /// The handle through which deadlines are set; the queue lives in a tokio task.
 pub struct Monitor {
@@ -45,9 +62,21 @@ impl Monitor {
         rt: &tokio::runtime::Handle,
         expired: impl Fn(String, Kind) + Send + Sync + 'static,
     ) -> Monitor {
+        Monitor::start_with(rt, |_, _| true, expired)
+    }
+
+    /// [`Monitor::start`] with `quick`, called on the queue's own task first for
+    /// each deadline that passes (it must not block: a few reads of kernel files at
+    /// most); `expired` follows on a blocking thread only when it answers true.
+    /// Frequent timers (progress samples) then cost no thread hand-off.
+    pub fn start_with(
+        rt: &tokio::runtime::Handle,
+        quick: impl Fn(&str, Kind) -> bool + Send + Sync + 'static,
+        expired: impl Fn(String, Kind) + Send + Sync + 'static,
+    ) -> Monitor {
         let (tx, rx) = mpsc::unbounded_channel();
         let current = Current::default();
-        rt.spawn(run(rx, current.clone(), Arc::new(expired)));
+        rt.spawn(run(rx, current.clone(), Arc::new(quick), Arc::new(expired)));
         Monitor { current, tx }
     }
 
@@ -79,6 +108,7 @@ impl Monitor {
 async fn run(
     mut rx: mpsc::UnboundedReceiver<(DateTime<Utc>, Key)>,
     current: Current,
+    quick: Arc<Quick>,
     expired: Arc<dyn Fn(String, Kind) + Send + Sync>,
 ) {
     let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, Key)>> = BinaryHeap::new();
@@ -108,6 +138,9 @@ async fn run(
                         Some(_) => {
                             cur.remove(&key);
                             drop(cur);
+                            if !quick(&key.0, key.1) {
+                                continue;
+                            }
                             let expired = expired.clone();
                             tokio::task::spawn_blocking(move || expired(key.0, key.1));
                         }
@@ -173,5 +206,35 @@ mod tests {
             );
         }
         assert_eq!(fired["e"].0, Kind::Watchdog);
+    }
+
+    #[test]
+    fn quick_decides_whether_expired_follows() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let quick_seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = quick_seen.clone();
+        let monitor = Monitor::start_with(
+            rt.handle(),
+            move |id, kind| {
+                seen.lock().unwrap().push(id.to_string());
+                kind != Kind::Stall
+            },
+            move |id, kind| tx.lock().unwrap().send((id, kind)).unwrap(),
+        );
+        let soon = Some(Utc::now() + chrono::Duration::milliseconds(30));
+        monitor.set("sampled", Kind::Stall, soon);
+        monitor.set("due", Kind::Init, soon);
+        let (id, kind) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((id.as_str(), kind), ("due", Kind::Init));
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        let mut seen = quick_seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, ["due", "sampled"]);
     }
 }

@@ -32,6 +32,8 @@ pub struct Message {
     pub extend_usec: Option<u64>,
     /// WATCHDOG_USEC=…: the heartbeat timeout from now on.
     pub watchdog_usec: Option<u64>,
+    /// X_WFCG_OUTPUT=1: the run's supervisor saw its command write output.
+    pub output: bool,
 }
 
 impl Message {
@@ -43,6 +45,7 @@ impl Message {
             && self.status.is_none()
             && self.extend_usec.is_none()
             && self.watchdog_usec.is_none()
+            && !self.output
     }
 }
 
@@ -60,6 +63,7 @@ pub fn parse(datagram: &[u8]) -> Message {
             "STOPPING" => m.stopping |= value == "1",
             "STATUS" => m.status = Some(value.chars().take(1024).collect()),
             "EXTEND_TIMEOUT_USEC" => m.extend_usec = value.trim().parse().ok(),
+            "X_WFCG_OUTPUT" => m.output |= value == "1",
             "WATCHDOG_USEC" => m.watchdog_usec = value.trim().parse().ok().filter(|&v| v > 0),
             _ => {}
         }
@@ -137,8 +141,11 @@ mod tests {
                 status: Some("cloning repo".into()),
                 extend_usec: Some(5_000_000),
                 watchdog_usec: None,
+                output: false,
             }
         );
+        assert!(parse(b"X_WFCG_OUTPUT=1").output);
+        assert!(!parse(b"X_WFCG_OUTPUT=1").only_heartbeat());
         assert_eq!(parse(b"garbage\xff\n=\nREADY=0"), Message::default());
         assert!(parse(b"STOPPING=1").stopping);
         assert_eq!(

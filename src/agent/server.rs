@@ -85,6 +85,7 @@ impl IntoResponse for Answer {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::BreakerOpen => StatusCode::SERVICE_UNAVAILABLE,
         };
         let body = ApiError {
             kind: self.0.kind,
@@ -245,6 +246,23 @@ async fn audit_verify(
     call(move || agent.audit_verify(&caller)).await
 }
 
+async fn list_breakers(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Reply {
+    let caller = caller(peer)?;
+    call(move || agent.breakers(&caller)).await
+}
+
+async fn reset_breaker(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(workflow): UrlPath<String>,
+) -> Reply {
+    let caller = caller(peer)?;
+    call(move || agent.reset_breaker(&caller, &workflow)).await
+}
+
 /// The content type of the Prometheus text format.
 const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -289,6 +307,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/runs/{id}/may-kill", get(may_kill))
         .route("/v1/audit", get(audit_list))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/breakers", get(list_breakers))
+        .route("/v1/breakers/{workflow}/reset", post(reset_breaker))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(agent)

@@ -7,6 +7,7 @@ mod adopt;
 mod agent;
 mod audit;
 mod install;
+pub mod breaker;
 mod kill;
 mod mcp;
 mod notify;
@@ -29,6 +30,7 @@ Exit codes:
   3  no such run
   4  not permitted
   5  agent unreachable
+  6  the workflow's circuit breaker is open: the run was refused (see `wfcg breaker`)
   wfcg run exits with its command's status (128+N if it died of signal N).";
 
 /// wfcg makes every workflow run killable: each run lives in its own cgroup v2,
@@ -83,6 +85,7 @@ pub enum Verb {
     /// Keep the runs' scope open (started by the agent under systemd < 254).
     #[command(hide = true)]
     Hold,
+    Breaker(breaker::Args),
 }
 
 /// Runs the parsed command line; returns the exit code.
@@ -105,6 +108,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Hold => crate::agent::placement::hold()
             .map(|()| crate::exit::OK)
             .map_err(|e| Failure::new(crate::exit::FAILED, e)),
+        Verb::Breaker(ref a) => breaker::run(&cli, a),
     }
 }
 

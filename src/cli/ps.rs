@@ -65,6 +65,11 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
             println!("{:<20} ! {note}", "");
         }
     }
+    // Workflows whose new runs are refused (exit 6), so a missing run is explained.
+    let breakers: Vec<api::BreakerInfo> = client.get("/v1/breakers").unwrap_or_default();
+    for b in breakers.iter().filter(|b| b.open) {
+        println!("{}", super::breaker::describe(b));
+    }
     Ok(exit::OK)
 }
 

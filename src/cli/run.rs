@@ -20,6 +20,9 @@ use crate::run::{AgentAddr, Options};
 /// `default`: 5m to initialize, 1h in all): a run that has not sent READY=1 within
 /// --init-timeout, runs longer than --timeout, or misses heartbeats for two
 /// --watchdog intervals is killed. Durations: 30s, 5m, 1h30m, plain seconds; 0 = none.
+/// For commands that never send READY=1, see --ready-when, --stall-timeout and
+/// --output-timeout. A workflow whose circuit breaker is open (its last runs all
+/// ended stuck) is refused with exit 6.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Run id: letters, digits, '_', '.', '-', at most 64, no '..' [default: run_ + 12 hex digits].
@@ -40,6 +43,23 @@ pub struct Args {
     /// Heartbeat interval: the run must send WATCHDOG=1 at least every two [default: off].
     #[arg(long, value_name = "DUR")]
     pub watchdog: Option<String>,
+    /// When the run counts as initialized, instead of the template's `[run] ready`:
+    /// notify (READY=1), start, output (its first byte on stdout/stderr),
+    /// log:REGEX (a line of output matches), file:PATH (a file appears, relative
+    /// to the workspace), port:N (a process of the run listens on TCP port N).
+    /// Repeat it: the first that holds ends initialization. READY=1 always does.
+    /// With output or log:, and with --output-timeout, CMD's stdout and stderr are
+    /// pipes read by wfcg run (not the terminal).
+    #[arg(long, value_name = "COND")]
+    pub ready_when: Vec<String>,
+    /// Kill the run as stalled when it makes no progress (CPU time, processes
+    /// started or ended, output) for this long; 0 is off [default: from the template].
+    #[arg(long, value_name = "DUR")]
+    pub stall_timeout: Option<String>,
+    /// Kill the run if it writes nothing to stdout or stderr for this long after
+    /// it starts; 0 is off [default: from the template].
+    #[arg(long, value_name = "DUR")]
+    pub output_timeout: Option<String>,
     /// Working directory of the run; CMD starts in it.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
@@ -87,6 +107,17 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         init_timeout_ms: ms("--init-timeout", &args.init_timeout)?,
         timeout_ms: ms("--timeout", &args.timeout)?,
         watchdog_ms: ms("--watchdog", &args.watchdog)?,
+        stall_timeout_ms: ms("--stall-timeout", &args.stall_timeout)?,
+        output_timeout_ms: ms("--output-timeout", &args.output_timeout)?,
+        ready_when: if args.ready_when.is_empty() {
+            None
+        } else {
+            for cond in &args.ready_when {
+                crate::template::Ready::parse(cond)
+                    .map_err(|e| Failure::usage(format!("--ready-when: {e}")))?;
+            }
+            Some(args.ready_when.clone())
+        },
         workspace: None,
     };
     crate::run::run(

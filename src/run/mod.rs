@@ -8,6 +8,7 @@
 //! parent prints the run id as soon as the run exists.
 
 mod signals;
+mod watch;
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -265,6 +266,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     }
     // SAFETY: clear_mask only calls sigprocmask(2), which is async-signal-safe.
     unsafe { cmd.pre_exec(signals::clear_mask) };
+    let mut watcher = watch::Watcher::prepare(&started, &mut cmd);
     let (code, report) = match cmd.spawn() {
         Err(e) => {
             eprintln!("wfcg: cannot run {:?}: {e}", command[0]);
@@ -282,6 +284,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
             )
         }
         Ok(mut child) => {
+            watcher.start(&mut child, opts.workspace.as_deref());
             leave_payload(&client, &started, opts.quiet);
             let pid = rustix::process::Pid::from_child(&child);
             let status = loop {
@@ -318,6 +321,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
         }
     };
     record_exit(&client, &started, &report);
+    watcher.finish();
     // A killed run says why; one the monitor stopped exits like coreutils' timeout.
     match stopped(&started) {
         Some(Stopped::TimedOut(why)) => {

@@ -45,6 +45,8 @@ pub struct Snapshot {
     /// Why the kills could not be read, when they could not.
     pub kills_error: Option<String>,
     pub agent: Option<AgentUsage>,
+    /// Workflows whose circuit breaker is open.
+    pub breakers_open: Vec<String>,
 }
 
 impl Default for Snapshot {
@@ -55,6 +57,7 @@ impl Default for Snapshot {
             kills: Vec::new(),
             kills_error: None,
             agent: None,
+            breakers_open: Vec::new(),
         }
     }
 }

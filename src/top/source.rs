@@ -134,12 +134,19 @@ impl Source {
             let pid = pid as i32;
             self.agent_usage(pid, health["version"].as_str().unwrap_or(""), now)
         });
+        let breakers: Vec<crate::api::BreakerInfo> =
+            self.client.get("/v1/breakers").unwrap_or_default();
         Ok(Snapshot {
             taken_at,
             runs,
             kills,
             kills_error,
             agent,
+            breakers_open: breakers
+                .into_iter()
+                .filter(|b| b.open)
+                .map(|b| b.workflow)
+                .collect(),
         })
     }
 

@@ -99,6 +99,7 @@ fn sample() -> App {
         runs: vec![row(sectioned), row(stuck), row(ended)],
         kills: vec![kill_record(9, "run_0000000dead0")],
         kills_error: None,
+        breakers_open: vec!["flaky".into()],
         agent: Some(AgentUsage {
             pid: 99,
             version: "0.1.0".into(),
@@ -404,4 +405,11 @@ fn a_long_run_id_gives_way_to_the_phase() {
         screen.contains("WORKFLOW") && screen.contains("OWNER"),
         "{screen}"
     );
+}
+
+#[test]
+fn open_breakers_are_named_in_the_header() {
+    let app = sample();
+    let header = lines(&render(&app, 160, 24)).remove(0);
+    assert!(header.contains("breaker open: flaky"), "{header}");
 }

@@ -81,6 +81,13 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         spans.push(Span::from(", "));
         spans.push(Span::styled(format!("{stuck} stuck"), STUCK));
     }
+    if !s.breakers_open.is_empty() {
+        spans.push(sep());
+        spans.push(Span::styled(
+            format!("breaker open: {}", s.breakers_open.join(", ")),
+            STUCK,
+        ));
+    }
     if let Some(a) = &s.agent {
         spans.push(sep());
         spans.push(Span::from(format!(

@@ -1,13 +1,19 @@
-//! Stuck means one thing everywhere (issue 11 item 7): `ps --stuck`, `kill
-//! --stuck`, `/metrics` and top read one predicate, which includes a suspected
-//! initialization loop; a fan-out of many processes at once is not a loop; a run
-//! with no init timeout is running from the start.
+//! Stuck runs. Stuck means one thing everywhere (issue 11 item 7): `ps --stuck`,
+//! `kill --stuck`, `/metrics` and top read one predicate, which includes a
+//! suspected initialization loop; a fan-out of many processes at once is not a
+//! loop; a run with no init timeout is running from the start.
+//!
+//! And stuck detection for programs that never speak sd_notify (issue 17):
+//! readiness from what a run visibly does (its first output, a log line, a file, a
+//! TCP listener), the first-output deadline, the no-progress watchdog, and the
+//! per-workflow circuit breaker (exit 6, `wfcg breaker reset`).
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_privileges;
-use crate::util::{TestAgent, wait_until};
+use crate::util::{KillOnDrop, TestAgent, TestUser, marker, wait_until};
 
 fn stuck_ids(agent: &TestAgent) -> Vec<String> {
     let out = agent.cli(&["ps", "--stuck", "--json"]);
@@ -86,4 +92,472 @@ fn a_run_flagged_as_a_loop_is_stuck_for_every_reader() {
     assert!(!listed.contains(&calm.id), "{listed}");
     let text = metrics(&agent);
     assert!(text.contains("\nwfcg_stuck_runs 1\n"), "{text}");
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts that a run keeps status `want` for `window` (polled).
+fn stays(agent: &TestAgent, run_id: &str, want: &str, window: Duration) {
+    let mut last = serde_json::Value::Null;
+    let changed = wait_until(window, || {
+        last = agent.status(run_id);
+        last["status"] != want
+    });
+    assert!(!changed, "run {run_id} did not stay {want}: {last:#}");
+}
+
+/// Waits for a run to become `want`, saying what it was instead.
+fn becomes(agent: &TestAgent, run_id: &str, want: &str) {
+    assert!(
+        agent.wait_status(run_id, want),
+        "run {run_id} did not become {want}: {:#}\nagent log:\n{}",
+        agent.status(run_id),
+        agent.log_tail(20)
+    );
+}
+
+/// The reason of a run's `auto_kill` audit record.
+fn auto_kill_reason(agent: &TestAgent, run_id: &str) -> String {
+    let out = agent.cli(&["audit", "--run", run_id, "--json"]);
+    assert!(out.status.success(), "audit: {}", text(&out.stderr));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let kill = records
+        .iter()
+        .find(|r| r["action"] == "auto_kill")
+        .unwrap_or_else(|| panic!("no auto_kill record: {records:#?}"));
+    assert_eq!(kill["actor_name"], "monitor", "{kill:#}");
+    kill["reason"].as_str().unwrap_or_default().to_string()
+}
+
+/// A directory for a run's workspace and the test's go signals.
+fn shared_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wfcg-stuck")
+        .tempdir()
+        .unwrap()
+}
+
+fn wait_for_file(file: &Path) -> String {
+    format!("while [ ! -e '{}' ]; do sleep 0.05; done", file.display())
+}
+
+fn touch(file: &Path) {
+    std::fs::write(file, b"").unwrap();
+}
+
+#[test]
+fn ready_when_output_makes_a_run_running_at_its_first_byte_in_the_foreground() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let dir = shared_dir();
+    let run_id = format!("out-ready-{}", std::process::id());
+    let out_path = dir.path().join("stdout");
+    let mut child = KillOnDrop(
+        agent
+            .marked(&marker("out-ready"))
+            .args(["run", "-q", "--run-id", &run_id, "--init-timeout", "1m"])
+            .args(["--ready-when", "output", "--"])
+            .args(["sh", "-c", "sleep 1; echo hello from the run; sleep 100"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .cli(&["status", &run_id])
+            .status
+            .success()),
+        "the run did not start"
+    );
+    // Silent for its first second: still initializing.
+    let st = agent.status(&run_id);
+    assert_eq!(st["status"], "initializing", "{st:#}");
+    becomes(&agent, &run_id, "running");
+    assert!(agent.status(&run_id)["ready_at"].is_string());
+    // The output still goes where it would have gone, through wfcg run.
+    let printed = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(printed, "hello from the run\n");
+    agent.kill_ok(&run_id, &["--force"]);
+    assert!(child.wait_timeout(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn a_silent_run_waiting_for_output_is_killed_at_its_init_timeout() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(
+        &["--ready-when", "output", "--init-timeout", "2s"],
+        "sleep 100",
+    );
+    stays(&agent, &run.id, "initializing", Duration::from_millis(1200));
+    becomes(&agent, &run.id, "timed_out");
+    let reason = auto_kill_reason(&agent, &run.id);
+    assert!(
+        reason.contains("initialization timeout 2s exceeded"),
+        "{reason}"
+    );
+    agent.wait_run_gone(&run);
+}
+
+#[test]
+fn a_log_line_a_file_and_a_port_each_make_a_run_running() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let dir = shared_dir();
+    let ws = dir.path().to_str().unwrap();
+
+    // log:REGEX — an earlier line does not match; the log still gets both.
+    let go_log = dir.path().join("go-log");
+    let log_run = agent.start_run(
+        &[
+            "--ready-when",
+            "log:^listening on [0-9]+$",
+            "--init-timeout",
+            "1m",
+        ],
+        &format!(
+            "echo starting up; {}; echo listening on 8080; sleep 100",
+            wait_for_file(&go_log)
+        ),
+    );
+    // file:PATH — relative to the workspace.
+    let go_file = dir.path().join("go-file");
+    let file_run = agent.start_run(
+        &["--workspace", ws, "--ready-when", "file:state/ready.flag"],
+        &format!(
+            "mkdir -p state; {}; touch state/ready.flag; sleep 100",
+            wait_for_file(&go_file)
+        ),
+    );
+    // port:N — bound at once, listening only after the go signal.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let go_port = dir.path().join("go-port");
+    let py = format!(
+        "import os, socket, time\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port}))\n\
+         while not os.path.exists('{go}'): time.sleep(0.05)\n\
+         s.listen()\n\
+         time.sleep(100)\n",
+        go = go_port.display()
+    );
+    let port_run = agent.start_run(
+        &["--ready-when", &format!("port:{port}")],
+        &format!("exec python3 -c \"{py}\""),
+    );
+
+    for run in [&log_run, &file_run, &port_run] {
+        stays(&agent, &run.id, "initializing", Duration::from_millis(1500));
+    }
+    touch(&go_log);
+    becomes(&agent, &log_run.id, "running");
+    stays(
+        &agent,
+        &file_run.id,
+        "initializing",
+        Duration::from_millis(300),
+    );
+    touch(&go_file);
+    becomes(&agent, &file_run.id, "running");
+    stays(
+        &agent,
+        &port_run.id,
+        "initializing",
+        Duration::from_millis(300),
+    );
+    touch(&go_port);
+    becomes(&agent, &port_run.id, "running");
+
+    let log_path = agent.status(&log_run.id)["log_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert_eq!(log, "starting up\nlistening on 8080\n");
+    for run in [&log_run, &file_run, &port_run] {
+        agent.kill_ok(&run.id, &["--force"]);
+    }
+}
+
+#[test]
+fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let stall = ["--stall-timeout", "3s"];
+    let sleeper = agent.start_run(&stall, "sleep 100000");
+    let burner = agent.start_run(&stall, "while :; do :; done");
+    // Output every second, nearly no CPU and no new processes: only its output
+    // (reported by the supervisor) shows progress.
+    let chatty = agent.start_run(
+        &stall,
+        "exec python3 -u -c 'import time\nwhile True:\n    print(\"tick\", flush=True)\n    time.sleep(1)'",
+    );
+    // A shell loop: a new `sleep` every second.
+    let ticker = agent.start_run(&stall, "while :; do echo tick; sleep 1; done");
+    let t0 = Instant::now();
+    becomes(&agent, &sleeper.id, "timed_out");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "killed after {took:?}, before its 3 s stall timeout"
+    );
+    let reason = auto_kill_reason(&agent, &sleeper.id);
+    assert!(
+        reason.contains("stalled: no progress") && reason.contains("for 3s"),
+        "{reason}"
+    );
+    agent.wait_run_gone(&sleeper);
+    // The others outlive two stall timeouts.
+    let rest = Duration::from_secs(7).saturating_sub(t0.elapsed());
+    for run in [&burner, &chatty, &ticker] {
+        stays(&agent, &run.id, "initializing", rest / 3);
+    }
+    for run in [&burner, &chatty, &ticker] {
+        let st = agent.status(&run.id);
+        assert_eq!(st["status"], "initializing", "{}: {st:#}", run.id);
+        agent.kill_ok(&run.id, &["--force"]);
+    }
+}
+
+#[test]
+fn an_output_timeout_kills_a_run_that_writes_nothing_and_spares_one_that_does() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let talks = agent.start_run(&["--output-timeout", "2s"], "echo hi; sleep 100");
+    let dir = shared_dir();
+    let stderr_path = dir.path().join("stderr");
+    let mut child = KillOnDrop(
+        agent
+            .marked(&marker("out-timeout"))
+            .args(["run", "--output-timeout", "2s", "--", "sleep", "100"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = child
+        .wait_timeout(Duration::from_secs(20))
+        .expect("wfcg run still going 20 s after a 2 s output timeout");
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(124), "{stderr}");
+    assert!(stderr.contains("no output within 2s"), "{stderr}");
+    assert_eq!(agent.status(&talks.id)["status"], "initializing");
+    agent.kill_ok(&talks.id, &["--force"]);
+}
+
+/// `wfcg breaker --json` parsed.
+fn breakers(agent: &TestAgent) -> Vec<serde_json::Value> {
+    let out = agent.cli(&["breaker", "--json"]);
+    assert!(out.status.success(), "breaker: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `wfcg_breakers_open` from `/metrics` on the agent's socket.
+fn breakers_open_metric(agent: &TestAgent) -> u64 {
+    let socket = agent
+        .env()
+        .into_iter()
+        .find(|(k, _)| *k == "WFCG_SOCKET")
+        .unwrap()
+        .1;
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(&socket)
+        .arg("http://wfcg/metrics")
+        .output()
+        .expect("curl");
+    let body = text(&out.stdout);
+    body.lines()
+        .find_map(|l| l.strip_prefix("wfcg_breakers_open "))
+        .unwrap_or_else(|| panic!("no wfcg_breakers_open in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn three_stuck_runs_open_the_breaker_the_next_start_is_refused_and_reset_closes_it() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let dir = shared_dir();
+    let template = dir.path().join("breaker.toml");
+    std::fs::write(
+        &template,
+        "[breaker]\nfailures = 3\ncooldown = \"10m\"\n[timeouts]\ninit = \"1s\"\n",
+    )
+    .unwrap();
+    let workflow = format!("flaky-{}", std::process::id());
+    let args = [
+        "--workflow",
+        &workflow,
+        "--template",
+        template.to_str().unwrap(),
+    ];
+    let stuck_run = || {
+        let run = agent.start_run(&args, "sleep 100");
+        becomes(&agent, &run.id, "timed_out");
+        agent.wait_run_gone(&run);
+        run
+    };
+    stuck_run();
+    stuck_run();
+    assert_eq!(breakers(&agent)[0]["failures"], 2);
+    // A run that ends otherwise starts the count again.
+    let ok = agent.cli(
+        &[
+            &["run", "-q"][..],
+            &args,
+            &["--ready-when", "start", "--", "true"],
+        ]
+        .concat(),
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        wait_until(Duration::from_secs(10), || breakers(&agent).is_empty()),
+        "{:#?}",
+        breakers(&agent)
+    );
+    stuck_run();
+    stuck_run();
+    let last = stuck_run();
+    let b = breakers(&agent);
+    assert_eq!(b.len(), 1, "{b:#?}");
+    assert_eq!(b[0]["open"], true, "{b:#?}");
+    assert_eq!(b[0]["failures"], 3, "{b:#?}");
+    assert_eq!(b[0]["last_run_id"], last.id.as_str(), "{b:#?}");
+
+    // The fourth start is refused, exit 6, saying why and how to reset.
+    let refused = agent.cli(&[&["run", "-q"][..], &args, &["--", "true"]].concat());
+    let err = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("circuit breaker open") && err.contains("wfcg breaker reset"),
+        "{err}"
+    );
+    let ps = text(&agent.cli(&["ps"]).stdout);
+    assert!(ps.contains(&format!("breaker OPEN   {workflow}")), "{ps}");
+    assert_eq!(breakers_open_metric(&agent), 1);
+
+    // Only an operator may reset it; both attempts are audited.
+    let user = TestUser::get();
+    let denied = agent
+        .wfcg_as(&user)
+        .args(["breaker", "reset", &workflow])
+        .output()
+        .unwrap();
+    assert_eq!(denied.status.code(), Some(4), "{}", text(&denied.stderr));
+    assert_eq!(breakers(&agent)[0]["open"], true);
+    // Others see that the workflow is refused, not root's run or its reason.
+    let seen = agent
+        .wfcg_as(&user)
+        .args(["breaker", "--json"])
+        .output()
+        .unwrap();
+    let seen: Vec<serde_json::Value> = serde_json::from_slice(&seen.stdout).unwrap();
+    assert_eq!(seen[0]["open"], true, "{seen:#?}");
+    assert!(
+        seen[0]["last_run_id"].is_null() && seen[0]["last_reason"].is_null(),
+        "{seen:#?}"
+    );
+    let reset = agent.cli(&["breaker", "reset", &workflow]);
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
+    assert!(breakers(&agent).is_empty());
+    assert_eq!(breakers_open_metric(&agent), 0);
+    let out = agent.cli(&["audit", "--json"]);
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let resets: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["action"] == "breaker_reset")
+        .collect();
+    assert_eq!(resets.len(), 2, "{records:#?}");
+    assert_eq!(resets[0]["outcome"], "denied", "{:#}", resets[0]);
+    assert_eq!(resets[1]["outcome"], "reset", "{:#}", resets[1]);
+    assert!(records.iter().any(|r| r["action"] == "breaker_open"));
+
+    // Closed: the workflow starts again.
+    let again = agent.cli(
+        &[
+            &["run", "-q"][..],
+            &args,
+            &["--ready-when", "start", "--", "true"],
+        ]
+        .concat(),
+    );
+    assert!(again.status.success(), "{}", text(&again.stderr));
+}
+
+#[test]
+fn a_user_may_tighten_stall_and_output_timeouts_but_not_touch_the_breaker() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let user = TestUser::get();
+    let dir = tempfile::Builder::new()
+        .prefix("wfcg-stuck-user")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let t = dir.path().join("mine.toml");
+    // A breaker is the operator's: a user's template may not set one (it would
+    // trip the breaker for everyone's runs of the workflow) nor turn one off.
+    std::fs::write(&t, "[breaker]\nfailures = 1\n").unwrap();
+    std::fs::set_permissions(&t, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = agent
+        .wfcg_as(&user)
+        .args([
+            "run",
+            "--workflow",
+            "guardian",
+            "--template",
+            t.to_str().unwrap(),
+        ])
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("[breaker] may be set only by the operator"),
+        "{err}"
+    );
+    // guardian's operator stall timeout may be shortened, not lengthened or removed.
+    for (flag, value) in [("--stall-timeout", "1h"), ("--stall-timeout", "0")] {
+        let out = agent
+            .wfcg_as(&user)
+            .args(["run", "--workflow", "guardian", flag, value, "--", "true"])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains("stall timeout"), "{err}");
+    }
+    let out = agent
+        .wfcg_as(&user)
+        .args([
+            "run",
+            "-q",
+            "--workflow",
+            "guardian",
+            "--stall-timeout",
+            "1m",
+        ])
+        .args(["--output-timeout", "1m", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

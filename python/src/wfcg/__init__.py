@@ -33,6 +33,7 @@ from .contract import (
 )
 from .errors import (
     AgentUnreachable,
+    BreakerOpen,
     BadInput,
     KillFailed,
     NoSuchRun,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_SOCKET",
     "LIVE_STATUSES",
     "AgentUnreachable",
+    "BreakerOpen",
     "AsyncClient",
     "AsyncRun",
     "BadInput",

@@ -422,6 +422,9 @@ class Client:
         init_timeout: Duration | None = None,
         timeout: Duration | None = None,
         watchdog: Duration | None = None,
+        ready_when: str | Sequence[str] | None = None,
+        stall_timeout: Duration | None = None,
+        output_timeout: Duration | None = None,
         env: Mapping[str, str] | None = None,
         template: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
@@ -430,7 +433,11 @@ class Client:
         it at once. The command gets this process's environment plus ``env``;
         its output goes to the run's log. Durations are seconds or ``"5m"``-style
         text; ``0`` means none. A run that does not send READY=1 (see
-        :mod:`wfcg.notify`) within ``init_timeout`` is killed as stuck."""
+        :mod:`wfcg.notify`), or meet a ``ready_when`` condition (``"output"``,
+        ``"log:REGEX"``, ``"file:PATH"``, ``"port:N"``; one or a list), within
+        ``init_timeout`` is killed as stuck; so is one that makes no progress for
+        ``stall_timeout`` or writes nothing within ``output_timeout``. A
+        workflow whose circuit breaker is open raises :class:`BreakerOpen`."""
         if isinstance(command, (str, bytes)) or not command:
             raise BadInput("command must be a non-empty list of arguments")
         args = [self.binary(), "run", "--detach"]
@@ -442,9 +449,20 @@ class Client:
             ("--init-timeout", _seconds_text(init_timeout) if init_timeout is not None else None),
             ("--timeout", _seconds_text(timeout) if timeout is not None else None),
             ("--watchdog", _seconds_text(watchdog) if watchdog is not None else None),
+            (
+                "--stall-timeout",
+                _seconds_text(stall_timeout) if stall_timeout is not None else None,
+            ),
+            (
+                "--output-timeout",
+                _seconds_text(output_timeout) if output_timeout is not None else None,
+            ),
         ):
             if value is not None:
                 args += [flag, value]
+        conditions = [ready_when] if isinstance(ready_when, str) else list(ready_when or [])
+        for cond in conditions:
+            args += ["--ready-when", cond]
         args += ["--", *(os.fspath(a) for a in command)]
         full_env = dict(os.environ)
         full_env.update(env or {})

@@ -9,6 +9,7 @@ code   exception               meaning
 3      :class:`NoSuchRun`      no such run
 4      :class:`NotPermitted`   the policy does not allow it
 5      :class:`AgentUnreachable`  nothing answers on the socket
+6      :class:`BreakerOpen`    the workflow's circuit breaker is open: run refused
 =====  ======================  ==========================================
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "NoSuchRun",
     "NotPermitted",
     "AgentUnreachable",
+    "BreakerOpen",
     "KillFailed",
     "error_for_kind",
     "error_for_exit_code",
@@ -65,6 +67,13 @@ class AgentUnreachable(WfcgError):
     exit_code = 5
 
 
+class BreakerOpen(WfcgError):
+    """The workflow's last runs all ended stuck: new runs are refused until the
+    breaker's cooldown passes or an operator runs ``wfcg breaker reset`` (exit code 6)."""
+
+    exit_code = 6
+
+
 class KillFailed(WfcgError):
     """A kill ran but processes survived it (the run is ``unkillable``); exit code 1.
 
@@ -83,6 +92,7 @@ _KINDS: dict[str, type[WfcgError]] = {
     "conflict": BadInput,
     "not_found": NoSuchRun,
     "forbidden": NotPermitted,
+    "breaker_open": BreakerOpen,
 }
 
 _CODES: dict[int, type[WfcgError]] = {
@@ -90,6 +100,7 @@ _CODES: dict[int, type[WfcgError]] = {
     3: NoSuchRun,
     4: NotPermitted,
     5: AgentUnreachable,
+    6: BreakerOpen,
 }
 
 

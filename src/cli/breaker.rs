@@ -1,0 +1,94 @@
+//! `wfcg breaker`: the workflows' circuit breakers.
+
+use crate::api::BreakerInfo;
+use crate::client::Client;
+use crate::exit::Failure;
+
+/// Circuit breakers: a workflow whose last runs all ended stuck (an init,
+/// first-output or stall timeout; template `[breaker] failures`) is refused new
+/// runs (exit 6) until its cooldown passes or an operator resets it.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub what: Option<What>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum What {
+    /// The workflows with stuck runs counted or an open breaker (the default).
+    List,
+    /// Close a workflow's breaker and clear its count (needs kill_any; audited).
+    Reset {
+        /// The workflow (as given to `wfcg run --workflow`).
+        workflow: String,
+    },
+}
+
+pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
+    let client = Client::new(&cli.socket);
+    match &args.what {
+        None | Some(What::List) => {
+            let list: Vec<BreakerInfo> = client.get("/v1/breakers")?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if list.is_empty() {
+                println!("no workflow has stuck runs counted");
+            } else {
+                for b in &list {
+                    println!("{}", describe(b));
+                }
+            }
+        }
+        Some(What::Reset { workflow }) => {
+            let path = format!("/v1/breakers/{}/reset", encode(workflow));
+            let b: BreakerInfo = client.post(&path, &serde_json::json!({}))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&b).unwrap_or_default());
+            } else {
+                println!("breaker of workflow {} closed", b.workflow);
+            }
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+/// One line about a breaker, as `wfcg breaker` and `wfcg ps` print it.
+pub fn describe(b: &BreakerInfo) -> String {
+    if b.open {
+        format!(
+            "breaker OPEN   {}: {} stuck runs in a row, new runs refused until {} (last {}: {})",
+            b.workflow,
+            b.failures,
+            b.open_until.as_deref().unwrap_or("?"),
+            b.last_run_id.as_deref().unwrap_or("?"),
+            b.last_reason.as_deref().unwrap_or("?"),
+        )
+    } else {
+        format!(
+            "breaker closed {}: {} stuck run{} in a row (last {})",
+            b.workflow,
+            b.failures,
+            if b.failures == 1 { "" } else { "s" },
+            b.last_run_id.as_deref().unwrap_or("?"),
+        )
+    }
+}
+
+/// Percent-encodes a workflow name for a URL path.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,193 @@
+//! What the supervisor watches of its command for the agent (the run's
+//! [`Watch`]): its output, passed through pipes to where it would have gone
+//! (the terminal, or a detached run's log) and reported through the notify
+//! socket (`X_WFCG_OUTPUT=1`, the first byte at once, then at most once a
+//! second), READY=1 at the first byte or at a line matching the ready pattern,
+//! and READY=1 when the ready file appears (looked for as the run's owner, in
+//! the command's working directory).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::api::{OUTPUT_NOTIFY, RunStarted, Watch};
+
+/// How often output is reported after the first byte.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often the ready file is looked for.
+const FILE_EVERY: Duration = Duration::from_millis(200);
+/// The longest line the ready pattern is tried on (longer ones are cut).
+const MAX_LINE: usize = 64 * 1024;
+/// How long output still in the pipes is copied after the command ended.
+const DRAIN: Duration = Duration::from_secs(2);
+
+struct Shared {
+    watch: Watch,
+    notify: Option<PathBuf>,
+    pattern: Option<regex::Regex>,
+    ready_sent: AtomicBool,
+    last_report: Mutex<Option<Instant>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn send(&self, msg: &str) {
+        if let Some(path) = &self.notify
+            && let Ok(sock) = UnixDatagram::unbound()
+        {
+            let _ = sock.send_to(msg.as_bytes(), path);
+        }
+    }
+
+    fn ready(&self) {
+        if !self.ready_sent.swap(true, Ordering::SeqCst) {
+            self.send("READY=1");
+        }
+    }
+
+    /// A chunk of output: report it (rate-limited) and look for the ready line.
+    fn output(&self, chunk: &[u8], line: &mut Vec<u8>) {
+        let now = Instant::now();
+        {
+            let mut last = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
+                *last = Some(now);
+                if self.watch.output {
+                    self.send(OUTPUT_NOTIFY);
+                }
+            }
+        }
+        if self.watch.ready_on_output {
+            self.ready();
+        }
+        let Some(re) = &self.pattern else { return };
+        if self.ready_sent.load(Ordering::SeqCst) {
+            return;
+        }
+        for &b in chunk {
+            if b == b'\n' || line.len() >= MAX_LINE {
+                if re.is_match(&String::from_utf8_lossy(line)) {
+                    self.ready();
+                    return;
+                }
+                line.clear();
+            }
+            if b != b'\n' {
+                line.push(b);
+            }
+        }
+    }
+}
+
+/// The watch of one command.
+pub struct Watcher {
+    shared: Arc<Shared>,
+    done: Option<mpsc::Receiver<()>>,
+    copies: usize,
+}
+
+impl Watcher {
+    /// Makes the command's stdout and stderr pipes when its output is watched.
+    pub fn prepare(started: &RunStarted, cmd: &mut Command) -> Watcher {
+        let watch = started.watch.clone();
+        if watch.needs_output() {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let pattern = watch
+            .ready_on_log
+            .as_deref()
+            .and_then(|p| regex::Regex::new(p).ok());
+        Watcher {
+            shared: Arc::new(Shared {
+                watch,
+                notify: started.notify_socket.as_ref().map(PathBuf::from),
+                pattern,
+                ready_sent: AtomicBool::new(false),
+                last_report: Mutex::new(None),
+                stop: AtomicBool::new(false),
+            }),
+            done: None,
+            copies: 0,
+        }
+    }
+
+    /// Starts copying the command's output and looking for the ready file
+    /// (relative to `cwd`, the command's working directory).
+    pub fn start(&mut self, child: &mut Child, cwd: Option<&Path>) {
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            self.copies += 1;
+            self.copy(out, std::io::stdout(), tx.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            self.copies += 1;
+            self.copy(err, std::io::stderr(), tx.clone());
+        }
+        self.done = Some(rx);
+        if let Some(file) = self.shared.watch.ready_on_file.clone() {
+            let path = match cwd {
+                Some(dir) => dir.join(&file),
+                None => PathBuf::from(&file),
+            };
+            let shared = self.shared.clone();
+            std::thread::spawn(move || {
+                while !shared.stop.load(Ordering::SeqCst)
+                    && !shared.ready_sent.load(Ordering::SeqCst)
+                {
+                    if std::fs::symlink_metadata(&path).is_ok() {
+                        shared.ready();
+                        return;
+                    }
+                    std::thread::sleep(FILE_EVERY);
+                }
+            });
+        }
+    }
+
+    fn copy(
+        &self,
+        mut from: impl Read + Send + 'static,
+        mut to: impl Write + Send + 'static,
+        done: mpsc::Sender<()>,
+    ) {
+        let shared = self.shared.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut line = Vec::new();
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        // Where it would have gone; if that is closed, keep draining
+                        // so the command never blocks on a full pipe.
+                        let _ = to.write_all(&buf[..n]).and_then(|()| to.flush());
+                        shared.output(&buf[..n], &mut line);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = done.send(());
+        });
+    }
+
+    /// The command ended (and the agent killed what it left): copies the rest
+    /// of its output, waiting at most [`DRAIN`] for processes that still hold
+    /// the pipes.
+    pub fn finish(self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let Some(done) = self.done else { return };
+        let deadline = Instant::now() + DRAIN;
+        for _ in 0..self.copies {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if done.recv_timeout(left).is_err() {
+                return;
+            }
+        }
+    }
+}
