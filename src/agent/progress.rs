@@ -226,14 +226,11 @@ impl Agent {
     /// the next sample is set.
     pub(super) fn sample_stall(&self, run_id: &str) -> Option<String> {
         let cg = self.live_cgroup(run_id)?;
-        // Read before the lock: two cgroup files. A run's processes are in its
-        // own cgroup (it cannot make cgroups below it unless it is root); the
-        // tree is walked only when that one is empty.
+        // Read before the lock: the run's CPU time (its supervisor's included:
+        // it spends some only copying output, which is progress anyway) and the
+        // processes of its payload leaf (where the command and all it starts live).
         let cpu = cg.cpu_usage_usec();
-        let pids = match cg.procs() {
-            Ok(p) if !p.is_empty() => p,
-            _ => cg.procs_recursive().unwrap_or_default(),
-        };
+        let pids = super::layout::payload(&cg).procs().unwrap_or_default();
         let procs = procs_hash(pids);
         let now = Instant::now();
         let mut watches = self.life.watches();
