@@ -6,8 +6,8 @@
 mod adopt;
 mod agent;
 mod audit;
-mod install;
 pub mod breaker;
+mod install;
 mod kill;
 mod mcp;
 mod notify;
