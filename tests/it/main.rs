@@ -16,6 +16,7 @@ mod kill_edges;
 mod lifecycle;
 mod mcp;
 mod metrics;
+mod output;
 mod policy;
 mod python;
 mod run;
