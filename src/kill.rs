@@ -341,14 +341,7 @@ fn end_whole(plan: &Plan, proc_root: &Path, report: &mut Report) {
             ),
         ),
         Ok(false) | Err(_) => {
-            match survivors(whole, proc_root) {
-                Ok(s) if s.is_empty() => {
-                    report.unconfirmed =
-                        Some("the run's cgroup is still populated but lists no process".into())
-                }
-                Ok(s) => report.survivors = s,
-                Err(e) => report.unconfirmed = Some(format!("cannot list the survivors: {e}")),
-            }
+            name_survivors(report, whole, proc_root, "the run's cgroup");
             report.phase(
                 "supervisor",
                 t,
@@ -562,16 +555,7 @@ fn hard_kill<'a>(
             if let Some(f) = frozen {
                 f.keep();
             }
-            // Survivors are named from a listing; one that fails, or lists none
-            // while the cgroup says populated, proves nothing.
-            match survivors(cg, proc_root) {
-                Ok(s) if s.is_empty() => {
-                    report.unconfirmed =
-                        Some("the cgroup is still populated but lists no process".into())
-                }
-                Ok(s) => report.survivors = s,
-                Err(e) => report.unconfirmed = Some(format!("cannot list the survivors: {e}")),
-            }
+            name_survivors(report, cg, proc_root, "the cgroup");
             report.phase(
                 "kill",
                 t,
@@ -663,6 +647,19 @@ fn survivor(proc_root: &Path, pid: i32) -> Survivor {
         cmdline: procfs::cmdline(proc_root, pid),
         wchan,
         stack,
+    }
+}
+
+/// Names the processes that outlived a kill of `cg` in the report. A listing that
+/// fails, or lists none while the cgroup says populated, proves nothing: the kill
+/// is then unconfirmed, never taken as done.
+fn name_survivors(report: &mut Report, cg: &Cgroup, proc_root: &Path, what: &str) {
+    match survivors(cg, proc_root) {
+        Ok(s) if s.is_empty() => {
+            report.unconfirmed = Some(format!("{what} is still populated but lists no process"))
+        }
+        Ok(s) => report.survivors = s,
+        Err(e) => report.unconfirmed = Some(format!("cannot list the survivors: {e}")),
     }
 }
 

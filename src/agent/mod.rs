@@ -164,11 +164,42 @@ impl Caller {
     fn is_root(&self) -> bool {
         self.uid == 0
     }
+}
 
-    /// `name (uid N, pid P)`, for records.
-    fn describe(&self) -> String {
-        let name = crate::users::user_name_cached(self.uid).unwrap_or_else(|| "?".into());
-        format!("{name} (uid {}, pid {})", self.uid, self.pid)
+/// Who asked for a kill, as records name them: a caller (name, uid and pid), or
+/// the agent itself (`monitor`, a resumed kill), with a name only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Requester {
+    name: String,
+    uid: Option<u32>,
+    pid: Option<i32>,
+}
+
+impl Requester {
+    fn of(caller: &Caller) -> Requester {
+        Requester {
+            name: crate::users::user_name_cached(caller.uid).unwrap_or_else(|| "?".into()),
+            uid: Some(caller.uid),
+            pid: Some(caller.pid),
+        }
+    }
+
+    fn named(name: impl Into<String>) -> Requester {
+        Requester {
+            name: name.into(),
+            uid: None,
+            pid: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Requester {
+    /// `name (uid N, pid P)`, or the name alone.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.uid, self.pid) {
+            (Some(uid), Some(pid)) => write!(f, "{} (uid {uid}, pid {pid})", self.name),
+            _ => f.write_str(&self.name),
+        }
     }
 }
 
@@ -505,7 +536,7 @@ impl Agent {
     /// kill. Audits the interrupted attempt (from its `kill_start` record) and
     /// returns how to resume it: same mode and reason, the template's graces
     /// (a request's own graces are not kept), ending as the attempt would have.
-    fn kill_interrupted(&self, rec: &RunRecord, live: bool) -> (String, KillRequest, RunStatus) {
+    fn kill_interrupted(&self, rec: &RunRecord, live: bool) -> (Requester, KillRequest, RunStatus) {
         let filter = AuditFilter {
             run_id: Some(rec.run_id.clone()),
             ..Default::default()
@@ -552,7 +583,11 @@ impl Agent {
             reason: start.and_then(|s| s.reason),
             ..Default::default()
         };
-        (format!("agent (resuming the kill by {by})"), req, end)
+        (
+            Requester::named(format!("agent (resuming the kill by {by})")),
+            req,
+            end,
+        )
     }
 
     /// Starts a run: creates its cgroup and directories, moves the caller into it,
@@ -1213,7 +1248,7 @@ impl Agent {
             {
                 self.cap_graces(&rec, &mut req);
             }
-            self.kill_allowed(caller.describe(), rec, req, RunStatus::Killed)
+            self.kill_allowed(Requester::of(caller), rec, req, RunStatus::Killed)
         })
     }
 
@@ -1228,7 +1263,12 @@ impl Agent {
         };
         let run = rec.clone();
         let res = self.audited(entry, &req, |_| {
-            self.kill_allowed("monitor".into(), run, req.clone(), RunStatus::TimedOut)
+            self.kill_allowed(
+                Requester::named("monitor"),
+                run,
+                req.clone(),
+                RunStatus::TimedOut,
+            )
         });
         match res {
             Ok(r) if r.already_ended => {}
@@ -1355,7 +1395,7 @@ impl Agent {
     /// sequence; a run that has ended answers success with `already_ended`.
     fn kill_allowed(
         &self,
-        requested_by: String,
+        requested_by: Requester,
         rec: RunRecord,
         req: KillRequest,
         end: RunStatus,
@@ -1532,7 +1572,7 @@ impl Agent {
 
     fn kill_sequence(
         &self,
-        requested_by: &str,
+        requested_by: &Requester,
         rec: &RunRecord,
         req: &KillRequest,
         end: RunStatus,
@@ -1566,7 +1606,7 @@ impl Agent {
                 dir: PathBuf::from(d),
                 owner: Cred::of_uid(rec.owner_uid),
                 reason: req.reason.clone(),
-                requested_by: requested_by.to_owned(),
+                requested_by: requested_by.to_string(),
                 ending: end.as_str(),
             }),
             escalate,
@@ -1587,11 +1627,10 @@ impl Agent {
         let mode = kill_mode(req);
         // A trace before the kill acts (kept pending if the disk refuses it): an
         // agent that dies mid-kill leaves it, and its successor resumes the kill.
-        let (actor_name, actor_uid, caller_pid) = actor_of(requested_by);
         self.audit_event(AuditEntry {
-            actor_name,
-            actor_uid,
-            caller_pid,
+            actor_name: requested_by.name.clone(),
+            actor_uid: requested_by.uid,
+            caller_pid: requested_by.pid,
             action: KILL_START.into(),
             run_id: Some(rec.run_id.clone()),
             reason: req.reason.clone(),
@@ -2237,22 +2276,6 @@ impl OnEmpty for Agent {
 /// The audit action written before a kill acts.
 const KILL_START: &str = "kill_start";
 
-/// The actor's name, uid and pid in a requester as [`Caller::describe`] writes it
-/// (`name (uid N, pid P)`), or the whole text (`monitor`) with neither.
-fn actor_of(requested_by: &str) -> (String, Option<u32>, Option<i32>) {
-    let parsed = requested_by
-        .strip_suffix(')')
-        .and_then(|r| r.rsplit_once(" (uid "))
-        .and_then(|(name, rest)| {
-            let (uid, pid) = rest.split_once(", pid ")?;
-            Some((name.to_owned(), uid.parse().ok()?, pid.parse().ok()?))
-        });
-    match parsed {
-        Some((name, uid, pid)) => (name, Some(uid), Some(pid)),
-        None => (requested_by.to_owned(), None, None),
-    }
-}
-
 /// The cgroup that holds a run's workload, where its processes are counted and
 /// sampled: the run's cgroup, or the `payload` leaf below it for a tree adopted
 /// from outside. Freezing and killing act on the run's cgroup, which covers it
@@ -2284,16 +2307,15 @@ fn kill_mode(req: &KillRequest) -> &'static str {
 
 #[cfg(test)]
 #[test]
-fn the_actor_of_a_kill_start_is_read_back_from_the_requester() {
-    assert_eq!(
-        actor_of("alice (uid 1000, pid 42)"),
-        ("alice".to_string(), Some(1000), Some(42))
-    );
-    assert_eq!(actor_of("monitor"), ("monitor".to_string(), None, None));
-    assert_eq!(
-        actor_of("x (uid y, pid 1)"),
-        ("x (uid y, pid 1)".to_string(), None, None)
-    );
+fn a_requester_is_named_in_records_with_its_uid_and_pid() {
+    let alice = Requester {
+        name: "alice".into(),
+        uid: Some(1000),
+        pid: Some(42),
+    };
+    assert_eq!(alice.to_string(), "alice (uid 1000, pid 42)");
+    assert_eq!(Requester::named("monitor").to_string(), "monitor");
+    assert_eq!(Requester::named("monitor").uid, None);
 }
 
 /// The answer to a kill of a run that had ended already.
