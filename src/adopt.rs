@@ -314,10 +314,13 @@ impl State<'_> {
 
     /// Whether the leader of a session or process group `id` makes membership
     /// in it a sign of the tree: the leader is the root, a member, or gone.
+    /// An id of 0 is a leader outside this PID namespace (a container's
+    /// processes all show session 0): it is not gone, and it leads strangers.
     fn led_by_tree(&self, id: i32) -> bool {
-        id == self.walk.root.pid
-            || self.taken.contains_key(&id)
-            || procfs::stat(self.walk.proc_root, id).is_none_or(|s| s.state == 'Z')
+        id > 0
+            && (id == self.walk.root.pid
+                || self.taken.contains_key(&id)
+                || procfs::stat(self.walk.proc_root, id).is_none_or(|s| s.state == 'Z'))
     }
 
     /// One scan of every process: children of members the child lists missed,
@@ -447,6 +450,11 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = sh.id() as i32;
+        // Started after the root, in its cgroup and session, yet not of it.
+        let mut neighbour = std::process::Command::new("sleep")
+            .arg("32")
+            .spawn()
+            .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while procfs::children(proc_root, pid).len() < 2 && std::time::Instant::now() < deadline {
             std::thread::yield_now();
@@ -470,6 +478,8 @@ mod tests {
                 .status();
         }
         sh.wait().unwrap();
+        let _ = neighbour.kill();
+        neighbour.wait().unwrap();
         assert_eq!(got.members[0].reason, "root");
         assert_eq!(got.members[0].uid, Some(rustix::process::getuid().as_raw()));
         let mut listed: Vec<(i32, String)> = got.members[1..]
@@ -486,6 +496,27 @@ mod tests {
         assert_eq!(
             cgroup::process_cgroup(proc_root, std::process::id() as i32),
             Some(cgroup_before)
+        );
+    }
+
+    /// In a container every process shows session 0 (its leader is outside the
+    /// PID namespace): the dry run above, run there, must still take no neighbour.
+    #[test]
+    fn in_a_pid_namespace_session_0_takes_no_neighbour() {
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "adopt::tests::a_dry_run_lists_the_tree_with_reasons_and_moves_nothing",
+            ])
+            .output()
+            .expect("unshare (util-linux) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
