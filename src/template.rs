@@ -421,9 +421,9 @@ pub struct CriticalSections {
 
 /// A problem found in a template's text: where (a line, when known) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Problem {
-    line: Option<usize>,
-    message: String,
+pub struct Problem {
+    pub line: Option<usize>,
+    pub message: String,
 }
 
 impl Problem {
@@ -434,45 +434,124 @@ impl Problem {
         }
     }
 
-    fn render(&self, name: &str) -> String {
+    /// `file:line: message`, or `file: message` when no line is known.
+    pub fn render(&self, file: &str) -> String {
         match self.line {
-            Some(l) => format!("{name}:{l}: {}", self.message),
-            None => format!("{name}: {}", self.message),
+            Some(l) => format!("{file}:{l}: {}", self.message),
+            None => format!("{file}: {}", self.message),
         }
     }
+}
+
+/// A value a user asked for that is longer than the operator's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{key} = {} is longer than the operator's {} (only root may lengthen or remove it)",
+    show(*.value, *.zero_is_off),
+    show(*.limit, *.zero_is_off)
+)]
+pub struct TooLong {
+    pub key: String,
+    pub value: Duration,
+    pub limit: Duration,
+    /// 0 means "off" (a timeout), the longest value there is.
+    pub zero_is_off: bool,
+}
+
+fn show(d: Duration, zero_is_off: bool) -> String {
+    if zero_is_off && d.is_zero() {
+        "0 (off)".to_string()
+    } else {
+        duration_text(d)
+    }
+}
+
+/// Why a template cannot be used; every variant names the file (or the name
+/// looked up) and, for problems in the text, the line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// The text has problems: each is `file:line: message`; shown as the first,
+    /// with a count of the others.
+    #[error("{}", first_of(.file, .problems))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+    #[error("no template {name:?} (known: {}; add one as {})", .known.join(", "), .path.display())]
+    NotFound {
+        name: String,
+        known: Vec<String>,
+        path: PathBuf,
+    },
+    #[error("cannot read {}: {error}", .path.display())]
+    Unreadable { path: PathBuf, error: String },
+    #[error(
+        "bad template name {0:?}: a plain name (letters, digits, '-', '_', '.'), not a path; \
+         use --template FILE for a file"
+    )]
+    BadName(String),
+    #[error(
+        "{file}: [{section}] may be set only by the operator (a template in {SYSTEM_DIR}, or \
+         the agent's flags), not by a run's template"
+    )]
+    OperatorOnly { file: String, section: &'static str },
+    #[error("{file}: {too_long}")]
+    Longer { file: String, too_long: TooLong },
+    #[error("cannot write the base template: {0}")]
+    Base(String),
+}
+
+impl TemplateError {
+    /// Every problem, one line each (`wfcg template check` prints them all).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            TemplateError::Invalid { file, problems } => {
+                problems.iter().map(|p| p.render(file)).collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn first_of(file: &str, problems: &[Problem]) -> String {
+    let mut first = problems
+        .first()
+        .map(|p| p.render(file))
+        .unwrap_or_else(|| format!("{file}: invalid"));
+    if problems.len() > 1 {
+        first.push_str(&format!(
+            " (and {} more problem{}: see `wfcg template check`)",
+            problems.len() - 1,
+            if problems.len() == 2 { "" } else { "s" }
+        ));
+    }
+    first
 }
 
 impl Template {
     /// Parses a template, deep-merged over the built-in default; the error names
     /// the file, the line and what is wrong (the first problem, with a count of
     /// the others: [`Template::check`] lists them all).
-    pub fn parse(text: &str, name: &str) -> Result<Template, String> {
-        Template::check(text, name).map_err(|problems| {
-            let mut first = problems.first().cloned().unwrap_or_default();
-            if problems.len() > 1 {
-                first.push_str(&format!(
-                    " (and {} more problem{}: see `wfcg template check`)",
-                    problems.len() - 1,
-                    if problems.len() == 2 { "" } else { "s" }
-                ));
-            }
-            first
-        })
+    pub fn parse(text: &str, name: &str) -> Result<Template, TemplateError> {
+        Template::check(text, name)
     }
 
-    /// Parses a template like [`Template::parse`], and reports every problem:
-    /// syntax errors, unknown keys, bad values, each as `name:line: message`,
-    /// in line order.
-    pub fn check(text: &str, name: &str) -> Result<Template, Vec<String>> {
+    /// Parses a template like [`Template::parse`]; the error holds every
+    /// problem: syntax errors, unknown keys, bad values, in line order
+    /// ([`TemplateError::lines`]).
+    pub fn check(text: &str, name: &str) -> Result<Template, TemplateError> {
         Template::check_over(text, name, DEFAULT_TOML)
     }
 
     /// [`Template::check`] with `base` (TOML) in place of the built-in default.
-    fn check_over(text: &str, name: &str, base: &str) -> Result<Template, Vec<String>> {
-        let render = |mut problems: Vec<Problem>| {
+    fn check_over(text: &str, name: &str, base: &str) -> Result<Template, TemplateError> {
+        let invalid = |mut problems: Vec<Problem>| {
             problems.sort_by_key(|p| p.line);
             problems.dedup();
-            problems.iter().map(|p| p.render(name)).collect::<Vec<_>>()
+            TemplateError::Invalid {
+                file: name.to_string(),
+                problems,
+            }
         };
         let (user, syntax) = DeTable::parse_recoverable(text);
         if !syntax.is_empty() {
@@ -480,13 +559,13 @@ impl Template {
                 .iter()
                 .map(|e| Problem::at(text, e.span(), e.message().trim()))
                 .collect();
-            return Err(render(problems));
+            return Err(invalid(problems));
         }
         let mut user = user.into_inner();
         let mut problems = Vec::new();
         check_limits(text, &mut user, &mut problems);
         let base = DeTable::parse(base)
-            .map_err(|e| vec![format!("base template: {}", e.message())])?
+            .map_err(|e| TemplateError::Base(e.message().to_string()))?
             .into_inner();
         loop {
             let mut merged = base.clone();
@@ -498,7 +577,7 @@ impl Template {
                     return if problems.is_empty() {
                         Ok(t)
                     } else {
-                        Err(render(problems))
+                        Err(invalid(problems))
                     };
                 }
                 Err(e) => {
@@ -507,7 +586,7 @@ impl Template {
                     // read again, to report the next problem too.
                     let removed = e.span().is_some_and(|s| remove_at(&mut user, &s));
                     if !removed || problems.len() >= MAX_PROBLEMS {
-                        return Err(render(problems));
+                        return Err(invalid(problems));
                     }
                 }
             }
@@ -520,19 +599,24 @@ impl Template {
     /// deadlines shorter; it may not set `[alerts]` (commands and webhooks the
     /// root agent would run or call), `[cleanup]` or `[limits]`, nor lengthen or
     /// remove a timeout or grace. The error names the key and the operator's value.
-    pub fn confine(text: &str, name: &str, base: &Template) -> Result<Template, String> {
-        let base_text =
-            toml::to_string(base).map_err(|e| format!("cannot write the base template: {e}"))?;
-        let t = Template::check_over(text, name, &base_text)
-            .map_err(|problems| problems.into_iter().next().unwrap_or_default())?;
-        let operator_only = |section: &str, same: bool| {
+    pub fn confine(text: &str, name: &str, base: &Template) -> Result<Template, TemplateError> {
+        let base_text = toml::to_string(base).map_err(|e| TemplateError::Base(e.to_string()))?;
+        let t = Template::check_over(text, name, &base_text).map_err(|e| match e {
+            // Only the first problem: the rest may follow from it.
+            TemplateError::Invalid { file, mut problems } => {
+                problems.truncate(1);
+                TemplateError::Invalid { file, problems }
+            }
+            other => other,
+        })?;
+        let operator_only = |section: &'static str, same: bool| {
             if same {
                 Ok(())
             } else {
-                Err(format!(
-                    "{name}: [{section}] may be set only by the operator (a template in \
-                     {SYSTEM_DIR}, or the agent's flags), not by a run's template"
-                ))
+                Err(TemplateError::OperatorOnly {
+                    file: name.to_string(),
+                    section,
+                })
             }
         };
         operator_only("alerts", t.alerts == base.alerts)?;
@@ -612,36 +696,40 @@ impl Template {
             ),
         ];
         for (key, value, limit, zero_is_off) in fields {
-            no_longer(key, value, limit, zero_is_off).map_err(|e| format!("{name}: {e}"))?;
+            no_longer(key, value, limit, zero_is_off).map_err(|too_long| {
+                TemplateError::Longer {
+                    file: name.to_string(),
+                    too_long,
+                }
+            })?;
         }
         Ok(t)
     }
 
     /// The template `name`: `/etc/wfcg/templates/NAME.toml` if present, else the
     /// shipped one. An unknown name is an error listing the known ones.
-    pub fn lookup(name: &str) -> Result<Template, String> {
+    pub fn lookup(name: &str) -> Result<Template, TemplateError> {
         Template::lookup_in(Path::new(SYSTEM_DIR), name)
     }
 
     /// [`Template::lookup`] with another directory in place of `/etc/wfcg/templates`.
-    pub fn lookup_in(dir: &Path, name: &str) -> Result<Template, String> {
+    pub fn lookup_in(dir: &Path, name: &str) -> Result<Template, TemplateError> {
         check_name(name)?;
         let path = dir.join(format!("{name}.toml"));
         match std::fs::read_to_string(&path) {
             Ok(text) => Template::parse(&text, &path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match builtin_text(name) {
                 Some(text) => Template::parse(text, &builtin_file(name)),
-                None => Err(format!(
-                    "no template {name:?} (known: {}; add one as {})",
-                    Template::list_in(dir)
-                        .into_iter()
-                        .map(|(n, _)| n)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    path.display()
-                )),
+                None => Err(TemplateError::NotFound {
+                    name: name.to_string(),
+                    known: Template::list_in(dir).into_iter().map(|(n, _)| n).collect(),
+                    path,
+                }),
             },
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(TemplateError::Unreadable {
+                path,
+                error: e.to_string(),
+            }),
         }
     }
 
@@ -649,12 +737,12 @@ impl Template {
     /// shipped template has that name (or it is no plain name, e.g. a workflow
     /// label with a '/'), an error when it exists but is broken or unreadable.
     /// For `--workflow NAME`, whose template is optional.
-    pub fn find(name: &str) -> Result<Option<Template>, String> {
+    pub fn find(name: &str) -> Result<Option<Template>, TemplateError> {
         Template::find_in(Path::new(SYSTEM_DIR), name)
     }
 
     /// [`Template::find`] with another directory in place of `/etc/wfcg/templates`.
-    pub fn find_in(dir: &Path, name: &str) -> Result<Option<Template>, String> {
+    pub fn find_in(dir: &Path, name: &str) -> Result<Option<Template>, TemplateError> {
         if check_name(name).is_err()
             || (builtin_text(name).is_none() && !dir.join(format!("{name}.toml")).exists())
         {
@@ -701,12 +789,12 @@ impl Template {
     }
 
     /// The default template: `/etc/wfcg/templates/default.toml` if present, else the built-in one.
-    pub fn default_for_host() -> Result<Template, String> {
+    pub fn default_for_host() -> Result<Template, TemplateError> {
         Template::lookup("default")
     }
 
     /// The shipped `default.toml`.
-    pub fn builtin() -> Result<Template, String> {
+    pub fn builtin() -> Result<Template, TemplateError> {
         Template::parse(DEFAULT_TOML, &builtin_file("default"))
     }
 }
@@ -719,24 +807,17 @@ pub fn no_longer(
     value: Duration,
     limit: Duration,
     zero_is_off: bool,
-) -> Result<(), String> {
+) -> Result<(), TooLong> {
     let off = |d: Duration| zero_is_off && d.is_zero();
-    let longer = !off(limit) && (off(value) || value > limit);
-    if !longer {
+    if off(limit) || (!off(value) && value <= limit) {
         return Ok(());
     }
-    let show = |d: Duration| {
-        if off(d) {
-            "0 (off)".to_string()
-        } else {
-            duration_text(d)
-        }
-    };
-    Err(format!(
-        "{key} = {} is longer than the operator's {} (only root may lengthen or remove it)",
-        show(value),
-        show(limit)
-    ))
+    Err(TooLong {
+        key: key.to_string(),
+        value,
+        limit,
+        zero_is_off,
+    })
 }
 
 /// The text of a shipped template.
@@ -750,7 +831,7 @@ fn builtin_file(name: &str) -> String {
 }
 
 /// A template name must be a plain file stem: no path, no `..`.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), TemplateError> {
     let plain = !name.is_empty()
         && !name.starts_with('.')
         && name
@@ -760,10 +841,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if plain {
         Ok(())
     } else {
-        Err(format!(
-            "bad template name {name:?}: a plain name (letters, digits, '-', '_', '.'), \
-             not a path; use --template FILE for a file"
-        ))
+        Err(TemplateError::BadName(name.to_string()))
     }
 }
 
@@ -932,8 +1010,9 @@ mod tests {
             "64M"
         );
         for bad in ["lots", "0", "1G,uid=0"] {
-            let err =
-                Template::parse(&format!("[tmpdir]\nsize = {bad:?}\n"), "x.toml").unwrap_err();
+            let err = Template::parse(&format!("[tmpdir]\nsize = {bad:?}\n"), "x.toml")
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("x.toml:2: tmpdir.size"), "{bad}: {err}");
         }
     }
@@ -975,7 +1054,7 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let bad = DEFAULT_TOML.replace("term_grace = \"5s\"", "term_grace = \"5 parsecs\"");
-        let err = Template::parse(&bad, "x.toml").unwrap_err();
+        let err = Template::parse(&bad, "x.toml").unwrap_err().to_string();
         let line = DEFAULT_TOML
             .lines()
             .position(|l| l.starts_with("term_grace"))
@@ -986,6 +1065,7 @@ mod tests {
         assert!(
             Template::parse(&unknown, "y.toml")
                 .unwrap_err()
+                .to_string()
                 .contains("bogus")
         );
     }
@@ -1018,7 +1098,7 @@ workspace = \"shred\"
 \"memory.max\" = \"lots\"
 \"io.max\" = \"1\"
 ";
-        let problems = Template::check(text, "t.toml").unwrap_err();
+        let problems = Template::check(text, "t.toml").unwrap_err().lines();
         assert_eq!(problems.len(), 5, "{problems:#?}");
         let lines: Vec<&str> = problems
             .iter()
@@ -1035,7 +1115,7 @@ workspace = \"shred\"
             problems[4].contains("unknown limit \"io.max\""),
             "{problems:#?}"
         );
-        let one = Template::parse(text, "t.toml").unwrap_err();
+        let one = Template::parse(text, "t.toml").unwrap_err().to_string();
         assert!(
             one.starts_with("t.toml:2:") && one.contains("and 4 more problems"),
             "{one}"
@@ -1044,14 +1124,20 @@ workspace = \"shred\"
 
     #[test]
     fn syntax_errors_and_bad_webhooks_have_lines_too() {
-        let err = Template::parse("[timeouts\ninit = \"1m\"\n", "s.toml").unwrap_err();
+        let err = Template::parse("[timeouts\ninit = \"1m\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("s.toml:1:"), "{err}");
-        let err = Template::parse("\n[alerts]\nwebhook = \"https://x/y\"\n", "w.toml").unwrap_err();
+        let err = Template::parse("\n[alerts]\nwebhook = \"https://x/y\"\n", "w.toml")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("w.toml:3:") && err.contains("http://"),
             "{err}"
         );
-        let err = Template::parse("[limits]\nmemory.max = \"1G\"\n", "d.toml").unwrap_err();
+        let err = Template::parse("[limits]\nmemory.max = \"1G\"\n", "d.toml")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("d.toml:2:") && err.contains("quote"),
             "{err}"
@@ -1105,7 +1191,9 @@ workspace = \"shred\"
         let t = Template::lookup_in(dir.path(), "nightly").unwrap();
         assert_eq!(t.timeouts.total, Duration::from_secs(6 * 3600));
         assert_eq!(t.timeouts.init, Duration::from_secs(300));
-        let err = Template::lookup_in(dir.path(), "broken").unwrap_err();
+        let err = Template::lookup_in(dir.path(), "broken")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("broken.toml:2:") && err.contains("nope"),
             "{err}"
@@ -1122,7 +1210,9 @@ workspace = \"shred\"
         assert_eq!(list[0].1, BUILTIN_SOURCE);
         assert!(list[1].1.ends_with("builder.toml"), "{list:?}");
 
-        let err = Template::lookup_in(dir.path(), "nosuch").unwrap_err();
+        let err = Template::lookup_in(dir.path(), "nosuch")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("default, builder, lina, guardian, broken, nightly"),
             "{err}"
@@ -1136,7 +1226,9 @@ workspace = \"shred\"
         assert_eq!(Template::find_in(dir.path(), "nosuch"), Ok(None));
         assert_eq!(Template::find_in(dir.path(), "team/a"), Ok(None));
         assert!(Template::find_in(dir.path(), "lina").unwrap().is_some());
-        let err = Template::find_in(dir.path(), "broken").unwrap_err();
+        let err = Template::find_in(dir.path(), "broken")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("broken.toml:1:"), "{err}");
     }
 
@@ -1145,7 +1237,9 @@ workspace = \"shred\"
         let t = Template::parse("[timeouts]\ninit = 90\ntotal = 1.5\n", "n.toml").unwrap();
         assert_eq!(t.timeouts.init, Duration::from_secs(90));
         assert_eq!(t.timeouts.total, Duration::from_millis(1500));
-        let err = Template::parse("[timeouts]\ninit = -1\n", "n.toml").unwrap_err();
+        let err = Template::parse("[timeouts]\ninit = -1\n", "n.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("n.toml:2:"), "{err}");
     }
 
@@ -1153,7 +1247,9 @@ workspace = \"shred\"
     fn names_are_plain_file_stems() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", "../etc/passwd", "a/b", "..", ".hidden", "x..y", "a b"] {
-            let err = Template::lookup_in(dir.path(), bad).unwrap_err();
+            let err = Template::lookup_in(dir.path(), bad)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("bad template name"), "{bad:?}: {err}");
         }
         assert!(check_name("builder-2.nightly_x").is_ok());
@@ -1201,8 +1297,9 @@ workspace = \"shred\"
             ("file:", "path"),
             ("soon", "unknown"),
         ] {
-            let err =
-                Template::parse(&format!("\n[run]\nready = \"{bad}\"\n"), "b.toml").unwrap_err();
+            let err = Template::parse(&format!("\n[run]\nready = \"{bad}\"\n"), "b.toml")
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.starts_with("b.toml:3:") && err.contains(why),
                 "{bad}: {err}"
@@ -1235,8 +1332,41 @@ workspace = \"shred\"
             ("[breaker]\nfailures = 0\n", "[breaker]"),
             ("[breaker]\nfailures = 1\n", "[breaker]"),
         ] {
-            let err = Template::confine(text, "u", &base).unwrap_err();
+            let err = Template::confine(text, "u", &base).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn errors_are_typed_and_name_the_file_and_line() {
+        let base = Template::builtin().unwrap();
+        let err = Template::confine("[alerts]\non_event = \"id\"\n", "u.toml", &base).unwrap_err();
+        assert_eq!(
+            err,
+            TemplateError::OperatorOnly {
+                file: "u.toml".into(),
+                section: "alerts"
+            }
+        );
+        let err = Template::confine("[timeouts]\ninit = \"0\"\n", "u.toml", &base).unwrap_err();
+        assert!(
+            matches!(&err, TemplateError::Longer { file, too_long }
+                if file == "u.toml" && too_long.key == "timeouts.init" && too_long.value.is_zero()),
+            "{err:?}"
+        );
+        let err = Template::parse("\n[kill]\nbogus = 1\n", "k.toml").unwrap_err();
+        let TemplateError::Invalid { file, problems } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!((file.as_str(), problems[0].line), ("k.toml", Some(3)));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Template::lookup_in(dir.path(), "nosuch"),
+            Err(TemplateError::NotFound { name, .. }) if name == "nosuch"
+        ));
+        assert_eq!(
+            Template::lookup_in(dir.path(), "a/b"),
+            Err(TemplateError::BadName("a/b".into()))
+        );
     }
 }

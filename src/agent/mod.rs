@@ -39,7 +39,7 @@ use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
 use crate::sections::{self, Finding};
 use crate::store::{self, AuditEntry, AuditFilter, AuditRecord, ChainCheck, RunRecord, Store};
-use crate::template::Template;
+use crate::template::{Template, TemplateError};
 use crate::userfs::{self, Cred};
 use reaper::{OnEmpty, Reaper};
 
@@ -100,7 +100,7 @@ pub enum StartError {
     },
     /// The template is broken.
     #[error("{0}")]
-    Template(String),
+    Template(crate::template::TemplateError),
     /// The policy file is broken.
     #[error("{0}")]
     Policy(String),
@@ -616,7 +616,7 @@ impl Agent {
             let Some(v) = value else { continue };
             if !caller.is_root() {
                 crate::template::no_longer(flag, ms(v), *slot, true)
-                    .map_err(|e| Failure::new(ErrorKind::BadInput, e))?;
+                    .map_err(|e| Failure::new(ErrorKind::BadInput, e.to_string()))?;
             }
             *slot = ms(v);
         }
@@ -895,7 +895,7 @@ impl Agent {
     /// A template text from anyone but root is confined to what a user may ask
     /// for ([`Template::confine`]) over the template the run would get without it.
     fn resolve_template(&self, caller: &Caller, req: &CreateRun) -> Result<(String, Template)> {
-        let bad = |e: String| Failure::new(ErrorKind::BadInput, e);
+        let bad = |e: TemplateError| Failure::new(ErrorKind::BadInput, e.to_string());
         if let Some(text) = &req.template_text {
             let name = req.template.clone().unwrap_or_else(|| "template".into());
             if caller.is_root() {

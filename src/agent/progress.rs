@@ -126,7 +126,7 @@ impl Agent {
             let Some(v) = value else { continue };
             let v = Duration::from_millis(v);
             if !caller.is_root() {
-                crate::template::no_longer(flag, v, *slot, true).map_err(bad)?;
+                crate::template::no_longer(flag, v, *slot, true).map_err(|e| bad(e.to_string()))?;
             }
             *slot = v;
         }

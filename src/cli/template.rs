@@ -91,7 +91,7 @@ pub fn list(_cli: &super::Cli, args: &ListArgs) -> Result<i32, Failure> {
         .map(|(name, source)| {
             let (template, error) = match Template::lookup(&name) {
                 Ok(t) => (Some(t), None),
-                Err(e) => (None, Some(e)),
+                Err(e) => (None, Some(e.to_string())),
             };
             Row {
                 name,
@@ -171,9 +171,9 @@ fn check(files: &[std::path::PathBuf]) -> Result<i32, Failure> {
                 fmt_duration(t.timeouts.watchdog, "off"),
                 limits(&t)
             )),
-            Err(problems) => {
+            Err(e) => {
                 bad = true;
-                for p in problems {
+                for p in e.lines() {
                     eprintln!("{p}");
                 }
             }
@@ -190,7 +190,7 @@ fn show(template: &str, json: bool) -> Result<i32, Failure> {
     } else {
         Template::lookup(template)
     }
-    .map_err(Failure::usage)?;
+    .map_err(|e| Failure::usage(e.to_string()))?;
     let text = if json {
         serde_json::to_string_pretty(&t).map_err(|e| e.to_string())
     } else {
