@@ -35,6 +35,50 @@ use crate::template::line_of;
 /// The largest policy file accepted.
 pub const MAX_SIZE: u64 = 1024 * 1024;
 
+/// Why a policy file cannot be used: the file, the line when there is one,
+/// and what is wrong. Shown as `file:line: what`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {problem}", .line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct PolicyError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub problem: Box<PolicyProblem>,
+}
+
+/// What is wrong with a policy file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyProblem {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("the file is {0} bytes; a policy may be at most {MAX_SIZE} bytes")]
+    TooLarge(u64),
+    #[error("not UTF-8 (byte {0})")]
+    NotUtf8(usize),
+    /// TOML syntax, or a key or value of the wrong kind.
+    #[error("{0}")]
+    Syntax(String),
+    #[error("unknown permission {permission:?} in role {role:?} (known: {})", Permission::ALL.map(|p| p.as_str()).join(", "))]
+    UnknownPermission { permission: String, role: String },
+    #[error("unknown role {role:?} for {whose} (known: {})", .known.join(", "))]
+    UnknownRole {
+        role: String,
+        whose: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "user {user:?} is given role {role:?} here but role {other:?} through group {group:?} \
+         in [groups]; give each user one role"
+    )]
+    TwoRoles {
+        user: String,
+        role: String,
+        other: String,
+        group: String,
+    },
+    #[error("team {0:?} lists an empty name")]
+    EmptyTeamMember(String),
+}
+
 /// What a role may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Permission {
@@ -222,26 +266,29 @@ impl Default for Policy {
 
 impl Policy {
     /// Loads a policy file; errors read `file:line: what is wrong`.
-    pub fn load(path: &Path) -> Result<Policy, String> {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let name = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?;
+        let error = |line, problem| PolicyError {
+            file: name.clone(),
+            line,
+            problem: Box::new(problem),
+        };
+        let unreadable = |e: std::io::Error| error(None, PolicyProblem::Unreadable(e.to_string()));
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
         if meta.len() > MAX_SIZE {
-            return Err(format!(
-                "{name}: the file is {} bytes; a policy may be at most {MAX_SIZE} bytes",
-                meta.len()
-            ));
+            return Err(error(None, PolicyProblem::TooLarge(meta.len())));
         }
-        let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+        let bytes = std::fs::read(path).map_err(unreadable)?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
-            format!("{name}:{}: not UTF-8 (byte {at})", line_of(&text, at))
+            error(Some(line_of(&text, at)), PolicyProblem::NotUtf8(at))
         })?;
         Policy::parse_with(&text, &name, crate::users::groups_of_user)
     }
 
-    /// Parses policy text; `name` prefixes errors.
-    pub fn parse(text: &str, name: &str) -> Result<Policy, String> {
+    /// Parses policy text; `name` is the file errors name.
+    pub fn parse(text: &str, name: &str) -> Result<Policy, PolicyError> {
         Policy::parse_with(text, name, |_| Vec::new())
     }
 
@@ -251,14 +298,14 @@ impl Policy {
         text: &str,
         name: &str,
         groups_of: impl Fn(&str) -> Vec<String>,
-    ) -> Result<Policy, String> {
-        let at = |span: std::ops::Range<usize>, msg: String| {
-            format!("{name}:{}: {msg}", line_of(text, span.start))
+    ) -> Result<Policy, PolicyError> {
+        let at = |span: Option<std::ops::Range<usize>>, problem| PolicyError {
+            file: name.to_string(),
+            line: span.map(|s| line_of(text, s.start)),
+            problem: Box::new(problem),
         };
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| match e.span() {
-            Some(span) => at(span, e.message().to_string()),
-            None => format!("{name}: {}", e.message()),
-        })?;
+        let raw: RawPolicy = toml::from_str(text)
+            .map_err(|e| at(e.span(), PolicyProblem::Syntax(e.message().to_string())))?;
         let mut policy = Policy {
             limits: raw.limits,
             ..Policy::default()
@@ -267,32 +314,29 @@ impl Policy {
             let mut set = BTreeSet::new();
             for p in perms {
                 let perm = Permission::parse(p.get_ref()).ok_or_else(|| {
-                    let known: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
                     at(
-                        p.span(),
-                        format!(
-                            "unknown permission {:?} in role {role:?} (known: {})",
-                            p.get_ref(),
-                            known.join(", ")
-                        ),
+                        Some(p.span()),
+                        PolicyProblem::UnknownPermission {
+                            permission: p.get_ref().clone(),
+                            role: role.clone(),
+                        },
                     )
                 })?;
                 set.insert(perm);
             }
             policy.roles.insert(role, set);
         }
-        let check_role = |role: &Spanned<String>, whose: String| -> Result<String, String> {
+        let check_role = |role: &Spanned<String>, whose: String| {
             if policy.roles.contains_key(role.get_ref()) {
                 Ok(role.get_ref().clone())
             } else {
-                let known: Vec<&str> = policy.roles.keys().map(String::as_str).collect();
                 Err(at(
-                    role.span(),
-                    format!(
-                        "unknown role {:?} for {whose} (known: {})",
-                        role.get_ref(),
-                        known.join(", ")
-                    ),
+                    Some(role.span()),
+                    PolicyProblem::UnknownRole {
+                        role: role.get_ref().clone(),
+                        whose,
+                        known: policy.roles.keys().cloned().collect(),
+                    },
                 ))
             }
         };
@@ -312,10 +356,13 @@ impl Policy {
                 if let Some(other) = groups.get(&group).filter(|r| *r != role) {
                     let span = raw.users[user].span();
                     return Err(at(
-                        span,
-                        format!(
-                            "user {user:?} is given role {role:?} here but role {other:?} through group {group:?} in [groups]; give each user one role"
-                        ),
+                        Some(span),
+                        PolicyProblem::TwoRoles {
+                            user: user.clone(),
+                            role: role.clone(),
+                            other: other.clone(),
+                            group,
+                        },
                     ));
                 }
             }
@@ -333,8 +380,8 @@ impl Policy {
                     match entry.strip_prefix('@') {
                         _ if entry.is_empty() || entry == "@" => {
                             return Err(at(
-                                spanned.span(),
-                                format!("team {team_name:?} lists an empty name"),
+                                Some(spanned.span()),
+                                PolicyProblem::EmptyTeamMember(team_name.clone()),
                             ));
                         }
                         Some(g) => groups.insert(g.to_string()),
@@ -593,7 +640,7 @@ leads = ["alice"]
             ),
         ];
         for (text, line, word) in cases {
-            let err = Policy::parse(text, "p").unwrap_err();
+            let err = Policy::parse(text, "p").unwrap_err().to_string();
             assert!(
                 err.starts_with(line) && err.contains(word),
                 "{text:?} -> {err}"
@@ -610,7 +657,9 @@ leads = ["alice"]
                 _ => vec![],
             }
         };
-        let err = Policy::parse_with(text, "p", groups).unwrap_err();
+        let err = Policy::parse_with(text, "p", groups)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("p:2:") && err.contains("ops"), "{err}");
         // The same role both ways is no conflict.
         let text = text.replace("ops = \"admin\"", "ops = \"owner\"");
@@ -622,13 +671,39 @@ leads = ["alice"]
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.toml");
         std::fs::write(&big, vec![b'#'; 10 * 1024 * 1024]).unwrap();
-        assert!(Policy::load(&big).unwrap_err().contains("at most"));
+        assert!(
+            Policy::load(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("at most")
+        );
         let bin = dir.path().join("bin.toml");
         std::fs::write(&bin, b"[users]\nalice = \"owner\"\n\xff\xfe\n").unwrap();
-        let err = Policy::load(&bin).unwrap_err();
+        let err = Policy::load(&bin).unwrap_err().to_string();
         assert!(
             err.contains("bin.toml:3:") && err.contains("UTF-8"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn errors_are_typed_with_the_file_and_line() {
+        let err = Policy::parse("[users]\n\nbob = \"boss\"\n", "p.toml").unwrap_err();
+        assert_eq!((err.file.as_str(), err.line), ("p.toml", Some(3)));
+        assert!(
+            matches!(&*err.problem, PolicyProblem::UnknownRole { role, whose, .. }
+                if role == "boss" && whose == "user \"bob\""),
+            "{err:?}"
+        );
+        let err = Policy::parse("[roles]\nx = [\"fly\"]\n", "p.toml").unwrap_err();
+        assert_eq!(
+            *err.problem,
+            PolicyProblem::UnknownPermission {
+                permission: "fly".into(),
+                role: "x".into()
+            }
+        );
+        let err = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap_err();
+        assert!(matches!(*err.problem, PolicyProblem::Unreadable(_)) && err.line.is_none());
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use rustix::fs::inotify;
 
 use super::Caller;
-use crate::policy::{Identity, Policy};
+use crate::policy::{Identity, Policy, PolicyError};
 use crate::users;
 
 pub struct Access {
@@ -17,7 +17,7 @@ pub struct Access {
 }
 
 /// Reads the policy file; a missing file is the built-in policy.
-fn read(path: &Path) -> Result<Policy, String> {
+fn read(path: &Path) -> Result<Policy, PolicyError> {
     if !path.exists() {
         return Ok(Policy::default());
     }
@@ -25,7 +25,7 @@ fn read(path: &Path) -> Result<Policy, String> {
 }
 
 impl Access {
-    pub fn load(path: PathBuf) -> Result<Access, String> {
+    pub fn load(path: PathBuf) -> Result<Access, PolicyError> {
         let policy = read(&path)?;
         Ok(Access {
             path,
@@ -45,7 +45,7 @@ impl Access {
     }
 
     /// Reads the file again; on error the previous policy stays in force.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), PolicyError> {
         let policy = read(&self.path)?;
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
         Ok(())

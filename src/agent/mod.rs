@@ -103,7 +103,7 @@ pub enum StartError {
     Template(crate::template::TemplateError),
     /// The policy file is broken.
     #[error("{0}")]
-    Policy(String),
+    Policy(crate::policy::PolicyError),
     /// The socket cannot be served.
     #[error("{0}")]
     Socket(String),
@@ -1994,7 +1994,11 @@ impl Agent {
         self.audit_policy_load(trigger, res);
     }
 
-    fn audit_policy_load(&self, trigger: &str, res: std::result::Result<(), String>) {
+    fn audit_policy_load(
+        &self,
+        trigger: &str,
+        res: std::result::Result<(), crate::policy::PolicyError>,
+    ) {
         let outcome = match res {
             Ok(()) if self.access.path().exists() => "loaded".to_string(),
             Ok(()) => "built-in (no policy file)".to_string(),
