@@ -1,0 +1,89 @@
+//! The agent's durable state: a SQLite database (WAL, `synchronous=FULL`) with
+//! the runs and every kill sequence carried out.
+//!
+//! A leaf module: plain records in and out, no knowledge of cgroups or the agent.
+//! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] lists every
+//! step, applied in order inside one transaction each. Operators may read the
+//! file with the `sqlite3` CLI.
+
+mod audit;
+mod breakers;
+mod runs;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use audit::*;
+pub use breakers::*;
+pub use runs::*;
+use schema::MIGRATIONS;
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A run with this id exists already.
+    #[error("run id {0:?} is already in use")]
+    Duplicate(String),
+    /// The database was written by a newer wfcg.
+    #[error("database schema version {found} is newer than this wfcg knows ({known})")]
+    TooNew { found: i64, known: i64 },
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The database of one agent.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let known = MIGRATIONS.len() as i64;
+        let found = self.schema_version()?;
+        if found > known {
+            return Err(Error::TooNew { found, known });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(step)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// `PRAGMA quick_check`: `None` when the database is sound, else what SQLite
+    /// found wrong (its first lines).
+    pub fn quick_check(&self) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check(5)")?;
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok((lines != ["ok"]).then(|| lines.join("; ")))
+    }
+
+    /// The schema version in use.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+}
