@@ -12,7 +12,8 @@
 //! - `GET /v1/runs/{id}/may-kill` ([`MayKillQuery`] → [`MayKill`]): a permission question.
 //!
 //! Errors come back as [`ApiError`] with a matching HTTP status. This module has
-//! no dependencies inside the crate.
+//! no dependencies inside the crate. It is one file on purpose, over 600 lines:
+//! the whole contract between the agent and its clients, read in one place.
 
 use serde::{Deserialize, Serialize};
 

@@ -7,6 +7,9 @@
 //! small, the kills pane goes first, then the detail line and the header, and
 //! narrow terminals lose columns, least useful first; the footer stays, so a
 //! question is always visible.
+//!
+//! One file over 600 lines on purpose: the panes share one layout decision
+//! (what to drop first when the terminal is small), which must be read whole.
 
 use chrono::{DateTime, Local, Utc};
 use ratatui::Frame;
