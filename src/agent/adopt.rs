@@ -13,7 +13,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Agent, Caller, Failure, Result, now, rfc3339};
+use super::time::{now, rfc3339};
+use super::{Agent, Caller, Failure, Result};
 use crate::adopt::{self, Gathered, Root, Walk};
 use crate::api::{AdoptMember, AdoptRequest, Adopted, CreateRun, ErrorKind, RunStatus};
 use crate::cgroup::{self, Cgroup};

@@ -8,7 +8,8 @@
 
 use chrono::Utc;
 
-use super::{Agent, Caller, Failure, Result, now, parse_time, rfc3339};
+use super::time::{now, parse_time, rfc3339};
+use super::{Agent, Caller, Failure, Result};
 use crate::api::{BreakerInfo, ErrorKind, RunStatus};
 use crate::policy::Permission;
 use crate::store::{AuditEntry, BreakerRecord};

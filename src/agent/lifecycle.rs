@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::Agent;
 use super::monitor::{Kind, Monitor};
 use super::notify::{self, Message};
-use super::{Agent, now, parse_time, rfc3339};
+use super::time::{now, parse_time, rfc3339};
 use crate::api::{KillRequest, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::procfs;

@@ -20,6 +20,7 @@ mod progress;
 mod query;
 pub mod reaper;
 pub mod server;
+mod time;
 
 use std::collections::HashMap;
 use std::fs;
@@ -42,6 +43,7 @@ use crate::store::{self, AuditEntry, AuditFilter, AuditRecord, ChainCheck, RunRe
 use crate::template::{Template, TemplateError};
 use crate::userfs::{self, Cred};
 use reaper::{OnEmpty, Reaper};
+use time::{age_secs, now, parse_time, rfc3339};
 
 pub use crate::api::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
 /// How long a run's supervisor has to exit by itself once its payload is empty.
@@ -282,27 +284,6 @@ impl AsRef<Mutex<Store>> for Agent {
     fn as_ref(&self) -> &Mutex<Store> {
         &self.store
     }
-}
-
-fn now() -> String {
-    rfc3339(chrono::Utc::now())
-}
-
-/// A time as the store and the API write it (RFC 3339, UTC, milliseconds).
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn parse_time(t: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
-    t.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| d.with_timezone(&chrono::Utc))
-}
-
-/// Seconds from `started_at` to `until`; 0 when there is no start time.
-fn age_secs(started_at: Option<&str>, until: chrono::DateTime<chrono::Utc>) -> f64 {
-    parse_time(started_at)
-        .map(|s| (until - s).num_milliseconds() as f64 / 1e3)
-        .unwrap_or(0.0)
 }
 
 fn make_dir(path: &Path, mode: u32) -> std::result::Result<(), StartError> {

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::Agent;
 use super::monitor::Kind;
-use super::{Agent, rfc3339};
+use super::time::rfc3339;
 use crate::api::RunStatus;
 use crate::procfs;
 use crate::store::RunRecord;

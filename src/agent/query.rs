@@ -3,7 +3,8 @@
 //! ask before offering a kill button; every question is audited as
 //! `permission_query`.
 
-use super::{Agent, Caller, Failure, Result, kill_mode, now};
+use super::time::now;
+use super::{Agent, Caller, Failure, Result, kill_mode};
 use crate::api::{ErrorKind, KillRequest, MayKill, MayKillQuery};
 use crate::policy::{Action, Permission};
 use crate::store::AuditEntry;
