@@ -449,7 +449,7 @@ impl Agent {
 
     /// The id for an adopted run: the one asked for (which must be new), or a fresh one.
     fn new_adopted_id(&self, req: &AdoptRequest) -> Result<String> {
-        let run_id = req.run_id.clone().unwrap_or_else(super::new_run_id);
+        let run_id = req.run_id.clone().unwrap_or_else(super::create::new_run_id);
         if self.store().get_run(&run_id)?.is_some() {
             return Err(Failure::new(
                 ErrorKind::Conflict,

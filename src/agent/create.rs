@@ -1,0 +1,369 @@
+//! Starting a run (`POST /v1/runs`): the checks a start must pass (the caller's
+//! limits, the breaker, the template and the options a user may set), then its
+//! cgroup, directories and TMPDIR, the move of the caller into it, and its record.
+//!
+//! [`Agent::create_run`] is one long sequence on purpose: each step undoes what the
+//! steps before it made when it fails, which reads best in one place.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::time::now;
+use super::{Agent, Caller, Failure, Result, layout, progress};
+use crate::api::{self, CreateRun, ErrorKind, RunStarted, RunStatus};
+use crate::cgroup::{self, Cgroup};
+use crate::procfs;
+use crate::store::{AuditEntry, RunRecord};
+use crate::template::{Template, TemplateError};
+use crate::userfs::{self, Cred};
+
+/// A fresh run id: `run_` and 12 lowercase hex digits.
+pub(super) fn new_run_id() -> String {
+    let mut bytes = [0u8; 6];
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("run_{hex}")
+}
+
+impl Agent {
+    /// Starts a run: creates its cgroup and directories, moves the caller into it,
+    /// records it. On any failure nothing is left behind.
+    pub fn create_run(self: &Arc<Self>, caller: &Caller, req: CreateRun) -> Result<RunStarted> {
+        if req.command.is_empty() {
+            return Err(Failure::new(ErrorKind::BadInput, "no command given"));
+        }
+        if !caller.is_root() {
+            self.check_start_limits(caller.uid)?;
+        }
+        self.check_breaker(caller, req.workflow.as_deref())?;
+        let (template_name, mut template) = self.resolve_template(caller, &req)?;
+        self.apply_run_options(caller, &req, &mut template)?;
+        let ms = std::time::Duration::from_millis;
+        // Users may shorten the operator's timeouts, not lengthen or remove them.
+        for (flag, value, slot) in [
+            (
+                "init timeout",
+                req.init_timeout_ms,
+                &mut template.timeouts.init,
+            ),
+            ("timeout", req.timeout_ms, &mut template.timeouts.total),
+            ("watchdog", req.watchdog_ms, &mut template.timeouts.watchdog),
+        ] {
+            let Some(v) = value else { continue };
+            if !caller.is_root() {
+                crate::template::no_longer(flag, ms(v), *slot, true)
+                    .map_err(|e| Failure::new(ErrorKind::BadInput, e.to_string()))?;
+            }
+            *slot = ms(v);
+        }
+        // The template may remove only a workspace named explicitly, never a cwd.
+        let cleanup_workspace = req.cleanup_workspace
+            || (req.workspace.is_some()
+                && template.cleanup.workspace == crate::template::WorkspacePolicy::Remove);
+        if req.cleanup_workspace && req.workspace.is_none() {
+            return Err(Failure::new(
+                ErrorKind::BadInput,
+                "cleanup_workspace needs an explicit workspace",
+            ));
+        }
+        // A workspace to remove must be the caller's own directory, never `/`, a
+        // home or a mount point; it is checked again, and removed as its owner, at
+        // the end.
+        if cleanup_workspace && let Some(ws) = &req.workspace {
+            let cred = Cred::of_uid(caller.uid);
+            if let Some(problem) =
+                userfs::removal_problem(Path::new(ws), &cred, &crate::users::home_dirs(caller.uid))
+            {
+                return Err(Failure::new(
+                    ErrorKind::BadInput,
+                    format!("workspace {ws} cannot be removed at the end of the run: {problem}"),
+                ));
+            }
+        }
+        // Without an explicit workspace, the caller's working directory is where
+        // the run writes its files (and where writes count as critical sections).
+        let workspace = req.workspace.clone().or_else(|| {
+            fs::read_link(self.cfg.proc_root.join(caller.pid.to_string()).join("cwd"))
+                .ok()
+                .map(|p| p.display().to_string())
+        });
+        let run_id = match req.run_id {
+            Some(id) => {
+                if let Some(problem) = api::run_id_problem(&id) {
+                    return Err(Failure::new(ErrorKind::BadInput, problem));
+                }
+                id
+            }
+            None => new_run_id(),
+        };
+        let id = self.access.identity(caller);
+        let my_teams = self.access.policy().teams_of(&id);
+        let teams = match &req.team {
+            Some(team) if !my_teams.contains(team) => {
+                return Err(Failure::new(
+                    ErrorKind::BadInput,
+                    format!(
+                        "team {team:?}: {} is not in it (their teams: {})",
+                        id.user.as_deref().unwrap_or("caller"),
+                        if my_teams.is_empty() {
+                            "none".to_string()
+                        } else {
+                            my_teams.join(", ")
+                        }
+                    ),
+                ));
+            }
+            Some(team) => vec![team.clone()],
+            None => my_teams,
+        };
+        let conflict = || {
+            Failure::new(
+                ErrorKind::Conflict,
+                format!("run id {run_id:?} is already in use"),
+            )
+        };
+        if self.store().get_run(&run_id)?.is_some() {
+            return Err(conflict());
+        }
+        // The caller was pinned by a pidfd when its connection was accepted; while
+        // that process lives, its pid cannot name another one.
+        let gone = || {
+            Failure::new(
+                ErrorKind::BadInput,
+                format!(
+                    "the process that connected (pid {}) is gone; a run is started by a \
+                     live caller only",
+                    caller.pid
+                ),
+            )
+        };
+        let pidfd = caller.pidfd.clone().ok_or_else(gone)?;
+        let starttime = procfs::starttime(&self.cfg.proc_root, caller.pid);
+        let origin = cgroup::process_cgroup(&self.cfg.proc_root, caller.pid);
+        if !procfs::pidfd_alive(&*pidfd) || origin.is_none() {
+            return Err(gone());
+        }
+
+        let cg = self.runs_cg.child(&run_id);
+        match cg.create_new() {
+            Ok(()) => {}
+            Err(cgroup::Error::Create { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                return Err(conflict());
+            }
+            Err(e) => return Err(Failure::internal(e)),
+        }
+        // Limits apply from the first instruction: written before the caller moves
+        // in, on runs/<id> so that they cover the supervisor and the payload.
+        let mut warnings = cg.apply_limits(&template.limits);
+        if let Err(e) = layout::create_leaves(&cg) {
+            let _ = cg.remove_recursive();
+            return Err(Failure::internal(e));
+        }
+        let run_dir = self.run_dirs.join(&run_id);
+        let tmpdir = self.tmp_dirs.join(&run_id);
+        let log_path = req
+            .detach
+            .then(|| self.log_dirs.join(format!("{run_id}.log")));
+        let undo = |msg: String| {
+            let _ = cg.remove_recursive();
+            let _ = fs::remove_dir_all(&run_dir);
+            let _ = crate::tmpfs::unmount(&tmpdir);
+            let _ = fs::remove_dir_all(&tmpdir);
+            if let Some(log) = &log_path {
+                let _ = fs::remove_file(log);
+            }
+            Failure::new(ErrorKind::Internal, msg)
+        };
+        let owned = |path: &Path, dir: bool| -> std::io::Result<()> {
+            if dir {
+                fs::create_dir(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+            } else {
+                fs::File::create(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+            }
+            std::os::unix::fs::chown(path, Some(caller.uid), Some(caller.gid))
+        };
+        owned(&run_dir, true)
+            .map_err(|e| undo(format!("cannot create {}: {e}", run_dir.display())))?;
+        if let Some(log) = &log_path {
+            owned(log, false).map_err(|e| undo(format!("cannot create {}: {e}", log.display())))?;
+        }
+        // TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk. It
+        // is mounted on a directory still root's (0700), so nothing of the user's
+        // can be opened below the mount first; the tmpfs root is the user's.
+        fs::create_dir(&tmpdir)
+            .and_then(|()| fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| undo(format!("cannot create {}: {e}", tmpdir.display())))?;
+        if let Err(e) = crate::tmpfs::mount(&tmpdir, &template.tmpdir.size, caller.uid, caller.gid)
+        {
+            warnings.push(format!(
+                "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
+                 mount a tmpfs of {} on it: {e}",
+                tmpdir.display(),
+                template.tmpdir.size
+            ));
+            std::os::unix::fs::chown(&tmpdir, Some(caller.uid), Some(caller.gid))
+                .map_err(|e| undo(format!("cannot chown {}: {e}", tmpdir.display())))?;
+        }
+        // Move the caller, then confirm through its pidfd that it was alive all along:
+        // alive before and after the write, so the pid named it at the write. If it
+        // died in between, whatever the pid named then is put back where the caller
+        // was, never killed (it may be any process that got the recycled pid).
+        if !procfs::pidfd_alive(&*pidfd) {
+            return Err(undo(gone().message));
+        }
+        if let Err(e) = layout::first_home(&cg).add_process(caller.pid) {
+            return Err(undo(e.to_string()));
+        }
+        if !procfs::pidfd_alive(&*pidfd) {
+            if let (Ok(mount), Some(origin)) = (cgroup::cgroup2_mount(), &origin) {
+                let back = Cgroup::new(mount.join(origin.trim_start_matches('/')));
+                for pid in layout::first_home(&cg).procs().unwrap_or_default() {
+                    tracing::warn!(
+                        run_id,
+                        pid,
+                        "moving a process back: the caller died during its move"
+                    );
+                    let _ = back.add_process(pid);
+                }
+            }
+            return Err(undo(gone().message));
+        }
+        let mut rec = RunRecord {
+            run_id: run_id.clone(),
+            pid: Some(caller.pid),
+            pid_starttime: starttime,
+            started_at: Some(now()),
+            workspace_path: workspace,
+            cleanup_workspace,
+            template: serde_json::to_string(&template).ok(),
+            template_name: Some(template_name.clone()),
+            notify_socket: Some(self.notify_dirs.join(&run_id).display().to_string()),
+            teams: serde_json::to_string(&teams).map_err(Failure::internal)?,
+            owner_uid: caller.uid,
+            workflow: req.workflow,
+            command: serde_json::to_string(&req.command).map_err(Failure::internal)?,
+            cgroup_path: cg.path().display().to_string(),
+            run_dir: Some(run_dir.display().to_string()),
+            tmpdir: Some(tmpdir.display().to_string()),
+            log_path: log_path.as_ref().map(|p| p.display().to_string()),
+            ..Default::default()
+        };
+        Agent::initial_deadlines(&template, &mut rec);
+        let inserted = self.store().insert_run(&rec);
+        if let Err(e) = inserted {
+            let _ = cg.kill();
+            return Err(undo(e.to_string()));
+        }
+        tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
+        self.audit_event(AuditEntry {
+            actor_uid: Some(caller.uid),
+            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
+            caller_pid: Some(caller.pid),
+            action: "run_start".into(),
+            run_id: Some(run_id.clone()),
+            outcome: "started".into(),
+            ..Default::default()
+        });
+        // The notify socket is bound before the answer, so the command can use it at once.
+        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
+        self.reaper.watch(&run_id, &cg, &**self);
+        for w in &warnings {
+            tracing::warn!(run_id, "{w}");
+        }
+        Ok(RunStarted {
+            run_id,
+            run_dir: rec.run_dir.unwrap_or_default(),
+            tmpdir: rec.tmpdir.unwrap_or_default(),
+            cgroup: rec.cgroup_path,
+            log_path: rec.log_path,
+            notify_socket: rec.notify_socket,
+            template: template_name,
+            warnings,
+            watch: progress::watch_for(&template, req.detach),
+        })
+    }
+
+    /// A user (never root) may have so many live runs and start so many a minute
+    /// (`[limits]` in the policy), so that no one can exhaust the agent.
+    fn check_start_limits(&self, uid: u32) -> Result<()> {
+        let limits = self.access.policy().limits;
+        let live = self.store().count_runs_of(uid, &RunStatus::live_names())?;
+        if live >= u64::from(limits.max_live_runs) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "uid {uid} has {live} live runs, the most a user may have (policy [limits] \
+                     max_live_runs = {}); end some first",
+                    limits.max_live_runs
+                ),
+            ));
+        }
+        let now = Instant::now();
+        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = starts.entry(uid).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t).as_secs() >= 60)
+        {
+            recent.pop_front();
+        }
+        if recent.len() as u64 >= u64::from(limits.max_starts_per_minute) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "uid {uid} started {} runs in the last minute, the most a user may (policy \
+                     [limits] max_starts_per_minute = {}); try again shortly",
+                    recent.len(),
+                    limits.max_starts_per_minute
+                ),
+            ));
+        }
+        recent.push_back(now);
+        Ok(())
+    }
+
+    /// The template a new run gets: its text if the client sent one, a template
+    /// named with `template`, else the one named like the workflow, else `default`.
+    /// A template text from anyone but root is confined to what a user may ask
+    /// for ([`Template::confine`]) over the template the run would get without it.
+    pub(super) fn resolve_template(
+        &self,
+        caller: &Caller,
+        req: &CreateRun,
+    ) -> Result<(String, Template)> {
+        let bad = |e: TemplateError| Failure::new(ErrorKind::BadInput, e.to_string());
+        if let Some(text) = &req.template_text {
+            let name = req.template.clone().unwrap_or_else(|| "template".into());
+            if caller.is_root() {
+                return Template::parse(text, &name).map(|t| (name, t)).map_err(bad);
+            }
+            let base = match &req.workflow {
+                Some(workflow) => Template::find(workflow).map_err(bad)?,
+                None => None,
+            }
+            .unwrap_or_else(|| self.template.clone());
+            return Template::confine(text, &name, &base)
+                .map(|t| (name, t))
+                .map_err(bad);
+        }
+        if let Some(name) = &req.template {
+            return Template::lookup(name)
+                .map(|t| (name.clone(), t))
+                .map_err(bad);
+        }
+        // A workflow named like no template gets the default; a broken one is an error.
+        if let Some(workflow) = &req.workflow
+            && let Some(t) = Template::find(workflow).map_err(bad)?
+        {
+            return Ok((workflow.clone(), t));
+        }
+        Ok(("default".into(), self.template.clone()))
+    }
+}
