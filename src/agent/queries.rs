@@ -1,0 +1,145 @@
+//! Reading runs: `ps` ([`Agent::list`]) and `status` ([`Agent::get`]), each run as
+//! the caller may see it, with its processes, CPU and the critical sections open now.
+
+use std::collections::HashMap;
+
+use super::time::{age_secs, parse_time, rfc3339};
+use super::{Agent, Caller, Failure, Result, layout, workload};
+use crate::api::{self, ErrorKind, RunInfo, RunStatus};
+use crate::cgroup::Cgroup;
+use crate::policy::Action;
+use crate::sections;
+use crate::store::RunRecord;
+
+impl Agent {
+    /// The record of a run the caller may see.
+    pub(super) fn visible_run(&self, caller: &Caller, run_id: &str) -> Result<RunRecord> {
+        let rec = self.find_run(run_id)?;
+        let d = self.decide(&self.access.identity(caller), Action::View, &rec);
+        if !d.allowed {
+            return Err(Failure::new(
+                ErrorKind::Forbidden,
+                format!("run {run_id}: {}", d.message),
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// The runs the caller may see: live ones, or all with `all`.
+    pub fn list(&self, caller: &Caller, all: bool, stuck: bool) -> Result<Vec<RunInfo>> {
+        let live: Vec<&str> = RunStatus::live_names();
+        let mut recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
+        recs.iter_mut().for_each(|r| self.auditor.overlay(r));
+        let id = self.access.identity(caller);
+        let visible: Vec<RunRecord> = recs
+            .into_iter()
+            .filter(|r| self.decide(&id, Action::View, r).allowed)
+            .filter(|r| !stuck || self.stuck_reason(r).is_some())
+            .collect();
+        // Two cgroup files per live run: with many runs, read them on every core.
+        Ok(crate::par::map(&visible, 256, |r| {
+            self.info(r.clone(), false)
+        }))
+    }
+
+    pub fn get(&self, caller: &Caller, run_id: &str) -> Result<RunInfo> {
+        Ok(self.info(self.visible_run(caller, run_id)?, true))
+    }
+
+    /// A run for display; `with_sections` adds the critical sections open now (a procfs scan).
+    fn info(&self, rec: RunRecord, with_sections: bool) -> RunInfo {
+        let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+        let sections = if with_sections && status.is_live() {
+            self.open_sections(&rec)
+        } else {
+            Vec::new()
+        };
+        let cg = workload(&rec);
+        let (processes, cpu_usec) = if status.is_live() {
+            (
+                // A run's processes are all in its leaves (it cannot make cgroups
+                // below them unless it runs as root): no directory walk.
+                layout::process_count(&cg),
+                cg.cpu_usage_usec(),
+            )
+        } else {
+            (0, None)
+        };
+        let stuck = self.stuck_reason(&rec);
+        let (last_heartbeat, watchdog_deadline) = self
+            .fresh_heartbeat(&rec.run_id)
+            .unwrap_or((rec.last_heartbeat.clone(), rec.watchdog_deadline.clone()));
+        let end = parse_time(rec.ended_at.as_deref()).unwrap_or_else(chrono::Utc::now);
+        let age_secs = age_secs(rec.started_at.as_deref(), end);
+        RunInfo {
+            owner: crate::users::user_name_cached(rec.owner_uid),
+            command: serde_json::from_str(&rec.command).unwrap_or_default(),
+            kill_result: rec
+                .kill_result
+                .as_deref()
+                .and_then(|k| serde_json::from_str(k).ok()),
+            run_id: rec.run_id,
+            workflow: rec.workflow,
+            owner_uid: rec.owner_uid,
+            status,
+            pid: rec.pid,
+            processes,
+            started_at: rec.started_at,
+            ended_at: rec.ended_at,
+            age_secs,
+            cpu_usec,
+            exit_code: rec.exit_code,
+            exit_signal: rec.exit_signal,
+            workspace: rec.workspace_path,
+            cgroup: rec.cgroup_path,
+            log_path: rec.log_path,
+            sections,
+            template: rec.template_name,
+            ready_at: rec.ready_at,
+            status_text: rec.status_text,
+            last_heartbeat,
+            init_deadline: rec.init_deadline,
+            total_deadline: rec.total_deadline,
+            watchdog_deadline,
+            stuck,
+            loop_suspected: rec.loop_suspected,
+            adopted: rec.adopted,
+        }
+    }
+
+    /// The critical sections a live run has open now, each with when it was first seen.
+    fn open_sections(&self, rec: &RunRecord) -> Vec<api::Section> {
+        let pids = layout::payload(&Cgroup::new(&rec.cgroup_path))
+            .procs_recursive()
+            .unwrap_or_default();
+        let scope = sections::Scope {
+            pids,
+            ..self.section_scope(rec)
+        };
+        let found = sections::scan(&self.cfg.proc_root, &scope);
+        let now = chrono::Utc::now();
+        let mut sightings = self.sightings.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = sightings.remove(&rec.run_id).unwrap_or_default();
+        let mut current = HashMap::new();
+        let out = found
+            .into_iter()
+            .map(|f| {
+                let key = (f.pid, f.path.clone());
+                let since = previous.get(&key).copied().unwrap_or(now);
+                current.insert(key, since);
+                api::Section {
+                    kind: f.kind,
+                    path: f.path,
+                    pid: f.pid,
+                    command: f.command,
+                    since: rfc3339(since),
+                    open_secs: (now - since).num_milliseconds() as f64 / 1e3,
+                }
+            })
+            .collect();
+        if !current.is_empty() {
+            sightings.insert(rec.run_id.clone(), current);
+        }
+        out
+    }
+}
