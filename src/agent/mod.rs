@@ -21,6 +21,7 @@ mod progress;
 mod queries;
 mod query;
 pub mod reaper;
+mod run_end;
 pub mod server;
 mod time;
 
@@ -32,9 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use crate::api::{
-    self, CleanupStatus, ErrorKind, ExitAck, ExitReport, KillRequest, KillResult, RunStatus,
-};
+use crate::api::{self, CleanupStatus, ErrorKind, KillRequest, KillResult, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::kill;
 use crate::policy::{Action, Identity, RunScope};
@@ -205,9 +204,6 @@ impl std::fmt::Display for Requester {
         }
     }
 }
-
-/// How a run's command ended: its exit code, or the signal that killed it.
-type Exit = (Option<i32>, Option<i32>);
 
 /// When each open critical section of a run, by (pid, path), was first seen.
 type Sightings = HashMap<(i32, String), chrono::DateTime<chrono::Utc>>;
@@ -592,156 +588,6 @@ impl Agent {
             teams: &teams,
         };
         self.access.policy().decide(id, action, &scope)
-    }
-
-    /// The supervisor reports its command's end: the run has exited. Whatever else
-    /// the command left running in the run is killed (as systemd does for a
-    /// service's control group); the reaper removes the cgroup once it is empty.
-    pub fn report_exit(
-        &self,
-        caller: &Caller,
-        run_id: &str,
-        report: ExitReport,
-    ) -> Result<ExitAck> {
-        let rec = self.visible_run(caller, run_id)?;
-        if !caller.is_root() && rec.pid != Some(caller.pid) {
-            return Err(Failure::new(
-                ErrorKind::Forbidden,
-                format!("only the supervisor of run {run_id} may report its exit"),
-            ));
-        }
-        self.store()
-            .record_exit(run_id, report.exit_code, report.signal)?;
-        let live = RunStatus::parse(&rec.status).is_some_and(RunStatus::is_live);
-        if !live || self.kill_in_flight(run_id) {
-            return Ok(ExitAck::default()); // it ended already, or a kill is under way
-        }
-        let cg = layout::payload(&Cgroup::new(&rec.cgroup_path));
-        let mut killed = 0;
-        // The usual case: only the supervisor is left, and it waits for this answer, so
-        // nothing can fork; no need to freeze and scan. (cgroup.procs may still list
-        // tasks that are exiting, never omit a live one.)
-        let alone = cg
-            .procs_recursive()
-            .is_ok_and(|p| p.iter().all(|&pid| pid == caller.pid));
-        if !alone && let Ok(frozen) = cg.freeze_guard(self.run_template(&rec).kill.freeze_timeout) {
-            if let Some(why) = frozen.unconfirmed() {
-                tracing::warn!(run_id, "{why}; killing the leftovers anyway");
-            }
-            let leftovers: Vec<i32> = cg
-                .procs_recursive()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|&pid| pid != caller.pid)
-                .collect();
-            // Git locks the leftovers hold now become stale once they are dead.
-            let scope = sections::Scope {
-                pids: leftovers.clone(),
-                ..self.section_scope(&rec)
-            };
-            let locks = sections::scan(&self.cfg.proc_root, &scope);
-            if !locks.is_empty() {
-                self.stale_candidates
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(run_id.to_owned(), locks);
-            }
-            let kill = [rustix::process::Signal::KILL];
-            killed = leftovers
-                .into_iter()
-                .filter(|&pid| crate::kill::signal_member(&cg, pid, &kill, &self.cfg.proc_root))
-                .count() as u32;
-            drop(frozen); // thawed: the SIGKILLs are delivered
-        }
-        if killed > 0 {
-            tracing::info!(
-                run_id,
-                killed,
-                "killed processes left behind by the command"
-            );
-        }
-        // Only if no kill began meanwhile: then the kill sequence has the last word.
-        // (Both locks held, in the agent's order, so none begins in between.)
-        // memory.events of the run's cgroup counts its leaves' OOM kills too.
-        let end = if Cgroup::new(&rec.cgroup_path).oom_kills().unwrap_or(0) > 0 {
-            RunStatus::OomKilled
-        } else {
-            RunStatus::Exited
-        };
-        let exited = {
-            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            !inflight.contains_key(run_id)
-                && self.store().finish_run_if(
-                    run_id,
-                    &[
-                        RunStatus::Initializing.as_str(),
-                        RunStatus::Running.as_str(),
-                        RunStatus::Stopping.as_str(),
-                        RunStatus::Unknown.as_str(),
-                    ],
-                    end.as_str(),
-                    &now(),
-                )?
-        };
-        if exited {
-            self.audit_run_end(run_id, end);
-            if end == RunStatus::OomKilled {
-                self.alert_oom(&rec);
-            }
-        }
-        tracing::info!(run_id, code = ?report.exit_code, signal = ?report.signal, "run exited");
-        Ok(ExitAck {
-            leftovers_killed: killed,
-        })
-    }
-
-    /// The run's supervisor, having forked its command inside the payload, moves
-    /// itself to the supervisor leaf, where the kill does not reach it until the
-    /// payload is empty.
-    ///
-    /// Only the caller itself is ever moved (pinned by its pidfd, checked to be
-    /// the run's supervisor by pid and start time and to be in this run's payload
-    /// now), and only between the two leaves of its own run: nobody can use this
-    /// to move another process, and no cgroup file is handed to a user.
-    pub fn enter_supervisor(&self, caller: &Caller, run_id: &str) -> Result<()> {
-        let rec = self.find_run(run_id)?;
-        let proc_root = &self.cfg.proc_root;
-        let supervisor = rec.pid == Some(caller.pid)
-            && rec.pid_starttime.is_some()
-            && procfs::starttime(proc_root, caller.pid) == rec.pid_starttime;
-        if !supervisor {
-            return Err(Failure::new(
-                ErrorKind::Forbidden,
-                format!("only the supervisor of run {run_id} may enter its supervisor leaf"),
-            ));
-        }
-        let run_cg = Cgroup::new(&rec.cgroup_path);
-        let payload = layout::payload(&run_cg);
-        let Some(leaf) = layout::supervisor(&run_cg) else {
-            return Err(Failure::new(
-                ErrorKind::Conflict,
-                format!("run {run_id} has no supervisor leaf"),
-            ));
-        };
-        let pidfd = match &caller.pidfd {
-            Some(fd) => fd.clone(),
-            None => Arc::new(procfs::pidfd_open(caller.pid).map_err(Failure::internal)?),
-        };
-        if payload == run_cg || payload.contains_process(proc_root, caller.pid) != Some(true) {
-            return Err(Failure::new(
-                ErrorKind::Conflict,
-                format!("the caller is not in the payload of run {run_id}"),
-            ));
-        }
-        leaf.add_process(caller.pid).map_err(Failure::internal)?;
-        if !procfs::pidfd_alive(&*pidfd) {
-            tracing::error!(
-                run_id,
-                pid = caller.pid,
-                "supervisor exited while it was moved"
-            );
-        }
-        Ok(())
     }
 
     /// Kills a run, if the policy allows, and writes the attempt to the audit
@@ -1639,150 +1485,9 @@ impl Agent {
         })
     }
 
-    /// The exit the supervisor left in the run directory, if it did.
-    /// Read as the run's owner, without following symlinks, non-blocking, at most
-    /// 64 bytes: the directory is the user's.
-    /// `Err` when the read failed for want of the agent's own resources (out of
-    /// file descriptors or memory, an I/O error): the exit is then unknown, not
-    /// absent, and the run is not ended on it.
-    fn exit_from_file(rec: &RunRecord) -> std::io::Result<Option<Exit>> {
-        let Some(dir) = rec.run_dir.as_ref().map(PathBuf::from) else {
-            return Ok(None);
-        };
-        let read = userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
-            userfs::read_at(userfs::open_dir(&dir)?, EXIT_STATUS_FILE, 64)
-        })
-        .and_then(|r| r);
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EIO)
-                ) =>
-            {
-                return Err(e);
-            }
-            Err(e) => {
-                tracing::info!("no exit status in {}: {e}", dir.display());
-                return Ok(None);
-            }
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        let parsed = text.trim().split_once(' ').and_then(|(kind, value)| {
-            let value: i32 = value.parse().ok()?;
-            match kind {
-                "code" => Some((Some(value), None)),
-                "signal" => Some((None, Some(value))),
-                _ => None,
-            }
-        });
-        Ok(parsed)
-    }
-
     /// How many runs the reaper watches.
     pub fn watched_runs(&self) -> usize {
         self.reaper.len()
-    }
-}
-
-impl OnEmpty for Agent {
-    /// A run's cgroup emptied (or vanished). Unless a kill sequence is under way
-    /// (it finishes the run itself), record how a live run ended, then clean up.
-    fn on_run_empty(&self, run_id: &str) {
-        // The exit the supervisor may have left is read before any lock is taken:
-        // the file is the user's (read non-blocking, size-limited, as its owner).
-        let from_file = match self
-            .store()
-            .get_run(run_id)
-            .ok()
-            .flatten()
-            .filter(|r| r.exit_code.is_none() && r.exit_signal.is_none())
-            .map(|r| (Agent::exit_from_file(&r), r))
-        {
-            // Unknown is not absent: looked at again in a second, not `lost` (while
-            // the cgroup is there to watch).
-            Some((Err(e), rec)) if self.reaper.recheck(run_id, &Cgroup::new(&rec.cgroup_path)) => {
-                tracing::warn!(run_id, "cannot read the run's exit status, will retry: {e}");
-                return;
-            }
-            Some((Err(_), _)) => None,
-            Some((Ok(exit), _)) => exit,
-            None => None,
-        };
-        let (rec, ended) = {
-            // Both locks held, in the agent's order, so no kill starts in between.
-            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if inflight.contains_key(run_id) {
-                return; // the kill sequence finishes the run itself
-            }
-            let Ok(Some(mut rec)) = self.store().get_run(run_id) else {
-                return;
-            };
-            self.auditor.overlay(&mut rec);
-            // Over only if a read says so (or the cgroup is gone): a read that
-            // fails leaves the run live and watched, its TMPDIR in place.
-            let cg = Cgroup::new(&rec.cgroup_path);
-            let empty = cg.empty();
-            if !matches!(empty, Ok(true)) {
-                if let Err(e) = empty {
-                    tracing::warn!(run_id, "cannot tell whether the run ended: {e}");
-                }
-                drop(inflight);
-                self.reaper.watch(run_id, &cg, self);
-                return;
-            }
-            let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
-            let mut ended = None;
-            if status.is_live() {
-                let mut exit = None;
-                if rec.exit_code.is_none()
-                    && rec.exit_signal.is_none()
-                    && let Some((code, signal)) = from_file
-                {
-                    exit = Some((code, signal));
-                    (rec.exit_code, rec.exit_signal) = (code, signal);
-                }
-                let oom = Cgroup::new(&rec.cgroup_path).oom_kills().unwrap_or(0) > 0;
-                let end = match status {
-                    // A kill had begun (one interrupted by an agent restart, if
-                    // no sequence is under way): its processes are gone.
-                    RunStatus::Unkillable | RunStatus::Stopping => RunStatus::Killed,
-                    _ if oom => RunStatus::OomKilled,
-                    // An adopted run has no supervisor to report an exit: it ended by itself.
-                    _ if rec.exit_code.is_some()
-                        || rec.exit_signal.is_some()
-                        || rec.adopted.is_some() =>
-                    {
-                        RunStatus::Exited
-                    }
-                    _ => RunStatus::Lost,
-                };
-                // Kept pending (and shown) while the store cannot be written.
-                self.auditor.keep(
-                    &self.store,
-                    audit::Record::End {
-                        run_id: run_id.to_owned(),
-                        status: end.as_str().into(),
-                        ended_at: now(),
-                        exit,
-                    },
-                );
-                tracing::info!(run_id, status = end.as_str(), "run ended");
-                ended = Some(end);
-            }
-            (rec, ended)
-        };
-        if let Some(end) = ended {
-            self.audit_run_end(run_id, end);
-            if end == RunStatus::OomKilled {
-                self.alert_oom(&rec);
-            }
-        }
-        let status = self.cleanup(&rec, &[]);
-        if status.processes_remaining > 0 || !status.cgroup_removed {
-            tracing::warn!(run_id, ?status, "run ended but cleanup is incomplete");
-        }
     }
 }
 
