@@ -1,0 +1,162 @@
+//! What an ended run leaves behind, removed: stale git locks, its cgroup, run
+//! directory, TMPDIR and (if asked) workspace, and any process still carrying its
+//! marker outside its cgroup.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::time::parse_time;
+use super::{Agent, RUN_ID_ENV, adopt, lock_owner};
+use crate::api::{self, CleanupStatus};
+use crate::cgroup::Cgroup;
+use crate::kill;
+use crate::sections::{self, Finding};
+use crate::store::RunRecord;
+use crate::userfs::{self, Cred};
+
+impl Agent {
+    /// Removes what an ended run leaves (stale git locks of its dead tree, its
+    /// cgroup, run dir, TMPDIR, and the workspace if asked) and checks that no
+    /// process of it remains anywhere (by cgroup and by its environment marker).
+    /// `seen` are the critical sections its processes were found in.
+    pub(super) fn cleanup(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
+        self.reaper.forget(&rec.run_id);
+        self.lifecycle_end(&rec.run_id);
+        self.sightings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.run_id);
+        let mut seen = seen.to_vec();
+        if let Some(more) = self
+            .stale_candidates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.run_id)
+        {
+            seen.extend(more);
+        }
+        let mut stale = sections::stale_git_locks(&self.cfg.proc_root, &seen);
+        // Locks the run's git processes had already closed (and so were never seen
+        // open), in the repositories it was seen using and in its workspace.
+        let mut git_dirs: Vec<PathBuf> = seen
+            .iter()
+            .filter(|f| f.kind == api::SectionKind::Git)
+            .filter_map(|f| sections::git_dir_of(&f.path))
+            .collect();
+        if let Some(ws) = &rec.workspace_path
+            && ws != "/"
+        {
+            git_dirs.push(Path::new(ws).join(".git"));
+        }
+        git_dirs.sort();
+        git_dirs.dedup();
+        let started = parse_time(rec.started_at.as_deref()).map(std::time::SystemTime::from);
+        if let Some(since) = started {
+            let orphans =
+                sections::orphan_git_locks(&self.cfg.proc_root, &git_dirs, since, lock_owner(rec));
+            let new: Vec<_> = orphans
+                .into_iter()
+                .filter(|o| !stale.iter().any(|s| s.path == o.path))
+                .collect();
+            stale.extend(new);
+        }
+        // Checked as root (which processes hold what), unlinked as the run's owner.
+        let stale_locks_removed = if stale.is_empty() {
+            Vec::new()
+        } else {
+            userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
+                sections::remove_locks(&stale)
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(run_id = rec.run_id, "cannot act as the run's owner: {e}");
+                Vec::new()
+            })
+        };
+        for lock in &stale_locks_removed {
+            tracing::warn!(
+                run_id = rec.run_id,
+                "removed stale lock {lock} left by the dead tree"
+            );
+        }
+        let cg = Cgroup::new(&rec.cgroup_path);
+        // A cgroup adopted in place is not wfcg's: it is left (empty) to its owner.
+        let cgroup_removed = rec.adopted.as_deref() != Some(adopt::IN_PLACE)
+            && match cg.remove_recursive() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            };
+        let remove = |dir: Option<&str>| match dir {
+            Some(d) => match fs::remove_dir_all(d) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => {
+                    tracing::warn!("cannot remove {d}: {e}");
+                    false
+                }
+            },
+            None => true,
+        };
+        if let Some(tmp) = &rec.tmpdir
+            && let Err(e) = crate::tmpfs::unmount(Path::new(tmp))
+        {
+            tracing::warn!(run_id = rec.run_id, "cannot unmount the TMPDIR {tmp}: {e}");
+        }
+        let tmpdir_removed = remove(rec.tmpdir.as_deref());
+        let run_dir_removed = remove(rec.run_dir.as_deref());
+        let workspace = match (&rec.workspace_path, rec.cleanup_workspace) {
+            (None, _) => "none",
+            (Some(_), false) => "kept",
+            (Some(ws), true) if fs::symlink_metadata(ws).is_err() => "removed",
+            (Some(ws), true) => {
+                let homes = crate::users::home_dirs(rec.owner_uid);
+                match userfs::remove_tree_as(Path::new(ws), &Cred::of_uid(rec.owner_uid), &homes) {
+                    Ok(()) => "removed",
+                    Err(e) => {
+                        tracing::warn!(run_id = rec.run_id, "workspace {ws} not removed: {e}");
+                        "removal failed"
+                    }
+                }
+            }
+        };
+        // Nothing of the run may remain anywhere: what carries its marker outside
+        // its cgroup (a root workflow can move itself out) is killed too.
+        let escapees = kill::kill_escapees(
+            &self.cfg.proc_root,
+            RUN_ID_ENV,
+            &rec.run_id,
+            rec.owner_uid,
+            self.run_template(rec).kill.kill_deadline,
+        );
+        if !escapees.killed.is_empty() {
+            tracing::warn!(
+                run_id = rec.run_id,
+                "killed {} process(es) carrying the run's marker outside its cgroup: {:?}",
+                escapees.killed.len(),
+                escapees.killed
+            );
+        }
+        let mut remaining: Vec<i32> = escapees.survivors.iter().map(|s| s.pid).collect();
+        if !cgroup_removed {
+            remaining.extend(cg.procs_recursive().unwrap_or_default());
+        }
+        remaining.sort_unstable();
+        remaining.dedup();
+        CleanupStatus {
+            processes_remaining: remaining.len() as u32,
+            cgroup_removed,
+            tmpdir_removed,
+            run_dir_removed,
+            stale_locks_removed,
+            workspace: workspace.into(),
+            escapees_killed: escapees.killed,
+            survivors: escapees
+                .survivors
+                .iter()
+                .map(kill::Survivor::describe)
+                .collect(),
+        }
+    }
+}
