@@ -9,6 +9,7 @@
 pub mod access;
 mod adopt;
 pub mod audit;
+mod audit_trail;
 mod breaker;
 mod cleanup;
 mod create;
@@ -40,7 +41,7 @@ use crate::kill;
 use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
 use crate::sections::{self, Finding};
-use crate::store::{self, AuditEntry, AuditFilter, AuditRecord, ChainCheck, RunRecord, Store};
+use crate::store::{self, AuditEntry, AuditFilter, RunRecord, Store};
 use crate::template::Template;
 use crate::userfs::Cred;
 use reaper::{OnEmpty, Reaper};
@@ -1223,122 +1224,6 @@ impl Agent {
             ));
         }
         self.metrics.render(&snap)
-    }
-
-    /// Reads the policy file again (SIGHUP, or the file changed); a broken file
-    /// keeps the previous policy. Either way the load is audited.
-    pub fn reload_policy(&self, trigger: &str) {
-        let res = self.access.reload();
-        match &res {
-            Ok(()) => tracing::info!(
-                "policy reloaded ({trigger}) from {}",
-                self.access.path().display()
-            ),
-            Err(e) => {
-                tracing::error!("policy NOT reloaded ({trigger}), the previous one stays: {e}")
-            }
-        }
-        self.audit_policy_load(trigger, res);
-    }
-
-    fn audit_policy_load(
-        &self,
-        trigger: &str,
-        res: std::result::Result<(), crate::policy::PolicyError>,
-    ) {
-        let outcome = match res {
-            Ok(()) if self.access.path().exists() => "loaded".to_string(),
-            Ok(()) => "built-in (no policy file)".to_string(),
-            Err(e) => format!("refused: {e}"),
-        };
-        self.audit_event(AuditEntry {
-            action: "policy_load".into(),
-            reason: Some(format!("{trigger}: {}", self.access.path().display())),
-            outcome,
-            ..Default::default()
-        });
-    }
-
-    /// Writes an event of the agent's own to the audit trail.
-    fn audit_event(&self, mut entry: AuditEntry) {
-        entry.time = now();
-        if entry.actor_name.is_empty() {
-            entry.actor_name = "agent".into();
-        }
-        if entry.decision.is_empty() {
-            entry.decision = "-".into();
-        }
-        self.auditor.record(&self.store, entry);
-    }
-
-    /// Audit: a run ended, and how.
-    fn audit_run_end(&self, run_id: &str, status: RunStatus) {
-        self.audit_event(AuditEntry {
-            action: "run_end".into(),
-            run_id: Some(run_id.to_owned()),
-            outcome: status.as_str().into(),
-            ..Default::default()
-        });
-        self.breaker_on_end(run_id, status);
-    }
-
-    /// Audit records the caller may read: all with view_all, else its own actions.
-    pub fn audit_list(&self, caller: &Caller, q: &api::AuditQuery) -> Result<Vec<AuditRecord>> {
-        let id = self.access.identity(caller);
-        let all = self
-            .access
-            .policy()
-            .permissions(&id)
-            .contains(&crate::policy::Permission::ViewAll);
-        let filter = AuditFilter {
-            run_id: q.run.clone(),
-            actor: q.actor.clone(),
-            actor_uid: (!all).then_some(caller.uid),
-            since: q
-                .since_secs
-                .map(|s| rfc3339(chrono::Utc::now() - chrono::Duration::seconds(s as i64))),
-            limit: q.limit,
-        };
-        Ok(self.store().audit_records(&filter)?)
-    }
-
-    /// Recomputes the audit chain (needs view_all).
-    pub fn audit_verify(&self, caller: &Caller) -> Result<api::AuditVerify> {
-        let id = self.access.identity(caller);
-        if !self
-            .access
-            .policy()
-            .permissions(&id)
-            .contains(&crate::policy::Permission::ViewAll)
-        {
-            return Err(Failure::new(
-                ErrorKind::Forbidden,
-                "not permitted: verifying the audit trail needs view_all",
-            ));
-        }
-        let check: ChainCheck = self.auditor.verify(&self.store())?;
-        let pending = self.auditor.pending();
-        Ok(match check.first_bad {
-            None => api::AuditVerify {
-                records: check.records,
-                intact: true,
-                first_bad_seq: None,
-                message: if pending == 0 {
-                    format!("{} records, chain intact", check.records)
-                } else {
-                    format!(
-                        "{} records, chain intact ({pending} pending)",
-                        check.records
-                    )
-                },
-            },
-            Some((seq, why)) => api::AuditVerify {
-                records: check.records,
-                intact: false,
-                first_bad_seq: Some(seq),
-                message: format!("audit record {seq} does not match: {why}"),
-            },
-        })
     }
 
     /// How many runs the reaper watches.
