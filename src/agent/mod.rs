@@ -8,6 +8,7 @@
 
 pub mod access;
 mod adopt;
+mod alert;
 pub mod audit;
 mod audit_trail;
 mod breaker;
@@ -729,59 +730,6 @@ impl Agent {
             r.audit = Some(if written { "written" } else { "pending" }.into());
             r
         })
-    }
-
-    /// Tells the agent-wide alert channels that the audit chain was found cut.
-    /// (Called while the store is locked: the alerter only queues the event.)
-    fn alert_audit_tampered(&self, why: &str) {
-        self.alerter.emit(
-            &self.template.alerts,
-            crate::alerts::Event {
-                event: "audit_tampered".into(),
-                run_id: String::new(),
-                workflow: None,
-                message: format!("the audit chain was cut: {why}"),
-                time: now(),
-                details: serde_json::json!({ "audit_head": self.cfg.state_dir.join("audit.head") }),
-            },
-        );
-    }
-
-    /// The `oom_killed` alert: the kernel's OOM killer ended the run.
-    fn alert_oom(&self, rec: &RunRecord) {
-        let limit = std::fs::read_to_string(Path::new(&rec.cgroup_path).join(cgroup::MEMORY_MAX))
-            .map(|l| l.trim().to_owned())
-            .unwrap_or_else(|_| "?".into());
-        self.alert(
-            "oom_killed",
-            rec,
-            &format!(
-                "run {} was killed by the kernel's OOM killer (memory.max {limit})",
-                rec.run_id
-            ),
-        );
-    }
-
-    /// Tells the run's alert channels (template, else agent-wide) about an event.
-    pub(super) fn alert(&self, event: &str, rec: &RunRecord, message: &str) {
-        tracing::warn!(run_id = rec.run_id, event, "{message}");
-        let template = self.run_template(rec);
-        self.alerter.emit(
-            &template.alerts,
-            crate::alerts::Event {
-                event: event.into(),
-                run_id: rec.run_id.clone(),
-                workflow: rec.workflow.clone(),
-                message: message.into(),
-                time: now(),
-                details: serde_json::json!({
-                    "status": rec.status,
-                    "owner_uid": rec.owner_uid,
-                    "started_at": rec.started_at,
-                    "status_text": rec.status_text,
-                }),
-            },
-        );
     }
 
     /// Kills a run the caller may kill. Concurrent kills of one run share one kill
