@@ -46,7 +46,7 @@ use crate::store::{self, AuditEntry, AuditFilter, RunRecord, Store};
 use crate::template::Template;
 use crate::userfs::Cred;
 use reaper::{OnEmpty, Reaper};
-use time::{age_secs, now, parse_time, rfc3339};
+use time::{now, parse_time, rfc3339};
 
 pub use crate::api::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
 /// How long a run's supervisor has to exit by itself once its payload is empty.
@@ -1113,65 +1113,6 @@ impl Agent {
             result.message
         );
         result
-    }
-
-    /// Whether the caller may see every run (root, or `view_all`).
-    fn sees_all(&self, caller: &Caller) -> bool {
-        caller.is_root()
-            || self
-                .access
-                .policy()
-                .permissions(&self.access.identity(caller))
-                .contains(&crate::policy::Permission::ViewAll)
-    }
-
-    /// `/metrics` on the socket: per-run series only for callers who may see
-    /// every run; the aggregates for everyone.
-    pub fn metrics_for(&self, caller: &Caller) -> String {
-        self.metrics_text(self.sees_all(caller))
-    }
-
-    /// The metrics text for one scrape; `per_run` adds the series labelled with
-    /// run ids and workflows.
-    pub fn metrics_text(&self, per_run: bool) -> String {
-        use std::sync::atomic::Ordering;
-        let live_statuses: Vec<&str> = RunStatus::live_names();
-        let (counts, live) = {
-            let store = self.store();
-            (
-                store.count_by_status().unwrap_or_default(),
-                store
-                    .list_runs_brief(Some(&live_statuses))
-                    .unwrap_or_default(),
-            )
-        };
-        let now_t = chrono::Utc::now();
-        let mut snap = metrics::Snapshot {
-            runs_by_status: counts,
-            audit_records: self.auditor.written.load(Ordering::Relaxed),
-            audit_failures: self.auditor.failures.load(Ordering::Relaxed),
-            audit_pending: self.auditor.pending() as u64,
-            breakers_open: self.open_breakers() as u64,
-            ..Default::default()
-        };
-        let stats = self.alerter.stats();
-        (snap.alerts_sent, snap.alerts_failed) = (stats.sent, stats.failed);
-        for rec in &live {
-            if self.stuck_reason(rec).is_some() {
-                snap.stuck += 1;
-            }
-            if !per_run {
-                continue;
-            }
-            let age = age_secs(rec.started_at.as_deref(), now_t);
-            snap.live.push((
-                rec.run_id.clone(),
-                rec.workflow.clone().unwrap_or_default(),
-                rec.status.clone(),
-                age,
-            ));
-        }
-        self.metrics.render(&snap)
     }
 
     /// How many runs the reaper watches.

@@ -25,6 +25,16 @@ impl Agent {
         Ok(rec)
     }
 
+    /// Whether the caller may see every run (root, or `view_all`).
+    pub(super) fn sees_all(&self, caller: &Caller) -> bool {
+        caller.is_root()
+            || self
+                .access
+                .policy()
+                .permissions(&self.access.identity(caller))
+                .contains(&crate::policy::Permission::ViewAll)
+    }
+
     /// The runs the caller may see: live ones, or all with `all`.
     pub fn list(&self, caller: &Caller, all: bool, stuck: bool) -> Result<Vec<RunInfo>> {
         let live: Vec<&str> = RunStatus::live_names();
