@@ -209,7 +209,7 @@ impl Agent {
 }
 
 /// How a run's command ended: its exit code, or the signal that killed it.
-pub(super) type Exit = (Option<i32>, Option<i32>);
+type Exit = (Option<i32>, Option<i32>);
 
 impl OnEmpty for Agent {
     /// A run's cgroup emptied (or vanished). Unless a kill sequence is under way

@@ -1,0 +1,354 @@
+//! A kill request (`POST /v1/runs/<id>/kill`, the monitor's automatic kill, a kill
+//! resumed after a restart): the policy's decision, the audit record of the
+//! attempt, and the coalescing of concurrent kills of one run into one sequence.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use super::reaper::OnEmpty;
+use super::time::now;
+use super::{Agent, Caller, Failure, Requester, Result, already_ended, kill_mode};
+use crate::api::{self, ErrorKind, KillRequest, KillResult, RunStatus};
+use crate::cgroup::Cgroup;
+use crate::policy::Action;
+use crate::store::{AuditEntry, RunRecord};
+
+/// A kill sequence under way; concurrent kills of the same run wait on it.
+#[derive(Default)]
+pub(super) struct KillSlot {
+    result: Mutex<Option<KillResult>>,
+    done: Condvar,
+    /// Set by a `--force` or `--emergency` request that finds this sequence under
+    /// way: its waits end and it goes straight to the hard kill.
+    escalate: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by an `--emergency` request that finds it under way: the supervisor
+    /// is not waited for either.
+    emergency: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Ends a run's kill slot when the leader is done, even if its kill sequence
+/// panicked: the waiters get an answer and later kills start a new sequence.
+struct Answer<'a> {
+    agent: &'a Agent,
+    run_id: &'a str,
+    slot: Arc<KillSlot>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        let mut result = self.slot.result.lock().unwrap_or_else(|p| p.into_inner());
+        result.get_or_insert_with(|| KillResult {
+            run_id: self.run_id.to_owned(),
+            message: "the kill sequence failed with an agent error (see its log)".into(),
+            ..Default::default()
+        });
+        self.slot.done.notify_all();
+        drop(result);
+        self.agent
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.run_id);
+    }
+}
+
+impl Agent {
+    pub(super) fn kill_in_flight(&self, run_id: &str) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(run_id)
+    }
+
+    /// Kills a run, if the policy allows, and writes the attempt to the audit
+    /// trail before answering, whatever its outcome.
+    pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
+        let id = self.access.identity(caller);
+        let entry = AuditEntry {
+            actor_uid: Some(caller.uid),
+            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
+            caller_pid: Some(caller.pid),
+            action: "kill".into(),
+            run_id: Some(run_id.to_owned()),
+            ..Default::default()
+        };
+        self.audited(entry, &req, |entry| {
+            if let Some(reason) = &req.reason
+                && reason.len() > api::MAX_REASON
+            {
+                return Err(Failure::new(
+                    ErrorKind::BadInput,
+                    format!(
+                        "the reason is {} bytes long; at most {} are accepted",
+                        reason.len(),
+                        api::MAX_REASON
+                    ),
+                ));
+            }
+            let rec = self.find_run(run_id)?;
+            let action = Action::Kill {
+                force: req.force || req.emergency,
+                emergency: req.emergency,
+            };
+            let d = self.decide(&id, action, &rec);
+            entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
+            entry.permission = d.permission.map(|p| p.as_str().to_string());
+            if !d.allowed {
+                return Err(Failure::new(
+                    ErrorKind::Forbidden,
+                    format!("run {run_id}: {}", d.message),
+                ));
+            }
+            let mut req = req.clone();
+            if !caller.is_root()
+                && !self
+                    .access
+                    .policy()
+                    .permissions(&id)
+                    .contains(&crate::policy::Permission::KillAny)
+            {
+                self.cap_graces(&rec, &mut req);
+            }
+            self.kill_allowed(Requester::of(caller), rec, req, RunStatus::Killed)
+        })
+    }
+
+    /// The monitor's kill of a run whose deadline passed: graceful, ending as
+    /// `timed_out`, audited as `auto_kill` by `monitor`, with alerts.
+    pub(super) fn auto_kill(&self, rec: RunRecord, req: KillRequest) {
+        let entry = AuditEntry {
+            actor_name: "monitor".into(),
+            action: "auto_kill".into(),
+            run_id: Some(rec.run_id.clone()),
+            ..Default::default()
+        };
+        let run = rec.clone();
+        let res = self.audited(entry, &req, |_| {
+            self.kill_allowed(
+                Requester::named("monitor"),
+                run,
+                req.clone(),
+                RunStatus::TimedOut,
+            )
+        });
+        match res {
+            Ok(r) if r.already_ended => {}
+            Ok(r) if r.success => self.alert("auto_killed", &rec, &r.message),
+            Ok(r) if r.cleanup_status.processes_remaining > 0 && !r.mode.is_empty() => {
+                self.alert("unkillable", &rec, &r.message)
+            }
+            Ok(r) => self.alert("kill_failed", &rec, &r.message),
+            Err(f) => self.alert("kill_failed", &rec, &f.message),
+        }
+    }
+
+    /// Carries out `attempt` and writes its audit record (completed with mode,
+    /// reason, outcome, sections and duration) before returning.
+    pub(super) fn audited(
+        &self,
+        mut entry: AuditEntry,
+        req: &KillRequest,
+        attempt: impl FnOnce(&mut AuditEntry) -> Result<KillResult>,
+    ) -> Result<KillResult> {
+        let t = Instant::now();
+        entry.time = now();
+        // Only the accepted length is recorded, whatever was sent.
+        entry.reason = req.reason.as_ref().map(|r| {
+            let mut end = r.len().min(api::MAX_REASON);
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r[..end].to_owned()
+        });
+        entry.mode = Some(kill_mode(req).into());
+        entry.decision = "-".into();
+        let outcome = attempt(&mut entry);
+        entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+        entry.outcome = match &outcome {
+            Ok(r) if r.already_ended => "already_ended".into(),
+            Ok(r) if r.success => "killed".into(),
+            Ok(r) if r.mode.is_empty() => "failed".into(),
+            // Not confirmed over, nothing survivor-listed: a failed kill, not an unkillable run.
+            Ok(r) if r.killed_at.is_none() && r.cleanup_status.processes_remaining == 0 => {
+                "failed".into()
+            }
+            Ok(_) => "unkillable".into(),
+            Err(f) => match f.kind {
+                ErrorKind::NotFound => "no_such_run",
+                ErrorKind::Forbidden => "denied",
+                ErrorKind::BadInput | ErrorKind::Conflict => "bad_input",
+                ErrorKind::Internal | ErrorKind::BreakerOpen => "failed",
+            }
+            .into(),
+        };
+        if let Ok(r) = &outcome
+            && !r.sections.is_empty()
+        {
+            entry.sections = serde_json::to_string(&r.sections).ok();
+        }
+        self.metrics.kill(
+            kill_mode(req),
+            &entry.outcome,
+            outcome.as_ref().ok(),
+            t.elapsed().as_secs_f64(),
+        );
+        let written = self.auditor.record(&self.store, entry);
+        outcome.map(|mut r| {
+            r.audit = Some(if written { "written" } else { "pending" }.into());
+            r
+        })
+    }
+
+    /// Kills a run the caller may kill. Concurrent kills of one run share one kill
+    /// sequence; a run that has ended answers success with `already_ended`.
+    pub(super) fn kill_allowed(
+        &self,
+        requested_by: Requester,
+        rec: RunRecord,
+        req: KillRequest,
+        end: RunStatus,
+    ) -> Result<KillResult> {
+        let run_id = rec.run_id.as_str();
+        let (slot, leader) = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(run_id) {
+                Some(slot) => (slot.clone(), false),
+                None => {
+                    // Decide under the lock, so only one request starts the sequence:
+                    // a live run becomes `stopping` in one statement. A store that
+                    // cannot be written does not stop a kill: the run's record
+                    // (read, with what is pending over it) says whether it is live.
+                    let stopping = self
+                        .store()
+                        .transition(
+                            run_id,
+                            &RunStatus::live_names(),
+                            RunStatus::Stopping.as_str(),
+                        )
+                        .unwrap_or_else(|e| {
+                            tracing::error!(
+                                run_id,
+                                "cannot record the kill's start, killing anyway: {e}"
+                            );
+                            false
+                        });
+                    if !stopping {
+                        let mut current =
+                            self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
+                        self.auditor.overlay(&mut current);
+                        let status =
+                            RunStatus::parse(&current.status).unwrap_or(RunStatus::Unknown);
+                        if !status.is_live() {
+                            return Ok(already_ended(&current, status));
+                        }
+                    }
+                    let slot = Arc::new(KillSlot::default());
+                    inflight.insert(run_id.to_owned(), slot.clone());
+                    (slot, true)
+                }
+            }
+        };
+        if !leader {
+            let forced = req.force || req.emergency;
+            if forced {
+                slot.escalate
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            if req.emergency {
+                slot.emergency
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let limit = self.kill_wait_limit(&rec, forced);
+            let deadline = Instant::now() + limit;
+            let mut result = slot.result.lock().unwrap_or_else(|p| p.into_inner());
+            while result.is_none() && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                result = slot
+                    .done
+                    .wait_timeout(result, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if let Some(r) = result.clone() {
+                return Ok(r);
+            }
+            drop(result);
+            if forced {
+                // The sequence under way does not answer: kill without it
+                // (cgroup.kill may be written any number of times).
+                tracing::warn!(
+                    run_id,
+                    "a kill under way did not end in {limit:?}: killing beside it"
+                );
+                return Ok(self.kill_sequence(
+                    &requested_by,
+                    &rec,
+                    &req,
+                    end,
+                    Arc::default(),
+                    Arc::new(req.emergency.into()),
+                ));
+            }
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "a kill of {run_id} has been under way for more than {}; --force or \
+                     --emergency ends it at once",
+                    crate::duration::format(limit)
+                ),
+            ));
+        }
+        let answer = Answer {
+            agent: self,
+            run_id,
+            slot,
+        };
+        let escalate = answer.slot.escalate.clone();
+        let emergency = answer.slot.emergency.clone();
+        let result = self.kill_sequence(&requested_by, &rec, &req, end, escalate, emergency);
+        *answer.slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
+        drop(answer);
+        // The reaper skips a run while its kill is under way: if the survivors of
+        // an unkillable run died meanwhile, nothing else would finish it.
+        if result.cleanup_status.processes_remaining > 0
+            && Cgroup::new(&rec.cgroup_path)
+                .events()
+                .is_ok_and(|e| !e.populated)
+        {
+            self.on_run_empty(run_id);
+        }
+        Ok(result)
+    }
+
+    /// A kill asked by someone without `kill_any` waits no longer than the run's
+    /// template allows: its graces are capped at the operator's, so no request can
+    /// hold a run in `stopping` past its deadlines.
+    fn cap_graces(&self, rec: &RunRecord, req: &mut KillRequest) {
+        let t = self.run_template(rec);
+        let cs = &t.critical_sections;
+        let cap = |v: &mut Option<u64>, limit: std::time::Duration| {
+            if let Some(ms) = v {
+                *ms = (*ms).min(limit.as_millis() as u64);
+            }
+        };
+        cap(&mut req.grace_ms, t.kill.term_grace);
+        cap(&mut req.grace_git_ms, cs.git);
+        cap(&mut req.grace_db_ms, cs.database);
+        cap(&mut req.grace_files_ms, cs.files);
+        cap(&mut req.max_wait_ms, cs.max_wait);
+    }
+
+    /// How long a kill request waits for a sequence of the same run already under
+    /// way: its whole graceful course, or for a forced request (which makes it go
+    /// straight to the hard kill) the hard kill alone; a few seconds more either way.
+    fn kill_wait_limit(&self, rec: &RunRecord, forced: bool) -> std::time::Duration {
+        let t = self.run_template(rec);
+        let hard = 2 * t.kill.freeze_timeout + t.kill.kill_deadline;
+        let margin = std::time::Duration::from_secs(5);
+        if forced {
+            hard + margin
+        } else {
+            t.critical_sections.max_wait + t.kill.term_grace + hard + margin
+        }
+    }
+}
