@@ -5,8 +5,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::kill_sequence::lock_owner;
 use super::time::parse_time;
-use super::{Agent, RUN_ID_ENV, adopt, lock_owner};
+use super::{Agent, RUN_ID_ENV, adopt};
 use crate::api::{self, CleanupStatus};
 use crate::cgroup::Cgroup;
 use crate::kill;

@@ -1,0 +1,260 @@
+//! One kill sequence of a run: the plan made from its template and the request,
+//! [`crate::kill::kill`] carrying it out, the cleanup, and the result recorded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::time::{now, parse_time, rfc3339};
+use super::{Agent, Requester, audit, kill_mode, layout};
+use crate::api::{self, KillRequest, KillResult, RunStatus};
+use crate::cgroup::Cgroup;
+use crate::kill;
+use crate::procfs;
+use crate::sections::{self, Finding};
+use crate::store::{AuditEntry, RunRecord};
+use crate::userfs::Cred;
+
+/// How long a run's supervisor has to exit by itself once its payload is empty.
+const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The audit action written before a kill acts.
+pub(super) const KILL_START: &str = "kill_start";
+
+/// Whose git directories a run's locks are looked for in: its owner's, or any
+/// for a root run (trusted as root).
+pub(super) fn lock_owner(rec: &RunRecord) -> Option<u32> {
+    (rec.owner_uid != 0).then_some(rec.owner_uid)
+}
+
+impl Agent {
+    /// Where a run's critical sections are looked for: its workspace, less its
+    /// own log, TMPDIR and run directory.
+    pub(super) fn section_scope(&self, rec: &RunRecord) -> sections::Scope {
+        let workspace = rec
+            .workspace_path
+            .as_deref()
+            .map(PathBuf::from)
+            .filter(|w| w != Path::new("/"));
+        sections::Scope {
+            pids: Vec::new(),
+            workspace,
+            exclude: [&rec.log_path, &rec.tmpdir, &rec.run_dir]
+                .into_iter()
+                .flatten()
+                .map(PathBuf::from)
+                .collect(),
+            // An adopted run's pid is just one of its processes, not a supervisor.
+            inherited_from: (rec.status != RunStatus::Unknown.as_str())
+                .then_some(rec.pid)
+                .flatten()
+                .filter(|&pid| procfs::starttime(&self.cfg.proc_root, pid) == rec.pid_starttime),
+            since: parse_time(rec.started_at.as_deref()).map(std::time::SystemTime::from),
+            owner: lock_owner(rec),
+        }
+    }
+
+    pub(super) fn kill_sequence(
+        &self,
+        requested_by: &Requester,
+        rec: &RunRecord,
+        req: &KillRequest,
+        end: RunStatus,
+        escalate: Arc<std::sync::atomic::AtomicBool>,
+        emergency: Arc<std::sync::atomic::AtomicBool>,
+    ) -> KillResult {
+        let started_at = chrono::Utc::now();
+        let t = Instant::now();
+        let template = self.run_template(rec);
+        let settings = &template.kill;
+        let cs = &template.critical_sections;
+        let ms =
+            |v: Option<u64>, default| v.map(std::time::Duration::from_millis).unwrap_or(default);
+        let plan = kill::Plan {
+            force: req.force || req.emergency,
+            term_grace: ms(req.grace_ms, settings.term_grace),
+            freeze_timeout: settings.freeze_timeout,
+            kill_deadline: settings.kill_deadline,
+            // Only a supervisor is spared; an adopted run's pid is just one of its processes.
+            spare: (rec.status != RunStatus::Unknown.as_str() && rec.adopted.is_none())
+                .then(|| rec.pid.zip(rec.pid_starttime))
+                .flatten(),
+            graces: kill::Graces {
+                git: ms(req.grace_git_ms, cs.git),
+                database: ms(req.grace_db_ms, cs.database),
+                files: ms(req.grace_files_ms, cs.files),
+                max_wait: ms(req.max_wait_ms, cs.max_wait),
+            },
+            scope: self.section_scope(rec),
+            stop_reason: rec.run_dir.as_ref().map(|d| kill::StopReason {
+                dir: PathBuf::from(d),
+                owner: Cred::of_uid(rec.owner_uid),
+                reason: req.reason.clone(),
+                requested_by: requested_by.to_string(),
+                ending: end.as_str(),
+            }),
+            escalate,
+            whole: None,
+            supervisor_grace: SUPERVISOR_GRACE,
+            emergency,
+        };
+        let run_cg = Cgroup::new(&rec.cgroup_path);
+        // The kill acts on the payload; the supervisor is killed once the payload
+        // is empty, unless this is an emergency (everything at once).
+        let (cg, plan) = if req.emergency {
+            (run_cg, plan)
+        } else {
+            let payload = layout::payload(&run_cg);
+            let whole = (payload != run_cg).then_some(run_cg);
+            (payload, kill::Plan { whole, ..plan })
+        };
+        let mode = kill_mode(req);
+        // A trace before the kill acts (kept pending if the disk refuses it): an
+        // agent that dies mid-kill leaves it, and its successor resumes the kill.
+        self.audit_event(AuditEntry {
+            actor_name: requested_by.name.clone(),
+            actor_uid: requested_by.uid,
+            caller_pid: requested_by.pid,
+            action: KILL_START.into(),
+            run_id: Some(rec.run_id.clone()),
+            reason: req.reason.clone(),
+            mode: Some(mode.into()),
+            outcome: format!("started, ending as {}", end.as_str()),
+            ..Default::default()
+        });
+        let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
+        let at = |d: std::time::Duration| {
+            rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
+        };
+        let mut result = KillResult {
+            run_id: rec.run_id.clone(),
+            mode: mode.into(),
+            reason: req.reason.clone(),
+            processes_killed: report.processes,
+            phases: report.phases,
+            sections: report
+                .sections
+                .iter()
+                .map(|s| api::Section {
+                    kind: s.finding.kind,
+                    path: s.finding.path.clone(),
+                    pid: s.finding.pid,
+                    command: s.finding.command.clone(),
+                    since: at(s.first),
+                    open_secs: (s.last - s.first).as_secs_f64(),
+                })
+                .collect(),
+            waited_ms: report.waited.as_secs_f64() * 1e3,
+            graces_expired: report.graces_expired,
+            max_wait_expired: report.max_wait_expired,
+            ..Default::default()
+        };
+        let seen: Vec<Finding> = report.sections.into_iter().map(|s| s.finding).collect();
+        let status = if let Some(why) = &report.unconfirmed {
+            // A read failed: the run is not known to be over. It stays live (its
+            // TMPDIR and cgroup untouched), the kill fails, and may be retried.
+            result.message = format!(
+                "run {}: the kill could not be confirmed ({why}); the run stays {} and \
+                 the kill may be retried",
+                rec.run_id, rec.status
+            );
+            RunStatus::parse(&rec.status)
+                .filter(|s| s.is_live() && *s != RunStatus::Stopping)
+                .unwrap_or(RunStatus::Running)
+        } else if report.survivors.is_empty() {
+            result.killed_at = Some(now());
+            let t_clean = Instant::now();
+            result.cleanup_status = self.cleanup(rec, &seen);
+            result.phases.push(api::Phase {
+                name: "cleanup".into(),
+                duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
+                detail: format!("{:?}", result.cleanup_status),
+            });
+            let clean = result.cleanup_status.processes_remaining == 0;
+            result.success = clean;
+            let escaped = &result.cleanup_status.escapees_killed;
+            result.message = if clean {
+                format!(
+                    "run {} killed ({mode}): {} processes ended, nothing left",
+                    rec.run_id,
+                    report.processes as usize + escaped.len()
+                )
+            } else {
+                format!(
+                    "run {} is unkillable: cgroup empty but {} processes carrying its marker \
+                     remain outside it: {}",
+                    rec.run_id,
+                    result.cleanup_status.processes_remaining,
+                    result.cleanup_status.survivors.join("; ")
+                )
+            };
+            if !escaped.is_empty() {
+                result.message.push_str(&format!(
+                    "; {} of them had left its cgroup (pids {escaped:?}), killed through pidfds",
+                    escaped.len()
+                ));
+            }
+            if !result.sections.is_empty() {
+                result.message.push_str(&format!(
+                    "; {} critical section(s) seen, waited {:.1} s",
+                    result.sections.len(),
+                    result.waited_ms / 1e3
+                ));
+            }
+            if !result.cleanup_status.stale_locks_removed.is_empty() {
+                result.message.push_str(&format!(
+                    "; removed stale lock(s) {}",
+                    result.cleanup_status.stale_locks_removed.join(", ")
+                ));
+            }
+            // `killed` only when nothing is left.
+            if clean { end } else { RunStatus::Unkillable }
+        } else {
+            // The cgroup stays frozen (the hard kill left it so) and in place: a
+            // later kill retries.
+            result.cleanup_status.processes_remaining = report.survivors.len() as u32;
+            let names: Vec<String> = report
+                .survivors
+                .iter()
+                .map(kill::Survivor::describe)
+                .collect();
+            result.message = format!(
+                "run {} is unkillable: {} processes survived cgroup.kill: {}",
+                rec.run_id,
+                report.survivors.len(),
+                names.join("; ")
+            );
+            RunStatus::Unkillable
+        };
+        if !report.errors.is_empty() {
+            result
+                .message
+                .push_str(&format!(" (errors: {})", report.errors.join("; ")));
+        }
+        result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
+        let json = serde_json::to_string(&result).unwrap_or_default();
+        let ended_at = (status == end).then(now);
+        // Kept pending while the store cannot be written; the answer says so.
+        self.auditor.keep(
+            &self.store,
+            audit::Record::Kill {
+                run_id: rec.run_id.clone(),
+                started_at: at(std::time::Duration::ZERO),
+                result: json,
+                status: status.as_str().into(),
+                ended_at,
+            },
+        );
+        if status == end {
+            self.audit_run_end(&rec.run_id, status);
+        }
+        tracing::info!(
+            run_id = rec.run_id,
+            mode,
+            success = result.success,
+            "{}",
+            result.message
+        );
+        result
+    }
+}
