@@ -5,9 +5,10 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use super::kill_result::{already_ended, kill_mode};
 use super::reaper::OnEmpty;
 use super::time::now;
-use super::{Agent, Caller, Failure, Requester, Result, already_ended, kill_mode};
+use super::{Agent, Caller, Failure, Requester, Result};
 use crate::api::{self, ErrorKind, KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::policy::Action;

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::kill_result::kill_mode;
 use super::time::{now, parse_time, rfc3339};
-use super::{Agent, Requester, audit, kill_mode, layout};
+use super::{Agent, Requester, audit, layout};
 use crate::api::{self, KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::kill;

@@ -14,6 +14,7 @@ mod audit_trail;
 mod breaker;
 mod cleanup;
 mod create;
+mod kill_result;
 mod kill_run;
 mod kill_sequence;
 pub mod layout;
@@ -38,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::api::{self, ErrorKind, KillRequest, KillResult, RunStatus};
+use crate::api::{self, ErrorKind, KillRequest, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
@@ -565,17 +566,6 @@ pub(crate) fn workload(rec: &RunRecord) -> Cgroup {
     }
 }
 
-/// `graceful`, `force` or `emergency`.
-fn kill_mode(req: &KillRequest) -> &'static str {
-    if req.emergency {
-        "emergency"
-    } else if req.force {
-        "force"
-    } else {
-        "graceful"
-    }
-}
-
 #[cfg(test)]
 #[test]
 fn a_requester_is_named_in_records_with_its_uid_and_pid() {
@@ -587,30 +577,4 @@ fn a_requester_is_named_in_records_with_its_uid_and_pid() {
     assert_eq!(alice.to_string(), "alice (uid 1000, pid 42)");
     assert_eq!(Requester::named("monitor").to_string(), "monitor");
     assert_eq!(Requester::named("monitor").uid, None);
-}
-
-/// The answer to a kill of a run that had ended already.
-fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
-    let how = match (status, rec.exit_code, rec.exit_signal) {
-        (RunStatus::Exited, Some(c), _) => format!("exited with status {c}"),
-        (RunStatus::Exited, _, Some(s)) => format!("exited on signal {s}"),
-        (RunStatus::Killed, ..) => "was killed".to_string(),
-        (RunStatus::TimedOut, ..) => "was killed by the monitor (timed out)".to_string(),
-        (other, ..) => format!("ended as {other}"),
-    };
-    let previous: Option<KillResult> = rec
-        .kill_result
-        .as_deref()
-        .and_then(|k| serde_json::from_str(k).ok());
-    KillResult {
-        success: true,
-        run_id: rec.run_id.clone(),
-        killed_at: previous.as_ref().and_then(|p| p.killed_at.clone()),
-        cleanup_status: previous.map(|p| p.cleanup_status).unwrap_or_default(),
-        message: format!("run {} already ended: it {how}", rec.run_id),
-        already_ended: true,
-        ended_as: Some(status.as_str().into()),
-        mode: "none".into(),
-        ..Default::default()
-    }
 }

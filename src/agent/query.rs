@@ -3,8 +3,9 @@
 //! ask before offering a kill button; every question is audited as
 //! `permission_query`.
 
+use super::kill_result::kill_mode;
 use super::time::now;
-use super::{Agent, Caller, Failure, Result, kill_mode};
+use super::{Agent, Caller, Failure, Result};
 use crate::api::{ErrorKind, KillRequest, MayKill, MayKillQuery};
 use crate::policy::{Action, Permission};
 use crate::store::AuditEntry;
