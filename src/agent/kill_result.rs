@@ -1,7 +1,17 @@
 //! The answer to a kill, built from what the kill did: pure functions of the
-//! run's record, the request and the kill's report, without I/O.
+//! run's record, the request and the kill's report, without I/O. The kill
+//! sequence (`kill_sequence.rs`) calls them in order: [`from_report`], then one of
+//! [`unconfirmed`], [`emptied`] (after the cleanup) or [`survived`], then
+//! [`note_errors`]; a kill request's audit record takes [`audit_outcome`].
 
-use crate::api::{KillRequest, KillResult, RunStatus};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Failure;
+use super::time::rfc3339;
+use crate::api::{self, ErrorKind, KillRequest, KillResult, MAX_REASON, RunStatus};
+use crate::kill;
 use crate::store::RunRecord;
 
 /// `graceful`, `force` or `emergency`.
@@ -38,5 +48,405 @@ pub(super) fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
         ended_as: Some(status.as_str().into()),
         mode: "none".into(),
         ..Default::default()
+    }
+}
+
+/// The time `d` after `started_at`, as the store writes it: when a section was
+/// first seen, counted from the kill's start.
+pub(super) fn after(started_at: DateTime<Utc>, d: Duration) -> String {
+    rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
+}
+
+/// The answer's account of what the kill did, from its report; whether it
+/// succeeded is for [`unconfirmed`], [`emptied`] or [`survived`] to say.
+pub(super) fn from_report(
+    rec: &RunRecord,
+    req: &KillRequest,
+    report: &kill::Report,
+    started_at: DateTime<Utc>,
+) -> KillResult {
+    KillResult {
+        run_id: rec.run_id.clone(),
+        mode: kill_mode(req).into(),
+        reason: req.reason.clone(),
+        processes_killed: report.processes,
+        phases: report.phases.clone(),
+        sections: report
+            .sections
+            .iter()
+            .map(|s| api::Section {
+                kind: s.finding.kind,
+                path: s.finding.path.clone(),
+                pid: s.finding.pid,
+                command: s.finding.command.clone(),
+                since: after(started_at, s.first),
+                open_secs: (s.last - s.first).as_secs_f64(),
+            })
+            .collect(),
+        waited_ms: report.waited.as_secs_f64() * 1e3,
+        graces_expired: report.graces_expired.clone(),
+        max_wait_expired: report.max_wait_expired,
+        ..Default::default()
+    }
+}
+
+/// A kill whose end could not be confirmed (a read failed, `why`): the run is
+/// not known to be over. It stays live (its TMPDIR and cgroup untouched), the
+/// kill fails, and may be retried. Returns the status the run keeps.
+pub(super) fn unconfirmed(result: &mut KillResult, rec: &RunRecord, why: &str) -> RunStatus {
+    result.message = format!(
+        "run {}: the kill could not be confirmed ({why}); the run stays {} and \
+         the kill may be retried",
+        rec.run_id, rec.status
+    );
+    RunStatus::parse(&rec.status)
+        .filter(|s| s.is_live() && *s != RunStatus::Stopping)
+        .unwrap_or(RunStatus::Running)
+}
+
+/// A kill that emptied the run's cgroup, once its cleanup is in
+/// `result.cleanup_status`: `processes` were in the cgroup when it began. The
+/// run ends as `end` (`killed` only when nothing is left), else it is unkillable.
+pub(super) fn emptied(
+    result: &mut KillResult,
+    rec: &RunRecord,
+    processes: u32,
+    end: RunStatus,
+) -> RunStatus {
+    let clean = result.cleanup_status.processes_remaining == 0;
+    result.success = clean;
+    let escaped = &result.cleanup_status.escapees_killed;
+    result.message = if clean {
+        format!(
+            "run {} killed ({}): {} processes ended, nothing left",
+            rec.run_id,
+            result.mode,
+            processes as usize + escaped.len()
+        )
+    } else {
+        format!(
+            "run {} is unkillable: cgroup empty but {} processes carrying its marker \
+             remain outside it: {}",
+            rec.run_id,
+            result.cleanup_status.processes_remaining,
+            result.cleanup_status.survivors.join("; ")
+        )
+    };
+    if !escaped.is_empty() {
+        result.message.push_str(&format!(
+            "; {} of them had left its cgroup (pids {escaped:?}), killed through pidfds",
+            escaped.len()
+        ));
+    }
+    if !result.sections.is_empty() {
+        result.message.push_str(&format!(
+            "; {} critical section(s) seen, waited {:.1} s",
+            result.sections.len(),
+            result.waited_ms / 1e3
+        ));
+    }
+    if !result.cleanup_status.stale_locks_removed.is_empty() {
+        result.message.push_str(&format!(
+            "; removed stale lock(s) {}",
+            result.cleanup_status.stale_locks_removed.join(", ")
+        ));
+    }
+    if clean { end } else { RunStatus::Unkillable }
+}
+
+/// A kill that `survivors` outlived: the run is unkillable. Its cgroup stays
+/// frozen (the hard kill left it so) and in place: a later kill retries.
+pub(super) fn survived(
+    result: &mut KillResult,
+    rec: &RunRecord,
+    survivors: &[kill::Survivor],
+) -> RunStatus {
+    result.cleanup_status.processes_remaining = survivors.len() as u32;
+    let names: Vec<String> = survivors.iter().map(kill::Survivor::describe).collect();
+    result.message = format!(
+        "run {} is unkillable: {} processes survived cgroup.kill: {}",
+        rec.run_id,
+        survivors.len(),
+        names.join("; ")
+    );
+    RunStatus::Unkillable
+}
+
+/// Errors that did not stop the kill, named at the end of its message.
+pub(super) fn note_errors(result: &mut KillResult, errors: &[String]) {
+    if !errors.is_empty() {
+        result
+            .message
+            .push_str(&format!(" (errors: {})", errors.join("; ")));
+    }
+}
+
+/// The reason as the audit trail records it: only the accepted length
+/// ([`MAX_REASON`] bytes, cut at a character boundary), whatever was sent.
+pub(super) fn recorded_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// The outcome of a kill attempt as its audit record says it.
+pub(super) fn audit_outcome(outcome: &Result<KillResult, Failure>) -> &'static str {
+    match outcome {
+        Ok(r) if r.already_ended => "already_ended",
+        Ok(r) if r.success => "killed",
+        Ok(r) if r.mode.is_empty() => "failed",
+        // Not confirmed over, nothing survivor-listed: a failed kill, not an unkillable run.
+        Ok(r) if r.killed_at.is_none() && r.cleanup_status.processes_remaining == 0 => "failed",
+        Ok(_) => "unkillable",
+        Err(f) => match f.kind {
+            ErrorKind::NotFound => "no_such_run",
+            ErrorKind::Forbidden => "denied",
+            ErrorKind::BadInput | ErrorKind::Conflict => "bad_input",
+            ErrorKind::Internal | ErrorKind::BreakerOpen => "failed",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SectionKind;
+    use crate::sections::Finding;
+
+    fn run(status: RunStatus) -> RunRecord {
+        RunRecord {
+            run_id: "run_1".into(),
+            status: status.as_str().into(),
+            ..Default::default()
+        }
+    }
+
+    fn forced(force: bool, emergency: bool) -> KillRequest {
+        KillRequest {
+            force,
+            emergency,
+            ..Default::default()
+        }
+    }
+
+    fn git_lock(pid: i32) -> Finding {
+        Finding {
+            kind: SectionKind::Git,
+            path: "/w/.git/index.lock".into(),
+            pid,
+            command: "git commit".into(),
+            dev: 1,
+            ino: 2,
+        }
+    }
+
+    #[test]
+    fn the_mode_is_the_strongest_asked_for() {
+        assert_eq!(kill_mode(&forced(false, false)), "graceful");
+        assert_eq!(kill_mode(&forced(true, false)), "force");
+        assert_eq!(kill_mode(&forced(false, true)), "emergency");
+        assert_eq!(kill_mode(&forced(true, true)), "emergency");
+    }
+
+    #[test]
+    fn a_run_that_ended_answers_success_with_how_and_its_earlier_kill() {
+        let mut rec = run(RunStatus::Exited);
+        rec.exit_code = Some(3);
+        let r = already_ended(&rec, RunStatus::Exited);
+        assert!(r.success && r.already_ended);
+        assert_eq!(r.mode, "none");
+        assert_eq!(r.ended_as.as_deref(), Some("exited"));
+        assert_eq!(
+            r.message,
+            "run run_1 already ended: it exited with status 3"
+        );
+        assert_eq!(r.killed_at, None);
+
+        let earlier = KillResult {
+            killed_at: Some("2026-01-01T00:00:00.000Z".into()),
+            cleanup_status: api::CleanupStatus {
+                cgroup_removed: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut rec = run(RunStatus::TimedOut);
+        rec.kill_result = Some(serde_json::to_string(&earlier).unwrap());
+        let r = already_ended(&rec, RunStatus::TimedOut);
+        assert_eq!(r.killed_at, earlier.killed_at);
+        assert!(r.cleanup_status.cgroup_removed);
+        assert!(
+            r.message
+                .ends_with("it was killed by the monitor (timed out)")
+        );
+        let mut signalled = run(RunStatus::Exited);
+        signalled.exit_signal = Some(9);
+        assert!(
+            already_ended(&signalled, RunStatus::Exited)
+                .message
+                .ends_with("it exited on signal 9")
+        );
+    }
+
+    #[test]
+    fn the_report_is_carried_over_with_sections_dated_from_the_start() {
+        let started = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let report = kill::Report {
+            processes: 7,
+            sections: vec![kill::Seen {
+                finding: git_lock(42),
+                first: Duration::from_millis(1500),
+                last: Duration::from_millis(4000),
+            }],
+            waited: Duration::from_millis(2500),
+            graces_expired: vec![SectionKind::Git],
+            max_wait_expired: true,
+            ..Default::default()
+        };
+        let req = KillRequest {
+            force: true,
+            reason: Some("stuck".into()),
+            ..Default::default()
+        };
+        let r = from_report(&run(RunStatus::Running), &req, &report, started);
+        assert_eq!((r.run_id.as_str(), r.mode.as_str()), ("run_1", "force"));
+        assert_eq!(r.reason.as_deref(), Some("stuck"));
+        assert_eq!(r.processes_killed, 7);
+        assert_eq!(r.waited_ms, 2500.0);
+        assert_eq!(r.graces_expired, vec![SectionKind::Git]);
+        assert!(r.max_wait_expired && !r.success);
+        assert_eq!(r.sections.len(), 1);
+        assert_eq!(r.sections[0].since, "2026-01-01T00:00:01.500Z");
+        assert_eq!(r.sections[0].open_secs, 2.5);
+        assert_eq!(
+            (r.sections[0].pid, r.sections[0].kind),
+            (42, SectionKind::Git)
+        );
+        assert_eq!(after(started, Duration::ZERO), "2026-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn an_unconfirmed_kill_leaves_the_run_live_and_retriable() {
+        let mut r = KillResult::default();
+        let status = unconfirmed(&mut r, &run(RunStatus::Initializing), "EIO");
+        assert_eq!(status, RunStatus::Initializing);
+        assert!(!r.success);
+        assert!(
+            r.message.contains("could not be confirmed (EIO)"),
+            "{}",
+            r.message
+        );
+        // A run marked stopping by this kill goes back to running, not stopping.
+        let status = unconfirmed(&mut r, &run(RunStatus::Stopping), "EIO");
+        assert_eq!(status, RunStatus::Running);
+        assert_eq!(
+            unconfirmed(&mut r, &run(RunStatus::Unknown), "EIO"),
+            RunStatus::Unknown
+        );
+    }
+
+    #[test]
+    fn an_emptied_run_ends_as_asked_only_when_nothing_is_left() {
+        let mut r = KillResult {
+            mode: "graceful".into(),
+            ..Default::default()
+        };
+        r.cleanup_status.escapees_killed = vec![900];
+        r.cleanup_status.stale_locks_removed = vec!["/w/.git/index.lock".into()];
+        let status = emptied(&mut r, &run(RunStatus::Stopping), 3, RunStatus::TimedOut);
+        assert_eq!(status, RunStatus::TimedOut);
+        assert!(r.success);
+        assert_eq!(
+            r.message,
+            "run run_1 killed (graceful): 4 processes ended, nothing left; 1 of them had \
+             left its cgroup (pids [900]), killed through pidfds; removed stale lock(s) \
+             /w/.git/index.lock"
+        );
+
+        let mut r = KillResult::default();
+        r.cleanup_status.processes_remaining = 2;
+        r.cleanup_status.survivors = vec!["pid 5 (a)".into(), "pid 6 (b)".into()];
+        let status = emptied(&mut r, &run(RunStatus::Stopping), 3, RunStatus::Killed);
+        assert_eq!(status, RunStatus::Unkillable);
+        assert!(!r.success);
+        assert!(
+            r.message.ends_with(
+                "2 processes carrying its marker remain outside it: pid 5 (a); pid 6 (b)"
+            ),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn survivors_of_the_hard_kill_make_the_run_unkillable_and_are_named() {
+        let mut r = KillResult::default();
+        let survivor = kill::Survivor {
+            pid: 77,
+            state: Some('D'),
+            cmdline: Some("fuse-wait".into()),
+            wchan: Some("request_wait_answer".into()),
+            stack: None,
+        };
+        let status = survived(
+            &mut r,
+            &run(RunStatus::Stopping),
+            std::slice::from_ref(&survivor),
+        );
+        assert_eq!(status, RunStatus::Unkillable);
+        assert_eq!(r.cleanup_status.processes_remaining, 1);
+        assert!(!r.success);
+        assert_eq!(
+            r.message,
+            format!(
+                "run run_1 is unkillable: 1 processes survived cgroup.kill: {}",
+                survivor.describe()
+            )
+        );
+        note_errors(&mut r, &[]);
+        assert!(!r.message.contains("errors"));
+        note_errors(&mut r, &["a".into(), "b".into()]);
+        assert!(r.message.ends_with(" (errors: a; b)"), "{}", r.message);
+    }
+
+    #[test]
+    fn a_long_reason_is_recorded_cut_at_a_character_boundary() {
+        assert_eq!(recorded_reason("short"), "short");
+        let long = format!("{}é", "a".repeat(MAX_REASON - 1));
+        let cut = recorded_reason(&long);
+        assert_eq!(cut.len(), MAX_REASON - 1);
+        assert!(cut.chars().all(|c| c == 'a'));
+    }
+
+    #[test]
+    fn each_outcome_of_a_kill_has_its_audit_word() {
+        let ok = |f: fn(&mut KillResult)| {
+            let mut r = KillResult {
+                mode: "force".into(),
+                ..Default::default()
+            };
+            f(&mut r);
+            audit_outcome(&Ok(r))
+        };
+        assert_eq!(ok(|r| r.already_ended = true), "already_ended");
+        assert_eq!(ok(|r| r.success = true), "killed");
+        assert_eq!(ok(|r| r.mode.clear()), "failed");
+        assert_eq!(ok(|_| {}), "failed");
+        assert_eq!(
+            ok(|r| r.cleanup_status.processes_remaining = 1),
+            "unkillable"
+        );
+        assert_eq!(ok(|r| r.killed_at = Some("t".into())), "unkillable");
+        let err = |kind| audit_outcome(&Err(Failure::new(kind, "x")));
+        assert_eq!(err(ErrorKind::NotFound), "no_such_run");
+        assert_eq!(err(ErrorKind::Forbidden), "denied");
+        assert_eq!(err(ErrorKind::BadInput), "bad_input");
+        assert_eq!(err(ErrorKind::Conflict), "bad_input");
+        assert_eq!(err(ErrorKind::Internal), "failed");
+        assert_eq!(err(ErrorKind::BreakerOpen), "failed");
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use super::kill_result::{already_ended, kill_mode};
+use super::kill_result::{self, already_ended, kill_mode};
 use super::reaper::OnEmpty;
 use super::time::now;
 use super::{Agent, Caller, Failure, Requester, Result};
@@ -153,35 +153,12 @@ impl Agent {
     ) -> Result<KillResult> {
         let t = Instant::now();
         entry.time = now();
-        // Only the accepted length is recorded, whatever was sent.
-        entry.reason = req.reason.as_ref().map(|r| {
-            let mut end = r.len().min(api::MAX_REASON);
-            while !r.is_char_boundary(end) {
-                end -= 1;
-            }
-            r[..end].to_owned()
-        });
+        entry.reason = req.reason.as_deref().map(kill_result::recorded_reason);
         entry.mode = Some(kill_mode(req).into());
         entry.decision = "-".into();
         let outcome = attempt(&mut entry);
         entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);
-        entry.outcome = match &outcome {
-            Ok(r) if r.already_ended => "already_ended".into(),
-            Ok(r) if r.success => "killed".into(),
-            Ok(r) if r.mode.is_empty() => "failed".into(),
-            // Not confirmed over, nothing survivor-listed: a failed kill, not an unkillable run.
-            Ok(r) if r.killed_at.is_none() && r.cleanup_status.processes_remaining == 0 => {
-                "failed".into()
-            }
-            Ok(_) => "unkillable".into(),
-            Err(f) => match f.kind {
-                ErrorKind::NotFound => "no_such_run",
-                ErrorKind::Forbidden => "denied",
-                ErrorKind::BadInput | ErrorKind::Conflict => "bad_input",
-                ErrorKind::Internal | ErrorKind::BreakerOpen => "failed",
-            }
-            .into(),
-        };
+        entry.outcome = kill_result::audit_outcome(&outcome).into();
         if let Ok(r) = &outcome
             && !r.sections.is_empty()
         {

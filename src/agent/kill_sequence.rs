@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::kill_result::kill_mode;
-use super::time::{now, parse_time, rfc3339};
+use super::kill_result::{self, kill_mode};
+use super::time::{now, parse_time};
 use super::{Agent, Requester, audit, layout};
 use crate::api::{self, KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
@@ -124,114 +124,24 @@ impl Agent {
             ..Default::default()
         });
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
-        let at = |d: std::time::Duration| {
-            rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
-        };
-        let mut result = KillResult {
-            run_id: rec.run_id.clone(),
-            mode: mode.into(),
-            reason: req.reason.clone(),
-            processes_killed: report.processes,
-            phases: report.phases,
-            sections: report
-                .sections
-                .iter()
-                .map(|s| api::Section {
-                    kind: s.finding.kind,
-                    path: s.finding.path.clone(),
-                    pid: s.finding.pid,
-                    command: s.finding.command.clone(),
-                    since: at(s.first),
-                    open_secs: (s.last - s.first).as_secs_f64(),
-                })
-                .collect(),
-            waited_ms: report.waited.as_secs_f64() * 1e3,
-            graces_expired: report.graces_expired,
-            max_wait_expired: report.max_wait_expired,
-            ..Default::default()
-        };
-        let seen: Vec<Finding> = report.sections.into_iter().map(|s| s.finding).collect();
+        let mut result = kill_result::from_report(rec, req, &report, started_at);
         let status = if let Some(why) = &report.unconfirmed {
-            // A read failed: the run is not known to be over. It stays live (its
-            // TMPDIR and cgroup untouched), the kill fails, and may be retried.
-            result.message = format!(
-                "run {}: the kill could not be confirmed ({why}); the run stays {} and \
-                 the kill may be retried",
-                rec.run_id, rec.status
-            );
-            RunStatus::parse(&rec.status)
-                .filter(|s| s.is_live() && *s != RunStatus::Stopping)
-                .unwrap_or(RunStatus::Running)
+            kill_result::unconfirmed(&mut result, rec, why)
         } else if report.survivors.is_empty() {
             result.killed_at = Some(now());
             let t_clean = Instant::now();
+            let seen: Vec<Finding> = report.sections.iter().map(|s| s.finding.clone()).collect();
             result.cleanup_status = self.cleanup(rec, &seen);
             result.phases.push(api::Phase {
                 name: "cleanup".into(),
                 duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
                 detail: format!("{:?}", result.cleanup_status),
             });
-            let clean = result.cleanup_status.processes_remaining == 0;
-            result.success = clean;
-            let escaped = &result.cleanup_status.escapees_killed;
-            result.message = if clean {
-                format!(
-                    "run {} killed ({mode}): {} processes ended, nothing left",
-                    rec.run_id,
-                    report.processes as usize + escaped.len()
-                )
-            } else {
-                format!(
-                    "run {} is unkillable: cgroup empty but {} processes carrying its marker \
-                     remain outside it: {}",
-                    rec.run_id,
-                    result.cleanup_status.processes_remaining,
-                    result.cleanup_status.survivors.join("; ")
-                )
-            };
-            if !escaped.is_empty() {
-                result.message.push_str(&format!(
-                    "; {} of them had left its cgroup (pids {escaped:?}), killed through pidfds",
-                    escaped.len()
-                ));
-            }
-            if !result.sections.is_empty() {
-                result.message.push_str(&format!(
-                    "; {} critical section(s) seen, waited {:.1} s",
-                    result.sections.len(),
-                    result.waited_ms / 1e3
-                ));
-            }
-            if !result.cleanup_status.stale_locks_removed.is_empty() {
-                result.message.push_str(&format!(
-                    "; removed stale lock(s) {}",
-                    result.cleanup_status.stale_locks_removed.join(", ")
-                ));
-            }
-            // `killed` only when nothing is left.
-            if clean { end } else { RunStatus::Unkillable }
+            kill_result::emptied(&mut result, rec, report.processes, end)
         } else {
-            // The cgroup stays frozen (the hard kill left it so) and in place: a
-            // later kill retries.
-            result.cleanup_status.processes_remaining = report.survivors.len() as u32;
-            let names: Vec<String> = report
-                .survivors
-                .iter()
-                .map(kill::Survivor::describe)
-                .collect();
-            result.message = format!(
-                "run {} is unkillable: {} processes survived cgroup.kill: {}",
-                rec.run_id,
-                report.survivors.len(),
-                names.join("; ")
-            );
-            RunStatus::Unkillable
+            kill_result::survived(&mut result, rec, &report.survivors)
         };
-        if !report.errors.is_empty() {
-            result
-                .message
-                .push_str(&format!(" (errors: {})", report.errors.join("; ")));
-        }
+        kill_result::note_errors(&mut result, &report.errors);
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let json = serde_json::to_string(&result).unwrap_or_default();
         let ended_at = (status == end).then(now);
@@ -240,7 +150,7 @@ impl Agent {
             &self.store,
             audit::Record::Kill {
                 run_id: rec.run_id.clone(),
-                started_at: at(std::time::Duration::ZERO),
+                started_at: kill_result::after(started_at, std::time::Duration::ZERO),
                 result: json,
                 status: status.as_str().into(),
                 ended_at,
