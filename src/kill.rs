@@ -588,6 +588,65 @@ fn wait_unpopulated(cg: &Cgroup, deadline: Duration) -> crate::cgroup::Result<bo
     }
 }
 
+/// What [`kill_leftovers`] did.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Processes SIGKILLed.
+    pub killed: u32,
+    /// Why the freeze did not count (the leftovers were killed all the same).
+    pub unconfirmed: Option<String>,
+    /// The critical sections the leftovers had open, seen while frozen: git
+    /// locks among them become stale once they are dead.
+    pub sections: Vec<Finding>,
+}
+
+/// Once a run's command has exited: SIGKILLs whatever it left running in `cg`
+/// beside `keep` (the supervisor, which waits for this answer), as systemd does
+/// for a service's control group. When `keep` is alone (the usual case) nothing
+/// is frozen or scanned: it cannot fork while it waits (`cgroup.procs` may still
+/// list tasks that are exiting, never omits a live one). Otherwise: freeze, scan
+/// the leftovers in `scope` (its pids filled in), signal each through a pidfd,
+/// thaw (the SIGKILLs are delivered). A freeze that fails leaves them alone.
+pub fn kill_leftovers(
+    cg: &Cgroup,
+    keep: i32,
+    freeze_timeout: Duration,
+    scope: &sections::Scope,
+    proc_root: &Path,
+) -> Leftovers {
+    let alone = cg
+        .procs_recursive()
+        .is_ok_and(|p| p.iter().all(|&pid| pid == keep));
+    if alone {
+        return Leftovers::default();
+    }
+    let Ok(frozen) = cg.freeze_guard(freeze_timeout) else {
+        return Leftovers::default();
+    };
+    let leftovers: Vec<i32> = cg
+        .procs_recursive()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&pid| pid != keep)
+        .collect();
+    let scope = sections::Scope {
+        pids: leftovers.clone(),
+        ..scope.clone()
+    };
+    let sections = sections::scan(proc_root, &scope);
+    let killed = leftovers
+        .into_iter()
+        .filter(|&pid| signal_member(cg, pid, &[Signal::KILL], proc_root))
+        .count() as u32;
+    let unconfirmed = frozen.unconfirmed();
+    drop(frozen); // thawed: the SIGKILLs are delivered
+    Leftovers {
+        killed,
+        unconfirmed,
+        sections,
+    }
+}
+
 /// What became of the processes carrying a run's marker outside its cgroup.
 #[derive(Debug, Default)]
 pub struct Escapees {

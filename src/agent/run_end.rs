@@ -10,8 +10,8 @@ use super::time::now;
 use super::{Agent, Caller, EXIT_STATUS_FILE, Failure, Result, audit, layout};
 use crate::api::{ErrorKind, ExitAck, ExitReport, RunStatus};
 use crate::cgroup::Cgroup;
+use crate::kill;
 use crate::procfs;
-use crate::sections;
 use crate::store::RunRecord;
 use crate::userfs::{self, Cred};
 
@@ -39,42 +39,21 @@ impl Agent {
             return Ok(ExitAck::default()); // it ended already, or a kill is under way
         }
         let cg = layout::payload(&Cgroup::new(&rec.cgroup_path));
-        let mut killed = 0;
-        // The usual case: only the supervisor is left, and it waits for this answer, so
-        // nothing can fork; no need to freeze and scan. (cgroup.procs may still list
-        // tasks that are exiting, never omit a live one.)
-        let alone = cg
-            .procs_recursive()
-            .is_ok_and(|p| p.iter().all(|&pid| pid == caller.pid));
-        if !alone && let Ok(frozen) = cg.freeze_guard(self.run_template(&rec).kill.freeze_timeout) {
-            if let Some(why) = frozen.unconfirmed() {
-                tracing::warn!(run_id, "{why}; killing the leftovers anyway");
-            }
-            let leftovers: Vec<i32> = cg
-                .procs_recursive()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|&pid| pid != caller.pid)
-                .collect();
-            // Git locks the leftovers hold now become stale once they are dead.
-            let scope = sections::Scope {
-                pids: leftovers.clone(),
-                ..self.section_scope(&rec)
-            };
-            let locks = sections::scan(&self.cfg.proc_root, &scope);
-            if !locks.is_empty() {
-                self.stale_candidates
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(run_id.to_owned(), locks);
-            }
-            let kill = [rustix::process::Signal::KILL];
-            killed = leftovers
-                .into_iter()
-                .filter(|&pid| crate::kill::signal_member(&cg, pid, &kill, &self.cfg.proc_root))
-                .count() as u32;
-            drop(frozen); // thawed: the SIGKILLs are delivered
+        let scope = self.section_scope(&rec);
+        let freeze_timeout = self.run_template(&rec).kill.freeze_timeout;
+        let left =
+            kill::kill_leftovers(&cg, caller.pid, freeze_timeout, &scope, &self.cfg.proc_root);
+        if let Some(why) = &left.unconfirmed {
+            tracing::warn!(run_id, "{why}; the leftovers were killed anyway");
         }
+        // Git locks the leftovers held become stale now that they are dead.
+        if !left.sections.is_empty() {
+            self.stale_candidates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(run_id.to_owned(), left.sections);
+        }
+        let killed = left.killed;
         if killed > 0 {
             tracing::info!(
                 run_id,
