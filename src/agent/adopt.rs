@@ -3,13 +3,12 @@
 //! A tree rooted at a pid is moved (race-free, see [`crate::adopt`]) into
 //! `runs/<id>/payload`, created frozen before anything moves; an adopted tree
 //! has no supervisor, so `runs/<id>/supervisor` is never made. A whole cgroup is
-//! taken in place (`cgroup`), nothing moved. Either way the run is recorded with
-//! the root process's uid as owner, its real start time and command, audited as
-//! `adopt` with every member and why it was taken, and then thawed, or, with
-//! `kill`, killed while still frozen.
+//! taken in place (`cgroup`, [`in_place`]), nothing moved. Either way the run is
+//! recorded with the root process's uid as owner, its real start time and
+//! command, audited as `adopt` with every member and why it was taken, and then
+//! thawed, or, with `kill`, killed while still frozen.
 
-use std::os::fd::AsFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +21,8 @@ use crate::policy::{Identity, Permission};
 use crate::procfs;
 use crate::store::{AuditEntry, RunRecord};
 
+mod in_place;
+
 /// `adopted` of a run whose tree was moved in.
 pub const TREE: &str = "pid";
 /// `adopted` of a run whose cgroup was taken in place.
@@ -29,8 +30,6 @@ pub const IN_PLACE: &str = "cgroup";
 /// The leaf of an adopted run's cgroup that holds the tree: the payload leaf of
 /// every run (an adopted tree has no supervisor leaf).
 pub use super::layout::PAYLOAD;
-/// `statfs` type of cgroup2 (`CGROUP2_SUPER_MAGIC`).
-const CGROUP2_MAGIC: u64 = 0x6367_7270;
 
 fn bad(msg: impl Into<String>) -> Failure {
     Failure::new(ErrorKind::BadInput, msg)
@@ -535,202 +534,5 @@ impl Agent {
             adopted: Some(how.into()),
             ..Default::default()
         })
-    }
-
-    /// `cgroup` as a cgroup on the cgroup2 mount: a path under the mount or
-    /// relative to it, with no `..`, no symlink on the way (checked with
-    /// openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and on cgroup2 itself.
-    fn resolve_cgroup(&self, given: &str) -> Result<PathBuf> {
-        let mount = cgroup::cgroup2_mount().map_err(Failure::internal)?;
-        let rel = Path::new(given)
-            .strip_prefix(&mount)
-            .unwrap_or(Path::new(given.trim_start_matches('/')));
-        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(bad(format!(
-                "cgroup {given:?}: give a path under {} without '.' or '..'",
-                mount.display()
-            )));
-        }
-        if rel.as_os_str().is_empty() {
-            return Err(bad(format!(
-                "cgroup {given:?} is the root cgroup: wfcg never adopts it"
-            )));
-        }
-        use rustix::fs::{Mode, OFlags, ResolveFlags, fstatfs, open, openat2};
-        let not_one = |e: rustix::io::Errno| bad(format!("cgroup {given:?}: no such cgroup ({e})"));
-        let dir = open(
-            &mount,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(Failure::internal)?;
-        let fd = openat2(
-            dir.as_fd(),
-            rel,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH
-                | ResolveFlags::NO_SYMLINKS
-                | ResolveFlags::NO_MAGICLINKS
-                | ResolveFlags::NO_XDEV,
-        )
-        .map_err(not_one)?;
-        let fs = fstatfs(&fd).map_err(not_one)?;
-        if fs.f_type as u64 != CGROUP2_MAGIC {
-            return Err(bad(format!("cgroup {given:?} is not on the cgroup2 mount")));
-        }
-        Ok(mount.join(rel))
-    }
-
-    fn adopt_cgroup(
-        self: &Arc<Self>,
-        caller: &Caller,
-        id: &Identity,
-        given: &str,
-        req: &AdoptRequest,
-        entry: &mut AuditEntry,
-    ) -> Result<Adopted> {
-        let proc_root = self.cfg.proc_root.clone();
-        let abs = self.resolve_cgroup(given)?;
-        let cg = Cgroup::new(&abs);
-        let shown = abs.display().to_string();
-        let wfcg_root = self
-            .runs_cg
-            .parent()
-            .unwrap_or_else(|| self.runs_cg.clone());
-        if wfcg_root.path().starts_with(&abs) {
-            return Err(bad(format!(
-                "cgroup {shown} holds wfcg's own cgroups: wfcg never adopts it"
-            )));
-        }
-        if let Some(owner) = self.wfcg_owner(&abs) {
-            return match owner {
-                Some(run_id) if self.store().get_run(&run_id)?.is_some() => {
-                    self.existing_run(caller, &run_id, 0).map(|mut a| {
-                        a.message = format!("cgroup {shown} is run {run_id}'s already");
-                        a
-                    })
-                }
-                _ => Err(bad(format!(
-                    "cgroup {shown} is wfcg's own (or holds it): wfcg never adopts it"
-                ))),
-            };
-        }
-        let live = RunStatus::live_names();
-        let same = self
-            .store()
-            .list_runs_brief(Some(&live))?
-            .into_iter()
-            .find(|r| r.cgroup_path == shown);
-        if let Some(r) = same {
-            return self.existing_run(caller, &r.run_id, 0);
-        }
-        let pids = cg.procs_recursive().map_err(|e| bad(e.to_string()))?;
-        let callers = lineage(&proc_root, caller.pid);
-        let me = std::process::id() as i32;
-        if let Some(p) = pids
-            .iter()
-            .find(|&&p| p == 1 || p == me || callers.contains(&p))
-        {
-            let who = match *p {
-                1 => "PID 1".to_string(),
-                p if p == me => "the wfcg agent".to_string(),
-                p => format!("the caller or its ancestor (pid {p})"),
-            };
-            return Err(bad(format!(
-                "cgroup {shown} holds {who}: wfcg never adopts it"
-            )));
-        }
-        if !cg.supports_kill() {
-            return Err(bad(format!(
-                "cgroup {shown} has no cgroup.kill (the root cgroup, or Linux < 5.14)"
-            )));
-        }
-        // Its members, oldest first: the oldest is the run's root.
-        let mut members: Vec<(u64, i32, Option<u32>, String)> = pids
-            .iter()
-            .filter_map(|&p| {
-                let s = procfs::stat(&proc_root, p)?;
-                let uid = procfs::uids(&proc_root, p).and_then(procfs::sole_uid);
-                Some((
-                    s.starttime,
-                    p,
-                    uid,
-                    procfs::cmdline(&proc_root, p).unwrap_or_default(),
-                ))
-            })
-            .collect();
-        members.sort();
-        let Some((_, oldest, ..)) = members.first().cloned() else {
-            return Err(bad(format!("cgroup {shown} holds no process")));
-        };
-        let rights = self.rights(id);
-        let foreign = members.iter().find(|m| m.2 != Some(caller.uid));
-        let allowed_by = match foreign {
-            None => Some(Permission::KillOwn),
-            Some(_) if rights.any => Some(Permission::KillAny),
-            Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
-            Some(_) => None,
-        };
-        entry.decision = if allowed_by.is_some() {
-            "allowed"
-        } else {
-            "denied"
-        }
-        .into();
-        entry.permission = allowed_by
-            .or(Some(if req.dry_run {
-                Permission::ViewAll
-            } else {
-                Permission::KillAny
-            }))
-            .map(|p| p.as_str().into());
-        if let (None, Some(m)) = (allowed_by, foreign) {
-            let what = if req.dry_run { "view_all" } else { "kill_any" };
-            return Err(Failure::new(
-                ErrorKind::Forbidden,
-                format!(
-                    "not permitted: pid {} ({}) in {shown} belongs to {}; adopting \
-                     another user's processes needs {what}",
-                    m.1,
-                    m.3,
-                    uid_text(m.2)
-                ),
-            ));
-        }
-        let root = adopt::pin(&proc_root, oldest).map_err(|e| bad(e.to_string()))?;
-        let got = Gathered {
-            members: members
-                .iter()
-                .map(|(st, p, uid, cmd)| adopt::Member {
-                    pid: *p,
-                    starttime: *st,
-                    uid: *uid,
-                    reason: format!("in cgroup {shown}"),
-                    command: cmd.clone(),
-                })
-                .collect(),
-            complete: true,
-            ..Default::default()
-        };
-        if req.dry_run {
-            let run_id = req.run_id.clone().unwrap_or_default();
-            let mut a = self.answer(&root, &got, run_id, String::new(), true);
-            a.cgroup = shown;
-            return Ok(a);
-        }
-        let run_id = self.new_adopted_id(req)?;
-        let rec = self.adopted_record(caller, &run_id, &root, req, &cg, IN_PLACE)?;
-        self.store().insert_run(&rec)?;
-        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
-        self.reaper.watch(&run_id, &cg, &**self);
-        tracing::info!(run_id, cgroup = shown, "adopted a cgroup in place");
-        let message = format!(
-            "adopted cgroup {shown} ({} processes) in place as run {run_id}",
-            got.members.len()
-        );
-        let mut a = self.answer(&root, &got, run_id, message, false);
-        a.cgroup = shown;
-        Ok(a)
     }
 }
