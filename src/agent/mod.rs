@@ -5,6 +5,26 @@
 //! The agent is never the parent of a workflow: `wfcg run` supervises its own
 //! command inside the run's cgroup, so the agent may stop and start again while
 //! runs go on, and [`Agent::start`] reconciles the store with the cgroup tree.
+//!
+//! This file holds the struct, its configuration and errors, who asks
+//! ([`Caller`], `Requester`), the start and the reconciliation. Each operation is
+//! an `impl Agent` in a file named for it:
+//!
+//! | file | operation |
+//! | --- | --- |
+//! | `create.rs` | start a run (`wfcg run`) |
+//! | `adopt.rs`, `adopt/in_place.rs` | take over a tree or a cgroup started outside wfcg |
+//! | `kill_run.rs` | a kill request: policy, audit, concurrent kills coalesced |
+//! | `kill_sequence.rs` | one kill sequence: the plan, [`crate::kill`], the result recorded |
+//! | `kill_result.rs` | the answer to a kill (pure functions) |
+//! | `run_end.rs` | the exit report, the supervisor leaf, a run's cgroup emptied |
+//! | `cleanup.rs` | what an ended run leaves, removed |
+//! | `queries.rs`, `may_kill.rs` | `ps` and `status`; "may uid U kill run R?" |
+//! | `lifecycle.rs`, `lifecycle/deadlines.rs` | notify, heartbeats, deadlines, stuck runs |
+//! | `breaker.rs` | the circuit breaker of each workflow |
+//! | `metrics.rs` | the `/metrics` scrape |
+//! | `audit_trail.rs`, `alert.rs` | the agent's audit records and policy reload; alerts |
+//! | `time.rs` | times as the store writes them |
 
 pub mod access;
 mod adopt;
