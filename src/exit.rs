@@ -23,7 +23,7 @@ pub const NOT_PERMITTED: i32 = 4;
 pub const UNREACHABLE: i32 = 5;
 pub const BREAKER_OPEN: i32 = 6;
 
-/// A command's failure: the message for stderr and the exit code.
+/// A command's failure: the message for stderr (none when empty) and the exit code.
 #[derive(Debug)]
 pub struct Failure {
     pub code: i32,
@@ -40,6 +40,11 @@ impl Failure {
 
     pub fn usage(message: impl Into<String>) -> Failure {
         Failure::new(USAGE, message)
+    }
+
+    /// An end with `code` and nothing to say (a closed pipe: exit 0).
+    pub fn quiet(code: i32) -> Failure {
+        Failure::new(code, "")
     }
 }
 

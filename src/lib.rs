@@ -21,6 +21,7 @@ pub mod exit;
 pub mod gitlocks;
 pub mod kill;
 pub mod mcp;
+pub mod output;
 pub mod par;
 pub mod policy;
 pub mod procfs;

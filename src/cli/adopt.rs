@@ -3,6 +3,7 @@
 use crate::api::{AdoptRequest, Adopted};
 use crate::client::Client;
 use crate::exit::{self, Failure};
+use crate::output::outln;
 
 /// Take over a process tree started outside wfcg (or a whole cgroup) as a run,
 /// so it can be watched, given deadlines and killed like any other.
@@ -83,12 +84,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     let checks = check(&req)?;
     let adopted: Adopted = Client::new(&cli.socket).post("/v1/runs/adopt", &checks)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&adopted).unwrap_or_default()
-        );
+        crate::output::json(&adopted)?;
     } else {
-        print(&adopted);
+        print(&adopted)?;
     }
     Ok(match &adopted.kill {
         Some(k) if !k.success => exit::FAILED,
@@ -104,14 +102,15 @@ pub fn check(req: &AdoptRequest) -> Result<&AdoptRequest, Failure> {
     }
 }
 
-fn print(a: &Adopted) {
-    println!("{}", a.message);
+fn print(a: &Adopted) -> Result<(), Failure> {
+    outln!("{}", a.message)?;
     if a.dry_run || a.members.len() <= 20 {
         for m in &a.members {
-            println!("  {:>7}  {:<24}  {}", m.pid, m.reason, m.command);
+            outln!("  {:>7}  {:<24}  {}", m.pid, m.reason, m.command)?;
         }
     }
     for s in &a.skipped {
-        println!("  {:>7}  {:<24}  {}", s.pid, s.reason, s.command);
+        outln!("  {:>7}  {:<24}  {}", s.pid, s.reason, s.command)?;
     }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `wfcg audit`: read, verify and export the audit trail.
 
+use crate::output::outln;
 use clap::Subcommand;
 
 use crate::api::{AuditQuery, AuditVerify};
@@ -45,9 +46,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     if let Some(What::Verify) = args.what {
         let v: AuditVerify = client.get("/v1/audit/verify")?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            crate::output::json(&v)?;
         } else {
-            println!("{}", v.message);
+            outln!("{}", v.message)?;
         }
         return Ok(if v.intact { exit::OK } else { exit::FAILED });
     }
@@ -65,17 +66,14 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     let records: Vec<AuditRecord> = client.get(&format!("/v1/audit?{query}"))?;
     if matches!(args.what, Some(What::Export)) {
         for r in &records {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
+            outln!("{}", serde_json::to_string(r).unwrap_or_default())?;
         }
     } else if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&records).unwrap_or_default()
-        );
+        crate::output::json(&records)?;
     } else {
         for r in &records {
             let e = &r.entry;
-            println!(
+            outln!(
                 "{:>6} {} {:<10} {:<11} {:<18} {:<9} {:<8} {}{}{}",
                 r.seq,
                 e.time,
@@ -93,7 +91,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
                     .as_deref()
                     .map(|p| format!(" reason: {p}"))
                     .unwrap_or_default(),
-            );
+            )?;
         }
     }
     Ok(exit::OK)

@@ -3,6 +3,7 @@
 use crate::api::BreakerInfo;
 use crate::client::Client;
 use crate::exit::Failure;
+use crate::output::outln;
 
 /// Circuit breakers: a workflow whose last runs all ended stuck (an init,
 /// first-output or stall timeout; template `[breaker] failures`) is refused new
@@ -33,15 +34,12 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         None | Some(What::List) => {
             let list: Vec<BreakerInfo> = client.get("/v1/breakers")?;
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
+                crate::output::json(&list)?;
             } else if list.is_empty() {
-                println!("no workflow has stuck runs counted");
+                outln!("no workflow has stuck runs counted")?;
             } else {
                 for b in &list {
-                    println!("{}", describe(b));
+                    outln!("{}", describe(b))?;
                 }
             }
         }
@@ -49,9 +47,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             let path = format!("/v1/breakers/{}/reset", encode(workflow));
             let b: BreakerInfo = client.post(&path, &serde_json::json!({}))?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&b).unwrap_or_default());
+                crate::output::json(&b)?;
             } else {
-                println!("breaker of workflow {} closed", b.workflow);
+                outln!("breaker of workflow {} closed", b.workflow)?;
             }
         }
     }

@@ -5,6 +5,7 @@
 //! starts the agent. `generate` prints the man page or a shell's completions,
 //! made from the clap definitions, for packages.
 
+use crate::output::outln;
 use std::path::PathBuf;
 
 use clap::CommandFactory;
@@ -45,11 +46,11 @@ pub fn install_service(args: &InstallArgs) -> Result<i32, Failure> {
     }
     std::fs::write(&args.unit, unit_for(&exe))
         .map_err(|e| fail(format!("cannot write {}: {e}", args.unit.display())))?;
-    println!(
+    outln!(
         "wrote {} (ExecStart={} agent)",
         args.unit.display(),
         exe.display()
-    );
+    )?;
     if args.no_start {
         return Ok(exit::OK);
     }
@@ -74,7 +75,7 @@ pub fn install_service(args: &InstallArgs) -> Result<i32, Failure> {
             )));
         }
     }
-    println!("wfcg.service is enabled and running (systemctl status wfcg)");
+    outln!("wfcg.service is enabled and running (systemctl status wfcg)")?;
     Ok(exit::OK)
 }
 
@@ -99,19 +100,22 @@ pub struct GenerateArgs {
 
 pub fn generate(args: &GenerateArgs) -> Result<i32, Failure> {
     let mut cmd = super::Cli::command();
-    let mut out = std::io::stdout().lock();
+    // Rendered in memory first: the generators panic on a write error.
+    let mut text = Vec::new();
     let shell = match args.what {
         What::Man => {
             clap_mangen::Man::new(cmd)
-                .render(&mut out)
+                .render(&mut text)
                 .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+            crate::output::with(|out| out.write_all(&text))?;
             return Ok(exit::OK);
         }
         What::Bash => clap_complete::Shell::Bash,
         What::Zsh => clap_complete::Shell::Zsh,
         What::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(shell, &mut cmd, "wfcg", &mut out);
+    clap_complete::generate(shell, &mut cmd, "wfcg", &mut text);
+    crate::output::with(|out| out.write_all(&text))?;
     Ok(exit::OK)
 }
 

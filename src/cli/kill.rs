@@ -3,6 +3,7 @@
 use crate::api::{self, KillRequest, KillResult, RunInfo};
 use crate::client::Client;
 use crate::exit::{self, Failure};
+use crate::output::outln;
 
 /// Kill a run: every process of its cgroup, atomically, with nothing left.
 ///
@@ -95,17 +96,14 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         (None, None) => return kill_stuck(&client, args, &req),
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&result).unwrap_or_default()
-        );
+        crate::output::json(&result)?;
     } else {
         let took = if result.already_ended {
             String::new()
         } else {
             format!(" in {:.0} ms", result.duration_ms)
         };
-        println!("{}{took}", result.message);
+        outln!("{}{took}", result.message)?;
     }
     Ok(if result.success {
         exit::OK
@@ -162,19 +160,16 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
     let runs: Vec<RunInfo> = runs.into_iter().filter(|r| r.age_secs >= older).collect();
     if args.dry_run || runs.is_empty() {
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&runs).unwrap_or_default()
-            );
+            crate::output::json(&runs)?;
         } else if runs.is_empty() {
-            println!("no stuck runs");
+            outln!("no stuck runs")?;
         }
         for r in runs.iter().filter(|_| !args.json) {
-            println!(
+            outln!(
                 "would kill {}: {}",
                 r.run_id,
                 r.stuck.as_deref().unwrap_or("stuck")
-            );
+            )?;
         }
         return Ok(exit::OK);
     }
@@ -209,7 +204,7 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
             Ok(r) => {
                 failed += usize::from(!r.success);
                 if !args.json {
-                    println!("{}", r.message);
+                    outln!("{}", r.message)?;
                 }
             }
             Err(e) => {
@@ -220,7 +215,7 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
     }
     if args.json {
         let ok: Vec<&KillResult> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-        println!("{}", serde_json::to_string_pretty(&ok).unwrap_or_default());
+        crate::output::json(&ok)?;
     }
     Ok(if failed == 0 { exit::OK } else { exit::FAILED })
 }

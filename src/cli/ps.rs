@@ -3,6 +3,7 @@
 use crate::api::{self, RunInfo};
 use crate::client::Client;
 use crate::exit::{self, Failure};
+use crate::output::outln;
 
 /// List runs: live ones, or all with --all.
 #[derive(clap::Args, Debug)]
@@ -38,18 +39,22 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     let path = format!("/v1/runs?all={}&stuck={}", args.all, args.stuck);
     let runs: Vec<RunInfo> = client.get(&path)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&runs).unwrap_or_default()
-        );
+        crate::output::json(&runs)?;
         return Ok(exit::OK);
     }
-    println!(
+    outln!(
         "{:<20} {:<12} {:<10} {:<10} {:>8} {:>6} {:>8} {:>8}  COMMAND",
-        "RUN", "WORKFLOW", "OWNER", "STATUS", "PID", "PROCS", "AGE", "CPU"
-    );
+        "RUN",
+        "WORKFLOW",
+        "OWNER",
+        "STATUS",
+        "PID",
+        "PROCS",
+        "AGE",
+        "CPU"
+    )?;
     for r in &runs {
-        println!(
+        outln!(
             "{:<20} {:<12} {:<10} {:<10} {:>8} {:>6} {:>8} {:>8}  {}",
             r.run_id,
             r.workflow.as_deref().unwrap_or("-"),
@@ -60,15 +65,15 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
             crate::duration::short(r.age_secs),
             cpu(r.cpu_usec),
             r.command.join(" ")
-        );
+        )?;
         for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
-            println!("{:<20} ! {note}", "");
+            outln!("{:<20} ! {note}", "")?;
         }
     }
     // Workflows whose new runs are refused (exit 6), so a missing run is explained.
     let breakers: Vec<api::BreakerInfo> = client.get("/v1/breakers").unwrap_or_default();
     for b in breakers.iter().filter(|b| b.open) {
-        println!("{}", super::breaker::describe(b));
+        outln!("{}", super::breaker::describe(b))?;
     }
     Ok(exit::OK)
 }
@@ -80,25 +85,25 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     let client = Client::new(&cli.socket);
     let r: RunInfo = client.get(&format!("/v1/runs/{}", args.run_id))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        crate::output::json(&r)?;
         return Ok(exit::OK);
     }
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("run:        {}", r.run_id);
-    println!("workflow:   {}", opt(&r.workflow));
-    println!("owner:      {} (uid {})", r.owner_display(), r.owner_uid);
-    println!("status:     {}", r.status);
+    outln!("run:        {}", r.run_id)?;
+    outln!("workflow:   {}", opt(&r.workflow))?;
+    outln!("owner:      {} (uid {})", r.owner_display(), r.owner_uid)?;
+    outln!("status:     {}", r.status)?;
     if let Some(t) = &r.template {
-        println!("template:   {t}");
+        outln!("template:   {t}")?;
     }
     if let Some(t) = &r.status_text {
-        println!("says:       {t}");
+        outln!("says:       {t}")?;
     }
     if let Some(t) = &r.ready_at {
-        println!("ready:      {t}");
+        outln!("ready:      {t}")?;
     }
     if let Some(t) = &r.last_heartbeat {
-        println!("heartbeat:  {t}");
+        outln!("heartbeat:  {t}")?;
     }
     for (name, d) in [
         ("init by", &r.init_deadline),
@@ -106,51 +111,51 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         ("next beat", &r.watchdog_deadline),
     ] {
         if let Some(d) = d.as_ref().filter(|_| r.status.is_live()) {
-            println!("{:<11} {d}", format!("{name}:"));
+            outln!("{:<11} {d}", format!("{name}:"))?;
         }
     }
     for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
-        println!("stuck:      {note}");
+        outln!("stuck:      {note}")?;
     }
-    println!("command:    {}", r.command.join(" "));
-    println!(
+    outln!("command:    {}", r.command.join(" "))?;
+    outln!(
         "pid:        {}",
         r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
-    );
+    )?;
     match r.adopted.as_deref() {
-        Some("cgroup") => println!("adopted:    its cgroup, in place (started outside wfcg)"),
-        Some(_) => println!("adopted:    pid is its root (started outside wfcg; no supervisor)"),
+        Some("cgroup") => outln!("adopted:    its cgroup, in place (started outside wfcg)")?,
+        Some(_) => outln!("adopted:    pid is its root (started outside wfcg; no supervisor)")?,
         None => {}
     }
-    println!("processes:  {}", r.processes);
-    println!("started:    {}", opt(&r.started_at));
-    println!("age:        {}", crate::duration::short(r.age_secs));
-    println!("cpu:        {}", cpu(r.cpu_usec));
-    println!("workspace:  {}", opt(&r.workspace));
-    println!("cgroup:     {}", r.cgroup);
+    outln!("processes:  {}", r.processes)?;
+    outln!("started:    {}", opt(&r.started_at))?;
+    outln!("age:        {}", crate::duration::short(r.age_secs))?;
+    outln!("cpu:        {}", cpu(r.cpu_usec))?;
+    outln!("workspace:  {}", opt(&r.workspace))?;
+    outln!("cgroup:     {}", r.cgroup)?;
     if let Some(log) = &r.log_path {
-        println!("log:        {log}");
+        outln!("log:        {log}")?;
     }
     if let Some(ended) = &r.ended_at {
-        println!("ended:      {ended}");
+        outln!("ended:      {ended}")?;
     }
     match (r.exit_code, r.exit_signal) {
-        (Some(c), _) => println!("exit:       status {c}"),
-        (None, Some(s)) => println!("exit:       signal {s}"),
+        (Some(c), _) => outln!("exit:       status {c}")?,
+        (None, Some(s)) => outln!("exit:       signal {s}")?,
         _ => {}
     }
     for sec in &r.sections {
-        println!(
+        outln!(
             "critical:   {}: {} held by pid {} ({}) for {:.1} s",
             sec.kind.as_str(),
             sec.path,
             sec.pid,
             sec.command,
             sec.open_secs
-        );
+        )?;
     }
     if let Some(k) = &r.kill_result {
-        println!("kill:       {}", k.message);
+        outln!("kill:       {}", k.message)?;
     }
     Ok(exit::OK)
 }

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::exit::{self, Failure};
+use crate::output::{self, outln};
 use crate::template::Template;
 
 /// List the run templates (`wfcg run --workflow NAME`): the shipped ones and
@@ -59,12 +60,6 @@ struct Row {
     error: Option<String>,
 }
 
-/// Prints to stdout; a closed pipe (`| head`) is not an error.
-fn out(text: impl std::fmt::Display) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-}
-
 fn fmt_duration(d: std::time::Duration, zero: &str) -> String {
     if d.is_zero() {
         zero.to_string()
@@ -103,21 +98,23 @@ pub fn list(_cli: &super::Cli, args: &ListArgs) -> Result<i32, Failure> {
         .collect();
     let broken = rows.iter().any(|r| r.error.is_some());
     if args.json {
-        let text = serde_json::to_string_pretty(&rows)
-            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
-        out(text);
+        output::json(&rows)?;
     } else {
         let width =
             |f: fn(&Row) -> usize, min: usize| rows.iter().map(f).max().unwrap_or(0).max(min);
         let wn = width(|r| r.name.len(), 4);
         let ws = width(|r| r.source.len(), 6);
-        out(format_args!(
+        outln!(
             "{:wn$}  {:ws$}  {:>6}  {:>6}  {:>8}  LIMITS",
-            "NAME", "SOURCE", "INIT", "TOTAL", "WATCHDOG"
-        ));
+            "NAME",
+            "SOURCE",
+            "INIT",
+            "TOTAL",
+            "WATCHDOG"
+        )?;
         for r in &rows {
             match &r.template {
-                Some(t) => out(format_args!(
+                Some(t) => outln!(
                     "{:wn$}  {:ws$}  {:>6}  {:>6}  {:>8}  {}",
                     r.name,
                     r.source,
@@ -125,8 +122,8 @@ pub fn list(_cli: &super::Cli, args: &ListArgs) -> Result<i32, Failure> {
                     fmt_duration(t.timeouts.total, "none"),
                     fmt_duration(t.timeouts.watchdog, "off"),
                     limits(t)
-                )),
-                None => out(format_args!("{:wn$}  {:ws$}  BROKEN", r.name, r.source)),
+                )?,
+                None => outln!("{:wn$}  {:ws$}  BROKEN", r.name, r.source)?,
             }
         }
         for r in &rows {
@@ -164,13 +161,13 @@ fn check(files: &[std::path::PathBuf]) -> Result<i32, Failure> {
             }
         };
         match Template::check(&text, &name) {
-            Ok(t) => out(format_args!(
+            Ok(t) => outln!(
                 "{name}: ok (init {}, total {}, watchdog {}, limits {})",
                 fmt_duration(t.timeouts.init, "none"),
                 fmt_duration(t.timeouts.total, "none"),
                 fmt_duration(t.timeouts.watchdog, "off"),
                 limits(&t)
-            )),
+            )?,
             Err(e) => {
                 bad = true;
                 for p in e.lines() {
@@ -197,6 +194,6 @@ fn show(template: &str, json: bool) -> Result<i32, Failure> {
         toml::to_string(&t).map_err(|e| e.to_string())
     }
     .map_err(|e| Failure::new(exit::FAILED, e))?;
-    out(text.trim_end());
+    output::line(text.trim_end())?;
     Ok(exit::OK)
 }

@@ -10,6 +10,7 @@
 mod signals;
 mod watch;
 
+use crate::output::outln;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -107,7 +108,7 @@ fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
             let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
             let msg = msg.trim_end();
             if let Some(id) = msg.strip_prefix("ok ") {
-                println!("{id}");
+                outln!("{id}")?;
                 Ok(exit::OK)
             } else if let Some(rest) = msg.strip_prefix("err ") {
                 let (code, text) = rest.split_once(' ').unwrap_or((rest, ""));
