@@ -1,9 +1,13 @@
 //! A blocking client of the agent's socket API, for the CLI and `wfcg mcp`.
 //!
 //! Each call opens a connection (HTTP/1.1 over the Unix socket, with hyper on a
-//! current-thread runtime), sends one request and reads the JSON answer.
+//! current-thread runtime), sends one request and reads the JSON answer, all
+//! within a deadline: a hung agent is an error ([`Error::Timeout`]), never a hung
+//! caller. A kill's deadline is its own course (see [`kill_deadline`]) plus that
+//! margin.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -11,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::ApiError;
+use crate::api::{AdoptRequest, ApiError, KillRequest};
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +26,13 @@ pub enum Error {
         socket: PathBuf,
         source: std::io::Error,
     },
+    /// The agent took the connection but did not answer in time.
+    #[error(
+        "the wfcg agent on {} did not answer within {}",
+        socket.display(),
+        crate::duration::format(*after)
+    )]
+    Timeout { socket: PathBuf, after: Duration },
     /// The agent answered with an error.
     #[error("{}", .0.error)]
     Api(ApiError),
@@ -32,12 +43,18 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How long a request may take, connecting and answering, unless told otherwise
+/// (`--agent-timeout`); a kill gets its own course on top.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct Client {
     socket: PathBuf,
     rt: tokio::runtime::Runtime,
+    timeout: Duration,
 }
 
 impl Client {
+    /// A client of the agent on `socket`, with [`DEFAULT_TIMEOUT`].
     pub fn new(socket: &Path) -> Client {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -47,7 +64,18 @@ impl Client {
         Client {
             socket: socket.to_path_buf(),
             rt,
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The same client, each request of which gets `timeout` (a kill: on top of its course).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn socket(&self) -> &Path {
@@ -55,17 +83,49 @@ impl Client {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.request("GET", path, None)
+        self.request("GET", path, None, self.timeout)
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let json = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
-        self.request("POST", path, Some(json))
+        self.post_within(path, body, self.timeout)
     }
 
-    /// Whether an agent answers on the socket.
-    pub fn ping(&self) -> bool {
-        self.get::<serde_json::Value>("/v1/health").is_ok()
+    /// Kills run `run_id` (a [`crate::api::KillResult`]): the answer may take
+    /// the kill's whole course.
+    pub fn kill<T: DeserializeOwned>(&self, run_id: &str, req: &KillRequest) -> Result<T> {
+        let within = kill_deadline(req, &KillCourse::longest_on_host(), self.timeout);
+        self.post_within(&format!("/v1/runs/{run_id}/kill"), req, within)
+    }
+
+    /// Adopts a tree (an [`crate::api::Adopted`]), and kills it when asked: then
+    /// with a kill's deadline.
+    pub fn adopt<T: DeserializeOwned>(&self, req: &AdoptRequest) -> Result<T> {
+        let within = if req.kill {
+            kill_deadline(
+                &req.kill_request(),
+                &KillCourse::longest_on_host(),
+                self.timeout,
+            )
+        } else {
+            self.timeout
+        };
+        self.post_within("/v1/runs/adopt", req, within)
+    }
+
+    /// Whether an agent answers on the socket: `Ok` when it does; the error
+    /// (nothing listening, or no answer in time) when not.
+    pub fn ping(&self) -> Result<()> {
+        self.get::<serde_json::Value>("/v1/health").map(drop)
+    }
+
+    fn post_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        within: Duration,
+    ) -> Result<T> {
+        let json = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.request("POST", path, Some(json), within)
     }
 
     fn request<T: DeserializeOwned>(
@@ -73,8 +133,15 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
+        within: Duration,
     ) -> Result<T> {
-        let (status, bytes) = self.rt.block_on(self.send(method, path, body))?;
+        let answer = self
+            .rt
+            .block_on(async { tokio::time::timeout(within, self.send(method, path, body)).await });
+        let (status, bytes) = answer.map_err(|_| Error::Timeout {
+            socket: self.socket.clone(),
+            after: within,
+        })??;
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))
         } else {
@@ -123,5 +190,91 @@ impl Client {
         drop(sender);
         let _ = driver.await;
         Ok((status, bytes))
+    }
+}
+
+/// The longest a kill takes when the request leaves a value to the run's
+/// template: each the longest of the host's templates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KillCourse {
+    pub max_wait: Duration,
+    pub term_grace: Duration,
+    pub freeze_timeout: Duration,
+    pub kill_deadline: Duration,
+}
+
+impl KillCourse {
+    /// Over the templates of this host (`wfcg templates`; the agent reads the
+    /// same): a run's own template text may not ask for more than them.
+    pub fn longest_on_host() -> KillCourse {
+        let builtin = crate::template::Template::builtin().ok();
+        let mut course = KillCourse {
+            max_wait: Duration::ZERO,
+            term_grace: Duration::ZERO,
+            freeze_timeout: Duration::ZERO,
+            kill_deadline: Duration::ZERO,
+        };
+        let on_host = crate::template::Template::list()
+            .into_iter()
+            .filter_map(|(name, _)| crate::template::Template::lookup(&name).ok());
+        for t in builtin.into_iter().chain(on_host) {
+            let longer = |a: &mut Duration, b: Duration| *a = (*a).max(b);
+            longer(&mut course.max_wait, t.critical_sections.max_wait);
+            longer(&mut course.term_grace, t.kill.term_grace);
+            longer(&mut course.freeze_timeout, t.kill.freeze_timeout);
+            longer(&mut course.kill_deadline, t.kill.kill_deadline);
+        }
+        course
+    }
+}
+
+/// How long the answer to a kill may take: the wait for critical sections (its
+/// `max_wait`), SIGTERM's grace, two freezes and the hard kill's deadline (each
+/// as asked, else the template's), plus `margin` for the rest (scans, cleanup).
+pub fn kill_deadline(req: &KillRequest, course: &KillCourse, margin: Duration) -> Duration {
+    let asked = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
+    asked(req.max_wait_ms, course.max_wait)
+        + asked(req.grace_ms, course.term_grace)
+        + 2 * course.freeze_timeout
+        + course.kill_deadline
+        + margin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kill_may_take_its_waits_and_graces_plus_the_margin() {
+        let course = KillCourse {
+            max_wait: Duration::from_secs(60),
+            term_grace: Duration::from_secs(5),
+            freeze_timeout: Duration::from_secs(2),
+            kill_deadline: Duration::from_secs(10),
+        };
+        let margin = Duration::from_secs(30);
+        let default = KillRequest::default();
+        assert_eq!(
+            kill_deadline(&default, &course, margin),
+            Duration::from_secs(60 + 5 + 4 + 10 + 30)
+        );
+        let asked = KillRequest {
+            max_wait_ms: Some(600_000),
+            grace_ms: Some(1_500),
+            ..Default::default()
+        };
+        assert_eq!(
+            kill_deadline(&asked, &course, margin),
+            Duration::from_millis(600_000 + 1_500 + 14_000 + 30_000)
+        );
+    }
+
+    #[test]
+    fn the_host_course_is_at_least_the_shipped_default() {
+        let c = KillCourse::longest_on_host();
+        let t = crate::template::Template::builtin().unwrap();
+        assert!(c.max_wait >= t.critical_sections.max_wait);
+        assert!(c.term_grace >= t.kill.term_grace);
+        assert!(c.kill_deadline >= t.kill.kill_deadline);
     }
 }

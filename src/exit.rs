@@ -62,13 +62,20 @@ fn code_for(kind: ErrorKind) -> i32 {
 impl From<client::Error> for Failure {
     fn from(e: client::Error) -> Failure {
         let code = match &e {
-            client::Error::Unreachable { .. } => UNREACHABLE,
+            client::Error::Unreachable { .. } | client::Error::Timeout { .. } => UNREACHABLE,
             client::Error::Api(api) => code_for(api.kind),
             client::Error::Protocol(_) => FAILED,
         };
         let mut message = e.to_string();
-        if code == UNREACHABLE {
-            message.push_str(" (start one with `sudo wfcg agent`, or pass --socket)");
+        match e {
+            client::Error::Unreachable { .. } => {
+                message.push_str(" (start one with `sudo wfcg agent`, or pass --socket)")
+            }
+            client::Error::Timeout { .. } => message.push_str(
+                " (it is hung or overloaded: see its log; what was asked may still be under way; \
+                 --agent-timeout waits longer)",
+            ),
+            _ => {}
         }
         Failure { code, message }
     }

@@ -271,13 +271,13 @@ impl WfcgMcp {
         if let Some(problem) = api::run_id_problem(&p.run_id) {
             return usage_error(problem);
         }
-        let path = format!("/v1/runs/{}/kill", p.run_id);
+        let run_id = p.run_id;
         let req = KillRequest {
             force: p.force,
             reason: p.reason,
             ..KillRequest::default()
         };
-        match self.call(move |c| c.post::<_, Value>(&path, &req)).await {
+        match self.call(move |c| c.kill::<Value>(&run_id, &req)).await {
             Ok(result) => {
                 let success = result["success"].as_bool().unwrap_or(false);
                 let mut answer = object_result(result);
@@ -348,10 +348,7 @@ impl WfcgMcp {
         if let Some(problem) = req.problem() {
             return usage_error(problem);
         }
-        match self
-            .call(move |c| c.post::<_, Value>("/v1/runs/adopt", &req))
-            .await
-        {
+        match self.call(move |c| c.adopt::<Value>(&req)).await {
             Ok(answer) => {
                 let failed = answer["kill"]["success"] == Value::Bool(false);
                 let mut result = object_result(answer);
@@ -434,7 +431,9 @@ fn runs_result(runs: Vec<Value>) -> CallToolResult {
 /// A tool error for a failed call on the agent: the CLI's message for it.
 fn tool_error(e: client::Error) -> CallToolResult {
     let kind = match &e {
-        client::Error::Unreachable { .. } => "unreachable".to_string(),
+        client::Error::Unreachable { .. } | client::Error::Timeout { .. } => {
+            "unreachable".to_string()
+        }
         client::Error::Api(a) => serde_json::to_value(a.kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

@@ -1,7 +1,6 @@
 //! `wfcg adopt`: take a workflow that wfcg did not start into a run.
 
 use crate::api::{AdoptRequest, Adopted};
-use crate::client::Client;
 use crate::exit::{self, Failure};
 use crate::output::outln;
 
@@ -82,7 +81,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         ..Default::default()
     };
     let checks = check(&req)?;
-    let adopted: Adopted = Client::new(&cli.socket).post("/v1/runs/adopt", &checks)?;
+    let adopted: Adopted = super::client(cli)?.adopt(checks)?;
     if args.json {
         crate::output::json(&adopted)?;
     } else {

@@ -4,7 +4,6 @@ use crate::output::outln;
 use clap::Subcommand;
 
 use crate::api::{AuditQuery, AuditVerify};
-use crate::client::Client;
 use crate::exit::{self, Failure};
 use crate::store::AuditRecord;
 
@@ -42,7 +41,7 @@ pub enum What {
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
-    let client = Client::new(&cli.socket);
+    let client = super::client(cli)?;
     if let Some(What::Verify) = args.what {
         let v: AuditVerify = client.get("/v1/audit/verify")?;
         if args.json {

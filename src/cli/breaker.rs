@@ -1,7 +1,6 @@
 //! `wfcg breaker`: the workflows' circuit breakers.
 
 use crate::api::BreakerInfo;
-use crate::client::Client;
 use crate::exit::Failure;
 use crate::output::outln;
 
@@ -29,7 +28,7 @@ pub enum What {
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
-    let client = Client::new(&cli.socket);
+    let client = super::client(cli)?;
     match &args.what {
         None | Some(What::List) => {
             let list: Vec<BreakerInfo> = client.get("/v1/breakers")?;

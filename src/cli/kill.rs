@@ -89,9 +89,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         grace_files_ms: ms("--grace-files", &args.grace_files)?,
         max_wait_ms: ms("--max-wait", &args.max_wait)?,
     };
-    let client = Client::new(&cli.socket);
+    let client = super::client(cli)?;
     let result: KillResult = match (&args.run_id, args.pid) {
-        (Some(run_id), _) => client.post(&format!("/v1/runs/{run_id}/kill"), &req)?,
+        (Some(run_id), _) => client.kill(run_id, &req)?,
         (None, Some(pid)) => kill_pid(&client, args, pid, &req)?,
         (None, None) => return kill_stuck(&client, args, &req),
     };
@@ -134,7 +134,7 @@ fn kill_pid(
         max_wait_ms: req.max_wait_ms,
         ..Default::default()
     };
-    let adopted: api::Adopted = client.post("/v1/runs/adopt", super::adopt::check(&adopt)?)?;
+    let adopted: api::Adopted = client.adopt(super::adopt::check(&adopt)?)?;
     if !args.json && !adopted.already_adopted {
         eprintln!(
             "adopted {} processes of pid {pid} as run {}",
@@ -145,7 +145,7 @@ fn kill_pid(
     match adopted.kill {
         Some(result) => Ok(result),
         // Found in a run already: kill that run.
-        None => Ok(client.post(&format!("/v1/runs/{}/kill", adopted.run_id), req)?),
+        None => Ok(client.kill(&adopted.run_id, req)?),
     }
 }
 
@@ -174,6 +174,7 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
         return Ok(exit::OK);
     }
     let socket = client.socket().to_path_buf();
+    let timeout = client.timeout();
     let results: Vec<Result<KillResult, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = runs
             .iter()
@@ -185,7 +186,8 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
                 });
                 s.spawn(move || {
                     Client::new(&socket)
-                        .post::<_, KillResult>(&format!("/v1/runs/{}/kill", r.run_id), &req)
+                        .with_timeout(timeout)
+                        .kill::<KillResult>(&r.run_id, &req)
                         .map_err(|e| format!("{}: {e}", r.run_id))
                 })
             })

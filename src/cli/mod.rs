@@ -61,6 +61,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "WFCG_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
 
+    /// How long a request to the agent may take, connecting and answering (a kill:
+    /// on top of its --max-wait, --grace and the hard kill's deadline); an agent
+    /// that does not answer in time is an error (exit 5).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DUR",
+        env = "WFCG_AGENT_TIMEOUT",
+        default_value = "30s"
+    )]
+    pub agent_timeout: String,
+
     #[command(subcommand)]
     pub command: Verb,
 }
@@ -110,6 +122,20 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
             .map_err(|e| Failure::new(crate::exit::FAILED, e)),
         Verb::Breaker(ref a) => breaker::run(&cli, a),
     }
+}
+
+/// `--agent-timeout` (at least 1 ms).
+fn agent_timeout(cli: &Cli) -> Result<std::time::Duration, Failure> {
+    let d = duration_arg("--agent-timeout", &cli.agent_timeout)?;
+    if d.is_zero() {
+        return Err(Failure::usage("--agent-timeout: at least 1ms"));
+    }
+    Ok(d)
+}
+
+/// A client of the agent on `--socket`, with `--agent-timeout`.
+fn client(cli: &Cli) -> Result<crate::client::Client, Failure> {
+    Ok(crate::client::Client::new(&cli.socket).with_timeout(agent_timeout(cli)?))
 }
 
 /// Parses a duration flag; the error names the flag.

@@ -1,7 +1,6 @@
 //! `wfcg ps` and `wfcg status`: what runs there are and how they are doing.
 
 use crate::api::{self, RunInfo};
-use crate::client::Client;
 use crate::exit::{self, Failure};
 use crate::output::outln;
 
@@ -35,7 +34,7 @@ fn cpu(usec: Option<u64>) -> String {
 }
 
 pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
-    let client = Client::new(&cli.socket);
+    let client = super::client(cli)?;
     let path = format!("/v1/runs?all={}&stuck={}", args.all, args.stuck);
     let runs: Vec<RunInfo> = client.get(&path)?;
     if args.json {
@@ -82,7 +81,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     if let Some(problem) = api::run_id_problem(&args.run_id) {
         return Err(Failure::usage(problem));
     }
-    let client = Client::new(&cli.socket);
+    let client = super::client(cli)?;
     let r: RunInfo = client.get(&format!("/v1/runs/{}", args.run_id))?;
     if args.json {
         crate::output::json(&r)?;

@@ -85,6 +85,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         socket: cli.socket.clone(),
         state_dir: cli.state_dir.clone(),
         cgroup_root: cli.cgroup_root.clone(),
+        timeout: super::agent_timeout(cli)?,
     };
     let ms = super::millis_arg;
     let (template, template_text) = match &args.template {

@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use crate::client::Client;
 use crate::exit::{self, Failure};
 
 /// A live dashboard: runs with status, phase, age, heartbeat, processes, CPU,
@@ -31,9 +30,10 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         ));
     }
     // Fail before taking over the screen when no agent answers (exit 5).
-    Client::new(&cli.socket).get::<serde_json::Value>("/v1/health")?;
+    super::client(cli)?.ping()?;
     let opts = crate::top::Options {
         socket: cli.socket.clone(),
+        agent_timeout: super::agent_timeout(cli)?,
         interval,
         all: args.all,
         kills: 10,

@@ -30,6 +30,8 @@ pub struct AgentAddr {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub cgroup_root: Option<PathBuf>,
+    /// How long each request to the agent may take.
+    pub timeout: Duration,
 }
 
 /// What `wfcg run` was asked for: the request for the agent (command, run id,
@@ -125,8 +127,11 @@ fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
 
 /// Makes sure an agent answers; a root caller gets one started in the background.
 fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
-    if client.ping() {
-        return Ok(());
+    match client.ping() {
+        Ok(()) => return Ok(()),
+        // An agent took the connection and did not answer: another would not help.
+        Err(e @ client::Error::Timeout { .. }) => return Err(e.into()),
+        Err(_) => {}
     }
     if !rustix::process::geteuid().is_root() {
         return Err(Failure::new(
@@ -145,7 +150,7 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
             .args(["start", "wfcg.service"])
             .status()
             .is_ok_and(|s| s.success());
-        if started && client.ping() {
+        if started && client.ping().is_ok() {
             return Ok(());
         }
         return Err(fail(format!(
@@ -192,7 +197,7 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
         .map_err(|e| fail(format!("cannot start the agent: {e}")))?;
     let deadline = Instant::now() + AGENT_START_TIMEOUT;
     while Instant::now() < deadline {
-        if client.ping() {
+        if client.ping().is_ok() {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -212,7 +217,7 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
 
 /// Creates the run (this process moves into it), runs the command, reports its end.
 fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Result<i32, Failure> {
-    let client = Client::new(&addr.socket);
+    let client = Client::new(&addr.socket).with_timeout(addr.timeout);
     let started = ensure_agent(&client, addr).and_then(|()| {
         client
             .post::<_, RunStarted>("/v1/runs", &opts.request)

@@ -38,6 +38,8 @@ use source::Source;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub socket: PathBuf,
+    /// How long each request to the agent may take (a kill: on top of its course).
+    pub agent_timeout: Duration,
     /// Time between refreshes.
     pub interval: Duration,
     /// Every run the agent knows, not only live ones and those that just ended.
@@ -63,7 +65,11 @@ pub fn run(opts: &Options) -> io::Result<i32> {
     let (tx, rx) = mpsc::channel();
 
     let mut app = App::new();
-    let mut source = Source::new(Client::new(&opts.socket), opts.all, opts.kills);
+    let mut source = Source::new(
+        Client::new(&opts.socket).with_timeout(opts.agent_timeout),
+        opts.all,
+        opts.kills,
+    );
     app.update(source.fetch());
     let (fetcher, nudge) = spawn_fetcher(source, opts.interval, tx.clone())?;
     let mut kills: Vec<JoinHandle<()>> = Vec::new();
@@ -101,7 +107,7 @@ pub fn run(opts: &Options) -> io::Result<i32> {
                     Action::None => {}
                     Action::Quit => return Ok(0),
                     Action::Kill { run_id, force } => kills.push(spawn_kill(
-                        opts.socket.clone(),
+                        (opts.socket.clone(), opts.agent_timeout),
                         run_id,
                         force,
                         tx.clone(),
@@ -155,7 +161,7 @@ fn spawn_fetcher(
 
 /// Asks the agent to kill a run, reports the result and nudges a refresh.
 fn spawn_kill(
-    socket: PathBuf,
+    (socket, timeout): (PathBuf, Duration),
     run_id: String,
     force: bool,
     tx: Sender<Event>,
@@ -170,7 +176,8 @@ fn spawn_kill(
                 ..Default::default()
             };
             let result = Client::new(&socket)
-                .post::<_, KillResult>(&format!("/v1/runs/{run_id}/kill"), &req)
+                .with_timeout(timeout)
+                .kill::<KillResult>(&run_id, &req)
                 .map_err(|e| e.to_string());
             let _ = tx.send(Event::KillDone(run_id, Box::new(result)));
             let _ = nudge.send(());

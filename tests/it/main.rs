@@ -8,6 +8,7 @@ mod agent;
 mod audit_chain;
 mod availability;
 mod availability_faults;
+mod deadline;
 mod deploy;
 mod fuzz;
 mod git_locks;

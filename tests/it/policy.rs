@@ -3,19 +3,19 @@
 //! decisions it makes, and the hash-chained record of every attempt.
 
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::require_privileges;
-use crate::util::{self, KillOnDrop, Run, TestAgent, marker, wait_until};
+use crate::util::{self, KillOnDrop, Run, TestAgent, UserLease, marker, wait_until};
 
 /// The team every test user except erin may be part of (bob is a member through it).
 const TEAM_GROUP: &str = "wfcgt_team";
 
-/// Serializes user creation across test processes.
-const USERS_LOCK: &str = "/tmp/wfcgt-users.lock";
+/// The [`UserLease`] of these users.
+const USERS_LEASE: &str = "policy-users";
 
 /// The users of these tests; in [`POLICY`], alice leads team `wfcgt` (whose
 /// members are the Unix group `wfcgt_team`, bob's), carol is readonly, dave is
@@ -41,16 +41,21 @@ struct User {
     gid: u32,
 }
 
-/// Creates the test users and their group once per process, idempotently. Other
-/// processes may do the same at the same time: creation runs under a lock file,
-/// and is retried when useradd finds /etc/passwd locked by someone else.
+/// Creates the test users and their group once per process, idempotently, under
+/// a [`UserLease`] that removes them when the last test process on the host
+/// that holds them exits (a static is never dropped: `atexit` lets it go).
 fn users() -> &'static [User] {
     static USERS_MADE: OnceLock<Vec<User>> = OnceLock::new();
+    static LEASE: Mutex<Option<UserLease>> = Mutex::new(None);
+    extern "C" fn let_go() {
+        if let Ok(mut lease) = LEASE.lock() {
+            lease.take();
+        }
+    }
     USERS_MADE.get_or_init(|| {
         let names: Vec<String> = USERS.iter().map(|u| format!("wfcgt_{u}")).collect();
-        let script = format!(
-            r#"set -e
-getent group {TEAM_GROUP} >/dev/null || groupadd {TEAM_GROUP} || [ $? -eq 9 ]
+        let create = format!(
+            r#"getent group {TEAM_GROUP} >/dev/null || groupadd {TEAM_GROUP} || [ $? -eq 9 ]
 for u in {names}; do
     id -u "$u" >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin "$u" || [ $? -eq 9 ]
 done
@@ -59,17 +64,14 @@ for u in {names}; do id -u "$u" >/dev/null; done
 id -nG wfcgt_bob | grep -qw {TEAM_GROUP}"#,
             names = names.join(" ")
         );
-        let mut last = String::new();
-        let made = wait_until(Duration::from_secs(30), || {
-            let out = Command::new("flock")
-                .args([USERS_LOCK, "sh", "-c", &script])
-                .stdin(Stdio::null())
-                .output()
-                .expect("running flock");
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            out.status.success()
-        });
-        assert!(made, "cannot create the test users: {last}");
+        let remove = format!(
+            "for u in {names}; do userdel -f \"$u\"; done; groupdel {TEAM_GROUP}",
+            names = names.join(" ")
+        );
+        *LEASE.lock().unwrap() = Some(UserLease::take(USERS_LEASE, &create, &remove));
+        // SAFETY: atexit(3) only records the function; `let_go` touches nothing but
+        // the lease, whose Mutex is a static that lives as long as the process.
+        unsafe { libc::atexit(let_go) };
         names
             .into_iter()
             .map(|name| {

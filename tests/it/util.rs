@@ -51,6 +51,107 @@ macro_rules! require_privileges {
     };
 }
 
+/// Bytes a command wrote, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's exit status, stdout and stderr, for an assertion's message.
+pub fn described(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// Asserts that `cmd` (as run) exited with `code`; the failure prints the
+/// command, its exit status, stdout and stderr.
+#[track_caller]
+pub fn assert_exit_code(cmd: &Command, out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "\ncommand: {cmd:?}\nexpected exit {code}, got {}",
+        described(out)
+    );
+}
+
+/// Running a [`Command`] and checking its exit code in one step.
+pub trait CommandExt {
+    /// Runs the command to its end; it must exit with `code` (else the failure
+    /// prints the command, stdout and stderr). Returns its output.
+    fn expect_code(&mut self, code: i32) -> Output;
+    /// Runs the command to its end, which must come within `limit` (else it is
+    /// killed and the test fails naming it): for what must never hang.
+    fn output_within(&mut self, limit: Duration) -> Output;
+}
+
+impl CommandExt for Command {
+    #[track_caller]
+    fn expect_code(&mut self, code: i32) -> Output {
+        let out = self.output().unwrap_or_else(|e| panic!("{self:?}: {e}"));
+        assert_exit_code(self, &out, code);
+        out
+    }
+
+    #[track_caller]
+    fn output_within(&mut self, limit: Duration) -> Output {
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{self:?}: {e}"));
+        let ended = wait_until(limit, || child.try_wait().is_ok_and(|s| s.is_some()));
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            ended,
+            "{self:?} did not end within {limit:?}: {}",
+            described(&out)
+        );
+        out
+    }
+}
+
+/// The names of a kill result's phases, in order.
+pub fn phase_names(result: &serde_json::Value) -> Vec<String> {
+    result["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A temporary directory under its canonical path (the one `/proc/<pid>/fd` shows).
+pub struct Dir {
+    pub path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new(prefix: &str) -> Dir {
+        let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        Dir {
+            path: tmp.path().canonicalize().unwrap(),
+            _tmp: tmp,
+        }
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path.join(p)
+    }
+
+    pub fn str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -181,6 +282,13 @@ impl TestAgent {
     /// Runs `wfcg ARGS` to the end.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.wfcg().args(args).output().expect("running wfcg")
+    }
+
+    /// Runs `wfcg ARGS` to the end, which must exit with `code` (else the
+    /// failure prints the command, stdout and stderr).
+    #[track_caller]
+    pub fn cli_expect(&self, code: i32, args: &[&str]) -> Output {
+        self.wfcg().args(args).expect_code(code)
     }
 
     /// A `wfcg` command aimed at this agent whose processes (and their
@@ -491,34 +599,38 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// An unprivileged user for permission tests (created with `useradd` if missing).
+/// An unprivileged user for permission tests: created with `useradd` if missing,
+/// removed again when the last test on this host that holds it lets go.
 pub struct TestUser {
     pub uid: u32,
     pub gid: u32,
+    _lease: UserLease,
 }
 
 impl TestUser {
     pub const NAME: &str = "wfcgtest1";
 
-    /// The test user, created if missing. Tests run in parallel processes, so a
-    /// `useradd` that loses the race for /etc/passwd is retried.
+    /// The test user, created if missing.
     pub fn get() -> TestUser {
-        let id = |flag: &str| -> Option<u32> {
-            let out = Command::new("id").args([flag, Self::NAME]).output().ok()?;
-            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+        let lease = UserLease::take(
+            Self::NAME,
+            &format!(
+                "id -u {0} >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin {0}",
+                Self::NAME
+            ),
+            &format!("userdel -f {}", Self::NAME),
+        );
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .args([flag, Self::NAME])
+                .output()
+                .unwrap();
+            text(&out.stdout).trim().parse().unwrap()
         };
-        let exists = wait_until(Duration::from_secs(20), || {
-            id("-u").is_some()
-                || Command::new("useradd")
-                    .args(["-M", "-s", "/usr/sbin/nologin", Self::NAME])
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-        });
-        assert!(exists, "cannot create the test user {}", Self::NAME);
         TestUser {
-            uid: id("-u").unwrap(),
-            gid: id("-g").unwrap(),
+            uid: id("-u"),
+            gid: id("-g"),
+            _lease: lease,
         }
     }
 
@@ -531,6 +643,83 @@ impl TestUser {
             .arg("--")
             .arg(program);
         cmd
+    }
+}
+
+/// A hold on users (and groups) that tests create: made by a shell script when
+/// the first holder on the host takes it, removed by another when the last lets
+/// go. Tests run in parallel processes, so the holders are counted by the kernel:
+/// each holds a shared `flock` on `/tmp/wfcgt-NAME.held` while it lives. Taking
+/// and letting go happen under an exclusive lock on `/tmp/wfcgt-NAME.lock`, so a
+/// user is never removed while a test takes it. (A test killed outside its drop
+/// leaves the user to the next one that lets go.)
+pub struct UserLease {
+    name: String,
+    remove: String,
+    held: std::fs::File,
+}
+
+impl UserLease {
+    /// Takes the lease `name`, running `create` (idempotent) first; `remove` runs
+    /// when the last holder drops it.
+    pub fn take(name: &str, create: &str, remove: &str) -> UserLease {
+        let _guard = Self::exclusive(name);
+        let mut last = String::new();
+        // useradd may find /etc/passwd locked by a process that is no test of ours.
+        let made = wait_until(Duration::from_secs(30), || {
+            let out = Command::new("sh")
+                .args(["-ec", create])
+                .stdin(Stdio::null())
+                .output()
+                .expect("running sh");
+            last = text(&out.stderr);
+            out.status.success()
+        });
+        assert!(made, "cannot create the test users of {name}: {last}");
+        let held = Self::open(&format!("/tmp/wfcgt-{name}.held"));
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::LockShared).unwrap();
+        UserLease {
+            name: name.to_string(),
+            remove: remove.to_string(),
+            held,
+        }
+    }
+
+    fn open(path: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The lock under which leases are taken and let go (held until dropped).
+    fn exclusive(name: &str) -> std::fs::File {
+        let f = Self::open(&format!("/tmp/wfcgt-{name}.lock"));
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        f
+    }
+}
+
+impl Drop for UserLease {
+    fn drop(&mut self) {
+        let _guard = Self::exclusive(&self.name);
+        // Exclusive only when no other test holds it.
+        let last = rustix::fs::flock(
+            &self.held,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .is_ok();
+        if last {
+            // Fails (and leaves the user for the next one) while a process of it runs.
+            let _ = Command::new("sh")
+                .args(["-c", &self.remove])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
