@@ -5,17 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::require_privileges;
-use crate::util::{self, TestAgent, TestUser, wait_until};
-
-/// The names of a run's kill phases, in order.
-fn phase_names(result: &serde_json::Value) -> Vec<String> {
-    result["phases"]
-        .as_array()
-        .expect("phases")
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect()
-}
+use crate::util::{self, TestAgent, TestUser, phase_names, wait_until};
 
 #[test]
 fn force_kill_leaves_nothing_of_a_tree_of_1000_processes() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::require_privileges;
-use crate::util::{KillOnDrop, TestAgent, WFCG, marker, wait_until};
+use crate::util::{KillOnDrop, TestAgent, WFCG, marker, text, wait_until};
 
 /// `systemd-notify` (Debian package `systemd`): the real sd_notify client.
 fn systemd_notify() -> PathBuf {
@@ -27,10 +27,6 @@ fn systemd_notify() -> PathBuf {
         .map(|dir| dir.join("systemd-notify"))
         .find(|p| p.is_file());
     found.expect("systemd-notify not found on PATH: install the Debian package `systemd`")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn time(v: &serde_json::Value) -> DateTime<Utc> {

@@ -4,24 +4,25 @@
 use std::process::{Command, Stdio};
 
 use crate::require_privileges;
-use crate::util::{TestAgent, WFCG};
+use crate::util::{CommandExt, TestAgent, WFCG, text};
 
-/// `wfcg ARGS | true` in bash: the reader is gone before wfcg writes. Returns
-/// wfcg's exit status and its stderr.
-fn into_closed_pipe(agent: &TestAgent, args: &str) -> (String, String) {
+/// `wfcg ARGS | READER` in bash. Returns wfcg's exit status, its stderr and
+/// what the reader printed.
+fn into_pipe(agent: &TestAgent, args: &str, reader: &str) -> (String, String, String) {
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "{WFCG} {args} 2>/tmp/wfcg-output-err.$$ | true; echo ${{PIPESTATUS[0]}}; cat /tmp/wfcg-output-err.$$ >&2; rm -f /tmp/wfcg-output-err.$$"
+            "{WFCG} {args} 2>/tmp/wfcg-output-err.$$ | {reader} >/tmp/wfcg-output-out.$$; \
+             echo ${{PIPESTATUS[0]}}; cat /tmp/wfcg-output-out.$$; \
+             cat /tmp/wfcg-output-err.$$ >&2; rm -f /tmp/wfcg-output-*.$$"
         ))
         .envs(agent.env())
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let stdout = text(&out.stdout);
+    let (status, read) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    (status.to_string(), text(&out.stderr), read.to_string())
 }
 
 #[test]
@@ -29,34 +30,53 @@ fn a_closed_pipe_is_a_quiet_exit_0_and_a_full_disk_an_error() {
     require_privileges!();
     let agent = TestAgent::start();
     for _ in 0..3 {
-        assert!(agent.cli(&["run", "-q", "--", "true"]).status.success());
+        agent.cli_expect(0, &["run", "-q", "--", "true"]);
     }
+    // `| true`: the reader is gone before wfcg writes; `| head -1`: it goes after
+    // the first line.
+    for reader in ["true", "head -1"] {
+        for args in [
+            "ps --all",
+            "audit",
+            "ps --all --json",
+            "audit --json",
+            "audit export",
+            "templates",
+            "breaker",
+            "generate bash",
+        ] {
+            let (status, stderr, _) = into_pipe(&agent, args, reader);
+            assert_eq!(
+                status, "0",
+                "wfcg {args} | {reader}: exit {status}, stderr: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "wfcg {args}: {stderr}");
+            assert!(
+                !stderr.contains("wfcg:"),
+                "wfcg {args} | {reader}: {stderr}"
+            );
+        }
+    }
+    let (_, _, first) = into_pipe(&agent, "ps --all", "head -1");
+    assert!(first.starts_with("RUN"), "the header comes first: {first}");
     for args in [
-        "ps --all",
-        "audit",
-        "ps --all --json",
-        "audit --json",
-        "templates",
+        &["ps", "--all"][..],
+        &["audit"],
+        &["audit", "--json"],
+        &["templates"],
+        &["generate", "man"],
     ] {
-        let (status, stderr) = into_closed_pipe(&agent, args);
-        assert_eq!(
-            status, "0",
-            "wfcg {args} | true: exit {status}, stderr: {stderr}"
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = agent.wfcg().args(args).stdout(full).expect_code(1);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("cannot write the output"),
+            "{args:?}: {stderr}"
         );
-        assert!(!stderr.contains("panicked"), "wfcg {args}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
     }
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = agent
-        .wfcg()
-        .args(["ps", "--all"])
-        .stdout(full)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot write the output"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::require_privileges;
-use crate::util::{self, KillOnDrop, Run, TestAgent, UserLease, marker, wait_until};
+use crate::util::{self, KillOnDrop, Run, TestAgent, UserLease, described, marker, wait_until};
 
 /// The team every test user except erin may be part of (bob is a member through it).
 const TEAM_GROUP: &str = "wfcgt_team";
@@ -161,29 +161,20 @@ fn start_run_as(agent: &TestAgent, user: &User, extra: &[&str]) -> Run {
     Run { id, marker }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Asserts that a command was refused with exit 4 and a message naming `permission`.
 fn assert_denied(out: &Output, permission: &str) {
-    assert_eq!(out.status.code(), Some(4), "{}", text(out));
+    assert_eq!(out.status.code(), Some(4), "{}", described(out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not permitted") && stderr.contains(permission),
         "the refusal does not name {permission}: {}",
-        text(out)
+        described(out)
     );
 }
 
 /// Asserts that a command succeeded.
 fn assert_ok(out: &Output) {
-    assert_eq!(out.status.code(), Some(0), "{}", text(out));
+    assert_eq!(out.status.code(), Some(0), "{}", described(out));
 }
 
 /// `wfcg audit --json ARGS` as root, parsed.
@@ -369,11 +360,11 @@ fn a_team_lead_kills_a_members_run_but_not_an_outsiders() {
         "[]"
     );
     let out = cli_as(&agent, &erin, &["run", "--team", "wfcgt", "--", "true"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", described(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("wfcgt"),
         "{}",
-        text(&out)
+        described(&out)
     );
 
     // The lead sees both kinds of run only as far as the team goes.
@@ -574,7 +565,7 @@ fn agent_with_records(n: usize) -> TestAgent {
     let agent = TestAgent::start();
     for i in 0..n {
         let out = agent.cli(&["kill", &format!("run_none{i}")]);
-        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(3), "{}", described(&out));
     }
     assert_eq!(agent.sql("select count(*) from audit"), (n + 1).to_string());
     assert_eq!(
@@ -589,7 +580,12 @@ fn agent_with_records(n: usize) -> TestAgent {
 fn verify(agent: &TestAgent) -> (Option<i32>, Value, String) {
     let json = agent.cli(&["audit", "verify", "--json"]);
     let plain = agent.cli(&["audit", "verify"]);
-    assert_eq!(json.status.code(), plain.status.code(), "{}", text(&plain));
+    assert_eq!(
+        json.status.code(),
+        plain.status.code(),
+        "{}",
+        described(&plain)
+    );
     (
         json.status.code(),
         serde_json::from_slice(&json.stdout).unwrap(),

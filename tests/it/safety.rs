@@ -11,34 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::require_privileges;
-use crate::util::{self, KillOnDrop, TestAgent, wait_until};
+use crate::util::{self, Dir, KillOnDrop, TestAgent, phase_names, wait_until};
 
 /// How many times each scenario is repeated.
 const REPS: usize = 5;
-
-/// A temporary directory under its canonical path (the one `/proc/<pid>/fd` shows).
-struct Dir {
-    path: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Dir {
-    fn new(prefix: &str) -> Dir {
-        let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-        Dir {
-            path: tmp.path().canonicalize().unwrap(),
-            _tmp: tmp,
-        }
-    }
-
-    fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.path.join(p)
-    }
-
-    fn str(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-}
 
 /// The environment git gets in these tests: an identity, and no system or user config.
 const GIT_ENV: [(&str, &str); 6] = [
@@ -99,16 +75,6 @@ fn lock_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-/// The names of a kill's phases, in order.
-fn phase_names(result: &Value) -> Vec<String> {
-    result["phases"]
-        .as_array()
-        .expect("phases")
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The sections of a kill result (or of a status) of one kind.

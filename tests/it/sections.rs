@@ -4,21 +4,13 @@
 //! submodules, worktrees) are git sections, waited for, and removed after a
 //! force kill.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::require_privileges;
-use crate::util::{KillOnDrop, TestAgent, marker, wait_until};
-
-/// A temporary directory under its canonical path (as `/proc` shows it).
-fn dir(prefix: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    let path = tmp.path().canonicalize().unwrap();
-    (tmp, path)
-}
+use crate::util::{Dir, KillOnDrop, TestAgent, marker, wait_until};
 
 /// The paths of a kill result's sections of one kind, each once.
 fn sections(result: &Value, kind: &str) -> Vec<String> {
@@ -42,14 +34,14 @@ fn sections(result: &Value, kind: &str) -> Vec<String> {
 fn output_redirected_into_the_workspace_is_not_a_files_section() {
     require_privileges!();
     let agent = TestAgent::start();
-    let (_tmp, ws) = dir("wfcg-files-log");
+    let ws = Dir::new("wfcg-files-log");
     let id = format!("files-log-{}", std::process::id());
     let job_log = std::fs::File::create(ws.join("job.log")).unwrap();
     let mut run = KillOnDrop(
         agent
             .marked(&marker("files-log"))
             .args(["run", "-q", "--run-id", &id, "--init-timeout", "0"])
-            .args(["--workspace", ws.to_str().unwrap(), "--"])
+            .args(["--workspace", ws.str(), "--"])
             .args([
                 "sh",
                 "-c",
@@ -84,12 +76,12 @@ fn output_redirected_into_the_workspace_is_not_a_files_section() {
 fn a_temp_file_being_written_before_its_rename_is_still_waited_for() {
     require_privileges!();
     let agent = TestAgent::start();
-    let (_tmp, ws) = dir("wfcg-files-tmp");
+    let ws = Dir::new("wfcg-files-tmp");
     let run = agent.start_run(
-        &["--workspace", ws.to_str().unwrap(), "--init-timeout", "0"],
+        &["--workspace", ws.str(), "--init-timeout", "0"],
         &format!(
             "cd {} && while :; do echo x; sleep 0.05; done > out.tmp && mv out.tmp out",
-            ws.display()
+            ws.path.display()
         ),
     );
     assert!(wait_until(Duration::from_secs(20), || {

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_privileges;
-use crate::util::{self, KillOnDrop, TestAgent, TestUser, wait_until};
+use crate::util::{self, KillOnDrop, TestAgent, TestUser, described, wait_until};
 
 /// A root-owned directory (0755, so the user may look but not write) holding a
 /// root-owned victim file, 0600, with known content.
@@ -66,15 +66,6 @@ fn setup() -> (TestAgent, TestUser) {
     let agent = TestAgent::start();
     agent.open_to_all_users();
     (agent, user)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `wfcg ARGS` as the user, in `cwd`.
@@ -145,11 +136,11 @@ fn a_users_template_cannot_make_the_root_agent_run_a_command_or_widen_its_limits
                 "30",
             ],
         );
-        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", described(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(expected),
             "{name}: {}",
-            text(&out)
+            described(&out)
         );
     }
     // The same through the flags: no timeout may be removed or lengthened.
@@ -159,7 +150,7 @@ fn a_users_template_cannot_make_the_root_agent_run_a_command_or_widen_its_limits
         home.path(),
         &["run", "--timeout", "0", "--", "true"],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", described(&out));
     // What a user may do: shorten a timeout, choose readiness.
     let file = home.path().join("ok.toml");
     std::fs::write(
@@ -180,7 +171,7 @@ fn a_users_template_cannot_make_the_root_agent_run_a_command_or_widen_its_limits
             "true",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", described(&out));
     assert!(
         agent.ps(true).len() == 1,
         "exactly the allowed run was started"
@@ -222,7 +213,7 @@ fn the_notify_socket_cannot_be_turned_into_a_chmod_of_a_root_file() {
         home.path(),
         &["run", "--detach", "--run-id", &run_id, "--", "sleep", "60"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", described(&out));
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         // Every start of the agent binds the live runs' sockets again.
@@ -260,7 +251,7 @@ fn stop_reason_is_never_written_through_a_users_symlink_or_into_a_fifo() {
             home.path(),
             &["run", "--detach", "--", "sh", "-c", &script],
         );
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", described(&out));
         let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let run_dir = PathBuf::from(
             agent
@@ -288,7 +279,7 @@ fn stop_reason_is_never_written_through_a_users_symlink_or_into_a_fifo() {
             started.elapsed() < Duration::from_secs(20),
             "the kill hung on the planted file"
         );
-        assert_eq!(out.status.code(), Some(0), "{plant}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{plant}: {}", described(&out));
         victim.assert_untouched();
     }
 }
@@ -313,11 +304,11 @@ fn cleanup_workspace_removes_only_the_callers_own_directory() {
                 "true",
             ],
         );
-        assert_eq!(out.status.code(), Some(2), "{target}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{target}: {}", described(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("cannot be removed"),
             "{target}: {}",
-            text(&out)
+            described(&out)
         );
     }
     // A symlink of the user's own pointing at the victim directory is not followed.
@@ -336,7 +327,7 @@ fn cleanup_workspace_removes_only_the_callers_own_directory() {
             "true",
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", described(&out));
     victim.assert_untouched();
     // The user's own workspace is removed.
     let own = home.path().join("ws");
@@ -356,7 +347,7 @@ fn cleanup_workspace_removes_only_the_callers_own_directory() {
             "made",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", described(&out));
     assert!(
         wait_until(Duration::from_secs(10), || !own.exists()),
         "the user's own workspace was not removed"
@@ -394,7 +385,7 @@ fn a_workspace_swapped_for_a_symlink_during_the_run_is_not_removed() {
             &swap,
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", described(&out));
     wait_until(Duration::from_secs(5), || agent.ps(false).is_empty());
     victim.assert_untouched();
     assert!(victim.dir.is_dir());
@@ -429,7 +420,7 @@ fn a_user_reads_neither_the_store_nor_other_users_runs_in_the_metrics() {
     assert!(
         !out.status.success(),
         "the user read the store: {}",
-        text(&out)
+        described(&out)
     );
     // /metrics: the user sees aggregates, not root's run; root sees it.
     let metrics_as = |cmd: &mut Command| {
@@ -442,7 +433,7 @@ fn a_user_reads_neither_the_store_nor_other_users_runs_in_the_metrics() {
             ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", described(&out));
         String::from_utf8(out.stdout).unwrap()
     };
     let theirs = metrics_as(&mut user.command("curl"));

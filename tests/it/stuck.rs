@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_privileges;
-use crate::util::{KillOnDrop, TestAgent, TestUser, marker, wait_until};
+use crate::util::{KillOnDrop, TestAgent, TestUser, marker, text, wait_until};
 
 fn stuck_ids(agent: &TestAgent) -> Vec<String> {
     let out = agent.cli(&["ps", "--stuck", "--json"]);
@@ -92,10 +92,6 @@ fn a_run_flagged_as_a_loop_is_stuck_for_every_reader() {
     assert!(!listed.contains(&calm.id), "{listed}");
     let text = metrics(&agent);
     assert!(text.contains("\nwfcg_stuck_runs 1\n"), "{text}");
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Asserts that a run keeps status `want` for `window` (polled).

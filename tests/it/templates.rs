@@ -15,14 +15,10 @@ use std::time::{Duration, Instant};
 use wfcg::cgroup::{self, Cgroup};
 
 use crate::require_privileges;
-use crate::util::{KillOnDrop, TestAgent, WFCG, marker};
+use crate::util::{KillOnDrop, TestAgent, WFCG, marker, text};
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
