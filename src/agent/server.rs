@@ -154,12 +154,23 @@ async fn create_run(
     call(move || agent.create_run(&caller, req)).await
 }
 
+/// A query string's fields, or a `bad_input` answer naming what was wrong.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Answer> {
+    q.map(|Query(q)| q).map_err(|e| {
+        Answer(Failure::new(
+            ErrorKind::BadInput,
+            format!("bad query: {}", e.body_text()),
+        ))
+    })
+}
+
 async fn list_runs(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Reply {
     let caller = caller(peer)?;
+    let q = query(q)?;
     call(move || agent.list(&caller, q.all, q.stuck)).await
 }
 
@@ -210,12 +221,7 @@ async fn may_kill(
     q: Result<Query<crate::api::MayKillQuery>, QueryRejection>,
 ) -> Reply {
     let caller = caller(peer)?;
-    let Query(q) = q.map_err(|e| {
-        Answer(Failure::new(
-            ErrorKind::BadInput,
-            format!("bad query: {}", e.body_text()),
-        ))
-    })?;
+    let q = query(q)?;
     call(move || agent.may_kill(&caller, &id, q)).await
 }
 
@@ -232,9 +238,10 @@ async fn adopt(
 async fn audit_list(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Query(q): Query<crate::api::AuditQuery>,
+    q: Result<Query<crate::api::AuditQuery>, QueryRejection>,
 ) -> Reply {
     let caller = caller(peer)?;
+    let q = query(q)?;
     call(move || agent.audit_list(&caller, &q)).await
 }
 
@@ -295,6 +302,16 @@ async fn not_found() -> Answer {
     Answer(Failure::new(ErrorKind::NotFound, "no such API route"))
 }
 
+/// A route asked with a method it does not take: 405, with the error as JSON
+/// like every other answer.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = ApiError {
+        kind: ErrorKind::BadInput,
+        error: format!("{} does not take {method}", uri.path()),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
@@ -311,6 +328,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/breakers/{workflow}/reset", post(reset_breaker))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent)
 }
 

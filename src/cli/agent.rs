@@ -32,8 +32,11 @@ pub struct Args {
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: agent.log and the journal get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WFCG_LOG")
                 .unwrap_or_else(|_| "info".into()),

@@ -1,5 +1,6 @@
 //! `wfcg audit`: read, verify and export the audit trail.
 
+use super::table::{self, one_line};
 use crate::output::outln;
 use clap::Subcommand;
 
@@ -70,30 +71,48 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     } else if args.json {
         crate::output::json(&records)?;
     } else {
-        for r in &records {
-            let e = &r.entry;
-            outln!(
-                "{:>6} {} {:<10} {:<11} {:<18} {:<9} {:<8} {}{}{}",
-                r.seq,
-                e.time,
-                e.actor_name,
-                e.action,
-                e.run_id.as_deref().unwrap_or("-"),
-                e.mode.as_deref().unwrap_or("-"),
-                e.decision,
-                e.outcome,
-                e.permission
-                    .as_deref()
-                    .map(|p| format!(" [{p}]"))
-                    .unwrap_or_default(),
-                e.reason
-                    .as_deref()
-                    .map(|p| format!(" reason: {p}"))
-                    .unwrap_or_default(),
-            )?;
+        let rows: Vec<Vec<String>> = records.iter().map(row).collect();
+        let widths = table::widths(&COLUMNS, &rows);
+        outln!("{}", table::header(&COLUMNS, &widths))?;
+        for row in &rows {
+            outln!("{}", table::line(&COLUMNS, &widths, row))?;
         }
     }
     Ok(exit::OK)
+}
+
+/// The columns of `wfcg audit` (their least widths as they always were).
+const COLUMNS: [table::Column; 8] = [
+    table::right("SEQ", 6),
+    table::left("TIME", 0),
+    table::left("ACTOR", 10),
+    table::left("ACTION", 11),
+    table::left("RUN", 18),
+    table::left("MODE", 9),
+    table::left("DECISION", 8),
+    table::left("OUTCOME", 0),
+];
+
+/// A record as a row of [`COLUMNS`]; the outcome carries the permission and reason.
+fn row(r: &AuditRecord) -> Vec<String> {
+    let e = &r.entry;
+    let permission = e.permission.as_deref().map(|p| format!(" [{p}]"));
+    let reason = e.reason.as_deref().map(|p| format!(" reason: {p}"));
+    vec![
+        r.seq.to_string(),
+        e.time.clone(),
+        one_line(&e.actor_name),
+        e.action.clone(),
+        e.run_id.clone().unwrap_or_else(|| "-".into()),
+        e.mode.clone().unwrap_or_else(|| "-".into()),
+        e.decision.clone(),
+        one_line(&format!(
+            "{}{}{}",
+            e.outcome,
+            permission.unwrap_or_default(),
+            reason.unwrap_or_default()
+        )),
+    ]
 }
 
 /// The query string of an [`AuditQuery`].

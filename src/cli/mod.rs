@@ -13,6 +13,7 @@ mod mcp;
 mod notify;
 mod ps;
 mod run;
+mod table;
 mod template;
 mod top;
 

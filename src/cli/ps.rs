@@ -1,5 +1,6 @@
 //! `wfcg ps` and `wfcg status`: what runs there are and how they are doing.
 
+use super::table::{self, one_line};
 use crate::api::{self, RunInfo};
 use crate::exit::{self, Failure};
 use crate::output::outln;
@@ -28,6 +29,19 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// The columns of `wfcg ps` (their least widths as they always were).
+const PS_COLUMNS: [table::Column; 9] = [
+    table::left("RUN", 20),
+    table::left("WORKFLOW", 12),
+    table::left("OWNER", 10),
+    table::left("STATUS", 10),
+    table::right("PID", 8),
+    table::right("PROCS", 6),
+    table::right("AGE", 8),
+    table::right("CPU", 8),
+    table::left("COMMAND", 0),
+];
+
 fn cpu(usec: Option<u64>) -> String {
     usec.map(|u| format!("{:.2}s", u as f64 / 1e6))
         .unwrap_or_else(|| "-".into())
@@ -41,32 +55,28 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         crate::output::json(&runs)?;
         return Ok(exit::OK);
     }
-    outln!(
-        "{:<20} {:<12} {:<10} {:<10} {:>8} {:>6} {:>8} {:>8}  COMMAND",
-        "RUN",
-        "WORKFLOW",
-        "OWNER",
-        "STATUS",
-        "PID",
-        "PROCS",
-        "AGE",
-        "CPU"
-    )?;
-    for r in &runs {
-        outln!(
-            "{:<20} {:<12} {:<10} {:<10} {:>8} {:>6} {:>8} {:>8}  {}",
-            r.run_id,
-            r.workflow.as_deref().unwrap_or("-"),
-            r.owner_display(),
-            r.status,
-            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            r.processes,
-            crate::duration::short(r.age_secs),
-            cpu(r.cpu_usec),
-            r.command.join(" ")
-        )?;
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.run_id.clone(),
+                one_line(r.workflow.as_deref().unwrap_or("-")),
+                one_line(&r.owner_display()),
+                r.status.to_string(),
+                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                r.processes.to_string(),
+                crate::duration::short(r.age_secs),
+                cpu(r.cpu_usec),
+                one_line(&r.command.join(" ")),
+            ]
+        })
+        .collect();
+    let widths = table::widths(&PS_COLUMNS, &rows);
+    outln!("{}", table::header(&PS_COLUMNS, &widths))?;
+    for (r, row) in runs.iter().zip(&rows) {
+        outln!("{}", table::line(&PS_COLUMNS, &widths, row))?;
         for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
-            outln!("{:<20} ! {note}", "")?;
+            outln!("{:w$} ! {}", "", one_line(note), w = widths[0])?;
         }
     }
     // Workflows whose new runs are refused (exit 6), so a missing run is explained.
@@ -116,7 +126,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
         outln!("stuck:      {note}")?;
     }
-    outln!("command:    {}", r.command.join(" "))?;
+    outln!("command:    {}", one_line(&r.command.join(" ")))?;
     outln!(
         "pid:        {}",
         r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
@@ -147,9 +157,9 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         outln!(
             "critical:   {}: {} held by pid {} ({}) for {:.1} s",
             sec.kind.as_str(),
-            sec.path,
+            one_line(&sec.path),
             sec.pid,
-            sec.command,
+            one_line(&sec.command),
             sec.open_secs
         )?;
     }

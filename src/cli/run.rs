@@ -28,7 +28,8 @@ pub struct Args {
     /// Run id: letters, digits, '_', '.', '-', at most 64, no '..' [default: run_ + 12 hex digits].
     #[arg(long)]
     pub run_id: Option<String>,
-    /// Workflow name (a label shown by ps; also picks the template of that name).
+    /// Workflow name (shown by ps, counted by its breaker); picks the template of
+    /// that name, which must exist unless --template gives the run's template.
     #[arg(long)]
     pub workflow: Option<String>,
     /// A template file for this run (instead of the one named like the workflow).
@@ -88,6 +89,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         timeout: super::agent_timeout(cli)?,
     };
     let ms = super::millis_arg;
+    if let (Some(workflow), None) = (&args.workflow, &args.template) {
+        workflow_has_template(workflow)?;
+    }
     let (template, template_text) = match &args.template {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -129,4 +133,25 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             quiet: args.quiet,
         },
     )
+}
+
+/// `--workflow NAME` without `--template` picks the template NAME: one that does
+/// not exist is a usage error (a typo would otherwise run under `default`). A
+/// broken one is left for the agent to report.
+fn workflow_has_template(workflow: &str) -> Result<(), Failure> {
+    match crate::template::Template::find(workflow) {
+        Ok(Some(_)) | Err(_) => Ok(()),
+        Ok(None) => {
+            let known: Vec<String> = crate::template::Template::list()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            Err(Failure::usage(format!(
+                "--workflow {workflow}: no template of that name (known: {}); add {}/{workflow}.toml, \
+                 or give the run's template with --template FILE",
+                known.join(", "),
+                crate::template::SYSTEM_DIR
+            )))
+        }
+    }
 }

@@ -110,6 +110,18 @@ fn curl(agent: &TestAgent, method: &str, path: &str, body: Option<&str>) -> (Str
     (code.to_string(), body.to_string())
 }
 
+/// The agent's log is plain text when it is no terminal (a file, the journal):
+/// no colour escapes around the levels.
+#[test]
+fn the_agent_log_has_no_terminal_escapes() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    agent.cli_expect(0, &["run", "-q", "--", "true"]);
+    let log = agent.log();
+    assert!(log.contains("wfcg agent listening"), "{log}");
+    assert!(!log.contains('\x1b'), "escapes in agent.log: {log:?}");
+}
+
 #[test]
 fn the_api_refuses_bad_run_ids() {
     require_privileges!();

@@ -147,6 +147,11 @@ proptest! {
 /// One raw HTTP request to the agent's socket; the status code, or None if the
 /// agent closed the connection without an answer.
 fn request(agent: &TestAgent, method: &str, path: &str, body: &[u8]) -> Option<u16> {
+    answer(agent, method, path, body).map(|(code, _)| code)
+}
+
+/// [`request`]: the status code and the answer's body.
+fn answer(agent: &TestAgent, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
     let mut s = UnixStream::connect(&agent.socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let head = format!(
@@ -159,11 +164,35 @@ fn request(agent: &TestAgent, method: &str, path: &str, body: &[u8]) -> Option<u
     let _ = s.write_all(body);
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
+    let answer = String::from_utf8_lossy(&answer);
+    let code = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((code, body.to_string()))
+}
+
+/// A bad query string and a method a route does not take are answered like every
+/// other error: `{"kind", "error"}` JSON (they were plain text, and an empty 405).
+#[test]
+fn bad_queries_and_methods_are_answered_with_json_errors() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    for (method, path, want) in [
+        ("GET", "/v1/runs?all=maybe", 400),
+        ("GET", "/v1/audit?limit=-1", 400),
+        ("GET", "/v1/audit?since_secs=soon", 400),
+        ("GET", "/v1/runs/run_x/may-kill?force=perhaps", 400),
+        ("DELETE", "/v1/runs", 405),
+        ("GET", "/v1/runs/run_x/kill", 405),
+        ("PUT", "/v1/health", 405),
+    ] {
+        let (code, body) = answer(&agent, method, path, b"").expect("no answer");
+        assert_eq!(code, want, "{method} {path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body:?}"));
+        assert_eq!(v["kind"], "bad_input", "{method} {path}: {v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "{method} {path}: {v}");
+    }
 }
 
 /// Generated bodies and query strings on every route of a live agent: each gets an

@@ -85,12 +85,17 @@ fn runtime() -> tokio::runtime::Runtime {
 fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
     require_privileges!();
     let agent = TestAgent::start();
+    // Workflows named like no template: the default template given as a file.
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/cgroup-templates/default.toml");
     let run = agent.start_run(
-        &["--workflow", "mcp-test"],
+        &["--workflow", "mcp-test", "--template", default],
         "sleep 1000 & setsid sleep 1001 & wait",
     );
     assert!(agent.wait_procs(&run.id, 4), "the run did not start");
-    let other = agent.start_run(&["--workflow", "other"], "sleep 1000");
+    let other = agent.start_run(
+        &["--workflow", "other", "--template", default],
+        "sleep 1000",
+    );
 
     runtime().block_on(async {
         let client = connect(&agent).await;

@@ -80,3 +80,70 @@ fn a_closed_pipe_is_a_quiet_exit_0_and_a_full_disk_an_error() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
     }
 }
+
+/// The column of `ps` or `audit` output that starts where `header` names it.
+fn column_at<'a>(table: &'a str, header: &str, row_starting: &str) -> &'a str {
+    let head = table.lines().next().unwrap();
+    let at = head
+        .find(header)
+        .unwrap_or_else(|| panic!("no {header}: {table}"));
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with(row_starting))
+        .unwrap_or_else(|| panic!("no row of {row_starting}: {table}"));
+    row.get(at..)
+        .unwrap_or_else(|| panic!("{row:?} ends before {header}"))
+}
+
+#[test]
+fn ps_columns_line_up_with_a_long_workflow_and_audit_has_a_header() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/cgroup-templates/default.toml");
+    let long = agent.start_run(
+        &[
+            "--workflow",
+            "a-workflow-with-a-rather-long-name",
+            "--template",
+            default,
+        ],
+        "exec sleep 1000",
+    );
+    let short = agent.start_run(&[], "exec sleep 1001");
+    let ps = text(&agent.cli_expect(0, &["ps"]).stdout);
+    for (run, command) in [
+        (&long, "sh -c exec sleep 1000"),
+        (&short, "sh -c exec sleep 1001"),
+    ] {
+        assert!(
+            ["initializing", "running"]
+                .iter()
+                .any(|s| column_at(&ps, "STATUS", &run.id).starts_with(s)),
+            "{}: STATUS is not under its header:\n{ps}",
+            run.id
+        );
+        assert!(
+            column_at(&ps, "COMMAND", &run.id).starts_with(command),
+            "{}: COMMAND is not under its header:\n{ps}",
+            run.id
+        );
+    }
+
+    let audit = text(&agent.cli_expect(0, &["audit"]).stdout);
+    let head = audit.lines().next().unwrap_or_default();
+    for column in [
+        "SEQ", "TIME", "ACTOR", "ACTION", "RUN", "DECISION", "OUTCOME",
+    ] {
+        assert!(head.contains(column), "no {column} in the header:\n{audit}");
+    }
+    let records: serde_json::Value =
+        serde_json::from_slice(&agent.cli_expect(0, &["audit", "--json"]).stdout).unwrap();
+    let first = &records[0];
+    let seq = first["seq"].to_string();
+    assert!(
+        column_at(&audit, "ACTION", &seq).starts_with(first["action"].as_str().unwrap()),
+        "ACTION is not under its header:\n{audit}"
+    );
+    agent.kill_ok(&long.id, &["--force"]);
+    agent.kill_ok(&short.id, &["--force"]);
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::require_privileges;
-use crate::util::{Dir, KillOnDrop, TestAgent, marker, wait_until};
+use crate::util::{Dir, KillOnDrop, TestAgent, marker, text, wait_until};
 
 /// The paths of a kill result's sections of one kind, each once.
 fn sections(result: &Value, kind: &str) -> Vec<String> {
@@ -94,4 +94,34 @@ fn a_temp_file_being_written_before_its_rename_is_still_waited_for() {
     assert_eq!(sections(&result, "files"), vec![tmp], "{result:#}");
     assert!(result["waited_ms"].as_f64().unwrap() >= 900.0, "{result:#}");
     assert_eq!(result["graces_expired"], serde_json::json!(["files"]));
+}
+
+/// `wfcg status` names each open section on one `critical:` line, whole, also
+/// when the holder's command has a newline in it (it was cut there).
+#[test]
+fn a_critical_line_holds_a_command_with_a_newline_whole() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let ws = Dir::new("wfcg-files-newline");
+    // The holder is `sh -c SCRIPT`, and SCRIPT has two lines.
+    let run = agent.start_run(
+        &["--workspace", ws.str(), "--init-timeout", "0"],
+        &format!(
+            "cd {}\nwhile :; do echo x; sleep 0.05; done > out.tmp",
+            ws.path.display()
+        ),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::metadata(ws.join("out.tmp")).is_ok_and(|m| m.len() > 0)
+    }));
+    let status = text(&agent.cli_expect(0, &["status", &run.id]).stdout);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("critical:") && l.contains("out.tmp") && l.contains("sh -c"))
+        .unwrap_or_else(|| panic!("no critical: line for out.tmp:\n{status}"));
+    assert!(
+        line.contains("\\nwhile :;") && line.ends_with(" s"),
+        "the command is cut: {line:?}\n{status}"
+    );
+    agent.kill_ok(&run.id, &["--force"]);
 }

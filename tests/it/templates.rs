@@ -454,3 +454,37 @@ fn the_alert_script_opens_a_ticket_through_the_trackers_api() {
         "opened http://tracker.example/acme/ops/issues/7 for auto_killed of run r-20240101-abcd"
     );
 }
+
+/// `--workflow NAME` picks the template NAME: a name no template has is a usage
+/// error (exit 2, nothing started) unless `--template` gives the run's template.
+#[test]
+fn a_workflow_named_like_no_template_needs_a_template_file() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let out = agent.cli_expect(
+        2,
+        &["run", "--workflow", "no-such-template-here", "--", "true"],
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--workflow no-such-template-here: no template of that name")
+            && err.contains("--template FILE"),
+        "{err}"
+    );
+    agent.assert_nothing_created();
+    let default = repo_file("cgroup-templates/default.toml");
+    agent.cli_expect(
+        0,
+        &[
+            "run",
+            "-q",
+            "--workflow",
+            "no-such-template-here",
+            "--template",
+            default.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+    );
+    agent.cli_expect(0, &["run", "-q", "--workflow", "default", "--", "true"]);
+}
