@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use wfcg::cgroup::Cgroup;
 
 use crate::require_privileges;
-use crate::util::{self, KillOnDrop, TestAgent, TestUser, wait_until};
+use crate::util::{self, CommandExt, KillOnDrop, TestAgent, TestUser, wait_until};
 
 /// Starts `cmd` without the markers executors set, which wfcg takes as the
 /// tree's own (with the root's values): a CI job running these tests sets them
@@ -299,11 +299,9 @@ fn bad_pids_are_refused_with_a_clear_error_and_nothing_moves() {
         (agent_pid.as_str(), "is the wfcg agent".to_string()),
         ("0", "not a valid process id".to_string()),
     ] {
-        let out = agent.cli(&["adopt", "--", pid]);
-        assert_eq!(out.status.code(), Some(2), "{pid}: {}", stderr(&out));
+        let out = agent.cli_expect(2, &["adopt", "--", pid]);
         assert!(stderr(&out).contains(&says), "{pid}: {}", stderr(&out));
-        let out = agent.cli(&["kill", "--pid", pid]);
-        assert_eq!(out.status.code(), Some(2), "kill --pid {pid}");
+        agent.cli_expect(2, &["kill", "--pid", pid]);
     }
     // The caller's own shell, and the caller itself.
     for script in [r#""$0" adopt $$; exit $?"#, r#"exec "$0" adopt $$"#] {
@@ -311,9 +309,7 @@ fn bad_pids_are_refused_with_a_clear_error_and_nothing_moves() {
             .args(["-c", script])
             .arg(util::WFCG)
             .envs(agent.env())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{script}: {}", stderr(&out));
+            .expect_code(2);
         assert!(
             stderr(&out).contains("is the caller or one of its ancestors"),
             "{script}: {}",
@@ -321,8 +317,7 @@ fn bad_pids_are_refused_with_a_clear_error_and_nothing_moves() {
         );
     }
     // Bad markers and run ids are usage errors before anything is asked.
-    let out = agent.cli(&["adopt", "1", "--marker", "NOVALUE="]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    agent.cli_expect(2, &["adopt", "1", "--marker", "NOVALUE="]);
     agent.assert_nothing_created();
 }
 
@@ -357,17 +352,13 @@ fn another_users_process_is_refused_with_exit_4() {
             .wfcg_as(&user)
             .args(["adopt", &roots.id().to_string()])
             .args(extra)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(4), "{extra:?}: {}", stderr(&out));
+            .expect_code(4);
         assert!(stderr(&out).contains("not permitted"), "{}", stderr(&out));
     }
-    let out = agent
+    agent
         .wfcg_as(&user)
         .args(["kill", "--pid", &roots.id().to_string()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        .expect_code(4);
     assert_eq!(
         util::cmdline(roots.id()),
         "sleep 1020",
@@ -377,12 +368,10 @@ fn another_users_process_is_refused_with_exit_4() {
     // A cgroup path outside cgroupfs is refused, and its files are not touched.
     let fake = tempfile::tempdir().unwrap();
     std::fs::write(fake.path().join("cgroup.freeze"), "0").unwrap();
-    let out = agent
+    agent
         .wfcg_as(&user)
         .args(["adopt", "--cgroup", fake.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        .expect_code(2);
     assert_eq!(
         std::fs::read_to_string(fake.path().join("cgroup.freeze")).unwrap(),
         "0"
@@ -399,9 +388,7 @@ fn another_users_process_is_refused_with_exit_4() {
         .wfcg_as(&user)
         .args(["kill", "--pid", &theirs.id().to_string()])
         .args(["--marker", &format!("{}={marker}", util::TEST_MARK)])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        .expect_code(4);
     // (It names a root process carrying the marker: `later`, or `roots` when
     // both started within the same clock tick as theirs.)
     assert!(
@@ -595,9 +582,7 @@ fn a_cgroup_is_adopted_in_place_and_killed_through_its_own_cgroup_kill() {
         .arg(other.procs_file())
         .arg(other.cg.path())
         .envs(agent.env())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        .expect_code(2);
     assert!(
         stderr(&out).contains("holds the caller"),
         "{}",

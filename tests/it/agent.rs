@@ -21,8 +21,7 @@ fn runs_outlive_an_agent_killed_with_sigkill_and_a_new_agent_kills_them() {
     }
 
     agent.kill9();
-    let out = agent.cli(&["ps"]);
-    assert_eq!(out.status.code(), Some(5), "the agent still answers");
+    agent.cli_expect(5, &["ps"]);
     agent.spawn();
 
     let dead: Vec<i32> = pids.iter().copied().filter(|&p| !util::alive(p)).collect();

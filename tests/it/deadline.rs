@@ -3,7 +3,7 @@
 //! exit 5 ("agent unreachable"), never a hung CLI.
 
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -58,13 +58,19 @@ fn each_times_out(socket: &Path) {
     }
 }
 
-#[test]
-fn an_agent_that_accepts_and_never_answers_is_exit_5() {
+/// A private directory for a socket, and the socket's path in it.
+fn socket_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("wfcg-mute")
         .tempdir()
         .unwrap();
     let socket = dir.path().join("agent.sock");
+    (dir, socket)
+}
+
+#[test]
+fn an_agent_that_accepts_and_never_answers_is_exit_5() {
+    let (_dir, socket) = socket_dir();
     let listener = UnixListener::bind(&socket).unwrap();
     // Takes every connection and keeps it open, reading nothing, saying nothing.
     std::thread::spawn(move || {
@@ -78,11 +84,7 @@ fn an_agent_that_accepts_and_never_answers_is_exit_5() {
 
 #[test]
 fn a_socket_nobody_accepts_on_is_exit_5() {
-    let dir = tempfile::Builder::new()
-        .prefix("wfcg-mute")
-        .tempdir()
-        .unwrap();
-    let socket = dir.path().join("agent.sock");
+    let (_dir, socket) = socket_dir();
     // Listening (connections wait in the backlog), never accepting.
     let _listener = UnixListener::bind(&socket).unwrap();
     each_times_out(&socket);
@@ -90,11 +92,7 @@ fn a_socket_nobody_accepts_on_is_exit_5() {
 
 #[test]
 fn no_socket_is_exit_5_at_once_and_a_bad_deadline_is_usage() {
-    let dir = tempfile::Builder::new()
-        .prefix("wfcg-mute")
-        .tempdir()
-        .unwrap();
-    let socket = dir.path().join("agent.sock");
+    let (_dir, socket) = socket_dir();
     let out = wfcg(&socket, &["ps"]).expect_code(5);
     assert!(
         text(&out.stderr).contains("no wfcg agent answers"),

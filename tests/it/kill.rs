@@ -124,8 +124,7 @@ fn kill_of_an_ended_run_succeeds_with_already_ended() {
     require_privileges!();
     let agent = TestAgent::start();
     let id = util::marker("ended");
-    let out = agent.cli(&["run", "-q", "--run-id", &id, "--", "true"]);
-    assert_eq!(out.status.code(), Some(0));
+    agent.cli_expect(0, &["run", "-q", "--run-id", &id, "--", "true"]);
 
     let result = agent.kill_ok(&id, &[]);
 

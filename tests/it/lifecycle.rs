@@ -529,8 +529,7 @@ fn ps_stuck_and_kill_stuck_find_only_stuck_runs() {
     );
 
     // --dry-run lists it and kills nothing.
-    let out = agent.cli(&["kill", "--stuck", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = agent.cli_expect(0, &["kill", "--stuck", "--dry-run"]);
     let listed = text(&out.stdout);
     assert!(
         listed.contains(&format!("would kill {}", stuck.id)),
@@ -540,8 +539,7 @@ fn ps_stuck_and_kill_stuck_find_only_stuck_runs() {
         !listed.contains(&ready.id) && !listed.contains(&young.id),
         "{listed}"
     );
-    let out = agent.cli(&["kill", "--stuck", "--dry-run", "--older-than", "1h"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = agent.cli_expect(0, &["kill", "--stuck", "--dry-run", "--older-than", "1h"]);
     assert!(
         text(&out.stdout).contains("no stuck runs"),
         "{}",

@@ -86,7 +86,7 @@ fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
     require_privileges!();
     let agent = TestAgent::start();
     // Workflows named like no template: the default template given as a file.
-    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/cgroup-templates/default.toml");
+    let default = util::DEFAULT_TEMPLATE;
     let run = agent.start_run(
         &["--workflow", "mcp-test", "--template", default],
         "sleep 1000 & setsid sleep 1001 & wait",

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 
 use crate::require_privileges;
-use crate::util::{CommandExt, TestAgent, WFCG, text};
+use crate::util::{CommandExt, DEFAULT_TEMPLATE, TestAgent, WFCG, text};
 
 /// `wfcg ARGS | READER` in bash. Returns wfcg's exit status, its stderr and
 /// what the reader printed.
@@ -99,13 +99,12 @@ fn column_at<'a>(table: &'a str, header: &str, row_starting: &str) -> &'a str {
 fn ps_columns_line_up_with_a_long_workflow_and_audit_has_a_header() {
     require_privileges!();
     let agent = TestAgent::start();
-    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/cgroup-templates/default.toml");
     let long = agent.start_run(
         &[
             "--workflow",
             "a-workflow-with-a-rather-long-name",
             "--template",
-            default,
+            DEFAULT_TEMPLATE,
         ],
         "exec sleep 1000",
     );

@@ -564,8 +564,7 @@ fn an_emergency_kill_ends_a_frozen_run_and_needs_emergency_kill() {
 fn agent_with_records(n: usize) -> TestAgent {
     let agent = TestAgent::start();
     for i in 0..n {
-        let out = agent.cli(&["kill", &format!("run_none{i}")]);
-        assert_eq!(out.status.code(), Some(3), "{}", described(&out));
+        agent.cli_expect(3, &["kill", &format!("run_none{i}")]);
     }
     assert_eq!(agent.sql("select count(*) from audit"), (n + 1).to_string());
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use crate::require_privileges;
-use crate::util::{self, KillOnDrop, Run, TestAgent, TestUser, wait_until};
+use crate::util::{self, CommandExt, KillOnDrop, Run, TestAgent, TestUser, wait_until};
 
 #[test]
 fn exit_status_is_relayed() {
@@ -159,14 +159,11 @@ fn bad_run_ids_are_refused_with_exit_2_before_anything_is_created() {
             .wfcg()
             .args(["run", "--run-id", id, "--", "touch"])
             .arg(&ran)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "run --run-id {id:?}");
+            .expect_code(2);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("run id"), "run --run-id {id:?}: {stderr}");
         for verb in ["kill", "status"] {
-            let out = agent.cli(&[verb, id]);
-            assert_eq!(out.status.code(), Some(2), "{verb} {id:?}");
+            agent.cli_expect(2, &[verb, id]);
         }
     }
     assert!(!ran.exists(), "the command ran");
@@ -298,10 +295,7 @@ fn without_an_agent_a_user_gets_exit_5_and_how_to_start_one() {
         .env("WFCG_SOCKET", &socket)
         .env("WFCG_STATE_DIR", dir.path().join("state"))
         .args(["run", "--", "echo", "ran"])
-        .output()
-        .unwrap();
-
-    assert_eq!(out.status.code(), Some(5));
+        .expect_code(5);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("start") && stderr.contains("wfcg agent"),

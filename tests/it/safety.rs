@@ -661,8 +661,7 @@ fn kill_of_a_missing_or_completed_run_is_answered_without_a_kill() {
         );
 
         let id = util::marker("completed");
-        let out = agent.cli(&["run", "-q", "--run-id", &id, "--", "true"]);
-        assert_eq!(out.status.code(), Some(0));
+        agent.cli_expect(0, &["run", "-q", "--run-id", &id, "--", "true"]);
         let result = agent.kill_ok(&id, &[]);
         assert_eq!(result["already_ended"], true, "{result:#}");
         assert_eq!(agent.kill_count(&id), 0, "a kill sequence ran");

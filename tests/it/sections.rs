@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::require_privileges;
-use crate::util::{Dir, KillOnDrop, TestAgent, marker, text, wait_until};
+use crate::util::{Dir, KillOnDrop, Run, TestAgent, marker, text, wait_until};
 
 /// The paths of a kill result's sections of one kind, each once.
 fn sections(result: &Value, kind: &str) -> Vec<String> {
@@ -77,16 +77,11 @@ fn a_temp_file_being_written_before_its_rename_is_still_waited_for() {
     require_privileges!();
     let agent = TestAgent::start();
     let ws = Dir::new("wfcg-files-tmp");
-    let run = agent.start_run(
-        &["--workspace", ws.str(), "--init-timeout", "0"],
-        &format!(
-            "cd {} && while :; do echo x; sleep 0.05; done > out.tmp && mv out.tmp out",
-            ws.path.display()
-        ),
+    let run = start_writer(
+        &agent,
+        &ws,
+        "&& while :; do echo x; sleep 0.05; done > out.tmp && mv out.tmp out",
     );
-    assert!(wait_until(Duration::from_secs(20), || {
-        std::fs::metadata(ws.join("out.tmp")).is_ok_and(|m| m.len() > 0)
-    }));
 
     let result = agent.kill_ok(&run.id, &["--grace-files", "1s"]);
 
@@ -94,6 +89,19 @@ fn a_temp_file_being_written_before_its_rename_is_still_waited_for() {
     assert_eq!(sections(&result, "files"), vec![tmp], "{result:#}");
     assert!(result["waited_ms"].as_f64().unwrap() >= 900.0, "{result:#}");
     assert_eq!(result["graces_expired"], serde_json::json!(["files"]));
+}
+
+/// A run in workspace `ws` whose script is `cd WS` then `rest`, which writes
+/// `out.tmp` there; returned once the file has content.
+fn start_writer(agent: &TestAgent, ws: &Dir, rest: &str) -> Run {
+    let run = agent.start_run(
+        &["--workspace", ws.str(), "--init-timeout", "0"],
+        &format!("cd {} {rest}", ws.path.display()),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::metadata(ws.join("out.tmp")).is_ok_and(|m| m.len() > 0)
+    }));
+    run
 }
 
 /// `wfcg status` names each open section on one `critical:` line, whole, also
@@ -104,16 +112,11 @@ fn a_critical_line_holds_a_command_with_a_newline_whole() {
     let agent = TestAgent::start();
     let ws = Dir::new("wfcg-files-newline");
     // The holder is `sh -c SCRIPT`, and SCRIPT has two lines.
-    let run = agent.start_run(
-        &["--workspace", ws.str(), "--init-timeout", "0"],
-        &format!(
-            "cd {}\nwhile :; do echo x; sleep 0.05; done > out.tmp",
-            ws.path.display()
-        ),
+    let run = start_writer(
+        &agent,
+        &ws,
+        "\nwhile :; do echo x; sleep 0.05; done > out.tmp",
     );
-    assert!(wait_until(Duration::from_secs(20), || {
-        std::fs::metadata(ws.join("out.tmp")).is_ok_and(|m| m.len() > 0)
-    }));
     let status = text(&agent.cli_expect(0, &["status", &run.id]).stdout);
     let line = status
         .lines()

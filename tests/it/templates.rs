@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use wfcg::cgroup::{self, Cgroup};
 
 use crate::require_privileges;
-use crate::util::{KillOnDrop, TestAgent, WFCG, marker, text};
+use crate::util::{CommandExt, DEFAULT_TEMPLATE, KillOnDrop, TestAgent, WFCG, marker, text};
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -30,9 +30,7 @@ fn templates_each_shipped_template_parses() {
     let out = Command::new(WFCG)
         .args(["template", "check"])
         .args(&files)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        .expect_code(0);
     let stdout = text(&out.stdout);
     for (file, init) in files.iter().zip(["5m", "30m", "30m", "5m"]) {
         let line = format!("{}: ok (init {init}, total 1h,", file.display());
@@ -80,9 +78,7 @@ fn templates_a_bad_template_gives_line_numbered_errors() {
     let out = Command::new(WFCG)
         .args(["template", "check"])
         .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+        .expect_code(2);
     let stderr = text(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     let f = file.display();
@@ -103,9 +99,7 @@ fn templates_a_bad_template_gives_line_numbered_errors() {
     let out = Command::new(WFCG)
         .args(["template", "check"])
         .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        .expect_code(0);
     assert!(text(&out.stdout).contains("ok (init 45m, total 1h"));
 }
 
@@ -472,7 +466,6 @@ fn a_workflow_named_like_no_template_needs_a_template_file() {
         "{err}"
     );
     agent.assert_nothing_created();
-    let default = repo_file("cgroup-templates/default.toml");
     agent.cli_expect(
         0,
         &[
@@ -481,7 +474,7 @@ fn a_workflow_named_like_no_template_needs_a_template_file() {
             "--workflow",
             "no-such-template-here",
             "--template",
-            default.to_str().unwrap(),
+            DEFAULT_TEMPLATE,
             "--",
             "true",
         ],

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::util::{TestAgent, WFCG, wait_until};
+use crate::util::{CommandExt, TestAgent, WFCG, wait_until};
 
 /// A tmux server of our own (`tmux -L NAME`), killed when dropped so a failing
 /// test leaves no server or `wfcg top` behind.
@@ -272,8 +272,6 @@ fn top_needs_a_terminal() {
     let out = Command::new(WFCG)
         .arg("top")
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+        .expect_code(2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a terminal"));
 }

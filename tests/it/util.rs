@@ -118,6 +118,11 @@ impl CommandExt for Command {
     }
 }
 
+/// The shipped default template, as a file for `--template` (a workflow named
+/// like no template needs one).
+pub const DEFAULT_TEMPLATE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/cgroup-templates/default.toml");
+
 /// The names of a kill result's phases, in order.
 pub fn phase_names(result: &serde_json::Value) -> Vec<String> {
     result["phases"]
