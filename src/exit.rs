@@ -7,7 +7,7 @@
 //! | 2 | usage or bad input |
 //! | 3 | no such run |
 //! | 4 | not permitted |
-//! | 5 | agent unreachable |
+//! | 5 | agent unreachable, or no answer within its deadline |
 //! | 6 | the workflow's circuit breaker is open: the run was refused (`wfcg breaker reset`) |
 //!
 //! `wfcg run` exits with its command's status instead (128+N for signal N).

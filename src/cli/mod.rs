@@ -30,7 +30,7 @@ Exit codes:
   2  usage or bad input
   3  no such run
   4  not permitted
-  5  agent unreachable
+  5  agent unreachable (or no answer within --agent-timeout)
   6  the workflow's circuit breaker is open: the run was refused (see `wfcg breaker`)
   wfcg run exits with its command's status (128+N if it died of signal N).";
 
