@@ -410,6 +410,50 @@ pub struct CleanupStatus {
     pub workspace: String,
 }
 
+impl CleanupStatus {
+    /// In words, for the `cleanup` phase of a kill: what is left running, what
+    /// was removed or kept, which stale locks and escapees were dealt with.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![match self.processes_remaining {
+            0 => "nothing left running".to_string(),
+            1 => "1 process still alive".to_string(),
+            n => format!("{n} processes still alive"),
+        }];
+        let items = [
+            ("cgroup", self.cgroup_removed),
+            ("TMPDIR", self.tmpdir_removed),
+            ("run directory", self.run_dir_removed),
+        ];
+        for (word, removed) in [("removed", true), ("kept", false)] {
+            let named: Vec<&str> = items
+                .iter()
+                .filter(|(_, r)| *r == removed)
+                .map(|(name, _)| *name)
+                .collect();
+            if !named.is_empty() {
+                parts.push(format!("{word}: {}", named.join(", ")));
+            }
+        }
+        if !self.stale_locks_removed.is_empty() {
+            parts.push(format!(
+                "stale git locks removed: {}",
+                self.stale_locks_removed.join(", ")
+            ));
+        }
+        if !self.escapees_killed.is_empty() {
+            let pids: Vec<String> = self.escapees_killed.iter().map(i32::to_string).collect();
+            parts.push(format!(
+                "escapees outside the cgroup killed: pid {}",
+                pids.join(", ")
+            ));
+        }
+        if self.workspace != "none" && !self.workspace.is_empty() {
+            parts.push(format!("workspace {}", self.workspace));
+        }
+        parts.join("; ")
+    }
+}
+
 /// The result of a kill: the contract `{success, run_id, killed_at, cleanup_status, message}`
 /// plus how it went.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -630,6 +674,36 @@ pub fn marker_problem(m: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_cleanup_summary_is_words() {
+        let clean = CleanupStatus {
+            cgroup_removed: true,
+            tmpdir_removed: true,
+            run_dir_removed: true,
+            workspace: "kept".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            clean.summary(),
+            "nothing left running; removed: cgroup, TMPDIR, run directory; workspace kept"
+        );
+        let messy = CleanupStatus {
+            processes_remaining: 2,
+            tmpdir_removed: true,
+            stale_locks_removed: vec!["/w/.git/index.lock".into()],
+            escapees_killed: vec![41, 42],
+            workspace: "none".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            messy.summary(),
+            "2 processes still alive; removed: TMPDIR; kept: cgroup, run directory; \
+             stale git locks removed: /w/.git/index.lock; \
+             escapees outside the cgroup killed: pid 41, 42"
+        );
+    }
+
     use super::*;
 
     #[test]
