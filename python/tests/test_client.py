@@ -26,6 +26,9 @@ CONTRACT_KEYS = {"success", "run_id", "killed_at", "cleanup_status", "message"}
 SLEEPER = ["sh", "-c", "sleep 1000 & setsid sleep 1001 & wait"]
 
 
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "cgroup-templates" / "default.toml"
+
+
 def start(client: wfcg.Client, marker: str, command: list[str] = SLEEPER, **kw: object) -> wfcg.Run:
     """A run that needs no READY=1, whose processes carry the test's marker."""
     kw.setdefault("init_timeout", 0)
@@ -38,7 +41,8 @@ def wait_processes(client: wfcg.Client, run_id: str, n: int) -> None:
 
 def test_run_is_listed_and_killed_gracefully_then_by_force(agent: Agent, marker: str) -> None:
     client = agent.client()
-    graceful = start(client, marker, workflow="py-test")
+    # A workflow named like no template runs with a template file: the default.
+    graceful = start(client, marker, workflow="py-test", template=DEFAULT_TEMPLATE)
     forced = start(client, marker, run_id="py-forced-1")
     assert forced.id == "py-forced-1"
     for run in (graceful, forced):

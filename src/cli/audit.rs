@@ -1,12 +1,13 @@
 //! `wfcg audit`: read, verify and export the audit trail.
 
-use super::table::{self, one_line};
-use crate::output::outln;
 use clap::Subcommand;
 
 use crate::api::{AuditQuery, AuditVerify};
 use crate::exit::{self, Failure};
+use crate::output::outln;
 use crate::store::AuditRecord;
+
+use super::table::{self, one_line};
 
 /// Read the audit trail: every kill attempt (allowed, denied, failed), every
 /// automatic kill, run starts and ends, and policy loads. Records are chained

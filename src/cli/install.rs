@@ -5,12 +5,12 @@
 //! starts the agent. `generate` prints the man page or a shell's completions,
 //! made from the clap definitions, for packages.
 
-use crate::output::outln;
 use std::path::PathBuf;
 
 use clap::CommandFactory;
 
 use crate::exit::{self, Failure};
+use crate::output::outln;
 
 /// The unit file, as shipped.
 pub const UNIT: &str = include_str!("../../deploy/wfcg.service");

@@ -1,9 +1,10 @@
 //! `wfcg ps` and `wfcg status`: what runs there are and how they are doing.
 
-use super::table::{self, one_line};
 use crate::api::{self, RunInfo};
 use crate::exit::{self, Failure};
 use crate::output::outln;
+
+use super::table::{self, one_line};
 
 /// List runs: live ones, or all with --all.
 #[derive(clap::Args, Debug)]

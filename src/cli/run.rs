@@ -148,7 +148,7 @@ fn workflow_has_template(workflow: &str) -> Result<(), Failure> {
                 .collect();
             Err(Failure::usage(format!(
                 "--workflow {workflow}: no template of that name (known: {}); add {}/{workflow}.toml, \
-                 or give the run's template with --template FILE",
+                 or give the run's template with --template FILE (an empty file: the default's)",
                 known.join(", "),
                 crate::template::SYSTEM_DIR
             )))

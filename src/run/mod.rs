@@ -10,7 +10,6 @@
 mod signals;
 mod watch;
 
-use crate::output::outln;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,6 +22,7 @@ use crate::agent::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
 use crate::api::{self, CreateRun, ExitAck, ExitReport, RunStarted};
 use crate::client::{self, Client};
 use crate::exit::{self, Failure};
+use crate::output::outln;
 
 /// Where the agent is and how to start one.
 #[derive(Debug, Clone)]
