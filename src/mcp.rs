@@ -180,6 +180,8 @@ const DEFAULT_AUDIT_LIMIT: u32 = 50;
 #[derive(Clone)]
 pub struct WfcgMcp {
     socket: PathBuf,
+    /// Each call's deadline (a kill: on top of its course).
+    timeout: std::time::Duration,
     tool_router: ToolRouter<WfcgMcp>,
 }
 
@@ -188,8 +190,15 @@ impl WfcgMcp {
     pub fn new(socket: &Path) -> WfcgMcp {
         WfcgMcp {
             socket: socket.to_path_buf(),
+            timeout: client::DEFAULT_TIMEOUT,
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// The same server, whose calls on the agent each get `timeout`.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> WfcgMcp {
+        self.timeout = timeout;
+        self
     }
 
     /// List workflow runs. By default the live ones (initializing, running,
@@ -404,8 +413,8 @@ impl WfcgMcp {
         F: FnOnce(&Client) -> client::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let socket = self.socket.clone();
-        tokio::task::spawn_blocking(move || f(&Client::new(&socket)))
+        let (socket, timeout) = (self.socket.clone(), self.timeout);
+        tokio::task::spawn_blocking(move || f(&Client::new(&socket).with_timeout(timeout)))
             .await
             .unwrap_or_else(|e| {
                 Err(client::Error::Protocol(format!(
@@ -471,12 +480,12 @@ fn percent_encode(v: &str) -> String {
 }
 
 /// Serves MCP on stdin/stdout until the client closes the connection.
-pub fn serve_stdio(socket: &Path) -> Result<(), String> {
+pub fn serve_stdio(socket: &Path, timeout: std::time::Duration) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let server = WfcgMcp::new(socket);
+    let server = WfcgMcp::new(socket).with_timeout(timeout);
     let outcome = rt.block_on(async move {
         let running = server
             .serve(rmcp::transport::stdio_pipes())

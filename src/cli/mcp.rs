@@ -20,6 +20,7 @@ pub fn run(cli: &super::Cli, _args: &Args) -> Result<i32, Failure> {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    crate::mcp::serve_stdio(&cli.socket).map_err(|e| Failure::new(exit::FAILED, e))?;
+    crate::mcp::serve_stdio(&cli.socket, super::agent_timeout(cli)?)
+        .map_err(|e| Failure::new(exit::FAILED, e))?;
     Ok(exit::OK)
 }
