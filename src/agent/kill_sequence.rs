@@ -135,7 +135,7 @@ impl Agent {
             result.phases.push(api::Phase {
                 name: "cleanup".into(),
                 duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
-                detail: format!("{:?}", result.cleanup_status),
+                detail: result.cleanup_status.summary(),
             });
             kill_result::emptied(&mut result, rec, report.processes, end)
         } else {

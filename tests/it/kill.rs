@@ -28,6 +28,31 @@ fn force_kill_leaves_nothing_of_a_tree_of_1000_processes() {
     assert_eq!(agent.status(&run.id)["status"], "killed");
 }
 
+/// The kill result's `cleanup` phase says in words what was cleaned up (it was
+/// the Rust debug text of a struct).
+#[test]
+fn the_cleanup_phase_is_described_in_words() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(&[], "exec sleep 1000");
+    let result = agent.kill_ok(&run.id, &["--force"]);
+    let cleanup = result["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .find(|p| p["name"] == "cleanup")
+        .unwrap_or_else(|| panic!("no cleanup phase: {result:#}"));
+    let detail = cleanup["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("nothing left running; removed: cgroup, TMPDIR, run directory"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains('{') && !detail.contains("CleanupStatus"),
+        "{detail}"
+    );
+}
+
 #[test]
 fn graceful_kill_leaves_no_escapee() {
     require_privileges!();
