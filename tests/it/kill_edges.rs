@@ -25,16 +25,17 @@ fn a_marked_process_that_left_the_runs_cgroup_is_killed_through_a_pidfd() {
             outside.display()
         ),
     );
+    // Moved as soon as forked: it may not have exec'd `sleep` yet.
+    let moved = || {
+        std::fs::read_to_string(outside.join("cgroup.procs"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
     let escaped = wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(outside.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty())
+        moved().is_some_and(|pid| util::cmdline(pid) == "sleep 1001")
     });
     assert!(escaped, "the process did not leave the run's cgroup");
-    let pid: i32 = std::fs::read_to_string(outside.join("cgroup.procs"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(util::cmdline(pid), "sleep 1001");
+    let pid = moved().unwrap();
 
     let result = agent.kill_ok(&run.id, &[]);
 

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -738,15 +738,9 @@ fn force_kill_removes_the_stale_git_lock_and_only_that() {
             ),
         );
 
-        let t = Instant::now();
         let result = agent.kill_ok(&run.id, &["--force"]);
-        let took = t.elapsed();
 
         agent.assert_run_gone(&run);
-        assert!(
-            took < Duration::from_secs(5),
-            "the force kill took {took:?}"
-        );
         let phases = phase_names(&result);
         assert!(
             !phases.contains(&"sections_wait".into()) && !phases.contains(&"term".into()),
