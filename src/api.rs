@@ -27,7 +27,7 @@ pub const STOP_REASON_FILE: &str = "stop-reason";
 pub const MAX_REASON: usize = 1024;
 
 /// Where a run is in its life. Stored as the lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Started, not yet READY=1 (when its template waits for READY).
@@ -51,7 +51,9 @@ pub enum RunStatus {
     OomKilled,
     /// Ended while nobody watched (no exit was reported).
     Lost,
-    /// Found in the cgroup tree with no record (adopted after a restart).
+    /// Found in the cgroup tree with no record (adopted after a restart); the
+    /// default of a record that says nothing else.
+    #[default]
     Unknown,
 }
 
@@ -88,16 +90,12 @@ impl RunStatus {
         RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// Whether the run may still have processes.
-    /// The names of the live statuses, for store queries.
-    pub fn live_names() -> Vec<&'static str> {
-        RunStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_live())
-            .map(RunStatus::as_str)
-            .collect()
+    /// The live statuses, for store queries.
+    pub fn live() -> Vec<RunStatus> {
+        RunStatus::ALL.into_iter().filter(|s| s.is_live()).collect()
     }
 
+    /// Whether the run may still have processes.
     pub fn is_live(self) -> bool {
         matches!(
             self,

@@ -198,7 +198,7 @@ impl Agent {
         Ok(Adopted {
             run_id: rec.run_id.clone(),
             cgroup: rec.cgroup_path,
-            started_at: rec.started_at,
+            started_at: rec.started_at.map(rfc3339),
             message: format!("pid {pid} is in run {} already", rec.run_id),
             already_adopted: true,
             complete: true,
@@ -500,8 +500,7 @@ impl Agent {
                 .map(Into::into)
                 .unwrap_or_else(chrono::Utc::now);
         let after = |d: std::time::Duration| {
-            (!d.is_zero())
-                .then(|| rfc3339(start + chrono::Duration::from_std(d).unwrap_or_default()))
+            (!d.is_zero()).then(|| start + chrono::Duration::from_std(d).unwrap_or_default())
         };
         let initializing = !template.timeouts.init.is_zero();
         let workspace =
@@ -516,20 +515,18 @@ impl Agent {
                 RunStatus::Initializing
             } else {
                 RunStatus::Running
-            }
-            .as_str()
-            .into(),
-            started_at: Some(rfc3339(start)),
-            ready_at: (!initializing).then(now),
+            },
+            started_at: Some(start),
+            ready_at: (!initializing).then(chrono::Utc::now),
             init_deadline: after(template.timeouts.init),
             total_deadline: after(template.timeouts.total),
             workspace_path: workspace,
             template: serde_json::to_string(&template).ok(),
             template_name: Some(template_name),
-            teams: "[]".into(),
+            teams: Vec::new(),
             owner_uid: root.uid,
             workflow: req.workflow.clone(),
-            command: serde_json::to_string(&[&root.command]).map_err(Failure::internal)?,
+            command: vec![root.command.clone()],
             cgroup_path: cg.path().display().to_string(),
             adopted: Some(how.into()),
             ..Default::default()

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::Agent;
-use super::time::now;
+use super::time::{now, rfc3339};
 use crate::cgroup;
 use crate::store::RunRecord;
 
@@ -55,7 +55,7 @@ impl Agent {
                 details: serde_json::json!({
                     "status": rec.status,
                     "owner_uid": rec.owner_uid,
-                    "started_at": rec.started_at,
+                    "started_at": rec.started_at.map(rfc3339),
                     "status_text": rec.status_text,
                 }),
             },

@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
+use crate::api::RunStatus;
 use crate::store::{AuditEntry, CHAIN_BREAK, ChainCheck, RunRecord, Store};
 
 /// A write the store must get, in order.
@@ -29,16 +32,16 @@ pub enum Record {
     /// A kill sequence's result and the status it leaves the run in.
     Kill {
         run_id: String,
-        started_at: String,
+        started_at: DateTime<Utc>,
         result: String,
-        status: String,
-        ended_at: Option<String>,
+        status: RunStatus,
+        ended_at: Option<DateTime<Utc>>,
     },
     /// The end of a run the reaper noticed, with the exit its supervisor left.
     End {
         run_id: String,
-        status: String,
-        ended_at: String,
+        status: RunStatus,
+        ended_at: DateTime<Utc>,
         exit: Option<(Option<i32>, Option<i32>)>,
     },
 }
@@ -135,7 +138,7 @@ impl Auditor {
                     result,
                     status,
                     ended_at,
-                } => store.record_kill(run_id, started_at, result, status, ended_at.as_deref()),
+                } => store.record_kill(run_id, *started_at, result, *status, *ended_at),
                 Record::End {
                     run_id,
                     status,
@@ -145,7 +148,7 @@ impl Auditor {
                     .map_or(Ok(()), |(code, signal)| {
                         store.record_exit(run_id, code, signal)
                     })
-                    .and_then(|()| store.finish_run(run_id, status, ended_at)),
+                    .and_then(|()| store.finish_run(run_id, *status, *ended_at)),
             };
             match res {
                 Ok(()) => {
@@ -177,8 +180,8 @@ impl Auditor {
                     ..
                 } => {
                     run.kill_result = Some(result.clone());
-                    run.status = status.clone();
-                    run.ended_at = ended_at.clone().or(run.ended_at.take());
+                    run.status = *status;
+                    run.ended_at = ended_at.or(run.ended_at);
                 }
                 Record::End {
                     status,
@@ -186,8 +189,8 @@ impl Auditor {
                     exit,
                     ..
                 } => {
-                    run.status = status.clone();
-                    run.ended_at = Some(ended_at.clone());
+                    run.status = *status;
+                    run.ended_at = Some(*ended_at);
                     if let Some((code, signal)) = exit {
                         (run.exit_code, run.exit_signal) = (*code, *signal);
                     }

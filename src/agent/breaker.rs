@@ -8,20 +8,20 @@
 
 use chrono::Utc;
 
-use super::time::{now, parse_time, rfc3339};
+use super::time::rfc3339;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{BreakerInfo, ErrorKind, RunStatus};
 use crate::policy::Permission;
 use crate::store::{AuditEntry, BreakerRecord};
 
 fn info(b: BreakerRecord) -> BreakerInfo {
-    let open = parse_time(b.open_until.as_deref()).is_some_and(|t| t > Utc::now());
+    let open = b.open_until.is_some_and(|t| t > Utc::now());
     BreakerInfo {
         workflow: b.workflow,
         failures: b.failures,
         open,
-        opened_at: b.opened_at,
-        open_until: b.open_until,
+        opened_at: b.opened_at.map(rfc3339),
+        open_until: b.open_until.map(rfc3339),
         last_run_id: b.last_run_id,
         last_reason: b.last_reason,
     }
@@ -70,9 +70,10 @@ impl Agent {
         b.last_reason = Some(reason);
         let opens = b.failures >= limit.failures;
         if opens {
-            let until = Utc::now() + chrono::Duration::from_std(limit.cooldown).unwrap_or_default();
-            b.opened_at = Some(now());
-            b.open_until = Some(rfc3339(until));
+            let now = Utc::now();
+            b.opened_at = Some(now);
+            b.open_until =
+                Some(now + chrono::Duration::from_std(limit.cooldown).unwrap_or_default());
         }
         if let Err(e) = store.put_breaker(&b) {
             tracing::error!(workflow, "cannot store the breaker: {e}");
@@ -84,7 +85,7 @@ impl Agent {
                  run {run_id}, {}); new runs are refused until {} or `wfcg breaker reset {workflow}`",
                 b.failures,
                 b.last_reason.as_deref().unwrap_or("?"),
-                b.open_until.as_deref().unwrap_or("?"),
+                b.open_until.map_or("?".into(), rfc3339),
             );
             self.audit_event(AuditEntry {
                 actor_name: "monitor".into(),

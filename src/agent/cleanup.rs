@@ -6,7 +6,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::kill_sequence::lock_owner;
-use super::time::parse_time;
 use super::{Agent, RUN_ID_ENV, adopt};
 use crate::api::{self, CleanupStatus};
 use crate::cgroup::Cgroup;
@@ -51,7 +50,7 @@ impl Agent {
         }
         git_dirs.sort();
         git_dirs.dedup();
-        let started = parse_time(rec.started_at.as_deref()).map(std::time::SystemTime::from);
+        let started = rec.started_at.map(std::time::SystemTime::from);
         if let Some(since) = started {
             let orphans =
                 sections::orphan_git_locks(&self.cfg.proc_root, &git_dirs, since, lock_owner(rec));

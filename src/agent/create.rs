@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::time::now;
 use super::{Agent, Caller, Failure, Result, layout, progress};
 use crate::api::{self, CreateRun, ErrorKind, RunStarted, RunStatus};
 use crate::cgroup::{self, Cgroup};
@@ -239,16 +238,16 @@ impl Agent {
             run_id: run_id.clone(),
             pid: Some(caller.pid),
             pid_starttime: starttime,
-            started_at: Some(now()),
+            started_at: Some(chrono::Utc::now()),
             workspace_path: workspace,
             cleanup_workspace,
             template: serde_json::to_string(&template).ok(),
             template_name: Some(template_name.clone()),
             notify_socket: Some(self.notify_dirs.join(&run_id).display().to_string()),
-            teams: serde_json::to_string(&teams).map_err(Failure::internal)?,
+            teams,
             owner_uid: caller.uid,
             workflow: req.workflow,
-            command: serde_json::to_string(&req.command).map_err(Failure::internal)?,
+            command: req.command,
             cgroup_path: cg.path().display().to_string(),
             run_dir: Some(run_dir.display().to_string()),
             tmpdir: Some(tmpdir.display().to_string()),
@@ -294,7 +293,7 @@ impl Agent {
     /// (`[limits]` in the policy), so that no one can exhaust the agent.
     fn check_start_limits(&self, uid: u32) -> Result<()> {
         let limits = self.access.policy().limits;
-        let live = self.store().count_runs_of(uid, &RunStatus::live_names())?;
+        let live = self.store().count_runs_of(uid, &RunStatus::live())?;
         if live >= u64::from(limits.max_live_runs) {
             return Err(Failure::new(
                 ErrorKind::Conflict,

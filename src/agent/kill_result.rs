@@ -99,7 +99,7 @@ pub(super) fn unconfirmed(result: &mut KillResult, rec: &RunRecord, why: &str) -
          the kill may be retried",
         rec.run_id, rec.status
     );
-    RunStatus::parse(&rec.status)
+    Some(rec.status)
         .filter(|s| s.is_live() && *s != RunStatus::Stopping)
         .unwrap_or(RunStatus::Running)
 }
@@ -218,7 +218,7 @@ mod tests {
     fn run(status: RunStatus) -> RunRecord {
         RunRecord {
             run_id: "run_1".into(),
-            status: status.as_str().into(),
+            status,
             ..Default::default()
         }
     }

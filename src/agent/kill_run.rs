@@ -198,11 +198,7 @@ impl Agent {
                     // (read, with what is pending over it) says whether it is live.
                     let stopping = self
                         .store()
-                        .transition(
-                            run_id,
-                            &RunStatus::live_names(),
-                            RunStatus::Stopping.as_str(),
-                        )
+                        .transition(run_id, &RunStatus::live(), RunStatus::Stopping)
                         .unwrap_or_else(|e| {
                             tracing::error!(
                                 run_id,
@@ -214,8 +210,7 @@ impl Agent {
                         let mut current =
                             self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
                         self.auditor.overlay(&mut current);
-                        let status =
-                            RunStatus::parse(&current.status).unwrap_or(RunStatus::Unknown);
+                        let status = current.status;
                         if !status.is_live() {
                             return Ok(already_ended(&current, status));
                         }

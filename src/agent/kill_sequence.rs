@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::kill_result::{self, kill_mode};
-use super::time::{now, parse_time};
+use super::time::now;
 use super::{Agent, Requester, audit, layout};
 use crate::api::{self, KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
@@ -46,11 +46,11 @@ impl Agent {
                 .map(PathBuf::from)
                 .collect(),
             // An adopted run's pid is just one of its processes, not a supervisor.
-            inherited_from: (rec.status != RunStatus::Unknown.as_str())
+            inherited_from: (rec.status != RunStatus::Unknown)
                 .then_some(rec.pid)
                 .flatten()
                 .filter(|&pid| procfs::starttime(&self.cfg.proc_root, pid) == rec.pid_starttime),
-            since: parse_time(rec.started_at.as_deref()).map(std::time::SystemTime::from),
+            since: rec.started_at.map(std::time::SystemTime::from),
             owner: lock_owner(rec),
         }
     }
@@ -77,7 +77,7 @@ impl Agent {
             freeze_timeout: settings.freeze_timeout,
             kill_deadline: settings.kill_deadline,
             // Only a supervisor is spared; an adopted run's pid is just one of its processes.
-            spare: (rec.status != RunStatus::Unknown.as_str() && rec.adopted.is_none())
+            spare: (rec.status != RunStatus::Unknown && rec.adopted.is_none())
                 .then(|| rec.pid.zip(rec.pid_starttime))
                 .flatten(),
             graces: kill::Graces {
@@ -144,15 +144,15 @@ impl Agent {
         kill_result::note_errors(&mut result, &report.errors);
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let json = serde_json::to_string(&result).unwrap_or_default();
-        let ended_at = (status == end).then(now);
+        let ended_at = (status == end).then(chrono::Utc::now);
         // Kept pending while the store cannot be written; the answer says so.
         self.auditor.keep(
             &self.store,
             audit::Record::Kill {
                 run_id: rec.run_id.clone(),
-                started_at: kill_result::after(started_at, std::time::Duration::ZERO),
+                started_at,
                 result: json,
-                status: status.as_str().into(),
+                status,
                 ended_at,
             },
         );

@@ -14,11 +14,10 @@ use chrono::{DateTime, Utc};
 use super::Agent;
 use super::monitor::{Kind, Monitor};
 use super::notify::{self, Message};
-use super::time::{parse_time, rfc3339};
 use crate::api::RunStatus;
 use crate::cgroup::Cgroup;
 use crate::procfs;
-use crate::store::{Col, RunRecord};
+use crate::store::{RunRecord, TextCol, TimeCol};
 
 mod deadlines;
 
@@ -196,22 +195,15 @@ impl Agent {
             },
         );
         self.progress_begin(rec, &template, restarted);
-        if rec.status == RunStatus::Initializing.as_str() {
+        if rec.status == RunStatus::Initializing {
             lock(&self.life.loops).insert(rec.run_id.clone(), LoopTracker::default());
         }
         if let Some(m) = self.monitor() {
-            m.set(
-                &rec.run_id,
-                Kind::Init,
-                parse_time(rec.init_deadline.as_deref()),
-            );
-            m.set(
-                &rec.run_id,
-                Kind::Total,
-                parse_time(rec.total_deadline.as_deref()),
-            );
+            m.set(&rec.run_id, Kind::Init, rec.init_deadline);
+            m.set(&rec.run_id, Kind::Total, rec.total_deadline);
             let slack = chrono::Duration::from_std(FLUSH_EVERY).unwrap_or_default();
-            let watchdog = parse_time(rec.watchdog_deadline.as_deref())
+            let watchdog = rec
+                .watchdog_deadline
                 .map(|d| if restarted { d + slack } else { d });
             m.set(&rec.run_id, Kind::Watchdog, watchdog);
         }
@@ -234,7 +226,7 @@ impl Agent {
         if let Some(b) = beat
             && let Err(e) = self
                 .store()
-                .set(run_id, Col::LastHeartbeat, Some(&rfc3339(b.at)))
+                .set_time(run_id, TimeCol::LastHeartbeat, Some(b.at))
         {
             tracing::error!(run_id, "cannot store the last heartbeat: {e}");
         }
@@ -371,16 +363,19 @@ impl Agent {
     }
 
     /// The newest heartbeat of a run and the watchdog deadline it set, if not yet stored.
-    pub(super) fn fresh_heartbeat(&self, run_id: &str) -> Option<(Option<String>, Option<String>)> {
+    pub(super) fn fresh_heartbeat(
+        &self,
+        run_id: &str,
+    ) -> Option<(DateTime<Utc>, Option<DateTime<Utc>>)> {
         lock(&self.life.beats)
             .get(run_id)
-            .map(|b| (Some(rfc3339(b.at)), b.deadline.map(rfc3339)))
+            .map(|b| (b.at, b.deadline))
     }
 
     fn flush_heartbeats(&self) {
         let beats: Vec<_> = lock(&self.life.beats)
             .drain()
-            .map(|(id, b)| (id, rfc3339(b.at), b.deadline.map(rfc3339), b.usec))
+            .map(|(id, b)| (id, b.at, b.deadline, b.usec))
             .collect();
         if beats.is_empty() {
             return;
@@ -398,11 +393,9 @@ impl Agent {
             return;
         };
         if let Some(text) = &msg.status {
-            let _ = store.set(run_id, Col::StatusText, Some(text));
+            let _ = store.set_text(run_id, TextCol::StatusText, Some(text));
         }
-        let initializing = RunStatus::Initializing.as_str();
-        let running = RunStatus::Running.as_str();
-        let mut still_initializing = rec.status == initializing;
+        let mut still_initializing = rec.status == RunStatus::Initializing;
         drop(store);
         if msg.ready && self.became_ready(run_id, at, "READY=1") {
             still_initializing = false;
@@ -410,18 +403,14 @@ impl Agent {
         let store = self.store();
         if let Some(us) = msg.extend_usec {
             let (col, kind, current) = if still_initializing {
-                (Col::InitDeadline, Kind::Init, rec.init_deadline.as_deref())
+                (TimeCol::InitDeadline, Kind::Init, rec.init_deadline)
             } else {
-                (
-                    Col::TotalDeadline,
-                    Kind::Total,
-                    rec.total_deadline.as_deref(),
-                )
+                (TimeCol::TotalDeadline, Kind::Total, rec.total_deadline)
             };
-            if let Some(current) = parse_time(current) {
+            if let Some(current) = current {
                 let wanted = at + chrono::Duration::microseconds(us.min(i64::MAX as u64) as i64);
                 if wanted > current {
-                    let _ = store.set(run_id, col, Some(&rfc3339(wanted)));
+                    let _ = store.set_time(run_id, col, Some(wanted));
                     if let Some(m) = self.monitor() {
                         m.set(run_id, kind, Some(wanted));
                     }
@@ -431,8 +420,8 @@ impl Agent {
         if msg.stopping {
             let _ = store.transition(
                 run_id,
-                &[initializing, running],
-                RunStatus::Stopping.as_str(),
+                &[RunStatus::Initializing, RunStatus::Running],
+                RunStatus::Stopping,
             );
         }
     }
@@ -441,15 +430,14 @@ impl Agent {
     /// `running`, its init deadline is gone. Whether it was initializing.
     pub(super) fn became_ready(&self, run_id: &str, at: DateTime<Utc>, how: &str) -> bool {
         let store = self.store();
-        let initializing = RunStatus::Initializing.as_str();
         if !store
-            .transition(run_id, &[initializing], RunStatus::Running.as_str())
+            .transition(run_id, &[RunStatus::Initializing], RunStatus::Running)
             .unwrap_or(false)
         {
             return false;
         }
-        let _ = store.set(run_id, Col::ReadyAt, Some(&rfc3339(at)));
-        let _ = store.set(run_id, Col::InitDeadline, None);
+        let _ = store.set_time(run_id, TimeCol::ReadyAt, Some(at));
+        let _ = store.set_time(run_id, TimeCol::InitDeadline, None);
         drop(store);
         lock(&self.life.loops).remove(run_id);
         if let Some(m) = self.monitor() {
@@ -536,7 +524,9 @@ impl Agent {
             }
             if let Some(text) = found {
                 tracing::warn!(run_id, "{text}");
-                let _ = self.store().set(&run_id, Col::LoopSuspected, Some(&text));
+                let _ = self
+                    .store()
+                    .set_text(&run_id, TextCol::LoopSuspected, Some(&text));
                 let rec = self.store().get_run(&run_id);
                 if let Ok(Some(rec)) = rec {
                     self.alert("loop_suspected", &rec, &text);

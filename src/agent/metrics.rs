@@ -291,7 +291,7 @@ impl Agent {
     /// run ids and workflows.
     pub fn metrics_text(&self, per_run: bool) -> String {
         use std::sync::atomic::Ordering;
-        let live_statuses: Vec<&str> = RunStatus::live_names();
+        let live_statuses = RunStatus::live();
         let (counts, live) = {
             let store = self.store();
             (
@@ -319,11 +319,11 @@ impl Agent {
             if !per_run {
                 continue;
             }
-            let age = age_secs(rec.started_at.as_deref(), now_t);
+            let age = age_secs(rec.started_at, now_t);
             snap.live.push((
                 rec.run_id.clone(),
                 rec.workflow.clone().unwrap_or_default(),
-                rec.status.clone(),
+                rec.status.as_str().to_owned(),
                 age,
             ));
         }

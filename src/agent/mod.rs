@@ -69,7 +69,6 @@ use crate::template::Template;
 use kill_run::KillSlot;
 use kill_sequence::KILL_START;
 use reaper::{OnEmpty, Reaper};
-use time::now;
 
 pub use crate::api::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
 
@@ -419,13 +418,13 @@ impl Agent {
 
     /// Brings the store in line with the cgroup tree after a start.
     fn reconcile(self: &Arc<Self>) {
-        let live: Vec<&str> = RunStatus::live_names();
+        let live = RunStatus::live();
         let records = self.store().list_runs(Some(&live)).unwrap_or_default();
         let mut known = std::collections::HashSet::new();
         for rec in records {
             known.insert(rec.run_id.clone());
             let cg = Cgroup::new(&rec.cgroup_path);
-            let interrupted = (rec.status == RunStatus::Stopping.as_str())
+            let interrupted = (rec.status == RunStatus::Stopping)
                 .then(|| self.kill_interrupted(&rec, cg.exists()));
             if cg.exists() {
                 // Deadlines are absolute times: one that passed meanwhile fires at once.
@@ -473,10 +472,10 @@ impl Agent {
                 run_id: run_id.to_owned(),
                 pid,
                 pid_starttime: pid.and_then(|p| procfs::starttime(&self.cfg.proc_root, p)),
-                status: RunStatus::Unknown.as_str().into(),
-                started_at: Some(now()),
+                status: RunStatus::Unknown,
+                started_at: Some(chrono::Utc::now()),
                 owner_uid: 0,
-                command: serde_json::to_string(&command).unwrap_or_else(|_| "[]".into()),
+                command,
                 cgroup_path: cg.path().display().to_string(),
                 ..Default::default()
             };
@@ -560,10 +559,9 @@ impl Agent {
 
     /// What the policy says of `id` doing `action` to the run `rec`.
     fn decide(&self, id: &Identity, action: Action, rec: &RunRecord) -> crate::policy::Decision {
-        let teams: Vec<String> = serde_json::from_str(&rec.teams).unwrap_or_default();
         let scope = RunScope {
             owner_uid: rec.owner_uid,
-            teams: &teams,
+            teams: &rec.teams,
         };
         self.access.policy().decide(id, action, &scope)
     }

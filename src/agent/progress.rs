@@ -150,7 +150,7 @@ impl Agent {
     pub(super) fn progress_begin(&self, rec: &RunRecord, template: &Template, restarted: bool) {
         let t = &template.timeouts;
         let port = template.run.port();
-        let initializing = rec.status == RunStatus::Initializing.as_str();
+        let initializing = rec.status == RunStatus::Initializing;
         if t.stall.is_zero() && (t.output.is_zero() || restarted) && port.is_none() {
             return;
         }
@@ -218,7 +218,7 @@ impl Agent {
             format!(
                 "no output within {}: started at {}, nothing written to stdout or stderr",
                 crate::duration::format(w.output_timeout),
-                rec.started_at.as_deref().unwrap_or("?")
+                rec.started_at.map_or("?".into(), rfc3339)
             )
         })
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::time::{age_secs, parse_time, rfc3339};
+use super::time::{age_secs, rfc3339};
 use super::{Agent, Caller, Failure, Result, layout, workload};
 use crate::api::{self, ErrorKind, RunInfo, RunStatus};
 use crate::cgroup::Cgroup;
@@ -37,7 +37,7 @@ impl Agent {
 
     /// The runs the caller may see: live ones, or all with `all`.
     pub fn list(&self, caller: &Caller, all: bool, stuck: bool) -> Result<Vec<RunInfo>> {
-        let live: Vec<&str> = RunStatus::live_names();
+        let live = RunStatus::live();
         let mut recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
         recs.iter_mut().for_each(|r| self.auditor.overlay(r));
         let id = self.access.identity(caller);
@@ -58,7 +58,7 @@ impl Agent {
 
     /// A run for display; `with_sections` adds the critical sections open now (a procfs scan).
     fn info(&self, rec: RunRecord, with_sections: bool) -> RunInfo {
-        let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+        let status = rec.status;
         let sections = if with_sections && status.is_live() {
             self.open_sections(&rec)
         } else {
@@ -78,12 +78,13 @@ impl Agent {
         let stuck = self.stuck_reason(&rec);
         let (last_heartbeat, watchdog_deadline) = self
             .fresh_heartbeat(&rec.run_id)
-            .unwrap_or((rec.last_heartbeat.clone(), rec.watchdog_deadline.clone()));
-        let end = parse_time(rec.ended_at.as_deref()).unwrap_or_else(chrono::Utc::now);
-        let age_secs = age_secs(rec.started_at.as_deref(), end);
+            .map(|(at, deadline)| (Some(at), deadline))
+            .unwrap_or((rec.last_heartbeat, rec.watchdog_deadline));
+        let end = rec.ended_at.unwrap_or_else(chrono::Utc::now);
+        let age_secs = age_secs(rec.started_at, end);
         RunInfo {
             owner: crate::users::user_name_cached(rec.owner_uid),
-            command: serde_json::from_str(&rec.command).unwrap_or_default(),
+            command: rec.command,
             kill_result: rec
                 .kill_result
                 .as_deref()
@@ -94,8 +95,8 @@ impl Agent {
             status,
             pid: rec.pid,
             processes,
-            started_at: rec.started_at,
-            ended_at: rec.ended_at,
+            started_at: rec.started_at.map(rfc3339),
+            ended_at: rec.ended_at.map(rfc3339),
             age_secs,
             cpu_usec,
             exit_code: rec.exit_code,
@@ -105,12 +106,12 @@ impl Agent {
             log_path: rec.log_path,
             sections,
             template: rec.template_name,
-            ready_at: rec.ready_at,
+            ready_at: rec.ready_at.map(rfc3339),
             status_text: rec.status_text,
-            last_heartbeat,
-            init_deadline: rec.init_deadline,
-            total_deadline: rec.total_deadline,
-            watchdog_deadline,
+            last_heartbeat: last_heartbeat.map(rfc3339),
+            init_deadline: rec.init_deadline.map(rfc3339),
+            total_deadline: rec.total_deadline.map(rfc3339),
+            watchdog_deadline: watchdog_deadline.map(rfc3339),
             stuck,
             loop_suspected: rec.loop_suspected,
             adopted: rec.adopted,

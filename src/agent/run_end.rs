@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::reaper::OnEmpty;
-use super::time::now;
 use super::{Agent, Caller, EXIT_STATUS_FILE, Failure, Result, audit, layout};
 use crate::api::{ErrorKind, ExitAck, ExitReport, RunStatus};
 use crate::cgroup::Cgroup;
@@ -34,7 +33,7 @@ impl Agent {
         }
         self.store()
             .record_exit(run_id, report.exit_code, report.signal)?;
-        let live = RunStatus::parse(&rec.status).is_some_and(RunStatus::is_live);
+        let live = rec.status.is_live();
         if !live || self.kill_in_flight(run_id) {
             return Ok(ExitAck::default()); // it ended already, or a kill is under way
         }
@@ -75,13 +74,13 @@ impl Agent {
                 && self.store().finish_run_if(
                     run_id,
                     &[
-                        RunStatus::Initializing.as_str(),
-                        RunStatus::Running.as_str(),
-                        RunStatus::Stopping.as_str(),
-                        RunStatus::Unknown.as_str(),
+                        RunStatus::Initializing,
+                        RunStatus::Running,
+                        RunStatus::Stopping,
+                        RunStatus::Unknown,
                     ],
-                    end.as_str(),
-                    &now(),
+                    end,
+                    chrono::Utc::now(),
                 )?
         };
         if exited {
@@ -236,7 +235,7 @@ impl OnEmpty for Agent {
                 self.reaper.watch(run_id, &cg, self);
                 return;
             }
-            let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+            let status = rec.status;
             let mut ended = None;
             if status.is_live() {
                 let mut exit = None;
@@ -267,8 +266,8 @@ impl OnEmpty for Agent {
                     &self.store,
                     audit::Record::End {
                         run_id: run_id.to_owned(),
-                        status: end.as_str().into(),
-                        ended_at: now(),
+                        status: end,
+                        ended_at: chrono::Utc::now(),
                         exit,
                     },
                 );

@@ -1,8 +1,9 @@
 //! The circuit breakers' rows: one per workflow.
 
+use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Result, Store};
+use super::{Result, Store, rfc3339};
 
 /// One row of `breakers`: a workflow's runs that ended stuck in a row, and
 /// until when new runs are refused (after the count reached the template's limit).
@@ -10,8 +11,8 @@ use super::{Result, Store};
 pub struct BreakerRecord {
     pub workflow: String,
     pub failures: u32,
-    pub opened_at: Option<String>,
-    pub open_until: Option<String>,
+    pub opened_at: Option<DateTime<Utc>>,
+    pub open_until: Option<DateTime<Utc>>,
     pub last_run_id: Option<String>,
     pub last_reason: Option<String>,
 }
@@ -58,8 +59,8 @@ impl Store {
             params![
                 b.workflow,
                 b.failures,
-                b.opened_at,
-                b.open_until,
+                b.opened_at.map(rfc3339),
+                b.open_until.map(rfc3339),
                 b.last_run_id,
                 b.last_reason
             ],

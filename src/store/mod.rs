@@ -12,11 +12,13 @@ mod runs;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod time;
 
 pub use audit::*;
 pub use breakers::*;
 pub use runs::*;
 use schema::MIGRATIONS;
+pub use time::rfc3339;
 
 use std::path::Path;
 
@@ -30,9 +32,39 @@ pub enum Error {
     /// The database was written by a newer wfcg.
     #[error("database schema version {found} is newer than this wfcg knows ({known})")]
     TooNew { found: i64, known: i64 },
+    /// A row holds a value that does not read as its type.
+    #[error(transparent)]
+    BadColumn(#[from] BadColumn),
     /// SQLite failed.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+}
+
+/// A value in a run's row that does not read as its type: an unknown status, a
+/// time that is not RFC 3339, a command that is not a JSON array (a row edited
+/// by hand, or written by a newer wfcg).
+#[derive(Debug, thiserror::Error)]
+#[error("run {run_id:?} in the database: column {column} holds {value}: {why}")]
+pub struct BadColumn {
+    pub run_id: String,
+    pub column: String,
+    /// The value as it is stored (text quoted, cut at 100 characters).
+    pub value: String,
+    pub why: String,
+}
+
+impl From<rusqlite::Error> for Error {
+    /// A [`BadColumn`] travels through rusqlite as the cause of a failed
+    /// conversion; it comes out as itself.
+    fn from(e: rusqlite::Error) -> Error {
+        match e {
+            rusqlite::Error::FromSqlConversionFailure(i, ty, why) => match why.downcast() {
+                Ok(bad) => Error::BadColumn(*bad),
+                Err(why) => Error::Sqlite(rusqlite::Error::FromSqlConversionFailure(i, ty, why)),
+            },
+            e => Error::Sqlite(e),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

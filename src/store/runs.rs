@@ -1,57 +1,78 @@
 //! The `runs` table: one row per run, and every change of it.
+//!
+//! Values are typed in [`RunRecord`] and stored as text the `sqlite3` CLI shows
+//! as it is: the status by its name, times as [`super::rfc3339`] writes them,
+//! the command and teams as JSON arrays. A row that does not read as its type
+//! (edited by hand, or written by a newer wfcg) is an [`Error::BadColumn`]
+//! naming the run and the column, never a panic nor a silent default.
 
+use chrono::{DateTime, Utc};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Error, Result, Store};
+use super::{BadColumn, Error, Result, Store, rfc3339};
+use crate::api::RunStatus;
 
-/// Text columns of `runs` that change during a run.
+/// Time columns of `runs` that change during a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Col {
+pub enum TimeCol {
     ReadyAt,
-    StatusText,
     InitDeadline,
     TotalDeadline,
     WatchdogDeadline,
     LastHeartbeat,
+}
+
+impl TimeCol {
+    fn name(self) -> &'static str {
+        match self {
+            TimeCol::ReadyAt => "ready_at",
+            TimeCol::InitDeadline => "init_deadline",
+            TimeCol::TotalDeadline => "total_deadline",
+            TimeCol::WatchdogDeadline => "watchdog_deadline",
+            TimeCol::LastHeartbeat => "last_heartbeat",
+        }
+    }
+}
+
+/// Text columns of `runs` that change during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextCol {
+    StatusText,
     LoopSuspected,
 }
 
-impl Col {
+impl TextCol {
     fn name(self) -> &'static str {
         match self {
-            Col::ReadyAt => "ready_at",
-            Col::StatusText => "status_text",
-            Col::InitDeadline => "init_deadline",
-            Col::TotalDeadline => "total_deadline",
-            Col::WatchdogDeadline => "watchdog_deadline",
-            Col::LastHeartbeat => "last_heartbeat",
-            Col::LoopSuspected => "loop_suspected",
+            TextCol::StatusText => "status_text",
+            TextCol::LoopSuspected => "loop_suspected",
         }
     }
 }
 
 /// A heartbeat to store: run id, its time, the watchdog deadline it sets, and the interval.
-pub type Heartbeat = (String, String, Option<String>, Option<i64>);
+pub type Heartbeat = (String, DateTime<Utc>, Option<DateTime<Utc>>, Option<i64>);
 
-/// One row of `runs`. Times are RFC 3339 strings in UTC.
+/// One row of `runs`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunRecord {
     pub run_id: String,
     /// The supervisor's pid and its start time (clock ticks), its identity.
     pub pid: Option<i32>,
     pub pid_starttime: Option<u64>,
-    pub status: String,
-    pub started_at: Option<String>,
+    pub status: RunStatus,
+    pub started_at: Option<DateTime<Utc>>,
     pub workspace_path: Option<String>,
-    pub last_heartbeat: Option<String>,
+    pub last_heartbeat: Option<DateTime<Utc>>,
     pub owner_uid: u32,
     pub workflow: Option<String>,
-    /// The command as a JSON array of strings.
-    pub command: String,
+    /// The command and its arguments (a JSON array in the column).
+    pub command: Vec<String>,
     pub cgroup_path: String,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
-    pub ended_at: Option<String>,
+    pub ended_at: Option<DateTime<Utc>>,
     /// The last kill result, as JSON.
     pub kill_result: Option<String>,
     pub run_dir: Option<String>,
@@ -59,16 +80,16 @@ pub struct RunRecord {
     pub log_path: Option<String>,
     /// Remove the workspace when the run ends.
     pub cleanup_workspace: bool,
-    /// The teams the run belongs to, as a JSON array.
-    pub teams: String,
+    /// The teams the run belongs to (a JSON array in the column).
+    pub teams: Vec<String>,
     /// The run's resolved template, as JSON, and its name.
     pub template: Option<String>,
     pub template_name: Option<String>,
-    pub ready_at: Option<String>,
+    pub ready_at: Option<DateTime<Utc>>,
     pub status_text: Option<String>,
-    pub init_deadline: Option<String>,
-    pub total_deadline: Option<String>,
-    pub watchdog_deadline: Option<String>,
+    pub init_deadline: Option<DateTime<Utc>>,
+    pub total_deadline: Option<DateTime<Utc>>,
+    pub watchdog_deadline: Option<DateTime<Utc>>,
     /// The heartbeat interval in force (from the template or WATCHDOG_USEC).
     pub watchdog_usec: Option<i64>,
     pub loop_suspected: Option<String>,
@@ -80,13 +101,98 @@ pub struct RunRecord {
     pub adopted: Option<String>,
 }
 
+/// A status is stored by its name.
+impl ToSql for RunStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl FromSql for RunStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        RunStatus::parse(name).ok_or_else(|| FromSqlError::Other("not a status wfcg knows".into()))
+    }
+}
+
+/// Statuses as a JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn status_list(statuses: &[RunStatus]) -> String {
+    let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+    serde_json::Value::from(names).to_string()
+}
+
+/// A time as its column holds it.
+fn time_text(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// A list of strings as its column holds it (a JSON array).
+fn json_list(list: &[String]) -> String {
+    serde_json::Value::from(list).to_string()
+}
+
+/// A column holding a JSON array of strings.
+fn list_from_row(r: &Row<'_>, i: usize) -> rusqlite::Result<Vec<String>> {
+    let text: String = r.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("not a JSON array of strings ({e})").into(),
+        )
+    })
+}
+
 const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, workspace_path, \
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
     ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams, template, \
     template_name, ready_at, status_text, init_deadline, total_deadline, watchdog_deadline, \
     watchdog_usec, loop_suspected, notify_socket, adopted";
 
+/// A row of `runs`; a value that does not read as its type is a [`BadColumn`]
+/// naming the run and the column.
 fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    read_run(r).map_err(|e| {
+        let (i, ty, why) = match e {
+            rusqlite::Error::FromSqlConversionFailure(i, ty, why) => (i, ty, why.to_string()),
+            rusqlite::Error::InvalidColumnType(i, _, ty) => (i, ty, format!("a {ty} value")),
+            rusqlite::Error::IntegralValueOutOfRange(i, v) => (
+                i,
+                rusqlite::types::Type::Integer,
+                format!("{v} is out of range"),
+            ),
+            e => return e,
+        };
+        let bad = BadColumn {
+            run_id: r.get(0).unwrap_or_default(),
+            column: r.as_ref().column_name(i).unwrap_or("?").to_string(),
+            value: r.get_ref(i).map(shown).unwrap_or_default(),
+            why,
+        };
+        rusqlite::Error::FromSqlConversionFailure(i, ty, Box::new(bad))
+    })
+}
+
+/// A stored value as an error shows it (text quoted, at most 100 characters).
+fn shown(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) => {
+            format!(
+                "{:?}",
+                String::from_utf8_lossy(t)
+                    .chars()
+                    .take(100)
+                    .collect::<String>()
+            )
+        }
+        ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
+    }
+}
+
+fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
         run_id: r.get(0)?,
         pid: r.get(1)?,
@@ -97,7 +203,7 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         last_heartbeat: r.get(6)?,
         owner_uid: r.get(7)?,
         workflow: r.get(8)?,
-        command: r.get(9)?,
+        command: list_from_row(r, 9)?,
         cgroup_path: r.get(10)?,
         exit_code: r.get(11)?,
         exit_signal: r.get(12)?,
@@ -107,7 +213,7 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         tmpdir: r.get(16)?,
         log_path: r.get(17)?,
         cleanup_workspace: r.get(18)?,
-        teams: r.get(19)?,
+        teams: list_from_row(r, 19)?,
         template: r.get(20)?,
         template_name: r.get(21)?,
         ready_at: r.get(22)?,
@@ -136,29 +242,29 @@ impl Store {
                 run.pid,
                 run.pid_starttime.map(|v| v as i64),
                 run.status,
-                run.started_at,
+                time_text(run.started_at),
                 run.workspace_path,
-                run.last_heartbeat,
+                time_text(run.last_heartbeat),
                 run.owner_uid,
                 run.workflow,
-                run.command,
+                json_list(&run.command),
                 run.cgroup_path,
                 run.exit_code,
                 run.exit_signal,
-                run.ended_at,
+                time_text(run.ended_at),
                 run.kill_result,
                 run.run_dir,
                 run.tmpdir,
                 run.log_path,
                 run.cleanup_workspace,
-                run.teams,
+                json_list(&run.teams),
                 run.template,
                 run.template_name,
-                run.ready_at,
+                time_text(run.ready_at),
                 run.status_text,
-                run.init_deadline,
-                run.total_deadline,
-                run.watchdog_deadline,
+                time_text(run.init_deadline),
+                time_text(run.total_deadline),
+                time_text(run.watchdog_deadline),
                 run.watchdog_usec,
                 run.loop_suspected,
                 run.notify_socket,
@@ -188,31 +294,30 @@ impl Store {
     }
 
     /// Runs, newest first; with `statuses`, only those in one of them.
-    pub fn list_runs(&self, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
+    pub fn list_runs(&self, statuses: Option<&[RunStatus]>) -> Result<Vec<RunRecord>> {
         self.query_runs(RUN_COLUMNS, statuses)
     }
 
     /// [`Store::list_runs`] without each run's template (the bulk of a row), for
     /// listings that do not need it.
-    pub fn list_runs_brief(&self, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
+    pub fn list_runs_brief(&self, statuses: Option<&[RunStatus]>) -> Result<Vec<RunRecord>> {
         self.query_runs(
             &RUN_COLUMNS.replacen("teams, template,", "teams, NULL,", 1),
             statuses,
         )
     }
 
-    fn query_runs(&self, columns: &str, statuses: Option<&[&str]>) -> Result<Vec<RunRecord>> {
+    fn query_runs(&self, columns: &str, statuses: Option<&[RunStatus]>) -> Result<Vec<RunRecord>> {
         let mut sql = format!("SELECT {columns} FROM runs");
-        if let Some(st) = statuses {
-            let list: Vec<String> = st
-                .iter()
-                .map(|s| format!("'{}'", s.replace('\'', "''")))
-                .collect();
-            sql.push_str(&format!(" WHERE status IN ({})", list.join(",")));
+        if statuses.is_some() {
+            sql.push_str(" WHERE status IN (SELECT value FROM json_each(?1))");
         }
         sql.push_str(" ORDER BY created_at DESC, rowid DESC");
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], run_from_row)?;
+        let rows = match statuses {
+            Some(st) => stmt.query_map([status_list(st)], run_from_row)?,
+            None => stmt.query_map([], run_from_row)?,
+        };
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -226,44 +331,56 @@ impl Store {
     }
 
     /// Marks a run ended with its final status.
-    pub fn finish_run(&self, run_id: &str, status: &str, ended_at: &str) -> Result<()> {
+    pub fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        ended_at: DateTime<Utc>,
+    ) -> Result<()> {
         self.conn.execute(
             "UPDATE runs SET status = ?2, ended_at = ?3 WHERE run_id = ?1",
-            params![run_id, status, ended_at],
+            params![run_id, status, rfc3339(ended_at)],
         )?;
         Ok(())
     }
 
-    /// Marks a run ended only if its status is still `from`; returns whether it was.
+    /// Marks a run ended only if its status is still one of `from`; returns whether it was.
     pub fn finish_run_if(
         &self,
         run_id: &str,
-        from: &[&str],
-        status: &str,
-        ended_at: &str,
+        from: &[RunStatus],
+        status: RunStatus,
+        ended_at: DateTime<Utc>,
     ) -> Result<bool> {
-        let from = serde_json::to_string(from).unwrap_or_default();
         let n = self.conn.execute(
             "UPDATE runs SET status = ?3, ended_at = ?4 WHERE run_id = ?1 \
              AND status IN (SELECT value FROM json_each(?2))",
-            params![run_id, from, status, ended_at],
+            params![run_id, status_list(from), status, rfc3339(ended_at)],
         )?;
         Ok(n == 1)
     }
 
     /// Changes a run's status only if it is one of `from`; returns whether it was.
-    pub fn transition(&self, run_id: &str, from: &[&str], to: &str) -> Result<bool> {
-        let from = serde_json::to_string(from).unwrap_or_default();
+    pub fn transition(&self, run_id: &str, from: &[RunStatus], to: RunStatus) -> Result<bool> {
         let n = self.conn.execute(
             "UPDATE runs SET status = ?3 WHERE run_id = ?1 \
              AND status IN (SELECT value FROM json_each(?2))",
-            params![run_id, from, to],
+            params![run_id, status_list(from), to],
         )?;
         Ok(n == 1)
     }
 
-    /// Sets one of the lifecycle columns.
-    pub fn set(&self, run_id: &str, col: Col, value: Option<&str>) -> Result<()> {
+    /// Sets one of the lifecycle times.
+    pub fn set_time(&self, run_id: &str, col: TimeCol, value: Option<DateTime<Utc>>) -> Result<()> {
+        self.conn.execute(
+            &format!("UPDATE runs SET {} = ?2 WHERE run_id = ?1", col.name()),
+            params![run_id, time_text(value)],
+        )?;
+        Ok(())
+    }
+
+    /// Sets one of the lifecycle texts.
+    pub fn set_text(&self, run_id: &str, col: TextCol, value: Option<&str>) -> Result<()> {
         self.conn.execute(
             &format!("UPDATE runs SET {} = ?2 WHERE run_id = ?1", col.name()),
             params![run_id, value],
@@ -280,7 +397,7 @@ impl Store {
                  watchdog_usec = coalesce(?4, watchdog_usec) WHERE run_id = ?1",
             )?;
             for (run_id, at, deadline, usec) in beats {
-                stmt.execute(params![run_id, at, deadline, usec])?;
+                stmt.execute(params![run_id, rfc3339(*at), time_text(*deadline), usec])?;
             }
         }
         tx.commit()?;
@@ -292,20 +409,20 @@ impl Store {
     pub fn record_kill(
         &mut self,
         run_id: &str,
-        started_at: &str,
+        started_at: DateTime<Utc>,
         result_json: &str,
-        status: &str,
-        ended_at: Option<&str>,
+        status: RunStatus,
+        ended_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO kills (run_id, started_at, result) VALUES (?1, ?2, ?3)",
-            params![run_id, started_at, result_json],
+            params![run_id, rfc3339(started_at), result_json],
         )?;
         tx.execute(
             "UPDATE runs SET kill_result = ?2, status = ?3, ended_at = coalesce(?4, ended_at) \
              WHERE run_id = ?1",
-            params![run_id, result_json, status, ended_at],
+            params![run_id, result_json, status, time_text(ended_at)],
         )?;
         tx.commit()?;
         Ok(())
@@ -321,18 +438,13 @@ impl Store {
     }
 
     /// How many runs of `owner_uid` have one of `statuses`.
-    pub fn count_runs_of(&self, owner_uid: u32, statuses: &[&str]) -> Result<u64> {
-        let list: Vec<String> = statuses
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "''")))
-            .collect();
-        let sql = format!(
-            "SELECT count(*) FROM runs WHERE owner_uid = ?1 AND status IN ({})",
-            list.join(",")
-        );
-        Ok(self
-            .conn
-            .query_row(&sql, [owner_uid], |r| r.get::<_, i64>(0))? as u64)
+    pub fn count_runs_of(&self, owner_uid: u32, statuses: &[RunStatus]) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM runs WHERE owner_uid = ?1 \
+             AND status IN (SELECT value FROM json_each(?2))",
+            params![owner_uid, status_list(statuses)],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// How many kill sequences were carried out on a run.

@@ -1,13 +1,21 @@
+use chrono::{DateTime, Utc};
+
 use super::*;
+use crate::api::RunStatus;
+
+/// A time as RFC 3339 text reads it.
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().into()
+}
 
 fn sample(id: &str) -> RunRecord {
     RunRecord {
         run_id: id.into(),
         pid: Some(42),
         pid_starttime: Some(u64::MAX / 2),
-        status: "running".into(),
+        status: RunStatus::Running,
         owner_uid: 1000,
-        command: r#"["sleep","1"]"#.into(),
+        command: vec!["sleep".into(), "1".into()],
         cgroup_path: format!("/sys/fs/cgroup/wfcg/runs/{id}"),
         ..Default::default()
     }
@@ -166,26 +174,37 @@ fn lists_by_status_and_counts_kills() {
     store.insert_run(&sample("run_a")).unwrap();
     store.insert_run(&sample("run_b")).unwrap();
     store
-        .finish_run("run_b", "killed", "2026-01-01T00:00:00Z")
+        .finish_run("run_b", RunStatus::Killed, at("2026-01-01T00:00:00Z"))
         .unwrap();
     assert!(
         !store
-            .finish_run_if("run_b", &["running"], "exited", "x")
+            .finish_run_if(
+                "run_b",
+                &[RunStatus::Running],
+                RunStatus::Exited,
+                Utc::now()
+            )
             .unwrap()
     );
     assert!(
         store
-            .transition("run_a", &["initializing", "running"], "stopping")
+            .transition(
+                "run_a",
+                &[RunStatus::Initializing, RunStatus::Running],
+                RunStatus::Stopping
+            )
             .unwrap()
     );
     assert!(
         !store
-            .transition("run_a", &["initializing"], "running")
+            .transition("run_a", &[RunStatus::Initializing], RunStatus::Running)
             .unwrap()
     );
-    store.transition("run_a", &["stopping"], "running").unwrap();
     store
-        .set("run_a", Col::StatusText, Some("cloning"))
+        .transition("run_a", &[RunStatus::Stopping], RunStatus::Running)
+        .unwrap();
+    store
+        .set_text("run_a", TextCol::StatusText, Some("cloning"))
         .unwrap();
     assert_eq!(
         store
@@ -199,13 +218,13 @@ fn lists_by_status_and_counts_kills() {
     store
         .record_kill(
             "run_b",
-            "2026-01-01T00:00:00Z",
+            at("2026-01-01T00:00:00Z"),
             "{}",
-            "killed",
-            Some("2026-01-01T00:00:01Z"),
+            RunStatus::Killed,
+            Some(at("2026-01-01T00:00:01Z")),
         )
         .unwrap();
-    let live = store.list_runs(Some(&["running"])).unwrap();
+    let live = store.list_runs(Some(&[RunStatus::Running])).unwrap();
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].run_id, "run_a");
     assert_eq!(store.kill_count("run_b").unwrap(), 1);
@@ -218,4 +237,233 @@ fn lists_by_status_and_counts_kills() {
             .as_deref(),
         Some("{}")
     );
+}
+
+/// Every time column of `runs`, as `RunRecord` names them.
+const TIME_COLUMNS: [&str; 7] = [
+    "started_at",
+    "last_heartbeat",
+    "ended_at",
+    "ready_at",
+    "init_deadline",
+    "total_deadline",
+    "watchdog_deadline",
+];
+
+/// A row written by an older wfcg (times as text, status by name, command and
+/// teams as JSON) reads back as the same times and values.
+#[test]
+fn a_row_in_the_old_text_format_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+    store
+        .conn
+        .execute(
+            "INSERT INTO runs (run_id, status, owner_uid, command, cgroup_path, teams, \
+             started_at, last_heartbeat, ended_at, ready_at, init_deadline, total_deadline, \
+             watchdog_deadline) VALUES ('run_old', 'timed_out', 1000, '[\"sh\",\"-c\",\"echo \\\"hi\\\"\"]', \
+             '/sys/fs/cgroup/wfcg/runs/run_old', '[\"ci\",\"ops\"]', \
+             '2025-12-31T23:00:00.250Z', '2025-12-31T23:00:01.000Z', '2025-12-31T23:00:09.999Z', \
+             '2025-12-31T23:00:00.500Z', NULL, '2026-01-01T00:00:00.000Z', '2025-12-31T23:00:03.001Z')",
+            [],
+        )
+        .unwrap();
+    let run = store.get_run("run_old").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::TimedOut);
+    assert_eq!(run.command, ["sh", "-c", "echo \"hi\""]);
+    assert_eq!(run.teams, ["ci", "ops"]);
+    assert_eq!(run.started_at, Some(at("2025-12-31T23:00:00.250Z")));
+    assert_eq!(run.last_heartbeat, Some(at("2025-12-31T23:00:01Z")));
+    assert_eq!(run.ended_at, Some(at("2025-12-31T23:00:09.999Z")));
+    assert_eq!(run.ready_at, Some(at("2025-12-31T23:00:00.5Z")));
+    assert_eq!(run.init_deadline, None);
+    assert_eq!(run.total_deadline, Some(at("2026-01-01T00:00:00Z")));
+    assert_eq!(run.watchdog_deadline, Some(at("2025-12-31T23:00:03.001Z")));
+    // Deadlines compare as times, not as text.
+    assert!(run.watchdog_deadline < run.total_deadline);
+    // Written back, each time is the same text an older wfcg wrote (and reads).
+    store.conn.execute("DELETE FROM runs", []).unwrap();
+    store.insert_run(&run).unwrap();
+    let text = |col: &str| -> Option<String> {
+        store
+            .conn
+            .query_row(&format!("SELECT {col} FROM runs"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(
+        text("started_at").as_deref(),
+        Some("2025-12-31T23:00:00.250Z")
+    );
+    assert_eq!(
+        text("last_heartbeat").as_deref(),
+        Some("2025-12-31T23:00:01.000Z")
+    );
+    assert_eq!(text("init_deadline"), None);
+    assert_eq!(text("status").as_deref(), Some("timed_out"));
+    assert_eq!(
+        text("command").as_deref(),
+        Some(r#"["sh","-c","echo \"hi\""]"#)
+    );
+    assert_eq!(text("teams").as_deref(), Some(r#"["ci","ops"]"#));
+    for col in TIME_COLUMNS.into_iter().filter(|c| *c != "init_deadline") {
+        let t = text(col).unwrap();
+        assert!(DateTime::parse_from_rfc3339(&t).is_ok(), "{col}: {t}");
+    }
+}
+
+/// Every typed field, and every status, goes in and comes out the same; so do
+/// the typed writes of a running run (times, texts, heartbeats, a kill).
+#[test]
+fn every_typed_field_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+    let t0 = at("2026-03-01T12:00:00.123Z");
+    let secs = |s: i64| Some(t0 + chrono::Duration::seconds(s));
+    for (i, status) in RunStatus::ALL.into_iter().enumerate() {
+        let run = RunRecord {
+            status,
+            started_at: Some(t0),
+            last_heartbeat: secs(1),
+            ended_at: secs(2),
+            ready_at: secs(3),
+            init_deadline: secs(4),
+            total_deadline: secs(5),
+            watchdog_deadline: secs(6),
+            command: vec!["é \" ' ,".into(), String::new(), "[]".into()],
+            teams: vec!["a team".into()],
+            ..sample(&format!("run_{i}"))
+        };
+        store.insert_run(&run).unwrap();
+        assert_eq!(store.get_run(&run.run_id).unwrap().unwrap(), run);
+    }
+    assert_eq!(
+        store.list_runs(Some(&RunStatus::live())).unwrap().len(),
+        RunStatus::live().len()
+    );
+    assert_eq!(
+        store
+            .count_runs_of(1000, &[RunStatus::Killed, RunStatus::Lost])
+            .unwrap(),
+        2
+    );
+
+    // A record with nothing set reads back as nothing set.
+    let empty = RunRecord {
+        run_id: "run_empty".into(),
+        ..Default::default()
+    };
+    store.insert_run(&empty).unwrap();
+    assert_eq!(store.get_run("run_empty").unwrap().unwrap(), empty);
+
+    let cols = [
+        TimeCol::ReadyAt,
+        TimeCol::InitDeadline,
+        TimeCol::TotalDeadline,
+        TimeCol::WatchdogDeadline,
+        TimeCol::LastHeartbeat,
+    ];
+    for (i, col) in cols.into_iter().enumerate() {
+        store
+            .set_time("run_empty", col, secs(10 + i as i64))
+            .unwrap();
+    }
+    store
+        .set_text("run_empty", TextCol::LoopSuspected, Some("loop"))
+        .unwrap();
+    let run = store.get_run("run_empty").unwrap().unwrap();
+    assert_eq!(
+        [
+            run.ready_at,
+            run.init_deadline,
+            run.total_deadline,
+            run.watchdog_deadline,
+            run.last_heartbeat
+        ],
+        [secs(10), secs(11), secs(12), secs(13), secs(14)]
+    );
+    assert_eq!(run.loop_suspected.as_deref(), Some("loop"));
+    store
+        .set_time("run_empty", TimeCol::InitDeadline, None)
+        .unwrap();
+    store
+        .set_heartbeats(&[("run_empty".into(), t0, None, Some(5))])
+        .unwrap();
+    let run = store.get_run("run_empty").unwrap().unwrap();
+    assert_eq!(
+        (run.init_deadline, run.last_heartbeat, run.watchdog_deadline),
+        (None, Some(t0), None)
+    );
+    assert_eq!(run.watchdog_usec, Some(5));
+    store
+        .record_kill("run_empty", t0, "{}", RunStatus::Killed, secs(20))
+        .unwrap();
+    let run = store.get_run("run_empty").unwrap().unwrap();
+    assert_eq!((run.status, run.ended_at), (RunStatus::Killed, secs(20)));
+    let kill_started: DateTime<Utc> = store
+        .conn
+        .query_row("SELECT started_at FROM kills", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kill_started, t0);
+}
+
+/// A value that does not read as its type (an unknown status, a time that is
+/// not one, a command that is not a JSON array) is an error naming the run and
+/// the column, not a panic nor a silent default; other runs still read.
+#[test]
+fn a_bad_value_in_a_row_is_an_error_naming_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+    store.insert_run(&sample("run_good")).unwrap();
+    let cases = [
+        (
+            "status",
+            "'paused'",
+            "holds \"paused\": not a status wfcg knows",
+        ),
+        ("started_at", "'yesterday'", "holds \"yesterday\""),
+        ("ended_at", "1.5", "holds 1.5: a Real value"),
+        (
+            "command",
+            "'sleep 1'",
+            "holds \"sleep 1\": not a JSON array of strings",
+        ),
+        (
+            "teams",
+            "'[1]'",
+            "holds \"[1]\": not a JSON array of strings",
+        ),
+    ];
+    for (column, value, why) in cases {
+        store.insert_run(&sample("run_bad")).unwrap();
+        store
+            .conn
+            .execute(
+                &format!("UPDATE runs SET {column} = {value} WHERE run_id = 'run_bad'"),
+                [],
+            )
+            .unwrap();
+        let err = store.get_run("run_bad").unwrap_err();
+        let Error::BadColumn(bad) = &err else {
+            panic!("{column}: not a BadColumn: {err:?}");
+        };
+        assert_eq!(
+            (bad.run_id.as_str(), bad.column.as_str()),
+            ("run_bad", column)
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("run \"run_bad\"") && text.contains(column) && text.contains(why),
+            "{text}"
+        );
+        let listed = store.list_runs(None).unwrap_err().to_string();
+        assert!(listed.contains("run_bad"), "{listed}");
+        assert_eq!(
+            store.get_run("run_good").unwrap().unwrap(),
+            sample("run_good")
+        );
+        store
+            .conn
+            .execute("DELETE FROM runs WHERE run_id = 'run_bad'", [])
+            .unwrap();
+    }
 }

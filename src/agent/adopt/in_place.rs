@@ -99,7 +99,7 @@ impl Agent {
                 ))),
             };
         }
-        let live = RunStatus::live_names();
+        let live = RunStatus::live();
         let same = self
             .store()
             .list_runs_brief(Some(&live))?

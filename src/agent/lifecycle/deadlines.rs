@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::lock;
 use crate::agent::Agent;
 use crate::agent::monitor::Kind;
-use crate::agent::time::{now, parse_time, rfc3339};
+use crate::agent::time::rfc3339;
 use crate::api::{KillRequest, RunStatus};
 use crate::store::RunRecord;
 
@@ -31,15 +31,14 @@ impl Agent {
         let Ok(Some(rec)) = self.store().get_run(run_id) else {
             return;
         };
-        let status = RunStatus::parse(&rec.status).unwrap_or(RunStatus::Unknown);
+        let status = rec.status;
         if !status.is_live() || self.kill_in_flight(run_id) {
             return;
         }
         let template = self.run_template(&rec);
         let now_t = Utc::now();
-        let since = |t: &Option<String>| {
-            parse_time(t.as_deref())
-                .map(|t| t.format("%H:%M:%S").to_string())
+        let since = |t: &Option<DateTime<Utc>>| {
+            t.map(|t| t.format("%H:%M:%S").to_string())
                 .unwrap_or_else(|| "?".into())
         };
         let last_status = rec
@@ -58,8 +57,7 @@ impl Agent {
                 None => return,
             },
             Kind::Init => {
-                if status != RunStatus::Initializing
-                    || parse_time(rec.init_deadline.as_deref()).is_none_or(|d| d > now_t)
+                if status != RunStatus::Initializing || rec.init_deadline.is_none_or(|d| d > now_t)
                 {
                     return;
                 }
@@ -70,7 +68,7 @@ impl Agent {
                 )
             }
             Kind::Total => {
-                if parse_time(rec.total_deadline.as_deref()).is_none_or(|d| d > now_t) {
+                if rec.total_deadline.is_none_or(|d| d > now_t) {
                     return;
                 }
                 format!(
@@ -82,8 +80,8 @@ impl Agent {
             Kind::Watchdog => {
                 let last = lock(&self.life.beats)
                     .get(run_id)
-                    .map(|b| rfc3339(b.at))
-                    .or(rec.last_heartbeat.clone());
+                    .map(|b| b.at)
+                    .or(rec.last_heartbeat);
                 let threshold = lock(&self.life.lives).get(run_id).and_then(|l| l.threshold);
                 format!(
                     "heartbeat missed: no WATCHDOG=1 for {} (last at {}){last_status}",
@@ -113,10 +111,7 @@ impl Agent {
             .get_run(run_id)
             .ok()
             .flatten()
-            .is_some_and(|r| {
-                RunStatus::parse(&r.status)
-                    .is_some_and(|s| s.is_live() && s != RunStatus::Unkillable)
-            });
+            .is_some_and(|r| r.status.is_live() && r.status != RunStatus::Unkillable);
         if live
             && !self.kill_in_flight(run_id)
             && let Some(m) = self.monitor()
@@ -132,7 +127,7 @@ impl Agent {
     /// Why a live run counts as stuck, if it does: initializing for 80% or more of
     /// its init timeout, a heartbeat overdue, or 80% or more of its total time gone.
     pub(in crate::agent) fn stuck_reason(&self, rec: &RunRecord) -> Option<String> {
-        let status = RunStatus::parse(&rec.status)?;
+        let status = rec.status;
         if !status.is_live() {
             return None;
         }
@@ -146,28 +141,28 @@ impl Agent {
         }
         let template = self.run_template(rec);
         let now_t = Utc::now();
-        let near = |deadline: Option<&str>, span: Duration| {
-            let d = parse_time(deadline)?;
+        let near = |deadline: Option<DateTime<Utc>>, span: Duration| {
+            let d = deadline?;
             let margin = chrono::Duration::from_std(span / 5).unwrap_or_default();
             (now_t >= d - margin).then_some(d)
         };
         if status == RunStatus::Initializing
-            && let Some(d) = near(rec.init_deadline.as_deref(), template.timeouts.init)
+            && let Some(d) = near(rec.init_deadline, template.timeouts.init)
         {
             return Some(format!(
                 "initializing since {} (init deadline {})",
-                rec.started_at.as_deref().unwrap_or("?"),
+                rec.started_at.map_or("?".into(), rfc3339),
                 rfc3339(d)
             ));
         }
         let watchdog = match lock(&self.life.beats).get(&rec.run_id) {
             Some(b) => b.deadline,
-            None => parse_time(rec.watchdog_deadline.as_deref()),
+            None => rec.watchdog_deadline,
         };
         if let Some(d) = watchdog.filter(|d| now_t > *d) {
             return Some(format!("heartbeat overdue since {}", rfc3339(d)));
         }
-        if let Some(d) = near(rec.total_deadline.as_deref(), template.timeouts.total) {
+        if let Some(d) = near(rec.total_deadline, template.timeouts.total) {
             return Some(format!("near its total timeout ({})", rfc3339(d)));
         }
         None
@@ -180,8 +175,7 @@ impl Agent {
     ) {
         let start = Utc::now();
         let after = |d: Duration| {
-            (!d.is_zero())
-                .then(|| rfc3339(start + chrono::Duration::from_std(d).unwrap_or_default()))
+            (!d.is_zero()).then(|| start + chrono::Duration::from_std(d).unwrap_or_default())
         };
         // With no init timeout there is no initialization to wait out: a run that
         // will never be killed for not becoming ready is running from the start.
@@ -190,11 +184,9 @@ impl Agent {
             RunStatus::Initializing
         } else {
             RunStatus::Running
-        }
-        .as_str()
-        .into();
+        };
         if !notify {
-            rec.ready_at = Some(now());
+            rec.ready_at = Some(start);
         }
         rec.init_deadline = if notify {
             after(template.timeouts.init)
