@@ -4,7 +4,8 @@
 //! as it is: the status by its name, times as [`super::rfc3339`] writes them,
 //! the command and teams as JSON arrays. A row that does not read as its type
 //! (edited by hand, or written by a newer wfcg) is an [`Error::BadColumn`]
-//! naming the run and the column, never a panic nor a silent default.
+//! naming the run and the column, never a panic nor a silent default; a list
+//! leaves such a row out (and logs it) so that it hides no other run.
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
@@ -318,7 +319,17 @@ impl Store {
             Some(st) => stmt.query_map([status_list(st)], run_from_row)?,
             None => stmt.query_map([], run_from_row)?,
         };
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        // One unreadable row must not hide the others (the agent's restart
+        // reconciles the live runs from this list): it is left out, and logged.
+        let mut runs = Vec::new();
+        for row in rows {
+            match row.map_err(Error::from) {
+                Ok(run) => runs.push(run),
+                Err(Error::BadColumn(bad)) => tracing::error!("{bad}; the run is left out"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(runs)
     }
 
     /// Records how the command ended (reported by the supervisor).
@@ -434,7 +445,17 @@ impl Store {
             .conn
             .prepare("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        // One unreadable row must not hide the others (the agent's restart
+        // reconciles the live runs from this list): it is left out, and logged.
+        let mut runs = Vec::new();
+        for row in rows {
+            match row.map_err(Error::from) {
+                Ok(run) => runs.push(run),
+                Err(Error::BadColumn(bad)) => tracing::error!("{bad}; the run is left out"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(runs)
     }
 
     /// How many runs of `owner_uid` have one of `statuses`.
