@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 
 use crate::api::{Phase, STOP_REASON_FILE, SectionKind};
-use crate::cgroup::{Cgroup, Frozen};
+use crate::cgroup::{self, Cgroup, Frozen};
 use crate::procfs;
 use crate::sections::{self, Finding};
 
@@ -147,6 +147,27 @@ pub struct Seen {
     pub last: Duration,
 }
 
+/// An error that did not stop the kill sequence, by what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// The processes could not be listed (the kill goes on: `cgroup.kill`
+    /// reaches them all the same).
+    #[error("cannot list the processes: {0}")]
+    List(cgroup::Error),
+    /// The freeze failed, or was not confirmed within its timeout.
+    #[error("{0}")]
+    Freeze(String),
+    /// The run's stop-reason file could not be written.
+    #[error("{0}")]
+    StopReason(String),
+    /// Waiting for the cgroup to empty failed.
+    #[error("{0}")]
+    Wait(cgroup::Error),
+    /// `cgroup.kill` could not be written.
+    #[error("{0}")]
+    Kill(cgroup::Error),
+}
+
 /// What the sequence did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -164,7 +185,7 @@ pub struct Report {
     /// Empty when the cgroup reached `populated 0`.
     pub survivors: Vec<Survivor>,
     /// Errors that did not stop the sequence.
-    pub errors: Vec<String>,
+    pub errors: Vec<KillError>,
     /// Why the end of the processes could not be confirmed (a read of the
     /// cgroup failed): the run is not over, whatever else this report says.
     pub unconfirmed: Option<String>,
@@ -250,7 +271,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
                 crate::duration::format(plan.term_grace)
             ),
         ),
-        Err(e) => report.errors.push(e.to_string()),
+        Err(e) => report.errors.push(KillError::Wait(e)),
     }
 
     // 5. The hard kill.
@@ -263,9 +284,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
 /// goes on: `cgroup.kill` reaches them all the same), never taken as "none".
 fn listed(cg: &Cgroup, report: &mut Report) -> Vec<i32> {
     cg.procs_recursive().unwrap_or_else(|e| {
-        report
-            .errors
-            .push(format!("cannot list the processes: {e}"));
+        report.errors.push(KillError::List(e));
         Vec::new()
     })
 }
@@ -278,12 +297,12 @@ fn freeze<'a>(cg: &'a Cgroup, plan: &Plan, report: &mut Report) -> Option<Frozen
     match cg.freeze_guard(plan.freeze_timeout) {
         Ok(f) => {
             if let Some(why) = f.unconfirmed() {
-                report.errors.push(why);
+                report.errors.push(KillError::Freeze(why));
             }
             Some(f)
         }
         Err(e) => {
-            report.errors.push(e.to_string());
+            report.errors.push(KillError::Freeze(e.to_string()));
             None
         }
     }
@@ -301,7 +320,7 @@ fn say_why(plan: &Plan, report: &mut Report) {
     if let Some(stop) = &plan.stop_reason
         && let Err(e) = write_stop_reason(stop, plan)
     {
-        report.errors.push(e);
+        report.errors.push(KillError::StopReason(e));
     }
 }
 
@@ -326,10 +345,10 @@ fn end_whole(plan: &Plan, proc_root: &Path, report: &mut Report) {
             return;
         }
         Ok(false) => {}
-        Err(e) => report.errors.push(e.to_string()),
+        Err(e) => report.errors.push(KillError::Wait(e)),
     }
     if let Err(e) = whole.kill() {
-        report.errors.push(e.to_string());
+        report.errors.push(KillError::Kill(e));
     }
     match whole.wait_unpopulated(plan.kill_deadline) {
         Ok(true) => report.phase(
@@ -535,11 +554,11 @@ fn hard_kill<'a>(
     // written, no process is known to have been killed.
     let deadline = Instant::now() + plan.kill_deadline;
     let mut written = cg.kill();
-    while let Err(e) = &written {
+    while let Err(e) = written {
         if Instant::now() >= deadline {
-            report.errors.push(e.to_string());
             report.unconfirmed = Some(e.to_string());
             report.phase("kill", t, format!("cgroup.kill not written: {e}"));
+            report.errors.push(KillError::Kill(e));
             if let Some(f) = frozen {
                 f.keep();
             }
@@ -570,8 +589,8 @@ fn hard_kill<'a>(
             if let Some(f) = frozen {
                 f.keep();
             }
-            report.errors.push(e.to_string());
             report.unconfirmed = Some(e.to_string());
+            report.errors.push(KillError::Wait(e));
         }
     }
 }
@@ -809,7 +828,10 @@ mod tests {
         let report = kill(&cg, &plan, Path::new("/proc"));
         // The fake tree never says `frozen 1`: each freeze is an error of its phase.
         assert!(
-            report.errors.iter().any(|e| e.contains("not confirmed")),
+            report
+                .errors
+                .iter()
+                .any(|e| matches!(e, KillError::Freeze(why) if why.contains("not confirmed"))),
             "{:?}",
             report.errors
         );
@@ -864,10 +886,8 @@ mod tests {
             .expect("an unreadable cgroup taken as empty");
         assert!(why.contains("Input/output error"), "{why}");
         assert!(
-            report
-                .errors
-                .iter()
-                .any(|e| e.contains("cannot list the processes")),
+            report.errors.iter().any(|e| matches!(e, KillError::List(_))
+                && e.to_string().contains("cannot list the processes")),
             "{:?}",
             report.errors
         );

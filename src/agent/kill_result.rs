@@ -173,11 +173,12 @@ pub(super) fn survived(
 }
 
 /// Errors that did not stop the kill, named at the end of its message.
-pub(super) fn note_errors(result: &mut KillResult, errors: &[String]) {
+pub(super) fn note_errors(result: &mut KillResult, errors: &[crate::kill::KillError]) {
     if !errors.is_empty() {
+        let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
         result
             .message
-            .push_str(&format!(" (errors: {})", errors.join("; ")));
+            .push_str(&format!(" (errors: {})", texts.join("; ")));
     }
 }
 
@@ -409,7 +410,13 @@ mod tests {
         );
         note_errors(&mut r, &[]);
         assert!(!r.message.contains("errors"));
-        note_errors(&mut r, &["a".into(), "b".into()]);
+        note_errors(
+            &mut r,
+            &[
+                crate::kill::KillError::StopReason("a".into()),
+                crate::kill::KillError::Freeze("b".into()),
+            ],
+        );
         assert!(r.message.ends_with(" (errors: a; b)"), "{}", r.message);
     }
 
