@@ -1,35 +1,59 @@
 //! Alerts: tell people when a run is stuck, was killed automatically, or could
 //! not be killed.
 //!
-//! An [`Event`] goes to the run's alert channels (its template's `[alerts]`, else
-//! the agent's): an `on_event` command, run with `sh -c` and the event as JSON on
-//! stdin (and `WFCG_EVENT`, `WFCG_EVENT_RUN_ID` in its environment), and/or a
-//! webhook, the JSON POSTed to an `http://` URL. Delivery never
-//! blocks the caller: [`Alerter::emit`] hands the work to a small pool of threads
-//! and returns. Commands get a timeout; webhooks a connect and read timeout and
-//! three retries with backoff. Outcomes are logged (tracing) and counted
-//! ([`Alerter::stats`]).
+//! An [`Event`] goes to the run's alert channels ([`Alerts`]: its template's
+//! `[alerts]`, else the agent's): an `on_event` command, run with `sh -c` and the
+//! event as JSON on stdin (and `WFCG_EVENT`, `WFCG_EVENT_RUN_ID` in its
+//! environment), and/or a webhook, the JSON POSTed to an `http://` or `https://`
+//! URL. Delivery never blocks the caller: [`Alerter::emit`] spawns a tokio task
+//! per delivery and returns; at most [`MAX_DELIVERIES`] run at once, the others
+//! wait for a slot. Commands (`tokio::process`) get a timeout, after which their
+//! process group is killed; webhooks (hyper with rustls) a connect and answer
+//! timeout and three retries with backoff. Outcomes are logged (tracing) and
+//! counted ([`Alerter::stats`]).
 //!
-//! A leaf module: it knows events and channels, nothing of runs or the agent.
+//! `https://` webhooks are checked against the system's CA certificates
+//! (rustls-native-certs: the distribution's bundle, or the PEM file in
+//! `SSL_CERT_FILE` / the directories in `SSL_CERT_DIR` when the agent's
+//! environment sets them), read once, when the first webhook is sent.
+//!
+//! A leaf module: it knows events and channels, nothing of runs, templates or
+//! the agent.
 
-use std::collections::VecDeque;
 use std::io::{Read, Seek, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
-use crate::template::Alerts;
-
-/// At most this many deliveries run at once; more wait in a queue.
-const MAX_WORKERS: usize = 16;
+/// At most this many deliveries run at once; more wait for a slot.
+pub const MAX_DELIVERIES: usize = 16;
 
 /// How much of a command's output is logged.
 const MAX_LOGGED_OUTPUT: u64 = 4096;
+
+/// Where events about a run go (a template's `[alerts]`). Each one set here
+/// replaces the agent-wide one (`wfcg agent --on-event/--webhook`); an empty
+/// string turns it off for the run. Only the operator may set these: see
+/// `Template::confine`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// A command run with the event as JSON on stdin.
+    pub on_event: Option<String>,
+    /// An `http://` or `https://` URL the event is POSTed to as JSON.
+    pub webhook: Option<String>,
+}
 
 /// Something that happened to a run, as sent to the alert channels.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,7 +109,7 @@ pub struct AlertStats {
     pub failed: u64,
     /// Webhook attempts that were retried.
     pub retried: u64,
-    /// Deliveries queued or under way.
+    /// Deliveries waiting for a slot or under way.
     pub pending: u64,
 }
 
@@ -96,7 +120,8 @@ pub struct Delivery {
     pub command_timeout: Duration,
     /// How long connecting to a webhook may take.
     pub connect_timeout: Duration,
-    /// How long sending the request and reading the answer may take.
+    /// How long the TLS handshake, sending the request and reading the answer's
+    /// head may take, after connecting.
     pub io_timeout: Duration,
     /// The waits before each retry of a failed webhook POST (3 retries).
     pub retry_delays: Vec<Duration>,
@@ -117,18 +142,39 @@ impl Default for Delivery {
     }
 }
 
+/// Checks a webhook URL: `http://` or `https://`, a host, no user name, a port
+/// from 1 to 65535. Returns it parsed.
+pub fn check_webhook(url: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = url
+        .trim()
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{url:?} is not an http:// or https:// URL")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{url:?}: user names in URLs are not supported"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    // What follows the host: nothing, or `:PORT`.
+    let port = authority.as_str()[authority.host().len()..].trim_start_matches(':');
+    if !port.is_empty() && !port.parse::<u16>().is_ok_and(|p| p > 0) {
+        return Err(format!("{url:?} has a bad port {port:?}"));
+    }
+    Ok(uri)
+}
+
 /// One delivery to one channel.
 #[derive(Debug)]
 enum Job {
     Command { command: String, json: String },
     Webhook { url: String, json: String },
-}
-
-#[derive(Default)]
-struct Pool {
-    workers: usize,
-    queue: VecDeque<(Job, EventId)>,
-    pending: u64,
 }
 
 /// What the logs say a delivery was about.
@@ -138,14 +184,21 @@ struct EventId {
     run_id: String,
 }
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 struct Inner {
     on_event: Option<String>,
     webhook: Option<String>,
     delivery: Delivery,
+    /// Where the deliveries run: the runtime the alerter was made in.
+    runtime: Option<tokio::runtime::Handle>,
+    /// Made when the first webhook is sent (it reads the CA certificates).
+    client: OnceLock<Result<HttpClient, String>>,
+    slots: Arc<Semaphore>,
     sent: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
-    pool: Mutex<Pool>,
+    pending: Mutex<u64>,
     idle: Condvar,
 }
 
@@ -174,8 +227,30 @@ fn choose(template: &Option<String>, agent: &Option<String>) -> Option<String> {
     }
 }
 
+/// Counts a delivery as pending while it lives (also when its task is dropped
+/// unfinished, as at a runtime's shutdown).
+struct Pending(Alerter);
+
+impl Pending {
+    fn new(alerter: &Alerter) -> Pending {
+        *alerter.inner.pending.lock() += 1;
+        Pending(alerter.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = self.0.inner.pending.lock();
+        *pending -= 1;
+        if *pending == 0 {
+            self.0.inner.idle.notify_all();
+        }
+    }
+}
+
 impl Alerter {
-    /// An alerter with the agent-wide channels, used for runs whose template sets none.
+    /// An alerter with the agent-wide channels, used for runs whose template sets
+    /// none. Its deliveries run on the tokio runtime it is made in.
     pub fn new(default_on_event: Option<String>, default_webhook: Option<String>) -> Alerter {
         Alerter::with_delivery(default_on_event, default_webhook, Delivery::default())
     }
@@ -191,17 +266,20 @@ impl Alerter {
                 on_event: default_on_event,
                 webhook: default_webhook,
                 delivery,
+                runtime: tokio::runtime::Handle::try_current().ok(),
+                client: OnceLock::new(),
+                slots: Arc::new(Semaphore::new(MAX_DELIVERIES)),
                 sent: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 retried: AtomicU64::new(0),
-                pool: Mutex::new(Pool::default()),
+                pending: Mutex::new(0),
                 idle: Condvar::new(),
             }),
         }
     }
 
     /// Sends `event` to the channels of `alerts` (each unset one: the agent's).
-    /// Returns at once: the command and the POST run on worker threads.
+    /// Returns at once: the command and the POST run as tasks.
     pub fn emit(&self, alerts: &Alerts, event: Event) {
         let on_event = choose(&alerts.on_event, &self.inner.on_event);
         let webhook = choose(&alerts.webhook, &self.inner.webhook);
@@ -215,7 +293,7 @@ impl Alerter {
         }
         let json = event.to_json();
         if let Some(command) = on_event {
-            self.submit(
+            self.spawn(
                 Job::Command {
                     command,
                     json: json.clone(),
@@ -224,95 +302,61 @@ impl Alerter {
             );
         }
         if let Some(url) = webhook {
-            self.submit(Job::Webhook { url, json }, id);
+            self.spawn(Job::Webhook { url, json }, id);
         }
     }
 
     /// The delivery counters.
     pub fn stats(&self) -> AlertStats {
-        let pending = self.lock().pending;
         AlertStats {
             sent: self.inner.sent.load(Ordering::Relaxed),
             failed: self.inner.failed.load(Ordering::Relaxed),
             retried: self.inner.retried.load(Ordering::Relaxed),
-            pending,
+            pending: *self.inner.pending.lock(),
         }
     }
 
-    /// Waits until no delivery is queued or under way, at most `timeout`;
-    /// returns whether that happened (for a clean shutdown, and tests).
+    /// Waits until no delivery is waiting or under way, at most `timeout`;
+    /// returns whether that happened (for a clean shutdown, and tests). Blocks
+    /// the calling thread: not for a runtime's worker.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let pool = self.lock();
-        let (pool, _) = self
-            .inner
+        let mut pending = self.inner.pending.lock();
+        self.inner
             .idle
-            .wait_timeout_while(pool, timeout, |p| p.pending > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        pool.pending == 0
+            .wait_while_for(&mut pending, |p| *p > 0, timeout);
+        *pending == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
-        self.inner.pool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts a worker for the job, or queues it when enough are busy.
-    fn submit(&self, job: Job, id: EventId) {
-        {
-            let mut pool = self.lock();
-            pool.pending += 1;
-            if pool.workers >= MAX_WORKERS {
-                pool.queue.push_back((job, id));
-                return;
-            }
-            pool.workers += 1;
-        }
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("wfcg-alert".into())
-            .spawn(move || me.work(job, id));
-        if let Err(e) = spawned {
-            tracing::error!("cannot start an alert thread, the alert is lost: {e}");
+    /// Starts the delivery as a task; it waits for one of the slots.
+    fn spawn(&self, job: Job, id: EventId) {
+        let Some(runtime) = &self.inner.runtime else {
+            tracing::error!(
+                event = id.event,
+                run_id = id.run_id,
+                "no runtime to deliver the alert on, the alert is lost"
+            );
             self.inner.failed.fetch_add(1, Ordering::Relaxed);
-            let mut pool = self.lock();
-            pool.workers -= 1;
-            pool.pending -= 1;
-            if pool.pending == 0 {
-                self.inner.idle.notify_all();
-            }
-        }
-    }
-
-    /// A worker: delivers its job, then queued ones, then ends.
-    fn work(&self, mut job: Job, mut id: EventId) {
-        loop {
+            return;
+        };
+        let pending = Pending::new(self);
+        let me = self.clone();
+        runtime.spawn(async move {
+            let _pending = pending;
+            let Ok(_slot) = me.inner.slots.clone().acquire_owned().await else {
+                return; // the semaphore is never closed
+            };
             let ok = match &job {
-                Job::Command { command, json } => self.run_command(command, json, &id),
-                Job::Webhook { url, json } => self.post_webhook(url, json, &id),
+                Job::Command { command, json } => me.run_command(command, json, &id).await,
+                Job::Webhook { url, json } => me.post_webhook(url, json, &id).await,
             };
-            let counter = if ok {
-                &self.inner.sent
-            } else {
-                &self.inner.failed
-            };
+            let counter = if ok { &me.inner.sent } else { &me.inner.failed };
             counter.fetch_add(1, Ordering::Relaxed);
-            let mut pool = self.lock();
-            pool.pending -= 1;
-            if pool.pending == 0 {
-                self.inner.idle.notify_all();
-            }
-            match pool.queue.pop_front() {
-                Some((next, next_id)) => (job, id) = (next, next_id),
-                None => {
-                    pool.workers -= 1;
-                    return;
-                }
-            }
-        }
+        });
     }
 
     /// Runs an `on_event` command; true when it exits 0 in time.
-    fn run_command(&self, command: &str, json: &str, id: &EventId) -> bool {
-        match run_command(command, json, id, self.inner.delivery.command_timeout) {
+    async fn run_command(&self, command: &str, json: &str, id: &EventId) -> bool {
+        match run_command(command, json, id, self.inner.delivery.command_timeout).await {
             Ok(output) => {
                 tracing::info!(
                     event = id.event,
@@ -336,9 +380,13 @@ impl Alerter {
     }
 
     /// POSTs to a webhook, retrying; true when it answered 2xx.
-    fn post_webhook(&self, url: &str, json: &str, id: &EventId) -> bool {
+    async fn post_webhook(&self, url: &str, json: &str, id: &EventId) -> bool {
         let d = &self.inner.delivery;
-        let target = match HttpUrl::parse(url) {
+        let target = check_webhook(url).and_then(|uri| {
+            let client = self.inner.client.get_or_init(|| http_client(d));
+            client.clone().map(|c| (uri, c))
+        });
+        let (uri, client) = match target {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(event = id.event, run_id = id.run_id, url, "webhook: {e}");
@@ -347,7 +395,7 @@ impl Alerter {
         };
         let attempts = d.retry_delays.len() + 1;
         for attempt in 1..=attempts {
-            let why = match post(&target, json, d.connect_timeout, d.io_timeout) {
+            let why = match post(&client, &uri, json, d).await {
                 Ok(code) if (200..300).contains(&code) => {
                     tracing::info!(
                         event = id.event,
@@ -381,7 +429,7 @@ impl Alerter {
                         crate::duration::format(*delay)
                     );
                     self.inner.retried.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(*delay);
+                    tokio::time::sleep(*delay).await;
                 }
                 None => tracing::error!(
                     event = id.event,
@@ -396,6 +444,85 @@ impl Alerter {
     }
 }
 
+/// The HTTP client for webhooks: HTTP/1.1, `http://` and `https://` (rustls with
+/// ring, the system's CA certificates), a new connection per POST.
+fn http_client(d: &Delivery) -> Result<HttpClient, String> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!("webhooks: cannot read CA certificates: {e}");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if ignored > 0 {
+        tracing::warn!("webhooks: {ignored} CA certificates could not be used");
+    }
+    if added == 0 {
+        tracing::warn!(
+            "webhooks: no CA certificates found (install ca-certificates, or set \
+             SSL_CERT_FILE for the agent): https:// webhooks will fail"
+        );
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("cannot set up TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(d.connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .http1_title_case_headers(true)
+        .build(connector))
+}
+
+/// One POST of `json`; returns the status code, or why there is none.
+async fn post(
+    client: &HttpClient,
+    uri: &hyper::Uri,
+    json: &str,
+    d: &Delivery,
+) -> Result<u16, String> {
+    let request = hyper::Request::post(uri.clone())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("wfcg/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(Bytes::from(json.to_owned())))
+        .map_err(|e| format!("cannot make the request: {e}"))?;
+    let limit = d.connect_timeout + d.io_timeout;
+    match tokio::time::timeout(limit, client.request(request)).await {
+        Ok(Ok(answer)) => Ok(answer.status().as_u16()),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err(format!(
+            "did not answer within {}",
+            crate::duration::format(limit)
+        )),
+    }
+}
+
+/// An error and its causes, as one line: hyper's own text is only the outermost.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A memfd holding `data`, read from its start (a command's stdin), or empty (its output).
 fn memfd(name: &str, data: &[u8]) -> std::io::Result<std::fs::File> {
     let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
@@ -408,7 +535,7 @@ fn memfd(name: &str, data: &[u8]) -> std::io::Result<std::fs::File> {
 /// Runs `sh -c command` in a process group of its own, with `json` on stdin and
 /// stdout and stderr captured; kills the group after `timeout`. Returns the output
 /// (its start), or why it failed.
-fn run_command(
+async fn run_command(
     command: &str,
     json: &str,
     id: &EventId,
@@ -419,7 +546,7 @@ fn run_command(
     let mut output = memfd("wfcg-alert-output", b"").map_err(io)?;
     let stderr = output.try_clone().map_err(io)?;
     let stdout = output.try_clone().map_err(io)?;
-    let mut child = Command::new("/bin/sh")
+    let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
         .stdin(Stdio::from(stdin))
@@ -428,25 +555,32 @@ fn run_command(
         .env("WFCG_EVENT", &id.event)
         .env("WFCG_EVENT_RUN_ID", &id.run_id)
         .process_group(0)
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
-    let exited = wait_exit(&child, timeout);
-    if !exited {
-        // The group is the shell's: its children go too.
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let group = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let timed_out = waited.is_err();
+    let status = match waited {
+        Ok(status) => status,
+        Err(_) => {
+            // The group is the shell's: its children go too.
+            if let Some(pid) = group {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            child.wait().await
         }
     }
-    let status = child
-        .wait()
-        .map_err(|e| format!("cannot wait for it: {e}"))?;
+    .map_err(|e| format!("cannot wait for it: {e}"))?;
     let mut text = String::new();
     let _ = output.rewind();
     let _ = (&mut output)
         .take(MAX_LOGGED_OUTPUT)
         .read_to_string(&mut text);
     let text = text.trim().to_string();
-    if !exited {
+    if timed_out {
         Err(format!(
             "timed out after {}, killed; output: {text:?}",
             crate::duration::format(timeout)
@@ -458,203 +592,30 @@ fn run_command(
     }
 }
 
-/// Waits for a child to exit, at most `timeout`, without reaping it: poll(2) on
-/// a pidfd (`pidfd_open(2)`), or try_wait steps where pidfds are missing.
-fn wait_exit(child: &std::process::Child, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let pid = rustix::process::Pid::from_raw(child.id() as i32);
-    let pidfd =
-        pid.and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match &pidfd {
-            Some(fd) => {
-                let ts = rustix::event::Timespec {
-                    tv_sec: left.as_secs() as i64,
-                    tv_nsec: left.subsec_nanos() as i64,
-                };
-                let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-                match rustix::event::poll(&mut fds, Some(&ts)) {
-                    Ok(n) if n > 0 => return true,
-                    Ok(_) => return false,
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(_) => {}
-                }
-            }
-            None => {
-                // Without pidfds: look every 20 ms.
-                let mut probe = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
-                    .unwrap_or_default();
-                probe = probe.rsplit(')').next().unwrap_or("").trim().to_string();
-                if probe.starts_with('Z') || probe.is_empty() {
-                    return true;
-                }
-            }
-        }
-        if left.is_zero() {
-            return false;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(20)));
-    }
-}
-
-/// An `http://` URL, the only kind of webhook wfcg POSTs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    pub host: String,
-    pub port: u16,
-    /// The path and query, starting with `/`.
-    pub path: String,
-}
-
-impl HttpUrl {
-    /// Parses `http://HOST[:PORT][/PATH]`; HOST may be `[IPv6]`.
-    pub fn parse(url: &str) -> Result<HttpUrl, String> {
-        let url = url.trim();
-        let lower = url.to_ascii_lowercase();
-        if lower.starts_with("https://") {
-            return Err(format!(
-                "{url:?}: https is not supported, only http:// (point it at a local relay)"
-            ));
-        }
-        if !lower.starts_with("http://") {
-            return Err(format!("{url:?} is not an http:// URL"));
-        }
-        let rest = &url["http://".len()..];
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
-            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-            None => (rest, "/".to_string()),
-        };
-        if authority.contains('@') {
-            return Err(format!("{url:?}: user names in URLs are not supported"));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
-            (h, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
-        }
-        let port = match port {
-            None => 80,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{url:?} has a bad port {p:?}"))?,
-        };
-        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{url:?}: spaces in the path must be %-encoded"));
-        }
-        Ok(HttpUrl {
-            host: host.to_string(),
-            port,
-            path,
-        })
-    }
-
-    /// The Host header's value.
-    fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == 80 {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-}
-
-/// One HTTP/1.1 POST of `json`; returns the status code, or why there is none.
-fn post(url: &HttpUrl, json: &str, connect: Duration, io: Duration) -> Result<u16, String> {
-    let addrs: Vec<_> = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
-        .collect();
-    let mut last = format!("{} resolves to no address", url.host);
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, connect) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = format!("cannot connect to {addr}: {e}"),
-        }
-    }
-    let mut stream = stream.ok_or(last)?;
-    let deadline = Instant::now() + io;
-    let _ = stream.set_write_timeout(Some(io));
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: wfcg/{}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{json}",
-        url.path,
-        url.host_header(),
-        env!("CARGO_PKG_VERSION"),
-        json.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("cannot send: {e}"))?;
-    // The status line is all we need.
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !answer.contains(&b'\n') && answer.len() < 8192 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "did not answer within {}",
-                crate::duration::format(io)
-            ));
-        }
-        let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(format!(
-                    "did not answer within {}",
-                    crate::duration::format(io)
-                ));
-            }
-            Err(e) => return Err(format!("cannot read the answer: {e}")),
-        }
-    }
-    let line = String::from_utf8_lossy(&answer);
-    let line = line.lines().next().unwrap_or("");
-    let mut words = line.split_whitespace();
-    match (
-        words.next(),
-        words.next().and_then(|c| c.parse::<u16>().ok()),
-    ) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/") => Ok(code),
-        _ => Err(format!("answered something that is not HTTP: {line:?}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::BufRead;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;
+
+    /// An alerter whose deliveries run on a runtime of its own, kept with it.
+    fn alerter(
+        on_event: Option<String>,
+        webhook: Option<String>,
+        d: Delivery,
+    ) -> (tokio::runtime::Runtime, Alerter) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let alerter = {
+            let _in = rt.enter();
+            Alerter::with_delivery(on_event, webhook, d)
+        };
+        (rt, alerter)
+    }
 
     /// Short retries, so failing deliveries end quickly.
     fn quick() -> Delivery {
@@ -719,7 +680,7 @@ mod tests {
             answer(&stream, "204 No Content");
             request
         });
-        let alerter = Alerter::with_delivery(None, None, quick());
+        let (_rt, alerter) = alerter(None, None, quick());
         alerter.emit(&webhook(&url), event());
         let (head, body) = server.join().unwrap();
         assert!(
@@ -765,7 +726,7 @@ mod tests {
             }
             bodies
         });
-        let alerter = Alerter::with_delivery(None, None, quick());
+        let (_rt, alerter) = alerter(None, None, quick());
         alerter.emit(&webhook(&url), event());
         // emit has returned; the server still holds the request.
         held_rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -785,8 +746,7 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let alerter =
-            Alerter::with_delivery(None, Some(format!("http://127.0.0.1:{port}/")), quick());
+        let (_rt, alerter) = alerter(None, Some(format!("http://127.0.0.1:{port}/")), quick());
         alerter.emit(&Alerts::default(), event());
         assert!(alerter.wait_idle(Duration::from_secs(10)));
         let stats = alerter.stats();
@@ -802,7 +762,7 @@ mod tests {
             read_request(&stream);
             answer(&stream, "404 Not Found");
         });
-        let alerter = Alerter::with_delivery(None, None, quick());
+        let (_rt, alerter) = alerter(None, None, quick());
         alerter.emit(&webhook(&url), event());
         server.join().unwrap();
         assert!(alerter.wait_idle(Duration::from_secs(10)));
@@ -820,7 +780,7 @@ mod tests {
             out.display(),
             env.display()
         );
-        let alerter = Alerter::with_delivery(Some(command), None, quick());
+        let (_rt, alerter) = alerter(Some(command), None, quick());
         alerter.emit(&Alerts::default(), event());
         assert!(alerter.wait_idle(Duration::from_secs(10)));
         let json: serde_json::Value =
@@ -837,7 +797,7 @@ mod tests {
         let pidfile = dir.path().join("pid");
         let mut d = quick();
         d.command_timeout = Duration::from_secs(2);
-        let alerter = Alerter::with_delivery(Some("exit 3".into()), None, d);
+        let (_rt, alerter) = alerter(Some("exit 3".into()), None, d);
         alerter.emit(&Alerts::default(), event());
         // A command that outlives its timeout, with a child in its group.
         let hang = format!("sleep 600 & echo $! > '{}'; wait", pidfile.display());
@@ -895,32 +855,28 @@ mod tests {
         assert_eq!(pick(&set(Some(""), Some(" "))), (None, None));
 
         // Nothing to deliver: nothing is counted or pending.
-        let alerter = Alerter::with_delivery(None, None, quick());
+        let (_rt, alerter) = alerter(None, None, quick());
         alerter.emit(&Alerts::default(), event());
         assert_eq!(alerter.stats(), AlertStats::default());
     }
 
     #[test]
-    fn webhook_urls_are_http_only() {
-        let u = HttpUrl::parse("http://127.0.0.1:9000/wfcg").unwrap();
+    fn webhook_urls_are_http_or_https() {
+        let u = check_webhook("http://127.0.0.1:9000/wfcg").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("127.0.0.1", 9000, "/wfcg")
+            (u.host(), u.port_u16(), u.path()),
+            (Some("127.0.0.1"), Some(9000), "/wfcg")
         );
-        let u = HttpUrl::parse("HTTP://hooks.example").unwrap();
+        let u = check_webhook("HTTP://hooks.example").unwrap();
+        assert_eq!((u.host(), u.port_u16()), (Some("hooks.example"), None));
+        let u = check_webhook("https://hooks.example/wfcg?a=b").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("hooks.example", 80, "/")
+            (u.scheme_str(), u.path(), u.query()),
+            (Some("https"), "/wfcg", Some("a=b"))
         );
-        assert_eq!(u.host_header(), "hooks.example");
-        let u = HttpUrl::parse("http://[::1]:8080?a=b").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("::1", 8080, "/?a=b")
-        );
-        assert_eq!(u.host_header(), "[::1]:8080");
+        let u = check_webhook("http://[::1]:8080/?a=b").unwrap();
+        assert_eq!((u.host(), u.port_u16()), (Some("[::1]"), Some(8080)));
         for bad in [
-            "https://x/",
             "ftp://x/",
             "http://",
             "http://x:0/",
@@ -928,9 +884,10 @@ mod tests {
             "http://u@x/",
             "http://x/a b",
             "x/y",
+            "",
         ] {
-            assert!(HttpUrl::parse(bad).is_err(), "{bad}");
+            assert!(check_webhook(bad).is_err(), "{bad}");
         }
-        assert!(HttpUrl::parse("https://x").unwrap_err().contains("https"));
+        assert!(check_webhook("ftp://x").unwrap_err().contains("https://"));
     }
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
+pub mod diagnostics;
 pub mod duration;
 pub mod exit;
 pub mod gitlocks;

@@ -17,7 +17,9 @@ pub struct Args {
     /// whose template names none.
     #[arg(long, value_name = "CMD")]
     pub on_event: Option<String>,
-    /// An http:// URL each alert is POSTed to as JSON, for runs whose template names none.
+    /// An http:// or https:// URL each alert is POSTed to as JSON, for runs whose
+    /// template names none. https is verified against the system's CA certificates,
+    /// or those in SSL_CERT_FILE / SSL_CERT_DIR when set.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
     /// Also serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464);
@@ -43,7 +45,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         )
         .init();
     if let Some(url) = &args.webhook {
-        crate::alerts::HttpUrl::parse(url)
+        crate::alerts::check_webhook(url)
             .map_err(|e| Failure::usage(format!("--webhook {url}: {e}")))?;
     }
     let cfg = Config {

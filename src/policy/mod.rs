@@ -30,7 +30,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::template::line_of;
+use crate::diagnostics::line_of;
 
 /// The largest policy file accepted.
 pub const MAX_SIZE: u64 = 1024 * 1024;

@@ -306,7 +306,7 @@ fn check_limits(text: &str, user: &mut DeTable<'_>, problems: &mut Vec<Problem>)
 fn check_values(text: &str, t: &Template, user: &DeTable<'_>, problems: &mut Vec<Problem>) {
     let span = |path: &[&str]| entry_at(user, path).map(Spanned::span);
     if let Some(url) = t.alerts.webhook.as_deref().filter(|u| !u.is_empty())
-        && let Err(e) = crate::alerts::HttpUrl::parse(url)
+        && let Err(e) = crate::alerts::check_webhook(url)
     {
         problems.push(Problem::at(
             text,

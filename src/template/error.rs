@@ -4,7 +4,8 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{SYSTEM_DIR, duration_text, line_of};
+use super::{SYSTEM_DIR, duration_text};
+use crate::diagnostics::line_of;
 
 /// A problem found in a template's text: where (a line, when known) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::alerts::Alerts;
+
 /// The shipped `default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../../cgroup-templates/default.toml");
 
@@ -108,12 +110,6 @@ fn limit_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>
             (k, v)
         })
         .collect())
-}
-
-/// The 1-based line number of a byte offset in `text`, for error messages.
-pub fn line_of(text: &str, offset: usize) -> usize {
-    let before = &text[..offset.min(text.len())];
-    before.lines().count().max(1) + usize::from(before.ends_with('\n'))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -350,17 +346,6 @@ pub enum WorkspacePolicy {
 pub struct Cleanup {
     #[serde(default)]
     pub workspace: WorkspacePolicy,
-}
-
-/// Where events about a run go. Each one set here replaces the agent-wide one
-/// (`wfcg agent --on-event/--webhook`); an empty string turns it off for the run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Alerts {
-    /// A command run with the event as JSON on stdin.
-    pub on_event: Option<String>,
-    /// An http:// URL the event is POSTed to as JSON.
-    pub webhook: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -129,13 +129,15 @@ fn syntax_errors_and_bad_webhooks_have_lines_too() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("s.toml:1:"), "{err}");
-    let err = Template::parse("\n[alerts]\nwebhook = \"https://x/y\"\n", "w.toml")
+    let err = Template::parse("\n[alerts]\nwebhook = \"ftp://x/y\"\n", "w.toml")
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with("w.toml:3:") && err.contains("http://"),
         "{err}"
     );
+    let t = Template::parse("[alerts]\nwebhook = \"https://x/y\"\n", "w.toml").unwrap();
+    assert_eq!(t.alerts.webhook.as_deref(), Some("https://x/y"));
     let err = Template::parse("[limits]\nmemory.max = \"1G\"\n", "d.toml")
         .unwrap_err()
         .to_string();

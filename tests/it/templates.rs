@@ -1,7 +1,8 @@
 //! Templates, limits and alerts (issue 5 items 7–8): the shipped templates parse,
 //! a bad one gives line-numbered errors, limits are skipped with a warning on the
 //! real hybrid cgroup2 mount, the webhook reaches a test HTTP server without
-//! holding up the kill, and the example alert script builds its ticket.
+//! holding up the kill, an https webhook is verified against the CA in
+//! `SSL_CERT_FILE`, and the example alert script builds its ticket.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -230,7 +231,7 @@ impl Hook {
 
 /// Reads one HTTP request: its head lines (request line and headers) and its
 /// JSON body (Content-Length bytes).
-fn read_request(stream: &TcpStream) -> (Vec<String>, serde_json::Value) {
+fn read_request(stream: impl Read) -> (Vec<String>, serde_json::Value) {
     let mut reader = BufReader::new(stream);
     let mut head = Vec::new();
     let mut length = 0;
@@ -250,8 +251,157 @@ fn read_request(stream: &TcpStream) -> (Vec<String>, serde_json::Value) {
     (head, serde_json::from_slice(&body).unwrap())
 }
 
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 fn answer_ok(mut stream: TcpStream) {
-    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(OK);
+}
+
+/// A CA of a test's own: its certificate in a PEM file (for `SSL_CERT_FILE`)
+/// and its key, to sign servers' certificates.
+struct TestCa {
+    pem_file: PathBuf,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(dir: &Path, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
+        let pem_file = dir.join(format!("{name}.pem"));
+        std::fs::write(&pem_file, issuer.pem()).unwrap();
+        TestCa { pem_file, issuer }
+    }
+}
+
+/// An https webhook receiver on 127.0.0.1, its certificate (for `localhost`)
+/// signed by a [`TestCa`]. Each connection's outcome goes to the test: the
+/// request's JSON body (answered 200), or why the TLS handshake failed.
+struct TlsHook {
+    url: String,
+    outcomes: mpsc::Receiver<Result<serde_json::Value, String>>,
+}
+
+impl TlsHook {
+    fn start(ca: &TestCa) -> TlsHook {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca.issuer)
+            .unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, outcomes) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                let outcome = match tls.conn.complete_io(&mut tls.sock) {
+                    Ok(_) => {
+                        let (_, body) = read_request(&mut tls);
+                        let _ = tls.write_all(OK);
+                        tls.conn.send_close_notify();
+                        let _ = tls.conn.complete_io(&mut tls.sock);
+                        Ok(body)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                if tx.send(outcome).is_err() {
+                    return;
+                }
+            }
+        });
+        TlsHook {
+            url: format!("https://localhost:{port}/wfcg-hook"),
+            outcomes,
+        }
+    }
+
+    fn next(&self) -> Result<serde_json::Value, String> {
+        self.outcomes
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no connection to the https webhook within 60 s")
+    }
+}
+
+/// `wfcg run` of `sleep 600` whose template misses its 1 s init deadline and
+/// POSTs its alerts to `webhook`.
+fn stuck_run(agent: &TestAgent, dir: &Path, name: &str, webhook: &str) -> KillOnDrop {
+    let template = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &template,
+        format!(
+            "[timeouts]\ninit = \"1s\"\n\n[kill]\nterm_grace = \"1s\"\n\n[alerts]\nwebhook = \"{webhook}\"\n"
+        ),
+    )
+    .unwrap();
+    KillOnDrop(
+        agent
+            .marked(&marker(name))
+            .args(["run", "--workflow", name, "--template"])
+            .arg(&template)
+            .args(["--", "sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn an_https_webhook_is_posted_to_when_its_ca_is_in_ssl_cert_file_and_only_then() {
+    require_privileges!();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "wfcg-test-ca");
+    let stranger_ca = TestCa::new(dir.path(), "stranger-ca");
+    let trusted = TlsHook::start(&ca);
+    let stranger = TlsHook::start(&stranger_ca);
+    let mut agent = TestAgent::unstarted();
+    agent.agent_env.push(("SSL_CERT_FILE", ca.pem_file.clone()));
+    agent.spawn();
+
+    let mut runs = [
+        stuck_run(&agent, dir.path(), "tls-trusted", &trusted.url),
+        stuck_run(&agent, dir.path(), "tls-stranger", &stranger.url),
+    ];
+    // The agent trusts the CA in SSL_CERT_FILE: the event arrives over TLS.
+    let stuck = trusted
+        .next()
+        .expect("the TLS handshake with the trusted server failed");
+    assert_eq!(stuck["event"], "stuck", "{stuck:#}");
+    assert_eq!(stuck["workflow"], "tls-trusted", "{stuck:#}");
+    // A certificate from another CA is refused before anything is sent.
+    let refused = stranger.next();
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("UnknownCA")),
+        "the agent sent its event to a server it cannot trust: {refused:?}"
+    );
+    for run in &mut runs {
+        let status = run
+            .wait_timeout(Duration::from_secs(30))
+            .expect("the stuck run was not killed");
+        assert_eq!(status.code(), Some(124));
+    }
+    let killed = trusted.next().expect("the second TLS handshake failed");
+    assert_eq!(killed["event"], "auto_killed", "{killed:#}");
 }
 
 #[test]

@@ -201,6 +201,8 @@ pub struct TestAgent {
     pub cgroup_root: PathBuf,
     /// The agent's open-file limit (soft and hard), if not the test's own.
     pub fd_limit: Option<u64>,
+    /// More environment for the agent process (e.g. `SSL_CERT_FILE`).
+    pub agent_env: Vec<(&'static str, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -238,6 +240,7 @@ impl TestAgent {
             .arg("agent")
             .args(args)
             .envs(self.env())
+            .envs(self.agent_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -779,6 +782,7 @@ impl TestAgent {
             cgroup_root,
             dir,
             fd_limit: None,
+            agent_env: Vec::new(),
             child: None,
         }
     }
