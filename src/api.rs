@@ -586,6 +586,39 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// One event for the audit trail, before it is chained (the store chains it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time: String,
+    pub actor_uid: Option<u32>,
+    pub actor_name: String,
+    pub caller_pid: Option<i32>,
+    /// `kill`, `auto_kill`, `run_start`, `run_end`, `policy_load`.
+    pub action: String,
+    pub run_id: Option<String>,
+    pub reason: Option<String>,
+    /// `graceful`, `force` or `emergency`.
+    pub mode: Option<String>,
+    /// `allowed`, `denied`, or `-` where no decision was needed.
+    pub decision: String,
+    /// The permission the decision rested on (or the one missing).
+    pub permission: Option<String>,
+    pub outcome: String,
+    /// Critical sections waited on, as JSON.
+    pub sections: Option<String>,
+    pub duration_ms: Option<f64>,
+}
+
+/// A chained audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
 /// `GET /v1/audit/verify`: the result of recomputing the hash chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditVerify {

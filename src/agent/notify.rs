@@ -109,23 +109,10 @@ pub fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Optio
     Ok((msg.bytes, pid))
 }
 
-/// Sends `text` to a notify socket the way sd_notify(3) does; a leading `@` names
-/// an abstract socket.
-pub fn send(socket: &str, text: &str) -> std::io::Result<()> {
-    let sock = UnixDatagram::unbound()?;
-    if let Some(name) = socket.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        sock.send_to_addr(text.as_bytes(), &addr)?;
-    } else {
-        sock.send_to(text.as_bytes(), socket)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sdnotify::send;
 
     #[test]
     fn parses_several_assignments_per_datagram() {

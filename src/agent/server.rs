@@ -352,7 +352,7 @@ fn bind(socket: &Path) -> Result<UnixListener, StartError> {
 /// Tells the service manager (systemd's `NOTIFY_SOCKET`, when set) how the agent is.
 fn notify_service_manager(text: &str) {
     if let Ok(socket) = std::env::var("NOTIFY_SOCKET")
-        && let Err(e) = super::notify::send(&socket, text)
+        && let Err(e) = crate::sdnotify::send(&socket, text)
     {
         tracing::warn!("cannot notify the service manager on {socket}: {e}");
     }

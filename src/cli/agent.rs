@@ -1,4 +1,6 @@
-//! `wfcg agent`: starts the root daemon.
+//! `wfcg agent`: starts the root daemon, and `wfcg hold`, which the agent starts.
+//! The one part of the command line that uses the agent's code; every other
+//! command is its client, through `api` and `client`.
 
 use crate::agent::{Config, server};
 use crate::exit::{self, Failure};
@@ -81,4 +83,11 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     rt.block_on(server::serve(cfg))
         .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
     Ok(exit::OK)
+}
+
+/// `wfcg hold`: keeps the runs' scope open (see `agent::placement::hold`).
+pub fn hold() -> Result<i32, Failure> {
+    crate::agent::placement::hold()
+        .map(|()| exit::OK)
+        .map_err(|e| Failure::new(exit::FAILED, e))
 }

@@ -2,10 +2,9 @@
 
 use clap::Subcommand;
 
-use crate::api::{AuditQuery, AuditVerify};
+use crate::api::{AuditQuery, AuditRecord, AuditVerify};
 use crate::exit::{self, Failure};
 use crate::output::outln;
-use crate::store::AuditRecord;
 
 use super::table::{self, one_line};
 

@@ -118,9 +118,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Mcp(ref a) => mcp::run(&cli, a),
         Verb::InstallService(ref a) => install::install_service(a),
         Verb::Generate(ref a) => install::generate(a),
-        Verb::Hold => crate::agent::placement::hold()
-            .map(|()| crate::exit::OK)
-            .map_err(|e| Failure::new(crate::exit::FAILED, e)),
+        Verb::Hold => agent::hold(),
         Verb::Breaker(ref a) => breaker::run(&cli, a),
     }
 }

@@ -54,7 +54,7 @@ pub fn run(_cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             "nothing to send: give --ready, --heartbeat, --status, --stopping or --extend",
         ));
     }
-    crate::agent::notify::send(&socket, &lines.join("\n")).map_err(|e| {
+    crate::sdnotify::send(&socket, &lines.join("\n")).map_err(|e| {
         Failure::new(
             exit::UNREACHABLE,
             format!("cannot send to NOTIFY_SOCKET {socket}: {e}"),

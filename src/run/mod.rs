@@ -18,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
-use crate::api::{self, CreateRun, ExitAck, ExitReport, RunStarted};
+use crate::api::{
+    self, CreateRun, EXIT_STATUS_FILE, ExitAck, ExitReport, RUN_ID_ENV, RunStarted,
+    STOP_REASON_FILE,
+};
 use crate::client::{self, Client};
 use crate::exit::{self, Failure};
 use crate::output::outln;

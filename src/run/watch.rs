@@ -7,7 +7,6 @@
 //! the command's working directory).
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +27,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 struct Shared {
     watch: Watch,
-    notify: Option<PathBuf>,
+    notify: Option<String>,
     pattern: Option<regex::Regex>,
     ready_sent: AtomicBool,
     last_report: Mutex<Option<Instant>>,
@@ -37,10 +36,8 @@ struct Shared {
 
 impl Shared {
     fn send(&self, msg: &str) {
-        if let Some(path) = &self.notify
-            && let Ok(sock) = UnixDatagram::unbound()
-        {
-            let _ = sock.send_to(msg.as_bytes(), path);
+        if let Some(socket) = &self.notify {
+            let _ = crate::sdnotify::send(socket, msg);
         }
     }
 
@@ -105,7 +102,7 @@ impl Watcher {
         Watcher {
             shared: Arc::new(Shared {
                 watch,
-                notify: started.notify_socket.as_ref().map(PathBuf::from),
+                notify: started.notify_socket.clone(),
                 pattern,
                 ready_sent: AtomicBool::new(false),
                 last_report: Mutex::new(None),

@@ -3,42 +3,10 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Result, Store};
+pub use crate::api::{AuditEntry, AuditRecord};
 
 /// The hash that stands before the first audit record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// One event for the audit trail, before it is chained.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AuditEntry {
-    pub time: String,
-    pub actor_uid: Option<u32>,
-    pub actor_name: String,
-    pub caller_pid: Option<i32>,
-    /// `kill`, `auto_kill`, `run_start`, `run_end`, `policy_load`.
-    pub action: String,
-    pub run_id: Option<String>,
-    pub reason: Option<String>,
-    /// `graceful`, `force` or `emergency`.
-    pub mode: Option<String>,
-    /// `allowed`, `denied`, or `-` where no decision was needed.
-    pub decision: String,
-    /// The permission the decision rested on (or the one missing).
-    pub permission: Option<String>,
-    pub outcome: String,
-    /// Critical sections waited on, as JSON.
-    pub sections: Option<String>,
-    pub duration_ms: Option<f64>,
-}
-
-/// A chained audit record.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AuditRecord {
-    pub seq: i64,
-    #[serde(flatten)]
-    pub entry: AuditEntry,
-    pub prev_hash: String,
-    pub hash: String,
-}
 
 /// Which audit records to read.
 #[derive(Debug, Clone, Default)]

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
+use crate::api::AuditRecord;
 use crate::api::{KillResult, RunInfo};
-use crate::store::AuditRecord;
 
 /// A run as the dashboard shows it: what the agent said, plus what was read
 /// beside it.

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::app::{AgentUsage, RunRow, Snapshot};
+use crate::api::AuditRecord;
 use crate::api::RunInfo;
 use crate::client::Client;
-use crate::store::AuditRecord;
 
 /// How long a run stays on screen (greyed) after it was seen ending.
 pub const KEEP_ENDED: Duration = Duration::from_secs(60);
@@ -265,7 +265,7 @@ mod tests {
     fn kills_are_filtered_and_newest_first() {
         let rec = |seq: i64, action: &str| AuditRecord {
             seq,
-            entry: crate::store::AuditEntry {
+            entry: crate::api::AuditEntry {
                 action: action.into(),
                 ..Default::default()
             },

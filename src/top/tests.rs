@@ -10,8 +10,8 @@ use ratatui::style::{Color, Modifier};
 
 use super::app::{Action, AgentUsage, App, Mode, RunRow, Snapshot};
 use super::view;
+use crate::api::{AuditEntry, AuditRecord};
 use crate::api::{RunInfo, RunStatus, Section, SectionKind};
-use crate::store::{AuditEntry, AuditRecord};
 
 fn info(id: &str, status: RunStatus) -> RunInfo {
     RunInfo {

@@ -19,8 +19,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
 
 use super::app::{App, Mode, RunRow, Tone};
+use crate::api::AuditRecord;
 use crate::api::{RunInfo, SectionKind};
-use crate::store::AuditRecord;
 
 /// The style of a stuck run's row.
 pub const STUCK: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
