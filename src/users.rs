@@ -1,67 +1,43 @@
-//! User and group names through NSS (`getpwuid_r(3)`, `getgrgid_r(3)`), and a
-//! process's groups from procfs.
+//! User and group names through NSS (nix's `User`/`Group`: `getpwuid_r(3)`,
+//! `getgrgid_r(3)`, `getgrouplist(3)`, their buffers grown on ERANGE), and the
+//! home directories a removal must spare.
+
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Group, Uid, User};
 
 /// What the password database says of a user.
 #[derive(Debug, Clone)]
 pub struct Passwd {
     pub name: String,
     pub gid: u32,
-    pub home: std::path::PathBuf,
+    pub home: PathBuf,
 }
 
-/// The password database entry of `uid` (`getpwuid_r(3)`, its buffer grown on
-/// ERANGE), or `None` if NSS does not know it.
-pub fn passwd(uid: u32) -> Option<Passwd> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: all-zero bytes are a valid `passwd` (null pointers, zero ids); it
-        // is only read after getpwuid_r has filled it.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: `pwd` and `result` live on
-        // this stack frame and `buf` is a live allocation of `buf.len()` bytes.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
+impl From<User> for Passwd {
+    fn from(u: User) -> Passwd {
+        Passwd {
+            name: u.name,
+            gid: u.gid.as_raw(),
+            home: u.dir,
         }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: on success `pw_name` and `pw_dir` point to NUL-terminated strings
-        // inside `buf`, which is still alive here.
-        let (name, home) = unsafe {
-            (
-                std::ffi::CStr::from_ptr(pwd.pw_name),
-                std::ffi::CStr::from_ptr(pwd.pw_dir),
-            )
-        };
-        use std::os::unix::ffi::OsStrExt;
-        return Some(Passwd {
-            name: name.to_string_lossy().into_owned(),
-            gid: pwd.pw_gid,
-            home: std::ffi::OsStr::from_bytes(home.to_bytes()).into(),
-        });
     }
+}
+
+/// The password database entry of `uid`, or `None` if NSS does not know it.
+pub fn passwd(uid: u32) -> Option<Passwd> {
+    User::from_uid(Uid::from_raw(uid)).ok()?.map(Passwd::from)
 }
 
 /// Every home directory a removal must spare: those in `/etc/passwd`, and
 /// `uid`'s own from NSS (which may come from elsewhere).
-pub fn home_dirs(uid: u32) -> Vec<std::path::PathBuf> {
-    let mut homes: Vec<std::path::PathBuf> = std::fs::read_to_string("/etc/passwd")
+pub fn home_dirs(uid: u32) -> Vec<PathBuf> {
+    let mut homes: Vec<PathBuf> = std::fs::read_to_string("/etc/passwd")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(':').nth(5))
         .filter(|h| !h.is_empty())
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .collect();
     homes.extend(passwd(uid).map(|p| p.home));
     homes
@@ -72,27 +48,19 @@ pub fn user_name(uid: u32) -> Option<String> {
     passwd(uid).map(|p| p.name)
 }
 
-/// The primary group and every group of `uid` as a login gives them
-/// (`getgrouplist(3)`, grown until all fit), or `None` if NSS does not know it.
+/// The groups of user `name` with primary group `gid`, as a login gives them
+/// (`getgrouplist(3)`: as many as there are).
+fn group_list(name: &str, gid: u32) -> Option<Vec<u32>> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let gids = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid)).ok()?;
+    Some(gids.into_iter().map(Gid::as_raw).collect())
+}
+
+/// The primary group and every group of `uid` as a login gives them, or `None`
+/// if NSS does not know it.
 pub fn gids_of_uid(uid: u32) -> Option<(u32, Vec<u32>)> {
     let pw = passwd(uid)?;
-    let cname = std::ffi::CString::new(pw.name).ok()?;
-    let mut gids: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut n = gids.len() as libc::c_int;
-        // SAFETY: `gids` holds `n` elements; getgrouplist writes at most `n` and sets
-        // `n` to the number there are.
-        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), pw.gid, gids.as_mut_ptr(), &mut n) };
-        if rc < 0 {
-            if n as usize <= gids.len() || n > 1 << 16 {
-                return None;
-            }
-            gids.resize(n as usize, 0);
-            continue;
-        }
-        gids.truncate(n.max(0) as usize);
-        return Some((pw.gid, gids));
-    }
+    Some((pw.gid, group_list(&pw.name, pw.gid)?))
 }
 
 /// [`user_name`], remembered for a minute: listing a thousand runs or
@@ -114,12 +82,11 @@ enum Id {
 
 fn cached(id: Id, lookup: fn(u32) -> Option<String>) -> Option<String> {
     use std::collections::HashMap;
-    use std::sync::Mutex;
     use std::time::{Duration, Instant};
     type Names = HashMap<Id, (Option<String>, Instant)>;
-    static CACHE: Mutex<Option<Names>> = Mutex::new(None);
+    static CACHE: parking_lot::Mutex<Option<Names>> = parking_lot::Mutex::new(None);
     const TTL: Duration = Duration::from_secs(60);
-    let cache = || CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = || CACHE.lock();
     if let Some((name, at)) = cache().get_or_insert_with(HashMap::new).get(&id)
         && at.elapsed() < TTL
     {
@@ -136,67 +103,75 @@ fn cached(id: Id, lookup: fn(u32) -> Option<String>) -> Option<String> {
 
 /// The name of group `gid`, or `None` if NSS does not know it.
 pub fn group_name(gid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 16384];
-    // SAFETY: all-zero bytes are a valid `group` (null pointers, zero id); it is
-    // only read after getgrgid_r has filled it.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `grp` and `result` live on this
-    // stack frame and `buf` is a live allocation of `buf.len()` bytes.
-    let rc = unsafe {
-        libc::getgrgid_r(
-            gid,
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success `gr_name` points to a NUL-terminated string inside `buf`,
-    // which is still alive here.
-    let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
-    Some(name.to_string_lossy().into_owned())
+    Group::from_gid(Gid::from_raw(gid)).ok()?.map(|g| g.name)
 }
 
-/// The names of the groups user `name` is in (`getpwnam_r(3)`, `getgrouplist(3)`),
-/// empty if NSS does not know the user.
+/// The names of the groups user `name` is in, empty if NSS does not know the user.
 pub fn groups_of_user(name: &str) -> Vec<String> {
-    let Ok(cname) = std::ffi::CString::new(name) else {
+    let Some(user) = User::from_name(name).ok().flatten() else {
         return Vec::new();
     };
-    let mut buf = vec![0u8; 16384];
-    // SAFETY: all-zero bytes are a valid `passwd`; it is only read after success.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: `cname` is NUL-terminated; the other pointers are valid for the call.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Vec::new();
-    }
-    let mut gids: Vec<libc::gid_t> = vec![0; 256];
-    let mut n = gids.len() as libc::c_int;
-    // SAFETY: `gids` holds `n` elements; getgrouplist writes at most `n` and sets `n`.
-    let rc = unsafe { libc::getgrouplist(cname.as_ptr(), pwd.pw_gid, gids.as_mut_ptr(), &mut n) };
-    if rc < 0 {
-        return Vec::new();
-    }
-    gids.truncate(n.max(0) as usize);
-    gids.into_iter().filter_map(group_name).collect()
+    group_list(name, user.gid.as_raw())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(group_name)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    /// A user in 300 groups gets all of them: NSS sees, in a mount namespace of
+    /// this thread's own, an `/etc/group` with root added to 300 more groups
+    /// (the old lookup stopped at 256 and then gave none). Needs root.
+    #[test]
+    fn a_user_in_300_groups_has_them_all() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root (it bind-mounts over /etc/group in a mount namespace)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("group");
+        let mut text = std::fs::read_to_string("/etc/group").unwrap();
+        for n in 0..300 {
+            text.push_str(&format!("wfcg-many-{n}:x:{}:root\n", 4_100_000 + n));
+        }
+        std::fs::write(&file, text).unwrap();
+        let found = std::thread::spawn(move || {
+            use rustix::mount::{MountPropagationFlags, mount_bind, mount_change};
+            use rustix::thread::{UnshareFlags, unshare_unsafe};
+            // SAFETY: only the mount namespace and this thread's filesystem
+            // attributes are unshared, not the file descriptor table, so no
+            // thread can see a descriptor another cannot.
+            unsafe { unshare_unsafe(UnshareFlags::NEWNS | UnshareFlags::FS) }.unwrap();
+            // Nothing mounted here reaches the host's namespace.
+            mount_change(
+                "/",
+                MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+            )
+            .unwrap();
+            mount_bind(&file, "/etc/group").unwrap();
+            (super::groups_of_user("root"), super::gids_of_uid(0))
+        })
+        .join()
+        .unwrap();
+        let (names, gids) = found;
+        let (primary, gids) = gids.expect("root has groups");
+        assert_eq!(primary, 0);
+        for n in [0, 255, 256, 299] {
+            assert!(
+                gids.contains(&(4_100_000 + n)),
+                "gid of wfcg-many-{n} missing"
+            );
+            let name = format!("wfcg-many-{n}");
+            assert!(
+                names.contains(&name),
+                "{name} missing from {} names",
+                names.len()
+            );
+        }
+        assert!(gids.len() > 300, "{} groups", gids.len());
+    }
+
     #[test]
     fn root_is_known() {
         assert_eq!(super::user_name(0).as_deref(), Some("root"));
