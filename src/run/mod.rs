@@ -104,6 +104,10 @@ fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
                 Ok(code) => code,
                 Err(_) => exit::FAILED, // already sent to the parent
             };
+            #[allow(
+                clippy::exit,
+                reason = "the forked supervisor ends here: returning would run the parent's code a second time"
+            )]
             std::process::exit(code);
         }
         _ => {
