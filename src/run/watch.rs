@@ -9,9 +9,11 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::api::{OUTPUT_NOTIFY, RunStarted, Watch};
@@ -51,7 +53,7 @@ impl Shared {
     fn output(&self, chunk: &[u8], line: &mut Vec<u8>) {
         let now = Instant::now();
         {
-            let mut last = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last_report.lock();
             if last.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
                 *last = Some(now);
                 if self.watch.output {
