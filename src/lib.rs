@@ -75,7 +75,7 @@ mod tests {
                 &["crate::agent", "crate::store"],
             ),
             (
-                &["alerts.rs", "diagnostics.rs", "sdnotify.rs", "store/"],
+                &["alerts/", "diagnostics.rs", "sdnotify.rs", "store/"],
                 &["crate::agent", "crate::template", "crate::policy"],
             ),
         ];
