@@ -2,8 +2,9 @@
 //! at start (a broken file stops the agent), and again on SIGHUP and whenever it
 //! changes; a broken reload keeps the previous policy.
 
+use parking_lot::RwLock;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rustix::fs::inotify;
 
@@ -38,16 +39,13 @@ impl Access {
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.policy.read().clone()
     }
 
     /// Reads the file again; on error the previous policy stays in force.
     pub fn reload(&self) -> Result<(), PolicyError> {
         let policy = read(&self.path)?;
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        *self.policy.write() = Arc::new(policy);
         Ok(())
     }
 

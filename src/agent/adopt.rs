@@ -15,11 +15,12 @@ use std::time::Instant;
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result};
 use crate::adopt::{self, Gathered, Root, Walk};
+use crate::api::AuditEntry;
 use crate::api::{AdoptMember, AdoptRequest, Adopted, CreateRun, ErrorKind, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::policy::{Identity, Permission};
 use crate::procfs;
-use crate::store::{AuditEntry, RunRecord};
+use crate::store::RunRecord;
 
 mod in_place;
 
@@ -100,7 +101,7 @@ impl Agent {
             ..Default::default()
         };
         let adopted = {
-            let _one_at_a_time = self.adopt_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _one_at_a_time = self.adopt_lock.lock();
             match (req.pid, req.cgroup.as_deref()) {
                 (Some(pid), None) => self.adopt_tree(caller, &id, pid, &req, &mut entry),
                 (None, Some(path)) => self.adopt_cgroup(caller, &id, path, &req, &mut entry),

@@ -13,17 +13,19 @@
 //! not chained over the gap: a `chain_break` record naming the range comes first,
 //! an `audit_tampered` alert goes out, and `audit verify` fails from then on.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::api::AuditEntry;
 use crate::api::RunStatus;
-use crate::store::{AuditEntry, CHAIN_BREAK, ChainCheck, RunRecord, Store};
+use crate::store::{CHAIN_BREAK, ChainCheck, RunRecord, Store};
 
 /// A write the store must get, in order.
 #[derive(Debug, Clone)]
@@ -95,19 +97,19 @@ impl Auditor {
     /// Writes `rec` after any pending records, or keeps it pending. Returns
     /// whether everything, this record included, is now written.
     pub fn keep(&self, store: &Mutex<Store>, rec: Record) -> bool {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.lock();
         pending.push_back(rec);
         self.flush(store, &mut pending)
     }
 
     /// Calls `f` with what is wrong whenever the chain is found cut.
     pub fn on_break(&self, f: impl Fn(&str) + Send + Sync + 'static) {
-        *self.on_break.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+        *self.on_break.lock() = Some(Box::new(f));
     }
 
     fn flush(&self, store: &Mutex<Store>, pending: &mut VecDeque<Record>) -> bool {
-        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut store = store.lock();
+        let mut last = self.last.lock();
         while let Some(rec) = pending.front() {
             let res = match rec {
                 Record::Audit(entry) => {
@@ -119,9 +121,7 @@ impl Auditor {
                                 r.seq,
                                 r.entry.outcome
                             );
-                            if let Some(f) =
-                                &*self.on_break.lock().unwrap_or_else(|p| p.into_inner())
-                            {
+                            if let Some(f) = &*self.on_break.lock() {
                                 f(&r.entry.outcome);
                             }
                         }
@@ -170,7 +170,7 @@ impl Auditor {
     /// Puts what pending records say of a run over its stored record: a run
     /// whose end is not written yet is shown (and answered for) as ended.
     pub fn overlay(&self, run: &mut RunRecord) {
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = self.pending.lock();
         for rec in pending.iter().filter(|r| r.run_id() == Some(&run.run_id)) {
             match rec {
                 Record::Kill {
@@ -202,7 +202,7 @@ impl Auditor {
 
     /// How many records wait to be written.
     pub fn pending(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.pending.lock().len()
     }
 
     /// Starts the thread that retries pending records until they are written.
@@ -219,7 +219,7 @@ impl Auditor {
                     let (Some(me), Some(owner)) = (me.upgrade(), store.upgrade()) else {
                         return;
                     };
-                    let mut pending = me.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut pending = me.pending.lock();
                     if !pending.is_empty() && me.flush((*owner).as_ref(), &mut pending) {
                         tracing::warn!("AUDIT: pending records are written now");
                     }

@@ -4,7 +4,8 @@
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{self, ErrorKind, RunStatus};
-use crate::store::{AuditEntry, AuditFilter, AuditRecord, ChainCheck};
+use crate::api::{AuditEntry, AuditRecord};
+use crate::store::{AuditFilter, ChainCheck};
 
 impl Agent {
     /// Reads the policy file again (SIGHUP, or the file changed); a broken file

@@ -10,9 +10,10 @@ use chrono::Utc;
 
 use super::time::rfc3339;
 use super::{Agent, Caller, Failure, Result};
+use crate::api::AuditEntry;
 use crate::api::{BreakerInfo, ErrorKind, RunStatus};
 use crate::policy::Permission;
-use crate::store::{AuditEntry, BreakerRecord};
+use crate::store::BreakerRecord;
 
 fn info(b: BreakerRecord) -> BreakerInfo {
     let open = b.open_until.is_some_and(|t| t > Utc::now());

@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::kill_sequence::lock_owner;
-use super::{Agent, RUN_ID_ENV, adopt};
+use super::{Agent, adopt};
+use crate::api::RUN_ID_ENV;
 use crate::api::{self, CleanupStatus};
 use crate::cgroup::Cgroup;
 use crate::kill;
@@ -22,17 +23,9 @@ impl Agent {
     pub(super) fn cleanup(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
         self.reaper.forget(&rec.run_id);
         self.lifecycle_end(&rec.run_id);
-        self.sightings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.run_id);
+        self.sightings.lock().remove(&rec.run_id);
         let mut seen = seen.to_vec();
-        if let Some(more) = self
-            .stale_candidates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.run_id)
-        {
+        if let Some(more) = self.stale_candidates.lock().remove(&rec.run_id) {
             seen.extend(more);
         }
         let mut stale = sections::stale_git_locks(&self.cfg.proc_root, &seen);

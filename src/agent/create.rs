@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Agent, Caller, Failure, Result, layout, progress};
+use crate::api::AuditEntry;
 use crate::api::{self, CreateRun, ErrorKind, RunStarted, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::procfs;
-use crate::store::{AuditEntry, RunRecord};
+use crate::store::RunRecord;
 use crate::template::{Template, TemplateError};
 use crate::userfs::{self, Cred};
 
@@ -305,7 +306,7 @@ impl Agent {
             ));
         }
         let now = Instant::now();
-        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut starts = self.starts.lock();
         let recent = starts.entry(uid).or_default();
         while recent
             .front()

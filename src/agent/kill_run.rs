@@ -2,17 +2,19 @@
 //! resumed after a restart): the policy's decision, the audit record of the
 //! attempt, and the coalescing of concurrent kills of one run into one sequence.
 
-use std::sync::{Arc, Condvar, Mutex};
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::kill_result::{self, already_ended, kill_mode};
 use super::reaper::OnEmpty;
 use super::time::now;
 use super::{Agent, Caller, Failure, Requester, Result};
+use crate::api::AuditEntry;
 use crate::api::{self, ErrorKind, KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::policy::Action;
-use crate::store::{AuditEntry, RunRecord};
+use crate::store::RunRecord;
 
 /// A kill sequence under way; concurrent kills of the same run wait on it.
 #[derive(Default)]
@@ -37,7 +39,7 @@ struct Answer<'a> {
 
 impl Drop for Answer<'_> {
     fn drop(&mut self) {
-        let mut result = self.slot.result.lock().unwrap_or_else(|p| p.into_inner());
+        let mut result = self.slot.result.lock();
         result.get_or_insert_with(|| KillResult {
             run_id: self.run_id.to_owned(),
             message: "the kill sequence failed with an agent error (see its log)".into(),
@@ -45,20 +47,13 @@ impl Drop for Answer<'_> {
         });
         self.slot.done.notify_all();
         drop(result);
-        self.agent
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(self.run_id);
+        self.agent.inflight.lock().remove(self.run_id);
     }
 }
 
 impl Agent {
     pub(super) fn kill_in_flight(&self, run_id: &str) -> bool {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(run_id)
+        self.inflight.lock().contains_key(run_id)
     }
 
     /// Kills a run, if the policy allows, and writes the attempt to the audit
@@ -188,7 +183,7 @@ impl Agent {
     ) -> Result<KillResult> {
         let run_id = rec.run_id.as_str();
         let (slot, leader) = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut inflight = self.inflight.lock();
             match inflight.get(run_id) {
                 Some(slot) => (slot.clone(), false),
                 None => {
@@ -233,15 +228,9 @@ impl Agent {
             }
             let limit = self.kill_wait_limit(&rec, forced);
             let deadline = Instant::now() + limit;
-            let mut result = slot.result.lock().unwrap_or_else(|p| p.into_inner());
-            while result.is_none() && Instant::now() < deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                result = slot
-                    .done
-                    .wait_timeout(result, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
+            let mut result = slot.result.lock();
+            slot.done
+                .wait_while_until(&mut result, |r| r.is_none(), deadline);
             if let Some(r) = result.clone() {
                 return Ok(r);
             }
@@ -279,7 +268,7 @@ impl Agent {
         let escalate = answer.slot.escalate.clone();
         let emergency = answer.slot.emergency.clone();
         let result = self.kill_sequence(&requested_by, &rec, &req, end, escalate, emergency);
-        *answer.slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
+        *answer.slot.result.lock() = Some(result.clone());
         drop(answer);
         // The reaper skips a run while its kill is under way: if the survivors of
         // an unkillable run died meanwhile, nothing else would finish it.

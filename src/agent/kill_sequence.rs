@@ -8,12 +8,13 @@ use std::time::Instant;
 use super::kill_result::{self, kill_mode};
 use super::time::now;
 use super::{Agent, Requester, audit, layout};
+use crate::api::AuditEntry;
 use crate::api::{self, KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::kill;
 use crate::procfs;
 use crate::sections::{self, Finding};
-use crate::store::{AuditEntry, RunRecord};
+use crate::store::RunRecord;
 use crate::userfs::Cred;
 
 /// How long a run's supervisor has to exit by itself once its payload is empty.

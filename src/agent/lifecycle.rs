@@ -5,8 +5,9 @@
 //! hint that an initializing run restarts the same command again and again.
 //! The deadlines themselves (set, passed, near) are in [`deadlines`].
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -85,17 +86,13 @@ pub struct Lifecycle {
 impl Lifecycle {
     pub(super) fn watches(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, super::progress::RunWatch>> {
-        lock(&self.watches)
+    ) -> parking_lot::MutexGuard<'_, HashMap<String, super::progress::RunWatch>> {
+        self.watches.lock()
     }
 
-    pub(super) fn stuck_ends(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        lock(&self.stuck_ends)
+    pub(super) fn stuck_ends(&self) -> parking_lot::MutexGuard<'_, HashMap<String, String>> {
+        self.stuck_ends.lock()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Agent {
@@ -151,12 +148,12 @@ impl Agent {
 
     /// The cgroup of a run under watch.
     pub(super) fn live_cgroup(&self, run_id: &str) -> Option<Cgroup> {
-        lock(&self.life.lives).get(run_id).map(|l| l.cg.clone())
+        self.life.lives.lock().get(run_id).map(|l| l.cg.clone())
     }
 
     /// A run's template, as stored with it (the agent's default for old records).
     pub(super) fn run_template(&self, rec: &RunRecord) -> Arc<crate::template::Template> {
-        if let Some(live) = lock(&self.life.lives).get(&rec.run_id) {
+        if let Some(live) = self.life.lives.lock().get(&rec.run_id) {
             return live.template.clone();
         }
         Arc::new(
@@ -185,7 +182,7 @@ impl Agent {
             .notify_socket
             .as_deref()
             .and_then(|path| self.serve_notify(&rec.run_id, path, weak));
-        lock(&self.life.lives).insert(
+        self.life.lives.lock().insert(
             rec.run_id.clone(),
             Live {
                 cg: super::workload(rec),
@@ -196,7 +193,10 @@ impl Agent {
         );
         self.progress_begin(rec, &template, restarted);
         if rec.status == RunStatus::Initializing {
-            lock(&self.life.loops).insert(rec.run_id.clone(), LoopTracker::default());
+            self.life
+                .loops
+                .lock()
+                .insert(rec.run_id.clone(), LoopTracker::default());
         }
         if let Some(m) = self.monitor() {
             m.set(&rec.run_id, Kind::Init, rec.init_deadline);
@@ -211,18 +211,18 @@ impl Agent {
 
     /// Stops watching a run that ended.
     pub(super) fn lifecycle_end(&self, run_id: &str) {
-        if let Some(live) = lock(&self.life.lives).remove(run_id)
+        if let Some(live) = self.life.lives.lock().remove(run_id)
             && let Some(task) = live.notify_task
         {
             task.abort();
             // In the agent's own directory (see serve_notify).
             let _ = std::fs::remove_file(self.notify_dirs.join(run_id));
         }
-        lock(&self.life.loops).remove(run_id);
+        self.life.loops.lock().remove(run_id);
         self.progress_end(run_id);
         // Its last heartbeat, if not yet written, is written now (else a run that
         // ends between two flushes would show an older one, or none, for good).
-        let beat = lock(&self.life.beats).remove(run_id);
+        let beat = self.life.beats.lock().remove(run_id);
         if let Some(b) = beat
             && let Err(e) = self
                 .store()
@@ -305,7 +305,7 @@ impl Agent {
     /// provably outside the run's cgroup; a sender already gone is believed, since
     /// the socket names the run.
     pub(super) fn on_notify(&self, run_id: &str, pid: Option<i32>, msg: Message) {
-        let (cg, threshold) = match lock(&self.life.lives).get(run_id) {
+        let (cg, threshold) = match self.life.lives.lock().get(run_id) {
             Some(live) => (live.cg.clone(), live.threshold),
             None => return,
         };
@@ -324,7 +324,7 @@ impl Agent {
         let now_t = Utc::now();
         if let Some(us) = msg.watchdog_usec {
             let threshold = Duration::from_micros(us);
-            if let Some(live) = lock(&self.life.lives).get_mut(run_id) {
+            if let Some(live) = self.life.lives.lock().get_mut(run_id) {
                 live.threshold = Some(threshold);
             }
             self.heartbeat(run_id, now_t, Some(threshold), Some(us as i64));
@@ -349,7 +349,7 @@ impl Agent {
     ) {
         let deadline = threshold.map(|t| at + chrono::Duration::from_std(t).unwrap_or_default());
         let beat = Beat { at, deadline, usec };
-        let mut beats = lock(&self.life.beats);
+        let mut beats = self.life.beats.lock();
         match beats.get_mut(run_id) {
             Some(b) => *b = beat,
             None => {
@@ -367,13 +367,18 @@ impl Agent {
         &self,
         run_id: &str,
     ) -> Option<(DateTime<Utc>, Option<DateTime<Utc>>)> {
-        lock(&self.life.beats)
+        self.life
+            .beats
+            .lock()
             .get(run_id)
             .map(|b| (b.at, b.deadline))
     }
 
     fn flush_heartbeats(&self) {
-        let beats: Vec<_> = lock(&self.life.beats)
+        let beats: Vec<_> = self
+            .life
+            .beats
+            .lock()
             .drain()
             .map(|(id, b)| (id, b.at, b.deadline, b.usec))
             .collect();
@@ -439,7 +444,7 @@ impl Agent {
         let _ = store.set_time(run_id, TimeCol::ReadyAt, Some(at));
         let _ = store.set_time(run_id, TimeCol::InitDeadline, None);
         drop(store);
-        lock(&self.life.loops).remove(run_id);
+        self.life.loops.lock().remove(run_id);
         if let Some(m) = self.monitor() {
             m.set(run_id, Kind::Init, None);
             m.set(run_id, Kind::Probe, None);
@@ -452,20 +457,23 @@ impl Agent {
     /// and again (a restart loop). It only marks the run; the deadline kills.
     fn sample_loops(&self) {
         let now_i = Instant::now();
-        let ids: Vec<String> = lock(&self.life.loops)
+        let ids: Vec<String> = self
+            .life
+            .loops
+            .lock()
             .iter()
             .filter(|(_, t)| t.next.is_none_or(|n| n <= now_i))
             .map(|(id, _)| id.clone())
             .collect();
         for run_id in ids {
-            let Some(cg) = lock(&self.life.lives).get(&run_id).map(|l| l.cg.clone()) else {
+            let Some(cg) = self.life.lives.lock().get(&run_id).map(|l| l.cg.clone()) else {
                 continue;
             };
             // A run cannot make cgroups of its own: its command's processes are all here.
             let pids = super::layout::payload(&cg).procs().unwrap_or_default();
             let mut found = None;
             {
-                let mut loops = lock(&self.life.loops);
+                let mut loops = self.life.loops.lock();
                 let Some(t) = loops.get_mut(&run_id) else {
                     continue;
                 };

@@ -6,9 +6,9 @@
 use super::kill_result::kill_mode;
 use super::time::now;
 use super::{Agent, Caller, Failure, Result};
+use crate::api::AuditEntry;
 use crate::api::{ErrorKind, KillRequest, MayKill, MayKillQuery};
 use crate::policy::{Action, Permission};
-use crate::store::AuditEntry;
 
 impl Agent {
     /// Answers a [`MayKillQuery`]. A user may ask about themselves; asking about

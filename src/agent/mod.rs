@@ -51,26 +51,26 @@ mod run_end;
 pub mod server;
 mod time;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::api::AuditEntry;
 use crate::api::{self, ErrorKind, KillRequest, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
 use crate::sections::Finding;
-use crate::store::{self, AuditEntry, AuditFilter, RunRecord, Store};
+use crate::store::{self, AuditFilter, RunRecord, Store};
 use crate::template::Template;
 use kill_run::KillSlot;
 use kill_sequence::KILL_START;
 use reaper::{OnEmpty, Reaper};
-
-pub use crate::api::{EXIT_STATUS_FILE, RUN_ID_ENV, STOP_REASON_FILE};
 
 /// Where the agent keeps and finds things. Every host path is here so tests
 /// can run agents side by side.
@@ -410,10 +410,10 @@ impl Agent {
         Ok(agent)
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+    fn store(&self) -> parking_lot::MutexGuard<'_, Store> {
         // A panic while holding the lock leaves SQLite consistent (each call is one
         // statement or transaction), so a poisoned lock is safe to use.
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+        self.store.lock()
     }
 
     /// Brings the store in line with the cgroup tree after a start.

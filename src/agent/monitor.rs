@@ -9,9 +9,10 @@
 //! task is not woken. When its earlier timer fires, the task finds the deadline
 //! moved and sleeps until the new one instead.
 
+use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -83,7 +84,7 @@ impl Monitor {
     /// Sets (or with `None` clears) one deadline of a run.
     pub fn set(&self, run_id: &str, kind: Kind, at: Option<DateTime<Utc>>) {
         let key = (run_id.to_owned(), kind);
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock();
         let Some(at) = at else {
             current.remove(&key); // its timer, when it fires, finds nothing
             return;
@@ -131,7 +132,7 @@ async fn run(
                 let now = Utc::now();
                 while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
                     let Some(Reverse((_, key))) = heap.pop() else { break };
-                    let mut cur = current.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut cur = current.lock();
                     match cur.get(&key).copied() {
                         None => {} // cleared
                         Some(at) if at > now => heap.push(Reverse((at, key))), // moved later
@@ -148,7 +149,7 @@ async fn run(
                 }
                 // Timers of deadlines moved earlier or cleared are left behind:
                 // keep them from piling up, with one timer per deadline in force.
-                let cur = current.lock().unwrap_or_else(|p| p.into_inner());
+                let cur = current.lock();
                 if heap.len() > 4 * cur.len() + 1024 {
                     heap = cur.iter().map(|(key, at)| Reverse((*at, key.clone()))).collect();
                 }
@@ -160,7 +161,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
     use std::time::Duration;
 
     #[test]
@@ -173,7 +174,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let monitor = Monitor::start(rt.handle(), move |id, kind| {
-            tx.lock().unwrap().send((id, kind, Utc::now())).unwrap();
+            tx.lock().send((id, kind, Utc::now())).unwrap();
         });
         let t0 = Utc::now();
         let at = |ms: i64| Some(t0 + chrono::Duration::milliseconds(ms));
@@ -222,10 +223,10 @@ mod tests {
         let monitor = Monitor::start_with(
             rt.handle(),
             move |id, kind| {
-                seen.lock().unwrap().push(id.to_string());
+                seen.lock().push(id.to_string());
                 kind != Kind::Stall
             },
-            move |id, kind| tx.lock().unwrap().send((id, kind)).unwrap(),
+            move |id, kind| tx.lock().send((id, kind)).unwrap(),
         );
         let soon = Some(Utc::now() + chrono::Duration::milliseconds(30));
         monitor.set("sampled", Kind::Stall, soon);
@@ -233,7 +234,7 @@ mod tests {
         let (id, kind) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!((id.as_str(), kind), ("due", Kind::Init));
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
-        let mut seen = quick_seen.lock().unwrap().clone();
+        let mut seen = quick_seen.lock().clone();
         seen.sort();
         assert_eq!(seen, ["due", "sampled"]);
     }

@@ -129,7 +129,7 @@ impl Agent {
         };
         let found = sections::scan(&self.cfg.proc_root, &scope);
         let now = chrono::Utc::now();
-        let mut sightings = self.sightings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sightings = self.sightings.lock();
         let previous = sightings.remove(&rec.run_id).unwrap_or_default();
         let mut current = HashMap::new();
         let out = found

@@ -2,9 +2,10 @@
 //! every live run's `cgroup.events`, read by one thread. Scales to thousands of
 //! runs without polling any of them.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -32,11 +33,11 @@ const RECHECK: Duration = Duration::from_secs(1);
 fn check(run_id: &str, cg: &Cgroup, wd: i32, unsure: &Mutex<HashSet<i32>>) -> bool {
     match cg.empty() {
         Ok(empty) => {
-            unsure.lock().unwrap().remove(&wd);
+            unsure.lock().remove(&wd);
             empty
         }
         Err(e) => {
-            if unsure.lock().unwrap().insert(wd) {
+            if unsure.lock().insert(wd) {
                 tracing::warn!(
                     run_id,
                     "cannot tell whether the run ended, will look again: {e}"
@@ -96,7 +97,7 @@ impl Reaper {
                             return;
                         }
                     }
-                    fired.extend(unsure.lock().unwrap().iter().copied());
+                    fired.extend(unsure.lock().iter().copied());
                     fired.sort_unstable();
                     fired.dedup();
                     if fired.is_empty() {
@@ -106,13 +107,13 @@ impl Reaper {
                         return;
                     };
                     for wd in fired {
-                        let entry = watches.lock().unwrap().get(&wd).cloned();
+                        let entry = watches.lock().get(&wd).cloned();
                         let Some((run_id, cg)) = entry else {
-                            unsure.lock().unwrap().remove(&wd);
+                            unsure.lock().remove(&wd);
                             continue;
                         };
                         if check(&run_id, &cg, wd, &unsure) {
-                            watches.lock().unwrap().remove(&wd);
+                            watches.lock().remove(&wd);
                             target.on_run_empty(&run_id);
                         }
                     }
@@ -128,7 +129,6 @@ impl Reaper {
             Ok(wd) => {
                 self.watches
                     .lock()
-                    .unwrap()
                     .insert(wd, (run_id.to_owned(), cg.clone()));
                 Some(wd)
             }
@@ -157,9 +157,8 @@ impl Reaper {
             Ok(wd) => {
                 self.watches
                     .lock()
-                    .unwrap()
                     .insert(wd, (run_id.to_owned(), cg.clone()));
-                self.unsure.lock().unwrap().insert(wd);
+                self.unsure.lock().insert(wd);
                 true
             }
             Err(e) => {
@@ -171,7 +170,7 @@ impl Reaper {
 
     /// Stops watching a run.
     pub fn forget(&self, run_id: &str) {
-        let mut watches = self.watches.lock().unwrap();
+        let mut watches = self.watches.lock();
         let wds: Vec<i32> = watches
             .iter()
             .filter(|(_, (id, _))| id == run_id)
@@ -179,14 +178,14 @@ impl Reaper {
             .collect();
         for wd in wds {
             watches.remove(&wd);
-            self.unsure.lock().unwrap().remove(&wd);
+            self.unsure.lock().remove(&wd);
             let _ = inotify::remove_watch(&*self.ino, wd);
         }
     }
 
     /// How many runs are watched.
     pub fn len(&self) -> usize {
-        self.watches.lock().unwrap().len()
+        self.watches.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -206,7 +205,7 @@ mod tests {
 
     impl OnEmpty for Ended {
         fn on_run_empty(&self, run_id: &str) {
-            self.0.lock().unwrap().push(run_id.to_owned());
+            self.0.lock().push(run_id.to_owned());
         }
     }
 
@@ -231,10 +230,7 @@ mod tests {
         reaper.start(Arc::downgrade(&ended));
         reaper.watch("r1", &cg, &*ended);
         std::thread::sleep(RECHECK * 2);
-        assert!(
-            ended.0.lock().unwrap().is_empty(),
-            "a failed read taken as empty"
-        );
+        assert!(ended.0.lock().is_empty(), "a failed read taken as empty");
         assert_eq!(reaper.len(), 1);
 
         // The read answers again, with `populated 0`: no inotify event comes for
@@ -242,10 +238,10 @@ mod tests {
         fs::remove_file(cg.path().join(CGROUP_EVENTS)).unwrap();
         fs::write(cg.path().join(CGROUP_EVENTS), "populated 0\nfrozen 0\n").unwrap();
         let deadline = Instant::now() + RECHECK * 5;
-        while ended.0.lock().unwrap().is_empty() && Instant::now() < deadline {
+        while ended.0.lock().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(*ended.0.lock().unwrap(), vec!["r1".to_string()]);
+        assert_eq!(*ended.0.lock(), vec!["r1".to_string()]);
         assert_eq!(reaper.len(), 0);
     }
 
@@ -255,6 +251,6 @@ mod tests {
         let ended = Ended::default();
         let reaper = Reaper::new().unwrap();
         reaper.watch("gone", &Cgroup::new(dir.path().join("nope")), &ended);
-        assert_eq!(*ended.0.lock().unwrap(), vec!["gone".to_string()]);
+        assert_eq!(*ended.0.lock(), vec!["gone".to_string()]);
     }
 }

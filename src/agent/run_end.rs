@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::reaper::OnEmpty;
-use super::{Agent, Caller, EXIT_STATUS_FILE, Failure, Result, audit, layout};
+use super::{Agent, Caller, Failure, Result, audit, layout};
+use crate::api::EXIT_STATUS_FILE;
 use crate::api::{ErrorKind, ExitAck, ExitReport, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::kill;
@@ -49,7 +50,6 @@ impl Agent {
         if !left.sections.is_empty() {
             self.stale_candidates
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .insert(run_id.to_owned(), left.sections);
         }
         let killed = left.killed;
@@ -69,7 +69,7 @@ impl Agent {
             RunStatus::Exited
         };
         let exited = {
-            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let inflight = self.inflight.lock();
             !inflight.contains_key(run_id)
                 && self.store().finish_run_if(
                     run_id,
@@ -215,7 +215,7 @@ impl OnEmpty for Agent {
         };
         let (rec, ended) = {
             // Both locks held, in the agent's order, so no kill starts in between.
-            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let inflight = self.inflight.lock();
             if inflight.contains_key(run_id) {
                 return; // the kill sequence finishes the run itself
             }

@@ -441,8 +441,8 @@ const MAX_BODY: usize = 1 << 20;
 /// behind theirs or take the connections root needs.
 #[derive(Default)]
 struct Gate {
-    connections: std::sync::Mutex<HashMap<u32, u32>>,
-    busy: std::sync::Mutex<HashMap<u32, Arc<Semaphore>>>,
+    connections: parking_lot::Mutex<HashMap<u32, u32>>,
+    busy: parking_lot::Mutex<HashMap<u32, Arc<Semaphore>>>,
 }
 
 /// One open connection of a user; counted until dropped.
@@ -453,11 +453,7 @@ struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let mut conns = self
-            .gate
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.gate.connections.lock();
         if let Some(n) = conns.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
@@ -471,7 +467,7 @@ impl Gate {
     /// Counts a new connection of `uid`, or `None` when the user already holds
     /// `max` of them (the connection is then closed at once).
     fn connect(self: &Arc<Gate>, uid: u32, max: u32) -> Option<Connection> {
-        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.connections.lock();
         let n = conns.entry(uid).or_default();
         if *n >= max.max(1) {
             return None;
@@ -485,7 +481,7 @@ impl Gate {
 
     /// The semaphore that lets `uid` have at most `max` requests worked on at once.
     fn busy(&self, uid: u32, max: u32) -> Arc<Semaphore> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy = self.busy.lock();
         busy.entry(uid)
             .or_insert_with(|| Arc::new(Semaphore::new(max.max(1) as usize)))
             .clone()

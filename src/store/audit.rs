@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Result, Store};
-pub use crate::api::{AuditEntry, AuditRecord};
+use crate::api::{AuditEntry, AuditRecord};
 
 /// The hash that stands before the first audit record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";

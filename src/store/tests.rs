@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::api::RunStatus;
+use crate::api::{AuditEntry, RunStatus};
 
 /// A time as RFC 3339 text reads it.
 fn at(text: &str) -> DateTime<Utc> {

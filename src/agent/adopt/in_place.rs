@@ -10,11 +10,11 @@ use std::sync::Arc;
 use super::{IN_PLACE, bad, lineage, uid_text};
 use crate::adopt::{self, Gathered};
 use crate::agent::{Agent, Caller, Failure, Result};
+use crate::api::AuditEntry;
 use crate::api::{AdoptRequest, Adopted, ErrorKind, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::policy::{Identity, Permission};
 use crate::procfs;
-use crate::store::AuditEntry;
 
 /// `statfs` type of cgroup2 (`CGROUP2_SUPER_MAGIC`).
 const CGROUP2_MAGIC: u64 = 0x6367_7270;

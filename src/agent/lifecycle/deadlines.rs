@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::lock;
 use crate::agent::Agent;
 use crate::agent::monitor::Kind;
 use crate::agent::time::rfc3339;
@@ -78,11 +77,14 @@ impl Agent {
                 )
             }
             Kind::Watchdog => {
-                let last = lock(&self.life.beats)
+                let last = self
+                    .life
+                    .beats
+                    .lock()
                     .get(run_id)
                     .map(|b| b.at)
                     .or(rec.last_heartbeat);
-                let threshold = lock(&self.life.lives).get(run_id).and_then(|l| l.threshold);
+                let threshold = self.life.lives.lock().get(run_id).and_then(|l| l.threshold);
                 format!(
                     "heartbeat missed: no WATCHDOG=1 for {} (last at {}){last_status}",
                     threshold.map(fmt).unwrap_or_else(|| "?".into()),
@@ -155,7 +157,7 @@ impl Agent {
                 rfc3339(d)
             ));
         }
-        let watchdog = match lock(&self.life.beats).get(&rec.run_id) {
+        let watchdog = match self.life.beats.lock().get(&rec.run_id) {
             Some(b) => b.deadline,
             None => rec.watchdog_deadline,
         };
