@@ -8,11 +8,8 @@
 //! Not a timed test: it prints figures and marks the targets of issue 2 as met
 //! or not; its exit status says only whether the benchmark itself ran.
 //!
-//! Two processes. The outer one is a child subreaper: it starts the inner one
-//! (this binary again, which does the work), reaps every process orphaned below
-//! it at once (as init does on a host; this machine's PID 1 does not), and when
-//! the inner one ends, however it ends (panic, Ctrl-C, SIGKILL), kills and
-//! removes every cgroup the inner one created and its temporary directory.
+//! Two processes (benches/common/harness.rs): an outer subreaper that reaps and
+//! cleans up whatever the inner one, which measures, leaves.
 //!
 //! Needs root and cgroup2, like the integration tests, whose harness it reuses.
 //! Environment: `WFCG_BENCH_SIZES` (default `10,100,1000`), `WFCG_BENCH_REPS`
@@ -21,19 +18,21 @@
 #[path = "../tests/it/util.rs"]
 mod util;
 
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/trees.rs"]
+mod trees;
+
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use trees::{
+    BareRoot, MARK_ENV, fmt_stats, loadavg, marked, med, stats, tree_script, wait_for_tree,
+};
 use wfcg::cgroup::{self, Cgroup};
 
-/// Set in the inner process's environment.
-const INNER_ENV: &str = "WFCG_BENCH_INNER";
-/// Every process of every tree carries `WFCG_BENCH_MARK=<marker>`: survivors are
-/// counted by scanning /proc for it.
-const MARK_ENV: &str = "WFCG_BENCH_MARK";
 /// How long a kill may take before the benchmark calls it failed.
 const KILL_DEADLINE: Duration = Duration::from_secs(30);
 /// After `kill(-pgid)` and reaping the direct child: time for stragglers to die
@@ -41,132 +40,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_millis(200);
 
 fn main() {
-    if std::env::var_os(INNER_ENV).is_some() {
-        inner();
-    } else {
-        std::process::exit(outer());
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The outer process: subreaper and last-resort cleanup.
-
-fn outer() -> i32 {
-    if !util::privileged() {
-        return 0; // WFCG_TEST_ALLOW_SKIP=1 without root or cgroup2
-    }
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        eprintln!(
-            "bench: cannot become a child subreaper: {}",
-            std::io::Error::last_os_error()
-        );
-        return 1;
-    }
-    // Signals are taken with sigwait below; blocked before the inner process exists
-    // (which inherits the mask: std::process::Command keeps it; the inner process
-    // clears it first thing).
-    let signals = [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-    // SAFETY: `set` is initialised by sigemptyset before use; pthread_sigmask only
-    // reads it. This process has no other threads yet.
-    let set = unsafe {
-        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigemptyset(set.as_mut_ptr());
-        for s in signals {
-            libc::sigaddset(set.as_mut_ptr(), s);
-        }
-        let set = set.assume_init();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    // The agent's socket, state and logs go below this directory (tempfile honours TMPDIR).
-    let tmp = tempfile::Builder::new()
-        .prefix("wfcg-bench")
-        .tempdir()
-        .expect("creating a temporary directory");
-    let exe = std::env::current_exe().expect("finding the benchmark binary");
-    let inner = match Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(INNER_ENV, "1")
-        .env("TMPDIR", tmp.path())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bench: cannot start the inner process: {e}");
-            return 1;
-        }
-    };
-    let inner_pid = inner.id() as i32;
-    let code = loop {
-        let mut sig = 0;
-        // SAFETY: `set` is a valid signal set and `sig` a valid place to write to.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        if sig != libc::SIGCHLD {
-            // Ctrl-C reaches the inner process from the terminal; other senders do not.
-            // SAFETY: kill(2) with plain integers.
-            unsafe { libc::kill(inner_pid, libc::SIGTERM) };
-            continue;
-        }
-        if let Some(status) = reap_all(inner_pid) {
-            break status;
-        }
-    };
-    let left = cleanup_leftovers(inner_pid);
-    if left > 0 {
-        eprintln!("bench: cleaned up {left} cgroups the benchmark left behind");
-    }
-    // Orphans of the cleanup (trees just killed) are reaped before returning.
-    std::thread::sleep(Duration::from_millis(50));
-    reap_all(-1);
-    drop(tmp);
-    code
-}
-
-/// Reaps every exited child; returns the exit code when `watched` was among them.
-fn reap_all(watched: i32) -> Option<i32> {
-    let mut result = None;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid(2) writes the status into `status`, a valid i32.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return result;
-        }
-        if pid == watched {
-            result = Some(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            });
-        }
-    }
-}
-
-/// Kills and removes the cgroups named after the inner process: the benchmark's
-/// own root and the test agents' roots (`wfcg-test-<pid>-<n>`, see util.rs).
-fn cleanup_leftovers(inner_pid: i32) -> usize {
-    let Ok(mount) = cgroup::cgroup2_mount() else {
-        return 0;
-    };
-    let names = [
-        format!("wfcg-bench-{inner_pid}"),
-        format!("wfcg-test-{inner_pid}-"),
-    ];
-    let mut n = 0;
-    for entry in std::fs::read_dir(&mount).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if names.iter().any(|p| name.starts_with(p.as_str())) {
-            let cg = Cgroup::new(entry.path());
-            let _ = cg.kill();
-            let _ = cg.wait_unpopulated(Duration::from_secs(10));
-            if let Err(e) = cg.remove_recursive() {
-                eprintln!("bench: {e}");
-            }
-            n += 1;
-        }
-    }
-    n
+    harness::main(inner);
 }
 
 // ---------------------------------------------------------------------------
@@ -180,14 +54,6 @@ fn env_num(key: &str, default: usize) -> usize {
 }
 
 fn inner() {
-    // The outer process's blocked signals were inherited: let Ctrl-C end this process
-    // (the outer one cleans up), and start the agent and the trees with a clean mask.
-    // SAFETY: `empty` is initialised by sigemptyset; pthread_sigmask only reads it.
-    unsafe {
-        let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigemptyset(empty.as_mut_ptr());
-        libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
-    }
     let sizes: Vec<usize> = std::env::var("WFCG_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -294,39 +160,6 @@ fn inner() {
     }
     drop(agent);
     drop(root);
-}
-
-/// The 1-minute load average, from `/proc/loadavg`.
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-/// Median, min and max of a sample.
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let med = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    (med, s[0], s[n - 1])
-}
-
-fn med(v: &[f64]) -> f64 {
-    stats(v).0
-}
-
-fn fmt_stats(v: &[f64]) -> String {
-    let (m, lo, hi) = stats(v);
-    format!("{m:.2} [{lo:.2}-{hi:.2}]")
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -501,71 +334,6 @@ fn report(rows: &[Row], spawn: &Spawn, reps: usize) {
 
 // ---------------------------------------------------------------------------
 // Trees.
-
-/// The shell script of a tree of `n` processes: itself and n-1 `sleep 1000`, about
-/// 10% of them started through setsid(1), so they leave the process group and the
-/// session as double-forked daemons do. It waits for them, so it stays the root.
-fn tree_script(n: usize) -> String {
-    let n = n.max(1);
-    let detached = ((n + 5) / 10).min(n - 1);
-    let plain = n - 1 - detached;
-    format!(
-        "i=0; while [ $i -lt {plain} ]; do sleep 1000 & i=$((i+1)); done; \
-         i=0; while [ $i -lt {detached} ]; do setsid sleep 1000 & i=$((i+1)); done; \
-         wait"
-    )
-}
-
-/// Processes carrying a marker, zombies excepted.
-fn marked(marker: &str) -> usize {
-    util::pids_with_env(MARK_ENV, marker).len()
-}
-
-/// Waits until a cgroup holds `total` processes of which `n - 1` (a tree's
-/// leaves) already run `sleep`, so every setsid has happened; then gives the
-/// kernel a moment to settle.
-fn wait_for_tree(cg: &Cgroup, total: usize, n: usize) {
-    let proc_root = Path::new("/proc");
-    let sleeping = |pids: &[i32]| {
-        pids.iter()
-            .filter(|&&p| {
-                std::fs::read_to_string(proc_root.join(p.to_string()).join("comm"))
-                    .is_ok_and(|c| c.trim_end() == "sleep")
-            })
-            .count()
-    };
-    let full = util::wait_until(Duration::from_secs(60), || {
-        cg.procs_recursive()
-            .is_ok_and(|p| p.len() >= total && sleeping(&p) + 1 >= n)
-    });
-    assert!(
-        full,
-        "the tree in {} did not reach {total} processes (has {:?})",
-        cg.path().display(),
-        cg.procs_recursive().map(|p| p.len())
-    );
-    std::thread::sleep(Duration::from_millis(50));
-}
-
-/// The benchmark's own cgroup root, `<mount>/wfcg-bench-<pid>`, for bare cgroups.
-/// Dropping it kills whatever is below and removes it.
-struct BareRoot(Cgroup);
-
-impl BareRoot {
-    fn create(mount: &Path) -> BareRoot {
-        let cg = Cgroup::new(mount.join(format!("wfcg-bench-{}", std::process::id())));
-        cg.create().expect("creating the benchmark's cgroup root");
-        BareRoot(cg)
-    }
-}
-
-impl Drop for BareRoot {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait_unpopulated(Duration::from_secs(10));
-        let _ = self.0.remove_recursive();
-    }
-}
 
 /// A tree of ours in a bare cgroup. Dropping it kills the tree and removes the cgroup.
 struct BareTree {
