@@ -12,11 +12,42 @@ use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+/// The whole of a small kernel file (procfs, cgroupfs) in as few system calls
+/// as the kernel allows: open, read into a page-sized buffer until the end,
+/// close. `fs::read` first asks for a size these files do not have, then reads
+/// in small growing steps: three to nine calls more per file, which adds up
+/// over every process of a host.
+pub fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// [`read_small`] of a text file.
+pub fn read_small_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_small(path)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
 /// The start time of a process in clock ticks since boot: field 22 of
 /// `/proc/<pid>/stat`, read as the raw integer (never through a float), so that
 /// (pid, start time) names one process for good.
 pub fn starttime(proc_root: &Path, pid: i32) -> Option<u64> {
-    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let text = read_small_string(&proc_root.join(pid.to_string()).join("stat")).ok()?;
     parse_stat_starttime(&text)
 }
 
@@ -42,7 +73,7 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// The process state letter (R, S, D, Z, T, …) from `/proc/<pid>/stat`.
 pub fn state(proc_root: &Path, pid: i32) -> Option<char> {
-    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let text = read_small_string(&proc_root.join(pid.to_string()).join("stat")).ok()?;
     stat_field(&text, 3)?.chars().next()
 }
 
@@ -50,9 +81,9 @@ pub fn state(proc_root: &Path, pid: i32) -> Option<char> {
 /// or its `comm` in brackets for kernel threads and zombies.
 pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
     let dir = proc_root.join(pid.to_string());
-    let raw = fs::read(dir.join("cmdline")).ok()?;
+    let raw = read_small(&dir.join("cmdline")).ok()?;
     if raw.is_empty() {
-        let comm = fs::read_to_string(dir.join("comm")).ok()?;
+        let comm = read_small_string(&dir.join("comm")).ok()?;
         return Some(format!("[{}]", comm.trim_end()));
     }
     let parts: Vec<String> = raw
@@ -65,7 +96,7 @@ pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
 
 /// Whether a process's environment holds `key=value` (`/proc/<pid>/environ`).
 pub fn has_env(proc_root: &Path, pid: i32, key: &str, value: &str) -> bool {
-    let Ok(raw) = fs::read(proc_root.join(pid.to_string()).join("environ")) else {
+    let Ok(raw) = read_small(&proc_root.join(pid.to_string()).join("environ")) else {
         return false;
     };
     let want = format!("{key}={value}");
@@ -87,11 +118,14 @@ pub fn all_pids(proc_root: &Path) -> Vec<i32> {
 /// This is how a run's processes are found wherever they went: each carries
 /// `WFCG_RUN_ID=<id>`.
 pub fn pids_with_env(proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
-    all_pids(proc_root)
-        .into_iter()
-        .filter(|&pid| has_env(proc_root, pid, key, value))
-        .filter(|&pid| state(proc_root, pid) != Some('Z'))
-        .collect()
+    // One read of each process's environment, on every core on a busy host.
+    let pids = all_pids(proc_root);
+    crate::par::map(&pids, 256, |&pid| {
+        (has_env(proc_root, pid, key, value) && state(proc_root, pid) != Some('Z')).then_some(pid)
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// What `/proc/<pid>/stat` says of a process's place in the process tree.
@@ -133,7 +167,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 
 /// [`Stat`] of a process; `None` when it is gone.
 pub fn stat(proc_root: &Path, pid: i32) -> Option<Stat> {
-    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let text = read_small_string(&proc_root.join(pid.to_string()).join("stat")).ok()?;
     parse_stat(&text)
 }
 
@@ -146,7 +180,7 @@ pub fn children(proc_root: &Path, pid: i32) -> Vec<i32> {
     };
     let mut out = Vec::new();
     for task in tasks.flatten() {
-        if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+        if let Ok(text) = read_small_string(&task.path().join("children")) {
             out.extend(
                 text.split_whitespace()
                     .filter_map(|p| p.parse::<i32>().ok()),
@@ -159,7 +193,7 @@ pub fn children(proc_root: &Path, pid: i32) -> Vec<i32> {
 /// The real, effective and saved uids of a process (the `Uid:` line of
 /// `/proc/<pid>/status`).
 pub fn uids(proc_root: &Path, pid: i32) -> Option<[u32; 3]> {
-    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    let text = read_small_string(&proc_root.join(pid.to_string()).join("status")).ok()?;
     let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     let mut ids = line.split_whitespace().map(|v| v.parse::<u32>().ok());
     Some([ids.next()??, ids.next()??, ids.next()??])

@@ -20,9 +20,13 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::api::SectionKind;
 use crate::gitlocks::{self, LockFile};
@@ -148,27 +152,60 @@ struct Fd {
     path: String,
 }
 
+/// `/proc/<pid>`, opened once for the reads of one process below it: each is
+/// then a lookup of one name, not of the whole path (the pid's directory is
+/// revalidated on every path that goes through it).
+fn proc_dir(proc_root: &Path, pid: i32) -> Option<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::open(proc_root.join(pid.to_string()), flags, Mode::empty()).ok()
+}
+
 fn open_files(proc_root: &Path, pid: i32) -> Vec<Fd> {
-    let dir = proc_root.join(pid.to_string()).join("fd");
-    let Ok(entries) = fs::read_dir(&dir) else {
+    proc_dir(proc_root, pid).map_or_else(Vec::new, |dir| open_files_at(&dir))
+}
+
+/// The open files of the process whose `/proc/<pid>` is `proc_dir`.
+fn open_files_at(proc_dir: &OwnedFd) -> Vec<Fd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(fd_dir) = rustix::fs::openat(proc_dir, "fd", flags, Mode::empty()) else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let target = fs::read_link(e.path()).ok()?;
-            let path = target.to_str()?.to_owned();
-            // Only files on a filesystem; not pipes, sockets, deleted files, nor
-            // the pseudo-filesystems (/dev/null, /proc, /sys), which hold no section.
-            let pseudo = ["/dev/", "/proc/", "/sys/"]
-                .iter()
-                .any(|p| path.starts_with(p));
-            (path.starts_with('/') && !pseudo && !path.ends_with(" (deleted)")).then(|| Fd {
-                num: e.file_name().to_string_lossy().into_owned(),
+    let Ok(mut entries) = rustix::fs::Dir::read_from(&fd_dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    while let Some(Ok(e)) = entries.read() {
+        let name = e.file_name();
+        if name.to_bytes().starts_with(b".") {
+            continue;
+        }
+        let Ok(target) = rustix::fs::readlinkat(&fd_dir, name, Vec::new()) else {
+            continue;
+        };
+        let Ok(path) = target.into_string() else {
+            continue;
+        };
+        // Only files on a filesystem; not pipes, sockets, deleted files, nor
+        // the pseudo-filesystems (/dev/null, /proc, /sys), which hold no section.
+        let pseudo = ["/dev/", "/proc/", "/sys/"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        if path.starts_with('/') && !pseudo && !path.ends_with(" (deleted)") {
+            files.push(Fd {
+                num: name.to_string_lossy().into_owned(),
                 path,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    files
+}
+
+/// The working directory of the process whose `/proc/<pid>` is `proc_dir`.
+fn cwd_at(proc_dir: &OwnedFd) -> Option<PathBuf> {
+    let target = rustix::fs::readlinkat(proc_dir, "cwd", Vec::new()).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(
+        target.into_bytes(),
+    )))
 }
 
 /// The open flags of an fd, from the `flags:` line (octal) of its fdinfo.
@@ -215,10 +252,11 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
     let mut seen = HashSet::new();
     // Listing each process's open files is most of the scan: on every core.
     let listed = crate::par::map(&scope.pids, 128, |&pid| {
-        let cwd = scope
-            .since
-            .and_then(|_| fs::read_link(proc_root.join(pid.to_string()).join("cwd")).ok());
-        (open_files(proc_root, pid), cwd)
+        let Some(dir) = proc_dir(proc_root, pid) else {
+            return (Vec::new(), None);
+        };
+        let cwd = scope.since.and_then(|_| cwd_at(&dir));
+        (open_files_at(&dir), cwd)
     });
     let mut cwds = Vec::new();
     let mut all_files = Vec::with_capacity(listed.len());
