@@ -180,7 +180,8 @@ pub fn within(mount: &Path, rel: &str, cg: &Path) -> bool {
 /// The cgroup path of a process relative to the cgroup2 mount, from `/proc/<pid>/cgroup`
 /// (the `0::` line). `None` when the process is gone.
 pub fn process_cgroup(proc_root: &Path, pid: i32) -> Option<String> {
-    let text = crate::procfs::read_small_string(&proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    let text =
+        crate::procfs::read_small_string(&proc_root.join(pid.to_string()).join("cgroup")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_owned)

@@ -128,9 +128,7 @@ impl Store {
         e: &AuditEntry,
         expected: Option<&(i64, String)>,
     ) -> Result<Vec<AuditRecord>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        self.immediate(|tx| {
         let last: Option<AuditRecord> = tx
             .query_row(
                 &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"),
@@ -190,8 +188,8 @@ impl Store {
                 hash,
             });
         }
-        tx.commit()?;
         Ok(out)
+        })
     }
 
     /// Audit records, oldest first.

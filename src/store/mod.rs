@@ -87,6 +87,42 @@ impl Store {
         Ok(store)
     }
 
+    /// Runs `f` as one immediate transaction: everything it writes is committed
+    /// (one fsync) when it returns `Ok`, nothing when it returns an error. The
+    /// writes inside that would be transactions of their own ([`Store::record_kill`],
+    /// [`Store::append_audit_after`]) join this one.
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `f` in an immediate transaction of its own, or in the caller's [`Store::batch`].
+    fn immediate<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if !self.conn.is_autocommit() {
+            return f(&self.conn);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let known = MIGRATIONS.len() as i64;
         let found = self.schema_version()?;

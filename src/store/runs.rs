@@ -425,18 +425,18 @@ impl Store {
         status: RunStatus,
         ended_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO kills (run_id, started_at, result) VALUES (?1, ?2, ?3)",
-            params![run_id, rfc3339(started_at), result_json],
-        )?;
-        tx.execute(
-            "UPDATE runs SET kill_result = ?2, status = ?3, ended_at = coalesce(?4, ended_at) \
-             WHERE run_id = ?1",
-            params![run_id, result_json, status, time_text(ended_at)],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.immediate(|tx| {
+            tx.execute(
+                "INSERT INTO kills (run_id, started_at, result) VALUES (?1, ?2, ?3)",
+                params![run_id, rfc3339(started_at), result_json],
+            )?;
+            tx.execute(
+                "UPDATE runs SET kill_result = ?2, status = ?3, ended_at = coalesce(?4, ended_at) \
+                 WHERE run_id = ?1",
+                params![run_id, result_json, status, time_text(ended_at)],
+            )?;
+            Ok(())
+        })
     }
 
     /// How many runs there are of each status.

@@ -167,6 +167,65 @@ fn a_cut_chain_is_not_chained_over() {
     assert_eq!(recs.len(), 1);
 }
 
+/// A kill's result, the run's end and the audit records are written in one
+/// transaction: all of them, seen by another connection once it returns, or
+/// (when a write in it fails) none.
+#[test]
+fn a_batch_writes_all_of_its_records_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wfcg.db");
+    let mut store = Store::open(&path).unwrap();
+    store.insert_run(&sample("run_a")).unwrap();
+    let entry = |action: &str| AuditEntry {
+        time: "2026-01-01T00:00:00Z".into(),
+        actor_name: "t".into(),
+        action: action.into(),
+        decision: "-".into(),
+        run_id: Some("run_a".into()),
+        ..Default::default()
+    };
+    let other = || Store::open(&path).unwrap();
+    let t0 = at("2026-01-01T00:00:00Z");
+    let failed = store.batch(|s| {
+        s.record_kill("run_a", t0, "{}", RunStatus::Killed, Some(t0))?;
+        s.append_audit(&entry("kill"))?;
+        s.insert_run(&sample("run_a")).map(|_| 0) // a duplicate: fails
+    });
+    assert!(matches!(failed, Err(Error::Duplicate(_))), "{failed:?}");
+    assert_eq!(other().kill_count("run_a").unwrap(), 0);
+    assert_eq!(
+        other().get_run("run_a").unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    assert!(
+        other()
+            .audit_records(&AuditFilter::default())
+            .unwrap()
+            .is_empty()
+    );
+
+    let seqs = store
+        .batch(|s| {
+            s.record_kill("run_a", t0, "{}", RunStatus::Killed, Some(t0))?;
+            let a = s.append_audit(&entry("run_end"))?;
+            let b = s.append_audit(&entry("kill"))?;
+            Ok((a.seq, b.seq))
+        })
+        .unwrap();
+    assert_eq!(seqs, (1, 2));
+    let seen = other();
+    assert_eq!(seen.kill_count("run_a").unwrap(), 1);
+    assert_eq!(
+        seen.get_run("run_a").unwrap().unwrap().status,
+        RunStatus::Killed
+    );
+    let check = seen.verify_audit().unwrap();
+    assert_eq!((check.last_seq, check.first_bad), (2, None));
+    // Outside a batch, each write is its own transaction again.
+    store.append_audit(&entry("after")).unwrap();
+    assert_eq!(other().verify_audit().unwrap().last_seq, 3);
+}
+
 #[test]
 fn lists_by_status_and_counts_kills() {
     let dir = tempfile::tempdir().unwrap();
