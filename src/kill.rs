@@ -690,7 +690,10 @@ pub fn kill_escapees(
 ) -> Escapees {
     let mut out = Escapees::default();
     let mut pending = Vec::new();
-    for pid in procfs::pids_with_env(proc_root, key, value) {
+    // Runs killed at once share their scans of the host.
+    static SCANS: std::sync::LazyLock<procfs::SharedEnvScan> =
+        std::sync::LazyLock::new(Default::default);
+    for pid in SCANS.pids_with_env(proc_root, key, value) {
         let Ok(pidfd) = procfs::pidfd_open(pid) else {
             continue; // gone already
         };

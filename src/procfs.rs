@@ -4,6 +4,7 @@
 //! A leaf module: it knows `/proc` (whose root the caller passes in) and nothing
 //! of runs or the agent.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -118,14 +119,117 @@ pub fn all_pids(proc_root: &Path) -> Vec<i32> {
 /// This is how a run's processes are found wherever they went: each carries
 /// `WFCG_RUN_ID=<id>`.
 pub fn pids_with_env(proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
-    // One read of each process's environment, on every core on a busy host.
+    let values = HashSet::from([value.to_owned()]);
+    scan_env(proc_root, key, &values)
+        .remove(value)
+        .unwrap_or_default()
+}
+
+/// One pass over the host: the processes (zombies excepted) whose environment
+/// holds `key=V`, for each V of `values` found. One read of each process's
+/// environment, on every core on a busy host.
+fn scan_env(proc_root: &Path, key: &str, values: &HashSet<String>) -> HashMap<String, Vec<i32>> {
+    let prefix = format!("{key}=");
     let pids = all_pids(proc_root);
-    crate::par::map(&pids, 256, |&pid| {
-        (has_env(proc_root, pid, key, value) && state(proc_root, pid) != Some('Z')).then_some(pid)
-    })
-    .into_iter()
-    .flatten()
-    .collect()
+    let found = crate::par::map(&pids, 256, |&pid| {
+        let raw = read_small(&proc_root.join(pid.to_string()).join("environ")).ok()?;
+        let value = raw.split(|b| *b == 0).find_map(|e| {
+            let v = std::str::from_utf8(e.strip_prefix(prefix.as_bytes())?).ok()?;
+            values.contains(v).then(|| v.to_owned())
+        })?;
+        (state(proc_root, pid) != Some('Z')).then_some((value, pid))
+    });
+    let mut out: HashMap<String, Vec<i32>> = HashMap::new();
+    for (value, pid) in found.into_iter().flatten() {
+        out.entry(value).or_default().push(pid);
+    }
+    out
+}
+
+/// [`pids_with_env`] shared by concurrent callers: each waits for a scan of the
+/// host that starts after it asked, and one scan answers every caller waiting
+/// when it starts. A hundred runs killed at once then read each process's
+/// environment a few times, not a hundred.
+#[derive(Default)]
+pub struct SharedEnvScan {
+    state: std::sync::Mutex<EnvScanState>,
+    done: std::sync::Condvar,
+}
+
+type EnvAsk = (std::path::PathBuf, String, String);
+
+#[derive(Default)]
+struct EnvScanState {
+    /// Asked since the last scan started.
+    asked: HashSet<EnvAsk>,
+    running: bool,
+    /// Scans started so far; the running or last one is number `started`.
+    started: u64,
+    /// The last scan finished: its number and what it found for each ask.
+    last: Option<(u64, std::sync::Arc<HashMap<EnvAsk, Vec<i32>>>)>,
+}
+
+impl SharedEnvScan {
+    /// Every process on the host whose environment holds `key=value`, zombies
+    /// excepted, as found by a scan that started after this call.
+    pub fn pids_with_env(&self, proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
+        let ask: EnvAsk = (proc_root.to_owned(), key.to_owned(), value.to_owned());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.asked.insert(ask.clone());
+        let mut need = st.started + 1;
+        loop {
+            if let Some((n, found)) = &st.last
+                && *n >= need
+            {
+                // Every scan answers every ask it took (with no pids if none matched).
+                if let Some(pids) = found.get(&ask) {
+                    return pids.clone();
+                }
+                // A scan after the one that took this ask finished first: ask again.
+                st.asked.insert(ask.clone());
+                need = st.started + 1;
+            }
+            if !st.running {
+                st.running = true;
+                st.started += 1;
+                let n = st.started;
+                let asked = std::mem::take(&mut st.asked);
+                drop(st);
+                let found = scan_asks(&asked);
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.last = Some((n, std::sync::Arc::new(found)));
+                st.running = false;
+                self.done.notify_all();
+                continue;
+            }
+            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// How many scans of the host were made.
+    pub fn scans(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).started
+    }
+}
+
+/// One pass per (proc root, key) over what was asked; every ask gets an entry.
+fn scan_asks(asked: &HashSet<EnvAsk>) -> HashMap<EnvAsk, Vec<i32>> {
+    let mut groups: HashMap<(&Path, &str), HashSet<String>> = HashMap::new();
+    for (root, key, value) in asked {
+        groups
+            .entry((root.as_path(), key.as_str()))
+            .or_default()
+            .insert(value.clone());
+    }
+    let mut out = HashMap::new();
+    for ((root, key), values) in groups {
+        let mut found = scan_env(root, key, &values);
+        for value in values {
+            let pids = found.remove(&value).unwrap_or_default();
+            out.insert((root.to_owned(), key.to_owned(), value), pids);
+        }
+    }
+    out
 }
 
 /// What `/proc/<pid>/stat` says of a process's place in the process tree.
@@ -394,6 +498,66 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, vec![child.id() as i32]);
+    }
+
+    /// Concurrent callers each get the processes of their own marker, from a
+    /// scan that started after they asked; they share scans.
+    #[test]
+    fn concurrent_marker_scans_are_shared_and_each_answered() {
+        let tag = format!("shared-{}", std::process::id());
+        let markers: Vec<String> = (0..3).map(|i| format!("{tag}-{i}")).collect();
+        let children: Vec<_> = markers
+            .iter()
+            .take(2)
+            .map(|m| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .env("WFCG_TEST_MARK", m)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let proc_root = Path::new("/proc");
+        // Until the children's environments are set up (see above).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while markers[..2]
+            .iter()
+            .any(|m| pids_with_env(proc_root, "WFCG_TEST_MARK", m).is_empty())
+            && std::time::Instant::now() < deadline
+        {}
+        let shared = SharedEnvScan::default();
+        let callers = 12;
+        let answers: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..callers)
+                .map(|i| {
+                    let (shared, m) = (&shared, &markers[i % 3]);
+                    s.spawn(move || (i % 3, shared.pids_with_env(proc_root, "WFCG_TEST_MARK", m)))
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut children = children;
+        let want: Vec<Vec<i32>> = children
+            .iter()
+            .map(|c| vec![c.id() as i32])
+            .chain([vec![]])
+            .collect();
+        for c in &mut children {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        for (m, pids) in answers {
+            assert_eq!(pids, want[m], "marker {m}");
+        }
+        let scans = shared.scans();
+        assert!((1..=callers as u64).contains(&scans), "{scans} scans");
+        // A later call scans again: the processes are gone by now.
+        assert!(
+            shared
+                .pids_with_env(proc_root, "WFCG_TEST_MARK", &markers[0])
+                .is_empty()
+        );
+        assert_eq!(shared.scans(), scans + 1);
     }
 
     #[test]
