@@ -142,7 +142,13 @@ fn starts_in_a_loop(n: usize) {
 
 /// Starts `runs` detached runs of `procs` processes (sh and its sleeps) whose
 /// init timeout is `init_secs`; returns their ids once every tree is complete.
-fn start_trees(agent: &TestAgent, runs: usize, procs: usize, init: &str, marker: &str) -> Vec<String> {
+fn start_trees(
+    agent: &TestAgent,
+    runs: usize,
+    procs: usize,
+    init: &str,
+    marker: &str,
+) -> Vec<String> {
     let ids: Vec<String> = (0..runs)
         .map(|_| {
             let out = agent
@@ -170,7 +176,10 @@ fn start_trees(agent: &TestAgent, runs: usize, procs: usize, init: &str, marker:
 
 /// What is left of a burst: processes carrying the marker, and run cgroups.
 fn leftovers(agent: &TestAgent, ids: &[String], marker: &str) -> (usize, usize) {
-    let cgroups = ids.iter().filter(|id| agent.run_cgroup(id).exists()).count();
+    let cgroups = ids
+        .iter()
+        .filter(|id| agent.run_cgroup(id).exists())
+        .count();
     (marked(marker), cgroups)
 }
 
@@ -214,7 +223,9 @@ fn many_at_once(runs: usize, procs: usize, init_secs: usize) {
         let _ = c.wait();
     }
     let raw_left = marked(&marker);
-    println!("  raw: cgroup.kill of their common parent + wait   {raw_ms:9.1} ms  survivors {raw_left}");
+    println!(
+        "  raw: cgroup.kill of their common parent + wait   {raw_ms:9.1} ms  survivors {raw_left}"
+    );
     drop(root);
 
     // `wfcg kill --stuck --force`.
@@ -243,8 +254,7 @@ fn many_at_once(runs: usize, procs: usize, init_secs: usize) {
         });
         assert!(all_stuck, "the runs did not all turn stuck");
         let t = Instant::now();
-        let out = agent
-            .cli(&["kill", "--stuck", "--force"]);
+        let out = agent.cli(&["kill", "--stuck", "--force"]);
         let ms = ms_since(t);
         let (left, cgroups) = leftovers(&agent, &ids, &marker);
         println!(

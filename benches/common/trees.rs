@@ -109,4 +109,3 @@ impl Drop for BareRoot {
         let _ = self.0.remove_recursive();
     }
 }
-
