@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ pub struct Auditor {
     /// Records written, and failed attempts to write one, since the start.
     pub written: AtomicU64,
     pub failures: AtomicU64,
+    /// The last attempt to write failed.
+    failing: AtomicBool,
 }
 
 impl Auditor {
@@ -85,6 +87,7 @@ impl Auditor {
             head,
             written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -97,9 +100,15 @@ impl Auditor {
     /// Writes `rec` after any pending records, or keeps it pending. Returns
     /// whether everything, this record included, is now written.
     pub fn keep(&self, store: &Mutex<Store>, rec: Record) -> bool {
-        let mut pending = self.pending.lock();
-        pending.push_back(rec);
-        self.flush(store, &mut pending)
+        self.pending.lock().push_back(rec);
+        self.flush(store)
+    }
+
+    /// Queues `rec` to be written with the next record kept (in the same
+    /// transaction), or by the retry within a second. For the records of one
+    /// answer, whose last record is then kept before the answer is sent.
+    pub fn defer(&self, rec: Record) {
+        self.pending.lock().push_back(rec);
     }
 
     /// Calls `f` with what is wrong whenever the chain is found cut.
@@ -107,64 +116,91 @@ impl Auditor {
         *self.on_break.lock() = Some(Box::new(f));
     }
 
-    fn flush(&self, store: &Mutex<Store>, pending: &mut VecDeque<Record>) -> bool {
+    /// Writes every pending record in one transaction (one fsync), in order: a
+    /// group commit. Records queued while it writes wait for the store and are
+    /// written together by the next flush; one whose record a flush already
+    /// wrote finds nothing pending. A record stays pending (and visible to
+    /// [`Auditor::overlay`]) until its transaction is committed; when the
+    /// transaction fails, none of them is written and all stay pending.
+    fn flush(&self, store: &Mutex<Store>) -> bool {
         let mut store = store.lock();
+        // Only a flush removes records, and only while it holds the store: the
+        // first `batch.len()` pending records stay these.
+        let batch: Vec<Record> = self.pending.lock().iter().cloned().collect();
+        if batch.is_empty() {
+            return true;
+        }
         let mut last = self.last.lock();
-        while let Some(rec) = pending.front() {
-            let res = match rec {
-                Record::Audit(entry) => {
-                    store.append_audit_after(entry, last.as_ref()).map(|recs| {
-                        self.written.fetch_add(recs.len() as u64, Ordering::Relaxed);
-                        for r in recs.iter().filter(|r| r.entry.action == CHAIN_BREAK) {
-                            tracing::error!(
-                                "AUDIT CHAIN BROKEN (record {}): {}",
-                                r.seq,
-                                r.entry.outcome
-                            );
-                            if let Some(f) = &*self.on_break.lock() {
-                                f(&r.entry.outcome);
-                            }
-                        }
+        let mut head = last.clone();
+        let mut breaks = Vec::new();
+        let mut audited = 0;
+        let res = store.batch(|store| {
+            for rec in &batch {
+                match rec {
+                    Record::Audit(entry) => {
+                        let recs = store.append_audit_after(entry, head.as_ref())?;
+                        audited += recs.len() as u64;
+                        breaks.extend(
+                            recs.iter()
+                                .filter(|r| r.entry.action == CHAIN_BREAK)
+                                .map(|r| (r.seq, r.entry.outcome.clone())),
+                        );
                         let rec = recs.last().expect("the entry's record");
-                        *last = Some((rec.seq, rec.hash.clone()));
-                        if let Err(e) = write_head(&self.head, rec.seq, &rec.hash) {
-                            tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
+                        head = Some((rec.seq, rec.hash.clone()));
+                    }
+                    Record::Kill {
+                        run_id,
+                        started_at,
+                        result,
+                        status,
+                        ended_at,
+                    } => store.record_kill(run_id, *started_at, result, *status, *ended_at)?,
+                    Record::End {
+                        run_id,
+                        status,
+                        ended_at,
+                        exit,
+                    } => {
+                        if let Some((code, signal)) = exit {
+                            store.record_exit(run_id, *code, *signal)?;
                         }
-                    })
-                }
-                Record::Kill {
-                    run_id,
-                    started_at,
-                    result,
-                    status,
-                    ended_at,
-                } => store.record_kill(run_id, *started_at, result, *status, *ended_at),
-                Record::End {
-                    run_id,
-                    status,
-                    ended_at,
-                    exit,
-                } => exit
-                    .map_or(Ok(()), |(code, signal)| {
-                        store.record_exit(run_id, code, signal)
-                    })
-                    .and_then(|()| store.finish_run(run_id, *status, *ended_at)),
-            };
-            match res {
-                Ok(()) => {
-                    pending.pop_front();
-                }
-                Err(e) => {
-                    self.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        pending = pending.len(),
-                        "AUDIT RECORD NOT WRITTEN, will retry: {e}"
-                    );
-                    return false;
+                        store.finish_run(run_id, *status, *ended_at)?;
+                    }
                 }
             }
+            Ok(())
+        });
+        match res {
+            Ok(()) => {
+                self.pending.lock().drain(..batch.len());
+                self.failing.store(false, Ordering::Relaxed);
+                self.written.fetch_add(audited, Ordering::Relaxed);
+                for (seq, why) in &breaks {
+                    tracing::error!("AUDIT CHAIN BROKEN (record {seq}): {why}");
+                    if let Some(f) = &*self.on_break.lock() {
+                        f(why);
+                    }
+                }
+                if *last != head
+                    && let Some((seq, hash)) = &head
+                {
+                    if let Err(e) = write_head(&self.head, *seq, hash) {
+                        tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
+                    }
+                    *last = head;
+                }
+                true
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.failing.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    pending = batch.len(),
+                    "AUDIT RECORD NOT WRITTEN, will retry: {e}"
+                );
+                false
+            }
         }
-        true
     }
 
     /// Puts what pending records say of a run over its stored record: a run
@@ -219,8 +255,8 @@ impl Auditor {
                     let (Some(me), Some(owner)) = (me.upgrade(), store.upgrade()) else {
                         return;
                     };
-                    let mut pending = me.pending.lock();
-                    if !pending.is_empty() && me.flush((*owner).as_ref(), &mut pending) {
+                    let failing = me.failing.load(Ordering::Relaxed);
+                    if me.pending() > 0 && me.flush((*owner).as_ref()) && failing {
                         tracing::warn!("AUDIT: pending records are written now");
                     }
                 }
@@ -270,4 +306,105 @@ fn read_head(path: &Path) -> Option<(i64, String)> {
     let text = std::fs::read_to_string(path).ok()?;
     let (seq, hash) = text.trim().split_once(' ')?;
     Some((seq.parse().ok()?, hash.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::AuditFilter;
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            time: "2026-01-01T00:00:00Z".into(),
+            actor_name: "t".into(),
+            action: action.into(),
+            decision: "-".into(),
+            ..Default::default()
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Mutex<Store>, Auditor) {
+        // (Mutex: parking_lot's, as the agent's.)
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+        store
+            .insert_run(&RunRecord {
+                run_id: "run_a".into(),
+                status: RunStatus::Running,
+                command: Vec::new(),
+                cgroup_path: "/x".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let auditor = Auditor::new(dir.path().join("audit.head"));
+        (dir, Mutex::new(store), auditor)
+    }
+
+    fn kill_record() -> Record {
+        Record::Kill {
+            run_id: "run_a".into(),
+            started_at: chrono::DateTime::UNIX_EPOCH,
+            result: "{}".into(),
+            status: RunStatus::Killed,
+            ended_at: Some(chrono::DateTime::UNIX_EPOCH),
+        }
+    }
+
+    /// Records kept from many threads at once (group commits) are all written,
+    /// chained in one unbroken chain, and the head file names the last.
+    #[test]
+    fn records_kept_at_once_by_many_threads_are_all_written_and_chained() {
+        let (dir, store, auditor) = setup();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (store, auditor) = (&store, &auditor);
+                s.spawn(move || {
+                    for i in 0..10 {
+                        assert!(auditor.record(store, entry(&format!("a{t}-{i}"))));
+                    }
+                });
+            }
+        });
+        assert_eq!(auditor.pending(), 0);
+        assert_eq!(auditor.written.load(Ordering::Relaxed), 80);
+        let check = auditor.verify(&store.lock()).unwrap();
+        assert_eq!((check.last_seq, check.first_bad), (80, None));
+        let head = read_head(&dir.path().join("audit.head")).unwrap();
+        assert_eq!(head, (80, check.last_hash));
+    }
+
+    /// A deferred record is written in the transaction of the next record
+    /// kept; when that transaction fails, neither is written, both stay
+    /// pending (and shown by the overlay), and a later write takes them all.
+    #[test]
+    fn a_deferred_record_is_written_with_the_next_one_kept_or_not_at_all() {
+        let (dir, store, auditor) = setup();
+        let db = rusqlite::Connection::open(dir.path().join("wfcg.db")).unwrap();
+        db.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'no'); END;",
+        )
+        .unwrap();
+        auditor.defer(kill_record());
+        assert!(!auditor.record(&store, entry("kill")));
+        assert_eq!(auditor.pending(), 2);
+        let kills = |store: &Mutex<Store>| store.lock().kill_count("run_a").unwrap();
+        assert_eq!(kills(&store), 0, "the kill's record was written alone");
+        let mut run = store.lock().get_run("run_a").unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Running);
+        auditor.overlay(&mut run);
+        assert_eq!(run.status, RunStatus::Killed);
+
+        db.execute_batch("DROP TRIGGER refuse").unwrap();
+        assert!(auditor.record(&store, entry("later")));
+        assert_eq!(auditor.pending(), 0);
+        assert_eq!(kills(&store), 1);
+        let actions: Vec<String> = store
+            .lock()
+            .audit_records(&AuditFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.action)
+            .collect();
+        assert_eq!(actions, ["kill", "later"]);
+    }
 }
