@@ -43,25 +43,21 @@ impl Agent {
     }
 
     /// Writes an event of the agent's own to the audit trail.
-    pub(super) fn audit_event(&self, mut entry: AuditEntry) {
-        entry.time = now();
-        if entry.actor_name.is_empty() {
-            entry.actor_name = "agent".into();
-        }
-        if entry.decision.is_empty() {
-            entry.decision = "-".into();
-        }
-        self.auditor.record(&self.store, entry);
+    pub(super) fn audit_event(&self, entry: AuditEntry) {
+        self.auditor.record(&self.store, agent_event(entry));
     }
 
     /// Audit: a run ended, and how.
     pub(super) fn audit_run_end(&self, run_id: &str, status: RunStatus) {
-        self.audit_event(AuditEntry {
-            action: "run_end".into(),
-            run_id: Some(run_id.to_owned()),
-            outcome: status.as_str().into(),
-            ..Default::default()
-        });
+        self.auditor.record(&self.store, run_end(run_id, status));
+        self.breaker_on_end(run_id, status);
+    }
+
+    /// [`Agent::audit_run_end`] written with the next record kept (the kill's
+    /// own, before its answer): one transaction for both.
+    pub(super) fn defer_run_end(&self, run_id: &str, status: RunStatus) {
+        self.auditor
+            .defer(super::audit::Record::Audit(run_end(run_id, status)));
         self.breaker_on_end(run_id, status);
     }
 
@@ -123,4 +119,25 @@ impl Agent {
             },
         })
     }
+}
+
+/// An event of the agent's own, timed now.
+fn agent_event(mut entry: AuditEntry) -> AuditEntry {
+    entry.time = now();
+    if entry.actor_name.is_empty() {
+        entry.actor_name = "agent".into();
+    }
+    if entry.decision.is_empty() {
+        entry.decision = "-".into();
+    }
+    entry
+}
+
+fn run_end(run_id: &str, status: RunStatus) -> AuditEntry {
+    agent_event(AuditEntry {
+        action: "run_end".into(),
+        run_id: Some(run_id.to_owned()),
+        outcome: status.as_str().into(),
+        ..Default::default()
+    })
 }

@@ -146,19 +146,17 @@ impl Agent {
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let json = serde_json::to_string(&result).unwrap_or_default();
         let ended_at = (status == end).then(chrono::Utc::now);
-        // Kept pending while the store cannot be written; the answer says so.
-        self.auditor.keep(
-            &self.store,
-            audit::Record::Kill {
-                run_id: rec.run_id.clone(),
-                started_at,
-                result: json,
-                status,
-                ended_at,
-            },
-        );
+        // Written with the kill's audit record before the answer (see `audited`),
+        // in one transaction; kept pending while the store cannot be written.
+        self.auditor.defer(audit::Record::Kill {
+            run_id: rec.run_id.clone(),
+            started_at,
+            result: json,
+            status,
+            ended_at,
+        });
         if status == end {
-            self.audit_run_end(&rec.run_id, status);
+            self.defer_run_end(&rec.run_id, status);
         }
         tracing::info!(
             run_id = rec.run_id,
