@@ -224,11 +224,16 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
 /// Creates the run (this process moves into it), runs the command, reports its end.
 fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Result<i32, Failure> {
     let client = Client::new(&addr.socket).with_timeout(addr.timeout);
-    let started = ensure_agent(&client, addr).and_then(|()| {
-        client
-            .post::<_, RunStarted>("/v1/runs", &opts.request)
-            .map_err(Failure::from)
-    });
+    let create = || client.post::<_, RunStarted>("/v1/runs", &opts.request);
+    // The request itself says whether an agent answers (no health check first: a
+    // round trip less on every start); only then is one started. (Only a refused
+    // connection is retried: a request that timed out may have created the run.)
+    let started = match create() {
+        Err(crate::client::Error::Unreachable { .. }) => {
+            ensure_agent(&client, addr).and_then(|()| create().map_err(Failure::from))
+        }
+        other => other.map_err(Failure::from),
+    };
     let started = match (started, parent) {
         (Ok(s), Some(pipe)) => {
             if let Err(e) = redirect_stdio(s.log_path.as_deref()) {

@@ -307,3 +307,45 @@ fn without_an_agent_a_user_gets_exit_5_and_how_to_start_one() {
     );
     assert!(!socket.exists(), "an agent was started");
 }
+
+/// Root's `wfcg run` with no agent answering starts one in the background and
+/// runs the command through it (the create request finds no agent; only then is
+/// one started).
+#[test]
+fn without_an_agent_root_gets_one_started_and_the_command_runs() {
+    require_privileges!();
+    let agent = TestAgent::unstarted();
+    let out = agent
+        .wfcg()
+        .args(["run", "--", "echo", "ran"])
+        .output()
+        .unwrap();
+    // The agent it started: the process whose command line names this socket.
+    let socket = agent.socket.to_string_lossy().into_owned();
+    let started: Vec<i32> = wfcg::procfs::all_pids(Path::new("/proc"))
+        .into_iter()
+        .filter(|&p| {
+            let cmd = util::cmdline(p);
+            cmd.contains(" agent ") && cmd.contains(&socket)
+        })
+        .collect();
+    for &pid in &started {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            Signal::TERM,
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || started
+            .iter()
+            .all(|&p| !util::alive(p))),
+        "the agent it started did not stop"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    assert_eq!(started.len(), 1, "agents started: {started:?}");
+}
