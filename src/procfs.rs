@@ -157,6 +157,8 @@ pub struct SharedEnvScan {
 }
 
 type EnvAsk = (std::path::PathBuf, String, String);
+/// What one scan found: the processes of each ask.
+type EnvFound = std::sync::Arc<HashMap<EnvAsk, Vec<i32>>>;
 
 #[derive(Default)]
 struct EnvScanState {
@@ -166,7 +168,7 @@ struct EnvScanState {
     /// Scans started so far; the running or last one is number `started`.
     started: u64,
     /// The last scan finished: its number and what it found for each ask.
-    last: Option<(u64, std::sync::Arc<HashMap<EnvAsk, Vec<i32>>>)>,
+    last: Option<(u64, EnvFound)>,
 }
 
 impl SharedEnvScan {
