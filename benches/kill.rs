@@ -46,13 +46,6 @@ fn main() {
 // ---------------------------------------------------------------------------
 // The inner process: the measurements.
 
-fn env_num(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn inner() {
     let sizes: Vec<usize> = std::env::var("WFCG_BENCH_SIZES")
         .ok()

@@ -12,6 +12,14 @@ use wfcg::cgroup::Cgroup;
 /// counted by scanning /proc for it.
 pub const MARK_ENV: &str = "WFCG_BENCH_MARK";
 
+/// A number from the environment, or `default`.
+pub fn env_num(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Processes carrying a marker, zombies excepted.
 pub fn marked(marker: &str) -> usize {
     crate::util::pids_with_env(MARK_ENV, marker).len()
