@@ -152,8 +152,8 @@ fn scan_env(proc_root: &Path, key: &str, values: &HashSet<String>) -> HashMap<St
 /// environment a few times, not a hundred.
 #[derive(Default)]
 pub struct SharedEnvScan {
-    state: std::sync::Mutex<EnvScanState>,
-    done: std::sync::Condvar,
+    state: parking_lot::Mutex<EnvScanState>,
+    done: parking_lot::Condvar,
 }
 
 type EnvAsk = (std::path::PathBuf, String, String);
@@ -176,7 +176,7 @@ impl SharedEnvScan {
     /// excepted, as found by a scan that started after this call.
     pub fn pids_with_env(&self, proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
         let ask: EnvAsk = (proc_root.to_owned(), key.to_owned(), value.to_owned());
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock();
         st.asked.insert(ask.clone());
         let mut need = st.started + 1;
         loop {
@@ -198,19 +198,19 @@ impl SharedEnvScan {
                 let asked = std::mem::take(&mut st.asked);
                 drop(st);
                 let found = scan_asks(&asked);
-                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st = self.state.lock();
                 st.last = Some((n, std::sync::Arc::new(found)));
                 st.running = false;
                 self.done.notify_all();
                 continue;
             }
-            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            self.done.wait(&mut st);
         }
     }
 
     /// How many scans of the host were made.
     pub fn scans(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).started
+        self.state.lock().started
     }
 }
 
