@@ -26,7 +26,9 @@ mod util;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trees::{BareRoot, MARK_ENV, fmt_stats, loadavg, marked, med, tree_script, wait_for_tree};
+use trees::{
+    BareRoot, MARK_ENV, env_num, fmt_stats, loadavg, marked, med, tree_script, wait_for_tree,
+};
 use util::TestAgent;
 use wfcg::cgroup::{self, Cgroup};
 

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use trees::{
-    BareRoot, MARK_ENV, fmt_stats, loadavg, marked, med, stats, tree_script, wait_for_tree,
+    BareRoot, MARK_ENV, env_num, fmt_stats, loadavg, marked, med, stats, tree_script, wait_for_tree,
 };
 use wfcg::cgroup::{self, Cgroup};
 
