@@ -27,7 +27,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trees::{
-    BareRoot, MARK_ENV, env_num, fmt_stats, loadavg, marked, med, tree_script, wait_for_tree,
+    BareRoot, MARK_ENV, env_num, fmt_stats, loadavg, marked, med, start_tree_run, tree_script,
+    wait_for_tree,
 };
 use util::TestAgent;
 use wfcg::cgroup::{self, Cgroup};
@@ -58,15 +59,7 @@ fn inner() {
         many_at_once(runs, procs, init_secs);
     }
 
-    let load_after = loadavg();
-    println!("\nload average at start {load_before:.2}, at end {load_after:.2}");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    if load_before.max(load_after) > cpus {
-        println!(
-            "WARNING: the machine was busy (load above its {cpus} CPUs): these wall-clock \
-             figures are inflated; run again on an idle machine"
-        );
-    }
+    trees::warn_if_busy(load_before);
 }
 
 /// `wfcg run --detach` of `n` idle runs one after the other, each timed.
@@ -145,22 +138,7 @@ fn start_trees(
     marker: &str,
 ) -> Vec<String> {
     let ids: Vec<String> = (0..runs)
-        .map(|_| {
-            let out = agent
-                .wfcg()
-                .args(["run", "--detach", "-q", "--init-timeout", init])
-                .args(["--", "sh", "-c", &tree_script(procs)])
-                .env(MARK_ENV, marker)
-                .stdin(Stdio::null())
-                .output()
-                .expect("running wfcg run --detach");
-            assert!(
-                out.status.success(),
-                "wfcg run --detach failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        })
+        .map(|_| start_tree_run(agent, procs, marker, &["--init-timeout", init]))
         .collect();
     for id in &ids {
         // The tree and the run's supervisor.

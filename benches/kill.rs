@@ -29,7 +29,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use trees::{
-    BareRoot, MARK_ENV, env_num, fmt_stats, loadavg, marked, med, stats, tree_script, wait_for_tree,
+    BareRoot, MARK_ENV, env_num, fmt_stats, loadavg, marked, med, start_tree_run, stats,
+    tree_script, wait_for_tree,
 };
 use wfcg::cgroup::{self, Cgroup};
 
@@ -142,15 +143,7 @@ fn inner() {
     let spawn = measure_spawn(&agent, spawn_reps);
 
     report(&rows, &spawn, reps);
-    let load_after = loadavg();
-    println!("\nload average at start {load_before:.2}, at end {load_after:.2}");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    if load_before.max(load_after) > cpus {
-        println!(
-            "WARNING: the machine was busy (load above its {cpus} CPUs): these wall-clock \
-             figures are inflated; run again on an idle machine"
-        );
-    }
+    trees::warn_if_busy(load_before);
     drop(agent);
     drop(root);
 }
@@ -392,19 +385,7 @@ struct WfcgKill {
 /// supervisor), timed from spawning the CLI to its exit.
 fn measure_wfcg(agent: &util::TestAgent, n: usize) -> WfcgKill {
     let marker = util::marker("bench-wfcg");
-    let out = agent
-        .wfcg()
-        .args(["run", "--detach", "-q", "--", "sh", "-c", &tree_script(n)])
-        .env(MARK_ENV, &marker)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running wfcg run --detach");
-    assert!(
-        out.status.success(),
-        "wfcg run --detach failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let run_id = start_tree_run(agent, n, &marker, &[]);
     let cg = agent.run_cgroup(&run_id);
     wait_for_tree(&cg, n + 1, n);
 

@@ -12,6 +12,45 @@ use wfcg::cgroup::Cgroup;
 /// counted by scanning /proc for it.
 pub const MARK_ENV: &str = "WFCG_BENCH_MARK";
 
+/// Prints the load average at the end beside `load_before`, with a warning when
+/// the machine was busier than its CPUs: the wall-clock figures are then inflated.
+pub fn warn_if_busy(load_before: f64) {
+    let load_after = loadavg();
+    println!("\nload average at start {load_before:.2}, at end {load_after:.2}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if load_before.max(load_after) > cpus {
+        println!(
+            "WARNING: the machine was busy (load above its {cpus} CPUs): these wall-clock \
+             figures are inflated; run again on an idle machine"
+        );
+    }
+}
+
+/// `wfcg run --detach -q [extra...] -- sh -c TREE` of a tree of `n` processes
+/// carrying `marker`; its run id.
+pub fn start_tree_run(
+    agent: &crate::util::TestAgent,
+    n: usize,
+    marker: &str,
+    extra: &[&str],
+) -> String {
+    let out = agent
+        .wfcg()
+        .args(["run", "--detach", "-q"])
+        .args(extra)
+        .args(["--", "sh", "-c", &tree_script(n)])
+        .env(MARK_ENV, marker)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running wfcg run --detach");
+    assert!(
+        out.status.success(),
+        "wfcg run --detach failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A number from the environment, or `default`.
 pub fn env_num(key: &str, default: usize) -> usize {
     std::env::var(key)
