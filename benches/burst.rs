@@ -16,6 +16,8 @@
 //! `WFCG_BENCH_STUCK_INIT` (seconds of init timeout of the stuck runs, default 60:
 //! they are stuck from 80% of it on, and all must have started by then).
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark prints its figures
+
 #[path = "common/harness.rs"]
 mod harness;
 #[path = "common/trees.rs"]

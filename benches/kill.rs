@@ -15,6 +15,8 @@
 //! Environment: `WFCG_BENCH_SIZES` (default `10,100,1000`), `WFCG_BENCH_REPS`
 //! (kills per figure, default 5), `WFCG_BENCH_SPAWN_REPS` (default 20).
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark prints its figures
+
 #[path = "../tests/it/util.rs"]
 mod util;
 

@@ -7,6 +7,8 @@
 //! process, median of 20) against reading their `cgroup.procs` alone as the
 //! baseline. Run with `cargo bench --bench safe_kill` (root, cgroup2).
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark prints its figures
+
 #[path = "../tests/it/util.rs"]
 mod util;
 

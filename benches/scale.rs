@@ -10,6 +10,8 @@
 //! cgroup sampled on the deadline queue every 30 s): compare the CPU with a run
 //! without it.
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark prints its figures
+
 #[path = "../tests/it/util.rs"]
 mod util;
 

@@ -10,6 +10,8 @@
 //! status says only whether the benchmark itself ran. Needs root and cgroup2.
 //! `--cycles N` (default 10000; or `WFCG_SOAK_CYCLES`).
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark prints its figures
+
 #[path = "common/harness.rs"]
 mod harness;
 #[path = "common/trees.rs"]

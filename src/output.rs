@@ -3,7 +3,8 @@
 //! `print!` panics on a write error. Here a write error is a [`Failure`] the
 //! command returns: a closed pipe (`wfcg ps --all | head -1`) ends it quietly
 //! with exit 0, as for other Unix tools; any other error (a full disk) is one
-//! line on stderr and exit 1.
+//! line on stderr and exit 1. Lines for stderr go through [`errln!`], which
+//! never panics either.
 
 use std::fmt::Display;
 use std::io::{self, Write};
@@ -49,3 +50,14 @@ macro_rules! outln {
     };
 }
 pub(crate) use outln;
+
+/// `errln!(...)`: a line on stderr. A write error there is ignored (stderr is
+/// where errors are said: nothing is left to tell), never a panic as with
+/// `eprintln!`.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use errln;

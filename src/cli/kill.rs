@@ -136,7 +136,7 @@ fn kill_pid(
     };
     let adopted: api::Adopted = client.adopt(super::adopt::check(&adopt)?)?;
     if !args.json && !adopted.already_adopted {
-        eprintln!(
+        crate::output::errln!(
             "adopted {} processes of pid {pid} as run {}",
             adopted.members.len(),
             adopted.run_id
@@ -211,7 +211,7 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("wfcg: {e}");
+                crate::output::errln!("wfcg: {e}");
             }
         }
     }

@@ -128,7 +128,7 @@ pub fn list(_cli: &super::Cli, args: &ListArgs) -> Result<i32, Failure> {
         }
         for r in &rows {
             if let Some(e) = &r.error {
-                eprintln!("{e}");
+                crate::output::errln!("{e}");
             }
         }
     }
@@ -155,7 +155,7 @@ fn check(files: &[std::path::PathBuf]) -> Result<i32, Failure> {
         let text = match read(file) {
             Ok(t) => t,
             Err(f) => {
-                eprintln!("{}", f.message);
+                crate::output::errln!("{}", f.message);
                 bad = true;
                 continue;
             }
@@ -171,7 +171,7 @@ fn check(files: &[std::path::PathBuf]) -> Result<i32, Failure> {
             Err(e) => {
                 bad = true;
                 for p in e.lines() {
-                    eprintln!("{p}");
+                    crate::output::errln!("{p}");
                 }
             }
         }

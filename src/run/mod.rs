@@ -252,12 +252,13 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     };
     if !opts.quiet {
         for w in &started.warnings {
-            eprintln!("wfcg: warning: {w}");
+            crate::output::errln!("wfcg: warning: {w}");
         }
         if !opts.request.detach {
-            eprintln!(
+            crate::output::errln!(
                 "wfcg: run {} started (template {})",
-                started.run_id, started.template
+                started.run_id,
+                started.template
             );
         }
     }
@@ -286,7 +287,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     let mut watcher = watch::Watcher::prepare(&started, &mut cmd);
     let (code, report) = match cmd.spawn() {
         Err(e) => {
-            eprintln!("wfcg: cannot run {:?}: {e}", command[0]);
+            crate::output::errln!("wfcg: cannot run {:?}: {e}", command[0]);
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -342,11 +343,11 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     // A killed run says why; one the monitor stopped exits like coreutils' timeout.
     match stopped(&started) {
         Some(Stopped::TimedOut(why)) => {
-            eprintln!("wfcg: run {} timed out: {why}", started.run_id);
+            crate::output::errln!("wfcg: run {} timed out: {why}", started.run_id);
             Ok(TIMED_OUT)
         }
         Some(Stopped::Killed(why)) => {
-            eprintln!("wfcg: run {} {why}", started.run_id);
+            crate::output::errln!("wfcg: run {} {why}", started.run_id);
             Ok(code)
         }
         None => Ok(code),
@@ -370,7 +371,7 @@ fn leave_payload(client: &Client, started: &RunStarted, quiet: bool) {
     if let Err(e) = client.post::<_, serde::de::IgnoredAny>(&path, &serde_json::json!({}))
         && !quiet
     {
-        eprintln!(
+        crate::output::errln!(
             "wfcg: warning: the supervisor stays in the run's payload (a kill ends it too): {e}"
         );
     }

@@ -1,6 +1,8 @@
 //! Integration tests: the real `wfcg` binary against a real agent, on the real
 //! kernel's cgroup2, as root. Each test has an agent of its own (see `util`).
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // tests print what they saw
+
 mod util;
 
 mod adopt;

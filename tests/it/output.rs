@@ -146,3 +146,21 @@ fn ps_columns_line_up_with_a_long_workflow_and_audit_has_a_header() {
     agent.kill_ok(&long.id, &["--force"]);
     agent.kill_ok(&short.id, &["--force"]);
 }
+
+/// An error said on a stderr that cannot be written (`2>/dev/full`) is no panic:
+/// the command keeps its exit code (`eprintln!` panicked with 101).
+#[test]
+fn an_unwritable_stderr_keeps_the_exit_code() {
+    let dir = crate::util::Dir::new("wfcg-output-stderr");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[kill]\nbogus = 1\n").unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    Command::new(WFCG)
+        .args(["template", "check"])
+        .arg(&bad)
+        .stderr(full)
+        .expect_code(2);
+}
