@@ -145,22 +145,56 @@ fn read_small(path: &Path) -> Option<String> {
 /// ancestors for a `.git` directory, or a `.git` file naming one (a linked
 /// worktree, a submodule). Symlinks are never followed.
 pub fn git_dir_above(dir: &Path) -> Option<PathBuf> {
-    for a in dir.ancestors() {
-        let dot_git = a.join(".git");
-        let Ok(meta) = fs::symlink_metadata(&dot_git) else {
-            continue;
-        };
-        if meta.is_dir() {
-            return Some(dot_git);
+    dir.ancestors().find_map(dot_git).flatten()
+}
+
+/// The git directories of the repositories at `dir` and directly below it
+/// (`dir/.git`, `dir/*/.git`, as [`git_dir_above`] reads a `.git`), each with
+/// its common directory: where a run working in `dir` takes its locks. Nothing
+/// deeper is looked at, and symlinks are never followed.
+pub fn git_dirs_in(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = dot_git(dir).flatten().into_iter().collect();
+    if let Ok(fd) = open_dir(dir)
+        && let Ok(entries) = rustix::fs::Dir::read_from(&fd)
+    {
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if entry.file_type() == FileType::Directory && !matches!(name, "." | ".." | ".git") {
+                dirs.extend(dot_git(&dir.join(name)).flatten());
+            }
         }
-        if meta.is_file() {
-            let text = read_small(&dot_git)?;
-            let target = text.lines().next()?.strip_prefix("gitdir: ")?.trim();
-            return a.join(target).canonicalize().ok();
-        }
-        return None; // a symlink or something else: not followed
     }
-    None
+    let mut dirs: Vec<PathBuf> = dirs.into_iter().flat_map(with_common_dir).collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// What `dir/.git` says: `None` when there is none, `Some(None)` when it is
+/// something not to follow (a symlink, a `.git` file that does not read), else
+/// the git directory.
+fn dot_git(dir: &Path) -> Option<Option<PathBuf>> {
+    let dot_git = dir.join(".git");
+    let meta = fs::symlink_metadata(&dot_git).ok()?;
+    if meta.is_dir() {
+        return Some(Some(dot_git));
+    }
+    if !meta.is_file() {
+        return Some(None);
+    }
+    let gitdir = || {
+        let text = read_small(&dot_git)?;
+        let target = text
+            .lines()
+            .next()?
+            .strip_prefix("gitdir: ")?
+            .trim()
+            .to_string();
+        dir.join(target).canonicalize().ok()
+    };
+    Some(gitdir())
 }
 
 /// `git_dir` and, for a linked worktree's git directory, the repository's
@@ -220,6 +254,47 @@ pub fn remove(lock: &LockFile) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The repositories at and directly below a directory: `.git` directories,
+    /// a `.git` file followed (with its common directory), never a symlink,
+    /// nothing deeper.
+    #[test]
+    fn the_git_dirs_in_a_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().canonicalize().unwrap();
+        for d in [
+            "top/.git",
+            "top/a/.git",
+            "top/deep/b/.git",
+            "main/.git/worktrees/wt",
+        ] {
+            fs::create_dir_all(ws.join(d)).unwrap();
+        }
+        fs::write(ws.join("main/.git/worktrees/wt/commondir"), "../..\n").unwrap();
+        fs::create_dir(ws.join("top/linked")).unwrap();
+        let wt = ws.join("main/.git/worktrees/wt");
+        fs::write(
+            ws.join("top/linked/.git"),
+            format!("gitdir: {}\n", wt.display()),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(ws.join("main"), ws.join("top/link")).unwrap();
+        std::os::unix::fs::symlink(ws.join("main/.git"), ws.join("top/deep/.git")).unwrap();
+        assert_eq!(
+            git_dirs_in(&ws.join("top")),
+            vec![
+                ws.join("main/.git"),
+                wt,
+                ws.join("top/.git"),
+                ws.join("top/a/.git"),
+            ]
+        );
+        // Its own `.git` a symlink: not followed; the repository below is found.
+        assert_eq!(
+            git_dirs_in(&ws.join("top/deep")),
+            vec![ws.join("top/deep/b/.git")]
+        );
+    }
 
     #[test]
     fn the_work_tree_of_a_lock() {

@@ -101,7 +101,17 @@ impl Auditor {
     /// whether everything, this record included, is now written.
     pub fn keep(&self, store: &Mutex<Store>, rec: Record) -> bool {
         self.pending.lock().push_back(rec);
-        self.flush(store)
+        self.flush(store, Disk::Synced)
+    }
+
+    /// [`Auditor::keep`] written to the operating system but not synced to
+    /// the disk: it survives the agent's crash, not the host's power loss. For
+    /// what a force kill writes before it acts (the host's power going kills
+    /// the run anyway); the kill's own record, kept durably before its answer,
+    /// then syncs both (the write-ahead log is synced as a whole).
+    pub fn keep_unsynced(&self, store: &Mutex<Store>, rec: Record) -> bool {
+        self.pending.lock().push_back(rec);
+        self.flush(store, Disk::Unsynced)
     }
 
     /// Queues `rec` to be written with the next record kept (in the same
@@ -122,7 +132,7 @@ impl Auditor {
     /// wrote finds nothing pending. A record stays pending (and visible to
     /// [`Auditor::overlay`]) until its transaction is committed; when the
     /// transaction fails, none of them is written and all stay pending.
-    fn flush(&self, store: &Mutex<Store>) -> bool {
+    fn flush(&self, store: &Mutex<Store>, sync: Disk) -> bool {
         let mut store = store.lock();
         // Only a flush removes records, and only while it holds the store: the
         // first `batch.len()` pending records stay these.
@@ -134,41 +144,43 @@ impl Auditor {
         let mut head = last.clone();
         let mut breaks = Vec::new();
         let mut audited = 0;
-        let res = store.batch(|store| {
-            for rec in &batch {
-                match rec {
-                    Record::Audit(entry) => {
-                        let recs = store.append_audit_after(entry, head.as_ref())?;
-                        audited += recs.len() as u64;
-                        breaks.extend(
-                            recs.iter()
-                                .filter(|r| r.entry.action == CHAIN_BREAK)
-                                .map(|r| (r.seq, r.entry.outcome.clone())),
-                        );
-                        let rec = recs.last().expect("the entry's record");
-                        head = Some((rec.seq, rec.hash.clone()));
-                    }
-                    Record::Kill {
-                        run_id,
-                        started_at,
-                        result,
-                        status,
-                        ended_at,
-                    } => store.record_kill(run_id, *started_at, result, *status, *ended_at)?,
-                    Record::End {
-                        run_id,
-                        status,
-                        ended_at,
-                        exit,
-                    } => {
-                        if let Some((code, signal)) = exit {
-                            store.record_exit(run_id, *code, *signal)?;
+        let res = store.with_sync(sync == Disk::Synced, |store| {
+            store.batch(|store| {
+                for rec in &batch {
+                    match rec {
+                        Record::Audit(entry) => {
+                            let recs = store.append_audit_after(entry, head.as_ref())?;
+                            audited += recs.len() as u64;
+                            breaks.extend(
+                                recs.iter()
+                                    .filter(|r| r.entry.action == CHAIN_BREAK)
+                                    .map(|r| (r.seq, r.entry.outcome.clone())),
+                            );
+                            let rec = recs.last().expect("the entry's record");
+                            head = Some((rec.seq, rec.hash.clone()));
                         }
-                        store.finish_run(run_id, *status, *ended_at)?;
+                        Record::Kill {
+                            run_id,
+                            started_at,
+                            result,
+                            status,
+                            ended_at,
+                        } => store.record_kill(run_id, *started_at, result, *status, *ended_at)?,
+                        Record::End {
+                            run_id,
+                            status,
+                            ended_at,
+                            exit,
+                        } => {
+                            if let Some((code, signal)) = exit {
+                                store.record_exit(run_id, *code, *signal)?;
+                            }
+                            store.finish_run(run_id, *status, *ended_at)?;
+                        }
                     }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         });
         match res {
             Ok(()) => {
@@ -184,7 +196,7 @@ impl Auditor {
                 if *last != head
                     && let Some((seq, hash)) = &head
                 {
-                    if let Err(e) = write_head(&self.head, *seq, hash) {
+                    if let Err(e) = write_head(&self.head, *seq, hash, sync) {
                         tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
                     }
                     *last = head;
@@ -256,7 +268,7 @@ impl Auditor {
                         return;
                     };
                     let failing = me.failing.load(Ordering::Relaxed);
-                    if me.pending() > 0 && me.flush((*owner).as_ref()) && failing {
+                    if me.pending() > 0 && me.flush((*owner).as_ref(), Disk::Synced) && failing {
                         tracing::warn!("AUDIT: pending records are written now");
                     }
                 }
@@ -294,11 +306,20 @@ impl Auditor {
     }
 }
 
-fn write_head(path: &Path, seq: i64, hash: &str) -> std::io::Result<()> {
+/// Whether a write waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disk {
+    Synced,
+    Unsynced,
+}
+
+fn write_head(path: &Path, seq: i64, hash: &str, sync: Disk) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     writeln!(f, "{seq} {hash}")?;
-    f.sync_all()?;
+    if sync == Disk::Synced {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 

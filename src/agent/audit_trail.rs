@@ -47,6 +47,13 @@ impl Agent {
         self.auditor.record(&self.store, agent_event(entry));
     }
 
+    /// [`Agent::audit_event`] not synced to the disk (see
+    /// [`super::audit::Auditor::keep_unsynced`]): what a force kill writes before it acts.
+    pub(super) fn audit_event_unsynced(&self, entry: AuditEntry) {
+        self.auditor
+            .keep_unsynced(&self.store, super::audit::Record::Audit(agent_event(entry)));
+    }
+
     /// Audit: a run ended, and how.
     pub(super) fn audit_run_end(&self, run_id: &str, status: RunStatus) {
         self.auditor.record(&self.store, run_end(run_id, status));

@@ -10,6 +10,7 @@ use super::{Agent, adopt};
 use crate::api::RUN_ID_ENV;
 use crate::api::{self, CleanupStatus};
 use crate::cgroup::Cgroup;
+use crate::gitlocks;
 use crate::kill;
 use crate::sections::{self, Finding};
 use crate::store::RunRecord;
@@ -36,13 +37,18 @@ impl Agent {
             .filter(|f| f.kind == api::SectionKind::Git)
             .filter_map(|f| sections::git_dir_of(&f.path))
             .collect();
+        // And the repositories at and directly below its workspace: a force kill
+        // looks at nothing before it kills.
         if let Some(ws) = &rec.workspace_path
             && ws != "/"
         {
-            git_dirs.push(Path::new(ws).join(".git"));
+            git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws)));
         }
         git_dirs.sort();
         git_dirs.dedup();
+        // A git directory inside another (a linked worktree's, a submodule's) is listed with it.
+        let all = git_dirs.clone();
+        git_dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
         let started = rec.started_at.map(std::time::SystemTime::from);
         if let Some(since) = started {
             let orphans =

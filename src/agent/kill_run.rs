@@ -191,9 +191,14 @@ impl Agent {
                     // a live run becomes `stopping` in one statement. A store that
                     // cannot be written does not stop a kill: the run's record
                     // (read, with what is pending over it) says whether it is live.
+                    // A force kill does not wait for the disk before it acts (its
+                    // result, written before the answer, syncs this too).
+                    let durable = !(req.force || req.emergency);
                     let stopping = self
                         .store()
-                        .transition(run_id, &RunStatus::live(), RunStatus::Stopping)
+                        .with_sync(durable, |s| {
+                            s.transition(run_id, &RunStatus::live(), RunStatus::Stopping)
+                        })
                         .unwrap_or_else(|e| {
                             tracing::error!(
                                 run_id,

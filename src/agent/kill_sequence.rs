@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::kill_result::{self, kill_mode};
 use super::time::now;
-use super::{Agent, Requester, audit, layout};
+use super::{Agent, Requester, Sighting, audit, layout};
 use crate::api::AuditEntry;
 use crate::api::{self, KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
@@ -15,6 +15,7 @@ use crate::kill;
 use crate::procfs;
 use crate::sections::{self, Finding};
 use crate::store::RunRecord;
+use crate::store::rfc3339;
 use crate::userfs::Cred;
 
 /// How long a run's supervisor has to exit by itself once its payload is empty.
@@ -54,6 +55,24 @@ impl Agent {
             since: rec.started_at.map(std::time::SystemTime::from),
             owner: lock_owner(rec),
         }
+    }
+
+    /// The critical sections the run was last seen holding (by `status`), oldest first.
+    fn last_seen_sections(&self, run_id: &str) -> Vec<Sighting> {
+        let mut seen: Vec<Sighting> = self
+            .sightings
+            .lock()
+            .get(run_id)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        seen.sort_by(|a, b| {
+            (a.first, a.finding.pid, &a.finding.path).cmp(&(
+                b.first,
+                b.finding.pid,
+                &b.finding.path,
+            ))
+        });
+        seen
     }
 
     pub(super) fn kill_sequence(
@@ -113,7 +132,9 @@ impl Agent {
         let mode = kill_mode(req);
         // A trace before the kill acts (kept pending if the disk refuses it): an
         // agent that dies mid-kill leaves it, and its successor resumes the kill.
-        self.audit_event(AuditEntry {
+        // A force kill does not wait for the disk here: the host losing power
+        // ends the run anyway, and its result is synced with this before the answer.
+        let entry = AuditEntry {
             actor_name: requested_by.name.clone(),
             actor_uid: requested_by.uid,
             caller_pid: requested_by.pid,
@@ -123,15 +144,42 @@ impl Agent {
             mode: Some(mode.into()),
             outcome: format!("started, ending as {}", end.as_str()),
             ..Default::default()
-        });
+        };
+        if plan.force {
+            self.audit_event_unsynced(entry);
+        } else {
+            self.audit_event(entry);
+        }
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
         let mut result = kill_result::from_report(rec, req, &report, started_at);
+        // A force kill looks at nothing before it kills: what was open is what
+        // the run was last seen holding.
+        let last_seen = if plan.force {
+            self.last_seen_sections(&rec.run_id)
+        } else {
+            Vec::new()
+        };
+        result
+            .sections
+            .extend(last_seen.iter().map(|s| api::Section {
+                kind: s.finding.kind,
+                path: s.finding.path.clone(),
+                pid: s.finding.pid,
+                command: s.finding.command.clone(),
+                since: rfc3339(s.first),
+                open_secs: (s.last - s.first).num_milliseconds() as f64 / 1e3,
+            }));
         let status = if let Some(why) = &report.unconfirmed {
             kill_result::unconfirmed(&mut result, rec, why)
         } else if report.survivors.is_empty() {
             result.killed_at = Some(now());
             let t_clean = Instant::now();
-            let seen: Vec<Finding> = report.sections.iter().map(|s| s.finding.clone()).collect();
+            let seen: Vec<Finding> = report
+                .sections
+                .iter()
+                .map(|s| s.finding.clone())
+                .chain(last_seen.into_iter().map(|s| s.finding))
+                .collect();
             result.cleanup_status = self.cleanup(rec, &seen);
             result.phases.push(api::Phase {
                 name: "cleanup".into(),

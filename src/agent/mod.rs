@@ -228,8 +228,17 @@ impl std::fmt::Display for Requester {
     }
 }
 
-/// When each open critical section of a run, by (pid, path), was first seen.
-type Sightings = HashMap<(i32, String), chrono::DateTime<chrono::Utc>>;
+/// The critical sections a run was seen holding at the last look (`status`),
+/// by (pid, path): what is reported as open when a force kill looks no more.
+type Sightings = HashMap<(i32, String), Sighting>;
+
+/// A critical section seen open: first seen, and at the last look.
+#[derive(Debug, Clone)]
+struct Sighting {
+    finding: Finding,
+    first: chrono::DateTime<chrono::Utc>,
+    last: chrono::DateTime<chrono::Utc>,
+}
 
 pub struct Agent {
     pub cfg: Config,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::time::{age_secs, rfc3339};
-use super::{Agent, Caller, Failure, Result, layout, workload};
+use super::{Agent, Caller, Failure, Result, Sighting, layout, workload};
 use crate::api::{self, ErrorKind, RunInfo, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::policy::Action;
@@ -136,8 +136,13 @@ impl Agent {
             .into_iter()
             .map(|f| {
                 let key = (f.pid, f.path.clone());
-                let since = previous.get(&key).copied().unwrap_or(now);
-                current.insert(key, since);
+                let since = previous.get(&key).map_or(now, |s| s.first);
+                let sighting = Sighting {
+                    finding: f.clone(),
+                    first: since,
+                    last: now,
+                };
+                current.insert(key, sighting);
                 api::Section {
                     kind: f.kind,
                     path: f.path,

@@ -17,10 +17,14 @@
 //! may leave behind is on record for the cleanup: a process frozen in `open()`
 //! of a git lock dies on thaw before git has registered the lock for removal.
 //!
-//! Force: the scan (to report what was open and to clean up after), then the
-//! hard kill at once. Processes that survive the hard kill's deadline are
-//! reported with their state, wait channel and kernel stack; the cgroup is left
-//! frozen. Cleanup of what the run leaves is the caller's.
+//! Force: the stop reason, then `cgroup.kill` at once: nothing is frozen or
+//! scanned first, so the kill costs what the kernel's does. What was open is
+//! what the run was last seen holding, and the git locks its dead tree left are
+//! found afterwards in the repositories it used (the caller's cleanup: created
+//! since the run started, held by nobody, no process working there).
+//! Processes that survive the hard kill's deadline are reported with their
+//! state, wait channel and kernel stack; the cgroup is left frozen. Cleanup of
+//! what the run leaves is the caller's.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -192,6 +196,15 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     let start = Instant::now();
     let mut report = Report::default();
 
+    if plan.force {
+        report.processes = listed(cg, &mut report).len() as u32;
+        // The supervisor reads why before it exits.
+        say_why(plan, &mut report);
+        hard_kill(cg, plan, proc_root, start, &mut report, Before::Nothing);
+        end_whole(plan, proc_root, &mut report);
+        return report;
+    }
+
     // 1. Freeze and scan the stable tree.
     let t = Instant::now();
     let frozen = freeze(cg, plan, &mut report);
@@ -200,13 +213,6 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     let open = scan(plan, pids, proc_root);
     let open = report.saw(open, start.elapsed());
     report.phase("scan", t, not_frozen(&frozen) + &describe(&open));
-    if plan.force {
-        // The supervisor reads why before it exits.
-        say_why(plan, &mut report);
-        hard_kill(cg, plan, proc_root, start, &mut report, Some(frozen));
-        end_whole(plan, proc_root, &mut report);
-        return report;
-    }
     drop(frozen);
 
     // 2. Wait for critical sections to close.
@@ -214,7 +220,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
         wait_for_sections(cg, plan, proc_root, start, &mut report);
     }
     if plan.escalated() {
-        hard_kill(cg, plan, proc_root, start, &mut report, None);
+        hard_kill(cg, plan, proc_root, start, &mut report, Before::Scan);
         end_whole(plan, proc_root, &mut report);
         return report;
     }
@@ -246,7 +252,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     }
 
     // 5. The hard kill.
-    hard_kill(cg, plan, proc_root, start, &mut report, None);
+    hard_kill(cg, plan, proc_root, start, &mut report, Before::Scan);
     end_whole(plan, proc_root, &mut report);
     report
 }
@@ -321,7 +327,7 @@ fn end_whole(plan: &Plan, proc_root: &Path, report: &mut Report) {
     if let Err(e) = whole.kill() {
         report.errors.push(KillError::Kill(e));
     }
-    match whole.wait_unpopulated(plan.kill_deadline) {
+    match wait_killed(whole, plan.kill_deadline) {
         Ok(true) => report.phase(
             "supervisor",
             t,
@@ -497,30 +503,49 @@ pub fn signal_member(cg: &Cgroup, pid: i32, sigs: &[Signal], proc_root: &Path) -
             .all(|&sig| procfs::pidfd_signal(&pidfd, sig).is_ok())
 }
 
-/// Freeze, `cgroup.kill`, wait for `populated 0`. `scanned`: the freeze under
-/// which a force kill has just scanned (no second freeze or scan then).
-fn hard_kill<'a>(
-    cg: &'a Cgroup,
+/// What the hard kill does before `cgroup.kill`.
+#[derive(Clone, Copy, PartialEq)]
+enum Before {
+    /// Freeze and scan: what SIGKILL will orphan is put on record.
+    Scan,
+    /// Nothing (a force kill): the kill at once.
+    Nothing,
+}
+
+/// `cgroup.kill`, wait for `populated 0` (after a freeze and a scan, `before`
+/// says). Survivors of the deadline are left frozen and named.
+fn hard_kill(
+    cg: &Cgroup,
     plan: &Plan,
     proc_root: &Path,
     start: Instant,
     report: &mut Report,
-    scanned: Option<Option<Frozen<'a>>>,
+    before: Before,
 ) {
     let t = Instant::now();
-    let frozen = match scanned {
-        Some(frozen) => frozen,
+    let mut frozen = None;
+    if before == Before::Scan {
+        frozen = freeze(cg, plan, report);
+        // What SIGKILL will orphan.
+        let pids = listed(cg, report);
+        let open = scan(plan, pids, proc_root);
+        report.saw(open, start.elapsed());
+    }
+    let unfrozen = if before == Before::Scan {
+        not_frozen(&frozen)
+    } else {
+        String::new()
+    };
+    // Kept frozen and in place when the kill is not confirmed, so that a later
+    // kill can retry and the survivors can be looked at.
+    let keep_frozen = |frozen: Option<Frozen>, report: &mut Report| match frozen {
+        Some(f) => f.keep(),
         None => {
-            // Freezing first closes the fork race of older kernels' cgroup.kill.
-            let frozen = freeze(cg, plan, report);
-            // What SIGKILL will orphan.
-            let pids = listed(cg, report);
-            let open = scan(plan, pids, proc_root);
-            report.saw(open, start.elapsed());
-            frozen
+            if let Some(f) = freeze(cg, plan, report) {
+                f.keep()
+            }
         }
     };
-    let unfrozen = not_frozen(&frozen);
     // A write that fails (EMFILE, EIO) is retried until the deadline: until it is
     // written, no process is known to have been killed.
     let deadline = Instant::now() + plan.kill_deadline;
@@ -530,21 +555,16 @@ fn hard_kill<'a>(
             report.unconfirmed = Some(e.to_string());
             report.phase("kill", t, format!("cgroup.kill not written: {e}"));
             report.errors.push(KillError::Kill(e));
-            if let Some(f) = frozen {
-                f.keep();
-            }
+            keep_frozen(frozen, report);
             return;
         }
         std::thread::sleep(SECTION_POLL);
         written = cg.kill();
     }
-    match wait_unpopulated(cg, deadline.saturating_duration_since(Instant::now())) {
+    match wait_killed(cg, deadline.saturating_duration_since(Instant::now())) {
         Ok(true) => report.phase("kill", t, unfrozen + "cgroup.kill; populated 0"),
         Ok(false) => {
-            // Kept frozen and in place, so that a later kill can retry.
-            if let Some(f) = frozen {
-                f.keep();
-            }
+            keep_frozen(frozen, report);
             name_survivors(report, cg, proc_root, "the cgroup");
             report.phase(
                 "kill",
@@ -557,22 +577,28 @@ fn hard_kill<'a>(
             );
         }
         Err(e) => {
-            if let Some(f) = frozen {
-                f.keep();
-            }
+            keep_frozen(frozen, report);
             report.unconfirmed = Some(e.to_string());
             report.errors.push(KillError::Wait(e));
         }
     }
 }
 
-/// [`Cgroup::wait_unpopulated`], with reads that fail retried until the
-/// deadline: only a read that answers says whether the cgroup emptied.
-fn wait_unpopulated(cg: &Cgroup, deadline: Duration) -> crate::cgroup::Result<bool> {
+/// Waits up to `deadline` for `populated 0`, writing `cgroup.kill` again every
+/// [`SECTION_POLL`] while the cgroup is still populated: a child forked while
+/// the kill went through the cgroup (its parent past fork's check for a fatal
+/// signal, the child not yet on the cgroup's list) is not reached by the first
+/// write. Reads that fail are retried until the deadline: only a read that
+/// answers says whether the cgroup emptied.
+fn wait_killed(cg: &Cgroup, deadline: Duration) -> crate::cgroup::Result<bool> {
     let start = Instant::now();
     loop {
-        match cg.wait_unpopulated(deadline.saturating_sub(start.elapsed())) {
-            Err(_) if start.elapsed() < deadline => std::thread::sleep(SECTION_POLL),
+        let left = deadline.saturating_sub(start.elapsed());
+        match cg.wait_unpopulated(left.min(SECTION_POLL)) {
+            Ok(false) if !left.is_zero() => {
+                let _ = cg.kill();
+            }
+            Err(_) if !left.is_zero() => std::thread::sleep(SECTION_POLL.min(left)),
             done => return done,
         }
     }

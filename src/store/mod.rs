@@ -110,6 +110,26 @@ impl Store {
         }
     }
 
+    /// Runs `f` with commits synced to the disk (`synchronous=FULL`, the
+    /// store's setting) or not (`OFF`: written to the operating system, which
+    /// keeps them through the agent's crash but not through a power loss, until
+    /// the next synced commit syncs the write-ahead log with them).
+    pub fn with_sync<T>(
+        &mut self,
+        durable: bool,
+        f: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        if durable {
+            return f(self);
+        }
+        self.conn.pragma_update(None, "synchronous", "OFF")?;
+        let res = f(self);
+        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!("cannot set the store's commits back to synced: {e}");
+        }
+        res
+    }
+
     /// `f` in an immediate transaction of its own, or in the caller's [`Store::batch`].
     fn immediate<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         if !self.conn.is_autocommit() {

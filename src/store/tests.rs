@@ -527,3 +527,32 @@ fn a_bad_value_in_a_row_is_an_error_naming_the_run() {
             .unwrap();
     }
 }
+
+/// Commits made unsynced are written (another connection reads them), and the
+/// store's commits are synced again afterwards, whether `f` failed or not.
+#[test]
+fn unsynced_commits_are_written_and_the_store_syncs_again_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wfcg.db");
+    let mut store = Store::open(&path).unwrap();
+    let synchronous = |s: &Store| -> i64 {
+        s.conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(synchronous(&store), 2, "FULL");
+    store
+        .with_sync(false, |s| {
+            assert_eq!(synchronous(s), 0, "OFF inside");
+            s.insert_run(&sample("run_a"))
+        })
+        .unwrap();
+    assert_eq!(synchronous(&store), 2);
+    let failed: Result<()> = store.with_sync(false, |s| {
+        s.insert_run(&sample("run_a")) // a duplicate: refused
+    });
+    assert!(failed.is_err());
+    assert_eq!(synchronous(&store), 2);
+    let other = Store::open(&path).unwrap();
+    assert!(other.get_run("run_a").unwrap().is_some());
+}

@@ -541,6 +541,22 @@ fn git_lock_cleanup_never_follows_a_workspace_symlink_into_a_root_directory() {
     std::os::unix::fs::chown(&ws, Some(user.uid), Some(user.gid)).unwrap();
     std::os::unix::fs::symlink(&victim, ws.join(".git")).unwrap();
     std::os::unix::fs::lchown(ws.join(".git"), Some(user.uid), Some(user.gid)).unwrap();
+    // Repositories below the workspace are looked at too: one whose `.git` file
+    // names a root-owned git directory, and a symlink to a root-owned repository.
+    let root_repo = base.join("root-repo");
+    std::fs::create_dir_all(root_repo.join(".git")).unwrap();
+    let by_file = ws.join("by-file");
+    std::fs::create_dir(&by_file).unwrap();
+    std::fs::write(
+        by_file.join(".git"),
+        format!("gitdir: {}\n", root_repo.join(".git").display()),
+    )
+    .unwrap();
+    for p in [&by_file, &by_file.join(".git")] {
+        std::os::unix::fs::lchown(p, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    std::os::unix::fs::symlink(&root_repo, ws.join("by-link")).unwrap();
+    std::os::unix::fs::lchown(ws.join("by-link"), Some(user.uid), Some(user.gid)).unwrap();
     let started = ws.join("started");
 
     let out = agent
@@ -571,6 +587,8 @@ fn git_lock_cleanup_never_follows_a_workspace_symlink_into_a_root_directory() {
             .unwrap(),
     );
     std::fs::write(&nested, "").unwrap();
+    let root_index = root_repo.join(".git/index.lock");
+    std::fs::write(&root_index, "").unwrap();
     assert!(wait_until(Duration::from_secs(10), || important.exists()));
 
     let out = agent
@@ -592,6 +610,10 @@ fn git_lock_cleanup_never_follows_a_workspace_symlink_into_a_root_directory() {
     assert!(
         nested.exists(),
         "the root-owned nested lock was removed: {result:#}"
+    );
+    assert!(
+        root_index.exists(),
+        "a root-owned repository's lock reached from the workspace was removed: {result:#}"
     );
     assert_eq!(
         result["cleanup_status"]["stale_locks_removed"],
