@@ -22,6 +22,60 @@ impl Agent {
     /// process of it remains anywhere (by cgroup and by its environment marker).
     /// `seen` are the critical sections its processes were found in.
     pub(super) fn cleanup(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
+        // Nothing of the run may remain anywhere: what carries its marker outside
+        // its cgroup (a root workflow can move itself out) is killed too. A scan
+        // of the host's processes, made while the rest is removed.
+        let deadline = self.run_template(rec).kill.kill_deadline;
+        let (escapees, status) = std::thread::scope(|s| {
+            let escapees = s.spawn(|| {
+                kill::kill_escapees(
+                    &self.cfg.proc_root,
+                    RUN_ID_ENV,
+                    &rec.run_id,
+                    rec.owner_uid,
+                    deadline,
+                )
+            });
+            let status = self.remove_leftovers(rec, seen);
+            (escapees.join(), status)
+        });
+        let escapees = escapees.unwrap_or_else(|_| {
+            tracing::error!(run_id = rec.run_id, "the search for escapees failed");
+            kill::Escapees::default()
+        });
+        if !escapees.killed.is_empty() {
+            tracing::warn!(
+                run_id = rec.run_id,
+                "killed {} process(es) carrying the run's marker outside its cgroup: {:?}",
+                escapees.killed.len(),
+                escapees.killed
+            );
+        }
+        let mut remaining: Vec<i32> = escapees.survivors.iter().map(|s| s.pid).collect();
+        if !status.cgroup_removed {
+            remaining.extend(
+                Cgroup::new(&rec.cgroup_path)
+                    .procs_recursive()
+                    .unwrap_or_default(),
+            );
+        }
+        remaining.sort_unstable();
+        remaining.dedup();
+        CleanupStatus {
+            processes_remaining: remaining.len() as u32,
+            escapees_killed: escapees.killed,
+            survivors: escapees
+                .survivors
+                .iter()
+                .map(kill::Survivor::describe)
+                .collect(),
+            ..status
+        }
+    }
+
+    /// The cleanup but for the escapees: stale git locks, the cgroup, TMPDIR,
+    /// run directory and workspace.
+    fn remove_leftovers(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
         self.reaper.forget(&rec.run_id);
         self.lifecycle_end(&rec.run_id);
         self.sightings.lock().remove(&rec.run_id);
@@ -120,42 +174,13 @@ impl Agent {
                 }
             }
         };
-        // Nothing of the run may remain anywhere: what carries its marker outside
-        // its cgroup (a root workflow can move itself out) is killed too.
-        let escapees = kill::kill_escapees(
-            &self.cfg.proc_root,
-            RUN_ID_ENV,
-            &rec.run_id,
-            rec.owner_uid,
-            self.run_template(rec).kill.kill_deadline,
-        );
-        if !escapees.killed.is_empty() {
-            tracing::warn!(
-                run_id = rec.run_id,
-                "killed {} process(es) carrying the run's marker outside its cgroup: {:?}",
-                escapees.killed.len(),
-                escapees.killed
-            );
-        }
-        let mut remaining: Vec<i32> = escapees.survivors.iter().map(|s| s.pid).collect();
-        if !cgroup_removed {
-            remaining.extend(cg.procs_recursive().unwrap_or_default());
-        }
-        remaining.sort_unstable();
-        remaining.dedup();
         CleanupStatus {
-            processes_remaining: remaining.len() as u32,
             cgroup_removed,
             tmpdir_removed,
             run_dir_removed,
             stale_locks_removed,
             workspace: workspace.into(),
-            escapees_killed: escapees.killed,
-            survivors: escapees
-                .survivors
-                .iter()
-                .map(kill::Survivor::describe)
-                .collect(),
+            ..Default::default()
         }
     }
 }
