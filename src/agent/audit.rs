@@ -144,44 +144,69 @@ impl Auditor {
         let mut head = last.clone();
         let mut breaks = Vec::new();
         let mut audited = 0;
-        let res = store.with_sync(sync == Disk::Synced, |store| {
-            store.batch(|store| {
-                for rec in &batch {
-                    match rec {
-                        Record::Audit(entry) => {
-                            let recs = store.append_audit_after(entry, head.as_ref())?;
-                            audited += recs.len() as u64;
-                            breaks.extend(
-                                recs.iter()
-                                    .filter(|r| r.entry.action == CHAIN_BREAK)
-                                    .map(|r| (r.seq, r.entry.outcome.clone())),
-                            );
-                            let rec = recs.last().expect("the entry's record");
-                            head = Some((rec.seq, rec.hash.clone()));
-                        }
-                        Record::Kill {
-                            run_id,
-                            started_at,
-                            result,
-                            status,
-                            ended_at,
-                        } => store.record_kill(run_id, *started_at, result, *status, *ended_at)?,
-                        Record::End {
-                            run_id,
-                            status,
-                            ended_at,
-                            exit,
-                        } => {
-                            if let Some((code, signal)) = exit {
-                                store.record_exit(run_id, *code, *signal)?;
+        let head_path = &self.head;
+        let (res, head_written) = std::thread::scope(|sc| {
+            let mut writer = None;
+            let res = store.with_sync(sync == Disk::Synced, |store| {
+                store.batch(|store| {
+                    for rec in &batch {
+                        match rec {
+                            Record::Audit(entry) => {
+                                let recs = store.append_audit_after(entry, head.as_ref())?;
+                                audited += recs.len() as u64;
+                                breaks.extend(
+                                    recs.iter()
+                                        .filter(|r| r.entry.action == CHAIN_BREAK)
+                                        .map(|r| (r.seq, r.entry.outcome.clone())),
+                                );
+                                let rec = recs.last().expect("the entry's record");
+                                head = Some((rec.seq, rec.hash.clone()));
                             }
-                            store.finish_run(run_id, *status, *ended_at)?;
+                            Record::Kill {
+                                run_id,
+                                started_at,
+                                result,
+                                status,
+                                ended_at,
+                            } => store.record_kill(
+                                run_id,
+                                *started_at,
+                                result,
+                                *status,
+                                *ended_at,
+                            )?,
+                            Record::End {
+                                run_id,
+                                status,
+                                ended_at,
+                                exit,
+                            } => {
+                                if let Some((code, signal)) = exit {
+                                    store.record_exit(run_id, *code, *signal)?;
+                                }
+                                store.finish_run(run_id, *status, *ended_at)?;
+                            }
                         }
                     }
-                }
-                Ok(())
-            })
+                    // The head file is written (and synced) while the transaction
+                    // commits: one wait for the disk, not two. Set back if the commit fails.
+                    if *last != head
+                        && let Some((seq, hash)) = head.clone()
+                    {
+                        writer = Some(sc.spawn(move || write_head(head_path, seq, &hash, sync)));
+                    }
+                    Ok(())
+                })
+            });
+            (res, writer.map(|w| w.join()))
         });
+        match &head_written {
+            Some(Ok(Err(e))) => {
+                tracing::error!("AUDIT: cannot write {}: {e}", self.head.display())
+            }
+            Some(Err(_)) => tracing::error!("AUDIT: writing {} failed", self.head.display()),
+            _ => {}
+        }
         match res {
             Ok(()) => {
                 self.pending.lock().drain(..batch.len());
@@ -193,17 +218,22 @@ impl Auditor {
                         f(why);
                     }
                 }
-                if *last != head
-                    && let Some((seq, hash)) = &head
-                {
-                    if let Err(e) = write_head(&self.head, *seq, hash, sync) {
-                        tracing::error!("AUDIT: cannot write {}: {e}", self.head.display());
-                    }
+                if head_written.is_some() {
                     *last = head;
                 }
                 true
             }
             Err(e) => {
+                if head_written.is_some() {
+                    // The head names a record that was not committed: the one before.
+                    let back = match &*last {
+                        Some((seq, hash)) => write_head(&self.head, *seq, hash, Disk::Synced),
+                        None => std::fs::remove_file(&self.head),
+                    };
+                    if let Err(e) = back {
+                        tracing::error!("AUDIT: cannot set {} back: {e}", self.head.display());
+                    }
+                }
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 self.failing.store(true, Ordering::Relaxed);
                 tracing::error!(
@@ -427,5 +457,34 @@ mod tests {
             .map(|r| r.entry.action)
             .collect();
         assert_eq!(actions, ["kill", "later"]);
+    }
+
+    /// The head file is written while the transaction commits; when the commit
+    /// itself fails (here a deferred foreign key checked only at COMMIT), the
+    /// head is set back to the last record committed, so that a restart does
+    /// not take the store for cut, and the chain goes on unbroken.
+    #[test]
+    fn a_failed_commit_leaves_the_head_at_the_last_record_committed() {
+        let (dir, store, auditor) = setup();
+        let head = || read_head(&dir.path().join("audit.head")).unwrap();
+        assert!(auditor.record(&store, entry("first")));
+        let first = head();
+        assert_eq!(first.0, 1);
+        let db = rusqlite::Connection::open(dir.path().join("wfcg.db")).unwrap();
+        db.execute_batch(
+            "CREATE TABLE p(id INTEGER PRIMARY KEY);
+             CREATE TABLE c(p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER late AFTER INSERT ON audit BEGIN INSERT INTO c VALUES (42); END;",
+        )
+        .unwrap();
+        assert!(!auditor.record(&store, entry("second")));
+        assert_eq!(auditor.pending(), 1);
+        assert_eq!(head(), first, "the head names a record that was not committed");
+
+        db.execute_batch("DROP TRIGGER late").unwrap();
+        assert!(auditor.record(&store, entry("third")));
+        let check = auditor.verify(&store.lock()).unwrap();
+        assert_eq!((check.last_seq, check.first_bad), (3, None));
+        assert_eq!(head(), (3, check.last_hash));
     }
 }
