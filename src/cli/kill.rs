@@ -11,8 +11,8 @@ use crate::output::outln;
 /// locks, SQLite write transactions, files being written in the workspace); wait
 /// for them to close, up to each kind's grace; write the reason to
 /// $WFCG_RUN_DIR/stop-reason; SIGTERM every process and wait up to --grace; then
-/// freeze + cgroup.kill. --force: cgroup.kill at once (open sections are still
-/// reported). Afterwards stale git locks of the dead tree, the run's TMPDIR and
+/// freeze + cgroup.kill. --force: cgroup.kill at once, nothing looked at first
+/// (the sections reported are those `wfcg status` last saw). Afterwards stale git locks of the dead tree, the run's TMPDIR and
 /// cgroup are removed and the host is checked for survivors. Killing a run that
 /// already ended succeeds (exit 0) and says how it ended. Exit 1 when processes
 /// survived (the run is then `unkillable`; a later kill retries).
