@@ -256,7 +256,8 @@ impl Agent {
             ..Default::default()
         };
         Agent::initial_deadlines(&template, &mut rec);
-        let inserted = self.store().insert_run(&rec);
+        // Synced with the run_start audit record below, before the answer.
+        let inserted = self.store().with_sync(false, |s| s.insert_run(&rec));
         if let Err(e) = inserted {
             let _ = cg.kill();
             return Err(undo(e.to_string()));

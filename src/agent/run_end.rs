@@ -32,9 +32,13 @@ impl Agent {
                 format!("only the supervisor of run {run_id} may report its exit"),
             ));
         }
-        self.store()
-            .record_exit(run_id, report.exit_code, report.signal)?;
         let live = rec.status.is_live();
+        // Synced before the answer by what follows while the run is live (the
+        // run's end in the audit trail, or the result of the kill under way),
+        // so it does not wait for the disk by itself.
+        self.store().with_sync(!live, |s| {
+            s.record_exit(run_id, report.exit_code, report.signal)
+        })?;
         if !live || self.kill_in_flight(run_id) {
             return Ok(ExitAck::default()); // it ended already, or a kill is under way
         }
@@ -71,17 +75,20 @@ impl Agent {
         let exited = {
             let inflight = self.inflight.lock();
             !inflight.contains_key(run_id)
-                && self.store().finish_run_if(
-                    run_id,
-                    &[
-                        RunStatus::Initializing,
-                        RunStatus::Running,
-                        RunStatus::Stopping,
-                        RunStatus::Unknown,
-                    ],
-                    end,
-                    chrono::Utc::now(),
-                )?
+                && self.store().with_sync(false, |s| {
+                    // Synced with the audit record of the end, below.
+                    s.finish_run_if(
+                        run_id,
+                        &[
+                            RunStatus::Initializing,
+                            RunStatus::Running,
+                            RunStatus::Stopping,
+                            RunStatus::Unknown,
+                        ],
+                        end,
+                        chrono::Utc::now(),
+                    )
+                })?
         };
         if exited {
             self.audit_run_end(run_id, end);
