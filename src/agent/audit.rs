@@ -479,7 +479,11 @@ mod tests {
         .unwrap();
         assert!(!auditor.record(&store, entry("second")));
         assert_eq!(auditor.pending(), 1);
-        assert_eq!(head(), first, "the head names a record that was not committed");
+        assert_eq!(
+            head(),
+            first,
+            "the head names a record that was not committed"
+        );
 
         db.execute_batch("DROP TRIGGER late").unwrap();
         assert!(auditor.record(&store, entry("third")));

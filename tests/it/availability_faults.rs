@@ -407,19 +407,29 @@ fn a_run_id_that_ends_another_cgroups_path_does_not_hold_its_processes() {
     let socket = std::fs::read_to_string(&sock_file).unwrap();
     let dropped = "notify message from a process outside the run dropped";
     let before = agent.log().matches(dropped).count();
-    // The sender moves itself into /<name>, then sends READY=1.
-    let sent = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > '{procs}' && exec python3 -c 'import socket, sys; \
+    // The sender moves itself into /<name>, then sends READY=1, and stays (a
+    // sender already gone when the agent reads its message is believed: the
+    // socket names the run); the cgroup's removal below kills it.
+    let sent = dir.path().join("sent");
+    let _sender = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > '{procs}' && exec python3 -c 'import socket, sys, time; \
              s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); \
-             s.sendto(b\"READY=1\\nSTATUS=spoofed\", sys.argv[1])' '{socket}'",
-            procs = other.0.path().join("cgroup.procs").display(),
-            socket = socket.trim()
-        ))
-        .status()
-        .unwrap();
-    assert!(sent.success());
+             s.sendto(b\"READY=1\\nSTATUS=spoofed\", sys.argv[1]); \
+             open(sys.argv[2], \"w\").close(); time.sleep(1000)' '{socket}' '{sent}'",
+                procs = other.0.path().join("cgroup.procs").display(),
+                socket = socket.trim(),
+                sent = sent.display()
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || sent.exists()),
+        "nothing sent"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || agent
             .log()
