@@ -19,8 +19,12 @@ use rustix::process::{Pid, PidfdFlags, Signal};
 /// in small growing steps: three to nine calls more per file, which adds up
 /// over every process of a host.
 pub fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    read_small_file(fs::File::open(path)?)
+}
+
+/// [`read_small`] of a file already open (read from where it stands to its end).
+pub fn read_small_file(mut file: fs::File) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut file = fs::File::open(path)?;
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     loop {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::time::{age_secs, rfc3339};
 use super::{Agent, Caller, Failure, Result, Sighting, layout, workload};
 use crate::api::{self, ErrorKind, RunInfo, RunStatus};
-use crate::cgroup::Cgroup;
+use crate::cgroup::{Cgroup, Dirs};
 use crate::policy::Action;
 use crate::sections;
 use crate::store::RunRecord;
@@ -46,30 +46,47 @@ impl Agent {
             .filter(|r| self.decide(&id, Action::View, r).allowed)
             .filter(|r| !stuck || self.stuck_reason(r).is_some())
             .collect();
-        // Two cgroup files per live run: with many runs, read them on every core.
-        Ok(crate::par::map(&visible, 256, |r| {
-            self.info(r.clone(), false)
+        // Three cgroup files per live run (the processes of its two leaves, its
+        // CPU time), read now so that they are current: each relative to the
+        // runs' directory opened once, and with many runs on every core.
+        let mut dirs = Dirs::default();
+        let runs: Vec<(RunRecord, Cgroup)> = visible
+            .into_iter()
+            .map(|r| {
+                let cg = workload(&r);
+                let cg = if r.status.is_live() {
+                    dirs.held(cg)
+                } else {
+                    cg
+                };
+                (r, cg)
+            })
+            .collect();
+        Ok(crate::par::map(&runs, 256, |(r, cg)| {
+            self.info(r.clone(), cg, false)
         }))
     }
 
     pub fn get(&self, caller: &Caller, run_id: &str) -> Result<RunInfo> {
-        Ok(self.info(self.visible_run(caller, run_id)?, true))
+        let rec = self.visible_run(caller, run_id)?;
+        let cg = workload(&rec);
+        Ok(self.info(rec, &cg, true))
     }
 
-    /// A run for display; `with_sections` adds the critical sections open now (a procfs scan).
-    fn info(&self, rec: RunRecord, with_sections: bool) -> RunInfo {
+    /// A run for display, `cg` its workload's cgroup; `with_sections` adds the
+    /// critical sections open now (a procfs scan).
+    fn info(&self, rec: RunRecord, cg: &Cgroup, with_sections: bool) -> RunInfo {
         let status = rec.status;
         let sections = if with_sections && status.is_live() {
             self.open_sections(&rec)
         } else {
             Vec::new()
         };
-        let cg = workload(&rec);
         let (processes, cpu_usec) = if status.is_live() {
             (
                 // A run's processes are all in its leaves (it cannot make cgroups
                 // below them unless it runs as root): no directory walk.
-                layout::process_count(&cg),
+                layout::process_count(cg),
                 cg.cpu_usage_usec(),
             )
         } else {

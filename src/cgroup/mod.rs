@@ -7,10 +7,12 @@
 
 use std::fs;
 use std::io::{self, ErrorKind};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::{Mode, OFlags};
 
 /// Kernel file names, as in `Documentation/admin-guide/cgroup-v2.rst`.
 pub const CGROUP_PROCS: &str = "cgroup.procs";
@@ -141,23 +143,85 @@ fn parse_events(text: &str) -> Events {
 }
 
 /// One cgroup directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Cgroup {
     path: PathBuf,
+    /// A directory above it held open, and the cgroup's path below it: its files
+    /// are then read relative to that directory (see [`Dirs`]).
+    below: Option<(Dir, PathBuf)>,
+}
+
+/// Two cgroups are the same when their paths are.
+impl PartialEq for Cgroup {
+    fn eq(&self, other: &Cgroup) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for Cgroup {}
+
+/// A directory of the cgroup tree held open (`O_PATH`), shared by the cgroups
+/// read through it.
+pub type Dir = std::sync::Arc<OwnedFd>;
+
+/// The parent directories of many cgroups, each opened once, so that reading a
+/// file of one of them is an `openat` of two or three path components below its
+/// parent instead of a walk of the whole path from `/` (through every directory
+/// of the mount, each a kernfs lookup and permission check): for listings that
+/// read a few files of each of thousands of cgroups. Reads only: writes, and
+/// anything a user can influence, go by the full path as before.
+#[derive(Debug, Default)]
+pub struct Dirs {
+    open: std::collections::HashMap<PathBuf, Option<Dir>>,
+}
+
+impl Dirs {
+    /// `cg` with its files read relative to its parent directory, held open
+    /// here; `cg` as it is when the parent cannot be opened (its reads then fail
+    /// or succeed as they would have).
+    pub fn held(&mut self, cg: Cgroup) -> Cgroup {
+        let (Some(parent), Some(name)) = (cg.path.parent(), cg.path.file_name()) else {
+            return cg;
+        };
+        let dir = self
+            .open
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| {
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                rustix::fs::open(parent, flags, Mode::empty())
+                    .ok()
+                    .map(std::sync::Arc::new)
+            })
+            .clone();
+        Cgroup {
+            below: dir.map(|d| (d, PathBuf::from(name))),
+            ..cg
+        }
+    }
 }
 
 impl Cgroup {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Cgroup { path: path.into() }
+        Cgroup {
+            path: path.into(),
+            below: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The cgroup `name` below this one (not created).
+    /// The cgroup `name` below this one (not created), read through the same
+    /// directory as this one.
     pub fn child(&self, name: &str) -> Cgroup {
-        Cgroup::new(self.path.join(name))
+        Cgroup {
+            path: self.path.join(name),
+            below: self
+                .below
+                .as_ref()
+                .map(|(dir, rel)| (dir.clone(), rel.join(name))),
+        }
     }
 
     pub fn exists(&self) -> bool {
@@ -186,7 +250,24 @@ impl Cgroup {
 
     fn read(&self, file: &str) -> Result<String> {
         let path = self.path.join(file);
-        crate::procfs::read_small_string(&path).map_err(|source| Error::Read { path, source })
+        let text = match &self.below {
+            // No symlink to follow: cgroupfs has none, and the last component is
+            // not followed either.
+            Some((dir, rel)) => rustix::fs::openat(
+                dir,
+                &rel.join(file),
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .map_err(io::Error::from)
+            .and_then(|fd| crate::procfs::read_small_file(fs::File::from(fd))),
+            None => crate::procfs::read_small(&path),
+        };
+        text.and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| io::Error::new(ErrorKind::InvalidData, "not UTF-8"))
+        })
+        .map_err(|source| Error::Read { path, source })
     }
 
     fn write(&self, file: &str, data: &str) -> Result<()> {

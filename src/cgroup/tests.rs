@@ -321,3 +321,47 @@ fn limit_values_are_checked_like_the_kernel_reads_them() {
         assert!(check_limit(file, bad).is_err(), "{file}={bad}");
     }
 }
+
+/// A cgroup held below its parent's open directory reads the same files as by
+/// its path, and so do the cgroups below it; it is still the same cgroup. A
+/// parent that cannot be opened leaves the cgroup read by its path.
+#[test]
+fn a_cgroup_held_below_its_parent_reads_the_files_its_path_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let run = Cgroup::new(runs.join("r1"));
+    fs::create_dir_all(run.child("payload").path()).unwrap();
+    fs::write(
+        run.path().join(CPU_STAT),
+        "usage_usec 1234\nuser_usec 1000\n",
+    )
+    .unwrap();
+    fs::write(run.child("payload").path().join(CGROUP_PROCS), "7\n8\n9\n").unwrap();
+    let mut dirs = Dirs::default();
+    let held = dirs.held(run.clone());
+    assert_eq!(held, run);
+    assert_eq!(held.cpu_usage_usec(), Some(1234));
+    assert_eq!(held.child("payload").procs().unwrap(), vec![7, 8, 9]);
+    assert!(matches!(
+        held.child("supervisor").procs(),
+        Err(Error::Read { path, .. }) if path == run.path().join("supervisor").join(CGROUP_PROCS)
+    ));
+    // The file changes: the next read sees it (nothing is kept but the directory).
+    fs::write(run.child("payload").path().join(CGROUP_PROCS), "7\n").unwrap();
+    assert_eq!(held.child("payload").procs().unwrap(), vec![7]);
+    // Another cgroup of the same parent shares the open directory.
+    let other = Cgroup::new(runs.join("r2"));
+    fs::create_dir(other.path()).unwrap();
+    fs::write(other.path().join(CGROUP_PROCS), "42\n").unwrap();
+    assert_eq!(dirs.held(other).procs().unwrap(), vec![42]);
+    assert_eq!(dirs.open.len(), 1);
+    // A symlink in the last component is not followed.
+    std::os::unix::fs::symlink(run.path().join(CPU_STAT), runs.join("r2").join(CPU_STAT)).unwrap();
+    assert_eq!(
+        dirs.held(Cgroup::new(runs.join("r2"))).cpu_usage_usec(),
+        None
+    );
+    let gone = Cgroup::new(dir.path().join("missing").join("r3"));
+    assert!(dirs.held(gone.clone()).below.is_none());
+    assert!(gone.procs().is_err());
+}

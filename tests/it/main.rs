@@ -17,6 +17,7 @@ mod git_locks;
 mod kill;
 mod kill_edges;
 mod lifecycle;
+mod listing;
 mod mcp;
 mod metrics;
 mod output;
