@@ -255,7 +255,7 @@ impl Cgroup {
             // not followed either.
             Some((dir, rel)) => rustix::fs::openat(
                 dir,
-                &rel.join(file),
+                rel.join(file),
                 OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                 Mode::empty(),
             )
