@@ -48,6 +48,7 @@ mod progress;
 mod queries;
 pub mod reaper;
 mod run_end;
+mod run_files;
 pub mod server;
 mod time;
 
@@ -256,6 +257,8 @@ pub struct Agent {
     inflight: Mutex<HashMap<String, Arc<KillSlot>>>,
     /// When each open critical section was first seen, per run, for `status`.
     sightings: Mutex<HashMap<String, Sightings>>,
+    /// The cgroup files of live runs that listings read, kept open.
+    run_files: run_files::RunFiles,
     /// When each user (never root) started runs in the last minute.
     starts: Mutex<HashMap<u32, std::collections::VecDeque<Instant>>>,
     /// Git locks that processes of an exited run held when they were killed,
@@ -390,6 +393,7 @@ impl Agent {
             reaper,
             inflight: Mutex::default(),
             sightings: Mutex::default(),
+            run_files: run_files::RunFiles::default(),
             starts: Mutex::default(),
             stale_candidates: Mutex::default(),
             access,

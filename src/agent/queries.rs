@@ -47,8 +47,9 @@ impl Agent {
             .filter(|r| !stuck || self.stuck_reason(r).is_some())
             .collect();
         // Three cgroup files per live run (the processes of its two leaves, its
-        // CPU time), read now so that they are current: each relative to the
-        // runs' directory opened once, and with many runs on every core.
+        // CPU time), read now so that they are current: kept open from one
+        // listing to the next (see run_files.rs), else opened relative to the
+        // runs' directory opened once; with many runs, on every core.
         let mut dirs = Dirs::default();
         let runs: Vec<(RunRecord, Cgroup)> = visible
             .into_iter()
@@ -62,9 +63,13 @@ impl Agent {
                 (r, cg)
             })
             .collect();
-        Ok(crate::par::map(&runs, 256, |(r, cg)| {
-            self.info(r.clone(), cg, false)
-        }))
+        let infos = crate::par::map_owned(runs, 256, |(r, cg)| self.info(r, &cg, false));
+        if !stuck && self.sees_all(caller) {
+            // Every live run was listed: the files of any other are not needed.
+            let live = infos.iter().filter(|i| i.status.is_live());
+            self.run_files.keep_only(live.map(|i| i.run_id.as_str()));
+        }
+        Ok(infos)
     }
 
     pub fn get(&self, caller: &Caller, run_id: &str) -> Result<RunInfo> {
@@ -83,12 +88,9 @@ impl Agent {
             Vec::new()
         };
         let (processes, cpu_usec) = if status.is_live() {
-            (
-                // A run's processes are all in its leaves (it cannot make cgroups
-                // below them unless it runs as root): no directory walk.
-                layout::process_count(cg),
-                cg.cpu_usage_usec(),
-            )
+            // A run's processes are all in its leaves (it cannot make cgroups
+            // below them unless it runs as root): no directory walk.
+            self.run_files.stats(&rec.run_id, cg)
         } else {
             (0, None)
         };

@@ -203,9 +203,14 @@ impl Cgroup {
 
     /// CPU time used by the cgroup, from `usage_usec` in `cpu.stat`.
     pub fn cpu_usage_usec(&self) -> Option<u64> {
-        let text = self.read(CPU_STAT).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse().ok())
+        usage_usec(&self.read(CPU_STAT).ok()?)
     }
+}
+
+/// `usage_usec` of a `cpu.stat` text.
+pub fn usage_usec(cpu_stat: &str) -> Option<u64> {
+    cpu_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -142,6 +142,60 @@ fn parse_events(text: &str) -> Events {
     ev
 }
 
+fn utf8(bytes: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(bytes).map_err(|_| io::Error::new(ErrorKind::InvalidData, "not UTF-8"))
+}
+
+/// A cgroup file kept open and read from its start at each [`OpenFile::read`]
+/// (`pread` at offset 0, which makes the kernel produce it anew): what it says
+/// now, without the path lookup, setup and teardown of an open and a close.
+/// After its cgroup is removed, a read fails (ENODEV).
+#[derive(Debug)]
+pub struct OpenFile {
+    file: fs::File,
+    path: PathBuf,
+}
+
+impl OpenFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn read(&self) -> Result<String> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0;
+        let read = loop {
+            if len == buf.len() {
+                buf.resize(len * 2, 0);
+            }
+            match self.file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break Ok(()),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(len);
+        read.and_then(|()| utf8(buf)).map_err(|source| Error::Read {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// The pids of a `cgroup.procs` text read from `path`.
+pub fn parse_procs(text: &str, path: &Path) -> Result<Vec<i32>> {
+    text.lines()
+        .map(|l| {
+            l.trim().parse().map_err(|_| Error::Parse {
+                path: path.to_path_buf(),
+                what: format!("not a pid: {l:?}"),
+            })
+        })
+        .collect()
+}
+
 /// One cgroup directory.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
@@ -248,26 +302,32 @@ impl Cgroup {
         })
     }
 
+    /// Opens one of the cgroup's files for reading (relative to the directory
+    /// held for it, if any: no symlink is followed there, and cgroupfs has none).
+    fn open_file(&self, file: &str) -> io::Result<fs::File> {
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let fd = match &self.below {
+            Some((dir, rel)) => rustix::fs::openat(dir, rel.join(file), flags, Mode::empty()),
+            None => rustix::fs::open(self.path.join(file), flags, Mode::empty()),
+        };
+        Ok(fs::File::from(fd?))
+    }
+
     fn read(&self, file: &str) -> Result<String> {
         let path = self.path.join(file);
-        let text = match &self.below {
-            // No symlink to follow: cgroupfs has none, and the last component is
-            // not followed either.
-            Some((dir, rel)) => rustix::fs::openat(
-                dir,
-                rel.join(file),
-                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                Mode::empty(),
-            )
-            .map_err(io::Error::from)
-            .and_then(|fd| crate::procfs::read_small_file(fs::File::from(fd))),
-            None => crate::procfs::read_small(&path),
-        };
-        text.and_then(|bytes| {
-            String::from_utf8(bytes)
-                .map_err(|_| io::Error::new(ErrorKind::InvalidData, "not UTF-8"))
-        })
-        .map_err(|source| Error::Read { path, source })
+        self.open_file(file)
+            .and_then(crate::procfs::read_small_file)
+            .and_then(utf8)
+            .map_err(|source| Error::Read { path, source })
+    }
+
+    /// One of the cgroup's files opened for reading again and again (see [`OpenFile`]).
+    pub fn open(&self, file: &str) -> Result<OpenFile> {
+        let path = self.path.join(file);
+        match self.open_file(file) {
+            Ok(file) => Ok(OpenFile { file, path }),
+            Err(source) => Err(Error::Read { path, source }),
+        }
     }
 
     fn write(&self, file: &str, data: &str) -> Result<()> {
@@ -300,16 +360,7 @@ impl Cgroup {
     /// The processes directly in this cgroup (`cgroup.procs`). Only a hint while
     /// tasks exit: use [`Cgroup::events`] to learn whether the cgroup is empty.
     pub fn procs(&self) -> Result<Vec<i32>> {
-        let path = self.path.join(CGROUP_PROCS);
-        let text = self.read(CGROUP_PROCS)?;
-        text.lines()
-            .map(|l| {
-                l.trim().parse().map_err(|_| Error::Parse {
-                    path: path.clone(),
-                    what: format!("not a pid: {l:?}"),
-                })
-            })
-            .collect()
+        parse_procs(&self.read(CGROUP_PROCS)?, &self.path.join(CGROUP_PROCS))
     }
 
     /// The processes of this cgroup and of every cgroup below it.

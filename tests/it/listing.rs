@@ -22,14 +22,50 @@ fn listed<'a>(runs: &'a [serde_json::Value], run_id: &str) -> &'a serde_json::Va
         .unwrap_or_else(|| panic!("{run_id} not listed: {runs:#?}"))
 }
 
+/// The cgroup files of run `run_id` the agent has open.
+fn open_files_of(agent: &TestAgent, run_id: &str) -> Vec<String> {
+    let pid = agent.pid().unwrap();
+    let dir = agent.run_cgroup(run_id);
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(dir.path()))
+        .map(|target| target.display().to_string())
+        .collect()
+}
+
+/// An agent that may open many files keeps the files a listing reads open from
+/// one listing to the next (and closes them when the run ends): the figures
+/// must be those of the time of each listing all the same.
+#[test]
+fn the_listing_counts_processes_and_cpu_time_of_both_leaves_and_of_a_flat_run() {
+    // As many as the test may give (raising the hard limit needs CAP_SYS_RESOURCE).
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    assert!(
+        hard >= 8192,
+        "the tests need an open-file hard limit of 8192 at least, not {hard}"
+    );
+    listing_counts(hard.min(65536));
+}
+
+/// With few files (1024), the agent reads each file by its path: the same figures.
+#[test]
+fn the_listing_counts_the_same_when_the_agent_may_open_few_files() {
+    listing_counts(1024);
+}
+
 /// A run with both leaves (the supervisor in one, the command and what it
 /// started in the other) and a flat run (a cgroup made by hand, its processes in
 /// the run's own cgroup): each listed with the processes and CPU time its
 /// cgroups hold, read at the time of the listing, before and after a change.
-#[test]
-fn the_listing_counts_processes_and_cpu_time_of_both_leaves_and_of_a_flat_run() {
+fn listing_counts(fd_limit: u64) {
     require_privileges!();
-    let mut agent = TestAgent::start();
+    let mut agent = TestAgent::unstarted();
+    agent.fd_limit = Some(fd_limit);
+    agent.spawn();
     // Some CPU time first (a shell loop), then two sleeps: with the supervisor, 3.
     let run = agent.start_run(
         &["--init-timeout", "0"],
@@ -100,11 +136,18 @@ fn the_listing_counts_processes_and_cpu_time_of_both_leaves_and_of_a_flat_run() 
     let runs = agent.ps(false);
     assert_eq!(listed(&runs, &run.id)["processes"], 2);
     assert_eq!(listed(&runs, &flat.id)["processes"], 1);
+    // The files of the run with leaves are kept open only when the agent may
+    // open many; a flat run's never.
+    let kept = open_files_of(&agent, &run.id);
+    assert_eq!(kept.len(), if fd_limit > 4096 { 3 } else { 0 }, "{kept:?}");
+    assert_eq!(open_files_of(&agent, &flat.id), Vec::<String>::new());
     for id in [&run.id, &flat.id] {
         agent.kill_ok(id, &[]);
     }
     agent.assert_run_gone(&run);
     agent.assert_run_gone(&flat);
+    // Closed when the run ended, before its cgroup was removed.
+    assert_eq!(open_files_of(&agent, &run.id), Vec::<String>::new());
 }
 
 /// For a program, `ps --json` writes the agent's answer as it came, on one
