@@ -222,8 +222,8 @@ pub type Dir = std::sync::Arc<OwnedFd>;
 /// file of one of them is an `openat` of two or three path components below its
 /// parent instead of a walk of the whole path from `/` (through every directory
 /// of the mount, each a kernfs lookup and permission check): for listings that
-/// read a few files of each of thousands of cgroups. Reads only: writes, and
-/// anything a user can influence, go by the full path as before.
+/// read a few files of each of thousands of cgroups. Reads only: writes go by
+/// the full path.
 #[derive(Debug, Default)]
 pub struct Dirs {
     open: std::collections::HashMap<PathBuf, Option<Dir>>,
@@ -302,15 +302,17 @@ impl Cgroup {
         })
     }
 
-    /// Opens one of the cgroup's files for reading (relative to the directory
-    /// held for it, if any: no symlink is followed there, and cgroupfs has none).
+    /// Opens one of the cgroup's files for reading: relative to the directory
+    /// held for it, if any (not following a symlink there: cgroupfs has none),
+    /// else by its path.
     fn open_file(&self, file: &str) -> io::Result<fs::File> {
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let fd = match &self.below {
-            Some((dir, rel)) => rustix::fs::openat(dir, rel.join(file), flags, Mode::empty()),
-            None => rustix::fs::open(self.path.join(file), flags, Mode::empty()),
-        };
-        Ok(fs::File::from(fd?))
+        match &self.below {
+            Some((dir, rel)) => {
+                let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+                Ok(rustix::fs::openat(dir, rel.join(file), flags, Mode::empty())?.into())
+            }
+            None => fs::File::open(self.path.join(file)),
+        }
     }
 
     fn read(&self, file: &str) -> Result<String> {
