@@ -357,7 +357,7 @@ impl Agent {
                 payload.path().display()
             )));
         }
-        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
+        self.lifecycle_begin(&rec, false);
         self.reaper.watch(&run_id, &run_cg, &**self);
         // Thaw, unless it is to be killed (then it stays frozen under its run's
         // cgroup until the kill sequence), or it never held still.

@@ -273,7 +273,7 @@ impl Agent {
             ..Default::default()
         });
         // The notify socket is bound before the answer, so the command can use it at once.
-        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
+        self.lifecycle_begin(&rec, false);
         self.reaper.watch(&run_id, &cg, &**self);
         for w in &warnings {
             tracing::warn!(run_id, "{w}");

@@ -7,7 +7,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use super::Agent;
 use super::monitor::{Kind, Monitor};
 use super::notify::{self, Message};
+use super::notify_hub::{Hub, OnDatagram};
+use super::sender;
 use crate::api::RunStatus;
 use crate::cgroup::Cgroup;
 use crate::procfs;
@@ -43,7 +45,10 @@ struct Live {
     template: Arc<crate::template::Template>,
     /// How long after a heartbeat the next must come (2 intervals, or WATCHDOG_USEC).
     threshold: Option<Duration>,
-    notify_task: Option<tokio::task::AbortHandle>,
+    /// Its notify socket's key in the notify hub.
+    notify_key: Option<u64>,
+    /// The ids of its cgroups, for the sender check (sender.rs).
+    cgroup_ids: sender::RunCgroupIds,
 }
 
 /// A run's newest heartbeat, until it is written to the store.
@@ -73,7 +78,8 @@ struct LoopTracker {
 #[derive(Default)]
 pub struct Lifecycle {
     monitor: OnceLock<Monitor>,
-    rt: OnceLock<tokio::runtime::Handle>,
+    /// The thread that reads every run's notify socket.
+    hub: OnceLock<Hub>,
     lives: Mutex<HashMap<String, Live>>,
     beats: Mutex<HashMap<String, Beat>>,
     loops: Mutex<HashMap<String, LoopTracker>>,
@@ -117,7 +123,13 @@ impl Agent {
             },
         );
         let _ = self.life.monitor.set(monitor);
-        let _ = self.life.rt.set(rt.clone());
+        match Hub::new() {
+            Ok(hub) => {
+                hub.start(Arc::downgrade(self));
+                let _ = self.life.hub.set(hub);
+            }
+            Err(e) => tracing::error!("cannot read notify sockets (epoll): {e}"),
+        }
         let weak = Arc::downgrade(self);
         rt.spawn(async move {
             let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -130,6 +142,21 @@ impl Agent {
                     _ = sample.tick() => false,
                 };
                 let Some(agent) = weak.upgrade() else { return };
+                // Nothing to write or to sample: no thread to wake.
+                let idle = if which {
+                    agent.life.beats.lock().is_empty()
+                } else {
+                    let now = Instant::now();
+                    !agent
+                        .life
+                        .loops
+                        .lock()
+                        .values()
+                        .any(|t| t.next.is_none_or(|n| n <= now))
+                };
+                if idle {
+                    continue;
+                }
                 let _ = tokio::task::spawn_blocking(move || {
                     if which {
                         agent.flush_heartbeats()
@@ -167,28 +194,24 @@ impl Agent {
     /// Takes a live run under watch: its notify socket, its deadlines, its loop
     /// sampling. `restarted` when the agent takes over a run it did not start: a
     /// stored watchdog deadline may then be up to one flush behind.
-    pub(super) fn lifecycle_begin(
-        self: &Agent,
-        rec: &RunRecord,
-        weak: Weak<Agent>,
-        restarted: bool,
-    ) {
+    pub(super) fn lifecycle_begin(self: &Agent, rec: &RunRecord, restarted: bool) {
         let template = self.run_template(rec);
         let threshold = match rec.watchdog_usec {
             Some(us) if us > 0 => Some(Duration::from_micros(us as u64)),
             _ => (!template.timeouts.watchdog.is_zero()).then(|| 2 * template.timeouts.watchdog),
         };
-        let notify_task = rec
+        let notify_key = rec
             .notify_socket
             .as_deref()
-            .and_then(|path| self.serve_notify(&rec.run_id, path, weak));
+            .and_then(|path| self.serve_notify(&rec.run_id, path));
         self.life.lives.lock().insert(
             rec.run_id.clone(),
             Live {
                 cg: super::workload(rec),
                 template: template.clone(),
                 threshold,
-                notify_task,
+                notify_key,
+                cgroup_ids: Default::default(),
             },
         );
         self.progress_begin(rec, &template, restarted);
@@ -212,9 +235,11 @@ impl Agent {
     /// Stops watching a run that ended.
     pub(super) fn lifecycle_end(&self, run_id: &str) {
         if let Some(live) = self.life.lives.lock().remove(run_id)
-            && let Some(task) = live.notify_task
+            && let Some(key) = live.notify_key
         {
-            task.abort();
+            if let Some(hub) = self.life.hub.get() {
+                hub.remove(key);
+            }
             // In the agent's own directory (see serve_notify).
             let _ = std::fs::remove_file(self.notify_dirs.join(run_id));
         }
@@ -235,16 +260,9 @@ impl Agent {
         }
     }
 
-    /// Binds the run's notify socket and serves it on the runtime; messages of one
-    /// run are handled in order.
-    fn serve_notify(
-        &self,
-        run_id: &str,
-        path: &str,
-        weak: Weak<Agent>,
-    ) -> Option<tokio::task::AbortHandle> {
-        let rt = self.life.rt.get()?;
-        let _guard = rt.enter();
+    /// Binds the run's notify socket and has the notify hub read it; its key there.
+    fn serve_notify(&self, run_id: &str, path: &str) -> Option<u64> {
+        let hub = self.life.hub.get()?;
         let path = std::path::Path::new(path);
         // Only ever in the agent's own directory: a path in a user's directory (a run
         // recorded by an older agent) is not bound again, since binding and chmod
@@ -258,60 +276,33 @@ impl Agent {
             );
             return None;
         }
-        let sock = match notify::bind(path).and_then(tokio::net::UnixDatagram::from_std) {
-            Ok(s) => s,
+        match notify::bind(path).and_then(|sock| hub.add(run_id, sock)) {
+            Ok(key) => Some(key),
             Err(e) => {
                 tracing::warn!(
                     run_id,
                     "cannot bind the notify socket {}: {e}",
                     path.display()
                 );
-                return None;
+                None
             }
-        };
-        let run_id = run_id.to_owned();
-        let task = rt.spawn(async move {
-            let mut buf = vec![0u8; notify::MAX_MESSAGE];
-            loop {
-                let got = sock
-                    .async_io(tokio::io::Interest::READABLE, || {
-                        notify::receive(&sock, &mut buf)
-                    })
-                    .await;
-                let (n, pid) = match got {
-                    Ok(got) => got,
-                    Err(e) => {
-                        // Not WouldBlock (async_io waits on that): back off, never spin.
-                        tracing::warn!(run_id, "notify socket: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let msg = notify::parse(&buf[..n]);
-                let Some(agent) = weak.upgrade() else { return };
-                if msg.only_heartbeat() {
-                    // Memory only (a /proc read and a map update): no blocking thread needed.
-                    agent.on_notify(&run_id, pid, msg);
-                    continue;
-                }
-                let id = run_id.clone();
-                let _ = tokio::task::spawn_blocking(move || agent.on_notify(&id, pid, msg)).await;
-            }
-        });
-        Some(task.abort_handle())
+        }
     }
 
-    /// One notify message for a run. Dropped (and counted) when its sender is
+    /// One notify message for a run, as the notify hub received it. Dropped (and counted) when its sender is
     /// provably outside the run's cgroup; a sender already gone is believed, since
     /// the socket names the run.
     pub(super) fn on_notify(&self, run_id: &str, pid: Option<i32>, msg: Message) {
-        let (cg, threshold) = match self.life.lives.lock().get(run_id) {
-            Some(live) => (live.cg.clone(), live.threshold),
+        let (inside, threshold) = match self.life.lives.lock().get_mut(run_id) {
+            Some(live) => (
+                pid.and_then(|pid| {
+                    sender::inside(&live.cg, &mut live.cgroup_ids, &self.cfg.proc_root, pid)
+                }),
+                live.threshold,
+            ),
             None => return,
         };
-        if let Some(pid) = pid
-            && cg.contains_process(&self.cfg.proc_root, pid) == Some(false)
-        {
+        if inside == Some(false) {
             self.metrics.notify(false);
             tracing::warn!(
                 run_id,
@@ -541,5 +532,11 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+impl OnDatagram for Agent {
+    fn on_datagram(&self, run_id: &str, pid: Option<i32>, datagram: &[u8]) {
+        self.on_notify(run_id, pid, notify::parse(datagram));
     }
 }

@@ -43,12 +43,14 @@ mod may_kill;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+mod notify_hub;
 pub mod placement;
 mod progress;
 mod queries;
 pub mod reaper;
 mod run_end;
 mod run_files;
+mod sender;
 pub mod server;
 mod time;
 
@@ -441,7 +443,7 @@ impl Agent {
                 .then(|| self.kill_interrupted(&rec, cg.exists()));
             if cg.exists() {
                 // Deadlines are absolute times: one that passed meanwhile fires at once.
-                self.lifecycle_begin(&rec, Arc::downgrade(self), true);
+                self.lifecycle_begin(&rec, true);
                 self.reaper.watch(&rec.run_id, &cg, &**self);
                 if let Some((by, req, end)) = interrupted {
                     let agent = self.clone();
@@ -493,7 +495,7 @@ impl Agent {
                 ..Default::default()
             };
             if self.store().insert_run(&rec).is_ok() {
-                self.lifecycle_begin(&rec, Arc::downgrade(self), true);
+                self.lifecycle_begin(&rec, true);
                 self.reaper.watch(run_id, &cg, &**self);
             }
         }

@@ -36,19 +36,6 @@ pub struct Message {
     pub output: bool,
 }
 
-impl Message {
-    /// Only WATCHDOG=1 (the frequent case, handled without touching the store).
-    pub fn only_heartbeat(&self) -> bool {
-        self.watchdog
-            && !self.ready
-            && !self.stopping
-            && self.status.is_none()
-            && self.extend_usec.is_none()
-            && self.watchdog_usec.is_none()
-            && !self.output
-    }
-}
-
 /// Parses a datagram (`KEY=VALUE` lines; unknown keys are ignored, as sd_notify allows).
 pub fn parse(datagram: &[u8]) -> Message {
     let text = String::from_utf8_lossy(datagram);
@@ -132,7 +119,6 @@ mod tests {
             }
         );
         assert!(parse(b"X_WFCG_OUTPUT=1").output);
-        assert!(!parse(b"X_WFCG_OUTPUT=1").only_heartbeat());
         assert_eq!(parse(b"garbage\xff\n=\nREADY=0"), Message::default());
         assert!(parse(b"STOPPING=1").stopping);
         assert_eq!(

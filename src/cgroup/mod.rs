@@ -376,6 +376,27 @@ impl Cgroup {
         Ok(pids)
     }
 
+    /// The cgroup's id: the inode number of its directory, which is what the
+    /// kernel reports as a process's cgroup id (never reused while the system runs).
+    pub fn id(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.path)
+            .map(|m| m.ino())
+            .map_err(|source| Error::Read {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The ids of this cgroup and of every cgroup below it.
+    pub fn subtree_ids(&self) -> Result<Vec<u64>> {
+        let mut ids = vec![self.id()?];
+        for child in self.children()? {
+            ids.extend(child.subtree_ids()?);
+        }
+        Ok(ids)
+    }
+
     /// The child cgroups (subdirectories).
     pub fn children(&self) -> Result<Vec<Cgroup>> {
         let entries = fs::read_dir(&self.path).map_err(|source| Error::Read {

@@ -205,7 +205,7 @@ impl Agent {
         let run_id = self.new_adopted_id(req)?;
         let rec = self.adopted_record(caller, &run_id, &root, req, &cg, IN_PLACE)?;
         self.store().insert_run(&rec)?;
-        self.lifecycle_begin(&rec, Arc::downgrade(self), false);
+        self.lifecycle_begin(&rec, false);
         self.reaper.watch(&run_id, &cg, &**self);
         tracing::info!(run_id, cgroup = shown, "adopted a cgroup in place");
         let message = format!(

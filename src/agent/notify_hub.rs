@@ -1,0 +1,206 @@
+//! The notify sockets of all runs, read by one thread: one epoll set, and a
+//! wake-up at most every [`BATCH`]. A hundred runs sending a heartbeat every
+//! second, each at its own moment, then wake the agent about 1/BATCH times a
+//! second instead of a hundred, and each wake-up reads what arrived on every
+//! socket meanwhile. The price: a message waits up to [`BATCH`] before it is
+//! handled (sd_notify is asynchronous; deadlines are seconds).
+//!
+//! Messages are handed over in the order each socket received them, one run's
+//! after the other's, on this thread: a message that touches the store (READY,
+//! STATUS) holds up the others for that long, never reorders them.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+
+use super::notify;
+
+/// The shortest time between two wake-ups of the notify thread.
+pub const BATCH: Duration = Duration::from_millis(50);
+/// Datagrams read from one socket per wake-up, at most (a socket holds 10 by
+/// default, `net.unix.max_dgram_qlen`; the rest wait for the next wake-up).
+const PER_SOCKET: usize = 32;
+
+/// Called on the notify thread for each datagram: the run, the sender's pid, the bytes.
+pub trait OnDatagram: Send + Sync + 'static {
+    fn on_datagram(&self, run_id: &str, pid: Option<i32>, datagram: &[u8]);
+}
+
+struct Socket {
+    run_id: Arc<str>,
+    sock: Arc<UnixDatagram>,
+}
+
+pub struct Hub {
+    epoll: Arc<OwnedFd>,
+    sockets: Arc<Mutex<HashMap<u64, Socket>>>,
+    next_key: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> std::io::Result<Hub> {
+        Ok(Hub {
+            epoll: Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?),
+            sockets: Arc::default(),
+            next_key: AtomicU64::new(1),
+        })
+    }
+
+    /// Starts the thread that reads the sockets and hands each datagram to `target`
+    /// (while `target` lives).
+    pub fn start<T: OnDatagram>(&self, target: std::sync::Weak<T>) {
+        let epoll = self.epoll.clone();
+        let sockets = self.sockets.clone();
+        std::thread::Builder::new()
+            .name("wfcg-notify".into())
+            .spawn(move || serve(&epoll, &sockets, &target))
+            .expect("spawning the notify thread");
+    }
+
+    /// Reads `sock` (non-blocking) for `run_id` from now on; the key to [`Hub::remove`] it.
+    pub fn add(&self, run_id: &str, sock: UnixDatagram) -> std::io::Result<u64> {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let sock = Arc::new(sock);
+        self.sockets.lock().insert(
+            key,
+            Socket {
+                run_id: run_id.into(),
+                sock: sock.clone(),
+            },
+        );
+        if let Err(e) = epoll::add(
+            &*self.epoll,
+            &*sock,
+            epoll::EventData::new_u64(key),
+            epoll::EventFlags::IN,
+        ) {
+            self.sockets.lock().remove(&key);
+            return Err(e.into());
+        }
+        Ok(key)
+    }
+
+    /// Stops reading a socket and closes it (once the thread lets go of it).
+    pub fn remove(&self, key: u64) {
+        if let Some(s) = self.sockets.lock().remove(&key) {
+            let _ = epoll::delete(&*self.epoll, &*s.sock);
+        }
+    }
+}
+
+fn serve<T: OnDatagram>(
+    epoll: &OwnedFd,
+    sockets: &Mutex<HashMap<u64, Socket>>,
+    target: &std::sync::Weak<T>,
+) {
+    let empty = epoll::Event {
+        flags: epoll::EventFlags::empty(),
+        data: epoll::EventData::new_u64(0),
+    };
+    let mut events = [empty; 256];
+    let mut buf = vec![0u8; notify::MAX_MESSAGE];
+    let mut woke: Option<Instant> = None;
+    loop {
+        // At most one wake-up per BATCH: what arrives meanwhile waits in the
+        // sockets and is read all at once.
+        if let Some(left) = woke.and_then(|t| BATCH.checked_sub(t.elapsed())) {
+            std::thread::sleep(left);
+        }
+        let n = match epoll::wait(epoll, &mut events[..], None) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!("notify: epoll_wait failed: {e}");
+                woke = Some(Instant::now());
+                continue;
+            }
+        };
+        woke = Some(Instant::now());
+        let Some(target) = target.upgrade() else {
+            return;
+        };
+        for ev in &events[..n] {
+            let key = ev.data.u64();
+            let Some((run_id, sock)) = sockets
+                .lock()
+                .get(&key)
+                .map(|s| (s.run_id.clone(), s.sock.clone()))
+            else {
+                continue;
+            };
+            for _ in 0..PER_SOCKET {
+                match notify::receive(&*sock, &mut buf) {
+                    Ok((len, pid)) => target.on_datagram(&run_id, pid, &buf[..len]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // Looked at again at the next wake-up, BATCH later: never a spin.
+                        tracing::warn!(run_id = &*run_id, "notify socket: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    type Got = (String, Option<i32>, Vec<u8>);
+    struct Collect(Mutex<mpsc::Sender<Got>>);
+
+    impl OnDatagram for Collect {
+        fn on_datagram(&self, run_id: &str, pid: Option<i32>, datagram: &[u8]) {
+            let _ = self
+                .0
+                .lock()
+                .send((run_id.to_owned(), pid, datagram.to_vec()));
+        }
+    }
+
+    #[test]
+    fn reads_every_socket_in_order_and_stops_reading_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let target = Arc::new(Collect(Mutex::new(tx)));
+        let hub = Hub::new().unwrap();
+        hub.start(Arc::downgrade(&target));
+        let path = |name: &str| dir.path().join(name);
+        let a = hub.add("a", notify::bind(&path("a")).unwrap()).unwrap();
+        hub.add("b", notify::bind(&path("b")).unwrap()).unwrap();
+        let to = UnixDatagram::unbound().unwrap();
+        // More than a socket holds (10: the sends wait for the hub to read), interleaved
+        // with another socket.
+        for i in 0..12 {
+            to.send_to(format!("STATUS={i}").as_bytes(), path("a"))
+                .unwrap();
+            if i % 4 == 0 {
+                to.send_to(b"WATCHDOG=1", path("b")).unwrap();
+            }
+        }
+        let mut got_a = Vec::new();
+        let mut got_b = 0;
+        while got_a.len() < 12 || got_b < 3 {
+            let (id, pid, data) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(pid, Some(std::process::id() as i32));
+            match id.as_str() {
+                "a" => got_a.push(String::from_utf8(data).unwrap()),
+                _ => got_b += 1,
+            }
+        }
+        let want: Vec<_> = (0..12).map(|i| format!("STATUS={i}")).collect();
+        assert_eq!(got_a, want, "one socket's datagrams in the order sent");
+        hub.remove(a);
+        // The socket is closed: nothing can be sent to it any more.
+        assert!(to.send_to(b"WATCHDOG=1", path("a")).is_err());
+        assert!(rx.recv_timeout(BATCH * 3).is_err());
+    }
+}
