@@ -9,6 +9,9 @@
 //! `WFCG_BENCH_STALL=2m` gives every run that stall timeout (each then has its
 //! cgroup sampled on the deadline queue every 30 s): compare the CPU with a run
 //! without it.
+//! `WFCG_BENCH_BASELINE=PATH` runs a second agent, the executable at PATH (an
+//! older build), with the same runs in the same window, and prints its CPU and
+//! RSS and the ratio: an A/B in the same conditions.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark prints its figures
 
@@ -110,6 +113,13 @@ fn main() {
     let stall = std::env::var("WFCG_BENCH_STALL").ok();
     let agent = TestAgent::start();
     let pid = agent.pid().expect("agent pid");
+    let baseline = std::env::var_os("WFCG_BENCH_BASELINE").map(|bin| {
+        let mut b = TestAgent::unstarted();
+        b.agent_bin = Some(bin.into());
+        b.spawn();
+        b
+    });
+    let agents: Vec<&TestAgent> = std::iter::once(&agent).chain(baseline.as_ref()).collect();
 
     // Baselines with no runs.
     let scrape_empty = scrape(&agent);
@@ -124,7 +134,7 @@ fn main() {
     eprintln!("starting {runs} idle runs ...");
     let t = Instant::now();
     let beat = format!("while :; do {WFCG} notify --heartbeat; sleep 1; done");
-    for i in 0..runs {
+    for (i, agent) in (0..runs).flat_map(|i| agents.iter().map(move |a| (i, a))) {
         let script = if i % 10 == 0 {
             beat.as_str()
         } else {
@@ -155,12 +165,18 @@ fn main() {
     eprintln!("started in {start_secs:.1} s; measuring {secs} s ...");
     std::thread::sleep(Duration::from_secs(3));
 
-    let c0 = cpu_seconds(pid);
-    let threads0 = thread_cpu(pid);
+    let pids: Vec<i32> = agents.iter().map(|a| a.pid().expect("agent pid")).collect();
+    let c0: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
+    let threads0: Vec<_> = pids.iter().map(|&p| thread_cpu(p)).collect();
     std::thread::sleep(Duration::from_secs(secs));
-    let cpu_pct = (cpu_seconds(pid) - c0) / secs as f64 * 100.0;
-    let threads1 = thread_cpu(pid);
-    let rss = rss_mib(pid);
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&c0)
+        .map(|(&p, c0)| (cpu_seconds(p) - c0) / secs as f64 * 100.0)
+        .collect();
+    let threads1: Vec<_> = pids.iter().map(|&p| thread_cpu(p)).collect();
+    let rss: Vec<f64> = pids.iter().map(|&p| rss_mib(p)).collect();
+    let (cpu_pct, rss_a) = (cpu[0], rss[0]);
     let scrape_full = scrape(&agent);
     let ps_full = ps_json(&agent);
     let list_full = get(&agent, "/v1/runs");
@@ -174,8 +190,16 @@ fn main() {
         "  agent CPU          {cpu_pct:>8.3} % of one core   (no runs: {idle_empty:.3} %)  target < 0.5 %"
     );
     println!(
-        "  agent RSS          {rss:>8.1} MiB                                   target < 30 MiB"
+        "  agent RSS          {rss_a:>8.1} MiB                                   target < 30 MiB"
     );
+    if let (Some(b_cpu), Some(b_rss)) = (cpu.get(1), rss.get(1)) {
+        println!(
+            "  baseline agent ({}, same runs, same window): CPU {b_cpu:.3} % of one core, RSS {b_rss:.1} MiB; this build / baseline: CPU {:.2}, RSS {:.2}",
+            std::env::var("WFCG_BENCH_BASELINE").unwrap_or_default(),
+            cpu_pct / b_cpu,
+            rss_a / b_rss
+        );
+    }
     println!(
         "  /metrics scrape    {scrape_full:>8.2} ms (no runs: {scrape_empty:.2} ms, ratio {:.1})  target < 20 ms",
         scrape_full / scrape_empty
@@ -185,18 +209,21 @@ fn main() {
         ps_full / ps_empty
     );
     println!("  GET /v1/runs        {list_full:>8.2} ms (the agent's part of ps --json)");
-    for (name, t1) in &threads1 {
-        let used = t1 - threads0.get(name).copied().unwrap_or(0.0);
-        if used > 0.0 {
-            println!(
-                "    thread {name:<20} {:>6.3} % of one core",
-                used / secs as f64 * 100.0
-            );
+    for (which, (t0, t1)) in threads0.iter().zip(&threads1).enumerate() {
+        let who = if which == 0 { "" } else { "baseline " };
+        for (name, t1) in t1 {
+            let used = t1 - t0.get(name).copied().unwrap_or(0.0);
+            if used > 0.0 {
+                println!(
+                    "    {who}thread {name:<20} {:>6.3} % of one core",
+                    used / secs as f64 * 100.0
+                );
+            }
         }
     }
     println!(
         "  starting the runs  {start_secs:>8.1} s ({:.1} ms each)",
-        start_secs * 1e3 / runs as f64
+        start_secs * 1e3 / (runs * agents.len()) as f64
     );
     // Dropping the agent kills every run under its cgroup root.
 }

@@ -374,11 +374,11 @@ pub fn pidfd_alive(pidfd: impl AsFd) -> bool {
     matches!(poll(&mut fds, Some(&zero)), Ok(0))
 }
 
-/// The id of the cgroup2 cgroup the process behind a pidfd is in: the inode
-/// number of that cgroup's directory (`ioctl(PIDFD_GET_INFO)`, Linux ≥ 6.13).
-/// Read through the pidfd, so it is that one process's, whatever becomes of its
-/// pid. An error on older kernels (ENOTTY, EINVAL) and for a process already
-/// reaped (ESRCH).
+/// The id of the cgroup2 cgroup the process behind a pidfd is in, or was in when
+/// it exited: the inode number of that cgroup's directory (`ioctl(PIDFD_GET_INFO)`,
+/// Linux ≥ 6.13; of a process already reaped, Linux ≥ 6.15). Read through the
+/// pidfd, so it is that one process's, whatever becomes of its pid. An error on
+/// older kernels (ENOTTY, EINVAL; ESRCH for a process reaped).
 pub fn pidfd_cgroup_id(pidfd: impl AsFd) -> io::Result<u64> {
     /// `struct pidfd_info` as Linux 6.13 first defined it (64 bytes); later
     /// kernels take this size and fill what it has room for.
@@ -389,11 +389,13 @@ pub fn pidfd_cgroup_id(pidfd: impl AsFd) -> io::Result<u64> {
         rest: [u32; 12],
     }
     const PIDFD_INFO_CGROUPID: u64 = 1 << 2;
+    // Also the exit information, which holds the cgroup id of a process reaped.
+    const PIDFD_INFO_EXIT: u64 = 1 << 3;
     // _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info)
     const PIDFD_GET_INFO: libc::c_ulong =
         (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
     let mut info = PidfdInfo {
-        mask: PIDFD_INFO_CGROUPID,
+        mask: PIDFD_INFO_CGROUPID | PIDFD_INFO_EXIT,
         cgroupid: 0,
         rest: [0; 12],
     };

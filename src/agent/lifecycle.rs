@@ -289,15 +289,12 @@ impl Agent {
         }
     }
 
-    /// One notify message for a run, as the notify hub received it. Dropped (and counted) when its sender is
-    /// provably outside the run's cgroup; a sender already gone is believed, since
-    /// the socket names the run.
-    pub(super) fn on_notify(&self, run_id: &str, pid: Option<i32>, msg: Message) {
+    /// One notify message for a run, as the notify hub received it. Dropped (and
+    /// counted) when its sender is provably outside the run's cgroup (sender.rs).
+    pub(super) fn on_notify(&self, run_id: &str, sender: notify::Sender, msg: Message) {
         let (inside, threshold) = match self.life.lives.lock().get_mut(run_id) {
             Some(live) => (
-                pid.and_then(|pid| {
-                    sender::inside(&live.cg, &mut live.cgroup_ids, &self.cfg.proc_root, pid)
-                }),
+                sender::inside(&live.cg, &mut live.cgroup_ids, &self.cfg.proc_root, &sender),
                 live.threshold,
             ),
             None => return,
@@ -306,7 +303,7 @@ impl Agent {
             self.metrics.notify(false);
             tracing::warn!(
                 run_id,
-                pid,
+                pid = sender.pid,
                 "notify message from a process outside the run dropped"
             );
             return;
@@ -536,7 +533,7 @@ impl Agent {
 }
 
 impl OnDatagram for Agent {
-    fn on_datagram(&self, run_id: &str, pid: Option<i32>, datagram: &[u8]) {
-        self.on_notify(run_id, pid, notify::parse(datagram));
+    fn on_datagram(&self, run_id: &str, sender: notify::Sender, datagram: &[u8]) {
+        self.on_notify(run_id, sender, notify::parse(datagram));
     }
 }

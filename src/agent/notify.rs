@@ -1,18 +1,14 @@
 //! sd_notify for runs: each run gets its own datagram socket (`NOTIFY_SOCKET`,
 //! in its run directory), so the socket a message arrives on already names the
 //! run, even when the sender (like `systemd-notify`) has exited by the time the
-//! agent looks at it. The sender's pid comes with every message
-//! (SO_PASSCRED → SCM_CREDENTIALS); the agent drops messages from processes
-//! provably outside the run's cgroup.
+//! agent looks at it. The sender's pid and a pidfd of it come with every
+//! message (SO_PASSCRED → SCM_CREDENTIALS, SO_PASSPIDFD → SCM_PIDFD); the agent
+//! drops messages from processes provably outside the run's cgroup (sender.rs).
 
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 /// The largest message read; longer ones are cut (sd_notify messages are short).
 pub const MAX_MESSAGE: usize = 1024;
@@ -59,8 +55,9 @@ pub fn parse(datagram: &[u8]) -> Message {
 }
 
 /// Binds a run's notify socket at `path` (replacing a stale one), with SO_PASSCRED
-/// set so every message carries its sender's credentials. Anyone may send:
-/// messages are judged by their sender's cgroup, not by file permissions.
+/// and SO_PASSPIDFD set so every message carries its sender's pid and, on Linux ≥
+/// 6.5, a pidfd of the sender (SCM_PIDFD). Anyone may send: messages are judged by
+/// their sender's cgroup, not by file permissions.
 pub fn bind(path: &Path) -> std::io::Result<UnixDatagram> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -69,31 +66,110 @@ pub fn bind(path: &Path) -> std::io::Result<UnixDatagram> {
     }
     let sock = UnixDatagram::bind(path)?;
     rustix::net::sockopt::set_socket_passcred(&sock, true)?;
+    // Older kernels have no SCM_PIDFD: the sender is then known by its pid only.
+    let _ = set_passpidfd(&sock);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     sock.set_nonblocking(true)?;
     Ok(sock)
 }
 
-/// Receives one datagram (`recvmsg(2)`, non-blocking): its bytes and the sender's
-/// pid from SCM_CREDENTIALS. The control buffer has room for credentials only:
-/// file descriptors a sender passes (`systemd-notify` sends BARRIER=1 with a pipe
-/// and waits for it to close) are discarded, and so closed, by the kernel.
-pub fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<i32>)> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut pid = None;
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmCredentials(cred) = m {
-            pid = Some(cred.pid.as_raw_nonzero().get());
+fn set_passpidfd(sock: &UnixDatagram) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a live c_int of the size given; the socket fd is borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSPIDFD,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Who sent a datagram, as the kernel says.
+#[derive(Debug, Default)]
+pub struct Sender {
+    /// Its pid (SCM_CREDENTIALS), in the agent's pid namespace.
+    pub pid: Option<i32>,
+    /// A pidfd of exactly that process (SCM_PIDFD, Linux ≥ 6.5), taken when it
+    /// sent: it names the sender even after it exited and its pid was reused.
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// `SCM_PIDFD` (linux/socket.h; not in the libc crate).
+const SCM_PIDFD: libc::c_int = 0x04;
+
+/// Receives one datagram (`recvmsg(2)`, non-blocking): its bytes and its sender.
+/// File descriptors a sender passes (`systemd-notify` sends BARRIER=1 with a pipe
+/// and waits for it to close) are closed at once, or by the kernel when more come
+/// than the control buffer holds.
+pub fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Sender)> {
+    // Room for the credentials, the pidfd and a few passed descriptors (u64s: aligned for cmsghdr).
+    let mut control = [0u64; 32];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all live and writable
+    // for the sizes given; the socket fd is borrowed for the call.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_fd().as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut sender = Sender::default();
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
+    // `msg_controllen` of `control` and return null at its end.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null cmsg from CMSG_FIRSTHDR/NXTHDR is a whole header in `control`,
+        // its data (cmsg_len bytes from the header) too; reads are unaligned-safe.
+        unsafe {
+            let header = std::ptr::read_unaligned(cmsg);
+            let data = libc::CMSG_DATA(cmsg);
+            let len =
+                (header.cmsg_len as usize).saturating_sub(data.offset_from(cmsg.cast()) as usize);
+            let ints = len / std::mem::size_of::<libc::c_int>();
+            let int = |i: usize| std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+            match (header.cmsg_level, header.cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                    if len >= std::mem::size_of::<libc::ucred>() =>
+                {
+                    let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                    sender.pid = Some(cred.pid).filter(|&p| p > 0);
+                }
+                // The kernel installed these descriptors for us: each is ours to close.
+                (libc::SOL_SOCKET, SCM_PIDFD) if ints >= 1 && int(0) >= 0 => {
+                    sender.pidfd = Some(OwnedFd::from_raw_fd(int(0)));
+                }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    for i in 0..ints {
+                        drop(OwnedFd::from_raw_fd(int(i)));
+                    }
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok((msg.bytes, pid))
+    Ok((n as usize, sender))
 }
 
 #[cfg(test)]
@@ -134,9 +210,14 @@ mod tests {
         let sock = bind(&path).unwrap();
         send(path.to_str().unwrap(), "READY=1").unwrap();
         let mut buf = [0u8; 256];
-        let (n, pid) = receive(&sock, &mut buf).unwrap();
+        let (n, sender) = receive(&sock, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
-        assert_eq!(pid, Some(std::process::id() as i32));
+        assert_eq!(sender.pid, Some(std::process::id() as i32));
+        let pidfd = sender.pidfd.expect("SCM_PIDFD (Linux >= 6.5)");
+        assert_eq!(
+            crate::procfs::pidfd_pid(&pidfd),
+            Some(std::process::id() as i32)
+        );
         // Binding again replaces the stale socket file.
         drop(sock);
         let sock = bind(&path).unwrap();

@@ -27,9 +27,9 @@ pub const BATCH: Duration = Duration::from_millis(50);
 /// default, `net.unix.max_dgram_qlen`; the rest wait for the next wake-up).
 const PER_SOCKET: usize = 32;
 
-/// Called on the notify thread for each datagram: the run, the sender's pid, the bytes.
+/// Called on the notify thread for each datagram: the run, its sender, the bytes.
 pub trait OnDatagram: Send + Sync + 'static {
-    fn on_datagram(&self, run_id: &str, pid: Option<i32>, datagram: &[u8]);
+    fn on_datagram(&self, run_id: &str, sender: notify::Sender, datagram: &[u8]);
 }
 
 struct Socket {
@@ -136,7 +136,7 @@ fn serve<T: OnDatagram>(
             };
             for _ in 0..PER_SOCKET {
                 match notify::receive(&*sock, &mut buf) {
-                    Ok((len, pid)) => target.on_datagram(&run_id, pid, &buf[..len]),
+                    Ok((len, sender)) => target.on_datagram(&run_id, sender, &buf[..len]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         // Looked at again at the next wake-up, BATCH later: never a spin.
@@ -158,11 +158,11 @@ mod tests {
     struct Collect(Mutex<mpsc::Sender<Got>>);
 
     impl OnDatagram for Collect {
-        fn on_datagram(&self, run_id: &str, pid: Option<i32>, datagram: &[u8]) {
+        fn on_datagram(&self, run_id: &str, sender: notify::Sender, datagram: &[u8]) {
             let _ = self
                 .0
                 .lock()
-                .send((run_id.to_owned(), pid, datagram.to_vec()));
+                .send((run_id.to_owned(), sender.pid, datagram.to_vec()));
         }
     }
 
@@ -202,5 +202,42 @@ mod tests {
         // The socket is closed: nothing can be sent to it any more.
         assert!(to.send_to(b"WATCHDOG=1", path("a")).is_err());
         assert!(rx.recv_timeout(BATCH * 3).is_err());
+    }
+
+    #[test]
+    fn more_sockets_ready_at_once_than_one_wait_returns_are_all_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let target = Arc::new(Collect(Mutex::new(tx)));
+        let hub = Hub::new().unwrap();
+        let n = 300; // more than the 256 events one epoll_wait returns
+        let paths: Vec<_> = (0..n).map(|i| dir.path().join(i.to_string())).collect();
+        for (i, path) in paths.iter().enumerate() {
+            hub.add(&i.to_string(), notify::bind(path).unwrap())
+                .unwrap();
+        }
+        // One sender each: unread datagrams count against their sender's buffer.
+        let senders: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                let to = UnixDatagram::unbound().unwrap();
+                to.send_to(b"WATCHDOG=1", path).unwrap();
+                to.send_to(b"STATUS=2", path).unwrap();
+                to
+            })
+            .collect();
+        // All of them are waiting before the thread starts.
+        hub.start(Arc::downgrade(&target));
+        let mut got: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        for _ in 0..2 * n {
+            let (id, _, data) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            got.entry(id).or_default().push(data);
+        }
+        assert_eq!(got.len(), n);
+        assert!(
+            got.values()
+                .all(|d| d == &[b"WATCHDOG=1".to_vec(), b"STATUS=2".to_vec()])
+        );
+        drop(senders);
     }
 }

@@ -1,26 +1,30 @@
 //! Whether a notify message comes from inside its run: the check every
-//! heartbeat pays, so it reads no procfs file on the way it usually goes.
+//! heartbeat pays, so on its usual way it reads no procfs file and names the
+//! sender exactly, even one that has exited since.
 //!
-//! The sender's pid (SCM_CREDENTIALS) is turned into a pidfd, and the pidfd into
-//! the id of the cgroup that process is in (`PIDFD_GET_INFO`, Linux ≥ 6.13): the
-//! answer is about that one process even if its pid is reused meanwhile. The id
-//! is compared with the ids of the run's cgroups (the inode numbers of their
-//! directories), learned once per run and looked up again only when an unknown
-//! id shows up (a leaf made since, or a sender outside the run).
+//! The kernel hands over a pidfd of the sender with each datagram (SCM_PIDFD,
+//! Linux ≥ 6.5), taken when it sent; `PIDFD_GET_INFO` (Linux ≥ 6.13) turns it
+//! into the id of the cgroup that process is in, or died in (Linux ≥ 6.15 keeps
+//! it after the process is reaped). That id is compared with the ids of the
+//! run's cgroups (the inode numbers of their directories), learned once per run
+//! and looked up again only when an unknown id shows up (a cgroup made below
+//! the run since, or a sender outside it).
 //!
 //! Why a known id is enough: a cgroup's id is never reused while the system
 //! runs, and a cgroup2 directory can only be renamed within its parent, so a
 //! cgroup once below the run stays below it. The run's cgroups are root's: a
-//! user cannot create one below them or move a process into or out of them
-//! (a move needs write access to `cgroup.procs` of the common ancestor).
+//! user can neither create one below them nor move a process into or out of
+//! them (a move needs write access to `cgroup.procs` of the common ancestor).
 //!
-//! On kernels without `PIDFD_GET_INFO`, or when no pidfd can be had, the
-//! check falls back to `/proc/<pid>/cgroup`, as before. A sender already gone
-//! is believed, as before: the socket names the run.
+//! Without a pidfd from the kernel, the pid is opened as a pidfd (its cgroup
+//! id then read the same way), and without `PIDFD_GET_INFO` the check reads
+//! `/proc/<pid>/cgroup`, as before. On those older kernels a sender already
+//! gone (reaped) is believed, as before: the socket names the run.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use super::notify::Sender;
 use crate::cgroup::Cgroup;
 use crate::procfs;
 
@@ -28,15 +32,27 @@ use crate::procfs;
 #[derive(Default, Clone)]
 pub struct RunCgroupIds(Arc<[u64]>);
 
-/// The verdict on one sender: inside, outside, or unknown (gone: believed).
-pub fn inside(cg: &Cgroup, known: &mut RunCgroupIds, proc_root: &Path, pid: i32) -> Option<bool> {
-    let by_procfs = || cg.contains_process(proc_root, pid);
-    let pidfd = match procfs::pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
-        Err(_) => return by_procfs(),
+/// The verdict on one sender: inside, outside, or unknown (`None`: believed).
+pub fn inside(
+    cg: &Cgroup,
+    known: &mut RunCgroupIds,
+    proc_root: &Path,
+    sender: &Sender,
+) -> Option<bool> {
+    let by_procfs = || {
+        sender
+            .pid
+            .and_then(|pid| cg.contains_process(proc_root, pid))
     };
-    let id = match procfs::pidfd_cgroup_id(&pidfd) {
+    let id = match &sender.pidfd {
+        Some(pidfd) => procfs::pidfd_cgroup_id(pidfd),
+        None => match sender.pid.map(procfs::pidfd_open) {
+            Some(Ok(pidfd)) => procfs::pidfd_cgroup_id(&pidfd),
+            Some(Err(e)) => Err(e),
+            None => return None,
+        },
+    };
+    let id = match id {
         Ok(id) => id,
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
         Err(_) => return by_procfs(),

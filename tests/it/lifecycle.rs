@@ -607,3 +607,136 @@ fn a_command_started_again_and_again_while_initializing_is_flagged_not_killed() 
     assert!(calm_st["loop_suspected"].is_null(), "{calm_st:#}");
     stays(&agent, &looping.id, "initializing", Duration::from_secs(1));
 }
+
+/// The sender check asks the kernel which cgroup a process is in through a pidfd
+/// (`PIDFD_GET_INFO`): the answer is the inode number of that cgroup's directory,
+/// which is what wfcg compares with the run's cgroups; a sibling whose name
+/// starts like the run's is another cgroup; a process reaped keeps the answer.
+#[test]
+fn the_kernel_names_a_processs_cgroup_by_the_inode_of_its_directory() {
+    require_privileges!();
+    use wfcg::cgroup::Cgroup;
+    let mount = wfcg::cgroup::cgroup2_mount().unwrap();
+    let name = marker("cgid");
+    let run = Cgroup::new(mount.join(&name));
+    let leaf = run.child("payload");
+    let sibling = Cgroup::new(mount.join(format!("{name}x")));
+    struct Remove(Vec<Cgroup>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for cg in &self.0 {
+                let _ = cg.kill();
+                let _ = cg.wait_unpopulated(Duration::from_secs(5));
+                let _ = cg.remove();
+            }
+        }
+    }
+    let _remove = Remove(vec![leaf.clone(), run.clone(), sibling.clone()]);
+    for cg in [&run, &leaf, &sibling] {
+        cg.create().unwrap();
+    }
+    let ids = run.subtree_ids().unwrap();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&leaf.id().unwrap()) && ids.contains(&run.id().unwrap()));
+    assert!(!ids.contains(&sibling.id().unwrap()));
+
+    let mut child = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let pidfd = wfcg::procfs::pidfd_open(pid).unwrap();
+    leaf.add_process(pid).unwrap();
+    match wfcg::procfs::pidfd_cgroup_id(&pidfd) {
+        Ok(id) => {
+            assert_eq!(
+                id,
+                leaf.id().unwrap(),
+                "the kernel's id is not the leaf's inode"
+            );
+            assert!(ids.contains(&id));
+            sibling.add_process(pid).unwrap();
+            let id = wfcg::procfs::pidfd_cgroup_id(&pidfd).unwrap();
+            assert_eq!(id, sibling.id().unwrap());
+            assert!(!ids.contains(&id));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // Reaped, it is still named by the cgroup it died in (Linux ≥ 6.15).
+            assert_eq!(
+                wfcg::procfs::pidfd_cgroup_id(&pidfd).unwrap(),
+                sibling.id().unwrap()
+            );
+        }
+        // Before Linux 6.13: wfcg reads /proc/<pid>/cgroup instead.
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)),
+                "PIDFD_GET_INFO failed: {e}"
+            );
+            eprintln!("this kernel has no PIDFD_GET_INFO ({e}): the procfs fallback is used");
+        }
+    }
+}
+
+/// Judged by the sender's own cgroup on every message: a process outside the
+/// run is refused on the run's socket even after the run's own messages were
+/// taken, and a process in a cgroup made below the run since then is taken.
+#[test]
+fn notify_senders_are_judged_one_by_one_by_their_cgroup() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(
+        &["--init-timeout", "1m"],
+        &format!("{WFCG} notify --status=inside; exec sleep 100"),
+    );
+    let status_text = || agent.status(&run.id)["status_text"].clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || status_text() == "inside"),
+        "{:#}",
+        agent.status(&run.id)
+    );
+    let socket = agent.sql(&format!(
+        "select notify_socket from runs where run_id = '{}'",
+        run.id
+    ));
+    assert!(!socket.is_empty());
+    // `sh` moves itself into `cg` (if any), then becomes the sender.
+    let send = |cg: Option<&Path>, text: &str| {
+        let join = cg
+            .map(|cg| format!("echo $$ > '{}/cgroup.procs' && ", cg.display()))
+            .unwrap_or_default();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{join}exec {WFCG} notify --status={text}"))
+            .env("NOTIFY_SOCKET", &socket)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let dropped = "notify message from a process outside the run dropped";
+    for attempt in 0..3 {
+        let before = agent.log().matches(dropped).count();
+        send(None, &format!("outside{attempt}"));
+        assert!(
+            wait_until(Duration::from_secs(10), || agent
+                .log()
+                .matches(dropped)
+                .count()
+                > before),
+            "not dropped; log:\n{}",
+            agent.log()
+        );
+        assert_eq!(status_text(), "inside");
+    }
+    let extra = agent.run_cgroup(&run.id).child("extra");
+    extra.create().unwrap();
+    send(Some(extra.path()), "extra");
+    assert!(
+        wait_until(Duration::from_secs(10), || status_text() == "extra"),
+        "a sender in a cgroup made below the run was refused: {:#}\nlog:\n{}",
+        agent.status(&run.id),
+        agent.log()
+    );
+}

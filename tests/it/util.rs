@@ -203,6 +203,8 @@ pub struct TestAgent {
     pub fd_limit: Option<u64>,
     /// More environment for the agent process (e.g. `SSL_CERT_FILE`).
     pub agent_env: Vec<(&'static str, PathBuf)>,
+    /// The agent's executable when not this build's (a benchmark's baseline).
+    pub agent_bin: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -227,14 +229,15 @@ impl TestAgent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
+        let bin = self.agent_bin.as_deref().unwrap_or(Path::new(WFCG));
         let mut cmd = match self.fd_limit {
             // As on a host whose service manager gives the agent this many files.
             Some(n) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(WFCG);
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
                 c
             }
-            None => Command::new(WFCG),
+            None => Command::new(bin),
         };
         let child = cmd
             .arg("agent")
@@ -783,6 +786,7 @@ impl TestAgent {
             dir,
             fd_limit: None,
             agent_env: Vec::new(),
+            agent_bin: None,
             child: None,
         }
     }
