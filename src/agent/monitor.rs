@@ -6,8 +6,9 @@
 //! agent restart re-arms them unchanged.
 //!
 //! A deadline moved later (every heartbeat moves one) only updates a map: the
-//! task is not woken. When its earlier timer fires, the task finds the deadline
-//! moved and sleeps until the new one instead.
+//! task is not woken. When its earlier timer fires, or up to a second before
+//! while the task is awake anyway, the task finds the deadline moved and sleeps
+//! until the new one instead.
 
 use parking_lot::Mutex;
 use std::cmp::Reverse;
@@ -41,6 +42,12 @@ impl Kind {
         Kind::Probe,
     ];
 }
+
+/// When the task wakes, it also re-arms the timers of deadlines moved later that
+/// would wake it within this much (heartbeats move one deadline per run, so a
+/// hundred heartbeating runs cost about one wake-up a second, not ten). Nothing
+/// fires early: a deadline fires once it has passed.
+const REARM_AHEAD: chrono::Duration = chrono::Duration::seconds(1);
 
 type Key = (String, Kind);
 /// The deadline in force for each run and kind.
@@ -130,11 +137,15 @@ async fn run(
             }
             () = sleep => {
                 let now = Utc::now();
-                while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                    let Some(Reverse((_, key))) = heap.pop() else { break };
+                let ahead = now + REARM_AHEAD;
+                let mut not_due = Vec::new();
+                while heap.peek().is_some_and(|Reverse((at, _))| *at <= ahead) {
+                    let Some(Reverse((timer, key))) = heap.pop() else { break };
                     let mut cur = current.lock();
                     match cur.get(&key).copied() {
                         None => {} // cleared
+                        // In force and not due yet (a timer up to REARM_AHEAD early).
+                        Some(at) if at > now && at == timer => not_due.push(Reverse((at, key))),
                         Some(at) if at > now => heap.push(Reverse((at, key))), // moved later
                         Some(_) => {
                             cur.remove(&key);
@@ -147,6 +158,7 @@ async fn run(
                         }
                     }
                 }
+                heap.extend(not_due);
                 // Timers of deadlines moved earlier or cleared are left behind:
                 // keep them from piling up, with one timer per deadline in force.
                 let cur = current.lock();
