@@ -60,6 +60,9 @@ struct Beat {
     usec: Option<i64>,
 }
 
+/// A message that changes a run's phase, waiting to be written.
+type Phase = (String, DateTime<Utc>, Message);
+
 /// Starts of command lines seen in an initializing run.
 #[derive(Default)]
 struct LoopTracker {
@@ -80,6 +83,10 @@ pub struct Lifecycle {
     monitor: OnceLock<Monitor>,
     /// The thread that reads every run's notify socket.
     hub: OnceLock<Hub>,
+    /// READY, STATUS, STOPPING and EXTEND_TIMEOUT_USEC, in the order received, to
+    /// the thread that writes them to the store (the notify thread never waits
+    /// on the store: a heartbeat is never held up behind a write).
+    phases: OnceLock<std::sync::mpsc::Sender<Phase>>,
     lives: Mutex<HashMap<String, Live>>,
     beats: Mutex<HashMap<String, Beat>>,
     loops: Mutex<HashMap<String, LoopTracker>>,
@@ -123,6 +130,19 @@ impl Agent {
             },
         );
         let _ = self.life.monitor.set(monitor);
+        let (tx, rx) = std::sync::mpsc::channel::<Phase>();
+        let _ = self.life.phases.set(tx);
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("wfcg-notify-phase".into())
+            .spawn(move || {
+                // Ends with the agent, whose sender it is.
+                while let Ok((run_id, at, msg)) = rx.recv() {
+                    let Some(agent) = weak.upgrade() else { return };
+                    agent.on_phase_message(&run_id, at, &msg);
+                }
+            })
+            .expect("spawning the notify phase thread");
         match Hub::new() {
             Ok(hub) => {
                 hub.start(Arc::downgrade(self));
@@ -322,8 +342,10 @@ impl Agent {
         if msg.output {
             self.saw_output(run_id);
         }
-        if msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some() {
-            self.on_phase_message(run_id, now_t, &msg);
+        if (msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some())
+            && let Some(tx) = self.life.phases.get()
+        {
+            let _ = tx.send((run_id.to_owned(), now_t, msg));
         }
     }
 

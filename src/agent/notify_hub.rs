@@ -5,9 +5,9 @@
 //! socket meanwhile. The price: a message waits up to [`BATCH`] before it is
 //! handled (sd_notify is asynchronous; deadlines are seconds).
 //!
-//! Messages are handed over in the order each socket received them, one run's
-//! after the other's, on this thread: a message that touches the store (READY,
-//! STATUS) holds up the others for that long, never reorders them.
+//! Messages are handed over on this thread in the order each socket received
+//! them; the handler must not block (the agent passes what it writes to the
+//! store, READY or STATUS, on to another thread).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
