@@ -100,18 +100,31 @@ pub struct Sender {
     /// A pidfd of exactly that process (SCM_PIDFD, Linux ≥ 6.5), taken when it
     /// sent: it names the sender even after it exited and its pid was reused.
     pub pidfd: Option<OwnedFd>,
+    /// Descriptors it passed (SCM_RIGHTS), at most two: see [`receive`].
+    pub passed: Vec<OwnedFd>,
 }
 
 /// `SCM_PIDFD` (linux/socket.h; not in the libc crate).
 const SCM_PIDFD: libc::c_int = 0x04;
 
 /// Receives one datagram (`recvmsg(2)`, non-blocking): its bytes and its sender.
-/// File descriptors a sender passes (`systemd-notify` sends BARRIER=1 with a pipe
-/// and waits for it to close) are closed at once, or by the kernel when more come
-/// than the control buffer holds.
-pub fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Sender)> {
-    // Room for the credentials, the pidfd and a few passed descriptors (u64s: aligned for cmsghdr).
-    let mut control = [0u64; 32];
+///
+/// Descriptors a sender passes (`systemd-notify` sends BARRIER=1 with a pipe and
+/// waits for it to close) come before the pidfd, in the room left after the
+/// credentials. With `with_pidfd` false that room is not offered: the kernel
+/// discards the descriptors itself (and the pidfd). With it true, up to two of
+/// them are installed in the agent (the pidfd is then missing) and returned in
+/// [`Sender::passed`]: closing one may block (a file on a FUSE mount whose daemon
+/// never answers the flush), so they must be closed where that cannot stall the
+/// agent.
+pub fn receive(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    with_pidfd: bool,
+) -> std::io::Result<(usize, Sender)> {
+    // The credentials (28 bytes, 32 with padding), then one int (24 with its
+    // header): u64s, aligned for cmsghdr.
+    let mut control = [0u64; 7];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -121,7 +134,7 @@ pub fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Sende
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    msg.msg_controllen = if with_pidfd { 56 } else { 32 };
     // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all live and writable
     // for the sizes given; the socket fd is borrowed for the call.
     let n = unsafe {
@@ -161,7 +174,7 @@ pub fn receive(sock: impl AsFd, buf: &mut [u8]) -> std::io::Result<(usize, Sende
                 }
                 (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
                     for i in 0..ints {
-                        drop(OwnedFd::from_raw_fd(int(i)));
+                        sender.passed.push(OwnedFd::from_raw_fd(int(i)));
                     }
                 }
                 _ => {}
@@ -203,6 +216,49 @@ mod tests {
         );
     }
 
+    /// A passed pipe (systemd-notify's barrier) comes back to be closed, or is
+    /// closed by the kernel when no room is offered; the pid comes either way.
+    #[test]
+    fn passed_descriptors_are_returned_or_discarded_by_the_kernel() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = bind(&path).unwrap();
+        let to = UnixDatagram::unbound().unwrap();
+        let me = Some(std::process::id() as i32);
+        let mut buf = [0u8; 256];
+        for with_pidfd in [true, false] {
+            let (mut read_end, write_end) = std::io::pipe().unwrap();
+            let fds = [std::os::fd::AsFd::as_fd(&write_end)];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+            assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+            let addr = rustix::net::SocketAddrUnix::new(&path).unwrap();
+            rustix::net::sendmsg_addr(
+                &to,
+                &addr,
+                &[std::io::IoSlice::new(b"BARRIER=1")],
+                &mut control,
+                rustix::net::SendFlags::empty(),
+            )
+            .unwrap();
+            drop(write_end);
+            let (n, sender) = receive(&sock, &mut buf, with_pidfd).unwrap();
+            assert_eq!(&buf[..n], b"BARRIER=1");
+            assert_eq!(sender.pid, me);
+            assert_eq!(sender.passed.len(), usize::from(with_pidfd));
+            assert!(sender.pidfd.is_none(), "no room was left for the pidfd");
+            drop(sender);
+            // Every copy of the write end is closed: the reader sees the end.
+            rustix::fs::fcntl_setfl(&read_end, rustix::fs::OFlags::NONBLOCK).unwrap();
+            assert_eq!(
+                read_end.read(&mut buf).map_err(|e| e.kind()),
+                Ok(0),
+                "a copy of the passed pipe is still open (with_pidfd {with_pidfd})"
+            );
+        }
+    }
+
     #[test]
     fn a_message_arrives_with_the_senders_pid() {
         let dir = tempfile::tempdir().unwrap();
@@ -210,7 +266,7 @@ mod tests {
         let sock = bind(&path).unwrap();
         send(path.to_str().unwrap(), "READY=1").unwrap();
         let mut buf = [0u8; 256];
-        let (n, sender) = receive(&sock, &mut buf).unwrap();
+        let (n, sender) = receive(&sock, &mut buf, true).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
         assert_eq!(sender.pid, Some(std::process::id() as i32));
         let pidfd = sender.pidfd.expect("SCM_PIDFD (Linux >= 6.5)");
@@ -222,6 +278,6 @@ mod tests {
         drop(sock);
         let sock = bind(&path).unwrap();
         send(path.to_str().unwrap(), "WATCHDOG=1").unwrap();
-        assert!(receive(&sock, &mut buf).is_ok());
+        assert!(receive(&sock, &mut buf, true).is_ok());
     }
 }

@@ -26,6 +26,11 @@ pub const BATCH: Duration = Duration::from_millis(50);
 /// Datagrams read from one socket per wake-up, at most (a socket holds 10 by
 /// default, `net.unix.max_dgram_qlen`; the rest wait for the next wake-up).
 const PER_SOCKET: usize = 32;
+/// Descriptors passed by senders and not closed yet, at most: beyond that, the
+/// closing thread is taken as stuck (a flush that never returns) and datagrams
+/// are read without room for passed descriptors, so the kernel discards them
+/// (and the sender's pidfd: senders are then judged by pid, see sender.rs).
+const MAX_UNCLOSED: usize = 16;
 
 /// Called on the notify thread for each datagram: the run, its sender, the bytes.
 pub trait OnDatagram: Send + Sync + 'static {
@@ -94,11 +99,49 @@ impl Hub {
     }
 }
 
+/// Closes what senders passed, off the notify thread: closing a descriptor may
+/// block (the flush of a file on a FUSE mount whose daemon never answers).
+struct Closer {
+    tx: std::sync::mpsc::Sender<OwnedFd>,
+    unclosed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Closer {
+    fn start() -> Closer {
+        let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
+        let unclosed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = unclosed.clone();
+        std::thread::Builder::new()
+            .name("wfcg-notify-close".into())
+            .spawn(move || {
+                for fd in rx {
+                    drop(fd);
+                    count.fetch_sub(1, Ordering::Relaxed);
+                }
+            })
+            .expect("spawning the notify closer thread");
+        Closer { tx, unclosed }
+    }
+
+    fn close(&self, fds: Vec<OwnedFd>) {
+        for fd in fds {
+            self.unclosed.fetch_add(1, Ordering::Relaxed);
+            let _ = self.tx.send(fd);
+        }
+    }
+
+    /// Whether a datagram may be read with room for passed descriptors.
+    fn keeping_up(&self) -> bool {
+        self.unclosed.load(Ordering::Relaxed) < MAX_UNCLOSED
+    }
+}
+
 fn serve<T: OnDatagram>(
     epoll: &OwnedFd,
     sockets: &Mutex<HashMap<u64, Socket>>,
     target: &std::sync::Weak<T>,
 ) {
+    let closer = Closer::start();
     let empty = epoll::Event {
         flags: epoll::EventFlags::empty(),
         data: epoll::EventData::new_u64(0),
@@ -135,8 +178,11 @@ fn serve<T: OnDatagram>(
                 continue;
             };
             for _ in 0..PER_SOCKET {
-                match notify::receive(&*sock, &mut buf) {
-                    Ok((len, sender)) => target.on_datagram(&run_id, sender, &buf[..len]),
+                match notify::receive(&*sock, &mut buf, closer.keeping_up()) {
+                    Ok((len, mut sender)) => {
+                        closer.close(std::mem::take(&mut sender.passed));
+                        target.on_datagram(&run_id, sender, &buf[..len]);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         // Looked at again at the next wake-up, BATCH later: never a spin.

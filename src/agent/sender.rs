@@ -16,10 +16,11 @@
 //! user can neither create one below them nor move a process into or out of
 //! them (a move needs write access to `cgroup.procs` of the common ancestor).
 //!
-//! Without a pidfd from the kernel, the pid is opened as a pidfd (its cgroup
-//! id then read the same way), and without `PIDFD_GET_INFO` the check reads
-//! `/proc/<pid>/cgroup`, as before. On those older kernels a sender already
-//! gone (reaped) is believed, as before: the socket names the run.
+//! Without a pidfd from the kernel (older kernels, or a datagram that passed
+//! descriptors, which take the pidfd's room: see `notify::receive`), the pid is
+//! opened as a pidfd (its cgroup id then read the same way), and without
+//! `PIDFD_GET_INFO` the check reads `/proc/<pid>/cgroup`, as before. Then a
+//! sender already gone (reaped) is believed, as before: the socket names the run.
 
 use std::path::Path;
 use std::sync::Arc;
