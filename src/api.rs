@@ -150,6 +150,14 @@ pub struct CreateRun {
     /// `port:N`) in place of the template's `[run] ready`.
     #[serde(default)]
     pub ready_when: Option<Vec<String>>,
+    /// The caller will start its command straight into the run's payload
+    /// (`clone3(CLONE_INTO_CGROUP)`): place it in the supervisor leaf at once.
+    /// Honoured for a root caller in the agent's cgroup and mount namespaces
+    /// only (the kernel checks the caller's own write access to the payload's
+    /// and the run's `cgroup.procs`); anyone else is placed in the payload, as
+    /// without it. See [`RunStarted::spawn_into`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spawn_into_payload: bool,
 }
 
 /// What the supervisor watches in its command's output and workspace, and tells
@@ -180,7 +188,8 @@ impl Watch {
 /// The notify line a run's supervisor sends when its command wrote output.
 pub const OUTPUT_NOTIFY: &str = "X_WFCG_OUTPUT=1";
 
-/// The answer to [`CreateRun`]: the caller is now inside the run's cgroup.
+/// The answer to [`CreateRun`]: the caller is now inside the run's cgroup (its
+/// payload, or its supervisor leaf: see [`RunStarted::spawn_into`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunStarted {
     pub run_id: String,
@@ -200,6 +209,13 @@ pub struct RunStarted {
     /// What the supervisor watches for the agent.
     #[serde(default)]
     pub watch: Watch,
+    /// Set when the caller was placed in the run's supervisor leaf (it asked
+    /// with [`CreateRun::spawn_into_payload`] and may): the payload cgroup its
+    /// command must be started in with `clone3(CLONE_INTO_CGROUP)`. Absent, the
+    /// caller is in the payload: it forks its command there, then moves itself
+    /// to the supervisor leaf (`POST /v1/runs/{id}/supervisor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn_into: Option<String>,
 }
 
 /// A workflow's circuit breaker (`GET /v1/breakers`).

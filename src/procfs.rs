@@ -56,6 +56,22 @@ pub fn starttime(proc_root: &Path, pid: i32) -> Option<u64> {
     parse_stat_starttime(&text)
 }
 
+/// Whether process `pid` is in the same namespaces of each of `kinds` (names
+/// under `/proc/<pid>/ns`: `cgroup`, `mnt`, …) as the process reading: the
+/// device and inode of each `ns` link compared. `false` when one cannot be read.
+pub fn shares_namespaces(proc_root: &Path, pid: i32, kinds: &[&str]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |who: &str, kind: &str| {
+        std::fs::metadata(proc_root.join(who).join("ns").join(kind))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    kinds.iter().all(|kind| {
+        let theirs = id(&pid.to_string(), kind);
+        theirs.is_some() && theirs == id("self", kind)
+    })
+}
+
 /// Field `n` (counted from 1, as in proc(5)) of a `/proc/<pid>/stat` line, from
 /// field 3 on. The command (field 2) may hold spaces and parentheses, so fields
 /// are counted from its last `)`.
@@ -486,6 +502,26 @@ pub fn holds_socket(proc_root: &Path, pid: i32, inodes: &[u64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_shares_its_own_namespaces_and_a_missing_one_shares_none() {
+        let me = std::process::id() as i32;
+        assert!(shares_namespaces(
+            Path::new("/proc"),
+            me,
+            &["cgroup", "mnt"]
+        ));
+        assert!(!shares_namespaces(
+            Path::new("/proc"),
+            i32::MAX,
+            &["cgroup"]
+        ));
+        assert!(!shares_namespaces(
+            Path::new("/proc"),
+            me,
+            &["no-such-kind"]
+        ));
+    }
 
     #[test]
     fn starttime_is_field_22_even_with_odd_command_names() {

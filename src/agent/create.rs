@@ -215,16 +215,20 @@ impl Agent {
         // alive before and after the write, so the pid named it at the write. If it
         // died in between, whatever the pid named then is put back where the caller
         // was, never killed (it may be any process that got the recycled pid).
+        // A caller that starts its command into the payload itself goes straight to
+        // the supervisor leaf: one move, and no second request to leave the payload.
+        let direct = req.spawn_into_payload && self.may_spawn_into_payload(caller);
+        let home = layout::first_home(&cg, direct);
         if !procfs::pidfd_alive(&*pidfd) {
             return Err(undo(gone().message));
         }
-        if let Err(e) = layout::first_home(&cg).add_process(caller.pid) {
+        if let Err(e) = home.add_process(caller.pid) {
             return Err(undo(e.to_string()));
         }
         if !procfs::pidfd_alive(&*pidfd) {
             if let (Ok(mount), Some(origin)) = (cgroup::cgroup2_mount(), &origin) {
                 let back = Cgroup::new(mount.join(origin.trim_start_matches('/')));
-                for pid in layout::first_home(&cg).procs().unwrap_or_default() {
+                for pid in home.procs().unwrap_or_default() {
                     tracing::warn!(
                         run_id,
                         pid,
@@ -288,7 +292,21 @@ impl Agent {
             template: template_name,
             warnings,
             watch: progress::watch_for(&template, req.detach),
+            spawn_into: direct.then(|| layout::payload(&cg).path().display().to_string()),
         })
+    }
+
+    /// Whether the caller may start its command into the payload itself with
+    /// `clone3(CLONE_INTO_CGROUP)`: the kernel lets only a caller that may write
+    /// the payload's `cgroup.procs` and the run's (their common ancestor with
+    /// the supervisor leaf) do it, which is root (the files stay root's: handing
+    /// them to a user would let the run move its processes out of the payload).
+    /// The caller must see the run's cgroups as the agent does: the same cgroup
+    /// namespace (else the kernel refuses) and mount namespace (the path in the
+    /// answer names the same directory).
+    fn may_spawn_into_payload(&self, caller: &Caller) -> bool {
+        caller.is_root()
+            && procfs::shares_namespaces(&self.cfg.proc_root, caller.pid, &["cgroup", "mnt"])
     }
 
     /// A user (never root) may have so many live runs and start so many a minute

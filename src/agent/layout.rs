@@ -48,10 +48,16 @@ pub fn create_leaves(run: &Cgroup) -> crate::cgroup::Result<()> {
 }
 
 /// Where a new run's caller is moved at first: the payload, so that the command
-/// it forks is in the payload from its first instruction. The caller moves
-/// itself to [`supervisor`] afterwards (`POST /v1/runs/{id}/supervisor`).
-pub fn first_home(run: &Cgroup) -> Cgroup {
-    payload(run)
+/// it forks is in the payload from its first instruction (the caller moves
+/// itself to [`supervisor`] afterwards, `POST /v1/runs/{id}/supervisor`); or,
+/// when it starts its command straight into the payload (`direct`, with
+/// `clone3(CLONE_INTO_CGROUP)`), the supervisor leaf at once.
+pub fn first_home(run: &Cgroup, direct: bool) -> Cgroup {
+    if direct {
+        run.child(SUPERVISOR)
+    } else {
+        payload(run)
+    }
 }
 
 #[cfg(test)]

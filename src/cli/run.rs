@@ -124,6 +124,8 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             Some(args.ready_when.clone())
         },
         workspace: None,
+        // Asked for by the supervisor when it can (crate::run).
+        spawn_into_payload: false,
     };
     crate::run::run(
         &addr,

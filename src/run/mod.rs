@@ -8,6 +8,7 @@
 //! parent prints the run id as soon as the run exists.
 
 mod signals;
+mod spawn;
 mod watch;
 
 use std::io::{Read, Write};
@@ -71,6 +72,9 @@ pub fn run(addr: &AgentAddr, mut opts: Options) -> Result<i32, Failure> {
             ws.display()
         )));
     }
+    // Root may start its command straight into the run's payload (clone3
+    // CLONE_INTO_CGROUP): one move and one request less (see spawn.rs).
+    opts.request.spawn_into_payload = rustix::process::geteuid().is_root();
     opts.request.workspace = opts.workspace.as_ref().map(|w| {
         std::path::absolute(w)
             .unwrap_or(w.clone())
@@ -284,8 +288,11 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     }
     // SAFETY: clear_mask only calls sigprocmask(2), which is async-signal-safe.
     unsafe { cmd.pre_exec(signals::clear_mask) };
-    let mut watcher = watch::Watcher::prepare(&started, &mut cmd);
-    let (code, report) = match cmd.spawn() {
+    let spawned = watch::Watcher::prepare(&started, &mut cmd).and_then(|watcher| {
+        let child = start_command(&client, &started, cmd, opts.quiet)?;
+        Ok((child, watcher))
+    });
+    let (code, report, watcher) = match spawned {
         Err(e) => {
             crate::output::errln!("wfcg: cannot run {:?}: {e}", command[0]);
             let code = if e.kind() == std::io::ErrorKind::NotFound {
@@ -299,12 +306,12 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
                     exit_code: Some(code),
                     signal: None,
                 },
+                None,
             )
         }
-        Ok(mut child) => {
-            watcher.start(&mut child, opts.workspace.as_deref());
-            leave_payload(&client, &started, opts.quiet);
-            let pid = rustix::process::Pid::from_child(&child);
+        Ok((mut child, mut watcher)) => {
+            watcher.start(opts.workspace.as_deref());
+            let pid = child.pid();
             let status = loop {
                 if let Ok(Some(status)) = child.try_wait() {
                     break status;
@@ -319,7 +326,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
                     let _ = rustix::process::kill_process(pid, s);
                 }
             };
-            match (status.code(), status.signal()) {
+            let (code, report) = match (status.code(), status.signal()) {
                 (Some(c), _) => (
                     c,
                     ExitReport {
@@ -335,11 +342,14 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
                     },
                 ),
                 _ => (exit::FAILED, ExitReport::default()),
-            }
+            };
+            (code, report, Some(watcher))
         }
     };
     record_exit(&client, &started, &report);
-    watcher.finish();
+    if let Some(watcher) = watcher {
+        watcher.finish();
+    }
     // A killed run says why; one the monitor stopped exits like coreutils' timeout.
     match stopped(&started) {
         Some(Stopped::TimedOut(why)) => {
@@ -351,6 +361,41 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
             Ok(code)
         }
         None => Ok(code),
+    }
+}
+
+/// Starts the command in the run's payload: cloned straight into it when the
+/// agent placed this process in the supervisor leaf already; else forked here,
+/// in the payload, after which this process leaves for the supervisor leaf.
+/// `cmd` (holding the write ends of the watched pipes) is dropped on return.
+fn start_command(
+    client: &Client,
+    started: &RunStarted,
+    mut cmd: Command,
+    quiet: bool,
+) -> std::io::Result<spawn::Process> {
+    let Some(payload) = &started.spawn_into else {
+        let child = cmd.spawn()?;
+        leave_payload(client, started, quiet);
+        return Ok(spawn::Process::Forked(child));
+    };
+    let payload = Path::new(payload);
+    match spawn::clone_into(&mut cmd, payload) {
+        spawn::Cloned::Started(child) => Ok(child),
+        spawn::Cloned::ExecFailed(e) => Err(e),
+        // E.g. a seccomp filter that refuses clone3 (as container runtimes' may):
+        // the way without it, from the payload, which root may enter by itself.
+        spawn::Cloned::Refused(clone_err) => {
+            spawn::enter(payload).map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start it in the run's payload {}: clone3: {clone_err}; moving there: {e}",
+                    payload.display()
+                ))
+            })?;
+            let child = cmd.spawn()?;
+            leave_payload(client, started, quiet);
+            Ok(spawn::Process::Forked(child))
+        }
     }
 }
 

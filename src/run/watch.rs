@@ -7,8 +7,9 @@
 //! the command's working directory).
 
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -88,20 +89,36 @@ pub struct Watcher {
     shared: Arc<Shared>,
     done: Option<mpsc::Receiver<()>>,
     copies: usize,
+    /// The read ends of the command's stdout and stderr pipes, when watched.
+    pipes: Vec<(OwnedFd, Sink)>,
+}
+
+/// Where the command's output goes on from its pipe.
+#[derive(Clone, Copy)]
+enum Sink {
+    Stdout,
+    Stderr,
 }
 
 impl Watcher {
     /// Makes the command's stdout and stderr pipes when its output is watched.
-    pub fn prepare(started: &RunStarted, cmd: &mut Command) -> Watcher {
+    /// The command holds their write ends: drop it once it is started, so that
+    /// the copies see the end of its output.
+    pub fn prepare(started: &RunStarted, cmd: &mut Command) -> std::io::Result<Watcher> {
         let watch = started.watch.clone();
+        let mut pipes = Vec::new();
         if watch.needs_output() {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+            pipes = vec![(out_r, Sink::Stdout), (err_r, Sink::Stderr)];
         }
         let pattern = watch
             .ready_on_log
             .as_deref()
             .and_then(|p| regex::Regex::new(p).ok());
-        Watcher {
+        Ok(Watcher {
             shared: Arc::new(Shared {
                 watch,
                 notify: started.notify_socket.clone(),
@@ -112,20 +129,21 @@ impl Watcher {
             }),
             done: None,
             copies: 0,
-        }
+            pipes,
+        })
     }
 
     /// Starts copying the command's output and looking for the ready file
     /// (relative to `cwd`, the command's working directory).
-    pub fn start(&mut self, child: &mut Child, cwd: Option<&Path>) {
+    pub fn start(&mut self, cwd: Option<&Path>) {
         let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
+        for (pipe, sink) in std::mem::take(&mut self.pipes) {
             self.copies += 1;
-            self.copy(out, std::io::stdout(), tx.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            self.copies += 1;
-            self.copy(err, std::io::stderr(), tx.clone());
+            let from = std::fs::File::from(pipe);
+            match sink {
+                Sink::Stdout => self.copy(from, std::io::stdout(), tx.clone()),
+                Sink::Stderr => self.copy(from, std::io::stderr(), tx.clone()),
+            }
         }
         self.done = Some(rx);
         if let Some(file) = self.shared.watch.ready_on_file.clone() {

@@ -168,3 +168,184 @@ fn a_signal_relayed_to_the_command_gives_128_plus_n() {
     assert_eq!(status.code(), Some(128 + 1), "{err}");
     assert!(!err.contains("killed by"), "{err}");
 }
+
+/// The `0::` line of a `/proc/<pid>/cgroup` dump: the cgroup v2 path.
+fn v2_lines(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .collect()
+}
+
+/// A command that prints where it is and where its parent (the supervisor) is,
+/// as its first instructions.
+const WHERE_AM_I: &str = "cat /proc/self/cgroup; cat /proc/$PPID/cgroup";
+
+/// Root's `wfcg run` starts its command straight into the payload
+/// (clone3 CLONE_INTO_CGROUP) from the supervisor leaf, where the agent put it
+/// at once: the supervisor is in its leaf before the command's first
+/// instruction (it used to fork the command in the payload and leave after).
+#[test]
+fn a_root_runs_supervisor_is_in_its_leaf_before_its_command_starts() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    for i in 0..3 {
+        let id = format!("direct-{i}-{}", std::process::id());
+        let out = agent
+            .marked(&marker("direct"))
+            .args(["run", "-q", "--run-id", &id, "--", "sh", "-c", WHERE_AM_I])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let lines = v2_lines(&out.stdout);
+        assert_eq!(lines.len(), 2, "{out:?}");
+        assert!(
+            lines[0].ends_with(&format!("/runs/{id}/payload")),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].ends_with(&format!("/runs/{id}/supervisor")),
+            "the supervisor was not in its leaf yet: {lines:?}"
+        );
+    }
+}
+
+/// Installs a seccomp filter that makes clone3(2) fail with ENOSYS, as
+/// container runtimes' default profiles do (glibc and std fall back to clone).
+fn refuse_clone3() -> std::io::Result<()> {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let filter = [
+        stmt(load, 4), // seccomp_data.arch
+        jeq(AUDIT_ARCH_X86_64, 0, 3),
+        stmt(load, 0), // seccomp_data.nr
+        jeq(libc::SYS_clone3 as u32, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with a valid sock_fprog that outlives the call; the
+    // kernel copies the filter.
+    let ok = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A root caller whose seccomp filter refuses clone3 still gets its command
+/// into the payload (the supervisor enters it, forks, and leaves through the
+/// agent), and its supervisor ends in its leaf.
+#[test]
+fn a_root_caller_that_cannot_clone3_still_starts_its_command_in_the_payload() {
+    use std::os::unix::process::CommandExt;
+    require_privileges!();
+    let agent = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("noclone3-{}", std::process::id());
+    let mut cmd = agent.marked(&marker("noclone3"));
+    cmd.args(["run", "-q", "--run-id", &id, "--init-timeout", "0", "--"])
+        .args(["sh", "-c", "cat /proc/self/cgroup; exec sleep 1000"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap());
+    // SAFETY: refuse_clone3 only calls prctl(2), async-signal-safe.
+    unsafe { cmd.pre_exec(refuse_clone3) };
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    wait_split(&agent, &id, child.id(), 1);
+    let out = std::fs::read(dir.path().join("stdout")).unwrap();
+    let lines = v2_lines(&out);
+    assert!(
+        lines.len() == 1 && lines[0].ends_with(&format!("/runs/{id}/payload")),
+        "{lines:?}; stderr: {}",
+        stderr(&dir)
+    );
+    agent.kill_ok(&id, &["--force"]);
+    let status = child.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(137), "stderr: {}", stderr(&dir));
+}
+
+/// A root caller in a cgroup namespace of its own cannot reach the run's
+/// cgroups with clone3 (the kernel refuses what its namespace does not
+/// contain): the agent places it in the payload, as any caller's, and the run
+/// works as it always did.
+#[test]
+fn a_root_caller_in_another_cgroup_namespace_gets_the_usual_start() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let id = format!("cgns-{}", std::process::id());
+    let out = std::process::Command::new("unshare")
+        .args(["--cgroup", "--", crate::util::WFCG])
+        .args(["run", "-q", "--run-id", &id, "--", "sh", "-c", WHERE_AM_I])
+        .envs(agent.env())
+        .env(crate::util::TEST_MARK, marker("cgns"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = v2_lines(&out.stdout);
+    assert!(
+        lines.len() == 2 && lines[0].ends_with(&format!("/runs/{id}/payload")),
+        "{out:?}"
+    );
+}
+
+/// A user's `wfcg run` keeps the way that needs no cgroup file of the user's:
+/// placed in the payload, it forks its command there and then enters its
+/// supervisor leaf through the agent.
+#[test]
+fn a_users_run_forks_its_command_in_the_payload_and_then_enters_its_leaf() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let user = crate::util::TestUser::get();
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("user-split-{}", std::process::id());
+    let mut child = KillOnDrop(
+        agent
+            .wfcg_as(&user)
+            .env(crate::util::TEST_MARK, marker("user-split"))
+            .current_dir("/")
+            .args(["run", "-q", "--run-id", &id, "--", "sleep", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = wait_until(Duration::from_secs(20), || {
+        agent.run_cgroup(&id).exists() || child.0.try_wait().ok().flatten().is_some()
+    });
+    assert!(
+        started && agent.run_cgroup(&id).exists(),
+        "{}",
+        stderr(&dir)
+    );
+    wait_split(&agent, &id, child.id(), 1);
+    agent.kill_ok(&id, &["--force"]);
+    let status = child.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(137), "{}", stderr(&dir));
+}

@@ -1,0 +1,183 @@
+//! Starting the run's command. Two ways, both leaving it in the run's payload
+//! from its first instruction:
+//!
+//! - forked where the supervisor is (the payload, which the supervisor leaves
+//!   afterwards through the agent): the way for everyone;
+//! - cloned straight into the payload with `clone3(CLONE_INTO_CGROUP)` when the
+//!   agent placed the supervisor in its own leaf already (a root caller): no
+//!   process changes cgroup after the first move, and no request to leave the
+//!   payload is made. The kernel checks the caller's own right to write the
+//!   payload's `cgroup.procs` and the run's, which only root has.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus};
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7). Not libc's: that one is 0 on x86_64 glibc
+/// (an overflowed constant).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// The command's process, however it was started.
+pub enum Process {
+    Forked(Child),
+    Cloned(rustix::process::Pid),
+}
+
+impl Process {
+    pub fn pid(&self) -> rustix::process::Pid {
+        match self {
+            Process::Forked(child) => rustix::process::Pid::from_child(child),
+            Process::Cloned(pid) => *pid,
+        }
+    }
+
+    /// Its exit status if it ended (and is reaped now), without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self {
+            Process::Forked(child) => child.try_wait(),
+            Process::Cloned(pid) => {
+                let status =
+                    rustix::process::waitpid(Some(*pid), rustix::process::WaitOptions::NOHANG)?;
+                Ok(status.map(|(_, s)| ExitStatus::from_raw(s.as_raw())))
+            }
+        }
+    }
+}
+
+/// What [`clone_into`] did.
+pub enum Cloned {
+    /// The command runs in the cgroup.
+    Started(Process),
+    /// The child was made in the cgroup but the command could not be executed
+    /// (not found, not executable, …): as a failed fork + exec would say.
+    ExecFailed(io::Error),
+    /// No child was made (the cgroup could not be opened, or clone3 refused:
+    /// an old kernel, a seccomp filter, no permission): start it another way.
+    Refused(io::Error),
+}
+
+/// Starts `cmd` (its program, arguments, environment, working directory, stdio
+/// and `pre_exec` hooks, as `Command::spawn` would) in the cgroup at `cgroup`,
+/// with `clone3(CLONE_INTO_CGROUP)`.
+///
+/// Must be called while this process has a single thread: the child runs
+/// ordinary Rust code (`Command::exec`) between clone and exec.
+pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
+    use rustix::fs::{Mode, OFlags};
+    let dir = match rustix::fs::open(
+        cgroup,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return Cloned::Refused(e.into()),
+    };
+    // The child tells why exec failed through this pipe; a successful exec closes it.
+    let (report_r, report_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(pair) => pair,
+        Err(e) => return Cloned::Refused(e.into()),
+    };
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 with a valid, initialised clone_args of the size given and
+    // without CLONE_VM: the child gets a copy of this process's memory, like fork.
+    // This process has one thread here (see the doc), so no lock is held by a
+    // thread that the child lacks, and the child may run the Rust code below.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Cloned::Refused(io::Error::last_os_error()),
+        0 => {
+            // The child, in the cgroup: become the command, or say why not.
+            drop(report_r);
+            let err = cmd.exec();
+            let code = err.raw_os_error().unwrap_or(libc::EINVAL);
+            let _ = rustix::io::write(&report_w, &code.to_ne_bytes());
+            // SAFETY: _exit(2) ends this child at once, running nothing of the parent's.
+            unsafe { libc::_exit(127) }
+        }
+        pid => {
+            drop(report_w);
+            drop(dir);
+            // SAFETY: a positive return of clone3 is the new child's pid.
+            let pid = unsafe { rustix::process::Pid::from_raw_unchecked(pid as i32) };
+            match exec_error(report_r) {
+                None => Cloned::Started(Process::Cloned(pid)),
+                Some(e) => {
+                    let _ =
+                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                    Cloned::ExecFailed(e)
+                }
+            }
+        }
+    }
+}
+
+/// Reads the errno a child sends when its exec failed; `None` when the pipe
+/// closed empty (the exec succeeded).
+fn exec_error(pipe: OwnedFd) -> Option<io::Error> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(&pipe, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Some(e.into()),
+        }
+    }
+    (got == buf.len()).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
+}
+
+/// Moves this process into the cgroup at `cgroup` (by writing its
+/// `cgroup.procs`): the way back when [`clone_into`] could not clone into it.
+pub fn enter(cgroup: &Path) -> io::Result<()> {
+    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a cgroup to clone into, no child is made (and nothing runs).
+    #[test]
+    fn no_cgroup_no_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let mut cmd = Command::new("touch");
+        cmd.arg(&marker);
+        match clone_into(&mut cmd, &dir.path().join("missing")) {
+            Cloned::Refused(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
+            _ => panic!("a child was made"),
+        }
+        assert!(!marker.exists());
+    }
+}
