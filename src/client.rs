@@ -4,7 +4,8 @@
 //! current-thread runtime), sends one request and reads the JSON answer, all
 //! within a deadline: a hung agent is an error ([`Error::Timeout`]), never a hung
 //! caller. A kill's deadline is its own course (see [`kill_deadline`]) plus that
-//! margin.
+//! margin; the course (from the host's templates) is worked out only when the
+//! answer takes longer than the margin.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,17 +84,17 @@ impl Client {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.request("GET", path, None, self.timeout)
+        self.request("GET", path, None, Within::Margin)
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.post_within(path, body, self.timeout)
+        self.post_within(path, body, Within::Margin)
     }
 
     /// Kills run `run_id` (a [`crate::api::KillResult`]): the answer may take
     /// the kill's whole course.
     pub fn kill<T: DeserializeOwned>(&self, run_id: &str, req: &KillRequest) -> Result<T> {
-        let within = kill_deadline(req, &KillCourse::longest_on_host(), self.timeout);
+        let within = Within::Kill(req.clone());
         self.post_within(&format!("/v1/runs/{run_id}/kill"), req, within)
     }
 
@@ -101,13 +102,9 @@ impl Client {
     /// with a kill's deadline.
     pub fn adopt<T: DeserializeOwned>(&self, req: &AdoptRequest) -> Result<T> {
         let within = if req.kill {
-            kill_deadline(
-                &req.kill_request(),
-                &KillCourse::longest_on_host(),
-                self.timeout,
-            )
+            Within::Kill(req.kill_request())
         } else {
-            self.timeout
+            Within::Margin
         };
         self.post_within("/v1/runs/adopt", req, within)
     }
@@ -122,7 +119,7 @@ impl Client {
         &self,
         path: &str,
         body: &B,
-        within: Duration,
+        within: Within,
     ) -> Result<T> {
         let json = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
         self.request("POST", path, Some(json), within)
@@ -133,15 +130,30 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
-        within: Duration,
+        within: Within,
     ) -> Result<T> {
-        let answer = self
-            .rt
-            .block_on(async { tokio::time::timeout(within, self.send(method, path, body)).await });
-        let (status, bytes) = answer.map_err(|_| Error::Timeout {
-            socket: self.socket.clone(),
-            after: within,
-        })??;
+        let (status, bytes) = self.rt.block_on(async {
+            let start = tokio::time::Instant::now();
+            let answer = self.send(method, path, body);
+            tokio::pin!(answer);
+            let mut after = self.timeout;
+            if let Ok(answer) = tokio::time::timeout_at(start + after, &mut answer).await {
+                return answer;
+            }
+            // A kill may take its whole course: worked out from the host's
+            // templates (parsing them costs a kill's CLI more than all else it
+            // does) only now that the answer is taking longer than the margin.
+            if let Within::Kill(req) = &within {
+                after = kill_deadline(req, &KillCourse::longest_on_host(), self.timeout);
+                if let Ok(answer) = tokio::time::timeout_at(start + after, &mut answer).await {
+                    return answer;
+                }
+            }
+            Err(Error::Timeout {
+                socket: self.socket.clone(),
+                after,
+            })
+        })?;
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))
         } else {
@@ -191,6 +203,14 @@ impl Client {
         let _ = driver.await;
         Ok((status, bytes))
     }
+}
+
+/// How long a request may take.
+enum Within {
+    /// The client's margin (`--agent-timeout`).
+    Margin,
+    /// A kill's course ([`kill_deadline`]) plus the margin.
+    Kill(KillRequest),
 }
 
 /// The longest a kill takes when the request leaves a value to the run's

@@ -110,3 +110,53 @@ fn no_socket_is_exit_5_at_once_and_a_bad_deadline_is_usage() {
         );
     }
 }
+
+/// A kill may take its course (worked out from the host's templates only once
+/// the answer takes longer than the margin): an agent that answers a kill after
+/// the margin but within the course is answered, not timed out.
+#[test]
+fn a_kill_answered_after_the_margin_but_within_its_course_is_no_timeout() {
+    use std::io::{BufRead, BufReader, Write};
+    let (_dir, socket) = socket_dir();
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                // Read the request head and body, answer after twice the margin.
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                std::thread::sleep(Duration::from_millis(600));
+                let json = r#"{"kind":"not_found","error":"no such run: run_a"}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+            });
+        }
+    });
+    let mut cmd = wfcg(&socket, &["kill", "run_a", "--force"]);
+    let out = cmd.output_within(HUNG);
+    assert_exit_code(&cmd, &out, 3);
+    assert!(
+        text(&out.stderr).contains("no such run"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A query gets the margin only.
+    let mut cmd = wfcg(&socket, &["status", "run_a"]);
+    let out = cmd.output_within(HUNG);
+    assert_exit_code(&cmd, &out, 5);
+}
