@@ -172,6 +172,17 @@ pub fn git_dirs_in(dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// `dirs` sorted, each once, less those inside another (a submodule's below
+/// `.git/modules`, a linked worktree's below `.git/worktrees`): a git directory's
+/// locks are listed with the directory holding it.
+pub fn outermost(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    dirs.sort();
+    dirs.dedup();
+    let all = dirs.clone();
+    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    dirs
+}
+
 /// What `dir/.git` says: `None` when there is none, `Some(None)` when it is
 /// something not to follow (a symlink, a `.git` file that does not read), else
 /// the git directory.

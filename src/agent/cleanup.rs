@@ -99,11 +99,7 @@ impl Agent {
         {
             git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws)));
         }
-        git_dirs.sort();
-        git_dirs.dedup();
-        // A git directory inside another (a linked worktree's, a submodule's) is listed with it.
-        let all = git_dirs.clone();
-        git_dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+        let git_dirs = gitlocks::outermost(git_dirs);
         let started = rec.started_at.map(std::time::SystemTime::from);
         if let Some(since) = started {
             let orphans =

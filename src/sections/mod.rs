@@ -345,19 +345,14 @@ fn git_dirs_used(
 ) -> Vec<PathBuf> {
     cwds.sort();
     cwds.dedup();
-    let mut dirs: Vec<PathBuf> = workspace
+    let dirs: Vec<PathBuf> = workspace
         .map(|ws| ws.join(".git"))
         .into_iter()
         .chain(cwds.iter().filter_map(|c| gitlocks::git_dir_above(c)))
         .chain(open.iter().filter_map(|f| git_dir_of(&f.path)))
         .flat_map(gitlocks::with_common_dir)
         .collect();
-    dirs.sort();
-    dirs.dedup();
-    // A git directory inside another (a submodule's below `.git/modules`) is listed with it.
-    let all = dirs.clone();
-    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
-    dirs
+    gitlocks::outermost(dirs)
 }
 
 /// Git locks in the directories the run uses that no fd of the run holds open
