@@ -406,7 +406,7 @@ fn a_run_id_that_ends_another_cgroups_path_does_not_hold_its_processes() {
     assert!(wait_until(Duration::from_secs(10), || sock_file.exists()));
     let socket = std::fs::read_to_string(&sock_file).unwrap();
     let dropped = "notify message from a process outside the run dropped";
-    let before = agent.log().matches(dropped).count();
+    let before = agent.logged(dropped);
     // The sender moves itself into /<name>, then sends READY=1, and stays (on
     // kernels before 6.15 a sender already gone when the agent reads its message
     // is believed: the socket names the run); the cgroup's removal kills it.
@@ -431,11 +431,7 @@ fn a_run_id_that_ends_another_cgroups_path_does_not_hold_its_processes() {
         "nothing sent"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || agent
-            .log()
-            .matches(dropped)
-            .count()
-            > before),
+        agent.wait_logged_more(dropped, before),
         "a process of /{name} was taken as one of run {name}: {:#}",
         agent.status(&run.id)
     );

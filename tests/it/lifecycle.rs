@@ -368,7 +368,7 @@ fn a_notify_message_from_a_process_outside_the_run_is_dropped() {
     assert!(!socket.is_empty(), "NOTIFY_SOCKET empty in the run");
     // This test process is not in the run's cgroup.
     let dropped = "notify message from a process outside the run dropped";
-    let before = agent.log().matches(dropped).count();
+    let before = agent.logged(dropped);
     UnixDatagram::unbound()
         .unwrap()
         .send_to(
@@ -379,7 +379,7 @@ fn a_notify_message_from_a_process_outside_the_run_is_dropped() {
     let mut st = serde_json::Value::Null;
     let handled = wait_until(Duration::from_secs(10), || {
         st = agent.status(&run.id);
-        st["status"] != "initializing" || agent.log().matches(dropped).count() > before
+        st["status"] != "initializing" || agent.logged(dropped) > before
     });
     assert_eq!(
         st["status"], "initializing",
@@ -717,14 +717,10 @@ fn notify_senders_are_judged_one_by_one_by_their_cgroup() {
     };
     let dropped = "notify message from a process outside the run dropped";
     for attempt in 0..3 {
-        let before = agent.log().matches(dropped).count();
+        let before = agent.logged(dropped);
         send(None, &format!("outside{attempt}"));
         assert!(
-            wait_until(Duration::from_secs(10), || agent
-                .log()
-                .matches(dropped)
-                .count()
-                > before),
+            agent.wait_logged_more(dropped, before),
             "not dropped; log:\n{}",
             agent.log()
         );

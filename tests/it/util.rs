@@ -520,6 +520,16 @@ impl TestAgent {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// How many times `needle` is in the agent's log.
+    pub fn logged(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits (up to 10 s) for `needle` to be in the agent's log more than `than` times.
+    pub fn wait_logged_more(&self, needle: &str, than: usize) -> bool {
+        wait_until(Duration::from_secs(10), || self.logged(needle) > than)
+    }
+
     /// The last `n` lines of the agent's log, for failure messages.
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log();
