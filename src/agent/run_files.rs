@@ -46,9 +46,23 @@ impl Files {
     }
 }
 
-#[derive(Default)]
 pub struct RunFiles {
     open: Mutex<HashMap<String, Arc<Files>>>,
+    /// How many files may be kept open: a quarter of the open-file limit the
+    /// agent started with (it raises its own before), none under [`MIN_LIMIT`].
+    room: u64,
+}
+
+impl Default for RunFiles {
+    fn default() -> RunFiles {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        RunFiles {
+            open: Mutex::default(),
+            room: if limit < MIN_LIMIT { 0 } else { limit / 4 },
+        }
+    }
 }
 
 impl RunFiles {
@@ -70,11 +84,8 @@ impl RunFiles {
         if let Some(files) = self.open.lock().get(run_id) {
             return Some(files.clone());
         }
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(u64::MAX);
         let kept = self.open.lock().len() as u64 * 3;
-        if limit < MIN_LIMIT || kept + 3 > limit / 4 {
+        if kept + 3 > self.room {
             return None;
         }
         let files = Arc::new(Files::open(cg).ok()?);
