@@ -13,7 +13,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             if !f.message.is_empty() {
-                wfcg::output::err_line(format_args!("wfcg: {}", f.message));
+                // Escaped whole, newlines too: a message may echo a user's text.
+                wfcg::output::err_line(format_args!("wfcg: {}", wfcg::output::Shown(&f.message)));
             }
             f.code
         }

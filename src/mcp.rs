@@ -460,7 +460,7 @@ fn usage_error(problem: String) -> CallToolResult {
 }
 
 fn failure_result(f: Failure, kind: &str) -> CallToolResult {
-    let text = crate::output::escape_lines(&f.message).into_owned();
+    let text = crate::output::escape(&f.message).into_owned();
     let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
     result.structured_content = Some(json!({
         "error": f.message,
