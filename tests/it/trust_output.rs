@@ -318,9 +318,19 @@ fn breaker_shows_a_hostile_workflow_name_escaped() {
 /// OSC, no C1, no bidi character, no title set; the screen shows the escapes.
 fn top_shows_it_escaped(agent: &TestAgent, id: &str) {
     static N: AtomicUsize = AtomicUsize::new(0);
-    struct Server(String);
+    /// The tmux server and the pane's process (`wfcg top` once it execs):
+    /// asked to quit, then killed, so a failing test leaves neither behind.
+    struct Server(String, i32);
     impl Drop for Server {
         fn drop(&mut self) {
+            let quit = tmux(&self.0).args(["send-keys", "-t", "top", "q"]).status();
+            let gone = || !util::alive(self.1);
+            if quit.is_err() || !wait_until(Duration::from_secs(5), gone) {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(self.1).expect("a pid"),
+                    rustix::process::Signal::KILL,
+                );
+            }
             let _ = tmux(&self.0)
                 .arg("kill-server")
                 .stderr(Stdio::null())
@@ -340,7 +350,7 @@ fn top_shows_it_escaped(agent: &TestAgent, id: &str) {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    let server = Server(name.clone());
+
     let raw = agent.dir.path().join("top.raw");
     let env: Vec<String> = agent
         .env()
@@ -348,7 +358,7 @@ fn top_shows_it_escaped(agent: &TestAgent, id: &str) {
         .map(|(k, v)| format!("{k}='{}'", v.display()))
         .collect();
     // top starts once the pane's output is being recorded (a line typed below).
-    let command = format!("read go; {} '{WFCG}' top --all", env.join(" "));
+    let command = format!("read go; exec env {} '{WFCG}' top --all", env.join(" "));
     let ok = tmux(&name)
         .args([
             "new-session",
@@ -364,6 +374,12 @@ fn top_shows_it_escaped(agent: &TestAgent, id: &str) {
         .status()
         .expect("tmux (is it installed?)");
     assert!(ok.success());
+    let pane = tmux(&name)
+        .args(["display-message", "-p", "-t", "top", "#{pane_pid}"])
+        .output()
+        .unwrap();
+    let pid = util::text(&pane.stdout).trim().parse().expect("pane pid");
+    let server = Server(name.clone(), pid);
     let piped = tmux(&name)
         .args([
             "pipe-pane",
