@@ -211,7 +211,7 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
             }
             Err(e) => {
                 failed += 1;
-                crate::output::errln!("wfcg: {e}");
+                crate::output::errln!("wfcg: {}", Shown(e));
             }
         }
     }
