@@ -1,6 +1,5 @@
 //! The `wfcg` binary: parse the command line, dispatch, map the outcome to an exit code.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,7 +13,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             if !f.message.is_empty() {
-                let _ = writeln!(std::io::stderr(), "wfcg: {}", f.message);
+                // Escaped whole, newlines too: a message may echo a user's text.
+                wfcg::output::err_line(format_args!("wfcg: {}", wfcg::output::Shown(&f.message)));
             }
             f.code
         }

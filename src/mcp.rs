@@ -18,7 +18,8 @@
 //! | `adopt_workflow` (pid, run_id?, workflow?, reason?, markers?, dry_run?, kill?, force?) | `POST /v1/runs/adopt` | destructive |
 //!
 //! Answers are JSON, both as `structuredContent` (always an object) and as the text
-//! content. A failure is a tool error (`isError: true`) whose text is the message
+//! content (the text through [`crate::output::escape_lines`]: the same JSON, with
+//! no raw control, C1 or bidi character a user wrote). A failure is a tool error (`isError: true`) whose text is the message
 //! the CLI prints for the same failure (without the `wfcg: ` prefix), e.g.
 //! `no such run: run_0123456789ab`; its structured content adds the error `kind`
 //! and the CLI's `exit_code`. A kill that leaves processes alive (the run is
@@ -427,6 +428,7 @@ impl WfcgMcp {
 /// A successful answer: `value` (an object) as structured content and as text.
 fn object_result(value: Value) -> CallToolResult {
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let text = crate::output::escape_lines(&text).into_owned();
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     result.structured_content = Some(value);
     result
@@ -458,7 +460,8 @@ fn usage_error(problem: String) -> CallToolResult {
 }
 
 fn failure_result(f: Failure, kind: &str) -> CallToolResult {
-    let mut result = CallToolResult::error(vec![ContentBlock::text(f.message.clone())]);
+    let text = crate::output::escape(&f.message).into_owned();
+    let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
     result.structured_content = Some(json!({
         "error": f.message,
         "kind": kind,

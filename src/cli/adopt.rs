@@ -2,7 +2,7 @@
 
 use crate::api::{AdoptRequest, Adopted};
 use crate::exit::{self, Failure};
-use crate::output::outln;
+use crate::output::{Shown, outln};
 
 /// Take over a process tree started outside wfcg (or a whole cgroup) as a run,
 /// so it can be watched, given deadlines and killed like any other.
@@ -102,14 +102,24 @@ pub fn check(req: &AdoptRequest) -> Result<&AdoptRequest, Failure> {
 }
 
 fn print(a: &Adopted) -> Result<(), Failure> {
-    outln!("{}", a.message)?;
+    outln!("{}", Shown(&a.message))?;
     if a.dry_run || a.members.len() <= 20 {
         for m in &a.members {
-            outln!("  {:>7}  {:<24}  {}", m.pid, m.reason, m.command)?;
+            outln!(
+                "  {:>7}  {:<24}  {}",
+                m.pid,
+                Shown(&m.reason),
+                Shown(&m.command)
+            )?;
         }
     }
     for s in &a.skipped {
-        outln!("  {:>7}  {:<24}  {}", s.pid, s.reason, s.command)?;
+        outln!(
+            "  {:>7}  {:<24}  {}",
+            s.pid,
+            Shown(&s.reason),
+            Shown(&s.command)
+        )?;
     }
     Ok(())
 }

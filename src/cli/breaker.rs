@@ -2,7 +2,7 @@
 
 use crate::api::BreakerInfo;
 use crate::exit::Failure;
-use crate::output::outln;
+use crate::output::{Shown, outln};
 
 /// Circuit breakers: a workflow whose last runs all ended stuck (an init,
 /// first-output or stall timeout; template `[breaker] failures`) is refused new
@@ -48,7 +48,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             if args.json {
                 crate::output::json(&b)?;
             } else {
-                outln!("breaker of workflow {} closed", b.workflow)?;
+                outln!("breaker of workflow {} closed", Shown(&b.workflow))?;
             }
         }
     }
@@ -60,19 +60,19 @@ pub fn describe(b: &BreakerInfo) -> String {
     if b.open {
         format!(
             "breaker OPEN   {}: {} stuck runs in a row, new runs refused until {} (last {}: {})",
-            b.workflow,
+            Shown(&b.workflow),
             b.failures,
-            b.open_until.as_deref().unwrap_or("?"),
-            b.last_run_id.as_deref().unwrap_or("?"),
-            b.last_reason.as_deref().unwrap_or("?"),
+            Shown(b.open_until.as_deref().unwrap_or("?")),
+            Shown(b.last_run_id.as_deref().unwrap_or("?")),
+            Shown(b.last_reason.as_deref().unwrap_or("?")),
         )
     } else {
         format!(
             "breaker closed {}: {} stuck run{} in a row (last {})",
-            b.workflow,
+            Shown(&b.workflow),
             b.failures,
             if b.failures == 1 { "" } else { "s" },
-            b.last_run_id.as_deref().unwrap_or("?"),
+            Shown(b.last_run_id.as_deref().unwrap_or("?")),
         )
     }
 }

@@ -3,7 +3,7 @@
 use crate::api::{self, KillRequest, KillResult, RunInfo};
 use crate::client::Client;
 use crate::exit::{self, Failure};
-use crate::output::outln;
+use crate::output::{Shown, outln};
 
 /// Kill a run: every process of its cgroup, atomically, with nothing left.
 ///
@@ -103,7 +103,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         } else {
             format!(" in {:.0} ms", result.duration_ms)
         };
-        outln!("{}{took}", result.message)?;
+        outln!("{}{took}", Shown(&result.message))?;
     }
     Ok(if result.success {
         exit::OK
@@ -139,7 +139,7 @@ fn kill_pid(
         crate::output::errln!(
             "adopted {} processes of pid {pid} as run {}",
             adopted.members.len(),
-            adopted.run_id
+            Shown(&adopted.run_id)
         );
     }
     match adopted.kill {
@@ -167,8 +167,8 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
         for r in runs.iter().filter(|_| !args.json) {
             outln!(
                 "would kill {}: {}",
-                r.run_id,
-                r.stuck.as_deref().unwrap_or("stuck")
+                Shown(&r.run_id),
+                Shown(r.stuck.as_deref().unwrap_or("stuck"))
             )?;
         }
         return Ok(exit::OK);
@@ -206,12 +206,12 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
             Ok(r) => {
                 failed += usize::from(!r.success);
                 if !args.json {
-                    outln!("{}", r.message)?;
+                    outln!("{}", Shown(&r.message))?;
                 }
             }
             Err(e) => {
                 failed += 1;
-                crate::output::errln!("wfcg: {e}");
+                crate::output::errln!("wfcg: {}", Shown(e));
             }
         }
     }

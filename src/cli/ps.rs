@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use crate::api::{self, RunInfo};
 use crate::exit::{self, Failure};
-use crate::output::outln;
+use crate::output::{Shown, outln, shown_or_dash};
 
 use super::table::{self, one_line};
 
@@ -89,7 +89,7 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     for (r, row) in runs.iter().zip(&rows) {
         outln!("{}", table::line(&PS_COLUMNS, &widths, row))?;
         for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
-            outln!("{:w$} ! {}", "", one_line(note), w = widths[0])?;
+            outln!("{:w$} ! {}", "", Shown(note), w = widths[0])?;
         }
     }
     // Workflows whose new runs are refused (exit 6), so a missing run is explained.
@@ -110,22 +110,27 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         crate::output::json(&r)?;
         return Ok(exit::OK);
     }
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    outln!("run:        {}", r.run_id)?;
+    // Every string of the run is shown escaped (crate::output::Shown).
+    let opt = shown_or_dash;
+    outln!("run:        {}", Shown(&r.run_id))?;
     outln!("workflow:   {}", opt(&r.workflow))?;
-    outln!("owner:      {} (uid {})", r.owner_display(), r.owner_uid)?;
+    outln!(
+        "owner:      {} (uid {})",
+        Shown(&r.owner_display()),
+        r.owner_uid
+    )?;
     outln!("status:     {}", r.status)?;
     if let Some(t) = &r.template {
-        outln!("template:   {t}")?;
+        outln!("template:   {}", Shown(t))?;
     }
     if let Some(t) = &r.status_text {
-        outln!("says:       {t}")?;
+        outln!("says:       {}", Shown(t))?;
     }
     if let Some(t) = &r.ready_at {
-        outln!("ready:      {t}")?;
+        outln!("ready:      {}", Shown(t))?;
     }
     if let Some(t) = &r.last_heartbeat {
-        outln!("heartbeat:  {t}")?;
+        outln!("heartbeat:  {}", Shown(t))?;
     }
     for (name, d) in [
         ("init by", &r.init_deadline),
@@ -133,13 +138,13 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         ("next beat", &r.watchdog_deadline),
     ] {
         if let Some(d) = d.as_ref().filter(|_| r.status.is_live()) {
-            outln!("{:<11} {d}", format!("{name}:"))?;
+            outln!("{:<11} {}", format!("{name}:"), Shown(d))?;
         }
     }
     for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
-        outln!("stuck:      {note}")?;
+        outln!("stuck:      {}", Shown(note))?;
     }
-    outln!("command:    {}", one_line(&r.command.join(" ")))?;
+    outln!("command:    {}", Shown(&r.command.join(" ")))?;
     outln!(
         "pid:        {}",
         r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
@@ -154,12 +159,12 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     outln!("age:        {}", crate::duration::short(r.age_secs))?;
     outln!("cpu:        {}", cpu(r.cpu_usec))?;
     outln!("workspace:  {}", opt(&r.workspace))?;
-    outln!("cgroup:     {}", r.cgroup)?;
+    outln!("cgroup:     {}", Shown(&r.cgroup))?;
     if let Some(log) = &r.log_path {
-        outln!("log:        {log}")?;
+        outln!("log:        {}", Shown(log))?;
     }
     if let Some(ended) = &r.ended_at {
-        outln!("ended:      {ended}")?;
+        outln!("ended:      {}", Shown(ended))?;
     }
     match (r.exit_code, r.exit_signal) {
         (Some(c), _) => outln!("exit:       status {c}")?,
@@ -170,14 +175,14 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         outln!(
             "critical:   {}: {} held by pid {} ({}) for {:.1} s",
             sec.kind.as_str(),
-            one_line(&sec.path),
+            Shown(&sec.path),
             sec.pid,
-            one_line(&sec.command),
+            Shown(&sec.command),
             sec.open_secs
         )?;
     }
     if let Some(k) = &r.kill_result {
-        outln!("kill:       {}", k.message)?;
+        outln!("kill:       {}", Shown(&k.message))?;
     }
     Ok(exit::OK)
 }

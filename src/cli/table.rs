@@ -1,6 +1,10 @@
 //! Plain-text tables for `ps` and `audit`: each column as wide as its widest
 //! cell (at least its minimum), so a long value moves the columns after it in
-//! every row alike; the last column is not padded. Cells are one line each.
+//! every row alike; the last column is not padded. Cells are one line each:
+//! every cell is escaped where the table is laid out ([`crate::output::escape`]),
+//! so a user's text can neither send a terminal escapes nor cut its row.
+
+use crate::output::escape;
 
 /// How a column's cells sit in its width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +44,7 @@ pub fn widths(columns: &[Column], rows: &[Vec<String>]) -> Vec<usize> {
         .map(|(i, c)| {
             rows.iter()
                 .filter_map(|r| r.get(i))
-                .map(|cell| cell.chars().count())
+                .map(|cell| escape(cell).chars().count())
                 .chain([c.header.chars().count(), c.min])
                 .max()
                 .unwrap_or(0)
@@ -53,6 +57,7 @@ pub fn line(columns: &[Column], widths: &[usize], cells: &[String]) -> String {
     let mut out = String::new();
     let last = cells.len().saturating_sub(1);
     for (i, cell) in cells.iter().enumerate() {
+        let cell = &*escape(cell);
         if i > 0 {
             out.push_str(if i == last { "  " } else { " " });
         }
@@ -78,18 +83,10 @@ pub fn header(columns: &[Column], widths: &[usize]) -> String {
     line(columns, widths, &cells)
 }
 
-/// `text` on one line: control characters (a newline in a command) written as
-/// escapes (`\n`), so a value never cuts its row.
+/// `text` on one line, escaped ([`crate::output::escape`]); a cell needs no
+/// call (the table escapes every cell), a line outside the table does.
 pub fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    escape(text).into_owned()
 }
 
 #[cfg(test)]
@@ -121,5 +118,13 @@ mod tests {
     fn one_line_escapes_newlines_and_control_characters() {
         assert_eq!(one_line("python3 -c 'a\nb'\t"), "python3 -c 'a\\nb'\\t");
         assert_eq!(one_line("plain ü"), "plain ü");
+    }
+
+    #[test]
+    fn cells_are_escaped_where_the_table_is_laid_out() {
+        let rows = vec![cells(&["r\u{1b}[2J", "1", "\u{202e}x\ny"])];
+        let w = widths(&COLS, &rows);
+        let l = line(&COLS, &w, &rows[0]);
+        assert_eq!(l, "r\\u001b[2J   1  \\u202ex\\ny");
     }
 }

@@ -8,6 +8,12 @@
 //! narrow terminals lose columns, least useful first; the footer stays, so a
 //! question is always visible.
 //!
+//! Every text that comes from the agent (run ids, workflow names, owners,
+//! commands, status texts, reasons, paths, kill messages, errors) is escaped
+//! with [`crate::output::escape`] where it is put into a cell or a span:
+//! ratatui drops control characters silently, and shows nothing of what was
+//! there.
+//!
 //! One file over 600 lines on purpose: the panes share one layout decision
 //! (what to drop first when the terminal is small), which must be read whole.
 
@@ -21,6 +27,12 @@ use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
 use super::app::{App, Mode, RunRow, Tone};
 use crate::api::AuditRecord;
 use crate::api::{RunInfo, SectionKind};
+use crate::output::escape;
+
+/// A user's text as the dashboard shows it: escaped, one line.
+fn shown(text: &str) -> String {
+    escape(text).into_owned()
+}
 
 /// The style of a stuck run's row.
 pub const STUCK: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
@@ -76,7 +88,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
     let sep = || Span::from(" │ ").dark_gray();
     if let Some(e) = &app.error {
         spans.push(sep());
-        spans.push(Span::styled(e.clone(), STUCK));
+        spans.push(Span::styled(shown(e), STUCK));
     }
     spans.push(sep());
     spans.push(Span::from(format!("{live} live")));
@@ -87,7 +99,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
     if !s.breakers_open.is_empty() {
         spans.push(sep());
         spans.push(Span::styled(
-            format!("breaker open: {}", s.breakers_open.join(", ")),
+            format!("breaker open: {}", shown(&s.breakers_open.join(", "))),
             STUCK,
         ));
     }
@@ -200,7 +212,12 @@ impl Col {
         )
     }
 
+    /// The text of a run's cell, escaped.
     fn cell(self, r: &RunRow, now: DateTime<Utc>) -> String {
+        shown(&self.raw_cell(r, now))
+    }
+
+    fn raw_cell(self, r: &RunRow, now: DateTime<Utc>) -> String {
         let i = &r.info;
         match self {
             Col::Run => i.run_id.clone(),
@@ -310,7 +327,7 @@ fn draw_runs(frame: &mut Frame, area: Rect, app: &App) {
         format!(
             " Runs ({} of {total}, filter \"{}\") ",
             visible.len(),
-            app.filter
+            shown(&app.filter)
         )
     };
     if visible.is_empty() && total > 0 {
@@ -442,7 +459,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         return;
     };
     let i = &r.info;
-    let mut about = vec![Span::from(format!(" {} ", i.run_id)).bold()];
+    let mut about = vec![Span::from(format!(" {} ", shown(&i.run_id))).bold()];
     let mut facts = Vec::new();
     if let Some(w) = &i.workflow {
         facts.push(format!("workflow {w}"));
@@ -452,14 +469,14 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         facts.push(format!("pid {p}"));
     }
     facts.push(format!("$ {}", i.command.join(" ")));
-    about.push(Span::from(facts.join("  ")));
+    about.push(Span::from(shown(&facts.join("  "))));
 
     let mut notes: Vec<Span> = Vec::new();
     if let Some(s) = &i.stuck {
-        notes.push(Span::styled(format!(" ! {s}"), STUCK));
+        notes.push(Span::styled(format!(" ! {}", shown(s)), STUCK));
     }
     if let Some(l) = &i.loop_suspected {
-        notes.push(Span::styled(format!(" ! {l}"), LOOPING));
+        notes.push(Span::styled(format!(" ! {}", shown(l)), LOOPING));
     }
     for (kind, path) in open_sections(i) {
         let holders: Vec<_> = i
@@ -470,8 +487,9 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         let pids: Vec<String> = holders.iter().map(|s| s.pid.to_string()).collect();
         let secs = holders.iter().map(|s| s.open_secs).fold(0.0, f64::max);
         notes.push(Span::from(format!(
-            " {}: {path} (pid {}, {})",
+            " {}: {} (pid {}, {})",
             kind.as_str(),
+            shown(path),
             pids.join(","),
             crate::duration::short(secs)
         )));
@@ -501,7 +519,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
                 format!(" {}", facts.join("  "))
             }
         };
-        notes.push(Span::from(text).dark_gray());
+        notes.push(Span::from(shown(&text)).dark_gray());
     }
     let lines = if area.height >= 2 {
         vec![Line::from(about), Line::from(notes)]
@@ -523,7 +541,7 @@ fn draw_kills(frame: &mut Frame, area: Rect, app: &App) {
     let s = &app.snapshot;
     let mut lines: Vec<Line> = Vec::new();
     if let Some(e) = &s.kills_error {
-        lines.push(Line::styled(format!(" {e}"), STUCK));
+        lines.push(Line::styled(format!(" {}", shown(e)), STUCK));
     }
     lines.extend(
         s.kills
@@ -548,19 +566,20 @@ fn kill_line(k: &AuditRecord) -> Line<'static> {
     };
     let mut spans = vec![
         Span::from(format!(
-            " {time} {:<9} {:<8} {:<16} {:<9} ",
-            e.action,
-            truncate(&e.actor_name, 8),
+            " {} {:<9} {:<8} {:<16} {:<9} ",
+            shown(&time),
+            shown(&e.action),
+            truncate(&shown(&e.actor_name), 8),
             e.run_id
                 .as_deref()
-                .map(|id| ellipsis(id, 16))
+                .map(|id| ellipsis(&shown(id), 16))
                 .unwrap_or("-".into()),
-            e.mode.as_deref().unwrap_or("-"),
+            shown(e.mode.as_deref().unwrap_or("-")),
         )),
-        Span::styled(e.outcome.clone(), outcome_style),
+        Span::styled(shown(&e.outcome), outcome_style),
     ];
     if let Some(r) = &e.reason {
-        spans.push(Span::from(format!("  {r}")).dark_gray());
+        spans.push(Span::from(format!("  {}", shown(r))).dark_gray());
     }
     Line::from(spans)
 }
@@ -569,13 +588,14 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
     let line = match &app.mode {
         Mode::Filter { draft } => Line::from(vec![
             Span::from("/").bold(),
-            Span::from(draft.clone()),
+            Span::from(shown(draft)),
             Span::from("█").slow_blink(),
             Span::from("  Enter apply · Esc cancel").dark_gray(),
         ]),
         Mode::Confirm { run_id, force } => Line::from(vec![
             Span::from(format!(
-                " Kill {run_id} ({})? y/n ",
+                " Kill {} ({})? y/n ",
+                shown(run_id),
                 if *force { "force" } else { "graceful" }
             ))
             .black()
@@ -590,7 +610,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
                     Tone::Good => Style::new().fg(Color::Green),
                     Tone::Bad => STUCK,
                 };
-                spans.push(Span::styled(format!(" {msg} "), style));
+                spans.push(Span::styled(format!(" {} ", shown(msg)), style));
                 spans.push(Span::from("│").dark_gray());
             }
             spans

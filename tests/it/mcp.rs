@@ -26,7 +26,7 @@ const TOOLS: [&str; 6] = [
 ];
 
 /// `wfcg mcp` aimed at `agent`, connected to rmcp's client over the child's stdio.
-async fn connect(agent: &TestAgent) -> RunningService<RoleClient, ()> {
+pub(crate) async fn connect(agent: &TestAgent) -> RunningService<RoleClient, ()> {
     let cmd = tokio::process::Command::new(util::WFCG).configure(|cmd| {
         cmd.arg("mcp").envs(agent.env());
     });
@@ -38,7 +38,11 @@ async fn connect(agent: &TestAgent) -> RunningService<RoleClient, ()> {
 }
 
 /// Calls a tool; the result, whether it is a success or a tool error.
-async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
+pub(crate) async fn call(
+    client: &RunningService<RoleClient, ()>,
+    tool: &str,
+    args: Value,
+) -> CallToolResult {
     let Value::Object(args) = args else {
         panic!("arguments must be an object")
     };
@@ -48,7 +52,7 @@ async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) 
         .unwrap_or_else(|e| panic!("{tool}: protocol error: {e}"))
 }
 
-fn text(r: &CallToolResult) -> String {
+pub(crate) fn text(r: &CallToolResult) -> String {
     r.content
         .iter()
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))
@@ -74,7 +78,7 @@ fn run_ids(v: &Value) -> Vec<&str> {
     runs.iter().map(|r| r["run_id"].as_str().unwrap()).collect()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
