@@ -20,9 +20,9 @@ use crate::store::RunRecord;
 /// The operator's values for a run's deadlines, which EXTEND_TIMEOUT_USEC,
 /// `wfcg notify --extend` and WATCHDOG_USEC may move a deadline up to, never
 /// past: the timeouts of the template the operator gave the run (the named or
-/// workflow's template, or the agent's default) before the caller's own
-/// shortening (`--init-timeout`, `--timeout`, `--watchdog`, a user's template
-/// text); for root's runs, root's own values (root is the operator). Zero: the
+/// workflow's template, the agent's default, or a template text root sent)
+/// before the caller's own shortening (`--init-timeout`, `--timeout`,
+/// `--watchdog`, a user's template text); root's flags may widen it. Zero: the
 /// operator set no such limit (then [`bounds::MAX`] caps).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ceiling {
@@ -57,6 +57,22 @@ impl Ceiling {
             init: t.timeouts.init,
             total: t.timeouts.total,
             watchdog: t.timeouts.watchdog,
+        }
+    }
+
+    /// Each limit the longer of the two (zero, no limit, is the longest).
+    fn wider(self, other: Ceiling) -> Ceiling {
+        let wider = |a: Duration, b: Duration| {
+            if a.is_zero() || b.is_zero() {
+                Duration::ZERO
+            } else {
+                a.max(b)
+            }
+        };
+        Ceiling {
+            init: wider(self.init, other.init),
+            total: wider(self.total, other.total),
+            watchdog: wider(self.watchdog, other.watchdog),
         }
     }
 
@@ -101,31 +117,35 @@ impl Stored {
 }
 
 impl Agent {
-    /// The operator's ceiling for a new run: root's own values for root, else the
-    /// timeouts of the template the run would get without the caller's text and
-    /// overrides.
+    /// The operator's ceiling for a new run: the timeouts of the template the
+    /// operator gave it (named, the workflow's, the agent's default, or a template
+    /// text sent by root), before the caller's overrides; root's overrides may
+    /// widen it (root may lengthen), a user's never.
     pub(in crate::agent) fn operator_ceiling(
         &self,
         caller: &crate::agent::Caller,
         req: &crate::api::CreateRun,
         template: &crate::template::Template,
     ) -> crate::agent::Result<Ceiling> {
-        if caller.is_root() {
-            return Ok(Ceiling::of(template));
-        }
-        // As `resolve_template` reads it, less the caller's text (whose name is
-        // only a label: its base is the workflow's template or the default).
+        let root = caller.is_root();
+        // As `resolve_template` reads it, less a user's text (whose name is only
+        // a label: its base is the workflow's template or the default).
+        let text = req.template_text.clone().filter(|_| root);
         let base = crate::api::CreateRun {
             workflow: req.workflow.clone(),
-            template: req
-                .template_text
-                .is_none()
+            template: (root || req.template_text.is_none())
                 .then(|| req.template.clone())
                 .flatten(),
+            template_text: text,
             ..Default::default()
         };
         let (_, operator) = self.resolve_template(caller, &base)?;
-        Ok(Ceiling::of(&operator))
+        let ceiling = Ceiling::of(&operator);
+        Ok(if root {
+            ceiling.wider(Ceiling::of(template))
+        } else {
+            ceiling
+        })
     }
 
     /// A deadline passed: check it against the record, then kill the run
