@@ -89,18 +89,8 @@ impl Agent {
         let template = self.run_template(rec);
         let settings = &template.kill;
         let cs = &template.critical_sections;
-        // A user's kill may shorten the run's graces, never lengthen them: a
-        // graceful kill in flight holds off the deadline's kill (SECURITY.md,
-        // "Bounded values"). Root's and the agent's are at most 10 years.
-        let by_user = requested_by.uid.is_some_and(|uid| uid != 0);
-        let ms = |v: Option<u64>, default: std::time::Duration| {
-            let asked = v.map_or(default, std::time::Duration::from_millis);
-            if by_user {
-                asked.min(default)
-            } else {
-                crate::bounds::clamp(asked)
-            }
-        };
+        let ms =
+            |v: Option<u64>, default| v.map(std::time::Duration::from_millis).unwrap_or(default);
         let plan = kill::Plan {
             force: req.force || req.emergency,
             term_grace: ms(req.grace_ms, settings.term_grace),
