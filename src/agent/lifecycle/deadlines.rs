@@ -337,3 +337,30 @@ impl Agent {
         rec.watchdog_deadline = after(template.timeouts.watchdog.saturating_mul(2));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_template_reads_back_with_its_ceiling() {
+        let t = crate::template::Template::parse(
+            "[timeouts]\ninit = \"2s\"\n[kill]\nterm_grace = \"1s\"\n[alerts]\nwebhook = \"http://127.0.0.1:9/x\"\n",
+            "t",
+        )
+        .unwrap();
+        let ceiling = Ceiling::of(&t);
+        let text = serde_json::to_string(&Stored {
+            template: t.clone(),
+            ceiling,
+        })
+        .unwrap();
+        let back = serde_json::from_str::<Stored>(&text).map_err(|e| format!("{e}: {text}"));
+        let back = back.unwrap();
+        assert_eq!(back.template, t);
+        assert_eq!(back.ceiling, ceiling);
+        // A bare template (an older record) reads too, its timeouts the ceiling.
+        let bare = Stored::read(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(bare.ceiling, ceiling);
+    }
+}
