@@ -12,7 +12,9 @@
 //! - `GET /v1/runs/{id}/may-kill` ([`MayKillQuery`] → [`MayKill`]): a permission question.
 //!
 //! Errors come back as [`ApiError`] with a matching HTTP status. This module has
-//! no dependencies inside the crate. It is one file on purpose, over 600 lines:
+//! no dependencies inside the crate but the leaf [`crate::bounds`]: every numeric
+//! field of a request is bounded when it is read (at most 10 years), so a value
+//! out of range is a `bad_input` answer naming the field. It is one file on purpose, over 600 lines:
 //! the whole contract between the agent and its clients, read in one place.
 
 use serde::{Deserialize, Serialize};
@@ -138,13 +140,16 @@ pub struct CreateRun {
     /// A template's text (`wfcg run --template FILE`, read by the client).
     pub template_text: Option<String>,
     /// Overrides of the template's timeouts, in milliseconds (0 = none).
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub init_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub watchdog_ms: Option<u64>,
     /// No-progress and first-output timeouts, in milliseconds (0 = none).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub stall_timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub output_timeout_ms: Option<u64>,
     /// Readiness conditions (`notify`, `start`, `output`, `log:REGEX`, `file:PATH`,
     /// `port:N`) in place of the template's `[run] ready`.
@@ -257,13 +262,18 @@ pub struct KillRequest {
     #[serde(default)]
     pub emergency: bool,
     /// How long processes get after SIGTERM; the template's default when absent.
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_ms: Option<u64>,
     pub reason: Option<String>,
     /// How long to wait for open critical sections of each kind, and in all
     /// (the template's defaults when absent).
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_git_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_db_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_files_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub max_wait_ms: Option<u64>,
 }
 
@@ -319,17 +329,24 @@ pub struct AdoptRequest {
     /// relative to it) instead of a tree. Either this or `pid`.
     pub cgroup: Option<String>,
     /// Deadlines, in milliseconds, counted from the root's real start.
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub init_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub timeout_ms: Option<u64>,
     /// The kill's settings, as in [`KillRequest`] (with `kill`).
     #[serde(default)]
     pub force: bool,
     #[serde(default)]
     pub emergency: bool,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_git_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_db_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_files_ms: Option<u64>,
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub max_wait_ms: Option<u64>,
 }
 
@@ -598,6 +615,7 @@ pub struct AuditQuery {
     pub run: Option<String>,
     pub actor: Option<String>,
     /// Only records of the last N seconds.
+    #[serde(default, deserialize_with = "crate::bounds::wire::opt_secs")]
     pub since_secs: Option<u64>,
     pub limit: Option<u32>,
 }

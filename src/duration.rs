@@ -1,5 +1,7 @@
 //! Human durations on the command line and in templates: `500ms`, `30s`, `5m`,
-//! `1h30m`, `2d`, or plain (possibly fractional) seconds.
+//! `1h30m`, `2d`, or plain (possibly fractional) seconds; at most
+//! [`crate::bounds::MAX`] (10 years), so every CLI flag and template duration is
+//! bounded where it is read.
 
 use std::time::Duration;
 
@@ -52,10 +54,18 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 fn secs_to_duration(secs: f64, text: &str) -> Result<Duration, String> {
-    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
-        return Err(format!("{text:?} is out of range"));
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "{text:?} is not a duration (negative or not a number)"
+        ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > crate::bounds::MAX_SECS as f64 {
+        return Err(format!(
+            "{text:?} is longer than the most accepted, 10 years"
+        ));
+    }
+    // Within 0..=10 years: from_secs_f64 cannot panic.
+    Ok(crate::bounds::clamp(Duration::from_secs_f64(secs)))
 }
 
 /// Formats a duration the way `parse` reads it back, e.g. `1h30m`, `2.5s`.
@@ -105,10 +115,28 @@ mod tests {
 
     #[test]
     fn rejects_with_a_reason() {
-        for bad in ["", "abc", "5x", "-1", "s", "10 s", "1e400"] {
+        for bad in [
+            "",
+            "abc",
+            "5x",
+            "-1",
+            "s",
+            "10 s",
+            "1e400",
+            "NaN",
+            "inf",
+            "-inf",
+            "3651d",
+            "1e9",
+            "18446744073709551615",
+            "99999999999999999999999h",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse("5x").unwrap_err().contains("unknown unit"));
+        assert!(parse("3651d").unwrap_err().contains("10 years"));
+        assert_eq!(parse("3650d").unwrap(), crate::bounds::MAX);
+        assert_eq!(parse("1e-400").unwrap(), Duration::ZERO);
     }
 
     #[test]

@@ -9,13 +9,14 @@
 //! [`run`] (the supervisor) and [`mcp`] → [`client`] → [`api`] (wire types and
 //! the constants both sides share); they never import [`agent`] or [`store`],
 //! except `cli::agent`, which starts the agent. [`agent`] → [`kill`] → the leaves
-//! [`cgroup`], [`procfs`], [`store`], [`alerts`], [`diagnostics`], [`sdnotify`],
+//! [`cgroup`], [`procfs`], [`store`], [`alerts`], [`diagnostics`], [`sdnotify`], [`bounds`],
 //! which know nothing of the agent.
 
 pub mod adopt;
 pub mod agent;
 pub mod alerts;
 pub mod api;
+pub mod bounds;
 pub mod cgroup;
 pub mod cli;
 pub mod client;

@@ -500,9 +500,9 @@ impl Agent {
             procfs::start_wall_time(&self.cfg.proc_root, root.stat.starttime)
                 .map(Into::into)
                 .unwrap_or_else(chrono::Utc::now);
-        let after = |d: std::time::Duration| {
-            (!d.is_zero()).then(|| start + chrono::Duration::from_std(d).unwrap_or_default())
-        };
+        // The durations are bounded when the request is read (at most 10 years);
+        // the sum is checked all the same.
+        let after = |d: std::time::Duration| (!d.is_zero()).then(|| crate::bounds::later(start, d));
         let initializing = !template.timeouts.init.is_zero();
         let workspace =
             std::fs::read_link(self.cfg.proc_root.join(root.pid.to_string()).join("cwd"))

@@ -80,9 +80,10 @@ impl Agent {
             run_id: q.run.clone(),
             actor: q.actor.clone(),
             actor_uid: (!all).then_some(caller.uid),
-            since: q
-                .since_secs
-                .map(|s| rfc3339(chrono::Utc::now() - chrono::Duration::seconds(s as i64))),
+            since: q.since_secs.map(|s| {
+                let ago = std::time::Duration::from_secs(s);
+                rfc3339(crate::bounds::earlier(chrono::Utc::now(), ago))
+            }),
             limit: q.limit,
         };
         Ok(self.store().audit_records(&filter)?)

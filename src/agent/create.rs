@@ -59,6 +59,7 @@ impl Agent {
             }
             *slot = ms(v);
         }
+        let ceiling = self.operator_ceiling(caller, &req, &template)?;
         // The template may remove only a workspace named explicitly, never a cwd.
         let cleanup_workspace = req.cleanup_workspace
             || (req.workspace.is_some()
@@ -259,7 +260,7 @@ impl Agent {
             log_path: log_path.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         };
-        Agent::initial_deadlines(&template, &mut rec);
+        Agent::initial_deadlines(&template, ceiling, &mut rec);
         // Synced with the run_start audit record below, before the answer.
         let inserted = self.store().with_sync(false, |s| s.insert_run(&rec));
         if let Err(e) = inserted {

@@ -4,6 +4,11 @@
 //! transaction), the automatic kill of runs whose deadline passed, and the
 //! hint that an initializing run restarts the same command again and again.
 //! The deadlines themselves (set, passed, near) are in [`deadlines`].
+//!
+//! Values a run sends are bounded here before they are used (SECURITY.md,
+//! "Bounded values"): WATCHDOG_USEC is at most the operator's heartbeat
+//! threshold, EXTEND_TIMEOUT_USEC moves a deadline at most to the operator's
+//! ([`deadlines::Ceiling`]), and every time sum is checked ([`crate::bounds`]).
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -18,11 +23,14 @@ use super::notify::{self, Message};
 use super::notify_hub::{Hub, OnDatagram};
 use super::sender;
 use crate::api::RunStatus;
+use crate::bounds;
 use crate::cgroup::Cgroup;
 use crate::procfs;
 use crate::store::{RunRecord, TextCol, TimeCol};
 
 mod deadlines;
+
+pub(super) use deadlines::Ceiling;
 
 /// How often heartbeats are written to the store (one transaction for all runs).
 /// A restarted agent adds this to the stored watchdog deadlines, which may be
@@ -43,7 +51,10 @@ const LOOP_WINDOW: Duration = Duration::from_secs(60);
 struct Live {
     cg: Cgroup,
     template: Arc<crate::template::Template>,
-    /// How long after a heartbeat the next must come (2 intervals, or WATCHDOG_USEC).
+    /// The operator's values, which nothing the run sends goes past.
+    ceiling: Ceiling,
+    /// How long after a heartbeat the next must come (2 intervals, or
+    /// WATCHDOG_USEC up to the operator's threshold).
     threshold: Option<Duration>,
     /// Its notify socket's key in the notify hub.
     notify_key: Option<u64>,
@@ -203,22 +214,40 @@ impl Agent {
         if let Some(live) = self.life.lives.lock().get(&rec.run_id) {
             return live.template.clone();
         }
-        Arc::new(
-            rec.template
-                .as_deref()
-                .and_then(|t| serde_json::from_str(t).ok())
-                .unwrap_or_else(|| self.template.clone()),
-        )
+        Arc::new(self.stored_template(rec).template)
+    }
+
+    /// A run's template and the operator's ceiling, as stored with it (the
+    /// agent's default for old records, its own timeouts as the ceiling).
+    fn stored_template(&self, rec: &RunRecord) -> deadlines::Stored {
+        rec.template
+            .as_deref()
+            .and_then(deadlines::Stored::read)
+            .unwrap_or_else(|| deadlines::Stored {
+                ceiling: Ceiling::of(&self.template),
+                template: self.template.clone(),
+            })
+    }
+
+    /// The operator's ceiling of a live run.
+    fn ceiling(&self, run_id: &str) -> Option<Ceiling> {
+        self.life.lives.lock().get(run_id).map(|l| l.ceiling)
     }
 
     /// Takes a live run under watch: its notify socket, its deadlines, its loop
     /// sampling. `restarted` when the agent takes over a run it did not start: a
     /// stored watchdog deadline may then be up to one flush behind.
     pub(super) fn lifecycle_begin(self: &Agent, rec: &RunRecord, restarted: bool) {
-        let template = self.run_template(rec);
+        let stored = self.stored_template(rec);
+        let ceiling = stored.ceiling;
+        let template = Arc::new(stored.template);
         let threshold = match rec.watchdog_usec {
-            Some(us) if us > 0 => Some(Duration::from_micros(us as u64)),
-            _ => (!template.timeouts.watchdog.is_zero()).then(|| 2 * template.timeouts.watchdog),
+            Some(us) if us > 0 => Some(bounds::usec_at_most(
+                us as u64,
+                ceiling.watchdog_threshold(),
+            )),
+            _ => (!template.timeouts.watchdog.is_zero())
+                .then(|| bounds::clamp(template.timeouts.watchdog.saturating_mul(2))),
         };
         let notify_key = rec
             .notify_socket
@@ -229,6 +258,7 @@ impl Agent {
             Live {
                 cg: super::workload(rec),
                 template: template.clone(),
+                ceiling,
                 threshold,
                 notify_key,
                 cgroup_ids: Default::default(),
@@ -244,10 +274,13 @@ impl Agent {
         if let Some(m) = self.monitor() {
             m.set(&rec.run_id, Kind::Init, rec.init_deadline);
             m.set(&rec.run_id, Kind::Total, rec.total_deadline);
-            let slack = chrono::Duration::from_std(FLUSH_EVERY).unwrap_or_default();
-            let watchdog = rec
-                .watchdog_deadline
-                .map(|d| if restarted { d + slack } else { d });
+            let watchdog = rec.watchdog_deadline.map(|d| {
+                if restarted {
+                    bounds::later(d, FLUSH_EVERY)
+                } else {
+                    d
+                }
+            });
             m.set(&rec.run_id, Kind::Watchdog, watchdog);
         }
     }
@@ -312,10 +345,11 @@ impl Agent {
     /// One notify message for a run, as the notify hub received it. Dropped (and
     /// counted) when its sender is provably outside the run's cgroup (sender.rs).
     pub(super) fn on_notify(&self, run_id: &str, sender: notify::Sender, msg: Message) {
-        let (inside, threshold) = match self.life.lives.lock().get_mut(run_id) {
+        let (inside, threshold, ceiling) = match self.life.lives.lock().get_mut(run_id) {
             Some(live) => (
                 sender::inside(&live.cg, &mut live.cgroup_ids, &self.cfg.proc_root, &sender),
                 live.threshold,
+                live.ceiling,
             ),
             None => return,
         };
@@ -331,11 +365,14 @@ impl Agent {
         self.metrics.notify(true);
         let now_t = Utc::now();
         if let Some(us) = msg.watchdog_usec {
-            let threshold = Duration::from_micros(us);
+            // At most the operator's threshold: a run may tighten its watchdog,
+            // never loosen it past what the operator set.
+            let threshold = bounds::usec_at_most(us, ceiling.watchdog_threshold());
             if let Some(live) = self.life.lives.lock().get_mut(run_id) {
                 live.threshold = Some(threshold);
             }
-            self.heartbeat(run_id, now_t, Some(threshold), Some(us as i64));
+            let usec = i64::try_from(threshold.as_micros()).unwrap_or(i64::MAX);
+            self.heartbeat(run_id, now_t, Some(threshold), Some(usec));
         } else if msg.watchdog {
             self.heartbeat(run_id, now_t, threshold, None);
         }
@@ -357,7 +394,7 @@ impl Agent {
         threshold: Option<Duration>,
         usec: Option<i64>,
     ) {
-        let deadline = threshold.map(|t| at + chrono::Duration::from_std(t).unwrap_or_default());
+        let deadline = threshold.map(|t| bounds::later(at, t));
         let beat = Beat { at, deadline, usec };
         let mut beats = self.life.beats.lock();
         match beats.get_mut(run_id) {
@@ -422,8 +459,21 @@ impl Agent {
             } else {
                 (TimeCol::TotalDeadline, Kind::Total, rec.total_deadline)
             };
+            // Up to the operator's deadline for the phase, never past it.
+            let ceiling = self
+                .ceiling(run_id)
+                .unwrap_or_else(|| self.stored_template(&rec).ceiling);
+            let span = if still_initializing {
+                ceiling.init
+            } else {
+                ceiling.total
+            };
             if let Some(current) = current {
-                let wanted = at + chrono::Duration::microseconds(us.min(i64::MAX as u64) as i64);
+                let asked = bounds::later(at, bounds::usec_at_most(us, bounds::MAX));
+                let wanted = match Ceiling::latest(span, rec.started_at) {
+                    Some(latest) => asked.min(latest),
+                    None => asked,
+                };
                 if wanted > current {
                     let _ = store.set_time(run_id, col, Some(wanted));
                     if let Some(m) = self.monitor() {

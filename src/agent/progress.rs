@@ -165,8 +165,7 @@ impl Agent {
             last_progress: now,
         });
         let Some(m) = self.monitor() else { return };
-        let after =
-            |d: Duration| Some(Utc::now() + chrono::Duration::from_std(d).unwrap_or_default());
+        let after = |d: Duration| Some(crate::bounds::later(Utc::now(), d));
         if let Some(s) = &stall {
             m.set(&rec.run_id, Kind::Stall, after(s.every));
         }
@@ -246,7 +245,7 @@ impl Agent {
         (s.cpu_usec, s.procs, s.sampled) = (cpu, procs, now);
         let idle = now.duration_since(s.last_progress);
         if idle >= s.timeout {
-            let since = Utc::now() - chrono::Duration::from_std(idle).unwrap_or_default();
+            let since = crate::bounds::earlier(Utc::now(), idle);
             return Some(format!(
                 "stalled: no progress (CPU time, processes, output) for {} (since {})",
                 crate::duration::format(s.timeout),
@@ -256,7 +255,7 @@ impl Agent {
         let next = s.every.min(s.timeout - idle);
         drop(watches);
         if let Some(m) = self.monitor() {
-            let at = Utc::now() + chrono::Duration::from_std(next).unwrap_or_default();
+            let at = crate::bounds::later(Utc::now(), next);
             m.set(run_id, Kind::Stall, Some(at));
         }
         None
@@ -284,7 +283,7 @@ impl Agent {
         if listening {
             self.became_ready(run_id, Utc::now(), &format!("port:{port}"));
         } else if let Some(m) = self.monitor() {
-            let at = Utc::now() + chrono::Duration::from_std(PROBE_EVERY).unwrap_or_default();
+            let at = crate::bounds::later(Utc::now(), PROBE_EVERY);
             m.set(run_id, Kind::Probe, Some(at));
         }
     }

@@ -108,7 +108,12 @@ fn caller(peer: Peer) -> Result<Caller, Answer> {
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Answer> {
     let bytes = if bytes.is_empty() { b"{}" } else { bytes };
-    serde_json::from_slice(bytes).map_err(|e| {
+    // The error names the field (`timeout_ms: …`), as the query reader's does.
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let read = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| e.to_string())
+        .and_then(|v| de.end().map(|()| v).map_err(|e| e.to_string()));
+    read.map_err(|e| {
         Answer(Failure::new(
             ErrorKind::BadInput,
             format!("bad request body: {e}"),

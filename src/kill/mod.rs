@@ -444,8 +444,7 @@ fn wait_unpopulated_unless_escalated(
 }
 
 fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
-    let deadline = chrono::Utc::now()
-        + chrono::Duration::from_std(plan.term_grace).unwrap_or(chrono::Duration::zero());
+    let deadline = crate::bounds::later(chrono::Utc::now(), plan.term_grace);
     let body = serde_json::json!({
         "reason": stop.reason,
         "requested_by": stop.requested_by,

@@ -77,10 +77,12 @@ impl Template {
 
     /// A template sent by a client that is not root, read over `base` (the
     /// operator's template the run would get without it). Such a template is data,
-    /// not authority: it may set `[run]`, and make timeouts, graces and kill
-    /// deadlines shorter; it may not set `[alerts]` (commands and webhooks the
+    /// not authority: it may set `[run]`, and make timeouts and graces
+    /// shorter; it may not set `[alerts]` (commands and webhooks the
     /// root agent would run or call), `[cleanup]` or `[limits]`, nor lengthen or
-    /// remove a timeout or grace. The error names the key and the operator's value.
+    /// remove a timeout or grace, nor change the kill's freeze timeout or kill
+    /// deadline (shorter ones make root's kill report a false `unkillable`). The
+    /// error names the key and the operator's value.
     pub fn confine(text: &str, name: &str, base: &Template) -> Result<Template, TemplateError> {
         let base_text = toml::to_string(base).map_err(|e| TemplateError::Base(e.to_string()))?;
         let t = Template::check_over(text, name, &base_text).map_err(|e| match e {
@@ -185,6 +187,18 @@ impl Template {
                 }
             })?;
         }
+        // How long root's kill waits for a freeze and for the tree to die before
+        // it reports the run `unkillable`: shorter would make that report false
+        // (and quarantine a killable run), longer would hold a kill up. Only the
+        // operator's values (SECURITY.md, "Bounded values").
+        operator_only(
+            "kill.freeze_timeout",
+            t.kill.freeze_timeout == base.kill.freeze_timeout,
+        )?;
+        operator_only(
+            "kill.kill_deadline",
+            t.kill.kill_deadline == base.kill.kill_deadline,
+        )?;
         Ok(t)
     }
 }
@@ -336,5 +350,33 @@ fn check_values(text: &str, t: &Template, user: &DeTable<'_>, problems: &mut Vec
                 format!("{what} must be more than 0"),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_template_may_not_change_the_kills_own_deadlines() {
+        let base = Template::parse("", "base").unwrap();
+        for (text, key) in [
+            ("[kill]\nfreeze_timeout = \"1ms\"\n", "kill.freeze_timeout"),
+            ("[kill]\nkill_deadline = \"100ms\"\n", "kill.kill_deadline"),
+            ("[kill]\nkill_deadline = \"0\"\n", "kill.kill_deadline"),
+            ("[kill]\nkill_deadline = \"1h\"\n", "kill.kill_deadline"),
+        ] {
+            let err = Template::confine(text, "u.toml", &base)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        // The operator's own values, repeated, are fine.
+        let same = format!(
+            "[kill]\nfreeze_timeout = \"{}\"\nkill_deadline = \"{}\"\n",
+            crate::duration::format(base.kill.freeze_timeout),
+            crate::duration::format(base.kill.kill_deadline)
+        );
+        assert!(Template::confine(&same, "u.toml", &base).is_ok());
     }
 }

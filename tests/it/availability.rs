@@ -328,9 +328,9 @@ fn a_users_huge_grace_does_not_keep_its_run_alive() {
                 "kill",
                 &run,
                 "--grace",
-                "100000h",
+                "80000h",
                 "--max-wait",
-                "100000h",
+                "80000h",
                 "--json",
             ])
             .stdout(Stdio::piped())

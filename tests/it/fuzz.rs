@@ -151,7 +151,12 @@ fn request(agent: &TestAgent, method: &str, path: &str, body: &[u8]) -> Option<u
 }
 
 /// [`request`]: the status code and the answer's body.
-fn answer(agent: &TestAgent, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+pub(crate) fn answer(
+    agent: &TestAgent,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut s = UnixStream::connect(&agent.socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let head = format!(

@@ -32,3 +32,4 @@ mod supervisor;
 mod templates;
 mod top;
 mod trust_output;
+mod trust_bounds;

@@ -109,8 +109,8 @@ fn a_users_template_cannot_make_the_root_agent_run_a_command_or_widen_its_limits
         ),
         (
             "grace",
-            "[kill]\nterm_grace = \"100000h\"\n".to_string(),
-            "kill.term_grace = 100000h is longer than the operator's 5s",
+            "[kill]\nterm_grace = \"80000h\"\n".to_string(),
+            "kill.term_grace = 80000h is longer than the operator's 5s",
         ),
         (
             "no-timeout",

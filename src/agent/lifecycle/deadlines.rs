@@ -1,11 +1,15 @@
 //! A run's deadlines: those it starts with ([`Agent::initial_deadlines`]), what
 //! happens when one passes ([`Agent::on_deadline`]: the automatic kill as
 //! `timed_out`, a stuck run marked for its breaker), and when a live run counts
-//! as stuck ([`Agent::stuck_reason`]).
+//! as stuck ([`Agent::stuck_reason`]); and the operator's ceilings
+//! ([`Ceiling`]) that nothing a run sends may push a deadline past.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::bounds;
 
 use crate::agent::Agent;
 use crate::agent::monitor::Kind;
@@ -13,7 +17,137 @@ use crate::agent::time::rfc3339;
 use crate::api::{KillRequest, RunStatus};
 use crate::store::RunRecord;
 
+/// The operator's values for a run's deadlines, which EXTEND_TIMEOUT_USEC,
+/// `wfcg notify --extend` and WATCHDOG_USEC may move a deadline up to, never
+/// past: the timeouts of the template the operator gave the run (the named or
+/// workflow's template, the agent's default, or a template text root sent)
+/// before the caller's own shortening (`--init-timeout`, `--timeout`,
+/// `--watchdog`, a user's template text); root's flags may widen it. Zero: the
+/// operator set no such limit (then [`bounds::MAX`] caps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ceiling {
+    #[serde(with = "ms")]
+    pub init: Duration,
+    #[serde(with = "ms")]
+    pub total: Duration,
+    /// The heartbeat interval; the threshold is twice it.
+    #[serde(with = "ms")]
+    pub watchdog: Duration,
+}
+
+mod ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(crate::bounds::clamp(Duration::from_millis(
+            u64::deserialize(d)?,
+        )))
+    }
+}
+
+impl Ceiling {
+    /// A template's timeouts as the ceiling.
+    pub fn of(t: &crate::template::Template) -> Ceiling {
+        Ceiling {
+            init: t.timeouts.init,
+            total: t.timeouts.total,
+            watchdog: t.timeouts.watchdog,
+        }
+    }
+
+    /// Each limit the longer of the two (zero, no limit, is the longest).
+    fn wider(self, other: Ceiling) -> Ceiling {
+        let wider = |a: Duration, b: Duration| {
+            if a.is_zero() || b.is_zero() {
+                Duration::ZERO
+            } else {
+                a.max(b)
+            }
+        };
+        Ceiling {
+            init: wider(self.init, other.init),
+            total: wider(self.total, other.total),
+            watchdog: wider(self.watchdog, other.watchdog),
+        }
+    }
+
+    /// The longest heartbeat threshold (WATCHDOG_USEC) a run may set.
+    pub fn watchdog_threshold(&self) -> Duration {
+        if self.watchdog.is_zero() {
+            bounds::MAX
+        } else {
+            bounds::clamp(self.watchdog.saturating_mul(2))
+        }
+    }
+
+    /// The latest a deadline of `span` (init or total) may be, for a run started at
+    /// `start`; none when the operator set no such limit.
+    pub fn latest(span: Duration, start: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        (!span.is_zero())
+            .then(|| start.map(|s| bounds::later(s, span)))
+            .flatten()
+    }
+}
+
+/// A run's template as stored with it, with the operator's ceiling.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::agent) struct Stored {
+    pub template: crate::template::Template,
+    pub ceiling: Ceiling,
+}
+
+impl Stored {
+    /// Reads a stored template: this form, or a bare template (an older record,
+    /// an adopted run), whose own timeouts are then the ceiling.
+    pub fn read(text: &str) -> Option<Stored> {
+        serde_json::from_str::<Stored>(text).ok().or_else(|| {
+            let template = serde_json::from_str::<crate::template::Template>(text).ok()?;
+            Some(Stored {
+                ceiling: Ceiling::of(&template),
+                template,
+            })
+        })
+    }
+}
+
 impl Agent {
+    /// The operator's ceiling for a new run: the timeouts of the template the
+    /// operator gave it (named, the workflow's, the agent's default, or a template
+    /// text sent by root), before the caller's overrides; root's overrides may
+    /// widen it (root may lengthen), a user's never.
+    pub(in crate::agent) fn operator_ceiling(
+        &self,
+        caller: &crate::agent::Caller,
+        req: &crate::api::CreateRun,
+        template: &crate::template::Template,
+    ) -> crate::agent::Result<Ceiling> {
+        let root = caller.is_root();
+        // As `resolve_template` reads it, less a user's text (whose name is only
+        // a label: its base is the workflow's template or the default).
+        let text = req.template_text.clone().filter(|_| root);
+        let base = crate::api::CreateRun {
+            workflow: req.workflow.clone(),
+            template: (root || req.template_text.is_none())
+                .then(|| req.template.clone())
+                .flatten(),
+            template_text: text,
+            ..Default::default()
+        };
+        let (_, operator) = self.resolve_template(caller, &base)?;
+        let ceiling = Ceiling::of(&operator);
+        Ok(if root {
+            ceiling.wider(Ceiling::of(template))
+        } else {
+            ceiling
+        })
+    }
+
     /// A deadline passed: check it against the record, then kill the run
     /// gracefully (critical sections honoured) as `timed_out`.
     pub(super) fn on_deadline(&self, run_id: &str, kind: Kind) {
@@ -121,7 +255,7 @@ impl Agent {
             m.set(
                 run_id,
                 kind,
-                Some(Utc::now() + chrono::Duration::seconds(1)),
+                Some(bounds::later(Utc::now(), Duration::from_secs(1))),
             );
         }
     }
@@ -145,8 +279,7 @@ impl Agent {
         let now_t = Utc::now();
         let near = |deadline: Option<DateTime<Utc>>, span: Duration| {
             let d = deadline?;
-            let margin = chrono::Duration::from_std(span / 5).unwrap_or_default();
-            (now_t >= d - margin).then_some(d)
+            (now_t >= bounds::earlier(d, span / 5)).then_some(d)
         };
         if status == RunStatus::Initializing
             && let Some(d) = near(rec.init_deadline, template.timeouts.init)
@@ -170,15 +303,20 @@ impl Agent {
         None
     }
 
-    /// The deadlines and status a new run starts with, from its template.
+    /// The deadlines and status a new run starts with, from its template; the
+    /// template is stored with the operator's `ceiling`.
     pub(in crate::agent) fn initial_deadlines(
         template: &crate::template::Template,
+        ceiling: Ceiling,
         rec: &mut RunRecord,
     ) {
         let start = Utc::now();
-        let after = |d: Duration| {
-            (!d.is_zero()).then(|| start + chrono::Duration::from_std(d).unwrap_or_default())
+        let after = |d: Duration| (!d.is_zero()).then(|| bounds::later(start, d));
+        let stored = Stored {
+            template: template.clone(),
+            ceiling,
         };
+        rec.template = serde_json::to_string(&stored).ok();
         // With no init timeout there is no initialization to wait out: a run that
         // will never be killed for not becoming ready is running from the start.
         let notify = template.run.waits() && !template.timeouts.init.is_zero();
@@ -196,6 +334,33 @@ impl Agent {
             None
         };
         rec.total_deadline = after(template.timeouts.total);
-        rec.watchdog_deadline = after(2 * template.timeouts.watchdog);
+        rec.watchdog_deadline = after(template.timeouts.watchdog.saturating_mul(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_template_reads_back_with_its_ceiling() {
+        let t = crate::template::Template::parse(
+            "[timeouts]\ninit = \"2s\"\n[kill]\nterm_grace = \"1s\"\n[alerts]\nwebhook = \"http://127.0.0.1:9/x\"\n",
+            "t",
+        )
+        .unwrap();
+        let ceiling = Ceiling::of(&t);
+        let text = serde_json::to_string(&Stored {
+            template: t.clone(),
+            ceiling,
+        })
+        .unwrap();
+        let back = serde_json::from_str::<Stored>(&text).map_err(|e| format!("{e}: {text}"));
+        let back = back.unwrap();
+        assert_eq!(back.template, t);
+        assert_eq!(back.ceiling, ceiling);
+        // A bare template (an older record) reads too, its timeouts the ceiling.
+        let bare = Stored::read(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(bare.ceiling, ceiling);
     }
 }
