@@ -420,6 +420,11 @@ pub struct CleanupStatus {
     /// Those still alive, each described (`pid N (CMD) state S wchan W …`).
     #[serde(default)]
     pub survivors: Vec<String>,
+    /// Processes of the run's owner, started after it, whose environment the
+    /// search for escapees did not read (its budget was spent, or they were in
+    /// uninterruptible sleep) or read only in part (larger than its limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub escapees_unread: u32,
     /// `kept`, `removed`, or `none` (the run had no workspace).
     pub workspace: String,
 }
@@ -461,6 +466,13 @@ impl CleanupStatus {
                 pids.join(", ")
             ));
         }
+        if self.escapees_unread > 0 {
+            parts.push(format!(
+                "the search for escapees left {} process(es) of the owner unread or read in \
+                 part (its budget)",
+                self.escapees_unread
+            ));
+        }
         if self.workspace != "none" && !self.workspace.is_empty() {
             parts.push(format!("workspace {}", self.workspace));
         }
@@ -500,6 +512,9 @@ pub struct KillResult {
     /// `written` once the attempt is in the audit trail; `pending` while the
     /// agent still retries writing it.
     pub audit: Option<String>,
+    /// The runs started from inside this one (and theirs), killed with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<KillResult>,
 }
 
 /// A run as `ps` and `status` show it.
@@ -546,6 +561,10 @@ pub struct RunInfo {
     /// (its cgroup taken in place). Such a run has no supervisor; `pid` is its root.
     #[serde(default)]
     pub adopted: Option<String>,
+    /// The run this one was started from inside of (its caller was in that
+    /// run's cgroup): it is killed with that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
 }
 
 impl RunInfo {
@@ -782,4 +801,9 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", st.as_str()));
         }
     }
+}
+
+/// For `skip_serializing_if` of counts that are usually 0.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
