@@ -16,7 +16,7 @@ use crate::util::{self, CommandExt, KillOnDrop, TestAgent, TestUser, wait_until}
 /// Starts `cmd` without the markers executors set, which wfcg takes as the
 /// tree's own (with the root's values): a CI job running these tests sets them
 /// on every process, neighbours included.
-fn unmarked(cmd: &mut Command) -> &mut Command {
+pub(crate) fn unmarked(cmd: &mut Command) -> &mut Command {
     for key in wfcg::adopt::DEFAULT_MARKERS {
         cmd.env_remove(key);
     }
@@ -24,12 +24,12 @@ fn unmarked(cmd: &mut Command) -> &mut Command {
 }
 
 /// A cgroup outside wfcg's runs, where trees are started "by someone else".
-struct Source {
+pub(crate) struct Source {
     cg: Cgroup,
 }
 
 impl Source {
-    fn new(agent: &TestAgent) -> Source {
+    pub(crate) fn new(agent: &TestAgent) -> Source {
         static N: AtomicUsize = AtomicUsize::new(0);
         let cg = Cgroup::new(
             agent
@@ -46,12 +46,17 @@ impl Source {
 
     /// Starts `argv` in this cgroup (it moves itself in, then execs), its
     /// processes marked with `WFCG_TEST_MARK=marker`.
-    fn spawn(&self, marker: &str, argv: &[&str]) -> KillOnDrop {
+    pub(crate) fn spawn(&self, marker: &str, argv: &[&str]) -> KillOnDrop {
         self.spawn_with(marker, &[], argv)
     }
 
     /// [`Source::spawn`] with more environment.
-    fn spawn_with(&self, marker: &str, env: &[(&str, &str)], argv: &[&str]) -> KillOnDrop {
+    pub(crate) fn spawn_with(
+        &self,
+        marker: &str,
+        env: &[(&str, &str)],
+        argv: &[&str],
+    ) -> KillOnDrop {
         let child = unmarked(&mut Command::new("sh"))
             .envs(env.iter().copied())
             .arg("-c")
@@ -68,11 +73,11 @@ impl Source {
     }
 
     /// `sh -c SCRIPT` in this cgroup.
-    fn sh(&self, marker: &str, script: &str) -> KillOnDrop {
+    pub(crate) fn sh(&self, marker: &str, script: &str) -> KillOnDrop {
         self.spawn(marker, &["sh", "-c", script])
     }
 
-    fn pids(&self) -> Vec<i32> {
+    pub(crate) fn pids(&self) -> Vec<i32> {
         self.cg.procs().unwrap_or_default()
     }
 }

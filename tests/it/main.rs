@@ -31,3 +31,5 @@ mod stuck;
 mod supervisor;
 mod templates;
 mod top;
+mod trust_markers;
+mod trust_nesting;
