@@ -3,13 +3,14 @@
 //! against another user's run.
 //!
 //! A marker is a hint its carrier controls. A scan reads the environment only
-//! of processes that pass an [`EnvFilter`] first (the uid and the start time,
-//! from `/proc/<pid>/stat` and `status`, a few hundred bytes each), at most
+//! of processes that pass an [`EnvFilter`] first (the uid and the start time:
+//! the owner of `/proc/<pid>`, then `/proc/<pid>/stat` and `status`), at most
 //! [`ENV_READ_LIMIT`] of each, and at most [`ENV_SCAN_BUDGET`] bytes in all; what
 //! it did not read is counted in its answer ([`EnvScan`]), never guessed.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -104,6 +105,15 @@ fn scan(proc_root: &Path, key: &str, asks: &[(String, EnvFilter)]) -> Vec<EnvSca
     let spent = AtomicU64::new(0);
     let pids = all_pids(proc_root);
     let seen = crate::par::map(&pids, 256, |&pid| {
+        // Cheapest first: the owner of `/proc/<pid>` is the process's effective
+        // uid (root's when it is not dumpable), one statx, no file read. Another
+        // user's processes end here, however many and however large.
+        let owner = std::fs::metadata(proc_root.join(pid.to_string()))
+            .ok()?
+            .uid();
+        if owner != 0 && !asks.iter().any(|(_, f)| f.uid == owner) {
+            return None;
+        }
         let st = stat(proc_root, pid)?;
         if st.state == 'Z' || st.state == 'X' || st.is_kernel_thread() || st.starttime < earliest {
             return None;
