@@ -480,6 +480,11 @@ impl CleanupStatus {
     }
 }
 
+/// For `skip_serializing_if` of counts that are usually 0.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The result of a kill: the contract `{success, run_id, killed_at, cleanup_status, message}`
 /// plus how it went.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -801,9 +806,4 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", st.as_str()));
         }
     }
-}
-
-/// For `skip_serializing_if` of counts that are usually 0.
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
