@@ -165,6 +165,12 @@ pub struct Walk<'a> {
     pub max_passes: usize,
     /// Read each process's uids (for ownership checks); a `status` read each.
     pub uids: bool,
+    /// Markers are looked for only in processes whose real, effective and saved
+    /// uids are all this one (the caller's, when it may act on no other's):
+    /// checked before the environment is read, so that whether another user's
+    /// process carries a marker changes nothing in the answer (no oracle).
+    /// `None`: in any process.
+    pub marker_uid: Option<u32>,
 }
 
 /// The markers to look for: the given `VAR=VALUE` entries, and each default
@@ -363,6 +369,11 @@ impl State<'_> {
                 if self.walk.markers.is_empty() {
                     return None;
                 }
+                if let Some(uid) = self.walk.marker_uid
+                    && procfs::uids(proc_root, pid).and_then(procfs::sole_uid) != Some(uid)
+                {
+                    return None;
+                }
                 let env = procfs::environ(proc_root, pid, ENVIRON_LIMIT);
                 self.walk
                     .markers
@@ -470,6 +481,7 @@ mod tests {
             target: None,
             max_passes: DRY_RUN_PASSES,
             uids: true,
+            marker_uid: None,
         });
         let kids = procfs::children(proc_root, pid);
         for k in &kids {

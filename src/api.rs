@@ -437,6 +437,11 @@ pub struct CleanupStatus {
     /// Those still alive, each described (`pid N (CMD) state S wchan W …`).
     #[serde(default)]
     pub survivors: Vec<String>,
+    /// Processes of the run's owner, started after it, whose environment the
+    /// search for escapees did not read (its budget was spent, or they were in
+    /// uninterruptible sleep) or read only in part (larger than its limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub escapees_unread: u32,
     /// `kept`, `removed`, or `none` (the run had no workspace).
     pub workspace: String,
 }
@@ -478,11 +483,23 @@ impl CleanupStatus {
                 pids.join(", ")
             ));
         }
+        if self.escapees_unread > 0 {
+            parts.push(format!(
+                "the search for escapees left {} process(es) of the owner unread or read in \
+                 part (its budget)",
+                self.escapees_unread
+            ));
+        }
         if self.workspace != "none" && !self.workspace.is_empty() {
             parts.push(format!("workspace {}", self.workspace));
         }
         parts.join("; ")
     }
+}
+
+/// For `skip_serializing_if` of counts that are usually 0.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The result of a kill: the contract `{success, run_id, killed_at, cleanup_status, message}`
@@ -517,6 +534,9 @@ pub struct KillResult {
     /// `written` once the attempt is in the audit trail; `pending` while the
     /// agent still retries writing it.
     pub audit: Option<String>,
+    /// The runs started from inside this one (and theirs), killed with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<KillResult>,
 }
 
 /// A run as `ps` and `status` show it.
@@ -563,6 +583,10 @@ pub struct RunInfo {
     /// (its cgroup taken in place). Such a run has no supervisor; `pid` is its root.
     #[serde(default)]
     pub adopted: Option<String>,
+    /// The run this one was started from inside of (its caller was in that
+    /// run's cgroup): it is killed with that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
 }
 
 impl RunInfo {

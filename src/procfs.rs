@@ -4,7 +4,6 @@
 //! A leaf module: it knows `/proc` (whose root the caller passes in) and nothing
 //! of runs or the agent.
 
-use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -12,6 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
+
+pub mod markers;
+pub use markers::{EnvFilter, EnvScan, SharedEnvScan, pids_with_env};
 
 /// The whole of a small kernel file (procfs, cgroupfs) in as few system calls
 /// as the kernel allows: open, read into a page-sized buffer until the end,
@@ -115,15 +117,6 @@ pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
     Some(parts.join(" "))
 }
 
-/// Whether a process's environment holds `key=value` (`/proc/<pid>/environ`).
-pub fn has_env(proc_root: &Path, pid: i32, key: &str, value: &str) -> bool {
-    let Ok(raw) = read_small(&proc_root.join(pid.to_string()).join("environ")) else {
-        return false;
-    };
-    let want = format!("{key}={value}");
-    raw.split(|b| *b == 0).any(|e| e == want.as_bytes())
-}
-
 /// Every numeric entry of `/proc`.
 pub fn all_pids(proc_root: &Path) -> Vec<i32> {
     let Ok(entries) = fs::read_dir(proc_root) else {
@@ -133,125 +126,6 @@ pub fn all_pids(proc_root: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
-}
-
-/// Every process on the host whose environment holds `key=value`, zombies excepted.
-/// This is how a run's processes are found wherever they went: each carries
-/// `WFCG_RUN_ID=<id>`.
-pub fn pids_with_env(proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
-    let values = HashSet::from([value.to_owned()]);
-    scan_env(proc_root, key, &values)
-        .remove(value)
-        .unwrap_or_default()
-}
-
-/// One pass over the host: the processes (zombies excepted) whose environment
-/// holds `key=V`, for each V of `values` found. One read of each process's
-/// environment, on every core on a busy host.
-fn scan_env(proc_root: &Path, key: &str, values: &HashSet<String>) -> HashMap<String, Vec<i32>> {
-    let prefix = format!("{key}=");
-    let pids = all_pids(proc_root);
-    let found = crate::par::map(&pids, 256, |&pid| {
-        let raw = read_small(&proc_root.join(pid.to_string()).join("environ")).ok()?;
-        let value = raw.split(|b| *b == 0).find_map(|e| {
-            let v = std::str::from_utf8(e.strip_prefix(prefix.as_bytes())?).ok()?;
-            values.contains(v).then(|| v.to_owned())
-        })?;
-        (state(proc_root, pid) != Some('Z')).then_some((value, pid))
-    });
-    let mut out: HashMap<String, Vec<i32>> = HashMap::new();
-    for (value, pid) in found.into_iter().flatten() {
-        out.entry(value).or_default().push(pid);
-    }
-    out
-}
-
-/// [`pids_with_env`] shared by concurrent callers: each waits for a scan of the
-/// host that starts after it asked, and one scan answers every caller waiting
-/// when it starts. A hundred runs killed at once then read each process's
-/// environment a few times, not a hundred.
-#[derive(Default)]
-pub struct SharedEnvScan {
-    state: parking_lot::Mutex<EnvScanState>,
-    done: parking_lot::Condvar,
-}
-
-type EnvAsk = (std::path::PathBuf, String, String);
-/// What one scan found: the processes of each ask.
-type EnvFound = std::sync::Arc<HashMap<EnvAsk, Vec<i32>>>;
-
-#[derive(Default)]
-struct EnvScanState {
-    /// Asked since the last scan started.
-    asked: HashSet<EnvAsk>,
-    running: bool,
-    /// Scans started so far; the running or last one is number `started`.
-    started: u64,
-    /// The last scan finished: its number and what it found for each ask.
-    last: Option<(u64, EnvFound)>,
-}
-
-impl SharedEnvScan {
-    /// Every process on the host whose environment holds `key=value`, zombies
-    /// excepted, as found by a scan that started after this call.
-    pub fn pids_with_env(&self, proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
-        let ask: EnvAsk = (proc_root.to_owned(), key.to_owned(), value.to_owned());
-        let mut st = self.state.lock();
-        st.asked.insert(ask.clone());
-        let mut need = st.started + 1;
-        loop {
-            if let Some((n, found)) = &st.last
-                && *n >= need
-            {
-                // Every scan answers every ask it took (with no pids if none matched).
-                if let Some(pids) = found.get(&ask) {
-                    return pids.clone();
-                }
-                // A scan after the one that took this ask finished first: ask again.
-                st.asked.insert(ask.clone());
-                need = st.started + 1;
-            }
-            if !st.running {
-                st.running = true;
-                st.started += 1;
-                let n = st.started;
-                let asked = std::mem::take(&mut st.asked);
-                drop(st);
-                let found = scan_asks(&asked);
-                st = self.state.lock();
-                st.last = Some((n, std::sync::Arc::new(found)));
-                st.running = false;
-                self.done.notify_all();
-                continue;
-            }
-            self.done.wait(&mut st);
-        }
-    }
-
-    /// How many scans of the host were made.
-    pub fn scans(&self) -> u64 {
-        self.state.lock().started
-    }
-}
-
-/// One pass per (proc root, key) over what was asked; every ask gets an entry.
-fn scan_asks(asked: &HashSet<EnvAsk>) -> HashMap<EnvAsk, Vec<i32>> {
-    let mut groups: HashMap<(&Path, &str), HashSet<String>> = HashMap::new();
-    for (root, key, value) in asked {
-        groups
-            .entry((root.as_path(), key.as_str()))
-            .or_default()
-            .insert(value.clone());
-    }
-    let mut out = HashMap::new();
-    for ((root, key), values) in groups {
-        let mut found = scan_env(root, key, &values);
-        for value in values {
-            let pids = found.remove(&value).unwrap_or_default();
-            out.insert((root.to_owned(), key.to_owned(), value), pids);
-        }
-    }
-    out
 }
 
 /// What `/proc/<pid>/stat` says of a process's place in the process tree.
@@ -364,6 +238,20 @@ pub fn start_wall_time(proc_root: &Path, starttime: u64) -> Option<std::time::Sy
     let since_boot = Duration::from_nanos(starttime.saturating_mul(1_000_000_000) / ticks);
     let ago = Duration::from_secs_f64(up).saturating_sub(since_boot);
     Some(std::time::SystemTime::now() - ago)
+}
+
+/// The inverse of [`start_wall_time`]: the stat start time (clock ticks since
+/// boot) of a process that would have started at `at`; 0 for a time before
+/// boot. `None` when `/proc/uptime` is unreadable.
+pub fn ticks_at(proc_root: &Path, at: std::time::SystemTime) -> Option<u64> {
+    let uptime = fs::read_to_string(proc_root.join("uptime")).ok()?;
+    let up = Duration::try_from_secs_f64(uptime.split_whitespace().next()?.parse().ok()?).ok()?;
+    let ago = std::time::SystemTime::now()
+        .duration_since(at)
+        .unwrap_or_default();
+    let since_boot = up.saturating_sub(ago);
+    let ticks = u128::from(rustix::param::clock_ticks_per_second().max(1));
+    u64::try_from(since_boot.as_nanos() * ticks / 1_000_000_000).ok()
 }
 
 /// `pidfd_open(2)`: a file descriptor that refers to this one process for as
@@ -563,86 +451,6 @@ mod tests {
         let pidfd = pidfd_open(me).unwrap();
         assert!(pidfd_alive(&pidfd));
         assert_eq!(pidfd_pid(&pidfd), Some(me));
-    }
-
-    #[test]
-    fn finds_a_process_by_its_environment_marker() {
-        let marker = format!("probe-{}", std::process::id());
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .env("WFCG_TEST_MARK", &marker)
-            .spawn()
-            .unwrap();
-        // spawn() returns once the child is in execve(), a little before the
-        // kernel sets up the new environment: until then `environ` reads empty.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut found = Vec::new();
-        while found.is_empty() && std::time::Instant::now() < deadline {
-            found = pids_with_env(Path::new("/proc"), "WFCG_TEST_MARK", &marker);
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert_eq!(found, vec![child.id() as i32]);
-    }
-
-    /// Concurrent callers each get the processes of their own marker, from a
-    /// scan that started after they asked; they share scans.
-    #[test]
-    fn concurrent_marker_scans_are_shared_and_each_answered() {
-        let tag = format!("shared-{}", std::process::id());
-        let markers: Vec<String> = (0..3).map(|i| format!("{tag}-{i}")).collect();
-        let children: Vec<_> = markers
-            .iter()
-            .take(2)
-            .map(|m| {
-                std::process::Command::new("sleep")
-                    .arg("30")
-                    .env("WFCG_TEST_MARK", m)
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        let proc_root = Path::new("/proc");
-        // Until the children's environments are set up (see above).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while markers[..2]
-            .iter()
-            .any(|m| pids_with_env(proc_root, "WFCG_TEST_MARK", m).is_empty())
-            && std::time::Instant::now() < deadline
-        {}
-        let shared = SharedEnvScan::default();
-        let callers = 12;
-        let answers: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
-            let threads: Vec<_> = (0..callers)
-                .map(|i| {
-                    let (shared, m) = (&shared, &markers[i % 3]);
-                    s.spawn(move || (i % 3, shared.pids_with_env(proc_root, "WFCG_TEST_MARK", m)))
-                })
-                .collect();
-            threads.into_iter().map(|t| t.join().unwrap()).collect()
-        });
-        let mut children = children;
-        let want: Vec<Vec<i32>> = children
-            .iter()
-            .map(|c| vec![c.id() as i32])
-            .chain([vec![]])
-            .collect();
-        for c in &mut children {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-        for (m, pids) in answers {
-            assert_eq!(pids, want[m], "marker {m}");
-        }
-        let scans = shared.scans();
-        assert!((1..=callers as u64).contains(&scans), "{scans} scans");
-        // A later call scans again: the processes are gone by now.
-        assert!(
-            shared
-                .pids_with_env(proc_root, "WFCG_TEST_MARK", &markers[0])
-                .is_empty()
-        );
-        assert_eq!(shared.scans(), scans + 1);
     }
 
     #[test]

@@ -232,7 +232,6 @@ impl Agent {
             }
             None => {}
         }
-        let rights = self.rights(id);
         let me = std::process::id() as i32;
         let callers = lineage(&proc_root, caller.pid);
         // Never taken, whatever the tree: init, the agent, the caller's line,
@@ -254,6 +253,7 @@ impl Agent {
             }
         };
         let markers = adopt::markers(&proc_root, &root, &req.markers);
+        let rights = self.rights(id);
         let walk = |target: Option<&Cgroup>, veto: adopt::Veto<'_>, uids: bool| {
             adopt::gather(&Walk {
                 proc_root: &proc_root,
@@ -268,6 +268,7 @@ impl Agent {
                     adopt::DRY_RUN_PASSES
                 },
                 uids,
+                marker_uid: (!rights.any).then_some(caller.uid),
             })
         };
         // Who may take what: decided on a walk that changes nothing (skipped for

@@ -12,9 +12,27 @@ use crate::api::{self, CleanupStatus};
 use crate::cgroup::Cgroup;
 use crate::gitlocks;
 use crate::kill;
+use crate::procfs;
 use crate::sections::{self, Finding};
 use crate::store::RunRecord;
 use crate::userfs::{self, Cred};
+
+/// Which processes may be a run's escapees: those its owner could have started
+/// (real, effective and saved uids all the owner's; root's for root's runs)
+/// since it started (a second of slack for the clock conversion). The run's
+/// start unknown, or `/proc/uptime` unreadable: any time.
+pub(super) fn escapee_filter(proc_root: &Path, rec: &RunRecord) -> procfs::EnvFilter {
+    let since = rec
+        .started_at
+        .and_then(|t| procfs::ticks_at(proc_root, t.into()))
+        .map_or(0, |ticks| {
+            ticks.saturating_sub(rustix::param::clock_ticks_per_second())
+        });
+    procfs::EnvFilter {
+        uid: rec.owner_uid,
+        since,
+    }
+}
 
 impl Agent {
     /// Removes what an ended run leaves (stale git locks of its dead tree, its
@@ -26,13 +44,14 @@ impl Agent {
         // its cgroup (a root workflow can move itself out) is killed too. A scan
         // of the host's processes, made while the rest is removed.
         let deadline = self.run_template(rec).kill.kill_deadline;
+        let filter = escapee_filter(&self.cfg.proc_root, rec);
         let (escapees, status) = std::thread::scope(|s| {
             let escapees = s.spawn(|| {
                 kill::kill_escapees(
                     &self.cfg.proc_root,
                     RUN_ID_ENV,
                     &rec.run_id,
-                    rec.owner_uid,
+                    filter,
                     deadline,
                 )
             });
@@ -51,6 +70,15 @@ impl Agent {
                 escapees.killed
             );
         }
+        if !escapees.ignored.is_empty() || escapees.unread > 0 || escapees.cut > 0 {
+            tracing::info!(
+                run_id = rec.run_id,
+                ignored = ?escapees.ignored,
+                unread = escapees.unread,
+                cut = escapees.cut,
+                "the search for escapees left processes alone"
+            );
+        }
         let mut remaining: Vec<i32> = escapees.survivors.iter().map(|s| s.pid).collect();
         if !status.cgroup_removed {
             remaining.extend(
@@ -64,6 +92,7 @@ impl Agent {
         CleanupStatus {
             processes_remaining: remaining.len() as u32,
             escapees_killed: escapees.killed,
+            escapees_unread: escapees.unread + escapees.cut,
             survivors: escapees
                 .survivors
                 .iter()

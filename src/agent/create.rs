@@ -147,6 +147,8 @@ impl Agent {
         if !procfs::pidfd_alive(&*pidfd) || origin.is_none() {
             return Err(gone());
         }
+        // Started from inside a run: that run's child, killed with it.
+        let parent_run_id = self.parent_run(origin.as_deref())?;
 
         let cg = self.runs_cg.child(&run_id);
         match cg.create_new() {
@@ -258,6 +260,7 @@ impl Agent {
             run_dir: Some(run_dir.display().to_string()),
             tmpdir: Some(tmpdir.display().to_string()),
             log_path: log_path.as_ref().map(|p| p.display().to_string()),
+            parent_run_id,
             ..Default::default()
         };
         Agent::initial_deadlines(&template, ceiling, &mut rec);
@@ -267,6 +270,7 @@ impl Agent {
             let _ = cg.kill();
             return Err(undo(e.to_string()));
         }
+        self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
         self.audit_event(AuditEntry {
             actor_uid: Some(caller.uid),

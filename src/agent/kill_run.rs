@@ -272,7 +272,9 @@ impl Agent {
         };
         let escalate = answer.slot.escalate.clone();
         let emergency = answer.slot.emergency.clone();
-        let result = self.kill_sequence(&requested_by, &rec, &req, end, escalate, emergency);
+        let mut result = self.kill_sequence(&requested_by, &rec, &req, end, escalate, emergency);
+        // Nothing started inside the run outlives its kill: its child runs.
+        self.kill_children(&requested_by, &rec, &req, end, &mut result);
         *answer.slot.result.lock() = Some(result.clone());
         drop(answer);
         // The reaper skips a run while its kill is under way: if the survivors of

@@ -42,6 +42,7 @@ mod lifecycle;
 mod may_kill;
 pub mod metrics;
 pub mod monitor;
+mod nesting;
 pub mod notify;
 mod notify_hub;
 pub mod placement;

@@ -134,6 +134,7 @@ impl Agent {
             stuck,
             loop_suspected: rec.loop_suspected,
             adopted: rec.adopted,
+            parent_run_id: rec.parent_run_id,
         }
     }
 

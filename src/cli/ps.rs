@@ -68,11 +68,12 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         crate::output::json(&runs)?;
         return Ok(exit::OK);
     }
+    let runs = nested(runs);
     let rows: Vec<Vec<String>> = runs
         .iter()
-        .map(|r| {
+        .map(|(depth, r)| {
             vec![
-                r.run_id.clone(),
+                format!("{}{}", "  ".repeat(*depth), r.run_id),
                 one_line(r.workflow.as_deref().unwrap_or("-")),
                 one_line(&r.owner_display()),
                 r.status.to_string(),
@@ -86,7 +87,7 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         .collect();
     let widths = table::widths(&PS_COLUMNS, &rows);
     outln!("{}", table::header(&PS_COLUMNS, &widths))?;
-    for (r, row) in runs.iter().zip(&rows) {
+    for ((_, r), row) in runs.iter().zip(&rows) {
         outln!("{}", table::line(&PS_COLUMNS, &widths, row))?;
         for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
             outln!("{:w$} ! {}", "", Shown(note), w = widths[0])?;
@@ -98,6 +99,39 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         outln!("{}", super::breaker::describe(b))?;
     }
     Ok(exit::OK)
+}
+
+/// Runs in their order, each followed by the runs started inside it (its
+/// children, and theirs), with their depth; a child whose parent is not listed
+/// stands on its own.
+fn nested(runs: Vec<RunInfo>) -> Vec<(usize, RunInfo)> {
+    use std::collections::{HashMap, HashSet};
+    let ids: HashSet<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let mut children: HashMap<String, Vec<RunInfo>> = HashMap::new();
+    let mut top = Vec::new();
+    for r in runs {
+        match r.parent_run_id.clone().filter(|p| ids.contains(p)) {
+            Some(p) => children.entry(p).or_default().push(r),
+            None => top.push(r),
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack: Vec<(usize, RunInfo)> = top.into_iter().rev().map(|r| (0, r)).collect();
+    while let Some((depth, r)) = stack.pop() {
+        for c in children
+            .remove(&r.run_id)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+        {
+            stack.push((depth + 1, c));
+        }
+        out.push((depth, r));
+    }
+    // A cycle is impossible (a parent is recorded before its child); were one
+    // stored by hand, its runs are still listed.
+    out.extend(children.into_values().flatten().map(|r| (0, r)));
+    out
 }
 
 pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
@@ -149,6 +183,9 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         "pid:        {}",
         r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
     )?;
+    if let Some(parent) = &r.parent_run_id {
+        outln!("parent:     {parent} (started inside it; killed with it)")?;
+    }
     match r.adopted.as_deref() {
         Some("cgroup") => outln!("adopted:    its cgroup, in place (started outside wfcg)")?,
         Some(_) => outln!("adopted:    pid is its root (started outside wfcg; no supervisor)")?,

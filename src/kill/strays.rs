@@ -76,36 +76,58 @@ pub fn kill_leftovers(
 pub struct Escapees {
     /// Killed (SIGKILL through a pidfd, and seen dead).
     pub killed: Vec<i32>,
-    /// Still alive: not the owner's to kill, or not dead by the deadline.
+    /// Signalled, and still alive at the deadline.
     pub survivors: Vec<Survivor>,
+    /// Found by the scan, but no longer the run's own once pinned (another
+    /// uid, or its marker gone): left alone, never a reason for a kill to fail.
+    pub ignored: Vec<i32>,
+    /// What the scan did not look at ([`procfs::EnvScan`]): processes of the
+    /// run's owner it did not read (budget spent, or in state D), and those it
+    /// read only in part.
+    pub unread: u32,
+    pub cut: u32,
 }
 
 /// Kills the processes that carry the run's marker (`key=value` in their
-/// environment) though they are outside its cgroup: each is pinned by a pidfd,
-/// its marker re-read after that, and it is signalled only if the run's owner
-/// could signal it (root, or the owner is its real or saved uid: a setuid
-/// program started with a user's marker stays out of reach). Waits up to
-/// `deadline` for them to die.
+/// environment) though they are outside its cgroup, and that the run could
+/// have started: those whose real, effective and saved uids are all the run's
+/// owner's (root's for root's runs) and that started after the run
+/// (`filter`). Nothing else is read: a marker is a hint its carrier controls,
+/// so another user's process carrying it is no escapee of this run and can
+/// neither be killed by nor make this kill fail. Each one found is pinned by a
+/// pidfd and checked again after that; waits up to `deadline` for them to die.
 pub fn kill_escapees(
     proc_root: &Path,
     key: &str,
     value: &str,
-    owner: u32,
+    filter: procfs::EnvFilter,
     deadline: Duration,
 ) -> Escapees {
-    let mut out = Escapees::default();
-    let mut pending = Vec::new();
     // Runs killed at once share their scans of the host.
     static SCANS: std::sync::LazyLock<procfs::SharedEnvScan> =
         std::sync::LazyLock::new(Default::default);
-    for pid in SCANS.pids_with_env(proc_root, key, value) {
+    let found = SCANS.scan(proc_root, key, value, filter);
+    let mut out = Escapees {
+        unread: found.unread,
+        cut: found.cut,
+        ..Default::default()
+    };
+    let mut pending = Vec::new();
+    for pid in found.pids {
         let Ok(pidfd) = procfs::pidfd_open(pid) else {
             continue; // gone already
         };
-        let ours = procfs::has_env(proc_root, pid, key, value)
-            && (owner == 0
-                || procfs::uids(proc_root, pid).is_some_and(|[r, _, s]| owner == r || owner == s));
-        if ours && procfs::pidfd_signal(&pidfd, Signal::KILL).is_ok() {
+        if !procfs::markers::carries(proc_root, pid, &filter, key, value) {
+            if procfs::pidfd_alive(&pidfd) {
+                tracing::info!(
+                    pid,
+                    "{key}={value}: no longer the run's once pinned; left alone"
+                );
+                out.ignored.push(pid);
+            }
+            continue;
+        }
+        if procfs::pidfd_signal(&pidfd, Signal::KILL).is_ok() {
             pending.push((pid, pidfd));
         } else if procfs::pidfd_alive(&pidfd) {
             out.survivors.push(survivor(proc_root, pid));

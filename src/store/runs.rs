@@ -100,6 +100,9 @@ pub struct RunRecord {
     /// place); `None` for runs started by `wfcg run`. An adopted run has no
     /// supervisor: `pid` is its root process.
     pub adopted: Option<String>,
+    /// The run this one was started from inside of (its caller was in that
+    /// run's cgroup, by the kernel's word): it dies with that run.
+    pub parent_run_id: Option<String>,
 }
 
 /// A status is stored by its name.
@@ -148,7 +151,7 @@ const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, works
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
     ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams, template, \
     template_name, ready_at, status_text, init_deadline, total_deadline, watchdog_deadline, \
-    watchdog_usec, loop_suspected, notify_socket, adopted";
+    watchdog_usec, loop_suspected, notify_socket, adopted, parent_run_id";
 
 /// A row of `runs`; a value that does not read as its type is a [`BadColumn`]
 /// naming the run and the column.
@@ -226,6 +229,7 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         loop_suspected: r.get(28)?,
         notify_socket: r.get(29)?,
         adopted: r.get(30)?,
+        parent_run_id: r.get(31)?,
     })
 }
 
@@ -236,7 +240,7 @@ impl Store {
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
             ),
             params![
                 run.run_id,
@@ -270,6 +274,7 @@ impl Store {
                 run.loop_suspected,
                 run.notify_socket,
                 run.adopted,
+                run.parent_run_id,
             ],
         );
         match res {
@@ -292,6 +297,19 @@ impl Store {
                 run_from_row,
             )
             .optional()?)
+    }
+
+    /// The live runs started from inside `run_id` (its children), oldest first.
+    pub fn live_children(&self, run_id: &str) -> Result<Vec<RunRecord>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 \
+             AND status IN (SELECT value FROM json_each(?2)) ORDER BY rowid"
+        ))?;
+        let rows = stmt.query_map(
+            params![run_id, status_list(&RunStatus::live())],
+            run_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// Runs, newest first; with `statuses`, only those in one of them.

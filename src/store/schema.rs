@@ -81,4 +81,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_run_id TEXT,
         last_reason TEXT
     );",
+    // 8: a run started from inside another run is that run's child, killed with it.
+    "ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+    CREATE INDEX runs_parent ON runs(parent_run_id);",
 ];

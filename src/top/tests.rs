@@ -44,6 +44,7 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         stuck: None,
         loop_suspected: None,
         adopted: None,
+        parent_run_id: None,
     }
 }
 

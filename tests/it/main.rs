@@ -33,3 +33,5 @@ mod templates;
 mod top;
 mod trust_output;
 mod trust_bounds;
+mod trust_markers;
+mod trust_nesting;

@@ -633,19 +633,22 @@ impl TestUser {
 
     /// The test user, created if missing.
     pub fn get() -> TestUser {
+        Self::named(Self::NAME)
+    }
+
+    /// A second test user (`wfcgtest2`), for attacks of one user on another's run.
+    pub fn other() -> TestUser {
+        Self::named("wfcgtest2")
+    }
+
+    fn named(name: &str) -> TestUser {
         let lease = UserLease::take(
-            Self::NAME,
-            &format!(
-                "id -u {0} >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin {0}",
-                Self::NAME
-            ),
-            &format!("userdel -f {}", Self::NAME),
+            name,
+            &format!("id -u {name} >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin {name}"),
+            &format!("userdel -f {name}"),
         );
         let id = |flag: &str| -> u32 {
-            let out = Command::new("id")
-                .args([flag, Self::NAME])
-                .output()
-                .unwrap();
+            let out = Command::new("id").args([flag, name]).output().unwrap();
             text(&out.stdout).trim().parse().unwrap()
         };
         TestUser {
