@@ -481,6 +481,8 @@ const PIDFS_MAGIC: i64 = 0x5049_4446;
 pub fn pidfd_identity(proc_root: &Path, pidfd: impl AsFd) -> io::Result<Identity> {
     let gone = || io::Error::from_raw_os_error(libc::ESRCH);
     let pidfd = pidfd.as_fd();
+    // `f_type`'s integer type differs by architecture.
+    #[allow(clippy::unnecessary_cast)]
     let ino = match rustix::fs::fstatfs(pidfd) {
         Ok(fs) if fs.f_type as i64 == PIDFS_MAGIC => Some(rustix::fs::fstat(pidfd)?.st_ino),
         _ => None,
