@@ -3,7 +3,8 @@
 //! run, even when the sender (like `systemd-notify`) has exited by the time the
 //! agent looks at it. The sender's pid and a pidfd of it come with every
 //! message (SO_PASSCRED → SCM_CREDENTIALS, SO_PASSPIDFD → SCM_PIDFD); the agent
-//! drops messages from processes provably outside the run's cgroup (sender.rs).
+//! takes only messages the kernel shows coming from inside the run's cgroup
+//! (sender.rs).
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;

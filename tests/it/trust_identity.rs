@@ -79,17 +79,25 @@ fn a_notify_datagram_passing_a_descriptor_from_a_sender_gone_at_once_is_dropped(
     assert!(!socket.is_empty());
     let attack = format!(
         r#"
-import array, os, socket
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-fd = os.open("/dev/null", os.O_RDONLY)
-msg = b"READY=1\nSTATUS=spoofed\nEXTEND_TIMEOUT_USEC=2592000000000\nWATCHDOG_USEC=1\n"
-s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))], 0, {socket:?})
-os._exit(0)
+import array, os, socket, time
+child = os.fork()
+if child == 0:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # Wakes the agent's notify thread: its next read comes a batch (50 ms) later,
+    # when this process is gone and reaped.
+    s.sendto(b"X_WAKE=1", {socket:?})
+    time.sleep(0.01)
+    fd = os.open("/dev/null", os.O_RDONLY)
+    msg = b"READY=1\nSTATUS=spoofed\nEXTEND_TIMEOUT_USEC=2592000000000\nWATCHDOG_USEC=1\n"
+    s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))], 0, {socket:?})
+    os._exit(0)
+os.waitpid(child, 0)
 "#
     );
     let dropped = "notify message from a process outside the run dropped";
     for attempt in 0..3 {
-        let seen = agent.logged(dropped);
+        // Two datagrams dropped each time: the wake-up and the attack.
+        let seen = agent.logged(dropped) + 1;
         let st = user
             .command("/usr/bin/python3")
             .args(["-c", &attack])
