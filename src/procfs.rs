@@ -335,6 +335,58 @@ pub fn pidfd_pid(pidfd: impl AsFd) -> Option<i32> {
     (pid > 0).then_some(pid)
 }
 
+/// Who a process is, for the whole boot: what the agent records of a run's
+/// supervisor when the run is created, and compares a caller with later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: i32,
+    /// Its start time in clock ticks after boot (the raw `stat` field 22).
+    pub starttime: u64,
+    /// The inode of its pidfd on pidfs (Linux ≥ 6.9): unique to this process for the
+    /// whole boot, never reused. `None` where pidfds are anonymous inodes.
+    pub ino: Option<u64>,
+}
+
+impl Identity {
+    /// Whether `self` and `other` are the same process: by pidfs inode where both
+    /// have one, else by pid and start time.
+    pub fn same(&self, other: &Identity) -> bool {
+        match (self.ino, other.ino) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.pid == other.pid && self.starttime == other.starttime,
+        }
+    }
+}
+
+/// `PIDFS_MAGIC` (linux/magic.h): the file system of pidfds on Linux ≥ 6.9.
+const PIDFS_MAGIC: i64 = 0x5049_4446;
+
+/// The identity of the live process behind `pidfd`: its pidfs inode (`fstat(2)` of
+/// the pidfd, when `fstatfs(2)` says pidfs), its pid (from the pidfd's fdinfo) and
+/// its start time (`<proc_root>/<pid>/stat`), read while the pidfd shows it alive
+/// before and after, so the pid named that process at the read. ESRCH when it is
+/// gone: a dead process has no identity to compare, whatever its pid is now.
+pub fn pidfd_identity(proc_root: &Path, pidfd: impl AsFd) -> io::Result<Identity> {
+    let gone = || io::Error::from_raw_os_error(libc::ESRCH);
+    let pidfd = pidfd.as_fd();
+    // `f_type`'s integer type differs by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    let ino = match rustix::fs::fstatfs(pidfd) {
+        Ok(fs) if fs.f_type as i64 == PIDFS_MAGIC => Some(rustix::fs::fstat(pidfd)?.st_ino),
+        _ => None,
+    };
+    let pid = pidfd_pid(pidfd).ok_or_else(gone)?;
+    let starttime = starttime(proc_root, pid).ok_or_else(gone)?;
+    if !pidfd_alive(pidfd) {
+        return Err(gone());
+    }
+    Ok(Identity {
+        pid,
+        starttime,
+        ino,
+    })
+}
+
 /// The kernel's wait channel and stack of a process, for reports on processes
 /// that do not die (`/proc/<pid>/wchan`, `/proc/<pid>/stack`, the latter root only).
 pub fn wchan_and_stack(proc_root: &Path, pid: i32) -> (Option<String>, Option<String>) {
@@ -460,6 +512,34 @@ mod tests {
         child.wait().unwrap();
         assert!(!pidfd_alive(&pidfd));
         assert_eq!(pidfd_pid(&pidfd), None);
+    }
+
+    /// A process is itself through any of its pidfds, another process is not,
+    /// and a process that exited has no identity (its pid may name another now).
+    #[test]
+    fn identities_through_pidfds_tell_processes_apart() {
+        let proc_root = Path::new("/proc");
+        let me = std::process::id() as i32;
+        let a = pidfd_identity(proc_root, pidfd_open(me).unwrap()).unwrap();
+        let b = pidfd_identity(proc_root, pidfd_open(me).unwrap()).unwrap();
+        assert!(a.same(&b), "{a:?} {b:?}");
+        assert_eq!((a.pid, Some(a.starttime)), (me, starttime(proc_root, me)));
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pidfd = pidfd_open(child.id() as i32).unwrap();
+        let c = pidfd_identity(proc_root, &pidfd).unwrap();
+        assert!(!c.same(&a));
+        // The same pid and start time, another pidfs inode: another process.
+        let twin = Identity { ino: c.ino, ..a };
+        assert_eq!(twin.same(&a), c.ino.is_none() || a.ino.is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            pidfd_identity(proc_root, &pidfd).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ESRCH))
+        );
     }
 
     #[test]

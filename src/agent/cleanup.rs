@@ -109,6 +109,7 @@ impl Agent {
         self.lifecycle_end(&rec.run_id);
         self.sightings.lock().remove(&rec.run_id);
         self.run_files.forget(&rec.run_id);
+        self.supervisors.forget(&rec.run_id);
         let mut seen = seen.to_vec();
         if let Some(more) = self.stale_candidates.lock().remove(&rec.run_id) {
             seen.extend(more);

@@ -142,9 +142,10 @@ impl Agent {
             )
         };
         let pidfd = caller.pidfd.clone().ok_or_else(gone)?;
-        let starttime = procfs::starttime(&self.cfg.proc_root, caller.pid);
+        // Who the supervisor is, for the requests that speak for it later.
+        let identity = procfs::pidfd_identity(&self.cfg.proc_root, &*pidfd).map_err(|_| gone())?;
         let origin = cgroup::process_cgroup(&self.cfg.proc_root, caller.pid);
-        if !procfs::pidfd_alive(&*pidfd) || origin.is_none() {
+        if !procfs::pidfd_alive(&*pidfd) || origin.is_none() || identity.pid != caller.pid {
             return Err(gone());
         }
         // Started from inside a run: that run's child, killed with it.
@@ -245,7 +246,7 @@ impl Agent {
         let mut rec = RunRecord {
             run_id: run_id.clone(),
             pid: Some(caller.pid),
-            pid_starttime: starttime,
+            pid_starttime: Some(identity.starttime),
             started_at: Some(chrono::Utc::now()),
             workspace_path: workspace,
             cleanup_workspace,
@@ -270,6 +271,7 @@ impl Agent {
             let _ = cg.kill();
             return Err(undo(e.to_string()));
         }
+        self.supervisors.pin(&run_id, identity);
         self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
         self.audit_event(AuditEntry {

@@ -343,7 +343,7 @@ impl Agent {
     }
 
     /// One notify message for a run, as the notify hub received it. Dropped (and
-    /// counted) when its sender is provably outside the run's cgroup (sender.rs).
+    /// counted) unless the kernel shows its sender inside the run's cgroup (sender.rs).
     pub(super) fn on_notify(&self, run_id: &str, sender: notify::Sender, msg: Message) {
         let (inside, threshold, ceiling) = match self.life.lives.lock().get_mut(run_id) {
             Some(live) => (
@@ -353,7 +353,7 @@ impl Agent {
             ),
             None => return,
         };
-        if inside == Some(false) {
+        if !inside {
             self.metrics.notify(false);
             tracing::warn!(
                 run_id,

@@ -53,6 +53,7 @@ mod run_end;
 mod run_files;
 mod sender;
 pub mod server;
+mod supervisors;
 mod time;
 
 use parking_lot::Mutex;
@@ -267,6 +268,8 @@ pub struct Agent {
     /// Git locks that processes of an exited run held when they were killed,
     /// checked and removed once the run's cgroup is empty.
     stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
+    /// Who each run's supervisor is, as the kernel identified it at the run's creation.
+    supervisors: supervisors::Supervisors,
     access: access::Access,
     auditor: Arc<audit::Auditor>,
     life: lifecycle::Lifecycle,
@@ -399,6 +402,7 @@ impl Agent {
             run_files: run_files::RunFiles::default(),
             starts: Mutex::default(),
             stale_candidates: Mutex::default(),
+            supervisors: supervisors::Supervisors::default(),
             access,
             auditor,
             life: lifecycle::Lifecycle::default(),

@@ -3,7 +3,8 @@
 //! run, even when the sender (like `systemd-notify`) has exited by the time the
 //! agent looks at it. The sender's pid and a pidfd of it come with every
 //! message (SO_PASSCRED → SCM_CREDENTIALS, SO_PASSPIDFD → SCM_PIDFD); the agent
-//! drops messages from processes provably outside the run's cgroup (sender.rs).
+//! takes only messages the kernel shows coming from inside the run's cgroup
+//! (sender.rs).
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -100,31 +101,55 @@ pub struct Sender {
     /// A pidfd of exactly that process (SCM_PIDFD, Linux ≥ 6.5), taken when it
     /// sent: it names the sender even after it exited and its pid was reused.
     pub pidfd: Option<OwnedFd>,
-    /// Descriptors it passed (SCM_RIGHTS), at most two: see [`receive`].
+    /// Whether the kernel attaches a pidfd to every datagram of this socket and
+    /// room for it was offered: then a datagram without one is not believed.
+    pub pidfd_expected: bool,
+    /// Descriptors it passed (SCM_RIGHTS), at most [`SCM_MAX_FD`]: see [`receive`].
     pub passed: Vec<OwnedFd>,
 }
 
 /// `SCM_PIDFD` (linux/socket.h; not in the libc crate).
 const SCM_PIDFD: libc::c_int = 0x04;
 
+/// `SCM_MAX_FD` (include/net/scm.h): the most descriptors one datagram passes.
+pub const SCM_MAX_FD: usize = 253;
+
+/// Room for everything the kernel attaches to one datagram of a notify socket, in
+/// the order it writes them: the credentials, the passed descriptors (all of
+/// them, however many), the pidfd. (No SCM_SECURITY: SO_PASSSEC is not set.)
+const CONTROL_FULL: usize =
+    rustix::cmsg_space!(ScmCredentials(1), ScmRights(SCM_MAX_FD), ScmRights(1));
+/// Room for the credentials alone.
+const CONTROL_CREDS: usize = rustix::cmsg_space!(ScmCredentials(1));
+
+/// Whether this kernel attaches the sender's pidfd to datagrams (SO_PASSPIDFD,
+/// Linux ≥ 6.5), probed once on a socket of our own.
+pub fn kernel_passes_pidfd() -> bool {
+    static PASSES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PASSES.get_or_init(|| {
+        UnixDatagram::unbound()
+            .and_then(|s| set_passpidfd(&s))
+            .is_ok()
+    })
+}
+
 /// Receives one datagram (`recvmsg(2)`, non-blocking): its bytes and its sender.
 ///
-/// Descriptors a sender passes (`systemd-notify` sends BARRIER=1 with a pipe and
-/// waits for it to close) come before the pidfd, in the room left after the
-/// credentials. With `with_pidfd` false that room is not offered: the kernel
-/// discards the descriptors itself (and the pidfd). With it true, up to two of
-/// them are installed in the agent (the pidfd is then missing) and returned in
-/// [`Sender::passed`]: closing one may block (a file on a FUSE mount whose daemon
-/// never answers the flush), so they must be closed where that cannot stall the
-/// agent.
+/// The kernel writes the credentials, then the descriptors the sender passed
+/// (`systemd-notify` sends BARRIER=1 with a pipe and waits for it to close), then
+/// the pidfd, each only if the room left holds it. With `room_for_fds` the room
+/// holds them all (up to [`SCM_MAX_FD`] descriptors), so a sender cannot push the
+/// pidfd out by passing descriptors; they are returned in [`Sender::passed`]:
+/// closing one may block (a file on a FUSE mount whose daemon never answers the
+/// flush), so they must be closed where that cannot stall the agent. Without it
+/// only the credentials fit: the kernel discards the descriptors itself, and the
+/// pidfd too (the sender is then judged by its pid, see sender.rs).
 pub fn receive(
     sock: impl AsFd,
     buf: &mut [u8],
-    with_pidfd: bool,
+    room_for_fds: bool,
 ) -> std::io::Result<(usize, Sender)> {
-    // The credentials (28 bytes, 32 with padding), then one int (24 with its
-    // header): u64s, aligned for cmsghdr.
-    let mut control = [0u64; 7];
+    let mut control = [0u64; CONTROL_FULL.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -134,7 +159,11 @@ pub fn receive(
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = if with_pidfd { 56 } else { 32 };
+    msg.msg_controllen = if room_for_fds {
+        CONTROL_FULL
+    } else {
+        CONTROL_CREDS
+    };
     // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all live and writable
     // for the sizes given; the socket fd is borrowed for the call.
     let n = unsafe {
@@ -147,7 +176,10 @@ pub fn receive(
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut sender = Sender::default();
+    let mut sender = Sender {
+        pidfd_expected: room_for_fds && kernel_passes_pidfd(),
+        ..Sender::default()
+    };
     // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
     // `msg_controllen` of `control` and return null at its end.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
@@ -216,10 +248,12 @@ mod tests {
         );
     }
 
-    /// A passed pipe (systemd-notify's barrier) comes back to be closed, or is
-    /// closed by the kernel when no room is offered; the pid comes either way.
+    /// Passed descriptors (systemd-notify's barrier pipe, or as many as a datagram
+    /// can carry) come back to be closed, or are closed by the kernel when no room
+    /// is offered; the pid comes either way, and with room the pidfd too: passing
+    /// descriptors never pushes the kernel's pidfd out.
     #[test]
-    fn passed_descriptors_are_returned_or_discarded_by_the_kernel() {
+    fn passed_descriptors_are_returned_beside_the_pidfd_or_discarded_by_the_kernel() {
         use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
@@ -227,10 +261,16 @@ mod tests {
         let to = UnixDatagram::unbound().unwrap();
         let me = Some(std::process::id() as i32);
         let mut buf = [0u8; 256];
-        for with_pidfd in [true, false] {
+        for (room, n) in [
+            (true, 1),
+            (true, SCM_MAX_FD),
+            (false, 1),
+            (false, SCM_MAX_FD),
+        ] {
             let (mut read_end, write_end) = std::io::pipe().unwrap();
-            let fds = [std::os::fd::AsFd::as_fd(&write_end)];
-            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let fds = vec![std::os::fd::AsFd::as_fd(&write_end); n];
+            let mut space =
+                [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
             let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
             assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
             let addr = rustix::net::SocketAddrUnix::new(&path).unwrap();
@@ -243,18 +283,22 @@ mod tests {
             )
             .unwrap();
             drop(write_end);
-            let (n, sender) = receive(&sock, &mut buf, with_pidfd).unwrap();
-            assert_eq!(&buf[..n], b"BARRIER=1");
+            let (len, sender) = receive(&sock, &mut buf, room).unwrap();
+            assert_eq!(&buf[..len], b"BARRIER=1");
             assert_eq!(sender.pid, me);
-            assert_eq!(sender.passed.len(), usize::from(with_pidfd));
-            assert!(sender.pidfd.is_none(), "no room was left for the pidfd");
+            assert_eq!(sender.passed.len(), if room { n } else { 0 });
+            assert_eq!(sender.pidfd_expected, room && kernel_passes_pidfd());
+            if sender.pidfd_expected {
+                let pidfd = sender.pidfd.as_ref().expect("the pidfd was pushed out");
+                assert_eq!(crate::procfs::pidfd_pid(pidfd), me);
+            }
             drop(sender);
             // Every copy of the write end is closed: the reader sees the end.
             rustix::fs::fcntl_setfl(&read_end, rustix::fs::OFlags::NONBLOCK).unwrap();
             assert_eq!(
                 read_end.read(&mut buf).map_err(|e| e.kind()),
                 Ok(0),
-                "a copy of the passed pipe is still open (with_pidfd {with_pidfd})"
+                "a copy of the passed pipe is still open (room {room}, {n} passed)"
             );
         }
     }

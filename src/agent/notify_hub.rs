@@ -26,10 +26,13 @@ pub const BATCH: Duration = Duration::from_millis(50);
 /// Datagrams read from one socket per wake-up, at most (a socket holds 10 by
 /// default, `net.unix.max_dgram_qlen`; the rest wait for the next wake-up).
 const PER_SOCKET: usize = 32;
-/// Descriptors passed by senders and not closed yet, at most: beyond that, the
-/// closing thread is taken as stuck (a flush that never returns) and datagrams
-/// are read without room for passed descriptors, so the kernel discards them
-/// (and the sender's pidfd: senders are then judged by pid, see sender.rs).
+/// Descriptors passed by senders and not closed yet, at most, before a datagram
+/// is read with room for more: beyond that, the closing thread is taken as stuck
+/// (a flush that never returns) and datagrams are read with room for the
+/// credentials only, so the kernel discards the descriptors (and the sender's
+/// pidfd: senders are then judged by pid, and one already gone is dropped, see
+/// sender.rs). One datagram passes at most `notify::SCM_MAX_FD` (253), so the
+/// agent holds at most MAX_UNCLOSED + 252 of them.
 const MAX_UNCLOSED: usize = 16;
 
 /// Called on the notify thread for each datagram: the run, its sender, the bytes.
@@ -91,10 +94,14 @@ impl Hub {
         Ok(key)
     }
 
-    /// Stops reading a socket and closes it (once the thread lets go of it).
+    /// Stops reading a socket. It refuses datagrams at once (`shutdown(SHUT_RD)`:
+    /// a sender gets EPIPE) and its descriptor is closed once the thread lets go of
+    /// it (it may be reading it right now; waiting for that here could deadlock
+    /// with a caller holding a lock the datagram's handler takes).
     pub fn remove(&self, key: u64) {
         if let Some(s) = self.sockets.lock().remove(&key) {
             let _ = epoll::delete(&*self.epoll, &*s.sock);
+            let _ = rustix::net::shutdown(&*s.sock, rustix::net::Shutdown::Read);
         }
     }
 }
@@ -180,6 +187,7 @@ fn serve<T: OnDatagram>(
             for _ in 0..PER_SOCKET {
                 match notify::receive(&*sock, &mut buf, closer.keeping_up()) {
                     Ok((len, mut sender)) => {
+                        // Closed whatever becomes of the datagram (sender.rs may drop it).
                         closer.close(std::mem::take(&mut sender.passed));
                         target.on_datagram(&run_id, sender, &buf[..len]);
                     }
@@ -245,7 +253,8 @@ mod tests {
         let want: Vec<_> = (0..12).map(|i| format!("STATUS={i}")).collect();
         assert_eq!(got_a, want, "one socket's datagrams in the order sent");
         hub.remove(a);
-        // The socket is closed: nothing can be sent to it any more.
+        // The socket is shut: nothing can be sent to it any more, whether or not the
+        // thread still holds it.
         assert!(to.send_to(b"WATCHDOG=1", path("a")).is_err());
         assert!(rx.recv_timeout(BATCH * 3).is_err());
     }

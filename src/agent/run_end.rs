@@ -3,7 +3,6 @@
 //! does when a run's cgroup empties (how the run ended, then its cleanup).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::reaper::OnEmpty;
 use super::{Agent, Caller, Failure, Result, audit, layout};
@@ -25,12 +24,11 @@ impl Agent {
         run_id: &str,
         report: ExitReport,
     ) -> Result<ExitAck> {
-        let rec = self.visible_run(caller, run_id)?;
-        if !caller.is_root() && rec.pid != Some(caller.pid) {
-            return Err(Failure::new(
-                ErrorKind::Forbidden,
-                format!("only the supervisor of run {run_id} may report its exit"),
-            ));
+        // Only the run's supervisor, as the kernel identified it when the run was
+        // created (supervisors.rs); root included: root's supervisors are the same.
+        let rec = self.find_run(run_id)?;
+        if !self.is_supervisor(caller, &rec) {
+            return Err(self.refuse_for_supervisor(caller, &rec, "exit_report", "report its exit"));
         }
         let live = rec.status.is_live();
         // Synced before the answer by what follows while the run is live (the
@@ -107,19 +105,19 @@ impl Agent {
     /// payload is empty.
     ///
     /// Only the caller itself is ever moved (pinned by its pidfd, checked to be
-    /// the run's supervisor by pid and start time and to be in this run's payload
-    /// now), and only between the two leaves of its own run: nobody can use this
-    /// to move another process, and no cgroup file is handed to a user.
+    /// the run's supervisor by the kernel's identity of that pidfd, see
+    /// supervisors.rs, and to be in this run's payload now), and only between the
+    /// two leaves of its own run: nobody can use this to move another process, and
+    /// no cgroup file is handed to a user.
     pub fn enter_supervisor(&self, caller: &Caller, run_id: &str) -> Result<()> {
         let rec = self.find_run(run_id)?;
         let proc_root = &self.cfg.proc_root;
-        let supervisor = rec.pid == Some(caller.pid)
-            && rec.pid_starttime.is_some()
-            && procfs::starttime(proc_root, caller.pid) == rec.pid_starttime;
-        if !supervisor {
-            return Err(Failure::new(
-                ErrorKind::Forbidden,
-                format!("only the supervisor of run {run_id} may enter its supervisor leaf"),
+        if !self.is_supervisor(caller, &rec) {
+            return Err(self.refuse_for_supervisor(
+                caller,
+                &rec,
+                "enter_supervisor",
+                "enter its supervisor leaf",
             ));
         }
         let run_cg = Cgroup::new(&rec.cgroup_path);
@@ -130,9 +128,9 @@ impl Agent {
                 format!("run {run_id} has no supervisor leaf"),
             ));
         };
-        let pidfd = match &caller.pidfd {
-            Some(fd) => fd.clone(),
-            None => Arc::new(procfs::pidfd_open(caller.pid).map_err(Failure::internal)?),
+        // A supervisor is always known by its pidfd (is_supervisor).
+        let Some(pidfd) = caller.pidfd.clone() else {
+            return Err(Failure::internal("the supervisor has no pidfd"));
         };
         if payload == run_cg || payload.contains_process(proc_root, caller.pid) != Some(true) {
             return Err(Failure::new(

@@ -16,12 +16,19 @@
 //! user can neither create one below them nor move a process into or out of
 //! them (a move needs write access to `cgroup.procs` of the common ancestor).
 //!
-//! Without a pidfd from the kernel (older kernels, or a datagram that passed
-//! descriptors, which take the pidfd's room: see `notify::receive`), the pid is
-//! opened as a pidfd (its cgroup id then read the same way), and without
-//! `PIDFD_GET_INFO` the check reads `/proc/<pid>/cgroup`, as before. Then a
-//! sender already gone (reaped) is believed, as before: the socket names the run.
+//! No pidfd, no trust. The kernel attaches one to every datagram where it has
+//! SO_PASSPIDFD, and the agent always offers room for it beside any descriptors a
+//! sender passes (`notify::receive`): a datagram without one there is dropped. On
+//! older kernels (and while the descriptor closer is stuck, when datagrams are
+//! read with room for the credentials only: see `notify_hub`), the sender's pid
+//! is opened as a pidfd at once; a sender already gone is dropped, never believed
+//! (its pid may name another process by now).
+//!
+//! Without `PIDFD_GET_INFO` (Linux < 6.13) the cgroup is read from
+//! `/proc/<pid>/cgroup` of the pidfd's own pid, and believed only if the pidfd
+//! shows that process alive after the read (so the pid still named it).
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,40 +40,46 @@ use crate::procfs;
 #[derive(Default, Clone)]
 pub struct RunCgroupIds(Arc<[u64]>);
 
-/// The verdict on one sender: inside, outside, or unknown (`None`: believed).
-pub fn inside(
-    cg: &Cgroup,
-    known: &mut RunCgroupIds,
-    proc_root: &Path,
-    sender: &Sender,
-) -> Option<bool> {
-    let by_procfs = || {
-        sender
-            .pid
-            .and_then(|pid| cg.contains_process(proc_root, pid))
-    };
-    let id = match &sender.pidfd {
-        Some(pidfd) => procfs::pidfd_cgroup_id(pidfd),
+/// Whether `sender` is inside the run: only when the kernel says so.
+pub fn inside(cg: &Cgroup, known: &mut RunCgroupIds, proc_root: &Path, sender: &Sender) -> bool {
+    let opened;
+    let pidfd = match &sender.pidfd {
+        Some(pidfd) => pidfd.as_fd(),
+        // Its room was there: the kernel attaches one to every datagram.
+        None if sender.pidfd_expected => return false,
         None => match sender.pid.map(procfs::pidfd_open) {
-            Some(Ok(pidfd)) => procfs::pidfd_cgroup_id(&pidfd),
-            Some(Err(e)) => Err(e),
-            None => return None,
+            Some(Ok(fd)) => {
+                opened = fd;
+                opened.as_fd()
+            }
+            // Gone (or no pid at all): never believed.
+            _ => return false,
         },
     };
-    let id = match id {
+    let id = match procfs::pidfd_cgroup_id(pidfd) {
         Ok(id) => id,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
-        Err(_) => return by_procfs(),
+        // Reaped on a kernel that keeps no exit information (6.13, 6.14).
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return false,
+        Err(_) => return by_procfs(cg, proc_root, pidfd),
     };
     if known.0.contains(&id) {
-        return Some(true);
+        return true;
     }
     match cg.subtree_ids() {
         Ok(ids) => {
             known.0 = ids.into();
-            Some(known.0.contains(&id))
+            known.0.contains(&id)
         }
         // The run's cgroups cannot be listed (out of files?): ask procfs.
-        Err(_) => by_procfs(),
+        Err(_) => by_procfs(cg, proc_root, pidfd),
     }
+}
+
+/// `/proc/<pid>/cgroup` of the process behind `pidfd`, believed only while the
+/// pidfd shows it alive after the read (the pid named it then).
+fn by_procfs(cg: &Cgroup, proc_root: &Path, pidfd: BorrowedFd<'_>) -> bool {
+    let Some(pid) = procfs::pidfd_pid(pidfd) else {
+        return false;
+    };
+    cg.contains_process(proc_root, pid) == Some(true) && procfs::pidfd_alive(pidfd)
 }

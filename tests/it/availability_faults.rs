@@ -407,9 +407,9 @@ fn a_run_id_that_ends_another_cgroups_path_does_not_hold_its_processes() {
     let socket = std::fs::read_to_string(&sock_file).unwrap();
     let dropped = "notify message from a process outside the run dropped";
     let before = agent.logged(dropped);
-    // The sender moves itself into /<name>, then sends READY=1, and stays (on
-    // kernels before 6.15 a sender already gone when the agent reads its message
-    // is believed: the socket names the run); the cgroup's removal kills it.
+    // The sender moves itself into /<name>, then sends READY=1, and stays (so that
+    // it is dropped for its cgroup, not for being gone: on kernels before 6.15 a
+    // sender already gone is dropped too); the cgroup's removal kills it.
     let sent = dir.path().join("sent");
     let _sender = KillOnDrop(
         Command::new("sh")

@@ -35,3 +35,4 @@ mod trust_output;
 mod trust_bounds;
 mod trust_markers;
 mod trust_nesting;
+mod trust_identity;
