@@ -81,4 +81,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_run_id TEXT,
         last_reason TEXT
     );",
+    // 8: a breaker per workflow and run owner (-1: the host-wide breaker of an
+    // operator's `[breaker] scope = "host"`). Old counts mixed everyone's and are dropped.
+    "DROP TABLE breakers;
+    CREATE TABLE breakers (
+        workflow TEXT NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        opened_at TIMESTAMP,
+        open_until TIMESTAMP,
+        last_run_id TEXT,
+        last_reason TEXT,
+        PRIMARY KEY (workflow, owner_uid)
+    );",
 ];
