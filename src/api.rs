@@ -668,6 +668,9 @@ pub enum ErrorKind {
     Internal,
     /// The workflow's circuit breaker is open: new runs are refused. HTTP 503.
     BreakerOpen,
+    /// The agent's state filesystem is full, or below the reserve kept for root.
+    /// HTTP 507.
+    NoSpace,
 }
 
 /// The body of every error answer.

@@ -29,6 +29,7 @@ impl Agent {
         trigger: &str,
         res: std::result::Result<(), crate::policy::PolicyError>,
     ) {
+        self.auditor.set_reserve(self.state_reserve());
         let outcome = match res {
             Ok(()) if self.access.path().exists() => "loaded".to_string(),
             Ok(()) => "built-in (no policy file)".to_string(),

@@ -86,6 +86,7 @@ impl IntoResponse for Answer {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::BreakerOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         };
         let body = ApiError {
             kind: self.0.kind,
