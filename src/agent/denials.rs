@@ -3,11 +3,12 @@
 //!
 //! A record is "refused" when a user (not root) asked and was denied, or named
 //! no run, or sent bad input. Per user and per window ([`WINDOW`]), the first
-//! refused record of each key (action, target run, decision, outcome) is written
-//! as it is; the repeats are only counted. When the window ends, each key with
-//! repeats gets one summary record: action `denials_coalesced`, the same actor,
-//! target, decision and outcome, `mode` naming the action, and a `reason` of
-//! `count=N action=A first=T last=T` (and the last reason, capped). A user gets
+//! refused record of each key (action, target run, mode, permission, decision,
+//! outcome) is written as it is; the repeats are only counted. When the window
+//! ends, each key with repeats gets one summary record: action
+//! `denials_coalesced`, the last repeat's actor, target, mode, permission,
+//! decision and outcome, and a `reason` of `count=N action=A first=T last=T`
+//! (and the last reason, capped); N counts the repeats, not the first record. A user gets
 //! at most [`MAX_KEYS`] keys a window; later keys share one (`action` `*`, no
 //! target). The records are appended like any other, so the hash chain and
 //! `audit verify` stay whole; nothing is rewritten.
@@ -34,6 +35,8 @@ pub const COALESCED: &str = "denials_coalesced";
 struct Key {
     action: String,
     run_id: Option<String>,
+    mode: Option<String>,
+    permission: Option<String>,
     decision: String,
     outcome: String,
 }
@@ -95,14 +98,24 @@ impl Denials {
         let mut key = Key {
             action: e.action.clone(),
             run_id: e.run_id.clone(),
+            mode: e.mode.clone(),
+            permission: e.permission.clone(),
             decision: e.decision.clone(),
             outcome: e.outcome.clone(),
         };
-        if !w.keys.contains_key(&key) && w.keys.len() >= MAX_KEYS {
-            key.action = "*".into();
-            key.run_id = None;
+        // Past the cap, every new key shares one, which is only ever counted.
+        let overflow = !w.keys.contains_key(&key) && w.keys.len() >= MAX_KEYS;
+        if overflow {
+            key = Key {
+                action: "*".into(),
+                run_id: None,
+                mode: None,
+                permission: None,
+                decision: "*".into(),
+                outcome: "*".into(),
+            };
         }
-        if !w.keys.contains_key(&key) && room {
+        if !overflow && !w.keys.contains_key(&key) && room {
             w.keys.insert(key, None);
             return Some(e);
         }
@@ -170,12 +183,12 @@ fn summary(k: Key, r: Repeats) -> AuditEntry {
         run_id: k.run_id,
         reason: Some(format!(
             "count={} action={} first={} last={}{last_reason}",
-            r.count, r.entry.action, r.first, r.last
+            r.count, k.action, r.first, r.last
         )),
-        mode: Some(r.entry.action),
-        decision: k.decision,
+        mode: r.entry.mode,
+        decision: r.entry.decision,
         permission: r.entry.permission,
-        outcome: k.outcome,
+        outcome: r.entry.outcome,
         sections: None,
         duration_ms: None,
     }
