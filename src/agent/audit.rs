@@ -86,6 +86,8 @@ pub struct Auditor {
     /// Free bytes on the store's filesystem kept for root (users' refused
     /// requests are only counted below it).
     reserve: AtomicU64,
+    /// Seconds of a coalescing window of users' refused requests.
+    window: AtomicU64,
 }
 
 impl Auditor {
@@ -100,12 +102,20 @@ impl Auditor {
             failing: AtomicBool::new(false),
             denials: Mutex::default(),
             reserve: AtomicU64::new(0),
+            window: AtomicU64::new(60),
         }
     }
 
-    /// Sets the free space kept for root on the store's filesystem.
-    pub fn set_reserve(&self, bytes: u64) {
-        self.reserve.store(bytes, Ordering::Relaxed);
+    /// Sets the free space kept for root on the store's filesystem, and the
+    /// seconds of a window in which a user's refused requests are coalesced.
+    pub fn set_budgets(&self, reserve: u64, window_secs: u32) {
+        self.reserve.store(reserve, Ordering::Relaxed);
+        self.window
+            .store(u64::from(window_secs.max(1)), Ordering::Relaxed);
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_secs(self.window.load(Ordering::Relaxed))
     }
 
     /// Whether the store's filesystem has more free space than root's reserve.
@@ -122,7 +132,10 @@ impl Auditor {
     /// Queues the summaries of users' coalescing windows that ended (all of
     /// them when `all`); whether any were.
     fn expire_denials(&self, all: bool) -> bool {
-        let summaries = self.denials.lock().expire(Instant::now(), self.room(), all);
+        let summaries = self
+            .denials
+            .lock()
+            .expire(Instant::now(), self.window(), self.room(), all);
         let any = !summaries.is_empty();
         self.pending
             .lock()

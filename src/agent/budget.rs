@@ -178,7 +178,6 @@ impl Agent {
     /// is below it, and made again once there is room for it twice.
     fn keep_reserve(&self, caller: &Caller) -> Result<()> {
         let reserve = self.state_reserve();
-        self.auditor.set_reserve(reserve);
         let dir = &self.cfg.state_dir;
         let Some(free) = free_bytes(dir) else {
             return Ok(());

@@ -2,7 +2,7 @@
 //! flood of denied requests grows the store by a bounded amount.
 //!
 //! A record is "refused" when a user (not root) asked and was denied, or named
-//! no run, or sent bad input. Per user and per window ([`WINDOW`]), the first
+//! no run, or sent bad input. Per user and per window (policy `[limits] denial_window_secs`, a minute by default), the first
 //! refused record of each key (action, target run, mode, permission, decision,
 //! outcome) is written as it is; the repeats are only counted. When the window
 //! ends, each key with repeats gets one summary record: action
@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use crate::api::AuditEntry;
 
-/// How long one window of coalescing lasts.
-pub const WINDOW: Duration = Duration::from_secs(60);
+/// How long one window of coalescing lasts by default (policy `[limits] denial_window_secs`).
+#[cfg(test)]
+const WINDOW: Duration = Duration::from_secs(60);
 /// Distinct keys a user gets written a window; more share one key.
 pub const MAX_KEYS: usize = 16;
 /// The longest reason kept in a refused record (bytes).
@@ -139,14 +140,20 @@ impl Denials {
 
     /// The summary records of the windows that ended by `now` (all of them
     /// when `all`), which are closed. None while there is no `room`.
-    pub fn expire(&mut self, now: Instant, room: bool, all: bool) -> Vec<AuditEntry> {
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        window: Duration,
+        room: bool,
+        all: bool,
+    ) -> Vec<AuditEntry> {
         if !room {
             return Vec::new();
         }
         let ended: Vec<u32> = self
             .windows
             .iter()
-            .filter(|(_, w)| all || now.duration_since(w.started) >= WINDOW)
+            .filter(|(_, w)| all || now.duration_since(w.started) >= window)
             .map(|(uid, _)| *uid)
             .collect();
         let mut out = Vec::new();
@@ -222,8 +229,8 @@ mod tests {
         for _ in 0..99 {
             assert!(d.admit(denied(7, "r1", &long), true, t0).is_none());
         }
-        assert!(d.expire(t0, true, false).is_empty());
-        let out = d.expire(t0 + WINDOW, true, false);
+        assert!(d.expire(t0, WINDOW, true, false).is_empty());
+        let out = d.expire(t0 + WINDOW, WINDOW, true, false);
         assert_eq!(out.len(), 1);
         assert!(
             out[0]
@@ -246,8 +253,8 @@ mod tests {
             .count();
         assert_eq!(written, MAX_KEYS);
         assert!(d.admit(denied(8, "r", ""), false, t0).is_none());
-        assert!(d.expire(t0 + WINDOW, false, false).is_empty());
-        let out = d.expire(t0 + WINDOW, true, false);
+        assert!(d.expire(t0 + WINDOW, WINDOW, false, false).is_empty());
+        let out = d.expire(t0 + WINDOW, WINDOW, true, false);
         let counts: u64 = out
             .iter()
             .map(|e| {

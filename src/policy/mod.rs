@@ -223,6 +223,21 @@ pub struct Limits {
     /// users' starts are refused and their denied requests are only counted.
     #[serde(deserialize_with = "size")]
     pub state_reserve: String,
+    /// Seconds of one window in which a user's repeated refused requests are
+    /// written as one record with a count (1 to 3600).
+    #[serde(deserialize_with = "window")]
+    pub denial_window_secs: u32,
+}
+
+/// A coalescing window: 1 to 3600 seconds.
+fn window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1..=3600).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "denial_window_secs = {n}: 1 to 3600 expected"
+        )));
+    }
+    Ok(n)
 }
 
 /// A size in bytes with K, M, G or T (as `[tmpdir] size`), refused when parsed otherwise.
@@ -245,6 +260,7 @@ impl Default for Limits {
             max_busy_requests: 8,
             max_tmpdir_total: "32G".into(),
             state_reserve: "64M".into(),
+            denial_window_secs: 60,
         }
     }
 }
