@@ -202,9 +202,9 @@ impl Agent {
             return Err(Failure::new(
                 ErrorKind::NoSpace,
                 format!(
-                    "the agent's state filesystem ({}) has {} free, less than the {} kept for \
-                     root (policy [limits] state_reserve = {}): starts of users are refused \
-                     until space is freed there",
+                    "the agent's state filesystem ({}) has {free} bytes ({}) free, less than the \
+                     {reserve} bytes ({}) kept for root (policy [limits] state_reserve = {}): \
+                     starts of users are refused until space is freed there",
                     dir.display(),
                     human(free),
                     human(reserve),
