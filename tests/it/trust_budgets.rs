@@ -331,3 +331,79 @@ fn concurrent_starts_against_a_cap_of_k_admit_exactly_k() {
         .count();
     assert_eq!((admitted, live), (K, K), "{outs:#?}");
 }
+
+#[test]
+fn only_an_operators_template_makes_a_breaker_host_wide() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let user = TestUser::get();
+    let template = agent.dir.path().join("hostwide.toml");
+    std::fs::write(
+        &template,
+        "[breaker]\nfailures = 1\nscope = \"host\"\n[timeouts]\ninit = \"1s\"\n",
+    )
+    .unwrap();
+    let workflow = format!("hostwide-{}", std::process::id());
+    // Root's run with the operator's template ends stuck: the breaker of everybody opens.
+    let out = agent.cli(&[
+        "run",
+        "--detach",
+        "--workflow",
+        &workflow,
+        "--template",
+        template.to_str().unwrap(),
+        "--",
+        "sleep",
+        "100",
+    ]);
+    assert!(out.status.success(), "{}", described(&out));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(
+        agent.wait_status(&id, "timed_out"),
+        "{:#}",
+        agent.status(&id)
+    );
+    // The user's own (empty) template: the default's, confined.
+    let empty = agent.dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let start = || {
+        agent
+            .wfcg_as(&user)
+            .current_dir("/")
+            .args([
+                "run",
+                "-q",
+                "--workflow",
+                &workflow,
+                "--template",
+                empty.to_str().unwrap(),
+                "--ready-when",
+                "start",
+            ])
+            .args(["--", "true"])
+            .output()
+            .unwrap()
+    };
+    let refused = start();
+    let err = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(6), "{err}");
+    assert!(err.contains("host-wide"), "{err}");
+    // A user's template may not set [breaker] (so no scope) at all.
+    let own = agent
+        .wfcg_as(&user)
+        .current_dir("/")
+        .args([
+            "run",
+            "--template",
+            template.to_str().unwrap(),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!own.status.success(), "{}", described(&own));
+    agent.cli_expect(0, &["breaker", "reset", &workflow, "--user", "host"]);
+    let again = start();
+    assert!(again.status.success(), "{}", described(&again));
+}
