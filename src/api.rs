@@ -227,6 +227,13 @@ pub struct RunStarted {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BreakerInfo {
     pub workflow: String,
+    /// Whose runs it counts: a run owner's uid, or none for a host-wide breaker
+    /// (an operator template's `[breaker] scope = "host"`).
+    #[serde(default)]
+    pub owner_uid: Option<u32>,
+    /// The owner's user name, when it has one.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Runs in a row that ended stuck (init, first-output or stall timeout).
     pub failures: u32,
     /// Whether new runs of the workflow are refused now.
@@ -703,6 +710,9 @@ pub enum ErrorKind {
     Internal,
     /// The workflow's circuit breaker is open: new runs are refused. HTTP 503.
     BreakerOpen,
+    /// The agent's state filesystem is full, or below the reserve kept for root.
+    /// HTTP 507.
+    NoSpace,
 }
 
 /// The body of every error answer.

@@ -22,6 +22,8 @@ pub const NO_SUCH_RUN: i32 = 3;
 pub const NOT_PERMITTED: i32 = 4;
 pub const UNREACHABLE: i32 = 5;
 pub const BREAKER_OPEN: i32 = 6;
+/// The agent's state filesystem is full (or below root's reserve): nothing started.
+pub const NO_SPACE: i32 = 7;
 
 /// A command's failure: the message for stderr (none when empty) and the exit code.
 #[derive(Debug)]
@@ -56,6 +58,7 @@ fn code_for(kind: ErrorKind) -> i32 {
         ErrorKind::Forbidden => NOT_PERMITTED,
         ErrorKind::Internal => FAILED,
         ErrorKind::BreakerOpen => BREAKER_OPEN,
+        ErrorKind::NoSpace => NO_SPACE,
     }
 }
 

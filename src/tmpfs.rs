@@ -19,6 +19,23 @@ pub fn valid_size(size: &str) -> bool {
         && size.len() - digits.len() <= 1
 }
 
+/// The bytes a [`valid_size`] stands for (K, M, G, T are powers of 1024, as
+/// tmpfs reads them); `None` for anything else or what overflows a `u64`.
+pub fn size_bytes(size: &str) -> Option<u64> {
+    if !valid_size(size) {
+        return None;
+    }
+    let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', 't', 'T']);
+    let shift = match size[digits.len()..].to_ascii_lowercase().as_str() {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => 40,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
 /// Mounts a tmpfs of `size` on `dir` (`mount(2)`), nosuid and nodev, its root
 /// owned by `uid`:`gid` with mode 0700. `dir` must be a directory no user can
 /// replace (it is resolved by path).
@@ -65,6 +82,18 @@ mod tests {
             "", "G", "1GG", "1.5G", "-1", "1G,uid=0", "50%", "max", "0", "00G",
         ] {
             assert!(!valid_size(bad), "{bad}");
+            assert_eq!(size_bytes(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes_in_bytes_use_powers_of_1024_and_never_overflow() {
+        assert_eq!(size_bytes("4096"), Some(4096));
+        assert_eq!(size_bytes("1k"), Some(1024));
+        assert_eq!(size_bytes("2M"), Some(2 << 20));
+        assert_eq!(size_bytes("1G"), Some(1 << 30));
+        assert_eq!(size_bytes("3T"), Some(3 << 40));
+        assert_eq!(size_bytes("99999999999999999999"), None);
+        assert_eq!(size_bytes("16777216T"), None);
     }
 }

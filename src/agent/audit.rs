@@ -12,6 +12,11 @@
 //! the newest changed, records added behind the agent's back), the new record is
 //! not chained over the gap: a `chain_break` record naming the range comes first,
 //! an `audit_tampered` alert goes out, and `audit verify` fails from then on.
+//!
+//! Users' texts are capped (a reason at [`api::MAX_REASON`] bytes) and their
+//! refused requests coalesced ([`super::denials`]), so one user's flood grows
+//! the trail by a bounded amount; below root's reserve on the state filesystem
+//! they are only counted.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -19,12 +24,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::api::AuditEntry;
-use crate::api::RunStatus;
+use super::denials::{self, Denials};
+use crate::api::{self, AuditEntry, RunStatus};
 use crate::store::{CHAIN_BREAK, ChainCheck, RunRecord, Store};
 
 /// A write the store must get, in order.
@@ -76,6 +81,13 @@ pub struct Auditor {
     pub failures: AtomicU64,
     /// The last attempt to write failed.
     failing: AtomicBool,
+    /// Users' refused requests being counted.
+    denials: Mutex<Denials>,
+    /// Free bytes on the store's filesystem kept for root (users' refused
+    /// requests are only counted below it).
+    reserve: AtomicU64,
+    /// Seconds of a coalescing window of users' refused requests.
+    window: AtomicU64,
 }
 
 impl Auditor {
@@ -88,12 +100,64 @@ impl Auditor {
             written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            denials: Mutex::default(),
+            reserve: AtomicU64::new(0),
+            window: AtomicU64::new(60),
         }
+    }
+
+    /// Sets the free space kept for root on the store's filesystem, and the
+    /// seconds of a window in which a user's refused requests are coalesced.
+    pub fn set_budgets(&self, reserve: u64, window_secs: u32) {
+        self.reserve.store(reserve, Ordering::Relaxed);
+        self.window
+            .store(u64::from(window_secs.max(1)), Ordering::Relaxed);
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_secs(self.window.load(Ordering::Relaxed))
+    }
+
+    /// Whether the store's filesystem has more free space than root's reserve.
+    fn room(&self) -> bool {
+        let reserve = self.reserve.load(Ordering::Relaxed);
+        reserve == 0
+            || self
+                .head
+                .parent()
+                .and_then(super::budget::free_bytes)
+                .is_none_or(|free| free >= reserve)
+    }
+
+    /// Queues the summaries of users' coalescing windows that ended (all of
+    /// them when `all`); whether any were.
+    fn expire_denials(&self, all: bool) -> bool {
+        let summaries = self
+            .denials
+            .lock()
+            .expire(Instant::now(), self.window(), self.room(), all);
+        let any = !summaries.is_empty();
+        self.pending
+            .lock()
+            .extend(summaries.into_iter().map(Record::Audit));
+        any
     }
 
     /// Appends `entry` after any pending records. Returns whether everything,
     /// this entry included, is now written.
-    pub fn record(&self, store: &Mutex<Store>, entry: AuditEntry) -> bool {
+    /// A user's text is capped, and a user's refused request coalesced with
+    /// its repeats (then it is only counted: `true` when nothing else is pending).
+    pub fn record(&self, store: &Mutex<Store>, mut entry: AuditEntry) -> bool {
+        if entry.actor_uid.is_some_and(|uid| uid != 0) {
+            entry.reason = entry.reason.map(|r| denials::cap(&r, api::MAX_REASON));
+        }
+        if denials::is_refused(&entry) {
+            let room = self.room();
+            match self.denials.lock().admit(entry, room, Instant::now()) {
+                Some(first) => entry = first,
+                None => return self.pending() == 0,
+            }
+        }
         self.keep(store, Record::Audit(entry))
     }
 
@@ -297,6 +361,7 @@ impl Auditor {
                     let (Some(me), Some(owner)) = (me.upgrade(), store.upgrade()) else {
                         return;
                     };
+                    me.expire_denials(false);
                     let failing = me.failing.load(Ordering::Relaxed);
                     if me.pending() > 0 && me.flush((*owner).as_ref(), Disk::Synced) && failing {
                         tracing::warn!("AUDIT: pending records are written now");

@@ -29,6 +29,10 @@ impl Agent {
         trigger: &str,
         res: std::result::Result<(), crate::policy::PolicyError>,
     ) {
+        self.auditor.set_budgets(
+            self.state_reserve(),
+            self.access.policy().limits.denial_window_secs,
+        );
         let outcome = match res {
             Ok(()) if self.access.path().exists() => "loaded".to_string(),
             Ok(()) => "built-in (no policy file)".to_string(),

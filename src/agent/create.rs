@@ -9,11 +9,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::{Agent, Caller, Failure, Result, layout, progress};
 use crate::api::AuditEntry;
-use crate::api::{self, CreateRun, ErrorKind, RunStarted, RunStatus};
+use crate::api::{self, CreateRun, ErrorKind, RunStarted};
 use crate::cgroup::{self, Cgroup};
 use crate::procfs;
 use crate::store::RunRecord;
@@ -28,6 +27,19 @@ pub(super) fn new_run_id() -> String {
     format!("run_{hex}")
 }
 
+/// Moves the processes of `home` back to the cgroup `origin` (a path below the
+/// cgroup2 mount) they came from; never kills them (one may be any process that
+/// got a dead caller's recycled pid).
+fn put_back(home: &Cgroup, origin: Option<&str>) {
+    if let (Ok(mount), Some(origin)) = (cgroup::cgroup2_mount(), origin) {
+        let back = Cgroup::new(mount.join(origin.trim_start_matches('/')));
+        for pid in home.procs().unwrap_or_default() {
+            tracing::warn!(pid, "moving a process back to {origin}: its start failed");
+            let _ = back.add_process(pid);
+        }
+    }
+}
+
 impl Agent {
     /// Starts a run: creates its cgroup and directories, moves the caller into it,
     /// records it. On any failure nothing is left behind.
@@ -35,12 +47,11 @@ impl Agent {
         if req.command.is_empty() {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
         }
-        if !caller.is_root() {
-            self.check_start_limits(caller.uid)?;
-        }
         self.check_breaker(caller, req.workflow.as_deref())?;
         let (template_name, mut template) = self.resolve_template(caller, &req)?;
         self.apply_run_options(caller, &req, &mut template)?;
+        // Held until the run is recorded: the caps stay exact under concurrent starts.
+        let _budget = self.check_budgets(caller, &template)?;
         let ms = std::time::Duration::from_millis;
         // Users may shorten the operator's timeouts, not lengthen or remove them.
         for (flag, value, slot) in [
@@ -230,17 +241,8 @@ impl Agent {
             return Err(undo(e.to_string()));
         }
         if !procfs::pidfd_alive(&*pidfd) {
-            if let (Ok(mount), Some(origin)) = (cgroup::cgroup2_mount(), &origin) {
-                let back = Cgroup::new(mount.join(origin.trim_start_matches('/')));
-                for pid in home.procs().unwrap_or_default() {
-                    tracing::warn!(
-                        run_id,
-                        pid,
-                        "moving a process back: the caller died during its move"
-                    );
-                    let _ = back.add_process(pid);
-                }
-            }
+            tracing::warn!(run_id, "the caller died during its move");
+            put_back(&home, origin.as_deref());
             return Err(undo(gone().message));
         }
         let mut rec = RunRecord {
@@ -268,8 +270,11 @@ impl Agent {
         // Synced with the run_start audit record below, before the answer.
         let inserted = self.store().with_sync(false, |s| s.insert_run(&rec));
         if let Err(e) = inserted {
-            let _ = cg.kill();
-            return Err(undo(e.to_string()));
+            // Never a SIGKILL of the caller (a full disk did that): it goes back
+            // where it came from, and is told why.
+            put_back(&home, origin.as_deref());
+            let internal = undo(format!("cannot record the run: {e}"));
+            return Err(super::budget::no_space(&e, &self.cfg.state_dir).unwrap_or(internal));
         }
         self.supervisors.pin(&run_id, identity);
         self.parent_still_live(&rec)?;
@@ -314,45 +319,6 @@ impl Agent {
     fn may_spawn_into_payload(&self, caller: &Caller) -> bool {
         caller.is_root()
             && procfs::shares_namespaces(&self.cfg.proc_root, caller.pid, &["cgroup", "mnt"])
-    }
-
-    /// A user (never root) may have so many live runs and start so many a minute
-    /// (`[limits]` in the policy), so that no one can exhaust the agent.
-    fn check_start_limits(&self, uid: u32) -> Result<()> {
-        let limits = self.access.policy().limits;
-        let live = self.store().count_runs_of(uid, &RunStatus::live())?;
-        if live >= u64::from(limits.max_live_runs) {
-            return Err(Failure::new(
-                ErrorKind::Conflict,
-                format!(
-                    "uid {uid} has {live} live runs, the most a user may have (policy [limits] \
-                     max_live_runs = {}); end some first",
-                    limits.max_live_runs
-                ),
-            ));
-        }
-        let now = Instant::now();
-        let mut starts = self.starts.lock();
-        let recent = starts.entry(uid).or_default();
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t).as_secs() >= 60)
-        {
-            recent.pop_front();
-        }
-        if recent.len() as u64 >= u64::from(limits.max_starts_per_minute) {
-            return Err(Failure::new(
-                ErrorKind::Conflict,
-                format!(
-                    "uid {uid} started {} runs in the last minute, the most a user may (policy \
-                     [limits] max_starts_per_minute = {}); try again shortly",
-                    recent.len(),
-                    limits.max_starts_per_minute
-                ),
-            ));
-        }
-        recent.push_back(now);
-        Ok(())
     }
 
     /// The template a new run gets: its text if the client sent one, a template

@@ -205,7 +205,7 @@ pub(super) fn audit_outcome(outcome: &Result<KillResult, Failure>) -> &'static s
             ErrorKind::NotFound => "no_such_run",
             ErrorKind::Forbidden => "denied",
             ErrorKind::BadInput | ErrorKind::Conflict => "bad_input",
-            ErrorKind::Internal | ErrorKind::BreakerOpen => "failed",
+            ErrorKind::Internal | ErrorKind::BreakerOpen | ErrorKind::NoSpace => "failed",
         },
     }
 }

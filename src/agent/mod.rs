@@ -32,8 +32,10 @@ mod alert;
 pub mod audit;
 mod audit_trail;
 mod breaker;
+mod budget;
 mod cleanup;
 mod create;
+mod denials;
 mod kill_result;
 mod kill_run;
 mod kill_sequence;
@@ -63,7 +65,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::api::AuditEntry;
 use crate::api::{self, ErrorKind, KillRequest, RunStatus};
@@ -263,8 +264,8 @@ pub struct Agent {
     sightings: Mutex<HashMap<String, Sightings>>,
     /// The cgroup files of live runs that listings read, kept open.
     run_files: run_files::RunFiles,
-    /// When each user (never root) started runs in the last minute.
-    starts: Mutex<HashMap<u32, std::collections::VecDeque<Instant>>>,
+    /// The per-user start budgets (live runs, starts a minute, TMPDIR memory).
+    budgets: budget::Budgets,
     /// Git locks that processes of an exited run held when they were killed,
     /// checked and removed once the run's cgroup is empty.
     stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
@@ -400,7 +401,7 @@ impl Agent {
             inflight: Mutex::default(),
             sightings: Mutex::default(),
             run_files: run_files::RunFiles::default(),
-            starts: Mutex::default(),
+            budgets: budget::Budgets::default(),
             stale_candidates: Mutex::default(),
             supervisors: supervisors::Supervisors::default(),
             access,

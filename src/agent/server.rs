@@ -86,6 +86,7 @@ impl IntoResponse for Answer {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::BreakerOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         };
         let body = ApiError {
             kind: self.0.kind,
@@ -266,13 +267,32 @@ async fn list_breakers(
     call(move || agent.breakers(&caller)).await
 }
 
+/// `?owner=UID` or `?owner=host` of a breaker reset (all of the workflow's without).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetQuery {
+    owner: Option<String>,
+}
+
 async fn reset_breaker(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(workflow): UrlPath<String>,
+    q: Result<Query<ResetQuery>, QueryRejection>,
 ) -> Reply {
+    use super::breaker::ResetScope;
     let caller = caller(peer)?;
-    call(move || agent.reset_breaker(&caller, &workflow)).await
+    let scope = match query(q)?.owner.as_deref() {
+        None => ResetScope::All,
+        Some("host") => ResetScope::Host,
+        Some(uid) => ResetScope::Owner(uid.parse().map_err(|_| {
+            Answer(Failure::new(
+                ErrorKind::BadInput,
+                format!("owner {uid:?}: a uid or \"host\" expected"),
+            ))
+        })?),
+    };
+    call(move || agent.reset_breaker(&caller, &workflow, scope)).await
 }
 
 /// The content type of the Prometheus text format.

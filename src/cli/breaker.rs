@@ -4,9 +4,10 @@ use crate::api::BreakerInfo;
 use crate::exit::Failure;
 use crate::output::{Shown, outln};
 
-/// Circuit breakers: a workflow whose last runs all ended stuck (an init,
-/// first-output or stall timeout; template `[breaker] failures`) is refused new
-/// runs (exit 6) until its cooldown passes or an operator resets it.
+/// Circuit breakers: a workflow whose last runs of one owner all ended stuck (an
+/// init, first-output or stall timeout; template `[breaker] failures`) is refused
+/// new runs of that owner (exit 6) until its cooldown passes or an operator
+/// resets it. An operator's template may make a breaker host-wide (`scope = "host"`).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -20,10 +21,14 @@ pub struct Args {
 pub enum What {
     /// The workflows with stuck runs counted or an open breaker (the default).
     List,
-    /// Close a workflow's breaker and clear its count (needs kill_any; audited).
+    /// Close a workflow's breakers and clear their counts (needs kill_any; audited).
     Reset {
         /// The workflow (as given to `wfcg run --workflow`).
         workflow: String,
+        /// Only this user's breaker (a name or uid), or `host` for the host-wide
+        /// one; without it, every breaker of the workflow.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
 }
 
@@ -42,25 +47,53 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
                 }
             }
         }
-        Some(What::Reset { workflow }) => {
-            let path = format!("/v1/breakers/{}/reset", encode(workflow));
-            let b: BreakerInfo = client.post(&path, &serde_json::json!({}))?;
+        Some(What::Reset { workflow, user }) => {
+            let mut path = format!("/v1/breakers/{}/reset", encode(workflow));
+            if let Some(user) = user {
+                path.push_str(&format!("?owner={}", owner_of(user)?));
+            }
+            let closed: Vec<BreakerInfo> = client.post(&path, &serde_json::json!({}))?;
             if args.json {
-                crate::output::json(&b)?;
+                crate::output::json(&closed)?;
             } else {
-                outln!("breaker of workflow {} closed", Shown(&b.workflow))?;
+                for b in &closed {
+                    outln!("breaker of workflow {} for {} closed", Shown(&b.workflow), Shown(&owner(b)))?;
+                }
             }
         }
     }
     Ok(crate::exit::OK)
 }
 
+/// The `owner=` of a reset: `host`, or the uid of a user name or number.
+fn owner_of(user: &str) -> Result<String, Failure> {
+    if user == "host" || user.parse::<u32>().is_ok() {
+        return Ok(user.to_owned());
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw().to_string()),
+        _ => Err(Failure::usage(format!(
+            "--user {user:?}: no such user (a name, a uid, or \"host\")"
+        ))),
+    }
+}
+
+/// Whose a breaker is: `alice (uid 1001)`, `uid 1001`, or `everybody (host-wide)`.
+pub fn owner(b: &BreakerInfo) -> String {
+    match (b.owner_uid, &b.owner) {
+        (None, _) => "everybody (host-wide)".into(),
+        (Some(uid), Some(name)) => format!("{name} (uid {uid})"),
+        (Some(uid), None) => format!("uid {uid}"),
+    }
+}
+
 /// One line about a breaker, as `wfcg breaker` and `wfcg ps` print it.
 pub fn describe(b: &BreakerInfo) -> String {
     if b.open {
         format!(
-            "breaker OPEN   {}: {} stuck runs in a row, new runs refused until {} (last {}: {})",
+            "breaker OPEN   {} for {}: {} stuck runs in a row, new runs refused until {} (last {}: {})",
             Shown(&b.workflow),
+            Shown(&owner(b)),
             b.failures,
             Shown(b.open_until.as_deref().unwrap_or("?")),
             Shown(b.last_run_id.as_deref().unwrap_or("?")),
@@ -68,8 +101,9 @@ pub fn describe(b: &BreakerInfo) -> String {
         )
     } else {
         format!(
-            "breaker closed {}: {} stuck run{} in a row (last {})",
+            "breaker closed {} for {}: {} stuck run{} in a row (last {})",
             Shown(&b.workflow),
+            Shown(&owner(b)),
             b.failures,
             if b.failures == 1 { "" } else { "s" },
             Shown(b.last_run_id.as_deref().unwrap_or("?")),

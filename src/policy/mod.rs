@@ -204,7 +204,7 @@ struct RawPolicy {
 
 /// Per-user limits (`[limits]`), so that no user can exhaust the agent for root or
 /// for the others. Root is never limited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Live runs one user may have at once.
@@ -215,6 +215,40 @@ pub struct Limits {
     pub max_connections: u32,
     /// Requests of one user the agent works on at once (the others wait their turn).
     pub max_busy_requests: u32,
+    /// The TMPDIR sizes (`[tmpdir] size`) of one user's live runs together, in
+    /// bytes with K, M, G or T: a start that would exceed it is refused.
+    #[serde(deserialize_with = "size")]
+    pub max_tmpdir_total: String,
+    /// Free space on the state directory's filesystem kept for root: below it,
+    /// users' starts are refused and their denied requests are only counted.
+    #[serde(deserialize_with = "size")]
+    pub state_reserve: String,
+    /// Seconds of one window in which a user's repeated refused requests are
+    /// written as one record with a count (1 to 3600).
+    #[serde(deserialize_with = "window")]
+    pub denial_window_secs: u32,
+}
+
+/// A coalescing window: 1 to 3600 seconds.
+fn window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1..=3600).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "denial_window_secs = {n}: 1 to 3600 expected"
+        )));
+    }
+    Ok(n)
+}
+
+/// A size in bytes with K, M, G or T (as `[tmpdir] size`), refused when parsed otherwise.
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if crate::tmpfs::size_bytes(&s).is_none() {
+        return Err(serde::de::Error::custom(format!(
+            "size {s:?}: bytes with K, M, G or T expected (e.g. \"64M\")"
+        )));
+    }
+    Ok(s)
 }
 
 impl Default for Limits {
@@ -224,6 +258,9 @@ impl Default for Limits {
             max_starts_per_minute: 240,
             max_connections: 64,
             max_busy_requests: 8,
+            max_tmpdir_total: "32G".into(),
+            state_reserve: "64M".into(),
+            denial_window_secs: 60,
         }
     }
 }

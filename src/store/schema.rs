@@ -84,4 +84,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 8: a run started from inside another run is that run's child, killed with it.
     "ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
     CREATE INDEX runs_parent ON runs(parent_run_id);",
+    // 9: a breaker per workflow and run owner (-1: the host-wide breaker of an
+    // operator's `[breaker] scope = "host"`). Old counts mixed everyone's and are dropped.
+    "DROP TABLE breakers;
+    CREATE TABLE breakers (
+        workflow TEXT NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        opened_at TIMESTAMP,
+        open_until TIMESTAMP,
+        last_run_id TEXT,
+        last_reason TEXT,
+        PRIMARY KEY (workflow, owner_uid)
+    );",
 ];

@@ -303,6 +303,21 @@ pub struct Breaker {
         serialize_with = "ser_duration"
     )]
     pub cooldown: Duration,
+    /// Whose failures count together: each run owner's apart (the default: one
+    /// user's stuck runs never refuse another's), or the whole host's (`"host"`).
+    #[serde(default)]
+    pub scope: BreakerScope,
+}
+
+/// Whose stuck runs a breaker counts together.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerScope {
+    /// One breaker per workflow and run owner.
+    #[default]
+    Owner,
+    /// One breaker per workflow for everybody (operator templates only).
+    Host,
 }
 
 fn default_cooldown() -> Duration {
@@ -314,6 +329,7 @@ impl Default for Breaker {
         Breaker {
             failures: 0,
             cooldown: default_cooldown(),
+            scope: BreakerScope::Owner,
         }
     }
 }

@@ -36,3 +36,4 @@ mod trust_bounds;
 mod trust_markers;
 mod trust_nesting;
 mod trust_identity;
+mod trust_budgets;

@@ -1,0 +1,256 @@
+//! Budgets per user at a start, so that one user cannot take what the others (and
+//! root) need: live runs, starts a minute, the TMPDIR memory of their live runs
+//! together, and the free space of the agent's state filesystem.
+//!
+//! The live-run and TMPDIR caps are exact under concurrent starts: the check and
+//! a reservation are made under one lock, and the reservation ([`Slot`]) is held
+//! until the start has inserted its run (or failed), so a start in between sees
+//! it. (Between the insert and the end of the start a run counts twice: a start
+//! racing with it may be refused, never wrongly admitted.)
+//!
+//! The state filesystem keeps a reserve for root (`[limits] state_reserve`):
+//! users' starts are refused below it, with a clear error (exit 7). Files users
+//! write there themselves (a detached run's log) could still eat into it, so
+//! the agent also keeps a ballast file of that size (`<state-dir>/reserve`),
+//! made while there is room and given up when root needs the space: root's
+//! start then finds room for its records.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::{Agent, Caller, Failure, Result};
+use crate::api::{ErrorKind, RunStatus};
+use crate::template::Template;
+
+/// The ballast file that holds root's reserve, in the state directory.
+const BALLAST: &str = "reserve";
+
+/// Starts not finished yet, per user.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pending {
+    runs: u64,
+    tmpdir: u64,
+}
+
+/// The per-user start budgets' state.
+#[derive(Default)]
+pub struct Budgets {
+    /// When each user (never root) started runs in the last minute.
+    starts: Mutex<HashMap<u32, VecDeque<Instant>>>,
+    /// Starts admitted and not yet recorded (or failed), per user.
+    pending: Arc<Mutex<HashMap<u32, Pending>>>,
+    /// Held while the ballast is made or given up.
+    ballast: Mutex<()>,
+}
+
+/// A start's reservation of one live run and its TMPDIR: given back when dropped
+/// (after the run is recorded, or the start failed).
+pub struct Slot {
+    pending: Arc<Mutex<HashMap<u32, Pending>>>,
+    uid: u32,
+    tmpdir: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut all = self.pending.lock();
+        if let Some(p) = all.get_mut(&self.uid) {
+            p.runs = p.runs.saturating_sub(1);
+            p.tmpdir = p.tmpdir.saturating_sub(self.tmpdir);
+            if p.runs == 0 {
+                all.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Bytes free for unprivileged writers on the filesystem of `path` (`statvfs(3)`).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// `n` bytes for people: `3.2 MiB`.
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+impl Agent {
+    /// The free space kept for root on the state filesystem, in bytes.
+    pub(super) fn state_reserve(&self) -> u64 {
+        crate::tmpfs::size_bytes(&self.access.policy().limits.state_reserve).unwrap_or(0)
+    }
+
+    /// The checks of a start against the caller's budgets, and its reservation
+    /// (held until the run is recorded; `None` for root, who is never limited
+    /// but for whom the reserve is given up when the disk is short).
+    pub(super) fn check_budgets(
+        &self,
+        caller: &Caller,
+        template: &Template,
+    ) -> Result<Option<Slot>> {
+        self.keep_reserve(caller)?;
+        if caller.is_root() {
+            return Ok(None);
+        }
+        let uid = caller.uid;
+        let limits = self.access.policy().limits.clone();
+        let tmpdir = crate::tmpfs::size_bytes(&template.tmpdir.size).unwrap_or(0);
+        let max_tmpdir = crate::tmpfs::size_bytes(&limits.max_tmpdir_total).unwrap_or(u64::MAX);
+        let refuse = |msg: String| Err(Failure::new(ErrorKind::Conflict, msg));
+        let mut pending = self.budgets.pending.lock();
+        let mine = pending.get(&uid).copied().unwrap_or_default();
+        let live_runs = self.store().list_runs(Some(&RunStatus::live()))?;
+        let live: Vec<_> = live_runs.iter().filter(|r| r.owner_uid == uid).collect();
+        let runs = live.len() as u64 + mine.runs;
+        if runs >= u64::from(limits.max_live_runs) {
+            return refuse(format!(
+                "uid {uid} has {runs} live runs, the most a user may have (policy [limits] \
+                 max_live_runs = {}); end some first",
+                limits.max_live_runs
+            ));
+        }
+        let used: u64 = live
+            .iter()
+            .map(|r| {
+                r.template
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str::<Template>(t).ok())
+                    .and_then(|t| crate::tmpfs::size_bytes(&t.tmpdir.size))
+                    .unwrap_or(0)
+            })
+            .fold(mine.tmpdir, u64::saturating_add);
+        if used.saturating_add(tmpdir) > max_tmpdir {
+            return refuse(format!(
+                "uid {uid}'s live runs have TMPDIRs of {} together; another of {} would pass \
+                 the most a user may have (policy [limits] max_tmpdir_total = {}); end some \
+                 runs first, or ask for a smaller TMPDIR",
+                human(used),
+                human(tmpdir),
+                limits.max_tmpdir_total
+            ));
+        }
+        let now = Instant::now();
+        let mut starts = self.budgets.starts.lock();
+        let recent = starts.entry(uid).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t).as_secs() >= 60)
+        {
+            recent.pop_front();
+        }
+        if recent.len() as u64 >= u64::from(limits.max_starts_per_minute) {
+            return refuse(format!(
+                "uid {uid} started {} runs in the last minute, the most a user may (policy \
+                 [limits] max_starts_per_minute = {}); try again shortly",
+                recent.len(),
+                limits.max_starts_per_minute
+            ));
+        }
+        recent.push_back(now);
+        let p = pending.entry(uid).or_default();
+        p.runs += 1;
+        p.tmpdir = p.tmpdir.saturating_add(tmpdir);
+        Ok(Some(Slot {
+            pending: self.budgets.pending.clone(),
+            uid,
+            tmpdir,
+        }))
+    }
+
+    /// Root's reserve on the state filesystem: a user's start below it is
+    /// refused (exit 7); for root the ballast is given up when the free space
+    /// is below it, and made again once there is room for it twice.
+    fn keep_reserve(&self, caller: &Caller) -> Result<()> {
+        let reserve = self.state_reserve();
+        let dir = &self.cfg.state_dir;
+        let Some(free) = free_bytes(dir) else {
+            return Ok(());
+        };
+        let ballast = dir.join(BALLAST);
+        let _held = self.budgets.ballast.lock();
+        if free < reserve {
+            if caller.is_root() {
+                match std::fs::remove_file(&ballast) {
+                    Ok(()) => tracing::warn!(
+                        "the state filesystem {} has {} free, less than root's reserve of {}: \
+                         the reserve is given up for a start of root's",
+                        dir.display(),
+                        human(free),
+                        human(reserve)
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::error!("cannot remove {}: {e}", ballast.display()),
+                }
+                return Ok(());
+            }
+            return Err(Failure::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "the agent's state filesystem ({}) has {free} bytes ({}) free, less than the \
+                     {reserve} bytes ({}) kept for root (policy [limits] state_reserve = {}): \
+                     starts of users are refused until space is freed there",
+                    dir.display(),
+                    human(free),
+                    human(reserve),
+                    self.access.policy().limits.state_reserve
+                ),
+            ));
+        }
+        if reserve > 0 && free / 2 >= reserve && !ballast.exists() {
+            make_ballast(&ballast, reserve);
+        }
+        Ok(())
+    }
+}
+
+/// Makes the ballast file of `len` bytes, allocated (`fallocate(2)`), 0600.
+fn make_ballast(path: &Path, len: u64) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|f| {
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len)
+                .map_err(std::io::Error::from)
+        });
+    if let Err(e) = made {
+        tracing::warn!("cannot make the reserve file {}: {e}", path.display());
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The failure of a start whose records found the disk full: exit 7, saying so.
+pub(super) fn no_space(e: &crate::store::Error, state_dir: &Path) -> Option<Failure> {
+    let crate::store::Error::Sqlite(e) = e else {
+        return None;
+    };
+    (e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)).then(|| {
+        Failure::new(
+            ErrorKind::NoSpace,
+            format!(
+                "the agent's state filesystem ({}) is full: the run cannot be recorded, so \
+                 it was not started ({e})",
+                state_dir.display()
+            ),
+        )
+    })
+}
