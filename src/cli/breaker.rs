@@ -57,7 +57,11 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
                 crate::output::json(&closed)?;
             } else {
                 for b in &closed {
-                    outln!("breaker of workflow {} for {} closed", Shown(&b.workflow), Shown(&owner(b)))?;
+                    outln!(
+                        "breaker of workflow {} for {} closed",
+                        Shown(&b.workflow),
+                        Shown(&owner(b))
+                    )?;
                 }
             }
         }
