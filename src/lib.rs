@@ -38,6 +38,7 @@ pub mod tmpfs;
 pub mod top;
 pub mod userfs;
 pub mod users;
+pub mod walk;
 
 #[cfg(test)]
 mod tests {
