@@ -58,7 +58,8 @@ impl Budget {
         Budget {
             max_depth: var("WFCG_WALK_MAX_DEPTH").map_or(d.max_depth, |v| v.min(1 << 24) as usize),
             max_entries: var("WFCG_WALK_MAX_ENTRIES").unwrap_or(d.max_entries),
-            time: var("WFCG_WALK_SECONDS").map_or(d.time, |s| Duration::from_secs(s.clamp(1, 3600))),
+            time: var("WFCG_WALK_SECONDS")
+                .map_or(d.time, |s| Duration::from_secs(s.clamp(1, 3600))),
         }
     }
 }
@@ -110,7 +111,8 @@ pub fn remove_contents(top: &OwnedFd, budget: &Budget) -> Result<(), String> {
                 budget.time
             ));
         }
-        let dir = rustix::fs::Dir::read_from(here).map_err(|e| format!("cannot read a directory: {e}"))?;
+        let dir = rustix::fs::Dir::read_from(here)
+            .map_err(|e| format!("cannot read a directory: {e}"))?;
         let mut down: Option<(CString, Id)> = None;
         for entry in dir {
             let entry = match entry {
@@ -166,14 +168,20 @@ pub fn remove_contents(top: &OwnedFd, budget: &Budget) -> Result<(), String> {
                 continue;
             }
             if st.stx_mnt_id != mount {
-                note(&mut problems, format!("{name:?} is a mount point (not entered)"));
+                note(
+                    &mut problems,
+                    format!("{name:?} is a mount point (not entered)"),
+                );
                 stuck.insert(id);
                 continue;
             }
             if stack.len() >= budget.max_depth {
                 note(
                     &mut problems,
-                    format!("deeper than {} levels (the walk's budget)", budget.max_depth),
+                    format!(
+                        "deeper than {} levels (the walk's budget)",
+                        budget.max_depth
+                    ),
                 );
                 stuck.insert(id);
                 continue;
@@ -211,7 +219,10 @@ pub fn remove_contents(top: &OwnedFd, budget: &Budget) -> Result<(), String> {
             match rustix::fs::unlinkat(&parent, &name, AtFlags::REMOVEDIR) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                 Err(e) => {
-                    note(&mut problems, format!("cannot remove the directory {name:?}: {e}"));
+                    note(
+                        &mut problems,
+                        format!("cannot remove the directory {name:?}: {e}"),
+                    );
                     stuck.insert(id);
                 }
             }
@@ -245,7 +256,12 @@ pub enum Removal {
 
 /// Removes `path` (see [`Removal`]) in a child process run as `cred`, within
 /// `budget`. `Err` says what was left and why.
-pub fn remove_in_child(path: &Path, cred: &Cred, mode: Removal, budget: &Budget) -> Result<(), String> {
+pub fn remove_in_child(
+    path: &Path,
+    cred: &Cred,
+    mode: Removal,
+    budget: &Budget,
+) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let groups: Vec<String> = cred.groups.iter().map(u32::to_string).collect();
     let mut cmd = std::process::Command::new("/proc/self/exe");
@@ -270,7 +286,8 @@ pub fn remove_in_child(path: &Path, cred: &Cred, mode: Removal, budget: &Budget)
         .spawn()
         .map_err(|e| format!("cannot start the removal process: {e}"))?;
     let pid = rustix::process::Pid::from_raw(child.id() as i32);
-    let pidfd = pid.and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    let pidfd =
+        pid.and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     // Its budget runs from its own start; a little more for exec and the report.
     let limit = budget.time + Duration::from_secs(2);
     let ended = match &pidfd {
@@ -316,7 +333,10 @@ pub fn remove_in_child(path: &Path, cred: &Cred, mode: Removal, budget: &Budget)
     match status.code() {
         Some(0) => Ok(()),
         Some(LEFT) if !said.trim().is_empty() => Err(said.trim().to_string()),
-        _ => Err(format!("the removal process failed ({status}): {}", said.trim())),
+        _ => Err(format!(
+            "the removal process failed ({status}): {}",
+            said.trim()
+        )),
     }
 }
 
@@ -354,7 +374,10 @@ fn parse_child_args(args: &[OsString]) -> Option<(Removal, Cred, Budget, PathBuf
         groups: if groups.is_empty() {
             Vec::new()
         } else {
-            groups.split(',').map(|g| g.parse().ok()).collect::<Option<_>>()?
+            groups
+                .split(',')
+                .map(|g| g.parse().ok())
+                .collect::<Option<_>>()?
         },
     };
     let budget = Budget {
@@ -371,10 +394,16 @@ fn become_user(cred: &Cred) -> Result<(), String> {
     if cred.is_root() {
         return Ok(());
     }
-    let groups: Vec<nix::unistd::Gid> = cred.groups.iter().map(|&g| nix::unistd::Gid::from_raw(g)).collect();
+    let groups: Vec<nix::unistd::Gid> = cred
+        .groups
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
     nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
-    nix::unistd::setgid(nix::unistd::Gid::from_raw(cred.gid)).map_err(|e| format!("setgid: {e}"))?;
-    nix::unistd::setuid(nix::unistd::Uid::from_raw(cred.uid)).map_err(|e| format!("setuid: {e}"))?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(cred.gid))
+        .map_err(|e| format!("setgid: {e}"))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(cred.uid))
+        .map_err(|e| format!("setuid: {e}"))?;
     if nix::unistd::geteuid().as_raw() != cred.uid {
         return Err("cannot drop to the owner's uid".into());
     }
@@ -424,7 +453,8 @@ fn child_remove(mode: Removal, cred: &Cred, budget: &Budget, path: &Path) -> Res
             if !still {
                 return Err(format!("{shown} was replaced during its removal"));
             }
-            rustix::fs::unlinkat(&parent, &name, AtFlags::REMOVEDIR).map_err(|e| format!("{shown}: {e}"))
+            rustix::fs::unlinkat(&parent, &name, AtFlags::REMOVEDIR)
+                .map_err(|e| format!("{shown}: {e}"))
         }
     }
 }
@@ -483,7 +513,13 @@ mod tests {
         let mut cur = userfs::open_dir(top).unwrap();
         for _ in 0..depth {
             rustix::fs::mkdirat(&cur, "d", Mode::from_raw_mode(0o700)).unwrap();
-            rustix::fs::openat(&cur, "f", OFlags::CREATE | OFlags::WRONLY, Mode::from_raw_mode(0o600)).unwrap();
+            rustix::fs::openat(
+                &cur,
+                "f",
+                OFlags::CREATE | OFlags::WRONLY,
+                Mode::from_raw_mode(0o600),
+            )
+            .unwrap();
             cur = open_subdir(&cur, c"d").unwrap();
         }
     }

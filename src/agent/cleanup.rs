@@ -97,7 +97,8 @@ impl Agent {
         if let Some(ws) = &rec.workspace_path
             && ws != "/"
         {
-            git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws)));
+            let used = git_dirs.clone();
+            git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws), lock_owner(rec), &used));
         }
         let git_dirs = gitlocks::outermost(git_dirs);
         let started = rec.started_at.map(std::time::SystemTime::from);
