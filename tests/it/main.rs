@@ -31,3 +31,4 @@ mod stuck;
 mod supervisor;
 mod templates;
 mod top;
+mod trust_walks;
