@@ -345,19 +345,28 @@ pub fn remove_in_child(
 /// was removed, 3 when something was left, 2 on bad arguments.
 pub fn child_main(args: &[OsString]) -> i32 {
     let Some(parsed) = parse_child_args(args) else {
-        println!("bad arguments to the removal process");
+        say("bad arguments to the removal process");
         return 2;
     };
     let (mode, cred, budget, path) = parsed;
     match child_remove(mode, &cred, &budget, &path) {
         Ok(()) => 0,
         Err(e) => {
-            let mut e = e;
-            e.truncate(2000);
-            println!("{e}");
+            // At most 2,000 bytes, cut on a character boundary (names may be any UTF-8).
+            let end = (0..=e.len().min(2000))
+                .rev()
+                .find(|&i| e.is_char_boundary(i))
+                .unwrap_or(0);
+            say(&e[..end]);
             LEFT
         }
     }
+}
+
+/// The child's report to the agent, one line on stdout (a pipe the agent reads).
+fn say(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{what}");
 }
 
 fn parse_child_args(args: &[OsString]) -> Option<(Removal, Cred, Budget, PathBuf)> {
