@@ -451,6 +451,10 @@ pub struct CleanupStatus {
     pub escapees_unread: u32,
     /// `kept`, `removed`, or `none` (the run had no workspace).
     pub workspace: String,
+    /// What of the run's trees (TMPDIR, run directory, workspace) was left, and
+    /// why (over the walk's budget, a mount point, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_removed: Vec<String>,
 }
 
 impl CleanupStatus {
@@ -499,6 +503,9 @@ impl CleanupStatus {
         }
         if self.workspace != "none" && !self.workspace.is_empty() {
             parts.push(format!("workspace {}", self.workspace));
+        }
+        if !self.not_removed.is_empty() {
+            parts.push(format!("left: {}", self.not_removed.join("; ")));
         }
         parts.join("; ")
     }

@@ -52,15 +52,6 @@ pub fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
     )
 }
 
-fn open_subdir(dir: &OwnedFd, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
 fn ctime(st: &rustix::fs::Stat) -> SystemTime {
     SystemTime::UNIX_EPOCH
         + Duration::new(
@@ -69,8 +60,12 @@ fn ctime(st: &rustix::fs::Stat) -> SystemTime {
         )
 }
 
+/// At most this many directory entries are looked at in one git directory.
+const MAX_ENTRIES: usize = 100_000;
+
 /// The lock files below `git_dir` (not in `objects/`, `logs/`, `hooks/`, `lfs/`); with
-/// `owner`, only if that user owns the git directory.
+/// `owner`, only if that user owns the git directory. Walked iteratively, at most
+/// [`DEPTH`] levels and [`MAX_ENTRIES`] entries, never into another mount.
 pub fn list(git_dir: &Path, owner: Option<u32>) -> Vec<LockFile> {
     let mut out = Vec::new();
     let Ok(fd) = open_dir(git_dir) else {
@@ -79,48 +74,84 @@ pub fn list(git_dir: &Path, owner: Option<u32>) -> Vec<LockFile> {
     if owner.is_some_and(|uid| rustix::fs::fstat(&fd).map(|st| st.st_uid) != Ok(uid)) {
         return out;
     }
-    walk(&fd, git_dir, DEPTH, &mut out);
+    let Ok(mount) = mount_id(&fd, c"") else {
+        return out;
+    };
+    let mut entries = 0;
+    // Directories still to look in: relative to `git_dir`, with the depth left.
+    let mut todo: Vec<(PathBuf, usize)> = vec![(PathBuf::new(), DEPTH)];
+    while let Some((rel, depth)) = todo.pop() {
+        let dir = if rel.as_os_str().is_empty() {
+            rustix::io::dup(&fd)
+        } else {
+            rustix::fs::openat2(
+                &fd,
+                &rel,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+        };
+        let Ok(dir) = dir else { continue };
+        let Ok(read) = rustix::fs::Dir::read_from(&dir) else {
+            continue;
+        };
+        for entry in read.flatten() {
+            entries += 1;
+            if entries > MAX_ENTRIES {
+                tracing::warn!(
+                    "{}: more than {MAX_ENTRIES} entries, the rest not looked at",
+                    git_dir.display()
+                );
+                return out;
+            }
+            let name = entry.file_name();
+            let Ok(text) = name.to_str() else { continue };
+            // No locks in objects/ (large), logs/ (reflogs are written under the
+            // ref's lock), hooks/ or lfs/.
+            if matches!(text, "." | ".." | "objects" | "logs" | "hooks" | "lfs") {
+                continue;
+            }
+            match entry.file_type() {
+                // Another mount (a FUSE that may never answer) is not entered.
+                FileType::Directory if depth > 0 && mount_id(&dir, name) == Ok(mount) => {
+                    todo.push((rel.join(text), depth - 1));
+                }
+                FileType::RegularFile | FileType::Unknown if is_lock_name(text) => {
+                    if let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                        && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    {
+                        out.push(LockFile {
+                            path: git_dir.join(&rel).join(text),
+                            dev: st.st_dev,
+                            ino: st.st_ino,
+                            ctime: ctime(&st),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     out
 }
 
-fn walk(dir: &OwnedFd, path: &Path, depth: usize, out: &mut Vec<LockFile>) {
-    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
-        return;
+/// The mount id of `name` in `dir` (of `dir` itself for an empty name), from
+/// cached attributes (`AT_STATX_DONT_SYNC`: no round trip to a FUSE server).
+fn mount_id(dir: &OwnedFd, name: &std::ffi::CStr) -> rustix::io::Result<u64> {
+    let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC;
+    let flags = if name.is_empty() {
+        flags | AtFlags::EMPTY_PATH
+    } else {
+        flags
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Ok(text) = name.to_str() else { continue };
-        // No locks in objects/ (large), logs/ (reflogs are written under the
-        // ref's lock), hooks/ or lfs/.
-        if matches!(text, "." | ".." | "objects" | "logs" | "hooks" | "lfs") {
-            continue;
-        }
-        match entry.file_type() {
-            FileType::Directory if depth > 0 => {
-                if let Ok(sub) = open_subdir(dir, name) {
-                    walk(&sub, &path.join(text), depth - 1, out);
-                }
-            }
-            FileType::RegularFile | FileType::Unknown if is_lock_name(text) => {
-                if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                    && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                {
-                    out.push(LockFile {
-                        path: path.join(text),
-                        dev: st.st_dev,
-                        ino: st.st_ino,
-                        ctime: ctime(&st),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
+    Ok(rustix::fs::statx(dir, name, flags, rustix::fs::StatxFlags::MNT_ID)?.stx_mnt_id)
 }
 
 /// Reads a small regular file without following symlinks (a `.git` file or a
-/// `commondir`), at most [`SMALL_FILE`] bytes, never blocking on a FIFO.
-fn read_small(path: &Path) -> Option<String> {
+/// `commondir`), at most [`SMALL_FILE`] bytes, never blocking on a FIFO; with
+/// `owner`, only a file that user owns.
+fn read_small(path: &Path, owner: Option<u32>) -> Option<String> {
     let fd = rustix::fs::openat2(
         CWD,
         path,
@@ -130,7 +161,9 @@ fn read_small(path: &Path) -> Option<String> {
     )
     .ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || owner.is_some_and(|uid| uid != st.st_uid)
+    {
         return None;
     }
     let mut text = String::new();
@@ -143,30 +176,48 @@ fn read_small(path: &Path) -> Option<String> {
 
 /// The git directory of the repository `dir` is in, looking at `dir` and its
 /// ancestors for a `.git` directory, or a `.git` file naming one (a linked
-/// worktree, a submodule). Symlinks are never followed.
-pub fn git_dir_above(dir: &Path) -> Option<PathBuf> {
-    dir.ancestors().find_map(dot_git).flatten()
+/// worktree, a submodule). Symlinks are never followed; with `owner`, a `.git`
+/// file is followed only if that user owns it and the directory it names.
+pub fn git_dir_above(dir: &Path, owner: Option<u32>) -> Option<PathBuf> {
+    dir.ancestors()
+        .find_map(|d| dot_git(d, owner, &|_| true))
+        .flatten()
 }
 
 /// The git directories of the repositories at `dir` and directly below it
 /// (`dir/.git`, `dir/*/.git`, as [`git_dir_above`] reads a `.git`), each with
 /// its common directory: where a run working in `dir` takes its locks. Nothing
-/// deeper is looked at, and symlinks are never followed.
-pub fn git_dirs_in(dir: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = dot_git(dir).flatten().into_iter().collect();
+/// deeper is looked at, and symlinks are never followed. A `.git` file below
+/// `dir` is followed for root (`owner` 0) only to a git directory the run was
+/// seen using (`used`: a directory of its open files): a file in a shared
+/// directory never sends root's cleanup anywhere.
+pub fn git_dirs_in(dir: &Path, owner: Option<u32>, used: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = dot_git(dir, owner, &|_| true)
+        .flatten()
+        .into_iter()
+        .collect();
+    let seen = |target: &Path| {
+        owner != Some(0)
+            || used
+                .iter()
+                .any(|u| u.starts_with(target) || target.starts_with(u))
+    };
     if let Ok(fd) = open_dir(dir)
         && let Ok(entries) = rustix::fs::Dir::read_from(&fd)
     {
-        for entry in entries.flatten() {
+        for entry in entries.flatten().take(10_000) {
             let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
             if entry.file_type() == FileType::Directory && !matches!(name, "." | ".." | ".git") {
-                dirs.extend(dot_git(&dir.join(name)).flatten());
+                dirs.extend(dot_git(&dir.join(name), owner, &seen).flatten());
             }
         }
     }
-    let mut dirs: Vec<PathBuf> = dirs.into_iter().flat_map(with_common_dir).collect();
+    let mut dirs: Vec<PathBuf> = dirs
+        .into_iter()
+        .flat_map(|d| with_common_dir(d, owner))
+        .collect();
     dirs.sort();
     dirs.dedup();
     dirs
@@ -184,9 +235,14 @@ pub fn outermost(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
 }
 
 /// What `dir/.git` says: `None` when there is none, `Some(None)` when it is
-/// something not to follow (a symlink, a `.git` file that does not read), else
-/// the git directory.
-fn dot_git(dir: &Path) -> Option<Option<PathBuf>> {
+/// something not to follow (a symlink, a `.git` file that does not read, one
+/// not `owner`'s or naming a directory not `owner`'s or that `follow` refuses),
+/// else the git directory.
+fn dot_git(
+    dir: &Path,
+    owner: Option<u32>,
+    follow: &dyn Fn(&Path) -> bool,
+) -> Option<Option<PathBuf>> {
     let dot_git = dir.join(".git");
     let meta = fs::symlink_metadata(&dot_git).ok()?;
     if meta.is_dir() {
@@ -196,24 +252,46 @@ fn dot_git(dir: &Path) -> Option<Option<PathBuf>> {
         return Some(None);
     }
     let gitdir = || {
-        let text = read_small(&dot_git)?;
+        let text = read_small(&dot_git, owner)?;
         let target = text
             .lines()
             .next()?
             .strip_prefix("gitdir: ")?
             .trim()
             .to_string();
-        dir.join(target).canonicalize().ok()
+        let target = owned_dir(&dir.join(target), owner)?;
+        follow(&target).then_some(target)
     };
     Some(gitdir())
 }
 
+/// `path` with `.` and `..` taken out, if it is a directory reached without any
+/// symlink (so taking `..` out by name is what the kernel does) and, with
+/// `owner`, owned by that user.
+fn owned_dir(path: &Path, owner: Option<u32>) -> Option<PathBuf> {
+    let fd = open_dir(path).ok()?;
+    if owner.is_some_and(|uid| rustix::fs::fstat(&fd).map(|st| st.st_uid) != Ok(uid)) {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out.is_absolute().then_some(out)
+}
+
 /// `git_dir` and, for a linked worktree's git directory, the repository's
-/// common directory (`commondir`), where its refs are locked.
-pub fn with_common_dir(git_dir: PathBuf) -> Vec<PathBuf> {
-    let common = read_small(&git_dir.join("commondir"))
-        .map(|t| git_dir.join(t.trim()))
-        .and_then(|c| c.canonicalize().ok());
+/// common directory (`commondir`), where its refs are locked; with `owner`,
+/// only from a `commondir` file that user owns, to a directory they own.
+pub fn with_common_dir(git_dir: PathBuf, owner: Option<u32>) -> Vec<PathBuf> {
+    let common = read_small(&git_dir.join("commondir"), owner)
+        .and_then(|t| owned_dir(&git_dir.join(t.trim()), owner));
     std::iter::once(git_dir).chain(common).collect()
 }
 
@@ -224,7 +302,7 @@ pub fn with_common_dir(git_dir: PathBuf) -> Vec<PathBuf> {
 /// directory holding `.git`; `None` for a bare repository.
 pub fn work_tree(git_dir: &Path, lock: &Path) -> Option<PathBuf> {
     let linked = |wt_git_dir: &Path| {
-        let text = read_small(&wt_git_dir.join("gitdir"))?;
+        let text = read_small(&wt_git_dir.join("gitdir"), None)?;
         Some(Path::new(text.trim()).parent()?.to_path_buf())
     };
     if let Ok(rel) = lock.strip_prefix(git_dir.join("worktrees"))
@@ -292,7 +370,7 @@ mod tests {
         std::os::unix::fs::symlink(ws.join("main"), ws.join("top/link")).unwrap();
         std::os::unix::fs::symlink(ws.join("main/.git"), ws.join("top/deep/.git")).unwrap();
         assert_eq!(
-            git_dirs_in(&ws.join("top")),
+            git_dirs_in(&ws.join("top"), None, &[]),
             vec![
                 ws.join("main/.git"),
                 wt,
@@ -302,9 +380,49 @@ mod tests {
         );
         // Its own `.git` a symlink: not followed; the repository below is found.
         assert_eq!(
-            git_dirs_in(&ws.join("top/deep")),
+            git_dirs_in(&ws.join("top/deep"), None, &[]),
             vec![ws.join("top/deep/b/.git")]
         );
+    }
+
+    /// A `.git` file is followed only when the run's owner owns it and the git
+    /// directory it names; for root, from below the workspace, only to a git
+    /// directory the run was seen using.
+    #[test]
+    fn a_git_file_is_followed_only_to_the_owners_own_used_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let ws = base.join("shared");
+        let victim = base.join("root/repo/.git");
+        fs::create_dir_all(&victim).unwrap();
+        fs::create_dir_all(ws.join("evil")).unwrap();
+        let planted = ws.join("evil/.git");
+        fs::write(&planted, format!("gitdir: {}\n", victim.display())).unwrap();
+        assert!(git_dirs_in(&ws, Some(0), &[]).is_empty());
+        assert_eq!(
+            git_dirs_in(&ws, Some(0), std::slice::from_ref(&victim)),
+            vec![victim.clone()]
+        );
+        assert_eq!(
+            git_dir_above(&ws.join("evil"), Some(0)),
+            Some(victim.clone())
+        );
+        // The file someone else's: never followed, whatever was used.
+        std::os::unix::fs::chown(&planted, Some(12345), None).unwrap();
+        assert!(git_dirs_in(&ws, Some(0), std::slice::from_ref(&victim)).is_empty());
+        assert_eq!(git_dir_above(&ws.join("evil"), Some(0)), None);
+        // The user's own file naming root's directory: not followed for the user.
+        assert!(git_dirs_in(&ws, Some(12345), &[]).is_empty());
+        assert_eq!(git_dir_above(&ws.join("evil"), Some(12345)), None);
+        // A commondir naming another's directory: not followed.
+        fs::write(victim.join("commondir"), "../../other\n").unwrap();
+        fs::create_dir(base.join("root/other")).unwrap();
+        std::os::unix::fs::chown(base.join("root/other"), Some(12345), None).unwrap();
+        assert_eq!(
+            with_common_dir(victim.clone(), Some(0)),
+            vec![victim.clone()]
+        );
+        assert_eq!(with_common_dir(victim.clone(), None).len(), 2);
     }
 
     #[test]
@@ -399,8 +517,8 @@ mod tests {
         assert!(list(&link.join(".git"), None).is_empty());
         // Owned by someone else: not looked in.
         assert!(list(&git, Some(12345)).is_empty());
-        assert_eq!(git_dir_above(&link), None);
-        assert_eq!(git_dir_above(&git.join("refs")), Some(git.clone()));
+        assert_eq!(git_dir_above(&link, None), None);
+        assert_eq!(git_dir_above(&git.join("refs"), None), Some(git.clone()));
 
         let index = list(&git, None)
             .into_iter()

@@ -39,6 +39,7 @@ pub mod tmpfs;
 pub mod top;
 pub mod userfs;
 pub mod users;
+pub mod walk;
 
 #[cfg(test)]
 mod tests {

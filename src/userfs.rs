@@ -249,16 +249,6 @@ pub fn removal_problem(path: &Path, cred: &Cred, homes: &[std::path::PathBuf]) -
     None
 }
 
-/// Removes the directory tree at `path` with `cred`'s credentials, after
-/// [`removal_problem`] finds nothing against it. `std::fs::remove_dir_all` does not
-/// follow symlinks inside the tree.
-pub fn remove_tree_as(path: &Path, cred: &Cred, homes: &[std::path::PathBuf]) -> io::Result<()> {
-    if let Some(problem) = removal_problem(path, cred, homes) {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, problem));
-    }
-    as_user(cred, || std::fs::remove_dir_all(path))?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,7 +127,8 @@ impl Agent {
         if let Some(ws) = &rec.workspace_path
             && ws != "/"
         {
-            git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws)));
+            let used = git_dirs.clone();
+            git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws), lock_owner(rec), &used));
         }
         let git_dirs = gitlocks::outermost(git_dirs);
         let started = rec.started_at.map(std::time::SystemTime::from);
@@ -168,12 +169,17 @@ impl Agent {
                     false
                 }
             };
-        let remove = |dir: Option<&str>| match dir {
-            Some(d) => match fs::remove_dir_all(d) {
+        // Trees the run's owner made: removed by a short-lived process of their
+        // own, as them, within a budget (src/walk.rs); what is left is said.
+        let owner = Cred::of_uid(rec.owner_uid);
+        let budget = crate::walk::Budget::from_env();
+        let mut not_removed = Vec::new();
+        let mut remove = |dir: Option<&str>| match dir {
+            Some(d) => match crate::walk::remove_agent_dir(Path::new(d), &owner, &budget) {
                 Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
                 Err(e) => {
-                    tracing::warn!("cannot remove {d}: {e}");
+                    tracing::warn!(run_id = rec.run_id, "cannot remove {d}: {e}");
+                    not_removed.push(e);
                     false
                 }
             },
@@ -191,11 +197,16 @@ impl Agent {
             (Some(_), false) => "kept",
             (Some(ws), true) if fs::symlink_metadata(ws).is_err() => "removed",
             (Some(ws), true) => {
-                let homes = crate::users::home_dirs(rec.owner_uid);
-                match userfs::remove_tree_as(Path::new(ws), &Cred::of_uid(rec.owner_uid), &homes) {
+                match crate::walk::remove_in_child(
+                    Path::new(ws),
+                    &owner,
+                    crate::walk::Removal::Workspace,
+                    &budget,
+                ) {
                     Ok(()) => "removed",
                     Err(e) => {
                         tracing::warn!(run_id = rec.run_id, "workspace {ws} not removed: {e}");
+                        not_removed.push(e);
                         "removal failed"
                     }
                 }
@@ -207,6 +218,7 @@ impl Agent {
             run_dir_removed,
             stale_locks_removed,
             workspace: workspace.into(),
+            not_removed,
             ..Default::default()
         }
     }

@@ -186,9 +186,12 @@ impl Agent {
             .then(|| self.log_dirs.join(format!("{run_id}.log")));
         let undo = |msg: String| {
             let _ = cg.remove_recursive();
-            let _ = fs::remove_dir_all(&run_dir);
+            // The caller may have written into them already: as them, bounded.
+            let budget = crate::walk::Budget::from_env();
+            let cred = crate::userfs::Cred::of_uid(caller.uid);
+            let _ = crate::walk::remove_agent_dir(&run_dir, &cred, &budget);
             let _ = crate::tmpfs::unmount(&tmpdir);
-            let _ = fs::remove_dir_all(&tmpdir);
+            let _ = crate::walk::remove_agent_dir(&tmpdir, &cred, &budget);
             if let Some(log) = &log_path {
                 let _ = fs::remove_file(log);
             }

@@ -24,10 +24,11 @@ const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The audit action written before a kill acts.
 pub(super) const KILL_START: &str = "kill_start";
 
-/// Whose git directories a run's locks are looked for in: its owner's, or any
-/// for a root run (trusted as root).
+/// Whose git directories a run's locks are looked for in: its owner's (root's
+/// for a root run: a shared directory's `.git` of another user is not root's
+/// to clean).
 pub(super) fn lock_owner(rec: &RunRecord) -> Option<u32> {
-    (rec.owner_uid != 0).then_some(rec.owner_uid)
+    Some(rec.owner_uid)
 }
 
 impl Agent {

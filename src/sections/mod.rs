@@ -342,15 +342,19 @@ fn git_dirs_used(
     workspace: Option<&Path>,
     mut cwds: Vec<PathBuf>,
     open: &[Finding],
+    owner: Option<u32>,
 ) -> Vec<PathBuf> {
     cwds.sort();
     cwds.dedup();
     let dirs: Vec<PathBuf> = workspace
         .map(|ws| ws.join(".git"))
         .into_iter()
-        .chain(cwds.iter().filter_map(|c| gitlocks::git_dir_above(c)))
+        .chain(
+            cwds.iter()
+                .filter_map(|c| gitlocks::git_dir_above(c, owner)),
+        )
         .chain(open.iter().filter_map(|f| git_dir_of(&f.path)))
-        .flat_map(gitlocks::with_common_dir)
+        .flat_map(|d| gitlocks::with_common_dir(d, owner))
         .collect();
     gitlocks::outermost(dirs)
 }
@@ -365,7 +369,7 @@ fn closed_git_locks(
     cwds: Vec<PathBuf>,
     open: &[Finding],
 ) -> Vec<Finding> {
-    let dirs = git_dirs_used(scope.workspace.as_deref(), cwds, open);
+    let dirs = git_dirs_used(scope.workspace.as_deref(), cwds, open, scope.owner);
     let mut locks: Vec<(&PathBuf, LockFile)> = dirs
         .iter()
         .flat_map(|d| {

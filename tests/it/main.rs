@@ -37,3 +37,4 @@ mod trust_identity;
 mod trust_markers;
 mod trust_nesting;
 mod trust_output;
+mod trust_walks;
