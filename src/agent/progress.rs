@@ -164,17 +164,10 @@ impl Agent {
             sampled: now,
             last_progress: now,
         });
-        let Some(m) = self.monitor() else { return };
-        let after = |d: Duration| Some(crate::bounds::later(Utc::now(), d));
-        if let Some(s) = &stall {
-            m.set(&rec.run_id, Kind::Stall, after(s.every));
-        }
-        if !t.output.is_zero() && !restarted {
-            m.set(&rec.run_id, Kind::Output, after(t.output));
-        }
-        if port.is_some() && initializing {
-            m.set(&rec.run_id, Kind::Probe, after(Duration::ZERO));
-        }
+        let every = stall.as_ref().map(|s| s.every);
+        // The watch first, then the timers: a probe due at once may fire on the
+        // monitor's thread before this returns, and finds the watch to act on
+        // (and re-arm from).
         self.life.watches().insert(
             rec.run_id.clone(),
             RunWatch {
@@ -184,6 +177,17 @@ impl Agent {
                 port,
             },
         );
+        let Some(m) = self.monitor() else { return };
+        let after = |d: Duration| Some(crate::bounds::later(Utc::now(), d));
+        if let Some(every) = every {
+            m.set(&rec.run_id, Kind::Stall, after(every));
+        }
+        if !t.output.is_zero() && !restarted {
+            m.set(&rec.run_id, Kind::Output, after(t.output));
+        }
+        if port.is_some() && initializing {
+            m.set(&rec.run_id, Kind::Probe, after(Duration::ZERO));
+        }
     }
 
     pub(super) fn progress_end(&self, run_id: &str) {
