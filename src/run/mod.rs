@@ -358,7 +358,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
         }
         Some(Stopped::Killed(why)) => {
             crate::output::errln!("wfcg: run {} {why}", started.run_id);
-            Ok(code)
+            Ok(killed_code(code))
         }
         None => Ok(code),
     }
@@ -402,6 +402,25 @@ fn start_command(
 /// The exit code of a run killed by the monitor (as `timeout(1)`).
 pub const TIMED_OUT: i32 = 124;
 
+/// The exit code of a run an operator killed: never success. A command that
+/// ended by the kill's signal already says so (128 + the signal); one that
+/// caught SIGTERM and exited 0 gets 128 + SIGTERM, the signal it was sent; a
+/// failure code it chose itself is kept.
+fn killed_code(code: i32) -> i32 {
+    if code == 0 { 128 + libc::SIGTERM } else { code }
+}
+
+/// The most of `stop-reason` that is read (the agent writes a few hundred bytes).
+const STOP_REASON_MAX: usize = 64 * 1024;
+
+/// Reads `name` in the run directory: the user's directory, so never through a
+/// symlink, never blocking on a FIFO or device (`O_NONBLOCK | O_NOFOLLOW`,
+/// regular files only, size-limited; see `userfs`).
+fn read_run_file(run_dir: &str, name: &str) -> std::io::Result<Vec<u8>> {
+    let dir = crate::userfs::open_dir(Path::new(run_dir))?;
+    crate::userfs::read_at(&dir, name, STOP_REASON_MAX)
+}
+
 /// Asks the agent to move this process from the run's payload, where the
 /// command was just forked, to the supervisor leaf: a kill then acts on the
 /// command's tree only, and this process lives on to say how the run ended.
@@ -431,8 +450,8 @@ enum Stopped {
 }
 
 fn stopped(started: &RunStarted) -> Option<Stopped> {
-    let text = std::fs::read_to_string(Path::new(&started.run_dir).join(STOP_REASON_FILE)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let text = read_run_file(&started.run_dir, STOP_REASON_FILE).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
     let reason = v["reason"].as_str();
     if v["status"] == "timed_out" {
         return Some(Stopped::TimedOut(
@@ -455,7 +474,10 @@ fn record_exit(client: &Client, started: &RunStarted, report: &ExitReport) {
         (None, Some(s)) => format!("signal {s}\n"),
         _ => String::new(),
     };
-    let _ = std::fs::write(Path::new(&started.run_dir).join(EXIT_STATUS_FILE), line);
+    // The same care as reading: a FIFO or symlink planted there is refused at once.
+    if let Ok(dir) = crate::userfs::open_dir(Path::new(&started.run_dir)) {
+        let _ = crate::userfs::write_at(&dir, EXIT_STATUS_FILE, line.as_bytes(), 0o644);
+    }
     let path = format!("/v1/runs/{}/exit", started.run_id);
     let deadline = Instant::now() + REPORT_RETRY;
     loop {

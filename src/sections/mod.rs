@@ -9,11 +9,15 @@
 //!   waiters are not holders), or an open SQLite `-journal` (a write transaction
 //!   in rollback mode).
 //! - files: a write a kill can tear: a regular file inside the run's workspace
-//!   open for writing, not O_APPEND, and not one of the files the run started
-//!   with (those its supervisor holds: the log the executor redirected the
-//!   run's output to). An append-only log and the inherited output are not
-//!   critical; a file being written in place and a temp file about to be renamed
-//!   over its target (`cmd > out.tmp && mv out.tmp out`) are.
+//!   open for writing through an fd other than 1 and 2, not O_APPEND, and not
+//!   one of the files the run started with (those its supervisor holds: the log
+//!   the executor redirected the run's output to). Logs are not sections: a
+//!   file that is any run process's stdout or stderr (`exec > ws/out.log`,
+//!   `cmd > ws/build.log 2>&1`), whoever opened it and through whichever fd, and
+//!   an append-only file. Nor is a lock file: one a lock is held on (flock,
+//!   POSIX or OFD) that is empty or unchanged since the run started. A file
+//!   being written in place and a temp file about to be renamed over its target
+//!   (written through its own fd) are sections.
 //!
 //! A leaf module: it reads `/proc` (and the files' first bytes) and knows nothing
 //! of runs or the agent.
@@ -72,6 +76,21 @@ const O_APPEND: u32 = 0o2000;
 /// writing, not append-only (appends never overwrite what is there).
 fn writes_in_place(flags: u32) -> bool {
     flags & 0o3 != 0 && flags & O_APPEND == 0
+}
+
+/// Whether fd `num` is a process's stdout or stderr: a stream, a log.
+fn is_stream(num: &str) -> bool {
+    num == "1" || num == "2"
+}
+
+/// Whether a file a lock is held on is only a lock file, not a write: it is
+/// empty, or it has not changed since the run started (`since`).
+fn lock_file_only(meta: &fs::Metadata, since: Option<SystemTime>) -> bool {
+    meta.len() == 0
+        || since.is_some_and(|since| {
+            meta.modified()
+                .is_ok_and(|m| m + COARSE_CLOCK_SLACK < since)
+        })
 }
 
 /// One line of `/proc/locks`.
@@ -219,15 +238,21 @@ fn fd_flags(proc_root: &Path, pid: i32, fd: &str) -> Option<u32> {
 pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
     // /proc/locks is read only once a regular file turns up: reading it takes the
     // kernel's file_rwsem for writing, which waits for an RCU grace period (~10 ms).
+    // Every lock held (read or write; waiters are not holders).
     let held = std::cell::OnceCell::<Vec<Lock>>::new();
     let held = || {
         held.get_or_init(|| {
             let locks = fs::read_to_string(proc_root.join("locks")).unwrap_or_default();
             parse_locks(&locks)
                 .into_iter()
-                .filter(|l| l.write && !l.blocked)
+                .filter(|l| !l.blocked)
                 .collect()
         })
+    };
+    let on = |l: &Lock, meta: &fs::Metadata| {
+        l.ino == meta.ino()
+            && l.major == rustix::fs::major(meta.dev())
+            && l.minor == rustix::fs::minor(meta.dev())
     };
     let excluded = |p: &str| scope.exclude.iter().any(|e| Path::new(p).starts_with(e));
     // The (device, inode) of each file the supervisor holds, read once when needed.
@@ -264,7 +289,30 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
         cwds.extend(cwd);
         all_files.push(files);
     }
-    for (&pid, files) in scope.pids.iter().zip(all_files) {
+    // The (device, inode) of each workspace file that is a run process's stdout
+    // or stderr (a log, through whichever fd it is open), read once when needed.
+    let streams = std::cell::OnceCell::<HashSet<(u64, u64)>>::new();
+    let stream = |dev: u64, ino: u64| {
+        streams
+            .get_or_init(|| {
+                let Some(ws) = scope.workspace.as_deref() else {
+                    return HashSet::new();
+                };
+                scope
+                    .pids
+                    .iter()
+                    .zip(&all_files)
+                    .flat_map(|(pid, files)| files.iter().map(move |fd| (pid, fd)))
+                    .filter(|(_, fd)| is_stream(&fd.num) && Path::new(&fd.path).starts_with(ws))
+                    .filter_map(|(pid, fd)| {
+                        let p = proc_root.join(pid.to_string()).join("fd").join(&fd.num);
+                        fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+                    })
+                    .collect()
+            })
+            .contains(&(dev, ino))
+    };
+    for (&pid, files) in scope.pids.iter().zip(&all_files) {
         if files.is_empty() {
             continue;
         }
@@ -289,12 +337,12 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
             let locked = || {
                 held().iter().any(|l| {
                     // An OFD lock has no owner pid (-1).
-                    (l.pid == pid || l.pid == -1)
-                        && l.ino == meta.ino()
-                        && l.major == rustix::fs::major(meta.dev())
-                        && l.minor == rustix::fs::minor(meta.dev())
+                    l.write && (l.pid == pid || l.pid == -1) && on(l, &meta)
                 })
             };
+            // Any holder: a flock's pid is whoever took it, maybe before a fork.
+            let lock_file =
+                || held().iter().any(|l| on(l, &meta)) && lock_file_only(&meta, scope.since);
             let sqlite = std::cell::OnceCell::new();
             let sqlite = || *sqlite.get_or_init(|| is_sqlite_file(&fd.path));
             let kind = if is_git_lock(&fd.path) {
@@ -305,9 +353,12 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                 .workspace
                 .as_deref()
                 .is_some_and(|ws| Path::new(&fd.path).starts_with(ws))
+                && !is_stream(&fd.num)
                 && fd_flags(proc_root, pid, &fd.num).is_some_and(writes_in_place)
                 && !inherited(meta.dev(), meta.ino())
+                && !stream(meta.dev(), meta.ino())
                 && !sqlite()
+                && !lock_file()
             {
                 Some(SectionKind::Files)
             } else {
@@ -319,7 +370,7 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                 };
                 found.push(Finding {
                     kind,
-                    path: fd.path,
+                    path: fd.path.clone(),
                     pid,
                     command,
                     dev: meta.dev(),

@@ -256,3 +256,61 @@ fn a_stale_lock_is_removed_when_its_path_was_seen_twice() {
     assert_eq!(removed, vec![path.display().to_string()]);
     assert!(!path.exists());
 }
+
+/// A process's stdout and stderr are logs, and so is the same file through any
+/// other fd; a file it writes through an fd of its own is a section.
+#[test]
+fn a_stdout_into_the_workspace_is_a_log_and_another_fd_is_not() {
+    let ws = tempfile::tempdir().unwrap();
+    let log = ws.path().join("out.log");
+    let data = ws.path().join("data.bin");
+    let script = format!(
+        "exec 3>'{}' 4>>'{}'; exec sleep 30",
+        data.display(),
+        log.display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let scope = Scope {
+        pids: vec![pid],
+        workspace: Some(ws.path().to_path_buf()),
+        ..Scope::default()
+    };
+    // Once sh has opened its fds and exec'd sleep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while procfs::cmdline(Path::new("/proc"), pid).is_none_or(|c| c != "sleep 30")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let found: Vec<String> = scan(Path::new("/proc"), &scope)
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(found, vec![data.display().to_string()]);
+    assert!(is_stream("1") && is_stream("2") && !is_stream("3"));
+}
+
+/// A locked file is a lock file when it is empty or unchanged since the run
+/// started; written since, it is not.
+#[test]
+fn a_locked_file_is_only_a_lock_when_empty_or_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.lock");
+    fs::write(&path, "").unwrap();
+    let now = SystemTime::now();
+    let meta = fs::metadata(&path).unwrap();
+    assert!(lock_file_only(&meta, None));
+    fs::write(&path, "42").unwrap();
+    let meta = fs::metadata(&path).unwrap();
+    assert!(!lock_file_only(&meta, None));
+    assert!(!lock_file_only(&meta, Some(now)));
+    let later = now + std::time::Duration::from_secs(60);
+    assert!(lock_file_only(&meta, Some(later)));
+}

@@ -57,8 +57,8 @@ enum Event {
 /// How long the loop waits for a key before looking at its channels again.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Runs the dashboard until `q` (exit code 0) or a signal (128+N). The
-/// terminal is restored whatever happens.
+/// Runs the dashboard until `q` (exit code 0), a signal (128+N) or the loss
+/// of its terminal (129, as SIGHUP). The terminal is restored whatever happens.
 pub fn run(opts: &Options) -> io::Result<i32> {
     let (sig_tx, sig_rx) = mpsc::channel();
     term::watch_signals(sig_tx)?;
@@ -74,6 +74,7 @@ pub fn run(opts: &Options) -> io::Result<i32> {
     let (fetcher, nudge) = spawn_fetcher(source, opts.interval, tx.clone())?;
     let mut kills: Vec<JoinHandle<()>> = Vec::new();
 
+    let input = term::Input::open()?;
     let mut tui = term::Tui::enter()?;
     // Drawn again only when something changed: a refresh, a kill's end, a key
     // or a resize.
@@ -97,26 +98,31 @@ pub fn run(opts: &Options) -> io::Result<i32> {
             tui.terminal.draw(|f| view::draw(f, &app))?;
             dirty = false;
         }
-        if !event::poll(TICK)? {
-            continue;
+        // The terminal is polled here, crossterm only asked for what is there
+        // already: its own wait reads a hung-up terminal in a loop, forever.
+        if input.wait(TICK)? == term::Ready::Gone {
+            return Ok(128 + libc::SIGHUP);
         }
-        match event::read()? {
-            TermEvent::Key(key) => {
-                dirty = true;
-                match app.on_key(key) {
-                    Action::None => {}
-                    Action::Quit => return Ok(0),
-                    Action::Kill { run_id, force } => kills.push(spawn_kill(
-                        (opts.socket.clone(), opts.agent_timeout),
-                        run_id,
-                        force,
-                        tx.clone(),
-                        nudge.clone(),
-                    )?),
+        // Keys read, and a resize (which crossterm learns from SIGWINCH).
+        while event::poll(Duration::ZERO)? {
+            match event::read()? {
+                TermEvent::Key(key) => {
+                    dirty = true;
+                    match app.on_key(key) {
+                        Action::None => {}
+                        Action::Quit => return Ok(0),
+                        Action::Kill { run_id, force } => kills.push(spawn_kill(
+                            (opts.socket.clone(), opts.agent_timeout),
+                            run_id,
+                            force,
+                            tx.clone(),
+                            nudge.clone(),
+                        )?),
+                    }
                 }
+                TermEvent::Resize(..) => dirty = true,
+                _ => {}
             }
-            TermEvent::Resize(..) => dirty = true,
-            _ => {}
         }
     }
 }

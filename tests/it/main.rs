@@ -14,6 +14,7 @@ mod deadline;
 mod deploy;
 mod fuzz;
 mod git_locks;
+mod hard_kills;
 mod kill;
 mod kill_edges;
 mod lifecycle;

@@ -80,7 +80,7 @@ fn a_temp_file_being_written_before_its_rename_is_still_waited_for() {
     let run = start_writer(
         &agent,
         &ws,
-        "&& while :; do echo x; sleep 0.05; done > out.tmp && mv out.tmp out",
+        "&& while :; do echo x >&3; sleep 0.05; done 3> out.tmp && mv out.tmp out",
     );
 
     let result = agent.kill_ok(&run.id, &["--grace-files", "1s"]);
@@ -115,7 +115,7 @@ fn a_critical_line_holds_a_command_with_a_newline_whole() {
     let run = start_writer(
         &agent,
         &ws,
-        "\nwhile :; do echo x; sleep 0.05; done > out.tmp",
+        "\nwhile :; do echo x >&3; sleep 0.05; done 3> out.tmp",
     );
     let status = text(&agent.cli_expect(0, &["status", &run.id]).stdout);
     let line = status

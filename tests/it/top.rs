@@ -10,7 +10,7 @@ use crate::util::{CommandExt, TestAgent, WFCG, wait_until};
 
 /// A tmux server of our own (`tmux -L NAME`), killed when dropped so a failing
 /// test leaves no server or `wfcg top` behind.
-struct Tmux {
+pub(crate) struct Tmux {
     name: String,
     /// The server's socket file, removed when dropped (tmux leaves it).
     socket: Option<PathBuf>,
@@ -18,7 +18,7 @@ struct Tmux {
 
 impl Tmux {
     /// Starts `command` (through `sh -c`) in a detached session of `w`×`h`.
-    fn start(w: u16, h: u16, command: &str) -> Tmux {
+    pub(crate) fn start(w: u16, h: u16, command: &str) -> Tmux {
         static N: AtomicUsize = AtomicUsize::new(0);
         let mut tmux = Tmux {
             name: format!(
@@ -50,7 +50,7 @@ impl Tmux {
         tmux
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut cmd = Command::new("tmux");
         cmd.args(["-L", &self.name])
             .env_remove("TMUX")
@@ -88,7 +88,7 @@ impl Tmux {
     }
 
     /// Waits until the screen satisfies `cond`; fails with the screen otherwise.
-    fn wait_screen(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_screen(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
         let mut screen = String::new();
         let ok = wait_until(Duration::from_secs(15), || {
             screen = self.capture();
@@ -111,7 +111,7 @@ impl Drop for Tmux {
 /// `VAR='value' ... wfcg top`, for tmux's shell; then its exit status goes to
 /// `dir/top.exit` and the terminal's settings after it to `dir/top.stty`, and
 /// `tail` runs.
-fn top_command(agent: &TestAgent, tail: &str) -> String {
+pub(crate) fn top_command(agent: &TestAgent, tail: &str) -> String {
     let quote = |p: &Path| format!("'{}'", p.display());
     let env: Vec<String> = agent
         .env()
@@ -129,7 +129,7 @@ fn top_command(agent: &TestAgent, tail: &str) -> String {
 }
 
 /// Waits for `wfcg top`'s exit status (see [`top_command`]).
-fn wait_exit(agent: &TestAgent, tmux: &Tmux) -> String {
+pub(crate) fn wait_exit(agent: &TestAgent, tmux: &Tmux) -> String {
     let file = agent.dir.path().join("top.exit");
     let mut code = String::new();
     let exited = wait_until(Duration::from_secs(10), || {
