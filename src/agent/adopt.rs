@@ -75,6 +75,22 @@ impl Agent {
         }
     }
 
+    /// An adopted run is a live run like a started one: a user's counts against
+    /// the same caps (live runs, starts a minute, root's reserve on the state
+    /// filesystem), held until it is recorded. A dry run makes nothing, and a
+    /// `kill --pid` ends its run at once: neither is counted.
+    fn adoption_budget(
+        &self,
+        caller: &Caller,
+        req: &AdoptRequest,
+    ) -> Result<Option<super::budget::Slot>> {
+        if req.dry_run || req.kill {
+            return Ok(None);
+        }
+        // It has no TMPDIR of its own.
+        self.check_budgets_with(caller, 0)
+    }
+
     /// Adopts a tree (`pid`) or a cgroup in place (`cgroup`) into a new run, or
     /// lists what would be taken (`dry_run`); with `kill`, kills it at once.
     /// The attempt is audited as `adopt`, whatever its outcome.
@@ -102,11 +118,14 @@ impl Agent {
         };
         let adopted = {
             let _one_at_a_time = self.adopt_lock.lock();
-            match (req.pid, req.cgroup.as_deref()) {
-                (Some(pid), None) => self.adopt_tree(caller, &id, pid, &req, &mut entry),
-                (None, Some(path)) => self.adopt_cgroup(caller, &id, path, &req, &mut entry),
-                (Some(_), Some(_)) => Err(bad("give a pid or a cgroup to adopt, not both")),
-                (None, None) => Err(bad("give a pid (or a cgroup) to adopt")),
+            match self.adoption_budget(caller, &req) {
+                Err(e) => Err(e),
+                Ok(_budget) => match (req.pid, req.cgroup.as_deref()) {
+                    (Some(pid), None) => self.adopt_tree(caller, &id, pid, &req, &mut entry),
+                    (None, Some(path)) => self.adopt_cgroup(caller, &id, path, &req, &mut entry),
+                    (Some(_), Some(_)) => Err(bad("give a pid or a cgroup to adopt, not both")),
+                    (None, None) => Err(bad("give a pid (or a cgroup) to adopt")),
+                },
             }
         };
         entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);

@@ -150,8 +150,12 @@ impl Auditor {
     pub fn record(&self, store: &Mutex<Store>, mut entry: AuditEntry) -> bool {
         if entry.actor_uid.is_some_and(|uid| uid != 0) {
             entry.reason = entry.reason.map(|r| denials::cap(&r, api::MAX_REASON));
+            // An adoption's outcome lists every process: as long as a user's tree.
+            if entry.outcome.len() > api::MAX_REASON {
+                entry.outcome = denials::cap(&entry.outcome, api::MAX_REASON);
+            }
         }
-        if denials::is_refused(&entry) {
+        if denials::is_coalesced(&entry) {
             let room = self.room();
             match self.denials.lock().admit(entry, room, Instant::now()) {
                 Some(first) => entry = first,

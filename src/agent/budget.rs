@@ -104,13 +104,19 @@ impl Agent {
         caller: &Caller,
         template: &Template,
     ) -> Result<Option<Slot>> {
+        let tmpdir = crate::tmpfs::size_bytes(&template.tmpdir.size).unwrap_or(0);
+        self.check_budgets_with(caller, tmpdir)
+    }
+
+    /// [`Agent::check_budgets`] for a run whose TMPDIR takes `tmpdir` bytes (an
+    /// adopted run: none).
+    pub(super) fn check_budgets_with(&self, caller: &Caller, tmpdir: u64) -> Result<Option<Slot>> {
         self.keep_reserve(caller)?;
         if caller.is_root() {
             return Ok(None);
         }
         let uid = caller.uid;
         let limits = self.access.policy().limits.clone();
-        let tmpdir = crate::tmpfs::size_bytes(&template.tmpdir.size).unwrap_or(0);
         let max_tmpdir = crate::tmpfs::size_bytes(&limits.max_tmpdir_total).unwrap_or(u64::MAX);
         let refuse = |msg: String| Err(Failure::new(ErrorKind::Conflict, msg));
         let mut pending = self.budgets.pending.lock();

@@ -73,6 +73,20 @@ pub fn is_refused(e: &AuditEntry) -> bool {
             ))
 }
 
+/// Whether `e` is a user's request that changed nothing (coalesced like a refused
+/// one): refused ([`is_refused`]), a question (`permission_query`, an adoption's
+/// dry run), a kill of a run that had ended already, or an adoption refused or
+/// found done already. What a user can repeat at will without acting on a run
+/// must not grow the audit trail at will.
+pub fn is_coalesced(e: &AuditEntry) -> bool {
+    is_refused(e)
+        || (e.actor_uid.is_some_and(|uid| uid != 0)
+            && (matches!(e.action.as_str(), "permission_query" | "adopt_dry_run")
+                || e.outcome == "already_ended"
+                || e.outcome.starts_with("refused")
+                || e.outcome.starts_with("already adopted")))
+}
+
 /// Cuts `text` to at most `max` bytes (at a character boundary), saying how long it was.
 pub fn cap(text: &str, max: usize) -> String {
     if text.len() <= max {

@@ -21,6 +21,7 @@ use super::Agent;
 use super::monitor::{Kind, Monitor};
 use super::notify::{self, Message};
 use super::notify_hub::{Hub, OnDatagram};
+use super::phase_queue::PhaseQueue;
 use super::sender;
 use crate::api::RunStatus;
 use crate::bounds;
@@ -60,7 +61,17 @@ struct Live {
     notify_key: Option<u64>,
     /// The ids of its cgroups, for the sender check (sender.rs).
     cgroup_ids: sender::RunCgroupIds,
+    /// Messages from outside the run dropped: when the current log window began,
+    /// lines logged in it, and drops not logged since the last line.
+    dropped: (Option<Instant>, u32, u64),
 }
+
+/// Log lines about messages from outside a run, at most this many a run per
+/// [`DROPPED_LOG_WINDOW`]; further drops are only counted, and the count is in
+/// the next line. Anyone may send to a notify socket: a flood must not grow the
+/// agent's log (on the state filesystem when `wfcg run` started the agent).
+const DROPPED_LOG_LINES: u32 = 8;
+const DROPPED_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// A run's newest heartbeat, until it is written to the store.
 #[derive(Clone, Copy)]
@@ -70,9 +81,6 @@ struct Beat {
     deadline: Option<DateTime<Utc>>,
     usec: Option<i64>,
 }
-
-/// A message that changes a run's phase, waiting to be written.
-type Phase = (String, DateTime<Utc>, Message);
 
 /// Starts of command lines seen in an initializing run.
 #[derive(Default)]
@@ -94,10 +102,12 @@ pub struct Lifecycle {
     monitor: OnceLock<Monitor>,
     /// The thread that reads every run's notify socket.
     hub: OnceLock<Hub>,
-    /// READY, STATUS, STOPPING and EXTEND_TIMEOUT_USEC, in the order received, to
-    /// the thread that writes them to the store (the notify thread never waits
-    /// on the store: a heartbeat is never held up behind a write).
-    phases: OnceLock<std::sync::mpsc::Sender<Phase>>,
+    /// READY, STATUS, STOPPING and EXTEND_TIMEOUT_USEC, each run's in the order
+    /// received, to the thread that writes them to the store (the notify thread
+    /// never waits on the store: a heartbeat is never held up behind a write).
+    /// Bounded per run and served run by run (phase_queue.rs): one run's flood
+    /// never holds up another's READY.
+    phases: Arc<PhaseQueue>,
     lives: Mutex<HashMap<String, Live>>,
     beats: Mutex<HashMap<String, Beat>>,
     loops: Mutex<HashMap<String, LoopTracker>>,
@@ -141,16 +151,18 @@ impl Agent {
             },
         );
         let _ = self.life.monitor.set(monitor);
-        let (tx, rx) = std::sync::mpsc::channel::<Phase>();
-        let _ = self.life.phases.set(tx);
+        let phases = self.life.phases.clone();
         let weak = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("wfcg-notify-phase".into())
             .spawn(move || {
-                // Ends with the agent, whose sender it is.
-                while let Ok((run_id, at, msg)) = rx.recv() {
+                // Ends with the agent.
+                loop {
+                    let next = phases.pop(Duration::from_secs(1));
                     let Some(agent) = weak.upgrade() else { return };
-                    agent.on_phase_message(&run_id, at, &msg);
+                    if let Some((run_id, at, msg)) = next {
+                        agent.on_phase_message(&run_id, at, &msg);
+                    }
                 }
             })
             .expect("spawning the notify phase thread");
@@ -262,6 +274,7 @@ impl Agent {
                 threshold,
                 notify_key,
                 cgroup_ids: Default::default(),
+                dropped: (None, 0, 0),
             },
         );
         self.progress_begin(rec, &template, restarted);
@@ -345,21 +358,41 @@ impl Agent {
     /// One notify message for a run, as the notify hub received it. Dropped (and
     /// counted) unless the kernel shows its sender inside the run's cgroup (sender.rs).
     pub(super) fn on_notify(&self, run_id: &str, sender: notify::Sender, msg: Message) {
-        let (inside, threshold, ceiling) = match self.life.lives.lock().get_mut(run_id) {
-            Some(live) => (
-                sender::inside(&live.cg, &mut live.cgroup_ids, &self.cfg.proc_root, &sender),
-                live.threshold,
-                live.ceiling,
-            ),
+        let (inside, threshold, ceiling, to_log) = match self.life.lives.lock().get_mut(run_id) {
+            Some(live) => {
+                let inside =
+                    sender::inside(&live.cg, &mut live.cgroup_ids, &self.cfg.proc_root, &sender);
+                // The first drop is logged, then at most one line per
+                // DROPPED_LOG_EVERY with the count since the last one.
+                let mut to_log = None;
+                if !inside {
+                    let (window, lines, unlogged) = &mut live.dropped;
+                    if window.is_none_or(|t| t.elapsed() >= DROPPED_LOG_WINDOW) {
+                        *window = Some(Instant::now());
+                        *lines = 0;
+                    }
+                    if *lines < DROPPED_LOG_LINES {
+                        *lines += 1;
+                        to_log = Some(std::mem::take(unlogged));
+                    } else {
+                        *unlogged += 1;
+                    }
+                }
+                (inside, live.threshold, live.ceiling, to_log)
+            }
             None => return,
         };
         if !inside {
             self.metrics.notify(false);
-            tracing::warn!(
-                run_id,
-                pid = sender.pid,
-                "notify message from a process outside the run dropped"
-            );
+            if let Some(count) = to_log {
+                tracing::warn!(
+                    run_id,
+                    pid = sender.pid,
+                    not_logged_before = count,
+                    "notify message from a process outside the run dropped (at most \
+                     {DROPPED_LOG_LINES} such lines a run a minute)"
+                );
+            }
             return;
         }
         self.metrics.notify(true);
@@ -379,10 +412,8 @@ impl Agent {
         if msg.output {
             self.saw_output(run_id);
         }
-        if (msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some())
-            && let Some(tx) = self.life.phases.get()
-        {
-            let _ = tx.send((run_id.to_owned(), now_t, msg));
+        if msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some() {
+            self.life.phases.push(run_id, now_t, msg);
         }
     }
 

@@ -47,6 +47,7 @@ pub mod monitor;
 mod nesting;
 pub mod notify;
 mod notify_hub;
+mod phase_queue;
 pub mod placement;
 mod progress;
 mod queries;

@@ -185,18 +185,73 @@ fn open_files(proc_root: &Path, pid: i32) -> Vec<Fd> {
 
 /// The open files of the process whose `/proc/<pid>` is `proc_dir`.
 fn open_files_at(proc_dir: &OwnedFd) -> Vec<Fd> {
+    open_files_within(proc_dir, &mut HostScan::unbounded()).unwrap_or_default()
+}
+
+/// What a look through other processes' fds may still cost: entries read and
+/// time. The processes outside a run may be anyone's: one user holding millions
+/// of fds (dup'ed, a few bytes each) must not make every kill on the host list
+/// them all (it made root's graceful kill of root's own run take 47 s instead of
+/// 0.2 s with a million). Past it, the answer is "unknown" and the callers take
+/// the side that acts on nothing (see [`outside_use`], [`stale_git_locks`]).
+struct HostScan {
+    entries: usize,
+    until: Option<std::time::Instant>,
+}
+
+/// Fd entries one host-wide look reads at most, and how long it may take.
+const HOST_SCAN_ENTRIES: usize = 200_000;
+const HOST_SCAN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl HostScan {
+    fn unbounded() -> HostScan {
+        HostScan {
+            entries: usize::MAX,
+            until: None,
+        }
+    }
+
+    fn host() -> HostScan {
+        HostScan {
+            entries: HOST_SCAN_ENTRIES,
+            until: std::time::Instant::now().checked_add(HOST_SCAN_TIME),
+        }
+    }
+
+    /// Takes one entry; false once the budget is spent.
+    fn take(&mut self) -> bool {
+        if self.entries == 0 {
+            return false;
+        }
+        self.entries -= 1;
+        // The clock is read every 1024 entries only.
+        if self.entries.is_multiple_of(1024)
+            && self.until.is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            self.entries = 0;
+            return false;
+        }
+        true
+    }
+}
+
+/// [`open_files_at`] within `budget`; `None` once it is spent.
+fn open_files_within(proc_dir: &OwnedFd, budget: &mut HostScan) -> Option<Vec<Fd>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let Ok(fd_dir) = rustix::fs::openat(proc_dir, "fd", flags, Mode::empty()) else {
-        return Vec::new();
+        return Some(Vec::new());
     };
     let Ok(mut entries) = rustix::fs::Dir::read_from(&fd_dir) else {
-        return Vec::new();
+        return Some(Vec::new());
     };
     let mut files = Vec::new();
     while let Some(Ok(e)) = entries.read() {
         let name = e.file_name();
         if name.to_bytes().starts_with(b".") {
             continue;
+        }
+        if !budget.take() {
+            return None;
         }
         let Ok(target) = rustix::fs::readlinkat(&fd_dir, name, Vec::new()) else {
             continue;
@@ -216,7 +271,7 @@ fn open_files_at(proc_dir: &OwnedFd) -> Vec<Fd> {
             });
         }
     }
-    files
+    Some(files)
 }
 
 /// The working directory of the process whose `/proc/<pid>` is `proc_dir`.
@@ -483,9 +538,16 @@ fn closed_git_locks(
 }
 
 /// Every path any live process on the host has open, for checking that a lock
-/// file is held by nobody before it is removed.
+/// file is held by nobody before it is removed. Unknown (the look cost more
+/// than a [`HostScan`] allows): every path, so that nothing is removed.
 pub fn held_anywhere(proc_root: &Path, paths: &[&str]) -> HashSet<String> {
-    held_outside(proc_root, paths, &[])
+    held_outside(proc_root, paths, &[]).unwrap_or_else(|| {
+        tracing::warn!(
+            "cannot tell within {HOST_SCAN_ENTRIES} fds or {HOST_SCAN_TIME:?} whether a \
+             process holds {paths:?}: left in place"
+        );
+        paths.iter().map(|p| p.to_string()).collect()
+    })
 }
 
 /// What the live processes other than `except` use: which of `paths` they
@@ -505,10 +567,11 @@ fn outside_use(proc_root: &Path, paths: &[&str], except: &[i32]) -> OutsideUse {
         .iter()
         .filter_map(|p| fs::read_link(proc_root.join(p.to_string()).join("cwd")).ok())
         .collect();
-    OutsideUse {
-        held: held_by(proc_root, paths, &pids),
-        cwds,
-    }
+    // Unknown (the look cost too much): every lock is taken as held outside,
+    // so none is counted as the run's.
+    let held = held_by(proc_root, paths, &pids)
+        .unwrap_or_else(|| paths.iter().map(|p| p.to_string()).collect());
+    OutsideUse { held, cwds }
 }
 
 /// How far an inode's times may lag the clock the run's start was read from:
@@ -521,8 +584,9 @@ fn created_since(lock: &LockFile, since: SystemTime) -> bool {
     lock.ctime + COARSE_CLOCK_SLACK >= since
 }
 
-/// Which of `paths` a live process other than `except` has open.
-fn held_outside(proc_root: &Path, paths: &[&str], except: &[i32]) -> HashSet<String> {
+/// Which of `paths` a live process other than `except` has open; `None` when
+/// that could not be told within a [`HostScan`] budget.
+fn held_outside(proc_root: &Path, paths: &[&str], except: &[i32]) -> Option<HashSet<String>> {
     let except: HashSet<i32> = except.iter().copied().collect();
     let pids: Vec<i32> = procfs::all_pids(proc_root)
         .into_iter()
@@ -531,18 +595,23 @@ fn held_outside(proc_root: &Path, paths: &[&str], except: &[i32]) -> HashSet<Str
     held_by(proc_root, paths, &pids)
 }
 
-/// Which of `paths` one of `pids` has open.
-fn held_by(proc_root: &Path, paths: &[&str], pids: &[i32]) -> HashSet<String> {
+/// Which of `paths` one of `pids` has open; `None` when that could not be
+/// told within a [`HostScan`] budget.
+fn held_by(proc_root: &Path, paths: &[&str], pids: &[i32]) -> Option<HashSet<String>> {
     let wanted: HashSet<&str> = paths.iter().copied().collect();
     let mut held = HashSet::new();
+    let mut budget = HostScan::host();
     for &pid in pids {
-        for fd in open_files(proc_root, pid) {
+        let Some(dir) = proc_dir(proc_root, pid) else {
+            continue;
+        };
+        for fd in open_files_within(&dir, &mut budget)? {
             if wanted.contains(fd.path.as_str()) {
                 held.insert(fd.path);
             }
         }
     }
-    held
+    Some(held)
 }
 
 /// The git lock files that processes of a dead run had open (or created with
