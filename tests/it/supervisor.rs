@@ -277,7 +277,12 @@ fn a_root_caller_that_cannot_clone3_still_starts_its_command_in_the_payload() {
     unsafe { cmd.pre_exec(refuse_clone3) };
     let mut child = KillOnDrop(cmd.spawn().unwrap());
     wait_split(&agent, &id, child.id(), 1);
-    let out = std::fs::read(dir.path().join("stdout")).unwrap();
+    // The command prints its cgroup when it runs, which may be after the split.
+    let stdout = dir.path().join("stdout");
+    wait_until(Duration::from_secs(20), || {
+        std::fs::read(&stdout).is_ok_and(|out| !v2_lines(&out).is_empty())
+    });
+    let out = std::fs::read(&stdout).unwrap();
     let lines = v2_lines(&out);
     assert!(
         lines.len() == 1 && lines[0].ends_with(&format!("/runs/{id}/payload")),
