@@ -20,6 +20,7 @@ mod lifecycle;
 mod listing;
 mod mcp;
 mod metrics;
+mod newcomer;
 mod output;
 mod policy;
 mod python;
