@@ -236,6 +236,10 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     }
     if let Some(k) = &r.kill_result {
         outln!("kill:       {}", Shown(&k.message))?;
+        // Why it was killed: for an init timeout, what it was waiting for.
+        if let Some(why) = &k.reason {
+            outln!("why:        {}", Shown(why))?;
+        }
     }
     Ok(exit::OK)
 }

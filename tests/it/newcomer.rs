@@ -132,7 +132,8 @@ fn newcomer_the_builder_workflow_leaves_the_workspace_and_its_git_repository() {
         "mine\n"
     );
     assert!(ws.join(".git/HEAD").is_file());
-    assert_eq!(status_text(&agent, &id).contains("cleanup:"), false);
+    let status = status_text(&agent, &id);
+    assert!(!status.contains("cleanup:"), "{status}");
 }
 
 /// `--cleanup-workspace` on a workspace with a git repository holding untracked
@@ -311,12 +312,13 @@ fn newcomer_status_of_an_initializing_run_names_its_condition() {
         ),
         "{status}"
     );
-    assert_eq!(
-        agent.status(&run.id)["waiting_for"]
+    let json = agent.status(&run.id);
+    assert!(
+        json["waiting_for"]
             .as_str()
             .unwrap_or("")
             .starts_with("READY=1 or its first output"),
-        true
+        "{json:#}"
     );
     // With its own condition, that one.
     let port = agent.start_run(
