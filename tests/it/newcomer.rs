@@ -333,3 +333,53 @@ fn newcomer_status_of_an_initializing_run_names_its_condition() {
     agent.kill_ok(&run.id, &["--force"]);
     agent.kill_ok(&port.id, &["--force"]);
 }
+
+/// A killed run's workspace: the kill result says what became of it (removed,
+/// or kept and why), and so does `status`.
+#[test]
+fn newcomer_the_kill_result_says_what_became_of_the_workspace() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, keep) in [("fresh", false), ("mine", true)] {
+        let ws = dir.path().join(name);
+        std::fs::create_dir(&ws).unwrap();
+        if keep {
+            std::fs::write(ws.join("old.txt"), "mine\n").unwrap();
+            let touch = Command::new("touch")
+                .args(["-d", "1 hour ago"])
+                .arg(ws.join("old.txt"))
+                .output()
+                .unwrap();
+            assert!(touch.status.success());
+        }
+        let run = agent.start_run(
+            &["--workspace", ws.to_str().unwrap(), "--cleanup-workspace"],
+            "echo x > made && exec sleep 100",
+        );
+        assert!(wait_until(Duration::from_secs(10), || ws
+            .join("made")
+            .exists()));
+        let result = agent.kill_ok(&run.id, &[]);
+        let said = result["cleanup_status"]["workspace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if keep {
+            assert!(
+                said.starts_with("kept: ") && said.contains("old.txt is older than the run"),
+                "{result:#}"
+            );
+            assert!(ws.join("old.txt").is_file() && ws.join("made").is_file());
+        } else {
+            assert_eq!(said, format!("removed {}", ws.display()), "{result:#}");
+            assert!(!ws.exists());
+        }
+        let status = status_text(&agent, &run.id);
+        assert!(
+            status.contains(&format!("cleanup:    workspace {said}")),
+            "{status}"
+        );
+        assert_eq!(audited(&agent, &run.id).len(), 1);
+    }
+}
