@@ -50,6 +50,7 @@ pub struct Args {
     /// log:REGEX (a line of output matches), file:PATH (a file appears, relative
     /// to the workspace), port:N (a process of the run listens on TCP port N).
     /// Repeat it: the first that holds ends initialization. READY=1 always does.
+    /// [default: the template's; every shipped one says output]
     /// With output or log:, and with --output-timeout, CMD's stdout and stderr are
     /// pipes read by wfcg run (not the terminal).
     #[arg(long, value_name = "COND")]
