@@ -257,6 +257,10 @@ pub struct ExitReport {
 pub struct ExitAck {
     /// Processes the command left behind in the run, killed by the agent.
     pub leftovers_killed: u32,
+    /// What became of a workspace the run was to remove (`removed PATH`,
+    /// `kept: WHY`, `removal failed: WHY`); absent when none was to be removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 /// `POST /v1/runs/{id}/kill`.
@@ -449,7 +453,9 @@ pub struct CleanupStatus {
     /// uninterruptible sleep) or read only in part (larger than its limit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub escapees_unread: u32,
-    /// `kept`, `removed`, or `none` (the run had no workspace).
+    /// `none` (the run had no explicit workspace), `kept` (nobody asked for
+    /// its removal), `removed PATH`, `kept: WHY` (it held what the run did not
+    /// make, or a git repository with changes), or `removal failed: WHY`.
     pub workspace: String,
     /// What of the run's trees (TMPDIR, run directory, workspace) was left, and
     /// why (over the walk's budget, a mount point, …).
@@ -597,6 +603,14 @@ pub struct RunInfo {
     /// (its cgroup taken in place). Such a run has no supervisor; `pid` is its root.
     #[serde(default)]
     pub adopted: Option<String>,
+    /// While it initializes: what it waits for to be ready, and the flags
+    /// that change it (e.g. `READY=1 or its first output (…)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// What became of a workspace it was to remove (see
+    /// [`CleanupStatus::workspace`]), once that is done; `wfcg status` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_cleanup: Option<String>,
     /// The run this one was started from inside of (its caller was in that
     /// run's cgroup): it is killed with that run.
     #[serde(default, skip_serializing_if = "Option::is_none")]

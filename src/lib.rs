@@ -40,6 +40,7 @@ pub mod top;
 pub mod userfs;
 pub mod users;
 pub mod walk;
+pub mod workspace_check;
 
 #[cfg(test)]
 mod tests {

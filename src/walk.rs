@@ -14,6 +14,10 @@
 //!   pathological tree (60,000 levels, millions of entries, a FUSE mount that
 //!   never answers) costs that process, and is reported, never the agent.
 //!
+//! Before a workspace is removed, the child looks at it as its owner
+//! ([`crate::workspace_check::kept_because`]): a workspace holding anything older than the run, or a git
+//! repository with uncommitted changes or untracked files, is kept, and why is said.
+//!
 //! A leaf: it knows nothing of runs or the agent.
 
 use std::collections::HashSet;
@@ -22,7 +26,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
 
@@ -240,6 +244,8 @@ pub fn remove_contents(top: &OwnedFd, budget: &Budget) -> Result<(), String> {
 pub const CHILD_ARG: &str = "__wfcg-remove-tree";
 /// Exit code of a child that left something.
 const LEFT: i32 = 3;
+/// Exit code of a child that kept a workspace on purpose (see [`KEPT`]).
+const KEPT_CODE: i32 = 4;
 /// The child's address space limit.
 const CHILD_MEMORY: u64 = 2 << 30;
 
@@ -249,10 +255,16 @@ pub enum Removal {
     /// The directory's contents only (its parent is the agent's: the agent
     /// removes the emptied directory itself).
     Contents,
-    /// The whole directory, after [`userfs::removal_problem`] finds nothing
-    /// against it (a workspace), its own name removed as the owner too.
-    Workspace,
+    /// The whole directory, after [`userfs::removal_problem`] and
+    /// [`crate::workspace_check::kept_because`] find nothing against it (a workspace), its own name
+    /// removed as the owner too. `started`: when the run began; anything below
+    /// the directory older than that was not made by the run, and is kept.
+    Workspace { started: SystemTime },
 }
+
+/// The start of an error of [`remove_in_child`] that says a workspace was kept
+/// on purpose (its data is not the run's to remove), not that its removal failed.
+pub const KEPT: &str = "kept: ";
 
 /// Removes `path` (see [`Removal`]) in a child process run as `cred`, within
 /// `budget`. `Err` says what was left and why.
@@ -268,8 +280,13 @@ pub fn remove_in_child(
     cmd.arg0("wfcg-remove-tree")
         .arg(CHILD_ARG)
         .arg(match mode {
-            Removal::Contents => "contents",
-            Removal::Workspace => "workspace",
+            Removal::Contents => "contents".to_string(),
+            Removal::Workspace { started } => {
+                let t = started
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                format!("workspace:{}.{:09}", t.as_secs(), t.subsec_nanos())
+            }
         })
         .arg(cred.uid.to_string())
         .arg(cred.gid.to_string())
@@ -333,6 +350,7 @@ pub fn remove_in_child(
     match status.code() {
         Some(0) => Ok(()),
         Some(LEFT) if !said.trim().is_empty() => Err(said.trim().to_string()),
+        Some(KEPT_CODE) => Err(format!("{KEPT}{}", said.trim())),
         _ => Err(format!(
             "the removal process failed ({status}): {}",
             said.trim()
@@ -352,13 +370,17 @@ pub fn child_main(args: &[OsString]) -> i32 {
     match child_remove(mode, &cred, &budget, &path) {
         Ok(()) => 0,
         Err(e) => {
+            let (e, code) = match e.strip_prefix(KEPT) {
+                Some(why) => (why, KEPT_CODE),
+                None => (e.as_str(), LEFT),
+            };
             // At most 2,000 bytes, cut on a character boundary (names may be any UTF-8).
             let end = (0..=e.len().min(2000))
                 .rev()
                 .find(|&i| e.is_char_boundary(i))
                 .unwrap_or(0);
             say(&e[..end]);
-            LEFT
+            code
         }
     }
 }
@@ -373,8 +395,13 @@ fn parse_child_args(args: &[OsString]) -> Option<(Removal, Cred, Budget, PathBuf
     let s = |i: usize| args.get(i)?.to_str();
     let mode = match s(0)? {
         "contents" => Removal::Contents,
-        "workspace" => Removal::Workspace,
-        _ => return None,
+        m => {
+            let (secs, nanos) = m.strip_prefix("workspace:")?.split_once('.')?;
+            let since = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
+            Removal::Workspace {
+                started: SystemTime::UNIX_EPOCH.checked_add(since)?,
+            }
+        }
     };
     let groups = s(3)?;
     let cred = Cred {
@@ -442,7 +469,7 @@ fn child_remove(mode: Removal, cred: &Cred, budget: &Budget, path: &Path) -> Res
             become_user(cred)?;
             remove_contents(&top, budget).map_err(|e| format!("{shown}: {e}"))
         }
-        Removal::Workspace => {
+        Removal::Workspace { started } => {
             let homes = crate::users::home_dirs(cred.uid);
             if let Some(problem) = userfs::removal_problem(path, cred, &homes) {
                 return Err(problem);
@@ -454,6 +481,13 @@ fn child_remove(mode: Removal, cred: &Cred, budget: &Budget, path: &Path) -> Res
             let name = CString::new(name.as_bytes()).map_err(|e| format!("{shown}: {e}"))?;
             let top = open_subdir(&parent, &name).map_err(|e| format!("{shown}: {e}"))?;
             become_user(cred)?;
+            // The change of credentials cleared the parent-death signal.
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
+            if let Some(why) = crate::workspace_check::kept_because(&top, path, started, budget) {
+                return Err(format!("{KEPT}{why}"));
+            }
             remove_contents(&top, budget).map_err(|e| format!("{shown}: {e}"))?;
             let still = id_of(&top).ok()
                 == rustix::fs::statat(&parent, &name, AtFlags::SYMLINK_NOFOLLOW)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::kill_sequence::lock_owner;
 use super::{Agent, adopt};
 use crate::api::RUN_ID_ENV;
-use crate::api::{self, CleanupStatus};
+use crate::api::{self, AuditEntry, CleanupStatus};
 use crate::cgroup::Cgroup;
 use crate::gitlocks;
 use crate::kill;
@@ -192,34 +192,98 @@ impl Agent {
         }
         let tmpdir_removed = remove(rec.tmpdir.as_deref());
         let run_dir_removed = remove(rec.run_dir.as_deref());
-        let workspace = match (&rec.workspace_path, rec.cleanup_workspace) {
-            (None, _) => "none",
-            (Some(_), false) => "kept",
-            (Some(ws), true) if fs::symlink_metadata(ws).is_err() => "removed",
-            (Some(ws), true) => {
-                match crate::walk::remove_in_child(
-                    Path::new(ws),
-                    &owner,
-                    crate::walk::Removal::Workspace,
-                    &budget,
-                ) {
-                    Ok(()) => "removed",
-                    Err(e) => {
-                        tracing::warn!(run_id = rec.run_id, "workspace {ws} not removed: {e}");
-                        not_removed.push(e);
-                        "removal failed"
-                    }
-                }
-            }
-        };
+        let workspace = self.clean_workspace(rec);
+        if let Some(why) = workspace.strip_prefix("removal failed: ") {
+            not_removed.push(why.to_string());
+        }
         CleanupStatus {
             cgroup_removed,
             tmpdir_removed,
             run_dir_removed,
             stale_locks_removed,
-            workspace: workspace.into(),
+            workspace,
             not_removed,
             ..Default::default()
         }
     }
+
+    /// The run's workspace at its end, as said in its cleanup status, its exit
+    /// acknowledgement, `wfcg status` and the audit trail (action `workspace`):
+    /// `none` (no explicit workspace), `kept` (nobody asked for its removal),
+    /// `removed PATH`, `kept: WHY` (it holds what the run did not make, or a
+    /// git repository with changes: src/workspace_check.rs), or `removal
+    /// failed: WHY`. Done once: later calls answer what the audit trail says.
+    pub(super) fn clean_workspace(&self, rec: &RunRecord) -> String {
+        let Some(ws) = &rec.workspace_path else {
+            return "none".into();
+        };
+        if !rec.cleanup_workspace {
+            return "kept".into();
+        }
+        // Its end is seen twice (the exit report, then the empty cgroup or a
+        // kill's cleanup): one look and one audit record. Rare enough (asked
+        // for explicitly) for one lock for all runs.
+        let _once = self.workspace_lock.lock();
+        if let Some(said) = self.workspace_outcome(&rec.run_id) {
+            return said;
+        }
+        let owner = Cred::of_uid(rec.owner_uid);
+        let (outcome, said) = match rec.started_at {
+            None => (
+                "kept",
+                "kept: the run's start is unknown, so what it made cannot be told".to_string(),
+            ),
+            Some(_) if fs::symlink_metadata(ws).is_err() => ("removed", format!("removed {ws}")),
+            Some(started) => match crate::walk::remove_in_child(
+                Path::new(ws),
+                &owner,
+                crate::walk::Removal::Workspace {
+                    started: started.into(),
+                },
+                &crate::walk::Budget::from_env(),
+            ) {
+                Ok(()) => ("removed", format!("removed {ws}")),
+                Err(e) => match e.strip_prefix(crate::walk::KEPT) {
+                    Some(why) => ("kept", format!("kept: {why}")),
+                    None => ("removal_failed", format!("removal failed: {e}")),
+                },
+            },
+        };
+        tracing::info!(run_id = rec.run_id, "workspace {ws}: {said}");
+        self.auditor.record(
+            &self.store,
+            AuditEntry {
+                time: super::time::now(),
+                actor_name: "agent".into(),
+                decision: "-".into(),
+                action: WORKSPACE_ACTION.into(),
+                run_id: Some(rec.run_id.clone()),
+                outcome: outcome.into(),
+                reason: Some(said.clone()),
+                ..Default::default()
+            },
+        );
+        said
+    }
+
+    /// What [`Agent::clean_workspace`] did with the run's workspace, from the
+    /// audit trail, if it did anything yet.
+    pub(super) fn workspace_outcome(&self, run_id: &str) -> Option<String> {
+        let filter = crate::store::AuditFilter {
+            run_id: Some(run_id.to_owned()),
+            actor: None,
+            actor_uid: None,
+            since: None,
+            limit: None,
+        };
+        let records = self.store().audit_records(&filter).ok()?;
+        let rec = records
+            .iter()
+            .rev()
+            .find(|r| r.entry.action == WORKSPACE_ACTION)?;
+        rec.entry.reason.clone()
+    }
 }
+
+/// The audit action of a workspace's removal or keeping.
+pub const WORKSPACE_ACTION: &str = "workspace";

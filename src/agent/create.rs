@@ -175,6 +175,19 @@ impl Agent {
         // Limits apply from the first instruction: written before the caller moves
         // in, on runs/<id> so that they cover the supervisor and the payload.
         let mut warnings = cg.apply_limits(&template.limits);
+        // A removal nobody typed on this command line is said before it happens.
+        if cleanup_workspace && let Some(ws) = &req.workspace {
+            let by = if req.cleanup_workspace {
+                "--cleanup-workspace".to_string()
+            } else {
+                format!("the template {template_name} says [cleanup] workspace = \"remove\"")
+            };
+            warnings.push(format!(
+                "the workspace {ws} will be removed when the run ends ({by}), unless it holds \
+                 anything older than the run or a git repository with uncommitted changes or \
+                 untracked files"
+            ));
+        }
         if let Err(e) = layout::create_leaves(&cg) {
             let _ = cg.remove_recursive();
             return Err(Failure::internal(e));

@@ -270,6 +270,8 @@ pub struct Agent {
     /// Git locks that processes of an exited run held when they were killed,
     /// checked and removed once the run's cgroup is empty.
     stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
+    /// Held while a run's workspace is removed or kept (cleanup.rs).
+    workspace_lock: Mutex<()>,
     /// Who each run's supervisor is, as the kernel identified it at the run's creation.
     supervisors: supervisors::Supervisors,
     access: access::Access,
@@ -404,6 +406,7 @@ impl Agent {
             run_files: run_files::RunFiles::default(),
             budgets: budget::Budgets::default(),
             stale_candidates: Mutex::default(),
+            workspace_lock: Mutex::default(),
             supervisors: supervisors::Supervisors::default(),
             access,
             auditor,

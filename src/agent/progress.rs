@@ -85,7 +85,8 @@ pub fn watch_for(template: &Template, detach: bool) -> crate::api::Watch {
     let ready = &template.run.ready;
     let t = &template.timeouts;
     let mut w = crate::api::Watch::default();
-    if template.run.waits() {
+    // Without an init timeout there is no initialization to end: no pipes for it.
+    if template.run.waits() && !t.init.is_zero() {
         for r in ready {
             match r {
                 Ready::Output => w.ready_on_output = true,

@@ -95,6 +95,13 @@ impl Agent {
             (0, None)
         };
         let stuck = self.stuck_reason(&rec);
+        let waiting_for =
+            (status == RunStatus::Initializing).then(|| self.run_template(&rec).run.waiting_for());
+        // One look in the audit trail: for `wfcg status` of a run whose
+        // workspace was to be removed.
+        let workspace_cleanup = (with_sections && rec.cleanup_workspace)
+            .then(|| self.workspace_outcome(&rec.run_id))
+            .flatten();
         let (last_heartbeat, watchdog_deadline) = self
             .fresh_heartbeat(&rec.run_id)
             .map(|(at, deadline)| (Some(at), deadline))
@@ -134,6 +141,8 @@ impl Agent {
             stuck,
             loop_suspected: rec.loop_suspected,
             adopted: rec.adopted,
+            waiting_for,
+            workspace_cleanup,
             parent_run_id: rec.parent_run_id,
         }
     }

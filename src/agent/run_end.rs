@@ -95,8 +95,12 @@ impl Agent {
             }
         }
         tracing::info!(run_id, code = ?report.exit_code, signal = ?report.signal, "run exited");
+        // Its payload is empty: a workspace to remove is dealt with now, so that
+        // `wfcg run` can say what became of it.
+        let workspace = (exited && rec.cleanup_workspace).then(|| self.clean_workspace(&rec));
         Ok(ExitAck {
             leftovers_killed: killed,
+            workspace,
         })
     }
 

@@ -89,7 +89,7 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     outln!("{}", table::header(&PS_COLUMNS, &widths))?;
     for ((_, r), row) in runs.iter().zip(&rows) {
         outln!("{}", table::line(&PS_COLUMNS, &widths, row))?;
-        for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
+        for note in notes(r) {
             outln!("{:w$} ! {}", "", Shown(note), w = widths[0])?;
         }
     }
@@ -99,6 +99,16 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         outln!("{}", super::breaker::describe(b))?;
     }
     Ok(exit::OK)
+}
+
+/// Why a run is stuck, and the loop it is suspected of, each line once (a
+/// suspected loop is often the reason it counts as stuck).
+fn notes(r: &RunInfo) -> impl Iterator<Item = &String> {
+    let looping = r
+        .loop_suspected
+        .as_ref()
+        .filter(|l| r.stuck.as_ref() != Some(*l));
+    r.stuck.iter().chain(looping)
 }
 
 /// Runs in their order, each followed by the runs started inside it (its
@@ -175,7 +185,10 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
             outln!("{:<11} {}", format!("{name}:"), Shown(d))?;
         }
     }
-    for note in [&r.stuck, &r.loop_suspected].into_iter().flatten() {
+    if let Some(w) = &r.waiting_for {
+        outln!("waiting:    {}", Shown(w))?;
+    }
+    for note in notes(&r) {
         outln!("stuck:      {}", Shown(note))?;
     }
     outln!("command:    {}", Shown(&r.command.join(" ")))?;
@@ -196,6 +209,9 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     outln!("age:        {}", crate::duration::short(r.age_secs))?;
     outln!("cpu:        {}", cpu(r.cpu_usec))?;
     outln!("workspace:  {}", opt(&r.workspace))?;
+    if let Some(done) = &r.workspace_cleanup {
+        outln!("cleanup:    workspace {}", Shown(done))?;
+    }
     outln!("cgroup:     {}", Shown(&r.cgroup))?;
     if let Some(log) = &r.log_path {
         outln!("log:        {}", Shown(log))?;
@@ -220,6 +236,10 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     }
     if let Some(k) = &r.kill_result {
         outln!("kill:       {}", Shown(&k.message))?;
+        // Why it was killed: for an init timeout, what it was waiting for.
+        if let Some(why) = &k.reason {
+            outln!("why:        {}", Shown(why))?;
+        }
     }
     Ok(exit::OK)
 }

@@ -17,11 +17,12 @@ use crate::run::{AgentAddr, Options};
 /// started in the background if none answers.
 ///
 /// Timeouts come from the template (the one named like --workflow, else
-/// `default`: 5m to initialize, 1h in all): a run that has not sent READY=1 within
+/// `default`: 5m to initialize, 1h in all): a run that is not ready within
 /// --init-timeout, runs longer than --timeout, or misses heartbeats for two
-/// --watchdog intervals is killed. Durations: 30s, 5m, 1h30m, plain seconds; 0 = none.
-/// For commands that never send READY=1, see --ready-when, --stall-timeout and
-/// --output-timeout. A workflow whose circuit breaker is open (its last runs all
+/// --watchdog intervals is killed. Ready, by default: READY=1 or its first
+/// output, whichever comes first (CMD's stdout and stderr then pass through
+/// wfcg run); see --ready-when. Durations: 30s, 5m, 1h30m, plain seconds; 0 = none.
+/// See also --stall-timeout and --output-timeout. A workflow whose circuit breaker is open (its last runs all
 /// ended stuck) is refused with exit 6.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -35,7 +36,7 @@ pub struct Args {
     /// A template file for this run (instead of the one named like the workflow).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
-    /// How long the run may take to send READY=1 [default: from the template].
+    /// How long the run may take to be ready (see --ready-when) [default: from the template].
     #[arg(long, value_name = "DUR")]
     pub init_timeout: Option<String>,
     /// How long the run may take in all; 0 is no limit [default: from the template].
@@ -49,6 +50,7 @@ pub struct Args {
     /// log:REGEX (a line of output matches), file:PATH (a file appears, relative
     /// to the workspace), port:N (a process of the run listens on TCP port N).
     /// Repeat it: the first that holds ends initialization. READY=1 always does.
+    /// [default: the template's; every shipped one says output]
     /// With output or log:, and with --output-timeout, CMD's stdout and stderr are
     /// pipes read by wfcg run (not the terminal).
     #[arg(long, value_name = "COND")]
@@ -61,13 +63,18 @@ pub struct Args {
     /// it starts; 0 is off [default: from the template].
     #[arg(long, value_name = "DUR")]
     pub output_timeout: Option<String>,
-    /// Working directory of the run; CMD starts in it.
+    /// Working directory of the run; CMD starts in it. It is kept when the run
+    /// ends, unless --cleanup-workspace (or an operator's template with
+    /// `[cleanup] workspace = "remove"`) asks for its removal.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
     /// The team the run belongs to (you must be in it) [default: all your teams].
     #[arg(long)]
     pub team: Option<String>,
-    /// Remove the workspace when the run ends (needs --workspace).
+    /// Remove the workspace when the run ends (needs --workspace); said when the
+    /// run starts and when it ends. It is kept, and why is said, if it holds
+    /// anything older than the run (a file, link or directory not made by it) or
+    /// a git repository with uncommitted changes or untracked files.
     #[arg(long, requires = "workspace")]
     pub cleanup_workspace: bool,
     /// Print the run id and return at once; the run goes on (output goes to its log file).

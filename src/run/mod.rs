@@ -346,9 +346,18 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
             (code, report, Some(watcher))
         }
     };
-    record_exit(&client, &started, &report);
+    let ack = record_exit(&client, &started, &report);
     if let Some(watcher) = watcher {
         watcher.finish();
+    }
+    // What became of a workspace the run was to remove, said even with --quiet:
+    // the caller's files are at stake.
+    if let Some(ws) = ack.and_then(|a| a.workspace) {
+        crate::output::errln!(
+            "wfcg: run {}: workspace {}",
+            started.run_id,
+            crate::output::Shown(&ws)
+        );
     }
     // A killed run says why; one the monitor stopped exits like coreutils' timeout.
     match stopped(&started) {
@@ -467,8 +476,8 @@ fn stopped(started: &RunStarted) -> Option<Stopped> {
 }
 
 /// Leaves the exit in the run directory (read by the agent if the report is lost),
-/// then reports it, retrying while the agent is away.
-fn record_exit(client: &Client, started: &RunStarted, report: &ExitReport) {
+/// then reports it, retrying while the agent is away. The agent's answer, if any.
+fn record_exit(client: &Client, started: &RunStarted, report: &ExitReport) -> Option<ExitAck> {
     let line = match (report.exit_code, report.signal) {
         (Some(c), _) => format!("code {c}\n"),
         (None, Some(s)) => format!("signal {s}\n"),
@@ -485,7 +494,8 @@ fn record_exit(client: &Client, started: &RunStarted, report: &ExitReport) {
             Err(client::Error::Unreachable { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            _ => return,
+            Ok(ack) => return Some(ack),
+            Err(_) => return None,
         }
     }
 }

@@ -249,8 +249,10 @@ fn ser_ready<S: Serializer>(list: &[Ready], s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
+/// The default readiness: READY=1 or the first output, whichever comes first,
+/// so that a plain command that prints is never killed for not sending READY=1.
 fn default_ready() -> Vec<Ready> {
-    vec![Ready::Notify]
+    vec![Ready::Output]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -278,6 +280,25 @@ impl RunSettings {
     /// Whether the run starts `initializing` (it does unless `start` is among its conditions).
     pub fn waits(&self) -> bool {
         !self.ready.contains(&Ready::Start)
+    }
+
+    /// What a run waits for while it initializes, in words, with the flags
+    /// that change it: for `wfcg status` and the init timeout's kill message.
+    pub fn waiting_for(&self) -> String {
+        let mut conds = vec!["READY=1".to_string()];
+        for r in &self.ready {
+            conds.push(match r {
+                Ready::Notify | Ready::Start => continue,
+                Ready::Output => "its first output on stdout or stderr".into(),
+                Ready::Log(re) => format!("a line of output matching {re:?}"),
+                Ready::File(p) => format!("the file {p:?} in its workspace"),
+                Ready::Port(n) => format!("a listener on TCP port {n}"),
+            });
+        }
+        format!(
+            "{} (--ready-when COND changes the condition, --init-timeout DUR the time allowed)",
+            conds.join(" or ")
+        )
     }
 
     /// The TCP port whose listener makes it ready, if any.

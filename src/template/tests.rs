@@ -42,10 +42,13 @@ fn every_shipped_template_parses_with_its_init_timeout() {
         let t = Template::lookup_in(dir.path(), name).unwrap();
         assert_eq!(t.timeouts.init, Duration::from_secs(init * 60), "{name}");
         assert_eq!(t.timeouts.total, Duration::from_secs(3600), "{name}");
-        // The agent-CLI templates: ready at the first output, a stall
-        // timeout and a breaker; the default keeps sd_notify and neither.
+        // Every template: ready at READY=1 or the first output (a plain
+        // command that prints is never killed for not sending READY=1), and
+        // the workspace kept. The agent-CLI templates add a stall timeout and
+        // a breaker; the default has neither.
         let agent_cli = name != "default";
-        assert_eq!(t.run.ready == [Ready::Output], agent_cli, "{name}");
+        assert_eq!(t.run.ready, [Ready::Output], "{name}");
+        assert_eq!(t.cleanup.workspace, WorkspacePolicy::Keep, "{name}");
         assert_eq!(!t.timeouts.stall.is_zero(), agent_cli, "{name}");
         assert_eq!(t.breaker.failures, if agent_cli { 3 } else { 0 }, "{name}");
     }

@@ -44,6 +44,8 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         stuck: None,
         loop_suspected: None,
         adopted: None,
+        waiting_for: None,
+        workspace_cleanup: None,
         parent_run_id: None,
     }
 }

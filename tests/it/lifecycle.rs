@@ -594,6 +594,12 @@ fn a_command_started_again_and_again_while_initializing_is_flagged_not_killed() 
         hint.contains("suspected initialization loop") && hint.contains("sleep 2.5"),
         "{hint}"
     );
+    // Said once by `status` and `ps --stuck` (the loop is also why it is stuck).
+    for args in [&["status", looping.id.as_str()][..], &["ps", "--stuck"][..]] {
+        let out = String::from_utf8_lossy(&agent.cli(args).stdout).into_owned();
+        let n = out.matches("suspected initialization loop").count();
+        assert_eq!(n, 1, "{args:?}: {out}");
+    }
     // A hint, not a kill.
     assert_eq!(st["status"], "initializing", "{st:#}");
     assert!(st["processes"].as_u64().unwrap() >= 2, "{st:#}");

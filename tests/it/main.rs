@@ -22,6 +22,7 @@ mod lifecycle;
 mod listing;
 mod mcp;
 mod metrics;
+mod newcomer;
 mod output;
 mod policy;
 mod python;

@@ -288,7 +288,10 @@ fn a_log_line_a_file_and_a_port_each_make_a_run_running() {
 fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
     require_privileges!();
     let agent = TestAgent::start();
-    let stall = ["--stall-timeout", "3s"];
+    // Ready only at READY=1 (never, here): each run stays `initializing`, so its
+    // status says whether only the stall timeout acted (the default would make
+    // the chatty ones `running` at their first output).
+    let stall = ["--stall-timeout", "3s", "--ready-when", "notify"];
     let sleeper = agent.start_run(&stall, "sleep 100000");
     let burner = agent.start_run(&stall, "while :; do :; done");
     // Output every second, nearly no CPU and no new processes: only its output
@@ -328,7 +331,11 @@ fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
 fn an_output_timeout_kills_a_run_that_writes_nothing_and_spares_one_that_does() {
     require_privileges!();
     let agent = TestAgent::start();
-    let talks = agent.start_run(&["--output-timeout", "2s"], "echo hi; sleep 100");
+    // Ready only at READY=1, so it stays `initializing` (see above).
+    let talks = agent.start_run(
+        &["--output-timeout", "2s", "--ready-when", "notify"],
+        "echo hi; sleep 100",
+    );
     let dir = shared_dir();
     let stderr_path = dir.path().join("stderr");
     let mut child = KillOnDrop(

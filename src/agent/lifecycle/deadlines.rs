@@ -195,9 +195,11 @@ impl Agent {
                     return;
                 }
                 format!(
-                    "initialization timeout {} exceeded: still initializing since {}{last_status}",
+                    "initialization timeout {} exceeded: still initializing since {}{last_status}; \
+                     it was waiting for {}",
                     fmt(template.timeouts.init),
-                    since(&rec.started_at)
+                    since(&rec.started_at),
+                    template.run.waiting_for()
                 )
             }
             Kind::Total => {
@@ -285,9 +287,10 @@ impl Agent {
             && let Some(d) = near(rec.init_deadline, template.timeouts.init)
         {
             return Some(format!(
-                "initializing since {} (init deadline {})",
+                "initializing since {} (init deadline {}), waiting for {}",
                 rec.started_at.map_or("?".into(), rfc3339),
-                rfc3339(d)
+                rfc3339(d),
+                template.run.waiting_for()
             ));
         }
         let watchdog = match self.life.beats.lock().get(&rec.run_id) {
