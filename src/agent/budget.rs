@@ -23,7 +23,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::{Agent, Caller, Failure, Result};
-use crate::api::{ErrorKind, RunStatus};
+use crate::api::ErrorKind;
 use crate::template::Template;
 
 /// The ballast file that holds root's reserve, in the state directory.
@@ -121,9 +121,8 @@ impl Agent {
         let refuse = |msg: String| Err(Failure::new(ErrorKind::Conflict, msg));
         let mut pending = self.budgets.pending.lock();
         let mine = pending.get(&uid).copied().unwrap_or_default();
-        let live_runs = self.store().list_runs(Some(&RunStatus::live()))?;
-        let live: Vec<_> = live_runs.iter().filter(|r| r.owner_uid == uid).collect();
-        let runs = live.len() as u64 + mine.runs;
+        let live = self.store().live_runs_of(uid)?;
+        let runs = (live.len() as u64).saturating_add(mine.runs);
         if runs >= u64::from(limits.max_live_runs) {
             return refuse(format!(
                 "uid {uid} has {runs} live runs, the most a user may have (policy [limits] \

@@ -312,6 +312,20 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// The live runs of one owner (a start's budget check: one user's runs, not
+    /// every user's).
+    pub fn live_runs_of(&self, owner_uid: u32) -> Result<Vec<RunRecord>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE owner_uid = ?1 \
+             AND status IN (SELECT value FROM json_each(?2)) ORDER BY rowid"
+        ))?;
+        let rows = stmt.query_map(
+            params![owner_uid, status_list(&RunStatus::live())],
+            run_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// Runs, newest first; with `statuses`, only those in one of them.
     pub fn list_runs(&self, statuses: Option<&[RunStatus]>) -> Result<Vec<RunRecord>> {
         self.query_runs(RUN_COLUMNS, statuses)
