@@ -255,7 +255,11 @@ fn with_the_state_fs_full_roots_start_and_kill_work_and_a_users_start_is_refused
         .wfcg_as(&user)
         .current_dir("/")
         .args(["run", "--detach", "--ready-when", "start", "--"])
-        .args(["sh", "-c", "head -c 64M /dev/zero; sleep 1000"])
+        .args([
+            "sh",
+            "-c",
+            "head -c 64M /dev/zero; : >\"$TMPDIR/full\"; sleep 1000",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", described(&out));
@@ -264,8 +268,17 @@ fn with_the_state_fs_full_roots_start_and_kill_work_and_a_users_start_is_refused
         let st = rustix::fs::statvfs(&state).unwrap();
         st.f_bavail * st.f_frsize
     };
+    // Filled once the writer has stopped (its write failed for space): a writer
+    // still running would take whatever root's start frees next.
+    let stopped = || {
+        std::fs::read_dir(state.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("full").exists())
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || free() < 4 << 20),
+        wait_until(Duration::from_secs(30), stopped) && free() < 4 << 20,
         "the user did not fill the state fs: {} free",
         free()
     );
