@@ -5,8 +5,11 @@
 //! The live-run and TMPDIR caps are exact under concurrent starts: the check and
 //! a reservation are made under one lock, and the reservation ([`Slot`]) is held
 //! until the start has inserted its run (or failed), so a start in between sees
-//! it. (Between the insert and the end of the start a run counts twice: a start
-//! racing with it may be refused, never wrongly admitted.)
+//! it. A start gives its reservation back under the same lock as its insert
+//! ([`Slot::recording`]), so no start sees a run both recorded and reserved.
+//! (An adoption gives it back when it ends: between its insert and its end the
+//! run counts twice, so a start racing with it may be refused, never wrongly
+//! admitted.)
 //!
 //! The state filesystem keeps a reserve for root (`[limits] state_reserve`):
 //! users' starts are refused below it, with a clear error (exit 7). Files users
@@ -55,9 +58,23 @@ pub struct Slot {
     tmpdir: u64,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut all = self.pending.lock();
+impl Slot {
+    /// Runs `insert` (the start's insert of its run) and gives the reservation
+    /// back under the same lock: a concurrent start's check, made under that
+    /// lock, sees the run either reserved or recorded, never both.
+    pub fn recording<T>(slot: Option<Slot>, insert: impl FnOnce() -> T) -> T {
+        let Some(slot) = slot else {
+            return insert();
+        };
+        let pending = slot.pending.clone();
+        let mut all = pending.lock();
+        let out = insert();
+        slot.give_back(&mut all);
+        std::mem::forget(slot);
+        out
+    }
+
+    fn give_back(&self, all: &mut HashMap<u32, Pending>) {
         if let Some(p) = all.get_mut(&self.uid) {
             p.runs = p.runs.saturating_sub(1);
             p.tmpdir = p.tmpdir.saturating_sub(self.tmpdir);
@@ -65,6 +82,13 @@ impl Drop for Slot {
                 all.remove(&self.uid);
             }
         }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let pending = self.pending.clone();
+        self.give_back(&mut pending.lock());
     }
 }
 

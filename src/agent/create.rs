@@ -51,7 +51,7 @@ impl Agent {
         let (template_name, mut template) = self.resolve_template(caller, &req)?;
         self.apply_run_options(caller, &req, &mut template)?;
         // Held until the run is recorded: the caps stay exact under concurrent starts.
-        let _budget = self.check_budgets(caller, &template)?;
+        let budget = self.check_budgets(caller, &template)?;
         let ms = std::time::Duration::from_millis;
         // Users may shorten the operator's timeouts, not lengthen or remove them.
         for (flag, value, slot) in [
@@ -284,7 +284,9 @@ impl Agent {
         };
         Agent::initial_deadlines(&template, ceiling, &mut rec);
         // Synced with the run_start audit record below, before the answer.
-        let inserted = self.store().with_sync(false, |s| s.insert_run(&rec));
+        let inserted = super::budget::Slot::recording(budget, || {
+            self.store().with_sync(false, |s| s.insert_run(&rec))
+        });
         if let Err(e) = inserted {
             // Never a SIGKILL of the caller (a full disk did that): it goes back
             // where it came from, and is told why.
