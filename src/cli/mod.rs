@@ -5,6 +5,7 @@
 
 mod adopt;
 mod agent;
+mod agent_control;
 mod audit;
 pub mod breaker;
 mod install;
