@@ -123,14 +123,19 @@ fn stop(cli: &super::Cli, args: &StopArgs) -> Result<i32, Failure> {
         ));
     }
     let runs = match stopping.live_runs {
+        0 => "no run was live; new runs need a new agent: a root `wfcg run` starts one, or `wfcg agent`".to_string(),
         1 => "its 1 live run goes on: its supervisor keeps".to_string(),
         n => format!("its {n} live runs go on: their supervisors keep"),
     };
-    outln!(
-        "wfcg agent (pid {}) stopped; {runs} running, and the next agent takes them over \
-         (a root `wfcg run` starts one, or `wfcg agent`)",
-        stopping.pid,
-    )?;
+    if stopping.live_runs == 0 {
+        outln!("wfcg agent (pid {}) stopped; {runs}", stopping.pid)?;
+    } else {
+        outln!(
+            "wfcg agent (pid {}) stopped; {runs} running, and the next agent takes them over \
+             (a root `wfcg run` starts one, or `wfcg agent`)",
+            stopping.pid,
+        )?;
+    }
     Ok(exit::OK)
 }
 
