@@ -21,6 +21,7 @@ mod kill;
 mod kill_edges;
 mod lifecycle;
 mod listing;
+mod logs;
 mod mcp;
 mod metrics;
 mod newcomer;
