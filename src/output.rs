@@ -76,8 +76,7 @@ impl Keep {
 /// UTF-8, is written unchanged. The one function that makes text safe to show.
 pub fn escape_into(out: &mut impl fmt::Write, text: &str, keep: Keep) -> fmt::Result {
     let mut rest = text;
-    while let Some(at) = rest.find(|c: char| is_unsafe(c) && !keep.keeps(c))
-    {
+    while let Some(at) = rest.find(|c: char| is_unsafe(c) && !keep.keeps(c)) {
         out.write_str(&rest[..at])?;
         let c = rest[at..].chars().next().unwrap_or_default();
         match c {

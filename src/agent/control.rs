@@ -27,8 +27,8 @@ impl About {
     /// cgroup systemd started it in is still its own).
     pub(super) fn now(proc_root: &Path) -> About {
         let systemd = Path::new("/run/systemd/system").is_dir();
-        let own = crate::cgroup::process_cgroup(proc_root, std::process::id() as i32)
-            .unwrap_or_default();
+        let own =
+            crate::cgroup::process_cgroup(proc_root, std::process::id() as i32).unwrap_or_default();
         let invoked = std::env::var_os("INVOCATION_ID").is_some();
         let service = service_unit(systemd && invoked, &own);
         let stderr = std::io::stderr();
@@ -165,8 +165,14 @@ mod tests {
             service_unit(true, "/system.slice/wfcg.service").as_deref(),
             Some("wfcg.service")
         );
-        assert_eq!(service_unit(true, "/user.slice/user-0.slice/session-3.scope"), None);
-        assert_eq!(service_unit(false, "/system.slice/wfcg.service/agent"), None);
+        assert_eq!(
+            service_unit(true, "/user.slice/user-0.slice/session-3.scope"),
+            None
+        );
+        assert_eq!(
+            service_unit(false, "/system.slice/wfcg.service/agent"),
+            None
+        );
     }
 
     #[test]

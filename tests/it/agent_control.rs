@@ -36,8 +36,14 @@ fn a_root_run_that_starts_the_agent_says_so_once_with_its_pid_log_and_how_to_sto
     assert_eq!(text(&first.stdout), "ran\n");
     let log = agent.state_dir.join("agent.log");
     assert_eq!(said.matches("started the wfcg agent").count(), 1, "{said}");
-    assert!(said.contains(&log.display().to_string()), "no log path: {said}");
-    assert!(said.contains("wfcg agent stop"), "no way to stop it: {said}");
+    assert!(
+        said.contains(&log.display().to_string()),
+        "no log path: {said}"
+    );
+    assert!(
+        said.contains("wfcg agent stop"),
+        "no way to stop it: {said}"
+    );
     let pid: i32 = said
         .split("(pid ")
         .nth(1)
@@ -58,7 +64,11 @@ fn a_root_run_that_starts_the_agent_says_so_once_with_its_pid_log_and_how_to_sto
         text(&second.stderr)
     );
     let out = agent.cli_expect(0, &["agent", "stop"]);
-    assert!(text(&out.stdout).contains("stopped"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("stopped"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(!util::alive(pid), "the agent it started still runs");
 }
 
@@ -72,7 +82,11 @@ fn agent_status_says_pid_uptime_version_socket_state_dir_log_and_live_runs() {
     assert_eq!(s["pid"], agent.pid().unwrap(), "{s:#}");
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s:#}");
     assert_eq!(s["socket"], agent.socket.display().to_string(), "{s:#}");
-    assert_eq!(s["state_dir"], agent.state_dir.display().to_string(), "{s:#}");
+    assert_eq!(
+        s["state_dir"],
+        agent.state_dir.display().to_string(),
+        "{s:#}"
+    );
     // The test agent's stderr is this file.
     let log = agent.dir.path().join("agent.log");
     assert_eq!(s["log"], log.display().to_string(), "{s:#}");
@@ -93,9 +107,10 @@ fn agent_status_says_pid_uptime_version_socket_state_dir_log_and_live_runs() {
 
     agent.kill_ok(&run.id, &[]);
     assert!(
-        util::wait_until(Duration::from_secs(10), || agent_status(&agent)
-            ["live_runs"]
-            == 0),
+        util::wait_until(
+            Duration::from_secs(10),
+            || agent_status(&agent)["live_runs"] == 0
+        ),
         "{:#}",
         agent_status(&agent)
     );
@@ -113,7 +128,11 @@ fn agent_status_without_an_agent_exits_5_naming_the_socket() {
     }
     // Nothing to stop is no failure.
     let out = agent.cli_expect(0, &["agent", "stop"]);
-    assert!(text(&out.stderr).contains("nothing to stop"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing to stop"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `wfcg agent stop` ends the agent and nothing else: a run started before it
@@ -168,7 +187,11 @@ fn agent_stop_is_root_only_and_a_refusal_is_audited() {
     let mut cmd = agent.wfcg_as(&user);
     cmd.args(["agent", "stop"]);
     let out = util::CommandExt::expect_code(&mut cmd, 4);
-    assert!(text(&out.stderr).contains("only root"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("only root"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(
         Path::new(&format!("/proc/{}", agent.pid().unwrap())).exists(),
         "the agent stopped"

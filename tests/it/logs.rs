@@ -40,8 +40,12 @@ fn logs_prints_a_detached_runs_output_raw_into_a_pipe_and_escaped_on_a_terminal(
     // On a terminal (script(1) gives the command one), nothing drives it.
     let on_tty = |extra: &str| {
         let mut cmd = Command::new("script");
-        cmd.args(["-qec", &format!("{WFCG} logs {extra} {}", run.id), "/dev/null"])
-            .envs(agent.env());
+        cmd.args([
+            "-qec",
+            &format!("{WFCG} logs {extra} {}", run.id),
+            "/dev/null",
+        ])
+        .envs(agent.env());
         cmd.expect_code(0).stdout
     };
     let shown = text(&on_tty(""));
@@ -49,7 +53,10 @@ fn logs_prints_a_detached_runs_output_raw_into_a_pipe_and_escaped_on_a_terminal(
         shown.contains("\\u001b[31mred\\u001b[0m\tx\\rhidden"),
         "{shown:?}"
     );
-    assert!(!shown.contains('\x1b'), "an escape reached the terminal: {shown:?}");
+    assert!(
+        !shown.contains('\x1b'),
+        "an escape reached the terminal: {shown:?}"
+    );
     let raw_on_tty = on_tty("--raw");
     assert!(
         raw_on_tty.windows(5).any(|w| w == b"\x1b[31m"),
@@ -117,7 +124,10 @@ fn logs_follow_prints_until_the_run_ends() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok(), None);
 
     // Of a run that ended: what it wrote, at once.
-    let out = agent.wfcg().args(["logs", "-f", &run.id]).output_within(Duration::from_secs(30));
+    let out = agent
+        .wfcg()
+        .args(["logs", "-f", &run.id])
+        .output_within(Duration::from_secs(30));
     assert_eq!(text(&out.stdout), "first\nsecond\n");
 }
 
@@ -126,10 +136,17 @@ fn logs_says_what_is_wrong_no_such_run_an_attached_run_a_run_that_wrote_nothing(
     require_privileges!();
     let agent = TestAgent::start();
     let out = agent.cli_expect(3, &["logs", "no-such-run"]);
-    assert!(text(&out.stderr).contains("no such run"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no such run"),
+        "{}",
+        text(&out.stderr)
+    );
     agent.cli_expect(2, &["logs", "../v1/health"]);
 
-    agent.cli_expect(0, &["run", "-q", "--run-id", "attached", "--", "echo", "hi"]);
+    agent.cli_expect(
+        0,
+        &["run", "-q", "--run-id", "attached", "--", "echo", "hi"],
+    );
     let out = agent.cli_expect(1, &["logs", "attached"]);
     let err = text(&out.stderr);
     assert!(
@@ -141,7 +158,11 @@ fn logs_says_what_is_wrong_no_such_run_an_attached_run_a_run_that_wrote_nothing(
     wait_ended(&agent, &run.id);
     let out = agent.cli_expect(0, &["logs", &run.id]);
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("wrote no output"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wrote no output"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A user reads their own run's output; another user may not, neither when the
