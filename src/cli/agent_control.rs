@@ -36,8 +36,9 @@ pub struct StatusArgs {
 /// systemd service is not stopped this way (exit 2): use `systemctl stop
 /// wfcg.service`.
 ///
-/// Exits 0 when the agent stopped, or when none answered (nothing to stop); 4
-/// when not root; 1 when it was still running after --wait.
+/// Exits 0 when the agent stopped, or when none answered (nothing to stop); 2
+/// for a service; 4 when not root; 5 when it did not answer in time; 1 when it
+/// was still running after --wait.
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
     /// How long to wait for the agent's process to end.

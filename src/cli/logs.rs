@@ -34,6 +34,7 @@ use crate::output::{OutputStream, Shown};
 /// run has no log, 3 no such run, 4 not permitted, 5 agent unreachable.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// The run's id (`wfcg ps --all` lists them).
     pub run_id: String,
     /// Keep printing what the run writes until the run ends (then exit 0).
     #[arg(long, short)]
