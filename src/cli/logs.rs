@@ -7,7 +7,7 @@
 //! the policy lets others see of the run.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
@@ -154,6 +154,12 @@ fn copy_to_end(
     out: &mut impl Write,
     path: &str,
 ) -> Result<u64, Failure> {
+    // The owner may have emptied the file (it is theirs): start again from its start.
+    if let (Ok(meta), Ok(at)) = (file.metadata(), file.stream_position())
+        && meta.len() < at
+    {
+        let _ = file.seek(std::io::SeekFrom::Start(0));
+    }
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
