@@ -116,7 +116,9 @@ impl Agent {
                 .unwrap_or_else(|| caller.uid.to_string()),
             caller_pid: Some(caller.pid),
             action: "agent_stop".into(),
-            reason: Some(format!("{live_runs} live runs go on")),
+            reason: refusal
+                .is_none()
+                .then(|| format!("{live_runs} live runs go on")),
             decision: if caller.is_root() {
                 "allowed"
             } else {
