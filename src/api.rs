@@ -10,6 +10,9 @@
 //! - `POST /v1/runs/adopt` ([`AdoptRequest`] → [`Adopted`]): take a tree started
 //!   outside wfcg into a new run (and kill it, with `kill`).
 //! - `GET /v1/runs/{id}/may-kill` ([`MayKillQuery`] → [`MayKill`]): a permission question.
+//! - `GET /v1/health` (→ [`Health`]): that the agent answers, and how it runs.
+//! - `POST /v1/agent/stop` (no body → [`AgentStopping`]): root asks the agent to stop;
+//!   runs go on.
 //!
 //! Errors come back as [`ApiError`] with a matching HTTP status. This module has
 //! no dependencies inside the crate but the leaf [`crate::bounds`]: every numeric
@@ -221,6 +224,42 @@ pub struct RunStarted {
     /// to the supervisor leaf (`POST /v1/runs/{id}/supervisor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spawn_into: Option<String>,
+}
+
+/// What `GET /v1/health` answers (to anyone): the agent is up, and how it runs.
+/// Fields other than `ok`, `pid` and `version` are absent from older agents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub pid: u32,
+    pub version: String,
+    /// When the agent started (RFC 3339), and how long ago.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub uptime_secs: Option<f64>,
+    #[serde(default)]
+    pub socket: Option<String>,
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// Where the agent logs: a file's path, `journal` (the service's stderr goes
+    /// to the journal), or what its stderr is (a terminal, a pipe).
+    #[serde(default)]
+    pub log: Option<String>,
+    /// Runs whose cgroups the agent watches now.
+    #[serde(default)]
+    pub live_runs: Option<u64>,
+    /// The systemd unit the agent runs as (`wfcg.service`), when it is one.
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// The answer to `POST /v1/agent/stop`: the agent stops once it has answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStopping {
+    pub pid: u32,
+    /// Runs that go on without an agent (the next one takes them over).
+    pub live_runs: u64,
 }
 
 /// A workflow's circuit breaker (`GET /v1/breakers`).

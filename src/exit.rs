@@ -71,9 +71,11 @@ impl From<client::Error> for Failure {
         };
         let mut message = e.to_string();
         match e {
-            client::Error::Unreachable { .. } => {
-                message.push_str(" (start one with `sudo wfcg agent`, or pass --socket)")
-            }
+            client::Error::Unreachable { .. } => message.push_str(
+                " (start one with `sudo wfcg install-service` on a systemd host, else \
+                     `sudo wfcg agent` in the foreground; a root `wfcg run` starts one in the \
+                     background; or pass --socket)",
+            ),
             client::Error::Timeout { .. } => message.push_str(
                 " (it is hung or overloaded: see its log; what was asked may still be under way; \
                  --agent-timeout waits longer)",

@@ -54,6 +54,20 @@ pub enum Keep {
     Nothing,
     /// Newlines: a whole line, or lines, as the sink writes them.
     Newlines,
+    /// Newlines and tabs: a program's output shown whole (`wfcg logs`), its
+    /// lines and indentation as they were; a carriage return is still shown as
+    /// `\r` (it could hide what came before it on the line).
+    Output,
+}
+
+impl Keep {
+    fn keeps(self, c: char) -> bool {
+        match self {
+            Keep::Nothing => false,
+            Keep::Newlines => c == '\n',
+            Keep::Output => c == '\n' || c == '\t',
+        }
+    }
 }
 
 /// Writes `text` to `out` with every unsafe character ([`is_unsafe`]) written as
@@ -62,8 +76,7 @@ pub enum Keep {
 /// UTF-8, is written unchanged. The one function that makes text safe to show.
 pub fn escape_into(out: &mut impl fmt::Write, text: &str, keep: Keep) -> fmt::Result {
     let mut rest = text;
-    while let Some(at) = rest.find(|c: char| is_unsafe(c) && !(keep == Keep::Newlines && c == '\n'))
-    {
+    while let Some(at) = rest.find(|c: char| is_unsafe(c) && !keep.keeps(c)) {
         out.write_str(&rest[..at])?;
         let c = rest[at..].chars().next().unwrap_or_default();
         match c {
@@ -156,6 +169,72 @@ impl<W: Write> fmt::Write for Sink<W> {
             s,
             Keep::Newlines,
         )
+    }
+}
+
+/// A program's output (bytes, as it wrote them) on its way to a writer: as it
+/// is when `raw`, else decoded as UTF-8 (an invalid byte shown as U+FFFD) and
+/// escaped keeping newlines and tabs ([`Keep::Output`]). A character split
+/// between two chunks is held until the next one ([`OutputStream::finish`]
+/// shows what is left).
+#[derive(Debug, Default)]
+pub struct OutputStream {
+    raw: bool,
+    held: Vec<u8>,
+}
+
+impl OutputStream {
+    pub fn new(raw: bool) -> OutputStream {
+        OutputStream {
+            raw,
+            held: Vec::new(),
+        }
+    }
+
+    /// Writes the next chunk.
+    pub fn write(&mut self, out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+        if self.raw {
+            return out.write_all(bytes);
+        }
+        self.held.extend_from_slice(bytes);
+        let mut text = String::with_capacity(self.held.len());
+        let mut rest = &self.held[..];
+        while !rest.is_empty() {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    text.push_str(s);
+                    rest = &[];
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    text.push_str(std::str::from_utf8(good).unwrap_or_default());
+                    match e.error_len() {
+                        Some(n) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            rest = &bad[n..];
+                        }
+                        // A character not complete yet: kept for the next chunk.
+                        None => {
+                            rest = bad;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.held = rest.to_vec();
+        let mut shown = String::with_capacity(text.len());
+        let _ = escape_into(&mut shown, &text, Keep::Output);
+        out.write_all(shown.as_bytes())
+    }
+
+    /// Writes what is held (an incomplete character at the end: U+FFFD).
+    pub fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if !self.held.is_empty() {
+            self.held.clear();
+            out.write_all(char::REPLACEMENT_CHARACTER.to_string().as_bytes())?;
+        }
+        out.flush()
     }
 }
 
@@ -269,6 +348,29 @@ mod tests {
         assert!(!shown.contains(|c| forbidden(c) && c != '\n'), "{shown}");
         let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn output_keeps_lines_and_tabs_and_escapes_the_rest_across_chunks() {
+        let mut out = Vec::new();
+        let mut stream = OutputStream::new(false);
+        // "ü" (c3 bc) split between two chunks; an invalid byte; colours.
+        for chunk in [
+            &b"a\tb\n\x1b[31mred\x1b[0m \xc3"[..],
+            &b"\xbc \xff\rx\n\xe2\x80"[..],
+        ] {
+            stream.write(&mut out, chunk).unwrap();
+        }
+        stream.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\tb\n\\u001b[31mred\\u001b[0m \u{fc} \u{fffd}\\rx\n\u{fffd}"
+        );
+        let mut raw = Vec::new();
+        let mut stream = OutputStream::new(true);
+        stream.write(&mut raw, b"\x1b[31mred\xff").unwrap();
+        stream.finish(&mut raw).unwrap();
+        assert_eq!(raw, b"\x1b[31mred\xff");
     }
 
     proptest! {

@@ -22,6 +22,7 @@
 //! | `queries.rs`, `may_kill.rs` | `ps` and `status`; "may uid U kill run R?" |
 //! | `lifecycle.rs`, `lifecycle/deadlines.rs` | notify, heartbeats, deadlines, stuck runs |
 //! | `breaker.rs` | the circuit breaker of each workflow |
+//! | `control.rs` | the agent itself: health (`agent status`), a stop (`agent stop`) |
 //! | `metrics.rs` | the `/metrics` scrape |
 //! | `audit_trail.rs`, `alert.rs` | the agent's audit records and policy reload; alerts |
 //! | `time.rs` | times as the store writes them |
@@ -34,6 +35,7 @@ mod audit_trail;
 mod breaker;
 mod budget;
 mod cleanup;
+mod control;
 mod create;
 mod denials;
 mod kill_result;
@@ -281,6 +283,10 @@ pub struct Agent {
     metrics: metrics::Metrics,
     /// Held while a tree is adopted: concurrent adoptions of one tree make one run.
     adopt_lock: Mutex<()>,
+    /// How the agent was started (health).
+    about: control::About,
+    /// Notified when root asked the agent to stop.
+    stop: tokio::sync::Notify,
 }
 
 impl AsRef<Mutex<Store>> for Agent {
@@ -305,6 +311,8 @@ impl Agent {
         if !rustix::process::geteuid().is_root() {
             return Err(StartError::NotRoot);
         }
+        // Before the agent moves into its own leaf: the cgroup it was started in.
+        let about = control::About::now(&cfg.proc_root);
         // Nothing the agent creates is readable by others unless it says so.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         // Everything that can refuse a start is read before the host is touched.
@@ -414,6 +422,8 @@ impl Agent {
             alerter,
             metrics: metrics::Metrics::default(),
             adopt_lock: Mutex::default(),
+            about,
+            stop: tokio::sync::Notify::new(),
         });
         agent.start_lifecycle(tokio::runtime::Handle::current());
         agent.reaper.start(Arc::downgrade(&agent));

@@ -141,13 +141,24 @@ struct ListQuery {
     stuck: bool,
 }
 
-async fn health() -> Response {
-    axum::Json(serde_json::json!({
-        "ok": true,
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
-    .into_response()
+/// Anyone may ask: nothing in it is a secret, and it takes no lock a request holds.
+async fn health(State(agent): State<Arc<Agent>>) -> Response {
+    axum::Json(agent.health()).into_response()
+}
+
+/// Root's request to stop the agent: answered first, then the agent stops
+/// (the connection is let finish: see [`accept_loop`]).
+async fn stop_agent(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Reply {
+    let caller = caller(peer)?;
+    let stopping = agent.clone();
+    let answer = call(move || stopping.request_stop(&caller)).await;
+    if answer.is_ok() {
+        agent.stop();
+    }
+    answer
 }
 
 async fn create_run(
@@ -340,6 +351,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/agent/stop", post(stop_agent))
         .route("/v1/runs", get(list_runs).post(create_run))
         .route("/v1/runs/adopt", post(adopt))
         .route("/v1/runs/{id}", get(get_run))
@@ -383,7 +395,8 @@ fn notify_service_manager(text: &str) {
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT. Runs are left running when it stops.
+/// Runs the agent until SIGTERM, SIGINT or root's stop request. Runs are left
+/// running when it stops.
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
     if !rustix::process::geteuid().is_root() {
         return Err(StartError::NotRoot);
@@ -439,15 +452,17 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     // The socket is bound and the agent set up: a connection made from now on is
     // answered, so systemd (Type=notify) may count the service as started.
     notify_service_manager("READY=1\nSTATUS=serving");
-    let shutdown = async {
+    let stop_agent = agent.clone();
+    let shutdown = async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        tracing::info!("stopping; runs go on");
+        let why = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            () = stop_agent.stop_requested() => "asked by root (wfcg agent stop)",
+        };
+        tracing::info!("stopping ({why}); runs go on");
         notify_service_manager("STOPPING=1");
     };
     accept_loop(listener, app, agent, shutdown).await;
@@ -458,6 +473,8 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
 /// How long a client may take to send a request's headers, and then its body.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connections under way may take to finish once the agent stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest request body read (a template text is the largest there is).
 const MAX_BODY: usize = 1 << 20;
 
@@ -533,9 +550,12 @@ async fn accept_loop(
         limit,
     ));
     tokio::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
+            // Connections that ended are let go of as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             res = listener.accept() => match res {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -560,7 +580,7 @@ async fn accept_loop(
             }
         };
         let app = app.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
                 req.extensions_mut().insert(ConnectInfo(peer.clone()));
                 tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
@@ -574,6 +594,16 @@ async fn accept_loop(
             }
             drop(held);
         });
+    }
+    // No new connections; those under way (the answer to a stop request among
+    // them) get a moment to finish, no more: the rest are cut.
+    drop(listener);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+        tracing::info!(
+            "{} connections still open after {DRAIN_TIMEOUT:?}: closed",
+            connections.len()
+        );
     }
 }
 

@@ -1,15 +1,24 @@
 //! `wfcg agent`: starts the root daemon, and `wfcg hold`, which the agent starts.
 //! The one part of the command line that uses the agent's code; every other
-//! command is its client, through `api` and `client`.
+//! command is its client, through `api` and `client` (so are `wfcg agent status`
+//! and `wfcg agent stop`, in `agent_control.rs`).
 
 use crate::agent::{Config, server};
 use crate::exit::{self, Failure};
 
-/// Run the wfcg agent (as root): serves the API on --socket, owns the cgroup
-/// tree under --cgroup-root and the store in --state-dir. Runs keep going while
-/// it is stopped or restarted; it reconciles them when it comes back.
+/// Run the wfcg agent (as root), or see or stop the one that runs.
+///
+/// `wfcg agent` serves the API on --socket, owns the cgroup tree under
+/// --cgroup-root and the store in --state-dir, and logs to stderr (in the
+/// foreground; Ctrl-C stops it). A root `wfcg run` that finds no agent starts one
+/// in the background, logging to <state dir>/agent.log; on a systemd host the
+/// agent is wfcg.service (`wfcg install-service`). Runs keep going while it is
+/// stopped or restarted; it takes them over again when it comes back.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub action: Option<super::agent_control::Action>,
     /// The policy file (roles, users, groups, teams); reloaded on SIGHUP and when
     /// it changes. Without it, root is admin and every user owns their runs.
     #[arg(long, env = "WFCG_POLICY", default_value = "/etc/wfcg/policy.toml")]
@@ -36,6 +45,9 @@ pub struct Args {
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
+    if let Some(action) = &args.action {
+        return super::agent_control::run(cli, action);
+    }
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -5,10 +5,12 @@
 
 mod adopt;
 mod agent;
+mod agent_control;
 mod audit;
 pub mod breaker;
 mod install;
 mod kill;
+mod logs;
 mod mcp;
 mod notify;
 mod ps;
@@ -86,6 +88,7 @@ pub enum Verb {
     Adopt(adopt::Args),
     Ps(ps::PsArgs),
     Status(ps::StatusArgs),
+    Logs(logs::Args),
     Audit(audit::Args),
     Notify(notify::Args),
     Templates(template::ListArgs),
@@ -110,6 +113,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Adopt(ref a) => adopt::run(&cli, a),
         Verb::Ps(ref a) => ps::ps(&cli, a),
         Verb::Status(ref a) => ps::status(&cli, a),
+        Verb::Logs(ref a) => logs::run(&cli, a),
         Verb::Audit(ref a) => audit::run(&cli, a),
         Verb::Notify(ref a) => notify::run(&cli, a),
         Verb::Templates(ref a) => template::list(&cli, a),

@@ -135,7 +135,8 @@ fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
     }
 }
 
-/// Makes sure an agent answers; a root caller gets one started in the background.
+/// Makes sure an agent answers; a root caller gets one started in the background,
+/// and is told so on stderr (with its pid, log and how to stop it).
 fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
     match client.ping() {
         Ok(()) => return Ok(()),
@@ -161,6 +162,11 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
             .status()
             .is_ok_and(|s| s.success());
         if started && client.ping().is_ok() {
+            crate::output::errln!(
+                "wfcg: started the agent as wfcg.service (`systemctl start wfcg.service`); \
+                 its log: `journalctl -u wfcg.service`; `wfcg agent status` shows it, \
+                 `systemctl stop wfcg.service` stops it (runs go on)"
+            );
             return Ok(());
         }
         return Err(fail(format!(
@@ -208,6 +214,15 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
     let deadline = Instant::now() + AGENT_START_TIMEOUT;
     while Instant::now() < deadline {
         if client.ping().is_ok() {
+            // Said once, by the command that started it: a daemon now runs.
+            crate::output::errln!(
+                "wfcg: started the wfcg agent in the background (pid {}, socket {}); \
+                 it logs to {}; `wfcg agent status` shows it, `wfcg agent stop` stops it \
+                 (runs go on)",
+                child.id(),
+                addr.socket.display(),
+                log_path.display()
+            );
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {

@@ -7,6 +7,7 @@ mod util;
 
 mod adopt;
 mod agent;
+mod agent_control;
 mod attack_regressions;
 mod audit_chain;
 mod availability;
@@ -20,6 +21,7 @@ mod kill;
 mod kill_edges;
 mod lifecycle;
 mod listing;
+mod logs;
 mod mcp;
 mod metrics;
 mod newcomer;

@@ -812,6 +812,21 @@ impl TestAgent {
         agent
     }
 
+    /// Waits (at most `timeout`) for the agent's process to end by itself (a
+    /// stop it was asked for): its exit status, or `None` if it goes on.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// The agent's pid, while it runs.
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
