@@ -32,7 +32,9 @@ Exit codes:
   4  not permitted
   5  agent unreachable (or no answer within --agent-timeout)
   6  the workflow's circuit breaker is open: the run was refused (see `wfcg breaker`)
-  wfcg run exits with its command's status (128+N if it died of signal N).";
+  7  the agent's state filesystem is full (or below root's reserve): nothing was started
+  wfcg run exits with its command's status (128+N if it died of signal N, 124 if the
+  monitor killed it).";
 
 /// wfcg makes every workflow run killable: each run lives in its own cgroup v2,
 /// and `wfcg kill` ends the whole tree, with nothing left behind.

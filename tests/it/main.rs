@@ -13,6 +13,7 @@ mod availability;
 mod availability_faults;
 mod deadline;
 mod deploy;
+mod docs;
 mod fuzz;
 mod git_locks;
 mod hard_kills;
