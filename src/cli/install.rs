@@ -145,13 +145,22 @@ fn for_pages() -> clap::Command {
     cmd
 }
 
-/// `cmd`'s man page, as roff.
-fn man_page(cmd: &clap::Command) -> Result<Vec<u8>, Failure> {
+/// `cmd`'s man page, as roff; `parents` are the pages above it (wfcg(1), then
+/// wfcg-audit(1), ...), named in its SEE ALSO.
+fn man_page(cmd: &clap::Command, parents: &[String]) -> Result<Vec<u8>, Failure> {
     // Rendered in memory: the generators panic on a write error.
     let mut text = Vec::new();
     clap_mangen::Man::new(cmd.clone())
         .render(&mut text)
         .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+    if !parents.is_empty() {
+        let pages: Vec<String> = parents
+            .iter()
+            .rev()
+            .map(|p| format!("{}(1)", p.replace('-', "\\-")))
+            .collect();
+        text.extend_from_slice(format!(".SH \"SEE ALSO\"\n{}\n", pages.join(", ")).as_bytes());
+    }
     Ok(text)
 }
 
@@ -159,21 +168,24 @@ fn man_page(cmd: &clap::Command) -> Result<Vec<u8>, Failure> {
 /// none) into `dir`, named as each page's SUBCOMMANDS section names them.
 fn write_man_pages(
     cmd: &clap::Command,
+    parents: &mut Vec<String>,
     dir: &Path,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), Failure> {
     let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name());
     let path = dir.join(format!("{name}.1"));
-    std::fs::write(&path, man_page(cmd)?).map_err(|e| {
+    std::fs::write(&path, man_page(cmd, parents)?).map_err(|e| {
         Failure::new(
             exit::FAILED,
             format!("cannot write {}: {e}", path.display()),
         )
     })?;
     written.push(path);
+    parents.push(name.to_string());
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        write_man_pages(sub, dir, written)?;
+        write_man_pages(sub, parents, dir, written)?;
     }
+    parents.pop();
     Ok(())
 }
 
@@ -182,13 +194,13 @@ pub fn generate(args: &GenerateArgs) -> Result<i32, Failure> {
     let mut text = Vec::new();
     let shell = match (args.what, &args.dir) {
         (What::Man, None) => {
-            let text = man_page(&for_pages())?;
+            let text = man_page(&for_pages(), &[])?;
             crate::output::with(|out| out.write_all(&text))?;
             return Ok(exit::OK);
         }
         (What::Man, Some(dir)) => {
             let mut written = Vec::new();
-            write_man_pages(&for_pages(), dir, &mut written)?;
+            write_man_pages(&for_pages(), &mut Vec::new(), dir, &mut written)?;
             for path in written {
                 outln!("{}", path.display())?;
             }

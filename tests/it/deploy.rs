@@ -344,6 +344,12 @@ fn generate_writes_a_man_page_per_command_and_every_page_named_exists() {
             named_pages.insert(target);
         }
     }
+    // Each command's page names the pages above it in its SEE ALSO.
+    let verify = std::fs::read_to_string(dir.path().join("wfcg-audit-verify.1")).unwrap();
+    assert!(
+        verify.ends_with(".SH \"SEE ALSO\"\nwfcg\\-audit(1), wfcg(1)\n"),
+        "{verify}"
+    );
     // And each command's page is named by its parent's.
     let mut unnamed: Vec<&String> = pages.difference(&named_pages).collect();
     unnamed.retain(|p| *p != "wfcg.1");
