@@ -169,6 +169,11 @@ impl Store {
             )),
             other => other,
         });
+        if broken.is_some() {
+            // The newest record is not what the writer left: its time is not
+            // one to carry forward (an edited far-future time would stick).
+            prev_time = None;
+        }
         if let Some(why) = broken {
             let at = expected.expect("a break has an expected head");
             // After the head we wrote, unless records beyond it were added.
