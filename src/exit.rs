@@ -9,8 +9,10 @@
 //! | 4 | not permitted |
 //! | 5 | agent unreachable, or no answer within its deadline |
 //! | 6 | the workflow's circuit breaker is open: the run was refused (`wfcg breaker reset`) |
+//! | 7 | the agent's state filesystem is full (or below root's reserve): nothing was started |
 //!
 //! `wfcg run` exits with its command's status instead (128+N for signal N).
+//! docs/cli.md and `wfcg --help` list the same codes (checked by tests/it/docs.rs).
 
 use crate::api::ErrorKind;
 use crate::client;

@@ -2,15 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // The agent's short-lived removal process (src/walk.rs), not a command.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == wfcg::walk::CHILD_ARG) {
         return ExitCode::from(wfcg::walk::child_main(&args[2..]) as u8);
     }
-    let cli = wfcg::cli::Cli::parse();
+    let cli = wfcg::cli::parse();
     // What the command printed is flushed before the exit code counts as final: a
     // write error there is the command's failure too.
     let outcome = wfcg::cli::dispatch(cli).and_then(|code| wfcg::output::flush().map(|()| code));

@@ -507,6 +507,27 @@ pub fn serve_stdio(socket: &Path, timeout: std::time::Duration) -> Result<(), St
     outcome
 }
 
+/// The tools this server offers, one a line (`  NAME  TITLE`, destructive ones
+/// marked), sorted by name: the list `wfcg mcp --help` prints, made from the
+/// server's own tool router so that it cannot differ from what a client is told.
+pub fn tools_help() -> String {
+    let mut tools = WfcgMcp::tool_router().list_all();
+    tools.sort_by(|a, b| a.name.cmp(&b.name));
+    let width = tools.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    let mut text = String::from("Tools:\n");
+    for t in &tools {
+        let a = t.annotations.as_ref();
+        let title = a.and_then(|a| a.title.as_deref()).unwrap_or_default();
+        let mark = if a.and_then(|a| a.destructive_hint) == Some(true) {
+            " (destructive)"
+        } else {
+            ""
+        };
+        text.push_str(&format!("  {:width$}  {title}{mark}\n", t.name));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +564,28 @@ mod tests {
         for st in RunStatus::ALL {
             assert!(statuses.contains(&format!("\"{st}\"")), "{st}: {statuses}");
         }
+    }
+
+    #[test]
+    fn the_help_lists_every_tool_once() {
+        let help = tools_help();
+        let listed: Vec<&str> = help
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let mut tools: Vec<String> = WfcgMcp::tool_router()
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        tools.sort();
+        assert_eq!(listed, tools, "{help}");
+        assert!(
+            help.lines().any(|l| l.starts_with("  kill_workflow ")
+                && l.ends_with(" Kill a workflow run (destructive)")),
+            "{help}"
+        );
     }
 
     #[test]

@@ -493,6 +493,67 @@ mod tests {
         assert_eq!(head, (80, check.last_hash));
     }
 
+    /// Sequence order and time order agree, whatever order concurrent writers
+    /// reach the store in: a record made first but written second (its writer
+    /// waited) takes the time of the one before it, never an earlier one.
+    #[test]
+    fn concurrent_writers_never_make_time_go_back_along_the_sequence() {
+        let (_dir, store, auditor) = setup();
+        let at = |action: &str, time: String| AuditEntry {
+            time,
+            ..entry(action)
+        };
+        let made = std::sync::Barrier::new(2);
+        let written = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            // One writer makes its record, then is overtaken by a later one.
+            s.spawn(|| {
+                let early = at("early", "2020-01-01T00:00:00.000Z".into());
+                made.wait();
+                written.wait();
+                assert!(auditor.record(&store, early));
+            });
+            s.spawn(|| {
+                made.wait();
+                assert!(auditor.record(&store, at("late", "2020-01-01T00:00:01.000Z".into())));
+                written.wait();
+            });
+        });
+        // And many writers, each timing its record just before writing it.
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (store, auditor) = (&store, &auditor);
+                s.spawn(move || {
+                    for i in 0..25 {
+                        let e = at(&format!("w{t}-{i}"), crate::agent::time::now());
+                        assert!(auditor.record(store, e));
+                    }
+                });
+            }
+        });
+        let recs = store.lock().audit_records(&AuditFilter::default()).unwrap();
+        assert_eq!(recs.len(), 202);
+        let time = |r: &crate::api::AuditRecord| {
+            chrono::DateTime::parse_from_rfc3339(&r.entry.time).unwrap()
+        };
+        for pair in recs.windows(2) {
+            assert!(pair[0].seq < pair[1].seq);
+            assert!(
+                time(&pair[0]) <= time(&pair[1]),
+                "record {} ({}) is later than record {} ({})",
+                pair[0].seq,
+                pair[0].entry.time,
+                pair[1].seq,
+                pair[1].entry.time
+            );
+        }
+        assert_eq!(recs[0].entry.action, "late");
+        assert_eq!(recs[1].entry.action, "early");
+        assert_eq!(recs[1].entry.time, recs[0].entry.time);
+        let check = auditor.verify(&store.lock()).unwrap();
+        assert_eq!((check.last_seq, check.first_bad), (202, None));
+    }
+
     /// A deferred record is written in the transaction of the next record
     /// kept; when that transaction fails, neither is written, both stay
     /// pending (and shown by the overlay), and a later write takes them all.

@@ -3,11 +3,12 @@
 use crate::exit::{self, Failure};
 
 /// Serve MCP (Model Context Protocol) on stdin/stdout, so an AI agent can list
-/// workflow runs, find stuck ones, look at one, kill it and read the audit trail.
+/// workflow runs, find stuck ones, look at one, kill it, take over (and kill) a
+/// tree wfcg did not start, and read the audit trail.
 /// Register it with an MCP client as the command `wfcg mcp`. It talks to the agent
-/// on --socket with your own permissions. Tools: list_workflows, get_workflow,
-/// kill_workflow (destructive), list_stuck, audit_log. stdout carries only the
-/// protocol; logs go to stderr (level from WFCG_LOG, default warn).
+/// on --socket with your own permissions (its kills are audited under your
+/// name). stdout carries only the protocol; logs go to stderr (level from
+/// WFCG_LOG, default warn). The tools are listed below.
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 

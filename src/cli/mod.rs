@@ -21,7 +21,7 @@ mod top;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::exit::Failure;
 
@@ -34,7 +34,9 @@ Exit codes:
   4  not permitted
   5  agent unreachable (or no answer within --agent-timeout)
   6  the workflow's circuit breaker is open: the run was refused (see `wfcg breaker`)
-  wfcg run exits with its command's status (128+N if it died of signal N).";
+  7  the agent's state filesystem is full (or below root's reserve): nothing was started
+  wfcg run exits with its command's status (128+N if it died of signal N, 124 if the
+  monitor killed it).";
 
 /// wfcg makes every workflow run killable: each run lives in its own cgroup v2,
 /// and `wfcg kill` ends the whole tree, with nothing left behind.
@@ -102,6 +104,36 @@ pub enum Verb {
     #[command(hide = true)]
     Hold,
     Breaker(breaker::Args),
+}
+
+/// The command line as clap sees it: [`Cli`], with what derive cannot say.
+/// `wfcg mcp --help` lists the MCP server's own tools and hides the global
+/// options only the agent (and `wfcg run`, which may start it) reads. The
+/// binary parses with it and the man pages are made from it.
+pub fn command() -> clap::Command {
+    let cmd = Cli::command();
+    // A global option is copied into each subcommand that has none of its id
+    // when the command is built: give `mcp` hidden copies first.
+    let agent_only: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| AGENT_ONLY.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    cmd.mut_subcommand("mcp", |mcp| {
+        mcp.args(agent_only).after_help(crate::mcp::tools_help())
+    })
+}
+
+/// The global options only the agent (and `wfcg run`, which may start one) reads.
+const AGENT_ONLY: [&str; 2] = ["state_dir", "cgroup_root"];
+
+/// Parses this process's command line with [`command`]; on an error (or
+/// `--help`, `--version`) prints clap's message and exits as clap does (2).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let matches = cmd.get_matches_mut();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
 }
 
 /// Runs the parsed command line; returns the exit code.

@@ -25,6 +25,7 @@ use crate::run::{AgentAddr, Options};
 /// See also --stall-timeout and --output-timeout. A workflow whose circuit breaker is open (its last runs all
 /// ended stuck) is refused with exit 6.
 #[derive(clap::Args, Debug)]
+#[command(override_usage = "wfcg run [OPTIONS] -- <CMD>...")]
 pub struct Args {
     /// Run id: letters, digits, '_', '.', '-', at most 64, no '..' [default: run_ + 12 hex digits].
     #[arg(long)]
@@ -83,12 +84,38 @@ pub struct Args {
     /// Say nothing on stderr about the run itself.
     #[arg(long, short)]
     pub quiet: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// A command given without `--` before it: refused with the line to write.
+    #[arg(hide = true, value_name = "CMD")]
+    pub without_dashes: Vec<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(
+        last = true,
+        required_unless_present = "without_dashes",
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
+/// `wfcg run sleep 1`: the command must follow `--`, so that its own options
+/// are never taken for wfcg's; the error shows the line to write.
+fn missing_dashes(args: &Args) -> Result<(), Failure> {
+    if args.without_dashes.is_empty() {
+        return Ok(());
+    }
+    let cmd: Vec<&str> = args
+        .without_dashes
+        .iter()
+        .chain(&args.command)
+        .map(String::as_str)
+        .collect();
+    Err(Failure::usage(format!(
+        "the command goes after `--`: wfcg run [OPTIONS] -- {}",
+        cmd.join(" ")
+    )))
+}
+
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
+    missing_dashes(args)?;
     let addr = AgentAddr {
         socket: cli.socket.clone(),
         state_dir: cli.state_dir.clone(),

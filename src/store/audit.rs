@@ -57,6 +57,19 @@ fn chain_break(expected: &(i64, String), found: &(i64, String)) -> Option<String
     }
 }
 
+/// Whether RFC 3339 time `a` is before `b` (false when either does not parse:
+/// such a time is kept as it was given).
+fn is_before(a: &str, b: &str) -> bool {
+    use chrono::DateTime;
+    match (
+        DateTime::parse_from_rfc3339(a),
+        DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
+}
+
 /// SHA-256 over the previous hash and the record's fields, in a fixed order.
 pub fn audit_hash(seq: i64, prev_hash: &str, e: &AuditEntry) -> String {
     use sha2::{Digest, Sha256};
@@ -140,6 +153,11 @@ impl Store {
         let edited = last
             .as_ref()
             .is_some_and(|r| audit_hash(r.seq, &r.prev_hash, &r.entry) != r.hash);
+        // Times never go back along the chain: a record made before the newest
+        // one but appended after it (its writer waited for the store) takes the
+        // newest one's time. Done here, under the write lock that also gives
+        // the sequence number, so sequence order and time order agree.
+        let mut prev_time = last.as_ref().map(|r| r.entry.time.clone());
         let mut head = last
             .map(|r| (r.seq, r.hash))
             .unwrap_or((0, GENESIS_HASH.to_string()));
@@ -151,6 +169,11 @@ impl Store {
             )),
             other => other,
         });
+        if broken.is_some() {
+            // The newest record is not what the writer left: its time is not
+            // one to carry forward (an edited far-future time would stick).
+            prev_time = None;
+        }
         if let Some(why) = broken {
             let at = expected.expect("a break has an expected head");
             // After the head we wrote, unless records beyond it were added.
@@ -168,7 +191,13 @@ impl Store {
         }
         entries.push(e.clone());
         let mut out = Vec::new();
-        for e in entries {
+        for mut e in entries {
+            if let Some(prev) = &prev_time
+                && is_before(&e.time, prev)
+            {
+                e.time = prev.clone();
+            }
+            prev_time = Some(e.time.clone());
             let (prev_seq, prev_hash) = head;
             let seq = prev_seq + 1;
             let hash = audit_hash(seq, &prev_hash, &e);

@@ -556,3 +556,42 @@ fn unsynced_commits_are_written_and_the_store_syncs_again_after() {
     let other = Store::open(&path).unwrap();
     assert!(other.get_run("run_a").unwrap().is_some());
 }
+
+/// A record whose time is before the newest record's takes the newest one's
+/// time (sequence and time order agree), except over a cut chain: an edited
+/// newest record's time is never carried forward.
+#[test]
+fn audit_times_never_go_back_but_an_edited_time_is_not_carried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("db")).unwrap();
+    let at = |time: &str| AuditEntry {
+        time: time.into(),
+        ..entry("kill")
+    };
+    let first = store
+        .append_audit_after(&at("2026-01-01T00:00:01.000Z"), None)
+        .unwrap();
+    let head = first.last().map(|r| (r.seq, r.hash.clone()));
+    let second = store
+        .append_audit_after(&at("2026-01-01T00:00:00.500Z"), head.as_ref())
+        .unwrap();
+    assert_eq!(second[0].entry.time, "2026-01-01T00:00:01.000Z");
+    assert_eq!(store.verify_audit().unwrap().first_bad, None);
+
+    let head = second.last().map(|r| (r.seq, r.hash.clone()));
+    store
+        .conn
+        .execute(
+            "UPDATE audit SET time = '2099-01-01T00:00:00.000Z' WHERE seq = 2",
+            [],
+        )
+        .unwrap();
+    let after = store
+        .append_audit_after(&at("2026-01-01T00:00:02.000Z"), head.as_ref())
+        .unwrap();
+    assert_eq!(after.len(), 2, "a chain_break, then the record");
+    assert_eq!(after[0].entry.action, CHAIN_BREAK);
+    for rec in &after {
+        assert_eq!(rec.entry.time, "2026-01-01T00:00:02.000Z");
+    }
+}

@@ -1,7 +1,7 @@
 //! Root can always kill: a real second user floods the agent (connections, kill
 //! requests, run starts, sd_notify messages) or tries to hold a run in `stopping`
 //! with huge graces, and root's kill of another run must still answer promptly.
-//! Each test prints root's kill latency under its flood (the README's reliability
+//! Each test prints root's kill latency under its flood (docs/reliability.md's
 //! table); the asserted bound is loose on purpose: what it guards is a hang or an
 //! unreachable agent, not speed.
 

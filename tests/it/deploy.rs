@@ -178,11 +178,26 @@ fn generate_makes_a_man_page_and_completions_from_the_command_line_definitions()
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// A copy of the wfcg binary outside the build tree (`install-service` refuses
+/// one inside it), in a directory removed with the returned guard.
+fn installed_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("wfcg");
+    std::fs::copy(WFCG, &exe).unwrap();
+    (dir, std::fs::canonicalize(&exe).unwrap())
+}
+
+/// systemd is the init system here (then `install-service` would enable the
+/// unit for real: those tests run in the VM suite instead).
+fn systemd_is_pid1() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
 #[test]
 fn install_service_writes_the_unit_with_the_path_of_this_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("systemd/wfcg.service");
-    let out = Command::new(WFCG)
+    let (bin, exe) = installed_copy();
+    let unit = bin.path().join("systemd/wfcg.service");
+    let out = Command::new(&exe)
         .args(["install-service", "--no-start", "--unit"])
         .arg(&unit)
         .output()
@@ -193,10 +208,153 @@ fn install_service_writes_the_unit_with_the_path_of_this_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&unit).unwrap();
-    let exe = std::fs::canonicalize(WFCG).unwrap();
     assert!(
         text.contains(&format!("\nExecStart={} agent\n", exe.display())),
         "{text}"
     );
     assert!(text.contains("\nDelegate=yes\n") && text.contains("\nKillMode=process\n"));
+}
+
+#[test]
+fn install_service_without_systemd_as_pid1_writes_nothing_and_says_what_to_do() {
+    if systemd_is_pid1() {
+        eprintln!("systemd is PID 1 here: this case is for hosts without it");
+        return;
+    }
+    let (bin, exe) = installed_copy();
+    let unit = bin.path().join("systemd/wfcg.service");
+    let out = Command::new(&exe)
+        .args(["install-service", "--unit"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("systemd is not PID 1")
+            && err.contains("nothing was written")
+            && err.contains("wfcg agent")
+            && err.contains("--no-start"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !bin.path().join("systemd").exists(),
+        "something was written"
+    );
+}
+
+#[test]
+fn install_service_refuses_a_binary_inside_a_build_tree() {
+    // The test binary is the build tree's own (target/debug/wfcg); refused
+    // before anything else is looked at, with systemd or without.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("systemd/wfcg.service");
+    for extra in [&[][..], &["--no-start"][..]] {
+        let out = Command::new(WFCG)
+            .arg("install-service")
+            .args(extra)
+            .arg("--unit")
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(
+            err.contains("inside a build tree")
+                && err.contains("Nothing was written")
+                && err.contains("scripts/install"),
+            "{err}"
+        );
+        assert!(
+            !dir.path().join("systemd").exists(),
+            "something was written"
+        );
+    }
+}
+
+#[test]
+fn generate_writes_a_man_page_per_command_and_every_page_named_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(WFCG)
+        .args(["generate", "man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages: BTreeSet<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    // Every command of `wfcg --help`, and the nested ones, has its page.
+    for page in [
+        "wfcg.1",
+        "wfcg-run.1",
+        "wfcg-kill.1",
+        "wfcg-adopt.1",
+        "wfcg-ps.1",
+        "wfcg-status.1",
+        "wfcg-agent.1",
+        "wfcg-mcp.1",
+        "wfcg-install-service.1",
+        "wfcg-audit-verify.1",
+        "wfcg-breaker-reset.1",
+    ] {
+        assert!(pages.contains(page), "no {page} in {pages:?}");
+    }
+    let help = Command::new(WFCG).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let commands = help
+        .split("Commands:\n")
+        .nth(1)
+        .expect("a Commands section")
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help");
+    for c in commands {
+        assert!(
+            pages.contains(&format!("wfcg-{c}.1")),
+            "no page for {c}: {pages:?}"
+        );
+    }
+    assert!(!pages.contains("wfcg-help.1") && !pages.contains("wfcg-generate.1"));
+    // Each page names only pages that exist (roff writes `-` as `\-`).
+    let named = regex::Regex::new(r"\b(wfcg(?:-[a-z]+)*)\(1\)").unwrap();
+    let mut named_pages = BTreeSet::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap()
+            .replace("\\-", "-");
+        for m in named.captures_iter(&text) {
+            let target = format!("{}.1", &m[1]);
+            assert!(
+                pages.contains(&target),
+                "{page} names {}(1), which has no page",
+                &m[1]
+            );
+            named_pages.insert(target);
+        }
+    }
+    // Each command's page names the pages above it in its SEE ALSO.
+    let verify = std::fs::read_to_string(dir.path().join("wfcg-audit-verify.1")).unwrap();
+    assert!(
+        verify.ends_with(".SH \"SEE ALSO\"\nwfcg\\-audit(1), wfcg(1)\n"),
+        "{verify}"
+    );
+    // And each command's page is named by its parent's.
+    let mut unnamed: Vec<&String> = pages.difference(&named_pages).collect();
+    unnamed.retain(|p| *p != "wfcg.1");
+    assert!(unnamed.is_empty(), "named by no page: {unnamed:?}");
+    // The paths written are printed, one a line.
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.lines().count(), pages.len(), "{printed}");
 }

@@ -14,6 +14,7 @@ mod availability;
 mod availability_faults;
 mod deadline;
 mod deploy;
+mod docs;
 mod fuzz;
 mod git_locks;
 mod hard_kills;

@@ -141,6 +141,27 @@ fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
             );
         }
 
+        // `wfcg mcp --help` lists exactly the tools the server gave this client.
+        let help = std::process::Command::new(util::WFCG)
+            .args(["mcp", "--help"])
+            .output()
+            .unwrap();
+        assert!(help.status.success());
+        let help = String::from_utf8(help.stdout).unwrap();
+        let listed: Vec<&str> = help
+            .split("\nTools:\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no Tools section: {help}"))
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(listed, names, "{help}");
+        // Only what a client of the agent uses: no agent-only options.
+        for agent_only in ["--state-dir", "--cgroup-root"] {
+            assert!(!help.contains(agent_only), "{agent_only} in: {help}");
+        }
+        assert!(help.contains("--socket") && help.contains("--agent-timeout"));
+
         // list_workflows: live runs, and the filters.
         let live = answer(
             "list_workflows",

@@ -10,6 +10,38 @@ use rustix::process::Signal;
 use crate::require_privileges;
 use crate::util::{self, CommandExt, KillOnDrop, Run, TestAgent, TestUser, wait_until};
 
+/// A command given without `--` is refused (exit 2, nothing started: no agent
+/// is needed to say so) with the line to write.
+#[test]
+fn run_without_dashes_says_to_write_them() {
+    for (args, want) in [
+        (&["run", "sleep", "1"][..], "wfcg run [OPTIONS] -- sleep 1"),
+        (
+            &["run", "--timeout", "5", "make", "--", "test"][..],
+            "wfcg run [OPTIONS] -- make test",
+        ),
+    ] {
+        let out = std::process::Command::new(util::WFCG)
+            .args(args)
+            .env("WFCG_SOCKET", "/nonexistent/agent.sock")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("the command goes after `--`") && err.contains(want),
+            "{err}"
+        );
+    }
+    // With `--`, or without a command, clap's own usage is unchanged.
+    let out = std::process::Command::new(util::WFCG)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: wfcg run [OPTIONS] -- <CMD>..."));
+}
+
 #[test]
 fn exit_status_is_relayed() {
     require_privileges!();
