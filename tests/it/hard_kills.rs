@@ -103,7 +103,7 @@ fn a_command_whose_output_the_workflow_redirects_into_the_workspace_is_killed_at
 }
 
 /// The Python the writers below run: the system's.
-fn python3() -> &'static str {
+pub(crate) fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
