@@ -421,6 +421,11 @@ pub struct Adopted {
     /// is that run.
     #[serde(default)]
     pub already_adopted: bool,
+    /// The names of the markers inferred from the root's environment (a
+    /// `VAR=VALUE` of the root's that no process outside the tree has); the
+    /// processes each pulled in say `escapee: inferred marker VAR`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inferred_markers: Vec<String>,
 }
 
 /// One step of a kill sequence and how long it took.
@@ -441,6 +446,11 @@ pub struct CleanupStatus {
     pub run_dir_removed: bool,
     /// Git lock files the dead tree left behind, removed.
     pub stale_locks_removed: Vec<String>,
+    /// Processes of an adopted tree that its adoption left alone (the caller's
+    /// own shell, another user's process, …) and that are alive after the
+    /// kill, each described: counted in `processes_remaining`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<String>,
     /// Processes that carried the run's marker outside its cgroup (a root
     /// workflow can move itself out), killed through a pidfd.
     #[serde(default)]

@@ -38,14 +38,34 @@ while True:
 /// The adversary's tree, started in `source`, and its daemon's pid once it runs.
 fn adversary(source: &Source, marker: &str, dir: &Dir) -> (util::KillOnDrop, i32) {
     let ready = dir.join("daemon.pid");
-    let tree = source.spawn(marker, &[python3(), "-c", ADVERSARY, dir.join("daemon.pid").to_str().unwrap()]);
+    let tree = source.spawn(
+        marker,
+        &[
+            python3(),
+            "-c",
+            ADVERSARY,
+            dir.join("daemon.pid").to_str().unwrap(),
+        ],
+    );
     assert!(
         wait_until(Duration::from_secs(20), || ready.exists()),
         "the adversary's daemon did not start"
     );
-    let daemon: i32 = std::fs::read_to_string(&ready).unwrap().trim().parse().unwrap();
-    assert_ne!(util::ppid(daemon), tree.id(), "the daemon did not leave its tree");
-    assert!(util::cmdline(daemon).starts_with("[kworker/u8:3]"), "{}", util::cmdline(daemon));
+    let daemon: i32 = std::fs::read_to_string(&ready)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        util::ppid(daemon),
+        tree.id(),
+        "the daemon did not leave its tree"
+    );
+    assert!(
+        util::cmdline(daemon).starts_with("[kworker/u8:3]"),
+        "{}",
+        util::cmdline(daemon)
+    );
     (tree, daemon)
 }
 
@@ -62,7 +82,14 @@ fn kill_pid_finds_a_renamed_setsid_daemon_by_an_inferred_marker() {
     let dir = Dir::new("wfcg-adversary");
     let (mut tree, daemon) = adversary(&source, &marker, &dir);
 
-    let out = agent.cli(&["kill", "--pid", &tree.id().to_string(), "--grace", "2s", "--json"]);
+    let out = agent.cli(&[
+        "kill",
+        "--pid",
+        &tree.id().to_string(),
+        "--grace",
+        "2s",
+        "--json",
+    ]);
 
     let survivors = util::pids_with_env(util::TEST_MARK, &marker);
     eprintln!(
