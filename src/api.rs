@@ -261,6 +261,10 @@ pub struct ExitAck {
     /// `kept: WHY`, `removal failed: WHY`); absent when none was to be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// The run was stopped by wfcg, and how it ends: `killed` (an operator's
+    /// kill) or `timed_out` (a deadline); absent when its command ended by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<RunStatus>,
 }
 
 /// `POST /v1/runs/{id}/kill`.
