@@ -103,5 +103,209 @@ fn kill_pid_finds_a_renamed_setsid_daemon_by_an_inferred_marker() {
     assert!(survivors.is_empty(), "{result:#}");
     assert!(!util::alive(daemon));
     assert_eq!(result["success"], true, "{result:#}");
-    let _ = running;
+    assert_eq!(result["cleanup_status"]["processes_remaining"], 0);
+}
+
+/// A dry run names each inferred marker (its name, not its value) and each
+/// process it pulled in; a later command of the root's own launcher carrying
+/// the same value makes that value common: it is not inferred.
+#[test]
+fn a_dry_run_names_the_inferred_markers_and_what_they_pulled_in() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let source = Source::new(&agent);
+    let marker = util::marker("named");
+    let _sweep = Sweep(&marker);
+    let dir = Dir::new("wfcg-adversary-dry");
+    let (tree, daemon) = adversary(&source, &marker, &dir);
+
+    let out = agent.cli(&["adopt", &tree.id().to_string(), "--dry-run", "--json"]);
+
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer = json(&out);
+    assert_eq!(
+        answer["inferred_markers"],
+        serde_json::json!([util::TEST_MARK]),
+        "{answer:#}"
+    );
+    let daemon_reason = answer["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["pid"] == daemon)
+        .map(|m| m["reason"].clone());
+    assert_eq!(
+        daemon_reason,
+        Some(format!("escapee: inferred marker {}", util::TEST_MARK).into()),
+        "{answer:#}"
+    );
+    let text = String::from_utf8_lossy(
+        &agent
+            .cli(&["adopt", &tree.id().to_string(), "--dry-run"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains(&format!("inferred markers: {}", util::TEST_MARK)),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&marker),
+        "an inferred value was printed: {text}"
+    );
+
+    // The test (the root's launcher) starts another command with the same value:
+    // the value is no longer the tree's alone.
+    let sibling = source.sh(&marker, "exec sleep 1095");
+    assert!(wait_until(Duration::from_secs(10), || !running(
+        &marker,
+        "sleep 1095"
+    )
+    .is_empty()));
+    let answer = json(&agent.cli(&["adopt", &tree.id().to_string(), "--dry-run", "--json"]));
+    assert!(answer.get("inferred_markers").is_none(), "{answer:#}");
+    let taken: Vec<i64> = answer["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["pid"].as_i64().unwrap())
+        .collect();
+    assert!(!taken.contains(&i64::from(sibling.id())), "{answer:#}");
+    agent.assert_nothing_created();
+}
+
+/// A graceful `kill --pid` thaws what it froze before SIGTERM: the tree's
+/// handler runs (its file appears) and the kill ends without SIGKILL.
+#[test]
+fn a_graceful_kill_pid_lets_the_term_handler_run() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let source = Source::new(&agent);
+    let marker = util::marker("handler");
+    let dir = Dir::new("wfcg-adopt-handler");
+    let said = dir.join("said");
+    let script = format!(
+        "trap 'echo bye > {}; exit 0' TERM; touch {}.up; while :; do sleep 0.1; done",
+        said.display(),
+        said.display()
+    );
+    let mut tree = source.sh(&marker, &script);
+    assert!(wait_until(Duration::from_secs(10), || dir
+        .join("said.up")
+        .exists()));
+
+    let out = agent.cli(&[
+        "kill",
+        "--pid",
+        &tree.id().to_string(),
+        "--grace",
+        "10s",
+        "--json",
+    ]);
+
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = json(&out);
+    assert!(tree.wait_timeout(Duration::from_secs(10)).is_some());
+    assert_eq!(
+        std::fs::read_to_string(&said).unwrap_or_default(),
+        "bye\n",
+        "{result:#}"
+    );
+    assert!(
+        util::phase_names(&result).contains(&"term_wait".to_string()),
+        "{result:#}"
+    );
+    assert!(
+        !util::phase_names(&result).contains(&"kill".to_string()),
+        "SIGKILL was needed: {result:#}"
+    );
+}
+
+/// The root's ancestors are never taken, not even when they carry a marker the
+/// operator named; other processes carrying it are taken whatever their age.
+#[test]
+fn a_named_marker_takes_older_carriers_but_never_the_roots_ancestors() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let source = Source::new(&agent);
+    let marker = util::marker("ancestor");
+    let _sweep = Sweep(&marker);
+    // The launcher (an ancestor) starts an older neighbour, then the root.
+    let launcher = source.sh(
+        &marker,
+        "sleep 1101 & sleep 0.2; sh -c 'sleep 1102 & wait' & wait; exec sleep 1103",
+    );
+    assert!(wait_until(Duration::from_secs(10), || !running(
+        &marker,
+        "sleep 1102"
+    )
+    .is_empty()));
+    let root = running(&marker, "sh -c sleep 1102 & wait")[0];
+    let older = running(&marker, "sleep 1101")[0];
+
+    let out = agent.cli(&[
+        "kill",
+        "--pid",
+        &root.to_string(),
+        "--marker",
+        &format!("{}={marker}", util::TEST_MARK),
+        "--json",
+    ]);
+
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = json(&out);
+    assert_eq!(result["success"], true, "{result:#}");
+    assert!(
+        util::alive(launcher.id()),
+        "the root's parent was taken: {result:#}"
+    );
+    assert!(
+        !util::alive(older),
+        "the older carrier of the named marker lives: {result:#}"
+    );
+    assert!(running(&marker, "sleep 1102").is_empty());
+}
+
+/// A process of the tree the adoption must leave alone (here the `wfcg run`
+/// it started, which is in a run of its own) and that lives on after the kill:
+/// the result says so and does not succeed.
+#[test]
+fn a_kill_pid_names_what_of_the_tree_lives_on_outside_it() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let source = Source::new(&agent);
+    let marker = util::marker("outside");
+    let _sweep = Sweep(&marker);
+    let env: Vec<(&str, String)> = agent
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k, v.display().to_string()))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let script = format!("{} run -q -- sleep 1120 & exec sleep 1121", util::WFCG);
+    let tree = source.spawn_with(&marker, &env, &["sh", "-c", &script]);
+    assert!(wait_until(Duration::from_secs(20), || {
+        !running(&marker, "sleep 1120").is_empty() && util::cmdline(tree.id()) == "sleep 1121"
+    }));
+    let nested = agent.ps(true);
+    let nested_id = nested[0]["run_id"].as_str().unwrap().to_string();
+
+    let out = agent.cli(&["kill", "--pid", &tree.id().to_string(), "--force", "--json"]);
+
+    let result = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{result:#}");
+    assert_eq!(result["success"], false, "{result:#}");
+    let message = result["message"].as_str().unwrap();
+    assert!(!message.contains("nothing left"), "{message}");
+    let left = result["cleanup_status"]["left_alone"].as_array().unwrap();
+    assert!(
+        left.len() == 1
+            && left[0]
+                .as_str()
+                .unwrap()
+                .contains(&format!("in run {nested_id}")),
+        "{result:#}"
+    );
+    assert!(!running(&marker, "sleep 1120").is_empty());
+    agent.kill_ok(&nested_id, &["--force"]);
 }
