@@ -356,7 +356,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
         crate::output::errln!(
             "wfcg: run {}: workspace {}",
             started.run_id,
-            crate::output::Shown(&ws)
+            crate::output::Shown(ws)
         );
     }
     // A killed run says why; one the monitor stopped exits like coreutils' timeout.
