@@ -404,10 +404,11 @@ impl State<'_> {
     /// The markers inferred from the root's environment: each `VAR=VALUE` of
     /// the root's (but [`NOT_INFERRED`], empty values and markers known
     /// already; at most [`MAX_INFERRED`]) that no process outside the tree
-    /// carries, as far as one bounded read of the environments the walk may
-    /// read ([`Walk::marker_uid`]) tells: a process that is not a member and
-    /// could not be an escapee ([`Self::could_be_of_tree`]) carrying a value
-    /// makes it common, not the tree's. Run once the root's descendants are taken.
+    /// carries, as far as one bounded read of the environments of
+    /// [`Self::inferred_uid`]'s processes (members skipped) tells: a process that
+    /// is not a member and could not be an escapee ([`Self::could_be_of_tree`])
+    /// carrying a value makes it common, not the tree's. Run once the root's
+    /// descendants are taken.
     fn infer(&mut self) {
         let walk = self.walk;
         let known: HashSet<&[u8]> = walk
@@ -433,7 +434,11 @@ impl State<'_> {
         if wanted.is_empty() {
             return;
         }
-        let found = procfs::markers::carriers(walk.proc_root, &wanted, walk.marker_uid);
+        let taken = &self.taken;
+        let found =
+            procfs::markers::carriers(walk.proc_root, &wanted, Self::inferred_uid(walk), &|pid| {
+                taken.contains_key(&pid)
+            });
         let mut common = vec![false; wanted.len()];
         for (pid, hits) in found.pids {
             if !self.taken.contains_key(&pid) && !self.could_be_of_tree(pid) {
@@ -452,6 +457,14 @@ impl State<'_> {
             .collect();
     }
 
+    /// Whose processes an inferred marker is looked for in (and its values
+    /// checked against): the caller's when it may act on no other's, else the
+    /// root's owner's. A value the tree gave another user's process (through a
+    /// setuid program) is not followed.
+    fn inferred_uid(walk: &Walk<'_>) -> u32 {
+        walk.marker_uid.unwrap_or(walk.root.uid)
+    }
+
     /// Why a process carries a marker of the tree, if it does: a named marker
     /// whatever its age (`young`: started after the root), an executor's or an
     /// inferred one only if young. Its environment is read only if its real,
@@ -460,9 +473,8 @@ impl State<'_> {
         if walk.named.is_empty() && (!young || (walk.markers.is_empty() && inferred.is_empty())) {
             return None;
         }
-        if let Some(uid) = walk.marker_uid
-            && procfs::uids(walk.proc_root, pid).and_then(procfs::sole_uid) != Some(uid)
-        {
+        let sole = procfs::uids(walk.proc_root, pid).and_then(procfs::sole_uid);
+        if walk.marker_uid.is_some_and(|uid| sole != Some(uid)) {
             return None;
         }
         let env = procfs::environ(walk.proc_root, pid, ENVIRON_LIMIT);
@@ -475,6 +487,9 @@ impl State<'_> {
         }
         if let Some(m) = walk.markers.iter().find(|m| env.contains(m)) {
             return Some(format!("escapee: marker {}", shown(m)));
+        }
+        if sole != Some(Self::inferred_uid(walk)) {
+            return None;
         }
         inferred.iter().find(|m| env.contains(m)).map(|m| {
             format!(
@@ -662,6 +677,62 @@ mod tests {
             cgroup::process_cgroup(proc_root, std::process::id() as i32),
             Some(cgroup_before)
         );
+    }
+
+    /// A `sleep` with `env` added, returned once its environment can be read.
+    fn sleeper(env: &[(&str, &str)]) -> std::process::Child {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .envs(env.iter().copied())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (k, v) = env[0];
+        let want = format!("{k}={v}").into_bytes();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !procfs::environ(Path::new("/proc"), pid, ENVIRON_LIMIT).contains(&want)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
+        child
+    }
+
+    /// Only values the tree alone has are inferred: not what its launcher (this
+    /// test, an ancestor) has, not what a later command of the same launcher has
+    /// too, not what a shell sets for every command.
+    #[test]
+    fn markers_are_inferred_from_values_no_process_outside_the_tree_has() {
+        let proc_root = Path::new("/proc");
+        let token = format!("token-{}", std::process::id());
+        let pwd = format!("/nowhere-{token}");
+        let mut root_child = sleeper(&[
+            ("WFCG_INFER_TOKEN", &token),
+            ("WFCG_INFER_SHARED", &token),
+            ("_", &pwd),
+            ("PWD", &pwd),
+        ]);
+        let mut sibling = sleeper(&[("WFCG_INFER_SHARED", &token)]);
+        let root = pin(proc_root, root_child.id() as i32).unwrap();
+        let got = gather(&Walk {
+            proc_root,
+            mount: Path::new("/sys/fs/cgroup"),
+            root: &root,
+            markers: Vec::new(),
+            named: Vec::new(),
+            infer: true,
+            veto: &|_| None,
+            target: None,
+            max_passes: DRY_RUN_PASSES,
+            uids: false,
+            marker_uid: None,
+        });
+        for c in [&mut root_child, &mut sibling] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert_eq!(got.inferred, vec!["WFCG_INFER_TOKEN".to_string()]);
+        assert!(got.members.iter().all(|m| m.pid != sibling.id() as i32));
     }
 
     /// In a container every process shows session 0 (its leader is outside the

@@ -139,10 +139,19 @@ fn kill_pid(
     };
     let adopted: api::Adopted = client.adopt(super::adopt::check(&adopt)?)?;
     if !args.json && !adopted.already_adopted {
+        let inferred = if adopted.inferred_markers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (inferred markers: {})",
+                adopted.inferred_markers.join(", ")
+            )
+        };
         crate::output::errln!(
-            "adopted {} processes of pid {pid} as run {}",
+            "adopted {} processes of pid {pid} as run {}{}",
             adopted.members.len(),
-            Shown(&adopted.run_id)
+            Shown(&adopted.run_id),
+            Shown(&inferred)
         );
     }
     match adopted.kill {

@@ -180,11 +180,16 @@ fn scan(proc_root: &Path, key: &str, asks: &[(String, EnvFilter)]) -> Vec<EnvSca
 }
 
 /// Which of `wanted` (whole `KEY=VALUE` entries) each process carries, for every
-/// process whose real, effective and saved uids are all `uid` (any process's
-/// when `None`), whatever its age; processes carrying none are left out. One
-/// bounded [`pass`]; the processes it could not read, or read only in part, are
-/// counted in `unread`.
-pub fn carriers(proc_root: &Path, wanted: &[Vec<u8>], uid: Option<u32>) -> Carriers {
+/// process whose real, effective and saved uids are all `uid`, whatever its age,
+/// but those `skip` names (checked before anything of them is read); processes
+/// carrying none are left out. One bounded [`pass`]; the processes it could not
+/// read, or read only in part, are counted in `unread`.
+pub fn carriers(
+    proc_root: &Path,
+    wanted: &[Vec<u8>],
+    uid: u32,
+    skip: &(dyn Fn(i32) -> bool + Sync),
+) -> Carriers {
     let index: HashMap<&[u8], usize> = wanted
         .iter()
         .enumerate()
@@ -192,8 +197,8 @@ pub fn carriers(proc_root: &Path, wanted: &[Vec<u8>], uid: Option<u32>) -> Carri
         .collect();
     let seen = pass(
         proc_root,
-        &|owner| uid.is_none_or(|u| u == owner),
-        &|_, _, sole| uid.is_none_or(|u| u == sole).then_some(()),
+        &|owner| owner == uid,
+        &|pid, _, sole| (sole == uid && !skip(pid)).then_some(()),
         &|(), raw| {
             raw.split(|b| *b == 0)
                 .filter_map(|e| index.get(e).copied())
