@@ -239,6 +239,24 @@ pub fn ancestors(proc_root: &Path, pid: i32) -> HashMap<i32, u64> {
     out
 }
 
+/// Whether `st` (of `pid`) could be one of the tree's escapees: started after
+/// the root, in its source cgroup, not one of its `ancestors`, and not started
+/// by the root's own launcher (its parent, unless that is PID 1): a sibling of
+/// the root is a later command of the same shell or executor.
+fn could_be_of_tree(
+    proc_root: &Path,
+    root: &Root,
+    ancestors: &HashMap<i32, u64>,
+    pid: i32,
+    st: &procfs::Stat,
+) -> bool {
+    let launcher = root.stat.ppid;
+    st.starttime >= root.stat.starttime
+        && !(launcher > 1 && st.ppid == launcher)
+        && ancestors.get(&pid) != Some(&st.starttime)
+        && cgroup::process_cgroup(proc_root, pid).as_deref() == Some(&root.cgroup)
+}
+
 struct State<'a> {
     walk: &'a Walk<'a>,
     /// pid → start time of every process taken.
@@ -385,29 +403,14 @@ impl State<'_> {
                 || procfs::stat(self.walk.proc_root, id).is_none_or(|s| s.state == 'Z'))
     }
 
-    /// Whether `pid` could be one of the tree's escapees: started after the
-    /// root, in its source cgroup, not one of its ancestors, and not started by
-    /// the root's own launcher (its parent, unless that is PID 1): a sibling of
-    /// the root is a later command of the same shell or executor.
-    fn could_be_of_tree(&self, pid: i32) -> bool {
-        let root = self.walk.root;
-        let Some(st) = procfs::stat(self.walk.proc_root, pid) else {
-            return true; // gone: it shares nothing any more
-        };
-        let launcher = root.stat.ppid;
-        st.starttime >= root.stat.starttime
-            && !(launcher > 1 && st.ppid == launcher)
-            && self.ancestors.get(&pid) != Some(&st.starttime)
-            && cgroup::process_cgroup(self.walk.proc_root, pid).as_deref() == Some(&root.cgroup)
-    }
-
     /// The markers inferred from the root's environment: each `VAR=VALUE` of
     /// the root's (but [`NOT_INFERRED`], empty values and markers known
     /// already; at most [`MAX_INFERRED`]) that no process outside the tree
-    /// carries, as far as one bounded read of the environments of
-    /// [`Self::inferred_uid`]'s processes (members skipped) tells: a process that
-    /// is not a member and could not be an escapee ([`Self::could_be_of_tree`])
-    /// carrying a value makes it common, not the tree's. Run once the root's
+    /// carries and some process that could be an escapee ([`could_be_of_tree`])
+    /// does (a marker that takes nothing is none). Two bounded reads of the environments of [`Self::inferred_uid`]'s
+    /// processes: first those that could be escapees, for the values they
+    /// carry; then, only if they carry some, every other process but the
+    /// members, for which of those values are common. Run once the root's
     /// descendants are taken.
     fn infer(&mut self) {
         let walk = self.walk;
@@ -434,21 +437,38 @@ impl State<'_> {
         if wanted.is_empty() {
             return;
         }
-        let taken = &self.taken;
-        let found =
-            procfs::markers::carriers(walk.proc_root, &wanted, Self::inferred_uid(walk), &|pid| {
-                taken.contains_key(&pid)
-            });
-        let mut common = vec![false; wanted.len()];
-        for (pid, hits) in found.pids {
-            if !self.taken.contains_key(&pid) && !self.could_be_of_tree(pid) {
-                hits.into_iter().for_each(|i| common[i] = true);
+        let (proc_root, uid) = (walk.proc_root, Self::inferred_uid(walk));
+        let (taken, ancestors) = (&self.taken, &self.ancestors);
+        let candidate = |pid: i32, st: &procfs::Stat| {
+            !taken.contains_key(&pid) && could_be_of_tree(proc_root, walk.root, ancestors, pid, st)
+        };
+        // The hits of each entry among processes of one read.
+        let hit = |found: procfs::markers::Carriers| {
+            let mut hit = vec![false; wanted.len()];
+            for i in found.pids.into_iter().flat_map(|(_, hits)| hits) {
+                hit[i] = true;
             }
+            hit
+        };
+        let held = hit(procfs::markers::carriers(
+            proc_root,
+            &wanted,
+            uid,
+            &|pid, st| !candidate(pid, st),
+        ));
+        if !held.contains(&true) {
+            return; // no possible escapee has a value of the root's
         }
+        let common = hit(procfs::markers::carriers(
+            proc_root,
+            &wanted,
+            uid,
+            &|pid, st| taken.contains_key(&pid) || candidate(pid, st),
+        ));
         self.inferred = wanted
             .into_iter()
-            .zip(common)
-            .filter_map(|(w, common)| (!common).then_some(w))
+            .zip(held.into_iter().zip(common))
+            .filter_map(|(w, (held, common))| (held && !common).then_some(w))
             .collect();
         self.out.inferred = self
             .inferred
@@ -679,40 +699,44 @@ mod tests {
         );
     }
 
-    /// A `sleep` with `env` added, returned once its environment can be read.
-    fn sleeper(env: &[(&str, &str)]) -> std::process::Child {
-        let child = std::process::Command::new("sleep")
-            .arg("30")
-            .envs(env.iter().copied())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let (k, v) = env[0];
-        let want = format!("{k}={v}").into_bytes();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !procfs::environ(Path::new("/proc"), pid, ENVIRON_LIMIT).contains(&want)
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::yield_now();
-        }
-        child
-    }
-
     /// Only values the tree alone has are inferred: not what its launcher (this
     /// test, an ancestor) has, not what a later command of the same launcher has
-    /// too, not what a shell sets for every command.
+    /// too, not what a shell sets for every command; and an inferred marker
+    /// takes the tree's double-forked escapee.
     #[test]
     fn markers_are_inferred_from_values_no_process_outside_the_tree_has() {
         let proc_root = Path::new("/proc");
         let token = format!("token-{}", std::process::id());
         let pwd = format!("/nowhere-{token}");
-        let mut root_child = sleeper(&[
-            ("WFCG_INFER_TOKEN", &token),
-            ("WFCG_INFER_SHARED", &token),
-            ("_", &pwd),
-            ("PWD", &pwd),
-        ]);
-        let mut sibling = sleeper(&[("WFCG_INFER_SHARED", &token)]);
+        let start = |script: &str, env: &[(&str, &str)]| {
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .envs(env.iter().copied())
+                .spawn()
+                .unwrap()
+        };
+        let mut root_child = start(
+            "(sleep 30 &); exec sleep 31",
+            &[
+                ("WFCG_INFER_TOKEN", &token),
+                ("WFCG_INFER_SHARED", &token),
+                ("_", &pwd),
+                ("PWD", &pwd),
+            ],
+        );
+        let mut sibling = start("exec sleep 32", &[("WFCG_INFER_SHARED", &token)]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let marked =
+            || crate::procfs::markers::pids_with_env(proc_root, "WFCG_INFER_TOKEN", &token);
+        let shared =
+            || crate::procfs::markers::pids_with_env(proc_root, "WFCG_INFER_SHARED", &token);
+        while (marked().len() < 2 || shared().len() < 3) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let escapee = marked()
+            .into_iter()
+            .find(|&p| p != root_child.id() as i32)
+            .expect("the escapee runs");
         let root = pin(proc_root, root_child.id() as i32).unwrap();
         let got = gather(&Walk {
             proc_root,
@@ -727,12 +751,27 @@ mod tests {
             uids: false,
             marker_uid: None,
         });
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(escapee).unwrap(),
+            rustix::process::Signal::KILL,
+        );
         for c in [&mut root_child, &mut sibling] {
             c.kill().unwrap();
             c.wait().unwrap();
         }
         assert_eq!(got.inferred, vec!["WFCG_INFER_TOKEN".to_string()]);
-        assert!(got.members.iter().all(|m| m.pid != sibling.id() as i32));
+        let reasons: Vec<(i32, &str)> = got
+            .members
+            .iter()
+            .map(|m| (m.pid, m.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (root.pid, "root"),
+                (escapee, "escapee: inferred marker WFCG_INFER_TOKEN")
+            ]
+        );
     }
 
     /// In a container every process shows session 0 (its leader is outside the

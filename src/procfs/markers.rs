@@ -181,14 +181,14 @@ fn scan(proc_root: &Path, key: &str, asks: &[(String, EnvFilter)]) -> Vec<EnvSca
 
 /// Which of `wanted` (whole `KEY=VALUE` entries) each process carries, for every
 /// process whose real, effective and saved uids are all `uid`, whatever its age,
-/// but those `skip` names (checked before anything of them is read); processes
+/// but those `skip` names (given their stat, before their environment is read); processes
 /// carrying none are left out. One bounded [`pass`]; the processes it could not
 /// read, or read only in part, are counted in `unread`.
 pub fn carriers(
     proc_root: &Path,
     wanted: &[Vec<u8>],
     uid: u32,
-    skip: &(dyn Fn(i32) -> bool + Sync),
+    skip: &(dyn Fn(i32, &super::Stat) -> bool + Sync),
 ) -> Carriers {
     let index: HashMap<&[u8], usize> = wanted
         .iter()
@@ -198,7 +198,7 @@ pub fn carriers(
     let seen = pass(
         proc_root,
         &|owner| owner == uid,
-        &|pid, _, sole| (sole == uid && !skip(pid)).then_some(()),
+        &|pid, st, sole| (sole == uid && !skip(pid, st)).then_some(()),
         &|(), raw| {
             raw.split(|b| *b == 0)
                 .filter_map(|e| index.get(e).copied())
