@@ -154,7 +154,7 @@ pub struct Gathered {
 
 /// Processes the caller says may not be taken, each with why (checked before
 /// every move): PID 1, the agent, the caller and its ancestors, other runs.
-pub type Veto<'a> = &'a dyn Fn(&Candidate<'_>) -> Option<String>;
+pub type Veto<'a> = &'a (dyn Fn(&Candidate<'_>) -> Option<String> + Sync);
 
 /// A process about to be taken, as the veto sees it.
 pub struct Candidate<'a> {
@@ -406,8 +406,8 @@ impl State<'_> {
     /// The markers inferred from the root's environment: each `VAR=VALUE` of
     /// the root's (but [`NOT_INFERRED`], empty values and markers known
     /// already; at most [`MAX_INFERRED`]) that no process outside the tree
-    /// carries and some process that could be an escapee ([`could_be_of_tree`])
-    /// does (a marker that takes nothing is none). Two bounded reads of the environments of [`Self::inferred_uid`]'s
+    /// carries and some process that could be an escapee ([`could_be_of_tree`],
+    /// and not vetoed) does (a marker that takes nothing is none). Two bounded reads of the environments of [`Self::inferred_uid`]'s
     /// processes: first those that could be escapees, for the values they
     /// carry; then, only if they carry some, every other process but the
     /// members, for which of those values are common. Run once the root's
@@ -439,8 +439,18 @@ impl State<'_> {
         }
         let (proc_root, uid) = (walk.proc_root, Self::inferred_uid(walk));
         let (taken, ancestors) = (&self.taken, &self.ancestors);
+        // A process the caller says may not be taken (the caller itself, run
+        // from the root's shell) is no escapee: what it carries is common.
         let candidate = |pid: i32, st: &procfs::Stat| {
-            !taken.contains_key(&pid) && could_be_of_tree(proc_root, walk.root, ancestors, pid, st)
+            !taken.contains_key(&pid)
+                && could_be_of_tree(proc_root, walk.root, ancestors, pid, st)
+                && (walk.veto)(&Candidate {
+                    pid,
+                    stat: st,
+                    uid: Some(uid),
+                    cgroup: Some(&walk.root.cgroup),
+                })
+                .is_none()
         };
         // The hits of each entry among processes of one read.
         let hit = |found: procfs::markers::Carriers| {
