@@ -407,11 +407,11 @@ impl State<'_> {
     /// the root's (but [`NOT_INFERRED`], empty values and markers known
     /// already; at most [`MAX_INFERRED`]) that no process outside the tree
     /// carries and some process that could be an escapee ([`could_be_of_tree`],
-    /// and not vetoed) does (a marker that takes nothing is none). Two bounded reads of the environments of [`Self::inferred_uid`]'s
-    /// processes: first those that could be escapees, for the values they
-    /// carry; then, only if they carry some, every other process but the
-    /// members, for which of those values are common. Run once the root's
-    /// descendants are taken.
+    /// and not vetoed) does (a marker that takes nothing is none). Two bounded
+    /// reads of the environments of [`Self::inferred_uid`]'s processes: first
+    /// those that could be escapees, for the values they carry; then, only if
+    /// they carry some, every other process but the members, for which of
+    /// those values are common. Run once the root's descendants are taken.
     fn infer(&mut self) {
         let walk = self.walk;
         let known: HashSet<&[u8]> = walk

@@ -156,10 +156,16 @@ impl Agent {
             let run_cg = Cgroup::new(&adopted.cgroup);
             match self.kill(caller, &adopted.run_id, req.kill_request()) {
                 Ok(mut result) => {
+                    // Of the tree as far as wfcg can tell: not init, the agent or
+                    // the caller's line, which are left alone whatever they are.
+                    let proc_root = &self.cfg.proc_root;
+                    let callers = lineage(proc_root, caller.pid);
+                    let me = std::process::id() as i32;
                     let alive: Vec<String> = left_alone
                         .iter()
+                        .filter(|s| s.pid != 1 && s.pid != me && !callers.contains(&s.pid))
                         .filter(|s| {
-                            procfs::stat(&self.cfg.proc_root, s.pid)
+                            procfs::stat(proc_root, s.pid)
                                 .is_some_and(|st| st.starttime == s.starttime && st.state != 'Z')
                         })
                         .map(|s| format!("pid {} ({}): {}", s.pid, s.command, s.reason))

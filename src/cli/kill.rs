@@ -20,8 +20,8 @@ use crate::output::{Shown, outln};
 /// --pid PID kills a workflow that wfcg did not start: its tree is adopted
 /// (see `wfcg adopt`: escapees by session, process group and markers, inferred
 /// ones included) and killed while still frozen, in one step. Processes of the
-/// tree the adoption left alone (the caller's own shell, another user's) and
-/// still alive make the kill fail (exit 1), named in its result.
+/// tree the adoption left alone (one in another run, another user's) and still
+/// alive make the kill fail (exit 1), named in its result.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The run to kill.
