@@ -174,51 +174,59 @@ fn a_dry_run_names_the_inferred_markers_and_what_they_pulled_in() {
     agent.assert_nothing_created();
 }
 
-/// A graceful `kill --pid` thaws what it froze before SIGTERM: the tree's
-/// handler runs (its file appears) and the kill ends without SIGKILL.
+/// A graceful `kill --pid` (and `adopt --kill`) thaws what it froze before
+/// SIGTERM: the tree's handler runs (its file appears) and the kill ends
+/// without SIGKILL.
 #[test]
 fn a_graceful_kill_pid_lets_the_term_handler_run() {
     require_privileges!();
     let agent = TestAgent::start();
     let source = Source::new(&agent);
-    let marker = util::marker("handler");
     let dir = Dir::new("wfcg-adopt-handler");
-    let said = dir.join("said");
-    let script = format!(
-        "trap 'echo bye > {}; exit 0' TERM; touch {}.up; while :; do sleep 0.1; done",
-        said.display(),
-        said.display()
-    );
-    let mut tree = source.sh(&marker, &script);
-    assert!(wait_until(Duration::from_secs(10), || dir
-        .join("said.up")
-        .exists()));
+    for (i, verb) in [&["kill", "--pid"][..], &["adopt", "--kill"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let marker = util::marker("handler");
+        let said = dir.join(format!("said-{i}"));
+        let script = format!(
+            "trap 'echo bye > {}; exit 0' TERM; touch {}.up; while :; do sleep 0.1; done",
+            said.display(),
+            said.display()
+        );
+        let mut tree = source.sh(&marker, &script);
+        assert!(wait_until(Duration::from_secs(10), || dir
+            .join(format!("said-{i}.up"))
+            .exists()));
 
-    let out = agent.cli(&[
-        "kill",
-        "--pid",
-        &tree.id().to_string(),
-        "--grace",
-        "10s",
-        "--json",
-    ]);
+        let out = agent.cli(
+            &[
+                verb,
+                &[&tree.id().to_string(), "--grace", "10s", "--json"][..],
+            ]
+            .concat(),
+        );
 
-    assert!(out.status.success(), "{}", stderr(&out));
-    let result = json(&out);
-    assert!(tree.wait_timeout(Duration::from_secs(10)).is_some());
-    assert_eq!(
-        std::fs::read_to_string(&said).unwrap_or_default(),
-        "bye\n",
-        "{result:#}"
-    );
-    assert!(
-        util::phase_names(&result).contains(&"term_wait".to_string()),
-        "{result:#}"
-    );
-    assert!(
-        !util::phase_names(&result).contains(&"kill".to_string()),
-        "SIGKILL was needed: {result:#}"
-    );
+        assert!(out.status.success(), "{verb:?}: {}", stderr(&out));
+        let answer = json(&out);
+        // `kill --pid` answers the kill's result; `adopt --kill` has it in `kill`.
+        let result = if i == 0 { &answer } else { &answer["kill"] };
+        assert!(tree.wait_timeout(Duration::from_secs(10)).is_some());
+        assert_eq!(
+            std::fs::read_to_string(&said).unwrap_or_default(),
+            "bye\n",
+            "{verb:?}: {result:#}"
+        );
+        let phases = util::phase_names(result);
+        assert!(
+            phases.contains(&"term_wait".to_string()),
+            "{verb:?}: {result:#}"
+        );
+        assert!(
+            !phases.contains(&"kill".to_string()),
+            "{verb:?}: SIGKILL was needed: {result:#}"
+        );
+    }
 }
 
 /// The root's ancestors are never taken, not even when they carry a marker the
