@@ -13,7 +13,11 @@
 //!    never changes a cgroup) started after the root, that share its session or
 //!    process group (when the leader of that session or group is the root, one
 //!    of the tree, or gone: an interactive shell's session is not a workflow's),
-//!    or carry one of the markers in their environment;
+//!    or carry one of the markers in their environment: an executor's marker
+//!    with the root's value, or one inferred ([`State::infer`]: a `VAR=VALUE`
+//!    of the root's that no process outside the tree has); a marker the caller
+//!    named takes its carriers whatever their age. The root's ancestors are
+//!    never taken, whatever their start time;
 //! 5. scan again until a whole scan finds nothing new, at most [`MAX_PASSES`]
 //!    times: a tree that keeps growing past that is left moved and frozen, and
 //!    [`Gathered::complete`] says so.
@@ -24,7 +28,7 @@
 //! A leaf module over [`crate::cgroup`] and [`crate::procfs`]: it knows nothing of
 //! runs, policies or the agent; what may not be taken is the caller's to say.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -44,6 +48,13 @@ pub const DEFAULT_MARKERS: [&str; 4] = [
     "GITHUB_RUN_ID",
     "CI_JOB_ID",
 ];
+
+/// Variables a shell sets anew for every command it starts (the command's
+/// path, the working directory, the nesting depth): a later command of the same
+/// shell has the same value, so they never mark a tree.
+pub const NOT_INFERRED: [&str; 4] = ["_", "PWD", "OLDPWD", "SHLVL"];
+/// The most of the root's variables considered as inferred markers.
+pub const MAX_INFERRED: usize = 256;
 
 /// The root of a tree, pinned: its pidfd keeps the number from naming anything
 /// else while the process lives.
@@ -120,6 +131,7 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
     pub pid: i32,
+    pub starttime: u64,
     pub reason: String,
     pub command: String,
 }
@@ -135,11 +147,14 @@ pub struct Gathered {
     pub passes: usize,
     /// Moves that failed for another reason than the process exiting.
     pub errors: Vec<String>,
+    /// The names of the markers inferred from the root's environment (their
+    /// values are not repeated: a value unique to a tree may be a secret).
+    pub inferred: Vec<String>,
 }
 
 /// Processes the caller says may not be taken, each with why (checked before
 /// every move): PID 1, the agent, the caller and its ancestors, other runs.
-pub type Veto<'a> = &'a dyn Fn(&Candidate<'_>) -> Option<String>;
+pub type Veto<'a> = &'a (dyn Fn(&Candidate<'_>) -> Option<String> + Sync);
 
 /// A process about to be taken, as the veto sees it.
 pub struct Candidate<'a> {
@@ -157,8 +172,13 @@ pub struct Walk<'a> {
     /// The cgroup2 mount, which `/proc/<pid>/cgroup` paths are relative to.
     pub mount: &'a Path,
     pub root: &'a Root,
-    /// `VAR=VALUE` entries that mark an escapee.
+    /// `VAR=VALUE` entries that mark an escapee started after the root (the
+    /// executors' markers with the root's values: [`executor_markers`]).
     pub markers: Vec<Vec<u8>>,
+    /// `VAR=VALUE` entries the caller named: they mark an escapee whatever its age.
+    pub named: Vec<Vec<u8>>,
+    /// Infer markers from the root's environment ([`State::infer`]).
+    pub infer: bool,
     pub veto: Veto<'a>,
     /// Moves here when given (frozen by the caller beforehand); a dry run when not.
     pub target: Option<&'a Cgroup>,
@@ -173,10 +193,10 @@ pub struct Walk<'a> {
     pub marker_uid: Option<u32>,
 }
 
-/// The markers to look for: the given `VAR=VALUE` entries, and each default
-/// marker the root itself carries, with the root's value.
-pub fn markers(proc_root: &Path, root: &Root, given: &[String]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = given.iter().map(|m| m.as_bytes().to_vec()).collect();
+/// Each of the executors' markers ([`DEFAULT_MARKERS`]) the root carries, with
+/// the root's value.
+pub fn executor_markers(proc_root: &Path, root: &Root) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
     for entry in procfs::environ(proc_root, root.pid, ENVIRON_LIMIT) {
         if DEFAULT_MARKERS
             .iter()
@@ -191,10 +211,60 @@ pub fn markers(proc_root: &Path, root: &Root, given: &[String]) -> Vec<Vec<u8>> 
     out
 }
 
+/// The name of a `VAR=VALUE` entry (empty when it has no `=`).
+fn name_of(entry: &[u8]) -> &[u8] {
+    entry
+        .iter()
+        .position(|b| *b == b'=')
+        .map_or(&[][..], |eq| &entry[..eq])
+}
+
+/// The ancestors of `pid` (not itself), each with its start time, up to PID 1.
+pub fn ancestors(proc_root: &Path, pid: i32) -> HashMap<i32, u64> {
+    let mut out = HashMap::new();
+    let mut p = pid;
+    while out.len() < 4096 {
+        let Some(parent) = procfs::stat(proc_root, p)
+            .map(|s| s.ppid)
+            .filter(|&pp| pp > 0)
+        else {
+            break;
+        };
+        let Some(st) = procfs::stat(proc_root, parent) else {
+            break;
+        };
+        out.insert(parent, st.starttime);
+        p = parent;
+    }
+    out
+}
+
+/// Whether `st` (of `pid`) could be one of the tree's escapees: started after
+/// the root, in its source cgroup, not one of its `ancestors`, and not started
+/// by the root's own launcher (its parent, unless that is PID 1): a sibling of
+/// the root is a later command of the same shell or executor.
+fn could_be_of_tree(
+    proc_root: &Path,
+    root: &Root,
+    ancestors: &HashMap<i32, u64>,
+    pid: i32,
+    st: &procfs::Stat,
+) -> bool {
+    let launcher = root.stat.ppid;
+    st.starttime >= root.stat.starttime
+        && !(launcher > 1 && st.ppid == launcher)
+        && ancestors.get(&pid) != Some(&st.starttime)
+        && cgroup::process_cgroup(proc_root, pid).as_deref() == Some(&root.cgroup)
+}
+
 struct State<'a> {
     walk: &'a Walk<'a>,
     /// pid → start time of every process taken.
     taken: HashMap<i32, u64>,
+    /// The root's ancestors (pid → start time): never taken.
+    ancestors: HashMap<i32, u64>,
+    /// Markers inferred from the root's environment.
+    inferred: Vec<Vec<u8>>,
     skipped: HashMap<i32, Skipped>,
     frontier: VecDeque<i32>,
     out: Gathered,
@@ -224,6 +294,9 @@ impl State<'_> {
         if stat.state == 'Z' || stat.state == 'X' || stat.is_kernel_thread() {
             return false; // dead already (a zombie cannot be moved), or not ours to move
         }
+        if self.ancestors.get(&pid) == Some(&stat.starttime) {
+            return false; // the root's parent, its shell, …: never of the tree
+        }
         if let Some(p) = parent {
             // Still the child of that member, and younger than it.
             if stat.ppid != p || self.taken.get(&p).is_none_or(|&st| stat.starttime < st) {
@@ -251,6 +324,7 @@ impl State<'_> {
                 pid,
                 Skipped {
                     pid,
+                    starttime: stat.starttime,
                     reason: format!("{why}, left alone: {veto}"),
                     command,
                 },
@@ -329,6 +403,132 @@ impl State<'_> {
                 || procfs::stat(self.walk.proc_root, id).is_none_or(|s| s.state == 'Z'))
     }
 
+    /// The markers inferred from the root's environment: each `VAR=VALUE` of
+    /// the root's (but [`NOT_INFERRED`], empty values and markers known
+    /// already; at most [`MAX_INFERRED`]) that no process outside the tree
+    /// carries and some process that could be an escapee ([`could_be_of_tree`],
+    /// and not vetoed) does (a marker that takes nothing is none). Two bounded
+    /// reads of the environments of [`Self::inferred_uid`]'s processes: first
+    /// those that could be escapees, for the values they carry; then, only if
+    /// they carry some, every other process but the members, for which of
+    /// those values are common. Run once the root's descendants are taken.
+    fn infer(&mut self) {
+        let walk = self.walk;
+        let known: HashSet<&[u8]> = walk
+            .markers
+            .iter()
+            .chain(&walk.named)
+            .map(Vec::as_slice)
+            .collect();
+        let mut wanted: Vec<Vec<u8>> =
+            procfs::environ(walk.proc_root, walk.root.pid, ENVIRON_LIMIT)
+                .into_iter()
+                .filter(|e| {
+                    let name = name_of(e);
+                    !name.is_empty()
+                        && e.len() > name.len() + 1
+                        && !NOT_INFERRED.iter().any(|n| n.as_bytes() == name)
+                        && !known.contains(e.as_slice())
+                })
+                .take(MAX_INFERRED)
+                .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return;
+        }
+        let (proc_root, uid) = (walk.proc_root, Self::inferred_uid(walk));
+        let (taken, ancestors) = (&self.taken, &self.ancestors);
+        // A process the caller says may not be taken (the caller itself, run
+        // from the root's shell) is no escapee: what it carries is common.
+        let candidate = |pid: i32, st: &procfs::Stat| {
+            !taken.contains_key(&pid)
+                && could_be_of_tree(proc_root, walk.root, ancestors, pid, st)
+                && (walk.veto)(&Candidate {
+                    pid,
+                    stat: st,
+                    uid: Some(uid),
+                    cgroup: Some(&walk.root.cgroup),
+                })
+                .is_none()
+        };
+        // The hits of each entry among processes of one read.
+        let hit = |found: procfs::markers::Carriers| {
+            let mut hit = vec![false; wanted.len()];
+            for i in found.pids.into_iter().flat_map(|(_, hits)| hits) {
+                hit[i] = true;
+            }
+            hit
+        };
+        let held = hit(procfs::markers::carriers(
+            proc_root,
+            &wanted,
+            uid,
+            &|pid, st| !candidate(pid, st),
+        ));
+        if !held.contains(&true) {
+            return; // no possible escapee has a value of the root's
+        }
+        let common = hit(procfs::markers::carriers(
+            proc_root,
+            &wanted,
+            uid,
+            &|pid, st| taken.contains_key(&pid) || candidate(pid, st),
+        ));
+        self.inferred = wanted
+            .into_iter()
+            .zip(held.into_iter().zip(common))
+            .filter_map(|(w, (held, common))| (held && !common).then_some(w))
+            .collect();
+        self.out.inferred = self
+            .inferred
+            .iter()
+            .map(|m| String::from_utf8_lossy(name_of(m)).into_owned())
+            .collect();
+    }
+
+    /// Whose processes an inferred marker is looked for in (and its values
+    /// checked against): the caller's when it may act on no other's, else the
+    /// root's owner's. A value the tree gave another user's process (through a
+    /// setuid program) is not followed.
+    fn inferred_uid(walk: &Walk<'_>) -> u32 {
+        walk.marker_uid.unwrap_or(walk.root.uid)
+    }
+
+    /// Why a process carries a marker of the tree, if it does: a named marker
+    /// whatever its age (`young`: started after the root), an executor's or an
+    /// inferred one only if young. Its environment is read only if its real,
+    /// effective and saved uids are [`Walk::marker_uid`].
+    fn marked(walk: &Walk<'_>, inferred: &[Vec<u8>], pid: i32, young: bool) -> Option<String> {
+        if walk.named.is_empty() && (!young || (walk.markers.is_empty() && inferred.is_empty())) {
+            return None;
+        }
+        let sole = procfs::uids(walk.proc_root, pid).and_then(procfs::sole_uid);
+        if walk.marker_uid.is_some_and(|uid| sole != Some(uid)) {
+            return None;
+        }
+        let env = procfs::environ(walk.proc_root, pid, ENVIRON_LIMIT);
+        let shown = |m: &Vec<u8>| String::from_utf8_lossy(m).into_owned();
+        if let Some(m) = walk.named.iter().find(|m| env.contains(m)) {
+            return Some(format!("escapee: marker {}", shown(m)));
+        }
+        if !young {
+            return None;
+        }
+        if let Some(m) = walk.markers.iter().find(|m| env.contains(m)) {
+            return Some(format!("escapee: marker {}", shown(m)));
+        }
+        if sole != Some(Self::inferred_uid(walk)) {
+            return None;
+        }
+        inferred.iter().find(|m| env.contains(m)).map(|m| {
+            format!(
+                "escapee: inferred marker {}",
+                String::from_utf8_lossy(name_of(m))
+            )
+        })
+    }
+
     /// One scan of every process: children of members the child lists missed,
     /// and escapees.
     fn scan(&mut self) -> usize {
@@ -336,6 +536,10 @@ impl State<'_> {
         let root = self.walk.root;
         let session_counts = self.led_by_tree(root.stat.session);
         let group_counts = self.led_by_tree(root.stat.pgrp);
+        let walk = self.walk;
+        let inferred = self.inferred.clone();
+        let named = !self.walk.named.is_empty();
+        let any_marker = named || !self.walk.markers.is_empty() || !self.inferred.is_empty();
         let mut found = 0;
         for pid in procfs::all_pids(proc_root) {
             if self.taken.contains_key(&pid) || self.skipped.contains_key(&pid) {
@@ -351,40 +555,27 @@ impl State<'_> {
                 }
                 continue;
             }
-            if stat.starttime < root.stat.starttime {
+            let young = stat.starttime >= root.stat.starttime;
+            if !young && !named {
                 continue;
             }
             let escapee = |s: &procfs::Stat| -> Option<String> {
-                if s.starttime < root.stat.starttime
-                    || cgroup::process_cgroup(proc_root, pid).as_deref() != Some(&root.cgroup)
-                {
+                let young = s.starttime >= root.stat.starttime;
+                if cgroup::process_cgroup(proc_root, pid).as_deref() != Some(&root.cgroup) {
                     return None;
                 }
-                if session_counts && s.session == root.stat.session {
+                if young && session_counts && s.session == root.stat.session {
                     return Some(format!("escapee: same session {}", s.session));
                 }
-                if group_counts && s.pgrp == root.stat.pgrp {
+                if young && group_counts && s.pgrp == root.stat.pgrp {
                     return Some(format!("escapee: same process group {}", s.pgrp));
                 }
-                if self.walk.markers.is_empty() {
-                    return None;
-                }
-                if let Some(uid) = self.walk.marker_uid
-                    && procfs::uids(proc_root, pid).and_then(procfs::sole_uid) != Some(uid)
-                {
-                    return None;
-                }
-                let env = procfs::environ(proc_root, pid, ENVIRON_LIMIT);
-                self.walk
-                    .markers
-                    .iter()
-                    .find(|m| env.contains(m))
-                    .map(|m| format!("escapee: marker {}", String::from_utf8_lossy(m)))
+                Self::marked(walk, &inferred, pid, young)
             };
             // Cheap tests first; the closure runs again under the pidfd.
-            let maybe = (session_counts && stat.session == root.stat.session)
-                || (group_counts && stat.pgrp == root.stat.pgrp)
-                || !self.walk.markers.is_empty();
+            let maybe = (young && session_counts && stat.session == root.stat.session)
+                || (young && group_counts && stat.pgrp == root.stat.pgrp)
+                || any_marker;
             if maybe && self.consider(pid, None, &escapee) {
                 found += 1 + self.descend();
             }
@@ -400,6 +591,8 @@ pub fn gather(walk: &Walk<'_>) -> Gathered {
     let mut st = State {
         walk,
         taken: HashMap::new(),
+        ancestors: ancestors(walk.proc_root, walk.root.pid),
+        inferred: Vec::new(),
         skipped: HashMap::new(),
         frontier: VecDeque::new(),
         out: Gathered::default(),
@@ -420,6 +613,9 @@ pub fn gather(walk: &Walk<'_>) -> Gathered {
         // finds nothing: a member forks only into the frozen target from then
         // on (a child is born in its parent's cgroup).
         st.descend();
+        if pass == 1 && walk.infer {
+            st.infer();
+        }
         if st.scan() == 0 {
             st.out.complete = true;
             break;
@@ -477,6 +673,8 @@ mod tests {
             mount: Path::new("/sys/fs/cgroup"),
             root: &root,
             markers: Vec::new(),
+            named: Vec::new(),
+            infer: false,
             veto: &|_| None,
             target: None,
             max_passes: DRY_RUN_PASSES,
@@ -508,6 +706,81 @@ mod tests {
         assert_eq!(
             cgroup::process_cgroup(proc_root, std::process::id() as i32),
             Some(cgroup_before)
+        );
+    }
+
+    /// Only values the tree alone has are inferred: not what its launcher (this
+    /// test, an ancestor) has, not what a later command of the same launcher has
+    /// too, not what a shell sets for every command; and an inferred marker
+    /// takes the tree's double-forked escapee.
+    #[test]
+    fn markers_are_inferred_from_values_no_process_outside_the_tree_has() {
+        let proc_root = Path::new("/proc");
+        let token = format!("token-{}", std::process::id());
+        let pwd = format!("/nowhere-{token}");
+        let start = |script: &str, env: &[(&str, &str)]| {
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .envs(env.iter().copied())
+                .spawn()
+                .unwrap()
+        };
+        let mut root_child = start(
+            "(sleep 30 &); exec sleep 31",
+            &[
+                ("WFCG_INFER_TOKEN", &token),
+                ("WFCG_INFER_SHARED", &token),
+                ("_", &pwd),
+                ("PWD", &pwd),
+            ],
+        );
+        let mut sibling = start("exec sleep 32", &[("WFCG_INFER_SHARED", &token)]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let marked =
+            || crate::procfs::markers::pids_with_env(proc_root, "WFCG_INFER_TOKEN", &token);
+        let shared =
+            || crate::procfs::markers::pids_with_env(proc_root, "WFCG_INFER_SHARED", &token);
+        while (marked().len() < 2 || shared().len() < 3) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let escapee = marked()
+            .into_iter()
+            .find(|&p| p != root_child.id() as i32)
+            .expect("the escapee runs");
+        let root = pin(proc_root, root_child.id() as i32).unwrap();
+        let got = gather(&Walk {
+            proc_root,
+            mount: Path::new("/sys/fs/cgroup"),
+            root: &root,
+            markers: Vec::new(),
+            named: Vec::new(),
+            infer: true,
+            veto: &|_| None,
+            target: None,
+            max_passes: DRY_RUN_PASSES,
+            uids: false,
+            marker_uid: None,
+        });
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(escapee).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        for c in [&mut root_child, &mut sibling] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert_eq!(got.inferred, vec!["WFCG_INFER_TOKEN".to_string()]);
+        let reasons: Vec<(i32, &str)> = got
+            .members
+            .iter()
+            .map(|m| (m.pid, m.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (root.pid, "root"),
+                (escapee, "escapee: inferred marker WFCG_INFER_TOKEN")
+            ]
         );
     }
 

@@ -300,6 +300,10 @@ pub struct ExitAck {
     /// `kept: WHY`, `removal failed: WHY`); absent when none was to be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// The run was stopped by wfcg, and how it ends: `killed` (an operator's
+    /// kill) or `timed_out` (a deadline); absent when its command ended by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<RunStatus>,
 }
 
 /// `POST /v1/runs/{id}/kill`.
@@ -460,6 +464,11 @@ pub struct Adopted {
     /// is that run.
     #[serde(default)]
     pub already_adopted: bool,
+    /// The names of the markers inferred from the root's environment (a
+    /// `VAR=VALUE` of the root's that no process outside the tree has); the
+    /// processes each pulled in say `escapee: inferred marker VAR`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inferred_markers: Vec<String>,
 }
 
 /// One step of a kill sequence and how long it took.
@@ -480,6 +489,11 @@ pub struct CleanupStatus {
     pub run_dir_removed: bool,
     /// Git lock files the dead tree left behind, removed.
     pub stale_locks_removed: Vec<String>,
+    /// Processes of an adopted tree that its adoption left alone (the caller's
+    /// own shell, another user's process, …) and that are alive after the
+    /// kill, each described: counted in `processes_remaining`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<String>,
     /// Processes that carried the run's marker outside its cgroup (a root
     /// workflow can move itself out), killed through a pidfd.
     #[serde(default)]

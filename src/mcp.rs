@@ -149,7 +149,8 @@ pub struct AdoptParams {
     pub workflow: Option<String>,
     /// Why: recorded in the audit trail (and with the kill).
     pub reason: Option<String>,
-    /// `VAR=VALUE` environment entries that mark the tree's escapees.
+    /// `VAR=VALUE` environment entries that mark the tree's escapees, even
+    /// ones started before the root.
     #[serde(default)]
     pub markers: Vec<String>,
     /// Only list what would be taken, and why; change nothing. Default false.
@@ -329,13 +330,15 @@ impl WfcgMcp {
 
     /// Take over a workflow that wfcg did not start, known by its root pid: its
     /// whole tree (children, and escapees that double-forked or called setsid,
-    /// found by session, process group or environment markers) is moved,
-    /// race-free, into a new run, which then has a status, deadlines, the audit
-    /// trail and kills like any other. `dry_run` lists the processes that would
-    /// be taken and why. `kill` kills the run at once (graceful, or `force`).
-    /// Answers `run_id`, `cgroup`, `started_at` (the root's real start),
-    /// `members` (pid, reason, command), `message`, and with `kill` the kill
-    /// result in `kill`. Needs kill_any, or owning every process taken.
+    /// found by session, process group or environment markers, including those
+    /// inferred from the root's environment: values no process outside the
+    /// tree has) is moved, race-free, into a new run, which then has a status,
+    /// deadlines, the audit trail and kills like any other. `dry_run` lists the
+    /// processes that would be taken and why. `kill` kills the run at once
+    /// (graceful, or `force`). Answers `run_id`, `cgroup`, `started_at` (the
+    /// root's real start), `members` (pid, reason, command), `inferred_markers`
+    /// (their names), `message`, and with `kill` the kill result in `kill`.
+    /// Needs kill_any, or owning every process taken.
     #[tool(annotations(
         title = "Adopt (and kill) a workflow started outside wfcg",
         read_only_hint = false,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::time::{now, rfc3339};
-use super::{Agent, Caller, Failure, Result};
+use super::{Agent, Caller, Failure, Result, layout};
 use crate::adopt::{self, Gathered, Root, Walk};
 use crate::api::AuditEntry;
 use crate::api::{AdoptMember, AdoptRequest, Adopted, CreateRun, ErrorKind, RunStatus};
@@ -116,12 +116,17 @@ impl Agent {
             decision: "-".into(),
             ..Default::default()
         };
+        // Processes of the tree left alone: after a kill, those still alive are
+        // what is known to live on of it.
+        let mut left_alone = Vec::new();
         let adopted = {
             let _one_at_a_time = self.adopt_lock.lock();
             match self.adoption_budget(caller, &req) {
                 Err(e) => Err(e),
                 Ok(_budget) => match (req.pid, req.cgroup.as_deref()) {
-                    (Some(pid), None) => self.adopt_tree(caller, &id, pid, &req, &mut entry),
+                    (Some(pid), None) => {
+                        self.adopt_tree(caller, &id, pid, &req, &mut entry, &mut left_alone)
+                    }
                     (None, Some(path)) => self.adopt_cgroup(caller, &id, path, &req, &mut entry),
                     (Some(_), Some(_)) => Err(bad("give a pid or a cgroup to adopt, not both")),
                     (None, None) => Err(bad("give a pid (or a cgroup) to adopt")),
@@ -150,7 +155,22 @@ impl Agent {
         if req.kill && !req.dry_run {
             let run_cg = Cgroup::new(&adopted.cgroup);
             match self.kill(caller, &adopted.run_id, req.kill_request()) {
-                Ok(result) => {
+                Ok(mut result) => {
+                    // Of the tree as far as wfcg can tell: not init, the agent or
+                    // the caller's line, which are left alone whatever they are.
+                    let proc_root = &self.cfg.proc_root;
+                    let callers = lineage(proc_root, caller.pid);
+                    let me = std::process::id() as i32;
+                    let alive: Vec<String> = left_alone
+                        .iter()
+                        .filter(|s| s.pid != 1 && s.pid != me && !callers.contains(&s.pid))
+                        .filter(|s| {
+                            procfs::stat(proc_root, s.pid)
+                                .is_some_and(|st| st.starttime == s.starttime && st.state != 'Z')
+                        })
+                        .map(|s| format!("pid {} ({}): {}", s.pid, s.command, s.reason))
+                        .collect();
+                    super::kill_result::left_alone(&mut result, alive);
                     adopted.message = format!("{}; {}", adopted.message, result.message);
                     adopted.kill = Some(result);
                 }
@@ -158,7 +178,7 @@ impl Agent {
                     // Refused (e.g. a force kill without kill_force): the run stays
                     // adopted, and must not stay frozen (if this request froze it).
                     if !adopted.already_adopted {
-                        let _ = run_cg.thaw();
+                        let _ = layout::payload(&run_cg).thaw();
                     }
                     return Err(Failure::new(
                         f.kind,
@@ -233,6 +253,7 @@ impl Agent {
         pid: i32,
         req: &AdoptRequest,
         entry: &mut AuditEntry,
+        left_alone: &mut Vec<adopt::Skipped>,
     ) -> Result<Adopted> {
         let proc_root = self.cfg.proc_root.clone();
         self.refuse_root(caller, pid)?;
@@ -271,7 +292,8 @@ impl Agent {
                 None => None,
             }
         };
-        let markers = adopt::markers(&proc_root, &root, &req.markers);
+        let markers = adopt::executor_markers(&proc_root, &root);
+        let named: Vec<Vec<u8>> = req.markers.iter().map(|m| m.as_bytes().to_vec()).collect();
         let rights = self.rights(id);
         let walk = |target: Option<&Cgroup>, veto: adopt::Veto<'_>, uids: bool| {
             adopt::gather(&Walk {
@@ -279,6 +301,8 @@ impl Agent {
                 mount: &mount,
                 root: &root,
                 markers: markers.clone(),
+                named: named.clone(),
+                infer: true,
                 veto,
                 target,
                 max_passes: if target.is_some() {
@@ -379,12 +403,11 @@ impl Agent {
         }
         self.lifecycle_begin(&rec, false);
         self.reaper.watch(&run_id, &run_cg, &**self);
-        // Thaw, unless it is to be killed (then it stays frozen under its run's
-        // cgroup until the kill sequence), or it never held still.
+        // Thaw, unless it is to be killed (then it stays frozen until the kill
+        // sequence, which thaws what it froze before SIGTERM: only the payload
+        // is frozen, so that thaw lets the handlers run), or it never held still.
         let thawed = if req.kill {
-            run_cg
-                .freeze(std::time::Duration::from_secs(1))
-                .and_then(|_| payload.thaw())
+            Ok(())
         } else if got.complete {
             payload.thaw()
         } else {
@@ -418,6 +441,7 @@ impl Agent {
         );
         let mut answer = self.answer(&root, &got, run_id, message, false);
         answer.cgroup = rec.cgroup_path;
+        *left_alone = got.skipped;
         Ok(answer)
     }
 
@@ -463,6 +487,7 @@ impl Agent {
                 .collect(),
             complete: got.complete,
             message,
+            inferred_markers: got.inferred.clone(),
             ..Default::default()
         }
     }

@@ -154,6 +154,25 @@ pub(super) fn emptied(
     if clean { end } else { RunStatus::Unkillable }
 }
 
+/// The processes of an adopted tree its adoption left alone and that are alive
+/// after the kill (`alive`, described): the tree is not gone, whatever its
+/// cgroup says, so the kill does not say "nothing left" and does not succeed.
+pub(super) fn left_alone(result: &mut KillResult, alive: Vec<String>) {
+    if alive.is_empty() {
+        return;
+    }
+    result.success = false;
+    result.cleanup_status.processes_remaining += alive.len() as u32;
+    result.message = format!(
+        "{}; {} process(es) of its tree live on outside it, left alone when it was \
+         adopted: {}",
+        result.message.replacen(", nothing left", "", 1),
+        alive.len(),
+        alive.join("; ")
+    );
+    result.cleanup_status.left_alone = alive;
+}
+
 /// A kill that `survivors` outlived: the run is unkillable. Its cgroup stays
 /// frozen (the hard kill left it so) and in place: a later kill retries.
 pub(super) fn survived(

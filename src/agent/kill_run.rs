@@ -19,6 +19,8 @@ use crate::store::RunRecord;
 /// A kill sequence under way; concurrent kills of the same run wait on it.
 #[derive(Default)]
 pub(super) struct KillSlot {
+    /// How the run ends if the kill succeeds (`killed`, `timed_out`).
+    end: RunStatus,
     result: Mutex<Option<KillResult>>,
     done: Condvar,
     /// Set by a `--force` or `--emergency` request that finds this sequence under
@@ -54,6 +56,11 @@ impl Drop for Answer<'_> {
 impl Agent {
     pub(super) fn kill_in_flight(&self, run_id: &str) -> bool {
         self.inflight.lock().contains_key(run_id)
+    }
+
+    /// How the kill under way of a run ends it, if one is under way.
+    pub(super) fn kill_ending(&self, run_id: &str) -> Option<RunStatus> {
+        self.inflight.lock().get(run_id).map(|slot| slot.end)
     }
 
     /// Kills a run, if the policy allows, and writes the attempt to the audit
@@ -215,7 +222,10 @@ impl Agent {
                             return Ok(already_ended(&current, status));
                         }
                     }
-                    let slot = Arc::new(KillSlot::default());
+                    let slot = Arc::new(KillSlot {
+                        end,
+                        ..Default::default()
+                    });
                     inflight.insert(run_id.to_owned(), slot.clone());
                     (slot, true)
                 }

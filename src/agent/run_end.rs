@@ -37,8 +37,20 @@ impl Agent {
         self.store().with_sync(!live, |s| {
             s.record_exit(run_id, report.exit_code, report.signal)
         })?;
-        if !live || self.kill_in_flight(run_id) {
-            return Ok(ExitAck::default()); // it ended already, or a kill is under way
+        // It ended already, or a kill is under way: say whether wfcg stopped it
+        // (the supervisor's exit code rests on this, not on a file in the run
+        // directory that its command could remove).
+        let stopped = self.kill_ending(run_id).or_else(|| {
+            let mut now = self.store().get_run(run_id).ok().flatten()?;
+            self.auditor.overlay(&mut now);
+            Some(now.status)
+        });
+        let stopped = stopped.filter(|s| matches!(s, RunStatus::Killed | RunStatus::TimedOut));
+        if !live || stopped.is_some() || self.kill_in_flight(run_id) {
+            return Ok(ExitAck {
+                stopped,
+                ..Default::default()
+            });
         }
         let cg = layout::payload(&Cgroup::new(&rec.cgroup_path));
         let scope = self.section_scope(&rec);
@@ -101,6 +113,8 @@ impl Agent {
         Ok(ExitAck {
             leftovers_killed: killed,
             workspace,
+            // A kill that began meanwhile has the last word.
+            stopped: (!exited).then(|| self.kill_ending(run_id)).flatten(),
         })
     }
 

@@ -11,9 +11,12 @@ use crate::output::{Shown, outln};
 /// created frozen, the root pinned by a pidfd, the tree moved top down and
 /// scanned again until nothing new appears; then its escapees are taken too:
 /// processes of the same source cgroup, started after the root, that share its
-/// session or process group, or carry a marker in their environment (--marker,
-/// and WFCG_RUN_ID, RUNNER_TRACKING_ID, GITHUB_RUN_ID, CI_JOB_ID with the root's
-/// values). The run keeps the root's owner, real start time and command.
+/// session or process group, or carry a marker in their environment: WFCG_RUN_ID,
+/// RUNNER_TRACKING_ID, GITHUB_RUN_ID, CI_JOB_ID with the root's values, and the
+/// markers inferred from the root's environment (each VAR=VALUE of the root's
+/// that no process outside the tree has: a job id, a random token). A --marker
+/// takes its carriers in that cgroup whatever their age. The root's ancestors
+/// are never taken. The run keeps the root's owner, real start time and command.
 /// Needs kill_any, or owning every process taken; --dry-run needs view_all or
 /// ownership. `wfcg kill --pid PID` adopts and kills in one step.
 #[derive(clap::Args, Debug)]
@@ -35,7 +38,8 @@ pub struct Args {
     /// Why; recorded in the audit trail.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// VAR=VALUE in a process's environment marks it as the tree's escapee (repeatable).
+    /// VAR=VALUE in a process's environment marks it as the tree's escapee,
+    /// even one started before the root (repeatable).
     #[arg(long = "marker", value_name = "VAR=VALUE")]
     pub markers: Vec<String>,
     /// List what would be taken, and why; change nothing.
@@ -103,6 +107,12 @@ pub fn check(req: &AdoptRequest) -> Result<&AdoptRequest, Failure> {
 
 fn print(a: &Adopted) -> Result<(), Failure> {
     outln!("{}", Shown(&a.message))?;
+    if !a.inferred_markers.is_empty() {
+        outln!(
+            "  inferred markers: {}",
+            Shown(&a.inferred_markers.join(", "))
+        )?;
+    }
     if a.dry_run || a.members.len() <= 20 {
         for m in &a.members {
             outln!(

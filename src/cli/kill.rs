@@ -18,7 +18,10 @@ use crate::output::{Shown, outln};
 /// survived (the run is then `unkillable`; a later kill retries).
 ///
 /// --pid PID kills a workflow that wfcg did not start: its tree is adopted
-/// (see `wfcg adopt`) and killed while still frozen, in one step.
+/// (see `wfcg adopt`: escapees by session, process group and markers, inferred
+/// ones included) and killed while still frozen, in one step. Processes of the
+/// tree the adoption left alone (one in another run, another user's) and still
+/// alive make the kill fail (exit 1), named in its result.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The run to kill.
@@ -32,7 +35,7 @@ pub struct Args {
     #[arg(long, value_name = "PID", conflicts_with = "run_id")]
     pub pid: Option<i32>,
     /// With --pid: VAR=VALUE in a process's environment marks it as one of the
-    /// tree's escapees (repeatable).
+    /// tree's escapees, even one started before the root (repeatable).
     #[arg(long = "marker", value_name = "VAR=VALUE", requires = "pid")]
     pub markers: Vec<String>,
     /// With --pid: the id of the run it becomes (e.g. the executor's own).
@@ -136,10 +139,19 @@ fn kill_pid(
     };
     let adopted: api::Adopted = client.adopt(super::adopt::check(&adopt)?)?;
     if !args.json && !adopted.already_adopted {
+        let inferred = if adopted.inferred_markers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (inferred markers: {})",
+                adopted.inferred_markers.join(", ")
+            )
+        };
         crate::output::errln!(
-            "adopted {} processes of pid {pid} as run {}",
+            "adopted {} processes of pid {pid} as run {}{}",
             adopted.members.len(),
-            Shown(&adopted.run_id)
+            Shown(&adopted.run_id),
+            Shown(&inferred)
         );
     }
     match adopted.kill {

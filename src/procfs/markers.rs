@@ -89,12 +89,54 @@ pub fn carries(proc_root: &Path, pid: i32, filter: &EnvFilter, key: &str, value:
 /// One ask of a scan: the proc root, the marker's key and value, and the filter.
 type EnvAsk = (PathBuf, String, String, EnvFilter);
 
-/// How one process came out of a scan, for the asks it was admitted by.
-enum Seen {
-    /// Read: the asks whose value it carries, and those it was cut for.
-    Read(Vec<usize>, Vec<usize>),
-    /// Admitted by these asks, not read.
-    Unread(Vec<usize>),
+/// What one pass made of a process it admitted.
+enum Pass<A, R> {
+    /// Its environment was read (`cut`: only in part).
+    Read(A, R, bool),
+    /// Admitted, not read: the budget was spent, or it was in state D.
+    Unread(A),
+}
+
+/// One bounded pass over the host's environments, the one way wfcg reads them:
+/// a process is admitted first by the owner of `/proc/<pid>` (`owner_ok`, one
+/// statx: another user's processes end there, however many), then by its stat
+/// and sole uid (`admit`); only then is its environment read, at most
+/// [`ENV_READ_LIMIT`] of it, [`ENV_SCAN_BUDGET`] in all, never in state D, and
+/// handed to `read`.
+fn pass<A: Send, R: Send>(
+    proc_root: &Path,
+    owner_ok: &(dyn Fn(u32) -> bool + Sync),
+    admit: &(dyn Fn(i32, &super::Stat, u32) -> Option<A> + Sync),
+    read: &(dyn Fn(&A, &[u8]) -> R + Sync),
+) -> Vec<(i32, Pass<A, R>)> {
+    let spent = AtomicU64::new(0);
+    let pids = all_pids(proc_root);
+    let seen = crate::par::map(&pids, 256, |&pid| {
+        // Cheapest first: the owner of `/proc/<pid>` is the process's effective
+        // uid (root's when it is not dumpable), one statx, no file read.
+        let owner = std::fs::metadata(proc_root.join(pid.to_string()))
+            .ok()?
+            .uid();
+        if owner != 0 && !owner_ok(owner) {
+            return None;
+        }
+        let st = stat(proc_root, pid)?;
+        if st.state == 'Z' || st.state == 'X' || st.is_kernel_thread() {
+            return None;
+        }
+        let uid = uids(proc_root, pid).and_then(sole_uid)?;
+        let admitted = admit(pid, &st, uid)?;
+        if st.state == 'D' || spent.load(Ordering::Relaxed) >= ENV_SCAN_BUDGET {
+            return Some((pid, Pass::Unread(admitted)));
+        }
+        let Some((raw, cut)) = read_environ(proc_root, pid, ENV_READ_LIMIT) else {
+            return None; // gone
+        };
+        spent.fetch_add(raw.len() as u64, Ordering::Relaxed);
+        let got = read(&admitted, &raw);
+        Some((pid, Pass::Read(admitted, got, cut)))
+    });
+    seen.into_iter().flatten().collect()
 }
 
 /// One pass over the host for every ask of one (proc root, key): each process
@@ -102,58 +144,89 @@ enum Seen {
 fn scan(proc_root: &Path, key: &str, asks: &[(String, EnvFilter)]) -> Vec<EnvScan> {
     let prefix = format!("{key}=");
     let earliest = asks.iter().map(|(_, f)| f.since).min().unwrap_or(0);
-    let spent = AtomicU64::new(0);
-    let pids = all_pids(proc_root);
-    let seen = crate::par::map(&pids, 256, |&pid| {
-        // Cheapest first: the owner of `/proc/<pid>` is the process's effective
-        // uid (root's when it is not dumpable), one statx, no file read. Another
-        // user's processes end here, however many and however large.
-        let owner = std::fs::metadata(proc_root.join(pid.to_string()))
-            .ok()?
-            .uid();
-        if owner != 0 && !asks.iter().any(|(_, f)| f.uid == owner) {
-            return None;
-        }
-        let st = stat(proc_root, pid)?;
-        if st.state == 'Z' || st.state == 'X' || st.is_kernel_thread() || st.starttime < earliest {
-            return None;
-        }
-        let uid = uids(proc_root, pid).and_then(sole_uid)?;
-        let by: Vec<usize> = (0..asks.len())
-            .filter(|&i| asks[i].1.uid == uid && st.starttime >= asks[i].1.since)
-            .collect();
-        if by.is_empty() {
-            return None;
-        }
-        if st.state == 'D' || spent.load(Ordering::Relaxed) >= ENV_SCAN_BUDGET {
-            return Some((pid, Seen::Unread(by)));
-        }
-        let Some((raw, cut)) = read_environ(proc_root, pid, ENV_READ_LIMIT) else {
-            return None; // gone
-        };
-        spent.fetch_add(raw.len() as u64, Ordering::Relaxed);
-        let found: Vec<usize> = raw
-            .split(|b| *b == 0)
-            .filter_map(|e| e.strip_prefix(prefix.as_bytes()))
-            .flat_map(|v| {
-                by.iter()
-                    .copied()
-                    .filter(move |&i| asks[i].0.as_bytes() == v)
-            })
-            .collect();
-        Some((pid, Seen::Read(found, if cut { by } else { Vec::new() })))
-    });
+    let seen = pass(
+        proc_root,
+        &|owner| asks.iter().any(|(_, f)| f.uid == owner),
+        &|_, st, uid| {
+            let by: Vec<usize> = (0..asks.len())
+                .filter(|&i| asks[i].1.uid == uid && st.starttime >= asks[i].1.since)
+                .collect();
+            (st.starttime >= earliest && !by.is_empty()).then_some(by)
+        },
+        &|by, raw| {
+            raw.split(|b| *b == 0)
+                .filter_map(|e| e.strip_prefix(prefix.as_bytes()))
+                .flat_map(|v| {
+                    by.iter()
+                        .copied()
+                        .filter(move |&i| asks[i].0.as_bytes() == v)
+                })
+                .collect::<Vec<usize>>()
+        },
+    );
     let mut out = vec![EnvScan::default(); asks.len()];
-    for (pid, seen) in seen.into_iter().flatten() {
+    for (pid, seen) in seen {
         match seen {
-            Seen::Read(found, cut) => {
+            Pass::Read(by, found, cut) => {
                 found.into_iter().for_each(|i| out[i].pids.push(pid));
-                cut.into_iter().for_each(|i| out[i].cut += 1);
+                if cut {
+                    by.into_iter().for_each(|i| out[i].cut += 1);
+                }
             }
-            Seen::Unread(by) => by.into_iter().for_each(|i| out[i].unread += 1),
+            Pass::Unread(by) => by.into_iter().for_each(|i| out[i].unread += 1),
         }
     }
     out
+}
+
+/// Which of `wanted` (whole `KEY=VALUE` entries) each process carries, for every
+/// process whose real, effective and saved uids are all `uid`, whatever its age,
+/// but those `skip` names (given their stat, before their environment is read); processes
+/// carrying none are left out. One bounded [`pass`]; the processes it could not
+/// read, or read only in part, are counted in `unread`.
+pub fn carriers(
+    proc_root: &Path,
+    wanted: &[Vec<u8>],
+    uid: u32,
+    skip: &(dyn Fn(i32, &super::Stat) -> bool + Sync),
+) -> Carriers {
+    let index: HashMap<&[u8], usize> = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.as_slice(), i))
+        .collect();
+    let seen = pass(
+        proc_root,
+        &|owner| owner == uid,
+        &|pid, st, sole| (sole == uid && !skip(pid, st)).then_some(()),
+        &|(), raw| {
+            raw.split(|b| *b == 0)
+                .filter_map(|e| index.get(e).copied())
+                .collect::<Vec<usize>>()
+        },
+    );
+    let mut out = Carriers::default();
+    for (pid, seen) in seen {
+        match seen {
+            Pass::Read((), found, cut) => {
+                out.unread += u32::from(cut);
+                if !found.is_empty() {
+                    out.pids.push((pid, found));
+                }
+            }
+            Pass::Unread(()) => out.unread += 1,
+        }
+    }
+    out
+}
+
+/// What [`carriers`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carriers {
+    /// Each process carrying some of the wanted entries, with their indices.
+    pub pids: Vec<(i32, Vec<usize>)>,
+    /// Processes admitted but not read, or read only in part.
+    pub unread: u32,
 }
 
 /// [`scan`]s shared by concurrent callers: each waits for a scan of the host

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    self, CreateRun, EXIT_STATUS_FILE, ExitAck, ExitReport, RUN_ID_ENV, RunStarted,
+    self, CreateRun, EXIT_STATUS_FILE, ExitAck, ExitReport, RUN_ID_ENV, RunStarted, RunStatus,
     STOP_REASON_FILE,
 };
 use crate::client::{self, Client};
@@ -367,24 +367,43 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     }
     // What became of a workspace the run was to remove, said even with --quiet:
     // the caller's files are at stake.
-    if let Some(ws) = ack.and_then(|a| a.workspace) {
+    if let Some(ws) = ack.as_ref().and_then(|a| a.workspace.as_deref()) {
         crate::output::errln!(
             "wfcg: run {}: workspace {}",
             started.run_id,
-            crate::output::Shown(&ws)
+            crate::output::Shown(ws)
         );
     }
     // A killed run says why; one the monitor stopped exits like coreutils' timeout.
-    match stopped(&started) {
-        Some(Stopped::TimedOut(why)) => {
+    // Whether it was stopped is the agent's answer (the stop-reason file, which
+    // the command may have removed or rewritten, gives only the words), or the
+    // file's when the agent could not be asked.
+    let why = stopped(&started);
+    let ending = match &ack {
+        Some(a) => a.stopped,
+        None => why.as_ref().map(|w| match w {
+            Stopped::TimedOut(_) => RunStatus::TimedOut,
+            Stopped::Killed(_) => RunStatus::Killed,
+        }),
+    };
+    match (ending, why) {
+        (Some(RunStatus::TimedOut), why) => {
+            let why = match why {
+                Some(Stopped::TimedOut(w)) => w,
+                _ => "a deadline passed".into(),
+            };
             crate::output::errln!("wfcg: run {} timed out: {why}", started.run_id);
             Ok(TIMED_OUT)
         }
-        Some(Stopped::Killed(why)) => {
+        (Some(_), why) => {
+            let why = match why {
+                Some(Stopped::Killed(w)) => w,
+                _ => "was killed".into(),
+            };
             crate::output::errln!("wfcg: run {} {why}", started.run_id);
             Ok(killed_code(code))
         }
-        None => Ok(code),
+        (None, _) => Ok(code),
     }
 }
 

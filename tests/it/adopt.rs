@@ -40,7 +40,7 @@ impl Source {
         Source { cg }
     }
 
-    fn procs_file(&self) -> PathBuf {
+    pub(crate) fn procs_file(&self) -> PathBuf {
         self.cg.path().join("cgroup.procs")
     }
 
@@ -84,7 +84,7 @@ impl Source {
 
 /// SIGKILLs every process carrying `WFCG_TEST_MARK=marker` when dropped: for
 /// trees started outside any cgroup of the test's agent, should the test fail.
-struct Sweep<'a>(&'a str);
+pub(crate) struct Sweep<'a>(pub(crate) &'a str);
 
 impl Drop for Sweep<'_> {
     fn drop(&mut self) {
@@ -95,14 +95,14 @@ impl Drop for Sweep<'_> {
 }
 
 /// The processes carrying `marker` whose command is `cmd`.
-fn running(marker: &str, cmd: &str) -> Vec<i32> {
+pub(crate) fn running(marker: &str, cmd: &str) -> Vec<i32> {
     util::pids_with_env(util::TEST_MARK, marker)
         .into_iter()
         .filter(|&p| util::cmdline(p) == cmd)
         .collect()
 }
 
-fn json(out: &Output) -> serde_json::Value {
+pub(crate) fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): stdout {} stderr {}",
@@ -112,7 +112,7 @@ fn json(out: &Output) -> serde_json::Value {
     })
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -103,7 +103,7 @@ fn a_command_whose_output_the_workflow_redirects_into_the_workspace_is_killed_at
 }
 
 /// The Python the writers below run: the system's.
-fn python3() -> &'static str {
+pub(crate) fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
@@ -236,10 +236,12 @@ fn a_run_holding_only_lock_files_is_killed_without_waiting() {
     agent.wait_run_gone(&run);
 }
 
-/// A `wfcg run` in the foreground: the child, and the run id.
-fn foreground_run(cmd: &mut Command, id: &str, script: &str) -> KillOnDrop {
+/// A `wfcg run` in the foreground, with `extra` options: the child.
+fn foreground_run(cmd: &mut Command, id: &str, extra: &[&str], script: &str) -> KillOnDrop {
     KillOnDrop(
-        cmd.args(["run", "-q", "--run-id", id, "--"])
+        cmd.args(["run", "-q", "--run-id", id])
+            .args(extra)
+            .arg("--")
             .args(["sh", "-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -268,6 +270,7 @@ fn a_fifo_at_stop_reason_does_not_hold_up_the_supervisor() {
     let mut run = foreground_run(
         agent.wfcg_as(&user).current_dir(ws.path()),
         &id,
+        &[],
         &format!(
             "mkfifo \"$WFCG_RUN_DIR/stop-reason\" && touch '{}' && exec sleep 1000",
             ready.display()
@@ -314,6 +317,7 @@ fn a_killed_run_exits_non_zero_even_when_its_command_exits_0_on_sigterm() {
     let mut run = foreground_run(
         &mut cmd,
         &id,
+        &[],
         &format!(
             "trap 'exit 0' TERM; touch '{}'; while :; do sleep 0.1; done",
             started.display()
@@ -332,6 +336,47 @@ fn a_killed_run_exits_non_zero_even_when_its_command_exits_0_on_sigterm() {
     // The command's own code stays what it was: its exit 0 is on record.
     let rec = agent.status(&id);
     assert_eq!(rec["exit_code"], 0, "{rec:#}");
+}
+
+/// The same, with the command removing `$WFCG_RUN_DIR/stop-reason` in its
+/// handler before it exits 0: `wfcg run` knows it was killed from the agent
+/// (the answer to its exit report), not from a file the command controls; for
+/// a deadline it exits 124 the same way.
+#[test]
+fn a_killed_run_exits_non_zero_even_when_its_command_removes_the_stop_reason() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let ws = Dir::new("wfcg-hk-unsaid");
+    for (case, extra, want) in [
+        ("killed", &[][..], 143),
+        ("timed_out", &["--timeout", "2s"][..], 124),
+    ] {
+        let started = ws.join(case);
+        let id = format!("hk-unsaid-{case}-{}", std::process::id());
+        let mut cmd = agent.marked(&marker(case));
+        let mut run = foreground_run(
+            &mut cmd,
+            &id,
+            extra,
+            &format!(
+                r#"trap 'rm -f "$WFCG_RUN_DIR/stop-reason"; exit 0' TERM; touch '{}'; while :; do sleep 0.1; done"#,
+                started.display()
+            ),
+        );
+        assert!(wait_until(Duration::from_secs(20), || started.exists()));
+        if case == "killed" {
+            agent.kill_ok(&id, &[]);
+        }
+        let status = run
+            .wait_timeout(Duration::from_secs(20))
+            .expect("wfcg run did not exit");
+        let mut err = String::new();
+        std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(want), "{case}: {err}");
+        assert!(agent.wait_status(&id, case), "{:#}", agent.status(&id));
+        let rec = agent.status(&id);
+        assert_eq!(rec["exit_code"], 0, "{rec:#}");
+    }
 }
 
 /// The pid of the `wfcg top` aimed at `agent`.

@@ -6,6 +6,7 @@
 mod util;
 
 mod adopt;
+mod adopt_whole;
 mod agent;
 mod agent_control;
 mod attack_regressions;
