@@ -174,8 +174,10 @@ impl Agent {
         let owner = Cred::of_uid(rec.owner_uid);
         let budget = crate::walk::Budget::from_env();
         let mut not_removed = Vec::new();
+        // Each a tmpfs of its own (or a plain directory): emptied and let go, or
+        // kept and counted against the owner while something still holds it.
         let mut remove = |dir: Option<&str>| match dir {
-            Some(d) => match crate::walk::remove_agent_dir(Path::new(d), &owner, &budget) {
+            Some(d) => match self.end_tmpfs(&rec.run_id, Path::new(d), &owner, &budget) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(run_id = rec.run_id, "cannot remove {d}: {e}");
@@ -185,11 +187,6 @@ impl Agent {
             },
             None => true,
         };
-        if let Some(tmp) = &rec.tmpdir
-            && let Err(e) = crate::tmpfs::unmount(Path::new(tmp))
-        {
-            tracing::warn!(run_id = rec.run_id, "cannot unmount the TMPDIR {tmp}: {e}");
-        }
         let tmpdir_removed = remove(rec.tmpdir.as_deref());
         let run_dir_removed = remove(rec.run_dir.as_deref());
         let workspace = self.clean_workspace(rec);

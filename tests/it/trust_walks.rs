@@ -24,22 +24,8 @@ fn deep_tree_script(levels: usize) -> String {
 
 /// An agent whose socket directory (and so its runs' directories) is on a tmpfs
 /// of its own: a 60,000-level tree on this machine's ext4 takes minutes to make.
-/// The test agent's drop unmounts it.
 fn agent_on_tmpfs(env: &[(&'static str, &str)]) -> TestAgent {
-    let mut agent = TestAgent::unstarted();
-    let fast = agent.dir.path().join("fast");
-    std::fs::create_dir(&fast).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs"])
-        .arg(&fast)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "cannot mount a tmpfs");
-    agent.socket = fast.join("agent.sock");
-    agent.agent_env = env.iter().map(|(k, v)| (*k, PathBuf::from(v))).collect();
-    agent.spawn();
-    agent.open_to_all_users();
-    agent
+    TestAgent::on_tmpfs("1g", env)
 }
 
 fn run_dir(agent: &TestAgent, id: &str) -> PathBuf {
