@@ -49,11 +49,17 @@ impl Agent {
             return walk::remove_agent_dir(path, owner, budget);
         }
         let shown = path.display();
-        // First: nothing is added while it is emptied.
-        if let Err(e) = crate::tmpfs::shrink(path) {
-            tracing::warn!(run_id, "cannot shrink the tmpfs {shown}: {e}");
-        }
-        let walked = walk::remove_in_child(path, owner, Removal::Contents, budget);
+        // First: nothing is added while it is emptied. An empty one (the usual
+        // TMPDIR) needs no walk.
+        let walked = match crate::tmpfs::shrink(path) {
+            Ok(u) if u.is_empty() => Ok(()),
+            first => {
+                if let Err(e) = first {
+                    tracing::warn!(run_id, "cannot shrink the tmpfs {shown}: {e}");
+                }
+                walk::remove_in_child(path, owner, Removal::Contents, budget)
+            }
+        };
         // Again: what was freed cannot be filled again.
         let held = crate::tmpfs::shrink(path).or_else(|_| crate::tmpfs::usage(path));
         match held {

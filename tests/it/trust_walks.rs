@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::require_privileges;
-use crate::util::{TestAgent, TestUser, described, wait_until};
+use crate::util::{KillOnDrop, TestAgent, TestUser, described, wait_until};
 
 /// Python that makes a chain of `levels` directories in `$WFCG_RUN_DIR` (relative
 /// mkdir and chdir: no path grows), then touches `$WFCG_RUN_DIR/made`.
@@ -283,4 +283,155 @@ fn a_users_git_file_into_another_users_directory_is_not_followed() {
         "{result}"
     );
     assert!(lock.exists(), "another user's lock was removed");
+}
+
+/// A FUSE file system that never answers, mounted by root on `target` for
+/// `uid`:`gid` (as `fusermount3` mounts one for a user on a directory of theirs):
+/// a Python process opens `/dev/fuse`, mounts it and never reads a request, so
+/// every access below `target` (a lookup, a stat) waits in the kernel. Dropping
+/// it ends the process, which aborts the connection (the waits fail with
+/// ENOTCONN), and detaches the mount.
+struct NeverAnsweringFuse {
+    server: KillOnDrop,
+    target: PathBuf,
+}
+
+const FUSE_SERVER: &str = r#"
+import ctypes, os, sys
+target, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open('/dev/fuse', os.O_RDWR)
+opts = f'fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other'.encode()
+if libc.mount(b'wfcg-never', target.encode(), b'fuse', 0, opts) != 0:
+    print('mount failed:', os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(1)
+print('mounted', flush=True)
+sys.stdin.read()
+"#;
+
+impl NeverAnsweringFuse {
+    fn mount(target: &Path, uid: u32, gid: u32) -> NeverAnsweringFuse {
+        let mut server = KillOnDrop(
+            std::process::Command::new("python3")
+                .args(["-c", FUSE_SERVER])
+                .arg(target)
+                .args([uid.to_string(), gid.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        assert_eq!(said.trim(), "mounted", "the FUSE server: {said}");
+        NeverAnsweringFuse {
+            server,
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for NeverAnsweringFuse {
+    fn drop(&mut self) {
+        let _ = self.server.0.kill();
+        let _ = self.server.0.wait();
+        let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A user's workspace turned into a FUSE mount that never answers while the
+/// run lives: the walks in the user's trees (the workspace's removal, the
+/// search for stale git locks) cost their time budget and are reported; the
+/// agent answers other requests meanwhile, and runs go on working.
+#[test]
+fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() {
+    require_privileges!();
+    let user = TestUser::get();
+    let mut agent = TestAgent::unstarted();
+    agent.agent_env = vec![("WFCG_WALK_SECONDS", PathBuf::from("2"))];
+    agent.spawn();
+    agent.open_to_all_users();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = tmp.path().canonicalize().unwrap().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(user.uid), Some(user.gid)).unwrap();
+    let out = agent
+        .wfcg_as(&user)
+        .current_dir(&ws)
+        .args([
+            "run",
+            "--detach",
+            "--ready-when",
+            "start",
+            "--cleanup-workspace",
+        ])
+        .arg("--workspace")
+        .arg(&ws)
+        .args(["--", "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", described(&out));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let _fuse = NeverAnsweringFuse::mount(&ws, user.uid, user.gid);
+
+    let t = Instant::now();
+    let mut kill = KillOnDrop(
+        agent
+            .wfcg()
+            .args(["kill", "--json", "--force", &id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The agent answers while the kill's search for git locks waits on the file
+    // system (its thread is there).
+    let pid = agent.pid().unwrap();
+    let searching = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "wfcg-user-tree")
+            })
+    };
+    assert!(wait_until(Duration::from_secs(20), searching));
+    let asked = Instant::now();
+    let ps = agent.cli(&["ps"]);
+    println!("ps answered in {:?} during the search", asked.elapsed());
+    assert!(ps.status.success(), "{}", described(&ps));
+    assert!(searching(), "the search ended before ps answered");
+    let status = kill.wait_timeout(Duration::from_secs(40));
+    let took = t.elapsed();
+    println!("the kill with a never-answering workspace took {took:?}");
+    assert!(status.is_some(), "the kill never answered");
+    let mut out = String::new();
+    std::io::Read::read_to_string(kill.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cleanup = &result["cleanup_status"];
+    let workspace = cleanup["workspace"].as_str().unwrap_or_default();
+    assert!(
+        workspace.starts_with("removal failed") && workspace.contains("time budget"),
+        "{result:#}"
+    );
+    assert!(
+        agent.logged("the search for stale git locks did not end") > 0,
+        "{}",
+        agent.log_tail(30)
+    );
+    // Runs go on working, the kill's record is written.
+    let root = agent.cli(&["run", "-q", "--ready-when", "start", "--", "true"]);
+    assert!(root.status.success(), "{}", described(&root));
+    assert_eq!(
+        agent.status(&id)["status"],
+        "killed",
+        "{}",
+        agent.log_tail(30)
+    );
 }
