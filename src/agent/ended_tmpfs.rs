@@ -45,6 +45,15 @@ impl Agent {
         owner: &Cred,
         budget: &Budget,
     ) -> Result<(), String> {
+        // A user's mount over it (FUSE) goes first: what follows asks the tmpfs.
+        let stacked = crate::tmpfs::detach_stacked(path);
+        if stacked > 0 {
+            tracing::warn!(
+                run_id,
+                "detached {stacked} mount(s) made over {}",
+                path.display()
+            );
+        }
         if !crate::tmpfs::is_mount_root(path) {
             return walk::remove_agent_dir(path, owner, budget);
         }

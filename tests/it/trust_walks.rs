@@ -344,9 +344,10 @@ impl Drop for NeverAnsweringFuse {
 }
 
 /// A user's workspace turned into a FUSE mount that never answers while the
-/// run lives: the walks in the user's trees (the workspace's removal, the
-/// search for stale git locks) cost their time budget and are reported; the
-/// agent answers other requests meanwhile, and runs go on working.
+/// run lives, and another over its TMPDIR: the walks in the user's trees (the
+/// workspace's removal, the search for stale git locks) cost their time budget
+/// and are reported, the mount over the TMPDIR is detached without a question
+/// to it; the agent answers other requests meanwhile, and runs go on working.
 #[test]
 fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() {
     require_privileges!();
@@ -378,6 +379,9 @@ fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() 
     assert!(out.status.success(), "{}", described(&out));
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let _fuse = NeverAnsweringFuse::mount(&ws, user.uid, user.gid);
+    // And one over its TMPDIR, a directory of the user's too.
+    let tmpdir = agent.state_dir.join("tmp").join(&id);
+    let _over_tmpdir = NeverAnsweringFuse::mount(&tmpdir, user.uid, user.gid);
 
     let t = Instant::now();
     let mut kill = KillOnDrop(
@@ -425,6 +429,9 @@ fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() 
         "{}",
         agent.log_tail(30)
     );
+    // The mount over the TMPDIR was detached unasked, and the TMPDIR removed.
+    assert_eq!(cleanup["tmpdir_removed"], true, "{result:#}");
+    assert!(agent.logged("detached 1 mount(s) made over") > 0);
     // Runs go on working, the kill's record is written.
     let root = agent.cli(&["run", "-q", "--ready-when", "start", "--", "true"]);
     assert!(root.status.success(), "{}", described(&root));
