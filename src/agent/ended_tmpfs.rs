@@ -114,6 +114,8 @@ impl Agent {
             .collect();
         let mut held = Vec::new();
         for (path, run_id) in mine {
+            // Its root is the user's: a mount they stacked over it since goes first.
+            crate::tmpfs::detach_stacked(&path);
             match crate::tmpfs::usage(&path) {
                 Ok(u) if !u.is_empty() => held.push(Held {
                     run_id,
@@ -166,6 +168,7 @@ impl Agent {
             if live {
                 continue;
             }
+            crate::tmpfs::detach_stacked(&path);
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
