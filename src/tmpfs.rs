@@ -171,7 +171,7 @@ pub fn detach_stacked(dir: &Path) -> usize {
             .lines()
             .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
             .filter_map(|l| l.split_once(" - ")?.1.split(' ').next())
-            .last();
+            .next_back();
         match top {
             Some(fstype) if fstype != "tmpfs" => {
                 if unmount(dir).is_err() {

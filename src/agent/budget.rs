@@ -118,6 +118,9 @@ impl Agent {
     pub(super) fn check_budgets_with(&self, caller: &Caller, tmpdir: u64) -> Result<Option<Slot>> {
         self.keep_reserve(caller)?;
         if caller.is_root() {
+            // Root is never limited, but the tmpfs of root's ended runs that
+            // emptied are let go here too.
+            self.held_tmpfs_of(caller.uid);
             return Ok(None);
         }
         let uid = caller.uid;
