@@ -95,7 +95,9 @@ impl Agent {
                     return Err(format!("cannot unmount the tmpfs {shown}: {e}"));
                 }
                 self.budgets.held.lock().remove(path);
-                walked.and_then(|()| walk::remove_agent_dir(path, owner, budget))
+                // Its directory goes whether or not the walk emptied it all.
+                let removed = walk::remove_agent_dir(path, owner, budget);
+                walked.and(removed)
             }
         }
     }
