@@ -285,8 +285,9 @@ fn a_users_git_file_into_another_users_directory_is_not_followed() {
     assert!(lock.exists(), "another user's lock was removed");
 }
 
-/// A FUSE file system that never answers, mounted by root on `target` for
-/// `uid`:`gid` (as `fusermount3` mounts one for a user on a directory of theirs):
+/// A FUSE file system that never answers, mounted by root on `target` (a
+/// directory or a file) for `uid`:`gid` (as `fusermount3` mounts one for a user
+/// on a directory or file of theirs):
 /// a Python process opens `/dev/fuse`, mounts it and never reads a request, so
 /// every access below `target` (a lookup, a stat) waits in the kernel. Dropping
 /// it ends the process, which aborts the connection (the waits fail with
@@ -299,9 +300,10 @@ struct NeverAnsweringFuse {
 const FUSE_SERVER: &str = r#"
 import ctypes, os, sys
 target, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rootmode = '40000' if os.path.isdir(target) else '100000'
 libc = ctypes.CDLL(None, use_errno=True)
 fd = os.open('/dev/fuse', os.O_RDWR)
-opts = f'fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other'.encode()
+opts = f'fd={fd},rootmode={rootmode},user_id={uid},group_id={gid},allow_other'.encode()
 if libc.mount(b'wfcg-never', target.encode(), b'fuse', 0, opts) != 0:
     print('mount failed:', os.strerror(ctypes.get_errno()), flush=True)
     sys.exit(1)
@@ -344,10 +346,13 @@ impl Drop for NeverAnsweringFuse {
 }
 
 /// A user's workspace turned into a FUSE mount that never answers while the
-/// run lives, and another over its TMPDIR: the walks in the user's trees (the
-/// workspace's removal, the search for stale git locks) cost their time budget
-/// and are reported, the mount over the TMPDIR is detached without a question
-/// to it; the agent answers other requests meanwhile, and runs go on working.
+/// run lives, and others over its TMPDIR, its run directory and the
+/// `stop-reason` file in it: the walks in the user's trees (the workspace's
+/// removal, the search for stale git locks) cost their time budget and are
+/// reported, the mounts over the TMPDIR and the run directory are detached
+/// without a question to them, the file mounted over is refused (the kill says
+/// it could not write the reason); the agent answers other requests meanwhile,
+/// and runs go on working.
 #[test]
 fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() {
     require_privileges!();
@@ -373,12 +378,20 @@ fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() 
         ])
         .arg("--workspace")
         .arg(&ws)
-        .args(["--", "sleep", "1000"])
+        .args(["--", "sh", "-c"])
+        .arg("touch \"$WFCG_RUN_DIR/stop-reason\" && exec sleep 1000")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", described(&out));
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let run_dir = run_dir(&agent, &id);
+    assert!(wait_until(Duration::from_secs(20), || run_dir
+        .join("stop-reason")
+        .exists()));
     let _fuse = NeverAnsweringFuse::mount(&ws, user.uid, user.gid);
+    // Over the file the kill writes its reason to, and over the run directory.
+    let _over_reason = NeverAnsweringFuse::mount(&run_dir.join("stop-reason"), user.uid, user.gid);
+    let _over_run_dir = NeverAnsweringFuse::mount(&run_dir, user.uid, user.gid);
     // And one over its TMPDIR, a directory of the user's too.
     let tmpdir = agent.state_dir.join("tmp").join(&id);
     let _over_tmpdir = NeverAnsweringFuse::mount(&tmpdir, user.uid, user.gid);
@@ -432,6 +445,9 @@ fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() 
     // The mount over the TMPDIR was detached unasked, and the TMPDIR removed.
     assert_eq!(cleanup["tmpdir_removed"], true, "{result:#}");
     assert!(agent.logged("detached 1 mount(s) made over") > 0);
+    // The one over the run directory too; the file mounted over is refused, said.
+    let message = result["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot write"), "{result:#}");
     // Runs go on working, the kill's record is written.
     let root = agent.cli(&["run", "-q", "--ready-when", "start", "--", "true"]);
     assert!(root.status.success(), "{}", described(&root));
