@@ -2,7 +2,17 @@
 //! filesystem, so that a run filling its TMPDIR fills only that (and its pages
 //! are charged to the memory cgroup of the run that writes them).
 //!
-//! A leaf module: `mount(2)` and `umount2(2)` of one directory the caller owns.
+//! The run directory is a (small) tmpfs of its own too, so that a run filling it
+//! fills only that, never the file system of the agent's socket (`/run`).
+//!
+//! At a run's end its tmpfs is [`shrink`]ed to what it holds (nothing can be
+//! added to it any more), emptied by its owner, and shrunk again: a tmpfs
+//! that is then empty is detached; one that still holds pages (a file deleted
+//! but held open, or mapped, by a process outside the run) stays mounted
+//! where it was, and what it holds ([`usage`]) is counted against its owner.
+//!
+//! A leaf module: `mount(2)`, `umount2(2)` and `statfs(2)` of one directory the
+//! caller owns.
 
 use std::io;
 use std::path::Path;
@@ -40,6 +50,11 @@ pub fn size_bytes(size: &str) -> Option<u64> {
 /// owned by `uid`:`gid` with mode 0700. `dir` must be a directory no user can
 /// replace (it is resolved by path).
 pub fn mount(dir: &Path, size: &str, uid: u32, gid: u32) -> io::Result<()> {
+    mount_with(dir, size, uid, gid, MountFlags::NOSUID | MountFlags::NODEV)
+}
+
+/// [`mount`] with the mount flags `flags` (e.g. NOEXEC as well).
+pub fn mount_with(dir: &Path, size: &str, uid: u32, gid: u32, flags: MountFlags) -> io::Result<()> {
     if !valid_size(size) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -48,14 +63,140 @@ pub fn mount(dir: &Path, size: &str, uid: u32, gid: u32) -> io::Result<()> {
     }
     let data = std::ffi::CString::new(format!("size={size},mode=0700,uid={uid},gid={gid}"))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    rustix::mount::mount(
-        "tmpfs",
-        dir,
-        "tmpfs",
-        MountFlags::NOSUID | MountFlags::NODEV,
-        Some(data.as_c_str()),
-    )?;
+    rustix::mount::mount("tmpfs", dir, "tmpfs", flags, Some(data.as_c_str()))?;
     Ok(())
+}
+
+/// What a tmpfs holds: the bytes of its pages, and its inodes (its root is one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+impl Usage {
+    /// Nothing but its root directory.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0 && self.inodes <= 1
+    }
+}
+
+/// `tmpfs` in `statfs(2)`'s `f_type`.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// What the tmpfs mounted on `dir` holds (`statfs(2)`); an error when `dir` is
+/// not a tmpfs.
+pub fn usage(dir: &Path) -> io::Result<Usage> {
+    let st = rustix::fs::statfs(dir)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    if st.f_type as i64 != TMPFS_MAGIC {
+        return Err(io::Error::other(format!(
+            "{} is not a tmpfs",
+            dir.display()
+        )));
+    }
+    let blocks = (st.f_blocks as u64).saturating_sub(st.f_bfree as u64);
+    Ok(Usage {
+        bytes: blocks.saturating_mul(st.f_bsize as u64),
+        inodes: (st.f_files as u64).saturating_sub(st.f_ffree as u64),
+    })
+}
+
+/// Whether `dir` is the root of a mount (`statx(2)`'s STATX_ATTR_MOUNT_ROOT),
+/// without following a symlink or asking any file system to sync.
+pub fn is_mount_root(dir: &Path) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    rustix::fs::statx(
+        rustix::fs::CWD,
+        dir,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::BASIC_STATS,
+    )
+    .is_ok_and(|st| {
+        st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    })
+}
+
+/// Shrinks the tmpfs on `dir` to what it holds now (`mount(2)` with MS_REMOUNT:
+/// its size to its pages, at least one, its inodes to those in use), so that
+/// nothing can be added to it any more, by anyone holding it. Its mount flags
+/// (nosuid, nodev, noexec) are kept. Returns what it holds.
+/// A write racing with the remount makes the kernel refuse a size below the
+/// new use: it is tried again a few times with the use read again.
+pub fn shrink(dir: &Path) -> io::Result<Usage> {
+    use rustix::fs::StatVfsMountFlags as St;
+    let kept = rustix::fs::statvfs(dir)?.f_flag;
+    let mut flags = MountFlags::empty();
+    for (st, mf) in [
+        (St::NOSUID, MountFlags::NOSUID),
+        (St::NODEV, MountFlags::NODEV),
+        (St::NOEXEC, MountFlags::NOEXEC),
+        (St::RDONLY, MountFlags::RDONLY),
+    ] {
+        if kept.contains(st) {
+            flags |= mf;
+        }
+    }
+    let mut tries = 0;
+    loop {
+        let held = usage(dir)?;
+        let data = std::ffi::CString::new(format!(
+            "size={},nr_inodes={}",
+            held.bytes.max(4096),
+            held.inodes.max(1)
+        ))
+        .map_err(io::Error::other)?;
+        match rustix::mount::mount_remount(dir, flags, data.as_c_str()) {
+            Ok(()) => return Ok(held),
+            Err(rustix::io::Errno::INVAL) if tries < 5 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Detaches what is mounted over the tmpfs on `dir` (`umount2(2)` with
+/// MNT_DETACH, which asks the file system nothing): a mount a user stacked
+/// on the directory they own (a FUSE file system, with `fusermount3`) would
+/// otherwise take every later look at `dir`, and one that never answers would
+/// hold the looker for good. Read from `/proc/self/mountinfo` (at most 8).
+/// How many were detached.
+pub fn detach_stacked(dir: &Path) -> usize {
+    let want = mountinfo_escaped(dir);
+    let mut detached = 0;
+    while detached < 8 {
+        let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+        let info = String::from_utf8_lossy(&info);
+        let top = info
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            .filter_map(|l| l.split_once(" - ")?.1.split(' ').next())
+            .next_back();
+        match top {
+            Some(fstype) if fstype != "tmpfs" => {
+                if unmount(dir).is_err() {
+                    break;
+                }
+                detached += 1;
+            }
+            _ => break,
+        }
+    }
+    detached
+}
+
+/// `path` as `/proc/self/mountinfo` writes it (space, tab, newline and
+/// backslash as octal escapes).
+fn mountinfo_escaped(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Detaches the tmpfs on `dir` (`umount2(2)` with MNT_DETACH: it goes at once,
@@ -84,6 +225,12 @@ mod tests {
             assert!(!valid_size(bad), "{bad}");
             assert_eq!(size_bytes(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn mount_points_are_escaped_as_mountinfo_writes_them() {
+        assert_eq!(mountinfo_escaped(Path::new("/a b\\c")), "/a\\040b\\134c");
+        assert_eq!(mountinfo_escaped(Path::new("/run/wfcg")), "/run/wfcg");
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //!   (`openat2(2)` with `RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, and
 //!   `O_NOFOLLOW` for the last component, relative to a directory fd);
 //! - non-blocking and size-limited (`O_NONBLOCK`, regular files only), so a FIFO or
-//!   `/dev/zero` planted by the user cannot hang or exhaust the agent.
+//!   `/dev/zero` planted by the user cannot hang or exhaust the agent;
+//! - a file read or written by name never on another mount (`RESOLVE_NO_XDEV`), so
+//!   a file system the user mounted over it (FUSE, with `fusermount3`) is refused
+//!   before it is asked anything.
 //!
 //! A leaf: it knows nothing of runs or the agent.
 
@@ -102,6 +105,10 @@ pub fn as_user<T>(cred: &Cred, f: impl FnOnce() -> T) -> io::Result<T> {
 }
 
 const NO_LINKS: ResolveFlags = ResolveFlags::NO_SYMLINKS.union(ResolveFlags::NO_MAGICLINKS);
+/// A name in a directory: no symlink, no `..` out of it, no other mount.
+const ONE_NAME: ResolveFlags = NO_LINKS
+    .union(ResolveFlags::BENEATH)
+    .union(ResolveFlags::NO_XDEV);
 
 /// Opens the directory `path` (absolute) without following a symlink in any of its
 /// components (`openat2(2)` with `RESOLVE_NO_SYMLINKS`).
@@ -138,14 +145,16 @@ fn regular(fd: &OwnedFd, name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the regular file `name` in `dir` for reading: never through a symlink,
-/// never a FIFO or device (opened non-blocking, then refused).
+/// Opens the regular file `name` in `dir` for reading: never through a symlink
+/// or onto another mount, never a FIFO or device (opened non-blocking, then
+/// refused).
 fn open_regular(dir: impl AsFd, name: &str) -> io::Result<std::fs::File> {
-    let fd = rustix::fs::openat(
+    let fd = rustix::fs::openat2(
         dir,
         name,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
         Mode::empty(),
+        ONE_NAME,
     )?;
     regular(&fd, name)?;
     Ok(fd.into())
@@ -174,10 +183,11 @@ pub fn read_head_at(dir: impl AsFd, name: &str, n: usize) -> io::Result<Vec<u8>>
 }
 
 /// Writes `bytes` to the file `name` in `dir`, created with `mode` or truncated;
-/// never through a symlink, never into a FIFO, device or other non-regular file.
+/// never through a symlink or onto another mount, never into a FIFO, device or
+/// other non-regular file.
 pub fn write_at(dir: impl AsFd, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
     // No O_TRUNC at open: a non-regular file is refused before anything is changed.
-    let fd = rustix::fs::openat(
+    let fd = rustix::fs::openat2(
         dir,
         name,
         OFlags::WRONLY
@@ -187,6 +197,7 @@ pub fn write_at(dir: impl AsFd, name: &str, bytes: &[u8], mode: u32) -> io::Resu
             | OFlags::CLOEXEC
             | OFlags::NOCTTY,
         Mode::from_raw_mode(mode),
+        ONE_NAME,
     )?;
     regular(&fd, name)?;
     rustix::fs::ftruncate(&fd, 0)?;

@@ -470,6 +470,12 @@ fn child_remove(mode: Removal, cred: &Cred, budget: &Budget, path: &Path) -> Res
             remove_contents(&top, budget).map_err(|e| format!("{shown}: {e}"))
         }
         Removal::Workspace { started } => {
+            // Gone already (the run removed it): removed.
+            if std::fs::symlink_metadata(path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                return Ok(());
+            }
             let homes = crate::users::home_dirs(cred.uid);
             if let Some(problem) = userfs::removal_problem(path, cred, &homes) {
                 return Err(problem);

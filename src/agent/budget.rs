@@ -11,6 +11,9 @@
 //! run counts twice, so a start racing with it may be refused, never wrongly
 //! admitted.)
 //!
+//! What the tmpfs of a user's ended runs still hold (src/agent/ended_tmpfs.rs)
+//! counts against their TMPDIR cap as well, until it is let go.
+//!
 //! The state filesystem keeps a reserve for root (`[limits] state_reserve`):
 //! users' starts are refused below it, with a clear error (exit 7). Files users
 //! write there themselves (a detached run's log) could still eat into it, so
@@ -18,8 +21,8 @@
 //! made while there is room and given up when root needs the space: root's
 //! start then finds room for its records.
 
-use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +51,8 @@ pub struct Budgets {
     pending: Arc<Mutex<HashMap<u32, Pending>>>,
     /// Held while the ballast is made or given up.
     ballast: Mutex<()>,
+    /// The tmpfs of ended runs that still hold something: owner and run, by path.
+    pub(super) held: Mutex<BTreeMap<PathBuf, (u32, String)>>,
 }
 
 /// A start's reservation of one live run and its TMPDIR: given back when dropped
@@ -137,6 +142,9 @@ impl Agent {
     pub(super) fn check_budgets_with(&self, caller: &Caller, tmpdir: u64) -> Result<Option<Slot>> {
         self.keep_reserve(caller)?;
         if caller.is_root() {
+            // Root is never limited, but the tmpfs of root's ended runs that
+            // emptied are let go here too.
+            self.held_tmpfs_of(caller.uid);
             return Ok(None);
         }
         let uid = caller.uid;
@@ -154,6 +162,8 @@ impl Agent {
                 limits.max_live_runs
             ));
         }
+        let held = self.held_tmpfs_of(uid);
+        let held_bytes = held.iter().map(|h| h.bytes).fold(0, u64::saturating_add);
         let used: u64 = live
             .iter()
             .map(|r| {
@@ -163,12 +173,30 @@ impl Agent {
                     .and_then(|t| crate::tmpfs::size_bytes(&t.tmpdir.size))
                     .unwrap_or(0)
             })
-            .fold(mine.tmpdir, u64::saturating_add);
+            .fold(mine.tmpdir, u64::saturating_add)
+            .saturating_add(held_bytes);
         if used.saturating_add(tmpdir) > max_tmpdir {
+            let ended = if held.is_empty() {
+                String::new()
+            } else {
+                let named: Vec<String> = held
+                    .iter()
+                    .take(5)
+                    .map(|h| format!("{} ({}) of {}", h.path.display(), human(h.bytes), h.run_id))
+                    .collect();
+                format!(
+                    ", {} of it held by the tmpfs of ended runs that processes of the user's \
+                     outside them still hold open (a file deleted but open or mapped, a working \
+                     directory): {}{}; close what holds them or empty them",
+                    human(held_bytes),
+                    named.join(", "),
+                    if held.len() > 5 { ", ..." } else { "" }
+                )
+            };
             return refuse(format!(
-                "uid {uid}'s live runs have TMPDIRs of {} together; another of {} would pass \
-                 the most a user may have (policy [limits] max_tmpdir_total = {}); end some \
-                 runs first, or ask for a smaller TMPDIR",
+                "uid {uid}'s live runs have TMPDIRs of {} together{ended}; another of {} would \
+                 pass the most a user may have (policy [limits] max_tmpdir_total = {}); end \
+                 some runs first, or ask for a smaller TMPDIR",
                 human(used),
                 human(tmpdir),
                 limits.max_tmpdir_total

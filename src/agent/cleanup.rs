@@ -2,7 +2,6 @@
 //! directory, TMPDIR and (if asked) workspace, and any process still carrying its
 //! marker outside its cgroup.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::kill_sequence::lock_owner;
@@ -114,44 +113,41 @@ impl Agent {
         if let Some(more) = self.stale_candidates.lock().remove(&rec.run_id) {
             seen.extend(more);
         }
-        let mut stale = sections::stale_git_locks(&self.cfg.proc_root, &seen);
-        // Locks the run's git processes had already closed (and so were never seen
-        // open), in the repositories it was seen using and in its workspace.
-        let mut git_dirs: Vec<PathBuf> = seen
-            .iter()
-            .filter(|f| f.kind == api::SectionKind::Git)
-            .filter_map(|f| sections::git_dir_of(&f.path))
-            .collect();
-        // And the repositories at and directly below its workspace: a force kill
-        // looks at nothing before it kills.
-        if let Some(ws) = &rec.workspace_path
-            && ws != "/"
-        {
-            let used = git_dirs.clone();
-            git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws), lock_owner(rec), &used));
-        }
-        let git_dirs = gitlocks::outermost(git_dirs);
-        let started = rec.started_at.map(std::time::SystemTime::from);
-        if let Some(since) = started {
-            let orphans =
-                sections::orphan_git_locks(&self.cfg.proc_root, &git_dirs, since, lock_owner(rec));
-            let new: Vec<_> = orphans
-                .into_iter()
-                .filter(|o| !stale.iter().any(|s| s.path == o.path))
-                .collect();
-            stale.extend(new);
-        }
-        // Checked as root (which processes hold what), unlinked as the run's owner.
-        let stale_locks_removed = if stale.is_empty() {
-            Vec::new()
-        } else {
-            userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
-                sections::remove_locks(&stale)
-            })
-            .unwrap_or_else(|e| {
+        // The git directories are in trees the run's owner made: a file system
+        // there that never answers (FUSE) must hold up neither the cleanup nor
+        // the agent. So the search runs on a thread of its own, waited for at
+        // most the walk's time budget.
+        let budget = crate::walk::Budget::from_env();
+        let proc_root = self.cfg.proc_root.clone();
+        let ws = rec.workspace_path.clone();
+        let owner_uid = lock_owner(rec);
+        let since = rec.started_at.map(std::time::SystemTime::from);
+        let run_owner = Cred::of_uid(rec.owner_uid);
+        let search = move || {
+            git_lock_cleanup(
+                &proc_root,
+                &seen,
+                ws.as_deref(),
+                owner_uid,
+                since,
+                &run_owner,
+            )
+        };
+        let stale_locks_removed = match bounded(budget.time, search) {
+            Some(Ok(removed)) => removed,
+            Some(Err(e)) => {
                 tracing::error!(run_id = rec.run_id, "cannot act as the run's owner: {e}");
                 Vec::new()
-            })
+            }
+            None => {
+                tracing::warn!(
+                    run_id = rec.run_id,
+                    "the search for stale git locks did not end within {:?} (a file system \
+                     that does not answer in the workspace?): no lock was removed",
+                    budget.time
+                );
+                Vec::new()
+            }
         };
         for lock in &stale_locks_removed {
             tracing::warn!(
@@ -172,10 +168,11 @@ impl Agent {
         // Trees the run's owner made: removed by a short-lived process of their
         // own, as them, within a budget (src/walk.rs); what is left is said.
         let owner = Cred::of_uid(rec.owner_uid);
-        let budget = crate::walk::Budget::from_env();
         let mut not_removed = Vec::new();
+        // Each a tmpfs of its own (or a plain directory): emptied and let go, or
+        // kept and counted against the owner while something still holds it.
         let mut remove = |dir: Option<&str>| match dir {
-            Some(d) => match crate::walk::remove_agent_dir(Path::new(d), &owner, &budget) {
+            Some(d) => match self.end_tmpfs(&rec.run_id, Path::new(d), &owner, &budget) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(run_id = rec.run_id, "cannot remove {d}: {e}");
@@ -185,11 +182,6 @@ impl Agent {
             },
             None => true,
         };
-        if let Some(tmp) = &rec.tmpdir
-            && let Err(e) = crate::tmpfs::unmount(Path::new(tmp))
-        {
-            tracing::warn!(run_id = rec.run_id, "cannot unmount the TMPDIR {tmp}: {e}");
-        }
         let tmpdir_removed = remove(rec.tmpdir.as_deref());
         let run_dir_removed = remove(rec.run_dir.as_deref());
         let workspace = self.clean_workspace(rec);
@@ -228,12 +220,13 @@ impl Agent {
             return said;
         }
         let owner = Cred::of_uid(rec.owner_uid);
+        // Even whether it is still there is asked by the removal process: it may
+        // be on a file system that never answers.
         let (outcome, said) = match rec.started_at {
             None => (
                 "kept",
                 "kept: the run's start is unknown, so what it made cannot be told".to_string(),
             ),
-            Some(_) if fs::symlink_metadata(ws).is_err() => ("removed", format!("removed {ws}")),
             Some(started) => match crate::walk::remove_in_child(
                 Path::new(ws),
                 &owner,
@@ -283,6 +276,79 @@ impl Agent {
             .find(|r| r.entry.action == WORKSPACE_ACTION)?;
         rec.entry.reason.clone()
     }
+}
+
+/// The stale git locks of an ended run, found and removed: those its processes
+/// were seen holding (`seen`), and those made since `since` in the git
+/// directories it was seen using and at and directly below its workspace `ws`
+/// (a force kill looks at nothing before it kills). Checked as root (which
+/// processes hold what), unlinked as the run's owner. The locks removed.
+fn git_lock_cleanup(
+    proc_root: &Path,
+    seen: &[Finding],
+    ws: Option<&str>,
+    lock_owner: Option<u32>,
+    since: Option<std::time::SystemTime>,
+    owner: &Cred,
+) -> std::io::Result<Vec<String>> {
+    let mut stale = sections::stale_git_locks(proc_root, seen);
+    let mut git_dirs: Vec<PathBuf> = seen
+        .iter()
+        .filter(|f| f.kind == api::SectionKind::Git)
+        .filter_map(|f| sections::git_dir_of(&f.path))
+        .collect();
+    if let Some(ws) = ws
+        && ws != "/"
+    {
+        let used = git_dirs.clone();
+        git_dirs.extend(gitlocks::git_dirs_in(Path::new(ws), lock_owner, &used));
+    }
+    let git_dirs = gitlocks::outermost(git_dirs);
+    if let Some(since) = since {
+        let orphans = sections::orphan_git_locks(proc_root, &git_dirs, since, lock_owner);
+        let new: Vec<_> = orphans
+            .into_iter()
+            .filter(|o| !stale.iter().any(|s| s.path == o.path))
+            .collect();
+        stale.extend(new);
+    }
+    if stale.is_empty() {
+        return Ok(Vec::new());
+    }
+    userfs::as_user(owner, || sections::remove_locks(&stale))
+}
+
+/// At most this many threads of [`bounded`] at once: a file system that never
+/// answers holds each of them until it is gone.
+const MAX_BOUNDED: usize = 32;
+
+/// Runs `work` on a thread of its own and waits for it at most `limit`. `None`
+/// when it has not ended by then (it is left to end by itself, holding only
+/// that thread), or when [`MAX_BOUNDED`] such threads are still running.
+fn bounded<T: Send + 'static>(
+    limit: std::time::Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    if RUNNING.fetch_add(1, Ordering::SeqCst) >= MAX_BOUNDED {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        tracing::error!("{MAX_BOUNDED} searches in users' trees are still stuck: not one more");
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("wfcg-user-tree".into())
+        .spawn(move || {
+            let out = work();
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(out);
+        });
+    if spawned.is_err() {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    rx.recv_timeout(limit).ok()
 }
 
 /// The audit action of a workspace's removal or keeping.

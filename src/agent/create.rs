@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustix::mount::MountFlags;
+
 use super::{Agent, Caller, Failure, Result, layout, progress};
 use crate::api::AuditEntry;
 use crate::api::{self, CreateRun, ErrorKind, RunStarted};
@@ -202,6 +204,7 @@ impl Agent {
             // The caller may have written into them already: as them, bounded.
             let budget = crate::walk::Budget::from_env();
             let cred = crate::userfs::Cred::of_uid(caller.uid);
+            let _ = crate::tmpfs::unmount(&run_dir);
             let _ = crate::walk::remove_agent_dir(&run_dir, &cred, &budget);
             let _ = crate::tmpfs::unmount(&tmpdir);
             let _ = crate::walk::remove_agent_dir(&tmpdir, &cred, &budget);
@@ -220,8 +223,28 @@ impl Agent {
             }
             std::os::unix::fs::chown(path, Some(caller.uid), Some(caller.gid))
         };
-        owned(&run_dir, true)
+        // The run directory on a small tmpfs of its own: a run filling it cannot
+        // fill the file system of the agent's socket (`/run`), where the stop
+        // reasons of every run are written. Mounted on a directory still root's.
+        fs::create_dir(&run_dir)
+            .and_then(|()| fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o700)))
             .map_err(|e| undo(format!("cannot create {}: {e}", run_dir.display())))?;
+        let run_dir_size = self.access.policy().limits.run_dir_size.clone();
+        if let Err(e) = crate::tmpfs::mount_with(
+            &run_dir,
+            &run_dir_size,
+            caller.uid,
+            caller.gid,
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        ) {
+            warnings.push(format!(
+                "the run directory {} is a plain directory, without a size limit: cannot \
+                 mount a tmpfs of {run_dir_size} on it: {e}",
+                run_dir.display()
+            ));
+            std::os::unix::fs::chown(&run_dir, Some(caller.uid), Some(caller.gid))
+                .map_err(|e| undo(format!("cannot chown {}: {e}", run_dir.display())))?;
+        }
         if let Some(log) = &log_path {
             owned(log, false).map_err(|e| undo(format!("cannot create {}: {e}", log.display())))?;
         }

@@ -38,6 +38,7 @@ mod cleanup;
 mod control;
 mod create;
 mod denials;
+mod ended_tmpfs;
 mod kill_result;
 mod kill_run;
 mod kill_sequence;
@@ -442,6 +443,16 @@ impl Agent {
             }
         });
         agent.reconcile();
+        // The tmpfs of ended runs left mounted: each a walk as its owner, off the start.
+        let weak = Arc::downgrade(&agent);
+        std::thread::Builder::new()
+            .name("wfcg-tmpfs-end".into())
+            .spawn(move || {
+                if let Some(agent) = weak.upgrade() {
+                    agent.end_left_tmpfs();
+                }
+            })
+            .map_err(|e| StartError::Socket(format!("cannot start a thread: {e}")))?;
         Ok(agent)
     }
 

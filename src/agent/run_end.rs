@@ -177,6 +177,8 @@ impl Agent {
         let Some(dir) = rec.run_dir.as_ref().map(PathBuf::from) else {
             return Ok(None);
         };
+        // As for the stop reason: a mount stacked over the directory goes first.
+        crate::tmpfs::detach_stacked(&dir);
         let read = userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
             userfs::read_at(userfs::open_dir(&dir)?, EXIT_STATUS_FILE, 64)
         })

@@ -453,6 +453,9 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
         "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
     let path = stop.dir.join(STOP_REASON_FILE);
+    // A mount the user stacked over their run directory (FUSE) would be asked to
+    // open it, and might never answer: it goes first.
+    crate::tmpfs::detach_stacked(&stop.dir);
     crate::userfs::as_user(&stop.owner, || {
         let dir = crate::userfs::open_dir(&stop.dir)?;
         crate::userfs::write_at(dir, STOP_REASON_FILE, format!("{body}\n").as_bytes(), 0o644)

@@ -219,6 +219,10 @@ pub struct Limits {
     /// bytes with K, M, G or T: a start that would exceed it is refused.
     #[serde(deserialize_with = "size")]
     pub max_tmpdir_total: String,
+    /// The size of each run's directory (`$WFCG_RUN_DIR`, a tmpfs of its own), in
+    /// bytes with K, M, G or T. Applies to every run, root's too.
+    #[serde(deserialize_with = "size")]
+    pub run_dir_size: String,
     /// Free space on the state directory's filesystem kept for root: below it,
     /// users' starts are refused and their denied requests are only counted.
     #[serde(deserialize_with = "size")]
@@ -260,6 +264,7 @@ impl Default for Limits {
             max_busy_requests: 8,
             max_tmpdir_total: "32G".into(),
             state_reserve: "64M".into(),
+            run_dir_size: "4M".into(),
             denial_window_secs: 60,
         }
     }

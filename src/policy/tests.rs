@@ -186,3 +186,15 @@ fn errors_are_typed_with_the_file_and_line() {
     let err = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap_err();
     assert!(matches!(*err.problem, PolicyProblem::Unreadable(_)) && err.line.is_none());
 }
+
+#[test]
+fn the_run_dir_size_is_a_size_and_defaults_to_4m() {
+    assert_eq!(Policy::default().limits.run_dir_size, "4M");
+    let p = Policy::parse("[limits]\nrun_dir_size = \"16M\"\n", "policy.toml").unwrap();
+    assert_eq!(p.limits.run_dir_size, "16M");
+    for bad in ["0", "4MB", "-1", "max"] {
+        let text = format!("[limits]\nrun_dir_size = {bad:?}\n");
+        let err = Policy::parse(&text, "policy.toml").unwrap_err().to_string();
+        assert!(err.contains("K, M, G or T"), "{bad}: {err}");
+    }
+}

@@ -3,10 +3,13 @@
 //! grows the audit trail by a bounded amount and the chain still verifies; a
 //! user who fills the state filesystem leaves root its reserve (root's start
 //! and kills work, the user's start is refused with exit 7); the live-run cap
-//! is exact under concurrent starts.
+//! is exact under concurrent starts; an ended run's TMPDIR held from outside
+//! cannot grow and counts against its owner; a run filling its run directory
+//! fills only that.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_privileges;
@@ -419,4 +422,199 @@ fn only_an_operators_template_makes_a_breaker_host_wide() {
     agent.cli_expect(0, &["breaker", "reset", &workflow, "--user", "host"]);
     let again = start();
     assert!(again.status.success(), "{}", described(&again));
+}
+
+/// Python run as the user, outside the run, in a user and mount namespace of its
+/// own (so it holds a copy of the TMPDIR's mount as well): it waits for
+/// `ready` in the TMPDIR (argv[1]), then holds it every way it can (an open
+/// file, a working directory, a mapping, the tmpfs's root, a bind mount of it in
+/// its namespace) and prints `held`. After a line on stdin (the run has ended),
+/// it tries to make the tmpfs grow and prints what each attempt gave, as JSON;
+/// it lets go at the end of stdin.
+const HOLDER: &str = r#"
+import ctypes, errno, json, mmap, os, sys, time
+tmp = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+deadline = time.time() + 30
+while not os.path.exists(os.path.join(tmp, 'ready')) and time.time() < deadline:
+    time.sleep(0.02)
+big = os.open(os.path.join(tmp, 'big'), os.O_RDWR)
+root = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+os.chdir(os.path.join(tmp, 'cwd'))
+with open(os.path.join(tmp, 'mapped'), 'r+b') as f:
+    mapped = mmap.mmap(f.fileno(), 0)
+bound = libc.mount(tmp.encode(), os.path.join(tmp, 'sub').encode(), None, 4096, None) == 0
+print(json.dumps({'held': True, 'bound': bound}), flush=True)
+sys.stdin.readline()
+said = {}
+def attempt(name, f):
+    try:
+        f()
+        said[name] = 'ok'
+    except OSError as e:
+        said[name] = errno.errorcode.get(e.errno, str(e.errno))
+attempt('grow', lambda: os.pwrite(big, b'x' * (1 << 20), os.fstat(big).st_size))
+def create():
+    fd = os.open('new', os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=root)
+    os.write(fd, b'x' * 4096)
+attempt('create', create)
+r = libc.mount(b'none', tmp.encode(), None, 32, b'size=1G')
+said['remount'] = 'ok' if r == 0 else errno.errorcode[ctypes.get_errno()]
+print(json.dumps(said), flush=True)
+sys.stdin.read()
+"#;
+
+/// A run's TMPDIR outlived the run, uncounted: at the run's end the tmpfs was
+/// detached, and a process of the user's outside the run that held a file in it
+/// kept it and its pages alive, outside `max_tmpdir_total`, so a user could pile
+/// up tmpfs memory without bound (one held fd per run). Now the ended run's
+/// tmpfs is emptied by its owner and shrunk to what it still holds (nothing can
+/// be added, whatever holds it, even from another mount namespace); what it
+/// holds counts against the owner until it is let go.
+#[test]
+fn an_ended_runs_tmpdir_held_from_outside_cannot_grow_and_counts_until_let_go() {
+    require_privileges!();
+    let user = TestUser::get();
+    // Room for one live run's 1 GiB TMPDIR and 1 MiB more.
+    let agent = TestAgent::start_with_policy("[limits]\nmax_tmpdir_total = \"1025M\"\n");
+    agent.open_to_all_users();
+    let out = agent
+        .wfcg_as(&user)
+        .current_dir("/")
+        .args(["run", "--detach", "--ready-when", "start", "--", "sh", "-c"])
+        .arg(
+            "cd \"$TMPDIR\" && head -c 2M /dev/zero > big && head -c 1M /dev/zero > mapped \
+             && mkdir cwd sub && head -c 1M /dev/zero > cwd/plain && touch ready \
+             && exec sleep 1000",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", described(&out));
+    let id = text(&out.stdout).trim().to_string();
+    let tmpdir = agent.state_dir.join("tmp").join(&id);
+    let mut holder = user.command("unshare");
+    holder
+        .args(["-Urm", "--propagation", "private", "python3", "-c", HOLDER])
+        .arg(&tmpdir)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut holder = KillOnDrop(holder.spawn().unwrap());
+    let mut said = BufReader::new(holder.0.stdout.take().unwrap()).lines();
+    let held = said.next().unwrap().unwrap();
+    assert!(held.contains("\"held\": true"), "{held}");
+
+    let result = agent.kill_ok(&id, &["--force"]);
+    let status = &result["cleanup_status"];
+    assert_eq!(status["tmpdir_removed"], false, "{result:#}");
+    assert!(
+        status["not_removed"].to_string().contains("still holds"),
+        "{result:#}"
+    );
+    // Emptied by its owner: only what is held open is left.
+    let left: Vec<_> = std::fs::read_dir(&tmpdir).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Nothing can be added to it, by any holder.
+    let stdin = holder.0.stdin.as_mut().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    let tried: serde_json::Value = serde_json::from_str(&said.next().unwrap().unwrap()).unwrap();
+    assert_eq!(tried["grow"], "ENOSPC", "{tried}");
+    assert_eq!(tried["create"], "ENOSPC", "{tried}");
+    assert_ne!(tried["remount"], "ok", "{tried}");
+
+    // What it holds counts: a start that needs 1 GiB more is refused, saying what.
+    let start = || {
+        agent
+            .wfcg_as(&user)
+            .current_dir("/")
+            .args(["run", "-q", "--ready-when", "start", "--", "true"])
+            .output()
+            .unwrap()
+    };
+    let refused = start();
+    assert!(!refused.status.success(), "{}", described(&refused));
+    let err = text(&refused.stderr);
+    assert!(err.contains("max_tmpdir_total"), "{err}");
+    assert!(err.contains(tmpdir.to_str().unwrap()), "{err}");
+    // Let go: counted no more, and the tmpfs is gone.
+    drop(holder.0.stdin.take());
+    assert!(holder.wait_timeout(Duration::from_secs(10)).is_some());
+    let mut last = None;
+    let admitted = wait_until(Duration::from_secs(10), || {
+        let out = start();
+        let ok = out.status.success();
+        last = Some(out);
+        ok
+    });
+    assert!(admitted, "{}", described(&last.unwrap()));
+    assert!(!mounts_below(&tmpdir).contains(&tmpdir));
+    assert!(!tmpdir.exists());
+}
+
+/// `$WFCG_RUN_DIR` was uncapped on `/run`: a run could fill the file system of
+/// the agent's socket directory, and root's later kill of any run lost its
+/// stop reason. Now each run directory is a small tmpfs of its own.
+#[test]
+fn a_run_filling_its_run_dir_leaves_roots_kill_of_another_users_run_its_stop_reason() {
+    require_privileges!();
+    let user = TestUser::get();
+    let other = TestUser::other();
+    // The socket directory on a 32 MiB tmpfs, as /run on a small host.
+    let agent = TestAgent::on_tmpfs("32m", &[]);
+    let sock_dir = agent.socket.parent().unwrap().to_path_buf();
+    let out = agent
+        .wfcg_as(&user)
+        .current_dir("/")
+        .args(["run", "--detach", "--ready-when", "start", "--", "sh", "-c"])
+        .arg("head -c 64M /dev/zero > \"$WFCG_RUN_DIR/fill\"; touch \"$TMPDIR/full\"; exec sleep 1000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", described(&out));
+    let filler = text(&out.stdout).trim().to_string();
+    let full = agent.state_dir.join("tmp").join(&filler).join("full");
+    assert!(wait_until(Duration::from_secs(30), || full.exists()));
+    let fill = sock_dir.join("runs").join(&filler).join("fill");
+    let size = std::fs::metadata(&fill).unwrap().len();
+    assert!(size <= 4 << 20, "the run dir took {size} bytes");
+    let st = rustix::fs::statvfs(&sock_dir).unwrap();
+    assert!(
+        st.f_bavail * st.f_frsize > 16 << 20,
+        "the socket directory's file system was filled"
+    );
+
+    // Another user's run in the foreground: its `wfcg run` says why it was stopped.
+    let mut victim = other.command(env!("CARGO_BIN_EXE_wfcg"));
+    victim
+        .envs(agent.env())
+        .current_dir("/")
+        .args(["run", "--ready-when", "start", "--", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let victim = victim.spawn().unwrap();
+    let mut id = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        id = agent
+            .ps(true)
+            .iter()
+            .find(|r| r["owner_uid"] == other.uid && r["status"] == "running")
+            .and_then(|r| r["run_id"].as_str().map(str::to_string));
+        id.is_some()
+    }));
+    let result = agent.kill_ok(&id.unwrap(), &["--reason", "root's own reason"]);
+    assert!(
+        !result["message"].to_string().contains("cannot write"),
+        "{result:#}"
+    );
+    let out = victim.wait_with_output().unwrap();
+    assert!(
+        text(&out.stderr).contains("root's own reason"),
+        "{}",
+        described(&out)
+    );
+    // The agent's writes keep working: a root run starts and the kill is audited.
+    let root = agent.cli(&["run", "-q", "--ready-when", "start", "--", "true"]);
+    assert!(root.status.success(), "root: {}", described(&root));
+    agent.kill_ok(&filler, &["--force"]);
+    assert!(mounts_below(&sock_dir.join("runs")).is_empty());
 }

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::require_privileges;
-use crate::util::{TestAgent, TestUser, described, wait_until};
+use crate::util::{KillOnDrop, TestAgent, TestUser, described, wait_until};
 
 /// Python that makes a chain of `levels` directories in `$WFCG_RUN_DIR` (relative
 /// mkdir and chdir: no path grows), then touches `$WFCG_RUN_DIR/made`.
@@ -24,22 +24,8 @@ fn deep_tree_script(levels: usize) -> String {
 
 /// An agent whose socket directory (and so its runs' directories) is on a tmpfs
 /// of its own: a 60,000-level tree on this machine's ext4 takes minutes to make.
-/// The test agent's drop unmounts it.
 fn agent_on_tmpfs(env: &[(&'static str, &str)]) -> TestAgent {
-    let mut agent = TestAgent::unstarted();
-    let fast = agent.dir.path().join("fast");
-    std::fs::create_dir(&fast).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs"])
-        .arg(&fast)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "cannot mount a tmpfs");
-    agent.socket = fast.join("agent.sock");
-    agent.agent_env = env.iter().map(|(k, v)| (*k, PathBuf::from(v))).collect();
-    agent.spawn();
-    agent.open_to_all_users();
-    agent
+    TestAgent::on_tmpfs("1g", env)
 }
 
 fn run_dir(agent: &TestAgent, id: &str) -> PathBuf {
@@ -297,4 +283,178 @@ fn a_users_git_file_into_another_users_directory_is_not_followed() {
         "{result}"
     );
     assert!(lock.exists(), "another user's lock was removed");
+}
+
+/// A FUSE file system that never answers, mounted by root on `target` (a
+/// directory or a file) for `uid`:`gid` (as `fusermount3` mounts one for a user
+/// on a directory or file of theirs):
+/// a Python process opens `/dev/fuse`, mounts it and never reads a request, so
+/// every access below `target` (a lookup, a stat) waits in the kernel. Dropping
+/// it ends the process, which aborts the connection (the waits fail with
+/// ENOTCONN), and detaches the mount.
+struct NeverAnsweringFuse {
+    server: KillOnDrop,
+    target: PathBuf,
+}
+
+const FUSE_SERVER: &str = r#"
+import ctypes, os, sys
+target, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rootmode = '40000' if os.path.isdir(target) else '100000'
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open('/dev/fuse', os.O_RDWR)
+opts = f'fd={fd},rootmode={rootmode},user_id={uid},group_id={gid},allow_other'.encode()
+if libc.mount(b'wfcg-never', target.encode(), b'fuse', 0, opts) != 0:
+    print('mount failed:', os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(1)
+print('mounted', flush=True)
+sys.stdin.read()
+"#;
+
+impl NeverAnsweringFuse {
+    fn mount(target: &Path, uid: u32, gid: u32) -> NeverAnsweringFuse {
+        let mut server = KillOnDrop(
+            std::process::Command::new("python3")
+                .args(["-c", FUSE_SERVER])
+                .arg(target)
+                .args([uid.to_string(), gid.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        assert_eq!(said.trim(), "mounted", "the FUSE server: {said}");
+        NeverAnsweringFuse {
+            server,
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for NeverAnsweringFuse {
+    fn drop(&mut self) {
+        let _ = self.server.0.kill();
+        let _ = self.server.0.wait();
+        let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A user's workspace turned into a FUSE mount that never answers while the
+/// run lives, and others over its TMPDIR, its run directory and the
+/// `stop-reason` file in it: the walks in the user's trees (the workspace's
+/// removal, the search for stale git locks) cost their time budget and are
+/// reported, the mounts over the TMPDIR and the run directory are detached
+/// without a question to them, the file mounted over is refused (the kill says
+/// it could not write the reason); the agent answers other requests meanwhile,
+/// and runs go on working.
+#[test]
+fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() {
+    require_privileges!();
+    let user = TestUser::get();
+    let mut agent = TestAgent::unstarted();
+    agent.agent_env = vec![("WFCG_WALK_SECONDS", PathBuf::from("2"))];
+    agent.spawn();
+    agent.open_to_all_users();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = tmp.path().canonicalize().unwrap().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(user.uid), Some(user.gid)).unwrap();
+    let out = agent
+        .wfcg_as(&user)
+        .current_dir(&ws)
+        .args([
+            "run",
+            "--detach",
+            "--ready-when",
+            "start",
+            "--cleanup-workspace",
+        ])
+        .arg("--workspace")
+        .arg(&ws)
+        .args(["--", "sh", "-c"])
+        .arg("touch \"$WFCG_RUN_DIR/stop-reason\" && exec sleep 1000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", described(&out));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let run_dir = run_dir(&agent, &id);
+    assert!(wait_until(Duration::from_secs(20), || run_dir
+        .join("stop-reason")
+        .exists()));
+    let _fuse = NeverAnsweringFuse::mount(&ws, user.uid, user.gid);
+    // Over the file the kill writes its reason to, and over the run directory.
+    let _over_reason = NeverAnsweringFuse::mount(&run_dir.join("stop-reason"), user.uid, user.gid);
+    let _over_run_dir = NeverAnsweringFuse::mount(&run_dir, user.uid, user.gid);
+    // And one over its TMPDIR, a directory of the user's too.
+    let tmpdir = agent.state_dir.join("tmp").join(&id);
+    let _over_tmpdir = NeverAnsweringFuse::mount(&tmpdir, user.uid, user.gid);
+
+    let t = Instant::now();
+    let mut kill = KillOnDrop(
+        agent
+            .wfcg()
+            .args(["kill", "--json", "--force", &id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The agent answers while the kill's search for git locks waits on the file
+    // system (its thread is there).
+    let pid = agent.pid().unwrap();
+    let searching = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "wfcg-user-tree")
+            })
+    };
+    assert!(wait_until(Duration::from_secs(20), searching));
+    let asked = Instant::now();
+    let ps = agent.cli(&["ps"]);
+    println!("ps answered in {:?} during the search", asked.elapsed());
+    assert!(ps.status.success(), "{}", described(&ps));
+    assert!(searching(), "the search ended before ps answered");
+    let status = kill.wait_timeout(Duration::from_secs(40));
+    let took = t.elapsed();
+    println!("the kill with a never-answering workspace took {took:?}");
+    assert!(status.is_some(), "the kill never answered");
+    let mut out = String::new();
+    std::io::Read::read_to_string(kill.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cleanup = &result["cleanup_status"];
+    let workspace = cleanup["workspace"].as_str().unwrap_or_default();
+    assert!(
+        workspace.starts_with("removal failed") && workspace.contains("time budget"),
+        "{result:#}"
+    );
+    assert!(
+        agent.logged("the search for stale git locks did not end") > 0,
+        "{}",
+        agent.log_tail(30)
+    );
+    // The mount over the TMPDIR was detached unasked, and the TMPDIR removed.
+    assert_eq!(cleanup["tmpdir_removed"], true, "{result:#}");
+    assert!(agent.logged("detached 1 mount(s) made over") > 0);
+    // The one over the run directory too; the file mounted over is refused, said.
+    let message = result["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot write"), "{result:#}");
+    // Runs go on working, the kill's record is written.
+    let root = agent.cli(&["run", "-q", "--ready-when", "start", "--", "true"]);
+    assert!(root.status.success(), "{}", described(&root));
+    assert_eq!(
+        agent.status(&id)["status"],
+        "killed",
+        "{}",
+        agent.log_tail(30)
+    );
 }

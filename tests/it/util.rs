@@ -827,6 +827,32 @@ impl TestAgent {
         status
     }
 
+    /// An agent started with its socket directory (and so its runs' directories,
+    /// as `/run/wfcg` on a host) on a tmpfs of `size` of its own, and `env` in its
+    /// environment, open to all users. The drop unmounts it.
+    pub fn on_tmpfs(size: &str, env: &[(&'static str, &str)]) -> TestAgent {
+        let mut agent = TestAgent::unstarted();
+        let fast = agent.dir.path().join("fast");
+        std::fs::create_dir(&fast).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&fast)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "cannot mount a tmpfs");
+        agent.socket = fast.join("agent.sock");
+        agent.agent_env = env.iter().map(|(k, v)| (*k, PathBuf::from(v))).collect();
+        agent.spawn();
+        agent.open_to_all_users();
+        agent
+    }
+
     /// The agent's pid, while it runs.
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)

@@ -1,0 +1,183 @@
+//! The end of a run's tmpfs (its TMPDIR and its run directory), so that no
+//! memory of a run outlives it uncounted.
+//!
+//! A tmpfs detached at once (`umount -l`) lives on, with its pages, as long as
+//! anything holds it: an open file or a working directory of a process outside
+//! the run, a mapping, a copy in another mount namespace. So at a run's end its
+//! tmpfs is first shrunk to what it holds (nothing can be added to it any more,
+//! by anyone, whatever holds it), then emptied by a short-lived process of its
+//! owner's (src/walk.rs), then shrunk again. Empty, it is detached and its
+//! directory removed: what still holds it holds an empty file system that cannot
+//! grow. Not empty (a file deleted but held open or mapped, a directory that is
+//! still someone's working directory, what the walk could not remove within its
+//! budget), it stays mounted where it was, and what it holds counts against its
+//! owner's `[limits] max_tmpdir_total` ([`Agent::held_tmpfs_of`]) until it is
+//! empty: each look at the owner's budget lets go of those that emptied. A
+//! restart of the agent takes up those it finds ([`Agent::end_left_tmpfs`]).
+
+use std::path::{Path, PathBuf};
+
+use super::Agent;
+use crate::api::RunStatus;
+use crate::userfs::Cred;
+use crate::walk::{self, Budget, Removal};
+
+/// What an inode of a tmpfs counts for against a budget: about what the
+/// kernel keeps for it and its name.
+const INODE_BYTES: u64 = 1024;
+
+/// An ended run's tmpfs that still holds something.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub run_id: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl Agent {
+    /// Ends the tmpfs of run `run_id` at `path` (see the module's doc), owned by
+    /// `owner`. A plain directory (its tmpfs could not be mounted) is removed as
+    /// the owner. `Err` says what is left and why.
+    pub(super) fn end_tmpfs(
+        &self,
+        run_id: &str,
+        path: &Path,
+        owner: &Cred,
+        budget: &Budget,
+    ) -> Result<(), String> {
+        // A user's mount over it (FUSE) goes first: what follows asks the tmpfs.
+        let stacked = crate::tmpfs::detach_stacked(path);
+        if stacked > 0 {
+            tracing::warn!(
+                run_id,
+                "detached {stacked} mount(s) made over {}",
+                path.display()
+            );
+        }
+        if !crate::tmpfs::is_mount_root(path) {
+            return walk::remove_agent_dir(path, owner, budget);
+        }
+        let shown = path.display();
+        // First: nothing is added while it is emptied. An empty one (the usual
+        // TMPDIR) needs no walk.
+        let walked = match crate::tmpfs::shrink(path) {
+            Ok(u) if u.is_empty() => Ok(()),
+            first => {
+                if let Err(e) = first {
+                    tracing::warn!(run_id, "cannot shrink the tmpfs {shown}: {e}");
+                }
+                walk::remove_in_child(path, owner, Removal::Contents, budget)
+            }
+        };
+        // Again: what was freed cannot be filled again.
+        let held = crate::tmpfs::shrink(path).or_else(|_| crate::tmpfs::usage(path));
+        match held {
+            Ok(u) if !u.is_empty() => {
+                self.budgets
+                    .held
+                    .lock()
+                    .insert(path.to_path_buf(), (owner.uid, run_id.to_owned()));
+                let why = walked.err().map(|e| format!(" ({e})")).unwrap_or_default();
+                Err(format!(
+                    "{shown} still holds {} bytes in {} inode(s) after its owner emptied \
+                     it{why}: a file deleted but open or mapped, or a working directory, of a \
+                     process outside the run; it stays mounted, shrunk so that nothing can be \
+                     added, and counts against uid {}'s [limits] max_tmpdir_total until it is \
+                     empty",
+                    u.bytes, u.inodes, owner.uid
+                ))
+            }
+            held => {
+                if let Err(e) = &held {
+                    tracing::warn!(run_id, "cannot read what the tmpfs {shown} holds: {e}");
+                }
+                if let Err(e) = crate::tmpfs::unmount(path) {
+                    return Err(format!("cannot unmount the tmpfs {shown}: {e}"));
+                }
+                self.budgets.held.lock().remove(path);
+                // Its directory goes whether or not the walk emptied it all.
+                let removed = walk::remove_agent_dir(path, owner, budget);
+                walked.and(removed)
+            }
+        }
+    }
+
+    /// The ended runs' tmpfs of user `uid` that still hold something, and how
+    /// much (an inode counts as [`INODE_BYTES`]). Those found empty now are let
+    /// go (detached, their directory removed).
+    pub(super) fn held_tmpfs_of(&self, uid: u32) -> Vec<Held> {
+        let mine: Vec<(PathBuf, String)> = self
+            .budgets
+            .held
+            .lock()
+            .iter()
+            .filter(|(_, (owner, _))| *owner == uid)
+            .map(|(p, (_, id))| (p.clone(), id.clone()))
+            .collect();
+        let mut held = Vec::new();
+        for (path, run_id) in mine {
+            // Its root is the user's: a mount they stacked over it since goes first.
+            crate::tmpfs::detach_stacked(&path);
+            match crate::tmpfs::usage(&path) {
+                Ok(u) if !u.is_empty() => held.push(Held {
+                    run_id,
+                    bytes: u
+                        .bytes
+                        .saturating_add(u.inodes.saturating_sub(1).saturating_mul(INODE_BYTES)),
+                    path,
+                }),
+                _ => {
+                    let _ = crate::tmpfs::unmount(&path);
+                    let _ = std::fs::remove_dir(&path);
+                    tracing::info!(
+                        run_id,
+                        "the tmpfs {} of the ended run is let go",
+                        path.display()
+                    );
+                    self.budgets.held.lock().remove(&path);
+                }
+            }
+        }
+        held
+    }
+
+    /// At a start of the agent: the tmpfs mounted below its TMPDIR and run
+    /// directory parents whose run is not live (ended while it was away, or
+    /// still held when it stopped) are ended again ([`Agent::end_tmpfs`]), as
+    /// their owner (the owner of the tmpfs's root).
+    pub(super) fn end_left_tmpfs(&self) {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let left: Vec<PathBuf> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .map(PathBuf::from)
+            .filter(|m| {
+                m.parent()
+                    .is_some_and(|p| p == self.tmp_dirs || p == self.run_dirs)
+            })
+            .collect();
+        let budget = Budget::from_env();
+        for path in left {
+            let Some(run_id) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let live = self
+                .store()
+                .get_run(run_id)
+                .ok()
+                .flatten()
+                .is_some_and(|r| RunStatus::live().contains(&r.status));
+            if live {
+                continue;
+            }
+            crate::tmpfs::detach_stacked(&path);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let owner = Cred::of_uid(std::os::unix::fs::MetadataExt::uid(&meta));
+            if let Err(e) = self.end_tmpfs(run_id, &path, &owner, &budget) {
+                tracing::warn!(run_id, "{e}");
+            }
+        }
+    }
+}
