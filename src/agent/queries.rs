@@ -46,7 +46,7 @@ impl Agent {
             .filter(|r| self.decide(&id, Action::View, r).allowed)
             .filter(|r| !stuck || self.stuck_reason(r).is_some())
             .collect();
-        // Three cgroup files per live run (the processes of its two leaves, its
+        // Two cgroup files per live run (the processes of its payload, its
         // CPU time), read now so that they are current: kept open from one
         // listing to the next (see run_files.rs), else opened relative to the
         // runs' directory opened once; with many runs, on every core.
@@ -95,8 +95,15 @@ impl Agent {
             (0, None)
         };
         let stuck = self.stuck_reason(&rec);
-        let waiting_for =
-            (status == RunStatus::Initializing).then(|| self.run_template(&rec).run.waiting_for());
+        let template = status.is_live().then(|| self.run_template(&rec));
+        let waiting_for = template
+            .as_ref()
+            .filter(|_| status == RunStatus::Initializing)
+            .map(|t| t.run.waiting_for());
+        let ready_when = template.as_ref().map(|t| t.run.ready_condition());
+        let progress = self.progress_of(&rec.run_id);
+        let retrying = self.retrying(&rec.run_id);
+        let end_reason = end_reason(&rec);
         // One look in the audit trail: for `wfcg status` of a run whose
         // workspace was to be removed.
         let workspace_cleanup = (with_sections && rec.cleanup_workspace)
@@ -144,9 +151,41 @@ impl Agent {
             waiting_for,
             workspace_cleanup,
             parent_run_id: rec.parent_run_id,
+            ready_when,
+            stall_deadline: progress.and_then(|(_, _, d)| d).map(rfc3339),
+            last_progress: progress.map(|(at, _, _)| rfc3339(at)),
+            last_progress_kind: progress.map(|(_, kind, _)| kind.as_str().to_string()),
+            retrying,
+            end_reason,
         }
     }
+}
 
+/// How an ended run ended, in words: why it was killed, else its exit.
+fn end_reason(rec: &RunRecord) -> Option<String> {
+    if rec.status.is_live() {
+        return None;
+    }
+    let kill: Option<api::KillResult> = rec
+        .kill_result
+        .as_deref()
+        .and_then(|k| serde_json::from_str(k).ok());
+    if let Some(why) = kill.as_ref().and_then(|k| k.reason.clone()) {
+        return Some(why);
+    }
+    Some(match (rec.status, rec.exit_code, rec.exit_signal) {
+        (RunStatus::OomKilled, _, _) => "out of memory: the kernel's OOM killer ended it".into(),
+        (RunStatus::Lost, _, _) => "ended while nobody watched (no exit was reported)".into(),
+        (_, Some(code), _) => format!("exited with status {code}"),
+        (_, None, Some(sig)) => format!("ended by signal {sig}"),
+        _ => match kill {
+            Some(k) => k.message,
+            None => rec.status.to_string(),
+        },
+    })
+}
+
+impl Agent {
     /// The critical sections a live run has open now, each with when it was first seen.
     fn open_sections(&self, rec: &RunRecord) -> Vec<api::Section> {
         let pids = layout::payload(&Cgroup::new(&rec.cgroup_path))

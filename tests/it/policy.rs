@@ -212,14 +212,15 @@ fn assert_kill_audited(
     assert!(r["caller_pid"].as_i64().unwrap_or(0) > 0, "{r:#}");
 }
 
-/// Asserts a run is still live (not yet ready, or running) with its two processes.
+/// Asserts a run is still live (not yet ready, or running) with its command's
+/// one process (the supervisor is not counted).
 fn assert_running(agent: &TestAgent, run: &Run) {
     let status = agent.status(&run.id);
     assert!(
         status["status"] == "running" || status["status"] == "initializing",
         "{status:#}"
     );
-    assert_eq!(status["processes"], 2, "{status:#}");
+    assert_eq!(status["processes"], 1, "{status:#}");
 }
 
 /// The runs `user` sees in `wfcg ps --json`.
