@@ -163,6 +163,35 @@ pub struct CreateRun {
     /// without it. See [`RunStarted::spawn_into`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spawn_into_payload: bool,
+    /// `workflow` must name a template (in the agent's templates directory or
+    /// shipped): `wfcg run --workflow NAME` without `--template`, where a typo
+    /// would otherwise run under `default`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workflow_needs_template: bool,
+}
+
+/// What the agent says of itself at `GET /v1/health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub pid: u32,
+    pub version: String,
+    /// The directory it reads operator templates from (`--templates-dir`).
+    #[serde(default)]
+    pub templates_dir: Option<String>,
+    /// The longest a kill may take where the request leaves a value to the
+    /// run's template: each the longest of the agent's templates.
+    #[serde(default)]
+    pub kill_course: Option<KillCourseMs>,
+}
+
+/// [`Health::kill_course`], in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillCourseMs {
+    pub max_wait_ms: u64,
+    pub term_grace_ms: u64,
+    pub freeze_timeout_ms: u64,
+    pub kill_deadline_ms: u64,
 }
 
 /// What the supervisor watches in its command's output and workspace, and tells

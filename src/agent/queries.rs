@@ -12,6 +12,27 @@ use crate::sections;
 use crate::store::RunRecord;
 
 impl Agent {
+    /// The longest a kill may take where the request leaves a value to the
+    /// run's template: each the longest of the shipped default and the
+    /// templates in the agent's directory (a run's own template text may not
+    /// ask for more than them). For clients, at `/v1/health?kill_course=true`.
+    pub fn kill_course(&self) -> api::KillCourseMs {
+        use crate::template::Template;
+        let dir = &self.cfg.templates_dir;
+        let on_host = Template::list_in(dir)
+            .into_iter()
+            .filter_map(|(name, _)| Template::lookup_in(dir, &name).ok());
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut c = api::KillCourseMs::default();
+        for t in Template::builtin().ok().into_iter().chain(on_host) {
+            c.max_wait_ms = c.max_wait_ms.max(ms(t.critical_sections.max_wait));
+            c.term_grace_ms = c.term_grace_ms.max(ms(t.kill.term_grace));
+            c.freeze_timeout_ms = c.freeze_timeout_ms.max(ms(t.kill.freeze_timeout));
+            c.kill_deadline_ms = c.kill_deadline_ms.max(ms(t.kill.kill_deadline));
+        }
+        c
+    }
+
     /// The record of a run the caller may see.
     pub(super) fn visible_run(&self, caller: &Caller, run_id: &str) -> Result<RunRecord> {
         let rec = self.find_run(run_id)?;

@@ -141,13 +141,28 @@ struct ListQuery {
     stuck: bool,
 }
 
-async fn health() -> Response {
-    axum::Json(serde_json::json!({
-        "ok": true,
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
-    .into_response()
+#[derive(Deserialize)]
+struct HealthQuery {
+    /// Also state the kill course the agent's templates allow (reads them).
+    #[serde(default)]
+    kill_course: bool,
+}
+
+async fn health(
+    State(agent): State<Arc<Agent>>,
+    q: Result<Query<HealthQuery>, QueryRejection>,
+) -> Reply {
+    let q = query(q)?;
+    call(move || {
+        Ok(crate::api::Health {
+            ok: true,
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            templates_dir: Some(agent.cfg.templates_dir.display().to_string()),
+            kill_course: q.kill_course.then(|| agent.kill_course()),
+        })
+    })
+    .await
 }
 
 async fn create_run(
