@@ -390,10 +390,11 @@ impl Agent {
             (Some(a), Some(b)) => Duration::from_micros(b.saturating_sub(a)),
             _ => Duration::ZERO,
         };
-        let new_command = sample
-            .new_commands
-            .iter()
-            .fold(false, |any, c| s.commands.see(c) == Seen::New || any);
+        // Every command line is noted (not only up to the first new one).
+        let mut new_command = false;
+        for c in &sample.new_commands {
+            new_command |= s.commands.see(c) == Seen::New;
+        }
         let found = if new_command {
             Some(Progress::Process)
         } else if io_between(&s.io, &sample.io) >= MIN_IO_PROGRESS {
