@@ -16,8 +16,10 @@ pub struct PsArgs {
     /// Include runs that have ended.
     #[arg(long, short)]
     pub all: bool,
-    /// Only runs past or near a deadline: initializing for 80% of their init
-    /// timeout, a heartbeat overdue, or near their total timeout.
+    /// Only stuck runs: initializing for 80% of their init timeout, a heartbeat
+    /// overdue, near their total timeout, restarting one command again and
+    /// again while initializing, or retrying (their newest output line repeats
+    /// an earlier one with only numbers changed, and nothing else is new).
     #[arg(long)]
     pub stuck: bool,
     /// Print JSON: the agent's answer as it came (one line), or indented on a terminal.
@@ -25,7 +27,9 @@ pub struct PsArgs {
     pub json: bool,
 }
 
-/// Show one run: status, processes, CPU time, command, how it ended.
+/// Show one run: status, what it waits for, its deadlines and last progress,
+/// processes (of its command, not counting `wfcg run`), CPU time, command, how
+/// it ended.
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
     pub run_id: String,
