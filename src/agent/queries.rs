@@ -248,3 +248,45 @@ impl Agent {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_reason_is_the_kills_reason_else_the_exit() {
+        let ended = |status, code, signal, kill: Option<&str>| RunRecord {
+            status,
+            exit_code: code,
+            exit_signal: signal,
+            kill_result: kill.map(str::to_owned),
+            ..Default::default()
+        };
+        assert_eq!(
+            end_reason(&ended(RunStatus::Running, None, None, None)),
+            None
+        );
+        let killed = serde_json::to_string(&api::KillResult {
+            reason: Some("stalled: no progress".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            end_reason(&ended(RunStatus::TimedOut, None, Some(9), Some(&killed))).as_deref(),
+            Some("stalled: no progress")
+        );
+        assert_eq!(
+            end_reason(&ended(RunStatus::Exited, Some(3), None, None)).as_deref(),
+            Some("exited with status 3")
+        );
+        assert_eq!(
+            end_reason(&ended(RunStatus::Exited, None, Some(15), None)).as_deref(),
+            Some("ended by signal 15")
+        );
+        assert!(
+            end_reason(&ended(RunStatus::OomKilled, None, Some(9), None))
+                .unwrap()
+                .starts_with("out of memory")
+        );
+    }
+}
