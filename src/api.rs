@@ -166,6 +166,20 @@ pub struct CreateRun {
     /// without it. See [`RunStarted::spawn_into`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spawn_into_payload: bool,
+    /// `workflow` must name a template (in the agent's templates directory or
+    /// shipped): `wfcg run --workflow NAME` without `--template`, where a typo
+    /// would otherwise run under `default`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workflow_needs_template: bool,
+}
+
+/// [`Health::kill_course`], in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillCourseMs {
+    pub max_wait_ms: u64,
+    pub term_grace_ms: u64,
+    pub freeze_timeout_ms: u64,
+    pub kill_deadline_ms: u64,
 }
 
 /// What the supervisor watches in its command's output and workspace, and tells
@@ -195,6 +209,16 @@ impl Watch {
 
 /// The notify line a run's supervisor sends when its command wrote output.
 pub const OUTPUT_NOTIFY: &str = "X_WFCG_OUTPUT=1";
+/// The notify line a run's supervisor sends when its command wrote a line
+/// unlike its recent ones (progress; see `novelty.rs`).
+pub const NEW_LINE_NOTIFY: &str = "X_WFCG_NEW_LINE=1";
+/// The notify key a run's supervisor sends when the newest line repeats an
+/// earlier one with only numbers changed: `X_WFCG_REPEAT=COUNT SECS LINE`, the
+/// times it was seen, the seconds since the first, and the line (cut to
+/// [`REPEAT_LINE_MAX`] characters).
+pub const REPEAT_NOTIFY: &str = "X_WFCG_REPEAT";
+/// The longest repeated line sent to the agent, in characters.
+pub const REPEAT_LINE_MAX: usize = 160;
 
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup (its
 /// payload, or its supervisor leaf: see [`RunStarted::spawn_into`]).
@@ -252,6 +276,14 @@ pub struct Health {
     /// The systemd unit the agent runs as (`wfcg.service`), when it is one.
     #[serde(default)]
     pub service: Option<String>,
+    /// The directory it reads operator templates from (`--templates-dir`).
+    #[serde(default)]
+    pub templates_dir: Option<String>,
+    /// The longest a kill may take where the request leaves a value to the
+    /// run's template: each the longest of the agent's templates (only when
+    /// asked: `?kill_course=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_course: Option<KillCourseMs>,
 }
 
 /// The answer to `POST /v1/agent/stop`: the agent stops once it has answered.
@@ -622,7 +654,8 @@ pub struct RunInfo {
     pub status: RunStatus,
     /// The supervisor's pid (`wfcg run`, the parent of the command).
     pub pid: Option<i32>,
-    /// Processes in the run's cgroup now.
+    /// Processes of its payload now: the command and all it started (not its
+    /// supervisor, `wfcg run`).
     pub processes: u32,
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
@@ -668,9 +701,65 @@ pub struct RunInfo {
     /// run's cgroup): it is killed with that run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_run_id: Option<String>,
+    /// A live run's readiness condition in words (`READY=1 or …`, `its start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_when: Option<String>,
+    /// When a live run with a stall timeout is killed unless it makes progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_deadline: Option<String>,
+    /// A watched live run's last progress (RFC 3339) and of what kind: `output`
+    /// (a new line), `process` (a new command), `io`, `cpu`, or `start` (none
+    /// yet: when the watch began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_kind: Option<String>,
+    /// `retrying: LINE, N times in M`: its newest line of output repeats an
+    /// earlier one with only numbers changed, and nothing else new happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<String>,
+    /// How an ended run ended, in words: the kill's reason, or its exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
 }
 
 impl RunInfo {
+    /// Seconds from `now` to an RFC 3339 time (negative when past).
+    fn secs_until(t: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+        let t = chrono::DateTime::parse_from_rfc3339(t?).ok()?;
+        Some((t.with_timezone(&chrono::Utc) - now).num_milliseconds() as f64 / 1e3)
+    }
+
+    /// A live run's deadlines in force, (`init`, `stall`, `total`, `beat`) each
+    /// with the seconds left (negative when past).
+    pub fn deadlines(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<(&'static str, f64)> {
+        if !self.status.is_live() {
+            return Vec::new();
+        }
+        [
+            ("init", &self.init_deadline),
+            ("stall", &self.stall_deadline),
+            ("total", &self.total_deadline),
+            ("beat", &self.watchdog_deadline),
+        ]
+        .into_iter()
+        .filter_map(|(name, t)| Some((name, Self::secs_until(t.as_deref(), now)?)))
+        .collect()
+    }
+
+    /// A live run's nearest deadline and the seconds left.
+    pub fn next_deadline(&self, now: chrono::DateTime<chrono::Utc>) -> Option<(&'static str, f64)> {
+        self.deadlines(now)
+            .into_iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// A watched run's last progress: its kind and how many seconds ago.
+    pub fn progress_ago(&self, now: chrono::DateTime<chrono::Utc>) -> Option<(&str, f64)> {
+        let ago = -Self::secs_until(self.last_progress.as_deref(), now)?;
+        Some((self.last_progress_kind.as_deref().unwrap_or("?"), ago))
+    }
+
     /// The owner's name, or the uid when it has none.
     pub fn owner_display(&self) -> String {
         self.owner

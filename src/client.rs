@@ -4,8 +4,9 @@
 //! current-thread runtime), sends one request and reads the JSON answer, all
 //! within a deadline: a hung agent is an error ([`Error::Timeout`]), never a hung
 //! caller. A kill's deadline is its own course (see [`kill_deadline`]) plus that
-//! margin; the course (from the host's templates) is worked out only when the
-//! answer takes longer than the margin.
+//! margin; the course (which the agent states from its templates at
+//! `/v1/health?kill_course=true`: the client reads no template) is asked for only
+//! when the answer takes longer than the margin.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,11 +141,11 @@ impl Client {
             if let Ok(answer) = tokio::time::timeout_at(start + after, &mut answer).await {
                 return answer;
             }
-            // A kill may take its whole course: worked out from the host's
-            // templates (parsing them costs a kill's CLI more than all else it
-            // does) only now that the answer is taking longer than the margin.
+            // A kill may take its whole course: asked of the agent (which reads
+            // its templates for it) only now that the answer is taking longer
+            // than the margin.
             if let Within::Kill(req) = &within {
-                after = kill_deadline(req, &KillCourse::longest_on_host(), self.timeout);
+                after = kill_deadline(req, &self.kill_course().await, self.timeout);
                 if let Ok(answer) = tokio::time::timeout_at(start + after, &mut answer).await {
                     return answer;
                 }
@@ -165,6 +166,21 @@ impl Client {
                 ))),
             }
         }
+    }
+
+    /// The kill course the agent's templates allow, as it states it (on another
+    /// connection, within the margin); the shipped default's when it does not.
+    async fn kill_course(&self) -> KillCourse {
+        let asked = self.send("GET", "/v1/health?kill_course=true", None);
+        let stated = match tokio::time::timeout(self.timeout, asked).await {
+            Ok(Ok((status, bytes))) if status.is_success() => {
+                serde_json::from_slice::<crate::api::Health>(&bytes)
+                    .ok()
+                    .and_then(|h| h.kill_course)
+            }
+            _ => None,
+        };
+        stated.map_or_else(KillCourse::shipped, |c| KillCourse::from_ms(&c))
     }
 
     async fn send(
@@ -224,27 +240,34 @@ pub struct KillCourse {
 }
 
 impl KillCourse {
-    /// Over the templates of this host (`wfcg templates`; the agent reads the
-    /// same): a run's own template text may not ask for more than them.
-    pub fn longest_on_host() -> KillCourse {
-        let builtin = crate::template::Template::builtin().ok();
-        let mut course = KillCourse {
-            max_wait: Duration::ZERO,
-            term_grace: Duration::ZERO,
-            freeze_timeout: Duration::ZERO,
-            kill_deadline: Duration::ZERO,
-        };
-        let on_host = crate::template::Template::list()
-            .into_iter()
-            .filter_map(|(name, _)| crate::template::Template::lookup(&name).ok());
-        for t in builtin.into_iter().chain(on_host) {
-            let longer = |a: &mut Duration, b: Duration| *a = (*a).max(b);
-            longer(&mut course.max_wait, t.critical_sections.max_wait);
-            longer(&mut course.term_grace, t.kill.term_grace);
-            longer(&mut course.freeze_timeout, t.kill.freeze_timeout);
-            longer(&mut course.kill_deadline, t.kill.kill_deadline);
+    /// As the agent states it.
+    pub fn from_ms(c: &crate::api::KillCourseMs) -> KillCourse {
+        let ms = Duration::from_millis;
+        KillCourse {
+            max_wait: ms(c.max_wait_ms),
+            term_grace: ms(c.term_grace_ms),
+            freeze_timeout: ms(c.freeze_timeout_ms),
+            kill_deadline: ms(c.kill_deadline_ms),
         }
-        course
+    }
+
+    /// The shipped default template's, for an agent that does not state its own.
+    pub fn shipped() -> KillCourse {
+        match crate::template::Template::builtin() {
+            Ok(t) => KillCourse {
+                max_wait: t.critical_sections.max_wait,
+                term_grace: t.kill.term_grace,
+                freeze_timeout: t.kill.freeze_timeout,
+                kill_deadline: t.kill.kill_deadline,
+            },
+            // The shipped text is tested to parse; never here.
+            Err(_) => KillCourse {
+                max_wait: Duration::from_secs(60),
+                term_grace: Duration::from_secs(10),
+                freeze_timeout: Duration::from_secs(5),
+                kill_deadline: Duration::from_secs(10),
+            },
+        }
     }
 }
 
@@ -290,11 +313,11 @@ mod tests {
     }
 
     #[test]
-    fn the_host_course_is_at_least_the_shipped_default() {
-        let c = KillCourse::longest_on_host();
+    fn the_fallback_course_is_the_shipped_defaults() {
+        let c = KillCourse::shipped();
         let t = crate::template::Template::builtin().unwrap();
-        assert!(c.max_wait >= t.critical_sections.max_wait);
-        assert!(c.term_grace >= t.kill.term_grace);
-        assert!(c.kill_deadline >= t.kill.kill_deadline);
+        assert_eq!(c.max_wait, t.critical_sections.max_wait);
+        assert_eq!(c.term_grace, t.kill.term_grace);
+        assert_eq!(c.kill_deadline, t.kill.kill_deadline);
     }
 }

@@ -26,6 +26,7 @@ pub mod exit;
 pub mod gitlocks;
 pub mod kill;
 pub mod mcp;
+pub mod novelty;
 pub mod output;
 pub mod par;
 pub mod policy;

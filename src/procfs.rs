@@ -117,6 +117,24 @@ pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
     Some(parts.join(" "))
 }
 
+/// The bytes a process has read and written through system calls (`rchar` +
+/// `wchar` of `/proc/<pid>/io`: files, pipes and sockets alike; its threads,
+/// live and ended, not its children). `None` when it is gone or unreadable.
+pub fn io_bytes(proc_root: &Path, pid: i32) -> Option<u64> {
+    let text = read_small_string(&proc_root.join(pid.to_string()).join("io")).ok()?;
+    parse_io_bytes(&text)
+}
+
+/// `rchar` + `wchar` of a `/proc/<pid>/io` text.
+pub fn parse_io_bytes(text: &str) -> Option<u64> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(field("rchar:")?.saturating_add(field("wchar:")?))
+}
+
 /// Every numeric entry of `/proc`.
 pub fn all_pids(proc_root: &Path) -> Vec<i32> {
     let Ok(entries) = fs::read_dir(proc_root) else {
@@ -442,6 +460,15 @@ pub fn holds_socket(proc_root: &Path, pid: i32, inodes: &[u64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_bytes_are_read_and_written_characters() {
+        let text = "rchar: 100\nwchar: 23\nsyscr: 4\nsyscw: 2\nread_bytes: 0\n";
+        assert_eq!(parse_io_bytes(text), Some(123));
+        assert_eq!(parse_io_bytes("rchar: 1\n"), None);
+        let me = std::process::id() as i32;
+        assert!(io_bytes(Path::new("/proc"), me).is_some());
+    }
 
     #[test]
     fn a_process_shares_its_own_namespaces_and_a_missing_one_shares_none() {

@@ -46,7 +46,7 @@ def test_run_is_listed_and_killed_gracefully_then_by_force(agent: Agent, marker:
     forced = start(client, marker, run_id="py-forced-1")
     assert forced.id == "py-forced-1"
     for run in (graceful, forced):
-        wait_processes(client, run.id, 4)  # supervisor, sh, two sleeps
+        wait_processes(client, run.id, 3)  # sh and two sleeps (the supervisor is not counted)
 
     listed = {r.run_id: r for r in client.list()}
     assert {graceful.id, forced.id} <= set(listed)
@@ -91,7 +91,7 @@ def test_a_run_that_exits_by_itself_is_waited_for(agent: Agent, marker: str) -> 
 def test_kill_workflow_answers_the_contract(agent: Agent, marker: str) -> None:
     client = agent.client()
     run = start(client, marker)
-    wait_processes(client, run.id, 4)
+    wait_processes(client, run.id, 3)
 
     result = asyncio.run(kill_workflow(run.id, client=agent.async_client()))
 
@@ -144,7 +144,7 @@ def test_a_kill_by_another_user_is_denied(
 ) -> None:
     client = agent.client()
     run = start(client, marker)
-    wait_processes(client, run.id, 4)
+    wait_processes(client, run.id, 3)
     theirs = agent.client()  # used in the child, as the test user
 
     denied = test_user.call(lambda: theirs.kill(run.id, reason="not mine"))
@@ -310,7 +310,7 @@ def test_workflow_processes_view_reads_like_the_executors_table(
 ) -> None:
     client = agent.client()
     run = start(client, marker, workspace=tmp_path)
-    wait_processes(client, run.id, 4)
+    wait_processes(client, run.id, 3)
 
     rows = json.loads(
         agent.sql(
@@ -337,7 +337,7 @@ def test_workflow_processes_view_reads_like_the_executors_table(
 def test_emergency_kill_takes_the_run_at_once(agent: Agent, marker: str) -> None:
     client = agent.client()
     run = start(client, marker)
-    wait_processes(client, run.id, 4)
+    wait_processes(client, run.id, 3)
     result = asyncio.run(WorkflowProcessTracker(agent.async_client()).emergency_kill(run.id))
     assert result["success"] is True and result["mode"] == "emergency", result
     assert not pids_with_env("WFCG_RUN_ID", run.id)

@@ -73,8 +73,9 @@ fn log_destination(stderr_target: &str, regular: bool, service: bool) -> String 
 }
 
 impl Agent {
-    /// What `GET /v1/health` answers.
-    pub fn health(&self) -> Health {
+    /// What `GET /v1/health` answers; with `kill_course`, also the longest kill
+    /// course its templates allow (which reads them).
+    pub fn health(&self, kill_course: bool) -> Health {
         Health {
             ok: true,
             pid: std::process::id(),
@@ -86,6 +87,8 @@ impl Agent {
             log: Some(self.about.log.clone()),
             live_runs: Some(self.watched_runs() as u64),
             service: self.about.service.clone(),
+            templates_dir: Some(self.cfg.templates_dir.display().to_string()),
+            kill_course: kill_course.then(|| self.kill_course()),
         }
     }
 

@@ -378,7 +378,9 @@ impl Agent {
                 return Template::parse(text, &name).map(|t| (name, t)).map_err(bad);
             }
             let base = match &req.workflow {
-                Some(workflow) => Template::find(workflow).map_err(bad)?,
+                Some(workflow) => {
+                    Template::find_in(&self.cfg.templates_dir, workflow).map_err(bad)?
+                }
                 None => None,
             }
             .unwrap_or_else(|| self.template.clone());
@@ -387,15 +389,31 @@ impl Agent {
                 .map_err(bad);
         }
         if let Some(name) = &req.template {
-            return Template::lookup(name)
+            return Template::lookup_in(&self.cfg.templates_dir, name)
                 .map(|t| (name.clone(), t))
                 .map_err(bad);
         }
-        // A workflow named like no template gets the default; a broken one is an error.
-        if let Some(workflow) = &req.workflow
-            && let Some(t) = Template::find(workflow).map_err(bad)?
-        {
-            return Ok((workflow.clone(), t));
+        // A workflow named like no template gets the default (unless the
+        // caller asked for its template); a broken one is an error.
+        if let Some(workflow) = &req.workflow {
+            if let Some(t) = Template::find_in(&self.cfg.templates_dir, workflow).map_err(bad)? {
+                return Ok((workflow.clone(), t));
+            }
+            if req.workflow_needs_template {
+                let known: Vec<String> = Template::list_in(&self.cfg.templates_dir)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect();
+                return Err(Failure::new(
+                    ErrorKind::BadInput,
+                    format!(
+                        "--workflow {workflow}: no template of that name (known: {}); add {}/{workflow}.toml, \
+                         or give the run's template with --template FILE (an empty file: the default's)",
+                        known.join(", "),
+                        self.cfg.templates_dir.display()
+                    ),
+                ));
+            }
         }
         Ok(("default".into(), self.template.clone()))
     }

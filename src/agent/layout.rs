@@ -29,16 +29,14 @@ pub fn supervisor(run: &Cgroup) -> Option<Cgroup> {
     Some(run.child(SUPERVISOR)).filter(Cgroup::exists)
 }
 
-/// How many processes the run has, supervisor included (a read of each leaf's
-/// `cgroup.procs`; a flat run's own).
+/// How many processes the run's payload has: its command and all it started,
+/// not its supervisor (a read of the payload leaf's `cgroup.procs`; a flat or
+/// adopted run's own).
 pub fn process_count(run: &Cgroup) -> u32 {
     let count = |cg: &Cgroup| cg.procs().map(|p| p.len() as u32);
-    // The leaves are read without asking first whether they exist (a stat each,
-    // a quarter of a listing of 1000 runs): a flat run has none to read.
-    match count(&run.child(PAYLOAD)) {
-        Ok(n) => n + count(&run.child(SUPERVISOR)).unwrap_or(0),
-        Err(_) => count(run).unwrap_or(0),
-    }
+    // The leaf is read without asking first whether it exists (a stat, a
+    // quarter of a listing of 1000 runs): a flat run has none to read.
+    count(&run.child(PAYLOAD)).unwrap_or_else(|_| count(run).unwrap_or(0))
 }
 
 /// Creates the two leaves of a new run (below `run`, which holds the limits).
@@ -80,9 +78,9 @@ mod tests {
         assert_eq!(supervisor(&run), Some(run.child(SUPERVISOR)));
     }
 
-    /// The count reads each leaf's `cgroup.procs`, or a flat run's own.
+    /// The count reads the payload's `cgroup.procs`, or a flat run's own.
     #[test]
-    fn processes_are_counted_in_both_leaves_or_in_a_flat_run() {
+    fn processes_are_counted_in_the_payload_or_in_a_flat_run() {
         let dir = tempfile::tempdir().unwrap();
         let run = Cgroup::new(dir.path().join("r"));
         std::fs::create_dir(run.path()).unwrap();
@@ -94,12 +92,8 @@ mod tests {
         create_leaves(&run).unwrap();
         procs(&run, "");
         procs(&run.child(PAYLOAD), "10\n11\n12\n");
-        assert_eq!(
-            process_count(&run),
-            3,
-            "no supervisor's cgroup.procs to read"
-        );
+        assert_eq!(process_count(&run), 3);
         procs(&run.child(SUPERVISOR), "9\n");
-        assert_eq!(process_count(&run), 4);
+        assert_eq!(process_count(&run), 3, "the supervisor is counted");
     }
 }

@@ -409,8 +409,8 @@ impl Agent {
         } else if msg.watchdog {
             self.heartbeat(run_id, now_t, threshold, None);
         }
-        if msg.output {
-            self.saw_output(run_id);
+        if msg.output || msg.new_line || msg.repeat.is_some() {
+            self.saw_output(run_id, msg.new_line, msg.repeat.clone());
         }
         if msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some() {
             self.life.phases.push(run_id, now_t, msg);

@@ -85,6 +85,8 @@ pub struct Snapshot {
     /// Runs by status (all the store holds).
     pub runs_by_status: Vec<(String, u64)>,
     pub stuck: u64,
+    /// Live runs whose only output is a retry loop (progress.rs).
+    pub retrying: u64,
     /// Workflows whose circuit breaker is open.
     pub breakers_open: u64,
     /// Live runs: id, workflow, status, age in seconds.
@@ -180,6 +182,11 @@ impl Metrics {
             "stuck_runs",
             "Live runs past or near a deadline",
             ConstGauge::new(snap.stuck as i64),
+        );
+        reg.register(
+            "retrying_runs",
+            "Live runs whose newest output line repeats an earlier one with nothing else new (a retry loop)",
+            ConstGauge::new(snap.retrying as i64),
         );
         reg.register(
             "breakers_open",
@@ -316,6 +323,7 @@ impl Agent {
             audit_failures: self.auditor.failures.load(Ordering::Relaxed),
             audit_pending: self.auditor.pending() as u64,
             breakers_open: self.open_breakers() as u64,
+            retrying: self.retrying_count(),
             ..Default::default()
         };
         let stats = self.alerter.stats();

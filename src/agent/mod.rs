@@ -101,6 +101,8 @@ pub struct Config {
     /// Whether `/metrics` on TCP (which anyone who can connect reads) carries the
     /// per-run series with run ids and workflows.
     pub metrics_per_run: bool,
+    /// The operator's templates (`NAME.toml`), over the shipped ones.
+    pub templates_dir: PathBuf,
 }
 
 /// Why the agent cannot start.
@@ -318,7 +320,8 @@ impl Agent {
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         // Everything that can refuse a start is read before the host is touched.
         let access = access::Access::load(cfg.policy.clone()).map_err(StartError::Policy)?;
-        let template = Template::default_for_host().map_err(StartError::Template)?;
+        let template =
+            Template::lookup_in(&cfg.templates_dir, "default").map_err(StartError::Template)?;
         let place = match &cfg.cgroup_root {
             Some(p) => placement::Placement::Own(p.clone()),
             None => placement::decide(None, &placement::Host::current()?, placement::is_delegated)

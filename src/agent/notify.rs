@@ -31,6 +31,38 @@ pub struct Message {
     pub watchdog_usec: Option<u64>,
     /// X_WFCG_OUTPUT=1: the run's supervisor saw its command write output.
     pub output: bool,
+    /// X_WFCG_NEW_LINE=1: … and a line unlike its recent ones (progress).
+    pub new_line: bool,
+    /// X_WFCG_REPEAT=COUNT SECS LINE: its newest line repeats an earlier one.
+    pub repeat: Option<Repeat>,
+}
+
+/// A line of output that repeats an earlier one with only numbers changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeat {
+    /// How many times it has been seen.
+    pub count: u64,
+    /// Seconds since it was first seen (at most a year).
+    pub secs: u64,
+    /// The newest instance, cut to [`crate::api::REPEAT_LINE_MAX`] characters.
+    pub line: String,
+}
+
+impl Repeat {
+    /// `COUNT SECS LINE`; `None` when malformed.
+    fn parse(value: &str) -> Option<Repeat> {
+        let mut parts = value.splitn(3, ' ');
+        let count = parts.next()?.parse().ok()?;
+        let secs = parts.next()?.parse::<u64>().ok()?.min(365 * 24 * 3600);
+        let line = parts
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(crate::api::REPEAT_LINE_MAX)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        Some(Repeat { count, secs, line })
+    }
 }
 
 /// Parses a datagram (`KEY=VALUE` lines; unknown keys are ignored, as sd_notify allows).
@@ -48,6 +80,8 @@ pub fn parse(datagram: &[u8]) -> Message {
             "STATUS" => m.status = Some(value.chars().take(1024).collect()),
             "EXTEND_TIMEOUT_USEC" => m.extend_usec = value.trim().parse().ok(),
             "X_WFCG_OUTPUT" => m.output |= value == "1",
+            "X_WFCG_NEW_LINE" => m.new_line |= value == "1",
+            crate::api::REPEAT_NOTIFY => m.repeat = Repeat::parse(value),
             "WATCHDOG_USEC" => m.watchdog_usec = value.trim().parse().ok().filter(|&v| v > 0),
             _ => {}
         }
@@ -237,11 +271,26 @@ mod tests {
                 extend_usec: Some(5_000_000),
                 watchdog_usec: None,
                 output: false,
+                new_line: false,
+                repeat: None,
             }
         );
         assert!(parse(b"X_WFCG_OUTPUT=1").output);
         assert_eq!(parse(b"garbage\xff\n=\nREADY=0"), Message::default());
         assert!(parse(b"STOPPING=1").stopping);
+        let m =
+            parse(b"X_WFCG_OUTPUT=1\nX_WFCG_NEW_LINE=1\nX_WFCG_REPEAT=7 63 retry in 5s \x1b[2J");
+        assert!(m.output && m.new_line);
+        let r = m.repeat.unwrap();
+        assert_eq!((r.count, r.secs), (7, 63));
+        assert_eq!(r.line, "retry in 5s ?[2J");
+        assert_eq!(parse(b"X_WFCG_REPEAT=x 1 a").repeat, None);
+        let long = format!("X_WFCG_REPEAT=2 99999999999 {}", "a".repeat(900));
+        let r = parse(long.as_bytes()).repeat.unwrap();
+        assert_eq!(
+            (r.secs, r.line.len()),
+            (365 * 24 * 3600, crate::api::REPEAT_LINE_MAX)
+        );
         assert_eq!(
             parse(b"WATCHDOG_USEC=2000000").watchdog_usec,
             Some(2_000_000)

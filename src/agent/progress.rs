@@ -8,62 +8,155 @@
 //! (`X_WFCG_OUTPUT=1`, at most once a second); readiness from output, a log line
 //! or a file is decided by the supervisor too, which sends READY=1.
 //!
-//! The progress rule: between two samples the run made progress when its
-//! cgroup's CPU time (`cpu.stat` `usage_usec`, present without controllers) grew
-//! by at least 1% of the time between them (and at least 10 ms, so idle polling
-//! does not count), when the set of its processes changed (one started or
-//! ended), or when it wrote output. A run without progress for the stall
-//! timeout is killed. Samples come every quarter of the timeout (250 ms to 60 s),
-//! so a stall is found between 1 and 1.25 stall timeouts after the last progress.
+//! The progress rule: a run makes progress when something new happens, not
+//! when it only does again what it did before. Between two samples, progress is
+//! - a line of output unlike its recent ones ([`crate::novelty`]: a line that
+//!   repeats an earlier one with only numbers, times, ids or durations changed,
+//!   as a retry or a countdown does, is not new), reported by the supervisor;
+//! - a process started with a command line unlike those the run started before
+//!   (normalized the same way: `sleep 3` after `sleep 1` is not new);
+//! - at least [`MIN_IO_PROGRESS`] read or written by its processes (`rchar` +
+//!   `wchar` of `/proc/<pid>/io`, files, pipes and sockets, counted for the
+//!   processes alive at both samples);
+//! - CPU time of its payload (`cpu.stat` `usage_usec`) of at least a quarter of
+//!   the time between the samples ([`CPU_SHARE`]): a program computing uses a
+//!   core; one waiting between retries uses a few percent in bursts.
+//!
+//! A run without progress for the stall timeout is killed. Samples come every
+//! quarter of the timeout (250 ms to 60 s), so a stall is found between 1 and
+//! 1.25 stall timeouts after the last progress. A run whose newest line repeats
+//! an earlier one (3 times or more) and which made no progress for two samples
+//! (a minute without a stall timeout) is flagged `retrying: LINE, N times in M`
+//! ([`Agent::retrying`]), which makes it stuck for every reader.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::Agent;
 use super::monitor::Kind;
+use super::notify::Repeat;
 use super::time::rfc3339;
 use crate::api::RunStatus;
+use crate::novelty::{Recent, Seen, normalize};
 use crate::procfs;
 use crate::store::RunRecord;
 use crate::template::{Ready, Template};
 
 /// How often the ready port is looked for while the run initializes.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
-/// The least CPU time between two samples that counts as progress.
+/// The least CPU time between two samples that counts as progress, and the
+/// least share of the time between them.
 const MIN_CPU_PROGRESS: Duration = Duration::from_millis(10);
+const CPU_SHARE: u32 = 4;
+/// The least bytes read and written between two samples that count as progress.
+pub const MIN_IO_PROGRESS: u64 = 64 * 1024;
+/// Processes whose I/O is read per sample, and new ones whose command line is.
+const MAX_IO_PIDS: usize = 512;
+const MAX_NEW_PIDS: usize = 256;
+/// Distinct command lines remembered per run.
+const RECENT_COMMANDS: usize = 256;
+/// Repeats of one line before a run is flagged as retrying …
+const RETRY_FLAG_AT: u64 = 3;
+/// … with no progress for this long when it has no stall timeout (else for two samples).
+const RETRY_IDLE: Duration = Duration::from_secs(60);
 /// Samples per stall timeout, and their bounds.
 const SAMPLES_PER_STALL: u32 = 4;
 const MIN_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const MAX_SAMPLE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the agent watches of one run without sd_notify.
-#[derive(Default)]
 pub(super) struct RunWatch {
     output_seen: bool,
     /// The first-output timeout (zero: none).
     output_timeout: Duration,
     stall: Option<Stall>,
     port: Option<u16>,
+    /// The last progress seen, and of what kind.
+    last_progress: Instant,
+    kind: Progress,
+    /// The newest line of output, while it repeats an earlier one.
+    retry: Option<Retry>,
+}
+
+/// What the last progress of a run was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// None yet: the time is when the watch began.
+    Start,
+    /// A new line of output.
+    Output,
+    /// A process with a new command line.
+    Process,
+    /// Bytes read or written.
+    Io,
+    /// CPU time.
+    Cpu,
+}
+
+impl Progress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Progress::Start => "start",
+            Progress::Output => "output",
+            Progress::Process => "process",
+            Progress::Io => "io",
+            Progress::Cpu => "cpu",
+        }
+    }
+}
+
+struct Retry {
+    repeat: Repeat,
+    /// When the newest report of it came.
+    at: Instant,
+}
+
+impl RunWatch {
+    /// The retry flag's text, when the run is retrying (see the module's doc).
+    fn retrying(&self) -> Option<String> {
+        let r = self
+            .retry
+            .as_ref()
+            .filter(|r| r.repeat.count >= RETRY_FLAG_AT)?;
+        let idle = self.stall.as_ref().map_or(RETRY_IDLE, |s| 2 * s.every);
+        (self.last_progress.elapsed() >= idle).then(|| r.text())
+    }
+}
+
+impl Retry {
+    fn text(&self) -> String {
+        let secs = self.repeat.secs + self.at.elapsed().as_secs();
+        let span = if secs < 60 {
+            format!("{secs}s")
+        } else {
+            format!("{} min", secs / 60)
+        };
+        format!(
+            "retrying: {}, {} times in {span}",
+            self.repeat.line, self.repeat.count
+        )
+    }
 }
 
 struct Stall {
     timeout: Duration,
     every: Duration,
-    /// The last sample: CPU time, a hash of the process set, and when.
+    /// The last sample: the payload's CPU time, its processes' I/O bytes, and when.
     cpu_usec: Option<u64>,
-    procs: u64,
+    io: HashMap<i32, u64>,
+    /// The command lines its processes were started with (normalized).
+    commands: Recent,
     sampled: Instant,
-    last_progress: Instant,
 }
 
-fn procs_hash(mut pids: Vec<i32>) -> u64 {
-    pids.sort_unstable();
-    let mut h = DefaultHasher::new();
-    pids.hash(&mut h);
-    h.finish()
+/// What a sample read of a run, outside the lock.
+struct Sample {
+    cpu: Option<u64>,
+    io: HashMap<i32, u64>,
+    /// Normalized command lines of processes not in the last sample.
+    new_commands: Vec<String>,
 }
 
 /// How often a run with this stall timeout is sampled.
@@ -73,7 +166,14 @@ pub fn sample_every(stall: Duration) -> Duration {
 
 /// Whether CPU time `used` over `elapsed` counts as progress.
 pub fn cpu_progress(used: Duration, elapsed: Duration) -> bool {
-    used >= MIN_CPU_PROGRESS.max(elapsed / 100)
+    used >= MIN_CPU_PROGRESS.max(elapsed / CPU_SHARE)
+}
+
+/// The bytes the processes alive at both samples read and wrote between them.
+fn io_between(before: &HashMap<i32, u64>, now: &HashMap<i32, u64>) -> u64 {
+    now.iter()
+        .filter_map(|(pid, n)| before.get(pid).map(|b| n.saturating_sub(*b)))
+        .fold(0u64, u64::saturating_add)
 }
 
 /// What a run's supervisor watches for the agent: output when a template or
@@ -160,10 +260,12 @@ impl Agent {
         let stall = (!t.stall.is_zero()).then(|| Stall {
             timeout: t.stall,
             every: sample_every(t.stall),
-            cpu_usec: cg.as_ref().and_then(|c| c.cpu_usage_usec()),
-            procs: 0,
+            cpu_usec: cg
+                .as_ref()
+                .and_then(|c| super::layout::payload(c).cpu_usage_usec()),
+            io: HashMap::new(),
+            commands: Recent::new(RECENT_COMMANDS),
             sampled: now,
-            last_progress: now,
         });
         let every = stall.as_ref().map(|s| s.every);
         // The watch first, then the timers: a probe due at once may fire on the
@@ -176,6 +278,9 @@ impl Agent {
                 output_timeout: t.output,
                 stall,
                 port,
+                last_progress: now,
+                kind: Progress::Start,
+                retry: None,
             },
         );
         let Some(m) = self.monitor() else { return };
@@ -196,21 +301,57 @@ impl Agent {
     }
 
     /// The supervisor saw the run write output: the first-output deadline is
-    /// met, and it is progress.
-    pub(super) fn saw_output(&self, run_id: &str) {
+    /// met. A new line is progress and ends a retry streak; a repeated line
+    /// (after the new ones of the same report) begins or continues one.
+    pub(super) fn saw_output(&self, run_id: &str, new_line: bool, repeat: Option<Repeat>) {
         let first = {
             let mut watches = self.life.watches();
             let Some(w) = watches.get_mut(run_id) else {
                 return;
             };
-            if let Some(s) = &mut w.stall {
-                s.last_progress = Instant::now();
+            let now = Instant::now();
+            if new_line {
+                (w.last_progress, w.kind) = (now, Progress::Output);
+                w.retry = None;
+            }
+            if let Some(repeat) = repeat {
+                w.retry = Some(Retry { repeat, at: now });
             }
             !std::mem::replace(&mut w.output_seen, true)
         };
         if first && let Some(m) = self.monitor() {
             m.set(run_id, Kind::Output, None);
         }
+    }
+
+    /// `retrying: LINE, N times in M`, when the run's newest line has repeated
+    /// an earlier one at least 3 times and nothing else new happened for two
+    /// samples.
+    pub(super) fn retrying(&self, run_id: &str) -> Option<String> {
+        self.life.watches().get(run_id)?.retrying()
+    }
+
+    /// A watched run's last progress (wall-clock time, kind) and its stall
+    /// deadline (when it has a stall timeout).
+    pub(super) fn progress_of(
+        &self,
+        run_id: &str,
+    ) -> Option<(DateTime<Utc>, Progress, Option<DateTime<Utc>>)> {
+        let watches = self.life.watches();
+        let w = watches.get(run_id)?;
+        let now = Utc::now();
+        let at = crate::bounds::earlier(now, w.last_progress.elapsed());
+        let deadline = w
+            .stall
+            .as_ref()
+            .map(|s| crate::bounds::later(at, s.timeout));
+        Some((at, w.kind, deadline))
+    }
+
+    /// How many watched runs are flagged as retrying (for /metrics).
+    pub(super) fn retrying_count(&self) -> u64 {
+        let watches = self.life.watches();
+        watches.values().filter(|w| w.retrying().is_some()).count() as u64
     }
 
     /// The first-output deadline fired: why the run is to be killed, unless
@@ -231,39 +372,86 @@ impl Agent {
     /// the next sample is set.
     pub(super) fn sample_stall(&self, run_id: &str) -> Option<String> {
         let cg = self.live_cgroup(run_id)?;
-        // Read before the lock: the run's CPU time (its supervisor's included:
-        // it spends some only copying output, which is progress anyway) and the
-        // processes of its payload leaf (where the command and all it starts live).
-        let cpu = cg.cpu_usage_usec();
-        let pids = super::layout::payload(&cg).procs().unwrap_or_default();
-        let procs = procs_hash(pids);
+        // The payload leaf holds the command and all it starts; the supervisor
+        // (which copies output) is not counted: output is judged by its lines.
+        let payload = super::layout::payload(&cg);
+        let pids = payload.procs().unwrap_or_default();
+        let known: Vec<i32> = {
+            let watches = self.life.watches();
+            let s = watches.get(run_id)?.stall.as_ref()?;
+            s.io.keys().copied().collect()
+        };
+        let sample = self.read_sample(&payload, &pids, &known);
         let now = Instant::now();
         let mut watches = self.life.watches();
-        let s = watches.get_mut(run_id)?.stall.as_mut()?;
-        let used = match (s.cpu_usec, cpu) {
+        let w = watches.get_mut(run_id)?;
+        let s = w.stall.as_mut()?;
+        let used = match (s.cpu_usec, sample.cpu) {
             (Some(a), Some(b)) => Duration::from_micros(b.saturating_sub(a)),
             _ => Duration::ZERO,
         };
-        if cpu_progress(used, now.duration_since(s.sampled)) || procs != s.procs {
-            s.last_progress = now;
+        // Every command line is noted (not only up to the first new one).
+        let mut new_command = false;
+        for c in &sample.new_commands {
+            new_command |= s.commands.see(c) == Seen::New;
         }
-        (s.cpu_usec, s.procs, s.sampled) = (cpu, procs, now);
-        let idle = now.duration_since(s.last_progress);
-        if idle >= s.timeout {
+        let found = if new_command {
+            Some(Progress::Process)
+        } else if io_between(&s.io, &sample.io) >= MIN_IO_PROGRESS {
+            Some(Progress::Io)
+        } else if cpu_progress(used, now.duration_since(s.sampled)) {
+            Some(Progress::Cpu)
+        } else {
+            None
+        };
+        (s.cpu_usec, s.io, s.sampled) = (sample.cpu, sample.io, now);
+        let (timeout, every) = (s.timeout, s.every);
+        if let Some(kind) = found {
+            (w.last_progress, w.kind) = (now, kind);
+        }
+        let idle = now.duration_since(w.last_progress);
+        if idle >= timeout {
             let since = crate::bounds::earlier(Utc::now(), idle);
+            let retrying = w.retrying().map(|r| format!("; {r}")).unwrap_or_default();
             return Some(format!(
-                "stalled: no progress (CPU time, processes, output) for {} (since {})",
-                crate::duration::format(s.timeout),
+                "stalled: no progress (new output, new processes, I/O, CPU) for {} (since {}){retrying}",
+                crate::duration::format(timeout),
                 rfc3339(since)
             ));
         }
-        let next = s.every.min(s.timeout - idle);
+        let next = every.min(timeout - idle);
         drop(watches);
         if let Some(m) = self.monitor() {
             let at = crate::bounds::later(Utc::now(), next);
             m.set(run_id, Kind::Stall, Some(at));
         }
         None
+    }
+
+    /// Reads a run's sample: its payload's CPU time, its processes' I/O (at
+    /// most [`MAX_IO_PIDS`]) and the command lines of those not `known` from
+    /// the last sample (at most [`MAX_NEW_PIDS`]).
+    fn read_sample(&self, payload: &crate::cgroup::Cgroup, pids: &[i32], known: &[i32]) -> Sample {
+        let root = &self.cfg.proc_root;
+        let known: std::collections::HashSet<i32> = known.iter().copied().collect();
+        let mut io = HashMap::new();
+        let mut new_commands = Vec::new();
+        for &pid in pids.iter().take(MAX_IO_PIDS) {
+            if let Some(n) = procfs::io_bytes(root, pid) {
+                io.insert(pid, n);
+            }
+            if !known.contains(&pid)
+                && new_commands.len() < MAX_NEW_PIDS
+                && let Some(cmd) = procfs::cmdline(root, pid)
+            {
+                new_commands.push(normalize(&cmd));
+            }
+        }
+        Sample {
+            cpu: payload.cpu_usage_usec(),
+            io,
+            new_commands,
+        }
     }
 
     /// Looks for a process of the initializing run listening on its ready port.
@@ -304,19 +492,28 @@ mod tests {
         let ms = Duration::from_millis;
         // A poll every 100 ms at 50 µs each: 0.05% of a core.
         assert!(!cpu_progress(ms(5), s(10)));
-        assert!(!cpu_progress(ms(9), ms(750)));
-        assert!(cpu_progress(ms(10), ms(750)));
-        // 1% of the time between samples, at least 10 ms.
-        assert!(!cpu_progress(ms(500), s(60)));
-        assert!(cpu_progress(ms(600), s(60)));
+        assert!(!cpu_progress(ms(9), ms(20)));
+        // A quarter of the time between samples, at least 10 ms: bursts of a
+        // program waiting between retries (3% of a core) are not progress.
+        assert!(!cpu_progress(ms(180), ms(750)));
+        assert!(cpu_progress(ms(190), ms(750)));
+        assert!(!cpu_progress(s(2), s(60)));
+        assert!(cpu_progress(s(15), s(60)));
         assert_eq!(sample_every(s(3)), ms(750));
         assert_eq!(sample_every(ms(100)), ms(250));
         assert_eq!(sample_every(s(3600)), s(60));
     }
 
     #[test]
-    fn the_process_set_hash_ignores_order() {
-        assert_eq!(procs_hash(vec![3, 1, 2]), procs_hash(vec![1, 2, 3]));
-        assert_ne!(procs_hash(vec![1, 2]), procs_hash(vec![1, 2, 4]));
+    fn io_counts_processes_alive_at_both_samples() {
+        let before = HashMap::from([(1, 100), (2, 5000)]);
+        // 2 ended, 3 is new (its bytes so far are not counted), 1 read 70000.
+        let now = HashMap::from([(1, 70_100), (3, 1 << 30)]);
+        assert_eq!(io_between(&before, &now), 70_000);
+        // A counter that went back (a reused pid) counts nothing.
+        assert_eq!(
+            io_between(&HashMap::from([(1, 9)]), &HashMap::from([(1, 3)])),
+            0
+        );
     }
 }

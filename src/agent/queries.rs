@@ -12,6 +12,27 @@ use crate::sections;
 use crate::store::RunRecord;
 
 impl Agent {
+    /// The longest a kill may take where the request leaves a value to the
+    /// run's template: each the longest of the shipped default and the
+    /// templates in the agent's directory (a run's own template text may not
+    /// ask for more than them). For clients, at `/v1/health?kill_course=true`.
+    pub fn kill_course(&self) -> api::KillCourseMs {
+        use crate::template::Template;
+        let dir = &self.cfg.templates_dir;
+        let on_host = Template::list_in(dir)
+            .into_iter()
+            .filter_map(|(name, _)| Template::lookup_in(dir, &name).ok());
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut c = api::KillCourseMs::default();
+        for t in Template::builtin().ok().into_iter().chain(on_host) {
+            c.max_wait_ms = c.max_wait_ms.max(ms(t.critical_sections.max_wait));
+            c.term_grace_ms = c.term_grace_ms.max(ms(t.kill.term_grace));
+            c.freeze_timeout_ms = c.freeze_timeout_ms.max(ms(t.kill.freeze_timeout));
+            c.kill_deadline_ms = c.kill_deadline_ms.max(ms(t.kill.kill_deadline));
+        }
+        c
+    }
+
     /// The record of a run the caller may see.
     pub(super) fn visible_run(&self, caller: &Caller, run_id: &str) -> Result<RunRecord> {
         let rec = self.find_run(run_id)?;
@@ -46,7 +67,7 @@ impl Agent {
             .filter(|r| self.decide(&id, Action::View, r).allowed)
             .filter(|r| !stuck || self.stuck_reason(r).is_some())
             .collect();
-        // Three cgroup files per live run (the processes of its two leaves, its
+        // Two cgroup files per live run (the processes of its payload, its
         // CPU time), read now so that they are current: kept open from one
         // listing to the next (see run_files.rs), else opened relative to the
         // runs' directory opened once; with many runs, on every core.
@@ -95,8 +116,15 @@ impl Agent {
             (0, None)
         };
         let stuck = self.stuck_reason(&rec);
-        let waiting_for =
-            (status == RunStatus::Initializing).then(|| self.run_template(&rec).run.waiting_for());
+        let template = status.is_live().then(|| self.run_template(&rec));
+        let waiting_for = template
+            .as_ref()
+            .filter(|_| status == RunStatus::Initializing)
+            .map(|t| t.run.waiting_for());
+        let ready_when = template.as_ref().map(|t| t.run.ready_condition());
+        let progress = self.progress_of(&rec.run_id);
+        let retrying = self.retrying(&rec.run_id);
+        let end_reason = end_reason(&rec);
         // One look in the audit trail: for `wfcg status` of a run whose
         // workspace was to be removed.
         let workspace_cleanup = (with_sections && rec.cleanup_workspace)
@@ -144,9 +172,41 @@ impl Agent {
             waiting_for,
             workspace_cleanup,
             parent_run_id: rec.parent_run_id,
+            ready_when,
+            stall_deadline: progress.and_then(|(_, _, d)| d).map(rfc3339),
+            last_progress: progress.map(|(at, _, _)| rfc3339(at)),
+            last_progress_kind: progress.map(|(_, kind, _)| kind.as_str().to_string()),
+            retrying,
+            end_reason,
         }
     }
+}
 
+/// How an ended run ended, in words: why it was killed, else its exit.
+fn end_reason(rec: &RunRecord) -> Option<String> {
+    if rec.status.is_live() {
+        return None;
+    }
+    let kill: Option<api::KillResult> = rec
+        .kill_result
+        .as_deref()
+        .and_then(|k| serde_json::from_str(k).ok());
+    if let Some(why) = kill.as_ref().and_then(|k| k.reason.clone()) {
+        return Some(why);
+    }
+    Some(match (rec.status, rec.exit_code, rec.exit_signal) {
+        (RunStatus::OomKilled, _, _) => "out of memory: the kernel's OOM killer ended it".into(),
+        (RunStatus::Lost, _, _) => "ended while nobody watched (no exit was reported)".into(),
+        (_, Some(code), _) => format!("exited with status {code}"),
+        (_, None, Some(sig)) => format!("ended by signal {sig}"),
+        _ => match kill {
+            Some(k) => k.message,
+            None => rec.status.to_string(),
+        },
+    })
+}
+
+impl Agent {
     /// The critical sections a live run has open now, each with when it was first seen.
     fn open_sections(&self, rec: &RunRecord) -> Vec<api::Section> {
         let pids = layout::payload(&Cgroup::new(&rec.cgroup_path))
@@ -186,5 +246,47 @@ impl Agent {
             sightings.insert(rec.run_id.clone(), current);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_reason_is_the_kills_reason_else_the_exit() {
+        let ended = |status, code, signal, kill: Option<&str>| RunRecord {
+            status,
+            exit_code: code,
+            exit_signal: signal,
+            kill_result: kill.map(str::to_owned),
+            ..Default::default()
+        };
+        assert_eq!(
+            end_reason(&ended(RunStatus::Running, None, None, None)),
+            None
+        );
+        let killed = serde_json::to_string(&api::KillResult {
+            reason: Some("stalled: no progress".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            end_reason(&ended(RunStatus::TimedOut, None, Some(9), Some(&killed))).as_deref(),
+            Some("stalled: no progress")
+        );
+        assert_eq!(
+            end_reason(&ended(RunStatus::Exited, Some(3), None, None)).as_deref(),
+            Some("exited with status 3")
+        );
+        assert_eq!(
+            end_reason(&ended(RunStatus::Exited, None, Some(15), None)).as_deref(),
+            Some("ended by signal 15")
+        );
+        assert!(
+            end_reason(&ended(RunStatus::OomKilled, None, Some(9), None))
+                .unwrap()
+                .starts_with("out of memory")
+        );
     }
 }

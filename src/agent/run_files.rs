@@ -1,12 +1,12 @@
 //! The cgroup files a listing reads of each live run (the `cgroup.procs` of its
-//! two leaves, its `cpu.stat`), kept open from one listing to the next and read
+//! payload leaf, its `cpu.stat`), kept open from one listing to the next and read
 //! from their start each time: every figure is the kernel's at the time of the
 //! request, without the path lookup, setup and teardown of an open and a close
 //! per file, which were two thirds of the time of a listing of many runs.
 //!
 //! Only on a host that gives the agent many files (at least [`MIN_LIMIT`]; the
 //! service has a million), and at most a quarter of them; other runs, and runs
-//! without both leaves (flat, adopted trees), are read by path. A run's files
+//! without a payload leaf (flat, adopted trees), are read by path. A run's files
 //! are closed at its cleanup, before its cgroup is removed, and a listing of
 //! every live run closes those of runs no longer live.
 
@@ -15,34 +15,29 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::layout::{PAYLOAD, SUPERVISOR};
+use super::layout::PAYLOAD;
 use crate::cgroup::{self, CGROUP_PROCS, CPU_STAT, Cgroup, OpenFile};
 
 /// Files are kept open only under an open-file limit at least this high.
 const MIN_LIMIT: u64 = 4096;
 
-/// One run's files: its two leaves' `cgroup.procs`, its `cpu.stat`.
-struct Files([OpenFile; 3]);
+/// One run's files: its payload's `cgroup.procs`, its `cpu.stat`.
+struct Files([OpenFile; 2]);
 
 impl Files {
+    /// Only for a run with a payload leaf (one without is read by path).
     fn open(cg: &Cgroup) -> cgroup::Result<Files> {
         Ok(Files([
             cg.child(PAYLOAD).open(CGROUP_PROCS)?,
-            cg.child(SUPERVISOR).open(CGROUP_PROCS)?,
             cg.open(CPU_STAT)?,
         ]))
     }
 
-    /// The run's processes (both leaves) and CPU time, read now.
+    /// The run's processes (its payload) and CPU time, read now.
     fn read(&self) -> cgroup::Result<(u32, Option<u64>)> {
-        let [payload, supervisor, cpu] = &self.0;
-        let count = |f: &OpenFile| -> cgroup::Result<u32> {
-            Ok(cgroup::parse_procs(&f.read()?, f.path())?.len() as u32)
-        };
-        Ok((
-            count(payload)? + count(supervisor)?,
-            cgroup::usage_usec(&cpu.read()?),
-        ))
+        let [payload, cpu] = &self.0;
+        let count = cgroup::parse_procs(&payload.read()?, payload.path())?.len() as u32;
+        Ok((count, cgroup::usage_usec(&cpu.read()?)))
     }
 }
 
@@ -84,8 +79,8 @@ impl RunFiles {
         if let Some(files) = self.open.lock().get(run_id) {
             return Some(files.clone());
         }
-        let kept = self.open.lock().len() as u64 * 3;
-        if kept + 3 > self.room {
+        let kept = self.open.lock().len() as u64 * 2;
+        if kept + 2 > self.room {
             return None;
         }
         let files = Arc::new(Files::open(cg).ok()?);

@@ -141,9 +141,20 @@ struct ListQuery {
     stuck: bool,
 }
 
+#[derive(Deserialize)]
+struct HealthQuery {
+    /// Also state the kill course the agent's templates allow (reads them).
+    #[serde(default)]
+    kill_course: bool,
+}
+
 /// Anyone may ask: nothing in it is a secret, and it takes no lock a request holds.
-async fn health(State(agent): State<Arc<Agent>>) -> Response {
-    axum::Json(agent.health()).into_response()
+async fn health(
+    State(agent): State<Arc<Agent>>,
+    q: Result<Query<HealthQuery>, QueryRejection>,
+) -> Reply {
+    let q = query(q)?;
+    call(move || Ok(agent.health(q.kill_course))).await
 }
 
 /// Root's request to stop the agent: answered first, then the agent stops

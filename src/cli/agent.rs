@@ -42,6 +42,12 @@ pub struct Args {
     /// so they are off by default; on the socket they go to root and `view_all`.
     #[arg(long)]
     pub metrics_per_run: bool,
+    /// The operator's run templates (NAME.toml, for `--workflow NAME` and
+    /// `--template NAME`; default.toml replaces the shipped default). Clients
+    /// never read them: the agent does, and states the kill course they allow
+    /// at /v1/health.
+    #[arg(long, value_name = "DIR", env = "WFCG_TEMPLATES_DIR", default_value = crate::template::SYSTEM_DIR)]
+    pub templates_dir: std::path::PathBuf,
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
@@ -72,6 +78,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         webhook: args.webhook.clone(),
         metrics_listen: args.metrics_listen,
         metrics_per_run: args.metrics_per_run,
+        templates_dir: args.templates_dir.clone(),
     };
     // Each run holds a notify socket: allow as many open files as the host permits.
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};

@@ -16,8 +16,10 @@ pub struct PsArgs {
     /// Include runs that have ended.
     #[arg(long, short)]
     pub all: bool,
-    /// Only runs past or near a deadline: initializing for 80% of their init
-    /// timeout, a heartbeat overdue, or near their total timeout.
+    /// Only stuck runs: initializing for 80% of their init timeout, a heartbeat
+    /// overdue, near their total timeout, restarting one command again and
+    /// again while initializing, or retrying (their newest output line repeats
+    /// an earlier one with only numbers changed, and nothing else is new).
     #[arg(long)]
     pub stuck: bool,
     /// Print JSON: the agent's answer as it came (one line), or indented on a terminal.
@@ -25,7 +27,9 @@ pub struct PsArgs {
     pub json: bool,
 }
 
-/// Show one run: status, processes, CPU time, command, how it ended.
+/// Show one run: status, what it waits for, its deadlines and last progress,
+/// processes (of its command, not counting `wfcg run`), CPU time, command, how
+/// it ended.
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
     pub run_id: String,
@@ -34,8 +38,9 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// The columns of `wfcg ps` (their least widths as they always were).
-const PS_COLUMNS: [table::Column; 9] = [
+/// The columns of `wfcg ps` (their least widths as they always were). PROCS
+/// counts the payload (the command and all it started), not the supervisor.
+const PS_COLUMNS: [table::Column; 11] = [
     table::left("RUN", 20),
     table::left("WORKFLOW", 12),
     table::left("OWNER", 10),
@@ -44,8 +49,28 @@ const PS_COLUMNS: [table::Column; 9] = [
     table::right("PROCS", 6),
     table::right("AGE", 8),
     table::right("CPU", 8),
+    table::left("PROGRESS", 12),
+    table::left("DEADLINE", 12),
     table::left("COMMAND", 0),
 ];
+
+/// `output 12s` (the kind of the last progress and how long ago), or `-`.
+fn progress_cell(r: &RunInfo, now: chrono::DateTime<chrono::Utc>) -> String {
+    r.progress_ago(now)
+        .filter(|_| r.status.is_live())
+        .map_or("-".into(), |(kind, ago)| {
+            format!("{kind} {}", crate::duration::short(ago))
+        })
+}
+
+/// `stall 48s` (the nearest deadline and the time left; `stall -2s` when
+/// past), or `-`.
+fn deadline_cell(r: &RunInfo, now: chrono::DateTime<chrono::Utc>) -> String {
+    r.next_deadline(now).map_or("-".into(), |(name, left)| {
+        let sign = if left < 0.0 { "-" } else { "" };
+        format!("{name} {sign}{}", crate::duration::short(left.abs()))
+    })
+}
 
 fn cpu(usec: Option<u64>) -> String {
     usec.map(|u| format!("{:.2}s", u as f64 / 1e6))
@@ -69,6 +94,7 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         return Ok(exit::OK);
     }
     let runs = nested(runs);
+    let now = chrono::Utc::now();
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|(depth, r)| {
@@ -81,6 +107,8 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
                 r.processes.to_string(),
                 crate::duration::short(r.age_secs),
                 cpu(r.cpu_usec),
+                progress_cell(r, now),
+                deadline_cell(r, now),
                 one_line(&r.command.join(" ")),
             ]
         })
@@ -92,6 +120,11 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         for note in notes(r) {
             outln!("{:w$} ! {}", "", Shown(note), w = widths[0])?;
         }
+        if r.status == api::RunStatus::Initializing
+            && let Some(cond) = &r.ready_when
+        {
+            outln!("{:w$}   waits for {}", "", Shown(cond), w = widths[0])?;
+        }
     }
     // Workflows whose new runs are refused (exit 6), so a missing run is explained.
     let breakers: Vec<api::BreakerInfo> = client.get("/v1/breakers").unwrap_or_default();
@@ -101,14 +134,13 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     Ok(exit::OK)
 }
 
-/// Why a run is stuck, and the loop it is suspected of, each line once (a
-/// suspected loop is often the reason it counts as stuck).
+/// Why a run is stuck, the loop it is suspected of and the retry loop it is
+/// in, each line once (either is often the reason it counts as stuck).
 fn notes(r: &RunInfo) -> impl Iterator<Item = &String> {
-    let looping = r
-        .loop_suspected
-        .as_ref()
-        .filter(|l| r.stuck.as_ref() != Some(*l));
-    r.stuck.iter().chain(looping)
+    let other = |l: &&String| r.stuck.as_ref() != Some(*l);
+    let looping = r.loop_suspected.as_ref().filter(other);
+    let retrying = r.retrying.as_ref().filter(other);
+    r.stuck.iter().chain(looping).chain(retrying)
 }
 
 /// Runs in their order, each followed by the runs started inside it (its
@@ -176,8 +208,20 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     if let Some(t) = &r.last_heartbeat {
         outln!("heartbeat:  {}", Shown(t))?;
     }
+    if let Some(cond) = &r.ready_when {
+        outln!("ready when: {}", Shown(cond))?;
+    }
+    let now = chrono::Utc::now();
+    if let Some((kind, ago)) = r.progress_ago(now).filter(|_| r.status.is_live()) {
+        outln!(
+            "progress:   {} ago ({kind}), at {}",
+            crate::duration::short(ago),
+            shown_or_dash(&r.last_progress)
+        )?;
+    }
     for (name, d) in [
         ("init by", &r.init_deadline),
+        ("stall by", &r.stall_deadline),
         ("end by", &r.total_deadline),
         ("next beat", &r.watchdog_deadline),
     ] {
@@ -204,7 +248,10 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         Some(_) => outln!("adopted:    pid is its root (started outside wfcg; no supervisor)")?,
         None => {}
     }
-    outln!("processes:  {}", r.processes)?;
+    outln!(
+        "processes:  {} (its command and all it started)",
+        r.processes
+    )?;
     outln!("started:    {}", opt(&r.started_at))?;
     outln!("age:        {}", crate::duration::short(r.age_secs))?;
     outln!("cpu:        {}", cpu(r.cpu_usec))?;
@@ -218,6 +265,9 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     }
     if let Some(ended) = &r.ended_at {
         outln!("ended:      {}", Shown(ended))?;
+    }
+    if let Some(why) = &r.end_reason {
+        outln!("end reason: {}", Shown(why))?;
     }
     match (r.exit_code, r.exit_signal) {
         (Some(c), _) => outln!("exit:       status {c}")?,

@@ -123,9 +123,6 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         timeout: super::agent_timeout(cli)?,
     };
     let ms = super::millis_arg;
-    if let (Some(workflow), None) = (&args.workflow, &args.template) {
-        workflow_has_template(workflow)?;
-    }
     let (template, template_text) = match &args.template {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -160,6 +157,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         workspace: None,
         // Asked for by the supervisor when it can (crate::run).
         spawn_into_payload: false,
+        // `--workflow NAME` alone picks the template NAME: one the agent does
+        // not have is a usage error (a typo would otherwise run under `default`).
+        workflow_needs_template: args.workflow.is_some() && args.template.is_none(),
     };
     crate::run::run(
         &addr,
@@ -169,25 +169,4 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             quiet: args.quiet,
         },
     )
-}
-
-/// `--workflow NAME` without `--template` picks the template NAME: one that does
-/// not exist is a usage error (a typo would otherwise run under `default`). A
-/// broken one is left for the agent to report.
-fn workflow_has_template(workflow: &str) -> Result<(), Failure> {
-    match crate::template::Template::find(workflow) {
-        Ok(Some(_)) | Err(_) => Ok(()),
-        Ok(None) => {
-            let known: Vec<String> = crate::template::Template::list()
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect();
-            Err(Failure::usage(format!(
-                "--workflow {workflow}: no template of that name (known: {}); add {}/{workflow}.toml, \
-                 or give the run's template with --template FILE (an empty file: the default's)",
-                known.join(", "),
-                crate::template::SYSTEM_DIR
-            )))
-        }
-    }
 }

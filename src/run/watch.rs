@@ -5,6 +5,13 @@
 //! second), READY=1 at the first byte or at a line matching the ready pattern,
 //! and READY=1 when the ready file appears (looked for as the run's owner, in
 //! the command's working directory).
+//!
+//! Each line (ended by a newline or a carriage return) is compared with the
+//! recent ones ([`crate::novelty`]): a new one is progress
+//! (`X_WFCG_NEW_LINE=1`); one that repeats an earlier line with only numbers
+//! changed is reported as a repeat (`X_WFCG_REPEAT=COUNT SECS LINE`), so the
+//! agent can tell a retry loop from work. Reports go at most once a second; what
+//! is held meanwhile is sent by a timer within the next second.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -17,7 +24,10 @@ use std::sync::mpsc;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::api::{OUTPUT_NOTIFY, RunStarted, Watch};
+use crate::api::{
+    NEW_LINE_NOTIFY, OUTPUT_NOTIFY, REPEAT_LINE_MAX, REPEAT_NOTIFY, RunStarted, Watch,
+};
+use crate::novelty::{Recent, Seen, normalize};
 
 /// How often output is reported after the first byte.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -27,14 +37,56 @@ const FILE_EVERY: Duration = Duration::from_millis(200);
 const MAX_LINE: usize = 64 * 1024;
 /// How long output still in the pipes is copied after the command ended.
 const DRAIN: Duration = Duration::from_secs(2);
+/// How many recent distinct lines a run's output is compared with.
+const RECENT_LINES: usize = 256;
 
 struct Shared {
     watch: Watch,
     notify: Option<String>,
     pattern: Option<regex::Regex>,
     ready_sent: AtomicBool,
-    last_report: Mutex<Option<Instant>>,
+    report: Mutex<Report>,
     stop: AtomicBool,
+}
+
+/// What the agent is told about the output, and what is held until it may be.
+struct Report {
+    last: Option<Instant>,
+    recent: Recent,
+    /// Output, a new line, and the newest line when it repeats, since the last report.
+    output: bool,
+    new_line: bool,
+    repeat: Option<(u64, Instant, String)>,
+}
+
+impl Report {
+    /// The notify message of what is held, if anything (and clears it).
+    fn take(&mut self, now: Instant) -> Option<String> {
+        if !self.output {
+            return None;
+        }
+        let mut msg = String::from(OUTPUT_NOTIFY);
+        if std::mem::take(&mut self.new_line) {
+            msg.push('\n');
+            msg.push_str(NEW_LINE_NOTIFY);
+        }
+        if let Some((count, first, line)) = self.repeat.take() {
+            let secs = now.duration_since(first).as_secs();
+            msg.push_str(&format!("\n{REPEAT_NOTIFY}={count} {secs} {line}"));
+        }
+        self.output = false;
+        self.last = Some(now);
+        Some(msg)
+    }
+}
+
+/// A line as sent to the agent: at most [`REPEAT_LINE_MAX`] characters, control
+/// characters as '?', no newline.
+fn shown_line(line: &str) -> String {
+    line.chars()
+        .take(REPEAT_LINE_MAX)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 impl Shared {
@@ -50,36 +102,71 @@ impl Shared {
         }
     }
 
-    /// A chunk of output: report it (rate-limited) and look for the ready line.
+    /// A chunk of output: report it and its lines (rate-limited) and look for
+    /// the ready line.
     fn output(&self, chunk: &[u8], line: &mut Vec<u8>) {
-        let now = Instant::now();
-        {
-            let mut last = self.last_report.lock();
-            if last.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
-                *last = Some(now);
-                if self.watch.output {
-                    self.send(OUTPUT_NOTIFY);
-                }
-            }
-        }
         if self.watch.ready_on_output {
             self.ready();
         }
-        let Some(re) = &self.pattern else { return };
-        if self.ready_sent.load(Ordering::SeqCst) {
+        let mut lines = Vec::new();
+        for &b in chunk {
+            let end = b == b'\n' || b == b'\r';
+            if end || line.len() >= MAX_LINE {
+                if !line.is_empty() {
+                    lines.push(String::from_utf8_lossy(line).into_owned());
+                    line.clear();
+                }
+                if end {
+                    continue;
+                }
+            }
+            line.push(b);
+        }
+        if let Some(re) = &self.pattern
+            && !self.ready_sent.load(Ordering::SeqCst)
+            && lines.iter().any(|l| re.is_match(l))
+        {
+            self.ready();
+        }
+        if !self.watch.output {
             return;
         }
-        for &b in chunk {
-            if b == b'\n' || line.len() >= MAX_LINE {
-                if re.is_match(&String::from_utf8_lossy(line)) {
-                    self.ready();
-                    return;
+        let now = Instant::now();
+        let msg = {
+            let mut r = self.report.lock();
+            r.output = true;
+            for l in &lines {
+                match r.recent.see(&normalize(l)) {
+                    Seen::New => {
+                        r.new_line = true;
+                        r.repeat = None;
+                    }
+                    Seen::Repeat(count, first) => r.repeat = Some((count, first, shown_line(l))),
                 }
-                line.clear();
             }
-            if b != b'\n' {
-                line.push(b);
+            if r.last.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
+                r.take(now)
+            } else {
+                None
             }
+        };
+        if let Some(msg) = msg {
+            self.send(&msg);
+        }
+    }
+
+    /// Sends what is held, once its second is over.
+    fn flush_held(&self) {
+        let now = Instant::now();
+        let msg = {
+            let mut r = self.report.lock();
+            if r.last.is_some_and(|t| now.duration_since(t) < REPORT_EVERY) {
+                return;
+            }
+            r.take(now)
+        };
+        if let Some(msg) = msg {
+            self.send(&msg);
         }
     }
 }
@@ -124,7 +211,13 @@ impl Watcher {
                 notify: started.notify_socket.clone(),
                 pattern,
                 ready_sent: AtomicBool::new(false),
-                last_report: Mutex::new(None),
+                report: Mutex::new(Report {
+                    last: None,
+                    recent: Recent::new(RECENT_LINES),
+                    output: false,
+                    new_line: false,
+                    repeat: None,
+                }),
                 stop: AtomicBool::new(false),
             }),
             done: None,
@@ -146,6 +239,16 @@ impl Watcher {
             }
         }
         self.done = Some(rx);
+        if self.copies > 0 && self.shared.watch.output {
+            // Sends what a burst of output left held, within a second.
+            let shared = self.shared.clone();
+            std::thread::spawn(move || {
+                while !shared.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(REPORT_EVERY);
+                    shared.flush_held();
+                }
+            });
+        }
         if let Some(file) = self.shared.watch.ready_on_file.clone() {
             let path = match cwd {
                 Some(dir) => dir.join(&file),

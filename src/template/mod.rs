@@ -285,6 +285,18 @@ impl RunSettings {
     /// What a run waits for while it initializes, in words, with the flags
     /// that change it: for `wfcg status` and the init timeout's kill message.
     pub fn waiting_for(&self) -> String {
+        format!(
+            "{} (--ready-when COND changes the condition, --init-timeout DUR the time allowed)",
+            self.ready_condition()
+        )
+    }
+
+    /// The readiness condition in words (`READY=1 or its first output …`), or
+    /// `its start` for a run that is running from its start.
+    pub fn ready_condition(&self) -> String {
+        if !self.waits() {
+            return "its start".into();
+        }
         let mut conds = vec!["READY=1".to_string()];
         for r in &self.ready {
             conds.push(match r {
@@ -295,10 +307,7 @@ impl RunSettings {
                 Ready::Port(n) => format!("a listener on TCP port {n}"),
             });
         }
-        format!(
-            "{} (--ready-when COND changes the condition, --init-timeout DUR the time allowed)",
-            conds.join(" or ")
-        )
+        conds.join(" or ")
     }
 
     /// The TCP port whose listener makes it ready, if any.

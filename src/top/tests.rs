@@ -47,6 +47,12 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         waiting_for: None,
         workspace_cleanup: None,
         parent_run_id: None,
+        ready_when: Some("READY=1".into()),
+        stall_deadline: None,
+        last_progress: Some("2026-01-01T12:01:50Z".into()),
+        last_progress_kind: Some("output".into()),
+        retrying: None,
+        end_reason: None,
     }
 }
 

@@ -138,12 +138,14 @@ enum Col {
     Time,
     Mem,
     Crit,
+    Progress,
+    Next,
     Phase,
 }
 
 impl Col {
     /// The order columns are shown in, left to right.
-    const SHOWN: [Col; 12] = [
+    const SHOWN: [Col; 14] = [
         Col::Run,
         Col::Workflow,
         Col::Owner,
@@ -155,10 +157,12 @@ impl Col {
         Col::Time,
         Col::Mem,
         Col::Crit,
+        Col::Progress,
+        Col::Next,
         Col::Phase,
     ];
     /// The order columns are given room in: what matters most first.
-    const PRIORITY: [Col; 12] = [
+    const PRIORITY: [Col; 14] = [
         Col::Run,
         Col::Status,
         Col::Age,
@@ -168,6 +172,8 @@ impl Col {
         Col::Procs,
         Col::Crit,
         Col::Phase,
+        Col::Progress,
+        Col::Next,
         Col::Time,
         Col::Workflow,
         Col::Owner,
@@ -186,6 +192,8 @@ impl Col {
             Col::Time => "CPU TIME",
             Col::Mem => "MEM",
             Col::Crit => "CRIT",
+            Col::Progress => "PROGRESS",
+            Col::Next => "DEADLINE",
             Col::Phase => "PHASE",
         }
     }
@@ -201,6 +209,7 @@ impl Col {
             Col::Procs | Col::Cpu => 5,
             Col::Time => 8,
             Col::Crit => 4,
+            Col::Progress | Col::Next => 11,
             Col::Phase => 8,
         }
     }
@@ -251,6 +260,16 @@ impl Col {
             Col::Mem => r.memory_bytes.map(bytes).unwrap_or_else(|| "-".into()),
             Col::Crit if !r.sections_known || !i.status.is_live() => "-".into(),
             Col::Crit => open_sections(i).len().to_string(),
+            Col::Progress => i
+                .progress_ago(now)
+                .filter(|_| i.status.is_live())
+                .map_or("-".into(), |(kind, ago)| {
+                    format!("{kind} {}", crate::duration::short(ago))
+                }),
+            Col::Next => i.next_deadline(now).map_or("-".into(), |(name, left)| {
+                let sign = if left < 0.0 { "-" } else { "" };
+                format!("{name} {sign}{}", crate::duration::short(left.abs()))
+            }),
             Col::Phase => i.status_text.clone().unwrap_or_default(),
         }
     }
@@ -478,6 +497,9 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     if let Some(l) = &i.loop_suspected {
         notes.push(Span::styled(format!(" ! {}", shown(l)), LOOPING));
     }
+    if let Some(l) = i.retrying.as_ref().filter(|l| i.stuck.as_ref() != Some(*l)) {
+        notes.push(Span::styled(format!(" ! {}", shown(l)), LOOPING));
+    }
     for (kind, path) in open_sections(i) {
         let holders: Vec<_> = i
             .sections
@@ -503,8 +525,21 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
                 if let Some(t) = &i.template {
                     facts.push(format!("template {t}"));
                 }
+                if let Some(cond) = &i.ready_when {
+                    let verb = if i.status == crate::api::RunStatus::Initializing {
+                        "waits for"
+                    } else {
+                        "ready when"
+                    };
+                    facts.push(format!("{verb} {cond}"));
+                }
+                if let Some(t) = &i.last_progress {
+                    let kind = i.last_progress_kind.as_deref().unwrap_or("?");
+                    facts.push(format!("progress ({kind}) {}", clock(t)));
+                }
                 let deadlines = [
                     ("init by", &i.init_deadline),
+                    ("stall by", &i.stall_deadline),
                     ("next beat by", &i.watchdog_deadline),
                     ("ends by", &i.total_deadline),
                 ];

@@ -270,7 +270,10 @@ fn a_user_cannot_kill_another_users_run() {
     );
     let status = agent.status(&run.id);
     assert_eq!(status["status"], "initializing"); // no READY=1 sent
-    assert_eq!(status["processes"], 2);
+    // The sleep, not the supervisor (which leaves the payload just after the start).
+    assert!(wait_until(Duration::from_secs(10), || {
+        agent.status(&run.id)["processes"] == 1
+    }));
     assert_eq!(agent.kill_count(&run.id), 0);
     agent.kill_ok(&run.id, &["--force"]);
     agent.assert_run_gone(&run);

@@ -161,7 +161,7 @@ fn systemd_notify_ready_moves_a_run_from_initializing_to_running() {
     // Once running, the init deadline no longer applies (and it is not stuck).
     assert!(st["init_deadline"].is_null(), "{st:#}");
     assert!(st["stuck"].is_null(), "{st:#}");
-    assert!(st["processes"].as_u64().unwrap() >= 2, "{st:#}");
+    assert!(st["processes"].as_u64().unwrap() >= 1, "{st:#}");
 }
 
 #[test]
@@ -565,7 +565,7 @@ fn ps_stuck_and_kill_stuck_find_only_stuck_runs() {
     for (run, want) in [(&ready, "running"), (&young, "initializing")] {
         let st = agent.status(&run.id);
         assert_eq!(st["status"], want, "{st:#}");
-        assert!(st["processes"].as_u64().unwrap() >= 2, "{st:#}");
+        assert!(st["processes"].as_u64().unwrap() >= 1, "{st:#}");
         assert_eq!(agent.kill_count(&run.id), 0);
     }
     assert_eq!(stuck_ids(&agent), Vec::<String>::new());
@@ -602,7 +602,7 @@ fn a_command_started_again_and_again_while_initializing_is_flagged_not_killed() 
     }
     // A hint, not a kill.
     assert_eq!(st["status"], "initializing", "{st:#}");
-    assert!(st["processes"].as_u64().unwrap() >= 2, "{st:#}");
+    assert!(st["processes"].as_u64().unwrap() >= 1, "{st:#}");
     assert!(st["kill_result"].is_null(), "{st:#}");
     assert_eq!(agent.kill_count(&looping.id), 0);
     // It shows in ps too, and the calm run is not flagged.

@@ -196,7 +196,7 @@ fn mcp_rmcp_client_lists_tools_inspects_and_kills_a_live_run() {
             ["initializing", "running"].contains(&got["status"].as_str().unwrap()),
             "{got:#}"
         );
-        assert!(got["processes"].as_u64().unwrap() >= 4, "{got:#}");
+        assert!(got["processes"].as_u64().unwrap() >= 3, "{got:#}");
         for field in [
             "sections",
             "last_heartbeat",

@@ -81,7 +81,7 @@ fn signal_is_forwarded(signal: Signal, name: &str, code: i32) {
         run_id = agent
             .ps(false)
             .into_iter()
-            .find(|r| r["pid"] == supervisor.id() && r["processes"].as_u64() >= Some(3))
+            .find(|r| r["pid"] == supervisor.id() && r["processes"].as_u64() >= Some(2))
             .map(|r| r["run_id"].as_str().unwrap().to_string());
         run_id.is_some()
     });

@@ -294,14 +294,20 @@ fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
     let stall = ["--stall-timeout", "3s", "--ready-when", "notify"];
     let sleeper = agent.start_run(&stall, "sleep 100000");
     let burner = agent.start_run(&stall, "while :; do :; done");
-    // Output every second, nearly no CPU and no new processes: only its output
-    // (reported by the supervisor) shows progress.
+    // A new line every second, nearly no CPU and no new processes: only its
+    // output (reported by the supervisor) shows progress.
     let chatty = agent.start_run(
         &stall,
-        "exec python3 -u -c 'import time\nwhile True:\n    print(\"tick\", flush=True)\n    time.sleep(1)'",
+        "exec python3 -u -c 'import random, string, time\nwhile True:\n    \
+         print(\"tick\", \"\".join(random.choices(string.ascii_letters, k=8)), flush=True)\n    \
+         time.sleep(1)'",
     );
-    // A shell loop: a new `sleep` every second.
-    let ticker = agent.start_run(&stall, "while :; do echo tick; sleep 1; done");
+    // A shell loop: a new name every second (the `mktemp`s and `sleep`s it
+    // starts repeat one command line: they are not new).
+    let ticker = agent.start_run(
+        &stall,
+        "while :; do echo \"tick $(mktemp -u XXXXXXXX)\"; sleep 1; done",
+    );
     let t0 = Instant::now();
     becomes(&agent, &sleeper.id, "timed_out");
     let took = t0.elapsed();
@@ -324,6 +330,168 @@ fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
         let st = agent.status(&run.id);
         assert_eq!(st["status"], "initializing", "{}: {st:#}", run.id);
         agent.kill_ok(&run.id, &["--force"]);
+    }
+}
+
+/// A retry loop (the same line with a growing attempt number and wait, and a
+/// new `sleep` each time) is no progress: it is flagged `retrying: …` for every
+/// reader (status, `ps`, `ps --stuck`, `/metrics`) and ended as stalled at its
+/// stall timeout. Beside it, a loop printing new names and a program printing
+/// only a counter while it writes a MiB a second both live on: the first by its
+/// new lines, the second by its I/O.
+#[test]
+fn a_retry_loop_is_flagged_and_ended_as_stalled_but_new_lines_and_io_are_progress() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let dir = shared_dir();
+    let flags = ["--ready-when", "start", "--stall-timeout", "8s"];
+    let retrying = agent.start_run(
+        &flags,
+        "i=0; for d in 0.5 1 1.5 2 2.5 3 3.5 4 4.5 5 5.5 6; do i=$((i+1)); \
+         echo \"Reconnecting... attempt $i, waiting ${d}s\"; sleep $d; done",
+    );
+    let t0 = Instant::now();
+    let creator = agent.start_run(
+        &flags,
+        &format!(
+            "while :; do f=$(mktemp -p '{}' item.XXXXXXXX); echo \"created $f\"; sleep 1; done",
+            dir.path().display()
+        ),
+    );
+    let writer = agent.start_run(
+        &flags,
+        &format!(
+            "exec python3 -u -c 'import time\nn = 0\nf = open(\"{}/data\", \"wb\")\n\
+             while True:\n    n += 1\n    f.seek(0)\n    f.write(b\"x\" * (1 << 20))\n    \
+             f.flush()\n    print(\"wrote chunk\", n)\n    time.sleep(1)'",
+            dir.path().display()
+        ),
+    );
+    // Flagged once it repeated its line 3 times with nothing else new for two
+    // samples (4 s here).
+    let mut st = serde_json::Value::Null;
+    let flagged = wait_until(Duration::from_secs(20), || {
+        st = agent.status(&retrying.id);
+        !st["retrying"].is_null() || st["status"] != "running"
+    });
+    assert!(flagged, "{st:#}");
+    let flag = st["retrying"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not flagged: {st:#}"));
+    assert!(
+        flag.starts_with("retrying: Reconnecting... attempt ") && flag.contains(" times in "),
+        "{flag}"
+    );
+    assert_eq!(st["stuck"], st["retrying"], "{st:#}");
+    assert_eq!(stuck_ids(&agent), vec![retrying.id.clone()]);
+    let ps = text(&agent.cli(&["ps"]).stdout);
+    assert!(ps.contains("! retrying: Reconnecting..."), "{ps}");
+    assert!(metrics(&agent).contains("\nwfcg_retrying_runs 1\n"));
+    // Ended as stalled: after its stall timeout, long before its loop would end.
+    becomes(&agent, &retrying.id, "timed_out");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(25),
+        "stalled only after {took:?}"
+    );
+    let reason = auto_kill_reason(&agent, &retrying.id);
+    assert!(
+        reason.contains("stalled: no progress") && reason.contains("retrying: Reconnecting"),
+        "{reason}"
+    );
+    let st = agent.status(&retrying.id);
+    assert_eq!(st["end_reason"].as_str(), Some(reason.as_str()), "{st:#}");
+    agent.wait_run_gone(&retrying);
+    // The others live on, unflagged, past two stall timeouts from their start.
+    let rest = Duration::from_secs(17).saturating_sub(t0.elapsed());
+    for run in [&creator, &writer] {
+        stays(&agent, &run.id, "running", rest / 2);
+    }
+    for (run, kind) in [(&creator, "output"), (&writer, "io")] {
+        let st = agent.status(&run.id);
+        assert_eq!(st["status"], "running", "{}: {st:#}", run.id);
+        assert!(st["retrying"].is_null(), "{st:#}");
+        assert!(st["stuck"].is_null(), "{st:#}");
+        // The writer's counter lines are repeats: its progress is its I/O.
+        if kind == "io" {
+            assert_eq!(st["last_progress_kind"], kind, "{st:#}");
+        }
+        agent.kill_ok(&run.id, &["--force"]);
+    }
+}
+
+/// `status` and `ps` show a live run's readiness condition, its deadlines
+/// (init, stall, total) and its last progress with its kind; `status --json`
+/// has the end reason at the top once it ended.
+#[test]
+fn status_and_ps_show_what_a_run_waits_for_its_deadlines_and_its_progress() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(
+        &[
+            "--ready-when",
+            "log:^listening$",
+            "--init-timeout",
+            "10m",
+            "--stall-timeout",
+            "10m",
+        ],
+        "echo starting; exec sleep 1000",
+    );
+    let mut st = serde_json::Value::Null;
+    assert!(wait_until(Duration::from_secs(10), || {
+        st = agent.status(&run.id);
+        st["last_progress_kind"] == "output"
+    }));
+    assert_eq!(st["status"], "initializing", "{st:#}");
+    assert_eq!(
+        st["ready_when"], "READY=1 or a line of output matching \"^listening$\"",
+        "{st:#}"
+    );
+    for field in [
+        "init_deadline",
+        "stall_deadline",
+        "total_deadline",
+        "last_progress",
+    ] {
+        assert!(st[field].is_string(), "{field}: {st:#}");
+    }
+    // The sleep, not the supervisor (which leaves the payload just after the start).
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            || agent.status(&run.id)["processes"] == 1
+        ),
+        "{:#}",
+        agent.status(&run.id)
+    );
+    let status = text(&agent.cli(&["status", &run.id]).stdout);
+    for want in [
+        "ready when: READY=1 or a line",
+        "progress:",
+        "(output)",
+        "init by:",
+        "stall by:",
+        "end by:",
+    ] {
+        assert!(status.contains(want), "{want}: {status}");
+    }
+    let ps = text(&agent.cli(&["ps"]).stdout);
+    for want in [
+        "PROGRESS",
+        "DEADLINE",
+        "output ",
+        "init 9m",
+        "waits for READY=1 or a line",
+    ] {
+        assert!(ps.contains(want), "{want}: {ps}");
+    }
+    let out = agent.cli(&["kill", &run.id, "--force", "--reason", "enough of it"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let st = agent.status(&run.id);
+    assert_eq!(st["end_reason"], "enough of it", "{st:#}");
+    for field in ["ready_when", "stall_deadline", "last_progress"] {
+        assert!(st[field].is_null(), "{field} of an ended run: {st:#}");
     }
 }
 

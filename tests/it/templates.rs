@@ -644,3 +644,55 @@ fn a_workflow_named_like_no_template_needs_a_template_file() {
     );
     agent.cli_expect(0, &["run", "-q", "--workflow", "default", "--", "true"]);
 }
+
+/// `wfcg agent --templates-dir DIR`: the agent reads the operator's templates
+/// from DIR (a hermetic agent carries its own), and the client reads none: a
+/// run's `--workflow NAME` is checked by the agent, which names what it has, and
+/// the kill course a client waits for is the agent's, at `/v1/health`.
+#[test]
+fn an_agent_reads_the_templates_of_its_own_templates_dir() {
+    require_privileges!();
+    let mut agent = TestAgent::unstarted();
+    let dir = agent.dir.path().join("templates");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("nightly-test.toml"),
+        "[run]\nready = \"start\"\n[timeouts]\ntotal = \"42m\"\n[kill]\nkill_deadline = \"77s\"\n",
+    )
+    .unwrap();
+    agent.spawn_with(&["--templates-dir", dir.to_str().unwrap()]);
+
+    let run = agent.start_run(&["--workflow", "nightly-test"], "sleep 1000");
+    let st = agent.status(&run.id);
+    assert_eq!(st["template"], "nightly-test", "{st:#}");
+    assert_eq!(st["status"], "running", "ready at its start: {st:#}");
+    let total = chrono::DateTime::parse_from_rfc3339(st["total_deadline"].as_str().unwrap())
+        .unwrap()
+        - chrono::DateTime::parse_from_rfc3339(st["started_at"].as_str().unwrap()).unwrap();
+    assert_eq!(total.num_minutes(), 42, "{st:#}");
+    agent.kill_ok(&run.id, &["--force"]);
+
+    let out = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(&agent.socket)
+        .arg("http://wfcg/v1/health?kill_course=true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(health["templates_dir"], dir.to_str().unwrap(), "{health:#}");
+    assert_eq!(
+        health["kill_course"]["kill_deadline_ms"], 77_000,
+        "{health:#}"
+    );
+
+    // A name it has not: a usage error from the agent, naming what it has.
+    let out = agent.cli_expect(2, &["run", "--workflow", "nightly-tset", "--", "true"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--workflow nightly-tset: no template of that name")
+            && err.contains("nightly-test")
+            && err.contains(dir.to_str().unwrap()),
+        "{err}"
+    );
+}

@@ -277,6 +277,9 @@ impl Agent {
         if let Some(hint) = &rec.loop_suspected {
             return Some(hint.clone());
         }
+        if let Some(retrying) = self.retrying(&rec.run_id) {
+            return Some(retrying);
+        }
         let template = self.run_template(rec);
         let now_t = Utc::now();
         let near = |deadline: Option<DateTime<Utc>>, span: Duration| {
