@@ -132,14 +132,45 @@ impl Agent {
         }
         let git_dirs = gitlocks::outermost(git_dirs);
         let started = rec.started_at.map(std::time::SystemTime::from);
+        let creators = self.lock_creators(&rec.run_id);
         if let Some(since) = started {
-            let orphans =
-                sections::orphan_git_locks(&self.cfg.proc_root, &git_dirs, since, lock_owner(rec));
+            let orphans = sections::orphan_git_locks(
+                &self.cfg.proc_root,
+                &git_dirs,
+                since,
+                lock_owner(rec),
+                creators.as_ref(),
+            );
             let new: Vec<_> = orphans
                 .into_iter()
                 .filter(|o| !stale.iter().any(|s| s.path == o.path))
                 .collect();
             stale.extend(new);
+        }
+        // And wherever else its processes created a lock that is still there (a
+        // repository outside its workspace), in a git directory of its owner's.
+        let created: Vec<_> = self
+            .locks_created_by(&rec.run_id)
+            .into_iter()
+            .filter(|l| sections::is_git_lock(&l.path.to_string_lossy()))
+            .filter(|l| {
+                l.path.parent().is_some_and(|d| {
+                    gitlocks::open_dir(d)
+                        .and_then(rustix::fs::fstat)
+                        .is_ok_and(|st| st.st_uid == rec.owner_uid)
+                })
+            })
+            .filter(|l| !stale.iter().any(|s| s.path == l.path))
+            .collect();
+        if !created.is_empty() {
+            let paths: Vec<String> = created.iter().map(|l| l.path.display().to_string()).collect();
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let held = sections::held_anywhere(&self.cfg.proc_root, &refs);
+            stale.extend(
+                created
+                    .into_iter()
+                    .filter(|l| !held.contains(&l.path.display().to_string())),
+            );
         }
         // Checked as root (which processes hold what), unlinked as the run's owner.
         let stale_locks_removed = if stale.is_empty() {
@@ -159,6 +190,7 @@ impl Agent {
                 "removed stale lock {lock} left by the dead tree"
             );
         }
+        self.forget_lock_creators(&rec.run_id);
         let cg = Cgroup::new(&rec.cgroup_path);
         // A cgroup adopted in place is not wfcg's: it is left (empty) to its owner.
         let cgroup_removed = rec.adopted.as_deref() != Some(adopt::IN_PLACE)

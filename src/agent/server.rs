@@ -141,11 +141,12 @@ struct ListQuery {
     stuck: bool,
 }
 
-async fn health() -> Response {
+async fn health(State(agent): State<Arc<Agent>>) -> Response {
     axum::Json(serde_json::json!({
         "ok": true,
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
+        "git_lock_creators": agent.lock_creators_status(),
     }))
     .into_response()
 }
