@@ -318,8 +318,7 @@ impl LockWatch {
         if let Some(reg) = st.owners.remove(owner) {
             self.release(&mut st, &reg);
         }
-        st.entries
-            .retain(|_, e| e.owner.as_deref() != Some(owner));
+        st.entries.retain(|_, e| e.owner.as_deref() != Some(owner));
     }
 
     /// Reads the events queued so far.
@@ -437,8 +436,8 @@ impl LockWatch {
             .iter()
             .filter(|(_, e)| e.owner.as_deref() == Some(owner))
             .filter_map(|(k, e)| {
-                let s = rustix::fs::statat(rustix::fs::CWD, &e.path, AtFlags::SYMLINK_NOFOLLOW)
-                    .ok()?;
+                let s =
+                    rustix::fs::statat(rustix::fs::CWD, &e.path, AtFlags::SYMLINK_NOFOLLOW).ok()?;
                 (s.st_dev == k.dev && s.st_ino == e.ino).then(|| LockFile {
                     path: e.path.clone(),
                     dev: s.st_dev,
@@ -536,7 +535,10 @@ mod tests {
         let events = parse(&buf);
         assert_eq!(events.len(), 1);
         let e = &events[0];
-        assert_eq!((e.pid, e.fsid, e.name), (4242, 7 | (9 << 32), &b"index.lock"[..]));
+        assert_eq!(
+            (e.pid, e.fsid, e.name),
+            (4242, 7 | (9 << 32), &b"index.lock"[..])
+        );
         assert_eq!(e.handle.len(), 16);
         // Cut anywhere: never a panic, never an event read past the end.
         for cut in 0..buf.len() {

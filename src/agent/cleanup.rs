@@ -163,7 +163,10 @@ impl Agent {
             .filter(|l| !stale.iter().any(|s| s.path == l.path))
             .collect();
         if !created.is_empty() {
-            let paths: Vec<String> = created.iter().map(|l| l.path.display().to_string()).collect();
+            let paths: Vec<String> = created
+                .iter()
+                .map(|l| l.path.display().to_string())
+                .collect();
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
             let held = sections::held_anywhere(&self.cfg.proc_root, &refs);
             stale.extend(

@@ -259,7 +259,11 @@ fn outside_commit(work: &Path, lock: &Path) -> GroupOnDrop {
         }
         started.exists() && lock.exists()
     });
-    assert!(holding, "the outside commit did not take {}", lock.display());
+    assert!(
+        holding,
+        "the outside commit did not take {}",
+        lock.display()
+    );
     commit.unwrap()
 }
 
@@ -267,7 +271,10 @@ fn outside_commit(work: &Path, lock: &Path) -> GroupOnDrop {
 /// outside commit still in its hook, and the kill neither reported nor removed it.
 fn assert_untouched(result: &Value, lock: &Path, commit: &mut GroupOnDrop) {
     let path = lock.display().to_string();
-    assert!(lock.exists(), "{path} removed by the run's kill: {result:#}");
+    assert!(
+        lock.exists(),
+        "{path} removed by the run's kill: {result:#}"
+    );
     assert!(
         commit.0.try_wait().unwrap().is_none(),
         "the outside commit ended"
@@ -515,7 +522,11 @@ fn in_submodules_and_linked_worktrees_the_runs_lock_is_found_and_an_outside_one_
     for case in &cases {
         for force in [false, true] {
             run_case(&agent, case, force);
-            assert!(outside_lock.exists(), "{}: the outside lock removed", case.name);
+            assert!(
+                outside_lock.exists(),
+                "{}: the outside lock removed",
+                case.name
+            );
             assert!(commit.0.try_wait().unwrap().is_none());
         }
     }
