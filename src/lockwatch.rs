@@ -35,6 +35,19 @@ const MAX_ENTRIES: usize = 65_536;
 /// The largest file handle the kernel makes (`MAX_HANDLE_SZ`).
 const MAX_HANDLE_SZ: usize = 128;
 
+/// The filesystems watched (`statfs` f_type, from linux/magic.h): local ones,
+/// whose file handles the kernel decodes without asking anyone. A FUSE server or
+/// a network filesystem could make a lookup by handle wait: never watched.
+const WATCHED_FILESYSTEMS: [(i64, &str); 7] = [
+    (0xEF53, "ext2/3/4"),
+    (0x5846_5342, "xfs"),
+    (0x9123_683E, "btrfs"),
+    (0x0102_1994, "tmpfs"),
+    (0xF2F5_2010, "f2fs"),
+    (0x794C_7630, "overlayfs"),
+    (0x2FC1_2FC1, "zfs"),
+];
+
 /// Maps a cgroup (as `/proc/<pid>/cgroup` names it) to the owner it belongs to.
 pub type OwnerOf = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -259,6 +272,15 @@ impl LockWatch {
                 }
             };
             if reg.fsids.contains(&fsid) {
+                continue;
+            }
+            let kind = rustix::fs::fstatfs(dir).map(|f| f.f_type as i64);
+            if !kind.is_ok_and(|k| WATCHED_FILESYSTEMS.iter().any(|(m, _)| *m == k)) {
+                errors.push(format!(
+                    "a filesystem of type {:#x} (watched: {})",
+                    kind.unwrap_or(0),
+                    WATCHED_FILESYSTEMS.map(|(_, n)| n).join(", ")
+                ));
                 continue;
             }
             if let Some(m) = st.mounts.get_mut(&fsid) {
