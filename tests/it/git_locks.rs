@@ -403,6 +403,11 @@ fn with_an_operator_shell_and_an_ide_loop_in_the_repository_the_runs_index_lock_
     let started = repo.join(".git/hook-started");
     sleeping_hook(&repo.join(".git/hooks"), &started);
     let _outside = outsiders(&repo);
+    // The evidence is the creator's, as the agent says.
+    let (status, health) = crate::agent::curl(&agent, "GET", "/v1/health", None);
+    assert_eq!(status, "200");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["git_lock_creators"], "fanotify", "{health}");
     let case = Case {
         name: "pre-commit with outsiders",
         lock: repo.join(".git/index.lock"),
