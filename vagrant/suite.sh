@@ -249,7 +249,8 @@ git_hook_with_an_outside_shell_in_the_repository() {
   local lock=$repo/.git/index.lock mode out
   for mode in graceful force; do
     rm -f /var/tmp/vm-hook-started && echo "$mode" >>f
-    detach "vm-hook-$mode" --workspace "$repo" -- git commit -qam wip
+    # Tried again while the IDE loop has index.lock for a moment.
+    detach "vm-hook-$mode" --workspace "$repo" -- sh -c 'until git commit -qam wip; do sleep 0.1; done'
     wait_for 30 test -e /var/tmp/vm-hook-started -a -e "$lock" || die "$mode: the commit did not stop in its hook"
     if [ "$mode" = graceful ]; then
       out=$(wfcg kill "vm-hook-$mode" --grace-git 2s --json) || die "kill failed: $out"

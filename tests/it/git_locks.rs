@@ -210,6 +210,10 @@ fn commit_outside(work: &Path) {
     );
 }
 
+/// A run's commit where an IDE loop takes `index.lock` for a moment every
+/// 0.2 s: tried again until it gets the lock (and stops in its hook).
+const RETRIED_COMMIT: &str = "until git commit -qam wip; do sleep 0.1; done";
+
 /// Outside any run, in `repo`: an operator's shell (a process whose cwd is
 /// there) and an IDE-like loop (`git status` every 0.2 s, which takes
 /// `index.lock` for a moment each time).
@@ -413,7 +417,7 @@ fn with_an_operator_shell_and_an_ide_loop_in_the_repository_the_runs_index_lock_
         lock: repo.join(".git/index.lock"),
         work: repo,
         started,
-        script: "git commit -qam wip".into(),
+        script: RETRIED_COMMIT.into(),
         env: vec![],
     };
     run_case(&agent, &case, false);
@@ -512,7 +516,7 @@ fn in_submodules_and_linked_worktrees_the_runs_lock_is_found_and_an_outside_one_
             lock: modules.join("index.lock"),
             work: repo.join("sub"),
             started: started.clone(),
-            script: "git commit -qam wip".into(),
+            script: RETRIED_COMMIT.into(),
             env: vec![],
         },
         Case {
@@ -520,7 +524,7 @@ fn in_submodules_and_linked_worktrees_the_runs_lock_is_found_and_an_outside_one_
             lock: repo.join(".git/worktrees/wt/index.lock"),
             work: wt.clone(),
             started: started.clone(),
-            script: "git commit -qam wip".into(),
+            script: RETRIED_COMMIT.into(),
             env: vec![],
         },
     ];
