@@ -49,9 +49,12 @@ pub enum Creator {
     Unknown,
 }
 
+/// Who created each of a list of locks (in order), for one run.
+pub type CreatorsFn = dyn Fn(&[LockFile]) -> Vec<Creator> + Send + Sync;
+
 /// Tells, for one run, who created each of a list of locks (in order).
 #[derive(Clone)]
-pub struct Creators(pub std::sync::Arc<dyn Fn(&[LockFile]) -> Vec<Creator> + Send + Sync>);
+pub struct Creators(pub std::sync::Arc<CreatorsFn>);
 
 impl Creators {
     /// Who created each of `locks`; all [`Creator::Unknown`] without evidence.

@@ -274,6 +274,7 @@ impl LockWatch {
             if reg.fsids.contains(&fsid) {
                 continue;
             }
+            #[allow(clippy::unnecessary_cast)] // c_long elsewhere
             let kind = rustix::fs::fstatfs(dir).map(|f| f.f_type as i64);
             if !kind.is_ok_and(|k| WATCHED_FILESYSTEMS.iter().any(|(m, _)| *m == k)) {
                 errors.push(format!(
@@ -596,16 +597,31 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let l = lock(&path);
-        assert_eq!(mine.creators("r1", &[l.clone()]), [Creator::Run]);
-        assert_eq!(mine.creators("r2", &[l.clone()]), [Creator::Other]);
-        assert_eq!(mine.creators("r3", &[l.clone()]), [Creator::Unknown]);
-        assert_eq!(nobody.creators("r1", &[l.clone()]), [Creator::Other]);
-        assert_eq!(mine.created_by("r1"), [l.clone()]);
+        assert_eq!(
+            mine.creators("r1", std::slice::from_ref(&l)),
+            [Creator::Run]
+        );
+        assert_eq!(
+            mine.creators("r2", std::slice::from_ref(&l)),
+            [Creator::Other]
+        );
+        assert_eq!(
+            mine.creators("r3", std::slice::from_ref(&l)),
+            [Creator::Unknown]
+        );
+        assert_eq!(
+            nobody.creators("r1", std::slice::from_ref(&l)),
+            [Creator::Other]
+        );
+        assert_eq!(mine.created_by("r1"), std::slice::from_ref(&l));
         // Replaced by someone else's: no longer the owner's.
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "").unwrap();
         let replaced = lock(&path);
-        assert_eq!(nobody.creators("r1", &[replaced.clone()]), [Creator::Other]);
+        assert_eq!(
+            nobody.creators("r1", std::slice::from_ref(&replaced)),
+            [Creator::Other]
+        );
         mine.forget("r1");
         assert_eq!(mine.creators("r1", &[replaced]), [Creator::Unknown]);
         child.kill().unwrap();
