@@ -81,6 +81,7 @@ fn main() {
         // As the agent scans: also for git locks held with no fd.
         since: Some(std::time::SystemTime::now()),
         owner: None,
+        creators: None,
     };
     let scan_ms = median(
         (0..20)

@@ -284,6 +284,9 @@ pub struct Health {
     /// asked: `?kill_course=true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_course: Option<KillCourseMs>,
+    /// How the agent knows who created a git lock: `fanotify`, or why it cannot.
+    #[serde(default)]
+    pub git_lock_creators: Option<String>,
 }
 
 /// The answer to `POST /v1/agent/stop`: the agent stops once it has answered.

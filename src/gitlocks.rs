@@ -35,6 +35,47 @@ pub struct LockFile {
     pub ctime: SystemTime,
 }
 
+/// Who created a lock, as far as the evidence about its creator goes (see
+/// [`crate::lockwatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creator {
+    /// A process of the run.
+    Run,
+    /// Anyone else: the creation was watched and was not the run's.
+    Other,
+    /// Not known: the creation was not watched (no fanotify, another
+    /// filesystem, events lost, a run from before the agent started) or its
+    /// creator had exited before it could be looked at.
+    Unknown,
+}
+
+/// Who created each of a list of locks (in order), for one run.
+pub type CreatorsFn = dyn Fn(&[LockFile]) -> Vec<Creator> + Send + Sync;
+
+/// Tells, for one run, who created each of a list of locks (in order).
+#[derive(Clone)]
+pub struct Creators(pub std::sync::Arc<CreatorsFn>);
+
+impl Creators {
+    /// Who created each of `locks`; all [`Creator::Unknown`] without evidence.
+    pub fn of(creators: Option<&Creators>, locks: &[LockFile]) -> Vec<Creator> {
+        match creators {
+            Some(c) => {
+                let mut out = (c.0)(locks);
+                out.resize(locks.len(), Creator::Unknown);
+                out
+            }
+            None => vec![Creator::Unknown; locks.len()],
+        }
+    }
+}
+
+impl std::fmt::Debug for Creators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Creators(..)")
+    }
+}
+
 /// Whether a file name is one of git's locks: `*.lock` (index, HEAD, refs,
 /// packed-refs, shallow, config, maintenance, …) or `gc.pid`.
 pub fn is_lock_name(name: &str) -> bool {

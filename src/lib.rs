@@ -25,6 +25,7 @@ pub mod duration;
 pub mod exit;
 pub mod gitlocks;
 pub mod kill;
+pub mod lockwatch;
 pub mod mcp;
 pub mod novelty;
 pub mod output;

@@ -229,6 +229,67 @@ graceful_kill_during_git_commit_leaves_a_sound_repo() {
   echo "  $(git rev-list --count HEAD 2>/dev/null || echo 0) commits, fsck clean"
 }
 
+# A run's commit stopped in its pre-commit hook (index.lock held with its fd
+# closed) while an operator's shell and an IDE-like `git status` loop work in the
+# repository outside the run: a graceful kill reports the lock as a git section
+# and waits its git grace, a force kill removes it; a lock an outside commit
+# holds is never touched by a run's kill.
+git_hook_with_an_outside_shell_in_the_repository() {
+  local repo=/var/tmp/vm-git-hook
+  rm -rf "$repo" && mkdir -p "$repo" && cd "$repo" || die "no repo dir"
+  export GIT_AUTHOR_NAME=vm GIT_AUTHOR_EMAIL=vm@wfcg GIT_COMMITTER_NAME=vm GIT_COMMITTER_EMAIL=vm@wfcg
+  git init -q . && echo 0 >f && git add f && git commit -qm init || die "git init failed"
+  printf '#!/bin/sh\ntouch "${HOOK_STARTED:-/var/tmp/vm-hook-started}"\nexec sleep 1000\n' \
+    >.git/hooks/pre-commit && chmod +x .git/hooks/pre-commit
+  # Globals (the scenario runs in a subshell): the EXIT trap runs after the function returned.
+  setsid sleep 1000 & hook_shell=$!
+  setsid sh -c 'while :; do git status >/dev/null 2>&1; sleep 0.2; done' & hook_ide=$!
+  hook_outside=
+  trap 'kill -9 -- -$hook_shell -$hook_ide ${hook_outside:+-$hook_outside} 2>/dev/null' EXIT
+  local lock=$repo/.git/index.lock mode out
+  for mode in graceful force; do
+    rm -f /var/tmp/vm-hook-started && echo "$mode" >>f
+    # Tried again while the IDE loop has index.lock for a moment.
+    detach "vm-hook-$mode" --workspace "$repo" -- sh -c 'until git commit -qam wip; do sleep 0.1; done'
+    wait_for 30 test -e /var/tmp/vm-hook-started -a -e "$lock" || die "$mode: the commit did not stop in its hook"
+    if [ "$mode" = graceful ]; then
+      out=$(wfcg kill "vm-hook-$mode" --grace-git 2s --json) || die "kill failed: $out"
+      echo "$out" | jq -e --arg l "$lock" '[.sections[] | select(.kind == "git") | .path] | index($l)' >/dev/null ||
+        die "graceful: $lock not reported as a git section: $(echo "$out" | jq -c .sections)"
+      echo "$out" | jq -e '.waited_ms >= 1900 and (.graces_expired | index("git"))' >/dev/null ||
+        die "graceful: did not wait the git grace: waited $(echo "$out" | jq .waited_ms) ms"
+    else
+      out=$(wfcg kill "vm-hook-$mode" --force --json) || die "kill failed: $out"
+      echo "$out" | jq -e --arg l "$lock" '.cleanup_status.stale_locks_removed | index($l)' >/dev/null ||
+        die "force: $lock not removed: $(echo "$out" | jq -c .cleanup_status)"
+    fi
+    echo "  $mode: waited $(echo "$out" | jq -r '.waited_ms | floor') ms for $(echo "$out" | jq -c '[.sections[].path] | unique');" \
+      "removed $(echo "$out" | jq -c .cleanup_status.stale_locks_removed)"
+    [ ! -e "$lock" ] || die "$mode: index.lock left behind"
+    git fsck --strict --no-progress >/dev/null 2>&1 || die "$mode: git fsck: $(git fsck --strict 2>&1 | head -3)"
+    # The IDE loop takes index.lock for a moment every 0.2 s: tried again, with a deadline.
+    wait_for 5 git -c core.hooksPath=/dev/null commit -qam "after $mode" || die "$mode: the next commit fails"
+  done
+  # A commit outside the run, stopped in its hook, holds index.lock.
+  echo outside >>f
+  local tries=0
+  until [ -e /var/tmp/vm-outside-started ]; do
+    tries=$((tries + 1)) && [ "$tries" -le 30 ] || die "the outside commit did not stop in its hook"
+    [ -n "$hook_outside" ] && kill -0 "$hook_outside" 2>/dev/null || {
+      HOOK_STARTED=/var/tmp/vm-outside-started setsid git commit -qam outside 2>/dev/null &
+      hook_outside=$!
+    }
+    wait_for 1 test -e /var/tmp/vm-outside-started
+  done
+  detach vm-hook-outside --workspace "$repo" -- sleep 1000
+  wait_for 10 has_procs vm-hook-outside 1 || die "the run did not start"
+  out=$(wfcg kill vm-hook-outside --force --json) || die "kill failed: $out"
+  [ -e "$lock" ] || die "the outside commit's index.lock removed by the run's kill: $(echo "$out" | jq -c .cleanup_status)"
+  kill -0 "$hook_outside" || die "the outside commit ended"
+  echo "  an outside commit's index.lock kept by a force kill of a run in the same repository"
+  rm -f /var/tmp/vm-outside-started
+}
+
 audit_chain_verifies() {
   local out; out=$(wfcg audit verify 2>&1) || die "audit verify failed: $out"
   echo "  $out" | head -2
@@ -279,7 +340,8 @@ for s in service_ready_reaches_systemd agent_lives_in_its_delegated_cgroup \
          restart_keeps_three_runs_alive stop_leaves_runs_alive root_run_starts_the_stopped_service \
          memory_max_ends_as_oom_killed \
          pids_max_contains_a_fork_bomb memory_high_run_is_killed_quickly \
-         graceful_kill_during_git_commit_leaves_a_sound_repo audit_chain_verifies \
+         graceful_kill_during_git_commit_leaves_a_sound_repo \
+         git_hook_with_an_outside_shell_in_the_repository audit_chain_verifies \
          compare_with_systemd; do
   if [ -n "${WFCG_VM_ONLY:-}" ] && ! [[ " $WFCG_VM_ONLY " == *" $s "* ]]; then continue; fi
   scenario "$s"

@@ -123,6 +123,10 @@ impl Agent {
         let owner_uid = lock_owner(rec);
         let since = rec.started_at.map(std::time::SystemTime::from);
         let run_owner = Cred::of_uid(rec.owner_uid);
+        let owner = rec.owner_uid;
+        // Who created each lock (fanotify), and the locks its processes created.
+        let creators = self.lock_creators(&rec.run_id);
+        let created = self.locks_created_by(&rec.run_id);
         let search = move || {
             git_lock_cleanup(
                 &proc_root,
@@ -131,6 +135,11 @@ impl Agent {
                 owner_uid,
                 since,
                 &run_owner,
+                Evidence {
+                    creators: creators.as_ref(),
+                    created,
+                    owner,
+                },
             )
         };
         let stale_locks_removed = match bounded(budget.time, search) {
@@ -155,6 +164,7 @@ impl Agent {
                 "removed stale lock {lock} left by the dead tree"
             );
         }
+        self.forget_lock_creators(&rec.run_id);
         let cg = Cgroup::new(&rec.cgroup_path);
         // A cgroup adopted in place is not wfcg's: it is left (empty) to its owner.
         let cgroup_removed = rec.adopted.as_deref() != Some(adopt::IN_PLACE)
@@ -283,6 +293,15 @@ impl Agent {
 /// directories it was seen using and at and directly below its workspace `ws`
 /// (a force kill looks at nothing before it kills). Checked as root (which
 /// processes hold what), unlinked as the run's owner. The locks removed.
+/// What the agent knows of who created the git locks, for [`git_lock_cleanup`].
+struct Evidence<'a> {
+    creators: Option<&'a gitlocks::Creators>,
+    /// The locks the run's processes created that are still there.
+    created: Vec<gitlocks::LockFile>,
+    /// The run's owner's uid.
+    owner: u32,
+}
+
 fn git_lock_cleanup(
     proc_root: &Path,
     seen: &[Finding],
@@ -290,6 +309,7 @@ fn git_lock_cleanup(
     lock_owner: Option<u32>,
     since: Option<std::time::SystemTime>,
     owner: &Cred,
+    evidence: Evidence<'_>,
 ) -> std::io::Result<Vec<String>> {
     let mut stale = sections::stale_git_locks(proc_root, seen);
     let mut git_dirs: Vec<PathBuf> = seen
@@ -305,12 +325,41 @@ fn git_lock_cleanup(
     }
     let git_dirs = gitlocks::outermost(git_dirs);
     if let Some(since) = since {
-        let orphans = sections::orphan_git_locks(proc_root, &git_dirs, since, lock_owner);
+        let orphans =
+            sections::orphan_git_locks(proc_root, &git_dirs, since, lock_owner, evidence.creators);
         let new: Vec<_> = orphans
             .into_iter()
             .filter(|o| !stale.iter().any(|s| s.path == o.path))
             .collect();
         stale.extend(new);
+    }
+    // And wherever else its processes created a lock that is still there (a
+    // repository outside its workspace), in a git directory of its owner's.
+    let created: Vec<_> = evidence
+        .created
+        .into_iter()
+        .filter(|l| sections::is_git_lock(&l.path.to_string_lossy()))
+        .filter(|l| {
+            l.path.parent().is_some_and(|d| {
+                gitlocks::open_dir(d)
+                    .and_then(rustix::fs::fstat)
+                    .is_ok_and(|st| st.st_uid == evidence.owner)
+            })
+        })
+        .filter(|l| !stale.iter().any(|s| s.path == l.path))
+        .collect();
+    if !created.is_empty() {
+        let paths: Vec<String> = created
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let held = sections::held_anywhere(proc_root, &refs);
+        stale.extend(
+            created
+                .into_iter()
+                .filter(|l| !held.contains(&l.path.display().to_string())),
+        );
     }
     if stale.is_empty() {
         return Ok(Vec::new());

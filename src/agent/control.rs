@@ -89,6 +89,7 @@ impl Agent {
             service: self.about.service.clone(),
             templates_dir: Some(self.cfg.templates_dir.display().to_string()),
             kill_course: kill_course.then(|| self.kill_course()),
+            git_lock_creators: Some(self.lock_creators_status()),
         }
     }
 

@@ -200,6 +200,7 @@ impl Agent {
             .detach
             .then(|| self.log_dirs.join(format!("{run_id}.log")));
         let undo = |msg: String| {
+            self.forget_lock_creators(&run_id);
             let _ = cg.remove_recursive();
             // The caller may have written into them already: as them, bounded.
             let budget = crate::walk::Budget::from_env();
@@ -271,6 +272,8 @@ impl Agent {
         // was, never killed (it may be any process that got the recycled pid).
         // A caller that starts its command into the payload itself goes straight to
         // the supervisor leaf: one move, and no second request to leave the payload.
+        // Its git locks are known by their creator from its first instruction.
+        self.watch_run_locks(&run_id, workspace.as_deref(), caller.pid);
         let direct = req.spawn_into_payload && self.may_spawn_into_payload(caller);
         let home = layout::first_home(&cg, direct);
         if !procfs::pidfd_alive(&*pidfd) {

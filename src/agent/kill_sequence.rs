@@ -55,6 +55,7 @@ impl Agent {
                 .filter(|&pid| procfs::starttime(&self.cfg.proc_root, pid) == rec.pid_starttime),
             since: rec.started_at.map(std::time::SystemTime::from),
             owner: lock_owner(rec),
+            creators: self.lock_creators(&rec.run_id),
         }
     }
 
@@ -151,6 +152,8 @@ impl Agent {
         } else {
             self.audit_event(entry);
         }
+        // The locks created so far are asked about while their creators live.
+        self.sync_lock_creators();
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
         let mut result = kill_result::from_report(rec, req, &report, started_at);
         // A force kill looks at nothing before it kills: what was open is what

@@ -44,6 +44,7 @@ mod kill_run;
 mod kill_sequence;
 pub mod layout;
 mod lifecycle;
+mod lock_creators;
 mod may_kill;
 pub mod metrics;
 pub mod monitor;
@@ -290,6 +291,8 @@ pub struct Agent {
     about: control::About,
     /// Notified when root asked the agent to stop.
     stop: tokio::sync::Notify,
+    /// Who created each git lock (fanotify), or why that is not known.
+    lock_watch: std::result::Result<Arc<crate::lockwatch::LockWatch>, String>,
 }
 
 impl AsRef<Mutex<Store>> for Agent {
@@ -402,6 +405,14 @@ impl Agent {
         let reaper = Reaper::new().map_err(|e| StartError::Socket(format!("inotify: {e}")))?;
         let auditor = Arc::new(audit::Auditor::new(cfg.state_dir.join("audit.head")));
         let alerter = crate::alerts::Alerter::new(cfg.on_event.clone(), cfg.webhook.clone());
+        let lock_watch = lock_creators::start(&cfg.proc_root, &runs_cg);
+        match &lock_watch {
+            Ok(_) => tracing::info!("git locks are known by their creator (fanotify)"),
+            Err(why) => tracing::warn!(
+                "git locks' creators cannot be watched ({why}): a lock is counted as a run's \
+                 only where no process outside the run works in its repository"
+            ),
+        }
 
         let agent = Arc::new(Agent {
             cfg,
@@ -428,6 +439,7 @@ impl Agent {
             adopt_lock: Mutex::default(),
             about,
             stop: tokio::sync::Notify::new(),
+            lock_watch,
         });
         agent.start_lifecycle(tokio::runtime::Handle::current());
         agent.reaper.start(Arc::downgrade(&agent));

@@ -33,7 +33,7 @@ use std::time::SystemTime;
 use rustix::fs::{Mode, OFlags};
 
 use crate::api::SectionKind;
-use crate::gitlocks::{self, LockFile};
+use crate::gitlocks::{self, Creator, Creators, LockFile};
 use crate::procfs;
 
 /// One open critical section.
@@ -67,6 +67,11 @@ pub struct Scope {
     pub since: Option<SystemTime>,
     /// Git directories are looked in only when this user owns them (`None`: any).
     pub owner: Option<u32>,
+    /// Who created each git lock, when known: a lock the run created is its
+    /// whoever else works in that repository; one someone else created never
+    /// is. Where the creator is unknown, a lock in a repository a process
+    /// outside the run works in (its cwd there) is not counted as the run's.
+    pub creators: Option<gitlocks::Creators>,
 }
 
 /// `O_APPEND` in the octal `flags:` of fdinfo.
@@ -476,7 +481,7 @@ fn closed_git_locks(
     open: &[Finding],
 ) -> Vec<Finding> {
     let dirs = git_dirs_used(scope.workspace.as_deref(), cwds, open, scope.owner);
-    let mut locks: Vec<(&PathBuf, LockFile)> = dirs
+    let locks: Vec<(&PathBuf, LockFile)> = dirs
         .iter()
         .flat_map(|d| {
             gitlocks::list(d, scope.owner)
@@ -502,14 +507,25 @@ fn closed_git_locks(
         .chain(scope.inherited_from)
         .collect();
     let outside = outside_use(proc_root, &refs, &run);
-    // Not the run's: a lock someone outside holds open, or one in a repository
-    // someone outside works in (git there may be in a hook with the fd closed).
-    locks.retain(|(dir, l)| {
-        !outside.held.contains(&l.path.display().to_string())
-            && gitlocks::work_tree(dir, &l.path)
-                .is_none_or(|wt| !outside.cwds.iter().any(|c| c.starts_with(&wt)))
-    });
-    let locks: Vec<LockFile> = locks.into_iter().map(|(_, l)| l).collect();
+    let files: Vec<LockFile> = locks.iter().map(|(_, l)| l.clone()).collect();
+    let creators = Creators::of(scope.creators.as_ref(), &files);
+    // Not the run's: a lock someone outside holds open, one someone else
+    // created, or (its creator unknown) one in a repository someone outside
+    // works in (git there may be in a hook with the fd closed).
+    let locks: Vec<LockFile> = locks
+        .into_iter()
+        .zip(creators)
+        .filter(|((dir, l), creator)| {
+            !outside.held.contains(&l.path.display().to_string())
+                && match creator {
+                    Creator::Run => true,
+                    Creator::Other => false,
+                    Creator::Unknown => gitlocks::work_tree(dir, &l.path)
+                        .is_none_or(|wt| !outside.cwds.iter().any(|c| c.starts_with(&wt))),
+                }
+        })
+        .map(|((_, l), _)| l)
+        .collect();
     // Named after a git process of the run if there is one, else its first process.
     let commands: Vec<(i32, String)> = scope
         .pids
@@ -671,13 +687,16 @@ pub fn git_dir_of(path: &str) -> Option<PathBuf> {
 /// renames them, so a process killed in between leaves a lock no fd points to.
 /// A lock in one of `git_dirs` (owned by `owner`, when given) is a candidate
 /// when it was created since the run started (`since`), no live process holds
-/// it, and no live process works in that repository (its cwd inside the work
-/// tree): then nobody can be in the middle of using it. The caller removes them.
+/// it, and `creators` says the run created it; when its creator is unknown,
+/// only if no live process works in that repository (its cwd inside the work
+/// tree): then nobody can be in the middle of using it. A lock someone else
+/// created is never one. The caller removes them.
 pub fn orphan_git_locks(
     proc_root: &Path,
     git_dirs: &[PathBuf],
     since: SystemTime,
     owner: Option<u32>,
+    creators: Option<&Creators>,
 ) -> Vec<LockFile> {
     let mut out = Vec::new();
     for git_dir in git_dirs {
@@ -687,11 +706,27 @@ pub fn orphan_git_locks(
             continue;
         }
         let work_tree = git_dir.parent().unwrap_or(git_dir);
-        let busy = procfs::all_pids(proc_root).into_iter().any(|pid| {
-            fs::read_link(proc_root.join(pid.to_string()).join("cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(work_tree))
-        });
-        if busy {
+        let busy = std::cell::OnceCell::new();
+        let busy = || {
+            *busy.get_or_init(|| {
+                procfs::all_pids(proc_root).into_iter().any(|pid| {
+                    fs::read_link(proc_root.join(pid.to_string()).join("cwd"))
+                        .is_ok_and(|cwd| cwd.starts_with(work_tree))
+                })
+            })
+        };
+        let who = Creators::of(creators, &locks);
+        let locks: Vec<LockFile> = locks
+            .into_iter()
+            .zip(who)
+            .filter(|(_, creator)| match creator {
+                Creator::Run => true,
+                Creator::Other => false,
+                Creator::Unknown => !busy(),
+            })
+            .map(|(l, _)| l)
+            .collect();
+        if locks.is_empty() {
             continue;
         }
         let paths: Vec<String> = locks.iter().map(|l| l.path.display().to_string()).collect();

@@ -1,7 +1,7 @@
 use super::*;
 
 fn remove_orphan_git_locks(proc_root: &Path, dirs: &[PathBuf], since: SystemTime) -> Vec<String> {
-    remove_locks(&orphan_git_locks(proc_root, dirs, since, None))
+    remove_locks(&orphan_git_locks(proc_root, dirs, since, None, None))
 }
 
 fn remove_stale_git_locks(proc_root: &Path, seen: &[Finding]) -> Vec<String> {
@@ -73,6 +73,7 @@ fn an_inherited_output_file_is_not_a_section() {
         inherited_from: Some(sup.id() as i32),
         since: None,
         owner: None,
+        creators: None,
     };
     let found: Vec<String> = scan(Path::new("/proc"), &scope)
         .into_iter()
@@ -151,6 +152,7 @@ fn finds_each_kind_in_a_live_process() {
         inherited_from: None,
         since: None,
         owner: None,
+        creators: None,
     };
     // Tests run side by side in this process: look only at our own directory.
     let mine = |found: Vec<Finding>| -> Vec<Finding> {

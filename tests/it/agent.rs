@@ -83,7 +83,12 @@ fn a_cgroup_made_by_hand_is_adopted_as_unknown_and_can_be_killed() {
 }
 
 /// `curl --unix-socket`: the HTTP status and the body.
-fn curl(agent: &TestAgent, method: &str, path: &str, body: Option<&str>) -> (String, String) {
+pub(crate) fn curl(
+    agent: &TestAgent,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (String, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["--silent", "--show-error", "--unix-socket"])
         .arg(&agent.socket)

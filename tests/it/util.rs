@@ -620,6 +620,31 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A child started in a process group of its own, whose whole group is
+/// SIGKILLed (and the child reaped) when dropped: for a helper whose
+/// grandchildren must not outlive the test (a `git commit` stopped in a hook).
+pub struct GroupOnDrop(pub Child);
+
+impl GroupOnDrop {
+    pub fn spawn(cmd: &mut Command) -> GroupOnDrop {
+        use std::os::unix::process::CommandExt;
+        GroupOnDrop(cmd.process_group(0).spawn().expect("spawning a helper"))
+    }
+
+    pub fn id(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for GroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// An unprivileged user for permission tests: created with `useradd` if missing,
 /// removed again when the last test on this host that holds it lets go.
 pub struct TestUser {
