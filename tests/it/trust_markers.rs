@@ -192,8 +192,12 @@ fn roots_force_kill_is_not_slowed_by_another_users_large_environments() {
     let flood = Flood::start(&user, &marker, 500, FLOOD_ENV);
     let busy: f64 = (0..3).map(|_| kill_ms(&agent)).fold(f64::MAX, f64::min);
     drop(flood);
+    // A guard, not a figure: reading the flood's environments took minutes
+    // (30 s and more per kill); the ratio itself is measured by
+    // scripts/bench-marker-flood (docs/benchmarks.md), not asserted here, where
+    // the host's load decides it.
     assert!(
-        busy <= 2.0 * quiet.max(50.0),
+        busy <= 10.0 * quiet.max(100.0),
         "kill took {busy:.0} ms with the flood, {quiet:.0} ms without"
     );
 }
