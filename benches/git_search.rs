@@ -43,7 +43,8 @@ fn search(ws: &Path, rounds: usize) -> (Duration, usize) {
     for _ in 0..rounds {
         let t = Instant::now();
         let dirs = wfcg::gitlocks::outermost(wfcg::gitlocks::git_dirs_in(ws, Some(0), &[]));
-        let locks = wfcg::sections::orphan_git_locks(Path::new("/proc"), &dirs, since, Some(0));
+        let locks =
+            wfcg::sections::orphan_git_locks(Path::new("/proc"), &dirs, since, Some(0), None);
         times.push(t.elapsed());
         found = locks.len();
     }
