@@ -7,6 +7,7 @@ mod util;
 
 mod adopt;
 mod agent;
+mod agent_clis;
 mod agent_control;
 mod attack_regressions;
 mod audit_chain;
