@@ -31,6 +31,9 @@ pub struct Message {
     pub watchdog_usec: Option<u64>,
     /// X_WFCG_OUTPUT=1: the run's supervisor saw its command write output.
     pub output: bool,
+    /// X_WFCG_READY_ON_FIRST_OUTPUT=1 (with READY=1): the supervisor found the
+    /// ready condition met by the command's first bytes of output.
+    pub ready_on_first_output: bool,
 }
 
 /// Parses a datagram (`KEY=VALUE` lines; unknown keys are ignored, as sd_notify allows).
@@ -48,6 +51,7 @@ pub fn parse(datagram: &[u8]) -> Message {
             "STATUS" => m.status = Some(value.chars().take(1024).collect()),
             "EXTEND_TIMEOUT_USEC" => m.extend_usec = value.trim().parse().ok(),
             "X_WFCG_OUTPUT" => m.output |= value == "1",
+            "X_WFCG_READY_ON_FIRST_OUTPUT" => m.ready_on_first_output |= value == "1",
             "WATCHDOG_USEC" => m.watchdog_usec = value.trim().parse().ok().filter(|&v| v > 0),
             _ => {}
         }
@@ -237,9 +241,12 @@ mod tests {
                 extend_usec: Some(5_000_000),
                 watchdog_usec: None,
                 output: false,
+                ready_on_first_output: false,
             }
         );
         assert!(parse(b"X_WFCG_OUTPUT=1").output);
+        let m = parse(crate::api::READY_ON_FIRST_OUTPUT_NOTIFY.as_bytes());
+        assert!(m.ready && m.ready_on_first_output, "{m:?}");
         assert_eq!(parse(b"garbage\xff\n=\nREADY=0"), Message::default());
         assert!(parse(b"STOPPING=1").stopping);
         assert_eq!(

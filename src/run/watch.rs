@@ -2,7 +2,8 @@
 //! [`Watch`]): its output, passed through pipes to where it would have gone
 //! (the terminal, or a detached run's log) and reported through the notify
 //! socket (`X_WFCG_OUTPUT=1`, the first byte at once, then at most once a
-//! second), READY=1 at the first byte or at a line matching the ready pattern,
+//! second), READY=1 at the first byte or at a line matching the ready pattern
+//! (saying so when the first chunk of output already met it: a banner?),
 //! and READY=1 when the ready file appears (looked for as the run's owner, in
 //! the command's working directory).
 
@@ -17,7 +18,7 @@ use std::sync::mpsc;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::api::{OUTPUT_NOTIFY, RunStarted, Watch};
+use crate::api::{OUTPUT_NOTIFY, READY_ON_FIRST_OUTPUT_NOTIFY, RunStarted, Watch};
 
 /// How often output is reported after the first byte.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -33,6 +34,8 @@ struct Shared {
     notify: Option<String>,
     pattern: Option<regex::Regex>,
     ready_sent: AtomicBool,
+    /// Whether a chunk of output was read already.
+    output_seen: AtomicBool,
     last_report: Mutex<Option<Instant>>,
     stop: AtomicBool,
 }
@@ -50,9 +53,20 @@ impl Shared {
         }
     }
 
+    /// READY=1 from output; `first`: the first chunk read met the condition.
+    fn ready_on_output(&self, first: bool) {
+        if !first {
+            return self.ready();
+        }
+        if !self.ready_sent.swap(true, Ordering::SeqCst) {
+            self.send(READY_ON_FIRST_OUTPUT_NOTIFY);
+        }
+    }
+
     /// A chunk of output: report it (rate-limited) and look for the ready line.
     fn output(&self, chunk: &[u8], line: &mut Vec<u8>) {
         let now = Instant::now();
+        let first = !self.output_seen.swap(true, Ordering::SeqCst);
         {
             let mut last = self.last_report.lock();
             if last.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
@@ -63,7 +77,7 @@ impl Shared {
             }
         }
         if self.watch.ready_on_output {
-            self.ready();
+            self.ready_on_output(first);
         }
         let Some(re) = &self.pattern else { return };
         if self.ready_sent.load(Ordering::SeqCst) {
@@ -72,7 +86,7 @@ impl Shared {
         for &b in chunk {
             if b == b'\n' || line.len() >= MAX_LINE {
                 if re.is_match(&String::from_utf8_lossy(line)) {
-                    self.ready();
+                    self.ready_on_output(first);
                     return;
                 }
                 line.clear();
@@ -124,6 +138,7 @@ impl Watcher {
                 notify: started.notify_socket.clone(),
                 pattern,
                 ready_sent: AtomicBool::new(false),
+                output_seen: AtomicBool::new(false),
                 last_report: Mutex::new(None),
                 stop: AtomicBool::new(false),
             }),

@@ -257,6 +257,47 @@ fn ended_as_not_ready(cli: Cli, api: Api) {
     }
 }
 
+/// With `--ready-when output` (the advice for programs that never send READY=1)
+/// codex is ready at its banner though its API never answers, and `status`
+/// says that readiness came with its first bytes of output.
+#[test]
+fn a_run_ready_at_its_banner_is_reported_as_such() {
+    require_privileges!();
+    let Some(bin) = Cli::Codex.path() else {
+        return;
+    };
+    let agent = TestAgent::start();
+    let dir = Dir::new("wfcg-agent-cli-");
+    let home = Dir::new("wfcg-codex-home-");
+    let server = FakeApi::start(Api::BlackHole, &dir);
+    let (cmd, vars) = Cli::Codex.command(&bin, server.port, &home);
+    let mark = marker("banner");
+    let out = agent
+        .marked(&mark)
+        .args(["run", "--detach", "--ready-when", "output"])
+        .args(["--init-timeout", "20s", "--"])
+        .args(&cmd)
+        .envs(vars)
+        .current_dir(&dir.path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running wfcg run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(agent.wait_status(&id, "running"), "{:#}", agent.status(&id));
+    assert_eq!(agent.status(&id)["ready_on"], "first output");
+    let shown = agent.cli_expect(0, &["status", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(" on first output: a banner?"), "{shown}");
+    agent.kill_ok(&id, &["--force"]);
+    agent.wait_run_gone(&crate::util::Run { id, marker: mark });
+    assert!(pids_with_env("HOME", home.str()).is_empty());
+}
+
 /// With its profile, a CLI whose API answers is ready within seconds and exits 0.
 fn ready_at_the_answer(cli: Cli) {
     let Some(e) = run_cli(
@@ -276,6 +317,8 @@ fn ready_at_the_answer(cli: Cli) {
         )
         .unwrap()
     };
+    // Ready at the answer, not at the banner.
+    assert!(s["ready_on"].is_null(), "{s:#}");
     let ready_after = at("ready_at") - at("started_at");
     assert!(
         ready_after < chrono::TimeDelta::seconds(20),
