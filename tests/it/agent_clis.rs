@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_privileges;
-use crate::util::{Dir, KillOnDrop, TestAgent, marker, pids_with_env, test_tool, wait_until};
+use crate::util::{
+    Dir, KillOnDrop, TestAgent, TestUser, marker, pids_with_env, test_tool, wait_until,
+};
 
 /// What the fake API does (the modes of tests/fixtures/fake_llm_api.py).
 #[derive(Clone, Copy)]
@@ -372,4 +374,47 @@ fn claude_is_ended_as_not_ready_against_a_closed_port() {
 fn claude_is_ready_at_the_answer_and_exits_0() {
     require_privileges!();
     ready_at_the_answer(Cli::Claude);
+}
+
+/// The profiles are operator templates: a user may shorten their init and stall
+/// timeouts, never lengthen or remove them.
+#[test]
+fn a_user_may_shorten_the_profiles_timeouts_but_not_lengthen_them() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let user = TestUser::get();
+    for profile in ["codex", "claude"] {
+        for (flag, value) in [
+            ("--init-timeout", "10m"),
+            ("--init-timeout", "0"),
+            ("--stall-timeout", "1h"),
+            ("--stall-timeout", "0"),
+        ] {
+            let out = agent
+                .wfcg_as(&user)
+                .args(["run", "--workflow", profile, flag, value, "--", "true"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{profile} {flag} {value}: {err}"
+            );
+            assert!(err.contains("timeout"), "{profile} {flag} {value}: {err}");
+        }
+        let out = agent
+            .wfcg_as(&user)
+            .args(["run", "-q", "--workflow", profile])
+            .args(["--init-timeout", "30s", "--stall-timeout", "1m"])
+            .args(["--ready-when", "start", "--", "true"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{profile}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
