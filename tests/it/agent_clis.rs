@@ -151,7 +151,8 @@ impl Cli {
                     ("HOME", home.str().to_string()),
                     ("ANTHROPIC_BASE_URL", format!("http://127.0.0.1:{port}")),
                     ("ANTHROPIC_API_KEY", "sk-fake".to_string()),
-                    ("DISABLE_AUTOUPDATER", "1".to_string()),
+                    // Only the fake API is talked to (no update checks, no telemetry).
+                    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
                 ]);
                 (cmd, vars)
             }
