@@ -220,6 +220,15 @@ pub const REPEAT_NOTIFY: &str = "X_WFCG_REPEAT";
 /// The longest repeated line sent to the agent, in characters.
 pub const REPEAT_LINE_MAX: usize = 160;
 
+/// [`RunInfo::ready_on`] of a run whose ready condition the first bytes of its
+/// output (the first read from its pipes) already met: readiness then says
+/// little (a banner, a warning, an init event would have made it ready too).
+pub const READY_ON_FIRST_OUTPUT: &str = "first output";
+
+/// What a run's supervisor sends when its ready condition was met by the first
+/// read of its command's output (see [`READY_ON_FIRST_OUTPUT`]).
+pub const READY_ON_FIRST_OUTPUT_NOTIFY: &str = "READY=1\nX_WFCG_READY_ON_FIRST_OUTPUT=1";
+
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup (its
 /// payload, or its supervisor leaf: see [`RunStarted::spawn_into`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -677,6 +686,10 @@ pub struct RunInfo {
     pub template: Option<String>,
     /// When it sent READY=1.
     pub ready_at: Option<String>,
+    /// `first output` when the first bytes of its output already met its ready
+    /// condition: readiness then says little (a banner, a warning, an init event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_on: Option<String>,
     /// Its last STATUS= message.
     pub status_text: Option<String>,
     pub last_heartbeat: Option<String>,

@@ -23,7 +23,7 @@ use super::notify::{self, Message};
 use super::notify_hub::{Hub, OnDatagram};
 use super::phase_queue::PhaseQueue;
 use super::sender;
-use crate::api::RunStatus;
+use crate::api::{READY_ON_FIRST_OUTPUT, RunStatus};
 use crate::bounds;
 use crate::cgroup::Cgroup;
 use crate::procfs;
@@ -482,6 +482,11 @@ impl Agent {
         drop(store);
         if msg.ready && self.became_ready(run_id, at, "READY=1") {
             still_initializing = false;
+            if msg.ready_on_first_output {
+                let _ =
+                    self.store()
+                        .set_text(run_id, TextCol::ReadyOn, Some(READY_ON_FIRST_OUTPUT));
+            }
         }
         let store = self.store();
         if let Some(us) = msg.extend_usec {

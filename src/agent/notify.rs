@@ -35,6 +35,9 @@ pub struct Message {
     pub new_line: bool,
     /// X_WFCG_REPEAT=COUNT SECS LINE: its newest line repeats an earlier one.
     pub repeat: Option<Repeat>,
+    /// X_WFCG_READY_ON_FIRST_OUTPUT=1 (with READY=1): the supervisor found the
+    /// ready condition met by the command's first bytes of output.
+    pub ready_on_first_output: bool,
 }
 
 /// A line of output that repeats an earlier one with only numbers changed.
@@ -82,6 +85,7 @@ pub fn parse(datagram: &[u8]) -> Message {
             "X_WFCG_OUTPUT" => m.output |= value == "1",
             "X_WFCG_NEW_LINE" => m.new_line |= value == "1",
             crate::api::REPEAT_NOTIFY => m.repeat = Repeat::parse(value),
+            "X_WFCG_READY_ON_FIRST_OUTPUT" => m.ready_on_first_output |= value == "1",
             "WATCHDOG_USEC" => m.watchdog_usec = value.trim().parse().ok().filter(|&v| v > 0),
             _ => {}
         }
@@ -273,9 +277,12 @@ mod tests {
                 output: false,
                 new_line: false,
                 repeat: None,
+                ready_on_first_output: false,
             }
         );
         assert!(parse(b"X_WFCG_OUTPUT=1").output);
+        let m = parse(crate::api::READY_ON_FIRST_OUTPUT_NOTIFY.as_bytes());
+        assert!(m.ready && m.ready_on_first_output, "{m:?}");
         assert_eq!(parse(b"garbage\xff\n=\nREADY=0"), Message::default());
         assert!(parse(b"STOPPING=1").stopping);
         let m =

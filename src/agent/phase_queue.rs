@@ -43,6 +43,10 @@ fn merge(earlier: &mut (DateTime<Utc>, Message), later: (DateTime<Utc>, Message)
     let (at, m) = later;
     let e = &mut earlier.1;
     earlier.0 = at;
+    // Readiness counts once: the first READY=1 says how it came.
+    if !e.ready {
+        e.ready_on_first_output = m.ready_on_first_output;
+    }
     e.ready |= m.ready;
     e.stopping |= m.stopping;
     if m.status.is_some() {
@@ -148,7 +152,13 @@ mod tests {
         for m in [
             Message {
                 ready: true,
+                ready_on_first_output: true,
                 extend_usec: Some(5),
+                ..Default::default()
+            },
+            // A second READY=1 does not change how the run became ready.
+            Message {
+                ready: true,
                 ..Default::default()
             },
             Message {
@@ -164,7 +174,7 @@ mod tests {
             got.push(m);
         }
         let newest = got.last().unwrap();
-        assert!(newest.ready && newest.stopping);
+        assert!(newest.ready && newest.ready_on_first_output && newest.stopping);
         assert_eq!(newest.extend_usec, Some(5));
         assert_eq!(got.len(), PER_RUN);
     }

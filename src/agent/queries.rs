@@ -161,6 +161,7 @@ impl Agent {
             sections,
             template: rec.template_name,
             ready_at: rec.ready_at.map(rfc3339),
+            ready_on: rec.ready_on,
             status_text: rec.status_text,
             last_heartbeat: last_heartbeat.map(rfc3339),
             init_deadline: rec.init_deadline.map(rfc3339),

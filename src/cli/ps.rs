@@ -136,6 +136,21 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
 
 /// Why a run is stuck, the loop it is suspected of and the retry loop it is
 /// in, each line once (either is often the reason it counts as stuck).
+
+/// The line under `ready:` of a run whose first bytes of output met its ready
+/// condition: `ready at +0.3 s on first output: a banner?`.
+fn ready_on_first_output(r: &RunInfo, ready_at: &str) -> String {
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    let after = match (r.started_at.as_deref().and_then(at), at(ready_at)) {
+        (Some(start), Some(ready)) => {
+            let ms = (ready - start).num_milliseconds().max(0);
+            format!(" at +{}.{} s", ms / 1000, ms % 1000 / 100)
+        }
+        _ => String::new(),
+    };
+    format!("ready{after} on first output: a banner?")
+}
+
 fn notes(r: &RunInfo) -> impl Iterator<Item = &String> {
     let other = |l: &&String| r.stuck.as_ref() != Some(*l);
     let looping = r.loop_suspected.as_ref().filter(other);
@@ -204,6 +219,9 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     }
     if let Some(t) = &r.ready_at {
         outln!("ready:      {}", Shown(t))?;
+        if r.ready_on.as_deref() == Some(crate::api::READY_ON_FIRST_OUTPUT) {
+            outln!("            {}", ready_on_first_output(&r, t))?;
+        }
     }
     if let Some(t) = &r.last_heartbeat {
         outln!("heartbeat:  {}", Shown(t))?;

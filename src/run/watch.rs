@@ -2,7 +2,8 @@
 //! [`Watch`]): its output, passed through pipes to where it would have gone
 //! (the terminal, or a detached run's log) and reported through the notify
 //! socket (`X_WFCG_OUTPUT=1`, the first byte at once, then at most once a
-//! second), READY=1 at the first byte or at a line matching the ready pattern,
+//! second), READY=1 at the first byte or at a line matching the ready pattern
+//! (saying so when the first chunk of output already met it: a banner?),
 //! and READY=1 when the ready file appears (looked for as the run's owner, in
 //! the command's working directory).
 //!
@@ -25,7 +26,8 @@ use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    NEW_LINE_NOTIFY, OUTPUT_NOTIFY, REPEAT_LINE_MAX, REPEAT_NOTIFY, RunStarted, Watch,
+    NEW_LINE_NOTIFY, OUTPUT_NOTIFY, READY_ON_FIRST_OUTPUT_NOTIFY, REPEAT_LINE_MAX, REPEAT_NOTIFY,
+    RunStarted, Watch,
 };
 use crate::novelty::{Recent, Seen, normalize};
 
@@ -46,6 +48,8 @@ struct Shared {
     pattern: Option<regex::Regex>,
     ready_sent: AtomicBool,
     report: Mutex<Report>,
+    /// Whether a chunk of output was read already.
+    output_seen: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -102,11 +106,22 @@ impl Shared {
         }
     }
 
+    /// READY=1 from output; `first`: the first chunk read met the condition.
+    fn ready_on_output(&self, first: bool) {
+        if !first {
+            return self.ready();
+        }
+        if !self.ready_sent.swap(true, Ordering::SeqCst) {
+            self.send(READY_ON_FIRST_OUTPUT_NOTIFY);
+        }
+    }
+
     /// A chunk of output: report it and its lines (rate-limited) and look for
     /// the ready line.
     fn output(&self, chunk: &[u8], line: &mut Vec<u8>) {
+        let first = !self.output_seen.swap(true, Ordering::SeqCst);
         if self.watch.ready_on_output {
-            self.ready();
+            self.ready_on_output(first);
         }
         let mut lines = Vec::new();
         for &b in chunk {
@@ -126,7 +141,7 @@ impl Shared {
             && !self.ready_sent.load(Ordering::SeqCst)
             && lines.iter().any(|l| re.is_match(l))
         {
-            self.ready();
+            self.ready_on_output(first);
         }
         if !self.watch.output {
             return;
@@ -218,6 +233,7 @@ impl Watcher {
                     new_line: false,
                     repeat: None,
                 }),
+                output_seen: AtomicBool::new(false),
                 stop: AtomicBool::new(false),
             }),
             done: None,

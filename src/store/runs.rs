@@ -41,6 +41,7 @@ impl TimeCol {
 pub enum TextCol {
     StatusText,
     LoopSuspected,
+    ReadyOn,
 }
 
 impl TextCol {
@@ -48,6 +49,7 @@ impl TextCol {
         match self {
             TextCol::StatusText => "status_text",
             TextCol::LoopSuspected => "loop_suspected",
+            TextCol::ReadyOn => "ready_on",
         }
     }
 }
@@ -103,6 +105,9 @@ pub struct RunRecord {
     /// The run this one was started from inside of (its caller was in that
     /// run's cgroup, by the kernel's word): it dies with that run.
     pub parent_run_id: Option<String>,
+    /// `first output` when the first bytes of its output met its ready
+    /// condition (a banner can do that); `None` otherwise.
+    pub ready_on: Option<String>,
 }
 
 /// A status is stored by its name.
@@ -151,7 +156,7 @@ const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, works
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
     ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams, template, \
     template_name, ready_at, status_text, init_deadline, total_deadline, watchdog_deadline, \
-    watchdog_usec, loop_suspected, notify_socket, adopted, parent_run_id";
+    watchdog_usec, loop_suspected, notify_socket, adopted, parent_run_id, ready_on";
 
 /// A row of `runs`; a value that does not read as its type is a [`BadColumn`]
 /// naming the run and the column.
@@ -230,6 +235,7 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         notify_socket: r.get(29)?,
         adopted: r.get(30)?,
         parent_run_id: r.get(31)?,
+        ready_on: r.get(32)?,
     })
 }
 
@@ -240,7 +246,7 @@ impl Store {
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
             ),
             params![
                 run.run_id,
@@ -275,6 +281,7 @@ impl Store {
                 run.notify_socket,
                 run.adopted,
                 run.parent_run_id,
+                run.ready_on,
             ],
         );
         match res {

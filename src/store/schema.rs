@@ -97,4 +97,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_reason TEXT,
         PRIMARY KEY (workflow, owner_uid)
     );",
+    // 10: how a run became ready, when that says something (`first output`).
+    "ALTER TABLE runs ADD COLUMN ready_on TEXT;",
 ];

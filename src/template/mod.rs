@@ -1,7 +1,8 @@
 //! Run templates (`cgroup-templates/*.toml`): the timeouts, graces, cleanup,
 //! alert channels and cgroup limits a run gets.
 //!
-//! The shipped templates (`default`, `builder`, `lina`, `guardian`) are built into
+//! The shipped templates (`default`, `builder`, `lina`, `guardian`, and the agent
+//! CLI profiles `codex` and `claude`) are built into
 //! the binary; a file `/etc/wfcg/templates/NAME.toml` takes the place of the
 //! shipped one of that name, or adds a new one. Every template may be partial:
 //! its TOML table is deep-merged over the built-in `default.toml`, then read with
@@ -34,6 +35,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "guardian",
         include_str!("../../cgroup-templates/guardian.toml"),
     ),
+    ("codex", include_str!("../../cgroup-templates/codex.toml")),
+    ("claude", include_str!("../../cgroup-templates/claude.toml")),
 ];
 
 /// Where operators put their own templates.

@@ -52,7 +52,55 @@ fn every_shipped_template_parses_with_its_init_timeout() {
         assert_eq!(!t.timeouts.stall.is_zero(), agent_cli, "{name}");
         assert_eq!(t.breaker.failures, if agent_cli { 3 } else { 0 }, "{name}");
     }
-    assert_eq!(BUILTIN.len(), 4);
+}
+
+#[test]
+fn the_agent_cli_profiles_are_ready_only_at_an_answer_of_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["codex", "claude"] {
+        let t = Template::lookup_in(dir.path(), name).unwrap();
+        assert_eq!(t.timeouts.init, Duration::from_secs(120), "{name}");
+        assert_eq!(t.timeouts.stall, Duration::from_secs(600), "{name}");
+        assert_eq!(t.breaker.failures, 3, "{name}");
+    }
+    let pattern = |name: &str| {
+        let t = Template::lookup_in(dir.path(), name).unwrap();
+        match &t.run.ready[..] {
+            [Ready::Log(p)] => regex::Regex::new(p).unwrap(),
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    // Lines each CLI prints (codex-cli 0.171 on stderr, Claude Code 2.1 stream-json).
+    let codex = pattern("codex");
+    for banner in [
+        "OpenAI Codex v0.171.0",
+        "model: gpt-5-codex",
+        "user",
+        "ERROR: Reconnecting... waiting for network",
+        "ERROR: Reconnecting... 2/5",
+        "warning: Model metadata for `m` not found.",
+    ] {
+        assert!(!codex.is_match(banner), "codex ready at {banner:?}");
+    }
+    for answer in ["codex", "thinking", "exec"] {
+        assert!(codex.is_match(answer), "codex not ready at {answer:?}");
+    }
+    let claude = pattern("claude");
+    for event in [
+        r#"{"type":"system","subtype":"init","cwd":"/w","session_id":"s","tools":[]}"#,
+        r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,"error_status":529}"#,
+        r#"{"type":"assistant","message":{"diagnostics":null,"id":"0dd1b893-8755","container":null,"model":"<synthetic>","role":"assistant","stop_details":null,"type":"message","usage":{"input_tokens":0},"content":[{"type":"text","text":"API Error: 529 Overloaded."}]}}"#,
+        r#"{"type":"assistant","message":{"id":"7f0c2a1e-uuid","model":"<synthetic>","role":"assistant","content":[{"type":"text","text":"API Error: 529","model":"x"}]}}"#,
+        r#"{"type":"assistant","message":{"model":"<synthetic>","id":"x"}}"#,
+        r#"{"type":"user","message":{"role":"user","content":"{\"type\":\"assistant\",\"message\":{\"id\":\"msg_"}}"#,
+    ] {
+        assert!(!claude.is_match(event), "claude ready at {event}");
+    }
+    let answer = r#"{"type":"assistant","message":{"id":"msg_01X","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"pong"}]}}"#;
+    assert!(claude.is_match(answer));
+    let answer = r#"{"type":"assistant","message":{"model":"claude-opus-4-1","id":"msg_01X","type":"message","content":[]}}"#;
+    assert!(claude.is_match(answer));
+    assert_eq!(BUILTIN.len(), 6);
 }
 
 #[test]
@@ -210,7 +258,7 @@ fn lookup_prefers_the_host_file_and_lists_both() {
     assert_eq!(
         names,
         [
-            "default", "builder", "lina", "guardian", "broken", "nightly"
+            "default", "builder", "lina", "guardian", "codex", "claude", "broken", "nightly"
         ]
     );
     assert_eq!(list[0].1, BUILTIN_SOURCE);
@@ -220,7 +268,7 @@ fn lookup_prefers_the_host_file_and_lists_both() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("default, builder, lina, guardian, broken, nightly"),
+        err.contains("default, builder, lina, guardian, codex, claude, broken, nightly"),
         "{err}"
     );
 }

@@ -36,6 +36,7 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         sections: Vec::new(),
         template: Some("default".into()),
         ready_at: None,
+        ready_on: None,
         status_text: Some("compiling".into()),
         last_heartbeat: Some("2026-01-01T12:02:00Z".into()),
         init_deadline: None,

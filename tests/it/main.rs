@@ -8,6 +8,7 @@ mod util;
 mod adopt;
 mod adopt_whole;
 mod agent;
+mod agent_clis;
 mod agent_control;
 mod attack_regressions;
 mod audit_chain;

@@ -889,7 +889,19 @@ impl TestAgent {
 /// to the crate root when it is a relative path). Without it the test fails, saying how to
 /// make one, unless `WFCG_TEST_ALLOW_SKIP=1`.
 pub fn python() -> Option<PathBuf> {
-    match std::env::var_os("WFCG_PYTHON").filter(|p| !p.is_empty()) {
+    test_tool(
+        "WFCG_PYTHON",
+        "a Python with the `mcp` package, pytest and ./python installed; create the venv \
+         with `python3 -m venv .venv && .venv/bin/pip install 'mcp>=2.3,<3' pytest ./python` \
+         and set WFCG_PYTHON=.venv/bin/python",
+    )
+}
+
+/// A tool the test set-up installs (`scripts/test`), named by the environment
+/// variable `var` (relative to the crate root when it is a relative path). Without
+/// it the test fails, saying it needs `what`, unless `WFCG_TEST_ALLOW_SKIP=1`.
+pub fn test_tool(var: &str, what: &str) -> Option<PathBuf> {
+    match std::env::var_os(var).filter(|p| !p.is_empty()) {
         Some(p) => {
             let p = PathBuf::from(p);
             if p.is_relative() && p.components().count() > 1 {
@@ -899,10 +911,7 @@ pub fn python() -> Option<PathBuf> {
             }
         }
         None => {
-            let problem = "WFCG_PYTHON is not set: this test needs a Python with the `mcp` \
-                package, pytest and ./python installed; create the venv with \
-                `python3 -m venv .venv && .venv/bin/pip install 'mcp>=2.3,<3' pytest ./python` \
-                and set WFCG_PYTHON=.venv/bin/python";
+            let problem = format!("{var} is not set: this test needs {what}");
             if std::env::var("WFCG_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
                 eprintln!("SKIPPED (WFCG_TEST_ALLOW_SKIP=1): {problem}");
                 None
