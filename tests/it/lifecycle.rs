@@ -79,7 +79,12 @@ fn assert_timed_out(agent: &TestAgent, run: &crate::util::Run, why: &str) {
     agent.wait_status(&run.id, "timed_out");
     let st = agent.status(&run.id);
     assert_eq!(st["status"], "timed_out", "{st:#}");
-    let kills = auto_kills(agent, &run.id);
+    // The record is written by the audit writer, a moment after the status.
+    let mut kills = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        kills = auto_kills(agent, &run.id);
+        !kills.is_empty()
+    });
     assert_eq!(kills.len(), 1, "{kills:#?}");
     assert_eq!(kills[0]["actor_name"], "monitor", "{:#}", kills[0]);
     let reason = kills[0]["reason"].as_str().unwrap_or_default();
