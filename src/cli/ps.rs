@@ -134,9 +134,6 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     Ok(exit::OK)
 }
 
-/// Why a run is stuck, the loop it is suspected of and the retry loop it is
-/// in, each line once (either is often the reason it counts as stuck).
-
 /// The line under `ready:` of a run whose first bytes of output met its ready
 /// condition: `ready at +0.3 s on first output: a banner?`.
 fn ready_on_first_output(r: &RunInfo, ready_at: &str) -> String {
@@ -151,6 +148,8 @@ fn ready_on_first_output(r: &RunInfo, ready_at: &str) -> String {
     format!("ready{after} on first output: a banner?")
 }
 
+/// Why a run is stuck, the loop it is suspected of and the retry loop it is
+/// in, each line once (either is often the reason it counts as stuck).
 fn notes(r: &RunInfo) -> impl Iterator<Item = &String> {
     let other = |l: &&String| r.stuck.as_ref() != Some(*l);
     let looping = r.loop_suspected.as_ref().filter(other);
