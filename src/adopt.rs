@@ -189,7 +189,9 @@ pub struct Walk<'a> {
     /// uids are all this one (the caller's, when it may act on no other's):
     /// checked before the environment is read, so that whether another user's
     /// process carries a marker changes nothing in the answer (no oracle).
-    /// `None`: in any process.
+    /// `None`: the root's owner's, for a caller who may act on anyone's: a value
+    /// the tree's owner chose (`CI_JOB_ID=4242`) never pulls in a process of
+    /// root's or of another user's that happens to carry it.
     pub marker_uid: Option<u32>,
 }
 
@@ -492,19 +494,25 @@ impl State<'_> {
     /// root's owner's. A value the tree gave another user's process (through a
     /// setuid program) is not followed.
     fn inferred_uid(walk: &Walk<'_>) -> u32 {
+        Self::marker_uid(walk)
+    }
+
+    /// Whose processes any marker is looked for in: [`Walk::marker_uid`], else
+    /// the root's owner's.
+    fn marker_uid(walk: &Walk<'_>) -> u32 {
         walk.marker_uid.unwrap_or(walk.root.uid)
     }
 
     /// Why a process carries a marker of the tree, if it does: a named marker
     /// whatever its age (`young`: started after the root), an executor's or an
     /// inferred one only if young. Its environment is read only if its real,
-    /// effective and saved uids are [`Walk::marker_uid`].
+    /// effective and saved uids are [`Self::marker_uid`]'s.
     fn marked(walk: &Walk<'_>, inferred: &[Vec<u8>], pid: i32, young: bool) -> Option<String> {
         if walk.named.is_empty() && (!young || (walk.markers.is_empty() && inferred.is_empty())) {
             return None;
         }
         let sole = procfs::uids(walk.proc_root, pid).and_then(procfs::sole_uid);
-        if walk.marker_uid.is_some_and(|uid| sole != Some(uid)) {
+        if sole != Some(Self::marker_uid(walk)) {
             return None;
         }
         let env = procfs::environ(walk.proc_root, pid, ENVIRON_LIMIT);

@@ -15,7 +15,7 @@
 //! caller owns.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
@@ -72,6 +72,9 @@ pub fn mount_with(dir: &Path, size: &str, uid: u32, gid: u32, flags: MountFlags)
 pub struct Usage {
     pub bytes: u64,
     pub inodes: u64,
+    /// What it may hold: its size, and its inodes (both set at the mount or a remount).
+    pub capacity: u64,
+    pub inode_capacity: u64,
 }
 
 impl Usage {
@@ -99,6 +102,8 @@ pub fn usage(dir: &Path) -> io::Result<Usage> {
     Ok(Usage {
         bytes: blocks.saturating_mul(st.f_bsize as u64),
         inodes: (st.f_files as u64).saturating_sub(st.f_ffree as u64),
+        capacity: (st.f_blocks as u64).saturating_mul(st.f_bsize as u64),
+        inode_capacity: st.f_files as u64,
     })
 }
 
@@ -161,6 +166,30 @@ pub fn shrink(dir: &Path) -> io::Result<Usage> {
 /// otherwise take every later look at `dir`, and one that never answers would
 /// hold the looker for good. Read from `/proc/self/mountinfo` (at most 8).
 /// How many were detached.
+/// Those of `dirs` over which a mount other than a tmpfs is stacked now (one
+/// read of `/proc/self/mountinfo` for all: [`detach_stacked`] reads it again,
+/// for these only).
+pub fn with_stacked(dirs: &[&Path]) -> Vec<PathBuf> {
+    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let info = String::from_utf8_lossy(&info);
+    let mut top: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for l in info.lines() {
+        if let (Some(point), Some(fstype)) = (
+            l.split(' ').nth(4),
+            l.split_once(" - ").and_then(|(_, r)| r.split(' ').next()),
+        ) {
+            top.insert(point, fstype);
+        }
+    }
+    dirs.iter()
+        .filter(|d| {
+            top.get(mountinfo_escaped(d).as_str())
+                .is_some_and(|fstype| *fstype != "tmpfs")
+        })
+        .map(|d| d.to_path_buf())
+        .collect()
+}
+
 pub fn detach_stacked(dir: &Path) -> usize {
     let want = mountinfo_escaped(dir);
     let mut detached = 0;

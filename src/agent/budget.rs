@@ -103,6 +103,17 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// The most tmpfs of ended runs a user may hold open from outside them (each
+/// is a mount: the host's mount table is not theirs to fill).
+const MAX_HELD: usize = 32;
+
+fn too_many_starts(uid: u32, n: usize, max: u32) -> String {
+    format!(
+        "uid {uid} started {n} runs in the last minute, the most a user may (policy \
+         [limits] max_starts_per_minute = {max}); try again shortly"
+    )
+}
+
 /// `n` bytes for people: `3.2 MiB`.
 fn human(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -151,6 +162,26 @@ impl Agent {
         let limits = self.access.policy().limits.clone();
         let max_tmpdir = crate::tmpfs::size_bytes(&limits.max_tmpdir_total).unwrap_or(u64::MAX);
         let refuse = |msg: String| Err(Failure::new(ErrorKind::Conflict, msg));
+        if let Some(n) = self.starts_in_the_last_minute(uid, limits.max_starts_per_minute) {
+            return refuse(too_many_starts(uid, n, limits.max_starts_per_minute));
+        }
+        // Outside the lock every start takes: it reads the user's held tmpfs
+        // (what is let go meanwhile only makes the count too high, never too low).
+        let held = self.held_tmpfs_of(uid);
+        if held.len() >= MAX_HELD {
+            return refuse(format!(
+                "uid {uid} holds the tmpfs of {} ended runs open from outside them (a file \
+                 deleted but open or mapped, a working directory), the most a user may: {}{}; \
+                 close what holds them",
+                held.len(),
+                held.iter()
+                    .take(5)
+                    .map(|h| format!("{} of {}", h.path.display(), h.run_id))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if held.len() > 5 { ", ..." } else { "" }
+            ));
+        }
         let mut pending = self.budgets.pending.lock();
         let mine = pending.get(&uid).copied().unwrap_or_default();
         let live = self.store().live_runs_of(uid)?;
@@ -162,7 +193,6 @@ impl Agent {
                 limits.max_live_runs
             ));
         }
-        let held = self.held_tmpfs_of(uid);
         let held_bytes = held.iter().map(|h| h.bytes).fold(0, u64::saturating_add);
         let used: u64 = live
             .iter()
@@ -212,11 +242,10 @@ impl Agent {
             recent.pop_front();
         }
         if recent.len() as u64 >= u64::from(limits.max_starts_per_minute) {
-            return refuse(format!(
-                "uid {uid} started {} runs in the last minute, the most a user may (policy \
-                 [limits] max_starts_per_minute = {}); try again shortly",
+            return refuse(too_many_starts(
+                uid,
                 recent.len(),
-                limits.max_starts_per_minute
+                limits.max_starts_per_minute,
             ));
         }
         recent.push_back(now);
@@ -228,6 +257,20 @@ impl Agent {
             uid,
             tmpdir,
         }))
+    }
+
+    /// How many runs `uid` started in the last minute, when that is already
+    /// `max` or more (a cheap check before anything is read for the start).
+    fn starts_in_the_last_minute(&self, uid: u32, max: u32) -> Option<usize> {
+        let starts = self.budgets.starts.lock();
+        let now = Instant::now();
+        let n = starts.get(&uid).map_or(0, |recent| {
+            recent
+                .iter()
+                .filter(|t| now.duration_since(**t).as_secs() < 60)
+                .count()
+        });
+        (n as u64 >= u64::from(max)).then_some(n)
     }
 
     /// Root's reserve on the state filesystem: a user's start below it is

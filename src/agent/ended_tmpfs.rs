@@ -115,15 +115,24 @@ impl Agent {
             .map(|(p, (_, id))| (p.clone(), id.clone()))
             .collect();
         let mut held = Vec::new();
+        // Its root is the user's: a mount they stacked over it since goes first
+        // (found with one read of the mount table for all of them).
+        let paths: Vec<&Path> = mine.iter().map(|(p, _)| p.as_path()).collect();
+        for stacked in crate::tmpfs::with_stacked(&paths) {
+            crate::tmpfs::detach_stacked(&stacked);
+        }
         for (path, run_id) in mine {
-            // Its root is the user's: a mount they stacked over it since goes first.
-            crate::tmpfs::detach_stacked(&path);
             match crate::tmpfs::usage(&path) {
+                // Counted at what it may hold, not what it holds now: a holder
+                // could empty it before a start and fill it again after.
                 Ok(u) if !u.is_empty() => held.push(Held {
                     run_id,
-                    bytes: u
-                        .bytes
-                        .saturating_add(u.inodes.saturating_sub(1).saturating_mul(INODE_BYTES)),
+                    bytes: u.capacity.max(u.bytes).saturating_add(
+                        u.inode_capacity
+                            .max(u.inodes)
+                            .saturating_sub(1)
+                            .saturating_mul(INODE_BYTES),
+                    ),
                     path,
                 }),
                 _ => {

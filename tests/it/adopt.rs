@@ -409,6 +409,85 @@ fn another_users_process_is_refused_with_exit_4() {
     assert_eq!(run["owner_uid"], user.uid);
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Root's `kill --pid` of a user's process takes by a marker only processes of
+/// that user: a value the user chose (`CI_JOB_ID`, an executor's marker) that a
+/// later process of root's and one of another user's also carry, in the same
+/// cgroup, pulls in neither.
+#[test]
+fn roots_kill_pid_of_a_users_tree_takes_no_other_owners_process_by_its_marker() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let (user, other) = (TestUser::get(), TestUser::other());
+    let source = Source::new(&agent);
+    let marker = util::marker("job");
+    let job = [("CI_JOB_ID", marker.as_str())];
+    let as_user = |u: &TestUser, secs: &'static str| {
+        vec![
+            "setpriv".to_string(),
+            format!("--reuid={}", u.uid),
+            format!("--regid={}", u.gid),
+            "--clear-groups".into(),
+            "--".into(),
+            "sleep".into(),
+            secs.into(),
+        ]
+    };
+    let theirs_argv = as_user(&user, "1040");
+    let theirs = source.spawn_with(&marker, &job, &strs(&theirs_argv));
+    assert!(wait_until(Duration::from_secs(10), || {
+        util::cmdline(theirs.id()) == "sleep 1040"
+    }));
+    let roots = source.spawn_with(&marker, &job, &["sleep", "1041"]);
+    let others_argv = as_user(&other, "1042");
+    let others = source.spawn_with(&marker, &job, &strs(&others_argv));
+    assert!(wait_until(Duration::from_secs(10), || {
+        util::cmdline(roots.id()) == "sleep 1041" && util::cmdline(others.id()) == "sleep 1042"
+    }));
+    let dry = agent
+        .wfcg()
+        .args(["adopt", "--dry-run", "--json", &theirs.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let listed = String::from_utf8_lossy(&dry.stdout).into_owned();
+    for pid in [roots.id(), others.id()] {
+        assert!(
+            !listed.contains(&format!("\"pid\": {pid}"))
+                && !listed.contains(&format!("\"pid\":{pid}")),
+            "{pid} would be taken: {listed}"
+        );
+    }
+    let out = agent
+        .wfcg()
+        .args([
+            "kill",
+            "--pid",
+            &theirs.id().to_string(),
+            "--force",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(wait_until(Duration::from_secs(10), || !util::alive(
+        theirs.id()
+    )));
+    assert_eq!(
+        util::cmdline(roots.id()),
+        "sleep 1041",
+        "root's process hit"
+    );
+    assert_eq!(
+        util::cmdline(others.id()),
+        "sleep 1042",
+        "another user's process hit"
+    );
+}
+
 #[test]
 fn an_adopted_run_starts_when_its_root_started_and_its_deadlines_count_from_then() {
     require_privileges!();

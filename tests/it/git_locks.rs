@@ -10,15 +10,16 @@
 //! lock is still found, reported and removed; a lock created outside the run
 //! (an outside commit stopped in its hook, a process gone) is never touched.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::require_privileges;
-use crate::util::{GroupOnDrop, TestAgent, marker, wait_until};
+use crate::util::{GroupOnDrop, KillOnDrop, TestAgent, marker, wait_until};
 
 const GIT_ENV: [(&str, &str); 7] = [
     ("GIT_AUTHOR_NAME", "t"),
@@ -457,16 +458,28 @@ fn a_lock_created_outside_the_run_is_never_touched_by_its_kill() {
         }
     }
     // Nobody outside works in the repository: a lock an outside process made
-    // (from elsewhere) and left is still not the run's.
+    // (from elsewhere) and left is still not the run's. (Its creator lives on, so
+    // that the agent finds it when it reads the event: a creator gone before
+    // that is unknown, and the working-directory rule decides, see
+    // docs/killing.md.)
     let id = start_git_run(&agent, &repo, "exec sleep 1000", &[]);
     let left = repo.join(".git/refs/heads/left.lock");
-    let made = Command::new("sh")
-        .args(["-c", &format!(": > {}", left.display())])
+    let mut maker = Command::new("sh");
+    maker
+        .args([
+            "-c",
+            &format!(": > {}; echo made; exec sleep 1000", left.display()),
+        ])
         .current_dir("/")
-        .status()
+        .stdout(Stdio::piped());
+    let mut maker = KillOnDrop(maker.spawn().unwrap());
+    let mut said = String::new();
+    BufReader::new(maker.0.stdout.take().unwrap())
+        .read_line(&mut said)
         .unwrap();
-    assert!(made.success());
+    assert_eq!(said.trim(), "made");
     let result = agent.kill_ok(&id, &["--force"]);
+    drop(maker);
     assert!(left.exists(), "{result:#}");
     assert!(!removed(&result).contains(&left.display().to_string()));
 }

@@ -441,8 +441,8 @@ while not os.path.exists(os.path.join(tmp, 'ready')) and time.time() < deadline:
 big = os.open(os.path.join(tmp, 'big'), os.O_RDWR)
 root = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
 os.chdir(os.path.join(tmp, 'cwd'))
-with open(os.path.join(tmp, 'mapped'), 'r+b') as f:
-    mapped = mmap.mmap(f.fileno(), 0)
+mapped_file = open(os.path.join(tmp, 'mapped'), 'r+b')
+mapped = mmap.mmap(mapped_file.fileno(), 0)
 bound = libc.mount(tmp.encode(), os.path.join(tmp, 'sub').encode(), None, 4096, None) == 0
 print(json.dumps({'held': True, 'bound': bound}), flush=True)
 sys.stdin.readline()
@@ -460,6 +460,8 @@ def create():
 attempt('create', create)
 r = libc.mount(b'none', tmp.encode(), None, 32, b'size=1G')
 said['remount'] = 'ok' if r == 0 else errno.errorcode[ctypes.get_errno()]
+# Emptied from outside before a start (to fill it again after): it still counts.
+attempt('emptied', lambda: (os.ftruncate(big, 0), os.ftruncate(mapped_file.fileno(), 0)))
 print(json.dumps(said), flush=True)
 sys.stdin.read()
 "#;
@@ -521,8 +523,10 @@ fn an_ended_runs_tmpdir_held_from_outside_cannot_grow_and_counts_until_let_go() 
     assert_eq!(tried["grow"], "ENOSPC", "{tried}");
     assert_eq!(tried["create"], "ENOSPC", "{tried}");
     assert_ne!(tried["remount"], "ok", "{tried}");
+    assert_eq!(tried["emptied"], "ok", "{tried}");
 
-    // What it holds counts: a start that needs 1 GiB more is refused, saying what.
+    // What it may hold counts, though the holder emptied it: a start that needs
+    // 1 GiB more is refused, saying what.
     let start = || {
         agent
             .wfcg_as(&user)
