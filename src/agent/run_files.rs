@@ -79,7 +79,7 @@ impl RunFiles {
         if let Some(files) = self.open.lock().get(run_id) {
             return Some(files.clone());
         }
-        let kept = self.open.lock().len() as u64 * 2;
+        let kept = (self.open.lock().len() as u64).saturating_mul(2);
         if kept + 2 > self.room {
             return None;
         }

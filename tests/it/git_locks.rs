@@ -336,22 +336,7 @@ fn a_submodule_commit_holds_its_index_lock_below_git_modules() {
     let agent = TestAgent::start();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().canonicalize().unwrap();
-    let (repo, upstream) = (base.join("repo"), base.join("upstream"));
-    make_repo(&upstream);
-    make_repo(&repo);
-    git_ok(
-        &repo,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            upstream.to_str().unwrap(),
-            "sub",
-        ],
-    );
-    git_ok(&repo, &["commit", "-qm", "add sub"]);
+    let repo = repo_with_submodule(&base);
     let modules = repo.join(".git/modules/sub");
     let started = base.join("sub-hook-started");
     sleeping_hook(&modules.join("hooks"), &started);
@@ -494,22 +479,7 @@ fn in_submodules_and_linked_worktrees_the_runs_lock_is_found_and_an_outside_one_
     let agent = TestAgent::start();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().canonicalize().unwrap();
-    let (repo, upstream) = (base.join("repo"), base.join("upstream"));
-    make_repo(&upstream);
-    make_repo(&repo);
-    git_ok(
-        &repo,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            upstream.to_str().unwrap(),
-            "sub",
-        ],
-    );
-    git_ok(&repo, &["commit", "-qm", "add sub"]);
+    let repo = repo_with_submodule(&base);
     let wt = base.join("wt");
     git_ok(
         &repo,
@@ -552,4 +522,26 @@ fn in_submodules_and_linked_worktrees_the_runs_lock_is_found_and_an_outside_one_
             assert!(commit.0.try_wait().unwrap().is_none());
         }
     }
+}
+
+/// `base/repo`, a repository with `base/upstream` added as its submodule `sub`
+/// and committed.
+fn repo_with_submodule(base: &Path) -> PathBuf {
+    let (repo, upstream) = (base.join("repo"), base.join("upstream"));
+    make_repo(&upstream);
+    make_repo(&repo);
+    git_ok(
+        &repo,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            upstream.to_str().unwrap(),
+            "sub",
+        ],
+    );
+    git_ok(&repo, &["commit", "-qm", "add sub"]);
+    repo
 }
