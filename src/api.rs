@@ -10,6 +10,8 @@
 //! - `POST /v1/runs/adopt` ([`AdoptRequest`] → [`Adopted`]): take a tree started
 //!   outside wfcg into a new run (and kill it, with `kill`).
 //! - `GET /v1/runs/{id}/may-kill` ([`MayKillQuery`] → [`MayKill`]): a permission question.
+//! - `POST /v1/runs/{id}/lease` ([`RenewLease`] → [`LeaseRenewed`]): renew a run's
+//!   lease (`CreateRun::lease_ms`).
 //! - `GET /v1/health` (→ [`Health`]): that the agent answers, and how it runs.
 //! - `POST /v1/agent/stop` (no body → [`AgentStopping`]): root asks the agent to stop;
 //!   runs go on.
@@ -30,6 +32,37 @@ pub const EXIT_STATUS_FILE: &str = "exit-status";
 pub const STOP_REASON_FILE: &str = "stop-reason";
 /// The longest kill reason accepted, in bytes.
 pub const MAX_REASON: usize = 1024;
+/// The shortest lease accepted ([`CreateRun::lease_ms`]), in milliseconds: 1 s.
+pub const MIN_LEASE_MS: u64 = 1_000;
+/// The longest lease accepted, in milliseconds: 30 days.
+pub const MAX_LEASE_MS: u64 = 30 * 86_400_000;
+/// The kill reason (and `end_reason`) of a run whose lease ran out.
+pub const LEASE_EXPIRED: &str = "lease expired: its executor stopped renewing it";
+
+/// What is wrong with a lease of `ms` milliseconds (outside
+/// [`MIN_LEASE_MS`]..=[`MAX_LEASE_MS`]), naming the value and the bound.
+pub fn lease_problem(ms: u64) -> Option<String> {
+    if ms < MIN_LEASE_MS {
+        Some(format!(
+            "{ms} ms is shorter than the shortest lease accepted, {MIN_LEASE_MS} ms (1s)"
+        ))
+    } else if ms > MAX_LEASE_MS {
+        Some(format!(
+            "{ms} ms is longer than the longest lease accepted, {MAX_LEASE_MS} ms (30 days)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// An optional lease in milliseconds, refused outside the bounds ([`lease_problem`]).
+fn opt_lease_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<u64>::deserialize(d)?;
+    match v.and_then(lease_problem) {
+        Some(problem) => Err(serde::de::Error::custom(problem)),
+        None => Ok(v),
+    }
+}
 
 /// Where a run is in its life. Stored as the lowercase name.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +204,32 @@ pub struct CreateRun {
     /// would otherwise run under `default`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub workflow_needs_template: bool,
+    /// A lease, in milliseconds (at least 1 s, at most 30 days): the run is
+    /// killed (reason [`LEASE_EXPIRED`]) when nobody renews it
+    /// (`POST /v1/runs/{id}/lease`) for this long. Absent: no lease.
+    #[serde(
+        default,
+        deserialize_with = "opt_lease_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_ms: Option<u64>,
+}
+
+/// `POST /v1/runs/{id}/lease`: renew the run's lease for its full duration. The
+/// body is `{}` (or empty); the run's owner or a caller with `kill_any` may.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewLease {}
+
+/// The answer to [`RenewLease`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRenewed {
+    pub run_id: String,
+    /// The lease's duration.
+    pub lease_ms: u64,
+    /// When it was renewed, and when it now runs out unless renewed again (RFC 3339).
+    pub renewed_at: String,
+    pub expires_at: String,
 }
 
 /// [`Health::kill_course`], in milliseconds.
@@ -737,6 +796,14 @@ pub struct RunInfo {
     /// How an ended run ended, in words: the kill's reason, or its exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// Its lease (`wfcg run --lease`): the duration, its last renewal (none
+    /// yet: null) and when it runs out (RFC 3339); all null without a lease.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    #[serde(default)]
+    pub lease_renewed_at: Option<String>,
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
 }
 
 impl RunInfo {
@@ -746,8 +813,8 @@ impl RunInfo {
         Some((t.with_timezone(&chrono::Utc) - now).num_milliseconds() as f64 / 1e3)
     }
 
-    /// A live run's deadlines in force, (`init`, `stall`, `total`, `beat`) each
-    /// with the seconds left (negative when past).
+    /// A live run's deadlines in force, (`init`, `stall`, `total`, `beat`,
+    /// `lease`) each with the seconds left (negative when past).
     pub fn deadlines(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<(&'static str, f64)> {
         if !self.status.is_live() {
             return Vec::new();
@@ -757,6 +824,7 @@ impl RunInfo {
             ("stall", &self.stall_deadline),
             ("total", &self.total_deadline),
             ("beat", &self.watchdog_deadline),
+            ("lease", &self.lease_expires_at),
         ]
         .into_iter()
         .filter_map(|(name, t)| Some((name, Self::secs_until(t.as_deref(), now)?)))
@@ -995,6 +1063,31 @@ mod tests {
             assert!(run_id_problem(bad).is_some(), "{bad:?} accepted");
         }
         assert!(run_id_problem(&"a".repeat(65)).unwrap().contains("65"));
+    }
+
+    #[test]
+    fn a_lease_is_bounded_when_read_naming_the_value() {
+        let read = |body: &str| serde_json::from_str::<CreateRun>(body).map(|r| r.lease_ms);
+        assert_eq!(read(r#"{"command":["x"]}"#).unwrap(), None);
+        assert_eq!(read(r#"{"command":["x"],"lease_ms":null}"#).unwrap(), None);
+        assert_eq!(
+            read(r#"{"command":["x"],"lease_ms":1000}"#).unwrap(),
+            Some(1000)
+        );
+        let most = format!(r#"{{"command":["x"],"lease_ms":{MAX_LEASE_MS}}}"#);
+        assert_eq!(read(&most).unwrap(), Some(MAX_LEASE_MS));
+        for (bad, says) in [
+            ("0", "0 ms is shorter"),
+            ("500", "500 ms is shorter"),
+            ("2678400000", "2678400000 ms is longer"),
+            ("-1", "invalid value"),
+            ("1.5", "invalid type"),
+            (r#""10s""#, "invalid type"),
+            ("18446744073709551616", "number"),
+        ] {
+            let e = read(&format!(r#"{{"command":["x"],"lease_ms":{bad}}}"#)).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

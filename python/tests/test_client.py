@@ -139,6 +139,43 @@ def test_errors_are_typed_like_the_cli_exit_codes(agent: Agent, tmp_path: Path) 
     assert client.health()["ok"] is True
 
 
+def test_a_leased_run_lives_while_renewed_and_dies_when_not(agent: Agent, marker: str) -> None:
+    client = agent.client()
+    run = start(client, marker, lease=2)
+    info = run.status()
+    assert info.lease_ms == 2000 and info.lease_renewed_at is None, info
+    assert info.lease_expires_at
+    # Renewed past two leases' time: alive, and each answer moves the expiry on.
+    deadline = time.monotonic() + 4.5
+    last = None
+    while time.monotonic() < deadline:
+        renewed = run.renew_lease()
+        assert set(renewed) == {"run_id", "lease_ms", "renewed_at", "expires_at"}, renewed
+        assert renewed["run_id"] == run.id and renewed["lease_ms"] == 2000
+        assert last is None or renewed["expires_at"] > last
+        last = renewed["expires_at"]
+        time.sleep(0.5)
+    renewed = asyncio.run(agent.async_client().renew_lease(run.id))
+    assert renewed["run_id"] == run.id
+    assert run.status().live
+    assert run.status().lease_renewed_at == renewed["renewed_at"]
+    # Not renewed: killed once the lease runs out, for that reason.
+    ended = run.wait(timeout=15)
+    assert ended.status == "timed_out", ended
+    assert ended.end_reason == "lease expired: its executor stopped renewing it", ended
+    assert not pids_with_env("WFCG_TEST_MARK", marker)
+    # An ended run's lease is not renewed; a run without one has none to renew.
+    with pytest.raises(wfcg.BadInput, match="lease"):
+        run.renew_lease()
+    plain = start(client, marker)
+    assert plain.status().lease_ms is None
+    with pytest.raises(wfcg.BadInput, match="no lease"):
+        asyncio.run(wfcg.AsyncRun(agent.async_client(), plain.id).renew_lease())
+    with pytest.raises(wfcg.BadInput, match="--lease"):
+        client.run(["true"], lease="0.5s")
+    assert plain.kill(force=True).success
+
+
 def test_a_kill_by_another_user_is_denied(
     agent: Agent, marker: str, test_user: OtherUser
 ) -> None:

@@ -309,6 +309,12 @@ impl Agent {
             ..Default::default()
         };
         Agent::initial_deadlines(&template, ceiling, &mut rec);
+        if let Some(ms) = req.lease_ms {
+            rec.lease_ms = Some(ms);
+            rec.lease_expires_at = rec
+                .started_at
+                .map(|t| crate::bounds::later(t, std::time::Duration::from_millis(ms)));
+        }
         // Synced with the run_start audit record below, before the answer.
         let inserted = super::budget::Slot::recording(budget, || {
             self.store().with_sync(false, |s| s.insert_run(&rec))

@@ -296,6 +296,7 @@ impl Agent {
             });
             m.set(&rec.run_id, Kind::Watchdog, watchdog);
         }
+        self.lease_begin(rec, restarted);
     }
 
     /// Stops watching a run that ended.

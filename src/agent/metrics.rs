@@ -61,6 +61,8 @@ pub struct Metrics {
     /// The two series of `notify`, once each has been counted: a message is then
     /// counted without building a label (a hundred heartbeats a second count).
     notify_series: [std::sync::OnceLock<Counter>; 2],
+    /// Runs killed because nobody renewed their lease.
+    lease_expired: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +77,7 @@ impl Default for Metrics {
             section_wait_seconds: Counter::default(),
             notify: Family::default(),
             notify_series: Default::default(),
+            lease_expired: Counter::default(),
         }
     }
 }
@@ -126,6 +129,11 @@ impl Metrics {
         self.section_wait_seconds.inc_by(r.waited_ms / 1e3);
     }
 
+    /// Counts a run whose lease ran out (it is then killed).
+    pub fn lease_expired(&self) {
+        self.lease_expired.inc();
+    }
+
     /// Counts a notify message, accepted or rejected.
     pub fn notify(&self, accepted: bool) {
         let result = if accepted { "accepted" } else { "rejected" };
@@ -169,6 +177,11 @@ impl Metrics {
             "notify_messages",
             "sd_notify messages, accepted or rejected (sender outside the run)",
             self.notify.clone(),
+        );
+        reg.register(
+            "lease_expired",
+            "Runs killed because nobody renewed their lease (wfcg run --lease)",
+            self.lease_expired.clone(),
         );
         let runs: Family<StatusLabel, Gauge> = Family::default();
         for (status, n) in &snap.runs_by_status {
@@ -367,6 +380,7 @@ mod tests {
         let m = Metrics::default();
         m.notify(true);
         m.kill("force", "killed", None, 0.01);
+        m.lease_expired();
         let text = m.render(&Snapshot {
             runs_by_status: vec![("running".into(), 3)],
             live: vec![("run_a".into(), "w".into(), "running".into(), 1.5)],
@@ -376,6 +390,7 @@ mod tests {
             "wfcg_kills_total{mode=\"force\",outcome=\"killed\"} 1",
             "wfcg_runs{status=\"running\"} 3",
             "wfcg_notify_messages_total{result=\"accepted\"} 1",
+            "wfcg_lease_expired_total 1",
             "wfcg_run_age_seconds{run_id=\"run_a\",workflow=\"w\",status=\"running\"} 1.5",
             "# TYPE wfcg_agent_process_cpu_seconds_total counter",
         ] {

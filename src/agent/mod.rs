@@ -20,6 +20,7 @@
 //! | `run_end.rs` | the exit report, the supervisor leaf, a run's cgroup emptied |
 //! | `cleanup.rs` | what an ended run leaves, removed |
 //! | `queries.rs`, `may_kill.rs` | `ps` and `status`; "may uid U kill run R?" |
+//! | `lease.rs` | leases: renewal, a fresh lease after a restart, a lapse |
 //! | `lifecycle.rs`, `lifecycle/deadlines.rs` | notify, heartbeats, deadlines, stuck runs |
 //! | `breaker.rs` | the circuit breaker of each workflow |
 //! | `control.rs` | the agent itself: health (`agent status`), a stop (`agent stop`) |
@@ -43,6 +44,7 @@ mod kill_result;
 mod kill_run;
 mod kill_sequence;
 pub mod layout;
+mod lease;
 mod lifecycle;
 mod lock_creators;
 mod may_kill;

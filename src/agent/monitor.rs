@@ -1,5 +1,5 @@
 //! The deadline queue: one timer per run and kind (initialization, total time,
-//! heartbeat, first output; and the next progress sample or port probe of a run),
+//! heartbeat, first output, lease; and the next progress sample or port probe of a run),
 //! re-armed when READY=1, WATCHDOG=1 or EXTEND_TIMEOUT_USEC arrive.
 //! Event-driven: the task sleeps until the earliest deadline or the next change,
 //! never scanning all runs. Deadlines are absolute (UTC) times, as stored, so an
@@ -30,16 +30,19 @@ pub enum Kind {
     Stall,
     /// The next look for a listener on the run's ready port (`ready = "port:N"`).
     Probe,
+    /// The run's lease runs out unless renewed (`--lease`).
+    Lease,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Init,
         Kind::Total,
         Kind::Watchdog,
         Kind::Output,
         Kind::Stall,
         Kind::Probe,
+        Kind::Lease,
     ];
 }
 

@@ -179,6 +179,9 @@ impl Agent {
             last_progress_kind: progress.map(|(_, kind, _)| kind.as_str().to_string()),
             retrying,
             end_reason,
+            lease_ms: rec.lease_ms,
+            lease_renewed_at: rec.lease_renewed_at.map(rfc3339),
+            lease_expires_at: rec.lease_expires_at.map(rfc3339),
         }
     }
 }

@@ -242,6 +242,17 @@ async fn kill_run(
     call(move || agent.kill(&caller, &id, req)).await
 }
 
+async fn renew_lease(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+    bytes: Bytes,
+) -> Reply {
+    let caller = caller(peer)?;
+    let crate::api::RenewLease {} = body(&bytes)?;
+    call(move || agent.renew_lease(&caller, &id)).await
+}
+
 async fn may_kill(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -370,6 +381,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/runs/{id}/supervisor", post(enter_supervisor))
         .route("/v1/runs/{id}/kill", post(kill_run))
         .route("/v1/runs/{id}/may-kill", get(may_kill))
+        .route("/v1/runs/{id}/lease", post(renew_lease))
         .route("/v1/audit", get(audit_list))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/breakers", get(list_breakers))

@@ -10,6 +10,7 @@ mod audit;
 pub mod breaker;
 mod install;
 mod kill;
+mod lease;
 mod logs;
 mod mcp;
 mod notify;
@@ -87,6 +88,7 @@ pub enum Verb {
     Agent(agent::Args),
     Run(run::Args),
     Kill(kill::Args),
+    Lease(lease::Args),
     Adopt(adopt::Args),
     Ps(ps::PsArgs),
     Status(ps::StatusArgs),
@@ -142,6 +144,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Verb::Agent(ref a) => agent::run(&cli, a),
         Verb::Run(ref a) => run::run(&cli, a),
         Verb::Kill(ref a) => kill::run(&cli, a),
+        Verb::Lease(ref a) => lease::run(&cli, a),
         Verb::Adopt(ref a) => adopt::run(&cli, a),
         Verb::Ps(ref a) => ps::ps(&cli, a),
         Verb::Status(ref a) => ps::status(&cli, a),

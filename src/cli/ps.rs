@@ -246,6 +246,14 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
             outln!("{:<11} {}", format!("{name}:"), Shown(d))?;
         }
     }
+    if let Some(ms) = r.lease_ms {
+        let every = crate::duration::format(std::time::Duration::from_millis(ms));
+        let last = r.lease_renewed_at.as_deref().unwrap_or("never");
+        outln!("lease:      {every}, last renewed {}", Shown(last))?;
+        if let Some(d) = r.lease_expires_at.as_ref().filter(|_| r.status.is_live()) {
+            outln!("lease ends: {} unless renewed (wfcg lease)", Shown(d))?;
+        }
+    }
     if let Some(w) = &r.waiting_for {
         outln!("waiting:    {}", Shown(w))?;
     }

@@ -78,6 +78,12 @@ pub struct Args {
     /// a git repository with uncommitted changes or untracked files.
     #[arg(long, requires = "workspace")]
     pub cleanup_workspace: bool,
+    /// Kill the run (gracefully, then by force) when nobody renews its lease
+    /// (`wfcg lease RUN`, or `POST /v1/runs/{id}/lease`) for this long: for an
+    /// executor that renews it while it lives, so the run dies with it. At least
+    /// 1s, at most 30 days [default: no lease].
+    #[arg(long, value_name = "DUR")]
+    pub lease: Option<String>,
     /// Print the run id and return at once; the run goes on (output goes to its log file).
     #[arg(long, short)]
     pub detach: bool,
@@ -112,6 +118,18 @@ fn missing_dashes(args: &Args) -> Result<(), Failure> {
         "the command goes after `--`: wfcg run [OPTIONS] -- {}",
         cmd.join(" ")
     )))
+}
+
+/// `--lease` in milliseconds, at least 1s and at most 30 days.
+fn lease_ms(text: &Option<String>) -> Result<Option<u64>, Failure> {
+    let ms = super::millis_arg("--lease", text)?;
+    match ms.and_then(crate::api::lease_problem) {
+        Some(problem) => Err(Failure::usage(format!(
+            "--lease {}: {problem}",
+            text.as_deref().unwrap_or_default()
+        ))),
+        None => Ok(ms),
+    }
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
@@ -160,6 +178,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         // `--workflow NAME` alone picks the template NAME: one the agent does
         // not have is a usage error (a typo would otherwise run under `default`).
         workflow_needs_template: args.workflow.is_some() && args.template.is_none(),
+        lease_ms: lease_ms(&args.lease)?,
     };
     crate::run::run(
         &addr,

@@ -108,6 +108,12 @@ pub struct RunRecord {
     /// `first output` when the first bytes of its output met its ready
     /// condition (a banner can do that); `None` otherwise.
     pub ready_on: Option<String>,
+    /// Its lease in milliseconds (`wfcg run --lease`): killed when nobody renews
+    /// it for this long; `None` without a lease.
+    pub lease_ms: Option<u64>,
+    /// The lease's last renewal (none yet: `None`) and when it runs out.
+    pub lease_renewed_at: Option<DateTime<Utc>>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 /// A status is stored by its name.
@@ -156,7 +162,8 @@ const RUN_COLUMNS: &str = "run_id, pid, pid_starttime, status, started_at, works
     last_heartbeat, owner_uid, workflow, command, cgroup_path, exit_code, exit_signal, \
     ended_at, kill_result, run_dir, tmpdir, log_path, cleanup_workspace, teams, template, \
     template_name, ready_at, status_text, init_deadline, total_deadline, watchdog_deadline, \
-    watchdog_usec, loop_suspected, notify_socket, adopted, parent_run_id, ready_on";
+    watchdog_usec, loop_suspected, notify_socket, adopted, parent_run_id, ready_on, \
+    lease_ms, lease_renewed_at, lease_expires_at";
 
 /// A row of `runs`; a value that does not read as its type is a [`BadColumn`]
 /// naming the run and the column.
@@ -236,6 +243,9 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         adopted: r.get(30)?,
         parent_run_id: r.get(31)?,
         ready_on: r.get(32)?,
+        lease_ms: r.get::<_, Option<i64>>(33)?.map(|v| v.max(0) as u64),
+        lease_renewed_at: r.get(34)?,
+        lease_expires_at: r.get(35)?,
     })
 }
 
@@ -246,7 +256,8 @@ impl Store {
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, \
+                 ?34, ?35, ?36)"
             ),
             params![
                 run.run_id,
@@ -282,6 +293,9 @@ impl Store {
                 run.adopted,
                 run.parent_run_id,
                 run.ready_on,
+                run.lease_ms.map(|v| v.min(i64::MAX as u64) as i64),
+                time_text(run.lease_renewed_at),
+                time_text(run.lease_expires_at),
             ],
         );
         match res {
@@ -434,6 +448,22 @@ impl Store {
         self.conn.execute(
             &format!("UPDATE runs SET {} = ?2 WHERE run_id = ?1", col.name()),
             params![run_id, value],
+        )?;
+        Ok(())
+    }
+
+    /// Records a lease's renewal (`renewed_at` none: the lease restarted
+    /// without one, as after an agent restart) and its new expiry.
+    pub fn set_lease(
+        &self,
+        run_id: &str,
+        renewed_at: Option<DateTime<Utc>>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET lease_renewed_at = coalesce(?2, lease_renewed_at), \
+             lease_expires_at = ?3 WHERE run_id = ?1",
+            params![run_id, time_text(renewed_at), rfc3339(expires_at)],
         )?;
         Ok(())
     }

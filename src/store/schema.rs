@@ -99,4 +99,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );",
     // 10: how a run became ready, when that says something (`first output`).
     "ALTER TABLE runs ADD COLUMN ready_on TEXT;",
+    // 11: a run's lease: its duration, last renewal and expiry (none without one).
+    "ALTER TABLE runs ADD COLUMN lease_ms INTEGER;
+    ALTER TABLE runs ADD COLUMN lease_renewed_at TIMESTAMP;
+    ALTER TABLE runs ADD COLUMN lease_expires_at TIMESTAMP;",
 ];

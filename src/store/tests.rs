@@ -38,6 +38,31 @@ fn migrates_and_round_trips_a_run() {
 }
 
 #[test]
+fn a_lease_round_trips_and_a_renewal_keeps_the_last_one_when_none_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+    let leased = RunRecord {
+        lease_ms: Some(30_000),
+        lease_expires_at: Some(at("2026-01-01T00:00:30Z")),
+        ..sample("run_l")
+    };
+    store.insert_run(&leased).unwrap();
+    assert_eq!(store.get_run("run_l").unwrap().unwrap(), leased);
+    let renewed = at("2026-01-01T00:00:10Z");
+    store
+        .set_lease("run_l", Some(renewed), at("2026-01-01T00:00:40Z"))
+        .unwrap();
+    // A restart's fresh lease moves the expiry, not the last renewal.
+    store
+        .set_lease("run_l", None, at("2026-01-01T00:05:00Z"))
+        .unwrap();
+    let back = store.get_run("run_l").unwrap().unwrap();
+    assert_eq!(back.lease_renewed_at, Some(renewed));
+    assert_eq!(back.lease_expires_at, Some(at("2026-01-01T00:05:00Z")));
+    assert_eq!(back.lease_ms, Some(30_000));
+}
+
+#[test]
 fn duplicate_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("wfcg.db")).unwrap();

@@ -54,6 +54,9 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         last_progress_kind: Some("output".into()),
         retrying: None,
         end_reason: None,
+        lease_ms: None,
+        lease_renewed_at: None,
+        lease_expires_at: None,
     }
 }
 

@@ -135,6 +135,13 @@ class RunInfo:
     #: Critical sections open right now (``status`` only; ``list`` does not scan).
     sections: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
     kill_result: KillResult | None = None
+    #: How an ended run ended, in words (the kill's reason, or its exit).
+    end_reason: str | None = None
+    #: Its lease (``run(..., lease=...)``): the duration in milliseconds, the
+    #: last renewal and when it runs out (RFC 3339); ``None`` without a lease.
+    lease_ms: int | None = None
+    lease_renewed_at: str | None = None
+    lease_expires_at: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -163,6 +170,10 @@ class RunInfo:
             stuck=d.get("stuck"),
             sections=builtins.list(d.get("sections") or []),
             kill_result=KillResult.from_dict(kill) if kill else None,
+            end_reason=d.get("end_reason"),
+            lease_ms=d.get("lease_ms"),
+            lease_renewed_at=d.get("lease_renewed_at"),
+            lease_expires_at=d.get("lease_expires_at"),
             raw=dict(d),
         )
 
@@ -379,6 +390,14 @@ class Client:
             raise KillFailed(result.message, result)
         return result
 
+    def renew_lease(self, run_id: str) -> dict[str, Any]:
+        """Renews the lease of a run started with ``lease=``: it now runs out a
+        full lease from now. Returns ``{"run_id", "lease_ms", "renewed_at",
+        "expires_at"}``. Allowed to the run's owner and to users with kill_any.
+        Raises :class:`NoSuchRun`, :class:`NotPermitted`, and :class:`BadInput`
+        (HTTP 409) when the run has no lease, has ended or is being killed."""
+        return dict(self._request("POST", self._run_path(run_id, "/lease"), {}))
+
     def adopt(
         self,
         pid: int,
@@ -428,6 +447,7 @@ class Client:
         env: Mapping[str, str] | None = None,
         template: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        lease: Duration | None = None,
     ) -> Run:
         """Starts ``command`` as a detached run (``wfcg run --detach``) and returns
         it at once. The command gets this process's environment plus ``env``;
@@ -437,7 +457,9 @@ class Client:
         ``"log:REGEX"``, ``"file:PATH"``, ``"port:N"``; one or a list), within
         ``init_timeout`` is killed as stuck; so is one that makes no progress for
         ``stall_timeout`` or writes nothing within ``output_timeout``. A
-        workflow whose circuit breaker is open raises :class:`BreakerOpen`."""
+        workflow whose circuit breaker is open raises :class:`BreakerOpen`.
+        With ``lease`` (at least 1 s, at most 30 days) the run is killed when
+        nobody renews it (:meth:`renew_lease`) for that long."""
         if isinstance(command, (str, bytes)) or not command:
             raise BadInput("command must be a non-empty list of arguments")
         args = [self.binary(), "run", "--detach"]
@@ -457,6 +479,7 @@ class Client:
                 "--output-timeout",
                 _seconds_text(output_timeout) if output_timeout is not None else None,
             ),
+            ("--lease", _seconds_text(lease) if lease is not None else None),
         ):
             if value is not None:
                 args += [flag, value]
@@ -504,6 +527,10 @@ class Run:
     def kill(self, **kwargs: Any) -> KillResult:
         """:meth:`Client.kill` of this run (same keyword arguments)."""
         return self.client.kill(self.id, **kwargs)
+
+    def renew_lease(self) -> dict[str, Any]:
+        """:meth:`Client.renew_lease` of this run."""
+        return self.client.renew_lease(self.id)
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> RunInfo:
         """Waits until the run has ended (exited, killed, timed out, ...) and
@@ -559,6 +586,9 @@ class AsyncClient:
     async def kill(self, run_id: str, **kwargs: Any) -> KillResult:
         return await asyncio.to_thread(lambda: self.sync.kill(run_id, **kwargs))
 
+    async def renew_lease(self, run_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.renew_lease, run_id)
+
     async def adopt(self, pid: int, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(lambda: self.sync.adopt(pid, **kwargs))
 
@@ -582,6 +612,9 @@ class AsyncRun:
 
     async def kill(self, **kwargs: Any) -> KillResult:
         return await self.client.kill(self.id, **kwargs)
+
+    async def renew_lease(self) -> dict[str, Any]:
+        return await self.client.renew_lease(self.id)
 
     async def wait(self, timeout: float | None = None, interval: float = 0.1) -> RunInfo:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -14,7 +14,7 @@ use crate::bounds;
 use crate::agent::Agent;
 use crate::agent::monitor::Kind;
 use crate::agent::time::rfc3339;
-use crate::api::{KillRequest, RunStatus};
+use crate::api::{self, KillRequest, RunStatus};
 use crate::store::RunRecord;
 
 /// The operator's values for a run's deadlines, which EXTEND_TIMEOUT_USEC,
@@ -212,6 +212,10 @@ impl Agent {
                     since(&rec.started_at)
                 )
             }
+            Kind::Lease => match self.lease_lapsed(&rec, now_t) {
+                Some(reason) => reason,
+                None => return,
+            },
             Kind::Watchdog => {
                 let last = self
                     .life
@@ -233,10 +237,26 @@ impl Agent {
             }
         };
         tracing::warn!(run_id, "{reason}; killing it");
-        if kind != Kind::Total && kind != Kind::Watchdog {
-            self.mark_stuck(run_id, &reason);
-        }
-        self.alert("stuck", &rec, &reason);
+        // A lapsed lease says the executor is gone, not that the run was stuck:
+        // not counted by the breaker, alerted as what it is.
+        // The kill's reason for a lease is always the same words (clients match
+        // them); the alert and the log say when it was last renewed.
+        let reason = match kind {
+            Kind::Lease => {
+                self.metrics.lease_expired();
+                self.alert("lease_expired", &rec, &reason);
+                api::LEASE_EXPIRED.to_owned()
+            }
+            Kind::Total | Kind::Watchdog => {
+                self.alert("stuck", &rec, &reason);
+                reason
+            }
+            _ => {
+                self.mark_stuck(run_id, &reason);
+                self.alert("stuck", &rec, &reason);
+                reason
+            }
+        };
         let req = KillRequest {
             reason: Some(reason),
             ..Default::default()
