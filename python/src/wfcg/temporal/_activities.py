@@ -163,7 +163,7 @@ class Activities:
             raise _application_error(e) from None
         except asyncio.CancelledError:
             result = await self._kill_on_cancel(run.id, info, beat, lease / BEATS_PER_TIMEOUT)
-            activity.heartbeat(beat.details(kill_result=result))
+            await _report_cancellation(info, result)
             raise temporalio.exceptions.CancelledError(
                 f"run {run.id} killed: {result.get('message', '')}", result
             ) from None
@@ -303,6 +303,27 @@ class Activities:
             return await self.client.adopt(pid, **spec)
         except errors.WfcgError as e:
             raise _application_error(e) from None
+
+
+async def _report_cancellation(info: activity.Info, result: dict[str, Any]) -> None:
+    """Reports a requested cancellation with the kill result as its details.
+
+    The SDK completes a cancelled activity without the details its
+    ``CancelledError`` carries, so the cancellation is reported here through the
+    client (the activity then completes asynchronously: already done). Returns
+    without reporting when the cancellation was not requested (a timeout, the
+    worker's shutdown: the server takes no cancellation then) or the report
+    fails; the caller raises the cancellation either way."""
+    details = activity.cancellation_details()
+    if details is None or not details.cancel_requested:
+        return
+    try:
+        handle = activity.client().get_async_activity_handle(task_token=info.task_token)
+        await handle.report_cancellation(result)
+    except Exception as e:  # the SDK's own report follows, without the details
+        activity.logger.warning("cancellation not reported with the kill result: %s", e)
+        return
+    activity.raise_complete_async()
 
 
 class _Beat:
