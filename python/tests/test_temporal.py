@@ -31,8 +31,12 @@ from temporalio.exceptions import (
     RetryState,
 )
 
-#: The operator's template for runs that never become ready: 1 s to initialize.
-TEMPLATES = {"never-ready": '[timeouts]\ninit = "1s"\n'}
+#: The operator's templates: runs that never become ready (1 s to initialize),
+#: and runs whose processes get 1 s after SIGTERM (5 s by default).
+TEMPLATES = {
+    "never-ready": '[timeouts]\ninit = "1s"\n',
+    "quick-term": '[kill]\nterm_grace = "1s"\n',
+}
 #: A heartbeat timeout (and so a lease) short enough for tests: a beat every second.
 BEAT_S = 3
 
@@ -175,12 +179,15 @@ def test_a_dead_worker_s_run_dies_by_its_lease_and_never_runs_beside_its_retry(
     fleet: dict[str, Host], server: TemporalServer, marker: str
 ) -> None:
     """SIGKILL the worker of host-a mid-run: the agent kills the run when its lease
-    (the heartbeat timeout) lapses, within heartbeat timeout + 5 s; when Temporal
-    retries it on host-a, only the new attempt's tree is alive."""
+    (the heartbeat timeout) lapses, and its tree is dead within heartbeat timeout
+    + 5 s (the tree has a process that ignores SIGTERM: its template's TERM grace is
+    1 s); when Temporal retries it on host-a, only the new attempt's tree is alive."""
     a = fleet["host-a"]
 
     async def body() -> None:
-        handle = await start(server, f"lease-{marker}", "host-a", escaping_command(marker))
+        handle = await start(
+            server, f"lease-{marker}", "host-a", escaping_command(marker), workflow="quick-term"
+        )
         await wait_for(lambda: len(tree(marker)) >= 5, 30, "the tree on host-a")
         [first] = a.agent.client().list()
         assert first.lease_ms == BEAT_S * 1000, first
@@ -190,8 +197,10 @@ def test_a_dead_worker_s_run_dies_by_its_lease_and_never_runs_beside_its_retry(
         killed_at = time.monotonic()
         await wait_for(lambda: tree(marker) == [], BEAT_S + 5, "the lease to kill the tree")
         print(f"worker killed -> tree dead: {time.monotonic() - killed_at:.2f} s")
-        info = a.agent.client().status(first.run_id)
-        assert info.status == "killed", info
+        # The record follows the kill's end.
+        info = await wait_for(
+            lambda: (i := a.agent.client().status(first.run_id)).live is False and i, 10, "the end"
+        )
         assert info.end_reason == "lease expired: its executor stopped renewing it", info
 
         # Temporal retries the activity on host-a once a worker polls there again.
@@ -342,3 +351,32 @@ def test_run_workflow_input_defaults() -> None:
         _input.adopt_activity({"pid": True})
     with pytest.raises(_input.InputError, match="'activity'"):
         _input.admin_workflow({"activity": "wfcg.run", "input": {}})
+
+
+@pytest.mark.parametrize(
+    "status, reason, kind, retryable",
+    [
+        ("timed_out", "initializing since 12:00:00Z: no READY=1 within 1s", "wfcg.timed_out", True),
+        ("timed_out", "stalled: no progress (new output, ...) for 5s", "wfcg.stalled", True),
+        ("unkillable", "processes survived", "wfcg.unkillable", False),
+        ("timed_out", "lease expired: its executor stopped renewing it", "wfcg.lease_expired", True),
+        ("killed", "lease expired: its executor stopped renewing it", "wfcg.lease_expired", True),
+        ("killed", "operator: runaway", "wfcg.killed", False),
+        ("exited", "exited with status 1", None, None),
+        ("oom_killed", "out of memory", None, None),
+    ],
+)
+def test_how_a_run_ended_is_what_temporal_sees(
+    status: str, reason: str, kind: str | None, retryable: bool | None
+) -> None:
+    from wfcg import RunInfo
+    from wfcg.temporal import stuck_error
+
+    info = RunInfo.from_dict({"run_id": "r1", "status": status, "end_reason": reason})
+    error = stuck_error(info)
+    if kind is None:
+        assert error is None
+        return
+    assert error is not None and error.type == kind, error
+    assert error.non_retryable is not retryable
+    assert error.details[0]["status"] == status and error.details[0]["end_reason"] == reason

@@ -29,8 +29,16 @@ fn pytest(name: &str) {
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
     let report = format!("{}{}", util::text(&out.stdout), util::text(&out.stderr));
-    assert!(out.status.success(), "pytest {FILE}::{name} failed ({}):\n{report}", out.status);
-    let summary = report.lines().rev().find(|l| l.contains(" passed")).unwrap_or("");
+    assert!(
+        out.status.success(),
+        "pytest {FILE}::{name} failed ({}):\n{report}",
+        out.status
+    );
+    let summary = report
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed"))
+        .unwrap_or("");
     assert!(
         !summary.contains("skipped") && !summary.contains("deselected"),
         "{report}"
@@ -48,7 +56,10 @@ fn temporal_every_pytest_test_has_a_test_here() {
         .filter_map(|l| l.split('(').next())
         .filter(|name| !here.contains(&format!("pytest(\"test_{name}\")")))
         .collect();
-    assert!(missing.is_empty(), "tests of {FILE} not run from temporal.rs: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "tests of {FILE} not run from temporal.rs: {missing:?}"
+    );
 }
 
 #[test]
@@ -89,4 +100,9 @@ fn temporal_run_workflow_input_is_checked() {
 #[test]
 fn temporal_run_workflow_input_defaults() {
     pytest("test_run_workflow_input_defaults");
+}
+
+#[test]
+fn temporal_how_a_run_ended_is_what_temporal_sees() {
+    pytest("test_how_a_run_ended_is_what_temporal_sees");
 }

@@ -76,6 +76,8 @@ def stuck_error(info: RunInfo) -> ApplicationError | None:
     this activity's cancellation; None when the run ended by itself."""
     reason = str(info.raw.get("end_reason") or "")
     details = outcome(info)
+    if reason.startswith(LEASE_EXPIRED) and info.status in ("killed", "timed_out"):
+        return ApplicationError(f"run {info.run_id}: {reason}", details, type="wfcg.lease_expired")
     if info.status == "timed_out":
         kind = "wfcg.stalled" if reason.startswith("stalled") else "wfcg.timed_out"
         return ApplicationError(f"run {info.run_id}: {reason}", details, type=kind)
@@ -86,8 +88,6 @@ def stuck_error(info: RunInfo) -> ApplicationError | None:
             type="wfcg.unkillable",
             non_retryable=True,
         )
-    if info.status == "killed" and reason.startswith(LEASE_EXPIRED):
-        return ApplicationError(f"run {info.run_id}: {reason}", details, type="wfcg.lease_expired")
     if info.status == "killed":
         return ApplicationError(
             f"run {info.run_id} was killed on its host: {reason or 'no reason given'}",
