@@ -6,6 +6,7 @@ cancellation) and the admin activities ``wfcg.kill``, ``wfcg.list``, ``wfcg.adop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -26,6 +27,8 @@ POLL_S = 0.25
 REPORT_MARGIN_S = 2.0
 #: At most this long for a graceful kill when the worker shuts down.
 SHUTDOWN_BUDGET_S = 30.0
+#: How long a force kill is retried while the agent does not answer.
+FORCE_KILL_WAIT_S = 60.0
 
 #: How the end reason of a run killed by its lapsed lease begins.
 LEASE_EXPIRED = "lease expired"
@@ -98,6 +101,18 @@ def stuck_error(info: RunInfo) -> ApplicationError | None:
     return None
 
 
+def _kill_failure(run_id: str, message: str, error: str = "AgentUnreachable") -> dict[str, Any]:
+    """A kill result for a kill that could not be done (the contract's keys)."""
+    return {
+        "success": False,
+        "run_id": run_id,
+        "killed_at": None,
+        "cleanup_status": {},
+        "message": message,
+        "error": error,
+    }
+
+
 def time_left(info: activity.Info, now: datetime) -> float:
     """Seconds until this attempt's start-to-close or schedule-to-close timeout."""
     ends = []
@@ -144,33 +159,46 @@ class Activities:
                 non_retryable=True,
             )
         lease = info.heartbeat_timeout.total_seconds()
+        interval = lease / BEATS_PER_TIMEOUT
         run_id, prefix = run_id_for(info)
-        await self._end_earlier_attempts(prefix, run_id)
+        beat = _Beat(self.client, run_id)
         try:
-            run = await self.client.run(
+            try:
+                await self._end_earlier_attempts(prefix, run_id)
+                await self._start(spec, run_id, lease)
+                final = await beat.watch(interval)
+            except errors.WfcgError as e:
+                raise _application_error(e) from None
+        except asyncio.CancelledError:
+            result = await self._kill_on_cancel(run_id, info, beat, interval)
+            await _report_cancellation(info, result)
+            raise temporalio.exceptions.CancelledError(
+                f"run {run_id} killed: {result.get('message', '')}", result
+            ) from None
+        error = stuck_error(final)
+        if error is not None:
+            raise error
+        return outcome(final)
+
+    async def _start(self, spec: dict[str, Any], run_id: str, lease: float) -> None:
+        """Starts the run; a cancellation meanwhile waits for the start to finish
+        (``wfcg run --detach`` goes on in its thread), so the kill that follows
+        finds the run."""
+        start = asyncio.ensure_future(
+            self.client.run(
                 spec["command"],
                 run_id=run_id,
                 workflow=spec["workflow"],
                 workspace=spec["workspace"],
                 lease=lease,
             )
-        except errors.WfcgError as e:
-            raise _application_error(e) from None
-        beat = _Beat(self.client, run.id)
+        )
         try:
-            final = await beat.watch(lease / BEATS_PER_TIMEOUT)
-        except errors.WfcgError as e:
-            raise _application_error(e) from None
+            await asyncio.shield(start)
         except asyncio.CancelledError:
-            result = await self._kill_on_cancel(run.id, info, beat, lease / BEATS_PER_TIMEOUT)
-            await _report_cancellation(info, result)
-            raise temporalio.exceptions.CancelledError(
-                f"run {run.id} killed: {result.get('message', '')}", result
-            ) from None
-        error = stuck_error(final)
-        if error is not None:
-            raise error
-        return outcome(final)
+            with contextlib.suppress(errors.WfcgError):
+                await start
+            raise
 
     async def _end_earlier_attempts(self, prefix: str, run_id: str) -> None:
         """Force-kills a live run of an earlier attempt of this activity on this
@@ -216,16 +244,23 @@ class Activities:
         try:
             result = None
             if budget >= 1.0:
+                budget = min(budget, 3600.0)
                 try:
                     result = await asyncio.wait_for(
-                        self._kill(run_id, reason, force=False, max_wait=min(budget, 3600) / 2),
-                        timeout=min(budget, 3600),
+                        self._kill(run_id, reason, force=False, max_wait=budget / 2), budget
                     )
                 except asyncio.TimeoutError:
                     result = None
             if result is None or not result.get("success"):
                 tail = "" if result is None else f"; the graceful kill: {result.get('message')}"
-                result = await self._kill(run_id, reason + tail, force=True)
+                try:
+                    result = await asyncio.wait_for(
+                        self._kill(run_id, reason + tail, force=True), FORCE_KILL_WAIT_S
+                    )
+                except asyncio.TimeoutError:
+                    result = _kill_failure(
+                        run_id, f"the agent did not answer a kill within {FORCE_KILL_WAIT_S:g} s"
+                    )
             return result
         finally:
             keeper.cancel()
@@ -245,15 +280,8 @@ class Activities:
             except errors.AgentUnreachable:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except errors.WfcgError as e:
-                return {
-                    "success": False,
-                    "run_id": run_id,
-                    "killed_at": None,
-                    "cleanup_status": {},
-                    "message": str(e),
-                    "error": type(e).__name__,
-                }
+            except (errors.WfcgError, OSError) as e:  # OSError: the answer timed out
+                return _kill_failure(run_id, str(e), type(e).__name__)
 
     # -- the admin activities ------------------------------------------------
 
