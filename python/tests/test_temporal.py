@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import Agent, pids_with_env
-from temporal_env import Host, TemporalServer, escaping_command, wait_for
+from temporal_env import Host, TemporalServer, escaping_command, free_port, wait_for
 
 from wfcg.temporal import _input
 
@@ -256,6 +256,20 @@ def test_kill_through_temporal_kills_a_run_started_outside_it(
     # A queue no worker polls: exit 5 after --timeout, naming the queue.
     out = kill("--task-queue", "host-nowhere", "--timeout", "2", run.id)
     assert out.returncode == 5 and "host-nowhere" in out.stderr, out
+    # No Temporal server there: exit 5 at once, for kill and worker alike, naming it.
+    closed = f"127.0.0.1:{free_port()}"
+    for command in (["kill", "--task-queue", "host-b", run.id], ["worker", "--task-queue", "q"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "wfcg.temporal", command[0], "--address", closed, *command[1:]],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert out.returncode == 5 and f"cannot reach the Temporal server at {closed}" in out.stderr, out
+    # Bad usage: exit 2, with the usage.
+    out = kill("--task-queue", "host-b")
+    assert out.returncode == 2 and "usage:" in out.stderr, out
 
 
 def test_an_agent_restart_leaves_the_activity_running_and_cancellable(

@@ -49,9 +49,16 @@ server, a worker on the queue or the host's agent did not answer.
 """
 
 
+class _Failed(Exception):
+    """Ends the command with ``code`` after printing ``message``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def _fail(code: int, message: str) -> NoReturn:
-    print(f"wfcg.temporal: {message}", file=sys.stderr)
-    sys.exit(code)
+    raise _Failed(code, message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -220,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     run = _worker if args.command == "worker" else _kill
     try:
         return asyncio.run(run(args))
+    except _Failed as e:
+        print(f"wfcg.temporal: {e}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Ends at once: the Temporal SDK's native threads may crash the interpreter's
+    # finalization (seen as SIGSEGV after a failed connect), which would hide the code.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
