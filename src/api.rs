@@ -1083,7 +1083,7 @@ mod tests {
             ("-1", "invalid value"),
             ("1.5", "invalid type"),
             (r#""10s""#, "invalid type"),
-            ("18446744073709551616", "number"),
+            ("18446744073709551616", "expected u64"),
         ] {
             let e = read(&format!(r#"{{"command":["x"],"lease_ms":{bad}}}"#)).unwrap_err();
             assert!(e.to_string().contains(says), "{bad}: {e}");

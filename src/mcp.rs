@@ -240,8 +240,10 @@ impl WfcgMcp {
     /// time, the critical sections open right now (`sections`: git locks,
     /// database write transactions, files being written, with the holding pid and
     /// for how long), its last heartbeat, its deadlines (`init_deadline`,
-    /// `total_deadline`, `watchdog_deadline`), why it counts as stuck, and for an
-    /// ended run how it ended (exit code or signal, the kill result).
+    /// `total_deadline`, `watchdog_deadline`), its lease when it was started with
+    /// one (`lease_ms`, `lease_renewed_at`, `lease_expires_at`: killed unless
+    /// renewed by then), why it counts as stuck, and for an ended run how it
+    /// ended (`end_reason`, exit code or signal, the kill result).
     #[tool(annotations(
         title = "Show a workflow run",
         read_only_hint = true,

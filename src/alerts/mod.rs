@@ -58,7 +58,8 @@ pub struct Alerts {
 /// Something that happened to a run, as sent to the alert channels.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
-    /// `stuck`, `auto_killed`, `kill_failed`, `unkillable` or `loop_suspected`.
+    /// `stuck`, `lease_expired`, `auto_killed`, `kill_failed`, `unkillable` or
+    /// `loop_suspected` (and `oom_killed`, `breaker_open`, `audit_tampered`).
     pub event: String,
     pub run_id: String,
     /// The run's workflow kind, when it has one.

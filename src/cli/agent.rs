@@ -23,8 +23,8 @@ pub struct Args {
     /// it changes. Without it, root is admin and every user owns their runs.
     #[arg(long, env = "WFCG_POLICY", default_value = "/etc/wfcg/policy.toml")]
     pub policy: std::path::PathBuf,
-    /// A command run for each alert (stuck, auto_killed, kill_failed, unkillable,
-    /// loop_suspected; audit_tampered) with the event as JSON on stdin, for runs
+    /// A command run for each alert (stuck, lease_expired, auto_killed, kill_failed,
+    /// unkillable, loop_suspected; audit_tampered) with the event as JSON on stdin, for runs
     /// whose template names none.
     #[arg(long, value_name = "CMD")]
     pub on_event: Option<String>,

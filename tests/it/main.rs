@@ -22,6 +22,7 @@ mod git_locks;
 mod hard_kills;
 mod kill;
 mod kill_edges;
+mod lease;
 mod lifecycle;
 mod listing;
 mod logs;

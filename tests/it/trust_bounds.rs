@@ -4,7 +4,7 @@
 //! overflows the agent's time arithmetic, and never lengthens what the operator set.
 //! The attacks that need a user run as a real unprivileged user.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -211,49 +211,6 @@ fn watchdog_usec_never_lengthens_the_operators_watchdog() {
     agent.wait_run_gone(&run);
 }
 
-/// A raw HTTP request over the agent's socket made by `user` (python3 as them):
-/// the status code and the body.
-fn http_as(
-    agent: &TestAgent,
-    user: &TestUser,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, String) {
-    let script = "import socket,sys\n\
-        s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM)\n\
-        s.connect(sys.argv[1]);b=sys.argv[4].encode()\n\
-        s.sendall(('%s %s HTTP/1.1\\r\\nHost: wfcg\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n'%(sys.argv[2],sys.argv[3],len(b))).encode()+b)\n\
-        out=b''\n\
-        while True:\n    c=s.recv(65536)\n    if not c: break\n    out+=c\n\
-        sys.stdout.write(out.decode('utf-8','replace'))";
-    let out: Output = user
-        .command("/usr/bin/python3")
-        .args([
-            "-c",
-            script,
-            agent.socket.to_str().unwrap(),
-            method,
-            path,
-            body,
-        ])
-        .output()
-        .unwrap();
-    let answer = text(&out.stdout);
-    let code = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no answer to {method} {path}: {answer:?} {}",
-                text(&out.stderr)
-            )
-        });
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_string())
-}
-
 /// The cgroup a process is in.
 fn cgroup_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
@@ -279,7 +236,7 @@ fn huge_numbers_in_requests_are_refused_naming_the_field_before_anything_moves()
         ("grace_ms", "18446744073709551615".to_string()),
     ] {
         let body = format!("{{\"pid\":{pid},\"{field}\":{value}}}");
-        let (code, answer) = http_as(&agent, &user, "POST", "/v1/runs/adopt", &body);
+        let (code, answer) = agent.http_as(&user, "POST", "/v1/runs/adopt", &body);
         assert_eq!(code, 400, "{body}: {answer}");
         assert!(
             answer.contains(field) && answer.contains("10 years"),
@@ -291,13 +248,13 @@ fn huge_numbers_in_requests_are_refused_naming_the_field_before_anything_moves()
         "since_secs=9223372036854775807",
         "since_secs=18446744073709551615",
     ] {
-        let (code, answer) = http_as(&agent, &user, "GET", &format!("/v1/audit?{q}"), "");
+        let (code, answer) = agent.http_as(&user, "GET", &format!("/v1/audit?{q}"), "");
         assert_eq!(code, 400, "{q}: {answer}");
         assert!(answer.contains("since_secs"), "{q}: {answer}");
     }
-    let (code, _) = http_as(&agent, &user, "GET", "/v1/audit?since_secs=315360000", "");
+    let (code, _) = agent.http_as(&user, "GET", "/v1/audit?since_secs=315360000", "");
     assert_eq!(code, 200);
-    let (code, _) = http_as(&agent, &user, "GET", "/v1/health", "");
+    let (code, _) = agent.http_as(&user, "GET", "/v1/health", "");
     assert_eq!(code, 200);
     assert!(agent.ps(true).is_empty(), "a run was made");
     let _ = victim.kill();

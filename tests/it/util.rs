@@ -878,6 +878,43 @@ impl TestAgent {
         agent
     }
 
+    /// A raw HTTP request over the agent's socket made by `user` (python3 as them):
+    /// the status code and the body.
+    pub fn http_as(&self, user: &TestUser, method: &str, path: &str, body: &str) -> (u16, String) {
+        let script = "import socket,sys\n\
+            s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM)\n\
+            s.connect(sys.argv[1]);b=sys.argv[4].encode()\n\
+            s.sendall(('%s %s HTTP/1.1\\r\\nHost: wfcg\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n'%(sys.argv[2],sys.argv[3],len(b))).encode()+b)\n\
+            out=b''\n\
+            while True:\n    c=s.recv(65536)\n    if not c: break\n    out+=c\n\
+            sys.stdout.write(out.decode('utf-8','replace'))";
+        let out: Output = user
+            .command("/usr/bin/python3")
+            .args([
+                "-c",
+                script,
+                self.socket.to_str().unwrap(),
+                method,
+                path,
+                body,
+            ])
+            .output()
+            .unwrap();
+        let answer = text(&out.stdout);
+        let code = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no answer to {method} {path}: {answer:?} {}",
+                    text(&out.stderr)
+                )
+            });
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (code, body.to_string())
+    }
+
     /// The agent's pid, while it runs.
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
