@@ -48,21 +48,37 @@ def cgroup2_mount() -> Path:
     pytest.fail("no cgroup2 mount in /proc/self/mountinfo: these tests need cgroup2")
 
 
+def _state_and_start(pid: str) -> tuple[str, int]:
+    """A process's state letter and start time (clock ticks after boot)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return fields[0], int(fields[19])
+
+
+#: When this test process started: a process that carries a value made by a test
+#: (a marker, a run id) was started after it.
+_SESSION_START = _state_and_start("self")[1]
+
+
 def pids_with_env(key: str, value: str) -> list[int]:
-    """Live processes anywhere on the host whose environment holds ``key=value``."""
+    """Live processes anywhere on the host whose environment holds ``key=value``
+    (a value this test session made: processes older than the session are not read)."""
     needle = f"{key}={value}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            # /proc/PID/stat is cheap to read, environ is not (on a host with
+            # thousands of processes): only new, live processes are looked into.
+            state, start = _state_and_start(entry)
+            if state == "Z" or start < _SESSION_START:
+                continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if needle in env and state != "Z":
+        if needle in env:
             found.append(int(entry))
     return found
 
@@ -111,7 +127,11 @@ def _detach_mounts(root: Path) -> None:
 class Agent:
     """``wfcg agent`` with its own socket, state directory and cgroup root."""
 
-    def __init__(self, binary: str, policy: str | None = None) -> None:
+    def __init__(
+        self, binary: str, policy: str | None = None, templates: dict[str, str] | None = None
+    ) -> None:
+        """``templates``: the operator's templates (name to TOML text), in a
+        directory of the agent's own (``WFCG_TEMPLATES_DIR``)."""
         self.binary = binary
         # World-traversable, as /run/wfcg is: the test user connects to the socket.
         self.dir = Path(tempfile.mkdtemp(prefix="wfcg-pytest"))
@@ -128,15 +148,26 @@ class Agent:
             "WFCG_CGROUP_ROOT": str(self.cgroup_root),
             "WFCG_POLICY": str(self.policy),
         }
+        if templates:
+            (self.dir / "templates").mkdir()
+            for name, text in templates.items():
+                (self.dir / "templates" / f"{name}.toml").write_text(text)
+            self.env["WFCG_TEMPLATES_DIR"] = str(self.dir / "templates")
         self.log_path = self.dir / "agent.log"
+        self._start()
+
+    def _start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [binary, "agent"],
+                [self.binary, "agent"],
                 env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        self.wait_answers()
+
+    def wait_answers(self) -> None:
         client = self.client()
 
         def answers() -> bool:
@@ -149,6 +180,13 @@ class Agent:
                 return False
 
         wait_until(answers, 10, "the agent to answer")
+
+    def restart(self) -> None:
+        """Stops the agent (SIGTERM; its runs go on) and starts it again on the
+        same socket, state directory and cgroup root."""
+        self.proc.terminate()
+        self.proc.wait(30)
+        self._start()
 
     def client(self) -> wfcg.Client:
         return wfcg.Client(self.socket, binary=self.binary)

@@ -39,6 +39,7 @@ mod security;
 mod stuck;
 mod supervisor;
 mod templates;
+mod temporal;
 mod top;
 mod trust_bounds;
 mod trust_budgets;

