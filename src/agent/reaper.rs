@@ -20,9 +20,60 @@ pub trait OnEmpty: Send + Sync + 'static {
 
 pub struct Reaper {
     ino: Arc<OwnedFd>,
-    watches: Arc<Mutex<HashMap<i32, (String, Cgroup)>>>,
+    watches: Arc<Mutex<Watches>>,
     /// Watches whose `cgroup.events` could not be read at the last look.
     unsure: Arc<Mutex<HashSet<i32>>>,
+}
+
+/// The watches, by watch descriptor and by run: a run's end forgets its
+/// watches without a look at every other run's.
+#[derive(Default)]
+struct Watches {
+    by_wd: HashMap<i32, (String, Cgroup)>,
+    by_run: HashMap<String, Vec<i32>>,
+}
+
+impl Watches {
+    fn insert(&mut self, wd: i32, run_id: &str, cg: &Cgroup) {
+        // The kernel reuses a descriptor whose watch went (its cgroup removed).
+        if let Some((old, _)) = self.by_wd.insert(wd, (run_id.to_owned(), cg.clone()))
+            && old != run_id
+        {
+            self.unlink(&old, wd);
+        }
+        let wds = self.by_run.entry(run_id.to_owned()).or_default();
+        if !wds.contains(&wd) {
+            wds.push(wd);
+        }
+    }
+
+    fn get(&self, wd: i32) -> Option<(String, Cgroup)> {
+        self.by_wd.get(&wd).cloned()
+    }
+
+    fn remove(&mut self, wd: i32) {
+        if let Some((run_id, _)) = self.by_wd.remove(&wd) {
+            self.unlink(&run_id, wd);
+        }
+    }
+
+    /// Removes a run's watches; their descriptors.
+    fn remove_run(&mut self, run_id: &str) -> Vec<i32> {
+        let wds = self.by_run.remove(run_id).unwrap_or_default();
+        for wd in &wds {
+            self.by_wd.remove(wd);
+        }
+        wds
+    }
+
+    fn unlink(&mut self, run_id: &str, wd: i32) {
+        if let Some(wds) = self.by_run.get_mut(run_id) {
+            wds.retain(|w| *w != wd);
+            if wds.is_empty() {
+                self.by_run.remove(run_id);
+            }
+        }
+    }
 }
 
 /// How often a cgroup that could not be read is looked at again.
@@ -107,13 +158,13 @@ impl Reaper {
                         return;
                     };
                     for wd in fired {
-                        let entry = watches.lock().get(&wd).cloned();
+                        let entry = watches.lock().get(wd);
                         let Some((run_id, cg)) = entry else {
                             unsure.lock().remove(&wd);
                             continue;
                         };
                         if check(&run_id, &cg, wd, &unsure) {
-                            watches.lock().remove(&wd);
+                            watches.lock().remove(wd);
                             target.on_run_empty(&run_id);
                         }
                     }
@@ -127,9 +178,7 @@ impl Reaper {
         let path = cg.path().join(CGROUP_EVENTS);
         let wd = match inotify::add_watch(&*self.ino, &path, inotify::WatchFlags::MODIFY) {
             Ok(wd) => {
-                self.watches
-                    .lock()
-                    .insert(wd, (run_id.to_owned(), cg.clone()));
+                self.watches.lock().insert(wd, run_id, cg);
                 Some(wd)
             }
             Err(e) => {
@@ -155,9 +204,7 @@ impl Reaper {
         let path = cg.path().join(CGROUP_EVENTS);
         match inotify::add_watch(&*self.ino, &path, inotify::WatchFlags::MODIFY) {
             Ok(wd) => {
-                self.watches
-                    .lock()
-                    .insert(wd, (run_id.to_owned(), cg.clone()));
+                self.watches.lock().insert(wd, run_id, cg);
                 self.unsure.lock().insert(wd);
                 true
             }
@@ -171,13 +218,7 @@ impl Reaper {
     /// Stops watching a run.
     pub fn forget(&self, run_id: &str) {
         let mut watches = self.watches.lock();
-        let wds: Vec<i32> = watches
-            .iter()
-            .filter(|(_, (id, _))| id == run_id)
-            .map(|(wd, _)| *wd)
-            .collect();
-        for wd in wds {
-            watches.remove(&wd);
+        for wd in watches.remove_run(run_id) {
             self.unsure.lock().remove(&wd);
             let _ = inotify::remove_watch(&*self.ino, wd);
         }
@@ -185,7 +226,7 @@ impl Reaper {
 
     /// How many runs are watched.
     pub fn len(&self) -> usize {
-        self.watches.lock().len()
+        self.watches.lock().by_run.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -243,6 +284,24 @@ mod tests {
         }
         assert_eq!(*ended.0.lock(), vec!["r1".to_string()]);
         assert_eq!(reaper.len(), 0);
+    }
+
+    #[test]
+    fn a_runs_watches_are_found_by_run_and_a_reused_descriptor_moves() {
+        let cg = Cgroup::new("/nonexistent");
+        let mut w = Watches::default();
+        w.insert(1, "a", &cg);
+        w.insert(1, "a", &cg); // watched again: one descriptor
+        w.insert(2, "b", &cg);
+        assert_eq!(w.remove_run("a"), vec![1]);
+        assert!(w.get(1).is_none());
+        assert_eq!(w.by_run.len(), 1);
+        // b's cgroup went (IN_IGNORED): the kernel gives its descriptor to c.
+        w.insert(2, "c", &cg);
+        assert!(w.remove_run("b").is_empty());
+        assert_eq!(w.get(2).map(|(id, _)| id), Some("c".to_string()));
+        w.remove(2);
+        assert!(w.by_run.is_empty() && w.by_wd.is_empty());
     }
 
     #[test]

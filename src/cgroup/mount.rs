@@ -41,14 +41,22 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The cgroup2 mount of this host, from `/proc/self/mountinfo`.
+/// The cgroup2 mount of this host, from `/proc/self/mountinfo`, read until
+/// found once. The mount table grows with every mount on the host (each live
+/// run's TMPDIR is one): at 10,000 runs one read costs milliseconds, so it is
+/// not read again for every start.
 pub fn cgroup2_mount() -> Result<PathBuf> {
+    static MOUNT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(mount) = MOUNT.get() {
+        return Ok(mount.clone());
+    }
     let path = Path::new("/proc/self/mountinfo");
     let text = fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.into(),
         source,
     })?;
-    parse_cgroup2_mount(&text).ok_or(Error::NoCgroup2)
+    let mount = parse_cgroup2_mount(&text).ok_or(Error::NoCgroup2)?;
+    Ok(MOUNT.get_or_init(|| mount).clone())
 }
 
 /// The cgroup2 mount of this host, read once.
