@@ -137,7 +137,10 @@ fn inner() {
     let _ = sleeper.wait();
 
     let overhead = med(&root_run) - med(&plain);
-    println!("  true                                   {}", fmt_stats(&plain));
+    println!(
+        "  true                                   {}",
+        fmt_stats(&plain)
+    );
     println!(
         "  wfcg run -q -- true (root)             {}   +{overhead:.2} ms, x{:.2}",
         fmt_stats(&root_run),

@@ -59,9 +59,10 @@ fn is_keeper_of(pid: i32, supervisor: i32) -> bool {
 fn wait_split(agent: &TestAgent, id: &str, supervisor: i32, n: usize) {
     let run = agent.run_cgroup(id);
     let split = wait_until(Duration::from_secs(20), || {
-        run.child("supervisor").procs().is_ok_and(|p| {
-            p.len() == 1 && (p[0] == supervisor || is_keeper_of(p[0], supervisor))
-        }) && run.child("payload").procs().is_ok_and(|p| p.len() >= n)
+        run.child("supervisor")
+            .procs()
+            .is_ok_and(|p| p.len() == 1 && (p[0] == supervisor || is_keeper_of(p[0], supervisor)))
+            && run.child("payload").procs().is_ok_and(|p| p.len() >= n)
     });
     assert!(
         split,
@@ -279,9 +280,16 @@ fn a_run_whose_keeper_died_waits_for_its_supervisor() {
         );
         let mut child = foreground(&agent, &dir, &id, &["--init-timeout", "0"], &script);
         let stopped = wait_until(Duration::from_secs(20), || {
-            std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
-                .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('T'))
-                && agent.run_cgroup(&id).procs_recursive().is_ok_and(|p| p.is_empty())
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            }) && agent
+                .run_cgroup(&id)
+                .procs_recursive()
+                .is_ok_and(|p| p.is_empty())
         });
         assert!(stopped, "{}", stderr(&dir));
         // The agent looks at an empty run again every second: two looks.
