@@ -278,7 +278,10 @@ impl Agent {
         let direct = req.spawn_into_payload && self.may_spawn_into_payload(caller);
         // A caller that also starts its keeper into the supervisor leaf is not
         // moved at all: no cgroup migration on its start (see run/spawn.rs).
-        let outside = direct && req.stay_outside;
+        // Not from inside a run: there it would stay in the parent's payload,
+        // and the parent's kill would signal it as one of the parent's processes
+        // before it is the child's turn to be killed (and reported).
+        let outside = direct && req.stay_outside && parent_run_id.is_none();
         let home = (!outside).then(|| layout::first_home(&cg, direct));
         if !procfs::pidfd_alive(&*pidfd) {
             return Err(undo(gone().message));
