@@ -199,6 +199,14 @@ pub struct CreateRun {
     /// without it. See [`RunStarted::spawn_into`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spawn_into_payload: bool,
+    /// With `spawn_into_payload`: the caller stays in its own cgroup and
+    /// starts, besides its command in the payload, a keeper in the supervisor
+    /// leaf (both with `clone3(CLONE_INTO_CGROUP)`), so that no process is moved
+    /// between cgroups at all. Honoured where `spawn_into_payload` is (an
+    /// agent that does not know it places the caller in the supervisor leaf,
+    /// and answers without [`RunStarted::keeper_into`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stay_outside: bool,
     /// `workflow` must name a template (in the agent's templates directory or
     /// shipped): `wfcg run --workflow NAME` without `--template`, where a typo
     /// would otherwise run under `default`.
@@ -289,7 +297,8 @@ pub const READY_ON_FIRST_OUTPUT: &str = "first output";
 pub const READY_ON_FIRST_OUTPUT_NOTIFY: &str = "READY=1\nX_WFCG_READY_ON_FIRST_OUTPUT=1";
 
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup (its
-/// payload, or its supervisor leaf: see [`RunStarted::spawn_into`]).
+/// payload, or its supervisor leaf: see [`RunStarted::spawn_into`]), or stays
+/// where it was and starts its processes into it ([`RunStarted::keeper_into`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunStarted {
     pub run_id: String,
@@ -316,6 +325,13 @@ pub struct RunStarted {
     /// to the supervisor leaf (`POST /v1/runs/{id}/supervisor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spawn_into: Option<String>,
+    /// Set when the caller was left where it is (it asked with
+    /// [`CreateRun::stay_outside`] and may): the supervisor leaf, where it must
+    /// start its keeper, a process that lives as long as the caller and keeps
+    /// the run's cgroup populated until the caller has reported the exit and
+    /// exited (as the caller itself does when it lives in the leaf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper_into: Option<String>,
 }
 
 /// What `GET /v1/health` answers (to anyone): the agent is up, and how it runs.

@@ -1,6 +1,7 @@
 //! Starting a run (`POST /v1/runs`): the checks a start must pass (the caller's
 //! limits, the breaker, the template and the options a user may set), then its
-//! cgroup, directories and TMPDIR, the move of the caller into it, and its record.
+//! cgroup, directories and TMPDIR, the move of the caller into it (none for a
+//! root caller that starts its processes into it itself), and its record.
 //!
 //! [`Agent::create_run`] is one long sequence on purpose: each step undoes what the
 //! steps before it made when it fails, which reads best in one place.
@@ -275,16 +276,26 @@ impl Agent {
         // Its git locks are known by their creator from its first instruction.
         self.watch_run_locks(&run_id, workspace.as_deref(), caller.pid);
         let direct = req.spawn_into_payload && self.may_spawn_into_payload(caller);
-        let home = layout::first_home(&cg, direct);
+        // A caller that also starts its keeper into the supervisor leaf is not
+        // moved at all: no cgroup migration on its start (see run/spawn.rs).
+        // Not from inside a run: there it would stay in the parent's payload,
+        // and the parent's kill would signal it as one of the parent's processes
+        // before it is the child's turn to be killed (and reported).
+        let outside = direct && req.stay_outside && parent_run_id.is_none();
+        let home = (!outside).then(|| layout::first_home(&cg, direct));
         if !procfs::pidfd_alive(&*pidfd) {
             return Err(undo(gone().message));
         }
-        if let Err(e) = home.add_process(caller.pid) {
+        if let Some(home) = &home
+            && let Err(e) = home.add_process(caller.pid)
+        {
             return Err(undo(e.to_string()));
         }
-        if !procfs::pidfd_alive(&*pidfd) {
+        if let Some(home) = &home
+            && !procfs::pidfd_alive(&*pidfd)
+        {
             tracing::warn!(run_id, "the caller died during its move");
-            put_back(&home, origin.as_deref());
+            put_back(home, origin.as_deref());
             return Err(undo(gone().message));
         }
         let mut rec = RunRecord {
@@ -322,7 +333,9 @@ impl Agent {
         if let Err(e) = inserted {
             // Never a SIGKILL of the caller (a full disk did that): it goes back
             // where it came from, and is told why.
-            put_back(&home, origin.as_deref());
+            if let Some(home) = &home {
+                put_back(home, origin.as_deref());
+            }
             let internal = undo(format!("cannot record the run: {e}"));
             return Err(super::budget::no_space(&e, &self.cfg.state_dir).unwrap_or(internal));
         }
@@ -340,7 +353,14 @@ impl Agent {
         });
         // The notify socket is bound before the answer, so the command can use it at once.
         self.lifecycle_begin(&rec, false);
-        self.reaper.watch(&run_id, &cg, &**self);
+        if outside {
+            // Empty until the caller's keeper arrives, which it cannot before
+            // this answer: looked at within a second, and found over then only
+            // if the caller is gone (on_run_empty).
+            self.reaper.recheck(&run_id, &cg);
+        } else {
+            self.reaper.watch(&run_id, &cg, &**self);
+        }
         for w in &warnings {
             tracing::warn!(run_id, "{w}");
         }
@@ -355,6 +375,7 @@ impl Agent {
             warnings,
             watch: progress::watch_for(&template, req.detach),
             spawn_into: direct.then(|| layout::payload(&cg).path().display().to_string()),
+            keeper_into: outside.then(|| cg.child(layout::SUPERVISOR).path().display().to_string()),
         })
     }
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! runs/<id>/             limits; the reaper watches it; removed at the end
-//! runs/<id>/supervisor   `wfcg run` (relays the exit, prints why)
+//! runs/<id>/supervisor   `wfcg run` (relays the exit, prints why), or the keeper
+//!                        of a root `wfcg run` that stayed in its own cgroup
 //! runs/<id>/payload      CMD and everything it starts: frozen, scanned, signalled, killed
 //! ```
 //!
@@ -45,7 +46,8 @@ pub fn create_leaves(run: &Cgroup) -> crate::cgroup::Result<()> {
     run.child(PAYLOAD).create_new()
 }
 
-/// Where a new run's caller is moved at first: the payload, so that the command
+/// Where a new run's caller is moved at first (a caller that starts its keeper
+/// and command into the run itself is moved nowhere): the payload, so that the command
 /// it forks is in the payload from its first instruction (the caller moves
 /// itself to [`supervisor`] afterwards, `POST /v1/runs/{id}/supervisor`); or,
 /// when it starts its command straight into the payload (`direct`, with

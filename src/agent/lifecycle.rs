@@ -61,6 +61,9 @@ struct Live {
     notify_key: Option<u64>,
     /// The ids of its cgroups, for the sender check (sender.rs).
     cgroup_ids: sender::RunCgroupIds,
+    /// Its supervisor (pid and start time), whose messages are taken from
+    /// outside the run too: a root `wfcg run` lives beside its run.
+    supervisor: Option<crate::procfs::Identity>,
     /// Messages from outside the run dropped: when the current log window began,
     /// lines logged in it, and drops not logged since the last line.
     dropped: (Option<Instant>, u32, u64),
@@ -274,6 +277,15 @@ impl Agent {
                 threshold,
                 notify_key,
                 cgroup_ids: Default::default(),
+                supervisor: (rec.adopted.is_none())
+                    .then(|| {
+                        Some(crate::procfs::Identity {
+                            pid: rec.pid?,
+                            starttime: rec.pid_starttime?,
+                            ino: None,
+                        })
+                    })
+                    .flatten(),
                 dropped: (None, 0, 0),
             },
         );
@@ -357,12 +369,16 @@ impl Agent {
     }
 
     /// One notify message for a run, as the notify hub received it. Dropped (and
-    /// counted) unless the kernel shows its sender inside the run's cgroup (sender.rs).
+    /// counted) unless the kernel shows its sender inside the run's cgroup, or
+    /// as the run's supervisor (sender.rs).
     pub(super) fn on_notify(&self, run_id: &str, sender: notify::Sender, msg: Message) {
         let (inside, threshold, ceiling, to_log) = match self.life.lives.lock().get_mut(run_id) {
             Some(live) => {
-                let inside =
-                    sender::inside(&live.cg, &mut live.cgroup_ids, &self.cfg.proc_root, &sender);
+                let proc_root = &self.cfg.proc_root;
+                let inside = sender::inside(&live.cg, &mut live.cgroup_ids, proc_root, &sender)
+                    || live
+                        .supervisor
+                        .is_some_and(|s| sender::is(&s, proc_root, &sender));
                 // The first drop is logged, then at most one line per
                 // DROPPED_LOG_EVERY with the count since the last one.
                 let mut to_log = None;

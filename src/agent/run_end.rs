@@ -211,6 +211,20 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Whether the run's supervisor (the process that created it, by its pid
+    /// and start time) is alive: not exited, not a zombie. An adopted run has none.
+    fn supervisor_lives(&self, rec: &RunRecord) -> bool {
+        let Some(pid) = rec.pid.filter(|_| rec.adopted.is_none()) else {
+            return false;
+        };
+        let proc_root = &self.cfg.proc_root;
+        rec.pid_starttime
+            .is_some_and(|t| procfs::starttime(proc_root, pid) == Some(t))
+            && !matches!(procfs::state(proc_root, pid), Some('Z' | 'X') | None)
+    }
+}
+
 /// How a run's command ended: its exit code, or the signal that killed it.
 type Exit = (Option<i32>, Option<i32>);
 
@@ -258,6 +272,19 @@ impl OnEmpty for Agent {
                 }
                 drop(inflight);
                 self.reaper.watch(run_id, &cg, self);
+                return;
+            }
+            // A supervisor that lives outside its run (its keeper holds the
+            // supervisor leaf) reports the exit itself: while it lives the run
+            // is not over, empty or not (its keeper not there yet, or killed).
+            if rec.status.is_live()
+                && rec.exit_code.is_none()
+                && rec.exit_signal.is_none()
+                && from_file.is_none()
+                && self.supervisor_lives(&rec)
+            {
+                drop(inflight);
+                self.reaper.recheck(run_id, &cg);
                 return;
             }
             let status = rec.status;

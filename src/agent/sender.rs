@@ -27,6 +27,10 @@
 //! Without `PIDFD_GET_INFO` (Linux < 6.13) the cgroup is read from
 //! `/proc/<pid>/cgroup` of the pidfd's own pid, and believed only if the pidfd
 //! shows that process alive after the read (so the pid still named it).
+//!
+//! The run's supervisor is believed too wherever it lives ([`is`]): a root
+//! `wfcg run` stays in its caller's cgroup, beside the run, and reports its
+//! command's output and readiness from there.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -34,7 +38,7 @@ use std::sync::Arc;
 
 use super::notify::Sender;
 use crate::cgroup::Cgroup;
-use crate::procfs;
+use crate::procfs::{self, Identity};
 
 /// What the agent knows about a run's cgroups for this check.
 #[derive(Default, Clone)]
@@ -82,4 +86,19 @@ fn by_procfs(cg: &Cgroup, proc_root: &Path, pidfd: BorrowedFd<'_>) -> bool {
         return false;
     };
     cg.contains_process(proc_root, pid) == Some(true) && procfs::pidfd_alive(pidfd)
+}
+
+/// Whether `sender` is the process `who` (the run's supervisor), by the
+/// kernel's identity of its pidfd, taken as [`inside`] takes it. No pidfd, no trust.
+pub fn is(who: &Identity, proc_root: &Path, sender: &Sender) -> bool {
+    let same = |pidfd: BorrowedFd<'_>| {
+        procfs::pidfd_identity(proc_root, pidfd).is_ok_and(|id| id.same(who))
+    };
+    match (&sender.pidfd, sender.pid) {
+        (Some(pidfd), _) => same(pidfd.as_fd()),
+        (None, Some(pid)) if !sender.pidfd_expected => {
+            procfs::pidfd_open(pid).is_ok_and(|fd| same(fd.as_fd()))
+        }
+        _ => false,
+    }
 }

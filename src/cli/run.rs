@@ -175,6 +175,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         workspace: None,
         // Asked for by the supervisor when it can (crate::run).
         spawn_into_payload: false,
+        stay_outside: false,
         // `--workflow NAME` alone picks the template NAME: one the agent does
         // not have is a usage error (a typo would otherwise run under `default`).
         workflow_needs_template: args.workflow.is_some() && args.template.is_none(),

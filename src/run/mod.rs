@@ -1,8 +1,9 @@
 //! `wfcg run`: the supervisor side of a run (the `systemd-run --scope` model).
 //!
 //! The process asks the agent for a run; the agent moves this very process into
-//! the run's cgroup and answers. Then it starts the command, which is inside the
-//! cgroup from its first instruction, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT
+//! the run's cgroup, or (root's) leaves it where it is, and answers. Then it
+//! starts the command, which is inside the run's payload from its first
+//! instruction, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT
 //! to it, waits for it, reports its exit and exits with its status.
 //! With `--detach` the work happens in a forked child in a new session, and the
 //! parent prints the run id as soon as the run exists.
@@ -72,9 +73,12 @@ pub fn run(addr: &AgentAddr, mut opts: Options) -> Result<i32, Failure> {
             ws.display()
         )));
     }
-    // Root may start its command straight into the run's payload (clone3
-    // CLONE_INTO_CGROUP): one move and one request less (see spawn.rs).
-    opts.request.spawn_into_payload = rustix::process::geteuid().is_root();
+    // Root may start its command straight into the run's payload, and its
+    // keeper into the supervisor leaf (clone3 CLONE_INTO_CGROUP): no process
+    // moves between cgroups, and no request to leave the payload (see spawn.rs).
+    let root = rustix::process::geteuid().is_root();
+    opts.request.spawn_into_payload = root;
+    opts.request.stay_outside = root;
     opts.request.workspace = opts.workspace.as_ref().map(|w| {
         std::path::absolute(w)
             .unwrap_or(w.clone())
@@ -407,9 +411,10 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     }
 }
 
-/// Starts the command in the run's payload: cloned straight into it when the
-/// agent placed this process in the supervisor leaf already; else forked here,
-/// in the payload, after which this process leaves for the supervisor leaf.
+/// Starts the command in the run's payload: cloned straight into it (with a
+/// keeper cloned into the supervisor leaf first when this process stays where
+/// it is, or from the supervisor leaf where the agent placed it); else forked
+/// here, in the payload, after which this process leaves for the supervisor leaf.
 /// `cmd` (holding the write ends of the watched pipes) is dropped on return.
 fn start_command(
     client: &Client,
@@ -423,23 +428,47 @@ fn start_command(
         return Ok(spawn::Process::Forked(child));
     };
     let payload = Path::new(payload);
-    match spawn::clone_into(&mut cmd, payload) {
+    // Started before the command, so the run is never empty while this
+    // process lives to report how it ended.
+    let keeper = match &started.keeper_into {
+        Some(leaf) => match spawn::start_keeper(Path::new(leaf)) {
+            Ok(keeper) => Some(keeper),
+            Err(e) => return fork_in_payload(client, started, cmd, payload, e, quiet),
+        },
+        None => None,
+    };
+    let started_cmd = match spawn::clone_into(&mut cmd, payload) {
         spawn::Cloned::Started(child) => Ok(child),
         spawn::Cloned::ExecFailed(e) => Err(e),
-        // E.g. a seccomp filter that refuses clone3 (as container runtimes' may):
-        // the way without it, from the payload, which root may enter by itself.
-        spawn::Cloned::Refused(clone_err) => {
-            spawn::enter(payload).map_err(|e| {
-                std::io::Error::other(format!(
-                    "cannot start it in the run's payload {}: clone3: {clone_err}; moving there: {e}",
-                    payload.display()
-                ))
-            })?;
-            let child = cmd.spawn()?;
-            leave_payload(client, started, quiet);
-            Ok(spawn::Process::Forked(child))
-        }
+        spawn::Cloned::Refused(e) => fork_in_payload(client, started, cmd, payload, e, quiet),
+    };
+    if let Some(keeper) = keeper {
+        keeper.hold_until_exit();
     }
+    started_cmd
+}
+
+/// The way without clone3 (e.g. a seccomp filter that refuses it, as container
+/// runtimes' may, or a kernel before 5.7): this process enters the payload
+/// (root may by itself), forks the command there and leaves for the supervisor
+/// leaf through the agent.
+fn fork_in_payload(
+    client: &Client,
+    started: &RunStarted,
+    mut cmd: Command,
+    payload: &Path,
+    clone_err: std::io::Error,
+    quiet: bool,
+) -> std::io::Result<spawn::Process> {
+    spawn::enter(payload).map_err(|e| {
+        std::io::Error::other(format!(
+            "cannot start it in the run's payload {}: clone3: {clone_err}; moving there: {e}",
+            payload.display()
+        ))
+    })?;
+    let child = cmd.spawn()?;
+    leave_payload(client, started, quiet);
+    Ok(spawn::Process::Forked(child))
 }
 
 /// The exit code of a run killed by the monitor (as `timeout(1)`).

@@ -25,6 +25,15 @@ impl SignalSet {
         SignalSet(set)
     }
 
+    /// Every signal (those that cannot be blocked are left out by the kernel).
+    pub fn all() -> SignalSet {
+        // SAFETY: sigset_t is plain data; sigfillset initialises it fully.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+        unsafe { libc::sigfillset(&mut set) };
+        SignalSet(set)
+    }
+
     /// `pthread_sigmask(SIG_BLOCK)`: from now on these signals queue up until taken.
     /// The mask is inherited across fork and exec: see [`clear_mask`].
     pub fn block(&self) {

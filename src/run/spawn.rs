@@ -1,13 +1,20 @@
-//! Starting the run's command. Two ways, both leaving it in the run's payload
+//! Starting the run's command. Three ways, each leaving it in the run's payload
 //! from its first instruction:
 //!
 //! - forked where the supervisor is (the payload, which the supervisor leaves
 //!   afterwards through the agent): the way for everyone;
 //! - cloned straight into the payload with `clone3(CLONE_INTO_CGROUP)` when the
-//!   agent placed the supervisor in its own leaf already (a root caller): no
-//!   process changes cgroup after the first move, and no request to leave the
-//!   payload is made. The kernel checks the caller's own right to write the
-//!   payload's `cgroup.procs` and the run's, which only root has.
+//!   agent placed the supervisor in its own leaf already;
+//! - for a root caller that the agent left where it was: a [`Keeper`] cloned
+//!   into the supervisor leaf and the command into the payload, both with
+//!   `clone3(CLONE_INTO_CGROUP)`. No process changes cgroup (a migration,
+//!   whose cost is the kernel's: it waits for an RCU grace period), and no
+//!   request to leave the payload is made.
+//!
+//! The kernel checks the caller's own right to write the target's
+//! `cgroup.procs` and that of the common ancestor of where it is and where the
+//! child goes, which only root has; the agent offers the last two ways to
+//! root callers in its cgroup and mount namespaces only.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -75,27 +82,23 @@ pub enum Cloned {
     Refused(io::Error),
 }
 
-/// Starts `cmd` (its program, arguments, environment, working directory, stdio
-/// and `pre_exec` hooks, as `Command::spawn` would) in the cgroup at `cgroup`,
-/// with `clone3(CLONE_INTO_CGROUP)`.
-///
-/// Must be called while this process has a single thread: the child runs
-/// ordinary Rust code (`Command::exec`) between clone and exec.
-pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
+/// Opens the cgroup directory at `cgroup` for clone3 (`O_PATH`, not through a symlink).
+fn open_cgroup(cgroup: &Path) -> io::Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags};
-    let dir = match rustix::fs::open(
+    Ok(rustix::fs::open(
         cgroup,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(e) => return Cloned::Refused(e.into()),
-    };
-    // The child tells why exec failed through this pipe; a successful exec closes it.
-    let (report_r, report_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
-        Ok(pair) => pair,
-        Err(e) => return Cloned::Refused(e.into()),
-    };
+    )?)
+}
+
+/// `clone3(CLONE_INTO_CGROUP)`: a fork whose child starts in the cgroup `dir`
+/// names. `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+///
+/// # Safety
+/// As fork(2): this process must have a single thread, so that no lock is held
+/// by a thread the child lacks and the child may run ordinary Rust code.
+unsafe fn fork_into(dir: &OwnedFd) -> io::Result<Option<rustix::process::Pid>> {
     let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
@@ -103,9 +106,8 @@ pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
         ..Default::default()
     };
     // SAFETY: clone3 with a valid, initialised clone_args of the size given and
-    // without CLONE_VM: the child gets a copy of this process's memory, like fork.
-    // This process has one thread here (see the doc), so no lock is held by a
-    // thread that the child lacks, and the child may run the Rust code below.
+    // without CLONE_VM: the child gets a copy of this process's memory, like fork;
+    // the caller guarantees a single thread (see above).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -114,8 +116,33 @@ pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
         )
     };
     match ret {
-        -1 => Cloned::Refused(io::Error::last_os_error()),
-        0 => {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        // A positive return of clone3 is the new child's pid.
+        pid => Ok(rustix::process::Pid::from_raw(pid as i32)),
+    }
+}
+
+/// Starts `cmd` (its program, arguments, environment, working directory, stdio
+/// and `pre_exec` hooks, as `Command::spawn` would) in the cgroup at `cgroup`,
+/// with `clone3(CLONE_INTO_CGROUP)`.
+///
+/// Must be called while this process has a single thread: the child runs
+/// ordinary Rust code (`Command::exec`) between clone and exec.
+pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
+    let dir = match open_cgroup(cgroup) {
+        Ok(fd) => fd,
+        Err(e) => return Cloned::Refused(e),
+    };
+    // The child tells why exec failed through this pipe; a successful exec closes it.
+    let (report_r, report_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(pair) => pair,
+        Err(e) => return Cloned::Refused(e.into()),
+    };
+    // SAFETY: this process has one thread here (see the doc).
+    match unsafe { fork_into(&dir) } {
+        Err(e) => Cloned::Refused(e),
+        Ok(None) => {
             // The child, in the cgroup: become the command, or say why not.
             drop(report_r);
             let err = cmd.exec();
@@ -124,11 +151,9 @@ pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
             // SAFETY: _exit(2) ends this child at once, running nothing of the parent's.
             unsafe { libc::_exit(127) }
         }
-        pid => {
+        Ok(Some(pid)) => {
             drop(report_w);
             drop(dir);
-            // SAFETY: a positive return of clone3 is the new child's pid.
-            let pid = unsafe { rustix::process::Pid::from_raw_unchecked(pid as i32) };
             match exec_error(report_r) {
                 None => Cloned::Started(Process::Cloned(pid)),
                 Some(e) => {
@@ -139,6 +164,65 @@ pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
             }
         }
     }
+}
+
+/// The supervisor's stand-in in the supervisor leaf, when the supervisor stays
+/// in its caller's cgroup: a child that holds nothing (no file but its end of a
+/// pipe, every signal blocked, named `wfcg-keeper`) and exits when the
+/// supervisor does, however it does (the pipe's other end closes). So the run's
+/// cgroup stays populated until the supervisor has reported the exit and read
+/// why the run ended, as when the supervisor itself lives in the leaf, and the
+/// agent's kill and end of a run need not know the difference.
+pub struct Keeper {
+    /// The write end of the keeper's pipe: never written, closed at exit.
+    hold: OwnedFd,
+}
+
+impl Keeper {
+    /// Keeps the keeper for the rest of this process's life: its pipe closes
+    /// only when this process exits.
+    pub fn hold_until_exit(self) {
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(self.hold);
+    }
+}
+
+/// Starts a [`Keeper`] in the cgroup at `cgroup` with `clone3(CLONE_INTO_CGROUP)`.
+///
+/// Must be called while this process has a single thread (the child runs Rust
+/// code until it waits).
+pub fn start_keeper(cgroup: &Path) -> io::Result<Keeper> {
+    let dir = open_cgroup(cgroup)?;
+    let (wait_r, hold) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // SAFETY: this process has one thread here (see the doc).
+    match unsafe { fork_into(&dir) }? {
+        None => {
+            drop(hold);
+            keep(wait_r)
+        }
+        Some(_) => Ok(Keeper { hold }),
+    }
+}
+
+/// The keeper's life: waits for the end of its pipe, then exits.
+fn keep(wait: OwnedFd) -> ! {
+    let all = super::signals::SignalSet::all();
+    all.block();
+    let _ = rustix::thread::set_name(c"wfcg-keeper");
+    // Holds none of the supervisor's files: no terminal, pipe or socket of the
+    // caller is kept open by it.
+    let fd = wait.as_raw_fd() as u32;
+    // SAFETY: close_range(2) takes plain integers; only this child's descriptors
+    // other than `wait` are closed, and nothing in it uses them afterwards.
+    unsafe {
+        if fd > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, fd - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0u32);
+    }
+    let mut byte = [0u8; 1];
+    while let Ok(1) | Err(rustix::io::Errno::INTR) = rustix::io::read(&wait, &mut byte) {}
+    // SAFETY: _exit(2) ends this child at once, running nothing of the parent's.
+    unsafe { libc::_exit(0) }
 }
 
 /// Reads the errno a child sends when its exec failed; `None` when the pipe

@@ -1,7 +1,8 @@
 //! The supervisor/payload split (issue 11 item 1): `wfcg run` lives in
-//! `runs/<id>/supervisor`, its command in `runs/<id>/payload`; the kill acts on
-//! the payload, so a foreground `wfcg run` outlives it and ends with the right
-//! code and a line saying why.
+//! `runs/<id>/supervisor` (root's stays where it was started and its keeper
+//! lives there), its command in `runs/<id>/payload`; the kill acts on the
+//! payload, so a foreground `wfcg run` outlives it and ends with the right code
+//! and a line saying why.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -35,18 +36,37 @@ fn stderr(dir: &tempfile::TempDir) -> String {
     std::fs::read_to_string(dir.path().join("stderr")).unwrap()
 }
 
-/// Waits until the run's supervisor is in its leaf and `n` processes are in the payload.
+/// The parent pid and the name of a process, from `/proc/<pid>/status`.
+fn parent_and_name(pid: i32) -> Option<(i32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    Some((field("PPid:")?.parse().ok()?, field("Name:")?))
+}
+
+/// Whether `pid` is `supervisor`'s keeper (a root supervisor's stand-in in its leaf).
+fn is_keeper_of(pid: i32, supervisor: i32) -> bool {
+    parent_and_name(pid).is_some_and(|(ppid, name)| ppid == supervisor && name == "wfcg-keeper")
+}
+
+/// Waits until the run's supervisor leaf holds the supervisor, or its keeper
+/// (a root supervisor that stayed in its own cgroup), alone, and `n`
+/// processes are in the payload.
 fn wait_split(agent: &TestAgent, id: &str, supervisor: i32, n: usize) {
     let run = agent.run_cgroup(id);
     let split = wait_until(Duration::from_secs(20), || {
         run.child("supervisor")
             .procs()
-            .is_ok_and(|p| p == vec![supervisor])
+            .is_ok_and(|p| p.len() == 1 && (p[0] == supervisor || is_keeper_of(p[0], supervisor)))
             && run.child("payload").procs().is_ok_and(|p| p.len() >= n)
     });
     assert!(
         split,
-        "supervisor {supervisor} not alone in runs/{id}/supervisor with {n} in payload: {:?} / {:?}",
+        "supervisor {supervisor} (or its keeper) not alone in runs/{id}/supervisor with {n} in payload: {:?} / {:?}",
         run.child("supervisor").procs(),
         run.child("payload").procs()
     );
@@ -177,23 +197,38 @@ fn v2_lines(out: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The cgroup v2 path of this process.
+fn own_cgroup() -> String {
+    v2_lines(&std::fs::read("/proc/self/cgroup").unwrap())
+        .pop()
+        .unwrap()
+}
+
 /// A command that prints where it is and where its parent (the supervisor) is,
 /// as its first instructions.
 const WHERE_AM_I: &str = "cat /proc/self/cgroup; cat /proc/$PPID/cgroup";
 
-/// Root's `wfcg run` starts its command straight into the payload
-/// (clone3 CLONE_INTO_CGROUP) from the supervisor leaf, where the agent put it
-/// at once: the supervisor is in its leaf before the command's first
-/// instruction (it used to fork the command in the payload and leave after).
+/// Root's `wfcg run` moves no process between cgroups: it stays in its
+/// caller's cgroup and clones (clone3 CLONE_INTO_CGROUP) its keeper into the
+/// supervisor leaf and its command into the payload. The keeper, its child,
+/// holds the leaf before the command's first instruction.
 #[test]
-fn a_root_runs_supervisor_is_in_its_leaf_before_its_command_starts() {
+fn a_root_run_starts_without_moving_a_process() {
     require_privileges!();
     let agent = TestAgent::start();
+    let mine = own_cgroup();
     for i in 0..3 {
         let id = format!("direct-{i}-{}", std::process::id());
+        let leaf = agent.run_cgroup(&id).child("supervisor");
+        let script = format!(
+            "{WHERE_AM_I}; for p in $(cat {}/cgroup.procs); do \
+             echo \"keeper $(grep -h '^PPid:' /proc/$p/status | cut -f2) $(cat /proc/$p/comm)\"; \
+             done; echo \"supervisor $PPID\"",
+            leaf.path().display()
+        );
         let out = agent
             .marked(&marker("direct"))
-            .args(["run", "-q", "--run-id", &id, "--", "sh", "-c", WHERE_AM_I])
+            .args(["run", "-q", "--run-id", &id, "--", "sh", "-c", &script])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -203,9 +238,80 @@ fn a_root_runs_supervisor_is_in_its_leaf_before_its_command_starts() {
             lines[0].ends_with(&format!("/runs/{id}/payload")),
             "{lines:?}"
         );
+        assert_eq!(lines[1], mine, "the supervisor was moved");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let supervisor = text
+            .lines()
+            .find_map(|l| l.strip_prefix("supervisor "))
+            .unwrap();
+        let keepers: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("keeper "))
+            .collect();
+        assert_eq!(
+            keepers,
+            vec![format!("{supervisor} wfcg-keeper")],
+            "the supervisor leaf does not hold the supervisor's keeper alone: {text}"
+        );
+        assert!(agent.wait_status(&id, "exited"));
         assert!(
-            lines[1].ends_with(&format!("/runs/{id}/supervisor")),
-            "the supervisor was not in its leaf yet: {lines:?}"
+            wait_until(Duration::from_secs(20), || !agent.run_cgroup(&id).exists()),
+            "the run's cgroup is left"
+        );
+    }
+}
+
+/// A root supervisor outside its run reports how the run ended even when its
+/// keeper is gone and the run's cgroup empties before the report: the run is
+/// not over while the supervisor lives (here stopped until the test lets it
+/// go on), and is `lost` once it died without a report.
+#[test]
+fn a_run_whose_keeper_died_waits_for_its_supervisor() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    for resume in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let id = format!("keeperless-{resume}-{}", std::process::id());
+        let leaf = agent.run_cgroup(&id).child("supervisor");
+        // Kills the keeper, stops the supervisor, and ends with 3.
+        let script = format!(
+            "kill -9 $(cat {}/cgroup.procs); kill -STOP $PPID; exit 3",
+            leaf.path().display()
+        );
+        let mut child = foreground(&agent, &dir, &id, &["--init-timeout", "0"], &script);
+        let stopped = wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            }) && agent
+                .run_cgroup(&id)
+                .procs_recursive()
+                .is_ok_and(|p| p.is_empty())
+        });
+        assert!(stopped, "{}", stderr(&dir));
+        // The agent looks at an empty run again every second: two looks.
+        let ended = wait_until(Duration::from_millis(2500), || {
+            agent.status(&id)["status"] != "running"
+        });
+        assert!(!ended, "{:#}", agent.status(&id));
+        let pid = rustix::process::Pid::from_raw(child.id()).unwrap();
+        if resume {
+            rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+            let status = child.wait_timeout(Duration::from_secs(20)).unwrap();
+            assert_eq!(status.code(), Some(3), "{}", stderr(&dir));
+            assert!(agent.wait_status(&id, "exited"), "{:#}", agent.status(&id));
+            assert_eq!(agent.status(&id)["exit_code"], 3);
+        } else {
+            rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+            child.wait_timeout(Duration::from_secs(20)).unwrap();
+            assert!(agent.wait_status(&id, "lost"), "{:#}", agent.status(&id));
+        }
+        assert!(
+            wait_until(Duration::from_secs(20), || !agent.run_cgroup(&id).exists()),
+            "the run's cgroup is left"
         );
     }
 }
@@ -259,7 +365,8 @@ fn refuse_clone3() -> std::io::Result<()> {
 
 /// A root caller whose seccomp filter refuses clone3 still gets its command
 /// into the payload (the supervisor enters it, forks, and leaves through the
-/// agent), and its supervisor ends in its leaf.
+/// agent: the migration the clone3 start avoids), and its supervisor ends in
+/// its leaf.
 #[test]
 fn a_root_caller_that_cannot_clone3_still_starts_its_command_in_the_payload() {
     use std::os::unix::process::CommandExt;
