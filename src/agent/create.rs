@@ -281,7 +281,11 @@ impl Agent {
         // Not from inside a run: there it would stay in the parent's payload,
         // and the parent's kill would signal it as one of the parent's processes
         // before it is the child's turn to be killed (and reported).
-        let outside = direct && req.stay_outside && parent_run_id.is_none();
+        // Nor from a cgroup a user was delegated (see may_stay_outside).
+        let outside = direct
+            && req.stay_outside
+            && parent_run_id.is_none()
+            && Self::may_stay_outside(origin.as_deref());
         let home = (!outside).then(|| layout::first_home(&cg, direct));
         if !procfs::pidfd_alive(&*pidfd) {
             return Err(undo(gone().message));
@@ -390,6 +394,20 @@ impl Agent {
     fn may_spawn_into_payload(&self, caller: &Caller) -> bool {
         caller.is_root()
             && procfs::shares_namespaces(&self.cfg.proc_root, caller.pid, &["cgroup", "mnt"])
+    }
+
+    /// Whether root's supervisor may stay where it was started, beside its run:
+    /// only in a cgroup no user was delegated (its `cgroup.procs` root's), so that
+    /// no user can freeze or kill root's supervisor there (a desktop session's
+    /// scopes are its user's).
+    fn may_stay_outside(origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return false;
+        };
+        cgroup::cgroup2_mount().is_ok_and(|mount| {
+            let procs = mount.join(origin.trim_start_matches('/')).join("cgroup.procs");
+            rustix::fs::stat(&procs).is_ok_and(|st| st.st_uid == 0)
+        })
     }
 
     /// The template a new run gets: its text if the client sent one, a template

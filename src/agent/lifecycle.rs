@@ -277,7 +277,8 @@ impl Agent {
                 threshold,
                 notify_key,
                 cgroup_ids: Default::default(),
-                supervisor: (rec.adopted.is_none())
+                // Only root's supervisor may live beside its run (create.rs).
+                supervisor: (rec.adopted.is_none() && rec.owner_uid == 0)
                     .then(|| {
                         Some(crate::procfs::Identity {
                             pid: rec.pid?,

@@ -213,9 +213,14 @@ impl Agent {
 
 impl Agent {
     /// Whether the run's supervisor (the process that created it, by its pid
-    /// and start time) is alive: not exited, not a zombie. An adopted run has none.
+    /// and start time) is alive: not exited, not a zombie. An adopted run has none;
+    /// nor, for this, has a user's run: only root's supervisor may live beside
+    /// its run (a user's starts inside it, and one alive elsewhere moved on).
     fn supervisor_lives(&self, rec: &RunRecord) -> bool {
-        let Some(pid) = rec.pid.filter(|_| rec.adopted.is_none()) else {
+        let Some(pid) = rec
+            .pid
+            .filter(|_| rec.adopted.is_none() && rec.owner_uid == 0)
+        else {
             return false;
         };
         let proc_root = &self.cfg.proc_root;

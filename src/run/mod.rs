@@ -76,9 +76,12 @@ pub fn run(addr: &AgentAddr, mut opts: Options) -> Result<i32, Failure> {
     // Root may start its command straight into the run's payload, and its
     // keeper into the supervisor leaf (clone3 CLONE_INTO_CGROUP): no process
     // moves between cgroups, and no request to leave the payload (see spawn.rs).
+    // Not a detached run: its supervisor outlives the caller, and left in the
+    // caller's cgroup it would die with it (a service's stop kills its cgroup),
+    // the run's exit unreported.
     let root = rustix::process::geteuid().is_root();
     opts.request.spawn_into_payload = root;
-    opts.request.stay_outside = root;
+    opts.request.stay_outside = root && !opts.request.detach;
     opts.request.workspace = opts.workspace.as_ref().map(|w| {
         std::path::absolute(w)
             .unwrap_or(w.clone())
