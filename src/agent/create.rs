@@ -405,7 +405,9 @@ impl Agent {
             return false;
         };
         cgroup::cgroup2_mount().is_ok_and(|mount| {
-            let procs = mount.join(origin.trim_start_matches('/')).join("cgroup.procs");
+            let procs = mount
+                .join(origin.trim_start_matches('/'))
+                .join("cgroup.procs");
             rustix::fs::stat(&procs).is_ok_and(|st| st.st_uid == 0)
         })
     }

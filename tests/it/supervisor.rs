@@ -261,6 +261,43 @@ fn a_root_run_starts_without_moving_a_process() {
     }
 }
 
+/// A detached root run's supervisor outlives its caller: it is in its run's
+/// supervisor leaf (moved there), not left in the caller's cgroup, where a stop
+/// of the caller's service would kill it and the run's exit would go unreported.
+#[test]
+fn a_detached_root_runs_supervisor_is_in_its_leaf_not_beside_it() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let id = format!("detached-leaf-{}", std::process::id());
+    let out = agent
+        .marked(&marker("detached-leaf"))
+        .args(["run", "--detach", "--run-id", &id, "--", "sleep", "60"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let leaf = agent.run_cgroup(&id).child("supervisor");
+    let comms = || -> Vec<String> {
+        std::fs::read_to_string(leaf.path().join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || comms() == ["wfcg"]),
+        "the supervisor leaf holds {:?}, not the detached supervisor alone",
+        comms()
+    );
+    let kill = agent
+        .wfcg()
+        .args(["kill", &id, "--force"])
+        .output()
+        .unwrap();
+    assert!(kill.status.success(), "{kill:?}");
+    assert!(agent.wait_status(&id, "killed"));
+}
+
 /// A root supervisor outside its run reports how the run ended even when its
 /// keeper is gone and the run's cgroup empties before the report: the run is
 /// not over while the supervisor lives (here stopped until the test lets it
