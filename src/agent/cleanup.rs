@@ -202,33 +202,30 @@ impl Agent {
                     false
                 }
             };
+        steps.push(("cgroup", ms(t)));
         // Trees the run's owner made: removed by a short-lived process of their
         // own, as them, within a budget (src/walk.rs); what is left is said.
-        steps.push(("cgroup", ms(t)));
         let owner = Cred::of_uid(rec.owner_uid);
         let mut not_removed = Vec::new();
         // Each a tmpfs of its own (or a plain directory): emptied and let go, or
         // kept and counted against the owner while something still holds it.
-        let mut remove = |dir: Option<&str>| match dir {
-            Some(d) => match self.end_tmpfs(&rec.run_id, Path::new(d), &owner, &budget) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(run_id = rec.run_id, "cannot remove {d}: {e}");
-                    not_removed.push(e);
-                    false
-                }
-            },
-            None => true,
-        };
         let t = std::time::Instant::now();
-        let tmpdir_removed = remove(rec.tmpdir.as_deref());
-        let t_tmp = ms(t);
-        let t = std::time::Instant::now();
-        let run_dir_removed = remove(rec.run_dir.as_deref());
-        let t_run = ms(t);
+        let dirs = [rec.tmpdir.as_deref(), rec.run_dir.as_deref()];
+        let dirs: Vec<Option<&Path>> = dirs.iter().map(|d| d.map(Path::new)).collect();
+        let ended = self.end_tmpfs_all(&rec.run_id, &dirs, &owner, &budget);
+        let mut removed = [true; 2];
+        for ((dir, ended), removed) in dirs.iter().zip(ended).zip(&mut removed) {
+            if let (Some(d), Err(e)) = (dir, ended) {
+                tracing::warn!(run_id = rec.run_id, "cannot remove {}: {e}", d.display());
+                not_removed.push(e);
+                *removed = false;
+            }
+        }
+        let [tmpdir_removed, run_dir_removed] = removed;
+        steps.push(("tmpdir_and_run_dir", ms(t)));
         let t = std::time::Instant::now();
         let workspace = self.clean_workspace(rec);
-        steps.extend([("tmpdir", t_tmp), ("run_dir", t_run), ("workspace", ms(t))]);
+        steps.push(("workspace", ms(t)));
         if let Some(why) = workspace.strip_prefix("removal failed: ") {
             not_removed.push(why.to_string());
         }

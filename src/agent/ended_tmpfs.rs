@@ -54,6 +54,42 @@ impl Agent {
                 path.display()
             );
         }
+        self.end_unstacked_tmpfs(run_id, path, owner, budget)
+    }
+
+    /// Ends the tmpfs of each run directory in `dirs` (`None`: there is none) as
+    /// [`Agent::end_tmpfs`] does, with one read of the mount table for all of
+    /// them to find the mounts stacked over them (the table is long on a host
+    /// with many runs: each has two tmpfs). Whether each was removed, in order,
+    /// and what was not.
+    pub(super) fn end_tmpfs_all(
+        &self,
+        run_id: &str,
+        dirs: &[Option<&Path>],
+        owner: &Cred,
+        budget: &Budget,
+    ) -> Vec<Result<(), String>> {
+        let present: Vec<&Path> = dirs.iter().flatten().copied().collect();
+        for dir in crate::tmpfs::with_stacked(&present) {
+            let n = crate::tmpfs::detach_stacked(&dir);
+            tracing::warn!(run_id, "detached {n} mount(s) made over {}", dir.display());
+        }
+        dirs.iter()
+            .map(|dir| match dir {
+                Some(d) => self.end_unstacked_tmpfs(run_id, d, owner, budget),
+                None => Ok(()),
+            })
+            .collect()
+    }
+
+    /// [`Agent::end_tmpfs`] once nothing is stacked over `path`.
+    fn end_unstacked_tmpfs(
+        &self,
+        run_id: &str,
+        path: &Path,
+        owner: &Cred,
+        budget: &Budget,
+    ) -> Result<(), String> {
         if !crate::tmpfs::is_mount_root(path) {
             return walk::remove_agent_dir(path, owner, budget);
         }

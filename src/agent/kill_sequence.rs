@@ -202,11 +202,7 @@ impl Agent {
             result.phases.push(api::Phase {
                 name: "cleanup".into(),
                 duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
-                detail: format!(
-                    "{} ({})",
-                    result.cleanup_status.summary(),
-                    steps.join(", ")
-                ),
+                detail: format!("{} ({})", result.cleanup_status.summary(), steps.join(", ")),
             });
             kill_result::emptied(&mut result, rec, report.processes, end)
         } else {
