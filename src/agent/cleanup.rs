@@ -210,9 +210,8 @@ impl Agent {
         // Each a tmpfs of its own (or a plain directory): emptied and let go, or
         // kept and counted against the owner while something still holds it.
         let t = std::time::Instant::now();
-        let dirs = [rec.tmpdir.as_deref(), rec.run_dir.as_deref()];
-        let dirs: Vec<Option<&Path>> = dirs.iter().map(|d| d.map(Path::new)).collect();
-        let ended = self.end_tmpfs_all(&rec.run_id, &dirs, &owner, &budget);
+        let dirs = [rec.tmpdir.as_deref(), rec.run_dir.as_deref()].map(|d| d.map(Path::new));
+        let ended = self.end_run_tmpfs(&rec.run_id, dirs[0], dirs[1], &owner, &budget);
         let mut removed = [true; 2];
         for ((dir, ended), removed) in dirs.iter().zip(ended).zip(&mut removed) {
             if let (Some(d), Err(e)) = (dir, ended) {
