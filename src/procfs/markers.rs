@@ -152,17 +152,22 @@ const BORN_SLACK: Duration = Duration::from_secs(1);
 /// Whether the process behind `/proc/<pid>` (its `meta`) surely started before
 /// `t`: the directory's inode is made when it is first looked up, after the
 /// process started, with all three times set to that moment; its change time
-/// can only move forward (any change of the inode sets it to now; `touch` by
-/// the process's owner moves the other two, never this one). So a change time
-/// before `t` (less [`BORN_SLACK`]) means a start before `t`; a later one
+/// can only move forward (any change of the inode sets it to now; procfs
+/// refuses to set its times). So a change time before `t` (less
+/// [`BORN_SLACK`]) means a start before `t`; a later one, or one before 1970,
 /// proves nothing (the inode may be new), and the stat decides.
 fn born_before(meta: &std::fs::Metadata, t: SystemTime) -> bool {
-    let ctime = SystemTime::UNIX_EPOCH
-        + Duration::new(
-            u64::try_from(meta.ctime()).unwrap_or(0),
-            u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-        );
-    ctime + BORN_SLACK < t
+    let (Ok(secs), Ok(nanos)) = (
+        u64::try_from(meta.ctime()),
+        u32::try_from(meta.ctime_nsec()),
+    ) else {
+        return false;
+    };
+    Duration::from_secs(secs)
+        .checked_add(Duration::from_nanos(nanos.into()))
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+        .and_then(|c| c.checked_add(BORN_SLACK))
+        .is_some_and(|c| c < t)
 }
 
 /// One pass over the host for every ask of one (proc root, key): each process
