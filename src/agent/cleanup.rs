@@ -39,6 +39,16 @@ impl Agent {
     /// process of it remains anywhere (by cgroup and by its environment marker).
     /// `seen` are the critical sections its processes were found in.
     pub(super) fn cleanup(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
+        self.cleanup_timed(rec, seen).0
+    }
+
+    /// [`Agent::cleanup`], with how long each of its steps took (ms, by name):
+    /// the search for escapees runs beside the others.
+    pub(super) fn cleanup_timed(
+        &self,
+        rec: &RunRecord,
+        seen: &[Finding],
+    ) -> (CleanupStatus, Vec<(&'static str, f64)>) {
         // Nothing of the run may remain anywhere: what carries its marker outside
         // its cgroup (a root workflow can move itself out) is killed too. A scan
         // of the host's processes, made while the rest is removed.
@@ -46,16 +56,24 @@ impl Agent {
         let filter = escapee_filter(&self.cfg.proc_root, rec);
         let (escapees, status) = std::thread::scope(|s| {
             let escapees = s.spawn(|| {
-                kill::kill_escapees(
+                let t = std::time::Instant::now();
+                let found = kill::kill_escapees(
                     &self.cfg.proc_root,
                     RUN_ID_ENV,
                     &rec.run_id,
                     filter,
                     deadline,
-                )
+                );
+                (found, ms(t))
             });
-            let status = self.remove_leftovers(rec, seen);
-            (escapees.join(), status)
+            let mut steps = Vec::new();
+            let status = self.remove_leftovers(rec, seen, &mut steps);
+            (escapees.join(), (status, steps))
+        });
+        let (status, mut steps) = status;
+        let escapees = escapees.map(|(found, took)| {
+            steps.push(("escapees", took));
+            found
         });
         let escapees = escapees.unwrap_or_else(|_| {
             tracing::error!(run_id = rec.run_id, "the search for escapees failed");
@@ -88,7 +106,7 @@ impl Agent {
         }
         remaining.sort_unstable();
         remaining.dedup();
-        CleanupStatus {
+        let status = CleanupStatus {
             processes_remaining: remaining.len() as u32,
             escapees_killed: escapees.killed,
             escapees_unread: escapees.unread + escapees.cut,
@@ -98,12 +116,19 @@ impl Agent {
                 .map(kill::Survivor::describe)
                 .collect(),
             ..status
-        }
+        };
+        (status, steps)
     }
 
     /// The cleanup but for the escapees: stale git locks, the cgroup, TMPDIR,
     /// run directory and workspace.
-    fn remove_leftovers(&self, rec: &RunRecord, seen: &[Finding]) -> CleanupStatus {
+    fn remove_leftovers(
+        &self,
+        rec: &RunRecord,
+        seen: &[Finding],
+        steps: &mut Vec<(&'static str, f64)>,
+    ) -> CleanupStatus {
+        let t = std::time::Instant::now();
         self.reaper.forget(&rec.run_id);
         self.lifecycle_end(&rec.run_id);
         self.sightings.lock().remove(&rec.run_id);
@@ -165,6 +190,8 @@ impl Agent {
             );
         }
         self.forget_lock_creators(&rec.run_id);
+        steps.push(("git_locks", ms(t)));
+        let t = std::time::Instant::now();
         let cg = Cgroup::new(&rec.cgroup_path);
         // A cgroup adopted in place is not wfcg's: it is left (empty) to its owner.
         let cgroup_removed = rec.adopted.as_deref() != Some(adopt::IN_PLACE)
@@ -175,26 +202,29 @@ impl Agent {
                     false
                 }
             };
+        steps.push(("cgroup", ms(t)));
         // Trees the run's owner made: removed by a short-lived process of their
         // own, as them, within a budget (src/walk.rs); what is left is said.
         let owner = Cred::of_uid(rec.owner_uid);
         let mut not_removed = Vec::new();
         // Each a tmpfs of its own (or a plain directory): emptied and let go, or
         // kept and counted against the owner while something still holds it.
-        let mut remove = |dir: Option<&str>| match dir {
-            Some(d) => match self.end_tmpfs(&rec.run_id, Path::new(d), &owner, &budget) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(run_id = rec.run_id, "cannot remove {d}: {e}");
-                    not_removed.push(e);
-                    false
-                }
-            },
-            None => true,
-        };
-        let tmpdir_removed = remove(rec.tmpdir.as_deref());
-        let run_dir_removed = remove(rec.run_dir.as_deref());
+        let t = std::time::Instant::now();
+        let dirs = [rec.tmpdir.as_deref(), rec.run_dir.as_deref()].map(|d| d.map(Path::new));
+        let ended = self.end_run_tmpfs(&rec.run_id, dirs[0], dirs[1], &owner, &budget);
+        let mut removed = [true; 2];
+        for ((dir, ended), removed) in dirs.iter().zip(ended).zip(&mut removed) {
+            if let (Some(d), Err(e)) = (dir, ended) {
+                tracing::warn!(run_id = rec.run_id, "cannot remove {}: {e}", d.display());
+                not_removed.push(e);
+                *removed = false;
+            }
+        }
+        let [tmpdir_removed, run_dir_removed] = removed;
+        steps.push(("tmpdir_and_run_dir", ms(t)));
+        let t = std::time::Instant::now();
         let workspace = self.clean_workspace(rec);
+        steps.push(("workspace", ms(t)));
         if let Some(why) = workspace.strip_prefix("removal failed: ") {
             not_removed.push(why.to_string());
         }
@@ -365,6 +395,11 @@ fn git_lock_cleanup(
         return Ok(Vec::new());
     }
     userfs::as_user(owner, || sections::remove_locks(&stale))
+}
+
+/// Milliseconds since `t`.
+fn ms(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 /// At most this many threads of [`bounded`] at once: a file system that never

@@ -22,6 +22,22 @@ use crate::api::RunStatus;
 use crate::userfs::Cred;
 use crate::walk::{self, Budget, Removal};
 
+/// Removes the stop reason a kill wrote into the run directory `dir`, as its
+/// `owner`, in the directory opened without following a symlink (whatever the
+/// run left under that name: a directory stays, for the walk). It is all such a
+/// directory usually holds, and a tmpfs left empty needs no removal process.
+fn drop_stop_reason(dir: &Path, owner: &Cred) {
+    let _ = crate::userfs::as_user(owner, || {
+        let dir = crate::userfs::open_dir(dir)?;
+        rustix::fs::unlinkat(
+            dir,
+            crate::api::STOP_REASON_FILE,
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(std::io::Error::from)
+    });
+}
+
 /// What an inode of a tmpfs counts for against a budget: about what the
 /// kernel keeps for it and its name.
 const INODE_BYTES: u64 = 1024;
@@ -54,6 +70,43 @@ impl Agent {
                 path.display()
             );
         }
+        self.end_unstacked_tmpfs(run_id, path, owner, budget)
+    }
+
+    /// Ends a run's TMPDIR and run directory (`None`: it has none) as
+    /// [`Agent::end_tmpfs`] does, with one read of the mount table for both to
+    /// find the mounts stacked over them (the table is long on a host with many
+    /// runs: each has two tmpfs). Whether each was removed, or why not.
+    pub(super) fn end_run_tmpfs(
+        &self,
+        run_id: &str,
+        tmpdir: Option<&Path>,
+        run_dir: Option<&Path>,
+        owner: &Cred,
+        budget: &Budget,
+    ) -> [Result<(), String>; 2] {
+        let present: Vec<&Path> = [tmpdir, run_dir].into_iter().flatten().collect();
+        for dir in crate::tmpfs::with_stacked(&present) {
+            let n = crate::tmpfs::detach_stacked(&dir);
+            tracing::warn!(run_id, "detached {n} mount(s) made over {}", dir.display());
+        }
+        if let Some(dir) = run_dir {
+            drop_stop_reason(dir, owner);
+        }
+        [tmpdir, run_dir].map(|dir| match dir {
+            Some(d) => self.end_unstacked_tmpfs(run_id, d, owner, budget),
+            None => Ok(()),
+        })
+    }
+
+    /// [`Agent::end_tmpfs`] once nothing is stacked over `path`.
+    fn end_unstacked_tmpfs(
+        &self,
+        run_id: &str,
+        path: &Path,
+        owner: &Cred,
+        budget: &Budget,
+    ) -> Result<(), String> {
         if !crate::tmpfs::is_mount_root(path) {
             return walk::remove_agent_dir(path, owner, budget);
         }

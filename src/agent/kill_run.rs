@@ -172,9 +172,17 @@ impl Agent {
             outcome.as_ref().ok(),
             t.elapsed().as_secs_f64(),
         );
+        let t_audit = Instant::now();
         let written = self.auditor.record(&self.store, entry);
         outcome.map(|mut r| {
-            r.audit = Some(if written { "written" } else { "pending" }.into());
+            let audit = if written { "written" } else { "pending" };
+            r.audit = Some(audit.into());
+            // The answer's own: the result recorded above could not say it.
+            r.phases.push(api::Phase {
+                name: "audit".into(),
+                duration_ms: t_audit.elapsed().as_secs_f64() * 1e3,
+                detail: format!("the kill's audit record and result {audit}"),
+            });
             r
         })
     }

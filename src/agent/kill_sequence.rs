@@ -154,8 +154,17 @@ impl Agent {
         }
         // The locks created so far are asked about while their creators live.
         self.sync_lock_creators();
+        let prepared = t.elapsed().as_secs_f64() * 1e3;
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
         let mut result = kill_result::from_report(rec, req, &report, started_at);
+        result.phases.insert(
+            0,
+            api::Phase {
+                name: "prepare".into(),
+                duration_ms: prepared,
+                detail: "the plan, the kill_start record, the lock creators so far".into(),
+            },
+        );
         // A force kill looks at nothing before it kills: what was open is what
         // the run was last seen holding.
         let last_seen = if plan.force {
@@ -184,11 +193,16 @@ impl Agent {
                 .map(|s| s.finding.clone())
                 .chain(last_seen.into_iter().map(|s| s.finding))
                 .collect();
-            result.cleanup_status = self.cleanup(rec, &seen);
+            let (cleanup, steps) = self.cleanup_timed(rec, &seen);
+            result.cleanup_status = cleanup;
+            let steps: Vec<String> = steps
+                .iter()
+                .map(|(name, ms)| format!("{name} {ms:.2} ms"))
+                .collect();
             result.phases.push(api::Phase {
                 name: "cleanup".into(),
                 duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
-                detail: result.cleanup_status.summary(),
+                detail: format!("{} ({})", result.cleanup_status.summary(), steps.join(", ")),
             });
             kill_result::emptied(&mut result, rec, report.processes, end)
         } else {

@@ -294,10 +294,16 @@ fn not_frozen(frozen: &Option<Frozen>) -> String {
 }
 
 fn say_why(plan: &Plan, report: &mut Report) {
-    if let Some(stop) = &plan.stop_reason
-        && let Err(e) = write_stop_reason(stop, plan)
-    {
-        report.errors.push(KillError::StopReason(e));
+    let Some(stop) = &plan.stop_reason else {
+        return;
+    };
+    let t = Instant::now();
+    match write_stop_reason(stop, plan) {
+        Ok(()) => report.phase("stop_reason", t, format!("written to {STOP_REASON_FILE}")),
+        Err(e) => {
+            report.phase("stop_reason", t, e.clone());
+            report.errors.push(KillError::StopReason(e));
+        }
     }
 }
 

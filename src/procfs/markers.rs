@@ -13,6 +13,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use super::{all_pids, read_small, sole_uid, stat, uids};
 
@@ -98,13 +99,15 @@ enum Pass<A, R> {
 }
 
 /// One bounded pass over the host's environments, the one way wfcg reads them:
-/// a process is admitted first by the owner of `/proc/<pid>` (`owner_ok`, one
-/// statx: another user's processes end there, however many), then by its stat
-/// and sole uid (`admit`); only then is its environment read, at most
+/// a process is admitted first by the owner and the change time of `/proc/<pid>`
+/// (one statx, no file read: another user's processes end there, however many,
+/// and so do those that started before `not_before`, see [`born_before`]), then
+/// by its stat and sole uid (`admit`); only then is its environment read, at most
 /// [`ENV_READ_LIMIT`] of it, [`ENV_SCAN_BUDGET`] in all, never in state D, and
 /// handed to `read`.
 fn pass<A: Send, R: Send>(
     proc_root: &Path,
+    not_before: Option<SystemTime>,
     owner_ok: &(dyn Fn(u32) -> bool + Sync),
     admit: &(dyn Fn(i32, &super::Stat, u32) -> Option<A> + Sync),
     read: &(dyn Fn(&A, &[u8]) -> R + Sync),
@@ -114,10 +117,11 @@ fn pass<A: Send, R: Send>(
     let seen = crate::par::map(&pids, 256, |&pid| {
         // Cheapest first: the owner of `/proc/<pid>` is the process's effective
         // uid (root's when it is not dumpable), one statx, no file read.
-        let owner = std::fs::metadata(proc_root.join(pid.to_string()))
-            .ok()?
-            .uid();
-        if owner != 0 && !owner_ok(owner) {
+        let meta = std::fs::metadata(proc_root.join(pid.to_string())).ok()?;
+        if meta.uid() != 0 && !owner_ok(meta.uid()) {
+            return None;
+        }
+        if not_before.is_some_and(|t| born_before(&meta, t)) {
             return None;
         }
         let st = stat(proc_root, pid)?;
@@ -139,13 +143,46 @@ fn pass<A: Send, R: Send>(
     seen.into_iter().flatten().collect()
 }
 
+/// How far the change time of a `/proc/<pid>` inode may be behind a start time
+/// computed from the clock ticks since boot: the inode's times come from a coarse
+/// clock (a tick behind), the conversion ([`super::start_wall_time`]) reads
+/// `/proc/uptime` in hundredths of a second.
+const BORN_SLACK: Duration = Duration::from_secs(1);
+
+/// Whether the process behind `/proc/<pid>` (its `meta`) surely started before
+/// `t`: the directory's inode is made when it is first looked up, after the
+/// process started, with all three times set to that moment; its change time
+/// can only move forward (any change of the inode sets it to now; procfs
+/// refuses to set its times). So a change time before `t` (less
+/// [`BORN_SLACK`]) means a start before `t`; a later one, or one before 1970,
+/// proves nothing (the inode may be new), and the stat decides.
+fn born_before(meta: &std::fs::Metadata, t: SystemTime) -> bool {
+    let (Ok(secs), Ok(nanos)) = (
+        u64::try_from(meta.ctime()),
+        u32::try_from(meta.ctime_nsec()),
+    ) else {
+        return false;
+    };
+    Duration::from_secs(secs)
+        .checked_add(Duration::from_nanos(nanos.into()))
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+        .and_then(|c| c.checked_add(BORN_SLACK))
+        .is_some_and(|c| c < t)
+}
+
 /// One pass over the host for every ask of one (proc root, key): each process
-/// is filtered by its stat and status before its environment is read.
+/// is filtered by the owner and age of its `/proc` directory, then its stat and
+/// status, before its environment is read.
 fn scan(proc_root: &Path, key: &str, asks: &[(String, EnvFilter)]) -> Vec<EnvScan> {
     let prefix = format!("{key}=");
     let earliest = asks.iter().map(|(_, f)| f.since).min().unwrap_or(0);
+    // The earliest start asked for, on the clock inode times use.
+    let not_before = (earliest > 0)
+        .then(|| super::start_wall_time(proc_root, earliest))
+        .flatten();
     let seen = pass(
         proc_root,
+        not_before,
         &|owner| asks.iter().any(|(_, f)| f.uid == owner),
         &|_, st, uid| {
             let by: Vec<usize> = (0..asks.len())
@@ -197,6 +234,7 @@ pub fn carriers(
         .collect();
     let seen = pass(
         proc_root,
+        None,
         &|owner| owner == uid,
         &|pid, st, sole| (sole == uid && !skip(pid, st)).then_some(()),
         &|(), raw| {
@@ -376,6 +414,28 @@ mod tests {
         assert_eq!(not_theirs, EnvScan::default());
         assert_eq!(too_old, EnvScan::default());
         assert!(carried && !carried_other);
+    }
+
+    /// A process started after the filter's start is found, while the age of
+    /// the older processes' `/proc` directories spares reading their stat.
+    #[test]
+    fn a_marker_started_after_the_filter_start_is_found_past_the_age_check() {
+        let proc_root = Path::new("/proc");
+        let since = super::super::ticks_at(proc_root, SystemTime::now()).unwrap();
+        let marker = format!("late-{}", std::process::id());
+        let mut child = marked(&marker);
+        until_marked(&[&marker]);
+        let pid = child.id() as i32;
+        let meta = std::fs::metadata(format!("/proc/{pid}")).unwrap();
+        let filter = EnvFilter { uid: me(), since };
+        let found = SharedEnvScan::default().scan(proc_root, "WFCG_TEST_MARK", &marker, filter);
+        let at = SystemTime::now();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found.pids, vec![pid]);
+        // Made just now: no proof of an early start. Made long before: proof.
+        assert!(!born_before(&meta, at));
+        assert!(born_before(&meta, at + 2 * BORN_SLACK));
     }
 
     /// Concurrent callers each get the processes of their own marker, from a

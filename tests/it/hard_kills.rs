@@ -379,6 +379,34 @@ fn a_killed_run_exits_non_zero_even_when_its_command_removes_the_stop_reason() {
     }
 }
 
+/// The agent removes the stop reason it wrote before it looks at what is left
+/// in the run directory (so that one holding nothing else needs no removal
+/// process): whatever the run left there, a directory by that name included,
+/// is still removed with it.
+#[test]
+fn a_run_dir_with_a_tree_at_stop_reason_is_removed_whole_by_a_force_kill() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let ws = Dir::new("wfcg-hk-rundir");
+    let said = ws.join("run-dir");
+    let run = agent.start_run(
+        &[],
+        &format!(
+            r#"d="$WFCG_RUN_DIR"; mkdir -p "$d/stop-reason/deep" && echo x > "$d/stop-reason/deep/f" && echo y > "$d/left" && echo "$d" > '{0}.tmp' && mv '{0}.tmp' '{0}'; exec sleep 1000"#,
+            said.display()
+        ),
+    );
+    assert!(wait_until(Duration::from_secs(20), || said.exists()));
+    let dir = std::path::PathBuf::from(std::fs::read_to_string(&said).unwrap().trim());
+    assert!(dir.join("stop-reason/deep/f").exists());
+    let result = agent.kill_ok(&run.id, &["--force"]);
+    assert_eq!(
+        result["cleanup_status"]["run_dir_removed"], true,
+        "{result:#}"
+    );
+    assert!(!dir.exists(), "{} is left: {result:#}", dir.display());
+}
+
 /// The pid of the `wfcg top` aimed at `agent`.
 fn top_pid(agent: &TestAgent) -> i32 {
     let me = format!("{WFCG} top");
