@@ -260,6 +260,39 @@ fn ended_as_not_ready(cli: Cli, api: Api) {
     }
 }
 
+/// Running from its start with a stall timeout of 60 s, a CLI in its retry loop
+/// is ended as stalled within 3 minutes: its repeated lines are not progress,
+/// and neither are the files it reads again for each attempt (codex re-reads
+/// about 1 MB of certificates and configuration per reconnect).
+fn ended_as_stalled(cli: Cli, api: Api) {
+    let limit = Duration::from_secs(180);
+    let Some(e) = run_cli(
+        cli,
+        api,
+        &["--ready-when", "start", "--stall-timeout", "60s"],
+        limit,
+    ) else {
+        return;
+    };
+    let s = &e.status;
+    assert_eq!(s["status"], "timed_out", "{s:#}");
+    let reason = s["end_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("stalled: no progress"), "{s:#}");
+    assert!(e.took < limit, "took {:?}", e.took);
+}
+
+#[test]
+fn codex_reconnecting_to_a_closed_port_is_ended_as_stalled() {
+    require_privileges!();
+    ended_as_stalled(Cli::Codex, Api::Closed);
+}
+
+#[test]
+fn claude_retrying_an_api_answering_529_is_ended_as_stalled() {
+    require_privileges!();
+    ended_as_stalled(Cli::Claude, Api::Overloaded);
+}
+
 /// With `--ready-when output` (the advice for programs that never send READY=1)
 /// codex is ready at its banner though its API never answers, and `status`
 /// says that readiness came with its first bytes of output.
