@@ -17,7 +17,8 @@ const UNITS: &[&str] = &[
 
 /// A line with what changes between repeats taken out: every number (with a
 /// unit of time or size, a decimal point or not) and every word of hex digits
-/// with a digit in it (ids, hashes, addresses) becomes `#`; runs of white space
+/// (and dashes between them) with a digit in it (ids, UUIDs, hashes, addresses)
+/// becomes `#`; runs of white space
 /// become one space; the ends are trimmed. "attempt 3, waiting 8s" and
 /// "attempt 4, waiting 1m30s" both become "attempt #, waiting #".
 pub fn normalize(line: &str) -> String {
@@ -41,14 +42,19 @@ pub fn normalize(line: &str) -> String {
             i += 1;
             continue;
         }
-        // A word: letters and digits, with a '.' between two digits ("1.5s").
+        // A word: letters and digits, with a '.' between two digits ("1.5s")
+        // and a '-' between two hex digits (a UUID is one word).
         let start = i;
+        let between = |i: usize, joiner: char, class: fn(&char) -> bool| {
+            chars[i] == joiner
+                && i > start
+                && class(&chars[i - 1])
+                && chars.get(i + 1).is_some_and(class)
+        };
         while i < chars.len()
             && (chars[i].is_alphanumeric()
-                || (chars[i] == '.'
-                    && i > start
-                    && chars[i - 1].is_ascii_digit()
-                    && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+                || between(i, '.', char::is_ascii_digit)
+                || between(i, '-', char::is_ascii_hexdigit))
         {
             i += 1;
         }
@@ -63,7 +69,7 @@ fn word(w: &[char]) -> String {
     if !has_digit {
         return w.iter().collect();
     }
-    if w.iter().all(|c| c.is_ascii_hexdigit()) {
+    if w.iter().all(|c| c.is_ascii_hexdigit() || *c == '-') {
         return "#".into();
     }
     // Numbers become '#'; then a word made only of numbers with units is one '#'.
@@ -170,6 +176,11 @@ mod tests {
             ),
             ("retry in 250ms", "retry  in 1.5s "),
             ("Attempt 1 failed", "Attempt 10 failed"),
+            // UUIDs whose groups may have no digit ("bfcc").
+            (
+                r#"{"subtype":"api_retry","attempt":1,"uuid":"8255bfcc-6540-4e49-a20e-0e41e085dec2"}"#,
+                r#"{"subtype":"api_retry","attempt":2,"uuid":"9107fad5-bfcc-4e49-adfb-0e41e085dec2"}"#,
+            ),
         ];
         for (a, b) in same {
             assert_eq!(normalize(a), normalize(b), "{a:?} vs {b:?}");

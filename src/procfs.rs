@@ -117,22 +117,32 @@ pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
     Some(parts.join(" "))
 }
 
-/// The bytes a process has read and written through system calls (`rchar` +
+/// The bytes a process has read and written through system calls (`rchar` and
 /// `wchar` of `/proc/<pid>/io`: files, pipes and sockets alike; its threads,
 /// live and ended, not its children). `None` when it is gone or unreadable.
-pub fn io_bytes(proc_root: &Path, pid: i32) -> Option<u64> {
+pub fn io_bytes(proc_root: &Path, pid: i32) -> Option<IoBytes> {
     let text = read_small_string(&proc_root.join(pid.to_string()).join("io")).ok()?;
     parse_io_bytes(&text)
 }
 
-/// `rchar` + `wchar` of a `/proc/<pid>/io` text.
-pub fn parse_io_bytes(text: &str) -> Option<u64> {
+/// A process's `rchar` and `wchar`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoBytes {
+    pub read: u64,
+    pub written: u64,
+}
+
+/// `rchar` and `wchar` of a `/proc/<pid>/io` text.
+pub fn parse_io_bytes(text: &str) -> Option<IoBytes> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    Some(field("rchar:")?.saturating_add(field("wchar:")?))
+    Some(IoBytes {
+        read: field("rchar:")?,
+        written: field("wchar:")?,
+    })
 }
 
 /// Every numeric entry of `/proc`.
@@ -464,7 +474,11 @@ mod tests {
     #[test]
     fn io_bytes_are_read_and_written_characters() {
         let text = "rchar: 100\nwchar: 23\nsyscr: 4\nsyscw: 2\nread_bytes: 0\n";
-        assert_eq!(parse_io_bytes(text), Some(123));
+        let io = IoBytes {
+            read: 100,
+            written: 23,
+        };
+        assert_eq!(parse_io_bytes(text), Some(io));
         assert_eq!(parse_io_bytes("rchar: 1\n"), None);
         let me = std::process::id() as i32;
         assert!(io_bytes(Path::new("/proc"), me).is_some());

@@ -17,7 +17,11 @@
 //!   (normalized the same way: `sleep 3` after `sleep 1` is not new);
 //! - at least [`MIN_IO_PROGRESS`] read or written by its processes (`rchar` +
 //!   `wchar` of `/proc/<pid>/io`, files, pipes and sockets, counted for the
-//!   processes alive at both samples);
+//!   processes alive at both samples); while the run's newest line of output
+//!   repeats an earlier one (a retry loop), only bytes written count: a program
+//!   retrying reads its configuration and certificates again for each attempt
+//!   (codex reads about 1 MB per reconnect), and what it reads it does not keep;
+//!   a download or a job that reports only a counter writes what it gets;
 //! - CPU time of its payload (`cpu.stat` `usage_usec`) of at least a quarter of
 //!   the time between the samples ([`CPU_SHARE`]): a program computing uses a
 //!   core; one waiting between retries uses a few percent in bursts.
@@ -40,7 +44,7 @@ use super::notify::Repeat;
 use super::time::rfc3339;
 use crate::api::RunStatus;
 use crate::novelty::{Recent, Seen, normalize};
-use crate::procfs;
+use crate::procfs::{self, IoBytes};
 use crate::store::RunRecord;
 use crate::template::{Ready, Template};
 
@@ -50,7 +54,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// least share of the time between them.
 const MIN_CPU_PROGRESS: Duration = Duration::from_millis(10);
 const CPU_SHARE: u32 = 4;
-/// The least bytes read and written between two samples that count as progress.
+/// The least bytes read and written between two samples that count as progress
+/// (only written while the run's newest line is a repeat).
 pub const MIN_IO_PROGRESS: u64 = 64 * 1024;
 /// Processes whose I/O is read per sample, and new ones whose command line is.
 const MAX_IO_PIDS: usize = 512;
@@ -145,7 +150,7 @@ struct Stall {
     every: Duration,
     /// The last sample: the payload's CPU time, its processes' I/O bytes, and when.
     cpu_usec: Option<u64>,
-    io: HashMap<i32, u64>,
+    io: HashMap<i32, IoBytes>,
     /// The command lines its processes were started with (normalized).
     commands: Recent,
     sampled: Instant,
@@ -154,7 +159,7 @@ struct Stall {
 /// What a sample read of a run, outside the lock.
 struct Sample {
     cpu: Option<u64>,
-    io: HashMap<i32, u64>,
+    io: HashMap<i32, IoBytes>,
     /// Normalized command lines of processes not in the last sample.
     new_commands: Vec<String>,
 }
@@ -170,10 +175,28 @@ pub fn cpu_progress(used: Duration, elapsed: Duration) -> bool {
 }
 
 /// The bytes the processes alive at both samples read and wrote between them.
-fn io_between(before: &HashMap<i32, u64>, now: &HashMap<i32, u64>) -> u64 {
-    now.iter()
-        .filter_map(|(pid, n)| before.get(pid).map(|b| n.saturating_sub(*b)))
-        .fold(0u64, u64::saturating_add)
+fn io_between(before: &HashMap<i32, IoBytes>, now: &HashMap<i32, IoBytes>) -> IoBytes {
+    let mut sum = IoBytes::default();
+    for (pid, n) in now {
+        if let Some(b) = before.get(pid) {
+            sum.read = sum.read.saturating_add(n.read.saturating_sub(b.read));
+            sum.written = sum
+                .written
+                .saturating_add(n.written.saturating_sub(b.written));
+        }
+    }
+    sum
+}
+
+/// Whether I/O between two samples counts as progress: bytes read and written,
+/// or only written while the run is retrying (its newest line is a repeat).
+fn io_progress(io: IoBytes, retrying: bool) -> bool {
+    let counted = if retrying {
+        io.written
+    } else {
+        io.read.saturating_add(io.written)
+    };
+    counted >= MIN_IO_PROGRESS
 }
 
 /// What a run's supervisor watches for the agent: output when a template or
@@ -385,6 +408,7 @@ impl Agent {
         let now = Instant::now();
         let mut watches = self.life.watches();
         let w = watches.get_mut(run_id)?;
+        let retrying = w.retry.is_some();
         let s = w.stall.as_mut()?;
         let used = match (s.cpu_usec, sample.cpu) {
             (Some(a), Some(b)) => Duration::from_micros(b.saturating_sub(a)),
@@ -397,7 +421,7 @@ impl Agent {
         }
         let found = if new_command {
             Some(Progress::Process)
-        } else if io_between(&s.io, &sample.io) >= MIN_IO_PROGRESS {
+        } else if io_progress(io_between(&s.io, &sample.io), retrying) {
             Some(Progress::Io)
         } else if cpu_progress(used, now.duration_since(s.sampled)) {
             Some(Progress::Cpu)
@@ -504,16 +528,40 @@ mod tests {
         assert_eq!(sample_every(s(3600)), s(60));
     }
 
+    fn io(read: u64, written: u64) -> IoBytes {
+        IoBytes { read, written }
+    }
+
     #[test]
     fn io_counts_processes_alive_at_both_samples() {
-        let before = HashMap::from([(1, 100), (2, 5000)]);
-        // 2 ended, 3 is new (its bytes so far are not counted), 1 read 70000.
-        let now = HashMap::from([(1, 70_100), (3, 1 << 30)]);
-        assert_eq!(io_between(&before, &now), 70_000);
+        let before = HashMap::from([(1, io(100, 0)), (2, io(5000, 0))]);
+        // 2 ended, 3 is new (its bytes so far are not counted), 1 read 70000
+        // and wrote 10.
+        let now = HashMap::from([(1, io(70_100, 10)), (3, io(1 << 30, 1 << 30))]);
+        assert_eq!(io_between(&before, &now), io(70_000, 10));
         // A counter that went back (a reused pid) counts nothing.
         assert_eq!(
-            io_between(&HashMap::from([(1, 9)]), &HashMap::from([(1, 3)])),
-            0
+            io_between(
+                &HashMap::from([(1, io(9, 9))]),
+                &HashMap::from([(1, io(3, 3))])
+            ),
+            io(0, 0)
         );
+    }
+
+    #[test]
+    fn a_retrying_run_makes_progress_only_by_writing() {
+        // codex reconnecting: about 1.1 MB read (its certificates, again) and
+        // 1.5 kB written per attempt.
+        let reconnect = io(1_100_000, 1_500);
+        assert!(io_progress(reconnect, false));
+        assert!(!io_progress(reconnect, true));
+        // A download with a progress meter writes what it reads.
+        assert!(io_progress(io(1 << 20, 1 << 20), true));
+        assert!(!io_progress(io(MIN_IO_PROGRESS - 1, 0), false));
+        assert!(io_progress(
+            io(MIN_IO_PROGRESS / 2, MIN_IO_PROGRESS / 2),
+            false
+        ));
     }
 }

@@ -2,7 +2,7 @@
 //! alert channels and cgroup limits a run gets.
 //!
 //! The shipped templates (`default`, `builder`, `lina`, `guardian`, and the agent
-//! CLI profiles `codex` and `claude`) are built into
+//! CLI profiles `codex`, `claude` and `gemini`) are built into
 //! the binary; a file `/etc/wfcg/templates/NAME.toml` takes the place of the
 //! shipped one of that name, or adds a new one. Every template may be partial:
 //! its TOML table is deep-merged over the built-in `default.toml`, then read with
@@ -37,6 +37,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("codex", include_str!("../../cgroup-templates/codex.toml")),
     ("claude", include_str!("../../cgroup-templates/claude.toml")),
+    ("gemini", include_str!("../../cgroup-templates/gemini.toml")),
 ];
 
 /// Where operators put their own templates.

@@ -57,7 +57,7 @@ fn every_shipped_template_parses_with_its_init_timeout() {
 #[test]
 fn the_agent_cli_profiles_are_ready_only_at_an_answer_of_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["codex", "claude"] {
+    for name in ["codex", "claude", "gemini"] {
         let t = Template::lookup_in(dir.path(), name).unwrap();
         assert_eq!(t.timeouts.init, Duration::from_secs(120), "{name}");
         assert_eq!(t.timeouts.stall, Duration::from_secs(600), "{name}");
@@ -100,7 +100,24 @@ fn the_agent_cli_profiles_are_ready_only_at_an_answer_of_the_model() {
     assert!(claude.is_match(answer));
     let answer = r#"{"type":"assistant","message":{"model":"claude-opus-4-1","id":"msg_01X","type":"message","content":[]}}"#;
     assert!(claude.is_match(answer));
-    assert_eq!(BUILTIN.len(), 6);
+    // gemini-cli 0.61, --output-format stream-json.
+    let gemini = pattern("gemini");
+    for event in [
+        r#"{"type":"init","timestamp":"2026-12-07T14:53:30.368Z","session_id":"e83d","model":"gemini-2.5-flash"}"#,
+        r#"{"type":"message","timestamp":"2026-12-07T14:53:30.402Z","role":"user","content":"say pong"}"#,
+        r#"{"type":"message","timestamp":"2026-12-07T14:53:30.402Z","role":"user","content":"\",\"role\":\"assistant\""}"#,
+        "Attempt 2 failed with status 500. Retrying with backoff... _ApiError: {}",
+        r#"{"type":"result","timestamp":"2026-12-07T14:50:26.626Z","status":"error","error":{"type":"unknown"}}"#,
+    ] {
+        assert!(!gemini.is_match(event), "gemini ready at {event}");
+    }
+    for answer in [
+        r#"{"type":"message","timestamp":"2026-12-07T14:51:40.238Z","role":"assistant","content":"pong","delta":true}"#,
+        r#"{"type":"tool_use","timestamp":"2026-12-07T14:51:40.238Z","tool_name":"run_shell_command"}"#,
+    ] {
+        assert!(gemini.is_match(answer), "gemini not ready at {answer}");
+    }
+    assert_eq!(BUILTIN.len(), 7);
 }
 
 #[test]
@@ -258,7 +275,8 @@ fn lookup_prefers_the_host_file_and_lists_both() {
     assert_eq!(
         names,
         [
-            "default", "builder", "lina", "guardian", "codex", "claude", "broken", "nightly"
+            "default", "builder", "lina", "guardian", "codex", "claude", "gemini", "broken",
+            "nightly"
         ]
     );
     assert_eq!(list[0].1, BUILTIN_SOURCE);
@@ -268,7 +286,7 @@ fn lookup_prefers_the_host_file_and_lists_both() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("default, builder, lina, guardian, codex, claude, broken, nightly"),
+        err.contains("default, builder, lina, guardian, codex, claude, gemini, broken, nightly"),
         "{err}"
     );
 }

@@ -1,5 +1,6 @@
-//! The agent CLI profiles (`--workflow codex`, `--workflow claude`) with the real
-//! CLIs, installed by `scripts/test` (`$WFCG_CODEX`, `$WFCG_CLAUDE`), against
+//! The agent CLI profiles (`--workflow codex`, `claude`, `gemini`) with the real
+//! CLIs, installed by `scripts/test` (`$WFCG_CODEX`, `$WFCG_CLAUDE`,
+//! `$WFCG_GEMINI`), against
 //! local stand-ins for their APIs (tests/fixtures/fake_llm_api.py): a server that
 //! never answers, one that answers 529/500 forever and a port where nothing
 //! listens are each ended as not ready at the init timeout; a server that answers
@@ -82,6 +83,7 @@ impl FakeApi {
 enum Cli {
     Codex,
     Claude,
+    Gemini,
 }
 
 impl Cli {
@@ -89,6 +91,7 @@ impl Cli {
         match self {
             Cli::Codex => "codex",
             Cli::Claude => "claude",
+            Cli::Gemini => "gemini",
         }
     }
 
@@ -104,6 +107,11 @@ impl Cli {
                 "WFCG_CLAUDE",
                 "Claude Code (`npm install @anthropic-ai/claude-code` into .npm-tools, as \
                  scripts/test does) and WFCG_CLAUDE=.npm-tools/node_modules/.bin/claude",
+            ),
+            Cli::Gemini => test_tool(
+                "WFCG_GEMINI",
+                "the Gemini CLI (`npm install @google/gemini-cli` into .npm-tools, as \
+                 scripts/test does) and WFCG_GEMINI=.npm-tools/node_modules/.bin/gemini",
             ),
         }
     }
@@ -153,6 +161,39 @@ impl Cli {
                     ("ANTHROPIC_API_KEY", "sk-fake".to_string()),
                     // Only the fake API is talked to (no update checks, no telemetry).
                     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
+                ]);
+                (cmd, vars)
+            }
+            Cli::Gemini => {
+                // An API key as its authentication, no update checks, no usage
+                // statistics: only the fake API is talked to.
+                let settings = home.join(".gemini");
+                std::fs::create_dir_all(&settings).unwrap();
+                std::fs::write(
+                    settings.join("settings.json"),
+                    r#"{"security":{"auth":{"selectedType":"gemini-api-key"}},
+                        "general":{"enableAutoUpdate":false,"enableAutoUpdateNotification":false},
+                        "privacy":{"usageStatisticsEnabled":false}}"#,
+                )
+                .unwrap();
+                // A model named: with "auto", gemini first asks a classifier
+                // model for a route (a JSON answer the fake does not give).
+                let args = [
+                    "-m",
+                    "gemini-2.5-flash",
+                    "-p",
+                    "say pong",
+                    "--output-format",
+                    "stream-json",
+                ];
+                let mut cmd = vec![bin];
+                cmd.extend(args.iter().map(|s| s.to_string()));
+                let vars = env(&[
+                    ("HOME", home.str().to_string()),
+                    ("GOOGLE_GEMINI_BASE_URL", format!("http://127.0.0.1:{port}")),
+                    ("GEMINI_API_KEY", "sk-fake".to_string()),
+                    // The workspace is trusted (else gemini asks, or refuses).
+                    ("GEMINI_CLI_TRUST_WORKSPACE", "true".to_string()),
                 ]);
                 (cmd, vars)
             }
@@ -260,6 +301,45 @@ fn ended_as_not_ready(cli: Cli, api: Api) {
     }
 }
 
+/// Running from its start with a stall timeout of 60 s, a CLI in its retry loop
+/// is ended as stalled within 3 minutes: its repeated lines are not progress,
+/// and neither are the files it reads again for each attempt (codex re-reads
+/// about 1 MB of certificates and configuration per reconnect).
+fn ended_as_stalled(cli: Cli, api: Api) {
+    let limit = Duration::from_secs(180);
+    let Some(e) = run_cli(
+        cli,
+        api,
+        &["--ready-when", "start", "--stall-timeout", "60s"],
+        limit,
+    ) else {
+        return;
+    };
+    let s = &e.status;
+    assert_eq!(s["status"], "timed_out", "{s:#}");
+    let reason = s["end_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("stalled: no progress"), "{s:#}");
+    assert!(e.took < limit, "took {:?}", e.took);
+}
+
+#[test]
+fn codex_reconnecting_to_a_closed_port_is_ended_as_stalled() {
+    require_privileges!();
+    ended_as_stalled(Cli::Codex, Api::Closed);
+}
+
+#[test]
+fn claude_retrying_an_api_answering_529_is_ended_as_stalled() {
+    require_privileges!();
+    ended_as_stalled(Cli::Claude, Api::Overloaded);
+}
+
+#[test]
+fn gemini_retrying_a_closed_port_is_ended_as_stalled() {
+    require_privileges!();
+    ended_as_stalled(Cli::Gemini, Api::Closed);
+}
+
 /// With `--ready-when output` (the advice for programs that never send READY=1)
 /// codex is ready at its banner though its API never answers, and `status`
 /// says that readiness came with its first bytes of output.
@@ -301,13 +381,19 @@ fn a_run_ready_at_its_banner_is_reported_as_such() {
     assert!(pids_with_env("HOME", home.str()).is_empty());
 }
 
-/// With its profile, a CLI whose API answers is ready within seconds and exits 0.
+/// With its profile, a CLI whose API answers is ready within seconds of its
+/// start and exits 0. gemini, a Node.js program of about 90 MB that starts
+/// itself twice, takes up to 25 s to start on a loaded 2-core host: it has 60 s.
 fn ready_at_the_answer(cli: Cli) {
+    let (init, ready_by) = match cli {
+        Cli::Gemini => ("90s", 60),
+        Cli::Codex | Cli::Claude => ("30s", 20),
+    };
     let Some(e) = run_cli(
         cli,
         Api::Answers,
-        &["--workflow", cli.name(), "--init-timeout", "30s"],
-        Duration::from_secs(45),
+        &["--workflow", cli.name(), "--init-timeout", init],
+        Duration::from_secs(ready_by + 30),
     ) else {
         return;
     };
@@ -324,7 +410,7 @@ fn ready_at_the_answer(cli: Cli) {
     assert!(s["ready_on"].is_null(), "{s:#}");
     let ready_after = at("ready_at") - at("started_at");
     assert!(
-        ready_after < chrono::TimeDelta::seconds(20),
+        ready_after < chrono::TimeDelta::seconds(ready_by as i64),
         "ready after {ready_after}: {s:#}"
     );
 }
@@ -377,6 +463,30 @@ fn claude_is_ready_at_the_answer_and_exits_0() {
     ready_at_the_answer(Cli::Claude);
 }
 
+#[test]
+fn gemini_is_ended_as_not_ready_against_an_api_that_never_answers() {
+    require_privileges!();
+    ended_as_not_ready(Cli::Gemini, Api::BlackHole);
+}
+
+#[test]
+fn gemini_is_ended_as_not_ready_against_an_api_answering_errors() {
+    require_privileges!();
+    ended_as_not_ready(Cli::Gemini, Api::Overloaded);
+}
+
+#[test]
+fn gemini_is_ended_as_not_ready_against_a_closed_port() {
+    require_privileges!();
+    ended_as_not_ready(Cli::Gemini, Api::Closed);
+}
+
+#[test]
+fn gemini_is_ready_at_the_answer_and_exits_0() {
+    require_privileges!();
+    ready_at_the_answer(Cli::Gemini);
+}
+
 /// The profiles are operator templates: a user may shorten their init and stall
 /// timeouts, never lengthen or remove them.
 #[test]
@@ -385,7 +495,7 @@ fn a_user_may_shorten_the_profiles_timeouts_but_not_lengthen_them() {
     let agent = TestAgent::start();
     agent.open_to_all_users();
     let user = TestUser::get();
-    for profile in ["codex", "claude"] {
+    for profile in ["codex", "claude", "gemini"] {
         for (flag, value) in [
             ("--init-timeout", "10m"),
             ("--init-timeout", "0"),

@@ -336,11 +336,13 @@ fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
 /// A retry loop (the same line with a growing attempt number and wait, and a
 /// new `sleep` each time) is no progress: it is flagged `retrying: …` for every
 /// reader (status, `ps`, `ps --stuck`, `/metrics`) and ended as stalled at its
-/// stall timeout. Beside it, a loop printing new names and a program printing
-/// only a counter while it writes a MiB a second both live on: the first by its
-/// new lines, the second by its I/O.
+/// stall timeout; so is one that reads a MiB again before each attempt (as
+/// codex reads its certificates for each reconnect). Beside them, a loop
+/// printing new names and a program printing only a counter while it writes a
+/// MiB a second both live on: the first by its new lines, the second by its
+/// writes.
 #[test]
-fn a_retry_loop_is_flagged_and_ended_as_stalled_but_new_lines_and_io_are_progress() {
+fn a_retry_loop_is_flagged_and_ended_as_stalled_but_new_lines_and_writes_are_progress() {
     require_privileges!();
     let agent = TestAgent::start();
     let dir = shared_dir();
@@ -351,6 +353,17 @@ fn a_retry_loop_is_flagged_and_ended_as_stalled_but_new_lines_and_io_are_progres
          echo \"Reconnecting... attempt $i, waiting ${d}s\"; sleep $d; done",
     );
     let t0 = Instant::now();
+    let config = dir.path().join("config");
+    std::fs::write(&config, vec![b'#'; 1 << 20]).unwrap();
+    let rereader = agent.start_run(
+        &flags,
+        &format!(
+            "exec python3 -u -c 'import time\nfor i in range(1, 60):\n    \
+             open(\"{}\", \"rb\").read()\n    \
+             print(\"Reconnecting... attempt\", i)\n    time.sleep(1)'",
+            config.display()
+        ),
+    );
     let creator = agent.start_run(
         &flags,
         &format!(
@@ -383,10 +396,24 @@ fn a_retry_loop_is_flagged_and_ended_as_stalled_but_new_lines_and_io_are_progres
         "{flag}"
     );
     assert_eq!(st["stuck"], st["retrying"], "{st:#}");
-    assert_eq!(stuck_ids(&agent), vec![retrying.id.clone()]);
+    // The re-reader may be flagged by now too; the others never are.
+    let stuck = stuck_ids(&agent);
+    assert!(stuck.contains(&retrying.id), "{stuck:?}");
+    assert!(
+        stuck
+            .iter()
+            .all(|id| [&retrying.id, &rereader.id].contains(&id)),
+        "{stuck:?}"
+    );
     let ps = text(&agent.cli(&["ps"]).stdout);
     assert!(ps.contains("! retrying: Reconnecting..."), "{ps}");
-    assert!(metrics(&agent).contains("\nwfcg_retrying_runs 1\n"));
+    let m = metrics(&agent);
+    assert!(
+        ["1", "2"]
+            .iter()
+            .any(|n| m.contains(&format!("\nwfcg_retrying_runs {n}\n"))),
+        "{m}"
+    );
     // Ended as stalled: after its stall timeout, long before its loop would end.
     becomes(&agent, &retrying.id, "timed_out");
     let took = t0.elapsed();
@@ -402,6 +429,14 @@ fn a_retry_loop_is_flagged_and_ended_as_stalled_but_new_lines_and_io_are_progres
     let st = agent.status(&retrying.id);
     assert_eq!(st["end_reason"].as_str(), Some(reason.as_str()), "{st:#}");
     agent.wait_run_gone(&retrying);
+    // Its reads are not progress while its newest line is a repeat.
+    becomes(&agent, &rereader.id, "timed_out");
+    let reason = auto_kill_reason(&agent, &rereader.id);
+    assert!(
+        reason.contains("stalled: no progress") && reason.contains("retrying: Reconnecting"),
+        "{reason}"
+    );
+    agent.wait_run_gone(&rereader);
     // The others live on, unflagged, past two stall timeouts from their start.
     let rest = Duration::from_secs(17).saturating_sub(t0.elapsed());
     for run in [&creator, &writer] {
