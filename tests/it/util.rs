@@ -56,6 +56,21 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that pytest's `report` (its whole output) ran every test: none skipped
+/// or deselected; prints its summary line.
+pub fn every_pytest_test_ran(report: &str) {
+    let summary = report
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed"))
+        .unwrap_or("");
+    assert!(
+        !summary.contains("skipped") && !summary.contains("deselected"),
+        "{report}"
+    );
+    eprintln!("{summary}");
+}
+
 /// A command's exit status, stdout and stderr, for an assertion's message.
 pub fn described(out: &Output) -> String {
     format!(
