@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::audit_trail::by_caller;
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result, layout};
 use crate::adopt::{self, Gathered, Root, Walk};
@@ -102,9 +103,6 @@ impl Agent {
         let t = Instant::now();
         let mut entry = AuditEntry {
             time: now(),
-            actor_uid: Some(caller.uid),
-            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
-            caller_pid: Some(caller.pid),
             action: if req.dry_run {
                 "adopt_dry_run"
             } else {
@@ -114,7 +112,7 @@ impl Agent {
             run_id: req.run_id.clone(),
             reason: req.reason.clone(),
             decision: "-".into(),
-            ..Default::default()
+            ..by_caller(caller, &id)
         };
         // Processes of the tree left alone: after a kill, those still alive are
         // what is known to live on of it.

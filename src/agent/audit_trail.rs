@@ -5,7 +5,20 @@ use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{self, ErrorKind, RunStatus};
 use crate::api::{AuditEntry, AuditRecord};
+use crate::policy::Identity;
 use crate::store::{AuditFilter, ChainCheck};
+
+/// An audit entry naming `caller` (uid, name, pid) as its actor, the rest
+/// default: the base of every record of a caller's request
+/// (`AuditEntry { action, .., ..by_caller(caller, &id) }`).
+pub(super) fn by_caller(caller: &Caller, id: &Identity) -> AuditEntry {
+    AuditEntry {
+        actor_uid: Some(caller.uid),
+        actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
+        caller_pid: Some(caller.pid),
+        ..Default::default()
+    }
+}
 
 impl Agent {
     /// Reads the policy file again (SIGHUP, or the file changed); a broken file

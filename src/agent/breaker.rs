@@ -11,6 +11,7 @@
 
 use chrono::Utc;
 
+use super::audit_trail::by_caller;
 use super::time::rfc3339;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::AuditEntry;
@@ -273,15 +274,12 @@ impl Agent {
             ResetScope::Owner(uid) => format!(" of {}", whose(Some(uid))),
         };
         self.audit_event(AuditEntry {
-            actor_uid: Some(caller.uid),
-            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
-            caller_pid: Some(caller.pid),
             action: "breaker_reset".into(),
             reason: Some(format!("workflow {workflow}{target}")),
             decision: if allowed { "allowed" } else { "denied" }.into(),
             permission: allowed.then(|| Permission::KillAny.as_str().to_string()),
             outcome: outcome.into(),
-            ..Default::default()
+            ..by_caller(caller, &id)
         });
         if !allowed {
             return Err(Failure::new(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use rustix::mount::MountFlags;
 
+use super::audit_trail::by_caller;
 use super::{Agent, Caller, Failure, Result, layout, progress};
 use crate::api::AuditEntry;
 use crate::api::{self, CreateRun, ErrorKind, RunStarted};
@@ -347,13 +348,10 @@ impl Agent {
         self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
         self.audit_event(AuditEntry {
-            actor_uid: Some(caller.uid),
-            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
-            caller_pid: Some(caller.pid),
             action: "run_start".into(),
             run_id: Some(run_id.clone()),
             outcome: "started".into(),
-            ..Default::default()
+            ..by_caller(caller, &id)
         });
         // The notify socket is bound before the answer, so the command can use it at once.
         self.lifecycle_begin(&rec, false);

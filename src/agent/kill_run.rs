@@ -6,6 +6,7 @@ use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::audit_trail::by_caller;
 use super::kill_result::{self, already_ended, kill_mode};
 use super::reaper::OnEmpty;
 use super::time::now;
@@ -68,12 +69,9 @@ impl Agent {
     pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
         let id = self.access.identity(caller);
         let entry = AuditEntry {
-            actor_uid: Some(caller.uid),
-            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
-            caller_pid: Some(caller.pid),
             action: "kill".into(),
             run_id: Some(run_id.to_owned()),
-            ..Default::default()
+            ..by_caller(caller, &id)
         };
         self.audited(entry, &req, |entry| {
             if let Some(reason) = &req.reason

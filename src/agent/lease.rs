@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::audit_trail::by_caller;
 use super::monitor::Kind;
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result};
@@ -73,13 +74,10 @@ impl Agent {
         let id = self.access.identity(caller);
         let mut entry = AuditEntry {
             time: now(),
-            actor_uid: Some(caller.uid),
-            actor_name: id.user.clone().unwrap_or_else(|| caller.uid.to_string()),
-            caller_pid: Some(caller.pid),
             action: "lease_renew".into(),
             run_id: Some(run_id.to_owned()),
             decision: "-".into(),
-            ..Default::default()
+            ..by_caller(caller, &id)
         };
         let refused = |entry: AuditEntry, f: Failure| {
             self.auditor.record(&self.store, entry);

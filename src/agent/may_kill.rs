@@ -3,6 +3,7 @@
 //! ask before offering a kill button; every question is audited as
 //! `permission_query`.
 
+use super::audit_trail::by_caller;
 use super::kill_result::kill_mode;
 use super::time::now;
 use super::{Agent, Caller, Failure, Result};
@@ -25,15 +26,12 @@ impl Agent {
         });
         let mut entry = AuditEntry {
             time: now(),
-            actor_uid: Some(caller.uid),
-            actor_name: asker.user.clone().unwrap_or_else(|| caller.uid.to_string()),
-            caller_pid: Some(caller.pid),
             action: "permission_query".into(),
             run_id: Some(run_id.to_owned()),
             reason: Some(format!("may uid {uid} kill ({mode})?")),
             mode: Some(mode.into()),
             decision: "-".into(),
-            ..Default::default()
+            ..by_caller(caller, &asker)
         };
         let answer = self.answer_may_kill(caller, &asker, run_id, &q, mode, &mut entry);
         entry.outcome = match &answer {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
+use super::audit_trail::by_caller;
 use super::{Agent, Caller, Failure};
 use crate::api::{AuditEntry, ErrorKind};
 use crate::procfs::{self, Identity};
@@ -90,14 +91,11 @@ impl Agent {
             "{action} refused: the caller is not the run's supervisor"
         );
         self.audit_event(AuditEntry {
-            actor_uid: Some(caller.uid),
-            actor_name: id.user.unwrap_or_else(|| caller.uid.to_string()),
-            caller_pid: Some(caller.pid),
             action: action.into(),
             run_id: Some(rec.run_id.clone()),
             decision: "denied".into(),
             outcome: "refused: not the run's supervisor".into(),
-            ..Default::default()
+            ..by_caller(caller, &id)
         });
         Failure::new(ErrorKind::Forbidden, why)
     }
