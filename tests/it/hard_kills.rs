@@ -407,6 +407,59 @@ fn a_run_dir_with_a_tree_at_stop_reason_is_removed_whole_by_a_force_kill() {
     assert!(!dir.exists(), "{} is left: {result:#}", dir.display());
 }
 
+/// The agent unlinks the stop reason as the run's owner, in the run directory
+/// opened without following symlinks: a real user's run that puts a symlink to
+/// a root-owned file at `$WFCG_RUN_DIR/stop-reason` loses its symlink, never the
+/// file, to root's force kill.
+#[test]
+fn a_users_symlink_at_stop_reason_never_sends_the_cleanup_to_roots_file() {
+    require_privileges!();
+    let user = TestUser::get();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let victims = tempfile::Builder::new()
+        .prefix("wfcg-hk-victim")
+        .tempdir()
+        .unwrap();
+    let victim = victims.path().join("roots-file");
+    std::fs::write(&victim, "root's\n").unwrap();
+    let ws = tempfile::Builder::new()
+        .prefix("wfcg-hk-link")
+        .tempdir()
+        .unwrap();
+    std::os::unix::fs::chown(ws.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let said = ws.path().join("run-dir");
+    let id = format!("hk-link-{}", std::process::id());
+    let mut run = foreground_run(
+        agent.wfcg_as(&user).current_dir(ws.path()),
+        &id,
+        &[],
+        &format!(
+            "ln -s '{}' \"$WFCG_RUN_DIR/stop-reason\" && echo \"$WFCG_RUN_DIR\" > '{1}.tmp' && mv '{1}.tmp' '{1}' && exec sleep 1000",
+            victim.display(),
+            said.display()
+        ),
+    );
+    if !wait_until(Duration::from_secs(20), || said.exists()) {
+        let _ = run.0.kill();
+        let _ = run.0.wait();
+        panic!("the user's run did not start");
+    }
+    let dir = std::path::PathBuf::from(std::fs::read_to_string(&said).unwrap().trim());
+    let result = agent.kill_ok(&id, &["--force"]);
+    let _ = run.wait_timeout(Duration::from_secs(10));
+    assert_eq!(
+        std::fs::read_to_string(&victim).ok().as_deref(),
+        Some("root's\n"),
+        "root's file was touched: {result:#}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !dir.exists()),
+        "{} is left: {result:#}",
+        dir.display()
+    );
+}
+
 /// The pid of the `wfcg top` aimed at `agent`.
 fn top_pid(agent: &TestAgent) -> i32 {
     let me = format!("{WFCG} top");
