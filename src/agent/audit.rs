@@ -65,6 +65,10 @@ impl Record {
 /// How often pending records are retried.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// How soon a record written without waiting for the disk
+/// ([`Auditor::record_soon`]) is synced to it.
+pub const SYNC_WITHIN: Duration = Duration::from_millis(100);
+
 /// What to call when the chain is found cut.
 type BreakHook = Box<dyn Fn(&str) + Send + Sync>;
 
@@ -88,6 +92,10 @@ pub struct Auditor {
     reserve: AtomicU64,
     /// Seconds of a coalescing window of users' refused requests.
     window: AtomicU64,
+    /// Since when records written without waiting for the disk wait for the
+    /// sync thread ([`Auditor::start_sync`]), if any do.
+    unsynced: Mutex<Option<Instant>>,
+    unsynced_cv: parking_lot::Condvar,
 }
 
 impl Auditor {
@@ -103,6 +111,8 @@ impl Auditor {
             denials: Mutex::default(),
             reserve: AtomicU64::new(0),
             window: AtomicU64::new(60),
+            unsynced: Mutex::default(),
+            unsynced_cv: parking_lot::Condvar::new(),
         }
     }
 
@@ -147,7 +157,21 @@ impl Auditor {
     /// this entry included, is now written.
     /// A user's text is capped, and a user's refused request coalesced with
     /// its repeats (then it is only counted: `true` when nothing else is pending).
-    pub fn record(&self, store: &Mutex<Store>, mut entry: AuditEntry) -> bool {
+    pub fn record(&self, store: &Mutex<Store>, entry: AuditEntry) -> bool {
+        self.record_on(store, entry, Disk::Synced)
+    }
+
+    /// [`Auditor::record`] written to the operating system now, and synced to
+    /// the disk by the sync thread within [`SYNC_WITHIN`] rather than before
+    /// the answer: for the records of a run's start and of its end by exit,
+    /// which the host's power loss in that window makes moot (the run dies
+    /// with the host) and which an agent's crash does not lose. Kills and
+    /// refusals are never written this way.
+    pub fn record_soon(&self, store: &Mutex<Store>, entry: AuditEntry) -> bool {
+        self.record_on(store, entry, Disk::Unsynced)
+    }
+
+    fn record_on(&self, store: &Mutex<Store>, mut entry: AuditEntry, disk: Disk) -> bool {
         if entry.actor_uid.is_some_and(|uid| uid != 0) {
             entry.reason = entry.reason.map(|r| denials::cap(&r, api::MAX_REASON));
             // An adoption's outcome lists every process: as long as a user's tree.
@@ -162,7 +186,8 @@ impl Auditor {
                 None => return self.pending() == 0,
             }
         }
-        self.keep(store, Record::Audit(entry))
+        self.pending.lock().push_back(Record::Audit(entry));
+        self.flush(store, disk)
     }
 
     /// Writes `rec` after any pending records, or keeps it pending. Returns
@@ -215,6 +240,7 @@ impl Auditor {
         let head_path = &self.head;
         let (res, head_written) = std::thread::scope(|sc| {
             let mut writer = None;
+            let mut inline = None;
             let res = store.with_sync(sync == Disk::Synced, |store| {
                 store.batch(|store| {
                     for rec in &batch {
@@ -258,15 +284,25 @@ impl Auditor {
                     }
                     // The head file is written (and synced) while the transaction
                     // commits: one wait for the disk, not two. Set back if the commit fails.
+                    // Without a sync it is written here: a thread would cost
+                    // more than the write.
                     if *last != head
                         && let Some((seq, hash)) = head.clone()
                     {
-                        writer = Some(sc.spawn(move || write_head(head_path, seq, &hash, sync)));
+                        match sync {
+                            Disk::Synced => {
+                                writer =
+                                    Some(sc.spawn(move || write_head(head_path, seq, &hash, sync)))
+                            }
+                            Disk::Unsynced => {
+                                inline = Some(write_head(head_path, seq, &hash, sync))
+                            }
+                        }
                     }
                     Ok(())
                 })
             });
-            (res, writer.map(|w| w.join()))
+            (res, writer.map(|w| w.join()).or(inline.map(Ok)))
         });
         match &head_written {
             Some(Ok(Err(e))) => {
@@ -288,6 +324,10 @@ impl Auditor {
                 }
                 if head_written.is_some() {
                     *last = head;
+                }
+                if sync == Disk::Unsynced {
+                    self.unsynced.lock().get_or_insert_with(Instant::now);
+                    self.unsynced_cv.notify_one();
                 }
                 true
             }
@@ -375,6 +415,59 @@ impl Auditor {
             .expect("spawning the audit retry thread");
     }
 
+    /// How long records have waited for the sync thread, if any do.
+    pub fn unsynced_for(&self) -> Option<Duration> {
+        self.unsynced.lock().map(|since| since.elapsed())
+    }
+
+    /// Starts the thread that syncs what was written without waiting for the
+    /// disk, at most [`SYNC_WITHIN`] after it was written: the store's database
+    /// and write-ahead log, and the chain's head file. It does not hold the
+    /// store: a sync is a wait for the disk, which requests do not share.
+    pub fn start_sync<F>(self: &Arc<Self>, store: Weak<F>)
+    where
+        F: AsRef<Mutex<Store>> + Send + Sync + 'static,
+    {
+        let me = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("wfcg-audit-sync".into())
+            .spawn(move || {
+                loop {
+                    let Some(me) = me.upgrade() else { return };
+                    let since = {
+                        let mut unsynced = me.unsynced.lock();
+                        if unsynced.is_none() {
+                            me.unsynced_cv.wait_for(&mut unsynced, RETRY_EVERY);
+                        }
+                        *unsynced
+                    };
+                    let Some(since) = since else { continue };
+                    // A burst of writes shares one sync; half the window is
+                    // left for the sync itself.
+                    std::thread::sleep((SYNC_WITHIN / 2).saturating_sub(since.elapsed()));
+                    let Some(owner) = store.upgrade() else { return };
+                    let files = (*owner).as_ref().lock().files();
+                    drop(owner);
+                    // Taken before the syncs: what is written after waits for the next.
+                    me.unsynced.lock().take();
+                    let mut dirs: Vec<&Path> = Vec::new();
+                    for f in files.iter().chain([&me.head]) {
+                        if let Err(e) = sync_file(f) {
+                            tracing::error!("AUDIT: cannot sync {}: {e}", f.display());
+                        }
+                        dirs.extend(f.parent().filter(|d| !dirs.contains(d)));
+                    }
+                    // The directories, for the names (the head file is renamed in).
+                    for d in dirs {
+                        if let Err(e) = std::fs::File::open(d).and_then(|d| d.sync_all()) {
+                            tracing::error!("AUDIT: cannot sync {}: {e}", d.display());
+                        }
+                    }
+                }
+            })
+            .expect("spawning the audit sync thread");
+    }
+
     /// Checks the chain in the store, and its newest record against the head file.
     pub fn verify(&self, store: &Store) -> crate::store::Result<ChainCheck> {
         let mut check = store.verify_audit()?;
@@ -420,6 +513,16 @@ fn write_head(path: &Path, seq: i64, hash: &str, sync: Disk) -> std::io::Result<
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// Syncs a file's data; a missing one (a write-ahead log just checkpointed)
+/// is nothing to sync.
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(f) => f.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn read_head(path: &Path) -> Option<(i64, String)> {
@@ -468,6 +571,43 @@ mod tests {
             status: RunStatus::Killed,
             ended_at: Some(chrono::DateTime::UNIX_EPOCH),
         }
+    }
+
+    /// A record written without waiting for the disk is in the store at once
+    /// (readable, chained, named by the head file) and waits for the sync
+    /// thread, which syncs it within the bound and then waits for no record.
+    #[test]
+    fn a_record_written_soon_is_stored_at_once_and_synced_within_the_bound() {
+        struct Owner(Mutex<Store>);
+        impl AsRef<Mutex<Store>> for Owner {
+            fn as_ref(&self) -> &Mutex<Store> {
+                &self.0
+            }
+        }
+        let (dir, store, auditor) = setup();
+        let (owner, auditor) = (Arc::new(Owner(store)), Arc::new(auditor));
+        assert!(
+            owner
+                .0
+                .lock()
+                .files()
+                .iter()
+                .any(|f| f.ends_with("wfcg.db-wal"))
+        );
+        assert!(auditor.record_soon(&owner.0, entry("run_start")));
+        assert!(auditor.unsynced_for().is_some(), "waits for a sync");
+        let check = auditor.verify(&owner.0.lock()).unwrap();
+        assert_eq!((check.last_seq, check.first_bad), (1, None));
+        assert_eq!(read_head(&dir.path().join("audit.head")).unwrap().0, 1);
+        auditor.start_sync(Arc::downgrade(&owner));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while auditor.unsynced_for().is_some() {
+            assert!(Instant::now() < deadline, "never synced");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A synced record leaves nothing waiting.
+        assert!(auditor.record(&owner.0, entry("kill")));
+        assert!(auditor.unsynced_for().is_none());
     }
 
     /// Records kept from many threads at once (group commits) are all written,

@@ -71,9 +71,24 @@ impl Agent {
             .keep_unsynced(&self.store, super::audit::Record::Audit(agent_event(entry)));
     }
 
+    /// [`Agent::audit_event`] synced to the disk within
+    /// [`super::audit::SYNC_WITHIN`] rather than before the answer (see
+    /// [`super::audit::Auditor::record_soon`]): a run's start.
+    pub(super) fn audit_event_soon(&self, entry: AuditEntry) {
+        self.auditor.record_soon(&self.store, agent_event(entry));
+    }
+
     /// Audit: a run ended, and how.
     pub(super) fn audit_run_end(&self, run_id: &str, status: RunStatus) {
         self.auditor.record(&self.store, run_end(run_id, status));
+        self.breaker_on_end(run_id, status);
+    }
+
+    /// [`Agent::audit_run_end`] synced within [`super::audit::SYNC_WITHIN`]:
+    /// the end its supervisor reported, after the run's processes are gone.
+    pub(super) fn audit_run_end_soon(&self, run_id: &str, status: RunStatus) {
+        self.auditor
+            .record_soon(&self.store, run_end(run_id, status));
         self.breaker_on_end(run_id, status);
     }
 

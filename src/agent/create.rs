@@ -331,7 +331,8 @@ impl Agent {
                 .started_at
                 .map(|t| crate::bounds::later(t, std::time::Duration::from_millis(ms)));
         }
-        // Synced with the run_start audit record below, before the answer.
+        // Synced with the run_start audit record below, within
+        // audit::SYNC_WITHIN: a start does not wait for the disk.
         let inserted = super::budget::Slot::recording(budget, || {
             self.store().with_sync(false, |s| s.insert_run(&rec))
         });
@@ -347,7 +348,7 @@ impl Agent {
         self.supervisors.pin(&run_id, identity);
         self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
-        self.audit_event(AuditEntry {
+        self.audit_event_soon(AuditEntry {
             action: "run_start".into(),
             run_id: Some(run_id.clone()),
             outcome: "started".into(),

@@ -446,6 +446,7 @@ impl Agent {
         agent.start_lifecycle(tokio::runtime::Handle::current());
         agent.reaper.start(Arc::downgrade(&agent));
         agent.auditor.start_retry(Arc::downgrade(&agent));
+        agent.auditor.start_sync(Arc::downgrade(&agent));
         let weak = Arc::downgrade(&agent);
         agent.auditor.on_break(move |why| {
             if let Some(agent) = weak.upgrade() {

@@ -31,9 +31,9 @@ impl Agent {
             return Err(self.refuse_for_supervisor(caller, &rec, "exit_report", "report its exit"));
         }
         let live = rec.status.is_live();
-        // Synced before the answer by what follows while the run is live (the
-        // run's end in the audit trail, or the result of the kill under way),
-        // so it does not wait for the disk by itself.
+        // Synced with what follows while the run is live (the run's end in
+        // the audit trail, or the result of the kill under way), so it does
+        // not wait for the disk by itself.
         self.store().with_sync(!live, |s| {
             s.record_exit(run_id, report.exit_code, report.signal)
         })?;
@@ -101,7 +101,9 @@ impl Agent {
                 })?
         };
         if exited {
-            self.audit_run_end(run_id, end);
+            // Its processes are gone: an exit does not wait for the disk (synced
+            // within audit::SYNC_WITHIN, with the end recorded above).
+            self.audit_run_end_soon(run_id, end);
             if end == RunStatus::OomKilled {
                 self.alert_oom(&rec);
             }

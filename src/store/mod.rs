@@ -130,6 +130,15 @@ impl Store {
         res
     }
 
+    /// The files a commit syncs: the database and its write-ahead log (none
+    /// for an in-memory database).
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Vec::new();
+        };
+        vec![db.into(), format!("{db}-wal").into()]
+    }
+
     /// `f` in an immediate transaction of its own, or in the caller's [`Store::batch`].
     fn immediate<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         if !self.conn.is_autocommit() {
