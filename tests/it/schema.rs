@@ -18,12 +18,17 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// What tests/fixtures/api_records.py says of the Python records.
-fn python_records() -> Value {
-    let python = std::env::var_os("WFCG_PYTHON")
+/// `$WFCG_PYTHON`, else `python3`.
+fn python() -> PathBuf {
+    std::env::var_os("WFCG_PYTHON")
         .filter(|p| !p.is_empty())
         .map(|p| root().join(p))
-        .unwrap_or_else(|| PathBuf::from("python3"));
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// What tests/fixtures/api_records.py says of the Python records.
+fn python_records() -> Value {
+    let python = python();
     let out = Command::new(&python)
         .arg(root().join("tests/fixtures/api_records.py"))
         .env("PYTHONPATH", root().join("python/src"))
@@ -211,4 +216,62 @@ fn a_renamed_field_on_either_side_is_found() {
         mismatches(&retyped, &records),
         ["Python's RunInfo.processes ([\"integer\"]) cannot hold RunInfo.processes's [\"string\"]"]
     );
+}
+
+/// The Python client's errors mirror the CLI's exit codes: each exception's
+/// `exit_code` is a code of `src/exit.rs`'s table, the one the CLI exits with
+/// for the same error kind of the agent, and `error_for_exit_code` maps each
+/// code to the exception that has it.
+#[test]
+fn python_errors_carry_the_clis_exit_codes() {
+    let script = "\
+import json, wfcg.errors as e
+classes = {n: getattr(e, n).exit_code for n in e.__all__ if isinstance(getattr(e, n), type)}
+kinds = {k: c.__name__ for k, c in e._KINDS.items()}
+codes = {str(k): c.__name__ for k, c in e._CODES.items()}
+print(json.dumps({'classes': classes, 'kinds': kinds, 'codes': codes}))
+";
+    let python = python();
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .env("PYTHONPATH", root().join("python/src"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: BTreeSet<i64> = wfcg::exit::TABLE
+        .iter()
+        .map(|c| i64::from(c.code))
+        .collect();
+    let class_code = |name: &str| v["classes"][name].as_i64().unwrap();
+    for (class, code) in v["classes"].as_object().unwrap() {
+        let code = code.as_i64().unwrap();
+        assert!(
+            codes.contains(&code),
+            "wfcg.errors.{class}.exit_code {code}"
+        );
+    }
+    for (kind, class) in v["kinds"].as_object().unwrap() {
+        let kind: wfcg::api::ErrorKind = serde_json::from_value(json!(kind)).unwrap();
+        let cli = wfcg::exit::Failure::from(wfcg::client::Error::Api(wfcg::api::ApiError {
+            kind,
+            error: String::new(),
+        }));
+        let class = class.as_str().unwrap();
+        assert_eq!(
+            i64::from(cli.code),
+            class_code(class),
+            "{kind:?}: the CLI exits {}, Python raises {class}",
+            cli.code
+        );
+    }
+    for (code, class) in v["codes"].as_object().unwrap() {
+        let class = class.as_str().unwrap();
+        assert_eq!(code.parse::<i64>().unwrap(), class_code(class), "{class}");
+    }
 }
