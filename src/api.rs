@@ -22,7 +22,124 @@
 //! out of range is a `bad_input` answer naming the field. It is one file on purpose, over 600 lines:
 //! the whole contract between the agent and its clients, read in one place.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// The agent's routes: the server's router and the client both take their paths
+/// from here, so no other file spells a `/v1/…` path (checked by a test).
+/// `{id}` is a run id, `{workflow}` a workflow name ([`route::fill`]).
+pub mod route {
+    /// `GET` → [`super::Health`].
+    pub const HEALTH: &str = "/v1/health";
+    /// `POST` → [`super::AgentStopping`].
+    pub const AGENT_STOP: &str = "/v1/agent/stop";
+    /// `GET` ([`super::RunsQuery`]) → `Vec<RunInfo>`; `POST` ([`super::CreateRun`]) → [`super::RunStarted`].
+    pub const RUNS: &str = "/v1/runs";
+    /// `POST` ([`super::AdoptRequest`]) → [`super::Adopted`].
+    pub const ADOPT: &str = "/v1/runs/adopt";
+    /// `GET` → [`super::RunInfo`].
+    pub const RUN: &str = "/v1/runs/{id}";
+    /// `POST` ([`super::ExitReport`]) → [`super::ExitAck`].
+    pub const RUN_EXIT: &str = "/v1/runs/{id}/exit";
+    /// `POST` (no body) → `null`.
+    pub const RUN_SUPERVISOR: &str = "/v1/runs/{id}/supervisor";
+    /// `POST` ([`super::KillRequest`]) → [`super::KillResult`].
+    pub const RUN_KILL: &str = "/v1/runs/{id}/kill";
+    /// `GET` ([`super::MayKillQuery`]) → [`super::MayKill`].
+    pub const RUN_MAY_KILL: &str = "/v1/runs/{id}/may-kill";
+    /// `POST` ([`super::RenewLease`]) → [`super::LeaseRenewed`].
+    pub const RUN_LEASE: &str = "/v1/runs/{id}/lease";
+    /// `GET` ([`super::AuditQuery`]) → `Vec<AuditRecord>`.
+    pub const AUDIT: &str = "/v1/audit";
+    /// `GET` → [`super::AuditVerify`].
+    pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
+    /// `GET` → `Vec<BreakerInfo>`.
+    pub const BREAKERS: &str = "/v1/breakers";
+    /// `POST` (`?owner=UID|host`) → `Vec<BreakerInfo>`: the breakers closed.
+    pub const BREAKER_RESET: &str = "/v1/breakers/{workflow}/reset";
+    /// `GET`: the Prometheus text format (on the socket, and on `--metrics-addr`).
+    pub const METRICS: &str = "/metrics";
+
+    /// `route` with its one `{…}` parameter replaced by `value`, as given: the
+    /// caller encodes it when it may hold a character a path cannot.
+    pub fn fill(route: &str, value: &str) -> String {
+        match (route.find('{'), route.find('}')) {
+            (Some(open), Some(close)) if open < close => {
+                format!("{}{value}{}", &route[..open], &route[close + 1..])
+            }
+            _ => route.to_string(),
+        }
+    }
+
+    /// Every route, for the test that no other file spells one.
+    pub const ALL: [&str; 15] = [
+        HEALTH,
+        AGENT_STOP,
+        RUNS,
+        ADOPT,
+        RUN,
+        RUN_EXIT,
+        RUN_SUPERVISOR,
+        RUN_KILL,
+        RUN_MAY_KILL,
+        RUN_LEASE,
+        AUDIT,
+        AUDIT_VERIFY,
+        BREAKERS,
+        BREAKER_RESET,
+        METRICS,
+    ];
+}
+
+/// The JSON Schema (draft 2020-12) of the API, generated from the types of this
+/// module: each request and answer under `$defs` by its name here. The Python
+/// client's records are checked against it (tests/it/schema.rs).
+pub fn schema() -> serde_json::Value {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    macro_rules! define {
+        ($($t:ty),* $(,)?) => {
+            $( generator.subschema_for::<$t>(); )*
+        };
+    }
+    define!(
+        CreateRun,
+        RunStarted,
+        RunsQuery,
+        RunInfo,
+        ExitReport,
+        ExitAck,
+        KillRequest,
+        KillResult,
+        MayKillQuery,
+        MayKill,
+        RenewLease,
+        LeaseRenewed,
+        AdoptRequest,
+        Adopted,
+        AuditQuery,
+        AuditRecord,
+        AuditVerify,
+        BreakerInfo,
+        Health,
+        AgentStopping,
+        ApiError,
+    );
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "wfcg agent API",
+        "$defs": generator.take_definitions(true),
+    })
+}
+
+/// `GET /v1/runs` query: every run the agent knows (`all`, not only live
+/// ones), and only the stuck ones (`stuck`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunsQuery {
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub stuck: bool,
+}
 
 /// The environment variable that marks every process of a run.
 pub const RUN_ID_ENV: &str = "WFCG_RUN_ID";
@@ -65,7 +182,7 @@ fn opt_lease_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D
 }
 
 /// Where a run is in its life. Stored as the lowercase name.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Started, not yet READY=1 (when its template waits for READY).
@@ -153,7 +270,7 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// `POST /v1/runs`: start a run. The caller (found by its socket credentials) is moved into it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct CreateRun {
     /// Wanted run id; the agent makes one (`run_` + 12 hex digits) when absent.
     pub run_id: Option<String>,
@@ -225,12 +342,12 @@ pub struct CreateRun {
 
 /// `POST /v1/runs/{id}/lease`: renew the run's lease for its full duration. The
 /// body is `{}` (or empty); the run's owner or a caller with `kill_any` may.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewLease {}
 
 /// The answer to [`RenewLease`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LeaseRenewed {
     pub run_id: String,
     /// The lease's duration.
@@ -241,7 +358,7 @@ pub struct LeaseRenewed {
 }
 
 /// [`Health::kill_course`], in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KillCourseMs {
     pub max_wait_ms: u64,
     pub term_grace_ms: u64,
@@ -251,7 +368,7 @@ pub struct KillCourseMs {
 
 /// What the supervisor watches in its command's output and workspace, and tells
 /// the agent about through the notify socket (see [`OUTPUT_NOTIFY`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Watch {
     /// Report output (first byte, then at most once a second) to the agent.
     #[serde(default)]
@@ -299,7 +416,7 @@ pub const READY_ON_FIRST_OUTPUT_NOTIFY: &str = "READY=1\nX_WFCG_READY_ON_FIRST_O
 /// The answer to [`CreateRun`]: the caller is now inside the run's cgroup (its
 /// payload, or its supervisor leaf: see [`RunStarted::spawn_into`]), or stays
 /// where it was and starts its processes into it ([`RunStarted::keeper_into`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunStarted {
     pub run_id: String,
     /// `WFCG_RUN_DIR`: a directory the agent made for this run, owned by the caller.
@@ -336,7 +453,7 @@ pub struct RunStarted {
 
 /// What `GET /v1/health` answers (to anyone): the agent is up, and how it runs.
 /// Fields other than `ok`, `pid` and `version` are absent from older agents.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
     pub ok: bool,
     pub pid: u32,
@@ -374,7 +491,7 @@ pub struct Health {
 }
 
 /// The answer to `POST /v1/agent/stop`: the agent stops once it has answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct AgentStopping {
     pub pid: u32,
     /// Runs that go on without an agent (the next one takes them over).
@@ -382,7 +499,7 @@ pub struct AgentStopping {
 }
 
 /// A workflow's circuit breaker (`GET /v1/breakers`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BreakerInfo {
     pub workflow: String,
     /// Whose runs it counts: a run owner's uid, or none for a host-wide breaker
@@ -404,14 +521,14 @@ pub struct BreakerInfo {
 }
 
 /// `POST /v1/runs/{id}/exit`: the supervisor's report of how the command ended.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ExitReport {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
 }
 
 /// The answer to [`ExitReport`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ExitAck {
     /// Processes the command left behind in the run, killed by the agent.
     pub leftovers_killed: u32,
@@ -426,7 +543,7 @@ pub struct ExitAck {
 }
 
 /// `POST /v1/runs/{id}/kill`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct KillRequest {
     /// Skip SIGTERM and its grace: freeze and `cgroup.kill` at once.
     #[serde(default)]
@@ -453,7 +570,7 @@ pub struct KillRequest {
 /// `GET /v1/runs/{id}/may-kill?uid=U&force=B&emergency=B`: would a kill by
 /// `uid` (the caller when absent) be allowed? Asking about another user needs
 /// view_all. Nothing is done to the run; the question is audited.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct MayKillQuery {
     pub uid: Option<u32>,
     #[serde(default)]
@@ -463,7 +580,7 @@ pub struct MayKillQuery {
 }
 
 /// The answer to [`MayKillQuery`]: what the policy says, as a kill would be decided.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct MayKill {
     pub allowed: bool,
     /// The permission the answer rests on (or the one missing).
@@ -478,7 +595,7 @@ pub struct MayKill {
 
 /// `POST /v1/runs/adopt`: take a process tree (or a whole cgroup) started
 /// outside wfcg into a new run; with `kill`, kill it at once.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct AdoptRequest {
     /// The root of the tree. Either this or `cgroup`.
     pub pid: Option<i32>,
@@ -548,7 +665,7 @@ impl AdoptRequest {
 }
 
 /// A process of an adopted tree, and why it was taken.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct AdoptMember {
     pub pid: i32,
     /// `root`, `child of N`, `escapee: same session S`, `escapee: same process
@@ -558,7 +675,7 @@ pub struct AdoptMember {
 }
 
 /// The answer to [`AdoptRequest`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Adopted {
     pub run_id: String,
     pub dry_run: bool,
@@ -591,7 +708,7 @@ pub struct Adopted {
 }
 
 /// One step of a kill sequence and how long it took.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct Phase {
     pub name: String,
     pub duration_ms: f64,
@@ -599,7 +716,7 @@ pub struct Phase {
 }
 
 /// What was cleaned up after a run ended.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct CleanupStatus {
     /// Processes of the run still alive anywhere on the host (by cgroup and by marker).
     pub processes_remaining: u32,
@@ -696,7 +813,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// The result of a kill: the contract `{success, run_id, killed_at, cleanup_status, message}`
 /// plus how it went.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct KillResult {
     pub success: bool,
     pub run_id: String,
@@ -732,7 +849,7 @@ pub struct KillResult {
 }
 
 /// A run as `ps` and `status` show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunInfo {
     pub run_id: String,
     pub workflow: Option<String>,
@@ -869,7 +986,9 @@ impl RunInfo {
 }
 
 /// The kinds of critical section a kill waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SectionKind {
     /// A git lock file is open (`.git/index.lock`, …).
@@ -891,7 +1010,7 @@ impl SectionKind {
 }
 
 /// An open critical section of a run, as seen in procfs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct Section {
     pub kind: SectionKind,
     pub path: String,
@@ -904,7 +1023,7 @@ pub struct Section {
 }
 
 /// `GET /v1/audit` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct AuditQuery {
     pub run: Option<String>,
     pub actor: Option<String>,
@@ -915,7 +1034,7 @@ pub struct AuditQuery {
 }
 
 /// One event for the audit trail, before it is chained (the store chains it).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditEntry {
     pub time: String,
     pub actor_uid: Option<u32>,
@@ -938,7 +1057,7 @@ pub struct AuditEntry {
 }
 
 /// A chained audit record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditRecord {
     pub seq: i64,
     #[serde(flatten)]
@@ -948,7 +1067,7 @@ pub struct AuditRecord {
 }
 
 /// `GET /v1/audit/verify`: the result of recomputing the hash chain.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct AuditVerify {
     pub records: u64,
     pub intact: bool,
@@ -958,7 +1077,7 @@ pub struct AuditVerify {
 }
 
 /// What went wrong, as a category the CLI maps to its exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The request was malformed (bad run id, bad duration, …). HTTP 400.
@@ -979,7 +1098,7 @@ pub enum ErrorKind {
 }
 
 /// The body of every error answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ApiError {
     pub kind: ErrorKind,
     pub error: String,
@@ -1120,6 +1239,45 @@ mod tests {
             assert_eq!(RunStatus::parse(st.as_str()), Some(st));
             let json = serde_json::to_string(&st).unwrap();
             assert_eq!(json, format!("\"{}\"", st.as_str()));
+        }
+    }
+
+    /// Every route is spelt here only: a `"/v1/…"` or `"/metrics"` string
+    /// anywhere else in `src/` (its tests too) is named with its file and line.
+    #[test]
+    fn no_route_is_spelt_outside_the_api_module() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        walk(&root.join("src"), &mut files);
+        files.sort();
+        assert!(files.len() > 20, "src/ has {} files", files.len());
+        let mut spelt = Vec::new();
+        for file in files.iter().filter(|f| !f.ends_with("src/api.rs")) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                if line.contains("\"/v1/") || line.contains("\"/metrics\"") {
+                    let shown = file.strip_prefix(root).unwrap_or(file).display();
+                    spelt.push(format!("{shown}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            spelt.is_empty(),
+            "routes spelt outside src/api.rs (use api::route):\n{}",
+            spelt.join("\n")
+        );
+        for r in route::ALL {
+            assert!(r.starts_with("/v1/") || r == route::METRICS, "{r}");
         }
     }
 }

@@ -15,9 +15,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::value::RawValue;
 
-use crate::api::{AdoptRequest, ApiError, KillRequest};
+use crate::api::{
+    AdoptRequest, Adopted, AgentStopping, ApiError, AuditQuery, AuditRecord, AuditVerify,
+    BreakerInfo, CreateRun, ExitAck, ExitReport, Health, KillRequest, KillResult, LeaseRenewed,
+    MayKill, MayKillQuery, RenewLease, RunInfo, RunStarted, RunsQuery, route,
+};
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -84,36 +89,121 @@ impl Client {
         &self.socket
     }
 
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.request("GET", path, None, Within::Margin)
+    /// `GET /v1/health`: that the agent answers, and how it runs.
+    pub fn health(&self) -> Result<Health> {
+        self.get(route::HEALTH)
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.post_within(path, body, Within::Margin)
+    /// Whether an agent answers on the socket: `Ok` when it does; the error
+    /// (nothing listening, or no answer in time) when not. Any answer counts
+    /// (an agent of another version too).
+    pub fn ping(&self) -> Result<()> {
+        self.get::<IgnoredAny>(route::HEALTH).map(drop)
     }
 
-    /// Kills run `run_id` (a [`crate::api::KillResult`]): the answer may take
-    /// the kill's whole course.
-    pub fn kill<T: DeserializeOwned>(&self, run_id: &str, req: &KillRequest) -> Result<T> {
+    /// `POST /v1/agent/stop`: root asks the agent to stop (its runs go on).
+    pub fn stop_agent(&self) -> Result<AgentStopping> {
+        self.post(route::AGENT_STOP, &Empty {})
+    }
+
+    /// `POST /v1/runs`: starts a run; the caller is moved into it.
+    pub fn create_run(&self, req: &CreateRun) -> Result<RunStarted> {
+        self.post(route::RUNS, req)
+    }
+
+    /// `GET /v1/runs`: the live runs (or all, or the stuck ones).
+    pub fn runs(&self, q: RunsQuery) -> Result<Vec<RunInfo>> {
+        self.get(&runs_path(q))
+    }
+
+    /// [`Client::runs`] as the agent wrote it (a JSON array), to pass on unread.
+    pub fn runs_json(&self, q: RunsQuery) -> Result<Box<RawValue>> {
+        self.get(&runs_path(q))
+    }
+
+    /// `GET /v1/runs/{id}`: one run, with its open critical sections.
+    pub fn run(&self, run_id: &str) -> Result<RunInfo> {
+        self.get(&route::fill(route::RUN, run_id))
+    }
+
+    /// `POST /v1/runs/{id}/exit`: the supervisor reports its command's end.
+    pub fn report_exit(&self, run_id: &str, report: &ExitReport) -> Result<ExitAck> {
+        self.post(&route::fill(route::RUN_EXIT, run_id), report)
+    }
+
+    /// `POST /v1/runs/{id}/supervisor`: the supervisor moves itself to its leaf.
+    pub fn enter_supervisor(&self, run_id: &str) -> Result<()> {
+        self.post::<_, IgnoredAny>(&route::fill(route::RUN_SUPERVISOR, run_id), &Empty {})
+            .map(drop)
+    }
+
+    /// `POST /v1/runs/{id}/kill`: kills run `run_id`. The answer may take the
+    /// kill's whole course.
+    pub fn kill(&self, run_id: &str, req: &KillRequest) -> Result<KillResult> {
         let within = Within::Kill(req.clone());
-        self.post_within(&format!("/v1/runs/{run_id}/kill"), req, within)
+        self.post_within(&route::fill(route::RUN_KILL, run_id), req, within)
     }
 
-    /// Adopts a tree (an [`crate::api::Adopted`]), and kills it when asked: then
+    /// `GET /v1/runs/{id}/may-kill`: would this kill be allowed? (Changes nothing.)
+    pub fn may_kill(&self, run_id: &str, q: &MayKillQuery) -> Result<MayKill> {
+        let mut query = Query::default();
+        query.push("uid", q.uid);
+        query.push("force", Some(q.force));
+        query.push("emergency", Some(q.emergency));
+        self.get(&query.on(&route::fill(route::RUN_MAY_KILL, run_id)))
+    }
+
+    /// `POST /v1/runs/{id}/lease`: renews run `run_id`'s lease.
+    pub fn renew_lease(&self, run_id: &str) -> Result<LeaseRenewed> {
+        self.post(&route::fill(route::RUN_LEASE, run_id), &RenewLease {})
+    }
+
+    /// `POST /v1/runs/adopt`: adopts a tree, and kills it when asked: then
     /// with a kill's deadline.
-    pub fn adopt<T: DeserializeOwned>(&self, req: &AdoptRequest) -> Result<T> {
+    pub fn adopt(&self, req: &AdoptRequest) -> Result<Adopted> {
         let within = if req.kill {
             Within::Kill(req.kill_request())
         } else {
             Within::Margin
         };
-        self.post_within("/v1/runs/adopt", req, within)
+        self.post_within(route::ADOPT, req, within)
     }
 
-    /// Whether an agent answers on the socket: `Ok` when it does; the error
-    /// (nothing listening, or no answer in time) when not.
-    pub fn ping(&self) -> Result<()> {
-        self.get::<serde_json::Value>("/v1/health").map(drop)
+    /// `GET /v1/audit`: audit records, oldest first.
+    pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let mut query = Query::default();
+        query.push("run", q.run.as_deref());
+        query.push("actor", q.actor.as_deref());
+        query.push("since_secs", q.since_secs);
+        query.push("limit", q.limit);
+        self.get(&query.on(route::AUDIT))
+    }
+
+    /// `GET /v1/audit/verify`: the hash chain, recomputed.
+    pub fn audit_verify(&self) -> Result<AuditVerify> {
+        self.get(route::AUDIT_VERIFY)
+    }
+
+    /// `GET /v1/breakers`: every workflow's circuit breaker.
+    pub fn breakers(&self) -> Result<Vec<BreakerInfo>> {
+        self.get(route::BREAKERS)
+    }
+
+    /// `POST /v1/breakers/{workflow}/reset`: closes the workflow's breakers
+    /// (`owner`: a uid or `host`; all of them without); answers those closed.
+    pub fn reset_breaker(&self, workflow: &str, owner: Option<&str>) -> Result<Vec<BreakerInfo>> {
+        let mut query = Query::default();
+        query.push("owner", owner);
+        let path = route::fill(route::BREAKER_RESET, &encode(workflow));
+        self.post(&query.on(&path), &Empty {})
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.request("GET", path, None, Within::Margin)
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.post_within(path, body, Within::Margin)
     }
 
     fn post_within<B: Serialize, T: DeserializeOwned>(
@@ -171,7 +261,8 @@ impl Client {
     /// The kill course the agent's templates allow, as it states it (on another
     /// connection, within the margin); the shipped default's when it does not.
     async fn kill_course(&self) -> KillCourse {
-        let asked = self.send("GET", "/v1/health?kill_course=true", None);
+        let path = format!("{}?kill_course=true", route::HEALTH);
+        let asked = self.send("GET", &path, None);
         let stated = match tokio::time::timeout(self.timeout, asked).await {
             Ok(Ok((status, bytes))) if status.is_success() => {
                 serde_json::from_slice::<crate::api::Health>(&bytes)
@@ -219,6 +310,48 @@ impl Client {
         let _ = driver.await;
         Ok((status, bytes))
     }
+}
+
+/// The body of a `POST` that carries nothing: `{}`.
+#[derive(Serialize)]
+struct Empty {}
+
+fn runs_path(q: RunsQuery) -> String {
+    format!("{}?all={}&stuck={}", route::RUNS, q.all, q.stuck)
+}
+
+/// A query string, built a field at a time (absent fields left out).
+#[derive(Default)]
+struct Query(Vec<String>);
+
+impl Query {
+    fn push(&mut self, key: &str, value: Option<impl std::fmt::Display>) {
+        if let Some(v) = value {
+            self.0.push(format!("{key}={}", encode(&v.to_string())));
+        }
+    }
+
+    /// `path` with this query, if it has any field.
+    fn on(&self, path: &str) -> String {
+        if self.0.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", self.0.join("&"))
+        }
+    }
+}
+
+/// Percent-encodes a path segment or query value (RFC 3986's unreserved
+/// characters kept).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// How long a request may take.
@@ -309,6 +442,41 @@ mod tests {
         assert_eq!(
             kill_deadline(&asked, &course, margin),
             Duration::from_millis(600_000 + 1_500 + 14_000 + 30_000)
+        );
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode("run_a.b-c~"), "run_a.b-c~");
+        assert_eq!(encode("a&b c"), "a%26b%20c");
+    }
+
+    #[test]
+    fn paths_fill_the_route_and_leave_out_absent_fields() {
+        let mut q = Query::default();
+        q.push("run", Some("a b"));
+        q.push("actor", None::<&str>);
+        q.push("limit", Some(5));
+        assert_eq!(
+            q.on(route::AUDIT),
+            format!("{}?run=a%20b&limit=5", route::AUDIT)
+        );
+        assert_eq!(Query::default().on(route::AUDIT), route::AUDIT);
+        assert_eq!(
+            route::fill(route::RUN_KILL, "r1"),
+            route::RUN_KILL.replace("{id}", "r1")
+        );
+        assert_eq!(
+            route::fill(route::BREAKER_RESET, &encode("my flow")),
+            format!("{}/my%20flow/reset", route::BREAKERS)
+        );
+        let stuck = RunsQuery {
+            stuck: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            runs_path(stuck),
+            format!("{}?all=false&stuck=true", route::RUNS)
         );
     }
 

@@ -36,10 +36,10 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::api::{self, KillRequest, RunStatus};
+use crate::api::{self, BreakerInfo, KillRequest, RunInfo, RunStatus};
 use crate::client::{self, Client};
 use crate::exit::Failure;
 
@@ -217,18 +217,21 @@ impl WfcgMcp {
     async fn list_workflows(&self, Parameters(p): Parameters<ListParams>) -> CallToolResult {
         let want = p.status.map(StatusFilter::status);
         let all = p.all || want.is_some_and(|s| !s.is_live());
-        let path = format!("/v1/runs?all={all}&stuck={}", p.stuck);
-        let runs = match self.call(move |c| c.get::<Vec<Value>>(&path)).await {
+        let query = api::RunsQuery {
+            all,
+            stuck: p.stuck,
+        };
+        let runs = match self.call(move |c| c.runs(query)).await {
             Ok(runs) => runs,
             Err(e) => return tool_error(e),
         };
-        let runs: Vec<Value> = runs
+        let runs: Vec<RunInfo> = runs
             .into_iter()
-            .filter(|r| want.is_none_or(|s| r["status"] == s.as_str()))
+            .filter(|r| want.is_none_or(|s| r.status == s))
             .filter(|r| {
                 p.workflow
                     .as_deref()
-                    .is_none_or(|w| r["workflow"].as_str() == Some(w))
+                    .is_none_or(|w| r.workflow.as_deref() == Some(w))
             })
             .collect();
         runs_result(runs)
@@ -253,8 +256,7 @@ impl WfcgMcp {
         if let Some(problem) = api::run_id_problem(&p.run_id) {
             return usage_error(problem);
         }
-        let path = format!("/v1/runs/{}", p.run_id);
-        match self.call(move |c| c.get::<Value>(&path)).await {
+        match self.call(move |c| c.run(&p.run_id)).await {
             Ok(run) => object_result(run),
             Err(e) => tool_error(e),
         }
@@ -290,9 +292,9 @@ impl WfcgMcp {
             reason: p.reason,
             ..KillRequest::default()
         };
-        match self.call(move |c| c.kill::<Value>(&run_id, &req)).await {
+        match self.call(move |c| c.kill(&run_id, &req)).await {
             Ok(result) => {
-                let success = result["success"].as_bool().unwrap_or(false);
+                let success = result.success;
                 let mut answer = object_result(result);
                 answer.is_error = Some(!success);
                 answer
@@ -316,14 +318,17 @@ impl WfcgMcp {
     async fn list_stuck(&self) -> CallToolResult {
         let got = self
             .call(|c| {
-                let runs = c.get::<Vec<Value>>("/v1/runs?stuck=true")?;
-                let breakers = c.get::<Vec<Value>>("/v1/breakers")?;
+                let runs = c.runs(api::RunsQuery {
+                    stuck: true,
+                    ..Default::default()
+                })?;
+                let breakers = c.breakers()?;
                 Ok((runs, breakers))
             })
             .await;
         match got {
             Ok((runs, breakers)) => {
-                let open: Vec<Value> = breakers.into_iter().filter(|b| b["open"] == true).collect();
+                let open: Vec<BreakerInfo> = breakers.into_iter().filter(|b| b.open).collect();
                 object_result(json!({"count": runs.len(), "runs": runs, "breakers_open": open}))
             }
             Err(e) => tool_error(e),
@@ -363,9 +368,9 @@ impl WfcgMcp {
         if let Some(problem) = req.problem() {
             return usage_error(problem);
         }
-        match self.call(move |c| c.adopt::<Value>(&req)).await {
+        match self.call(move |c| c.adopt(&req)).await {
             Ok(answer) => {
-                let failed = answer["kill"]["success"] == Value::Bool(false);
+                let failed = answer.kill.as_ref().is_some_and(|k| !k.success);
                 let mut result = object_result(answer);
                 result.is_error = Some(failed);
                 result
@@ -387,12 +392,12 @@ impl WfcgMcp {
     ))]
     async fn audit_log(&self, Parameters(p): Parameters<AuditParams>) -> CallToolResult {
         let limit = p.limit.unwrap_or(DEFAULT_AUDIT_LIMIT).max(1);
-        let mut path = format!("/v1/audit?limit={limit}");
-        if let Some(run) = &p.run_id {
-            path.push_str("&run=");
-            path.push_str(&percent_encode(run));
-        }
-        match self.call(move |c| c.get::<Vec<Value>>(&path)).await {
+        let query = api::AuditQuery {
+            run: p.run_id,
+            limit: Some(limit),
+            ..Default::default()
+        };
+        match self.call(move |c| c.audit(&query)).await {
             Ok(records) => object_result(json!({"count": records.len(), "records": records})),
             Err(e) => tool_error(e),
         }
@@ -430,8 +435,9 @@ impl WfcgMcp {
     }
 }
 
-/// A successful answer: `value` (an object) as structured content and as text.
-fn object_result(value: Value) -> CallToolResult {
+/// A successful answer: `answer` (an object) as structured content and as text.
+fn object_result(answer: impl Serialize) -> CallToolResult {
+    let value = serde_json::to_value(answer).unwrap_or_default();
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
     let text = crate::output::escape_lines(&text).into_owned();
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
@@ -440,7 +446,7 @@ fn object_result(value: Value) -> CallToolResult {
 }
 
 /// A list of runs, wrapped in an object (structured content must be one).
-fn runs_result(runs: Vec<Value>) -> CallToolResult {
+fn runs_result(runs: Vec<RunInfo>) -> CallToolResult {
     object_result(json!({"count": runs.len(), "runs": runs}))
 }
 
@@ -473,18 +479,6 @@ fn failure_result(f: Failure, kind: &str) -> CallToolResult {
         "exit_code": f.code,
     }));
     result
-}
-
-/// Percent-encodes a query-string value (RFC 3986 unreserved characters kept).
-fn percent_encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Serves MCP on stdin/stdout until the client closes the connection.
@@ -623,11 +617,5 @@ mod tests {
         let text = &r.content[0].as_text().unwrap().text;
         assert!(text.contains("/nonexistent/agent.sock"), "{text}");
         assert!(text.contains("start one with"), "{text}");
-    }
-
-    #[test]
-    fn query_values_are_encoded() {
-        assert_eq!(percent_encode("run_a.b-c~"), "run_a.b-c~");
-        assert_eq!(percent_encode("a&b c"), "a%26b%20c");
     }
 }

@@ -22,7 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::{Agent, Caller, Config, Failure, StartError};
-use crate::api::{ApiError, ErrorKind};
+use crate::api::{ApiError, ErrorKind, route};
 
 /// A pidfd for the peer, pinned when the connection is accepted:
 /// `getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD)` (Linux ≥ 6.5: the kernel's own
@@ -134,14 +134,6 @@ async fn call<T: serde::Serialize + Send + 'static>(
 }
 
 #[derive(Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    all: bool,
-    #[serde(default)]
-    stuck: bool,
-}
-
-#[derive(Deserialize)]
 struct HealthQuery {
     /// Also state the kill course the agent's templates allow (reads them).
     #[serde(default)]
@@ -195,7 +187,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Answer> {
 async fn list_runs(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<crate::api::RunsQuery>, QueryRejection>,
 ) -> Reply {
     let caller = caller(peer)?;
     let q = query(q)?;
@@ -372,21 +364,21 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/agent/stop", post(stop_agent))
-        .route("/v1/runs", get(list_runs).post(create_run))
-        .route("/v1/runs/adopt", post(adopt))
-        .route("/v1/runs/{id}", get(get_run))
-        .route("/v1/runs/{id}/exit", post(report_exit))
-        .route("/v1/runs/{id}/supervisor", post(enter_supervisor))
-        .route("/v1/runs/{id}/kill", post(kill_run))
-        .route("/v1/runs/{id}/may-kill", get(may_kill))
-        .route("/v1/runs/{id}/lease", post(renew_lease))
-        .route("/v1/audit", get(audit_list))
-        .route("/v1/audit/verify", get(audit_verify))
-        .route("/v1/breakers", get(list_breakers))
-        .route("/v1/breakers/{workflow}/reset", post(reset_breaker))
-        .route("/metrics", get(metrics))
+        .route(route::HEALTH, get(health))
+        .route(route::AGENT_STOP, post(stop_agent))
+        .route(route::RUNS, get(list_runs).post(create_run))
+        .route(route::ADOPT, post(adopt))
+        .route(route::RUN, get(get_run))
+        .route(route::RUN_EXIT, post(report_exit))
+        .route(route::RUN_SUPERVISOR, post(enter_supervisor))
+        .route(route::RUN_KILL, post(kill_run))
+        .route(route::RUN_MAY_KILL, get(may_kill))
+        .route(route::RUN_LEASE, post(renew_lease))
+        .route(route::AUDIT, get(audit_list))
+        .route(route::AUDIT_VERIFY, get(audit_verify))
+        .route(route::BREAKERS, get(list_breakers))
+        .route(route::BREAKER_RESET, post(reset_breaker))
+        .route(route::METRICS, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent)
@@ -462,7 +454,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError::Socket(format!("--metrics-listen {addr}: {e}")))?;
         let app = Router::new()
-            .route("/metrics", get(tcp_metrics))
+            .route(route::METRICS, get(tcp_metrics))
             .with_state(agent.clone());
         tracing::info!(%addr, "serving /metrics on TCP");
         tokio::spawn(async move {

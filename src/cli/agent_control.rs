@@ -4,7 +4,6 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use crate::api::{AgentStopping, Health};
 use crate::client;
 use crate::exit::{self, Failure};
 use crate::output::{Shown, outln, shown_or_dash};
@@ -54,7 +53,7 @@ pub fn run(cli: &super::Cli, action: &Action) -> Result<i32, Failure> {
 }
 
 fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
-    let health: Health = super::client(cli)?.get("/v1/health")?;
+    let health = super::client(cli)?.health()?;
     if args.json {
         crate::output::json(&health)?;
         return Ok(exit::OK);
@@ -91,7 +90,7 @@ fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
 fn stop(cli: &super::Cli, args: &StopArgs) -> Result<i32, Failure> {
     let wait = super::duration_arg("--wait", &args.wait)?;
     let client = super::client(cli)?;
-    let health: Health = match client.get("/v1/health") {
+    let health = match client.health() {
         Ok(h) => h,
         Err(client::Error::Unreachable { socket, .. }) => {
             crate::output::errln!(
@@ -107,7 +106,7 @@ fn stop(cli: &super::Cli, args: &StopArgs) -> Result<i32, Failure> {
     let pidfd = i32::try_from(health.pid)
         .ok()
         .and_then(|pid| crate::procfs::pidfd_open(pid).ok());
-    let stopping: AgentStopping = client.post("/v1/agent/stop", &serde_json::json!({}))?;
+    let stopping = client.stop_agent()?;
     let gone = match &pidfd {
         Some(fd) => exited_within(fd, wait),
         None => unreachable_within(&client, wait),

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use crate::api::{AuditQuery, AuditRecord, AuditVerify};
+use crate::api::{AuditQuery, AuditRecord};
 use crate::exit::{self, Failure};
 use crate::output::outln;
 
@@ -44,7 +44,7 @@ pub enum What {
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     let client = super::client(cli)?;
     if let Some(What::Verify) = args.what {
-        let v: AuditVerify = client.get("/v1/audit/verify")?;
+        let v = client.audit_verify()?;
         if args.json {
             crate::output::json(&v)?;
         } else {
@@ -62,8 +62,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         since_secs,
         limit: args.limit,
     };
-    let query = query_string(&q);
-    let records: Vec<AuditRecord> = client.get(&format!("/v1/audit?{query}"))?;
+    let records = client.audit(&q)?;
     if matches!(args.what, Some(What::Export)) {
         for r in &records {
             outln!("{}", serde_json::to_string(r).unwrap_or_default())?;
@@ -113,28 +112,4 @@ fn row(r: &AuditRecord) -> Vec<String> {
             reason.unwrap_or_default()
         )),
     ]
-}
-
-/// The query string of an [`AuditQuery`].
-fn query_string(q: &AuditQuery) -> String {
-    let mut parts = Vec::new();
-    let mut push = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            let enc: String = v
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            parts.push(format!("{k}={enc}"));
-        }
-    };
-    push("run", q.run.clone());
-    push("actor", q.actor.clone());
-    push("since_secs", q.since_secs.map(|v| v.to_string()));
-    push("limit", q.limit.map(|v| v.to_string()));
-    parts.join("&")
 }

@@ -36,7 +36,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     let client = super::client(cli)?;
     match &args.what {
         None | Some(What::List) => {
-            let list: Vec<BreakerInfo> = client.get("/v1/breakers")?;
+            let list = client.breakers()?;
             if args.json {
                 crate::output::json(&list)?;
             } else if list.is_empty() {
@@ -48,11 +48,8 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
             }
         }
         Some(What::Reset { workflow, user }) => {
-            let mut path = format!("/v1/breakers/{}/reset", encode(workflow));
-            if let Some(user) = user {
-                path.push_str(&format!("?owner={}", owner_of(user)?));
-            }
-            let closed: Vec<BreakerInfo> = client.post(&path, &serde_json::json!({}))?;
+            let scope = user.as_deref().map(owner_of).transpose()?;
+            let closed = client.reset_breaker(workflow, scope.as_deref())?;
             if args.json {
                 crate::output::json(&closed)?;
             } else {
@@ -113,17 +110,4 @@ pub fn describe(b: &BreakerInfo) -> String {
             Shown(b.last_run_id.as_deref().unwrap_or("?")),
         )
     }
-}
-
-/// Percent-encodes a workflow name for a URL path.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

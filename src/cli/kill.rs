@@ -137,7 +137,7 @@ fn kill_pid(
         max_wait_ms: req.max_wait_ms,
         ..Default::default()
     };
-    let adopted: api::Adopted = client.adopt(super::adopt::check(&adopt)?)?;
+    let adopted = client.adopt(super::adopt::check(&adopt)?)?;
     if !args.json && !adopted.already_adopted {
         let inferred = if adopted.inferred_markers.is_empty() {
             String::new()
@@ -168,7 +168,10 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
         Some(d) => super::duration_arg("--older-than", d)?.as_secs_f64(),
         None => 0.0,
     };
-    let runs: Vec<RunInfo> = client.get("/v1/runs?stuck=true")?;
+    let runs = client.runs(api::RunsQuery {
+        stuck: true,
+        ..Default::default()
+    })?;
     let runs: Vec<RunInfo> = runs.into_iter().filter(|r| r.age_secs >= older).collect();
     if args.dry_run || runs.is_empty() {
         if args.json {
@@ -199,7 +202,7 @@ fn kill_stuck(client: &Client, args: &Args, req: &KillRequest) -> Result<i32, Fa
                 s.spawn(move || {
                     Client::new(&socket)
                         .with_timeout(timeout)
-                        .kill::<KillResult>(&r.run_id, &req)
+                        .kill(&r.run_id, &req)
                         .map_err(|e| format!("{}: {e}", r.run_id))
                 })
             })

@@ -1,6 +1,6 @@
 //! `wfcg lease`: renew a run's lease once.
 
-use crate::api::{self, LeaseRenewed, RenewLease};
+use crate::api;
 use crate::exit::{self, Failure};
 use crate::output::outln;
 
@@ -23,8 +23,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         return Err(Failure::usage(problem));
     }
     let client = super::client(cli)?;
-    let renewed: LeaseRenewed =
-        client.post(&format!("/v1/runs/{}/lease", args.run_id), &RenewLease {})?;
+    let renewed = client.renew_lease(&args.run_id)?;
     if args.json {
         crate::output::json(&renewed)?;
     } else {

@@ -55,7 +55,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         return Err(Failure::usage(problem));
     }
     let client = super::client(cli)?;
-    let info: RunInfo = client.get(&run_path(&args.run_id))?;
+    let info = client.run(&args.run_id)?;
     let id = &args.run_id;
     let Some(path) = info.log_path.as_deref() else {
         let why = if info.adopted.is_some() {
@@ -85,7 +85,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         }
         if !follow.wait(IDLE) {
             // Nothing new for a while: does the run still go on?
-            match client.get::<RunInfo>(&run_path(id)) {
+            match client.run(id) {
                 Ok(now) => ended = !now.status.is_live(),
                 // The agent may be restarting: the run goes on meanwhile.
                 Err(e @ (client::Error::Unreachable { .. } | client::Error::Timeout { .. })) => {
@@ -105,10 +105,6 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         crate::output::errln!("wfcg: run {id} wrote no output");
     }
     Ok(exit::OK)
-}
-
-fn run_path(id: &str) -> String {
-    format!("/v1/runs/{id}")
 }
 
 /// Opens the run's log as the caller, never through a symlink, never blocking.

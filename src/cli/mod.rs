@@ -26,23 +26,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::exit::Failure;
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  done (for kill: the run ended, or had ended already)
-  1  failed (for kill: processes survived)
-  2  usage or bad input
-  3  no such run
-  4  not permitted
-  5  agent unreachable (or no answer within --agent-timeout)
-  6  the workflow's circuit breaker is open: the run was refused (see `wfcg breaker`)
-  7  the agent's state filesystem is full (or below root's reserve): nothing was started
-  wfcg run exits with its command's status (128+N if it died of signal N, 124 if the
-  monitor killed it).";
-
 /// wfcg makes every workflow run killable: each run lives in its own cgroup v2,
 /// and `wfcg kill` ends the whole tree, with nothing left behind.
 #[derive(Parser, Debug)]
-#[command(name = "wfcg", version, after_help = EXIT_CODES)]
+#[command(name = "wfcg", version, after_help = crate::exit::help())]
 pub struct Cli {
     /// The agent's socket.
     #[arg(

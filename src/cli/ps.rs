@@ -2,8 +2,6 @@
 
 use std::io::IsTerminal;
 
-use serde_json::value::RawValue;
-
 use crate::api::{self, RunInfo};
 use crate::exit::{self, Failure};
 use crate::output::{Shown, outln, shown_or_dash};
@@ -79,16 +77,19 @@ fn cpu(usec: Option<u64>) -> String {
 
 pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
     let client = super::client(cli)?;
-    let path = format!("/v1/runs?all={}&stuck={}", args.all, args.stuck);
+    let query = api::RunsQuery {
+        all: args.all,
+        stuck: args.stuck,
+    };
     if args.json && !std::io::stdout().is_terminal() {
         // For a program: the agent's JSON as it came (checked to be JSON), not
         // parsed into records and written again, which took longer than the
         // agent's answer at a thousand runs. On a terminal it is indented below.
-        let runs: Box<RawValue> = client.get(&path)?;
+        let runs = client.runs_json(query)?;
         crate::output::line(runs.get())?;
         return Ok(exit::OK);
     }
-    let runs: Vec<RunInfo> = client.get(&path)?;
+    let runs = client.runs(query)?;
     if args.json {
         crate::output::json(&runs)?;
         return Ok(exit::OK);
@@ -127,7 +128,7 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
         }
     }
     // Workflows whose new runs are refused (exit 6), so a missing run is explained.
-    let breakers: Vec<api::BreakerInfo> = client.get("/v1/breakers").unwrap_or_default();
+    let breakers = client.breakers().unwrap_or_default();
     for b in breakers.iter().filter(|b| b.open) {
         outln!("{}", super::breaker::describe(b))?;
     }
@@ -195,7 +196,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         return Err(Failure::usage(problem));
     }
     let client = super::client(cli)?;
-    let r: RunInfo = client.get(&format!("/v1/runs/{}", args.run_id))?;
+    let r = client.run(&args.run_id)?;
     if args.json {
         crate::output::json(&r)?;
         return Ok(exit::OK);

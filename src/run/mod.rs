@@ -250,7 +250,7 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
 /// Creates the run (this process moves into it), runs the command, reports its end.
 fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Result<i32, Failure> {
     let client = Client::new(&addr.socket).with_timeout(addr.timeout);
-    let create = || client.post::<_, RunStarted>("/v1/runs", &opts.request);
+    let create = || client.create_run(&opts.request);
     // The request itself says whether an agent answers (no health check first: a
     // round trip less on every start); only then is one started. (Only a refused
     // connection is retried: a request that timed out may have created the run.)
@@ -506,8 +506,7 @@ fn read_run_file(run_dir: &str, name: &str) -> std::io::Result<Vec<u8>> {
 /// client names, and letting the command write itself into the payload would
 /// mean handing users a cgroup file; either could be turned on other processes.
 fn leave_payload(client: &Client, started: &RunStarted, quiet: bool) {
-    let path = format!("/v1/runs/{}/supervisor", started.run_id);
-    if let Err(e) = client.post::<_, serde::de::IgnoredAny>(&path, &serde_json::json!({}))
+    if let Err(e) = client.enter_supervisor(&started.run_id)
         && !quiet
     {
         crate::output::errln!(
@@ -553,10 +552,9 @@ fn record_exit(client: &Client, started: &RunStarted, report: &ExitReport) -> Op
     if let Ok(dir) = crate::userfs::open_dir(Path::new(&started.run_dir)) {
         let _ = crate::userfs::write_at(&dir, EXIT_STATUS_FILE, line.as_bytes(), 0o644);
     }
-    let path = format!("/v1/runs/{}/exit", started.run_id);
     let deadline = Instant::now() + REPORT_RETRY;
     loop {
-        match client.post::<_, ExitAck>(&path, report) {
+        match client.report_exit(&started.run_id, report) {
             Err(client::Error::Unreachable { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }

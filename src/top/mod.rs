@@ -183,7 +183,7 @@ fn spawn_kill(
             };
             let result = Client::new(&socket)
                 .with_timeout(timeout)
-                .kill::<KillResult>(&run_id, &req)
+                .kill(&run_id, &req)
                 .map_err(|e| e.to_string());
             let _ = tx.send(Event::KillDone(run_id, Box::new(result)));
             let _ = nudge.send(());

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::app::{AgentUsage, RunRow, Snapshot};
-use crate::api::AuditRecord;
-use crate::api::RunInfo;
+use crate::api::{AuditQuery, AuditRecord, RunInfo, RunsQuery};
 use crate::client::Client;
 
 /// How long a run stays on screen (greyed) after it was seen ending.
@@ -55,20 +54,19 @@ impl Source {
     /// not answer the health or runs request; a failing audit request only
     /// leaves the kills pane with an error.
     pub fn fetch(&mut self) -> Result<Snapshot, String> {
-        let health: serde_json::Value = self.client.get("/v1/health").map_err(|e| e.to_string())?;
-        let path = if self.all {
-            "/v1/runs?all=true"
-        } else {
-            "/v1/runs"
+        let health = self.client.health().map_err(|e| e.to_string())?;
+        let query = RunsQuery {
+            all: self.all,
+            stuck: false,
         };
-        let infos: Vec<RunInfo> = self.client.get(path).map_err(|e| e.to_string())?;
+        let infos = self.client.runs(query).map_err(|e| e.to_string())?;
         let mut scans = 0;
         let infos: Vec<(RunInfo, bool)> = infos
             .into_iter()
             .map(|info| {
                 if info.status.is_live() && scans < MAX_SECTION_SCANS {
                     scans += 1;
-                    if let Ok(full) = self.client.get(&format!("/v1/runs/{}", info.run_id)) {
+                    if let Ok(full) = self.client.run(&info.run_id) {
                         return (full, true);
                     }
                 }
@@ -122,20 +120,19 @@ impl Source {
         }
         self.live = live;
 
-        let (kills, kills_error) = match self
-            .client
-            .get::<Vec<AuditRecord>>(&format!("/v1/audit?limit={AUDIT_WINDOW}"))
-        {
+        let audit = AuditQuery {
+            limit: Some(AUDIT_WINDOW),
+            ..Default::default()
+        };
+        let (kills, kills_error) = match self.client.audit(&audit) {
             Ok(records) => (latest_kills(records, self.kills), None),
             Err(e) => (Vec::new(), Some(format!("audit: {e}"))),
         };
 
-        let agent = health["pid"].as_i64().map(|pid| {
-            let pid = pid as i32;
-            self.agent_usage(pid, health["version"].as_str().unwrap_or(""), now)
-        });
-        let breakers: Vec<crate::api::BreakerInfo> =
-            self.client.get("/v1/breakers").unwrap_or_default();
+        let agent = i32::try_from(health.pid)
+            .ok()
+            .map(|pid| self.agent_usage(pid, &health.version, now));
+        let breakers = self.client.breakers().unwrap_or_default();
         Ok(Snapshot {
             taken_at,
             runs,
@@ -162,7 +159,7 @@ impl Source {
             .cloned()
             .collect();
         for id in gone {
-            if let Ok(info) = self.client.get::<RunInfo>(&format!("/v1/runs/{id}"))
+            if let Ok(info) = self.client.run(&id)
                 && !info.status.is_live()
             {
                 let row = RunRow {

@@ -188,3 +188,40 @@ fn docs_exit_codes_are_the_codes_of_the_program() {
         "wfcg --help's exit codes:\n{help}"
     );
 }
+
+/// docs/cli.md's exit-code table is `src/exit.rs`'s, row for row and word for
+/// word; the README's one-line summary names the same codes.
+#[test]
+fn docs_exit_code_table_is_the_one_in_the_code() {
+    let cli = read(&root().join("docs/cli.md"));
+    let section = cli
+        .split("## Exit codes")
+        .nth(1)
+        .expect("an Exit codes section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let table: String = section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        table,
+        wfcg::exit::markdown(),
+        "docs/cli.md's exit codes differ from src/exit.rs's TABLE"
+    );
+    let readme = read(&root().join("README.md"));
+    let summary = readme
+        .split("the exit codes (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("the README's summary of the exit codes");
+    let named: Vec<i32> = summary
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+        .collect();
+    let codes: Vec<i32> = wfcg::exit::TABLE.iter().map(|c| c.code).collect();
+    assert_eq!(named, codes, "the README's exit codes: {summary}");
+}

@@ -175,12 +175,8 @@ fn kills_racing_the_end_of_runs_are_all_answered() {
                 let client = wfcg::client::Client::new(&socket);
                 let req = wfcg::api::KillRequest::default();
                 for id in go_rx {
-                    let path = format!("/v1/runs/{id}/kill");
-                    let ended = (0..1000).any(|_| {
-                        client
-                            .post::<_, wfcg::api::KillResult>(&path, &req)
-                            .is_ok_and(|r| r.already_ended)
-                    });
+                    let ended =
+                        (0..1000).any(|_| client.kill(&id, &req).is_ok_and(|r| r.already_ended));
                     answered_tx.send((id, ended)).unwrap();
                 }
             });

@@ -34,6 +34,7 @@ mod policy;
 mod python;
 mod run;
 mod safety;
+mod schema;
 mod sections;
 mod security;
 mod stuck;

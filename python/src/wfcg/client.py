@@ -20,7 +20,7 @@ import urllib.parse
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import (
     AgentUnreachable,
@@ -67,6 +67,10 @@ class KillResult:
     ``killed_at``, ``cleanup_status`` and ``message``, the most used details,
     and everything the agent said in ``raw`` (see :meth:`to_dict`)."""
 
+    #: Fields of the agent's kill result kept in ``raw`` only (checked against
+    #: the API's schema by tests/it/schema.rs, as the fields below are).
+    RAW_ONLY: ClassVar[tuple[str, ...]] = ("phases", "graces_expired", "max_wait_expired")
+
     success: bool
     run_id: str
     killed_at: str | None
@@ -79,7 +83,7 @@ class KillResult:
     duration_ms: float = 0.0
     waited_ms: float = 0.0
     sections: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"wire": False})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> KillResult:
@@ -117,6 +121,10 @@ class KillResult:
 class RunInfo:
     """A run as ``wfcg status`` shows it; every field the agent sent is in ``raw``."""
 
+    #: Fields of the agent's run kept in ``raw`` only (checked against the
+    #: API's schema by tests/it/schema.rs, as the fields below are).
+    RAW_ONLY: ClassVar[tuple[str, ...]] = ("age_secs", "command", "cgroup")
+
     run_id: str
     status: str
     workflow: str | None = None
@@ -142,7 +150,7 @@ class RunInfo:
     lease_ms: int | None = None
     lease_renewed_at: str | None = None
     lease_expires_at: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"wire": False})
 
     @property
     def live(self) -> bool:
@@ -181,6 +189,9 @@ class RunInfo:
 @dataclass(frozen=True)
 class KillPermission:
     """The agent's answer to "may this user kill this run?"."""
+
+    #: Its name in the agent's API (the schema tests/it/schema.rs checks it against).
+    WIRE_NAME: ClassVar[str] = "MayKill"
 
     allowed: bool
     permission: str | None
