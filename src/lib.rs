@@ -11,6 +11,11 @@
 //! except `cli::agent`, which starts the agent. [`agent`] → [`kill`] → the leaves
 //! [`cgroup`], [`procfs`], [`store`], [`alerts`], [`diagnostics`], [`sdnotify`], [`bounds`],
 //! which know nothing of the agent.
+//!
+//! All `unsafe` code is in `sys`, behind safe functions; everywhere else the
+//! compiler refuses it.
+
+#![deny(unsafe_code)]
 
 pub mod adopt;
 pub mod agent;
@@ -36,6 +41,8 @@ pub mod run;
 pub mod sdnotify;
 pub mod sections;
 pub mod store;
+#[allow(unsafe_code)]
+pub(crate) mod sys;
 pub mod template;
 pub mod tmpfs;
 pub mod top;
