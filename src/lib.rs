@@ -51,60 +51,6 @@ pub mod users;
 pub mod walk;
 pub mod workspace_check;
 
+/// The layer table and its check (`use` trees of every module).
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    /// Every `.rs` file under `src/` whose path starts with one of `prefixes`,
-    /// with its text.
-    fn sources(prefixes: &[&str]) -> Vec<(String, String)> {
-        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    out.push(path);
-                }
-            }
-        }
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut files = Vec::new();
-        walk(&src, &mut files);
-        files
-            .into_iter()
-            .map(|p| (p.strip_prefix(&src).unwrap().display().to_string(), p))
-            .filter(|(name, _)| prefixes.iter().any(|pre| name.starts_with(pre)))
-            .map(|(name, p)| (name, std::fs::read_to_string(p).unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn the_clients_and_the_leaves_import_only_downwards() {
-        let rules: &[(&[&str], &[&str])] = &[
-            (
-                &["cli/", "top/", "run/", "mcp.rs", "client.rs"],
-                &["crate::agent", "crate::store"],
-            ),
-            (
-                &["alerts/", "diagnostics.rs", "sdnotify.rs", "store/"],
-                &["crate::agent", "crate::template", "crate::policy"],
-            ),
-        ];
-        let mut wrong = Vec::new();
-        for (files, banned) in rules {
-            for (name, text) in sources(files) {
-                // `wfcg agent` and `wfcg hold` are the agent's own entry points.
-                if name == "cli/agent.rs" {
-                    continue;
-                }
-                for b in *banned {
-                    if text.contains(b) {
-                        wrong.push(format!("{name} uses {b}"));
-                    }
-                }
-            }
-        }
-        assert!(wrong.is_empty(), "{wrong:#?}");
-    }
-}
+mod layers;
