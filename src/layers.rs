@@ -399,3 +399,90 @@ fn references_are_read_from_code_only() {
     .collect();
     assert_eq!(got, want);
 }
+
+/// A module is `pub` only if something outside the library uses it (the
+/// binary, the integration tests, the benchmarks); the others are `pub(crate)`.
+#[test]
+fn a_module_is_pub_only_if_used_outside_the_crate() {
+    fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rs_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut outside = vec![src_dir().join("main.rs")];
+    rs_files(&root.join("tests"), &mut outside);
+    rs_files(&root.join("benches"), &mut outside);
+    let mut used = std::collections::BTreeSet::new();
+    for file in &outside {
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        used.extend(references(&code, "wfcg").into_iter().map(|(m, _)| m));
+    }
+    let lib = std::fs::read_to_string(src_dir().join("lib.rs")).unwrap();
+    let mut wrong = Vec::new();
+    for (n, line) in lib.lines().enumerate() {
+        let line = line.trim();
+        if let Some(m) = line
+            .strip_prefix("pub mod ")
+            .and_then(|m| m.strip_suffix(';'))
+            && !used.contains(m)
+        {
+            wrong.push(format!(
+                "src/lib.rs:{}: pub mod {m}, which only the crate uses",
+                n + 1
+            ));
+        }
+        if let Some(m) = line
+            .strip_prefix("pub(crate) mod ")
+            .and_then(|m| m.strip_suffix(';'))
+            && used.contains(m)
+        {
+            wrong.push(format!(
+                "src/lib.rs:{}: pub(crate) mod {m}, used outside",
+                n + 1
+            ));
+        }
+    }
+    assert!(
+        used.len() > 10,
+        "only {used:?} used outside: is the parser broken?"
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// No `unsafe` outside `src/sys/` (the crate root denies it; this also catches
+/// an `allow` slipped in elsewhere), and `mod sys` alone is allowed it.
+#[test]
+fn unsafe_code_is_only_in_sys() {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut wrong = Vec::new();
+    for file in source_files() {
+        if file.starts_with("sys/") {
+            continue;
+        }
+        let code = code_only(&std::fs::read_to_string(src_dir().join(&file)).unwrap());
+        let b = code.as_bytes();
+        let line = |at: usize| code[..at].matches('\n').count() + 1;
+        for (at, _) in code.match_indices("unsafe") {
+            let end = at + "unsafe".len();
+            if (at == 0 || !ident(b[at - 1])) && b.get(end).is_none_or(|&c| !ident(c)) {
+                wrong.push(format!("src/{file}:{}: unsafe outside src/sys/", line(at)));
+            }
+        }
+        for (at, _) in code.match_indices("allow(unsafe_code)]") {
+            let next = code[at..].lines().nth(1).unwrap_or("").trim();
+            if !(file == "lib.rs" && next == "pub(crate) mod sys;") {
+                wrong.push(format!(
+                    "src/{file}:{}: unsafe_code allowed outside sys",
+                    line(at)
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -443,14 +443,6 @@ impl LockWatch {
             })
             .collect()
     }
-
-    /// Whether `owner` is watched (registered, no events lost since).
-    pub fn watches(&self, owner: &str) -> bool {
-        let st = self.state.lock();
-        st.owners
-            .get(owner)
-            .is_some_and(|r| r.losses == st.losses && !r.devs.is_empty())
-    }
 }
 
 impl State {

@@ -114,6 +114,7 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 
 /// Opens the directory `rel` below the directory `dir`, staying beneath it and
 /// following no symlink (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
+#[cfg(test)]
 pub fn open_dir_beneath(dir: impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat2(
         dir,
