@@ -27,12 +27,11 @@ use parking_lot::Mutex;
 use rustix::fs::{AtFlags, FileType};
 
 use crate::gitlocks::{self, Creator, LockFile};
+use crate::sys::fd::MAX_HANDLE_SZ;
 
 /// At most this many creations are remembered; past it the evidence is
 /// dropped and counted as lost (every owner registered falls back).
 const MAX_ENTRIES: usize = 65_536;
-/// The largest file handle the kernel makes (`MAX_HANDLE_SZ`).
-const MAX_HANDLE_SZ: usize = 128;
 
 /// The filesystems watched (`statfs` f_type, from linux/magic.h): local ones,
 /// whose file handles the kernel decodes without asking anyone. A FUSE server or
