@@ -19,21 +19,19 @@
 //! See fanotify(7), fanotify_init(2), fanotify_mark(2), open_by_handle_at(2).
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use parking_lot::Mutex;
 use rustix::fs::{AtFlags, FileType};
 
 use crate::gitlocks::{self, Creator, LockFile};
+use crate::sys::fd::MAX_HANDLE_SZ;
 
 /// At most this many creations are remembered; past it the evidence is
 /// dropped and counted as lost (every owner registered falls back).
 const MAX_ENTRIES: usize = 65_536;
-/// The largest file handle the kernel makes (`MAX_HANDLE_SZ`).
-const MAX_HANDLE_SZ: usize = 128;
 
 /// The filesystems watched (`statfs` f_type, from linux/magic.h): local ones,
 /// whose file handles the kernel decodes without asking anyone. A FUSE server or
@@ -53,7 +51,7 @@ pub type OwnerOf = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// The watch: one fanotify group for the whole agent.
 pub struct LockWatch {
-    group: Fanotify,
+    group: OwnedFd,
     proc_root: PathBuf,
     owner_of: OwnerOf,
     state: Mutex<State>,
@@ -177,31 +175,7 @@ fn parse(buf: &[u8]) -> Vec<Event<'_>> {
 
 /// Opens the directory a file handle names, `O_PATH`, on the filesystem of `mount`.
 fn open_by_handle(mount: &OwnedFd, handle: &[u8]) -> Option<OwnedFd> {
-    if handle.len() < 8 || handle.len() > 8 + MAX_HANDLE_SZ {
-        return None;
-    }
-    // `struct file_handle` wants 4-byte alignment: its bytes in u32 words.
-    let mut words: Vec<u32> = handle
-        .chunks(4)
-        .map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            u32::from_ne_bytes(w)
-        })
-        .collect();
-    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-    // SAFETY: `words` is a live, 4-aligned buffer holding a `struct file_handle`
-    // (handle_bytes, handle_type, then handle_bytes bytes, checked above to lie
-    // within it) for the duration of the call; `mount` is an open fd.
-    let fd = unsafe {
-        libc::open_by_handle_at(
-            mount.as_raw_fd(),
-            words.as_mut_ptr().cast::<libc::file_handle>(),
-            flags,
-        )
-    };
-    // SAFETY: a non-negative return is a new fd that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::sys::fd::open_dir_by_handle(mount, handle)
 }
 
 /// The path of an open fd, as this process sees it.
@@ -212,13 +186,11 @@ fn fd_path(fd: &OwnedFd) -> Option<PathBuf> {
 impl LockWatch {
     /// A new fanotify group (CAP_SYS_ADMIN, Linux ≥ 5.9 for `FAN_REPORT_DFID_NAME`).
     pub fn new(proc_root: &Path, owner_of: OwnerOf) -> Result<LockWatch, String> {
-        let flags = InitFlags::from_bits_retain(
-            libc::FAN_CLASS_NOTIF
-                | libc::FAN_CLOEXEC
-                | libc::FAN_NONBLOCK
-                | libc::FAN_REPORT_DFID_NAME,
-        );
-        let group = Fanotify::init(flags, EventFFlags::O_RDONLY)
+        let flags = libc::FAN_CLASS_NOTIF
+            | libc::FAN_CLOEXEC
+            | libc::FAN_NONBLOCK
+            | libc::FAN_REPORT_DFID_NAME;
+        let group = crate::sys::fanotify::init(flags, libc::O_RDONLY as libc::c_uint)
             .map_err(|e| format!("fanotify_init(FAN_REPORT_DFID_NAME): {e}"))?;
         Ok(LockWatch {
             group,
@@ -287,7 +259,7 @@ impl LockWatch {
             if let Some(m) = st.mounts.get_mut(&fsid) {
                 m.users += 1;
             } else {
-                if let Err(e) = self.mark(MarkFlags::FAN_MARK_ADD, dir) {
+                if let Err(e) = self.mark(libc::FAN_MARK_ADD, dir) {
                     errors.push(format!("fanotify_mark: {e}"));
                     continue;
                 }
@@ -309,12 +281,12 @@ impl LockWatch {
         }
     }
 
-    fn mark(&self, flags: MarkFlags, dir: &OwnedFd) -> nix::Result<()> {
-        self.group.mark(
-            flags | MarkFlags::FAN_MARK_FILESYSTEM,
-            MaskFlags::FAN_CREATE | MaskFlags::FAN_MOVED_TO,
-            dir.as_fd(),
-            None::<&Path>,
+    fn mark(&self, flags: libc::c_uint, dir: &OwnedFd) -> std::io::Result<()> {
+        crate::sys::fanotify::mark(
+            &self.group,
+            flags | libc::FAN_MARK_FILESYSTEM,
+            libc::FAN_CREATE | libc::FAN_MOVED_TO,
+            dir,
         )
     }
 
@@ -329,7 +301,7 @@ impl LockWatch {
             if m.users == 0
                 && let Some(m) = st.mounts.remove(fsid)
             {
-                let _ = self.mark(MarkFlags::FAN_MARK_REMOVE, &m.fd);
+                let _ = self.mark(libc::FAN_MARK_REMOVE, &m.fd);
                 st.entries.retain(|k, _| k.dev != m.dev);
             }
         }
@@ -469,14 +441,6 @@ impl LockWatch {
                 })
             })
             .collect()
-    }
-
-    /// Whether `owner` is watched (registered, no events lost since).
-    pub fn watches(&self, owner: &str) -> bool {
-        let st = self.state.lock();
-        st.owners
-            .get(owner)
-            .is_some_and(|r| r.losses == st.losses && !r.devs.is_empty())
     }
 }
 

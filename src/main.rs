@@ -1,5 +1,7 @@
 //! The `wfcg` binary: parse the command line, dispatch, map the outcome to an exit code.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -57,12 +57,7 @@ struct Restore {
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        // SAFETY: setfsuid/setfsgid take a plain id and change only this thread's
-        // filesystem credentials; 0 is always allowed for a thread whose real uid is 0.
-        unsafe {
-            libc::setfsuid(0);
-            libc::setfsgid(0);
-        }
+        crate::sys::creds::restore_root_fs_ids();
         if let Err(e) = rustix::thread::set_thread_groups(&self.groups) {
             // Leaving the thread with the user's groups would be wrong on later work.
             panic!("cannot restore the agent thread's groups: {e}");
@@ -85,15 +80,10 @@ pub fn as_user<T>(cred: &Cred, f: impl FnOnce() -> T) -> io::Result<T> {
         .collect();
     rustix::thread::set_thread_groups(&user_groups)?;
     let restore = Restore { groups };
-    // SAFETY: as in `Restore::drop`; the calls change only this thread's
-    // filesystem ids, and `restore` puts them back on every path out.
-    let (gid_now, uid_now) = unsafe {
-        libc::setfsgid(cred.gid);
-        libc::setfsuid(cred.uid);
-        // Called with an invalid id, each returns the current value unchanged.
-        (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX))
-    };
-    if uid_now as u32 != cred.uid || gid_now as u32 != cred.gid {
+    // Only this thread's filesystem ids change, and `restore` puts them back on
+    // every path out.
+    let (gid_now, uid_now) = crate::sys::creds::set_fs_ids(cred.uid, cred.gid);
+    if uid_now != cred.uid || gid_now != cred.gid {
         return Err(io::Error::other(format!(
             "cannot take the filesystem credentials of uid {} gid {}",
             cred.uid, cred.gid
@@ -124,6 +114,7 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 
 /// Opens the directory `rel` below the directory `dir`, staying beneath it and
 /// following no symlink (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
+#[cfg(test)]
 pub fn open_dir_beneath(dir: impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat2(
         dir,

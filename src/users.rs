@@ -1,10 +1,10 @@
-//! User and group names through NSS (nix's `User`/`Group`: `getpwuid_r(3)`,
-//! `getgrgid_r(3)`, `getgrouplist(3)`, their buffers grown on ERANGE), and the
-//! home directories a removal must spare.
+//! User and group names through NSS (`getpwuid_r(3)`, `getpwnam_r(3)`,
+//! `getgrgid_r(3)`, `getgrouplist(3)`, their buffers grown on ERANGE: see
+//! [`crate::sys::nss`]), and the home directories a removal must spare.
 
 use std::path::PathBuf;
 
-use nix::unistd::{Gid, Group, Uid, User};
+use crate::sys::nss::{self, PasswdEntry};
 
 /// What the password database says of a user.
 #[derive(Debug, Clone)]
@@ -14,11 +14,11 @@ pub struct Passwd {
     pub home: PathBuf,
 }
 
-impl From<User> for Passwd {
-    fn from(u: User) -> Passwd {
+impl From<PasswdEntry> for Passwd {
+    fn from(u: PasswdEntry) -> Passwd {
         Passwd {
             name: u.name,
-            gid: u.gid.as_raw(),
+            gid: u.gid,
             home: u.dir,
         }
     }
@@ -26,7 +26,12 @@ impl From<User> for Passwd {
 
 /// The password database entry of `uid`, or `None` if NSS does not know it.
 pub fn passwd(uid: u32) -> Option<Passwd> {
-    User::from_uid(Uid::from_raw(uid)).ok()?.map(Passwd::from)
+    nss::passwd_by_uid(uid).ok()?.map(Passwd::from)
+}
+
+/// The uid of user `name`, or `None` if NSS does not know it.
+pub fn uid_of_name(name: &str) -> Option<u32> {
+    Some(nss::passwd_by_name(name).ok()??.uid)
 }
 
 /// Every home directory a removal must spare: those in `/etc/passwd`, and
@@ -52,8 +57,7 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// (`getgrouplist(3)`: as many as there are).
 fn group_list(name: &str, gid: u32) -> Option<Vec<u32>> {
     let cname = std::ffi::CString::new(name).ok()?;
-    let gids = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid)).ok()?;
-    Some(gids.into_iter().map(Gid::as_raw).collect())
+    nss::group_list(&cname, gid).ok()
 }
 
 /// The primary group and every group of `uid` as a login gives them, or `None`
@@ -103,15 +107,15 @@ fn cached(id: Id, lookup: fn(u32) -> Option<String>) -> Option<String> {
 
 /// The name of group `gid`, or `None` if NSS does not know it.
 pub fn group_name(gid: u32) -> Option<String> {
-    Group::from_gid(Gid::from_raw(gid)).ok()?.map(|g| g.name)
+    nss::group_name(gid).ok()?
 }
 
 /// The names of the groups user `name` is in, empty if NSS does not know the user.
 pub fn groups_of_user(name: &str) -> Vec<String> {
-    let Some(user) = User::from_name(name).ok().flatten() else {
+    let Some(user) = nss::passwd_by_name(name).ok().flatten() else {
         return Vec::new();
     };
-    group_list(name, user.gid.as_raw())
+    group_list(name, user.gid)
         .unwrap_or_default()
         .into_iter()
         .filter_map(group_name)
@@ -138,11 +142,7 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         let found = std::thread::spawn(move || {
             use rustix::mount::{MountPropagationFlags, mount_bind, mount_change};
-            use rustix::thread::{UnshareFlags, unshare_unsafe};
-            // SAFETY: only the mount namespace and this thread's filesystem
-            // attributes are unshared, not the file descriptor table, so no
-            // thread can see a descriptor another cannot.
-            unsafe { unshare_unsafe(UnshareFlags::NEWNS | UnshareFlags::FS) }.unwrap();
+            crate::sys::process::unshare_mounts().unwrap();
             // Nothing mounted here reaches the host's namespace.
             mount_change(
                 "/",

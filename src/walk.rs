@@ -430,17 +430,11 @@ fn become_user(cred: &Cred) -> Result<(), String> {
     if cred.is_root() {
         return Ok(());
     }
-    let groups: Vec<nix::unistd::Gid> = cred
-        .groups
-        .iter()
-        .map(|&g| nix::unistd::Gid::from_raw(g))
-        .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
-    nix::unistd::setgid(nix::unistd::Gid::from_raw(cred.gid))
-        .map_err(|e| format!("setgid: {e}"))?;
-    nix::unistd::setuid(nix::unistd::Uid::from_raw(cred.uid))
-        .map_err(|e| format!("setuid: {e}"))?;
-    if nix::unistd::geteuid().as_raw() != cred.uid {
+    use crate::sys::creds;
+    creds::set_groups(&cred.groups).map_err(|e| format!("setgroups: {e}"))?;
+    creds::set_gid(cred.gid).map_err(|e| format!("setgid: {e}"))?;
+    creds::set_uid(cred.uid).map_err(|e| format!("setuid: {e}"))?;
+    if rustix::process::geteuid().as_raw() != cred.uid {
         return Err("cannot drop to the owner's uid".into());
     }
     Ok(())

@@ -259,13 +259,7 @@ fn git_changes(worktree: &Path, deadline: Instant) -> Option<String> {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .process_group(0);
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            Ok(())
-        });
-    }
+    crate::sys::process::die_with_parent_before_exec(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Some(format!("cannot ask git about {shown}: {e}")),

@@ -6,7 +6,7 @@
 //! takes only messages the kernel shows coming from inside the run's cgroup
 //! (sender.rs).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -113,22 +113,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixDatagram> {
 }
 
 fn set_passpidfd(sock: &UnixDatagram) -> std::io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: `one` is a live c_int of the size given; the socket fd is borrowed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PASSPIDFD,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::socket::set_passpidfd(sock)
 }
 
 /// Who sent a datagram, as the kernel says.
@@ -146,19 +131,8 @@ pub struct Sender {
     pub passed: Vec<OwnedFd>,
 }
 
-/// `SCM_PIDFD` (linux/socket.h; not in the libc crate).
-const SCM_PIDFD: libc::c_int = 0x04;
-
-/// `SCM_MAX_FD` (include/net/scm.h): the most descriptors one datagram passes.
-pub const SCM_MAX_FD: usize = 253;
-
-/// Room for everything the kernel attaches to one datagram of a notify socket, in
-/// the order it writes them: the credentials, the passed descriptors (all of
-/// them, however many), the pidfd. (No SCM_SECURITY: SO_PASSSEC is not set.)
-const CONTROL_FULL: usize =
-    rustix::cmsg_space!(ScmCredentials(1), ScmRights(SCM_MAX_FD), ScmRights(1));
-/// Room for the credentials alone.
-const CONTROL_CREDS: usize = rustix::cmsg_space!(ScmCredentials(1));
+pub use crate::sys::cmsg::SCM_MAX_FD;
+use crate::sys::cmsg::{CONTROL_CREDS, CONTROL_FULL};
 
 /// Whether this kernel attaches the sender's pidfd to datagrams (SO_PASSPIDFD,
 /// Linux ≥ 6.5), probed once on a socket of our own.
@@ -187,72 +161,19 @@ pub fn receive(
     buf: &mut [u8],
     room_for_fds: bool,
 ) -> std::io::Result<(usize, Sender)> {
-    let mut control = [0u64; CONTROL_FULL.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = if room_for_fds {
+    let room = if room_for_fds {
         CONTROL_FULL
     } else {
         CONTROL_CREDS
     };
-    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all live and writable
-    // for the sizes given; the socket fd is borrowed for the call.
-    let n = unsafe {
-        libc::recvmsg(
-            sock.as_fd().as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut sender = Sender {
+    let (n, got) = crate::sys::cmsg::recv_with_ancillary(sock, buf, room)?;
+    let sender = Sender {
+        pid: got.pid,
+        pidfd: got.pidfd,
         pidfd_expected: room_for_fds && kernel_passes_pidfd(),
-        ..Sender::default()
+        passed: got.passed,
     };
-    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
-    // `msg_controllen` of `control` and return null at its end.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    while !cmsg.is_null() {
-        // SAFETY: a non-null cmsg from CMSG_FIRSTHDR/NXTHDR is a whole header in `control`,
-        // its data (cmsg_len bytes from the header) too; reads are unaligned-safe.
-        unsafe {
-            let header = std::ptr::read_unaligned(cmsg);
-            let data = libc::CMSG_DATA(cmsg);
-            let len =
-                (header.cmsg_len as usize).saturating_sub(data.offset_from(cmsg.cast()) as usize);
-            let ints = len / std::mem::size_of::<libc::c_int>();
-            let int = |i: usize| std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
-            match (header.cmsg_level, header.cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
-                    if len >= std::mem::size_of::<libc::ucred>() =>
-                {
-                    let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
-                    sender.pid = Some(cred.pid).filter(|&p| p > 0);
-                }
-                // The kernel installed these descriptors for us: each is ours to close.
-                (libc::SOL_SOCKET, SCM_PIDFD) if ints >= 1 && int(0) >= 0 => {
-                    sender.pidfd = Some(OwnedFd::from_raw_fd(int(0)));
-                }
-                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                    for i in 0..ints {
-                        sender.passed.push(OwnedFd::from_raw_fd(int(i)));
-                    }
-                }
-                _ => {}
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok((n as usize, sender))
+    Ok((n, sender))
 }
 
 #[cfg(test)]

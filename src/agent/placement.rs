@@ -19,7 +19,6 @@
 //! systemd marks a delegated cgroup with the extended attribute
 //! `trusted.delegate=1` (and `user.delegate=1` from systemd 253 on).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,13 +146,7 @@ pub fn ensure_scope(path: &Path, unit: &str, slice: &str) -> Result<(), String> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
+    crate::sys::process::setsid_before_exec(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run systemd-run to create {unit}: {e}"))?;

@@ -2,7 +2,7 @@
 //! the peer's credentials (SO_PEERCRED, and SO_PEERPIDFD where the kernel has it).
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,26 +30,12 @@ use crate::api::{ApiError, ErrorKind, route};
 /// of SO_PEERCRED's pid at once. `None` when the peer is already gone: its pid may
 /// then name another process, and nothing is ever done to it.
 fn peer_pidfd(sock: impl AsFd, pid: i32) -> Option<OwnedFd> {
-    let mut fd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `fd` and `len` are valid for writes of the sizes given; the socket fd is
-    // borrowed for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERPIDFD,
-            (&mut fd as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 && fd >= 0 {
-        // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
-        return Some(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::ENOPROTOOPT) if pid > 0 => crate::procfs::pidfd_open(pid).ok(),
-        _ => None,
+    match crate::sys::socket::peer_pidfd(sock) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) && pid > 0 => {
+            crate::procfs::pidfd_open(pid).ok()
+        }
+        Err(_) => None,
     }
 }
 

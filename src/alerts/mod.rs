@@ -74,6 +74,7 @@ pub struct Event {
 
 impl Event {
     /// An event happening now, without workflow or details.
+    #[cfg(test)]
     pub fn new(event: &str, run_id: &str, message: &str) -> Event {
         Event {
             event: event.into(),
@@ -320,6 +321,7 @@ impl Alerter {
     /// Waits until no delivery is waiting or under way, at most `timeout`;
     /// returns whether that happened (for a clean shutdown, and tests). Blocks
     /// the calling thread: not for a runtime's worker.
+    #[cfg(test)]
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let mut pending = self.inner.pending.lock();
         self.inner

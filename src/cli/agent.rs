@@ -93,8 +93,7 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     }
     // Few malloc arenas: the agent's threads do little allocation each, and every
     // arena costs resident memory.
-    // SAFETY: mallopt(3) only tunes the allocator; no thread has been started yet.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    crate::sys::process::limit_malloc_arenas(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -71,9 +71,9 @@ fn owner_of(user: &str) -> Result<String, Failure> {
     if user == "host" || user.parse::<u32>().is_ok() {
         return Ok(user.to_owned());
     }
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => Ok(u.uid.as_raw().to_string()),
-        _ => Err(Failure::usage(format!(
+    match crate::users::uid_of_name(user) {
+        Some(uid) => Ok(uid.to_string()),
+        None => Err(Failure::usage(format!(
             "--user {user:?}: no such user (a name, a uid, or \"host\")"
         ))),
     }

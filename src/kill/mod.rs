@@ -44,7 +44,7 @@ mod survivors;
 #[cfg(test)]
 mod tests;
 
-pub use strays::{Escapees, Leftovers, kill_escapees, kill_leftovers};
+pub use strays::{Escapees, kill_escapees, kill_leftovers};
 pub use survivors::Survivor;
 use survivors::name_survivors;
 /// How long to wait for each kind of critical section, and for all of them.

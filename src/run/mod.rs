@@ -15,7 +15,7 @@ mod watch;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,15 +100,11 @@ pub fn run(addr: &AgentAddr, mut opts: Options) -> Result<i32, Failure> {
 fn detach_then(addr: &AgentAddr, opts: Options) -> Result<i32, Failure> {
     let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Failure::new(exit::FAILED, format!("pipe: {e}")))?;
-    // SAFETY: this process is single-threaded here (no runtime or helper thread has
-    // been started yet), so the child may go on running ordinary Rust code.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(Failure::new(
-            exit::FAILED,
-            format!("fork: {}", std::io::Error::last_os_error()),
-        )),
-        0 => {
+    // This process is single-threaded here (no runtime or helper thread has been
+    // started yet), so the child may go on running ordinary Rust code.
+    match crate::sys::process::fork() {
+        Err(e) => Err(Failure::new(exit::FAILED, format!("fork: {e}"))),
+        Ok(None) => {
             drop(read_end);
             let _ = rustix::process::setsid();
             let code = match supervise(addr, &opts, Some(write_end)) {
@@ -208,13 +204,7 @@ fn ensure_agent(client: &Client, addr: &AgentAddr) -> Result<(), Failure> {
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
         .stderr(log);
-    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
+    crate::sys::process::setsid_before_exec(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| fail(format!("cannot start the agent: {e}")))?;
@@ -308,8 +298,7 @@ fn supervise(addr: &AgentAddr, opts: &Options, parent: Option<OwnedFd>) -> Resul
     if let Some(ws) = &opts.workspace {
         cmd.current_dir(ws);
     }
-    // SAFETY: clear_mask only calls sigprocmask(2), which is async-signal-safe.
-    unsafe { cmd.pre_exec(signals::clear_mask) };
+    crate::sys::process::clear_signal_mask_before_exec(&mut cmd);
     let spawned = watch::Watcher::prepare(&started, &mut cmd).and_then(|watcher| {
         let child = start_command(&client, &started, cmd, opts.quiet)?;
         Ok((child, watcher))

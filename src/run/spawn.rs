@@ -17,31 +17,10 @@
 //! root callers in its cgroup and mount namespaces only.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
-
-/// `CLONE_INTO_CGROUP` (Linux 5.7). Not libc's: that one is 0 on x86_64 glibc
-/// (an overflowed constant).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// `struct clone_args` of clone3(2), up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
 
 /// The command's process, however it was started.
 pub enum Process {
@@ -92,43 +71,12 @@ fn open_cgroup(cgroup: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// `clone3(CLONE_INTO_CGROUP)`: a fork whose child starts in the cgroup `dir`
-/// names. `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
-///
-/// # Safety
-/// As fork(2): this process must have a single thread, so that no lock is held
-/// by a thread the child lacks and the child may run ordinary Rust code.
-unsafe fn fork_into(dir: &OwnedFd) -> io::Result<Option<rustix::process::Pid>> {
-    let mut args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: dir.as_raw_fd() as u64,
-        ..Default::default()
-    };
-    // SAFETY: clone3 with a valid, initialised clone_args of the size given and
-    // without CLONE_VM: the child gets a copy of this process's memory, like fork;
-    // the caller guarantees a single thread (see above).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match ret {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(None),
-        // A positive return of clone3 is the new child's pid.
-        pid => Ok(rustix::process::Pid::from_raw(pid as i32)),
-    }
-}
-
 /// Starts `cmd` (its program, arguments, environment, working directory, stdio
 /// and `pre_exec` hooks, as `Command::spawn` would) in the cgroup at `cgroup`,
 /// with `clone3(CLONE_INTO_CGROUP)`.
 ///
-/// Must be called while this process has a single thread: the child runs
-/// ordinary Rust code (`Command::exec`) between clone and exec.
+/// Refused unless this process has a single thread: the child runs ordinary
+/// Rust code (`Command::exec`) between clone and exec.
 pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
     let dir = match open_cgroup(cgroup) {
         Ok(fd) => fd,
@@ -139,8 +87,7 @@ pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
         Ok(pair) => pair,
         Err(e) => return Cloned::Refused(e.into()),
     };
-    // SAFETY: this process has one thread here (see the doc).
-    match unsafe { fork_into(&dir) } {
+    match crate::sys::process::fork_into_cgroup(&dir) {
         Err(e) => Cloned::Refused(e),
         Ok(None) => {
             // The child, in the cgroup: become the command, or say why not.
@@ -148,8 +95,8 @@ pub fn clone_into(cmd: &mut Command, cgroup: &Path) -> Cloned {
             let err = cmd.exec();
             let code = err.raw_os_error().unwrap_or(libc::EINVAL);
             let _ = rustix::io::write(&report_w, &code.to_ne_bytes());
-            // SAFETY: _exit(2) ends this child at once, running nothing of the parent's.
-            unsafe { libc::_exit(127) }
+            // Ends this child at once, running nothing of the parent's.
+            crate::sys::process::exit_now(127)
         }
         Ok(Some(pid)) => {
             drop(report_w);
@@ -188,13 +135,12 @@ impl Keeper {
 
 /// Starts a [`Keeper`] in the cgroup at `cgroup` with `clone3(CLONE_INTO_CGROUP)`.
 ///
-/// Must be called while this process has a single thread (the child runs Rust
-/// code until it waits).
+/// Fails unless this process has a single thread (the child runs Rust code
+/// until it waits).
 pub fn start_keeper(cgroup: &Path) -> io::Result<Keeper> {
     let dir = open_cgroup(cgroup)?;
     let (wait_r, hold) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // SAFETY: this process has one thread here (see the doc).
-    match unsafe { fork_into(&dir) }? {
+    match crate::sys::process::fork_into_cgroup(&dir)? {
         None => {
             drop(hold);
             keep(wait_r)
@@ -210,19 +156,7 @@ fn keep(wait: OwnedFd) -> ! {
     let _ = rustix::thread::set_name(c"wfcg-keeper");
     // Holds none of the supervisor's files: no terminal, pipe or socket of the
     // caller is kept open by it.
-    let fd = wait.as_raw_fd() as u32;
-    // SAFETY: close_range(2) takes plain integers; only this child's descriptors
-    // other than `wait` are closed, and nothing in it uses them afterwards.
-    unsafe {
-        if fd > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, fd - 1, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0u32);
-    }
-    let mut byte = [0u8; 1];
-    while let Ok(1) | Err(rustix::io::Errno::INTR) = rustix::io::read(&wait, &mut byte) {}
-    // SAFETY: _exit(2) ends this child at once, running nothing of the parent's.
-    unsafe { libc::_exit(0) }
+    crate::sys::process::close_others_and_wait(wait)
 }
 
 /// Reads the errno a child sends when its exec failed; `None` when the pipe
