@@ -22,9 +22,11 @@
 //!   retrying reads its configuration and certificates again for each attempt
 //!   (codex reads about 1 MB per reconnect), and what it reads it does not keep;
 //!   a download or a job that reports only a counter writes what it gets;
-//! - CPU time of its payload (`cpu.stat` `usage_usec`) of at least a quarter of
-//!   the time between the samples ([`CPU_SHARE`]): a program computing uses a
-//!   core; one waiting between retries uses a few percent in bursts.
+//! - CPU time its payload wanted (used, `cpu.stat` `usage_usec`, plus waited
+//!   for while runnable, `cpu.pressure` `some total`) of at least a quarter of
+//!   the time between the samples ([`CPU_SHARE`]): a program computing wants a
+//!   core, and on a busy host gets a little of it and waits for the rest; one
+//!   waiting between retries uses a few percent in bursts and waits for nothing.
 //!
 //! A run without progress for the stall timeout is killed. Samples come every
 //! quarter of the timeout (250 ms to 60 s), so a stall is found between 1 and
@@ -285,7 +287,7 @@ impl Agent {
             every: sample_every(t.stall),
             cpu_usec: cg
                 .as_ref()
-                .and_then(|c| super::layout::payload(c).cpu_usage_usec()),
+                .and_then(|c| super::layout::payload(c).cpu_wanted_usec()),
             io: HashMap::new(),
             commands: Recent::new(RECENT_COMMANDS),
             sampled: now,
@@ -472,7 +474,7 @@ impl Agent {
             }
         }
         Sample {
-            cpu: payload.cpu_usage_usec(),
+            cpu: payload.cpu_wanted_usec(),
             io,
             new_commands,
         }

@@ -205,6 +205,31 @@ impl Cgroup {
     pub fn cpu_usage_usec(&self) -> Option<u64> {
         usage_usec(&self.read(CPU_STAT).ok()?)
     }
+
+    /// CPU time the cgroup wanted: what it used, plus the time some of its
+    /// processes were runnable but waiting for a CPU (`some total` of
+    /// `cpu.pressure`, where the kernel keeps pressure stall information). On a
+    /// busy host a process computing gets little CPU but waits for the rest;
+    /// one sleeping between retries neither uses nor waits.
+    pub fn cpu_wanted_usec(&self) -> Option<u64> {
+        let used = self.cpu_usage_usec()?;
+        let waited = self
+            .read(CPU_PRESSURE)
+            .ok()
+            .and_then(|t| pressure_some_total(&t))
+            .unwrap_or(0);
+        Some(used.saturating_add(waited))
+    }
+}
+
+/// `total` (µs) of the `some` line of a pressure file (`cpu.pressure`).
+pub fn pressure_some_total(pressure: &str) -> Option<u64> {
+    pressure
+        .lines()
+        .find_map(|l| l.strip_prefix("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))
+        .and_then(|v| v.parse().ok())
 }
 
 /// `usage_usec` of a `cpu.stat` text.

@@ -22,6 +22,7 @@ pub const CGROUP_KILL: &str = "cgroup.kill";
 pub const CGROUP_CONTROLLERS: &str = "cgroup.controllers";
 pub const CGROUP_SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 pub const CPU_STAT: &str = "cpu.stat";
+pub const CPU_PRESSURE: &str = "cpu.pressure";
 pub const MEMORY_MAX: &str = "memory.max";
 pub const PIDS_MAX: &str = "pids.max";
 pub const CPU_MAX: &str = "cpu.max";

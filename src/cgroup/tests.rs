@@ -143,6 +143,43 @@ fn cpu_usage_comes_from_cpu_stat() {
     assert_eq!(cg.cpu_usage_usec(), Some(1234));
 }
 
+/// The CPU time a cgroup wanted: used, plus waited for (pressure); used alone
+/// where the kernel keeps no pressure file.
+#[test]
+fn cpu_wanted_is_used_plus_the_time_waiting_for_a_cpu() {
+    let (_dir, cg) = fake();
+    assert_eq!(cg.cpu_wanted_usec(), None);
+    fs::write(
+        cg.path().join(CPU_STAT),
+        "usage_usec 1234
+",
+    )
+    .unwrap();
+    assert_eq!(cg.cpu_wanted_usec(), Some(1234));
+    fs::write(
+        cg.path().join(CPU_PRESSURE),
+        "some avg10=3.47 avg60=3.15 avg300=2.35 total=19352156
+         full avg10=3.47 avg60=3.15 avg300=2.31 total=17158473
+",
+    )
+    .unwrap();
+    assert_eq!(cg.cpu_wanted_usec(), Some(1234 + 19352156));
+    assert_eq!(
+        super::pressure_some_total(
+            "full total=5
+"
+        ),
+        None
+    );
+    assert_eq!(
+        super::pressure_some_total(
+            "some avg10=0.00 total=x
+"
+        ),
+        None
+    );
+}
+
 /// A fake cgroupfs: root/ (the wfcg root) → runs/ → r1/, with the given
 /// `cgroup.controllers` in root and runs.
 fn fake_tree(root_has: &str, runs_has: &str) -> (tempfile::TempDir, Cgroup, Cgroup, Cgroup) {

@@ -333,6 +333,45 @@ fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
     }
 }
 
+/// A run computing on a CPU another program takes nearly all of still makes
+/// progress: it gets about 1% of the CPU (nice 19 against a busy loop at nice
+/// 0 on the same CPU) but waits for the rest, which the kernel counts as the
+/// run's CPU pressure. (Counting only the CPU it got, a quarter of a core, it
+/// was ended as stalled at its first stall timeout.)
+#[test]
+fn a_busy_run_starved_of_cpu_by_another_program_is_not_stalled() {
+    require_privileges!();
+    struct Hog(std::process::Child);
+    impl Drop for Hog {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let agent = TestAgent::start();
+    let _hog = Hog(std::process::Command::new("taskset")
+        .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .expect("starting a busy loop"));
+    let stall = ["--stall-timeout", "3s", "--ready-when", "notify"];
+    let starved = agent.start_run(
+        &stall,
+        "exec taskset -c 0 nice -n 19 sh -c 'while :; do :; done'",
+    );
+    // Two stall timeouts; it got less than a quarter of a core meanwhile.
+    let t0 = std::time::Instant::now();
+    stays(&agent, &starved.id, "initializing", Duration::from_secs(7));
+    let st = agent.status(&starved.id);
+    assert_eq!(st["status"], "initializing", "{st:#}");
+    let cpu = st["cpu_usec"].as_u64().expect("cpu_usec") as f64 / 1e6;
+    assert!(
+        cpu < t0.elapsed().as_secs_f64() / 4.0,
+        "it got {cpu} s of CPU in {:?}: not starved, the test shows nothing",
+        t0.elapsed()
+    );
+    agent.kill_ok(&starved.id, &["--force"]);
+}
+
 /// A retry loop (the same line with a growing attempt number and wait, and a
 /// new `sleep` each time) is no progress: it is flagged `retrying: …` for every
 /// reader (status, `ps`, `ps --stuck`, `/metrics`) and ended as stalled at its
