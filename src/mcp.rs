@@ -39,7 +39,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{self, KillRequest, RunStatus};
+use crate::api::{self, KillMode, KillRequest, RunStatus};
 use crate::client::{self, Client};
 use crate::exit::Failure;
 
@@ -285,11 +285,7 @@ impl WfcgMcp {
             return usage_error(problem);
         }
         let run_id = p.run_id;
-        let req = KillRequest {
-            force: p.force,
-            reason: p.reason,
-            ..KillRequest::default()
-        };
+        let req = KillRequest::new(KillMode::from_flags(p.force, false), p.reason);
         match self.call(move |c| c.kill::<Value>(&run_id, &req)).await {
             Ok(result) => {
                 let success = result["success"].as_bool().unwrap_or(false);
@@ -357,7 +353,7 @@ impl WfcgMcp {
             markers: p.markers,
             dry_run: p.dry_run,
             kill: p.kill,
-            force: p.force,
+            settings: api::KillSettings::of_mode(KillMode::from_flags(p.force, false)),
             ..Default::default()
         };
         if let Some(problem) = req.problem() {

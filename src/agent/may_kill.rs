@@ -4,11 +4,10 @@
 //! `permission_query`.
 
 use super::audit_trail::by_caller;
-use super::kill_result::kill_mode;
 use super::time::now;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::AuditEntry;
-use crate::api::{ErrorKind, KillRequest, MayKill, MayKillQuery};
+use crate::api::{ErrorKind, KillMode, MayKill, MayKillQuery};
 use crate::policy::{Action, Permission};
 
 impl Agent {
@@ -19,17 +18,13 @@ impl Agent {
     pub fn may_kill(&self, caller: &Caller, run_id: &str, q: MayKillQuery) -> Result<MayKill> {
         let asker = self.access.identity(caller);
         let uid = q.uid.unwrap_or(caller.uid);
-        let mode = kill_mode(&KillRequest {
-            force: q.force,
-            emergency: q.emergency,
-            ..Default::default()
-        });
+        let mode = q.mode;
         let mut entry = AuditEntry {
             time: now(),
             action: "permission_query".into(),
             run_id: Some(run_id.to_owned()),
             reason: Some(format!("may uid {uid} kill ({mode})?")),
-            mode: Some(mode.into()),
+            mode: Some(mode.to_string()),
             decision: "-".into(),
             ..by_caller(caller, &asker)
         };
@@ -50,7 +45,7 @@ impl Agent {
         asker: &crate::policy::Identity,
         run_id: &str,
         q: &MayKillQuery,
-        mode: &str,
+        mode: KillMode,
         entry: &mut AuditEntry,
     ) -> Result<MayKill> {
         let uid = q.uid.unwrap_or(caller.uid);
@@ -73,10 +68,7 @@ impl Agent {
             self.access.identity_of_uid(uid)
         };
         let rec = self.find_run(run_id)?;
-        let action = Action::Kill {
-            force: q.force || q.emergency,
-            emergency: q.emergency,
-        };
+        let action = Action::Kill { mode };
         let d = self.decide(&subject, action, &rec);
         entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
         entry.permission = d.permission.map(|p| p.as_str().into());
@@ -87,7 +79,7 @@ impl Agent {
             run_id: run_id.to_owned(),
             uid,
             user: subject.user,
-            mode: mode.into(),
+            mode,
         })
     }
 }

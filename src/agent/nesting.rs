@@ -13,7 +13,7 @@
 //! `stopping` or ended: the child is killed at once.
 
 use super::{Agent, Failure, Requester, Result};
-use crate::api::{AuditEntry, ErrorKind, KillRequest, KillResult, RunStatus};
+use crate::api::{AuditEntry, ErrorKind, KillMode, KillRequest, KillResult, RunStatus};
 use crate::store::RunRecord;
 
 impl Agent {
@@ -64,11 +64,10 @@ impl Agent {
         if status.is_some_and(|s| s.is_live() && s != RunStatus::Stopping) {
             return Ok(());
         }
-        let req = KillRequest {
-            force: true,
-            reason: Some(format!("started inside run {parent}, which was killed")),
-            ..Default::default()
-        };
+        let req = KillRequest::new(
+            KillMode::Force,
+            Some(format!("started inside run {parent}, which was killed")),
+        );
         let _ = self.kill_allowed(
             Requester::named(format!("agent (run {parent} ended)")),
             child.clone(),

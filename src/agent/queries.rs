@@ -22,15 +22,14 @@ impl Agent {
         let on_host = Template::list_in(dir)
             .into_iter()
             .filter_map(|(name, _)| Template::lookup_in(dir, &name).ok());
-        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut c = api::KillCourseMs::default();
-        for t in Template::builtin().ok().into_iter().chain(on_host) {
-            c.max_wait_ms = c.max_wait_ms.max(ms(t.critical_sections.max_wait));
-            c.term_grace_ms = c.term_grace_ms.max(ms(t.kill.term_grace));
-            c.freeze_timeout_ms = c.freeze_timeout_ms.max(ms(t.kill.freeze_timeout));
-            c.kill_deadline_ms = c.kill_deadline_ms.max(ms(t.kill.kill_deadline));
-        }
-        c
+        Template::builtin()
+            .ok()
+            .into_iter()
+            .chain(on_host)
+            .map(|t| t.kill_course())
+            .reduce(api::KillCourse::wider)
+            .map(|c| c.to_ms())
+            .unwrap_or_default()
     }
 
     /// The record of a run the caller may see.

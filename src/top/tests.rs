@@ -337,7 +337,7 @@ fn kill_asks_first_and_force_is_separate() {
         app.on_key(key(KeyCode::Char('y'))),
         Action::Kill {
             run_id: "run_00000000beef".into(),
-            force: true
+            mode: crate::api::KillMode::Force
         }
     );
     assert!(text(&render(&app, 80, 24)).contains("killing run_00000000beef (force)"));

@@ -14,7 +14,7 @@ use crate::bounds;
 use crate::agent::Agent;
 use crate::agent::monitor::Kind;
 use crate::agent::time::rfc3339;
-use crate::api::{self, KillRequest, RunStatus};
+use crate::api::{self, KillMode, KillRequest, RunStatus};
 use crate::store::RunRecord;
 
 /// The operator's values for a run's deadlines, which EXTEND_TIMEOUT_USEC,
@@ -257,10 +257,7 @@ impl Agent {
                 reason
             }
         };
-        let req = KillRequest {
-            reason: Some(reason),
-            ..Default::default()
-        };
+        let req = KillRequest::new(KillMode::Graceful, Some(reason));
         self.auto_kill(rec, req);
         // A kill that could not be confirmed (a read failed) leaves the run live:
         // the deadline fires again in a second (an unkillable run is not retried).
