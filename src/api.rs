@@ -1197,6 +1197,139 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// Defines a name-valued audit field: its known names as variants, and
+/// `Other` for a name this build does not know (written by another version of
+/// wfcg, or by hand), read and written back as it was so the chain's hashes
+/// hold. Stored and sent as its name.
+macro_rules! audit_names {
+    ($(#[$doc:meta])* $name:ident, default $default:ident, { $($(#[$vdoc:meta])* $var:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $var,)+
+            /// A name this build does not know, kept as it was.
+            Other(String),
+        }
+
+        impl $name {
+            /// The known ones.
+            pub const KNOWN: &[$name] = &[$($name::$var,)+];
+
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$var => $text,)+
+                    $name::Other(s) => s,
+                }
+            }
+
+            /// A name as stored: a known one, else [`Self::Other`]; never fails.
+            pub fn parse(s: &str) -> $name {
+                match s {
+                    $($text => $name::$var,)+
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> $name {
+                $name::$default
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name::parse(s)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> $name {
+                $name::parse(&s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                String::deserialize(d).map($name::from)
+            }
+        }
+    };
+}
+
+audit_names!(
+    /// What an audit record is about: its `action`.
+    AuditAction, default Unnamed, {
+        /// A kill request (`POST /v1/runs/{id}/kill`) or a child run killed with its parent.
+        Kill = "kill",
+        /// The monitor's kill of a run past a deadline.
+        AutoKill = "auto_kill",
+        /// Written before a kill acts; its outcome is a `KillStarted`.
+        KillStart = "kill_start",
+        /// A kill the previous agent did not finish, found at start.
+        KillInterrupted = "kill_interrupted",
+        /// That kill, carried on by the new agent.
+        KillResumed = "kill_resumed",
+        /// `GET /v1/runs/{id}/may-kill`.
+        PermissionQuery = "permission_query",
+        RunStart = "run_start",
+        RunEnd = "run_end",
+        /// `POST /v1/agent/stop`.
+        AgentStop = "agent_stop",
+        Adopt = "adopt",
+        AdoptDryRun = "adopt_dry_run",
+        /// What became of a workspace the run was to remove.
+        Workspace = "workspace",
+        BreakerOpen = "breaker_open",
+        BreakerReset = "breaker_reset",
+        LeaseRenew = "lease_renew",
+        PolicyLoad = "policy_load",
+        /// The agent found the chain not ending where it last wrote it.
+        ChainBreak = "chain_break",
+        /// The summary of a user's repeated refused requests.
+        DenialsCoalesced = "denials_coalesced",
+        /// A supervisor's exit report (audited when refused).
+        ExitReport = "exit_report",
+        /// A supervisor's move to its leaf (audited when refused).
+        EnterSupervisor = "enter_supervisor",
+        /// No action named (the default of an entry being built).
+        Unnamed = "",
+    }
+);
+
+audit_names!(
+    /// An audit record's `decision`: what the policy said, or `-` where no
+    /// decision was needed.
+    Decision, default NotNeeded, {
+        Allowed = "allowed",
+        Denied = "denied",
+        NotNeeded = "-",
+    }
+);
+
+impl Decision {
+    /// `allowed` or `denied`.
+    pub fn of(allowed: bool) -> Decision {
+        if allowed {
+            Decision::Allowed
+        } else {
+            Decision::Denied
+        }
+    }
+}
+
 /// One event for the audit trail, before it is chained (the store chains it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -1204,14 +1337,13 @@ pub struct AuditEntry {
     pub actor_uid: Option<u32>,
     pub actor_name: String,
     pub caller_pid: Option<i32>,
-    /// `kill`, `auto_kill`, `run_start`, `run_end`, `policy_load`.
-    pub action: String,
+    pub action: AuditAction,
     pub run_id: Option<String>,
     pub reason: Option<String>,
     /// `graceful`, `force` or `emergency`.
     pub mode: Option<String>,
     /// `allowed`, `denied`, or `-` where no decision was needed.
-    pub decision: String,
+    pub decision: Decision,
     /// The permission the decision rested on (or the one missing).
     pub permission: Option<String>,
     pub outcome: String,
@@ -1526,6 +1658,34 @@ mod tests {
         assert_eq!(q(r#"{"force": true}"#).mode, KillMode::Force);
         assert_eq!(q(r#"{"emergency": true}"#).mode, KillMode::Emergency);
         assert_eq!(q(r#"{"mode": "emergency"}"#).mode, KillMode::Emergency);
+    }
+
+    #[test]
+    fn audit_actions_and_decisions_keep_their_text_known_or_not() {
+        for a in AuditAction::KNOWN {
+            assert_eq!(AuditAction::parse(a.as_str()), *a);
+            let json = serde_json::to_string(a).unwrap();
+            assert_eq!(json, format!("\"{a}\""));
+            assert_eq!(serde_json::from_str::<AuditAction>(&json).unwrap(), *a);
+        }
+        for d in Decision::KNOWN {
+            assert_eq!(Decision::parse(d.as_str()), *d);
+        }
+        assert_eq!(AuditAction::parse("kill_start"), AuditAction::KillStart);
+        assert_eq!(Decision::parse("-"), Decision::NotNeeded);
+        assert_eq!(Decision::of(true), Decision::Allowed);
+        assert_eq!(Decision::of(false), Decision::Denied);
+        // A name unknown here is kept, to be written back as it was.
+        let odd = AuditAction::parse("reboot_host");
+        assert_eq!(odd, AuditAction::Other("reboot_host".into()));
+        assert_eq!(serde_json::to_string(&odd).unwrap(), "\"reboot_host\"");
+        assert_eq!(Decision::parse("maybe").as_str(), "maybe");
+        // An entry being built says no decision, and names no action.
+        let e = AuditEntry::default();
+        assert_eq!((e.action.as_str(), e.decision.as_str()), ("", "-"));
+        let names: std::collections::HashSet<&str> =
+            AuditAction::KNOWN.iter().map(AuditAction::as_str).collect();
+        assert_eq!(names.len(), AuditAction::KNOWN.len(), "a name twice");
     }
 
     #[test]

@@ -438,7 +438,7 @@ mod tests {
             time: "2026-01-01T00:00:00Z".into(),
             actor_name: "t".into(),
             action: action.into(),
-            decision: "-".into(),
+            decision: crate::api::Decision::NotNeeded,
             ..Default::default()
         }
     }
@@ -547,8 +547,8 @@ mod tests {
                 pair[1].entry.time
             );
         }
-        assert_eq!(recs[0].entry.action, "late");
-        assert_eq!(recs[1].entry.action, "early");
+        assert_eq!(recs[0].entry.action.as_str(), "late");
+        assert_eq!(recs[1].entry.action.as_str(), "early");
         assert_eq!(recs[1].entry.time, recs[0].entry.time);
         let check = auditor.verify(&store.lock()).unwrap();
         assert_eq!((check.last_seq, check.first_bad), (202, None));
@@ -584,7 +584,7 @@ mod tests {
             .audit_records(&AuditFilter::default())
             .unwrap()
             .into_iter()
-            .map(|r| r.entry.action)
+            .map(|r| r.entry.action.to_string())
             .collect();
         assert_eq!(actions, ["kill", "later"]);
     }

@@ -15,6 +15,7 @@ use rustix::mount::MountFlags;
 
 use super::audit_trail::by_caller;
 use super::{Agent, Caller, Failure, Result, layout, progress};
+use crate::api::AuditAction;
 use crate::api::AuditEntry;
 use crate::api::{self, CreateRun, ErrorKind, RunStarted};
 use crate::cgroup::{self, Cgroup};
@@ -348,7 +349,7 @@ impl Agent {
         self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
         self.audit_event(AuditEntry {
-            action: "run_start".into(),
+            action: AuditAction::RunStart,
             run_id: Some(run_id.clone()),
             outcome: "started".into(),
             ..by_caller(caller, &id)

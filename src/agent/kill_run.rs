@@ -13,6 +13,7 @@ use super::time::now;
 use super::{Agent, Caller, Failure, Requester, Result};
 use crate::api::AuditEntry;
 use crate::api::{self, ErrorKind, KillRequest, KillResult, RunStatus};
+use crate::api::{AuditAction, Decision};
 use crate::cgroup::Cgroup;
 use crate::policy::Action;
 use crate::store::RunRecord;
@@ -69,7 +70,7 @@ impl Agent {
     pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
         let id = self.access.identity(caller);
         let entry = AuditEntry {
-            action: "kill".into(),
+            action: AuditAction::Kill,
             run_id: Some(run_id.to_owned()),
             ..by_caller(caller, &id)
         };
@@ -89,7 +90,7 @@ impl Agent {
             let rec = self.find_run(run_id)?;
             let action = Action::Kill { mode: req.mode() };
             let d = self.decide(&id, action, &rec);
-            entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
+            entry.decision = Decision::of(d.allowed);
             entry.permission = d.permission.map(|p| p.as_str().to_string());
             if !d.allowed {
                 return Err(Failure::new(
@@ -116,7 +117,7 @@ impl Agent {
     pub(super) fn auto_kill(&self, rec: RunRecord, req: KillRequest) {
         let entry = AuditEntry {
             actor_name: "monitor".into(),
-            action: "auto_kill".into(),
+            action: AuditAction::AutoKill,
             run_id: Some(rec.run_id.clone()),
             ..Default::default()
         };
@@ -152,7 +153,7 @@ impl Agent {
         entry.time = now();
         entry.reason = req.reason.as_deref().map(kill_result::recorded_reason);
         entry.mode = Some(req.mode().to_string());
-        entry.decision = "-".into();
+        entry.decision = Decision::NotNeeded;
         let outcome = attempt(&mut entry);
         entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);
         entry.outcome = kill_result::audit_outcome(&outcome).into();

@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::kill_result;
 use super::time::now;
 use super::{Agent, Requester, Sighting, audit, layout};
-use crate::api::AuditEntry;
 use crate::api::{self, KillRequest, KillResult, RunStatus};
+use crate::api::{AuditAction, AuditEntry};
 use crate::cgroup::Cgroup;
 use crate::kill;
 use crate::procfs;
@@ -23,7 +23,7 @@ use crate::userfs::Cred;
 const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The audit action written before a kill acts.
-pub(super) const KILL_START: &str = "kill_start";
+pub(super) const KILL_START: AuditAction = AuditAction::KillStart;
 
 /// The outcome of a [`KILL_START`] record: how the kill ends the run if it
 /// succeeds, which a successor agent resumes it with. Stored as the words
@@ -167,7 +167,7 @@ impl Agent {
             actor_name: requested_by.name.clone(),
             actor_uid: requested_by.uid,
             caller_pid: requested_by.pid,
-            action: KILL_START.into(),
+            action: KILL_START,
             run_id: Some(rec.run_id.clone()),
             reason: req.reason.clone(),
             mode: Some(mode.to_string()),

@@ -7,6 +7,7 @@ use super::audit_trail::by_caller;
 use super::time::now;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::AuditEntry;
+use crate::api::{AuditAction, Decision};
 use crate::api::{ErrorKind, KillMode, MayKill, MayKillQuery};
 use crate::policy::{Action, Permission};
 
@@ -21,11 +22,11 @@ impl Agent {
         let mode = q.mode;
         let mut entry = AuditEntry {
             time: now(),
-            action: "permission_query".into(),
+            action: AuditAction::PermissionQuery,
             run_id: Some(run_id.to_owned()),
             reason: Some(format!("may uid {uid} kill ({mode})?")),
             mode: Some(mode.to_string()),
-            decision: "-".into(),
+            decision: Decision::NotNeeded,
             ..by_caller(caller, &asker)
         };
         let answer = self.answer_may_kill(caller, &asker, run_id, &q, mode, &mut entry);
@@ -58,7 +59,7 @@ impl Agent {
                 .permissions(asker)
                 .contains(&Permission::ViewAll);
             if !may_ask {
-                entry.decision = "denied".into();
+                entry.decision = Decision::Denied;
                 entry.permission = Some(Permission::ViewAll.as_str().into());
                 return Err(Failure::new(
                     ErrorKind::Forbidden,
@@ -70,7 +71,7 @@ impl Agent {
         let rec = self.find_run(run_id)?;
         let action = Action::Kill { mode };
         let d = self.decide(&subject, action, &rec);
-        entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
+        entry.decision = Decision::of(d.allowed);
         entry.permission = d.permission.map(|p| p.as_str().into());
         Ok(MayKill {
             allowed: d.allowed,

@@ -73,6 +73,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::api::AuditAction;
 use crate::api::AuditEntry;
 use crate::api::{self, ErrorKind, KillMode, KillRequest, RunStatus};
 use crate::cgroup::{self, Cgroup};
@@ -498,7 +499,7 @@ impl Agent {
                     std::thread::spawn(move || {
                         let entry = AuditEntry {
                             actor_name: "agent".into(),
-                            action: "kill_resumed".into(),
+                            action: AuditAction::KillResumed,
                             run_id: Some(rec.run_id.clone()),
                             ..Default::default()
                         };
@@ -589,7 +590,7 @@ impl Agent {
             }
         );
         self.audit_event(AuditEntry {
-            action: "kill_interrupted".into(),
+            action: AuditAction::KillInterrupted,
             run_id: Some(rec.run_id.clone()),
             reason: Some(format!("the agent stopped during the {mode} kill by {by}")),
             mode: Some(mode.to_string()),

@@ -13,6 +13,7 @@
 //! `stopping` or ended: the child is killed at once.
 
 use super::{Agent, Failure, Requester, Result};
+use crate::api::{AuditAction, Decision};
 use crate::api::{AuditEntry, ErrorKind, KillMode, KillRequest, KillResult, RunStatus};
 use crate::store::RunRecord;
 
@@ -156,15 +157,15 @@ impl Agent {
             actor_uid: by.uid,
             actor_name: by.name.clone(),
             caller_pid: by.pid,
-            action: "kill".into(),
+            action: AuditAction::Kill,
             run_id: Some(child.run_id.clone()),
-            decision: "allowed".into(),
+            decision: Decision::Allowed,
             permission: Some("parent".into()),
             ..Default::default()
         };
         let run_id = child.run_id.clone();
         let res = self.audited(entry, req, |entry| {
-            entry.decision = "allowed".into();
+            entry.decision = Decision::Allowed;
             entry.permission = Some("parent".into());
             self.kill_allowed(by.clone(), child, req.clone(), end)
         });

@@ -93,10 +93,49 @@ fn entry(action: &str) -> AuditEntry {
         actor_uid: Some(0),
         actor_name: "root".into(),
         action: action.into(),
-        decision: "allowed".into(),
+        decision: crate::api::Decision::Allowed,
         outcome: "killed".into(),
         ..Default::default()
     }
+}
+
+/// Actions and decisions are typed, yet a name this build does not know (an
+/// older or newer wfcg's, or an edit) reads, keeps its text and its hash; an
+/// edit of a known one into another is still found by the chain.
+#[test]
+fn audit_names_unknown_to_this_build_read_back_as_they_were() {
+    use crate::api::{AuditAction, Decision};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+    store.append_audit(&entry("kill")).unwrap();
+    let odd = AuditEntry {
+        decision: Decision::parse("maybe"),
+        ..entry("reboot_host")
+    };
+    store.append_audit(&odd).unwrap();
+    let recs = store.audit_records(&AuditFilter::default()).unwrap();
+    assert_eq!(recs[0].entry.action, AuditAction::Kill);
+    assert_eq!(recs[0].entry.decision, Decision::Allowed);
+    assert_eq!(
+        recs[1].entry.action,
+        AuditAction::Other("reboot_host".into())
+    );
+    assert_eq!(recs[1].entry.decision, Decision::Other("maybe".into()));
+    let text: (String, String) = store
+        .conn
+        .query_row(
+            "SELECT action, decision FROM audit WHERE seq = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(text, ("kill".to_string(), "allowed".to_string()));
+    assert_eq!(store.verify_audit().unwrap().first_bad, None);
+    store
+        .conn
+        .execute("UPDATE audit SET action = 'auto_kill' WHERE seq = 1", [])
+        .unwrap();
+    assert_eq!(store.verify_audit().unwrap().first_bad.unwrap().0, 1);
 }
 
 #[test]
@@ -205,7 +244,7 @@ fn a_batch_writes_all_of_its_records_or_none() {
         time: "2026-01-01T00:00:00Z".into(),
         actor_name: "t".into(),
         action: action.into(),
-        decision: "-".into(),
+        decision: crate::api::Decision::NotNeeded,
         run_id: Some("run_a".into()),
         ..Default::default()
     };

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::app::{AgentUsage, RunRow, Snapshot};
-use crate::api::AuditRecord;
 use crate::api::RunInfo;
+use crate::api::{AuditAction, AuditRecord};
 use crate::client::Client;
 
 /// How long a run stays on screen (greyed) after it was seen ending.
@@ -223,7 +223,7 @@ fn share(cpu_secs: f64, wall: Duration) -> Option<f64> {
 pub fn latest_kills(records: Vec<AuditRecord>, n: usize) -> Vec<AuditRecord> {
     let mut kills: Vec<AuditRecord> = records
         .into_iter()
-        .filter(|r| matches!(r.entry.action.as_str(), "kill" | "auto_kill"))
+        .filter(|r| matches!(r.entry.action, AuditAction::Kill | AuditAction::AutoKill))
         .collect();
     kills.sort_by_key(|r| std::cmp::Reverse(r.seq));
     kills.truncate(n);

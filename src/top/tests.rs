@@ -76,10 +76,10 @@ fn kill_record(seq: i64, run: &str) -> AuditRecord {
             time: "2026-01-01T12:01:00Z".into(),
             actor_uid: Some(0),
             actor_name: "root".into(),
-            action: "kill".into(),
+            action: crate::api::AuditAction::Kill,
             run_id: Some(run.into()),
             mode: Some("graceful".into()),
-            decision: "allowed".into(),
+            decision: crate::api::Decision::Allowed,
             outcome: "killed".into(),
             reason: Some("wfcg top".into()),
             ..Default::default()

@@ -603,7 +603,7 @@ fn kill_line(k: &AuditRecord) -> Line<'static> {
         Span::from(format!(
             " {} {:<9} {:<8} {:<16} {:<9} ",
             shown(&time),
-            shown(&e.action),
+            shown(e.action.as_str()),
             truncate(&shown(&e.actor_name), 8),
             e.run_id
                 .as_deref()
