@@ -80,9 +80,14 @@ mod tests {
                 &["crate::agent", "crate::store"],
             ),
             (
-                &["alerts/", "diagnostics.rs", "sdnotify.rs", "store/"],
+                &["alerts/", "diagnostics.rs", "sdnotify.rs"],
                 &["crate::agent", "crate::template", "crate::policy"],
             ),
+            // The store reads a run's template as its type (a bad one is a
+            // BadColumn, never a default); templates are configuration that
+            // knows nothing of the store, so the arrow still points down.
+            (&["store/"], &["crate::agent", "crate::policy"]),
+            (&["template/"], &["crate::agent", "crate::store"]),
         ];
         let mut wrong = Vec::new();
         for (files, banned) in rules {

@@ -560,7 +560,7 @@ impl Agent {
             init_deadline: after(template.timeouts.init),
             total_deadline: after(template.timeouts.total),
             workspace_path: workspace,
-            template: serde_json::to_string(&template).ok(),
+            template: Some(template.clone()),
             template_name: Some(template_name),
             teams: Vec::new(),
             owner_uid: root.uid,

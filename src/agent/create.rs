@@ -311,7 +311,7 @@ impl Agent {
             started_at: Some(chrono::Utc::now()),
             workspace_path: workspace,
             cleanup_workspace,
-            template: serde_json::to_string(&template).ok(),
+            // With its ceiling: set by `initial_deadlines` below.
             template_name: Some(template_name.clone()),
             notify_socket: Some(self.notify_dirs.join(&run_id).display().to_string()),
             teams,

@@ -13,6 +13,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{BadColumn, Error, Result, Store, rfc3339};
 use crate::api::RunStatus;
+use crate::template::Template;
 
 /// Time columns of `runs` that change during a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +86,14 @@ pub struct RunRecord {
     pub cleanup_workspace: bool,
     /// The teams the run belongs to (a JSON array in the column).
     pub teams: Vec<String>,
-    /// The run's resolved template, as JSON, and its name.
-    pub template: Option<String>,
+    /// The run's resolved template and its name. `None` for a record that has
+    /// none (an older one): the agent's default template is then the run's. A
+    /// column that does not read as a template is a [`BadColumn`].
+    pub template: Option<Template>,
+    /// The operator's ceiling stored with the template (see the agent's
+    /// `Ceiling`); `None` for a bare template (an older record, an adopted run),
+    /// whose own timeouts are then the ceiling.
+    pub template_ceiling: Option<CeilingMs>,
     pub template_name: Option<String>,
     pub ready_at: Option<DateTime<Utc>>,
     pub status_text: Option<String>,
@@ -127,6 +134,57 @@ impl FromSql for RunStatus {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         let name = value.as_str()?;
         RunStatus::parse(name).ok_or_else(|| FromSqlError::Other("not a status wfcg knows".into()))
+    }
+}
+
+/// The operator's ceiling of a run's deadlines as stored with its template,
+/// in milliseconds (the agent's `Ceiling` says what they mean).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CeilingMs {
+    pub init: u64,
+    pub total: u64,
+    pub watchdog: u64,
+}
+
+/// The `template` column: `{"template": …, "ceiling": …}`, or a bare template
+/// (an older record, an adopted run).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WithCeiling<T> {
+    template: T,
+    ceiling: CeilingMs,
+}
+
+/// A run's template as its column holds it.
+fn template_text(run: &RunRecord) -> Option<String> {
+    let template = run.template.as_ref()?;
+    let text = match run.template_ceiling {
+        Some(ceiling) => serde_json::to_string(&WithCeiling { template, ceiling }),
+        None => serde_json::to_string(template),
+    };
+    // A template is plain data (strings, numbers, maps with string keys).
+    Some(text.expect("a template serializes"))
+}
+
+/// The `template` column: the template and its ceiling, or an error naming
+/// what is wrong (a [`BadColumn`] once [`run_from_row`] has it).
+fn template_from_row(
+    r: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<(Option<Template>, Option<CeilingMs>)> {
+    let Some(text) = r.get::<_, Option<String>>(i)? else {
+        return Ok((None, None));
+    };
+    if let Ok(w) = serde_json::from_str::<WithCeiling<Template>>(&text) {
+        return Ok((Some(w.template), Some(w.ceiling)));
+    }
+    match serde_json::from_str::<Template>(&text) {
+        Ok(t) => Ok((Some(t), None)),
+        Err(e) => Err(rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("not a template wfcg can read ({e})").into(),
+        )),
     }
 }
 
@@ -209,6 +267,7 @@ fn shown(v: ValueRef<'_>) -> String {
 }
 
 fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    let (template, template_ceiling) = template_from_row(r, 20)?;
     Ok(RunRecord {
         run_id: r.get(0)?,
         pid: r.get(1)?,
@@ -230,7 +289,8 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         log_path: r.get(17)?,
         cleanup_workspace: r.get(18)?,
         teams: list_from_row(r, 19)?,
-        template: r.get(20)?,
+        template,
+        template_ceiling,
         template_name: r.get(21)?,
         ready_at: r.get(22)?,
         status_text: r.get(23)?,
@@ -280,7 +340,7 @@ impl Store {
                 run.log_path,
                 run.cleanup_workspace,
                 json_list(&run.teams),
-                run.template,
+                template_text(run),
                 run.template_name,
                 time_text(run.ready_at),
                 run.status_text,

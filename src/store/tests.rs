@@ -556,6 +556,12 @@ fn a_bad_value_in_a_row_is_an_error_naming_the_run() {
             "'[1]'",
             "holds \"[1]\": not a JSON array of strings",
         ),
+        (
+            "template",
+            r#"'{"kill": 1}'"#,
+            "not a template wfcg can read",
+        ),
+        ("template", "'{'", "not a template wfcg can read"),
     ];
     for (column, value, why) in cases {
         store.insert_run(&sample("run_bad")).unwrap();
