@@ -33,6 +33,9 @@ use crate::api::{self, AuditEntry, RunStatus};
 use crate::store::{CHAIN_BREAK, ChainCheck, RunRecord, Store};
 
 /// A write the store must get, in order.
+// The kill's result is kept by value: one per kill, queued only until the next
+// write, against an allocation for every record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Record {
     Audit(AuditEntry),
@@ -40,7 +43,7 @@ pub enum Record {
     Kill {
         run_id: String,
         started_at: DateTime<Utc>,
-        result: String,
+        result: api::KillResult,
         status: RunStatus,
         ended_at: Option<DateTime<Utc>>,
     },
@@ -464,7 +467,7 @@ mod tests {
         Record::Kill {
             run_id: "run_a".into(),
             started_at: chrono::DateTime::UNIX_EPOCH,
-            result: "{}".into(),
+            result: api::KillResult::default(),
             status: RunStatus::Killed,
             ended_at: Some(chrono::DateTime::UNIX_EPOCH),
         }

@@ -23,15 +23,14 @@ pub(super) fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
         (RunStatus::TimedOut, ..) => "was killed by the monitor (timed out)".to_string(),
         (other, ..) => format!("ended as {other}"),
     };
-    let previous: Option<KillResult> = rec
-        .kill_result
-        .as_deref()
-        .and_then(|k| serde_json::from_str(k).ok());
+    let previous = rec.kill_result.as_ref();
     KillResult {
         success: true,
         run_id: rec.run_id.clone(),
-        killed_at: previous.as_ref().and_then(|p| p.killed_at.clone()),
-        cleanup_status: previous.map(|p| p.cleanup_status).unwrap_or_default(),
+        killed_at: previous.and_then(|p| p.killed_at.clone()),
+        cleanup_status: previous
+            .map(|p| p.cleanup_status.clone())
+            .unwrap_or_default(),
         message: format!("run {} already ended: it {how}", rec.run_id),
         already_ended: true,
         ended_as: Some(status.as_str().into()),
@@ -280,7 +279,7 @@ mod tests {
             ..Default::default()
         };
         let mut rec = run(RunStatus::TimedOut);
-        rec.kill_result = Some(serde_json::to_string(&earlier).unwrap());
+        rec.kill_result = Some(earlier.clone());
         let r = already_ended(&rec, RunStatus::TimedOut);
         assert_eq!(r.killed_at, earlier.killed_at);
         assert!(r.cleanup_status.cgroup_removed);

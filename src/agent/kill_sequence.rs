@@ -237,14 +237,13 @@ impl Agent {
         };
         kill_result::note_errors(&mut result, &report.errors);
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
-        let json = serde_json::to_string(&result).unwrap_or_default();
         let ended_at = (status == end).then(chrono::Utc::now);
         // Written with the kill's audit record before the answer (see `audited`),
         // in one transaction; kept pending while the store cannot be written.
         self.auditor.defer(audit::Record::Kill {
             run_id: rec.run_id.clone(),
             started_at,
-            result: json,
+            result: result.clone(),
             status,
             ended_at,
         });

@@ -12,7 +12,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{BadColumn, Error, Result, Store, rfc3339};
-use crate::api::RunStatus;
+use crate::api::{KillResult, RunStatus};
 use crate::template::Template;
 
 /// Time columns of `runs` that change during a run.
@@ -77,8 +77,9 @@ pub struct RunRecord {
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// The last kill result, as JSON.
-    pub kill_result: Option<String>,
+    /// The last kill result (JSON in the column); one that does not read is a
+    /// [`BadColumn`].
+    pub kill_result: Option<KillResult>,
     pub run_dir: Option<String>,
     pub tmpdir: Option<String>,
     pub log_path: Option<String>,
@@ -188,6 +189,26 @@ fn template_from_row(
     }
 }
 
+/// A kill result as its column holds it (JSON).
+fn kill_result_text(result: &KillResult) -> String {
+    // A kill result is plain data (strings, numbers, lists).
+    serde_json::to_string(result).expect("a kill result serializes")
+}
+
+/// A column holding a kill result, or an error naming what is wrong.
+fn kill_result_from_row(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<KillResult>> {
+    let Some(text) = r.get::<_, Option<String>>(i)? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("not a kill result wfcg can read ({e})").into(),
+        )
+    })
+}
+
 /// Statuses as a JSON array, for `IN (SELECT value FROM json_each(?))`.
 fn status_list(statuses: &[RunStatus]) -> String {
     let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
@@ -283,7 +304,7 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         exit_code: r.get(11)?,
         exit_signal: r.get(12)?,
         ended_at: r.get(13)?,
-        kill_result: r.get(14)?,
+        kill_result: kill_result_from_row(r, 14)?,
         run_dir: r.get(15)?,
         tmpdir: r.get(16)?,
         log_path: r.get(17)?,
@@ -334,7 +355,7 @@ impl Store {
                 run.exit_code,
                 run.exit_signal,
                 time_text(run.ended_at),
-                run.kill_result,
+                run.kill_result.as_ref().map(kill_result_text),
                 run.run_dir,
                 run.tmpdir,
                 run.log_path,
@@ -550,10 +571,11 @@ impl Store {
         &mut self,
         run_id: &str,
         started_at: DateTime<Utc>,
-        result_json: &str,
+        result: &KillResult,
         status: RunStatus,
         ended_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
+        let result_json = kill_result_text(result);
         self.immediate(|tx| {
             tx.execute(
                 "INSERT INTO kills (run_id, started_at, result) VALUES (?1, ?2, ?3)",

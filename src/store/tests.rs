@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::api::{AuditEntry, RunStatus};
+use crate::api::{AuditEntry, KillResult, RunStatus};
 
 /// A time as RFC 3339 text reads it.
 fn at(text: &str) -> DateTime<Utc> {
@@ -251,7 +251,13 @@ fn a_batch_writes_all_of_its_records_or_none() {
     let other = || Store::open(&path).unwrap();
     let t0 = at("2026-01-01T00:00:00Z");
     let failed = store.batch(|s| {
-        s.record_kill("run_a", t0, "{}", RunStatus::Killed, Some(t0))?;
+        s.record_kill(
+            "run_a",
+            t0,
+            &KillResult::default(),
+            RunStatus::Killed,
+            Some(t0),
+        )?;
         s.append_audit(&entry("kill"))?;
         s.insert_run(&sample("run_a")).map(|_| 0) // a duplicate: fails
     });
@@ -270,7 +276,13 @@ fn a_batch_writes_all_of_its_records_or_none() {
 
     let seqs = store
         .batch(|s| {
-            s.record_kill("run_a", t0, "{}", RunStatus::Killed, Some(t0))?;
+            s.record_kill(
+                "run_a",
+                t0,
+                &KillResult::default(),
+                RunStatus::Killed,
+                Some(t0),
+            )?;
             let a = s.append_audit(&entry("run_end"))?;
             let b = s.append_audit(&entry("kill"))?;
             Ok((a.seq, b.seq))
@@ -342,7 +354,7 @@ fn lists_by_status_and_counts_kills() {
         .record_kill(
             "run_b",
             at("2026-01-01T00:00:00Z"),
-            "{}",
+            &KillResult::default(),
             RunStatus::Killed,
             Some(at("2026-01-01T00:00:01Z")),
         )
@@ -352,13 +364,8 @@ fn lists_by_status_and_counts_kills() {
     assert_eq!(live[0].run_id, "run_a");
     assert_eq!(store.kill_count("run_b").unwrap(), 1);
     assert_eq!(
-        store
-            .get_run("run_b")
-            .unwrap()
-            .unwrap()
-            .kill_result
-            .as_deref(),
-        Some("{}")
+        store.get_run("run_b").unwrap().unwrap().kill_result,
+        Some(KillResult::default())
     );
 }
 
@@ -518,7 +525,13 @@ fn every_typed_field_round_trips() {
     );
     assert_eq!(run.watchdog_usec, Some(5));
     store
-        .record_kill("run_empty", t0, "{}", RunStatus::Killed, secs(20))
+        .record_kill(
+            "run_empty",
+            t0,
+            &KillResult::default(),
+            RunStatus::Killed,
+            secs(20),
+        )
         .unwrap();
     let run = store.get_run("run_empty").unwrap().unwrap();
     assert_eq!((run.status, run.ended_at), (RunStatus::Killed, secs(20)));
@@ -562,6 +575,7 @@ fn a_bad_value_in_a_row_is_an_error_naming_the_run() {
             "not a template wfcg can read",
         ),
         ("template", "'{'", "not a template wfcg can read"),
+        ("kill_result", "'{}'", "not a kill result wfcg can read"),
     ];
     for (column, value, why) in cases {
         store.insert_run(&sample("run_bad")).unwrap();
