@@ -78,7 +78,7 @@ fn kill_record(seq: i64, run: &str) -> AuditRecord {
             actor_name: "root".into(),
             action: crate::api::AuditAction::Kill,
             run_id: Some(run.into()),
-            mode: Some("graceful".into()),
+            mode: Some(crate::api::KillMode::Graceful.to_string()),
             decision: crate::api::Decision::Allowed,
             outcome: "killed".into(),
             reason: Some("wfcg top".into()),
