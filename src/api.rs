@@ -23,6 +23,8 @@
 //! the whole contract between the agent and its clients, read in one place.
 
 use schemars::JsonSchema;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The agent's routes: the server's router and the client both take their paths
@@ -366,6 +368,79 @@ pub struct KillCourseMs {
     pub kill_deadline_ms: u64,
 }
 
+/// The waits of a kill where its request leaves them to a template: a run's
+/// template's (the agent's own limit on a kill under way), or the longest of
+/// the agent's templates (what it states at `/v1/health?kill_course=true` for
+/// its clients' deadlines). [`KillCourse::longest`] is the one place that
+/// says how long a kill's course is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KillCourse {
+    pub max_wait: Duration,
+    pub term_grace: Duration,
+    pub freeze_timeout: Duration,
+    pub kill_deadline: Duration,
+}
+
+impl KillCourse {
+    /// The shipped default template's course, for a client whose agent does not
+    /// state its own (a test keeps it equal to `cgroup-templates/default.toml`).
+    pub const FALLBACK: KillCourse = KillCourse {
+        max_wait: Duration::from_secs(60),
+        term_grace: Duration::from_secs(5),
+        freeze_timeout: Duration::from_secs(2),
+        kill_deadline: Duration::from_secs(10),
+    };
+
+    /// As the agent states it.
+    pub fn from_ms(c: &KillCourseMs) -> KillCourse {
+        let ms = Duration::from_millis;
+        KillCourse {
+            max_wait: ms(c.max_wait_ms),
+            term_grace: ms(c.term_grace_ms),
+            freeze_timeout: ms(c.freeze_timeout_ms),
+            kill_deadline: ms(c.kill_deadline_ms),
+        }
+    }
+
+    /// As the agent states it, in milliseconds.
+    pub fn to_ms(&self) -> KillCourseMs {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        KillCourseMs {
+            max_wait_ms: ms(self.max_wait),
+            term_grace_ms: ms(self.term_grace),
+            freeze_timeout_ms: ms(self.freeze_timeout),
+            kill_deadline_ms: ms(self.kill_deadline),
+        }
+    }
+
+    /// Each wait the longer of the two.
+    pub fn wider(self, other: KillCourse) -> KillCourse {
+        KillCourse {
+            max_wait: self.max_wait.max(other.max_wait),
+            term_grace: self.term_grace.max(other.term_grace),
+            freeze_timeout: self.freeze_timeout.max(other.freeze_timeout),
+            kill_deadline: self.kill_deadline.max(other.kill_deadline),
+        }
+    }
+
+    /// The hard kill: two freezes and the wait for `populated 0`.
+    pub fn hard(&self) -> Duration {
+        self.freeze_timeout
+            .saturating_mul(2)
+            .saturating_add(self.kill_deadline)
+    }
+
+    /// The longest a kill with these settings takes: the wait for critical
+    /// sections (its `max_wait`), SIGTERM's grace (each as asked, else this
+    /// course's) and the hard kill.
+    pub fn longest(&self, asked: &KillSettings) -> Duration {
+        let or = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
+        or(asked.max_wait_ms, self.max_wait)
+            .saturating_add(or(asked.grace_ms, self.term_grace))
+            .saturating_add(self.hard())
+    }
+}
+
 /// What the supervisor watches in its command's output and workspace, and tells
 /// the agent about through the notify socket (see [`OUTPUT_NOTIFY`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -542,41 +617,267 @@ pub struct ExitAck {
     pub stopped: Option<RunStatus>,
 }
 
-/// `POST /v1/runs/{id}/kill`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct KillRequest {
+/// How a kill proceeds: the one type for what the wire (and the audit trail)
+/// says as `graceful`, `force` or `emergency`.
+///
+/// Ordered by strength: a request that names more than one (the `mode` field
+/// beside the older `force`/`emergency` flags) gets the strongest.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KillMode {
+    /// Freeze, wait for critical sections, SIGTERM and its grace, then `cgroup.kill`.
+    #[default]
+    Graceful,
     /// Skip SIGTERM and its grace: freeze and `cgroup.kill` at once.
-    #[serde(default)]
-    pub force: bool,
-    /// A force kill that needs `emergency_kill` rather than the right to the run.
-    #[serde(default)]
-    pub emergency: bool,
-    /// How long processes get after SIGTERM; the template's default when absent.
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
+    Force,
+    /// A force kill that rests on `emergency_kill` rather than the right to the
+    /// run; the supervisor is not waited for either.
+    Emergency,
+}
+
+impl KillMode {
+    pub const ALL: [KillMode; 3] = [KillMode::Graceful, KillMode::Force, KillMode::Emergency];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillMode::Graceful => "graceful",
+            KillMode::Force => "force",
+            KillMode::Emergency => "emergency",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KillMode> {
+        KillMode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The mode the older request flags (`force`, `emergency`) ask for.
+    pub fn from_flags(force: bool, emergency: bool) -> KillMode {
+        if emergency {
+            KillMode::Emergency
+        } else if force {
+            KillMode::Force
+        } else {
+            KillMode::Graceful
+        }
+    }
+
+    /// Whether the kill goes straight to the hard kill (force or emergency).
+    pub fn is_forced(self) -> bool {
+        self != KillMode::Graceful
+    }
+
+    pub fn is_emergency(self) -> bool {
+        self == KillMode::Emergency
+    }
+
+    /// A kill result's mode as the wire says it: `none` for a kill that did
+    /// not run.
+    pub fn or_none(mode: Option<KillMode>) -> &'static str {
+        mode.map_or(mode_or_none::NONE, KillMode::as_str)
+    }
+}
+
+impl std::fmt::Display for KillMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for KillMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KillMode, String> {
+        KillMode::parse(s)
+            .ok_or_else(|| format!("{s:?} is not a kill mode (graceful, force, emergency)"))
+    }
+}
+
+/// [`KillResult::mode`] on the wire: the mode, or `none` for a kill that did
+/// not run (the run had ended); an empty string (older answers) reads as none.
+mod mode_or_none {
+    use super::KillMode;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) const NONE: &str = "none";
+
+    pub fn serialize<S: Serializer>(m: &Option<KillMode>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(KillMode::or_none(*m))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KillMode>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "" | NONE => Ok(None),
+            other => other.parse().map(Some).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// The settings of a kill, shared (flattened, the same fields at the top of
+/// the body) by [`KillRequest`] and [`AdoptRequest`]: its mode and the graces
+/// that override the run's template. Each grace is in milliseconds, at most 10
+/// years, the template's when absent.
+///
+/// On the wire the mode is `mode` (`graceful`, `force`, `emergency`) or the
+/// older flags `force` and `emergency` (what clients send, so that an older
+/// agent understands them); given both, the strongest wins. It is written as
+/// the flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "KillSettingsWire", into = "KillSettingsWire")]
+pub struct KillSettings {
+    pub mode: KillMode,
+    /// How long processes get after SIGTERM.
     pub grace_ms: Option<u64>,
-    pub reason: Option<String>,
-    /// How long to wait for open critical sections of each kind, and in all
-    /// (the template's defaults when absent).
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
+    /// How long to wait for open critical sections of each kind, and in all.
     pub grace_git_ms: Option<u64>,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_db_ms: Option<u64>,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub grace_files_ms: Option<u64>,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub max_wait_ms: Option<u64>,
+}
+
+impl KillSettings {
+    /// Settings of `mode` with the template's graces.
+    pub fn of_mode(mode: KillMode) -> KillSettings {
+        KillSettings {
+            mode,
+            ..Default::default()
+        }
+    }
+}
+
+/// [`KillSettings`] as they are written and read. The bounds are checked after
+/// the fields are read (a flattened struct's errors carry no field path): the
+/// error names the field itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+struct KillSettingsWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<KillMode>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    emergency: bool,
+    #[serde(default)]
+    grace_ms: Option<u64>,
+    #[serde(default)]
+    grace_git_ms: Option<u64>,
+    #[serde(default)]
+    grace_db_ms: Option<u64>,
+    #[serde(default)]
+    grace_files_ms: Option<u64>,
+    #[serde(default)]
+    max_wait_ms: Option<u64>,
+}
+
+impl TryFrom<KillSettingsWire> for KillSettings {
+    type Error = String;
+
+    fn try_from(w: KillSettingsWire) -> Result<KillSettings, String> {
+        let bounded = |name: &str, v: Option<u64>| match v {
+            Some(ms) if ms > crate::bounds::MAX_MS => Err(format!(
+                "{name}: {ms} ms is more than the most accepted, {} ms (10 years)",
+                crate::bounds::MAX_MS
+            )),
+            v => Ok(v),
+        };
+        Ok(KillSettings {
+            mode: w
+                .mode
+                .unwrap_or_default()
+                .max(KillMode::from_flags(w.force, w.emergency)),
+            grace_ms: bounded("grace_ms", w.grace_ms)?,
+            grace_git_ms: bounded("grace_git_ms", w.grace_git_ms)?,
+            grace_db_ms: bounded("grace_db_ms", w.grace_db_ms)?,
+            grace_files_ms: bounded("grace_files_ms", w.grace_files_ms)?,
+            max_wait_ms: bounded("max_wait_ms", w.max_wait_ms)?,
+        })
+    }
+}
+
+impl From<KillSettings> for KillSettingsWire {
+    fn from(s: KillSettings) -> KillSettingsWire {
+        KillSettingsWire {
+            mode: None,
+            force: s.mode == KillMode::Force,
+            emergency: s.mode == KillMode::Emergency,
+            grace_ms: s.grace_ms,
+            grace_git_ms: s.grace_git_ms,
+            grace_db_ms: s.grace_db_ms,
+            grace_files_ms: s.grace_files_ms,
+            max_wait_ms: s.max_wait_ms,
+        }
+    }
+}
+
+/// `POST /v1/runs/{id}/kill`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KillRequest {
+    /// Its mode and graces ([`KillSettings`]).
+    #[serde(flatten)]
+    pub settings: KillSettings,
+    pub reason: Option<String>,
+}
+
+impl KillRequest {
+    /// A kill of `mode` with the template's graces, for `reason`.
+    pub fn new(mode: KillMode, reason: Option<String>) -> KillRequest {
+        KillRequest {
+            settings: KillSettings::of_mode(mode),
+            reason,
+        }
+    }
+
+    pub fn mode(&self) -> KillMode {
+        self.settings.mode
+    }
 }
 
 /// `GET /v1/runs/{id}/may-kill?uid=U&force=B&emergency=B`: would a kill by
 /// `uid` (the caller when absent) be allowed? Asking about another user needs
 /// view_all. Nothing is done to the run; the question is audited.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(from = "MayKillQueryWire", into = "MayKillQueryWire")]
 pub struct MayKillQuery {
     pub uid: Option<u32>,
+    /// The kill asked about: `mode=M`, or the older `force=B&emergency=B`.
+    pub mode: KillMode,
+}
+
+/// [`MayKillQuery`] as a query string holds it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+struct MayKillQueryWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<KillMode>,
     #[serde(default)]
-    pub force: bool,
+    force: bool,
     #[serde(default)]
-    pub emergency: bool,
+    emergency: bool,
+}
+
+impl From<MayKillQueryWire> for MayKillQuery {
+    fn from(w: MayKillQueryWire) -> MayKillQuery {
+        MayKillQuery {
+            uid: w.uid,
+            mode: w
+                .mode
+                .unwrap_or_default()
+                .max(KillMode::from_flags(w.force, w.emergency)),
+        }
+    }
+}
+
+impl From<MayKillQuery> for MayKillQueryWire {
+    fn from(q: MayKillQuery) -> MayKillQueryWire {
+        MayKillQueryWire {
+            uid: q.uid,
+            mode: None,
+            force: q.mode == KillMode::Force,
+            emergency: q.mode == KillMode::Emergency,
+        }
+    }
 }
 
 /// The answer to [`MayKillQuery`]: what the policy says, as a kill would be decided.
@@ -589,8 +890,7 @@ pub struct MayKill {
     pub run_id: String,
     pub uid: u32,
     pub user: Option<String>,
-    /// `graceful`, `force` or `emergency`.
-    pub mode: String,
+    pub mode: KillMode,
 }
 
 /// `POST /v1/runs/adopt`: take a process tree (or a whole cgroup) started
@@ -624,20 +924,8 @@ pub struct AdoptRequest {
     #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
     pub timeout_ms: Option<u64>,
     /// The kill's settings, as in [`KillRequest`] (with `kill`).
-    #[serde(default)]
-    pub force: bool,
-    #[serde(default)]
-    pub emergency: bool,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
-    pub grace_ms: Option<u64>,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
-    pub grace_git_ms: Option<u64>,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
-    pub grace_db_ms: Option<u64>,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
-    pub grace_files_ms: Option<u64>,
-    #[serde(default, deserialize_with = "crate::bounds::wire::opt_ms")]
-    pub max_wait_ms: Option<u64>,
+    #[serde(flatten)]
+    pub settings: KillSettings,
 }
 
 impl AdoptRequest {
@@ -652,14 +940,8 @@ impl AdoptRequest {
     /// The kill this request asks for (with `kill`).
     pub fn kill_request(&self) -> KillRequest {
         KillRequest {
-            force: self.force,
-            emergency: self.emergency,
-            grace_ms: self.grace_ms,
+            settings: self.settings.clone(),
             reason: self.reason.clone(),
-            grace_git_ms: self.grace_git_ms,
-            grace_db_ms: self.grace_db_ms,
-            grace_files_ms: self.grace_files_ms,
-            max_wait_ms: self.max_wait_ms,
         }
     }
 }
@@ -825,8 +1107,10 @@ pub struct KillResult {
     #[serde(default)]
     pub already_ended: bool,
     pub ended_as: Option<String>,
-    /// `graceful` or `force`.
-    pub mode: String,
+    /// How the kill ran; `none` (absent) when it did not (the run had ended).
+    #[serde(with = "mode_or_none")]
+    #[schemars(with = "String")]
+    pub mode: Option<KillMode>,
     pub reason: Option<String>,
     /// Processes that were in the run when the kill began.
     pub processes_killed: u32,
@@ -1033,6 +1317,148 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// Defines a name-valued audit field: its known names as variants, and
+/// `Other` for a name this build does not know (written by another version of
+/// wfcg, or by hand), read and written back as it was so the chain's hashes
+/// hold. Stored and sent as its name.
+macro_rules! audit_names {
+    ($(#[$doc:meta])* $name:ident, default $default:ident, { $($(#[$vdoc:meta])* $var:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $var,)+
+            /// A name this build does not know, kept as it was.
+            Other(String),
+        }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string" })
+            }
+        }
+
+        impl $name {
+            /// The known ones.
+            pub const KNOWN: &[$name] = &[$($name::$var,)+];
+
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$var => $text,)+
+                    $name::Other(s) => s,
+                }
+            }
+
+            /// A name as stored: a known one, else [`Self::Other`]; never fails.
+            pub fn parse(s: &str) -> $name {
+                match s {
+                    $($text => $name::$var,)+
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> $name {
+                $name::$default
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name::parse(s)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> $name {
+                $name::parse(&s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                String::deserialize(d).map($name::from)
+            }
+        }
+    };
+}
+
+audit_names!(
+    /// What an audit record is about: its `action`.
+    AuditAction, default Unnamed, {
+        /// A kill request (`POST /v1/runs/{id}/kill`) or a child run killed with its parent.
+        Kill = "kill",
+        /// The monitor's kill of a run past a deadline.
+        AutoKill = "auto_kill",
+        /// Written before a kill acts; its outcome is a `KillStarted`.
+        KillStart = "kill_start",
+        /// A kill the previous agent did not finish, found at start.
+        KillInterrupted = "kill_interrupted",
+        /// That kill, carried on by the new agent.
+        KillResumed = "kill_resumed",
+        /// `GET /v1/runs/{id}/may-kill`.
+        PermissionQuery = "permission_query",
+        RunStart = "run_start",
+        RunEnd = "run_end",
+        /// `POST /v1/agent/stop`.
+        AgentStop = "agent_stop",
+        Adopt = "adopt",
+        AdoptDryRun = "adopt_dry_run",
+        /// What became of a workspace the run was to remove.
+        Workspace = "workspace",
+        BreakerOpen = "breaker_open",
+        BreakerReset = "breaker_reset",
+        LeaseRenew = "lease_renew",
+        PolicyLoad = "policy_load",
+        /// The agent found the chain not ending where it last wrote it.
+        ChainBreak = "chain_break",
+        /// The summary of a user's repeated refused requests.
+        DenialsCoalesced = "denials_coalesced",
+        /// A supervisor's exit report (audited when refused).
+        ExitReport = "exit_report",
+        /// A supervisor's move to its leaf (audited when refused).
+        EnterSupervisor = "enter_supervisor",
+        /// No action named (the default of an entry being built).
+        Unnamed = "",
+    }
+);
+
+audit_names!(
+    /// An audit record's `decision`: what the policy said, or `-` where no
+    /// decision was needed.
+    Decision, default NotNeeded, {
+        Allowed = "allowed",
+        Denied = "denied",
+        NotNeeded = "-",
+    }
+);
+
+impl Decision {
+    /// `allowed` or `denied`.
+    pub fn of(allowed: bool) -> Decision {
+        if allowed {
+            Decision::Allowed
+        } else {
+            Decision::Denied
+        }
+    }
+}
+
 /// One event for the audit trail, before it is chained (the store chains it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditEntry {
@@ -1040,14 +1466,13 @@ pub struct AuditEntry {
     pub actor_uid: Option<u32>,
     pub actor_name: String,
     pub caller_pid: Option<i32>,
-    /// `kill`, `auto_kill`, `run_start`, `run_end`, `policy_load`.
-    pub action: String,
+    pub action: AuditAction,
     pub run_id: Option<String>,
     pub reason: Option<String>,
     /// `graceful`, `force` or `emergency`.
     pub mode: Option<String>,
     /// `allowed`, `denied`, or `-` where no decision was needed.
-    pub decision: String,
+    pub decision: Decision,
     /// The permission the decision rested on (or the one missing).
     pub permission: Option<String>,
     pub outcome: String,
@@ -1231,6 +1656,165 @@ mod tests {
         for bad in ["", "X", "=v", "X=", "A B=c", "É=1"] {
             assert!(marker_problem(bad).is_some(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn kill_modes_round_trip_by_name() {
+        for m in KillMode::ALL {
+            assert_eq!(KillMode::parse(m.as_str()), Some(m));
+            assert_eq!(m.to_string().parse::<KillMode>(), Ok(m));
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
+        }
+        assert!("hard".parse::<KillMode>().unwrap_err().contains("hard"));
+        assert!(KillMode::Graceful < KillMode::Force && KillMode::Force < KillMode::Emergency);
+        assert!(!KillMode::Graceful.is_forced() && KillMode::Emergency.is_forced());
+    }
+
+    #[test]
+    fn a_kill_request_reads_the_old_flags_and_the_mode_the_strongest_winning() {
+        let mode =
+            |body: serde_json::Value| serde_json::from_value::<KillRequest>(body).map(|r| r.mode());
+        use serde_json::json;
+        assert_eq!(mode(json!({})).unwrap(), KillMode::Graceful);
+        assert_eq!(mode(json!({"force": true})).unwrap(), KillMode::Force);
+        assert_eq!(
+            mode(json!({"emergency": true})).unwrap(),
+            KillMode::Emergency
+        );
+        assert_eq!(
+            mode(json!({"force": true, "emergency": true})).unwrap(),
+            KillMode::Emergency
+        );
+        assert_eq!(mode(json!({"mode": "force"})).unwrap(), KillMode::Force);
+        assert_eq!(
+            mode(json!({"mode": "emergency", "force": true})).unwrap(),
+            KillMode::Emergency
+        );
+        assert_eq!(
+            mode(json!({"mode": "graceful", "force": true})).unwrap(),
+            KillMode::Force
+        );
+        assert!(mode(json!({"mode": "hard"})).is_err());
+        // The adoption's kill reads the same fields.
+        let adopt: AdoptRequest =
+            serde_json::from_value(json!({"pid": 7, "kill": true, "emergency": true,
+                                          "grace_ms": 500, "reason": "r"}))
+            .unwrap();
+        let kill = adopt.kill_request();
+        assert_eq!(kill.mode(), KillMode::Emergency);
+        assert_eq!(kill.settings.grace_ms, Some(500));
+        assert_eq!(kill.reason.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn a_kill_request_is_written_with_the_old_flags_and_reads_back() {
+        let req = KillRequest {
+            settings: KillSettings {
+                mode: KillMode::Emergency,
+                grace_ms: Some(1500),
+                max_wait_ms: Some(0),
+                ..Default::default()
+            },
+            reason: Some("stuck".into()),
+        };
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"force": false, "emergency": true, "grace_ms": 1500,
+                               "grace_git_ms": null, "grace_db_ms": null,
+                               "grace_files_ms": null, "max_wait_ms": 0, "reason": "stuck"})
+        );
+        assert_eq!(serde_json::from_value::<KillRequest>(json).unwrap(), req);
+        for m in KillMode::ALL {
+            let req = KillRequest::new(m, None);
+            let back: KillRequest =
+                serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+            assert_eq!(back, req);
+        }
+    }
+
+    #[test]
+    fn a_grace_out_of_bounds_is_refused_naming_the_field() {
+        for field in [
+            "grace_ms",
+            "grace_git_ms",
+            "grace_db_ms",
+            "grace_files_ms",
+            "max_wait_ms",
+        ] {
+            let body = format!(r#"{{"{field}": 18446744073709551615}}"#);
+            let e = serde_json::from_str::<KillRequest>(&body)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("10 years"), "{e}");
+            let body = format!(r#"{{"pid": 1, "{field}": 18446744073709551615}}"#);
+            let e = serde_json::from_str::<AdoptRequest>(&body)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("10 years"), "{e}");
+        }
+        let most = format!(r#"{{"grace_ms": {}}}"#, crate::bounds::MAX_MS);
+        let req: KillRequest = serde_json::from_str(&most).unwrap();
+        assert_eq!(req.settings.grace_ms, Some(crate::bounds::MAX_MS));
+    }
+
+    #[test]
+    fn a_kill_results_mode_is_none_when_no_kill_ran() {
+        let r = KillResult::default();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["mode"], "none");
+        for (text, mode) in [
+            ("none", None),
+            ("", None),
+            ("force", Some(KillMode::Force)),
+            ("graceful", Some(KillMode::Graceful)),
+        ] {
+            let mut v = json.clone();
+            v["mode"] = text.into();
+            let back: KillResult = serde_json::from_value(v).unwrap();
+            assert_eq!(back.mode, mode, "{text}");
+        }
+        let mut v = json.clone();
+        v["mode"] = "hard".into();
+        assert!(serde_json::from_value::<KillResult>(v).is_err());
+    }
+
+    #[test]
+    fn a_may_kill_query_reads_the_flags_or_the_mode() {
+        let q = |s: &str| serde_json::from_str::<MayKillQuery>(s).unwrap();
+        assert_eq!(q(r#"{"uid": 5}"#).mode, KillMode::Graceful);
+        assert_eq!(q(r#"{"uid": 5}"#).uid, Some(5));
+        assert_eq!(q(r#"{"force": true}"#).mode, KillMode::Force);
+        assert_eq!(q(r#"{"emergency": true}"#).mode, KillMode::Emergency);
+        assert_eq!(q(r#"{"mode": "emergency"}"#).mode, KillMode::Emergency);
+    }
+
+    #[test]
+    fn audit_actions_and_decisions_keep_their_text_known_or_not() {
+        for a in AuditAction::KNOWN {
+            assert_eq!(AuditAction::parse(a.as_str()), *a);
+            let json = serde_json::to_string(a).unwrap();
+            assert_eq!(json, format!("\"{a}\""));
+            assert_eq!(serde_json::from_str::<AuditAction>(&json).unwrap(), *a);
+        }
+        for d in Decision::KNOWN {
+            assert_eq!(Decision::parse(d.as_str()), *d);
+        }
+        assert_eq!(AuditAction::parse("kill_start"), AuditAction::KillStart);
+        assert_eq!(Decision::parse("-"), Decision::NotNeeded);
+        assert_eq!(Decision::of(true), Decision::Allowed);
+        assert_eq!(Decision::of(false), Decision::Denied);
+        // A name unknown here is kept, to be written back as it was.
+        let odd = AuditAction::parse("reboot_host");
+        assert_eq!(odd, AuditAction::Other("reboot_host".into()));
+        assert_eq!(serde_json::to_string(&odd).unwrap(), "\"reboot_host\"");
+        assert_eq!(Decision::parse("maybe").as_str(), "maybe");
+        // An entry being built says no decision, and names no action.
+        let e = AuditEntry::default();
+        assert_eq!((e.action.as_str(), e.decision.as_str()), ("", "-"));
+        let names: std::collections::HashSet<&str> =
+            AuditAction::KNOWN.iter().map(AuditAction::as_str).collect();
+        assert_eq!(names.len(), AuditAction::KNOWN.len(), "a name twice");
     }
 
     #[test]

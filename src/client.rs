@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use crate::api::{
     AdoptRequest, Adopted, AgentStopping, ApiError, AuditQuery, AuditRecord, AuditVerify,
     BreakerInfo, CreateRun, ExitAck, ExitReport, Health, KillRequest, KillResult, LeaseRenewed,
-    MayKill, MayKillQuery, RenewLease, RunInfo, RunStarted, RunsQuery, route,
+    KillCourse, KillMode, MayKill, MayKillQuery, RenewLease, RunInfo, RunStarted, RunsQuery, route,
 };
 
 /// Why a call did not succeed.
@@ -148,8 +148,9 @@ impl Client {
     pub fn may_kill(&self, run_id: &str, q: &MayKillQuery) -> Result<MayKill> {
         let mut query = Query::default();
         query.push("uid", q.uid);
-        query.push("force", Some(q.force));
-        query.push("emergency", Some(q.emergency));
+        // The older flags, which every agent reads.
+        query.push("force", Some(q.mode == KillMode::Force));
+        query.push("emergency", Some(q.mode == KillMode::Emergency));
         self.get(&query.on(&route::fill(route::RUN_MAY_KILL, run_id)))
     }
 
@@ -259,7 +260,8 @@ impl Client {
     }
 
     /// The kill course the agent's templates allow, as it states it (on another
-    /// connection, within the margin); the shipped default's when it does not.
+    /// connection, within the margin); the shipped default's
+    /// ([`KillCourse::FALLBACK`]) when it does not.
     async fn kill_course(&self) -> KillCourse {
         let path = format!("{}?kill_course=true", route::HEALTH);
         let asked = self.send("GET", &path, None);
@@ -271,7 +273,7 @@ impl Client {
             }
             _ => None,
         };
-        stated.map_or_else(KillCourse::shipped, |c| KillCourse::from_ms(&c))
+        stated.map_or(KillCourse::FALLBACK, |c| KillCourse::from_ms(&c))
     }
 
     async fn send(
@@ -362,58 +364,11 @@ enum Within {
     Kill(KillRequest),
 }
 
-/// The longest a kill takes when the request leaves a value to the run's
-/// template: each the longest of the host's templates.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KillCourse {
-    pub max_wait: Duration,
-    pub term_grace: Duration,
-    pub freeze_timeout: Duration,
-    pub kill_deadline: Duration,
-}
-
-impl KillCourse {
-    /// As the agent states it.
-    pub fn from_ms(c: &crate::api::KillCourseMs) -> KillCourse {
-        let ms = Duration::from_millis;
-        KillCourse {
-            max_wait: ms(c.max_wait_ms),
-            term_grace: ms(c.term_grace_ms),
-            freeze_timeout: ms(c.freeze_timeout_ms),
-            kill_deadline: ms(c.kill_deadline_ms),
-        }
-    }
-
-    /// The shipped default template's, for an agent that does not state its own.
-    pub fn shipped() -> KillCourse {
-        match crate::template::Template::builtin() {
-            Ok(t) => KillCourse {
-                max_wait: t.critical_sections.max_wait,
-                term_grace: t.kill.term_grace,
-                freeze_timeout: t.kill.freeze_timeout,
-                kill_deadline: t.kill.kill_deadline,
-            },
-            // The shipped text is tested to parse; never here.
-            Err(_) => KillCourse {
-                max_wait: Duration::from_secs(60),
-                term_grace: Duration::from_secs(10),
-                freeze_timeout: Duration::from_secs(5),
-                kill_deadline: Duration::from_secs(10),
-            },
-        }
-    }
-}
-
-/// How long the answer to a kill may take: the wait for critical sections (its
-/// `max_wait`), SIGTERM's grace, two freezes and the hard kill's deadline (each
-/// as asked, else the template's), plus `margin` for the rest (scans, cleanup).
+/// How long the answer to a kill may take: its course as the agent states it
+/// ([`KillCourse::longest`], with the request's own waits), plus `margin` for
+/// the rest (scans, cleanup).
 pub fn kill_deadline(req: &KillRequest, course: &KillCourse, margin: Duration) -> Duration {
-    let asked = |ms: Option<u64>, default: Duration| ms.map_or(default, Duration::from_millis);
-    asked(req.max_wait_ms, course.max_wait)
-        + asked(req.grace_ms, course.term_grace)
-        + 2 * course.freeze_timeout
-        + course.kill_deadline
-        + margin
+    course.longest(&req.settings).saturating_add(margin)
 }
 
 #[cfg(test)]
@@ -435,8 +390,11 @@ mod tests {
             Duration::from_secs(60 + 5 + 4 + 10 + 30)
         );
         let asked = KillRequest {
-            max_wait_ms: Some(600_000),
-            grace_ms: Some(1_500),
+            settings: crate::api::KillSettings {
+                max_wait_ms: Some(600_000),
+                grace_ms: Some(1_500),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(
@@ -478,14 +436,5 @@ mod tests {
             runs_path(stuck),
             format!("{}?all=false&stuck=true", route::RUNS)
         );
-    }
-
-    #[test]
-    fn the_fallback_course_is_the_shipped_defaults() {
-        let c = KillCourse::shipped();
-        let t = crate::template::Template::builtin().unwrap();
-        assert_eq!(c.max_wait, t.critical_sections.max_wait);
-        assert_eq!(c.term_grace, t.kill.term_grace);
-        assert_eq!(c.kill_deadline, t.kill.kill_deadline);
     }
 }

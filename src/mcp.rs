@@ -39,7 +39,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{self, BreakerInfo, KillRequest, RunInfo, RunStatus};
+use crate::api::{self, BreakerInfo, KillMode, KillRequest, RunInfo, RunStatus};
 use crate::client::{self, Client};
 use crate::exit::Failure;
 
@@ -287,11 +287,7 @@ impl WfcgMcp {
             return usage_error(problem);
         }
         let run_id = p.run_id;
-        let req = KillRequest {
-            force: p.force,
-            reason: p.reason,
-            ..KillRequest::default()
-        };
+        let req = KillRequest::new(KillMode::from_flags(p.force, false), p.reason);
         match self.call(move |c| c.kill(&run_id, &req)).await {
             Ok(result) => {
                 let success = result.success;
@@ -362,7 +358,7 @@ impl WfcgMcp {
             markers: p.markers,
             dry_run: p.dry_run,
             kill: p.kill,
-            force: p.force,
+            settings: api::KillSettings::of_mode(KillMode::from_flags(p.force, false)),
             ..Default::default()
         };
         if let Some(problem) = req.problem() {

@@ -18,6 +18,7 @@ use super::{Agent, Caller, Failure, Result, layout};
 use crate::adopt::{self, Gathered, Root, Walk};
 use crate::api::AuditEntry;
 use crate::api::{AdoptMember, AdoptRequest, Adopted, CreateRun, ErrorKind, RunStatus};
+use crate::api::{AuditAction, Decision};
 use crate::cgroup::{self, Cgroup};
 use crate::policy::{Identity, Permission};
 use crate::procfs;
@@ -104,14 +105,13 @@ impl Agent {
         let mut entry = AuditEntry {
             time: now(),
             action: if req.dry_run {
-                "adopt_dry_run"
+                AuditAction::AdoptDryRun
             } else {
-                "adopt"
-            }
-            .into(),
+                AuditAction::Adopt
+            },
             run_id: req.run_id.clone(),
             reason: req.reason.clone(),
-            decision: "-".into(),
+            decision: Decision::NotNeeded,
             ..by_caller(caller, &id)
         };
         // Processes of the tree left alone: after a kill, those still alive are
@@ -323,12 +323,7 @@ impl Agent {
                 Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
                 Some(_) => None,
             };
-            entry.decision = if allowed_by.is_some() {
-                "allowed"
-            } else {
-                "denied"
-            }
-            .into();
+            entry.decision = Decision::of(allowed_by.is_some());
             entry.permission = Some(
                 allowed_by
                     .unwrap_or(if req.dry_run {
@@ -358,7 +353,7 @@ impl Agent {
                 return Ok(self.answer(&root, &seen, run_id, String::new(), true));
             }
         } else {
-            entry.decision = "allowed".into();
+            entry.decision = Decision::Allowed;
             entry.permission = Some(Permission::KillAny.as_str().into());
         }
 
@@ -565,7 +560,7 @@ impl Agent {
             init_deadline: after(template.timeouts.init),
             total_deadline: after(template.timeouts.total),
             workspace_path: workspace,
-            template: serde_json::to_string(&template).ok(),
+            template: Some(template.clone()),
             template_name: Some(template_name),
             teams: Vec::new(),
             owner_uid: root.uid,

@@ -33,6 +33,9 @@ use crate::api::{self, AuditEntry, RunStatus};
 use crate::store::{CHAIN_BREAK, ChainCheck, RunRecord, Store};
 
 /// A write the store must get, in order.
+// The kill's result is kept by value: one per kill, queued only until the next
+// write, against an allocation for every record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Record {
     Audit(AuditEntry),
@@ -40,7 +43,7 @@ pub enum Record {
     Kill {
         run_id: String,
         started_at: DateTime<Utc>,
-        result: String,
+        result: api::KillResult,
         status: RunStatus,
         ended_at: Option<DateTime<Utc>>,
     },
@@ -541,7 +544,7 @@ mod tests {
             time: "2026-01-01T00:00:00Z".into(),
             actor_name: "t".into(),
             action: action.into(),
-            decision: "-".into(),
+            decision: crate::api::Decision::NotNeeded,
             ..Default::default()
         }
     }
@@ -567,7 +570,7 @@ mod tests {
         Record::Kill {
             run_id: "run_a".into(),
             started_at: chrono::DateTime::UNIX_EPOCH,
-            result: "{}".into(),
+            result: api::KillResult::default(),
             status: RunStatus::Killed,
             ended_at: Some(chrono::DateTime::UNIX_EPOCH),
         }
@@ -687,8 +690,8 @@ mod tests {
                 pair[1].entry.time
             );
         }
-        assert_eq!(recs[0].entry.action, "late");
-        assert_eq!(recs[1].entry.action, "early");
+        assert_eq!(recs[0].entry.action.as_str(), "late");
+        assert_eq!(recs[1].entry.action.as_str(), "early");
         assert_eq!(recs[1].entry.time, recs[0].entry.time);
         let check = auditor.verify(&store.lock()).unwrap();
         assert_eq!((check.last_seq, check.first_bad), (202, None));
@@ -724,7 +727,7 @@ mod tests {
             .audit_records(&AuditFilter::default())
             .unwrap()
             .into_iter()
-            .map(|r| r.entry.action)
+            .map(|r| r.entry.action.to_string())
             .collect();
         assert_eq!(actions, ["kill", "later"]);
     }

@@ -4,6 +4,7 @@
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{self, ErrorKind, RunStatus};
+use crate::api::{AuditAction, Decision};
 use crate::api::{AuditEntry, AuditRecord};
 use crate::policy::Identity;
 use crate::store::{AuditFilter, ChainCheck};
@@ -52,7 +53,7 @@ impl Agent {
             Err(e) => format!("refused: {e}"),
         };
         self.audit_event(AuditEntry {
-            action: "policy_load".into(),
+            action: AuditAction::PolicyLoad,
             reason: Some(format!("{trigger}: {}", self.access.path().display())),
             outcome,
             ..Default::default()
@@ -167,15 +168,15 @@ fn agent_event(mut entry: AuditEntry) -> AuditEntry {
     if entry.actor_name.is_empty() {
         entry.actor_name = "agent".into();
     }
-    if entry.decision.is_empty() {
-        entry.decision = "-".into();
+    if entry.decision.as_str().is_empty() {
+        entry.decision = Decision::NotNeeded;
     }
     entry
 }
 
 fn run_end(run_id: &str, status: RunStatus) -> AuditEntry {
     agent_event(AuditEntry {
-        action: "run_end".into(),
+        action: AuditAction::RunEnd,
         run_id: Some(run_id.to_owned()),
         outcome: status.as_str().into(),
         ..Default::default()

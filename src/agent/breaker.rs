@@ -15,6 +15,7 @@ use super::audit_trail::by_caller;
 use super::time::rfc3339;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::AuditEntry;
+use crate::api::{AuditAction, Decision};
 use crate::api::{BreakerInfo, ErrorKind, RunStatus};
 use crate::policy::Permission;
 use crate::store::BreakerRecord;
@@ -137,7 +138,7 @@ impl Agent {
             );
             self.audit_event(AuditEntry {
                 actor_name: "monitor".into(),
-                action: "breaker_open".into(),
+                action: AuditAction::BreakerOpen,
                 run_id: Some(run_id.to_owned()),
                 reason: Some(message.clone()),
                 outcome: "opened".into(),
@@ -274,9 +275,9 @@ impl Agent {
             ResetScope::Owner(uid) => format!(" of {}", whose(Some(uid))),
         };
         self.audit_event(AuditEntry {
-            action: "breaker_reset".into(),
+            action: AuditAction::BreakerReset,
             reason: Some(format!("workflow {workflow}{target}")),
-            decision: if allowed { "allowed" } else { "denied" }.into(),
+            decision: Decision::of(allowed),
             permission: allowed.then(|| Permission::KillAny.as_str().to_string()),
             outcome: outcome.into(),
             ..by_caller(caller, &id)

@@ -198,8 +198,7 @@ impl Agent {
             .iter()
             .map(|r| {
                 r.template
-                    .as_deref()
-                    .and_then(|t| serde_json::from_str::<Template>(t).ok())
+                    .as_ref()
                     .and_then(|t| crate::tmpfs::size_bytes(&t.tmpdir.size))
                     .unwrap_or(0)
             })

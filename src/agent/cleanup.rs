@@ -288,8 +288,8 @@ impl Agent {
             AuditEntry {
                 time: super::time::now(),
                 actor_name: "agent".into(),
-                decision: "-".into(),
-                action: WORKSPACE_ACTION.into(),
+                decision: api::Decision::NotNeeded,
+                action: WORKSPACE_ACTION,
                 run_id: Some(rec.run_id.clone()),
                 outcome: outcome.into(),
                 reason: Some(said.clone()),
@@ -436,4 +436,4 @@ fn bounded<T: Send + 'static>(
 }
 
 /// The audit action of a workspace's removal or keeping.
-pub const WORKSPACE_ACTION: &str = "workspace";
+pub const WORKSPACE_ACTION: api::AuditAction = api::AuditAction::Workspace;

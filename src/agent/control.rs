@@ -12,6 +12,7 @@ use std::time::Instant;
 use super::time::now;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{AgentStopping, AuditEntry, ErrorKind, Health};
+use crate::api::{AuditAction, Decision};
 
 /// How the agent was started, found once at its start.
 #[derive(Debug, Clone)]
@@ -119,16 +120,11 @@ impl Agent {
             actor_name: crate::users::user_name_cached(caller.uid)
                 .unwrap_or_else(|| caller.uid.to_string()),
             caller_pid: Some(caller.pid),
-            action: "agent_stop".into(),
+            action: AuditAction::AgentStop,
             reason: refusal
                 .is_none()
                 .then(|| format!("{live_runs} live runs go on")),
-            decision: if caller.is_root() {
-                "allowed"
-            } else {
-                "denied"
-            }
-            .into(),
+            decision: Decision::of(caller.is_root()),
             outcome: match &refusal {
                 None => "stopping".into(),
                 Some(f) if f.kind == ErrorKind::Forbidden => "denied".into(),

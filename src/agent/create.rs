@@ -15,6 +15,7 @@ use rustix::mount::MountFlags;
 
 use super::audit_trail::by_caller;
 use super::{Agent, Caller, Failure, Result, layout, progress};
+use crate::api::AuditAction;
 use crate::api::AuditEntry;
 use crate::api::{self, CreateRun, ErrorKind, RunStarted};
 use crate::cgroup::{self, Cgroup};
@@ -310,7 +311,7 @@ impl Agent {
             started_at: Some(chrono::Utc::now()),
             workspace_path: workspace,
             cleanup_workspace,
-            template: serde_json::to_string(&template).ok(),
+            // With its ceiling: set by `initial_deadlines` below.
             template_name: Some(template_name.clone()),
             notify_socket: Some(self.notify_dirs.join(&run_id).display().to_string()),
             teams,
@@ -349,7 +350,7 @@ impl Agent {
         self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
         self.audit_event_soon(AuditEntry {
-            action: "run_start".into(),
+            action: AuditAction::RunStart,
             run_id: Some(run_id.clone()),
             outcome: "started".into(),
             ..by_caller(caller, &id)

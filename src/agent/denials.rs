@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::api::AuditEntry;
+use crate::api::{AuditAction, AuditEntry, Decision};
 
 /// How long one window of coalescing lasts by default (policy `[limits] denial_window_secs`).
 #[cfg(test)]
@@ -29,16 +29,17 @@ pub const MAX_KEYS: usize = 16;
 /// The longest reason kept in a refused record (bytes).
 pub const MAX_REFUSED_REASON: usize = 256;
 /// The summary records' action.
-pub const COALESCED: &str = "denials_coalesced";
+pub const COALESCED: AuditAction = AuditAction::DenialsCoalesced;
 
-/// What makes two refused records the same.
+/// What makes two refused records the same. The key every record shares past
+/// the cap has no action nor decision (any: `*`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
-    action: String,
+    action: Option<AuditAction>,
     run_id: Option<String>,
     mode: Option<String>,
     permission: Option<String>,
-    decision: String,
+    decision: Option<Decision>,
     outcome: String,
 }
 
@@ -66,7 +67,7 @@ pub struct Denials {
 /// Whether `e` is a user's refused request (coalesced).
 pub fn is_refused(e: &AuditEntry) -> bool {
     e.actor_uid.is_some_and(|uid| uid != 0)
-        && (e.decision == "denied"
+        && (e.decision == Decision::Denied
             || matches!(
                 e.outcome.as_str(),
                 "denied" | "no_such_run" | "bad_input" | "no_such_breaker"
@@ -81,8 +82,10 @@ pub fn is_refused(e: &AuditEntry) -> bool {
 pub fn is_coalesced(e: &AuditEntry) -> bool {
     is_refused(e)
         || (e.actor_uid.is_some_and(|uid| uid != 0)
-            && (matches!(e.action.as_str(), "permission_query" | "adopt_dry_run")
-                || e.outcome == "already_ended"
+            && (matches!(
+                e.action,
+                AuditAction::PermissionQuery | AuditAction::AdoptDryRun
+            ) || e.outcome == "already_ended"
                 || e.outcome.starts_with("refused")
                 || e.outcome.starts_with("already adopted")))
 }
@@ -111,22 +114,22 @@ impl Denials {
             keys: HashMap::new(),
         });
         let mut key = Key {
-            action: e.action.clone(),
+            action: Some(e.action.clone()),
             run_id: e.run_id.clone(),
             mode: e.mode.clone(),
             permission: e.permission.clone(),
-            decision: e.decision.clone(),
+            decision: Some(e.decision.clone()),
             outcome: e.outcome.clone(),
         };
         // Past the cap, every new key shares one, which is only ever counted.
         let overflow = !w.keys.contains_key(&key) && w.keys.len() >= MAX_KEYS;
         if overflow {
             key = Key {
-                action: "*".into(),
+                action: None,
                 run_id: None,
                 mode: None,
                 permission: None,
-                decision: "*".into(),
+                decision: None,
                 outcome: "*".into(),
             };
         }
@@ -200,11 +203,14 @@ fn summary(k: Key, r: Repeats) -> AuditEntry {
         actor_uid: r.entry.actor_uid,
         actor_name: r.entry.actor_name,
         caller_pid: r.entry.caller_pid,
-        action: COALESCED.into(),
+        action: COALESCED,
         run_id: k.run_id,
         reason: Some(format!(
             "count={} action={} first={} last={}{last_reason}",
-            r.count, k.action, r.first, r.last
+            r.count,
+            k.action.as_ref().map_or("*", AuditAction::as_str),
+            r.first,
+            r.last
         )),
         mode: r.entry.mode,
         decision: r.entry.decision,
@@ -224,10 +230,10 @@ mod tests {
             time: "t".into(),
             actor_uid: Some(uid),
             actor_name: format!("u{uid}"),
-            action: "kill".into(),
+            action: AuditAction::Kill,
             run_id: Some(run.into()),
             reason: Some(reason.into()),
-            decision: "denied".into(),
+            decision: Decision::Denied,
             outcome: "denied".into(),
             ..Default::default()
         }

@@ -10,20 +10,9 @@ use chrono::{DateTime, Utc};
 
 use super::Failure;
 use super::time::rfc3339;
-use crate::api::{self, ErrorKind, KillRequest, KillResult, MAX_REASON, RunStatus};
+use crate::api::{self, ErrorKind, KillMode, KillRequest, KillResult, MAX_REASON, RunStatus};
 use crate::kill;
 use crate::store::RunRecord;
-
-/// `graceful`, `force` or `emergency`.
-pub(super) fn kill_mode(req: &KillRequest) -> &'static str {
-    if req.emergency {
-        "emergency"
-    } else if req.force {
-        "force"
-    } else {
-        "graceful"
-    }
-}
 
 /// The answer to a kill of a run that had ended already.
 pub(super) fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
@@ -34,19 +23,18 @@ pub(super) fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
         (RunStatus::TimedOut, ..) => "was killed by the monitor (timed out)".to_string(),
         (other, ..) => format!("ended as {other}"),
     };
-    let previous: Option<KillResult> = rec
-        .kill_result
-        .as_deref()
-        .and_then(|k| serde_json::from_str(k).ok());
+    let previous = rec.kill_result.as_ref();
     KillResult {
         success: true,
         run_id: rec.run_id.clone(),
-        killed_at: previous.as_ref().and_then(|p| p.killed_at.clone()),
-        cleanup_status: previous.map(|p| p.cleanup_status).unwrap_or_default(),
+        killed_at: previous.and_then(|p| p.killed_at.clone()),
+        cleanup_status: previous
+            .map(|p| p.cleanup_status.clone())
+            .unwrap_or_default(),
         message: format!("run {} already ended: it {how}", rec.run_id),
         already_ended: true,
         ended_as: Some(status.as_str().into()),
-        mode: "none".into(),
+        mode: None,
         ..Default::default()
     }
 }
@@ -67,7 +55,7 @@ pub(super) fn from_report(
 ) -> KillResult {
     KillResult {
         run_id: rec.run_id.clone(),
-        mode: kill_mode(req).into(),
+        mode: Some(req.mode()),
         reason: req.reason.clone(),
         processes_killed: report.processes,
         phases: report.phases.clone(),
@@ -120,7 +108,7 @@ pub(super) fn emptied(
         format!(
             "run {} killed ({}): {} processes ended, nothing left",
             rec.run_id,
-            result.mode,
+            KillMode::or_none(result.mode),
             processes as usize + escaped.len()
         )
     } else {
@@ -216,7 +204,7 @@ pub(super) fn audit_outcome(outcome: &Result<KillResult, Failure>) -> &'static s
     match outcome {
         Ok(r) if r.already_ended => "already_ended",
         Ok(r) if r.success => "killed",
-        Ok(r) if r.mode.is_empty() => "failed",
+        Ok(r) if r.mode.is_none() => "failed",
         // Not confirmed over, nothing survivor-listed: a failed kill, not an unkillable run.
         Ok(r) if r.killed_at.is_none() && r.cleanup_status.processes_remaining == 0 => "failed",
         Ok(_) => "unkillable",
@@ -243,12 +231,10 @@ mod tests {
         }
     }
 
+    /// A request with the older flags, as a client sends them.
     fn forced(force: bool, emergency: bool) -> KillRequest {
-        KillRequest {
-            force,
-            emergency,
-            ..Default::default()
-        }
+        let body = serde_json::json!({"force": force, "emergency": emergency});
+        serde_json::from_value(body).unwrap()
     }
 
     fn git_lock(pid: i32) -> Finding {
@@ -264,10 +250,10 @@ mod tests {
 
     #[test]
     fn the_mode_is_the_strongest_asked_for() {
-        assert_eq!(kill_mode(&forced(false, false)), "graceful");
-        assert_eq!(kill_mode(&forced(true, false)), "force");
-        assert_eq!(kill_mode(&forced(false, true)), "emergency");
-        assert_eq!(kill_mode(&forced(true, true)), "emergency");
+        assert_eq!(forced(false, false).mode(), KillMode::Graceful);
+        assert_eq!(forced(true, false).mode(), KillMode::Force);
+        assert_eq!(forced(false, true).mode(), KillMode::Emergency);
+        assert_eq!(forced(true, true).mode(), KillMode::Emergency);
     }
 
     #[test]
@@ -276,7 +262,7 @@ mod tests {
         rec.exit_code = Some(3);
         let r = already_ended(&rec, RunStatus::Exited);
         assert!(r.success && r.already_ended);
-        assert_eq!(r.mode, "none");
+        assert_eq!(r.mode, None);
         assert_eq!(r.ended_as.as_deref(), Some("exited"));
         assert_eq!(
             r.message,
@@ -293,7 +279,7 @@ mod tests {
             ..Default::default()
         };
         let mut rec = run(RunStatus::TimedOut);
-        rec.kill_result = Some(serde_json::to_string(&earlier).unwrap());
+        rec.kill_result = Some(earlier.clone());
         let r = already_ended(&rec, RunStatus::TimedOut);
         assert_eq!(r.killed_at, earlier.killed_at);
         assert!(r.cleanup_status.cgroup_removed);
@@ -327,13 +313,12 @@ mod tests {
             max_wait_expired: true,
             ..Default::default()
         };
-        let req = KillRequest {
-            force: true,
-            reason: Some("stuck".into()),
-            ..Default::default()
-        };
+        let req = KillRequest::new(KillMode::Force, Some("stuck".into()));
         let r = from_report(&run(RunStatus::Running), &req, &report, started);
-        assert_eq!((r.run_id.as_str(), r.mode.as_str()), ("run_1", "force"));
+        assert_eq!(
+            (r.run_id.as_str(), r.mode),
+            ("run_1", Some(KillMode::Force))
+        );
         assert_eq!(r.reason.as_deref(), Some("stuck"));
         assert_eq!(r.processes_killed, 7);
         assert_eq!(r.waited_ms, 2500.0);
@@ -372,7 +357,7 @@ mod tests {
     #[test]
     fn an_emptied_run_ends_as_asked_only_when_nothing_is_left() {
         let mut r = KillResult {
-            mode: "graceful".into(),
+            mode: Some(KillMode::Graceful),
             ..Default::default()
         };
         r.cleanup_status.escapees_killed = vec![900];
@@ -452,7 +437,7 @@ mod tests {
     fn each_outcome_of_a_kill_has_its_audit_word() {
         let ok = |f: fn(&mut KillResult)| {
             let mut r = KillResult {
-                mode: "force".into(),
+                mode: Some(KillMode::Force),
                 ..Default::default()
             };
             f(&mut r);
@@ -460,7 +445,7 @@ mod tests {
         };
         assert_eq!(ok(|r| r.already_ended = true), "already_ended");
         assert_eq!(ok(|r| r.success = true), "killed");
-        assert_eq!(ok(|r| r.mode.clear()), "failed");
+        assert_eq!(ok(|r| r.mode = None), "failed");
         assert_eq!(ok(|_| {}), "failed");
         assert_eq!(
             ok(|r| r.cleanup_status.processes_remaining = 1),

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::audit_trail::by_caller;
-use super::kill_result::{self, already_ended, kill_mode};
+use super::kill_result::{self, already_ended};
 use super::reaper::OnEmpty;
 use super::time::now;
 use super::{Agent, Caller, Failure, Requester, Result};
 use crate::api::AuditEntry;
 use crate::api::{self, ErrorKind, KillRequest, KillResult, RunStatus};
+use crate::api::{AuditAction, Decision};
 use crate::cgroup::Cgroup;
 use crate::policy::Action;
 use crate::store::RunRecord;
@@ -69,7 +70,7 @@ impl Agent {
     pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
         let id = self.access.identity(caller);
         let entry = AuditEntry {
-            action: "kill".into(),
+            action: AuditAction::Kill,
             run_id: Some(run_id.to_owned()),
             ..by_caller(caller, &id)
         };
@@ -87,12 +88,9 @@ impl Agent {
                 ));
             }
             let rec = self.find_run(run_id)?;
-            let action = Action::Kill {
-                force: req.force || req.emergency,
-                emergency: req.emergency,
-            };
+            let action = Action::Kill { mode: req.mode() };
             let d = self.decide(&id, action, &rec);
-            entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
+            entry.decision = Decision::of(d.allowed);
             entry.permission = d.permission.map(|p| p.as_str().to_string());
             if !d.allowed {
                 return Err(Failure::new(
@@ -119,7 +117,7 @@ impl Agent {
     pub(super) fn auto_kill(&self, rec: RunRecord, req: KillRequest) {
         let entry = AuditEntry {
             actor_name: "monitor".into(),
-            action: "auto_kill".into(),
+            action: AuditAction::AutoKill,
             run_id: Some(rec.run_id.clone()),
             ..Default::default()
         };
@@ -135,7 +133,7 @@ impl Agent {
         match res {
             Ok(r) if r.already_ended => {}
             Ok(r) if r.success => self.alert("auto_killed", &rec, &r.message),
-            Ok(r) if r.cleanup_status.processes_remaining > 0 && !r.mode.is_empty() => {
+            Ok(r) if r.cleanup_status.processes_remaining > 0 && r.mode.is_some() => {
                 self.alert("unkillable", &rec, &r.message)
             }
             Ok(r) => self.alert("kill_failed", &rec, &r.message),
@@ -154,8 +152,8 @@ impl Agent {
         let t = Instant::now();
         entry.time = now();
         entry.reason = req.reason.as_deref().map(kill_result::recorded_reason);
-        entry.mode = Some(kill_mode(req).into());
-        entry.decision = "-".into();
+        entry.mode = Some(req.mode().to_string());
+        entry.decision = Decision::NotNeeded;
         let outcome = attempt(&mut entry);
         entry.duration_ms = Some(t.elapsed().as_secs_f64() * 1e3);
         entry.outcome = kill_result::audit_outcome(&outcome).into();
@@ -165,7 +163,7 @@ impl Agent {
             entry.sections = serde_json::to_string(&r.sections).ok();
         }
         self.metrics.kill(
-            kill_mode(req),
+            req.mode(),
             &entry.outcome,
             outcome.as_ref().ok(),
             t.elapsed().as_secs_f64(),
@@ -206,7 +204,7 @@ impl Agent {
                     // (read, with what is pending over it) says whether it is live.
                     // A force kill does not wait for the disk before it acts (its
                     // result, written before the answer, syncs this too).
-                    let durable = !(req.force || req.emergency);
+                    let durable = !req.mode().is_forced();
                     let stopping = self
                         .store()
                         .with_sync(durable, |s| {
@@ -238,12 +236,12 @@ impl Agent {
             }
         };
         if !leader {
-            let forced = req.force || req.emergency;
+            let forced = req.mode().is_forced();
             if forced {
                 slot.escalate
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            if req.emergency {
+            if req.mode().is_emergency() {
                 slot.emergency
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -269,7 +267,7 @@ impl Agent {
                     &req,
                     end,
                     Arc::default(),
-                    Arc::new(req.emergency.into()),
+                    Arc::new(req.mode().is_emergency().into()),
                 ));
             }
             return Err(Failure::new(
@@ -316,24 +314,27 @@ impl Agent {
                 *ms = (*ms).min(limit.as_millis() as u64);
             }
         };
-        cap(&mut req.grace_ms, t.kill.term_grace);
-        cap(&mut req.grace_git_ms, cs.git);
-        cap(&mut req.grace_db_ms, cs.database);
-        cap(&mut req.grace_files_ms, cs.files);
-        cap(&mut req.max_wait_ms, cs.max_wait);
+        let s = &mut req.settings;
+        cap(&mut s.grace_ms, t.kill.term_grace);
+        cap(&mut s.grace_git_ms, cs.git);
+        cap(&mut s.grace_db_ms, cs.database);
+        cap(&mut s.grace_files_ms, cs.files);
+        cap(&mut s.max_wait_ms, cs.max_wait);
     }
 
     /// How long a kill request waits for a sequence of the same run already under
-    /// way: its whole graceful course, or for a forced request (which makes it go
-    /// straight to the hard kill) the hard kill alone; a few seconds more either way.
+    /// way: its whole graceful course (by the run's template:
+    /// [`api::KillCourse::longest`], as a client's deadline is), or for a forced
+    /// request (which makes it go straight to the hard kill) the hard kill
+    /// alone; a few seconds more either way.
     fn kill_wait_limit(&self, rec: &RunRecord, forced: bool) -> std::time::Duration {
-        let t = self.run_template(rec);
-        let hard = 2 * t.kill.freeze_timeout + t.kill.kill_deadline;
+        let course = self.run_template(rec).kill_course();
         let margin = std::time::Duration::from_secs(5);
-        if forced {
-            hard + margin
+        let course = if forced {
+            course.hard()
         } else {
-            t.critical_sections.max_wait + t.kill.term_grace + hard + margin
-        }
+            course.longest(&api::KillSettings::default())
+        };
+        course.saturating_add(margin)
     }
 }

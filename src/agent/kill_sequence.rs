@@ -1,15 +1,16 @@
 //! One kill sequence of a run: the plan made from its template and the request,
 //! [`crate::kill::kill`] carrying it out, the cleanup, and the result recorded.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::kill_result::{self, kill_mode};
+use super::kill_result;
 use super::time::now;
 use super::{Agent, Requester, Sighting, audit, layout};
-use crate::api::AuditEntry;
 use crate::api::{self, KillRequest, KillResult, RunStatus};
+use crate::api::{AuditAction, AuditEntry};
 use crate::cgroup::Cgroup;
 use crate::kill;
 use crate::procfs;
@@ -22,7 +23,32 @@ use crate::userfs::Cred;
 const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The audit action written before a kill acts.
-pub(super) const KILL_START: &str = "kill_start";
+pub(super) const KILL_START: AuditAction = AuditAction::KillStart;
+
+/// The outcome of a [`KILL_START`] record: how the kill ends the run if it
+/// succeeds, which a successor agent resumes it with. Stored as the words
+/// records have always held, `started, ending as STATUS`, written and read
+/// here only: [`KillStarted::parse`] reads every record [`fmt::Display`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KillStarted {
+    pub ending: RunStatus,
+}
+
+impl KillStarted {
+    const WORDS: &str = "started, ending as ";
+
+    /// The record's outcome, if it is one of a kill's start.
+    pub(super) fn parse(outcome: &str) -> Option<KillStarted> {
+        let ending = RunStatus::parse(outcome.strip_prefix(Self::WORDS)?)?;
+        Some(KillStarted { ending })
+    }
+}
+
+impl fmt::Display for KillStarted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::WORDS, self.ending)
+    }
+}
 
 /// Whose git directories a run's locks are looked for in: its owner's (root's
 /// for a root run: a shared directory's `.git` of another user is not root's
@@ -91,11 +117,12 @@ impl Agent {
         let template = self.run_template(rec);
         let settings = &template.kill;
         let cs = &template.critical_sections;
+        let asked = &req.settings;
         let ms =
             |v: Option<u64>, default| v.map(std::time::Duration::from_millis).unwrap_or(default);
         let plan = kill::Plan {
-            force: req.force || req.emergency,
-            term_grace: ms(req.grace_ms, settings.term_grace),
+            mode: req.mode(),
+            term_grace: ms(asked.grace_ms, settings.term_grace),
             freeze_timeout: settings.freeze_timeout,
             kill_deadline: settings.kill_deadline,
             // Only a supervisor is spared; an adopted run's pid is just one of its processes.
@@ -103,10 +130,10 @@ impl Agent {
                 .then(|| rec.pid.zip(rec.pid_starttime))
                 .flatten(),
             graces: kill::Graces {
-                git: ms(req.grace_git_ms, cs.git),
-                database: ms(req.grace_db_ms, cs.database),
-                files: ms(req.grace_files_ms, cs.files),
-                max_wait: ms(req.max_wait_ms, cs.max_wait),
+                git: ms(asked.grace_git_ms, cs.git),
+                database: ms(asked.grace_db_ms, cs.database),
+                files: ms(asked.grace_files_ms, cs.files),
+                max_wait: ms(asked.max_wait_ms, cs.max_wait),
             },
             scope: self.section_scope(rec),
             stop_reason: rec.run_dir.as_ref().map(|d| kill::StopReason {
@@ -124,14 +151,14 @@ impl Agent {
         let run_cg = Cgroup::new(&rec.cgroup_path);
         // The kill acts on the payload; the supervisor is killed once the payload
         // is empty, unless this is an emergency (everything at once).
-        let (cg, plan) = if req.emergency {
+        let (cg, plan) = if req.mode().is_emergency() {
             (run_cg, plan)
         } else {
             let payload = layout::payload(&run_cg);
             let whole = (payload != run_cg).then_some(run_cg);
             (payload, kill::Plan { whole, ..plan })
         };
-        let mode = kill_mode(req);
+        let mode = req.mode();
         // A trace before the kill acts (kept pending if the disk refuses it): an
         // agent that dies mid-kill leaves it, and its successor resumes the kill.
         // A force kill does not wait for the disk here: the host losing power
@@ -140,14 +167,14 @@ impl Agent {
             actor_name: requested_by.name.clone(),
             actor_uid: requested_by.uid,
             caller_pid: requested_by.pid,
-            action: KILL_START.into(),
+            action: KILL_START,
             run_id: Some(rec.run_id.clone()),
             reason: req.reason.clone(),
-            mode: Some(mode.into()),
-            outcome: format!("started, ending as {}", end.as_str()),
+            mode: Some(mode.to_string()),
+            outcome: KillStarted { ending: end }.to_string(),
             ..Default::default()
         };
-        if plan.force {
+        if plan.mode.is_forced() {
             self.audit_event_unsynced(entry);
         } else {
             self.audit_event(entry);
@@ -167,7 +194,7 @@ impl Agent {
         );
         // A force kill looks at nothing before it kills: what was open is what
         // the run was last seen holding.
-        let last_seen = if plan.force {
+        let last_seen = if plan.mode.is_forced() {
             self.last_seen_sections(&rec.run_id)
         } else {
             Vec::new()
@@ -210,14 +237,13 @@ impl Agent {
         };
         kill_result::note_errors(&mut result, &report.errors);
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
-        let json = serde_json::to_string(&result).unwrap_or_default();
         let ended_at = (status == end).then(chrono::Utc::now);
         // Written with the kill's audit record before the answer (see `audited`),
         // in one transaction; kept pending while the store cannot be written.
         self.auditor.defer(audit::Record::Kill {
             run_id: rec.run_id.clone(),
             started_at,
-            result: json,
+            result: result.clone(),
             status,
             ended_at,
         });
@@ -226,7 +252,7 @@ impl Agent {
         }
         tracing::info!(
             run_id = rec.run_id,
-            mode,
+            mode = mode.as_str(),
             success = result.success,
             "{}",
             result.message

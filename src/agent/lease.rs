@@ -19,6 +19,7 @@ use super::monitor::Kind;
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{self, AuditEntry, ErrorKind, LeaseRenewed, RunStatus};
+use crate::api::{AuditAction, Decision};
 use crate::bounds;
 use crate::policy::Permission;
 use crate::store::RunRecord;
@@ -74,9 +75,9 @@ impl Agent {
         let id = self.access.identity(caller);
         let mut entry = AuditEntry {
             time: now(),
-            action: "lease_renew".into(),
+            action: AuditAction::LeaseRenew,
             run_id: Some(run_id.to_owned()),
-            decision: "-".into(),
+            decision: Decision::NotNeeded,
             ..by_caller(caller, &id)
         };
         let refused = |entry: AuditEntry, f: Failure| {
@@ -101,7 +102,7 @@ impl Agent {
                 .permissions(&id)
                 .contains(&Permission::KillAny);
         if !may {
-            entry.decision = "denied".into();
+            entry.decision = Decision::Denied;
             entry.permission = Some(Permission::KillAny.as_str().into());
             entry.outcome = "denied".into();
             return refused(

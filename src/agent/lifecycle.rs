@@ -232,16 +232,20 @@ impl Agent {
         Arc::new(self.stored_template(rec).template)
     }
 
-    /// A run's template and the operator's ceiling, as stored with it (the
-    /// agent's default for old records, its own timeouts as the ceiling).
+    /// A run's template and the operator's ceiling, as stored with it; the
+    /// agent's default (its own timeouts as the ceiling) for a record that has
+    /// none. A stored template that does not read never gets here: the store
+    /// refuses the whole record ([`crate::store::BadColumn`], naming the run
+    /// and the column), so a kill of it is refused with that error rather than
+    /// run with graces the operator never chose for it. Refusing is the
+    /// stricter choice: "the stricter of the defaults" would still be a
+    /// default, and the error says what to repair (`template` set to NULL in
+    /// the runs table gives the run the agent's default, on purpose).
     fn stored_template(&self, rec: &RunRecord) -> deadlines::Stored {
-        rec.template
-            .as_deref()
-            .and_then(deadlines::Stored::read)
-            .unwrap_or_else(|| deadlines::Stored {
-                ceiling: Ceiling::of(&self.template),
-                template: self.template.clone(),
-            })
+        deadlines::Stored::of(rec).unwrap_or_else(|| deadlines::Stored {
+            ceiling: Ceiling::of(&self.template),
+            template: self.template.clone(),
+        })
     }
 
     /// The operator's ceiling of a live run.

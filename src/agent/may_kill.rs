@@ -4,11 +4,11 @@
 //! `permission_query`.
 
 use super::audit_trail::by_caller;
-use super::kill_result::kill_mode;
 use super::time::now;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::AuditEntry;
-use crate::api::{ErrorKind, KillRequest, MayKill, MayKillQuery};
+use crate::api::{AuditAction, Decision};
+use crate::api::{ErrorKind, KillMode, MayKill, MayKillQuery};
 use crate::policy::{Action, Permission};
 
 impl Agent {
@@ -19,18 +19,14 @@ impl Agent {
     pub fn may_kill(&self, caller: &Caller, run_id: &str, q: MayKillQuery) -> Result<MayKill> {
         let asker = self.access.identity(caller);
         let uid = q.uid.unwrap_or(caller.uid);
-        let mode = kill_mode(&KillRequest {
-            force: q.force,
-            emergency: q.emergency,
-            ..Default::default()
-        });
+        let mode = q.mode;
         let mut entry = AuditEntry {
             time: now(),
-            action: "permission_query".into(),
+            action: AuditAction::PermissionQuery,
             run_id: Some(run_id.to_owned()),
             reason: Some(format!("may uid {uid} kill ({mode})?")),
-            mode: Some(mode.into()),
-            decision: "-".into(),
+            mode: Some(mode.to_string()),
+            decision: Decision::NotNeeded,
             ..by_caller(caller, &asker)
         };
         let answer = self.answer_may_kill(caller, &asker, run_id, &q, mode, &mut entry);
@@ -50,7 +46,7 @@ impl Agent {
         asker: &crate::policy::Identity,
         run_id: &str,
         q: &MayKillQuery,
-        mode: &str,
+        mode: KillMode,
         entry: &mut AuditEntry,
     ) -> Result<MayKill> {
         let uid = q.uid.unwrap_or(caller.uid);
@@ -63,7 +59,7 @@ impl Agent {
                 .permissions(asker)
                 .contains(&Permission::ViewAll);
             if !may_ask {
-                entry.decision = "denied".into();
+                entry.decision = Decision::Denied;
                 entry.permission = Some(Permission::ViewAll.as_str().into());
                 return Err(Failure::new(
                     ErrorKind::Forbidden,
@@ -73,12 +69,9 @@ impl Agent {
             self.access.identity_of_uid(uid)
         };
         let rec = self.find_run(run_id)?;
-        let action = Action::Kill {
-            force: q.force || q.emergency,
-            emergency: q.emergency,
-        };
+        let action = Action::Kill { mode };
         let d = self.decide(&subject, action, &rec);
-        entry.decision = if d.allowed { "allowed" } else { "denied" }.into();
+        entry.decision = Decision::of(d.allowed);
         entry.permission = d.permission.map(|p| p.as_str().into());
         Ok(MayKill {
             allowed: d.allowed,
@@ -87,7 +80,7 @@ impl Agent {
             run_id: run_id.to_owned(),
             uid,
             user: subject.user,
-            mode: mode.into(),
+            mode,
         })
     }
 }

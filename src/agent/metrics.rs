@@ -15,7 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::time::age_secs;
 use super::{Agent, Caller};
-use crate::api::{KillResult, RunStatus, SectionKind};
+use crate::api::{KillMode, KillResult, RunStatus, SectionKind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KillLabels {
@@ -103,10 +103,10 @@ pub struct Snapshot {
 
 impl Metrics {
     /// Counts a finished kill attempt (`outcome` as audited).
-    pub fn kill(&self, mode: &str, outcome: &str, result: Option<&KillResult>, seconds: f64) {
+    pub fn kill(&self, mode: KillMode, outcome: &str, result: Option<&KillResult>, seconds: f64) {
         self.kills
             .get_or_create(&KillLabels {
-                mode: mode.into(),
+                mode: mode.as_str().into(),
                 outcome: outcome.into(),
             })
             .inc();
@@ -114,7 +114,9 @@ impl Metrics {
             return;
         };
         self.kill_duration
-            .get_or_create(&ModeLabel { mode: mode.into() })
+            .get_or_create(&ModeLabel {
+                mode: mode.as_str().into(),
+            })
             .observe(seconds);
         let mut kinds: Vec<SectionKind> = r.sections.iter().map(|s| s.kind).collect();
         kinds.sort();
@@ -379,7 +381,7 @@ mod tests {
     fn a_scrape_names_every_family() {
         let m = Metrics::default();
         m.notify(true);
-        m.kill("force", "killed", None, 0.01);
+        m.kill(KillMode::Force, "killed", None, 0.01);
         m.lease_expired();
         let text = m.render(&Snapshot {
             runs_by_status: vec![("running".into(), 3)],

@@ -73,8 +73,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::api::AuditAction;
 use crate::api::AuditEntry;
-use crate::api::{self, ErrorKind, KillRequest, RunStatus};
+use crate::api::{self, ErrorKind, KillMode, KillRequest, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
@@ -82,7 +83,7 @@ use crate::sections::Finding;
 use crate::store::{self, AuditFilter, RunRecord, Store};
 use crate::template::Template;
 use kill_run::KillSlot;
-use kill_sequence::KILL_START;
+use kill_sequence::{KILL_START, KillStarted};
 use reaper::{OnEmpty, Reaper};
 
 /// Where the agent keeps and finds things. Every host path is here so tests
@@ -499,7 +500,7 @@ impl Agent {
                     std::thread::spawn(move || {
                         let entry = AuditEntry {
                             actor_name: "agent".into(),
-                            action: "kill_resumed".into(),
+                            action: AuditAction::KillResumed,
                             run_id: Some(rec.run_id.clone()),
                             ..Default::default()
                         };
@@ -567,13 +568,15 @@ impl Agent {
             .rev()
             .find(|r| r.entry.action == KILL_START)
             .map(|r| r.entry);
-        let mode = start.as_ref().and_then(|s| s.mode.clone());
-        let mode = mode.as_deref().unwrap_or("graceful");
+        let mode = start
+            .as_ref()
+            .and_then(|s| s.mode.as_deref())
+            .and_then(KillMode::parse)
+            .unwrap_or_default();
         let end = start
             .as_ref()
-            .and_then(|s| s.outcome.strip_prefix("started, ending as "))
-            .and_then(RunStatus::parse)
-            .unwrap_or(RunStatus::Killed);
+            .and_then(|s| KillStarted::parse(&s.outcome))
+            .map_or(RunStatus::Killed, |k| k.ending);
         let by = start
             .as_ref()
             .map(|s| format!("{} at {}", s.actor_name, s.time))
@@ -588,19 +591,14 @@ impl Agent {
             }
         );
         self.audit_event(AuditEntry {
-            action: "kill_interrupted".into(),
+            action: AuditAction::KillInterrupted,
             run_id: Some(rec.run_id.clone()),
             reason: Some(format!("the agent stopped during the {mode} kill by {by}")),
-            mode: Some(mode.into()),
+            mode: Some(mode.to_string()),
             outcome: if live { "resumed" } else { "processes gone" }.into(),
             ..Default::default()
         });
-        let req = KillRequest {
-            force: mode != "graceful",
-            emergency: mode == "emergency",
-            reason: start.and_then(|s| s.reason),
-            ..Default::default()
-        };
+        let req = KillRequest::new(mode, start.and_then(|s| s.reason));
         (
             Requester::named(format!("agent (resuming the kill by {by})")),
             req,

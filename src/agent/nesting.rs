@@ -13,7 +13,8 @@
 //! `stopping` or ended: the child is killed at once.
 
 use super::{Agent, Failure, Requester, Result};
-use crate::api::{AuditEntry, ErrorKind, KillRequest, KillResult, RunStatus};
+use crate::api::{AuditAction, Decision};
+use crate::api::{AuditEntry, ErrorKind, KillMode, KillRequest, KillResult, RunStatus};
 use crate::store::RunRecord;
 
 impl Agent {
@@ -64,11 +65,10 @@ impl Agent {
         if status.is_some_and(|s| s.is_live() && s != RunStatus::Stopping) {
             return Ok(());
         }
-        let req = KillRequest {
-            force: true,
-            reason: Some(format!("started inside run {parent}, which was killed")),
-            ..Default::default()
-        };
+        let req = KillRequest::new(
+            KillMode::Force,
+            Some(format!("started inside run {parent}, which was killed")),
+        );
         let _ = self.kill_allowed(
             Requester::named(format!("agent (run {parent} ended)")),
             child.clone(),
@@ -157,15 +157,15 @@ impl Agent {
             actor_uid: by.uid,
             actor_name: by.name.clone(),
             caller_pid: by.pid,
-            action: "kill".into(),
+            action: AuditAction::Kill,
             run_id: Some(child.run_id.clone()),
-            decision: "allowed".into(),
+            decision: Decision::Allowed,
             permission: Some("parent".into()),
             ..Default::default()
         };
         let run_id = child.run_id.clone();
         let res = self.audited(entry, req, |entry| {
-            entry.decision = "allowed".into();
+            entry.decision = Decision::Allowed;
             entry.permission = Some("parent".into());
             self.kill_allowed(by.clone(), child, req.clone(), end)
         });

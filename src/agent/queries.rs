@@ -22,15 +22,14 @@ impl Agent {
         let on_host = Template::list_in(dir)
             .into_iter()
             .filter_map(|(name, _)| Template::lookup_in(dir, &name).ok());
-        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut c = api::KillCourseMs::default();
-        for t in Template::builtin().ok().into_iter().chain(on_host) {
-            c.max_wait_ms = c.max_wait_ms.max(ms(t.critical_sections.max_wait));
-            c.term_grace_ms = c.term_grace_ms.max(ms(t.kill.term_grace));
-            c.freeze_timeout_ms = c.freeze_timeout_ms.max(ms(t.kill.freeze_timeout));
-            c.kill_deadline_ms = c.kill_deadline_ms.max(ms(t.kill.kill_deadline));
-        }
-        c
+        Template::builtin()
+            .ok()
+            .into_iter()
+            .chain(on_host)
+            .map(|t| t.kill_course())
+            .reduce(api::KillCourse::wider)
+            .map(|c| c.to_ms())
+            .unwrap_or_default()
     }
 
     /// The record of a run the caller may see.
@@ -139,10 +138,7 @@ impl Agent {
         RunInfo {
             owner: crate::users::user_name_cached(rec.owner_uid),
             command: rec.command,
-            kill_result: rec
-                .kill_result
-                .as_deref()
-                .and_then(|k| serde_json::from_str(k).ok()),
+            kill_result: rec.kill_result.clone(),
             run_id: rec.run_id,
             workflow: rec.workflow,
             owner_uid: rec.owner_uid,
@@ -191,11 +187,7 @@ fn end_reason(rec: &RunRecord) -> Option<String> {
     if rec.status.is_live() {
         return None;
     }
-    let kill: Option<api::KillResult> = rec
-        .kill_result
-        .as_deref()
-        .and_then(|k| serde_json::from_str(k).ok());
-    if let Some(why) = kill.as_ref().and_then(|k| k.reason.clone()) {
+    if let Some(why) = rec.kill_result.as_ref().and_then(|k| k.reason.clone()) {
         return Some(why);
     }
     Some(match (rec.status, rec.exit_code, rec.exit_signal) {
@@ -203,8 +195,8 @@ fn end_reason(rec: &RunRecord) -> Option<String> {
         (RunStatus::Lost, _, _) => "ended while nobody watched (no exit was reported)".into(),
         (_, Some(code), _) => format!("exited with status {code}"),
         (_, None, Some(sig)) => format!("ended by signal {sig}"),
-        _ => match kill {
-            Some(k) => k.message,
+        _ => match &rec.kill_result {
+            Some(k) => k.message.clone(),
             None => rec.status.to_string(),
         },
     })
@@ -259,22 +251,21 @@ mod tests {
 
     #[test]
     fn the_end_reason_is_the_kills_reason_else_the_exit() {
-        let ended = |status, code, signal, kill: Option<&str>| RunRecord {
+        let ended = |status, code, signal, kill: Option<&api::KillResult>| RunRecord {
             status,
             exit_code: code,
             exit_signal: signal,
-            kill_result: kill.map(str::to_owned),
+            kill_result: kill.cloned(),
             ..Default::default()
         };
         assert_eq!(
             end_reason(&ended(RunStatus::Running, None, None, None)),
             None
         );
-        let killed = serde_json::to_string(&api::KillResult {
+        let killed = api::KillResult {
             reason: Some("stalled: no progress".into()),
             ..Default::default()
-        })
-        .unwrap();
+        };
         assert_eq!(
             end_reason(&ended(RunStatus::TimedOut, None, Some(9), Some(&killed))).as_deref(),
             Some("stalled: no progress")

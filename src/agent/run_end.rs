@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::reaper::OnEmpty;
 use super::{Agent, Caller, Failure, Result, audit, layout};
+use crate::api::AuditAction;
 use crate::api::EXIT_STATUS_FILE;
 use crate::api::{ErrorKind, ExitAck, ExitReport, RunStatus};
 use crate::cgroup::Cgroup;
@@ -28,7 +29,12 @@ impl Agent {
         // created (supervisors.rs); root included: root's supervisors are the same.
         let rec = self.find_run(run_id)?;
         if !self.is_supervisor(caller, &rec) {
-            return Err(self.refuse_for_supervisor(caller, &rec, "exit_report", "report its exit"));
+            return Err(self.refuse_for_supervisor(
+                caller,
+                &rec,
+                AuditAction::ExitReport,
+                "report its exit",
+            ));
         }
         let live = rec.status.is_live();
         // Synced with what follows while the run is live (the run's end in
@@ -136,7 +142,7 @@ impl Agent {
             return Err(self.refuse_for_supervisor(
                 caller,
                 &rec,
-                "enter_supervisor",
+                AuditAction::EnterSupervisor,
                 "enter its supervisor leaf",
             ));
         }

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use super::audit_trail::by_caller;
 use super::{Agent, Caller, Failure};
+use crate::api::{AuditAction, Decision};
 use crate::api::{AuditEntry, ErrorKind};
 use crate::procfs::{self, Identity};
 use crate::store::RunRecord;
@@ -71,7 +72,7 @@ impl Agent {
         &self,
         caller: &Caller,
         rec: &RunRecord,
-        action: &str,
+        action: AuditAction,
         what: &str,
     ) -> Failure {
         let why = if rec.adopted.is_some() {
@@ -91,9 +92,9 @@ impl Agent {
             "{action} refused: the caller is not the run's supervisor"
         );
         self.audit_event(AuditEntry {
-            action: action.into(),
+            action,
             run_id: Some(rec.run_id.clone()),
-            decision: "denied".into(),
+            decision: Decision::Denied,
             outcome: "refused: not the run's supervisor".into(),
             ..by_caller(caller, &id)
         });

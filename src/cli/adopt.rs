@@ -69,6 +69,12 @@ pub struct Args {
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     let ms = super::millis_arg;
+    // The part of `wfcg kill`'s options that `--kill` offers.
+    let kill = super::kill::KillArgs {
+        force: args.force,
+        grace: args.grace.clone(),
+        ..Default::default()
+    };
     let req = AdoptRequest {
         pid: args.pid,
         cgroup: args.cgroup.clone(),
@@ -78,11 +84,9 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
         markers: args.markers.clone(),
         dry_run: args.dry_run,
         kill: args.kill,
-        force: args.force,
-        grace_ms: ms("--grace", &args.grace)?,
+        settings: kill.settings()?,
         init_timeout_ms: ms("--init-timeout", &args.init_timeout)?,
         timeout_ms: ms("--timeout", &args.timeout)?,
-        ..Default::default()
     };
     let checks = check(&req)?;
     let adopted: Adopted = super::client(cli)?.adopt(checks)?;

@@ -101,10 +101,10 @@ fn row(r: &AuditRecord) -> Vec<String> {
         r.seq.to_string(),
         e.time.clone(),
         one_line(&e.actor_name),
-        e.action.clone(),
+        e.action.to_string(),
         e.run_id.clone().unwrap_or_else(|| "-".into()),
         e.mode.clone().unwrap_or_else(|| "-".into()),
-        e.decision.clone(),
+        e.decision.to_string(),
         one_line(&format!(
             "{}{}{}",
             e.outcome,

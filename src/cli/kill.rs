@@ -1,6 +1,6 @@
 //! `wfcg kill`: end a run's whole process tree.
 
-use crate::api::{self, KillRequest, KillResult, RunInfo};
+use crate::api::{self, KillMode, KillRequest, KillResult, KillSettings, RunInfo};
 use crate::client::Client;
 use crate::exit::{self, Failure};
 use crate::output::{Shown, outln};
@@ -47,6 +47,20 @@ pub struct Args {
     /// With --stuck: list what would be killed, kill nothing.
     #[arg(long, requires = "stuck")]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub kill: KillArgs,
+    /// Why; recorded with the kill and written to $WFCG_RUN_DIR/stop-reason.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Print the kill result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A kill's settings as options ([`KillSettings`]): `wfcg kill`'s, and the
+/// part of them `wfcg adopt --kill` offers.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KillArgs {
     /// Skip SIGTERM and the grace: cgroup.kill at once.
     #[arg(long)]
     pub force: bool,
@@ -69,28 +83,30 @@ pub struct Args {
     /// The most to wait for critical sections in all [default: 60s].
     #[arg(long, value_name = "DUR")]
     pub max_wait: Option<String>,
-    /// Why; recorded with the kill and written to $WFCG_RUN_DIR/stop-reason.
-    #[arg(long, value_name = "TEXT")]
-    pub reason: Option<String>,
-    /// Print the kill result as JSON.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl KillArgs {
+    /// The settings these options ask for; a bad duration names its option.
+    pub fn settings(&self) -> Result<KillSettings, Failure> {
+        let ms = super::millis_arg;
+        Ok(KillSettings {
+            mode: KillMode::from_flags(self.force, self.emergency),
+            grace_ms: ms("--grace", &self.grace)?,
+            grace_git_ms: ms("--grace-git", &self.grace_git)?,
+            grace_db_ms: ms("--grace-db", &self.grace_db)?,
+            grace_files_ms: ms("--grace-files", &self.grace_files)?,
+            max_wait_ms: ms("--max-wait", &self.max_wait)?,
+        })
+    }
 }
 
 pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     if let Some(problem) = args.run_id.as_deref().and_then(api::run_id_problem) {
         return Err(Failure::usage(problem));
     }
-    let ms = super::millis_arg;
     let req = KillRequest {
-        force: args.force,
-        emergency: args.emergency,
-        grace_ms: ms("--grace", &args.grace)?,
+        settings: args.kill.settings()?,
         reason: args.reason.clone(),
-        grace_git_ms: ms("--grace-git", &args.grace_git)?,
-        grace_db_ms: ms("--grace-db", &args.grace_db)?,
-        grace_files_ms: ms("--grace-files", &args.grace_files)?,
-        max_wait_ms: ms("--max-wait", &args.max_wait)?,
     };
     let client = super::client(cli)?;
     let result: KillResult = match (&args.run_id, args.pid) {
@@ -128,13 +144,7 @@ fn kill_pid(
         reason: req.reason.clone(),
         markers: args.markers.clone(),
         kill: true,
-        force: req.force,
-        emergency: req.emergency,
-        grace_ms: req.grace_ms,
-        grace_git_ms: req.grace_git_ms,
-        grace_db_ms: req.grace_db_ms,
-        grace_files_ms: req.grace_files_ms,
-        max_wait_ms: req.max_wait_ms,
+        settings: req.settings.clone(),
         ..Default::default()
     };
     let adopted = client.adopt(super::adopt::check(&adopt)?)?;

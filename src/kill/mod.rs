@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
-use crate::api::{Phase, STOP_REASON_FILE, SectionKind};
+use crate::api::{KillMode, Phase, STOP_REASON_FILE, SectionKind};
 use crate::cgroup::{self, Cgroup, Frozen};
 use crate::procfs;
 use crate::sections::{self, Finding};
@@ -82,7 +82,8 @@ pub struct StopReason {
 /// How to kill.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub force: bool,
+    /// Graceful, or (force and emergency) straight to the hard kill.
+    pub mode: KillMode,
     /// After SIGTERM, how long before the hard kill.
     pub term_grace: Duration,
     pub freeze_timeout: Duration,
@@ -196,7 +197,7 @@ pub fn kill(cg: &Cgroup, plan: &Plan, proc_root: &Path) -> Report {
     let start = Instant::now();
     let mut report = Report::default();
 
-    if plan.force {
+    if plan.mode.is_forced() {
         report.processes = listed(cg, &mut report).len() as u32;
         // The supervisor reads why before it exits.
         say_why(plan, &mut report);
@@ -454,7 +455,8 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
     let body = serde_json::json!({
         "reason": stop.reason,
         "requested_by": stop.requested_by,
-        "mode": if plan.force { "force" } else { "graceful" },
+        // To the run an emergency is a force kill: the file says one of two.
+        "mode": if plan.mode.is_forced() { KillMode::Force } else { KillMode::Graceful },
         "status": stop.ending,
         "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });

@@ -45,7 +45,7 @@ fn a_cgroup_that_never_empties_yields_survivors_at_the_deadline() {
     )
     .unwrap();
     let plan = Plan {
-        force: true,
+        mode: crate::api::KillMode::Force,
         term_grace: Duration::from_millis(100),
         freeze_timeout: Duration::from_millis(100),
         kill_deadline: Duration::from_millis(200),
@@ -104,7 +104,7 @@ fn a_cgroup_that_cannot_be_read_is_no_proof_of_an_end() {
         std::os::unix::fs::symlink("/proc/self/mem", cg.path().join(file)).unwrap();
     }
     let plan = Plan {
-        force: true,
+        mode: crate::api::KillMode::Force,
         term_grace: Duration::from_millis(100),
         freeze_timeout: Duration::from_millis(100),
         kill_deadline: Duration::from_millis(300),

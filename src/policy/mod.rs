@@ -30,6 +30,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::api::KillMode;
 use crate::diagnostics::line_of;
 
 /// The largest policy file accepted.
@@ -148,7 +149,7 @@ pub struct RunScope<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     View,
-    Kill { force: bool, emergency: bool },
+    Kill { mode: KillMode },
 }
 
 /// A decision and the permission it rested on (or the one that was missing).
@@ -532,7 +533,7 @@ impl Policy {
                 }
             }
             Action::Kill {
-                emergency: true, ..
+                mode: KillMode::Emergency,
             } => {
                 if perms.contains(&Permission::EmergencyKill) {
                     allow(Permission::EmergencyKill)
@@ -540,7 +541,7 @@ impl Policy {
                     deny(Permission::EmergencyKill, "an emergency kill")
                 }
             }
-            Action::Kill { force, .. } => {
+            Action::Kill { mode } => {
                 if !perms.contains(&base) {
                     let what = if own {
                         "killing one's own run"
@@ -549,7 +550,7 @@ impl Policy {
                     };
                     return deny(base, what);
                 }
-                if force && !perms.contains(&Permission::KillForce) {
+                if mode.is_forced() && !perms.contains(&Permission::KillForce) {
                     return deny(Permission::KillForce, "a force kill");
                 }
                 allow(base)

@@ -26,8 +26,7 @@ fn id(uid: u32, user: &str, groups: &[&str]) -> Identity {
 
 fn kill(force: bool) -> Action {
     Action::Kill {
-        force,
-        emergency: false,
+        mode: crate::api::KillMode::from_flags(force, false),
     }
 }
 
@@ -72,8 +71,7 @@ fn the_seed_roles_decide_as_documented() {
     assert!(!p.decide(&carol, kill(false), &outsiders_run).allowed);
     // admin does anything; root is admin.
     let emergency = Action::Kill {
-        force: true,
-        emergency: true,
+        mode: crate::api::KillMode::Emergency,
     };
     assert!(p.decide(&dave, emergency, &outsiders_run).allowed);
     assert!(p.decide(&id(0, "root", &[]), emergency, &bobs_run).allowed);

@@ -1,9 +1,37 @@
 //! The hash-chained audit trail: appended in order, verified from the genesis.
 
+use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Result, Store};
-use crate::api::{AuditEntry, AuditRecord};
+use crate::api::{AuditAction, AuditEntry, AuditRecord, Decision};
+
+/// An action is stored by its name; any name reads (one this build does not
+/// know as [`AuditAction::Other`], kept as it was).
+impl ToSql for AuditAction {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl FromSql for AuditAction {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str().map(AuditAction::parse)
+    }
+}
+
+/// A decision is stored by its name, as an action is.
+impl ToSql for Decision {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl FromSql for Decision {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str().map(Decision::parse)
+    }
+}
 
 /// The hash that stands before the first audit record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -32,7 +60,7 @@ pub struct ChainCheck {
 
 /// The action of the record the agent writes when the chain in the store does
 /// not end where it last wrote it.
-pub const CHAIN_BREAK: &str = "chain_break";
+pub const CHAIN_BREAK: AuditAction = AuditAction::ChainBreak;
 
 /// What is wrong when the writer's last head is `expected` but the store's newest
 /// record is `found` (seq, hash); `None` when they are the same.
@@ -183,8 +211,8 @@ impl Store {
             entries.push(AuditEntry {
                 time: e.time.clone(),
                 actor_name: "agent".into(),
-                action: CHAIN_BREAK.into(),
-                decision: "-".into(),
+                action: CHAIN_BREAK,
+                decision: Decision::NotNeeded,
                 outcome: why,
                 ..Default::default()
             });

@@ -12,7 +12,8 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{BadColumn, Error, Result, Store, rfc3339};
-use crate::api::RunStatus;
+use crate::api::{KillResult, RunStatus};
+use crate::template::Template;
 
 /// Time columns of `runs` that change during a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +77,9 @@ pub struct RunRecord {
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// The last kill result, as JSON.
-    pub kill_result: Option<String>,
+    /// The last kill result (JSON in the column); one that does not read is a
+    /// [`BadColumn`].
+    pub kill_result: Option<KillResult>,
     pub run_dir: Option<String>,
     pub tmpdir: Option<String>,
     pub log_path: Option<String>,
@@ -85,8 +87,14 @@ pub struct RunRecord {
     pub cleanup_workspace: bool,
     /// The teams the run belongs to (a JSON array in the column).
     pub teams: Vec<String>,
-    /// The run's resolved template, as JSON, and its name.
-    pub template: Option<String>,
+    /// The run's resolved template and its name. `None` for a record that has
+    /// none (an older one): the agent's default template is then the run's. A
+    /// column that does not read as a template is a [`BadColumn`].
+    pub template: Option<Template>,
+    /// The operator's ceiling stored with the template (see the agent's
+    /// `Ceiling`); `None` for a bare template (an older record, an adopted run),
+    /// whose own timeouts are then the ceiling.
+    pub template_ceiling: Option<CeilingMs>,
     pub template_name: Option<String>,
     pub ready_at: Option<DateTime<Utc>>,
     pub status_text: Option<String>,
@@ -128,6 +136,77 @@ impl FromSql for RunStatus {
         let name = value.as_str()?;
         RunStatus::parse(name).ok_or_else(|| FromSqlError::Other("not a status wfcg knows".into()))
     }
+}
+
+/// The operator's ceiling of a run's deadlines as stored with its template,
+/// in milliseconds (the agent's `Ceiling` says what they mean).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CeilingMs {
+    pub init: u64,
+    pub total: u64,
+    pub watchdog: u64,
+}
+
+/// The `template` column: `{"template": …, "ceiling": …}`, or a bare template
+/// (an older record, an adopted run).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WithCeiling<T> {
+    template: T,
+    ceiling: CeilingMs,
+}
+
+/// A run's template as its column holds it.
+fn template_text(run: &RunRecord) -> Option<String> {
+    let template = run.template.as_ref()?;
+    let text = match run.template_ceiling {
+        Some(ceiling) => serde_json::to_string(&WithCeiling { template, ceiling }),
+        None => serde_json::to_string(template),
+    };
+    // A template is plain data (strings, numbers, maps with string keys).
+    Some(text.expect("a template serializes"))
+}
+
+/// The `template` column: the template and its ceiling, or an error naming
+/// what is wrong (a [`BadColumn`] once [`run_from_row`] has it).
+fn template_from_row(
+    r: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<(Option<Template>, Option<CeilingMs>)> {
+    let Some(text) = r.get::<_, Option<String>>(i)? else {
+        return Ok((None, None));
+    };
+    if let Ok(w) = serde_json::from_str::<WithCeiling<Template>>(&text) {
+        return Ok((Some(w.template), Some(w.ceiling)));
+    }
+    match serde_json::from_str::<Template>(&text) {
+        Ok(t) => Ok((Some(t), None)),
+        Err(e) => Err(rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("not a template wfcg can read ({e})").into(),
+        )),
+    }
+}
+
+/// A kill result as its column holds it (JSON).
+fn kill_result_text(result: &KillResult) -> String {
+    // A kill result is plain data (strings, numbers, lists).
+    serde_json::to_string(result).expect("a kill result serializes")
+}
+
+/// A column holding a kill result, or an error naming what is wrong.
+fn kill_result_from_row(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<KillResult>> {
+    let Some(text) = r.get::<_, Option<String>>(i)? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("not a kill result wfcg can read ({e})").into(),
+        )
+    })
 }
 
 /// Statuses as a JSON array, for `IN (SELECT value FROM json_each(?))`.
@@ -209,6 +288,7 @@ fn shown(v: ValueRef<'_>) -> String {
 }
 
 fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    let (template, template_ceiling) = template_from_row(r, 20)?;
     Ok(RunRecord {
         run_id: r.get(0)?,
         pid: r.get(1)?,
@@ -224,13 +304,14 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         exit_code: r.get(11)?,
         exit_signal: r.get(12)?,
         ended_at: r.get(13)?,
-        kill_result: r.get(14)?,
+        kill_result: kill_result_from_row(r, 14)?,
         run_dir: r.get(15)?,
         tmpdir: r.get(16)?,
         log_path: r.get(17)?,
         cleanup_workspace: r.get(18)?,
         teams: list_from_row(r, 19)?,
-        template: r.get(20)?,
+        template,
+        template_ceiling,
         template_name: r.get(21)?,
         ready_at: r.get(22)?,
         status_text: r.get(23)?,
@@ -274,13 +355,13 @@ impl Store {
                 run.exit_code,
                 run.exit_signal,
                 time_text(run.ended_at),
-                run.kill_result,
+                run.kill_result.as_ref().map(kill_result_text),
                 run.run_dir,
                 run.tmpdir,
                 run.log_path,
                 run.cleanup_workspace,
                 json_list(&run.teams),
-                run.template,
+                template_text(run),
                 run.template_name,
                 time_text(run.ready_at),
                 run.status_text,
@@ -490,10 +571,11 @@ impl Store {
         &mut self,
         run_id: &str,
         started_at: DateTime<Utc>,
-        result_json: &str,
+        result: &KillResult,
         status: RunStatus,
         ended_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
+        let result_json = kill_result_text(result);
         self.immediate(|tx| {
             tx.execute(
                 "INSERT INTO kills (run_id, started_at, result) VALUES (?1, ?2, ?3)",

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::api::{AuditEntry, RunStatus};
+use crate::api::{AuditEntry, KillResult, RunStatus};
 
 /// A time as RFC 3339 text reads it.
 fn at(text: &str) -> DateTime<Utc> {
@@ -93,10 +93,49 @@ fn entry(action: &str) -> AuditEntry {
         actor_uid: Some(0),
         actor_name: "root".into(),
         action: action.into(),
-        decision: "allowed".into(),
+        decision: crate::api::Decision::Allowed,
         outcome: "killed".into(),
         ..Default::default()
     }
+}
+
+/// Actions and decisions are typed, yet a name this build does not know (an
+/// older or newer wfcg's, or an edit) reads, keeps its text and its hash; an
+/// edit of a known one into another is still found by the chain.
+#[test]
+fn audit_names_unknown_to_this_build_read_back_as_they_were() {
+    use crate::api::{AuditAction, Decision};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+    store.append_audit(&entry("kill")).unwrap();
+    let odd = AuditEntry {
+        decision: Decision::parse("maybe"),
+        ..entry("reboot_host")
+    };
+    store.append_audit(&odd).unwrap();
+    let recs = store.audit_records(&AuditFilter::default()).unwrap();
+    assert_eq!(recs[0].entry.action, AuditAction::Kill);
+    assert_eq!(recs[0].entry.decision, Decision::Allowed);
+    assert_eq!(
+        recs[1].entry.action,
+        AuditAction::Other("reboot_host".into())
+    );
+    assert_eq!(recs[1].entry.decision, Decision::Other("maybe".into()));
+    let text: (String, String) = store
+        .conn
+        .query_row(
+            "SELECT action, decision FROM audit WHERE seq = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(text, ("kill".to_string(), "allowed".to_string()));
+    assert_eq!(store.verify_audit().unwrap().first_bad, None);
+    store
+        .conn
+        .execute("UPDATE audit SET action = 'auto_kill' WHERE seq = 1", [])
+        .unwrap();
+    assert_eq!(store.verify_audit().unwrap().first_bad.unwrap().0, 1);
 }
 
 #[test]
@@ -205,14 +244,20 @@ fn a_batch_writes_all_of_its_records_or_none() {
         time: "2026-01-01T00:00:00Z".into(),
         actor_name: "t".into(),
         action: action.into(),
-        decision: "-".into(),
+        decision: crate::api::Decision::NotNeeded,
         run_id: Some("run_a".into()),
         ..Default::default()
     };
     let other = || Store::open(&path).unwrap();
     let t0 = at("2026-01-01T00:00:00Z");
     let failed = store.batch(|s| {
-        s.record_kill("run_a", t0, "{}", RunStatus::Killed, Some(t0))?;
+        s.record_kill(
+            "run_a",
+            t0,
+            &KillResult::default(),
+            RunStatus::Killed,
+            Some(t0),
+        )?;
         s.append_audit(&entry("kill"))?;
         s.insert_run(&sample("run_a")).map(|_| 0) // a duplicate: fails
     });
@@ -231,7 +276,13 @@ fn a_batch_writes_all_of_its_records_or_none() {
 
     let seqs = store
         .batch(|s| {
-            s.record_kill("run_a", t0, "{}", RunStatus::Killed, Some(t0))?;
+            s.record_kill(
+                "run_a",
+                t0,
+                &KillResult::default(),
+                RunStatus::Killed,
+                Some(t0),
+            )?;
             let a = s.append_audit(&entry("run_end"))?;
             let b = s.append_audit(&entry("kill"))?;
             Ok((a.seq, b.seq))
@@ -303,7 +354,7 @@ fn lists_by_status_and_counts_kills() {
         .record_kill(
             "run_b",
             at("2026-01-01T00:00:00Z"),
-            "{}",
+            &KillResult::default(),
             RunStatus::Killed,
             Some(at("2026-01-01T00:00:01Z")),
         )
@@ -313,13 +364,8 @@ fn lists_by_status_and_counts_kills() {
     assert_eq!(live[0].run_id, "run_a");
     assert_eq!(store.kill_count("run_b").unwrap(), 1);
     assert_eq!(
-        store
-            .get_run("run_b")
-            .unwrap()
-            .unwrap()
-            .kill_result
-            .as_deref(),
-        Some("{}")
+        store.get_run("run_b").unwrap().unwrap().kill_result,
+        Some(KillResult::default())
     );
 }
 
@@ -479,7 +525,13 @@ fn every_typed_field_round_trips() {
     );
     assert_eq!(run.watchdog_usec, Some(5));
     store
-        .record_kill("run_empty", t0, "{}", RunStatus::Killed, secs(20))
+        .record_kill(
+            "run_empty",
+            t0,
+            &KillResult::default(),
+            RunStatus::Killed,
+            secs(20),
+        )
         .unwrap();
     let run = store.get_run("run_empty").unwrap().unwrap();
     assert_eq!((run.status, run.ended_at), (RunStatus::Killed, secs(20)));
@@ -517,6 +569,13 @@ fn a_bad_value_in_a_row_is_an_error_naming_the_run() {
             "'[1]'",
             "holds \"[1]\": not a JSON array of strings",
         ),
+        (
+            "template",
+            r#"'{"kill": 1}'"#,
+            "not a template wfcg can read",
+        ),
+        ("template", "'{'", "not a template wfcg can read"),
+        ("kill_result", "'{}'", "not a kill result wfcg can read"),
     ];
     for (column, value, why) in cases {
         store.insert_run(&sample("run_bad")).unwrap();

@@ -453,6 +453,19 @@ pub struct CriticalSections {
     pub max_wait: Duration,
 }
 
+impl Template {
+    /// The waits of a kill this template leaves to itself where a request
+    /// does not ask ([`crate::api::KillCourse::longest`] says how long they take).
+    pub fn kill_course(&self) -> crate::api::KillCourse {
+        crate::api::KillCourse {
+            max_wait: self.critical_sections.max_wait,
+            term_grace: self.kill.term_grace,
+            freeze_timeout: self.kill.freeze_timeout,
+            kill_deadline: self.kill.kill_deadline,
+        }
+    }
+}
+
 mod check;
 mod error;
 mod lookup;

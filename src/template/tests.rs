@@ -440,3 +440,15 @@ fn errors_are_typed_and_name_the_file_and_line() {
         Err(TemplateError::BadName("a/b".into()))
     );
 }
+
+/// (Was `client::tests::the_fallback_course_is_the_shipped_defaults`: the
+/// client reads no template now, and its fallback is a constant.)
+#[test]
+fn the_fallback_course_is_the_shipped_defaults() {
+    let c = crate::api::KillCourse::FALLBACK;
+    let t = Template::builtin().unwrap();
+    assert_eq!(c.max_wait, t.critical_sections.max_wait);
+    assert_eq!(c.term_grace, t.kill.term_grace);
+    assert_eq!(c.kill_deadline, t.kill.kill_deadline);
+    assert_eq!(c, t.kill_course());
+}

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::api::AuditRecord;
-use crate::api::{KillResult, RunInfo};
+use crate::api::{KillMode, KillResult, RunInfo};
 
 /// A run as the dashboard shows it: what the agent said, plus what was read
 /// beside it.
@@ -73,7 +73,7 @@ pub enum Mode {
     /// Asking y/n before killing `run_id`.
     Confirm {
         run_id: String,
-        force: bool,
+        mode: KillMode,
     },
 }
 
@@ -82,7 +82,7 @@ pub enum Mode {
 pub enum Action {
     None,
     Quit,
-    Kill { run_id: String, force: bool },
+    Kill { run_id: String, mode: KillMode },
 }
 
 /// How a status-line message is shown.
@@ -247,14 +247,13 @@ impl App {
                 }
                 Action::None
             }
-            Mode::Confirm { run_id, force } => match key.code {
+            Mode::Confirm { run_id, mode } => match key.code {
                 KeyCode::Char('y') | KeyCode::Char('Y') => {
                     if !self.killing.contains(&run_id) {
                         self.killing.push(run_id.clone());
                     }
-                    let how = if force { "force" } else { "graceful" };
-                    self.message = Some((format!("killing {run_id} ({how})…"), Tone::Info));
-                    Action::Kill { run_id, force }
+                    self.message = Some((format!("killing {run_id} ({mode})…"), Tone::Info));
+                    Action::Kill { run_id, mode }
                 }
                 _ => {
                     self.message = Some((format!("{run_id} not killed"), Tone::Info));
@@ -283,7 +282,7 @@ impl App {
                 self.message = Some(("filter cleared".into(), Tone::Info));
             }
             KeyCode::Char(c @ ('k' | 'K')) => {
-                let force = c == 'K';
+                let mode = KillMode::from_flags(c == 'K', false);
                 match self.selected() {
                     None => self.message = Some(("no run selected".into(), Tone::Info)),
                     Some(r) if !r.info.status.is_live() => {
@@ -295,7 +294,7 @@ impl App {
                     Some(r) => {
                         let run_id = r.info.run_id.clone();
                         self.selected = Some(run_id.clone());
-                        self.mode = Mode::Confirm { run_id, force };
+                        self.mode = Mode::Confirm { run_id, mode };
                     }
                 }
             }

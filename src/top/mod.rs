@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crossterm::event::{self, Event as TermEvent};
 
-use crate::api::{KillRequest, KillResult};
+use crate::api::{KillMode, KillRequest, KillResult};
 use crate::client::Client;
 use app::{Action, App, Snapshot};
 use source::Source;
@@ -111,10 +111,10 @@ pub fn run(opts: &Options) -> io::Result<i32> {
                     match app.on_key(key) {
                         Action::None => {}
                         Action::Quit => return Ok(0),
-                        Action::Kill { run_id, force } => kills.push(spawn_kill(
+                        Action::Kill { run_id, mode } => kills.push(spawn_kill(
                             (opts.socket.clone(), opts.agent_timeout),
                             run_id,
-                            force,
+                            mode,
                             tx.clone(),
                             nudge.clone(),
                         )?),
@@ -169,18 +169,14 @@ fn spawn_fetcher(
 fn spawn_kill(
     (socket, timeout): (PathBuf, Duration),
     run_id: String,
-    force: bool,
+    mode: KillMode,
     tx: Sender<Event>,
     nudge: Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("top-kill".into())
         .spawn(move || {
-            let req = KillRequest {
-                force,
-                reason: Some("wfcg top".into()),
-                ..Default::default()
-            };
+            let req = KillRequest::new(mode, Some("wfcg top".into()));
             let result = Client::new(&socket)
                 .with_timeout(timeout)
                 .kill(&run_id, &req)

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::app::{AgentUsage, RunRow, Snapshot};
-use crate::api::{AuditQuery, AuditRecord, RunInfo, RunsQuery};
+use crate::api::{AuditAction, AuditQuery, AuditRecord, RunInfo, RunsQuery};
 use crate::client::Client;
 
 /// How long a run stays on screen (greyed) after it was seen ending.
@@ -220,7 +220,7 @@ fn share(cpu_secs: f64, wall: Duration) -> Option<f64> {
 pub fn latest_kills(records: Vec<AuditRecord>, n: usize) -> Vec<AuditRecord> {
     let mut kills: Vec<AuditRecord> = records
         .into_iter()
-        .filter(|r| matches!(r.entry.action.as_str(), "kill" | "auto_kill"))
+        .filter(|r| matches!(r.entry.action, AuditAction::Kill | AuditAction::AutoKill))
         .collect();
     kills.sort_by_key(|r| std::cmp::Reverse(r.seq));
     kills.truncate(n);

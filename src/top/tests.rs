@@ -76,10 +76,10 @@ fn kill_record(seq: i64, run: &str) -> AuditRecord {
             time: "2026-01-01T12:01:00Z".into(),
             actor_uid: Some(0),
             actor_name: "root".into(),
-            action: "kill".into(),
+            action: crate::api::AuditAction::Kill,
             run_id: Some(run.into()),
-            mode: Some("graceful".into()),
-            decision: "allowed".into(),
+            mode: Some(crate::api::KillMode::Graceful.to_string()),
+            decision: crate::api::Decision::Allowed,
             outcome: "killed".into(),
             reason: Some("wfcg top".into()),
             ..Default::default()
@@ -337,7 +337,7 @@ fn kill_asks_first_and_force_is_separate() {
         app.on_key(key(KeyCode::Char('y'))),
         Action::Kill {
             run_id: "run_00000000beef".into(),
-            force: true
+            mode: crate::api::KillMode::Force
         }
     );
     assert!(text(&render(&app, 80, 24)).contains("killing run_00000000beef (force)"));

@@ -603,7 +603,7 @@ fn kill_line(k: &AuditRecord) -> Line<'static> {
         Span::from(format!(
             " {} {:<9} {:<8} {:<16} {:<9} ",
             shown(&time),
-            shown(&e.action),
+            shown(e.action.as_str()),
             truncate(&shown(&e.actor_name), 8),
             e.run_id
                 .as_deref()
@@ -627,15 +627,11 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
             Span::from("█").slow_blink(),
             Span::from("  Enter apply · Esc cancel").dark_gray(),
         ]),
-        Mode::Confirm { run_id, force } => Line::from(vec![
-            Span::from(format!(
-                " Kill {} ({})? y/n ",
-                shown(run_id),
-                if *force { "force" } else { "graceful" }
-            ))
-            .black()
-            .on_yellow()
-            .bold(),
+        Mode::Confirm { run_id, mode } => Line::from(vec![
+            Span::from(format!(" Kill {} ({mode})? y/n ", shown(run_id)))
+                .black()
+                .on_yellow()
+                .bold(),
         ]),
         Mode::Normal => {
             let mut spans = Vec::new();

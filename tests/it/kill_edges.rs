@@ -58,3 +58,51 @@ fn a_marked_process_that_left_the_runs_cgroup_is_killed_through_a_pidfd() {
     assert_eq!(agent.status(&run.id)["status"], "killed");
     agent.assert_run_gone(&run);
 }
+
+/// A run whose stored template does not read (edited by hand, here with the
+/// sqlite3 CLI) is not killed with the default template's graces, as it once
+/// silently was: the kill is refused with an error naming the run and the
+/// column, and the run is left as it was. Set to NULL on purpose (no template:
+/// the agent's default), the kill goes on.
+#[test]
+fn a_kill_of_a_run_whose_stored_template_does_not_read_is_refused_naming_the_column() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(&["--init-timeout", "0"], "exec sleep 1000");
+    let sql = |statement: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .args(["-cmd", ".timeout 5000"])
+            .arg(agent.db())
+            .arg(statement)
+            .output()
+            .expect("sqlite3");
+        assert!(
+            out.status.success(),
+            "sqlite3 {statement}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sql(&format!(
+        "UPDATE runs SET template = '{{\"kill\": 1}}' WHERE run_id = '{}'",
+        run.id
+    ));
+    let (out, _) = agent.kill(&run.id, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&run.id) && err.contains("column template") && err.contains("not a template"),
+        "{err}"
+    );
+    let events = agent
+        .cgroup_root
+        .join("runs")
+        .join(&run.id)
+        .join("cgroup.events");
+    let populated = std::fs::read_to_string(&events).unwrap_or_default();
+    assert!(populated.contains("populated 1"), "{populated}");
+    sql(&format!(
+        "UPDATE runs SET template = NULL WHERE run_id = '{}'",
+        run.id
+    ));
+    agent.kill_ok(&run.id, &[]);
+}

@@ -155,12 +155,7 @@ impl Agent {
             Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
             Some(_) => None,
         };
-        entry.decision = if allowed_by.is_some() {
-            "allowed"
-        } else {
-            "denied"
-        }
-        .into();
+        entry.decision = crate::api::Decision::of(allowed_by.is_some());
         entry.permission = allowed_by
             .or(Some(if req.dry_run {
                 Permission::ViewAll

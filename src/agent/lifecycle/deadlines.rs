@@ -14,8 +14,8 @@ use crate::bounds;
 use crate::agent::Agent;
 use crate::agent::monitor::Kind;
 use crate::agent::time::rfc3339;
-use crate::api::{self, KillRequest, RunStatus};
-use crate::store::RunRecord;
+use crate::api::{self, KillMode, KillRequest, RunStatus};
+use crate::store::{CeilingMs, RunRecord};
 
 /// The operator's values for a run's deadlines, which EXTEND_TIMEOUT_USEC,
 /// `wfcg notify --extend` and WATCHDOG_USEC may move a deadline up to, never
@@ -95,24 +95,45 @@ impl Ceiling {
 }
 
 /// A run's template as stored with it, with the operator's ceiling.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(in crate::agent) struct Stored {
     pub template: crate::template::Template,
     pub ceiling: Ceiling,
 }
 
 impl Stored {
-    /// Reads a stored template: this form, or a bare template (an older record,
-    /// an adopted run), whose own timeouts are then the ceiling.
-    pub fn read(text: &str) -> Option<Stored> {
-        serde_json::from_str::<Stored>(text).ok().or_else(|| {
-            let template = serde_json::from_str::<crate::template::Template>(text).ok()?;
-            Some(Stored {
-                ceiling: Ceiling::of(&template),
-                template,
-            })
-        })
+    /// A run's stored template: with its ceiling, or bare (an older record, an
+    /// adopted run), whose own timeouts are then the ceiling; `None` when the
+    /// record has no template at all. (A template column that does not read
+    /// is an error of the store's, never a default: the record is not read.)
+    pub fn of(rec: &RunRecord) -> Option<Stored> {
+        let template = rec.template.clone()?;
+        let ceiling = rec
+            .template_ceiling
+            .map_or_else(|| Ceiling::of(&template), Ceiling::from);
+        Some(Stored { template, ceiling })
+    }
+}
+
+/// As the store keeps it, in milliseconds (the stored text is unchanged).
+impl From<Ceiling> for CeilingMs {
+    fn from(c: Ceiling) -> CeilingMs {
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        CeilingMs {
+            init: ms(c.init),
+            total: ms(c.total),
+            watchdog: ms(c.watchdog),
+        }
+    }
+}
+
+impl From<CeilingMs> for Ceiling {
+    fn from(c: CeilingMs) -> Ceiling {
+        let ms = |v: u64| bounds::clamp(Duration::from_millis(v));
+        Ceiling {
+            init: ms(c.init),
+            total: ms(c.total),
+            watchdog: ms(c.watchdog),
+        }
     }
 }
 
@@ -257,10 +278,7 @@ impl Agent {
                 reason
             }
         };
-        let req = KillRequest {
-            reason: Some(reason),
-            ..Default::default()
-        };
+        let req = KillRequest::new(KillMode::Graceful, Some(reason));
         self.auto_kill(rec, req);
         // A kill that could not be confirmed (a read failed) leaves the run live:
         // the deadline fires again in a second (an unkillable run is not retried).
@@ -338,11 +356,8 @@ impl Agent {
     ) {
         let start = Utc::now();
         let after = |d: Duration| (!d.is_zero()).then(|| bounds::later(start, d));
-        let stored = Stored {
-            template: template.clone(),
-            ceiling,
-        };
-        rec.template = serde_json::to_string(&stored).ok();
+        rec.template = Some(template.clone());
+        rec.template_ceiling = Some(ceiling.into());
         // With no init timeout there is no initialization to wait out: a run that
         // will never be killed for not becoming ready is running from the start.
         let notify = template.run.waits() && !template.timeouts.init.is_zero();
@@ -376,17 +391,25 @@ mod tests {
         )
         .unwrap();
         let ceiling = Ceiling::of(&t);
-        let text = serde_json::to_string(&Stored {
-            template: t.clone(),
-            ceiling,
-        })
-        .unwrap();
-        let back = serde_json::from_str::<Stored>(&text).map_err(|e| format!("{e}: {text}"));
-        let back = back.unwrap();
+        // Through the store, as a run's record keeps it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("wfcg.db")).unwrap();
+        let mut rec = RunRecord {
+            run_id: "run_t".into(),
+            cgroup_path: "/x".into(),
+            ..Default::default()
+        };
+        rec.template = Some(t.clone());
+        rec.template_ceiling = Some(ceiling.into());
+        store.insert_run(&rec).unwrap();
+        let back = Stored::of(&store.get_run("run_t").unwrap().unwrap()).unwrap();
         assert_eq!(back.template, t);
         assert_eq!(back.ceiling, ceiling);
         // A bare template (an older record) reads too, its timeouts the ceiling.
-        let bare = Stored::read(&serde_json::to_string(&t).unwrap()).unwrap();
+        rec.run_id = "run_bare".into();
+        rec.template_ceiling = None;
+        store.insert_run(&rec).unwrap();
+        let bare = Stored::of(&store.get_run("run_bare").unwrap().unwrap()).unwrap();
         assert_eq!(bare.ceiling, ceiling);
     }
 }
