@@ -25,10 +25,10 @@ use crate::store::RunRecord;
 
 mod in_place;
 
-/// `adopted` of a run whose tree was moved in.
-pub const TREE: &str = "pid";
 /// `adopted` of a run whose cgroup was taken in place.
-pub const IN_PLACE: &str = "cgroup";
+pub use super::layout::ADOPTED_IN_PLACE as IN_PLACE;
+/// `adopted` of a run whose tree was moved in.
+pub use super::layout::ADOPTED_TREE as TREE;
 /// The leaf of an adopted run's cgroup that holds the tree: the payload leaf of
 /// every run (an adopted tree has no supervisor leaf).
 pub use super::layout::PAYLOAD;
@@ -67,6 +67,32 @@ struct Rights {
     view_all: bool,
 }
 
+impl Rights {
+    /// The one adoption permission, for a tree and a cgroup alike: a caller's
+    /// own processes with kill_own; another user's (`foreign`) with kill_any,
+    /// or only listed (`dry_run`) with view_all. `Ok`: the permission that
+    /// allows it; `Err`: the one it needs.
+    fn to_adopt(
+        &self,
+        foreign: bool,
+        dry_run: bool,
+    ) -> std::result::Result<Permission, Permission> {
+        match (foreign, dry_run) {
+            (false, _) => Ok(Permission::KillOwn),
+            (true, _) if self.any => Ok(Permission::KillAny),
+            (true, true) if self.view_all => Ok(Permission::ViewAll),
+            (true, true) => Err(Permission::ViewAll),
+            (true, false) => Err(Permission::KillAny),
+        }
+    }
+}
+
+/// An adoption's decision, as its audit record says it.
+fn decided(entry: &mut AuditEntry, verdict: std::result::Result<Permission, Permission>) {
+    entry.decision = if verdict.is_ok() { "allowed" } else { "denied" }.into();
+    entry.permission = Some(verdict.unwrap_or_else(|needed| needed).as_str().into());
+}
+
 impl Agent {
     fn rights(&self, id: &Identity) -> Rights {
         let perms = self.access.policy().permissions(id);
@@ -84,7 +110,7 @@ impl Agent {
         &self,
         caller: &Caller,
         req: &AdoptRequest,
-    ) -> Result<Option<super::budget::Slot>> {
+    ) -> Result<Option<super::runs::Slot>> {
         if req.dry_run || req.kill {
             return Ok(None);
         }
@@ -118,7 +144,7 @@ impl Agent {
         // what is known to live on of it.
         let mut left_alone = Vec::new();
         let adopted = {
-            let _one_at_a_time = self.adopt_lock.lock();
+            let _one_at_a_time = self.runs.adopt_lock.lock();
             match self.adoption_budget(caller, &req) {
                 Err(e) => Err(e),
                 Ok(_budget) => match (req.pid, req.cgroup.as_deref()) {
@@ -148,7 +174,7 @@ impl Agent {
         if let Ok(a) = &adopted {
             entry.run_id = (!a.run_id.is_empty()).then(|| a.run_id.clone());
         }
-        self.auditor.record(&self.store, entry);
+        self.records.auditor.record(&self.runs.store, entry);
         let mut adopted = adopted?;
         if req.kill && !req.dry_run {
             let run_cg = Cgroup::new(&adopted.cgroup);
@@ -217,7 +243,7 @@ impl Agent {
     /// inside `runs/<id>`, `Some(None)` inside the agent's own leaf or `runs/`
     /// itself, `None` elsewhere.
     fn wfcg_owner(&self, abs: &Path) -> Option<Option<String>> {
-        if let Ok(rest) = abs.strip_prefix(self.runs_cg.path()) {
+        if let Ok(rest) = abs.strip_prefix(self.runs.cg.path()) {
             return Some(
                 rest.components()
                     .next()
@@ -225,7 +251,7 @@ impl Agent {
                     .map(str::to_owned),
             );
         }
-        let agent_leaf = self.runs_cg.parent()?.child("agent");
+        let agent_leaf = self.runs.cg.parent()?.child("agent");
         abs.starts_with(agent_leaf.path()).then_some(None)
     }
 
@@ -317,31 +343,11 @@ impl Agent {
         if req.dry_run || !rights.any {
             let seen = walk(None, &never, true);
             let foreign = seen.members.iter().find(|m| m.uid != Some(caller.uid));
-            let allowed_by = match foreign {
-                None => Some(Permission::KillOwn),
-                Some(_) if rights.any => Some(Permission::KillAny),
-                Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
-                Some(_) => None,
-            };
-            entry.decision = if allowed_by.is_some() {
-                "allowed"
-            } else {
-                "denied"
-            }
-            .into();
-            entry.permission = Some(
-                allowed_by
-                    .unwrap_or(if req.dry_run {
-                        Permission::ViewAll
-                    } else {
-                        Permission::KillAny
-                    })
-                    .as_str()
-                    .into(),
-            );
-            if allowed_by.is_none() {
+            let verdict = rights.to_adopt(foreign.is_some(), req.dry_run);
+            decided(entry, verdict);
+            if let Err(needed) = verdict {
                 let m = foreign.expect("a foreign member");
-                let what = if req.dry_run { "view_all" } else { "kill_any" };
+                let what = needed.as_str();
                 return Err(Failure::new(
                     ErrorKind::Forbidden,
                     format!(
@@ -358,12 +364,11 @@ impl Agent {
                 return Ok(self.answer(&root, &seen, run_id, String::new(), true));
             }
         } else {
-            entry.decision = "allowed".into();
-            entry.permission = Some(Permission::KillAny.as_str().into());
+            decided(entry, Ok(Permission::KillAny));
         }
 
         let run_id = self.new_adopted_id(req)?;
-        let run_cg = self.runs_cg.child(&run_id);
+        let run_cg = self.runs.cg.child(&run_id);
         self.create_cgroup(&run_cg, &run_id)?;
         let payload = run_cg.child(PAYLOAD);
         // Frozen before anything moves: a process stops the moment it is moved in.
@@ -400,7 +405,7 @@ impl Agent {
             )));
         }
         self.lifecycle_begin(&rec, false);
-        self.reaper.watch(&run_id, &run_cg, &**self);
+        self.watch.reaper.watch(&run_id, &run_cg, &**self);
         // Thaw, unless it is to be killed (then it stays frozen until the kill
         // sequence, which thaws what it froze before SIGTERM: only the payload
         // is frozen, so that thaw lets the handlers run), or it never held still.
@@ -575,5 +580,46 @@ impl Agent {
             adopted: Some(how.into()),
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_users_processes_are_adopted_with_kill_any_or_listed_with_view_all() {
+        let none = Rights {
+            any: false,
+            view_all: false,
+        };
+        let viewer = Rights {
+            any: false,
+            view_all: true,
+        };
+        let any = Rights {
+            any: true,
+            view_all: false,
+        };
+        for (rights, dry_run) in [(&none, false), (&none, true), (&any, false)] {
+            assert_eq!(rights.to_adopt(false, dry_run), Ok(Permission::KillOwn));
+        }
+        assert_eq!(none.to_adopt(true, false), Err(Permission::KillAny));
+        assert_eq!(none.to_adopt(true, true), Err(Permission::ViewAll));
+        assert_eq!(viewer.to_adopt(true, false), Err(Permission::KillAny));
+        assert_eq!(viewer.to_adopt(true, true), Ok(Permission::ViewAll));
+        assert_eq!(any.to_adopt(true, false), Ok(Permission::KillAny));
+        assert_eq!(any.to_adopt(true, true), Ok(Permission::KillAny));
+        let mut entry = AuditEntry::default();
+        decided(&mut entry, Err(Permission::ViewAll));
+        assert_eq!(
+            (&*entry.decision, entry.permission.as_deref()),
+            ("denied", Some("view_all"))
+        );
+        decided(&mut entry, Ok(Permission::KillOwn));
+        assert_eq!(
+            (&*entry.decision, entry.permission.as_deref()),
+            ("allowed", Some("kill_own"))
+        );
     }
 }

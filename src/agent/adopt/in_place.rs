@@ -7,13 +7,13 @@ use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::{IN_PLACE, bad, lineage, uid_text};
+use super::{IN_PLACE, bad, decided, lineage, uid_text};
 use crate::adopt::{self, Gathered};
 use crate::agent::{Agent, Caller, Failure, Result};
 use crate::api::AuditEntry;
 use crate::api::{AdoptRequest, Adopted, ErrorKind, RunStatus};
 use crate::cgroup::{self, Cgroup};
-use crate::policy::{Identity, Permission};
+use crate::policy::Identity;
 use crate::procfs;
 
 /// `statfs` type of cgroup2 (`CGROUP2_SUPER_MAGIC`).
@@ -78,9 +78,10 @@ impl Agent {
         let cg = Cgroup::new(&abs);
         let shown = abs.display().to_string();
         let wfcg_root = self
-            .runs_cg
+            .runs
+            .cg
             .parent()
-            .unwrap_or_else(|| self.runs_cg.clone());
+            .unwrap_or_else(|| self.runs.cg.clone());
         if wfcg_root.path().starts_with(&abs) {
             return Err(bad(format!(
                 "cgroup {shown} holds wfcg's own cgroups: wfcg never adopts it"
@@ -149,27 +150,10 @@ impl Agent {
         };
         let rights = self.rights(id);
         let foreign = members.iter().find(|m| m.2 != Some(caller.uid));
-        let allowed_by = match foreign {
-            None => Some(Permission::KillOwn),
-            Some(_) if rights.any => Some(Permission::KillAny),
-            Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
-            Some(_) => None,
-        };
-        entry.decision = if allowed_by.is_some() {
-            "allowed"
-        } else {
-            "denied"
-        }
-        .into();
-        entry.permission = allowed_by
-            .or(Some(if req.dry_run {
-                Permission::ViewAll
-            } else {
-                Permission::KillAny
-            }))
-            .map(|p| p.as_str().into());
-        if let (None, Some(m)) = (allowed_by, foreign) {
-            let what = if req.dry_run { "view_all" } else { "kill_any" };
+        let verdict = rights.to_adopt(foreign.is_some(), req.dry_run);
+        decided(entry, verdict);
+        if let (Err(needed), Some(m)) = (verdict, foreign) {
+            let what = needed.as_str();
             return Err(Failure::new(
                 ErrorKind::Forbidden,
                 format!(
@@ -206,7 +190,7 @@ impl Agent {
         let rec = self.adopted_record(caller, &run_id, &root, req, &cg, IN_PLACE)?;
         self.store().insert_run(&rec)?;
         self.lifecycle_begin(&rec, false);
-        self.reaper.watch(&run_id, &cg, &**self);
+        self.watch.reaper.watch(&run_id, &cg, &**self);
         tracing::info!(run_id, cgroup = shown, "adopted a cgroup in place");
         let message = format!(
             "adopted cgroup {shown} ({} processes) in place as run {run_id}",
