@@ -89,6 +89,31 @@ struct Provisioned<'a> {
 }
 
 impl Provisioned<'_> {
+    /// Mounts a tmpfs of the caller's on the run's directory `dir` (`mount`);
+    /// where it cannot, `plain` says why in a warning and `dir` itself is given
+    /// to the caller.
+    fn tmpfs_or_plain(
+        &mut self,
+        dir: &Path,
+        caller: &Caller,
+        mount: impl FnOnce(&Path) -> std::io::Result<()>,
+        plain: impl FnOnce(&std::io::Error) -> String,
+    ) -> Result<()> {
+        match mount(dir) {
+            Ok(()) => self.mounts.push(dir.to_owned()),
+            Err(e) => {
+                self.warnings.push(plain(&e));
+                std::os::unix::fs::chown(dir, Some(caller.uid), Some(caller.gid)).map_err(|e| {
+                    Failure::new(
+                        ErrorKind::Internal,
+                        format!("cannot chown {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The run is recorded: what was made stays. Returns the warnings.
     fn keep(&mut self) -> Vec<String> {
         self.kept = true;
@@ -143,6 +168,29 @@ struct Home {
     direct: bool,
     /// It starts its keeper into the supervisor leaf itself, from outside.
     outside: bool,
+}
+
+/// `dir` made, root's alone (0700): what the run may not open before a tmpfs
+/// of its own is mounted on it.
+fn private_dir(dir: &Path) -> Result<PathBuf> {
+    let failed = |e: std::io::Error| {
+        Failure::new(
+            ErrorKind::Internal,
+            format!("cannot create {}: {e}", dir.display()),
+        )
+    };
+    fs::create_dir(dir).map_err(failed)?;
+    if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+        // Empty, and made by the agent a moment ago: removed at once.
+        if let Err(e) = fs::remove_dir(dir) {
+            tracing::warn!(
+                "undoing a failed start: cannot remove {}: {e}",
+                dir.display()
+            );
+        }
+        return Err(failed(e));
+    }
+    Ok(dir.to_owned())
 }
 
 /// A run id in use.
@@ -391,33 +439,32 @@ impl Agent {
             }
             std::os::unix::fs::chown(path, Some(caller.uid), Some(caller.gid))
         };
+        made.warnings = warnings;
         // The run directory on a small tmpfs of its own: a run filling it cannot
         // fill the file system of the agent's socket (`/run`), where the stop
         // reasons of every run are written. Mounted on a directory still root's.
-        fs::create_dir(&run_dir)
-            .and_then(|()| fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| failed(format!("cannot create {}: {e}", run_dir.display())))?;
-        made.run_dir = Some(run_dir.clone());
+        made.run_dir = Some(private_dir(&run_dir)?);
         let run_dir_size = self.access.policy().limits.run_dir_size.clone();
-        let mounted = crate::tmpfs::mount_with(
+        made.tmpfs_or_plain(
             &run_dir,
-            &run_dir_size,
-            caller.uid,
-            caller.gid,
-            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        );
-        if mounted.is_ok() {
-            made.mounts.push(run_dir.clone());
-        }
-        if let Err(e) = mounted {
-            warnings.push(format!(
-                "the run directory {} is a plain directory, without a size limit: cannot \
-                 mount a tmpfs of {run_dir_size} on it: {e}",
-                run_dir.display()
-            ));
-            std::os::unix::fs::chown(&run_dir, Some(caller.uid), Some(caller.gid))
-                .map_err(|e| failed(format!("cannot chown {}: {e}", run_dir.display())))?;
-        }
+            caller,
+            |dir| {
+                crate::tmpfs::mount_with(
+                    dir,
+                    &run_dir_size,
+                    caller.uid,
+                    caller.gid,
+                    MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                )
+            },
+            |e| {
+                format!(
+                    "the run directory {} is a plain directory, without a size limit: cannot \
+                     mount a tmpfs of {run_dir_size} on it: {e}",
+                    run_dir.display()
+                )
+            },
+        )?;
         if req.detach {
             let log = self.runs.log_dirs.join(format!("{run_id}.log"));
             made.log_path = Some(log.clone());
@@ -427,25 +474,20 @@ impl Agent {
         // TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk. It
         // is mounted on a directory still root's (0700), so nothing of the user's
         // can be opened below the mount first; the tmpfs root is the user's.
-        fs::create_dir(&tmpdir)
-            .and_then(|()| fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| failed(format!("cannot create {}: {e}", tmpdir.display())))?;
-        made.tmpdir = Some(tmpdir.clone());
-        let mounted = crate::tmpfs::mount(&tmpdir, &a.template.tmpdir.size, caller.uid, caller.gid);
-        if mounted.is_ok() {
-            made.mounts.push(tmpdir.clone());
-        }
-        if let Err(e) = mounted {
-            warnings.push(format!(
-                "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
-                 mount a tmpfs of {} on it: {e}",
-                tmpdir.display(),
-                a.template.tmpdir.size
-            ));
-            std::os::unix::fs::chown(&tmpdir, Some(caller.uid), Some(caller.gid))
-                .map_err(|e| failed(format!("cannot chown {}: {e}", tmpdir.display())))?;
-        }
-        made.warnings = warnings;
+        made.tmpdir = Some(private_dir(&tmpdir)?);
+        let size = &a.template.tmpdir.size;
+        made.tmpfs_or_plain(
+            &tmpdir,
+            caller,
+            |dir| crate::tmpfs::mount(dir, size, caller.uid, caller.gid),
+            |e| {
+                format!(
+                    "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
+                     mount a tmpfs of {size} on it: {e}",
+                    tmpdir.display(),
+                )
+            },
+        )?;
         Ok(made)
     }
 

@@ -56,7 +56,11 @@ impl Agent {
         }
     }
 
-    pub(super) fn kill_sequence(
+    /// The plan of a kill of `rec` and the cgroup it acts on: the run's
+    /// template's graces (shortened by the request), who is spared, where the
+    /// stop reason goes; the payload, with the whole run after it, unless this
+    /// is an emergency (everything at once).
+    fn kill_plan(
         &self,
         requested_by: &Requester,
         rec: &RunRecord,
@@ -64,9 +68,7 @@ impl Agent {
         end: RunStatus,
         escalate: Arc<std::sync::atomic::AtomicBool>,
         emergency: Arc<std::sync::atomic::AtomicBool>,
-    ) -> KillResult {
-        let started_at = chrono::Utc::now();
-        let t = Instant::now();
+    ) -> (Cgroup, kill::Plan) {
         let template = self.run_template(rec);
         let settings = &template.kill;
         let cs = &template.critical_sections;
@@ -103,13 +105,27 @@ impl Agent {
         let run_cg = Cgroup::new(&rec.cgroup_path);
         // The kill acts on the payload; the supervisor is killed once the payload
         // is empty, unless this is an emergency (everything at once).
-        let (cg, plan) = if req.emergency {
+        if req.emergency {
             (run_cg, plan)
         } else {
             let payload = layout::payload(&run_cg);
             let whole = (payload != run_cg).then_some(run_cg);
             (payload, kill::Plan { whole, ..plan })
-        };
+        }
+    }
+
+    pub(super) fn kill_sequence(
+        &self,
+        requested_by: &Requester,
+        rec: &RunRecord,
+        req: &KillRequest,
+        end: RunStatus,
+        escalate: Arc<std::sync::atomic::AtomicBool>,
+        emergency: Arc<std::sync::atomic::AtomicBool>,
+    ) -> KillResult {
+        let started_at = chrono::Utc::now();
+        let t = Instant::now();
+        let (cg, plan) = self.kill_plan(requested_by, rec, req, end, escalate, emergency);
         let mode = kill_mode(req);
         // A trace before the kill acts (kept pending if the disk refuses it): an
         // agent that dies mid-kill leaves it, and its successor resumes the kill.
