@@ -32,3 +32,26 @@ impl Records {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_records_have_nothing_pending_sent_or_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(dir.path().join("audit.head"), Alerter::new(None, None));
+        assert_eq!(records.auditor.pending(), 0);
+        let stats = records.alerter.stats();
+        assert_eq!((stats.sent, stats.failed), (0, 0));
+        let text = records.metrics.render(&Default::default());
+        assert!(
+            text.contains("\nwfcg_critical_section_wait_seconds_total 0.0\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("wfcg_kills_total{"),
+            "no kill counted: {text}"
+        );
+    }
+}

@@ -288,3 +288,48 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_watch_watches_nothing_and_forgets_what_it_is_told_to() {
+        let watch = Watch::new(Reaper::new().unwrap());
+        assert_eq!(watch.reaper.len(), 0);
+        assert!(watch.monitor.get().is_none() && watch.hub.get().is_none());
+        assert!(watch.lives.lock().is_empty() && watch.beats.lock().is_empty());
+        watch.stuck_ends().insert("run_a".into(), "stalled".into());
+        assert_eq!(
+            watch.stuck_ends().remove("run_a").as_deref(),
+            Some("stalled")
+        );
+        assert!(watch.watches().is_empty());
+    }
+
+    #[test]
+    fn a_ceiling_widens_to_the_longer_limit_and_zero_is_none() {
+        let s = Duration::from_secs;
+        let a = Ceiling {
+            init: s(10),
+            total: s(100),
+            watchdog: Duration::ZERO,
+        };
+        let b = Ceiling {
+            init: s(20),
+            total: s(50),
+            watchdog: s(5),
+        };
+        assert_eq!(
+            a.wider(b),
+            Ceiling {
+                init: s(20),
+                total: s(100),
+                watchdog: Duration::ZERO,
+            }
+        );
+        assert_eq!(b.watchdog_threshold(), s(10));
+        assert_eq!(a.watchdog_threshold(), bounds::MAX);
+        assert_eq!(Ceiling::latest(Duration::ZERO, Some(Utc::now())), None);
+    }
+}
