@@ -623,7 +623,18 @@ pub struct ExitAck {
 /// Ordered by strength: a request that names more than one (the `mode` field
 /// beside the older `force`/`emergency` flags) gets the strongest.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum KillMode {

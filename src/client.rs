@@ -20,8 +20,9 @@ use serde_json::value::RawValue;
 
 use crate::api::{
     AdoptRequest, Adopted, AgentStopping, ApiError, AuditQuery, AuditRecord, AuditVerify,
-    BreakerInfo, CreateRun, ExitAck, ExitReport, Health, KillRequest, KillResult, LeaseRenewed,
-    KillCourse, KillMode, MayKill, MayKillQuery, RenewLease, RunInfo, RunStarted, RunsQuery, route,
+    BreakerInfo, CreateRun, ExitAck, ExitReport, Health, KillCourse, KillMode, KillRequest,
+    KillResult, LeaseRenewed, MayKill, MayKillQuery, RenewLease, RunInfo, RunStarted, RunsQuery,
+    route,
 };
 
 /// Why a call did not succeed.

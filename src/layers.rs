@@ -6,7 +6,8 @@
 //!
 //! From the bottom: `sys` (all the unsafe code) → values → the wire types →
 //! the host's facilities (cgroupfs, procfs, files as a user, git locks, …) →
-//! the domain (templates, policy, the kill sequence, adoption) and the store →
+//! the templates (configuration) → the domain (policy, the kill sequence,
+//! adoption) and the store (which reads a run's template as one) →
 //! the clients (command line, client, MCP, top, the supervisor) beside the
 //! agent → the entry points (`main.rs`, `cli/agent.rs`, which starts the agent).
 
@@ -54,30 +55,37 @@ const LAYERS: &[Layer] = &[
             "alerts",
         ],
     },
+    // The templates: configuration, which the store reads a run's with (a
+    // bad one is an error, never a default) and the domain acts on.
+    Layer {
+        name: "config",
+        may_use: &["host", "wire", "values", "sys"],
+        modules: &["template"],
+    },
     Layer {
         name: "store",
-        may_use: &["wire", "values", "sys"],
+        may_use: &["config", "wire", "values", "sys"],
         modules: &["store"],
     },
     Layer {
         name: "domain",
-        may_use: &["host", "wire", "values", "sys"],
-        modules: &["template", "policy", "kill", "adopt"],
+        may_use: &["config", "host", "wire", "values", "sys"],
+        modules: &["policy", "kill", "adopt"],
     },
     Layer {
         name: "clients",
-        may_use: &["domain", "host", "wire", "values", "sys"],
+        may_use: &["domain", "config", "host", "wire", "values", "sys"],
         modules: &["client", "exit", "output", "mcp", "top", "run", "cli"],
     },
     Layer {
         name: "agent",
-        may_use: &["store", "domain", "host", "wire", "values", "sys"],
+        may_use: &["store", "domain", "config", "host", "wire", "values", "sys"],
         modules: &["agent"],
     },
     Layer {
         name: "entry",
         may_use: &[
-            "agent", "clients", "store", "domain", "host", "wire", "values", "sys",
+            "agent", "clients", "store", "domain", "config", "host", "wire", "values", "sys",
         ],
         // `layers` is this check (it uses nothing).
         modules: &["main.rs", "lib.rs", "cli/agent.rs", "layers"],

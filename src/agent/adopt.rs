@@ -26,10 +26,10 @@ use crate::store::RunRecord;
 
 mod in_place;
 
-/// `adopted` of a run whose tree was moved in.
-pub const TREE: &str = "pid";
 /// `adopted` of a run whose cgroup was taken in place.
-pub const IN_PLACE: &str = "cgroup";
+pub use super::layout::ADOPTED_IN_PLACE as IN_PLACE;
+/// `adopted` of a run whose tree was moved in.
+pub use super::layout::ADOPTED_TREE as TREE;
 /// The leaf of an adopted run's cgroup that holds the tree: the payload leaf of
 /// every run (an adopted tree has no supervisor leaf).
 pub use super::layout::PAYLOAD;
@@ -68,6 +68,176 @@ struct Rights {
     view_all: bool,
 }
 
+impl Rights {
+    /// The one adoption permission, for a tree and a cgroup alike: a caller's
+    /// own processes with kill_own; another user's (`foreign`) with kill_any,
+    /// or only listed (`dry_run`) with view_all. `Ok`: the permission that
+    /// allows it; `Err`: the one it needs.
+    fn to_adopt(
+        &self,
+        foreign: bool,
+        dry_run: bool,
+    ) -> std::result::Result<Permission, Permission> {
+        match (foreign, dry_run) {
+            (false, _) => Ok(Permission::KillOwn),
+            (true, _) if self.any => Ok(Permission::KillAny),
+            (true, true) if self.view_all => Ok(Permission::ViewAll),
+            (true, true) => Err(Permission::ViewAll),
+            (true, false) => Err(Permission::KillAny),
+        }
+    }
+}
+
+/// An adoption's decision, as its audit record says it.
+fn decided(entry: &mut AuditEntry, verdict: std::result::Result<Permission, Permission>) {
+    entry.decision = Decision::of(verdict.is_ok());
+    entry.permission = Some(verdict.unwrap_or_else(|needed| needed).as_str().into());
+}
+
+/// Removes a new run's cgroup after a failed adoption, logging what fails.
+fn discard(run_cg: &Cgroup, run_id: &str) {
+    if let Err(e) = run_cg.remove_recursive() {
+        tracing::warn!(run_id, "undoing a failed adoption: {e}");
+    }
+}
+
+/// What [`Agent::pin_tree`] found (once per request, on the stack).
+#[allow(clippy::large_enum_variant)]
+enum Pinned<'a> {
+    /// A tree to adopt.
+    Tree(Tree<'a>),
+    /// The run the root is in already.
+    Adopted(Adopted),
+}
+
+/// A tree to adopt: its root pinned, and what its walks never take.
+struct Tree<'a> {
+    agent: &'a Agent,
+    caller: &'a Caller,
+    pid: i32,
+    root: Root,
+    mount: std::path::PathBuf,
+    /// The agent's pid, and the caller and its ancestors.
+    me: i32,
+    callers: Vec<i32>,
+    /// The executors' markers the root carries, and those the caller named.
+    markers: Vec<Vec<u8>>,
+    named: Vec<Vec<u8>>,
+    rights: Rights,
+}
+
+impl Tree<'_> {
+    /// Never taken, whatever the tree: init, the agent, the caller's line,
+    /// processes of wfcg's runs.
+    fn never(&self, c: &adopt::Candidate<'_>) -> Option<String> {
+        if c.pid == 1 {
+            return Some("pid 1".into());
+        }
+        if c.pid == self.me {
+            return Some("the wfcg agent".into());
+        }
+        if self.callers.contains(&c.pid) {
+            return Some("the caller or its ancestor".into());
+        }
+        let abs = self.mount.join(c.cgroup?.trim_start_matches('/'));
+        match self.agent.wfcg_owner(&abs) {
+            Some(Some(run)) => Some(format!("in run {run}")),
+            Some(None) => Some("in the wfcg agent's cgroup".into()),
+            None => None,
+        }
+    }
+
+    /// A walk of the tree: a dry run (`target` none), or its move into `target`.
+    fn walk(&self, target: Option<&Cgroup>, veto: adopt::Veto<'_>, uids: bool) -> Gathered {
+        adopt::gather(&Walk {
+            proc_root: &self.agent.cfg.proc_root,
+            mount: &self.mount,
+            root: &self.root,
+            markers: self.markers.clone(),
+            named: self.named.clone(),
+            infer: true,
+            veto,
+            target,
+            max_passes: if target.is_some() {
+                adopt::MAX_PASSES
+            } else {
+                adopt::DRY_RUN_PASSES
+            },
+            uids,
+            marker_uid: (!self.rights.any).then_some(self.caller.uid),
+        })
+    }
+
+    /// Who may take what: decided on a walk that changes nothing (skipped for
+    /// kill_any, which may take anything anyway), and written to `entry`. The
+    /// answer of a dry run, or none when the adoption goes on.
+    fn permit(&self, req: &AdoptRequest, entry: &mut AuditEntry) -> Result<Option<Adopted>> {
+        if !req.dry_run && self.rights.any {
+            decided(entry, Ok(Permission::KillAny));
+            return Ok(None);
+        }
+        let caller = self.caller;
+        let seen = self.walk(None, &|c| self.never(c), true);
+        let foreign = seen.members.iter().find(|m| m.uid != Some(caller.uid));
+        let verdict = self.rights.to_adopt(foreign.is_some(), req.dry_run);
+        decided(entry, verdict);
+        if let Err(needed) = verdict {
+            let m = foreign.expect("a foreign member");
+            let what = needed.as_str();
+            return Err(Failure::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "not permitted: pid {} ({}) belongs to {}; adopting another \
+                     user's processes needs {what}",
+                    m.pid,
+                    m.command,
+                    uid_text(m.uid)
+                ),
+            ));
+        }
+        if req.dry_run {
+            let run_id = req.run_id.clone().unwrap_or_default();
+            return Ok(Some(self.agent.answer(
+                &self.root,
+                &seen,
+                run_id,
+                String::new(),
+                true,
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Moves the tree into the frozen `payload` of `run_cg` (a caller who may
+    /// act on no other's takes only its own processes); the run's cgroup is
+    /// removed when nothing could be moved. Returns the walk and its time in ms.
+    fn move_into(
+        &self,
+        payload: &Cgroup,
+        run_cg: &Cgroup,
+        run_id: &str,
+    ) -> Result<(Gathered, f64)> {
+        let owned_only = !self.rights.any;
+        let uid = self.caller.uid;
+        let veto = |c: &adopt::Candidate<'_>| -> Option<String> {
+            self.never(c).or_else(|| {
+                (owned_only && c.uid != Some(uid)).then(|| format!("owned by {}", uid_text(c.uid)))
+            })
+        };
+        let t = Instant::now();
+        let got = self.walk(Some(payload), &veto, owned_only);
+        let walked_ms = t.elapsed().as_secs_f64() * 1e3;
+        let pid = self.pid;
+        if got.members.is_empty() {
+            discard(run_cg, run_id);
+            return Err(bad(format!(
+                "no such process: {pid} (it exited before it could be adopted)"
+            )));
+        }
+        Ok((got, walked_ms))
+    }
+}
+
 impl Agent {
     fn rights(&self, id: &Identity) -> Rights {
         let perms = self.access.policy().permissions(id);
@@ -85,7 +255,7 @@ impl Agent {
         &self,
         caller: &Caller,
         req: &AdoptRequest,
-    ) -> Result<Option<super::budget::Slot>> {
+    ) -> Result<Option<super::runs::Slot>> {
         if req.dry_run || req.kill {
             return Ok(None);
         }
@@ -118,7 +288,7 @@ impl Agent {
         // what is known to live on of it.
         let mut left_alone = Vec::new();
         let adopted = {
-            let _one_at_a_time = self.adopt_lock.lock();
+            let _one_at_a_time = self.runs.adopt_lock.lock();
             match self.adoption_budget(caller, &req) {
                 Err(e) => Err(e),
                 Ok(_budget) => match (req.pid, req.cgroup.as_deref()) {
@@ -148,7 +318,7 @@ impl Agent {
         if let Ok(a) = &adopted {
             entry.run_id = (!a.run_id.is_empty()).then(|| a.run_id.clone());
         }
-        self.auditor.record(&self.store, entry);
+        self.records.auditor.record(&self.runs.store, entry);
         let mut adopted = adopted?;
         if req.kill && !req.dry_run {
             let run_cg = Cgroup::new(&adopted.cgroup);
@@ -217,7 +387,7 @@ impl Agent {
     /// inside `runs/<id>`, `Some(None)` inside the agent's own leaf or `runs/`
     /// itself, `None` elsewhere.
     fn wfcg_owner(&self, abs: &Path) -> Option<Option<String>> {
-        if let Ok(rest) = abs.strip_prefix(self.runs_cg.path()) {
+        if let Ok(rest) = abs.strip_prefix(self.runs.cg.path()) {
             return Some(
                 rest.components()
                     .next()
@@ -225,7 +395,7 @@ impl Agent {
                     .map(str::to_owned),
             );
         }
-        let agent_leaf = self.runs_cg.parent()?.child("agent");
+        let agent_leaf = self.runs.cg.parent()?.child("agent");
         abs.starts_with(agent_leaf.path()).then_some(None)
     }
 
@@ -253,6 +423,29 @@ impl Agent {
         entry: &mut AuditEntry,
         left_alone: &mut Vec<adopt::Skipped>,
     ) -> Result<Adopted> {
+        let tree = match self.pin_tree(caller, id, pid, req)? {
+            Pinned::Tree(tree) => tree,
+            Pinned::Adopted(already) => return Ok(already),
+        };
+        if let Some(dry_run) = tree.permit(req, entry)? {
+            return Ok(dry_run);
+        }
+        let (run_id, run_cg, payload) = self.frozen_payload(req)?;
+        let moved = tree.move_into(&payload, &run_cg, &run_id)?;
+        self.record_tree(
+            caller, req, &tree, &run_id, &run_cg, &payload, moved, left_alone,
+        )
+    }
+
+    /// The tree's root, pinned (never init, the agent's or the caller's line),
+    /// or the run it is in already.
+    fn pin_tree<'a>(
+        &'a self,
+        caller: &'a Caller,
+        id: &Identity,
+        pid: i32,
+        req: &AdoptRequest,
+    ) -> Result<Pinned<'a>> {
         let proc_root = self.cfg.proc_root.clone();
         self.refuse_root(caller, pid)?;
         let root = adopt::pin(&proc_root, pid).map_err(|e| bad(e.to_string()))?;
@@ -260,7 +453,7 @@ impl Agent {
         let abs = |rel: &str| mount.join(rel.trim_start_matches('/'));
         match self.wfcg_owner(&abs(&root.cgroup)) {
             Some(Some(run_id)) if self.store().get_run(&run_id)?.is_some() => {
-                return self.existing_run(caller, &run_id, pid);
+                return self.existing_run(caller, &run_id, pid).map(Pinned::Adopted);
             }
             Some(_) => {
                 return Err(bad(format!(
@@ -270,122 +463,54 @@ impl Agent {
             }
             None => {}
         }
-        let me = std::process::id() as i32;
-        let callers = lineage(&proc_root, caller.pid);
-        // Never taken, whatever the tree: init, the agent, the caller's line,
-        // processes of wfcg's runs.
-        let never = |c: &adopt::Candidate<'_>| -> Option<String> {
-            if c.pid == 1 {
-                return Some("pid 1".into());
-            }
-            if c.pid == me {
-                return Some("the wfcg agent".into());
-            }
-            if callers.contains(&c.pid) {
-                return Some("the caller or its ancestor".into());
-            }
-            match self.wfcg_owner(&abs(c.cgroup?)) {
-                Some(Some(run)) => Some(format!("in run {run}")),
-                Some(None) => Some("in the wfcg agent's cgroup".into()),
-                None => None,
-            }
-        };
-        let markers = adopt::executor_markers(&proc_root, &root);
-        let named: Vec<Vec<u8>> = req.markers.iter().map(|m| m.as_bytes().to_vec()).collect();
-        let rights = self.rights(id);
-        let walk = |target: Option<&Cgroup>, veto: adopt::Veto<'_>, uids: bool| {
-            adopt::gather(&Walk {
-                proc_root: &proc_root,
-                mount: &mount,
-                root: &root,
-                markers: markers.clone(),
-                named: named.clone(),
-                infer: true,
-                veto,
-                target,
-                max_passes: if target.is_some() {
-                    adopt::MAX_PASSES
-                } else {
-                    adopt::DRY_RUN_PASSES
-                },
-                uids,
-                marker_uid: (!rights.any).then_some(caller.uid),
-            })
-        };
-        // Who may take what: decided on a walk that changes nothing (skipped for
-        // kill_any, which may take anything anyway).
-        if req.dry_run || !rights.any {
-            let seen = walk(None, &never, true);
-            let foreign = seen.members.iter().find(|m| m.uid != Some(caller.uid));
-            let allowed_by = match foreign {
-                None => Some(Permission::KillOwn),
-                Some(_) if rights.any => Some(Permission::KillAny),
-                Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
-                Some(_) => None,
-            };
-            entry.decision = Decision::of(allowed_by.is_some());
-            entry.permission = Some(
-                allowed_by
-                    .unwrap_or(if req.dry_run {
-                        Permission::ViewAll
-                    } else {
-                        Permission::KillAny
-                    })
-                    .as_str()
-                    .into(),
-            );
-            if allowed_by.is_none() {
-                let m = foreign.expect("a foreign member");
-                let what = if req.dry_run { "view_all" } else { "kill_any" };
-                return Err(Failure::new(
-                    ErrorKind::Forbidden,
-                    format!(
-                        "not permitted: pid {} ({}) belongs to {}; adopting another \
-                         user's processes needs {what}",
-                        m.pid,
-                        m.command,
-                        uid_text(m.uid)
-                    ),
-                ));
-            }
-            if req.dry_run {
-                let run_id = req.run_id.clone().unwrap_or_default();
-                return Ok(self.answer(&root, &seen, run_id, String::new(), true));
-            }
-        } else {
-            entry.decision = Decision::Allowed;
-            entry.permission = Some(Permission::KillAny.as_str().into());
-        }
+        Ok(Pinned::Tree(Tree {
+            agent: self,
+            caller,
+            pid,
+            me: std::process::id() as i32,
+            callers: lineage(&proc_root, caller.pid),
+            markers: adopt::executor_markers(&proc_root, &root),
+            named: req.markers.iter().map(|m| m.as_bytes().to_vec()).collect(),
+            rights: self.rights(id),
+            root,
+            mount,
+        }))
+    }
 
+    /// A new run's cgroup with its payload leaf, frozen before anything moves
+    /// (a process stops the moment it is moved in).
+    fn frozen_payload(&self, req: &AdoptRequest) -> Result<(String, Cgroup, Cgroup)> {
         let run_id = self.new_adopted_id(req)?;
-        let run_cg = self.runs_cg.child(&run_id);
+        let run_cg = self.runs.cg.child(&run_id);
         self.create_cgroup(&run_cg, &run_id)?;
         let payload = run_cg.child(PAYLOAD);
-        // Frozen before anything moves: a process stops the moment it is moved in.
         let frozen = payload
             .create_new()
             .and_then(|()| payload.freeze(std::time::Duration::from_secs(1)));
         if let Err(e) = frozen {
-            let _ = run_cg.remove_recursive();
+            discard(&run_cg, &run_id);
             return Err(Failure::internal(e));
         }
-        let owned_only = !rights.any;
-        let veto = |c: &adopt::Candidate<'_>| -> Option<String> {
-            never(c).or_else(|| {
-                (owned_only && c.uid != Some(caller.uid))
-                    .then(|| format!("owned by {}", uid_text(c.uid)))
-            })
-        };
-        let t = Instant::now();
-        let got = walk(Some(&payload), &veto, owned_only);
-        let walked_ms = t.elapsed().as_secs_f64() * 1e3;
-        if got.members.is_empty() {
-            let _ = run_cg.remove_recursive();
-            return Err(bad(format!(
-                "no such process: {pid} (it exited before it could be adopted)"
-            )));
-        }
-        let rec = self.adopted_record(caller, &run_id, &root, req, &run_cg, TREE)?;
+        Ok((run_id, run_cg, payload))
+    }
+
+    /// Records the adopted run, watches it, and thaws what was moved (unless it
+    /// is to be killed, or never held still); the tree's processes left alone
+    /// go to `left_alone`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_tree(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: &AdoptRequest,
+        tree: &Tree<'_>,
+        run_id: &str,
+        run_cg: &Cgroup,
+        payload: &Cgroup,
+        (got, walked_ms): (Gathered, f64),
+        left_alone: &mut Vec<adopt::Skipped>,
+    ) -> Result<Adopted> {
+        let (pid, root) = (tree.pid, &tree.root);
+        let rec = self.adopted_record(caller, run_id, root, req, run_cg, TREE)?;
         if let Err(e) = self.store().insert_run(&rec) {
             // Nothing records the run: let the tree go on where it is now.
             let _ = payload.thaw();
@@ -395,7 +520,7 @@ impl Agent {
             )));
         }
         self.lifecycle_begin(&rec, false);
-        self.reaper.watch(&run_id, &run_cg, &**self);
+        self.watch.reaper.watch(run_id, run_cg, &**self);
         // Thaw, unless it is to be killed (then it stays frozen until the kill
         // sequence, which thaws what it froze before SIGTERM: only the payload
         // is frozen, so that thaw lets the handlers run), or it never held still.
@@ -432,7 +557,7 @@ impl Agent {
             walked_ms,
             "adopted a tree"
         );
-        let mut answer = self.answer(&root, &got, run_id, message, false);
+        let mut answer = self.answer(root, &got, run_id.to_owned(), message, false);
         answer.cgroup = rec.cgroup_path;
         *left_alone = got.skipped;
         Ok(answer)
@@ -570,5 +695,46 @@ impl Agent {
             adopted: Some(how.into()),
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_users_processes_are_adopted_with_kill_any_or_listed_with_view_all() {
+        let none = Rights {
+            any: false,
+            view_all: false,
+        };
+        let viewer = Rights {
+            any: false,
+            view_all: true,
+        };
+        let any = Rights {
+            any: true,
+            view_all: false,
+        };
+        for (rights, dry_run) in [(&none, false), (&none, true), (&any, false)] {
+            assert_eq!(rights.to_adopt(false, dry_run), Ok(Permission::KillOwn));
+        }
+        assert_eq!(none.to_adopt(true, false), Err(Permission::KillAny));
+        assert_eq!(none.to_adopt(true, true), Err(Permission::ViewAll));
+        assert_eq!(viewer.to_adopt(true, false), Err(Permission::KillAny));
+        assert_eq!(viewer.to_adopt(true, true), Ok(Permission::ViewAll));
+        assert_eq!(any.to_adopt(true, false), Ok(Permission::KillAny));
+        assert_eq!(any.to_adopt(true, true), Ok(Permission::KillAny));
+        let mut entry = AuditEntry::default();
+        decided(&mut entry, Err(Permission::ViewAll));
+        assert_eq!(
+            (&entry.decision, entry.permission.as_deref()),
+            (&Decision::Denied, Some("view_all"))
+        );
+        decided(&mut entry, Ok(Permission::KillOwn));
+        assert_eq!(
+            (&entry.decision, entry.permission.as_deref()),
+            (&Decision::Allowed, Some("kill_own"))
+        );
     }
 }

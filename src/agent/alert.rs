@@ -12,7 +12,7 @@ impl Agent {
     /// Tells the agent-wide alert channels that the audit chain was found cut.
     /// (Called while the store is locked: the alerter only queues the event.)
     pub(super) fn alert_audit_tampered(&self, why: &str) {
-        self.alerter.emit(
+        self.records.alerter.emit(
             &self.template.alerts,
             crate::alerts::Event {
                 event: "audit_tampered".into(),
@@ -44,7 +44,7 @@ impl Agent {
     pub(super) fn alert(&self, event: &str, rec: &RunRecord, message: &str) {
         tracing::warn!(run_id = rec.run_id, event, "{message}");
         let template = self.run_template(rec);
-        self.alerter.emit(
+        self.records.alerter.emit(
             &template.alerts,
             crate::alerts::Event {
                 event: event.into(),

@@ -138,7 +138,7 @@ impl Auditor {
             || self
                 .head
                 .parent()
-                .and_then(super::budget::free_bytes)
+                .and_then(super::runs::free_bytes)
                 .is_none_or(|free| free >= reserve)
     }
 

@@ -43,7 +43,7 @@ impl Agent {
         trigger: &str,
         res: std::result::Result<(), crate::policy::PolicyError>,
     ) {
-        self.auditor.set_budgets(
+        self.records.auditor.set_budgets(
             self.state_reserve(),
             self.access.policy().limits.denial_window_secs,
         );
@@ -62,41 +62,51 @@ impl Agent {
 
     /// Writes an event of the agent's own to the audit trail.
     pub(super) fn audit_event(&self, entry: AuditEntry) {
-        self.auditor.record(&self.store, agent_event(entry));
+        self.records
+            .auditor
+            .record(&self.runs.store, agent_event(entry));
     }
 
     /// [`Agent::audit_event`] not synced to the disk (see
     /// [`super::audit::Auditor::keep_unsynced`]): what a force kill writes before it acts.
     pub(super) fn audit_event_unsynced(&self, entry: AuditEntry) {
-        self.auditor
-            .keep_unsynced(&self.store, super::audit::Record::Audit(agent_event(entry)));
+        self.records.auditor.keep_unsynced(
+            &self.runs.store,
+            super::audit::Record::Audit(agent_event(entry)),
+        );
     }
 
     /// [`Agent::audit_event`] synced to the disk within
     /// [`super::audit::SYNC_WITHIN`] rather than before the answer (see
     /// [`super::audit::Auditor::record_soon`]): a run's start.
     pub(super) fn audit_event_soon(&self, entry: AuditEntry) {
-        self.auditor.record_soon(&self.store, agent_event(entry));
+        self.records
+            .auditor
+            .record_soon(&self.runs.store, agent_event(entry));
     }
 
     /// Audit: a run ended, and how.
     pub(super) fn audit_run_end(&self, run_id: &str, status: RunStatus) {
-        self.auditor.record(&self.store, run_end(run_id, status));
+        self.records
+            .auditor
+            .record(&self.runs.store, run_end(run_id, status));
         self.breaker_on_end(run_id, status);
     }
 
     /// [`Agent::audit_run_end`] synced within [`super::audit::SYNC_WITHIN`]:
     /// the end its supervisor reported, after the run's processes are gone.
     pub(super) fn audit_run_end_soon(&self, run_id: &str, status: RunStatus) {
-        self.auditor
-            .record_soon(&self.store, run_end(run_id, status));
+        self.records
+            .auditor
+            .record_soon(&self.runs.store, run_end(run_id, status));
         self.breaker_on_end(run_id, status);
     }
 
     /// [`Agent::audit_run_end`] written with the next record kept (the kill's
     /// own, before its answer): one transaction for both.
     pub(super) fn defer_run_end(&self, run_id: &str, status: RunStatus) {
-        self.auditor
+        self.records
+            .auditor
             .defer(super::audit::Record::Audit(run_end(run_id, status)));
         self.breaker_on_end(run_id, status);
     }
@@ -136,8 +146,8 @@ impl Agent {
                 "not permitted: verifying the audit trail needs view_all",
             ));
         }
-        let check: ChainCheck = self.auditor.verify(&self.store())?;
-        let pending = self.auditor.pending();
+        let check: ChainCheck = self.records.auditor.verify(&self.store())?;
+        let pending = self.records.auditor.pending();
         Ok(match check.first_bad {
             None => api::AuditVerify {
                 records: check.records,

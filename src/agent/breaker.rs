@@ -70,7 +70,7 @@ impl Agent {
     /// A run is about to be killed as stuck: its end will count against its
     /// workflow's breaker.
     pub(super) fn mark_stuck(&self, run_id: &str, reason: &str) {
-        self.life
+        self.watch
             .stuck_ends()
             .insert(run_id.to_owned(), reason.to_owned());
     }
@@ -79,7 +79,7 @@ impl Agent {
     /// else) its workflow's breaker of its owner (or the host-wide one), opening
     /// it when the count is reached.
     pub(super) fn breaker_on_end(&self, run_id: &str, status: RunStatus) {
-        let stuck = self.life.stuck_ends().remove(run_id);
+        let stuck = self.watch.stuck_ends().remove(run_id);
         let Ok(Some(rec)) = self.store().get_run(run_id) else {
             return;
         };

@@ -3,10 +3,10 @@
 //! together, and the free space of the agent's state filesystem.
 //!
 //! The live-run and TMPDIR caps are exact under concurrent starts: the check and
-//! a reservation are made under one lock, and the reservation ([`Slot`]) is held
+//! a reservation are made under one lock, and the reservation ([`super::runs::Slot`]) is held
 //! until the start has inserted its run (or failed), so a start in between sees
 //! it. A start gives its reservation back under the same lock as its insert
-//! ([`Slot::recording`]), so no start sees a run both recorded and reserved.
+//! ([`super::runs::Slot::recording`]), so no start sees a run both recorded and reserved.
 //! (An adoption gives it back when it ends: between its insert and its end the
 //! run counts twice, so a start racing with it may be refused, never wrongly
 //! admitted.)
@@ -21,87 +21,16 @@
 //! made while there is room and given up when root needs the space: root's
 //! start then finds room for its records.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
+use super::runs::{Slot, free_bytes};
 use super::{Agent, Caller, Failure, Result};
 use crate::api::ErrorKind;
 use crate::template::Template;
 
 /// The ballast file that holds root's reserve, in the state directory.
 const BALLAST: &str = "reserve";
-
-/// Starts not finished yet, per user.
-#[derive(Debug, Default, Clone, Copy)]
-struct Pending {
-    runs: u64,
-    tmpdir: u64,
-}
-
-/// The per-user start budgets' state.
-#[derive(Default)]
-pub struct Budgets {
-    /// When each user (never root) started runs in the last minute.
-    starts: Mutex<HashMap<u32, VecDeque<Instant>>>,
-    /// Starts admitted and not yet recorded (or failed), per user.
-    pending: Arc<Mutex<HashMap<u32, Pending>>>,
-    /// Held while the ballast is made or given up.
-    ballast: Mutex<()>,
-    /// The tmpfs of ended runs that still hold something: owner and run, by path.
-    pub(super) held: Mutex<BTreeMap<PathBuf, (u32, String)>>,
-}
-
-/// A start's reservation of one live run and its TMPDIR: given back when dropped
-/// (after the run is recorded, or the start failed).
-pub struct Slot {
-    pending: Arc<Mutex<HashMap<u32, Pending>>>,
-    uid: u32,
-    tmpdir: u64,
-}
-
-impl Slot {
-    /// Runs `insert` (the start's insert of its run) and gives the reservation
-    /// back under the same lock: a concurrent start's check, made under that
-    /// lock, sees the run either reserved or recorded, never both.
-    pub fn recording<T>(slot: Option<Slot>, insert: impl FnOnce() -> T) -> T {
-        let Some(slot) = slot else {
-            return insert();
-        };
-        let pending = slot.pending.clone();
-        let mut all = pending.lock();
-        let out = insert();
-        slot.give_back(&mut all);
-        std::mem::forget(slot);
-        out
-    }
-
-    fn give_back(&self, all: &mut HashMap<u32, Pending>) {
-        if let Some(p) = all.get_mut(&self.uid) {
-            p.runs = p.runs.saturating_sub(1);
-            p.tmpdir = p.tmpdir.saturating_sub(self.tmpdir);
-            if p.runs == 0 {
-                all.remove(&self.uid);
-            }
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let pending = self.pending.clone();
-        self.give_back(&mut pending.lock());
-    }
-}
-
-/// Bytes free for unprivileged writers on the filesystem of `path` (`statvfs(3)`).
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    let st = rustix::fs::statvfs(path).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
-}
 
 /// The most tmpfs of ended runs a user may hold open from outside them (each
 /// is a mount: the host's mount table is not theirs to fill).
@@ -182,7 +111,7 @@ impl Agent {
                 if held.len() > 5 { ", ..." } else { "" }
             ));
         }
-        let mut pending = self.budgets.pending.lock();
+        let mut pending = self.runs.budgets.pending.lock();
         let mine = pending.get(&uid).copied().unwrap_or_default();
         let live = self.store().live_runs_of(uid)?;
         let runs = (live.len() as u64).saturating_add(mine.runs);
@@ -232,7 +161,7 @@ impl Agent {
             ));
         }
         let now = Instant::now();
-        let mut starts = self.budgets.starts.lock();
+        let mut starts = self.runs.budgets.starts.lock();
         let recent = starts.entry(uid).or_default();
         while recent
             .front()
@@ -252,7 +181,7 @@ impl Agent {
         p.runs += 1;
         p.tmpdir = p.tmpdir.saturating_add(tmpdir);
         Ok(Some(Slot {
-            pending: self.budgets.pending.clone(),
+            pending: self.runs.budgets.pending.clone(),
             uid,
             tmpdir,
         }))
@@ -261,7 +190,7 @@ impl Agent {
     /// How many runs `uid` started in the last minute, when that is already
     /// `max` or more (a cheap check before anything is read for the start).
     fn starts_in_the_last_minute(&self, uid: u32, max: u32) -> Option<usize> {
-        let starts = self.budgets.starts.lock();
+        let starts = self.runs.budgets.starts.lock();
         let now = Instant::now();
         let n = starts.get(&uid).map_or(0, |recent| {
             recent
@@ -282,7 +211,7 @@ impl Agent {
             return Ok(());
         };
         let ballast = dir.join(BALLAST);
-        let _held = self.budgets.ballast.lock();
+        let _held = self.runs.budgets.ballast.lock();
         if free < reserve {
             if caller.is_root() {
                 match std::fs::remove_file(&ballast) {

@@ -129,13 +129,13 @@ impl Agent {
         steps: &mut Vec<(&'static str, f64)>,
     ) -> CleanupStatus {
         let t = std::time::Instant::now();
-        self.reaper.forget(&rec.run_id);
+        self.watch.reaper.forget(&rec.run_id);
         self.lifecycle_end(&rec.run_id);
-        self.sightings.lock().remove(&rec.run_id);
-        self.run_files.forget(&rec.run_id);
-        self.supervisors.forget(&rec.run_id);
+        self.kills.sightings.lock().remove(&rec.run_id);
+        self.runs.files.forget(&rec.run_id);
+        self.runs.supervisors.forget(&rec.run_id);
         let mut seen = seen.to_vec();
-        if let Some(more) = self.stale_candidates.lock().remove(&rec.run_id) {
+        if let Some(more) = self.kills.stale_candidates.lock().remove(&rec.run_id) {
             seen.extend(more);
         }
         // The git directories are in trees the run's owner made: a file system
@@ -255,7 +255,7 @@ impl Agent {
         // Its end is seen twice (the exit report, then the empty cgroup or a
         // kill's cleanup): one look and one audit record. Rare enough (asked
         // for explicitly) for one lock for all runs.
-        let _once = self.workspace_lock.lock();
+        let _once = self.runs.workspace_lock.lock();
         if let Some(said) = self.workspace_outcome(&rec.run_id) {
             return said;
         }
@@ -283,8 +283,8 @@ impl Agent {
             },
         };
         tracing::info!(run_id = rec.run_id, "workspace {ws}: {said}");
-        self.auditor.record(
-            &self.store,
+        self.records.auditor.record(
+            &self.runs.store,
             AuditEntry {
                 time: super::time::now(),
                 actor_name: "agent".into(),

@@ -3,22 +3,28 @@
 //! cgroup, directories and TMPDIR, the move of the caller into it (none for a
 //! root caller that starts its processes into it itself), and its record.
 //!
-//! [`Agent::create_run`] is one long sequence on purpose: each step undoes what the
-//! steps before it made when it fails, which reads best in one place.
+//! [`Agent::create_run`] is four stages: `admit` (the checks, made before the
+//! host is touched; the pure ones are functions of the request below, tested
+//! without root), `provision` (a [`Provisioned`] that removes what it made when
+//! it is dropped, logging every error), `move_caller` and `record_start`.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::mount::MountFlags;
 
 use super::audit_trail::by_caller;
+use super::lifecycle::Ceiling;
+use super::runs::Slot;
 use super::{Agent, Caller, Failure, Result, layout, progress};
 use crate::api::AuditAction;
 use crate::api::AuditEntry;
 use crate::api::{self, CreateRun, ErrorKind, RunStarted};
 use crate::cgroup::{self, Cgroup};
+use crate::policy::Identity;
 use crate::procfs;
 use crate::store::RunRecord;
 use crate::template::{Template, TemplateError};
@@ -45,47 +51,269 @@ fn put_back(home: &Cgroup, origin: Option<&str>) {
     }
 }
 
+/// A start that passed [`Agent::admit`]: what it was given and decided.
+struct Admitted {
+    run_id: String,
+    template_name: String,
+    template: Template,
+    ceiling: Ceiling,
+    cleanup_workspace: bool,
+    workspace: Option<String>,
+    teams: Vec<String>,
+    id: Identity,
+    /// The caller's budget reserved for this run, given back once it is recorded.
+    budget: Option<Slot>,
+    pidfd: Arc<OwnedFd>,
+    identity: procfs::Identity,
+    /// The caller's cgroup before the start, below the cgroup2 mount.
+    origin: Option<String>,
+    parent_run_id: Option<String>,
+}
+
+/// What [`Agent::provision`] made for a run, removed when dropped unless kept:
+/// a start that fails after it leaves nothing behind. Every error of the
+/// removal is logged.
+struct Provisioned<'a> {
+    agent: &'a Agent,
+    run_id: String,
+    /// The run's owner, as whom what they may have written is removed.
+    uid: u32,
+    cg: Cgroup,
+    run_dir: Option<PathBuf>,
+    tmpdir: Option<PathBuf>,
+    log_path: Option<PathBuf>,
+    /// The tmpfs mounted (on the run dir, on TMPDIR).
+    mounts: Vec<PathBuf>,
+    /// What the start could not do as asked, said in its answer.
+    warnings: Vec<String>,
+    kept: bool,
+}
+
+impl Provisioned<'_> {
+    /// Mounts a tmpfs of the caller's on the run's directory `dir` (`mount`);
+    /// where it cannot, `plain` says why in a warning and `dir` itself is given
+    /// to the caller.
+    fn tmpfs_or_plain(
+        &mut self,
+        dir: &Path,
+        caller: &Caller,
+        mount: impl FnOnce(&Path) -> std::io::Result<()>,
+        plain: impl FnOnce(&std::io::Error) -> String,
+    ) -> Result<()> {
+        match mount(dir) {
+            Ok(()) => self.mounts.push(dir.to_owned()),
+            Err(e) => {
+                self.warnings.push(plain(&e));
+                std::os::unix::fs::chown(dir, Some(caller.uid), Some(caller.gid)).map_err(|e| {
+                    Failure::new(
+                        ErrorKind::Internal,
+                        format!("cannot chown {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The run is recorded: what was made stays. Returns the warnings.
+    fn keep(&mut self) -> Vec<String> {
+        self.kept = true;
+        std::mem::take(&mut self.warnings)
+    }
+}
+
+impl Drop for Provisioned<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let run_id = self.run_id.as_str();
+        let log = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+            tracing::warn!(
+                run_id,
+                "undoing a failed start: cannot {what} {}: {e}",
+                path.display()
+            );
+        };
+        self.agent.forget_lock_creators(run_id);
+        if let Err(e) = self.cg.remove_recursive() {
+            log("remove the cgroup", self.cg.path(), &e);
+        }
+        // The caller may have written into them already: as them, bounded.
+        let budget = crate::walk::Budget::from_env();
+        let cred = Cred::of_uid(self.uid);
+        for mount in &self.mounts {
+            if let Err(e) = crate::tmpfs::unmount(mount) {
+                log("unmount the tmpfs on", mount, &e);
+            }
+        }
+        for dir in [&self.run_dir, &self.tmpdir].into_iter().flatten() {
+            if let Err(e) = crate::walk::remove_agent_dir(dir, &cred, &budget) {
+                log("remove", dir, &e);
+            }
+        }
+        if let Some(file) = &self.log_path
+            && let Err(e) = fs::remove_file(file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log("remove", file, &e);
+        }
+    }
+}
+
+/// Where [`Agent::move_caller`] put the caller.
+struct Home {
+    /// The leaf it was moved into; none when it stays outside its run.
+    cgroup: Option<Cgroup>,
+    /// It starts its command into the payload itself.
+    direct: bool,
+    /// It starts its keeper into the supervisor leaf itself, from outside.
+    outside: bool,
+}
+
+/// `dir` made, root's alone (0700): what the run may not open before a tmpfs
+/// of its own is mounted on it.
+fn private_dir(dir: &Path) -> Result<PathBuf> {
+    let failed = |e: std::io::Error| {
+        Failure::new(
+            ErrorKind::Internal,
+            format!("cannot create {}: {e}", dir.display()),
+        )
+    };
+    fs::create_dir(dir).map_err(failed)?;
+    if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+        // Empty, and made by the agent a moment ago: removed at once.
+        if let Err(e) = fs::remove_dir(dir) {
+            tracing::warn!(
+                "undoing a failed start: cannot remove {}: {e}",
+                dir.display()
+            );
+        }
+        return Err(failed(e));
+    }
+    Ok(dir.to_owned())
+}
+
+/// A run id in use.
+fn conflict(run_id: &str) -> Failure {
+    Failure::new(
+        ErrorKind::Conflict,
+        format!("run id {run_id:?} is already in use"),
+    )
+}
+
+/// The caller died before its run could be started.
+fn gone(caller: &Caller) -> Failure {
+    Failure::new(
+        ErrorKind::BadInput,
+        format!(
+            "the process that connected (pid {}) is gone; a run is started by a \
+             live caller only",
+            caller.pid
+        ),
+    )
+}
+
+/// Users may shorten the operator's timeouts, not lengthen or remove them;
+/// root may set them.
+fn shorten_timeouts(req: &CreateRun, root: bool, template: &mut Template) -> Result<()> {
+    let ms = std::time::Duration::from_millis;
+    for (flag, value, slot) in [
+        (
+            "init timeout",
+            req.init_timeout_ms,
+            &mut template.timeouts.init,
+        ),
+        ("timeout", req.timeout_ms, &mut template.timeouts.total),
+        ("watchdog", req.watchdog_ms, &mut template.timeouts.watchdog),
+    ] {
+        let Some(v) = value else { continue };
+        if !root {
+            crate::template::no_longer(flag, ms(v), *slot, true)
+                .map_err(|e| Failure::new(ErrorKind::BadInput, e.to_string()))?;
+        }
+        *slot = ms(v);
+    }
+    Ok(())
+}
+
+/// Whether the run's workspace is removed at its end: asked for, or the
+/// template's rule for a workspace named explicitly (never a cwd).
+fn cleanup_workspace(req: &CreateRun, template: &Template) -> Result<bool> {
+    // The template may remove only a workspace named explicitly, never a cwd.
+    let cleanup = req.cleanup_workspace
+        || (req.workspace.is_some()
+            && template.cleanup.workspace == crate::template::WorkspacePolicy::Remove);
+    if req.cleanup_workspace && req.workspace.is_none() {
+        return Err(Failure::new(
+            ErrorKind::BadInput,
+            "cleanup_workspace needs an explicit workspace",
+        ));
+    }
+    Ok(cleanup)
+}
+
+/// The run's id: the one asked for, if it is one, else a fresh one.
+fn run_id_of(req: &CreateRun) -> Result<String> {
+    match &req.run_id {
+        Some(id) => match api::run_id_problem(id) {
+            Some(problem) => Err(Failure::new(ErrorKind::BadInput, problem)),
+            None => Ok(id.clone()),
+        },
+        None => Ok(new_run_id()),
+    }
+}
+
+/// The run's teams: the one asked for, which `who` must be in, else all of
+/// theirs (`mine`).
+fn teams_of(req: &CreateRun, who: Option<&str>, mine: Vec<String>) -> Result<Vec<String>> {
+    match &req.team {
+        Some(team) if !mine.contains(team) => Err(Failure::new(
+            ErrorKind::BadInput,
+            format!(
+                "team {team:?}: {} is not in it (their teams: {})",
+                who.unwrap_or("caller"),
+                if mine.is_empty() {
+                    "none".to_string()
+                } else {
+                    mine.join(", ")
+                }
+            ),
+        )),
+        Some(team) => Ok(vec![team.clone()]),
+        None => Ok(mine),
+    }
+}
+
 impl Agent {
     /// Starts a run: creates its cgroup and directories, moves the caller into it,
-    /// records it. On any failure nothing is left behind.
+    /// records it. On any failure nothing is left behind. Four stages, each a
+    /// function below: [`Agent::admit`] (the checks; the host untouched),
+    /// [`Agent::provision`] (the cgroup and files, undone on drop),
+    /// [`Agent::move_caller`] and [`Agent::record_start`].
     pub fn create_run(self: &Arc<Self>, caller: &Caller, req: CreateRun) -> Result<RunStarted> {
+        let admitted = self.admit(caller, &req)?;
+        let mut made = self.provision(caller, &req, &admitted)?;
+        let home = self.move_caller(caller, &req, &admitted, &made)?;
+        self.record_start(caller, req, admitted, &mut made, home)
+    }
+
+    /// The checks a start must pass, in order, before the host is touched: the
+    /// breaker, the template and the options a user may set, the caller's
+    /// budgets (reserved until the run is recorded), the workspace, the run id
+    /// and team, and the caller itself (alive, pinned by its pidfd).
+    fn admit(&self, caller: &Caller, req: &CreateRun) -> Result<Admitted> {
         if req.command.is_empty() {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
         }
         self.check_breaker(caller, req.workflow.as_deref())?;
-        let (template_name, mut template) = self.resolve_template(caller, &req)?;
-        self.apply_run_options(caller, &req, &mut template)?;
+        let (template_name, mut template) = self.resolve_template(caller, req)?;
+        self.apply_run_options(caller, req, &mut template)?;
         // Held until the run is recorded: the caps stay exact under concurrent starts.
         let budget = self.check_budgets(caller, &template)?;
-        let ms = std::time::Duration::from_millis;
-        // Users may shorten the operator's timeouts, not lengthen or remove them.
-        for (flag, value, slot) in [
-            (
-                "init timeout",
-                req.init_timeout_ms,
-                &mut template.timeouts.init,
-            ),
-            ("timeout", req.timeout_ms, &mut template.timeouts.total),
-            ("watchdog", req.watchdog_ms, &mut template.timeouts.watchdog),
-        ] {
-            let Some(v) = value else { continue };
-            if !caller.is_root() {
-                crate::template::no_longer(flag, ms(v), *slot, true)
-                    .map_err(|e| Failure::new(ErrorKind::BadInput, e.to_string()))?;
-            }
-            *slot = ms(v);
-        }
-        let ceiling = self.operator_ceiling(caller, &req, &template)?;
-        // The template may remove only a workspace named explicitly, never a cwd.
-        let cleanup_workspace = req.cleanup_workspace
-            || (req.workspace.is_some()
-                && template.cleanup.workspace == crate::template::WorkspacePolicy::Remove);
-        if req.cleanup_workspace && req.workspace.is_none() {
-            return Err(Failure::new(
-                ErrorKind::BadInput,
-                "cleanup_workspace needs an explicit workspace",
-            ));
-        }
+        shorten_timeouts(req, caller.is_root(), &mut template)?;
+        let ceiling = self.operator_ceiling(caller, req, &template)?;
+        let cleanup_workspace = cleanup_workspace(req, &template)?;
         // A workspace to remove must be the caller's own directory, never `/`, a
         // home or a mount point; it is checked again, and removed as its owner, at
         // the end.
@@ -107,85 +335,90 @@ impl Agent {
                 .ok()
                 .map(|p| p.display().to_string())
         });
-        let run_id = match req.run_id {
-            Some(id) => {
-                if let Some(problem) = api::run_id_problem(&id) {
-                    return Err(Failure::new(ErrorKind::BadInput, problem));
-                }
-                id
-            }
-            None => new_run_id(),
-        };
+        let run_id = run_id_of(req)?;
         let id = self.access.identity(caller);
         let my_teams = self.access.policy().teams_of(&id);
-        let teams = match &req.team {
-            Some(team) if !my_teams.contains(team) => {
-                return Err(Failure::new(
-                    ErrorKind::BadInput,
-                    format!(
-                        "team {team:?}: {} is not in it (their teams: {})",
-                        id.user.as_deref().unwrap_or("caller"),
-                        if my_teams.is_empty() {
-                            "none".to_string()
-                        } else {
-                            my_teams.join(", ")
-                        }
-                    ),
-                ));
-            }
-            Some(team) => vec![team.clone()],
-            None => my_teams,
-        };
-        let conflict = || {
-            Failure::new(
-                ErrorKind::Conflict,
-                format!("run id {run_id:?} is already in use"),
-            )
-        };
+        let teams = teams_of(req, id.user.as_deref(), my_teams)?;
         if self.store().get_run(&run_id)?.is_some() {
-            return Err(conflict());
+            return Err(conflict(&run_id));
         }
         // The caller was pinned by a pidfd when its connection was accepted; while
         // that process lives, its pid cannot name another one.
-        let gone = || {
-            Failure::new(
-                ErrorKind::BadInput,
-                format!(
-                    "the process that connected (pid {}) is gone; a run is started by a \
-                     live caller only",
-                    caller.pid
-                ),
-            )
-        };
-        let pidfd = caller.pidfd.clone().ok_or_else(gone)?;
+        let pidfd = caller.pidfd.clone().ok_or_else(|| gone(caller))?;
         // Who the supervisor is, for the requests that speak for it later.
-        let identity = procfs::pidfd_identity(&self.cfg.proc_root, &*pidfd).map_err(|_| gone())?;
+        let identity =
+            procfs::pidfd_identity(&self.cfg.proc_root, &*pidfd).map_err(|_| gone(caller))?;
         let origin = cgroup::process_cgroup(&self.cfg.proc_root, caller.pid);
         if !procfs::pidfd_alive(&*pidfd) || origin.is_none() || identity.pid != caller.pid {
-            return Err(gone());
+            return Err(gone(caller));
         }
         // Started from inside a run: that run's child, killed with it.
         let parent_run_id = self.parent_run(origin.as_deref())?;
+        Ok(Admitted {
+            run_id,
+            template_name,
+            template,
+            ceiling,
+            cleanup_workspace,
+            workspace,
+            teams,
+            id,
+            budget,
+            pidfd,
+            identity,
+            origin,
+            parent_run_id,
+        })
+    }
 
-        let cg = self.runs_cg.child(&run_id);
+    /// The run's cgroup (its limits written before anyone moves in) and its two
+    /// leaves, its directory and TMPDIR (each on a tmpfs of its own where it can
+    /// be mounted), and a detached run's log. Undone when the result is dropped
+    /// before [`Provisioned::keep`].
+    fn provision<'a>(
+        &'a self,
+        caller: &Caller,
+        req: &CreateRun,
+        a: &Admitted,
+    ) -> Result<Provisioned<'a>> {
+        let run_id = &a.run_id;
+        let cg = self.runs.cg.child(run_id);
         match cg.create_new() {
             Ok(()) => {}
             Err(cgroup::Error::Create { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
             {
-                return Err(conflict());
+                return Err(conflict(run_id));
             }
             Err(e) => return Err(Failure::internal(e)),
         }
+        let mut made = Provisioned {
+            agent: self,
+            run_id: run_id.clone(),
+            uid: caller.uid,
+            cg,
+            run_dir: None,
+            tmpdir: None,
+            log_path: None,
+            mounts: Vec::new(),
+            warnings: Vec::new(),
+            kept: false,
+        };
+        let cg = &made.cg;
         // Limits apply from the first instruction: written before the caller moves
         // in, on runs/<id> so that they cover the supervisor and the payload.
-        let mut warnings = cg.apply_limits(&template.limits);
+        let mut warnings = cg.apply_limits(&a.template.limits);
         // A removal nobody typed on this command line is said before it happens.
-        if cleanup_workspace && let Some(ws) = &req.workspace {
+        if a.cleanup_workspace
+            && let Some(ws) = &req.workspace
+        {
             let by = if req.cleanup_workspace {
                 "--cleanup-workspace".to_string()
             } else {
-                format!("the template {template_name} says [cleanup] workspace = \"remove\"")
+                format!(
+                    "the template {} says [cleanup] workspace = \"remove\"",
+                    a.template_name
+                )
             };
             warnings.push(format!(
                 "the workspace {ws} will be removed when the run ends ({by}), unless it holds \
@@ -193,30 +426,10 @@ impl Agent {
                  untracked files"
             ));
         }
-        if let Err(e) = layout::create_leaves(&cg) {
-            let _ = cg.remove_recursive();
-            return Err(Failure::internal(e));
-        }
-        let run_dir = self.run_dirs.join(&run_id);
-        let tmpdir = self.tmp_dirs.join(&run_id);
-        let log_path = req
-            .detach
-            .then(|| self.log_dirs.join(format!("{run_id}.log")));
-        let undo = |msg: String| {
-            self.forget_lock_creators(&run_id);
-            let _ = cg.remove_recursive();
-            // The caller may have written into them already: as them, bounded.
-            let budget = crate::walk::Budget::from_env();
-            let cred = crate::userfs::Cred::of_uid(caller.uid);
-            let _ = crate::tmpfs::unmount(&run_dir);
-            let _ = crate::walk::remove_agent_dir(&run_dir, &cred, &budget);
-            let _ = crate::tmpfs::unmount(&tmpdir);
-            let _ = crate::walk::remove_agent_dir(&tmpdir, &cred, &budget);
-            if let Some(log) = &log_path {
-                let _ = fs::remove_file(log);
-            }
-            Failure::new(ErrorKind::Internal, msg)
-        };
+        layout::create_leaves(cg).map_err(Failure::internal)?;
+        let run_dir = self.runs.run_dirs.join(run_id);
+        let tmpdir = self.runs.tmp_dirs.join(run_id);
+        let failed = |msg: String| Failure::new(ErrorKind::Internal, msg);
         let owned = |path: &Path, dir: bool| -> std::io::Result<()> {
             if dir {
                 fs::create_dir(path)?;
@@ -227,56 +440,76 @@ impl Agent {
             }
             std::os::unix::fs::chown(path, Some(caller.uid), Some(caller.gid))
         };
+        made.warnings = warnings;
         // The run directory on a small tmpfs of its own: a run filling it cannot
         // fill the file system of the agent's socket (`/run`), where the stop
         // reasons of every run are written. Mounted on a directory still root's.
-        fs::create_dir(&run_dir)
-            .and_then(|()| fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| undo(format!("cannot create {}: {e}", run_dir.display())))?;
+        made.run_dir = Some(private_dir(&run_dir)?);
         let run_dir_size = self.access.policy().limits.run_dir_size.clone();
-        if let Err(e) = crate::tmpfs::mount_with(
+        made.tmpfs_or_plain(
             &run_dir,
-            &run_dir_size,
-            caller.uid,
-            caller.gid,
-            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        ) {
-            warnings.push(format!(
-                "the run directory {} is a plain directory, without a size limit: cannot \
-                 mount a tmpfs of {run_dir_size} on it: {e}",
-                run_dir.display()
-            ));
-            std::os::unix::fs::chown(&run_dir, Some(caller.uid), Some(caller.gid))
-                .map_err(|e| undo(format!("cannot chown {}: {e}", run_dir.display())))?;
-        }
-        if let Some(log) = &log_path {
-            owned(log, false).map_err(|e| undo(format!("cannot create {}: {e}", log.display())))?;
+            caller,
+            |dir| {
+                crate::tmpfs::mount_with(
+                    dir,
+                    &run_dir_size,
+                    caller.uid,
+                    caller.gid,
+                    MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                )
+            },
+            |e| {
+                format!(
+                    "the run directory {} is a plain directory, without a size limit: cannot \
+                     mount a tmpfs of {run_dir_size} on it: {e}",
+                    run_dir.display()
+                )
+            },
+        )?;
+        if req.detach {
+            let log = self.runs.log_dirs.join(format!("{run_id}.log"));
+            made.log_path = Some(log.clone());
+            owned(&log, false)
+                .map_err(|e| failed(format!("cannot create {}: {e}", log.display())))?;
         }
         // TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk. It
         // is mounted on a directory still root's (0700), so nothing of the user's
         // can be opened below the mount first; the tmpfs root is the user's.
-        fs::create_dir(&tmpdir)
-            .and_then(|()| fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| undo(format!("cannot create {}: {e}", tmpdir.display())))?;
-        if let Err(e) = crate::tmpfs::mount(&tmpdir, &template.tmpdir.size, caller.uid, caller.gid)
-        {
-            warnings.push(format!(
-                "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
-                 mount a tmpfs of {} on it: {e}",
-                tmpdir.display(),
-                template.tmpdir.size
-            ));
-            std::os::unix::fs::chown(&tmpdir, Some(caller.uid), Some(caller.gid))
-                .map_err(|e| undo(format!("cannot chown {}: {e}", tmpdir.display())))?;
-        }
-        // Move the caller, then confirm through its pidfd that it was alive all along:
-        // alive before and after the write, so the pid named it at the write. If it
-        // died in between, whatever the pid named then is put back where the caller
-        // was, never killed (it may be any process that got the recycled pid).
+        made.tmpdir = Some(private_dir(&tmpdir)?);
+        let size = &a.template.tmpdir.size;
+        made.tmpfs_or_plain(
+            &tmpdir,
+            caller,
+            |dir| crate::tmpfs::mount(dir, size, caller.uid, caller.gid),
+            |e| {
+                format!(
+                    "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
+                     mount a tmpfs of {size} on it: {e}",
+                    tmpdir.display(),
+                )
+            },
+        )?;
+        Ok(made)
+    }
+
+    /// Moves the caller into the run (or nowhere, for a root caller that starts
+    /// its keeper beside it), then confirms through its pidfd that it was alive
+    /// all along: alive before and after the write, so the pid named it at the
+    /// write. If it died in between, whatever the pid named then is put back
+    /// where the caller was, never killed (it may be any process that got the
+    /// recycled pid). Its git locks are known by their creator from its first
+    /// instruction.
+    fn move_caller(
+        &self,
+        caller: &Caller,
+        req: &CreateRun,
+        a: &Admitted,
+        made: &Provisioned<'_>,
+    ) -> Result<Home> {
+        let run_id = &a.run_id;
+        self.watch_run_locks(run_id, a.workspace.as_deref(), caller.pid);
         // A caller that starts its command into the payload itself goes straight to
         // the supervisor leaf: one move, and no second request to leave the payload.
-        // Its git locks are known by their creator from its first instruction.
-        self.watch_run_locks(&run_id, workspace.as_deref(), caller.pid);
         let direct = req.spawn_into_payload && self.may_spawn_into_payload(caller);
         // A caller that also starts its keeper into the supervisor leaf is not
         // moved at all: no cgroup migration on its start (see run/spawn.rs).
@@ -286,24 +519,60 @@ impl Agent {
         // Nor from a cgroup a user was delegated (see may_stay_outside).
         let outside = direct
             && req.stay_outside
-            && parent_run_id.is_none()
-            && Self::may_stay_outside(origin.as_deref());
-        let home = (!outside).then(|| layout::first_home(&cg, direct));
-        if !procfs::pidfd_alive(&*pidfd) {
-            return Err(undo(gone().message));
+            && a.parent_run_id.is_none()
+            && Self::may_stay_outside(a.origin.as_deref());
+        let cgroup = (!outside).then(|| layout::first_home(&made.cg, direct));
+        // Failures here are the agent's: the caller was alive when admitted.
+        let internal = |f: Failure| Failure::new(ErrorKind::Internal, f.message);
+        if !procfs::pidfd_alive(&*a.pidfd) {
+            return Err(internal(gone(caller)));
         }
-        if let Some(home) = &home
+        if let Some(home) = &cgroup
             && let Err(e) = home.add_process(caller.pid)
         {
-            return Err(undo(e.to_string()));
+            return Err(Failure::new(ErrorKind::Internal, e.to_string()));
         }
-        if let Some(home) = &home
-            && !procfs::pidfd_alive(&*pidfd)
+        if let Some(home) = &cgroup
+            && !procfs::pidfd_alive(&*a.pidfd)
         {
             tracing::warn!(run_id, "the caller died during its move");
-            put_back(home, origin.as_deref());
-            return Err(undo(gone().message));
+            put_back(home, a.origin.as_deref());
+            return Err(internal(gone(caller)));
         }
+        Ok(Home {
+            cgroup,
+            direct,
+            outside,
+        })
+    }
+
+    /// Records the run (giving back its budget's reservation under the same
+    /// lock), pins its supervisor, audits the start, begins watching it, and
+    /// answers. A run that cannot be recorded is undone, its caller put back.
+    fn record_start(
+        &self,
+        caller: &Caller,
+        req: CreateRun,
+        a: Admitted,
+        made: &mut Provisioned<'_>,
+        home: Home,
+    ) -> Result<RunStarted> {
+        let Admitted {
+            run_id,
+            template_name,
+            template,
+            ceiling,
+            cleanup_workspace,
+            workspace,
+            teams,
+            id,
+            budget,
+            identity,
+            origin,
+            parent_run_id,
+            ..
+        } = a;
+        let cg = made.cg.clone();
         let mut rec = RunRecord {
             run_id: run_id.clone(),
             pid: Some(caller.pid),
@@ -313,15 +582,15 @@ impl Agent {
             cleanup_workspace,
             // With its ceiling: set by `initial_deadlines` below.
             template_name: Some(template_name.clone()),
-            notify_socket: Some(self.notify_dirs.join(&run_id).display().to_string()),
+            notify_socket: Some(self.runs.notify_dirs.join(&run_id).display().to_string()),
             teams,
             owner_uid: caller.uid,
             workflow: req.workflow,
             command: req.command,
             cgroup_path: cg.path().display().to_string(),
-            run_dir: Some(run_dir.display().to_string()),
-            tmpdir: Some(tmpdir.display().to_string()),
-            log_path: log_path.as_ref().map(|p| p.display().to_string()),
+            run_dir: made.run_dir.as_ref().map(|d| d.display().to_string()),
+            tmpdir: made.tmpdir.as_ref().map(|d| d.display().to_string()),
+            log_path: made.log_path.as_ref().map(|p| p.display().to_string()),
             parent_run_id,
             ..Default::default()
         };
@@ -334,19 +603,20 @@ impl Agent {
         }
         // Synced with the run_start audit record below, within
         // audit::SYNC_WITHIN: a start does not wait for the disk.
-        let inserted = super::budget::Slot::recording(budget, || {
+        let inserted = super::runs::Slot::recording(budget, || {
             self.store().with_sync(false, |s| s.insert_run(&rec))
         });
         if let Err(e) = inserted {
             // Never a SIGKILL of the caller (a full disk did that): it goes back
             // where it came from, and is told why.
-            if let Some(home) = &home {
+            if let Some(home) = &home.cgroup {
                 put_back(home, origin.as_deref());
             }
-            let internal = undo(format!("cannot record the run: {e}"));
+            let internal = Failure::new(ErrorKind::Internal, format!("cannot record the run: {e}"));
             return Err(super::budget::no_space(&e, &self.cfg.state_dir).unwrap_or(internal));
         }
-        self.supervisors.pin(&run_id, identity);
+        let warnings = made.keep();
+        self.runs.supervisors.pin(&run_id, identity);
         self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
         self.audit_event_soon(AuditEntry {
@@ -357,13 +627,13 @@ impl Agent {
         });
         // The notify socket is bound before the answer, so the command can use it at once.
         self.lifecycle_begin(&rec, false);
-        if outside {
+        if home.outside {
             // Empty until the caller's keeper arrives, which it cannot before
             // this answer: looked at within a second, and found over then only
             // if the caller is gone (on_run_empty).
-            self.reaper.recheck(&run_id, &cg);
+            self.watch.reaper.recheck(&run_id, &cg);
         } else {
-            self.reaper.watch(&run_id, &cg, &**self);
+            self.watch.reaper.watch(&run_id, &cg, self);
         }
         for w in &warnings {
             tracing::warn!(run_id, "{w}");
@@ -378,8 +648,12 @@ impl Agent {
             template: template_name,
             warnings,
             watch: progress::watch_for(&template, req.detach),
-            spawn_into: direct.then(|| layout::payload(&cg).path().display().to_string()),
-            keeper_into: outside.then(|| cg.child(layout::SUPERVISOR).path().display().to_string()),
+            spawn_into: home
+                .direct
+                .then(|| layout::payload(&cg).path().display().to_string()),
+            keeper_into: home
+                .outside
+                .then(|| cg.child(layout::SUPERVISOR).path().display().to_string()),
         })
     }
 
@@ -466,5 +740,128 @@ impl Agent {
             }
         }
         Ok(("default".into(), self.template.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn template() -> Template {
+        let mut t = Template::parse(crate::template::DEFAULT_TOML, "default").unwrap();
+        t.timeouts.init = Duration::from_secs(60);
+        t.timeouts.total = Duration::from_secs(3600);
+        t.timeouts.watchdog = Duration::ZERO;
+        t
+    }
+
+    fn kind(r: Result<impl std::fmt::Debug>) -> ErrorKind {
+        r.expect_err("refused").kind
+    }
+
+    #[test]
+    fn a_user_shortens_the_timeouts_and_root_may_lengthen_them() {
+        let short = CreateRun {
+            timeout_ms: Some(1000),
+            init_timeout_ms: Some(500),
+            ..Default::default()
+        };
+        let mut t = template();
+        shorten_timeouts(&short, false, &mut t).unwrap();
+        assert_eq!(t.timeouts.total, Duration::from_secs(1));
+        assert_eq!(t.timeouts.init, Duration::from_millis(500));
+        let long = CreateRun {
+            timeout_ms: Some(7_200_000),
+            ..Default::default()
+        };
+        let mut t = template();
+        assert_eq!(
+            kind(shorten_timeouts(&long, false, &mut t)),
+            ErrorKind::BadInput
+        );
+        // No watchdog set by the operator: a user may set one.
+        let watchdog = CreateRun {
+            watchdog_ms: Some(5000),
+            ..Default::default()
+        };
+        shorten_timeouts(&watchdog, false, &mut t).unwrap();
+        let mut t = template();
+        shorten_timeouts(&long, true, &mut t).unwrap();
+        assert_eq!(t.timeouts.total, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn only_a_workspace_named_explicitly_is_removed() {
+        let remove = {
+            let mut t = template();
+            t.cleanup.workspace = crate::template::WorkspacePolicy::Remove;
+            t
+        };
+        let named = CreateRun {
+            workspace: Some("/w".into()),
+            ..Default::default()
+        };
+        assert!(!cleanup_workspace(&named, &template()).unwrap());
+        assert!(cleanup_workspace(&named, &remove).unwrap());
+        assert!(!cleanup_workspace(&CreateRun::default(), &remove).unwrap());
+        let asked = CreateRun {
+            cleanup_workspace: true,
+            ..named
+        };
+        assert!(cleanup_workspace(&asked, &template()).unwrap());
+        let no_workspace = CreateRun {
+            cleanup_workspace: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            kind(cleanup_workspace(&no_workspace, &template())),
+            ErrorKind::BadInput
+        );
+    }
+
+    #[test]
+    fn a_run_id_is_the_one_asked_for_or_a_fresh_one() {
+        let asked = |id: &str| CreateRun {
+            run_id: Some(id.into()),
+            ..Default::default()
+        };
+        assert_eq!(run_id_of(&asked("run_mine")).unwrap(), "run_mine");
+        assert_eq!(kind(run_id_of(&asked("../x"))), ErrorKind::BadInput);
+        let fresh = run_id_of(&CreateRun::default()).unwrap();
+        assert!(fresh.starts_with("run_") && fresh.len() == 16, "{fresh}");
+        assert_ne!(fresh, run_id_of(&CreateRun::default()).unwrap());
+    }
+
+    #[test]
+    fn a_run_is_in_the_team_asked_for_only_if_its_caller_is() {
+        let mine = vec!["ops".to_string(), "ml".to_string()];
+        assert_eq!(
+            teams_of(&CreateRun::default(), Some("alice"), mine.clone()).unwrap(),
+            mine
+        );
+        let ops = CreateRun {
+            team: Some("ops".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            teams_of(&ops, Some("alice"), mine.clone()).unwrap(),
+            ["ops"]
+        );
+        let web = CreateRun {
+            team: Some("web".into()),
+            ..Default::default()
+        };
+        let refused = teams_of(&web, Some("alice"), mine).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::BadInput);
+        assert_eq!(
+            refused.message,
+            "team \"web\": alice is not in it (their teams: ops, ml)"
+        );
+        let none = teams_of(&web, None, Vec::new()).unwrap_err().message;
+        assert!(
+            none.ends_with("caller is not in it (their teams: none)"),
+            "{none}"
+        );
     }
 }

@@ -126,7 +126,8 @@ impl Agent {
         let held = crate::tmpfs::shrink(path).or_else(|_| crate::tmpfs::usage(path));
         match held {
             Ok(u) if !u.is_empty() => {
-                self.budgets
+                self.runs
+                    .budgets
                     .held
                     .lock()
                     .insert(path.to_path_buf(), (owner.uid, run_id.to_owned()));
@@ -147,7 +148,7 @@ impl Agent {
                 if let Err(e) = crate::tmpfs::unmount(path) {
                     return Err(format!("cannot unmount the tmpfs {shown}: {e}"));
                 }
-                self.budgets.held.lock().remove(path);
+                self.runs.budgets.held.lock().remove(path);
                 // Its directory goes whether or not the walk emptied it all.
                 let removed = walk::remove_agent_dir(path, owner, budget);
                 walked.and(removed)
@@ -160,6 +161,7 @@ impl Agent {
     /// go (detached, their directory removed).
     pub(super) fn held_tmpfs_of(&self, uid: u32) -> Vec<Held> {
         let mine: Vec<(PathBuf, String)> = self
+            .runs
             .budgets
             .held
             .lock()
@@ -201,7 +203,7 @@ impl Agent {
                         "the tmpfs {} of the ended run is let go",
                         path.display()
                     );
-                    self.budgets.held.lock().remove(&path);
+                    self.runs.budgets.held.lock().remove(&path);
                 }
             }
         }
@@ -220,7 +222,7 @@ impl Agent {
             .map(PathBuf::from)
             .filter(|m| {
                 m.parent()
-                    .is_some_and(|p| p == self.tmp_dirs || p == self.run_dirs)
+                    .is_some_and(|p| p == self.runs.tmp_dirs || p == self.runs.run_dirs)
             })
             .collect();
         let budget = Budget::from_env();

@@ -1,14 +1,16 @@
-//! The answer to a kill, built from what the kill did: pure functions of the
-//! run's record, the request and the kill's report, without I/O. The kill
-//! sequence (`kill_sequence.rs`) calls them in order: [`from_report`], then one of
-//! [`unconfirmed`], [`emptied`] (after the cleanup) or [`survived`], then
-//! [`note_errors`]; a kill request's audit record takes [`audit_outcome`].
+//! The answer to a kill, built once from what the kill did:
+//! [`KillResult::build`], a pure function of the run's record, the request,
+//! the kill's report and its cleanup, without I/O. Its steps are the private
+//! functions below: [`from_report`], then one of [`unconfirmed`], [`emptied`]
+//! or [`survived`], then [`note_errors`]. A kill request's audit record takes
+//! [`audit_outcome`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::Failure;
+use super::kills::Sighting;
 use super::time::rfc3339;
 use crate::api::{self, ErrorKind, KillMode, KillRequest, KillResult, MAX_REASON, RunStatus};
 use crate::kill;
@@ -45,9 +47,85 @@ pub(super) fn after(started_at: DateTime<Utc>, d: Duration) -> String {
     rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
 }
 
+/// What a kill sequence did, for its answer.
+pub(super) struct Done<'a> {
+    pub(super) rec: &'a RunRecord,
+    pub(super) req: &'a KillRequest,
+    pub(super) report: &'a kill::Report,
+    /// When the sequence began.
+    pub(super) started_at: DateTime<Utc>,
+    /// How long it prepared (the plan, the `kill_start` record), in ms.
+    pub(super) prepared_ms: f64,
+    /// What a force kill reports as open, not having looked: the sections the
+    /// run was last seen holding.
+    pub(super) last_seen: &'a [Sighting],
+    /// How the run ends if nothing of it is left.
+    pub(super) end: RunStatus,
+}
+
+/// What the cleanup after an emptied cgroup did (none runs otherwise).
+#[derive(Debug, Default)]
+pub(super) struct Cleanup {
+    /// When the cgroup was found empty.
+    pub(super) killed_at: String,
+    pub(super) status: api::CleanupStatus,
+    pub(super) duration_ms: f64,
+    /// Each step's name and duration in ms.
+    pub(super) steps: Vec<(&'static str, f64)>,
+}
+
+impl KillResult {
+    /// The answer to a kill, from what it did (`kill`) and its cleanup (when
+    /// the cgroup was emptied), and the status the run is left in.
+    pub(super) fn build(kill: &Done<'_>, cleanup: Option<Cleanup>) -> (KillResult, RunStatus) {
+        let Done { rec, report, .. } = *kill;
+        let mut result = from_report(rec, kill.req, report, kill.started_at);
+        result.phases.insert(
+            0,
+            api::Phase {
+                name: "prepare".into(),
+                duration_ms: kill.prepared_ms,
+                detail: "the plan, the kill_start record, the lock creators so far".into(),
+            },
+        );
+        result
+            .sections
+            .extend(kill.last_seen.iter().map(|s| api::Section {
+                kind: s.finding.kind,
+                path: s.finding.path.clone(),
+                pid: s.finding.pid,
+                command: s.finding.command.clone(),
+                since: rfc3339(s.first),
+                open_secs: (s.last - s.first).num_milliseconds() as f64 / 1e3,
+            }));
+        let status = if let Some(why) = &report.unconfirmed {
+            unconfirmed(&mut result, rec, why)
+        } else if report.survivors.is_empty() {
+            let cleanup = cleanup.unwrap_or_default();
+            result.killed_at = Some(cleanup.killed_at);
+            result.cleanup_status = cleanup.status;
+            let steps: Vec<String> = cleanup
+                .steps
+                .iter()
+                .map(|(name, ms)| format!("{name} {ms:.2} ms"))
+                .collect();
+            result.phases.push(api::Phase {
+                name: "cleanup".into(),
+                duration_ms: cleanup.duration_ms,
+                detail: format!("{} ({})", result.cleanup_status.summary(), steps.join(", ")),
+            });
+            emptied(&mut result, rec, report.processes, kill.end)
+        } else {
+            survived(&mut result, rec, &report.survivors)
+        };
+        note_errors(&mut result, &report.errors);
+        (result, status)
+    }
+}
+
 /// The answer's account of what the kill did, from its report; whether it
 /// succeeded is for [`unconfirmed`], [`emptied`] or [`survived`] to say.
-pub(super) fn from_report(
+fn from_report(
     rec: &RunRecord,
     req: &KillRequest,
     report: &kill::Report,
@@ -81,7 +159,7 @@ pub(super) fn from_report(
 /// A kill whose end could not be confirmed (a read failed, `why`): the run is
 /// not known to be over. It stays live (its TMPDIR and cgroup untouched), the
 /// kill fails, and may be retried. Returns the status the run keeps.
-pub(super) fn unconfirmed(result: &mut KillResult, rec: &RunRecord, why: &str) -> RunStatus {
+fn unconfirmed(result: &mut KillResult, rec: &RunRecord, why: &str) -> RunStatus {
     result.message = format!(
         "run {}: the kill could not be confirmed ({why}); the run stays {} and \
          the kill may be retried",
@@ -95,12 +173,7 @@ pub(super) fn unconfirmed(result: &mut KillResult, rec: &RunRecord, why: &str) -
 /// A kill that emptied the run's cgroup, once its cleanup is in
 /// `result.cleanup_status`: `processes` were in the cgroup when it began. The
 /// run ends as `end` (`killed` only when nothing is left), else it is unkillable.
-pub(super) fn emptied(
-    result: &mut KillResult,
-    rec: &RunRecord,
-    processes: u32,
-    end: RunStatus,
-) -> RunStatus {
+fn emptied(result: &mut KillResult, rec: &RunRecord, processes: u32, end: RunStatus) -> RunStatus {
     let clean = result.cleanup_status.processes_remaining == 0;
     result.success = clean;
     let escaped = &result.cleanup_status.escapees_killed;
@@ -163,11 +236,7 @@ pub(super) fn left_alone(result: &mut KillResult, alive: Vec<String>) {
 
 /// A kill that `survivors` outlived: the run is unkillable. Its cgroup stays
 /// frozen (the hard kill left it so) and in place: a later kill retries.
-pub(super) fn survived(
-    result: &mut KillResult,
-    rec: &RunRecord,
-    survivors: &[kill::Survivor],
-) -> RunStatus {
+fn survived(result: &mut KillResult, rec: &RunRecord, survivors: &[kill::Survivor]) -> RunStatus {
     result.cleanup_status.processes_remaining = survivors.len() as u32;
     let names: Vec<String> = survivors.iter().map(kill::Survivor::describe).collect();
     result.message = format!(
@@ -180,7 +249,7 @@ pub(super) fn survived(
 }
 
 /// Errors that did not stop the kill, named at the end of its message.
-pub(super) fn note_errors(result: &mut KillResult, errors: &[crate::kill::KillError]) {
+fn note_errors(result: &mut KillResult, errors: &[crate::kill::KillError]) {
     if !errors.is_empty() {
         let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
         result
@@ -422,6 +491,94 @@ mod tests {
             ],
         );
         assert!(r.message.ends_with(" (errors: a; b)"), "{}", r.message);
+    }
+
+    #[test]
+    fn the_answer_is_built_once_from_the_report_what_was_last_seen_and_the_cleanup() {
+        let started = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let rec = run(RunStatus::Stopping);
+        let req = forced(true, false);
+        let seen = [Sighting {
+            finding: git_lock(5),
+            first: started,
+            last: started + chrono::Duration::seconds(2),
+        }];
+        let emptied_report = kill::Report {
+            processes: 2,
+            ..Default::default()
+        };
+        let done = |report| Done {
+            rec: &rec,
+            req: &req,
+            report,
+            started_at: started,
+            prepared_ms: 1.5,
+            last_seen: &seen,
+            end: RunStatus::Killed,
+        };
+        let cleanup = Cleanup {
+            killed_at: "2026-01-01T00:00:03.000Z".into(),
+            status: api::CleanupStatus {
+                cgroup_removed: true,
+                ..Default::default()
+            },
+            duration_ms: 3.0,
+            steps: vec![("rmdir", 0.25)],
+        };
+        let (r, status) = KillResult::build(&done(&emptied_report), Some(cleanup));
+        assert_eq!(status, RunStatus::Killed);
+        assert!(r.success && r.cleanup_status.cgroup_removed);
+        assert_eq!(r.killed_at.as_deref(), Some("2026-01-01T00:00:03.000Z"));
+        let phases: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(phases, ["prepare", "cleanup"]);
+        assert_eq!(r.phases[0].duration_ms, 1.5);
+        assert!(
+            r.phases[1].detail.ends_with("(rmdir 0.25 ms)"),
+            "{}",
+            r.phases[1].detail
+        );
+        assert_eq!(r.sections.len(), 1);
+        assert_eq!(
+            (r.sections[0].since.as_str(), r.sections[0].open_secs),
+            ("2026-01-01T00:00:00.000Z", 2.0)
+        );
+        assert!(
+            r.message.starts_with(
+                "run run_1 killed (force): 2 processes ended, nothing left; 1 critical section(s) seen"
+            ),
+            "{}",
+            r.message
+        );
+
+        // Not confirmed: no cleanup, no time of death, the run stays live.
+        let unconfirmed_report = kill::Report {
+            unconfirmed: Some("EIO".into()),
+            errors: vec![crate::kill::KillError::Freeze("b".into())],
+            ..Default::default()
+        };
+        let (r, status) = KillResult::build(&done(&unconfirmed_report), None);
+        assert_eq!(status, RunStatus::Running);
+        assert!(!r.success && r.killed_at.is_none());
+        assert!(r.message.ends_with(" (errors: b)"), "{}", r.message);
+        assert_eq!(r.phases.len(), 1);
+
+        // Survivors: unkillable, and no cleanup ran.
+        let survived_report = kill::Report {
+            survivors: vec![kill::Survivor {
+                pid: 77,
+                state: Some('D'),
+                cmdline: None,
+                wchan: None,
+                stack: None,
+            }],
+            ..Default::default()
+        };
+        let (r, status) = KillResult::build(&done(&survived_report), None);
+        assert_eq!(status, RunStatus::Unkillable);
+        assert_eq!(r.cleanup_status.processes_remaining, 1);
+        assert!(r.killed_at.is_none());
     }
 
     #[test]

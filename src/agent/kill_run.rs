@@ -2,12 +2,12 @@
 //! resumed after a restart): the policy's decision, the audit record of the
 //! attempt, and the coalescing of concurrent kills of one run into one sequence.
 
-use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::audit_trail::by_caller;
 use super::kill_result::{self, already_ended};
+use super::kills::KillSlot;
 use super::reaper::OnEmpty;
 use super::time::now;
 use super::{Agent, Caller, Failure, Requester, Result};
@@ -17,21 +17,6 @@ use crate::api::{AuditAction, Decision};
 use crate::cgroup::Cgroup;
 use crate::policy::Action;
 use crate::store::RunRecord;
-
-/// A kill sequence under way; concurrent kills of the same run wait on it.
-#[derive(Default)]
-pub(super) struct KillSlot {
-    /// How the run ends if the kill succeeds (`killed`, `timed_out`).
-    end: RunStatus,
-    result: Mutex<Option<KillResult>>,
-    done: Condvar,
-    /// Set by a `--force` or `--emergency` request that finds this sequence under
-    /// way: its waits end and it goes straight to the hard kill.
-    escalate: Arc<std::sync::atomic::AtomicBool>,
-    /// Set by an `--emergency` request that finds it under way: the supervisor
-    /// is not waited for either.
-    emergency: Arc<std::sync::atomic::AtomicBool>,
-}
 
 /// Ends a run's kill slot when the leader is done, even if its kill sequence
 /// panicked: the waiters get an answer and later kills start a new sequence.
@@ -51,18 +36,18 @@ impl Drop for Answer<'_> {
         });
         self.slot.done.notify_all();
         drop(result);
-        self.agent.inflight.lock().remove(self.run_id);
+        self.agent.kills.inflight.lock().remove(self.run_id);
     }
 }
 
 impl Agent {
     pub(super) fn kill_in_flight(&self, run_id: &str) -> bool {
-        self.inflight.lock().contains_key(run_id)
+        self.kills.in_flight(run_id)
     }
 
     /// How the kill under way of a run ends it, if one is under way.
     pub(super) fn kill_ending(&self, run_id: &str) -> Option<RunStatus> {
-        self.inflight.lock().get(run_id).map(|slot| slot.end)
+        self.kills.ending(run_id)
     }
 
     /// Kills a run, if the policy allows, and writes the attempt to the audit
@@ -162,14 +147,14 @@ impl Agent {
         {
             entry.sections = serde_json::to_string(&r.sections).ok();
         }
-        self.metrics.kill(
+        self.records.metrics.kill(
             req.mode(),
             &entry.outcome,
             outcome.as_ref().ok(),
             t.elapsed().as_secs_f64(),
         );
         let t_audit = Instant::now();
-        let written = self.auditor.record(&self.store, entry);
+        let written = self.records.auditor.record(&self.runs.store, entry);
         // Not a phase of the answer: concurrent kills of one run share one
         // sequence and answer alike, and each writes its own record.
         tracing::debug!(
@@ -194,7 +179,7 @@ impl Agent {
     ) -> Result<KillResult> {
         let run_id = rec.run_id.as_str();
         let (slot, leader) = {
-            let mut inflight = self.inflight.lock();
+            let mut inflight = self.kills.inflight.lock();
             match inflight.get(run_id) {
                 Some(slot) => (slot.clone(), false),
                 None => {
@@ -220,7 +205,7 @@ impl Agent {
                     if !stopping {
                         let mut current =
                             self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
-                        self.auditor.overlay(&mut current);
+                        self.records.auditor.overlay(&mut current);
                         let status = current.status;
                         if !status.is_live() {
                             return Ok(already_ended(&current, status));

@@ -1,54 +1,25 @@
 //! One kill sequence of a run: the plan made from its template and the request,
 //! [`crate::kill::kill`] carrying it out, the cleanup, and the result recorded.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::kill_result;
+use super::kill_result::{Cleanup, Done};
+use super::kills::{KILL_START, KillStarted};
 use super::time::now;
-use super::{Agent, Requester, Sighting, audit, layout};
-use crate::api::{self, KillRequest, KillResult, RunStatus};
-use crate::api::{AuditAction, AuditEntry};
+use super::{Agent, Requester, audit, layout};
+use crate::api::AuditEntry;
+use crate::api::{KillRequest, KillResult, RunStatus};
 use crate::cgroup::Cgroup;
 use crate::kill;
 use crate::procfs;
 use crate::sections::{self, Finding};
 use crate::store::RunRecord;
-use crate::store::rfc3339;
 use crate::userfs::Cred;
 
 /// How long a run's supervisor has to exit by itself once its payload is empty.
 const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The audit action written before a kill acts.
-pub(super) const KILL_START: AuditAction = AuditAction::KillStart;
-
-/// The outcome of a [`KILL_START`] record: how the kill ends the run if it
-/// succeeds, which a successor agent resumes it with. Stored as the words
-/// records have always held, `started, ending as STATUS`, written and read
-/// here only: [`KillStarted::parse`] reads every record [`fmt::Display`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct KillStarted {
-    pub ending: RunStatus,
-}
-
-impl KillStarted {
-    const WORDS: &str = "started, ending as ";
-
-    /// The record's outcome, if it is one of a kill's start.
-    pub(super) fn parse(outcome: &str) -> Option<KillStarted> {
-        let ending = RunStatus::parse(outcome.strip_prefix(Self::WORDS)?)?;
-        Some(KillStarted { ending })
-    }
-}
-
-impl fmt::Display for KillStarted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", Self::WORDS, self.ending)
-    }
-}
 
 /// Whose git directories a run's locks are looked for in: its owner's (root's
 /// for a root run: a shared directory's `.git` of another user is not root's
@@ -85,25 +56,11 @@ impl Agent {
         }
     }
 
-    /// The critical sections the run was last seen holding (by `status`), oldest first.
-    fn last_seen_sections(&self, run_id: &str) -> Vec<Sighting> {
-        let mut seen: Vec<Sighting> = self
-            .sightings
-            .lock()
-            .get(run_id)
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default();
-        seen.sort_by(|a, b| {
-            (a.first, a.finding.pid, &a.finding.path).cmp(&(
-                b.first,
-                b.finding.pid,
-                &b.finding.path,
-            ))
-        });
-        seen
-    }
-
-    pub(super) fn kill_sequence(
+    /// The plan of a kill of `rec` and the cgroup it acts on: the run's
+    /// template's graces (shortened by the request), who is spared, where the
+    /// stop reason goes; the payload, with the whole run after it, unless this
+    /// is an emergency (everything at once).
+    fn kill_plan(
         &self,
         requested_by: &Requester,
         rec: &RunRecord,
@@ -111,9 +68,7 @@ impl Agent {
         end: RunStatus,
         escalate: Arc<std::sync::atomic::AtomicBool>,
         emergency: Arc<std::sync::atomic::AtomicBool>,
-    ) -> KillResult {
-        let started_at = chrono::Utc::now();
-        let t = Instant::now();
+    ) -> (Cgroup, kill::Plan) {
         let template = self.run_template(rec);
         let settings = &template.kill;
         let cs = &template.critical_sections;
@@ -151,13 +106,27 @@ impl Agent {
         let run_cg = Cgroup::new(&rec.cgroup_path);
         // The kill acts on the payload; the supervisor is killed once the payload
         // is empty, unless this is an emergency (everything at once).
-        let (cg, plan) = if req.mode().is_emergency() {
+        if req.mode().is_emergency() {
             (run_cg, plan)
         } else {
             let payload = layout::payload(&run_cg);
             let whole = (payload != run_cg).then_some(run_cg);
             (payload, kill::Plan { whole, ..plan })
-        };
+        }
+    }
+
+    pub(super) fn kill_sequence(
+        &self,
+        requested_by: &Requester,
+        rec: &RunRecord,
+        req: &KillRequest,
+        end: RunStatus,
+        escalate: Arc<std::sync::atomic::AtomicBool>,
+        emergency: Arc<std::sync::atomic::AtomicBool>,
+    ) -> KillResult {
+        let started_at = chrono::Utc::now();
+        let t = Instant::now();
+        let (cg, plan) = self.kill_plan(requested_by, rec, req, end, escalate, emergency);
         let mode = req.mode();
         // A trace before the kill acts (kept pending if the disk refuses it): an
         // agent that dies mid-kill leaves it, and its successor resumes the kill.
@@ -183,64 +152,45 @@ impl Agent {
         self.sync_lock_creators();
         let prepared = t.elapsed().as_secs_f64() * 1e3;
         let report = kill::kill(&cg, &plan, &self.cfg.proc_root);
-        let mut result = kill_result::from_report(rec, req, &report, started_at);
-        result.phases.insert(
-            0,
-            api::Phase {
-                name: "prepare".into(),
-                duration_ms: prepared,
-                detail: "the plan, the kill_start record, the lock creators so far".into(),
-            },
-        );
         // A force kill looks at nothing before it kills: what was open is what
         // the run was last seen holding.
         let last_seen = if plan.mode.is_forced() {
-            self.last_seen_sections(&rec.run_id)
+            self.kills.last_seen(&rec.run_id)
         } else {
             Vec::new()
         };
-        result
-            .sections
-            .extend(last_seen.iter().map(|s| api::Section {
-                kind: s.finding.kind,
-                path: s.finding.path.clone(),
-                pid: s.finding.pid,
-                command: s.finding.command.clone(),
-                since: rfc3339(s.first),
-                open_secs: (s.last - s.first).num_milliseconds() as f64 / 1e3,
-            }));
-        let status = if let Some(why) = &report.unconfirmed {
-            kill_result::unconfirmed(&mut result, rec, why)
-        } else if report.survivors.is_empty() {
-            result.killed_at = Some(now());
+        let cleanup = (report.unconfirmed.is_none() && report.survivors.is_empty()).then(|| {
+            let killed_at = now();
             let t_clean = Instant::now();
             let seen: Vec<Finding> = report
                 .sections
                 .iter()
                 .map(|s| s.finding.clone())
-                .chain(last_seen.into_iter().map(|s| s.finding))
+                .chain(last_seen.iter().map(|s| s.finding.clone()))
                 .collect();
-            let (cleanup, steps) = self.cleanup_timed(rec, &seen);
-            result.cleanup_status = cleanup;
-            let steps: Vec<String> = steps
-                .iter()
-                .map(|(name, ms)| format!("{name} {ms:.2} ms"))
-                .collect();
-            result.phases.push(api::Phase {
-                name: "cleanup".into(),
+            let (status, steps) = self.cleanup_timed(rec, &seen);
+            Cleanup {
+                killed_at,
+                status,
                 duration_ms: t_clean.elapsed().as_secs_f64() * 1e3,
-                detail: format!("{} ({})", result.cleanup_status.summary(), steps.join(", ")),
-            });
-            kill_result::emptied(&mut result, rec, report.processes, end)
-        } else {
-            kill_result::survived(&mut result, rec, &report.survivors)
+                steps,
+            }
+        });
+        let done = Done {
+            rec,
+            req,
+            report: &report,
+            started_at,
+            prepared_ms: prepared,
+            last_seen: &last_seen,
+            end,
         };
-        kill_result::note_errors(&mut result, &report.errors);
+        let (mut result, status) = KillResult::build(&done, cleanup);
         result.duration_ms = t.elapsed().as_secs_f64() * 1e3;
         let ended_at = (status == end).then(chrono::Utc::now);
         // Written with the kill's audit record before the answer (see `audited`),
         // in one transaction; kept pending while the store cannot be written.
-        self.auditor.defer(audit::Record::Kill {
+        self.records.auditor.defer(audit::Record::Kill {
             run_id: rec.run_id.clone(),
             started_at,
             result: result.clone(),

@@ -10,13 +10,35 @@
 //! A run of the older flat layout (processes directly in `runs/<id>`, from an
 //! agent before the split) and an adopted tree with no supervisor leaf are
 //! handled by the same few functions, so the rest of the agent never asks.
+//!
+//! This file is the one place that decides which cgroup of a run holds what:
+//! [`workload`] (where its processes are counted and sampled, from its record)
+//! and [`payload`] (what a kill acts on, from its cgroup).
 
 use crate::cgroup::Cgroup;
+use crate::store::RunRecord;
 
 /// The leaf `wfcg run` lives in.
 pub const SUPERVISOR: &str = "supervisor";
 /// The leaf the command and all it starts live in.
 pub const PAYLOAD: &str = "payload";
+
+/// `adopted` of a run whose tree was moved in (into its payload leaf).
+pub const ADOPTED_TREE: &str = "pid";
+/// `adopted` of a run whose cgroup was taken in place (no leaves).
+pub const ADOPTED_IN_PLACE: &str = "cgroup";
+
+/// The cgroup that holds a run's workload, where its processes are counted and
+/// sampled: the run's cgroup, or the `payload` leaf below it for a tree adopted
+/// from outside. Freezing and killing act on the run's cgroup, which covers it
+/// (both are hierarchical in cgroup v2).
+pub(crate) fn workload(rec: &RunRecord) -> Cgroup {
+    let cg = Cgroup::new(&rec.cgroup_path);
+    match rec.adopted.as_deref() {
+        Some(ADOPTED_TREE) => cg.child(PAYLOAD),
+        _ => cg,
+    }
+}
 
 /// What the kill sequence freezes, scans, signals and kills: the payload leaf,
 /// or the whole run when it has none (flat layout).
@@ -78,6 +100,19 @@ mod tests {
         }
         assert_eq!(payload(&run), run.child(PAYLOAD));
         assert_eq!(supervisor(&run), Some(run.child(SUPERVISOR)));
+    }
+
+    #[test]
+    fn the_workload_is_the_run_or_the_payload_of_an_adopted_tree() {
+        let rec = |adopted: Option<&str>| RunRecord {
+            cgroup_path: "/sys/fs/cgroup/wfcg/runs/run_1".into(),
+            adopted: adopted.map(str::to_owned),
+            ..Default::default()
+        };
+        let run = Cgroup::new("/sys/fs/cgroup/wfcg/runs/run_1");
+        assert_eq!(workload(&rec(None)), run);
+        assert_eq!(workload(&rec(Some(ADOPTED_IN_PLACE))), run);
+        assert_eq!(workload(&rec(Some(ADOPTED_TREE))), run.child(PAYLOAD));
     }
 
     /// The count reads the payload's `cgroup.procs`, or a flat run's own.

@@ -81,7 +81,7 @@ impl Agent {
             ..by_caller(caller, &id)
         };
         let refused = |entry: AuditEntry, f: Failure| {
-            self.auditor.record(&self.store, entry);
+            self.records.auditor.record(&self.runs.store, entry);
             Err(f)
         };
         let rec = match self.find_run(run_id) {

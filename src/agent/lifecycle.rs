@@ -8,11 +8,10 @@
 //! Values a run sends are bounded here before they are used (SECURITY.md,
 //! "Bounded values"): WATCHDOG_USEC is at most the operator's heartbeat
 //! threshold, EXTEND_TIMEOUT_USEC moves a deadline at most to the operator's
-//! ([`deadlines::Ceiling`]), and every time sum is checked ([`crate::bounds`]).
+//! ([`super::watch::Ceiling`]), and every time sum is checked ([`crate::bounds`]).
 
-use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,8 +20,8 @@ use super::Agent;
 use super::monitor::{Kind, Monitor};
 use super::notify::{self, Message};
 use super::notify_hub::{Hub, OnDatagram};
-use super::phase_queue::PhaseQueue;
 use super::sender;
+use super::watch::{Beat, Live, LoopTracker};
 use crate::api::{READY_ON_FIRST_OUTPUT, RunStatus};
 use crate::bounds;
 use crate::cgroup::Cgroup;
@@ -31,7 +30,7 @@ use crate::store::{RunRecord, TextCol, TimeCol};
 
 mod deadlines;
 
-pub(super) use deadlines::Ceiling;
+pub(super) use super::watch::Ceiling;
 
 /// How often heartbeats are written to the store (one transaction for all runs).
 /// A restarted agent adds this to the stored watchdog deadlines, which may be
@@ -48,89 +47,12 @@ const LOOP_STARTS: usize = 5;
 /// … within this window.
 const LOOP_WINDOW: Duration = Duration::from_secs(60);
 
-/// What the agent keeps in memory about a live run.
-struct Live {
-    cg: Cgroup,
-    template: Arc<crate::template::Template>,
-    /// The operator's values, which nothing the run sends goes past.
-    ceiling: Ceiling,
-    /// How long after a heartbeat the next must come (2 intervals, or
-    /// WATCHDOG_USEC up to the operator's threshold).
-    threshold: Option<Duration>,
-    /// Its notify socket's key in the notify hub.
-    notify_key: Option<u64>,
-    /// The ids of its cgroups, for the sender check (sender.rs).
-    cgroup_ids: sender::RunCgroupIds,
-    /// Its supervisor (pid and start time), whose messages are taken from
-    /// outside the run too: a root `wfcg run` lives beside its run.
-    supervisor: Option<crate::procfs::Identity>,
-    /// Messages from outside the run dropped: when the current log window began,
-    /// lines logged in it, and drops not logged since the last line.
-    dropped: (Option<Instant>, u32, u64),
-}
-
 /// Log lines about messages from outside a run, at most this many a run per
 /// [`DROPPED_LOG_WINDOW`]; further drops are only counted, and the count is in
 /// the next line. Anyone may send to a notify socket: a flood must not grow the
 /// agent's log (on the state filesystem when `wfcg run` started the agent).
 const DROPPED_LOG_LINES: u32 = 8;
 const DROPPED_LOG_WINDOW: Duration = Duration::from_secs(60);
-
-/// A run's newest heartbeat, until it is written to the store.
-#[derive(Clone, Copy)]
-struct Beat {
-    at: DateTime<Utc>,
-    /// The watchdog deadline it set (none without a threshold).
-    deadline: Option<DateTime<Utc>>,
-    usec: Option<i64>,
-}
-
-/// Starts of command lines seen in an initializing run.
-#[derive(Default)]
-struct LoopTracker {
-    /// Processes seen in the last sample, with their command lines.
-    seen: HashMap<i32, Option<String>>,
-    /// Instances of each command line seen to exit and not started again yet.
-    exited: HashMap<String, usize>,
-    /// Restarts of each command line: a start after an earlier instance exited
-    /// (so a fan-out of many at once is not a loop).
-    starts: HashMap<String, VecDeque<Instant>>,
-    /// The run's current sampling period, and when it is next sampled.
-    every: Duration,
-    next: Option<Instant>,
-}
-
-#[derive(Default)]
-pub struct Lifecycle {
-    monitor: OnceLock<Monitor>,
-    /// The thread that reads every run's notify socket.
-    hub: OnceLock<Hub>,
-    /// READY, STATUS, STOPPING and EXTEND_TIMEOUT_USEC, each run's in the order
-    /// received, to the thread that writes them to the store (the notify thread
-    /// never waits on the store: a heartbeat is never held up behind a write).
-    /// Bounded per run and served run by run (phase_queue.rs): one run's flood
-    /// never holds up another's READY.
-    phases: Arc<PhaseQueue>,
-    lives: Mutex<HashMap<String, Live>>,
-    beats: Mutex<HashMap<String, Beat>>,
-    loops: Mutex<HashMap<String, LoopTracker>>,
-    /// Output, stall and port watches (progress.rs).
-    watches: Mutex<HashMap<String, super::progress::RunWatch>>,
-    /// Runs being killed as stuck, with why, until their end is counted (breaker.rs).
-    stuck_ends: Mutex<HashMap<String, String>>,
-}
-
-impl Lifecycle {
-    pub(super) fn watches(
-        &self,
-    ) -> parking_lot::MutexGuard<'_, HashMap<String, super::progress::RunWatch>> {
-        self.watches.lock()
-    }
-
-    pub(super) fn stuck_ends(&self) -> parking_lot::MutexGuard<'_, HashMap<String, String>> {
-        self.stuck_ends.lock()
-    }
-}
 
 impl Agent {
     /// Starts the monitor, the heartbeat writer and the loop sampler.
@@ -153,8 +75,8 @@ impl Agent {
                 }
             },
         );
-        let _ = self.life.monitor.set(monitor);
-        let phases = self.life.phases.clone();
+        let _ = self.watch.monitor.set(monitor);
+        let phases = self.watch.phases.clone();
         let weak = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("wfcg-notify-phase".into())
@@ -172,7 +94,7 @@ impl Agent {
         match Hub::new() {
             Ok(hub) => {
                 hub.start(Arc::downgrade(self));
-                let _ = self.life.hub.set(hub);
+                let _ = self.watch.hub.set(hub);
             }
             Err(e) => tracing::error!("cannot read notify sockets (epoll): {e}"),
         }
@@ -190,11 +112,11 @@ impl Agent {
                 let Some(agent) = weak.upgrade() else { return };
                 // Nothing to write or to sample: no thread to wake.
                 let idle = if which {
-                    agent.life.beats.lock().is_empty()
+                    agent.watch.beats.lock().is_empty()
                 } else {
                     let now = Instant::now();
                     !agent
-                        .life
+                        .watch
                         .loops
                         .lock()
                         .values()
@@ -216,17 +138,17 @@ impl Agent {
     }
 
     pub(super) fn monitor(&self) -> Option<&Monitor> {
-        self.life.monitor.get()
+        self.watch.monitor.get()
     }
 
     /// The cgroup of a run under watch.
     pub(super) fn live_cgroup(&self, run_id: &str) -> Option<Cgroup> {
-        self.life.lives.lock().get(run_id).map(|l| l.cg.clone())
+        self.watch.lives.lock().get(run_id).map(|l| l.cg.clone())
     }
 
     /// A run's template, as stored with it (the agent's default for old records).
     pub(super) fn run_template(&self, rec: &RunRecord) -> Arc<crate::template::Template> {
-        if let Some(live) = self.life.lives.lock().get(&rec.run_id) {
+        if let Some(live) = self.watch.lives.lock().get(&rec.run_id) {
             return live.template.clone();
         }
         Arc::new(self.stored_template(rec).template)
@@ -250,7 +172,7 @@ impl Agent {
 
     /// The operator's ceiling of a live run.
     fn ceiling(&self, run_id: &str) -> Option<Ceiling> {
-        self.life.lives.lock().get(run_id).map(|l| l.ceiling)
+        self.watch.lives.lock().get(run_id).map(|l| l.ceiling)
     }
 
     /// Takes a live run under watch: its notify socket, its deadlines, its loop
@@ -272,10 +194,10 @@ impl Agent {
             .notify_socket
             .as_deref()
             .and_then(|path| self.serve_notify(&rec.run_id, path));
-        self.life.lives.lock().insert(
+        self.watch.lives.lock().insert(
             rec.run_id.clone(),
             Live {
-                cg: super::workload(rec),
+                cg: super::layout::workload(rec),
                 template: template.clone(),
                 ceiling,
                 threshold,
@@ -296,7 +218,7 @@ impl Agent {
         );
         self.progress_begin(rec, &template, restarted);
         if rec.status == RunStatus::Initializing {
-            self.life
+            self.watch
                 .loops
                 .lock()
                 .insert(rec.run_id.clone(), LoopTracker::default());
@@ -318,20 +240,20 @@ impl Agent {
 
     /// Stops watching a run that ended.
     pub(super) fn lifecycle_end(&self, run_id: &str) {
-        if let Some(live) = self.life.lives.lock().remove(run_id)
+        if let Some(live) = self.watch.lives.lock().remove(run_id)
             && let Some(key) = live.notify_key
         {
-            if let Some(hub) = self.life.hub.get() {
+            if let Some(hub) = self.watch.hub.get() {
                 hub.remove(key);
             }
             // In the agent's own directory (see serve_notify).
-            let _ = std::fs::remove_file(self.notify_dirs.join(run_id));
+            let _ = std::fs::remove_file(self.runs.notify_dirs.join(run_id));
         }
-        self.life.loops.lock().remove(run_id);
+        self.watch.loops.lock().remove(run_id);
         self.progress_end(run_id);
         // Its last heartbeat, if not yet written, is written now (else a run that
         // ends between two flushes would show an older one, or none, for good).
-        let beat = self.life.beats.lock().remove(run_id);
+        let beat = self.watch.beats.lock().remove(run_id);
         if let Some(b) = beat
             && let Err(e) = self
                 .store()
@@ -346,17 +268,17 @@ impl Agent {
 
     /// Binds the run's notify socket and has the notify hub read it; its key there.
     fn serve_notify(&self, run_id: &str, path: &str) -> Option<u64> {
-        let hub = self.life.hub.get()?;
+        let hub = self.watch.hub.get()?;
         let path = std::path::Path::new(path);
         // Only ever in the agent's own directory: a path in a user's directory (a run
         // recorded by an older agent) is not bound again, since binding and chmod
         // there would act on whatever the user put in its place.
-        if path.parent() != Some(self.notify_dirs.as_path()) {
+        if path.parent() != Some(self.runs.notify_dirs.as_path()) {
             tracing::warn!(
                 run_id,
                 "not serving the notify socket {}: outside {}",
                 path.display(),
-                self.notify_dirs.display()
+                self.runs.notify_dirs.display()
             );
             return None;
         }
@@ -377,7 +299,7 @@ impl Agent {
     /// counted) unless the kernel shows its sender inside the run's cgroup, or
     /// as the run's supervisor (sender.rs).
     pub(super) fn on_notify(&self, run_id: &str, sender: notify::Sender, msg: Message) {
-        let (inside, threshold, ceiling, to_log) = match self.life.lives.lock().get_mut(run_id) {
+        let (inside, threshold, ceiling, to_log) = match self.watch.lives.lock().get_mut(run_id) {
             Some(live) => {
                 let proc_root = &self.cfg.proc_root;
                 let inside = sender::inside(&live.cg, &mut live.cgroup_ids, proc_root, &sender)
@@ -405,7 +327,7 @@ impl Agent {
             None => return,
         };
         if !inside {
-            self.metrics.notify(false);
+            self.records.metrics.notify(false);
             if let Some(count) = to_log {
                 tracing::warn!(
                     run_id,
@@ -417,13 +339,13 @@ impl Agent {
             }
             return;
         }
-        self.metrics.notify(true);
+        self.records.metrics.notify(true);
         let now_t = Utc::now();
         if let Some(us) = msg.watchdog_usec {
             // At most the operator's threshold: a run may tighten its watchdog,
             // never loosen it past what the operator set.
             let threshold = bounds::usec_at_most(us, ceiling.watchdog_threshold());
-            if let Some(live) = self.life.lives.lock().get_mut(run_id) {
+            if let Some(live) = self.watch.lives.lock().get_mut(run_id) {
                 live.threshold = Some(threshold);
             }
             let usec = i64::try_from(threshold.as_micros()).unwrap_or(i64::MAX);
@@ -435,7 +357,7 @@ impl Agent {
             self.saw_output(run_id, msg.new_line, msg.repeat.clone());
         }
         if msg.ready || msg.status.is_some() || msg.stopping || msg.extend_usec.is_some() {
-            self.life.phases.push(run_id, now_t, msg);
+            self.watch.phases.push(run_id, now_t, msg);
         }
     }
 
@@ -449,7 +371,7 @@ impl Agent {
     ) {
         let deadline = threshold.map(|t| bounds::later(at, t));
         let beat = Beat { at, deadline, usec };
-        let mut beats = self.life.beats.lock();
+        let mut beats = self.watch.beats.lock();
         match beats.get_mut(run_id) {
             Some(b) => *b = beat,
             None => {
@@ -467,7 +389,7 @@ impl Agent {
         &self,
         run_id: &str,
     ) -> Option<(DateTime<Utc>, Option<DateTime<Utc>>)> {
-        self.life
+        self.watch
             .beats
             .lock()
             .get(run_id)
@@ -476,7 +398,7 @@ impl Agent {
 
     fn flush_heartbeats(&self) {
         let beats: Vec<_> = self
-            .life
+            .watch
             .beats
             .lock()
             .drain()
@@ -562,7 +484,7 @@ impl Agent {
         let _ = store.set_time(run_id, TimeCol::ReadyAt, Some(at));
         let _ = store.set_time(run_id, TimeCol::InitDeadline, None);
         drop(store);
-        self.life.loops.lock().remove(run_id);
+        self.watch.loops.lock().remove(run_id);
         if let Some(m) = self.monitor() {
             m.set(run_id, Kind::Init, None);
             m.set(run_id, Kind::Probe, None);
@@ -576,7 +498,7 @@ impl Agent {
     fn sample_loops(&self) {
         let now_i = Instant::now();
         let ids: Vec<String> = self
-            .life
+            .watch
             .loops
             .lock()
             .iter()
@@ -584,14 +506,14 @@ impl Agent {
             .map(|(id, _)| id.clone())
             .collect();
         for run_id in ids {
-            let Some(cg) = self.life.lives.lock().get(&run_id).map(|l| l.cg.clone()) else {
+            let Some(cg) = self.watch.lives.lock().get(&run_id).map(|l| l.cg.clone()) else {
                 continue;
             };
             // A run cannot make cgroups of its own: its command's processes are all here.
             let pids = super::layout::payload(&cg).procs().unwrap_or_default();
             let mut found = None;
             {
-                let mut loops = self.life.loops.lock();
+                let mut loops = self.watch.loops.lock();
                 let Some(t) = loops.get_mut(&run_id) else {
                     continue;
                 };

@@ -14,38 +14,12 @@ use std::sync::Arc;
 use rustix::fs::{Mode, OFlags};
 
 use super::Agent;
-use crate::cgroup::Cgroup;
 use crate::gitlocks::{Creators, LockFile};
-use crate::lockwatch::LockWatch;
-
-/// The watch of the agent whose runs live below `runs_cg`, reading events on
-/// a thread of its own; why not, when it cannot be had.
-pub(super) fn start(proc_root: &Path, runs_cg: &Cgroup) -> Result<Arc<LockWatch>, String> {
-    let mount = crate::cgroup::cgroup2_mount().map_err(|e| e.to_string())?;
-    let runs = runs_cg.path().to_path_buf();
-    // A process's cgroup, as /proc/<pid>/cgroup names it: the run below runs/.
-    let owner_of = Box::new(move |cg: &str| {
-        mount
-            .join(cg.trim_start_matches('/'))
-            .strip_prefix(&runs)
-            .ok()?
-            .components()
-            .next()?
-            .as_os_str()
-            .to_str()
-            .map(str::to_owned)
-    });
-    let watch = Arc::new(LockWatch::new(proc_root, owner_of)?);
-    watch
-        .spawn()
-        .map_err(|e| format!("cannot start its thread: {e}"))?;
-    Ok(watch)
-}
 
 impl Agent {
     /// What `GET /v1/health` says of the evidence for git locks' creators.
     pub(super) fn lock_creators_status(&self) -> String {
-        match &self.lock_watch {
+        match &self.kills.lock_watch {
             Ok(_) => "fanotify".into(),
             Err(why) => format!("unavailable ({why}): the working-directory rule"),
         }
@@ -54,7 +28,7 @@ impl Agent {
     /// Starts watching a new run's lock creations, before its command starts:
     /// on the filesystem of `workspace`, else of the caller's working directory.
     pub(super) fn watch_run_locks(&self, run_id: &str, workspace: Option<&str>, caller: i32) {
-        let Ok(watch) = &self.lock_watch else {
+        let Ok(watch) = &self.kills.lock_watch else {
             return;
         };
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
@@ -85,7 +59,7 @@ impl Agent {
 
     /// Who created a run's locks, for its kill and cleanup.
     pub(super) fn lock_creators(&self, run_id: &str) -> Option<Creators> {
-        let watch = self.lock_watch.as_ref().ok()?.clone();
+        let watch = self.kills.lock_watch.as_ref().ok()?.clone();
         let run_id = run_id.to_owned();
         Some(Creators(Arc::new(move |locks: &[LockFile]| {
             watch.creators(&run_id, locks)
@@ -94,7 +68,8 @@ impl Agent {
 
     /// The locks a run's processes created that are still there.
     pub(super) fn locks_created_by(&self, run_id: &str) -> Vec<LockFile> {
-        self.lock_watch
+        self.kills
+            .lock_watch
             .as_ref()
             .map(|w| w.created_by(run_id))
             .unwrap_or_default()
@@ -102,14 +77,14 @@ impl Agent {
 
     /// Reads the creations so far (before a kill: its processes are alive to be asked).
     pub(super) fn sync_lock_creators(&self) {
-        if let Ok(watch) = &self.lock_watch {
+        if let Ok(watch) = &self.kills.lock_watch {
             watch.sync();
         }
     }
 
     /// Forgets a run's lock creations (its cleanup is done).
     pub(super) fn forget_lock_creators(&self, run_id: &str) {
-        if let Ok(watch) = &self.lock_watch {
+        if let Ok(watch) = &self.kills.lock_watch {
             watch.forget(run_id);
         }
     }

@@ -36,7 +36,7 @@ impl Agent {
             Err(f) if f.kind == ErrorKind::NotFound => "no_such_run".into(),
             Err(_) => "bad_input".into(),
         };
-        self.auditor.record(&self.store, entry);
+        self.records.auditor.record(&self.runs.store, entry);
         answer
     }
 

@@ -13,9 +13,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::time::age_secs;
-use super::{Agent, Caller};
-use crate::api::{KillMode, KillResult, RunStatus, SectionKind};
+use crate::api::{KillMode, KillResult, SectionKind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KillLabels {
@@ -308,58 +306,6 @@ fn register_process(reg: &mut Registry) {
         "Open file descriptors of the agent",
         ConstGauge::new(fds as i64),
     );
-}
-
-impl Agent {
-    /// `/metrics` on the socket: per-run series only for callers who may see
-    /// every run; the aggregates for everyone.
-    pub fn metrics_for(&self, caller: &Caller) -> String {
-        self.metrics_text(self.sees_all(caller))
-    }
-
-    /// The metrics text for one scrape; `per_run` adds the series labelled with
-    /// run ids and workflows.
-    pub fn metrics_text(&self, per_run: bool) -> String {
-        use std::sync::atomic::Ordering;
-        let live_statuses = RunStatus::live();
-        let (counts, live) = {
-            let store = self.store();
-            (
-                store.count_by_status().unwrap_or_default(),
-                store
-                    .list_runs_brief(Some(&live_statuses))
-                    .unwrap_or_default(),
-            )
-        };
-        let now_t = chrono::Utc::now();
-        let mut snap = Snapshot {
-            runs_by_status: counts,
-            audit_records: self.auditor.written.load(Ordering::Relaxed),
-            audit_failures: self.auditor.failures.load(Ordering::Relaxed),
-            audit_pending: self.auditor.pending() as u64,
-            breakers_open: self.open_breakers() as u64,
-            retrying: self.retrying_count(),
-            ..Default::default()
-        };
-        let stats = self.alerter.stats();
-        (snap.alerts_sent, snap.alerts_failed) = (stats.sent, stats.failed);
-        for rec in &live {
-            if self.stuck_reason(rec).is_some() {
-                snap.stuck += 1;
-            }
-            if !per_run {
-                continue;
-            }
-            let age = age_secs(rec.started_at, now_t);
-            snap.live.push((
-                rec.run_id.clone(),
-                rec.workflow.clone().unwrap_or_default(),
-                rec.status.as_str().to_owned(),
-                age,
-            ));
-        }
-        self.metrics.render(&snap)
-    }
 }
 
 #[cfg(test)]

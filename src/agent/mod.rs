@@ -7,8 +7,24 @@
 //! runs go on, and [`Agent::start`] reconciles the store with the cgroup tree.
 //!
 //! This file holds the struct, its configuration and errors, who asks
-//! ([`Caller`], `Requester`), the start and the reconciliation. Each operation is
-//! an `impl Agent` in a file named for it:
+//! ([`Caller`], `Requester`), the start and the reconciliation.
+//!
+//! # Wings and operations
+//!
+//! `Agent` composes four wings that own their state (and only hold it: no
+//! wing file has an `impl Agent`), each testable alone:
+//!
+//! | wing | owns |
+//! | --- | --- |
+//! | `runs.rs` ([`runs::Runs`]) | `runs/` cgroup, run dirs, the store, open run files, start budgets, supervisors' identities |
+//! | `kills.rs` ([`kills::Kills`]) | kill sequences under way, critical sections seen, stale git locks, git locks' creators |
+//! | `watch.rs` ([`watch::Watch`]) | live runs' deadlines, heartbeats, notify sockets, progress watches; the reaper; the stop |
+//! | `records.rs` ([`records::Records`]) | the audit trail, alerts, metrics |
+//!
+//! The agent keeps its configuration, default template, policy (`access.rs`)
+//! and how it was started (`about.rs`) itself. Each operation is an
+//! `impl Agent` in a file named for it, which also holds the operation's own
+//! types and functions:
 //!
 //! | file | operation |
 //! | --- | --- |
@@ -19,15 +35,72 @@
 //! | `kill_result.rs` | the answer to a kill (pure functions) |
 //! | `run_end.rs` | the exit report, the supervisor leaf, a run's cgroup emptied |
 //! | `cleanup.rs` | what an ended run leaves, removed |
-//! | `queries.rs`, `may_kill.rs` | `ps` and `status`; "may uid U kill run R?" |
+//! | `queries.rs`, `may_kill.rs` | `ps`, `status` and the `/metrics` scrape; "may uid U kill run R?" |
 //! | `lease.rs` | leases: renewal, a fresh lease after a restart, a lapse |
 //! | `lifecycle.rs`, `lifecycle/deadlines.rs` | notify, heartbeats, deadlines, stuck runs |
 //! | `breaker.rs` | the circuit breaker of each workflow |
 //! | `control.rs` | the agent itself: health (`agent status`), a stop (`agent stop`) |
-//! | `metrics.rs` | the `/metrics` scrape |
 //! | `audit_trail.rs`, `alert.rs` | the agent's audit records and policy reload; alerts |
 //! | `time.rs` | times as the store writes them |
+//!
+//! Imports run one way: an operation uses the agent, the wings and the
+//! leaves (`layout.rs`, `reaper.rs`, `metrics.rs`, …); the agent, the wings
+//! and the leaves never name an operation's file (the test `layering` below
+//! checks it). `server.rs` is the front that calls the operations.
+//!
+//! # Threads and locks
+//!
+//! Requests run as plain blocking calls on tokio's blocking pool; nothing of
+//! the agent's state is held across an `.await`. The threads and tasks:
+//!
+//! | thread or task | started in | owns, and what it calls |
+//! | --- | --- | --- |
+//! | tokio runtime (main) | `server::serve` | the socket's listener and one task per connection (the per-uid connection and in-flight counts, `server.rs`); the `/metrics` TCP listener; the SIGHUP task |
+//! | blocking pool (`spawn_blocking`) | `server.rs` | every request's [`Agent`] call, the `/metrics` text, [`Agent::start`], a SIGHUP's policy reload |
+//! | monitor task (tokio) | `monitor.rs` | the deadline queue (its `Current` map); a passed deadline runs `on_deadline` on the blocking pool |
+//! | heartbeat/sample task (tokio) | `lifecycle.rs` (`start_lifecycle`) | two intervals; `flush_heartbeats` (`watch.beats` → store) and `sample_loops` (`watch.loops`) on the blocking pool |
+//! | `wfcg-notify` | `notify_hub.rs` | the epoll of every run's notify socket (`Hub.sockets`); calls `on_notify` per datagram, never waits on the store |
+//! | `wfcg-notify-close` | `notify_hub.rs` | closes descriptors that senders passed |
+//! | `wfcg-notify-phase` | `lifecycle.rs` | pops `watch.phases` (READY, STATUS, STOPPING, EXTEND_TIMEOUT_USEC) and writes them to the store |
+//! | `wfcg-reaper` | `reaper.rs` | the inotify of runs' `cgroup.events` (`Reaper.watches`, `unsure`); calls `on_run_empty` |
+//! | `wfcg-audit-retry` | `audit.rs` (`start_retry`) | retries pending audit records every few seconds; expires denial windows |
+//! | audit head writer (scoped) | `audit.rs` (`flush`) | writes the chain's head file while the transaction commits |
+//! | `wfcg-policy-watch` | `access.rs` | inotify on the policy file's directory; calls `reload_policy` |
+//! | `wfcg-tmpfs-end` | [`Agent::start`] | once: lets go the tmpfs of ended runs left mounted |
+//! | a kill resumed (one per run) | `reconcile` | a kill the previous agent was doing when it stopped |
+//! | `wfcg-user-tree` | `cleanup.rs` (`bounded`) | a walk of a user's tree with a time limit (at most a few at once) |
+//! | escapee search (scoped) | `cleanup.rs` | searches for marked processes outside a killed run, beside its cleanup |
+//! | a child's kill (scoped) | `nesting.rs` | kills the runs started inside a run, one thread each |
+//! | fanotify reader | `lockwatch.rs` | who created each git lock |
+//! | alert jobs (tokio) | `alerts/` | runs `on_event` commands and webhooks |
+//! | scope holder's reaper | `placement.rs` | waits for `systemd-run --scope` |
+//!
+//! Every `Mutex` is `parking_lot`'s. Where two are held at once, they are
+//! taken in this order, never the other way:
+//!
+//! 0. `runs.adopt_lock` and `runs.workspace_lock` come first: each is held over
+//!    a whole adoption (its budget, record, audit and kill) or a workspace's
+//!    removal (and its audit record), under which the locks below are taken.
+//! 1. `kills.inflight` → `runs.store` → the auditor's `pending`, `last` and
+//!    `denials` (a kill's start is decided, and a run's end recorded, with
+//!    `inflight` held so that no kill starts in between; a flush holds the
+//!    store while it takes the pending records).
+//! 2. `runs.budgets.pending` → `runs.budgets.starts`, and
+//!    `runs.budgets.pending` → `runs.store` (a start's check and its insert
+//!    are made under `pending`, so the caps are exact).
+//! 3. `watch.lives` → the notify hub's `sockets` (a run's socket is removed as
+//!    its watch ends).
+//!
+//! Every other lock is taken alone and released before another is taken:
+//! `KillSlot.result` (waited on with its `Condvar`, released before the slot
+//! leaves `inflight`), `kills.sightings`, `kills.stale_candidates`,
+//! `runs.supervisors`,
+//! `runs.files`, `runs.budgets.held` and `ballast`, `watch.beats`,
+//! `watch.loops`, `watch.watches`, `watch.stuck_ends`, the phase queue's, the
+//! reaper's `watches` and `unsure`, the monitor's `Current`, the policy's
+//! `RwLock` (`access.rs`), and the server's `connections` and `busy`.
 
+mod about;
 pub mod access;
 mod adopt;
 mod alert;
@@ -43,6 +116,7 @@ mod ended_tmpfs;
 mod kill_result;
 mod kill_run;
 mod kill_sequence;
+mod kills;
 pub mod layout;
 mod lease;
 mod lifecycle;
@@ -58,15 +132,17 @@ pub mod placement;
 mod progress;
 mod queries;
 pub mod reaper;
+mod records;
 mod run_end;
 mod run_files;
+mod runs;
 mod sender;
 pub mod server;
 mod supervisors;
 mod time;
+mod watch;
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
@@ -79,11 +155,9 @@ use crate::api::{self, ErrorKind, KillMode, KillRequest, RunStatus};
 use crate::cgroup::{self, Cgroup};
 use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
-use crate::sections::Finding;
 use crate::store::{self, AuditFilter, RunRecord, Store};
 use crate::template::Template;
-use kill_run::KillSlot;
-use kill_sequence::{KILL_START, KillStarted};
+use kills::{KILL_START, KillStarted};
 use reaper::{OnEmpty, Reaper};
 
 /// Where the agent keeps and finds things. Every host path is here so tests
@@ -244,63 +318,28 @@ impl std::fmt::Display for Requester {
     }
 }
 
-/// The critical sections a run was seen holding at the last look (`status`),
-/// by (pid, path): what is reported as open when a force kill looks no more.
-type Sightings = HashMap<(i32, String), Sighting>;
-
-/// A critical section seen open: first seen, and at the last look.
-#[derive(Debug, Clone)]
-struct Sighting {
-    finding: Finding,
-    first: chrono::DateTime<chrono::Utc>,
-    last: chrono::DateTime<chrono::Utc>,
-}
-
+/// The agent: its configuration and the policy's access, and four wings that
+/// own their state (see the module's doc for the threads and locks).
 pub struct Agent {
     pub cfg: Config,
-    runs_cg: Cgroup,
-    run_dirs: PathBuf,
-    /// The runs' sd_notify sockets, `<socket dir>/notify/<id>` (agent-owned, 0711).
-    notify_dirs: PathBuf,
-    tmp_dirs: PathBuf,
-    log_dirs: PathBuf,
-    store: Mutex<Store>,
+    /// The agent's default template (`default.toml`), read at its start.
     template: Template,
-    reaper: Reaper,
-    /// The kill sequence under way per run. Lock order: `inflight`, then
-    /// `store`; never take `inflight` while holding `store`.
-    inflight: Mutex<HashMap<String, Arc<KillSlot>>>,
-    /// When each open critical section was first seen, per run, for `status`.
-    sightings: Mutex<HashMap<String, Sightings>>,
-    /// The cgroup files of live runs that listings read, kept open.
-    run_files: run_files::RunFiles,
-    /// The per-user start budgets (live runs, starts a minute, TMPDIR memory).
-    budgets: budget::Budgets,
-    /// Git locks that processes of an exited run held when they were killed,
-    /// checked and removed once the run's cgroup is empty.
-    stale_candidates: Mutex<HashMap<String, Vec<Finding>>>,
-    /// Held while a run's workspace is removed or kept (cleanup.rs).
-    workspace_lock: Mutex<()>,
-    /// Who each run's supervisor is, as the kernel identified it at the run's creation.
-    supervisors: supervisors::Supervisors,
     access: access::Access,
-    auditor: Arc<audit::Auditor>,
-    life: lifecycle::Lifecycle,
-    alerter: crate::alerts::Alerter,
-    metrics: metrics::Metrics,
-    /// Held while a tree is adopted: concurrent adoptions of one tree make one run.
-    adopt_lock: Mutex<()>,
     /// How the agent was started (health).
-    about: control::About,
-    /// Notified when root asked the agent to stop.
-    stop: tokio::sync::Notify,
-    /// Who created each git lock (fanotify), or why that is not known.
-    lock_watch: std::result::Result<Arc<crate::lockwatch::LockWatch>, String>,
+    about: about::About,
+    /// Where runs live and what is known of them: cgroups, dirs, store, budgets.
+    runs: runs::Runs,
+    /// Kills under way, critical sections seen, stale git locks, lock creators.
+    kills: kills::Kills,
+    /// Live runs' deadlines, heartbeats, notify sockets, progress; the reaper.
+    watch: watch::Watch,
+    /// The audit trail, alerts and metrics.
+    records: records::Records,
 }
 
 impl AsRef<Mutex<Store>> for Agent {
     fn as_ref(&self) -> &Mutex<Store> {
-        &self.store
+        &self.runs.store
     }
 }
 
@@ -313,102 +352,126 @@ fn make_dir(path: &Path, mode: u32) -> std::result::Result<(), StartError> {
         })
 }
 
+/// The agent's cgroup tree, made where the host wants it (its own root, or a
+/// scope under systemd), with the agent in a leaf of its own where the root is
+/// its own, and the limit controllers enabled for the runs. Returns `runs/`.
+fn cgroup_tree(cfg: &Config) -> std::result::Result<Cgroup, StartError> {
+    let place = match &cfg.cgroup_root {
+        Some(p) => placement::Placement::Own(p.clone()),
+        None => placement::decide(None, &placement::Host::current()?, placement::is_delegated)
+            .map_err(StartError::Placement)?,
+    };
+    let root = match &place {
+        placement::Placement::Own(path) => Cgroup::new(path),
+        placement::Placement::Scope { path, unit, slice } => {
+            placement::ensure_scope(path, unit, slice).map_err(StartError::Placement)?;
+            Cgroup::new(path)
+        }
+    };
+    root.create()?;
+    if !root.supports_kill() {
+        return Err(StartError::NoCgroupKill(root.path().into()));
+    }
+    if let placement::Placement::Own(_) = place {
+        // The no-internal-processes rule: the agent lives in a leaf beside the runs.
+        let leaf = root.child("agent");
+        leaf.create()?;
+        leaf.add_process(std::process::id() as i32)?;
+    }
+    tracing::info!(root = %root.path().display(), "cgroup tree");
+    let runs_cg = root.child("runs");
+    runs_cg.create()?;
+    // Limits need their controllers in the subtree: enabled once here, where the
+    // host offers them (a hybrid host offers none: limits are then skipped per run).
+    for cg in [&root, &runs_cg] {
+        for controller in cgroup::LIMIT_CONTROLLERS {
+            if cg
+                .controllers()
+                .is_ok_and(|c| c.iter().any(|c| c == controller))
+                && let Err(e) = cg.enable_controller(controller)
+            {
+                tracing::warn!("cannot enable the {controller} controller: {e}");
+            }
+        }
+    }
+    Ok(runs_cg)
+}
+
+/// The socket's and the state's directories, and the agent-owned directories
+/// of the runs' files below them.
+fn run_dirs(cfg: &Config) -> std::result::Result<runs::RunDirs, StartError> {
+    let sock_dir = cfg.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
+    make_dir(&sock_dir, 0o755)?;
+    // The state dir holds the store and the audit head (0600 each): users may
+    // pass through it to their own TMPDIR and logs, but not list or read it.
+    make_dir(&cfg.state_dir, 0o711)?;
+    // Run files live in these agent-owned directories, which no user can write:
+    // a user's symlink can never stand where the agent creates or removes one.
+    // Resolved once, so later no-symlink opens below them succeed.
+    let agent_dir = |parent: &Path, name: &str| -> std::result::Result<PathBuf, StartError> {
+        let dir = parent.join(name);
+        make_dir(&dir, 0o711)?;
+        fs::canonicalize(&dir).map_err(|source| StartError::Dir { path: dir, source })
+    };
+    Ok(runs::RunDirs {
+        runs: agent_dir(&sock_dir, "runs")?,
+        notify: agent_dir(&sock_dir, "notify")?,
+        tmp: agent_dir(&cfg.state_dir, "tmp")?,
+        logs: agent_dir(&cfg.state_dir, "logs")?,
+    })
+}
+
+/// The store in `state_dir`, checked whole, its files root's alone.
+fn open_store(state_dir: &Path) -> std::result::Result<Store, StartError> {
+    let db = state_dir.join("wfcg.db");
+    let store = Store::open(&db).map_err(|source| StartError::Store {
+        path: db.clone(),
+        source,
+    })?;
+    // A corrupt store would fail every call behind a healthy-looking socket.
+    match store.quick_check() {
+        Ok(None) => {}
+        Ok(Some(detail)) => return Err(StartError::Corrupt { path: db, detail }),
+        Err(source) => return Err(StartError::Store { path: db, source }),
+    }
+    for file in [
+        db.clone(),
+        db.with_extension("db-wal"),
+        db.with_extension("db-shm"),
+    ] {
+        if file.exists() {
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
+                .map_err(|source| StartError::Dir { path: file, source })?;
+        }
+    }
+    Ok(store)
+}
+
 impl Agent {
     /// Checks the host, sets up the cgroup tree, directories and store, moves the
     /// agent into its own leaf cgroup, and reconciles runs left from before.
+    /// Each step is a function below, in the order it runs.
     pub fn start(cfg: Config) -> std::result::Result<Arc<Agent>, StartError> {
         if !rustix::process::geteuid().is_root() {
             return Err(StartError::NotRoot);
         }
         // Before the agent moves into its own leaf: the cgroup it was started in.
-        let about = control::About::now(&cfg.proc_root);
+        let about = about::About::now(&cfg.proc_root);
         // Nothing the agent creates is readable by others unless it says so.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         // Everything that can refuse a start is read before the host is touched.
         let access = access::Access::load(cfg.policy.clone()).map_err(StartError::Policy)?;
         let template =
             Template::lookup_in(&cfg.templates_dir, "default").map_err(StartError::Template)?;
-        let place = match &cfg.cgroup_root {
-            Some(p) => placement::Placement::Own(p.clone()),
-            None => placement::decide(None, &placement::Host::current()?, placement::is_delegated)
-                .map_err(StartError::Placement)?,
-        };
-        let root = match &place {
-            placement::Placement::Own(path) => Cgroup::new(path),
-            placement::Placement::Scope { path, unit, slice } => {
-                placement::ensure_scope(path, unit, slice).map_err(StartError::Placement)?;
-                Cgroup::new(path)
-            }
-        };
-        root.create()?;
-        if !root.supports_kill() {
-            return Err(StartError::NoCgroupKill(root.path().into()));
-        }
-        if let placement::Placement::Own(_) = place {
-            // The no-internal-processes rule: the agent lives in a leaf beside the runs.
-            let leaf = root.child("agent");
-            leaf.create()?;
-            leaf.add_process(std::process::id() as i32)?;
-        }
-        tracing::info!(root = %root.path().display(), "cgroup tree");
-        let runs_cg = root.child("runs");
-        runs_cg.create()?;
-        // Limits need their controllers in the subtree: enabled once here, where the
-        // host offers them (a hybrid host offers none: limits are then skipped per run).
-        for cg in [&root, &runs_cg] {
-            for controller in cgroup::LIMIT_CONTROLLERS {
-                if cg
-                    .controllers()
-                    .is_ok_and(|c| c.iter().any(|c| c == controller))
-                    && let Err(e) = cg.enable_controller(controller)
-                {
-                    tracing::warn!("cannot enable the {controller} controller: {e}");
-                }
-            }
-        }
-
-        let sock_dir = cfg.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
-        make_dir(&sock_dir, 0o755)?;
-        // The state dir holds the store and the audit head (0600 each): users may
-        // pass through it to their own TMPDIR and logs, but not list or read it.
-        make_dir(&cfg.state_dir, 0o711)?;
-        // Run files live in these agent-owned directories, which no user can write:
-        // a user's symlink can never stand where the agent creates or removes one.
-        // Resolved once, so later no-symlink opens below them succeed.
-        let agent_dir = |parent: &Path, name: &str| -> std::result::Result<PathBuf, StartError> {
-            let dir = parent.join(name);
-            make_dir(&dir, 0o711)?;
-            fs::canonicalize(&dir).map_err(|source| StartError::Dir { path: dir, source })
-        };
-        let run_dirs = agent_dir(&sock_dir, "runs")?;
-        let notify_dirs = agent_dir(&sock_dir, "notify")?;
-        let tmp_dirs = agent_dir(&cfg.state_dir, "tmp")?;
-        let log_dirs = agent_dir(&cfg.state_dir, "logs")?;
-        let db = cfg.state_dir.join("wfcg.db");
-        let store = Store::open(&db).map_err(|source| StartError::Store {
-            path: db.clone(),
-            source,
-        })?;
-        // A corrupt store would fail every call behind a healthy-looking socket.
-        match store.quick_check() {
-            Ok(None) => {}
-            Ok(Some(detail)) => return Err(StartError::Corrupt { path: db, detail }),
-            Err(source) => return Err(StartError::Store { path: db, source }),
-        }
-        for file in [
-            db.clone(),
-            db.with_extension("db-wal"),
-            db.with_extension("db-shm"),
-        ] {
-            if file.exists() {
-                fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
-                    .map_err(|source| StartError::Dir { path: file, source })?;
-            }
-        }
+        let runs_cg = cgroup_tree(&cfg)?;
+        let dirs = run_dirs(&cfg)?;
+        let store = open_store(&cfg.state_dir)?;
         let reaper = Reaper::new().map_err(|e| StartError::Socket(format!("inotify: {e}")))?;
-        let auditor = Arc::new(audit::Auditor::new(cfg.state_dir.join("audit.head")));
-        let alerter = crate::alerts::Alerter::new(cfg.on_event.clone(), cfg.webhook.clone());
-        let lock_watch = lock_creators::start(&cfg.proc_root, &runs_cg);
+        let records = records::Records::new(
+            cfg.state_dir.join("audit.head"),
+            crate::alerts::Alerter::new(cfg.on_event.clone(), cfg.webhook.clone()),
+        );
+        let lock_watch = kills::start_lock_watch(&cfg.proc_root, &runs_cg);
         match &lock_watch {
             Ok(_) => tracing::info!("git locks are known by their creator (fanotify)"),
             Err(why) => tracing::warn!(
@@ -419,51 +482,45 @@ impl Agent {
 
         let agent = Arc::new(Agent {
             cfg,
-            runs_cg,
-            run_dirs,
-            notify_dirs,
-            tmp_dirs,
-            log_dirs,
-            store: Mutex::new(store),
             template,
-            reaper,
-            inflight: Mutex::default(),
-            sightings: Mutex::default(),
-            run_files: run_files::RunFiles::default(),
-            budgets: budget::Budgets::default(),
-            stale_candidates: Mutex::default(),
-            workspace_lock: Mutex::default(),
-            supervisors: supervisors::Supervisors::default(),
             access,
-            auditor,
-            life: lifecycle::Lifecycle::default(),
-            alerter,
-            metrics: metrics::Metrics::default(),
-            adopt_lock: Mutex::default(),
             about,
-            stop: tokio::sync::Notify::new(),
-            lock_watch,
+            runs: runs::Runs::new(runs_cg, dirs, store),
+            kills: kills::Kills::new(lock_watch),
+            watch: watch::Watch::new(reaper),
+            records,
         });
-        agent.start_lifecycle(tokio::runtime::Handle::current());
-        agent.reaper.start(Arc::downgrade(&agent));
-        agent.auditor.start_retry(Arc::downgrade(&agent));
-        agent.auditor.start_sync(Arc::downgrade(&agent));
-        let weak = Arc::downgrade(&agent);
-        agent.auditor.on_break(move |why| {
+        agent.start_watching();
+        agent.reconcile();
+        agent.end_left_tmpfs_later()?;
+        Ok(agent)
+    }
+
+    /// Starts the threads that watch runs, the audit trail and the policy file
+    /// (see "Threads and locks"), and records the policy's load.
+    fn start_watching(self: &Arc<Self>) {
+        self.start_lifecycle(tokio::runtime::Handle::current());
+        self.watch.reaper.start(Arc::downgrade(self));
+        self.records.auditor.start_retry(Arc::downgrade(self));
+        self.records.auditor.start_sync(Arc::downgrade(self));
+        let weak = Arc::downgrade(self);
+        self.records.auditor.on_break(move |why| {
             if let Some(agent) = weak.upgrade() {
                 agent.alert_audit_tampered(why);
             }
         });
-        agent.audit_policy_load("start", Ok(()));
-        let weak = Arc::downgrade(&agent);
-        agent.access.watch(move || {
+        self.audit_policy_load("start", Ok(()));
+        let weak = Arc::downgrade(self);
+        self.access.watch(move || {
             if let Some(agent) = weak.upgrade() {
                 agent.reload_policy("file changed");
             }
         });
-        agent.reconcile();
-        // The tmpfs of ended runs left mounted: each a walk as its owner, off the start.
-        let weak = Arc::downgrade(&agent);
+    }
+
+    /// The tmpfs of ended runs left mounted: each a walk as its owner, off the start.
+    fn end_left_tmpfs_later(self: &Arc<Self>) -> std::result::Result<(), StartError> {
+        let weak = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("wfcg-tmpfs-end".into())
             .spawn(move || {
@@ -471,14 +528,12 @@ impl Agent {
                     agent.end_left_tmpfs();
                 }
             })
-            .map_err(|e| StartError::Socket(format!("cannot start a thread: {e}")))?;
-        Ok(agent)
+            .map(drop)
+            .map_err(|e| StartError::Socket(format!("cannot start a thread: {e}")))
     }
 
     fn store(&self) -> parking_lot::MutexGuard<'_, Store> {
-        // A panic while holding the lock leaves SQLite consistent (each call is one
-        // statement or transaction), so a poisoned lock is safe to use.
-        self.store.lock()
+        self.runs.store()
     }
 
     /// Brings the store in line with the cgroup tree after a start.
@@ -494,7 +549,7 @@ impl Agent {
             if cg.exists() {
                 // Deadlines are absolute times: one that passed meanwhile fires at once.
                 self.lifecycle_begin(&rec, true);
-                self.reaper.watch(&rec.run_id, &cg, &**self);
+                self.watch.reaper.watch(&rec.run_id, &cg, &**self);
                 if let Some((by, req, end)) = interrupted {
                     let agent = self.clone();
                     std::thread::spawn(move || {
@@ -517,7 +572,7 @@ impl Agent {
                 self.on_run_empty(&rec.run_id);
             }
         }
-        for cg in self.runs_cg.children().unwrap_or_default() {
+        for cg in self.runs.cg.children().unwrap_or_default() {
             let Some(run_id) = cg.path().file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
@@ -546,7 +601,7 @@ impl Agent {
             };
             if self.store().insert_run(&rec).is_ok() {
                 self.lifecycle_begin(&rec, true);
-                self.reaper.watch(run_id, &cg, &**self);
+                self.watch.reaper.watch(run_id, &cg, &**self);
             }
         }
     }
@@ -615,7 +670,7 @@ impl Agent {
             .store()
             .get_run(run_id)?
             .ok_or_else(|| Failure::not_found(run_id))?;
-        self.auditor.overlay(&mut rec);
+        self.records.auditor.overlay(&mut rec);
         Ok(rec)
     }
 
@@ -630,19 +685,7 @@ impl Agent {
 
     /// How many runs the reaper watches.
     pub fn watched_runs(&self) -> usize {
-        self.reaper.len()
-    }
-}
-
-/// The cgroup that holds a run's workload, where its processes are counted and
-/// sampled: the run's cgroup, or the `payload` leaf below it for a tree adopted
-/// from outside. Freezing and killing act on the run's cgroup, which covers it
-/// (both are hierarchical in cgroup v2). The one place that decides this.
-pub(crate) fn workload(rec: &RunRecord) -> Cgroup {
-    let cg = Cgroup::new(&rec.cgroup_path);
-    match rec.adopted.as_deref() {
-        Some(adopt::TREE) => cg.child(adopt::PAYLOAD),
-        _ => cg,
+        self.watch.reaper.len()
     }
 }
 
@@ -657,4 +700,120 @@ fn a_requester_is_named_in_records_with_its_uid_and_pid() {
     assert_eq!(alice.to_string(), "alice (uid 1000, pid 42)");
     assert_eq!(Requester::named("monitor").to_string(), "monitor");
     assert_eq!(Requester::named("monitor").uid, None);
+}
+
+/// The rule of the agent's files: an operation (a file with an `impl Agent`
+/// block, named for what it does) may use the agent, its wings and its leaves;
+/// the agent (this file), its wings (`runs.rs`, `kills.rs`, `watch.rs`,
+/// `records.rs`) and its leaves (every other file without an `impl Agent`)
+/// never name an operation's file: state types live in a wing or a leaf, and
+/// nothing runs back up. `server.rs` is the front that calls the operations.
+#[cfg(test)]
+mod layering {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file below `src/agent`, by its path there, with its code:
+    /// its text up to its tests, less comments.
+    fn files() -> Vec<(String, String)> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent");
+        let mut paths = Vec::new();
+        walk(&root, &mut paths);
+        paths
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                // Tests may use anything: the rule is for the code above them.
+                let code = text.split("#[cfg(test)]").next().unwrap_or("");
+                let code: Vec<&str> = code
+                    .lines()
+                    .map(|l| l.split("//").next().unwrap_or(""))
+                    .collect();
+                let name = p.strip_prefix(&root).unwrap().display().to_string();
+                (name, code.join("\n"))
+            })
+            .collect()
+    }
+
+    /// The module below `agent` a file belongs to: `adopt` for `adopt/in_place.rs`.
+    fn module(name: &str) -> &str {
+        name.split('/').next().unwrap().trim_end_matches(".rs")
+    }
+
+    /// Whether `text` names the module `op`: `super::op`, `crate::agent::op`,
+    /// `super::{…, op, …}`, and in `mod.rs` a path `op::…`.
+    fn names(text: &str, op: &str, in_mod_rs: bool) -> bool {
+        let ident = |c: char| c.is_alphanumeric() || c == '_';
+        let at = |prefix: &str| {
+            text.match_indices(&format!("{prefix}{op}")).any(|(i, m)| {
+                let after = text[i + m.len()..].chars().next();
+                let before = text[..i].chars().next_back();
+                !after.is_some_and(ident) && !before.is_some_and(|c| ident(c) || c == ':')
+            })
+        };
+        let grouped = text.match_indices("super::{").any(|(i, m)| {
+            let rest = &text[i + m.len()..];
+            let group = &rest[..rest.find('}').unwrap_or(rest.len())];
+            group
+                .split(',')
+                .any(|item| item.trim().split("::").next() == Some(op))
+        });
+        let bare = in_mod_rs
+            && text.match_indices(&format!("{op}::")).any(|(i, _)| {
+                !text[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| ident(c) || c == ':')
+            });
+        at("super::") || at("crate::agent::") || grouped || bare
+    }
+
+    #[test]
+    fn the_agent_its_wings_and_leaves_never_import_an_operation() {
+        let files = files();
+        let ops: std::collections::BTreeSet<&str> = files
+            .iter()
+            .filter(|(name, text)| name != "mod.rs" && text.contains("\nimpl Agent {"))
+            .map(|(name, _)| module(name))
+            .collect();
+        for op in ["create", "kill_run", "kill_sequence", "adopt", "lifecycle"] {
+            assert!(ops.contains(op), "{op} is an operation: {ops:?}");
+        }
+        for wing in ["runs", "kills", "watch", "records"] {
+            assert!(!ops.contains(wing), "the wing {wing} holds no operation");
+        }
+        let mut wrong = Vec::new();
+        for (name, text) in &files {
+            if name == "server.rs" || (name != "mod.rs" && ops.contains(module(name))) {
+                continue;
+            }
+            for op in &ops {
+                if names(text, op, name == "mod.rs") {
+                    wrong.push(format!("{name} names the operation {op}"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn an_import_of_an_operation_is_seen_in_every_form() {
+        assert!(names("use super::kill_run::KillSlot;", "kill_run", false));
+        assert!(names("use super::{Agent, kill_run};", "kill_run", false));
+        assert!(names("x: crate::agent::adopt::TREE", "adopt", false));
+        assert!(names("use kill_run::KillSlot;", "kill_run", true));
+        assert!(!names("use kill_run::KillSlot;", "kill_run", false));
+        assert!(!names("mod kill_run;", "kill_run", true));
+        assert!(!names("use super::kill_run_x;", "kill_run", false));
+        assert!(!names("self.adopt_lock; my_adopt::x", "adopt", true));
+    }
 }

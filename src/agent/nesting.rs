@@ -31,7 +31,7 @@ impl Agent {
         };
         let abs = mount.join(origin.trim_start_matches('/'));
         let Some(run_id) = abs
-            .strip_prefix(self.runs_cg.path())
+            .strip_prefix(self.runs.cg.path())
             .ok()
             .and_then(|rest| rest.components().next())
             .and_then(|c| c.as_os_str().to_str())

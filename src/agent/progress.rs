@@ -44,6 +44,7 @@ use super::Agent;
 use super::monitor::Kind;
 use super::notify::Repeat;
 use super::time::rfc3339;
+use super::watch::{Progress, Retry, RunWatch, Stall};
 use crate::api::RunStatus;
 use crate::novelty::{Recent, Seen, normalize};
 use crate::procfs::{self, IoBytes};
@@ -64,99 +65,10 @@ const MAX_IO_PIDS: usize = 512;
 const MAX_NEW_PIDS: usize = 256;
 /// Distinct command lines remembered per run.
 const RECENT_COMMANDS: usize = 256;
-/// Repeats of one line before a run is flagged as retrying …
-const RETRY_FLAG_AT: u64 = 3;
-/// … with no progress for this long when it has no stall timeout (else for two samples).
-const RETRY_IDLE: Duration = Duration::from_secs(60);
 /// Samples per stall timeout, and their bounds.
 const SAMPLES_PER_STALL: u32 = 4;
 const MIN_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const MAX_SAMPLE_EVERY: Duration = Duration::from_secs(60);
-
-/// What the agent watches of one run without sd_notify.
-pub(super) struct RunWatch {
-    output_seen: bool,
-    /// The first-output timeout (zero: none).
-    output_timeout: Duration,
-    stall: Option<Stall>,
-    port: Option<u16>,
-    /// The last progress seen, and of what kind.
-    last_progress: Instant,
-    kind: Progress,
-    /// The newest line of output, while it repeats an earlier one.
-    retry: Option<Retry>,
-}
-
-/// What the last progress of a run was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// None yet: the time is when the watch began.
-    Start,
-    /// A new line of output.
-    Output,
-    /// A process with a new command line.
-    Process,
-    /// Bytes read or written.
-    Io,
-    /// CPU time.
-    Cpu,
-}
-
-impl Progress {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Progress::Start => "start",
-            Progress::Output => "output",
-            Progress::Process => "process",
-            Progress::Io => "io",
-            Progress::Cpu => "cpu",
-        }
-    }
-}
-
-struct Retry {
-    repeat: Repeat,
-    /// When the newest report of it came.
-    at: Instant,
-}
-
-impl RunWatch {
-    /// The retry flag's text, when the run is retrying (see the module's doc).
-    fn retrying(&self) -> Option<String> {
-        let r = self
-            .retry
-            .as_ref()
-            .filter(|r| r.repeat.count >= RETRY_FLAG_AT)?;
-        let idle = self.stall.as_ref().map_or(RETRY_IDLE, |s| 2 * s.every);
-        (self.last_progress.elapsed() >= idle).then(|| r.text())
-    }
-}
-
-impl Retry {
-    fn text(&self) -> String {
-        let secs = self.repeat.secs + self.at.elapsed().as_secs();
-        let span = if secs < 60 {
-            format!("{secs}s")
-        } else {
-            format!("{} min", secs / 60)
-        };
-        format!(
-            "retrying: {}, {} times in {span}",
-            self.repeat.line, self.repeat.count
-        )
-    }
-}
-
-struct Stall {
-    timeout: Duration,
-    every: Duration,
-    /// The last sample: the payload's CPU time, its processes' I/O bytes, and when.
-    cpu_usec: Option<u64>,
-    io: HashMap<i32, IoBytes>,
-    /// The command lines its processes were started with (normalized).
-    commands: Recent,
-    sampled: Instant,
-}
 
 /// What a sample read of a run, outside the lock.
 struct Sample {
@@ -296,7 +208,7 @@ impl Agent {
         // The watch first, then the timers: a probe due at once may fire on the
         // monitor's thread before this returns, and finds the watch to act on
         // (and re-arm from).
-        self.life.watches().insert(
+        self.watch.watches().insert(
             rec.run_id.clone(),
             RunWatch {
                 output_seen: false,
@@ -322,7 +234,7 @@ impl Agent {
     }
 
     pub(super) fn progress_end(&self, run_id: &str) {
-        self.life.watches().remove(run_id);
+        self.watch.watches().remove(run_id);
     }
 
     /// The supervisor saw the run write output: the first-output deadline is
@@ -330,7 +242,7 @@ impl Agent {
     /// (after the new ones of the same report) begins or continues one.
     pub(super) fn saw_output(&self, run_id: &str, new_line: bool, repeat: Option<Repeat>) {
         let first = {
-            let mut watches = self.life.watches();
+            let mut watches = self.watch.watches();
             let Some(w) = watches.get_mut(run_id) else {
                 return;
             };
@@ -353,7 +265,7 @@ impl Agent {
     /// an earlier one at least 3 times and nothing else new happened for two
     /// samples.
     pub(super) fn retrying(&self, run_id: &str) -> Option<String> {
-        self.life.watches().get(run_id)?.retrying()
+        self.watch.watches().get(run_id)?.retrying()
     }
 
     /// A watched run's last progress (wall-clock time, kind) and its stall
@@ -362,7 +274,7 @@ impl Agent {
         &self,
         run_id: &str,
     ) -> Option<(DateTime<Utc>, Progress, Option<DateTime<Utc>>)> {
-        let watches = self.life.watches();
+        let watches = self.watch.watches();
         let w = watches.get(run_id)?;
         let now = Utc::now();
         let at = crate::bounds::earlier(now, w.last_progress.elapsed());
@@ -375,14 +287,14 @@ impl Agent {
 
     /// How many watched runs are flagged as retrying (for /metrics).
     pub(super) fn retrying_count(&self) -> u64 {
-        let watches = self.life.watches();
+        let watches = self.watch.watches();
         watches.values().filter(|w| w.retrying().is_some()).count() as u64
     }
 
     /// The first-output deadline fired: why the run is to be killed, unless
     /// output came meanwhile.
     pub(super) fn output_overdue(&self, rec: &RunRecord) -> Option<String> {
-        let watches = self.life.watches();
+        let watches = self.watch.watches();
         let w = watches.get(&rec.run_id)?;
         (!w.output_seen).then(|| {
             format!(
@@ -402,13 +314,13 @@ impl Agent {
         let payload = super::layout::payload(&cg);
         let pids = payload.procs().unwrap_or_default();
         let known: Vec<i32> = {
-            let watches = self.life.watches();
+            let watches = self.watch.watches();
             let s = watches.get(run_id)?.stall.as_ref()?;
             s.io.keys().copied().collect()
         };
         let sample = self.read_sample(&payload, &pids, &known);
         let now = Instant::now();
-        let mut watches = self.life.watches();
+        let mut watches = self.watch.watches();
         let w = watches.get_mut(run_id)?;
         let retrying = w.retry.is_some();
         let s = w.stall.as_mut()?;
@@ -484,7 +396,7 @@ impl Agent {
     /// Cleared when the run becomes ready; `became_ready` acts only on an
     /// initializing run.
     pub(super) fn probe_port(&self, run_id: &str) {
-        let Some(port) = self.life.watches().get(run_id).and_then(|w| w.port) else {
+        let Some(port) = self.watch.watches().get(run_id).and_then(|w| w.port) else {
             return;
         };
         let Some(cg) = self.live_cgroup(run_id) else {

@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
+use super::kills::Sighting;
+use super::layout::workload;
+use super::metrics::Snapshot;
 use super::time::{age_secs, rfc3339};
-use super::{Agent, Caller, Failure, Result, Sighting, layout, workload};
+use super::{Agent, Caller, Failure, Result, layout};
 use crate::api::{self, ErrorKind, RunInfo, RunStatus};
 use crate::cgroup::{Cgroup, Dirs};
 use crate::policy::Action;
@@ -59,7 +62,8 @@ impl Agent {
     pub fn list(&self, caller: &Caller, all: bool, stuck: bool) -> Result<Vec<RunInfo>> {
         let live = RunStatus::live();
         let mut recs = self.store().list_runs_brief((!all).then_some(&live[..]))?;
-        recs.iter_mut().for_each(|r| self.auditor.overlay(r));
+        recs.iter_mut()
+            .for_each(|r| self.records.auditor.overlay(r));
         let id = self.access.identity(caller);
         let visible: Vec<RunRecord> = recs
             .into_iter()
@@ -87,7 +91,7 @@ impl Agent {
         if !stuck && self.sees_all(caller) {
             // Every live run was listed: the files of any other are not needed.
             let live = infos.iter().filter(|i| i.status.is_live());
-            self.run_files.keep_only(live.map(|i| i.run_id.as_str()));
+            self.runs.files.keep_only(live.map(|i| i.run_id.as_str()));
         }
         Ok(infos)
     }
@@ -110,7 +114,7 @@ impl Agent {
         let (processes, cpu_usec) = if status.is_live() {
             // A run's processes are all in its leaves (it cannot make cgroups
             // below them unless it runs as root): no directory walk.
-            self.run_files.stats(&rec.run_id, cg)
+            self.runs.files.stats(&rec.run_id, cg)
         } else {
             (0, None)
         };
@@ -214,7 +218,7 @@ impl Agent {
         };
         let found = sections::scan(&self.cfg.proc_root, &scope);
         let now = chrono::Utc::now();
-        let mut sightings = self.sightings.lock();
+        let mut sightings = self.kills.sightings.lock();
         let previous = sightings.remove(&rec.run_id).unwrap_or_default();
         let mut current = HashMap::new();
         let out = found
@@ -242,6 +246,58 @@ impl Agent {
             sightings.insert(rec.run_id.clone(), current);
         }
         out
+    }
+}
+
+impl Agent {
+    /// `/metrics` on the socket: per-run series only for callers who may see
+    /// every run; the aggregates for everyone.
+    pub fn metrics_for(&self, caller: &Caller) -> String {
+        self.metrics_text(self.sees_all(caller))
+    }
+
+    /// The metrics text for one scrape; `per_run` adds the series labelled with
+    /// run ids and workflows.
+    pub fn metrics_text(&self, per_run: bool) -> String {
+        use std::sync::atomic::Ordering;
+        let live_statuses = RunStatus::live();
+        let (counts, live) = {
+            let store = self.store();
+            (
+                store.count_by_status().unwrap_or_default(),
+                store
+                    .list_runs_brief(Some(&live_statuses))
+                    .unwrap_or_default(),
+            )
+        };
+        let now_t = chrono::Utc::now();
+        let mut snap = Snapshot {
+            runs_by_status: counts,
+            audit_records: self.records.auditor.written.load(Ordering::Relaxed),
+            audit_failures: self.records.auditor.failures.load(Ordering::Relaxed),
+            audit_pending: self.records.auditor.pending() as u64,
+            breakers_open: self.open_breakers() as u64,
+            retrying: self.retrying_count(),
+            ..Default::default()
+        };
+        let stats = self.records.alerter.stats();
+        (snap.alerts_sent, snap.alerts_failed) = (stats.sent, stats.failed);
+        for rec in &live {
+            if self.stuck_reason(rec).is_some() {
+                snap.stuck += 1;
+            }
+            if !per_run {
+                continue;
+            }
+            let age = age_secs(rec.started_at, now_t);
+            snap.live.push((
+                rec.run_id.clone(),
+                rec.workflow.clone().unwrap_or_default(),
+                rec.status.as_str().to_owned(),
+                age,
+            ));
+        }
+        self.records.metrics.render(&snap)
     }
 }
 

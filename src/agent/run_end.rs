@@ -48,7 +48,7 @@ impl Agent {
         // directory that its command could remove).
         let stopped = self.kill_ending(run_id).or_else(|| {
             let mut now = self.store().get_run(run_id).ok().flatten()?;
-            self.auditor.overlay(&mut now);
+            self.records.auditor.overlay(&mut now);
             Some(now.status)
         });
         let stopped = stopped.filter(|s| matches!(s, RunStatus::Killed | RunStatus::TimedOut));
@@ -68,7 +68,8 @@ impl Agent {
         }
         // Git locks the leftovers held become stale now that they are dead.
         if !left.sections.is_empty() {
-            self.stale_candidates
+            self.kills
+                .stale_candidates
                 .lock()
                 .insert(run_id.to_owned(), left.sections);
         }
@@ -89,7 +90,7 @@ impl Agent {
             RunStatus::Exited
         };
         let exited = {
-            let inflight = self.inflight.lock();
+            let inflight = self.kills.inflight.lock();
             !inflight.contains_key(run_id)
                 && self.store().with_sync(false, |s| {
                     // Synced with the audit record of the end, below.
@@ -257,7 +258,12 @@ impl OnEmpty for Agent {
         {
             // Unknown is not absent: looked at again in a second, not `lost` (while
             // the cgroup is there to watch).
-            Some((Err(e), rec)) if self.reaper.recheck(run_id, &Cgroup::new(&rec.cgroup_path)) => {
+            Some((Err(e), rec))
+                if self
+                    .watch
+                    .reaper
+                    .recheck(run_id, &Cgroup::new(&rec.cgroup_path)) =>
+            {
                 tracing::warn!(run_id, "cannot read the run's exit status, will retry: {e}");
                 return;
             }
@@ -267,14 +273,14 @@ impl OnEmpty for Agent {
         };
         let (rec, ended) = {
             // Both locks held, in the agent's order, so no kill starts in between.
-            let inflight = self.inflight.lock();
+            let inflight = self.kills.inflight.lock();
             if inflight.contains_key(run_id) {
                 return; // the kill sequence finishes the run itself
             }
             let Ok(Some(mut rec)) = self.store().get_run(run_id) else {
                 return;
             };
-            self.auditor.overlay(&mut rec);
+            self.records.auditor.overlay(&mut rec);
             // Over only if a read says so (or the cgroup is gone): a read that
             // fails leaves the run live and watched, its TMPDIR in place.
             let cg = Cgroup::new(&rec.cgroup_path);
@@ -284,7 +290,7 @@ impl OnEmpty for Agent {
                     tracing::warn!(run_id, "cannot tell whether the run ended: {e}");
                 }
                 drop(inflight);
-                self.reaper.watch(run_id, &cg, self);
+                self.watch.reaper.watch(run_id, &cg, self);
                 return;
             }
             // A supervisor that lives outside its run (its keeper holds the
@@ -297,7 +303,7 @@ impl OnEmpty for Agent {
                 && self.supervisor_lives(&rec)
             {
                 drop(inflight);
-                self.reaper.recheck(run_id, &cg);
+                self.watch.reaper.recheck(run_id, &cg);
                 return;
             }
             let status = rec.status;
@@ -327,8 +333,8 @@ impl OnEmpty for Agent {
                     _ => RunStatus::Lost,
                 };
                 // Kept pending (and shown) while the store cannot be written.
-                self.auditor.keep(
-                    &self.store,
+                self.records.auditor.keep(
+                    &self.runs.store,
                     audit::Record::End {
                         run_id: run_id.to_owned(),
                         status: end,

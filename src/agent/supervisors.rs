@@ -11,34 +11,12 @@
 //! adopted run has no supervisor: its end is seen by the agent (the reaper's
 //! cgroup events), and nobody may report it.
 
-use std::collections::HashMap;
-
-use parking_lot::Mutex;
-
 use super::audit_trail::by_caller;
 use super::{Agent, Caller, Failure};
 use crate::api::{AuditAction, Decision};
 use crate::api::{AuditEntry, ErrorKind};
 use crate::procfs::{self, Identity};
 use crate::store::RunRecord;
-
-/// The supervisors' identities of the runs created by this agent, by run id.
-#[derive(Default)]
-pub(super) struct Supervisors(Mutex<HashMap<String, Identity>>);
-
-impl Supervisors {
-    pub(super) fn pin(&self, run_id: &str, id: Identity) {
-        self.0.lock().insert(run_id.to_owned(), id);
-    }
-
-    pub(super) fn forget(&self, run_id: &str) {
-        self.0.lock().remove(run_id);
-    }
-
-    fn get(&self, run_id: &str) -> Option<Identity> {
-        self.0.lock().get(run_id).copied()
-    }
-}
 
 impl Agent {
     /// Whether `caller` is the supervisor of `rec`, judged by the kernel's
@@ -56,7 +34,7 @@ impl Agent {
         let Ok(who) = procfs::pidfd_identity(&self.cfg.proc_root, &**pidfd) else {
             return false;
         };
-        let recorded = self.supervisors.get(&rec.run_id).or_else(|| {
+        let recorded = self.runs.supervisors.get(&rec.run_id).or_else(|| {
             Some(Identity {
                 pid: rec.pid?,
                 starttime: rec.pid_starttime?,

@@ -7,13 +7,13 @@ use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::{IN_PLACE, bad, lineage, uid_text};
+use super::{IN_PLACE, bad, decided, lineage, uid_text};
 use crate::adopt::{self, Gathered};
 use crate::agent::{Agent, Caller, Failure, Result};
 use crate::api::AuditEntry;
 use crate::api::{AdoptRequest, Adopted, ErrorKind, RunStatus};
 use crate::cgroup::{self, Cgroup};
-use crate::policy::{Identity, Permission};
+use crate::policy::Identity;
 use crate::procfs;
 
 /// `statfs` type of cgroup2 (`CGROUP2_SUPER_MAGIC`).
@@ -65,33 +65,32 @@ impl Agent {
         Ok(mount.join(rel))
     }
 
-    pub(super) fn adopt_cgroup(
-        self: &Arc<Self>,
+    /// The processes of a cgroup to adopt in place (`cg`, `shown` as given), or
+    /// the run it is already (`Err`). Refused for wfcg's own cgroups, one that
+    /// holds PID 1, the agent or the caller's line, and one without cgroup.kill.
+    fn cgroup_to_adopt(
+        &self,
         caller: &Caller,
-        id: &Identity,
-        given: &str,
-        req: &AdoptRequest,
-        entry: &mut AuditEntry,
-    ) -> Result<Adopted> {
-        let proc_root = self.cfg.proc_root.clone();
-        let abs = self.resolve_cgroup(given)?;
-        let cg = Cgroup::new(&abs);
-        let shown = abs.display().to_string();
+        cg: &Cgroup,
+        shown: &str,
+    ) -> Result<std::result::Result<Vec<i32>, Box<Adopted>>> {
+        let abs = cg.path();
         let wfcg_root = self
-            .runs_cg
+            .runs
+            .cg
             .parent()
-            .unwrap_or_else(|| self.runs_cg.clone());
-        if wfcg_root.path().starts_with(&abs) {
+            .unwrap_or_else(|| self.runs.cg.clone());
+        if wfcg_root.path().starts_with(abs) {
             return Err(bad(format!(
                 "cgroup {shown} holds wfcg's own cgroups: wfcg never adopts it"
             )));
         }
-        if let Some(owner) = self.wfcg_owner(&abs) {
+        if let Some(owner) = self.wfcg_owner(abs) {
             return match owner {
                 Some(run_id) if self.store().get_run(&run_id)?.is_some() => {
                     self.existing_run(caller, &run_id, 0).map(|mut a| {
                         a.message = format!("cgroup {shown} is run {run_id}'s already");
-                        a
+                        Err(Box::new(a))
                     })
                 }
                 _ => Err(bad(format!(
@@ -106,10 +105,12 @@ impl Agent {
             .into_iter()
             .find(|r| r.cgroup_path == shown);
         if let Some(r) = same {
-            return self.existing_run(caller, &r.run_id, 0);
+            return self
+                .existing_run(caller, &r.run_id, 0)
+                .map(|a| Err(Box::new(a)));
         }
         let pids = cg.procs_recursive().map_err(|e| bad(e.to_string()))?;
-        let callers = lineage(&proc_root, caller.pid);
+        let callers = lineage(&self.cfg.proc_root, caller.pid);
         let me = std::process::id() as i32;
         if let Some(p) = pids
             .iter()
@@ -129,42 +130,36 @@ impl Agent {
                 "cgroup {shown} has no cgroup.kill (the root cgroup, or Linux < 5.14)"
             )));
         }
+        Ok(Ok(pids))
+    }
+
+    pub(super) fn adopt_cgroup(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &Identity,
+        given: &str,
+        req: &AdoptRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<Adopted> {
+        let proc_root = self.cfg.proc_root.clone();
+        let abs = self.resolve_cgroup(given)?;
+        let cg = Cgroup::new(&abs);
+        let shown = abs.display().to_string();
+        let pids = match self.cgroup_to_adopt(caller, &cg, &shown)? {
+            Ok(pids) => pids,
+            Err(already) => return Ok(*already),
+        };
         // Its members, oldest first: the oldest is the run's root.
-        let mut members: Vec<(u64, i32, Option<u32>, String)> = pids
-            .iter()
-            .filter_map(|&p| {
-                let s = procfs::stat(&proc_root, p)?;
-                let uid = procfs::uids(&proc_root, p).and_then(procfs::sole_uid);
-                Some((
-                    s.starttime,
-                    p,
-                    uid,
-                    procfs::cmdline(&proc_root, p).unwrap_or_default(),
-                ))
-            })
-            .collect();
-        members.sort();
+        let members = members_oldest_first(&proc_root, &pids);
         let Some((_, oldest, ..)) = members.first().cloned() else {
             return Err(bad(format!("cgroup {shown} holds no process")));
         };
         let rights = self.rights(id);
         let foreign = members.iter().find(|m| m.2 != Some(caller.uid));
-        let allowed_by = match foreign {
-            None => Some(Permission::KillOwn),
-            Some(_) if rights.any => Some(Permission::KillAny),
-            Some(_) if req.dry_run && rights.view_all => Some(Permission::ViewAll),
-            Some(_) => None,
-        };
-        entry.decision = crate::api::Decision::of(allowed_by.is_some());
-        entry.permission = allowed_by
-            .or(Some(if req.dry_run {
-                Permission::ViewAll
-            } else {
-                Permission::KillAny
-            }))
-            .map(|p| p.as_str().into());
-        if let (None, Some(m)) = (allowed_by, foreign) {
-            let what = if req.dry_run { "view_all" } else { "kill_any" };
+        let verdict = rights.to_adopt(foreign.is_some(), req.dry_run);
+        decided(entry, verdict);
+        if let (Err(needed), Some(m)) = (verdict, foreign) {
+            let what = needed.as_str();
             return Err(Failure::new(
                 ErrorKind::Forbidden,
                 format!(
@@ -201,7 +196,7 @@ impl Agent {
         let rec = self.adopted_record(caller, &run_id, &root, req, &cg, IN_PLACE)?;
         self.store().insert_run(&rec)?;
         self.lifecycle_begin(&rec, false);
-        self.reaper.watch(&run_id, &cg, &**self);
+        self.watch.reaper.watch(&run_id, &cg, &**self);
         tracing::info!(run_id, cgroup = shown, "adopted a cgroup in place");
         let message = format!(
             "adopted cgroup {shown} ({} processes) in place as run {run_id}",
@@ -211,4 +206,24 @@ impl Agent {
         a.cgroup = shown;
         Ok(a)
     }
+}
+
+/// The processes `pids` that are still there, oldest first, with their start
+/// time, sole uid and command line.
+fn members_oldest_first(proc_root: &Path, pids: &[i32]) -> Vec<(u64, i32, Option<u32>, String)> {
+    let mut members: Vec<(u64, i32, Option<u32>, String)> = pids
+        .iter()
+        .filter_map(|&p| {
+            let s = procfs::stat(proc_root, p)?;
+            let uid = procfs::uids(proc_root, p).and_then(procfs::sole_uid);
+            Some((
+                s.starttime,
+                p,
+                uid,
+                procfs::cmdline(proc_root, p).unwrap_or_default(),
+            ))
+        })
+        .collect();
+    members.sort();
+    members
 }

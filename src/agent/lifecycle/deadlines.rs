@@ -7,92 +7,15 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::bounds;
 
 use crate::agent::Agent;
 use crate::agent::monitor::Kind;
 use crate::agent::time::rfc3339;
+use crate::agent::watch::Ceiling;
 use crate::api::{self, KillMode, KillRequest, RunStatus};
 use crate::store::{CeilingMs, RunRecord};
-
-/// The operator's values for a run's deadlines, which EXTEND_TIMEOUT_USEC,
-/// `wfcg notify --extend` and WATCHDOG_USEC may move a deadline up to, never
-/// past: the timeouts of the template the operator gave the run (the named or
-/// workflow's template, the agent's default, or a template text root sent)
-/// before the caller's own shortening (`--init-timeout`, `--timeout`,
-/// `--watchdog`, a user's template text); root's flags may widen it. Zero: the
-/// operator set no such limit (then [`bounds::MAX`] caps).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Ceiling {
-    #[serde(with = "ms")]
-    pub init: Duration,
-    #[serde(with = "ms")]
-    pub total: Duration,
-    /// The heartbeat interval; the threshold is twice it.
-    #[serde(with = "ms")]
-    pub watchdog: Duration,
-}
-
-mod ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(crate::bounds::clamp(Duration::from_millis(
-            u64::deserialize(d)?,
-        )))
-    }
-}
-
-impl Ceiling {
-    /// A template's timeouts as the ceiling.
-    pub fn of(t: &crate::template::Template) -> Ceiling {
-        Ceiling {
-            init: t.timeouts.init,
-            total: t.timeouts.total,
-            watchdog: t.timeouts.watchdog,
-        }
-    }
-
-    /// Each limit the longer of the two (zero, no limit, is the longest).
-    fn wider(self, other: Ceiling) -> Ceiling {
-        let wider = |a: Duration, b: Duration| {
-            if a.is_zero() || b.is_zero() {
-                Duration::ZERO
-            } else {
-                a.max(b)
-            }
-        };
-        Ceiling {
-            init: wider(self.init, other.init),
-            total: wider(self.total, other.total),
-            watchdog: wider(self.watchdog, other.watchdog),
-        }
-    }
-
-    /// The longest heartbeat threshold (WATCHDOG_USEC) a run may set.
-    pub fn watchdog_threshold(&self) -> Duration {
-        if self.watchdog.is_zero() {
-            bounds::MAX
-        } else {
-            bounds::clamp(self.watchdog.saturating_mul(2))
-        }
-    }
-
-    /// The latest a deadline of `span` (init or total) may be, for a run started at
-    /// `start`; none when the operator set no such limit.
-    pub fn latest(span: Duration, start: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-        (!span.is_zero())
-            .then(|| start.map(|s| bounds::later(s, span)))
-            .flatten()
-    }
-}
 
 /// A run's template as stored with it, with the operator's ceiling.
 pub(in crate::agent) struct Stored {
@@ -239,13 +162,18 @@ impl Agent {
             },
             Kind::Watchdog => {
                 let last = self
-                    .life
+                    .watch
                     .beats
                     .lock()
                     .get(run_id)
                     .map(|b| b.at)
                     .or(rec.last_heartbeat);
-                let threshold = self.life.lives.lock().get(run_id).and_then(|l| l.threshold);
+                let threshold = self
+                    .watch
+                    .lives
+                    .lock()
+                    .get(run_id)
+                    .and_then(|l| l.threshold);
                 format!(
                     "heartbeat missed: no WATCHDOG=1 for {} (last at {}){last_status}",
                     threshold.map(fmt).unwrap_or_else(|| "?".into()),
@@ -264,7 +192,7 @@ impl Agent {
         // them); the alert and the log say when it was last renewed.
         let reason = match kind {
             Kind::Lease => {
-                self.metrics.lease_expired();
+                self.records.metrics.lease_expired();
                 self.alert("lease_expired", &rec, &reason);
                 api::LEASE_EXPIRED.to_owned()
             }
@@ -334,7 +262,7 @@ impl Agent {
                 template.run.waiting_for()
             ));
         }
-        let watchdog = match self.life.beats.lock().get(&rec.run_id) {
+        let watchdog = match self.watch.beats.lock().get(&rec.run_id) {
             Some(b) => b.deadline,
             None => rec.watchdog_deadline,
         };
