@@ -424,13 +424,19 @@ impl Auditor {
     }
 
     /// Starts the thread that syncs what was written without waiting for the
-    /// disk, at most [`SYNC_WITHIN`] after it was written: the store's database
-    /// and write-ahead log, and the chain's head file. It does not hold the
-    /// store: a sync is a wait for the disk, which requests do not share.
-    pub fn start_sync<F>(self: &Arc<Self>, store: Weak<F>)
-    where
-        F: AsRef<Mutex<Store>> + Send + Sync + 'static,
-    {
+    /// disk, at most [`SYNC_WITHIN`] after it was written: the store (through a
+    /// connection of its own, [`Store::syncer`]) and the chain's head file. It
+    /// does not hold the store: a sync is a wait for the disk, which requests
+    /// do not share.
+    pub fn start_sync(self: &Arc<Self>, store: &Store) {
+        let syncer = match store.syncer() {
+            Ok(Some(syncer)) => syncer,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("AUDIT: cannot open the store to sync it: {e}");
+                return;
+            }
+        };
         let me = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("wfcg-audit-sync".into())
@@ -448,22 +454,16 @@ impl Auditor {
                     // A burst of writes shares one sync; half the window is
                     // left for the sync itself.
                     std::thread::sleep((SYNC_WITHIN / 2).saturating_sub(since.elapsed()));
-                    let Some(owner) = store.upgrade() else { return };
-                    let files = (*owner).as_ref().lock().files();
-                    drop(owner);
                     // Taken before the syncs: what is written after waits for the next.
                     me.unsynced.lock().take();
-                    let mut dirs: Vec<&Path> = Vec::new();
-                    for f in files.iter().chain([&me.head]) {
+                    if let Err(e) = syncer.sync() {
+                        tracing::error!("AUDIT: cannot sync the store: {e}");
+                    }
+                    // The head file, and the directory its rename wrote.
+                    let dir = me.head.parent().unwrap_or(Path::new("."));
+                    for f in [me.head.as_path(), dir] {
                         if let Err(e) = sync_file(f) {
                             tracing::error!("AUDIT: cannot sync {}: {e}", f.display());
-                        }
-                        dirs.extend(f.parent().filter(|d| !dirs.contains(d)));
-                    }
-                    // The directories, for the names (the head file is renamed in).
-                    for d in dirs {
-                        if let Err(e) = std::fs::File::open(d).and_then(|d| d.sync_all()) {
-                            tracing::error!("AUDIT: cannot sync {}: {e}", d.display());
                         }
                     }
                 }
@@ -518,11 +518,11 @@ fn write_head(path: &Path, seq: i64, hash: &str, sync: Disk) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
-/// Syncs a file's data; a missing one (a write-ahead log just checkpointed)
-/// is nothing to sync.
+/// Syncs a file or directory; a missing one is nothing to sync. (Never one of
+/// the store's: see [`Store::syncer`].)
 fn sync_file(path: &Path) -> std::io::Result<()> {
     match std::fs::File::open(path) {
-        Ok(f) => f.sync_data(),
+        Ok(f) => f.sync_all(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -581,36 +581,37 @@ mod tests {
     /// thread, which syncs it within the bound and then waits for no record.
     #[test]
     fn a_record_written_soon_is_stored_at_once_and_synced_within_the_bound() {
-        struct Owner(Mutex<Store>);
-        impl AsRef<Mutex<Store>> for Owner {
-            fn as_ref(&self) -> &Mutex<Store> {
-                &self.0
-            }
-        }
         let (dir, store, auditor) = setup();
-        let (owner, auditor) = (Arc::new(Owner(store)), Arc::new(auditor));
-        assert!(
-            owner
-                .0
-                .lock()
-                .files()
-                .iter()
-                .any(|f| f.ends_with("wfcg.db-wal"))
-        );
-        assert!(auditor.record_soon(&owner.0, entry("run_start")));
+        let auditor = Arc::new(auditor);
+        assert!(auditor.record_soon(&store, entry("run_start")));
         assert!(auditor.unsynced_for().is_some(), "waits for a sync");
-        let check = auditor.verify(&owner.0.lock()).unwrap();
+        let check = auditor.verify(&store.lock()).unwrap();
         assert_eq!((check.last_seq, check.first_bad), (1, None));
         assert_eq!(read_head(&dir.path().join("audit.head")).unwrap().0, 1);
-        auditor.start_sync(Arc::downgrade(&owner));
+        auditor.start_sync(&store.lock());
         let deadline = Instant::now() + Duration::from_secs(10);
         while auditor.unsynced_for().is_some() {
             assert!(Instant::now() < deadline, "never synced");
             std::thread::sleep(Duration::from_millis(5));
         }
         // A synced record leaves nothing waiting.
-        assert!(auditor.record(&owner.0, entry("kill")));
+        assert!(auditor.record(&store, entry("kill")));
         assert!(auditor.unsynced_for().is_none());
+        // Another process reading the store (the sqlite3 shell) sees both
+        // records, and after it is gone the agent's writes still land: the
+        // sync never dropped the agent's locks on the database.
+        let db = dir.path().join("wfcg.db");
+        let count = || {
+            let out = std::process::Command::new("sqlite3")
+                .arg(&db)
+                .arg("SELECT count(*) FROM audit")
+                .output()
+                .expect("the sqlite3 shell");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(count(), "2");
+        assert!(auditor.record(&store, entry("kill")));
+        assert_eq!(count(), "3");
     }
 
     /// Records kept from many threads at once (group commits) are all written,

@@ -64,6 +64,7 @@
 //! | `wfcg-notify-phase` | `lifecycle.rs` | pops `watch.phases` (READY, STATUS, STOPPING, EXTEND_TIMEOUT_USEC) and writes them to the store |
 //! | `wfcg-reaper` | `reaper.rs` | the inotify of runs' `cgroup.events` (`Reaper.watches`, `unsure`); calls `on_run_empty` |
 //! | `wfcg-audit-retry` | `audit.rs` (`start_retry`) | retries pending audit records every few seconds; expires denial windows |
+//! | `wfcg-audit-sync` | `audit.rs` (`start_sync`) | syncs records written without waiting for the disk (a run's start, its end by exit) within 100 ms, through a store connection of its own; takes no agent lock but `unsynced` |
 //! | audit head writer (scoped) | `audit.rs` (`flush`) | writes the chain's head file while the transaction commits |
 //! | `wfcg-policy-watch` | `access.rs` | inotify on the policy file's directory; calls `reload_policy` |
 //! | `wfcg-tmpfs-end` | [`Agent::start`] | once: lets go the tmpfs of ended runs left mounted |
@@ -502,7 +503,7 @@ impl Agent {
         self.start_lifecycle(tokio::runtime::Handle::current());
         self.watch.reaper.start(Arc::downgrade(self));
         self.records.auditor.start_retry(Arc::downgrade(self));
-        self.records.auditor.start_sync(Arc::downgrade(self));
+        self.records.auditor.start_sync(&self.runs.store.lock());
         let weak = Arc::downgrade(self);
         self.records.auditor.on_break(move |why| {
             if let Some(agent) = weak.upgrade() {

@@ -69,6 +69,23 @@ impl From<rusqlite::Error> for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Syncs a store's unsynced commits to the disk, from another thread than
+/// the store's ([`Store::syncer`]).
+pub struct Syncer {
+    conn: Connection,
+}
+
+impl Syncer {
+    /// A passive checkpoint with `synchronous=FULL`: the write-ahead log is
+    /// synced, what it holds copied into the database as far as readers allow,
+    /// and the database synced. Writers are not blocked meanwhile.
+    pub fn sync(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
 /// The database of one agent.
 pub struct Store {
     conn: Connection,
@@ -130,13 +147,22 @@ impl Store {
         res
     }
 
-    /// The files a commit syncs: the database and its write-ahead log (none
-    /// for an in-memory database).
-    pub fn files(&self) -> Vec<std::path::PathBuf> {
+    /// A connection of its own that syncs what this store's unsynced commits
+    /// wrote ([`Syncer::sync`]); `None` for an in-memory database.
+    ///
+    /// Never the database's files opened and closed by hand: closing any
+    /// descriptor of the database drops every POSIX lock the process holds on
+    /// it, after which another process (the `sqlite3` shell) takes itself for
+    /// the only one and deletes the write-ahead log under this connection.
+    /// SQLite's own connections share their locks within a process.
+    pub fn syncer(&self) -> Result<Option<Syncer>> {
         let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
-            return Vec::new();
+            return Ok(None);
         };
-        vec![db.into(), format!("{db}-wal").into()]
+        let conn = Connection::open(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(Some(Syncer { conn }))
     }
 
     /// `f` in an immediate transaction of its own, or in the caller's [`Store::batch`].

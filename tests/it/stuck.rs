@@ -334,8 +334,9 @@ fn a_stall_timeout_kills_a_sleeping_run_but_not_a_busy_or_a_chatty_one() {
 }
 
 /// A run computing on a CPU another program takes most of still makes
-/// progress: it gets about a tenth of the CPU (nice 10 against a busy loop at
-/// nice 0 on the same CPU) but waits for the rest, which the kernel counts as
+/// progress: it gets about a tenth of the CPU (nice 10, and its session's
+/// autogroup at nice 10, against a busy loop at nice 0 on the same CPU) but
+/// waits for the rest, which the kernel counts as
 /// the run's CPU pressure. (Counting only the CPU it got, a quarter of a core,
 /// it was ended as stalled at its first stall timeout.)
 #[test]
@@ -356,7 +357,9 @@ fn a_busy_run_starved_of_cpu_by_another_program_is_not_stalled() {
     let stall = ["--stall-timeout", "3s", "--ready-when", "notify"];
     let starved = agent.start_run(
         &stall,
-        "exec taskset -c 0 nice -n 10 sh -c 'while :; do :; done'",
+        // The run's session is an autogroup of its own, whose weight decides
+        // against the other program's (nice alone does not, across sessions).
+        "echo 10 >/proc/self/autogroup; exec taskset -c 0 nice -n 10 sh -c 'while :; do :; done'",
     );
     // Two stall timeouts; it got less than a quarter of a core meanwhile.
     let t0 = std::time::Instant::now();
