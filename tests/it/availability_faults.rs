@@ -82,6 +82,15 @@ fn an_emergency_kill_on_a_full_state_disk_kills_and_keeps_its_records_pending() 
         let base = agent.kill_ok(&baseline.id, &["--emergency"]);
         let with_room = t.elapsed();
         assert_eq!(base["audit"], "written", "{base:#}");
+        // The write-ahead log emptied to nothing first: once checkpointed,
+        // the log's pages are written again in place, so a full disk would
+        // refuse only what no longer fits in them.
+        assert!(
+            wait_until(Duration::from_secs(10), || agent
+                .sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                == "0|0|0"),
+            "the write-ahead log was never emptied"
+        );
         let filler = state.join("filler");
         fill(&filler);
 
