@@ -30,7 +30,7 @@ const LAYERS: &[Layer] = &[
     Layer {
         name: "values",
         may_use: &["sys"],
-        modules: &["bounds", "duration", "par", "novelty", "diagnostics"],
+        modules: &["bounds", "duration", "parallel", "novelty", "diagnostics"],
     },
     Layer {
         name: "wire",

@@ -36,7 +36,7 @@ pub(crate) mod lockwatch;
 pub(crate) mod mcp;
 pub(crate) mod novelty;
 pub mod output;
-pub(crate) mod par;
+pub(crate) mod parallel;
 pub mod policy;
 pub mod procfs;
 pub(crate) mod run;

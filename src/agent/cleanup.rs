@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::kill_sequence::lock_owner;
+use super::kill_and_record::lock_owner;
 use super::{Agent, adopt};
 use crate::api::RUN_ID_ENV;
 use crate::api::{self, AuditEntry, CleanupStatus};

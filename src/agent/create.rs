@@ -19,7 +19,7 @@ use rustix::mount::MountFlags;
 use super::audit_trail::by_caller;
 use super::lifecycle::Ceiling;
 use super::runs::Slot;
-use super::{Agent, Caller, Failure, Result, layout, progress};
+use super::{Agent, Caller, Failure, Result, layout, stalls_and_probes};
 use crate::api::AuditAction;
 use crate::api::AuditEntry;
 use crate::api::{self, CreateRun, ErrorKind, RunStarted};
@@ -647,7 +647,7 @@ impl Agent {
             notify_socket: rec.notify_socket,
             template: template_name,
             warnings,
-            watch: progress::watch_for(&template, req.detach),
+            watch: stalls_and_probes::watch_for(&template, req.detach),
             spawn_into: home
                 .direct
                 .then(|| layout::payload(&cg).path().display().to_string()),

@@ -3,7 +3,7 @@
 //! critical sections each run was last seen holding (`status`), the git locks
 //! that processes of an ended run held, and who created each git lock
 //! (fanotify). The operations that use it are `kill_run.rs`,
-//! `kill_sequence.rs`, `cleanup.rs`, `run_end.rs` and `queries.rs`.
+//! `kill_and_record.rs`, `cleanup.rs`, `run_end.rs` and `queries.rs`.
 
 use std::collections::HashMap;
 use std::fmt;

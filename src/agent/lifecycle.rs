@@ -20,7 +20,7 @@ use super::Agent;
 use super::monitor::{Kind, Monitor};
 use super::notify::{self, Message};
 use super::notify_hub::{Hub, OnDatagram};
-use super::sender;
+use super::sender_in_run;
 use super::watch::{Beat, Live, LoopTracker};
 use crate::api::{READY_ON_FIRST_OUTPUT, RunStatus};
 use crate::bounds;
@@ -302,10 +302,11 @@ impl Agent {
         let (inside, threshold, ceiling, to_log) = match self.watch.lives.lock().get_mut(run_id) {
             Some(live) => {
                 let proc_root = &self.cfg.proc_root;
-                let inside = sender::inside(&live.cg, &mut live.cgroup_ids, proc_root, &sender)
-                    || live
-                        .supervisor
-                        .is_some_and(|s| sender::is(&s, proc_root, &sender));
+                let inside =
+                    sender_in_run::inside(&live.cg, &mut live.cgroup_ids, proc_root, &sender)
+                        || live
+                            .supervisor
+                            .is_some_and(|s| sender_in_run::is(&s, proc_root, &sender));
                 // The first drop is logged, then at most one line per
                 // DROPPED_LOG_EVERY with the count since the last one.
                 let mut to_log = None;

@@ -31,7 +31,7 @@
 //! | `create.rs` | start a run (`wfcg run`) |
 //! | `adopt.rs`, `adopt/in_place.rs` | take over a tree or a cgroup started outside wfcg |
 //! | `kill_run.rs` | a kill request: policy, audit, concurrent kills coalesced |
-//! | `kill_sequence.rs` | one kill sequence: the plan, [`crate::kill`], the result recorded |
+//! | `kill_and_record.rs` | one kill sequence: the plan, [`crate::kill`], the result recorded |
 //! | `kill_result.rs` | the answer to a kill (pure functions) |
 //! | `run_end.rs` | the exit report, the supervisor leaf, a run's cgroup emptied |
 //! | `cleanup.rs` | what an ended run leaves, removed |
@@ -109,14 +109,15 @@ pub mod audit;
 mod audit_trail;
 mod breaker;
 mod budget;
+mod cgroup_file_cache;
 mod cleanup;
 mod control;
 mod create;
 mod denials;
 mod ended_tmpfs;
+mod kill_and_record;
 mod kill_result;
 mod kill_run;
-mod kill_sequence;
 mod kills;
 pub mod layout;
 mod lease;
@@ -130,15 +131,14 @@ pub mod notify;
 mod notify_hub;
 mod phase_queue;
 pub mod placement;
-mod progress;
 mod queries;
 pub mod reaper;
 mod records;
 mod run_end;
-mod run_files;
 mod runs;
-mod sender;
+mod sender_in_run;
 pub mod server;
+mod stalls_and_probes;
 mod supervisors;
 mod time;
 mod watch;
@@ -786,7 +786,7 @@ mod layering {
             .filter(|(name, text)| name != "mod.rs" && text.contains("\nimpl Agent {"))
             .map(|(name, _)| module(name))
             .collect();
-        for op in ["create", "kill_run", "kill_sequence", "adopt", "lifecycle"] {
+        for op in ["create", "kill_run", "kill_and_record", "adopt", "lifecycle"] {
             assert!(ops.contains(op), "{op} is an operation: {ops:?}");
         }
         for wing in ["runs", "kills", "watch", "records"] {

@@ -87,7 +87,7 @@ impl Agent {
                 (r, cg)
             })
             .collect();
-        let infos = crate::par::map_owned(runs, 256, |(r, cg)| self.info(r, &cg, false));
+        let infos = crate::parallel::map_owned(runs, 256, |(r, cg)| self.info(r, &cg, false));
         if !stuck && self.sees_all(caller) {
             // Every live run was listed: the files of any other are not needed.
             let live = infos.iter().filter(|i| i.status.is_live());

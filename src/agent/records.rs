@@ -2,7 +2,7 @@
 //! The audit trail (with its pending records and its hash chain's head), the
 //! alert channels, and the counters and histograms of `/metrics`. The
 //! operations that use it are `audit_trail.rs`, `alert.rs`, `kill_run.rs`,
-//! `kill_sequence.rs`, `queries.rs` (the `/metrics` scrape) and most others:
+//! `kill_and_record.rs`, `queries.rs` (the `/metrics` scrape) and most others:
 //! every state-changing request writes its audit record.
 
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::run_files::RunFiles;
+use super::cgroup_file_cache::RunFiles;
 use crate::cgroup::Cgroup;
 use crate::procfs::Identity;
 use crate::store::Store;

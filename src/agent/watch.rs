@@ -5,7 +5,7 @@
 //! samples, its output, stall and port watches), the runs killed as stuck, the
 //! reaper that sees a run's cgroup empty, and the agent's own stop. The
 //! operations that use it are `lifecycle.rs` (with `lifecycle/deadlines.rs`),
-//! `progress.rs`, `breaker.rs` and `run_end.rs`.
+//! `stalls_and_probes.rs`, `breaker.rs` and `run_end.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -19,7 +19,7 @@ use super::notify::Repeat;
 use super::notify_hub::Hub;
 use super::phase_queue::PhaseQueue;
 use super::reaper::Reaper;
-use super::sender;
+use super::sender_in_run;
 use crate::bounds;
 use crate::cgroup::Cgroup;
 use crate::novelty::Recent;
@@ -100,7 +100,7 @@ pub(super) struct Live {
     /// Its notify socket's key in the notify hub.
     pub(super) notify_key: Option<u64>,
     /// The ids of its cgroups, for the sender check (sender.rs).
-    pub(super) cgroup_ids: sender::RunCgroupIds,
+    pub(super) cgroup_ids: sender_in_run::RunCgroupIds,
     /// Its supervisor (pid and start time), whose messages are taken from
     /// outside the run too: a root `wfcg run` lives beside its run.
     pub(super) supervisor: Option<crate::procfs::Identity>,

@@ -51,7 +51,7 @@ pub struct EnvScan {
 pub fn pids_with_env(proc_root: &Path, key: &str, value: &str) -> Vec<i32> {
     let want = format!("{key}={value}");
     let pids = all_pids(proc_root);
-    crate::par::map(&pids, 256, |&pid| {
+    crate::parallel::map(&pids, 256, |&pid| {
         let raw = read_small(&proc_root.join(pid.to_string()).join("environ")).ok()?;
         let has = raw.split(|b| *b == 0).any(|e| e == want.as_bytes());
         (has && stat(proc_root, pid).is_some_and(|s| s.state != 'Z')).then_some(pid)
@@ -114,7 +114,7 @@ fn pass<A: Send, R: Send>(
 ) -> Vec<(i32, Pass<A, R>)> {
     let spent = AtomicU64::new(0);
     let pids = all_pids(proc_root);
-    let seen = crate::par::map(&pids, 256, |&pid| {
+    let seen = crate::parallel::map(&pids, 256, |&pid| {
         // Cheapest first: the owner of `/proc/<pid>` is the process's effective
         // uid (root's when it is not dumpable), one statx, no file read.
         let meta = std::fs::metadata(proc_root.join(pid.to_string())).ok()?;

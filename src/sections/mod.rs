@@ -336,7 +336,7 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
     let mut found = Vec::new();
     let mut seen = HashSet::new();
     // Listing each process's open files is most of the scan: on every core.
-    let listed = crate::par::map(&scope.pids, 128, |&pid| {
+    let listed = crate::parallel::map(&scope.pids, 128, |&pid| {
         let Some(dir) = proc_dir(proc_root, pid) else {
             return (Vec::new(), None);
         };
