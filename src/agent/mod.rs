@@ -786,7 +786,13 @@ mod layering {
             .filter(|(name, text)| name != "mod.rs" && text.contains("\nimpl Agent {"))
             .map(|(name, _)| module(name))
             .collect();
-        for op in ["create", "kill_run", "kill_and_record", "adopt", "lifecycle"] {
+        for op in [
+            "create",
+            "kill_run",
+            "kill_and_record",
+            "adopt",
+            "lifecycle",
+        ] {
             assert!(ops.contains(op), "{op} is an operation: {ops:?}");
         }
         for wing in ["runs", "kills", "watch", "records"] {
