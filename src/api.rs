@@ -1841,19 +1841,8 @@ mod tests {
     /// anywhere else in `src/` (its tests too) is named with its file and line.
     #[test]
     fn no_route_is_spelt_outside_the_api_module() {
-        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    out.push(path);
-                }
-            }
-        }
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut files = Vec::new();
-        walk(&root.join("src"), &mut files);
+        let mut files = crate::layers::rs_files(&root.join("src"));
         files.sort();
         assert!(files.len() > 20, "src/ has {} files", files.len());
         let mut spelt = Vec::new();

@@ -711,25 +711,13 @@ fn a_requester_is_named_in_records_with_its_uid_and_pid() {
 /// nothing runs back up. `server.rs` is the front that calls the operations.
 #[cfg(test)]
 mod layering {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     /// Every `.rs` file below `src/agent`, by its path there, with its code:
     /// its text up to its tests, less comments.
     fn files() -> Vec<(String, String)> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    out.push(path);
-                }
-            }
-        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent");
-        let mut paths = Vec::new();
-        walk(&root, &mut paths);
-        paths
+        crate::layers::rs_files(&root)
             .into_iter()
             .map(|p| {
                 let text = std::fs::read_to_string(&p).unwrap();
