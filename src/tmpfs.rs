@@ -14,6 +14,7 @@
 //! A leaf module: `mount(2)`, `umount2(2)` and `statfs(2)` of one directory the
 //! caller owns.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -160,37 +161,51 @@ pub fn shrink(dir: &Path) -> io::Result<Usage> {
     }
 }
 
+/// Those of `dirs` over which a mount other than a tmpfs is stacked now (one
+/// read of `/proc/self/mountinfo` for all, made after this call and shared with
+/// the calls at once: [`detach_stacked`] reads it again, for these only).
+pub fn with_stacked(dirs: &[&Path]) -> Vec<PathBuf> {
+    // The table has two lines a run: cleanups at once share their reads of it.
+    static TOPS: crate::parallel::Fresh<HashMap<String, String>> = crate::parallel::Fresh::new();
+    let top = TOPS.get(|| {
+        let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+        top_mounts(&String::from_utf8_lossy(&info))
+    });
+    dirs.iter()
+        .filter(|d| {
+            top.get(mountinfo_escaped(d).as_str())
+                .is_some_and(|fstype| fstype != "tmpfs")
+        })
+        .map(|d| d.to_path_buf())
+        .collect()
+}
+
+/// The type of the file system mounted last (on top) at each mount point of a
+/// mount table (`/proc/self/mountinfo`).
+fn top_mounts(info: &str) -> HashMap<String, String> {
+    let mut top = HashMap::new();
+    for l in info.lines() {
+        if let (Some(point), Some(fstype)) = (
+            l.split(' ').nth(4),
+            l.split_once(" - ").and_then(|(_, r)| r.split(' ').next()),
+        ) {
+            top.insert(point.to_owned(), fstype.to_owned());
+        }
+    }
+    top
+}
+
 /// Detaches what is mounted over the tmpfs on `dir` (`umount2(2)` with
 /// MNT_DETACH, which asks the file system nothing): a mount a user stacked
 /// on the directory they own (a FUSE file system, with `fusermount3`) would
 /// otherwise take every later look at `dir`, and one that never answers would
 /// hold the looker for good. Read from `/proc/self/mountinfo` (at most 8).
 /// How many were detached.
-/// Those of `dirs` over which a mount other than a tmpfs is stacked now (one
-/// read of `/proc/self/mountinfo` for all: [`detach_stacked`] reads it again,
-/// for these only).
-pub fn with_stacked(dirs: &[&Path]) -> Vec<PathBuf> {
-    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let info = String::from_utf8_lossy(&info);
-    let mut top: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    for l in info.lines() {
-        if let (Some(point), Some(fstype)) = (
-            l.split(' ').nth(4),
-            l.split_once(" - ").and_then(|(_, r)| r.split(' ').next()),
-        ) {
-            top.insert(point, fstype);
-        }
-    }
-    dirs.iter()
-        .filter(|d| {
-            top.get(mountinfo_escaped(d).as_str())
-                .is_some_and(|fstype| *fstype != "tmpfs")
-        })
-        .map(|d| d.to_path_buf())
-        .collect()
-}
-
 pub fn detach_stacked(dir: &Path) -> usize {
+    // Most often nothing is: a read shared with the calls at once says so.
+    if with_stacked(&[dir]).is_empty() {
+        return 0;
+    }
     let want = mountinfo_escaped(dir);
     let mut detached = 0;
     while detached < 8 {
