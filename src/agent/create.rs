@@ -27,7 +27,7 @@ use crate::cgroup::{self, Cgroup};
 use crate::policy::Identity;
 use crate::procfs;
 use crate::store::RunRecord;
-use crate::template::{Template, TemplateError};
+use crate::template::{Authority, Key, Overrides, Ready, Template, TemplateError};
 use crate::userfs::{self, Cred};
 
 /// A fresh run id: `run_` and 12 lowercase hex digits.
@@ -214,27 +214,31 @@ fn gone(caller: &Caller) -> Failure {
     )
 }
 
-/// Users may shorten the operator's timeouts, not lengthen or remove them;
-/// root may set them.
-fn shorten_timeouts(req: &CreateRun, root: bool, template: &mut Template) -> Result<()> {
-    let ms = std::time::Duration::from_millis;
-    for (flag, value, slot) in [
-        (
-            "init timeout",
-            req.init_timeout_ms,
-            &mut template.timeouts.init,
-        ),
-        ("timeout", req.timeout_ms, &mut template.timeouts.total),
-        ("watchdog", req.watchdog_ms, &mut template.timeouts.watchdog),
-    ] {
-        let Some(v) = value else { continue };
-        if !root {
-            crate::template::no_longer(flag, ms(v), *slot, true)
-                .map_err(|e| Failure::new(ErrorKind::BadInput, e.to_string()))?;
+/// The template with the run options of a start over it: the timeouts asked
+/// for (a user may shorten the operator's, never lengthen or remove them:
+/// [`Template::with_overrides`]) and `--ready-when`.
+fn with_run_options(req: &CreateRun, who: Authority, template: &Template) -> Result<Template> {
+    let bad = |e: String| Failure::new(ErrorKind::BadInput, e);
+    let asked = Overrides::new()
+        .with_ms(Key::Stall, req.stall_timeout_ms)
+        .with_ms(Key::Output, req.output_timeout_ms)
+        .with_ms(Key::Init, req.init_timeout_ms)
+        .with_ms(Key::Total, req.timeout_ms)
+        .with_ms(Key::Watchdog, req.watchdog_ms);
+    let mut template = template
+        .with_overrides(&asked, who)
+        .map_err(|e| bad(e.to_string()))?;
+    if let Some(conds) = &req.ready_when {
+        if conds.is_empty() || conds.len() > 8 {
+            return Err(bad("ready_when: give 1 to 8 conditions".into()));
         }
-        *slot = ms(v);
+        template.run.ready = conds
+            .iter()
+            .map(|c| Ready::parse(c))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(bad)?;
     }
-    Ok(())
+    Ok(template)
 }
 
 /// Whether the run's workspace is removed at its end: asked for, or the
@@ -307,11 +311,11 @@ impl Agent {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
         }
         self.check_breaker(caller, req.workflow.as_deref())?;
-        let (template_name, mut template) = self.resolve_template(caller, req)?;
-        self.apply_run_options(caller, req, &mut template)?;
+        let (template_name, template) = self.resolve_template(caller, req)?;
+        let who = Authority::operator_if(caller.is_root());
+        let template = with_run_options(req, who, &template)?;
         // Held until the run is recorded: the caps stay exact under concurrent starts.
         let budget = self.check_budgets(caller, &template)?;
-        shorten_timeouts(req, caller.is_root(), &mut template)?;
         let ceiling = self.operator_ceiling(caller, req, &template)?;
         let cleanup_workspace = cleanup_workspace(req, &template)?;
         // A workspace to remove must be the caller's own directory, never `/`, a
@@ -767,17 +771,16 @@ mod tests {
             init_timeout_ms: Some(500),
             ..Default::default()
         };
-        let mut t = template();
-        shorten_timeouts(&short, false, &mut t).unwrap();
+        let t = with_run_options(&short, Authority::User, &template()).unwrap();
         assert_eq!(t.timeouts.total, Duration::from_secs(1));
         assert_eq!(t.timeouts.init, Duration::from_millis(500));
         let long = CreateRun {
             timeout_ms: Some(7_200_000),
             ..Default::default()
         };
-        let mut t = template();
+        let t = template();
         assert_eq!(
-            kind(shorten_timeouts(&long, false, &mut t)),
+            kind(with_run_options(&long, Authority::User, &t)),
             ErrorKind::BadInput
         );
         // No watchdog set by the operator: a user may set one.
@@ -785,9 +788,8 @@ mod tests {
             watchdog_ms: Some(5000),
             ..Default::default()
         };
-        shorten_timeouts(&watchdog, false, &mut t).unwrap();
-        let mut t = template();
-        shorten_timeouts(&long, true, &mut t).unwrap();
+        with_run_options(&watchdog, Authority::User, &t).unwrap();
+        let t = with_run_options(&long, Authority::Operator, &template()).unwrap();
         assert_eq!(t.timeouts.total, Duration::from_secs(7200));
     }
 
