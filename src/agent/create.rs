@@ -27,7 +27,7 @@ use crate::cgroup::{self, Cgroup};
 use crate::policy::Identity;
 use crate::procfs;
 use crate::store::RunRecord;
-use crate::template::{Template, TemplateError};
+use crate::template::{Authority, Key, Overrides, Ready, Template, TemplateError};
 use crate::userfs::{self, Cred};
 
 /// A fresh run id: `run_` and 12 lowercase hex digits.
@@ -115,6 +115,68 @@ impl Provisioned<'_> {
         Ok(())
     }
 
+    /// The run directory on a small tmpfs of its own: a run filling it cannot
+    /// fill the file system of the agent's socket (`/run`), where the stop
+    /// reasons of every run are written. Mounted on a directory still root's.
+    fn run_dir(&mut self, dir: &Path, size: &str, caller: &Caller) -> Result<()> {
+        self.run_dir = Some(private_dir(dir)?);
+        self.tmpfs_or_plain(
+            dir,
+            caller,
+            |dir| {
+                crate::tmpfs::mount_with(
+                    dir,
+                    size,
+                    caller.uid,
+                    caller.gid,
+                    MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                )
+            },
+            |e| {
+                format!(
+                    "the run directory {} is a plain directory, without a size limit: cannot \
+                     mount a tmpfs of {size} on it: {e}",
+                    dir.display()
+                )
+            },
+        )
+    }
+
+    /// A detached run's log `file`, the caller's (0600).
+    fn log(&mut self, file: &Path, caller: &Caller) -> Result<()> {
+        self.log_path = Some(file.to_owned());
+        let create = || -> std::io::Result<()> {
+            fs::File::create(file)?;
+            fs::set_permissions(file, fs::Permissions::from_mode(0o600))?;
+            std::os::unix::fs::chown(file, Some(caller.uid), Some(caller.gid))
+        };
+        create().map_err(|e| {
+            Failure::new(
+                ErrorKind::Internal,
+                format!("cannot create {}: {e}", file.display()),
+            )
+        })
+    }
+
+    /// TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk. It
+    /// is mounted on a directory still root's (0700), so nothing of the user's
+    /// can be opened below the mount first; the tmpfs root is the user's.
+    fn tmpdir(&mut self, dir: &Path, size: &str, caller: &Caller) -> Result<()> {
+        self.tmpdir = Some(private_dir(dir)?);
+        self.tmpfs_or_plain(
+            dir,
+            caller,
+            |dir| crate::tmpfs::mount(dir, size, caller.uid, caller.gid),
+            |e| {
+                format!(
+                    "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
+                     mount a tmpfs of {size} on it: {e}",
+                    dir.display(),
+                )
+            },
+        )
+    }
+
     /// The run is recorded: what was made stays. Returns the warnings.
     fn keep(&mut self) -> Vec<String> {
         self.kept = true;
@@ -194,6 +256,24 @@ fn private_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_owned())
 }
 
+/// A removal of the workspace nobody typed on this command line, said before it
+/// happens.
+/// `cleanup` is the decision of [`cleanup_workspace`]; `template` names the
+/// run's template.
+fn removal_warning(req: &CreateRun, cleanup: bool, template: &str) -> Option<String> {
+    let ws = req.workspace.as_ref().filter(|_| cleanup)?;
+    let by = if req.cleanup_workspace {
+        "--cleanup-workspace".to_string()
+    } else {
+        format!("the template {template} says [cleanup] workspace = \"remove\"")
+    };
+    Some(format!(
+        "the workspace {ws} will be removed when the run ends ({by}), unless it holds \
+         anything older than the run or a git repository with uncommitted changes or \
+         untracked files"
+    ))
+}
+
 /// A run id in use.
 fn conflict(run_id: &str) -> Failure {
     Failure::new(
@@ -214,27 +294,31 @@ fn gone(caller: &Caller) -> Failure {
     )
 }
 
-/// Users may shorten the operator's timeouts, not lengthen or remove them;
-/// root may set them.
-fn shorten_timeouts(req: &CreateRun, root: bool, template: &mut Template) -> Result<()> {
-    let ms = std::time::Duration::from_millis;
-    for (flag, value, slot) in [
-        (
-            "init timeout",
-            req.init_timeout_ms,
-            &mut template.timeouts.init,
-        ),
-        ("timeout", req.timeout_ms, &mut template.timeouts.total),
-        ("watchdog", req.watchdog_ms, &mut template.timeouts.watchdog),
-    ] {
-        let Some(v) = value else { continue };
-        if !root {
-            crate::template::no_longer(flag, ms(v), *slot, true)
-                .map_err(|e| Failure::new(ErrorKind::BadInput, e.to_string()))?;
+/// The template with the run options of a start over it: the timeouts asked
+/// for (a user may shorten the operator's, never lengthen or remove them:
+/// [`Template::with_overrides`]) and `--ready-when`.
+fn with_run_options(req: &CreateRun, who: Authority, template: &Template) -> Result<Template> {
+    let bad = |e: String| Failure::new(ErrorKind::BadInput, e);
+    let asked = Overrides::new()
+        .with_ms(Key::Stall, req.stall_timeout_ms)
+        .with_ms(Key::Output, req.output_timeout_ms)
+        .with_ms(Key::Init, req.init_timeout_ms)
+        .with_ms(Key::Total, req.timeout_ms)
+        .with_ms(Key::Watchdog, req.watchdog_ms);
+    let mut template = template
+        .with_overrides(&asked, who)
+        .map_err(|e| bad(e.to_string()))?;
+    if let Some(conds) = &req.ready_when {
+        if conds.is_empty() || conds.len() > 8 {
+            return Err(bad("ready_when: give 1 to 8 conditions".into()));
         }
-        *slot = ms(v);
+        template.run.ready = conds
+            .iter()
+            .map(|c| Ready::parse(c))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(bad)?;
     }
-    Ok(())
+    Ok(template)
 }
 
 /// Whether the run's workspace is removed at its end: asked for, or the
@@ -307,11 +391,11 @@ impl Agent {
             return Err(Failure::new(ErrorKind::BadInput, "no command given"));
         }
         self.check_breaker(caller, req.workflow.as_deref())?;
-        let (template_name, mut template) = self.resolve_template(caller, req)?;
-        self.apply_run_options(caller, req, &mut template)?;
+        let (template_name, template) = self.resolve_template(caller, req)?;
+        let who = Authority::operator_if(caller.is_root());
+        let template = with_run_options(req, who, &template)?;
         // Held until the run is recorded: the caps stay exact under concurrent starts.
         let budget = self.check_budgets(caller, &template)?;
-        shorten_timeouts(req, caller.is_root(), &mut template)?;
         let ceiling = self.operator_ceiling(caller, req, &template)?;
         let cleanup_workspace = cleanup_workspace(req, &template)?;
         // A workspace to remove must be the caller's own directory, never `/`, a
@@ -381,115 +465,55 @@ impl Agent {
         req: &CreateRun,
         a: &Admitted,
     ) -> Result<Provisioned<'a>> {
-        let run_id = &a.run_id;
-        let cg = self.runs.cg.child(run_id);
+        let mut made = self.run_cgroup(caller, a)?;
+        made.warnings
+            .extend(removal_warning(req, a.cleanup_workspace, &a.template_name));
+        layout::create_leaves(&made.cg).map_err(Failure::internal)?;
+        let run_dir_size = self.access.policy().limits.run_dir_size.clone();
+        made.run_dir(&self.runs.run_dirs.join(&a.run_id), &run_dir_size, caller)?;
+        if req.detach {
+            made.log(
+                &self.runs.log_dirs.join(format!("{}.log", a.run_id)),
+                caller,
+            )?;
+        }
+        made.tmpdir(
+            &self.runs.tmp_dirs.join(&a.run_id),
+            &a.template.tmpdir.size,
+            caller,
+        )?;
+        Ok(made)
+    }
+
+    /// The run's cgroup, made new (a run id in use is a conflict), with the
+    /// template's limits: the first thing [`Agent::provision`] makes, and the
+    /// [`Provisioned`] that removes it and all that follows.
+    fn run_cgroup<'a>(&'a self, caller: &Caller, a: &Admitted) -> Result<Provisioned<'a>> {
+        let cg = self.runs.cg.child(&a.run_id);
         match cg.create_new() {
             Ok(()) => {}
             Err(cgroup::Error::Create { source, .. })
                 if source.kind() == std::io::ErrorKind::AlreadyExists =>
             {
-                return Err(conflict(run_id));
+                return Err(conflict(&a.run_id));
             }
             Err(e) => return Err(Failure::internal(e)),
         }
-        let mut made = Provisioned {
+        // Limits apply from the first instruction: written before the caller moves
+        // in, on runs/<id> so that they cover the supervisor and the payload.
+        let warnings = cg.apply_limits(&a.template.limits);
+        Ok(Provisioned {
             agent: self,
-            run_id: run_id.clone(),
+            run_id: a.run_id.clone(),
             uid: caller.uid,
             cg,
             run_dir: None,
             tmpdir: None,
             log_path: None,
             mounts: Vec::new(),
-            warnings: Vec::new(),
+            warnings,
             kept: false,
-        };
-        let cg = &made.cg;
-        // Limits apply from the first instruction: written before the caller moves
-        // in, on runs/<id> so that they cover the supervisor and the payload.
-        let mut warnings = cg.apply_limits(&a.template.limits);
-        // A removal nobody typed on this command line is said before it happens.
-        if a.cleanup_workspace
-            && let Some(ws) = &req.workspace
-        {
-            let by = if req.cleanup_workspace {
-                "--cleanup-workspace".to_string()
-            } else {
-                format!(
-                    "the template {} says [cleanup] workspace = \"remove\"",
-                    a.template_name
-                )
-            };
-            warnings.push(format!(
-                "the workspace {ws} will be removed when the run ends ({by}), unless it holds \
-                 anything older than the run or a git repository with uncommitted changes or \
-                 untracked files"
-            ));
-        }
-        layout::create_leaves(cg).map_err(Failure::internal)?;
-        let run_dir = self.runs.run_dirs.join(run_id);
-        let tmpdir = self.runs.tmp_dirs.join(run_id);
-        let failed = |msg: String| Failure::new(ErrorKind::Internal, msg);
-        let owned = |path: &Path, dir: bool| -> std::io::Result<()> {
-            if dir {
-                fs::create_dir(path)?;
-                fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-            } else {
-                fs::File::create(path)?;
-                fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-            }
-            std::os::unix::fs::chown(path, Some(caller.uid), Some(caller.gid))
-        };
-        made.warnings = warnings;
-        // The run directory on a small tmpfs of its own: a run filling it cannot
-        // fill the file system of the agent's socket (`/run`), where the stop
-        // reasons of every run are written. Mounted on a directory still root's.
-        made.run_dir = Some(private_dir(&run_dir)?);
-        let run_dir_size = self.access.policy().limits.run_dir_size.clone();
-        made.tmpfs_or_plain(
-            &run_dir,
-            caller,
-            |dir| {
-                crate::tmpfs::mount_with(
-                    dir,
-                    &run_dir_size,
-                    caller.uid,
-                    caller.gid,
-                    MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                )
-            },
-            |e| {
-                format!(
-                    "the run directory {} is a plain directory, without a size limit: cannot \
-                     mount a tmpfs of {run_dir_size} on it: {e}",
-                    run_dir.display()
-                )
-            },
-        )?;
-        if req.detach {
-            let log = self.runs.log_dirs.join(format!("{run_id}.log"));
-            made.log_path = Some(log.clone());
-            owned(&log, false)
-                .map_err(|e| failed(format!("cannot create {}: {e}", log.display())))?;
-        }
-        // TMPDIR on a tmpfs of its own: filling it cannot fill the store's disk. It
-        // is mounted on a directory still root's (0700), so nothing of the user's
-        // can be opened below the mount first; the tmpfs root is the user's.
-        made.tmpdir = Some(private_dir(&tmpdir)?);
-        let size = &a.template.tmpdir.size;
-        made.tmpfs_or_plain(
-            &tmpdir,
-            caller,
-            |dir| crate::tmpfs::mount(dir, size, caller.uid, caller.gid),
-            |e| {
-                format!(
-                    "TMPDIR {} is a plain directory on the agent's state filesystem: cannot \
-                     mount a tmpfs of {size} on it: {e}",
-                    tmpdir.display(),
-                )
-            },
-        )?;
-        Ok(made)
+        })
     }
 
     /// Moves the caller into the run (or nowhere, for a root caller that starts
@@ -767,17 +791,16 @@ mod tests {
             init_timeout_ms: Some(500),
             ..Default::default()
         };
-        let mut t = template();
-        shorten_timeouts(&short, false, &mut t).unwrap();
+        let t = with_run_options(&short, Authority::User, &template()).unwrap();
         assert_eq!(t.timeouts.total, Duration::from_secs(1));
         assert_eq!(t.timeouts.init, Duration::from_millis(500));
         let long = CreateRun {
             timeout_ms: Some(7_200_000),
             ..Default::default()
         };
-        let mut t = template();
+        let t = template();
         assert_eq!(
-            kind(shorten_timeouts(&long, false, &mut t)),
+            kind(with_run_options(&long, Authority::User, &t)),
             ErrorKind::BadInput
         );
         // No watchdog set by the operator: a user may set one.
@@ -785,9 +808,8 @@ mod tests {
             watchdog_ms: Some(5000),
             ..Default::default()
         };
-        shorten_timeouts(&watchdog, false, &mut t).unwrap();
-        let mut t = template();
-        shorten_timeouts(&long, true, &mut t).unwrap();
+        with_run_options(&watchdog, Authority::User, &t).unwrap();
+        let t = with_run_options(&long, Authority::Operator, &template()).unwrap();
         assert_eq!(t.timeouts.total, Duration::from_secs(7200));
     }
 
@@ -818,6 +840,23 @@ mod tests {
             kind(cleanup_workspace(&no_workspace, &template())),
             ErrorKind::BadInput
         );
+    }
+
+    #[test]
+    fn a_workspace_removal_is_said_with_what_asked_for_it() {
+        let ws = CreateRun {
+            workspace: Some("/w".into()),
+            ..Default::default()
+        };
+        assert_eq!(removal_warning(&ws, false, "default"), None);
+        let by_template = removal_warning(&ws, true, "builder").unwrap();
+        assert!(by_template.starts_with("the workspace /w will be removed when the run ends (the template builder says [cleanup] workspace = \"remove\")"), "{by_template}");
+        let asked = CreateRun {
+            cleanup_workspace: true,
+            ..ws
+        };
+        let by_flag = removal_warning(&asked, true, "builder").unwrap();
+        assert!(by_flag.contains("(--cleanup-workspace)"), "{by_flag}");
     }
 
     #[test]

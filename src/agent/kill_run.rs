@@ -17,6 +17,7 @@ use crate::api::{AuditAction, Decision};
 use crate::cgroup::Cgroup;
 use crate::policy::Action;
 use crate::store::RunRecord;
+use crate::template::{Authority, Key, Overrides};
 
 /// Ends a run's kill slot when the leader is done, even if its kill sequence
 /// panicked: the waiters get an answer and later kills start a new sequence.
@@ -84,15 +85,11 @@ impl Agent {
                 ));
             }
             let mut req = req.clone();
-            if !caller.is_root()
-                && !self
-                    .access
-                    .policy()
-                    .permissions(&id)
-                    .contains(&crate::policy::Permission::KillAny)
-            {
-                self.cap_graces(&rec, &mut req);
-            }
+            // Root's and `kill_any`'s graces are taken as asked; anyone else's capped.
+            let operator = caller.is_root()
+                || (self.access.policy().permissions(&id))
+                    .contains(&crate::policy::Permission::KillAny);
+            self.cap_graces(&rec, &mut req, Authority::operator_if(operator));
             self.kill_allowed(Requester::of(caller), rec, req, RunStatus::Killed)
         })
     }
@@ -288,23 +285,26 @@ impl Agent {
         Ok(result)
     }
 
-    /// A kill asked by someone without `kill_any` waits no longer than the run's
-    /// template allows: its graces are capped at the operator's, so no request can
-    /// hold a run in `stopping` past its deadlines.
-    fn cap_graces(&self, rec: &RunRecord, req: &mut KillRequest) {
-        let t = self.run_template(rec);
-        let cs = &t.critical_sections;
-        let cap = |v: &mut Option<u64>, limit: std::time::Duration| {
-            if let Some(ms) = v {
-                *ms = (*ms).min(limit.as_millis() as u64);
-            }
-        };
+    /// A kill asked by someone without `kill_any` (a [`Authority::User`]) waits
+    /// no longer than the run's template allows: its graces are capped at the
+    /// operator's ([`crate::template::Template::with_overrides_capped`]), so no
+    /// request can hold a run in `stopping` past its deadlines. Never refused.
+    fn cap_graces(&self, rec: &RunRecord, req: &mut KillRequest, who: Authority) {
         let s = &mut req.settings;
-        cap(&mut s.grace_ms, t.kill.term_grace);
-        cap(&mut s.grace_git_ms, cs.git);
-        cap(&mut s.grace_db_ms, cs.database);
-        cap(&mut s.grace_files_ms, cs.files);
-        cap(&mut s.max_wait_ms, cs.max_wait);
+        let asked = [
+            (Key::TermGrace, &mut s.grace_ms),
+            (Key::Git, &mut s.grace_git_ms),
+            (Key::Database, &mut s.grace_db_ms),
+            (Key::Files, &mut s.grace_files_ms),
+            (Key::MaxWait, &mut s.max_wait_ms),
+        ];
+        let request = (asked.iter()).fold(Overrides::new(), |o, (key, ms)| o.with_ms(*key, **ms));
+        let t = self.run_template(rec).with_overrides_capped(&request, who);
+        for (key, ms) in asked {
+            if let Some(ms) = ms {
+                *ms = key.of(&t).as_millis().min(u128::from(u64::MAX)) as u64;
+            }
+        }
     }
 
     /// How long a kill request waits for a sequence of the same run already under

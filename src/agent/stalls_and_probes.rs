@@ -141,47 +141,6 @@ pub fn watch_for(template: &Template, detach: bool) -> crate::api::Watch {
 }
 
 impl Agent {
-    /// `--ready-when`, `--stall-timeout` and `--output-timeout` over the template:
-    /// a user may shorten the operator's timeouts, not lengthen or remove them.
-    pub(super) fn apply_run_options(
-        &self,
-        caller: &super::Caller,
-        req: &crate::api::CreateRun,
-        template: &mut Template,
-    ) -> super::Result<()> {
-        let bad = |e: String| super::Failure::new(crate::api::ErrorKind::BadInput, e);
-        for (flag, value, slot) in [
-            (
-                "stall timeout",
-                req.stall_timeout_ms,
-                &mut template.timeouts.stall,
-            ),
-            (
-                "output timeout",
-                req.output_timeout_ms,
-                &mut template.timeouts.output,
-            ),
-        ] {
-            let Some(v) = value else { continue };
-            let v = Duration::from_millis(v);
-            if !caller.is_root() {
-                crate::template::no_longer(flag, v, *slot, true).map_err(|e| bad(e.to_string()))?;
-            }
-            *slot = v;
-        }
-        if let Some(conds) = &req.ready_when {
-            if conds.is_empty() || conds.len() > 8 {
-                return Err(bad("ready_when: give 1 to 8 conditions".into()));
-            }
-            template.run.ready = conds
-                .iter()
-                .map(|c| Ready::parse(c))
-                .collect::<Result<_, _>>()
-                .map_err(bad)?;
-        }
-        Ok(())
-    }
-
     /// Takes a run's output deadline, stall sampling and port probe under watch.
     /// A restarted agent samples from its restart and drops first-output
     /// deadlines (it cannot know whether output came while it was away).

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::error::{Problem, TemplateError, no_longer};
+use super::error::{Problem, TemplateError};
+use super::overrides::{Authority, Overrides};
 use super::{DEFAULT_TOML, MAX_PROBLEMS, Template};
 
 impl Template {
@@ -110,83 +111,12 @@ impl Template {
         // A breaker is shared by everyone's runs of the workflow: a user's template
         // may not trip it sooner for others, nor turn it off.
         operator_only("breaker", t.breaker == base.breaker)?;
-        let fields = [
-            ("timeouts.init", t.timeouts.init, base.timeouts.init, true),
-            (
-                "timeouts.total",
-                t.timeouts.total,
-                base.timeouts.total,
-                true,
-            ),
-            (
-                "timeouts.watchdog",
-                t.timeouts.watchdog,
-                base.timeouts.watchdog,
-                true,
-            ),
-            (
-                "timeouts.stall",
-                t.timeouts.stall,
-                base.timeouts.stall,
-                true,
-            ),
-            (
-                "timeouts.output",
-                t.timeouts.output,
-                base.timeouts.output,
-                true,
-            ),
-            (
-                "kill.term_grace",
-                t.kill.term_grace,
-                base.kill.term_grace,
-                false,
-            ),
-            (
-                "kill.freeze_timeout",
-                t.kill.freeze_timeout,
-                base.kill.freeze_timeout,
-                false,
-            ),
-            (
-                "kill.kill_deadline",
-                t.kill.kill_deadline,
-                base.kill.kill_deadline,
-                false,
-            ),
-            (
-                "critical_sections.git",
-                t.critical_sections.git,
-                base.critical_sections.git,
-                false,
-            ),
-            (
-                "critical_sections.database",
-                t.critical_sections.database,
-                base.critical_sections.database,
-                false,
-            ),
-            (
-                "critical_sections.files",
-                t.critical_sections.files,
-                base.critical_sections.files,
-                false,
-            ),
-            (
-                "critical_sections.max_wait",
-                t.critical_sections.max_wait,
-                base.critical_sections.max_wait,
-                false,
-            ),
-        ];
-        for (key, value, limit, zero_is_off) in fields {
-            no_longer(key, value, limit, zero_is_off).map_err(|too_long| {
-                TemplateError::Longer {
-                    file: name.to_string(),
-                    too_long,
-                }
+        // Every timeout and grace no longer than the operator's.
+        base.with_overrides(&Overrides::all_of(&t), Authority::User)
+            .map_err(|too_long| TemplateError::Longer {
+                file: name.to_string(),
+                too_long,
             })?;
-        }
         // How long root's kill waits for a freeze and for the tree to die before
         // it reports the run `unkillable`: shorter would make that report false
         // (and quarantine a killable run), longer would hold a kill up. Only the

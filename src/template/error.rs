@@ -119,24 +119,3 @@ fn first_of(file: &str, problems: &[Problem]) -> String {
     }
     first
 }
-
-/// Checks that `value` for `key` is no longer than the operator's `limit`: what a
-/// user may ask for themselves. With `zero_is_off` (timeouts), 0 means no limit at
-/// all, so it is the longest value there is.
-pub fn no_longer(
-    key: &str,
-    value: Duration,
-    limit: Duration,
-    zero_is_off: bool,
-) -> Result<(), TooLong> {
-    let off = |d: Duration| zero_is_off && d.is_zero();
-    if off(limit) || (!off(value) && value <= limit) {
-        return Ok(());
-    }
-    Err(TooLong {
-        key: key.to_string(),
-        value,
-        limit,
-        zero_is_off,
-    })
-}

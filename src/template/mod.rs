@@ -469,8 +469,10 @@ impl Template {
 mod check;
 mod error;
 mod lookup;
+mod overrides;
 #[cfg(test)]
 mod tests;
 
-pub use error::{Problem, TemplateError, TooLong, no_longer};
+pub use error::{Problem, TemplateError, TooLong};
 pub use lookup::{builtin_text, check_name};
+pub use overrides::{Authority, Key, Overrides};
