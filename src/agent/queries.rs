@@ -266,7 +266,7 @@ impl Agent {
             (
                 store.count_by_status().unwrap_or_default(),
                 store
-                    .list_runs_brief(Some(&live_statuses))
+                    .list_runs_for_checks(Some(&live_statuses))
                     .unwrap_or_default(),
             )
         };

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{BadColumn, Error, Result, Store, rfc3339};
+use super::{BadColumn, Error, Result, Store, rfc3339, time};
 use crate::api::{KillResult, RunStatus};
 use crate::template::Template;
 
@@ -294,16 +294,16 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         pid: r.get(1)?,
         pid_starttime: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
         status: r.get(3)?,
-        started_at: r.get(4)?,
+        started_at: time::column(r, 4)?,
         workspace_path: r.get(5)?,
-        last_heartbeat: r.get(6)?,
+        last_heartbeat: time::column(r, 6)?,
         owner_uid: r.get(7)?,
         workflow: r.get(8)?,
         command: list_from_row(r, 9)?,
         cgroup_path: r.get(10)?,
         exit_code: r.get(11)?,
         exit_signal: r.get(12)?,
-        ended_at: r.get(13)?,
+        ended_at: time::column(r, 13)?,
         kill_result: kill_result_from_row(r, 14)?,
         run_dir: r.get(15)?,
         tmpdir: r.get(16)?,
@@ -313,11 +313,11 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         template,
         template_ceiling,
         template_name: r.get(21)?,
-        ready_at: r.get(22)?,
+        ready_at: time::column(r, 22)?,
         status_text: r.get(23)?,
-        init_deadline: r.get(24)?,
-        total_deadline: r.get(25)?,
-        watchdog_deadline: r.get(26)?,
+        init_deadline: time::column(r, 24)?,
+        total_deadline: time::column(r, 25)?,
+        watchdog_deadline: time::column(r, 26)?,
         watchdog_usec: r.get(27)?,
         loop_suspected: r.get(28)?,
         notify_socket: r.get(29)?,
@@ -440,6 +440,27 @@ impl Store {
             &RUN_COLUMNS.replacen("teams, template,", "teams, NULL,", 1),
             statuses,
         )
+    }
+
+    /// [`Store::list_runs_brief`] with only what a run's stuck check reads:
+    /// the paths, the status text and the kill result are left out (`None`,
+    /// `cgroup_path` empty). For counting, as a metrics scrape does, at every
+    /// live run.
+    pub fn list_runs_for_checks(&self, statuses: Option<&[RunStatus]>) -> Result<Vec<RunRecord>> {
+        let mut columns = RUN_COLUMNS.replacen("teams, template,", "teams, NULL,", 1);
+        for unread in [
+            "workspace_path",
+            "kill_result",
+            "run_dir",
+            "tmpdir",
+            "log_path",
+            "status_text",
+            "notify_socket",
+        ] {
+            columns = columns.replacen(&format!("{unread},"), "NULL,", 1);
+        }
+        columns = columns.replacen("cgroup_path,", "'',", 1);
+        self.query_runs(&columns, statuses)
     }
 
     fn query_runs(&self, columns: &str, statuses: Option<&[RunStatus]>) -> Result<Vec<RunRecord>> {

@@ -35,6 +35,43 @@ fn migrates_and_round_trips_a_run() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.list_runs(None).unwrap().len(), 1);
     assert_eq!(store.list_runs_brief(None).unwrap()[0].run_id, "run_a");
+    // What a stuck check reads, the rest left out.
+    let full = RunRecord {
+        workspace_path: Some("/w".into()),
+        run_dir: Some("/r".into()),
+        tmpdir: Some("/t".into()),
+        log_path: Some("/l".into()),
+        status_text: Some("busy".into()),
+        notify_socket: Some("/n".into()),
+        ..sample("run_c")
+    };
+    store.insert_run(&full).unwrap();
+    let checked = store
+        .list_runs_for_checks(None)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.run_id == "run_c")
+        .unwrap();
+    assert_eq!(
+        checked,
+        RunRecord {
+            workspace_path: None,
+            kill_result: None,
+            run_dir: None,
+            tmpdir: None,
+            log_path: None,
+            status_text: None,
+            notify_socket: None,
+            cgroup_path: String::new(),
+            template: None,
+            template_ceiling: None,
+            ..full.clone()
+        }
+    );
+    assert!(
+        full.run_dir.is_some() && full.workspace_path.is_some(),
+        "the sample has paths"
+    );
 }
 
 #[test]
