@@ -660,6 +660,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_audited_answer_carries_the_receipt_of_its_record_or_why_there_is_none() {
+        let (_dir, store, auditor) = setup();
+        let receipt = auditor.record(&store, entry("kill"));
+        assert!(receipt.written());
+        let audited = Audited::new(7, receipt).map(|v| v * 6);
+        assert!(audited.written());
+        assert_eq!(audited.unrecorded_why(), None);
+        assert_eq!(audited.into_inner(), 42);
+        let renewal = Audited::unrecorded("renewed", Unrecorded::LeaseRenewed);
+        assert!(!renewal.written());
+        assert_eq!(renewal.unrecorded_why(), Some(Unrecorded::LeaseRenewed));
+        // The record the receipt speaks for is in the store.
+        let n = store
+            .lock()
+            .audit_records(&Default::default())
+            .unwrap()
+            .len();
+        assert_eq!(n, 1);
+    }
+
     fn setup() -> (tempfile::TempDir, Mutex<Store>, Auditor) {
         // (Mutex: parking_lot's, as the agent's.)
         let dir = tempfile::tempdir().unwrap();
