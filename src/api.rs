@@ -760,25 +760,28 @@ impl KillSettings {
 
 /// [`KillSettings`] as they are written and read. The bounds are checked after
 /// the fields are read (a flattened struct's errors carry no field path): the
-/// error names the field itself.
+/// error names the field itself. A parameter struct that cannot flatten the
+/// settings (MCP's, which refuse unknown fields) holds these same fields and
+/// converts through this (`KillSettings::try_from`); a test in `mcp.rs` keeps
+/// its fields and these in step.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-struct KillSettingsWire {
+pub struct KillSettingsWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    mode: Option<KillMode>,
+    pub mode: Option<KillMode>,
     #[serde(default)]
-    force: bool,
+    pub force: bool,
     #[serde(default)]
-    emergency: bool,
+    pub emergency: bool,
     #[serde(default)]
-    grace_ms: Option<u64>,
+    pub grace_ms: Option<u64>,
     #[serde(default)]
-    grace_git_ms: Option<u64>,
+    pub grace_git_ms: Option<u64>,
     #[serde(default)]
-    grace_db_ms: Option<u64>,
+    pub grace_db_ms: Option<u64>,
     #[serde(default)]
-    grace_files_ms: Option<u64>,
+    pub grace_files_ms: Option<u64>,
     #[serde(default)]
-    max_wait_ms: Option<u64>,
+    pub max_wait_ms: Option<u64>,
 }
 
 impl TryFrom<KillSettingsWire> for KillSettings {

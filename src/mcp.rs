@@ -12,10 +12,10 @@
 //! |---|---|---|
 //! | `list_workflows` (status?, workflow?, stuck?, all?) | `GET /v1/runs?all=&stuck=`, then filtered | read-only |
 //! | `get_workflow` (run_id) | `GET /v1/runs/{id}` | read-only |
-//! | `kill_workflow` (run_id, force?, reason?) | `POST /v1/runs/{id}/kill` | destructive |
+//! | `kill_workflow` (run_id, mode?, force?, emergency?, grace_ms?, grace_git_ms?, grace_db_ms?, grace_files_ms?, max_wait_ms?, reason?) | `POST /v1/runs/{id}/kill` | destructive |
 //! | `list_stuck` () | `GET /v1/runs?stuck=true` | read-only |
 //! | `audit_log` (run_id?, limit?) | `GET /v1/audit?run=&limit=` | read-only |
-//! | `adopt_workflow` (pid, run_id?, workflow?, reason?, markers?, dry_run?, kill?, force?) | `POST /v1/runs/adopt` | destructive |
+//! | `adopt_workflow` (pid, run_id?, workflow?, reason?, markers?, dry_run?, kill?, and the kill settings as for `kill_workflow`) | `POST /v1/runs/adopt` | destructive |
 //!
 //! Answers are JSON, both as `structuredContent` (always an object) and as the text
 //! content (the text through [`crate::output::escape_lines`]: the same JSON, with
@@ -128,10 +128,29 @@ pub struct RunParams {
 pub struct KillParams {
     /// The run id, e.g. `run_5fbae44ab6f0`.
     pub run_id: String,
-    /// Skip waiting for critical sections and SIGTERM's grace: freeze and
-    /// cgroup.kill at once. Needs the kill_force permission. Default false.
+    /// How to kill: `graceful` (the default: wait for open critical
+    /// sections, SIGTERM and its grace, then cgroup.kill), `force` (freeze and
+    /// cgroup.kill at once; needs the kill_force permission) or `emergency` (a
+    /// force kill resting on the emergency_kill permission). Given with the
+    /// flags below, the strongest wins.
+    pub mode: Option<KillMode>,
+    /// The older flag for `mode: "force"`. Default false.
     #[serde(default)]
     pub force: bool,
+    /// The older flag for `mode: "emergency"`. Default false.
+    #[serde(default)]
+    pub emergency: bool,
+    /// Milliseconds processes get after SIGTERM (the run's template's when
+    /// absent; a user may only shorten it).
+    pub grace_ms: Option<u64>,
+    /// Milliseconds to wait for an open git lock to close.
+    pub grace_git_ms: Option<u64>,
+    /// Milliseconds to wait for an open database transaction to end.
+    pub grace_db_ms: Option<u64>,
+    /// Milliseconds to wait for a file being written to be closed.
+    pub grace_files_ms: Option<u64>,
+    /// Milliseconds to wait for all critical sections together, at most.
+    pub max_wait_ms: Option<u64>,
     /// Why the run is killed: recorded in the audit trail and written to the
     /// run's $WFCG_RUN_DIR/stop-reason so the workflow can read it.
     pub reason: Option<String>,
@@ -156,12 +175,66 @@ pub struct AdoptParams {
     /// Only list what would be taken, and why; change nothing. Default false.
     #[serde(default)]
     pub dry_run: bool,
-    /// Kill the run right after adopting it. Default false.
+    /// Kill the run right after adopting it. Default false. How, with the
+    /// settings below.
     #[serde(default)]
     pub kill: bool,
-    /// With kill: freeze and cgroup.kill at once (needs kill_force). Default false.
+    /// How to kill: `graceful` (the default: wait for open critical
+    /// sections, SIGTERM and its grace, then cgroup.kill), `force` (freeze and
+    /// cgroup.kill at once; needs the kill_force permission) or `emergency` (a
+    /// force kill resting on the emergency_kill permission). Given with the
+    /// flags below, the strongest wins.
+    pub mode: Option<KillMode>,
+    /// The older flag for `mode: "force"`. Default false.
     #[serde(default)]
     pub force: bool,
+    /// The older flag for `mode: "emergency"`. Default false.
+    #[serde(default)]
+    pub emergency: bool,
+    /// Milliseconds processes get after SIGTERM (the run's template's when
+    /// absent; a user may only shorten it).
+    pub grace_ms: Option<u64>,
+    /// Milliseconds to wait for an open git lock to close.
+    pub grace_git_ms: Option<u64>,
+    /// Milliseconds to wait for an open database transaction to end.
+    pub grace_db_ms: Option<u64>,
+    /// Milliseconds to wait for a file being written to be closed.
+    pub grace_files_ms: Option<u64>,
+    /// Milliseconds to wait for all critical sections together, at most.
+    pub max_wait_ms: Option<u64>,
+}
+
+/// The kill settings of a tool's parameters (the fields of
+/// [`api::KillSettingsWire`], which MCP's parameter structs hold as their own
+/// because flattening would let unknown fields through), checked as the
+/// agent's API checks them.
+macro_rules! kill_settings {
+    ($p:expr) => {
+        api::KillSettings::try_from(api::KillSettingsWire {
+            mode: $p.mode,
+            force: $p.force,
+            emergency: $p.emergency,
+            grace_ms: $p.grace_ms,
+            grace_git_ms: $p.grace_git_ms,
+            grace_db_ms: $p.grace_db_ms,
+            grace_files_ms: $p.grace_files_ms,
+            max_wait_ms: $p.max_wait_ms,
+        })
+    };
+}
+
+impl KillParams {
+    /// Its kill settings, or what is wrong with them.
+    fn settings(&self) -> Result<api::KillSettings, String> {
+        kill_settings!(self)
+    }
+}
+
+impl AdoptParams {
+    /// Its kill settings, or what is wrong with them.
+    fn settings(&self) -> Result<api::KillSettings, String> {
+        kill_settings!(self)
+    }
 }
 
 /// Parameters of `audit_log`.
@@ -286,8 +359,15 @@ impl WfcgMcp {
         if let Some(problem) = api::run_id_problem(&p.run_id) {
             return usage_error(problem);
         }
+        let settings = match p.settings() {
+            Ok(s) => s,
+            Err(problem) => return usage_error(problem),
+        };
         let run_id = p.run_id;
-        let req = KillRequest::new(KillMode::from_flags(p.force, false), p.reason);
+        let req = KillRequest {
+            settings,
+            reason: p.reason,
+        };
         match self.call(move |c| c.kill(&run_id, &req)).await {
             Ok(result) => {
                 let success = result.success;
@@ -350,6 +430,10 @@ impl WfcgMcp {
         open_world_hint = false
     ))]
     async fn adopt_workflow(&self, Parameters(p): Parameters<AdoptParams>) -> CallToolResult {
+        let settings = match p.settings() {
+            Ok(s) => s,
+            Err(problem) => return usage_error(problem),
+        };
         let req = api::AdoptRequest {
             pid: Some(p.pid),
             run_id: p.run_id,
@@ -358,7 +442,7 @@ impl WfcgMcp {
             markers: p.markers,
             dry_run: p.dry_run,
             kill: p.kill,
-            settings: api::KillSettings::of_mode(KillMode::from_flags(p.force, false)),
+            settings,
             ..Default::default()
         };
         if let Some(problem) = req.problem() {
@@ -526,6 +610,65 @@ pub fn tools_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names of the properties of `T`'s JSON Schema.
+    fn properties<T: JsonSchema>() -> std::collections::BTreeSet<String> {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap();
+        schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no properties: {schema:#}"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_kill_settings_of_mcp_tools_are_the_apis() {
+        let api = properties::<api::KillSettings>();
+        assert_eq!(api, properties::<api::KillSettingsWire>());
+        assert!(api.contains("mode") && api.contains("grace_ms"), "{api:?}");
+        let own = |names: &[&str]| -> std::collections::BTreeSet<String> {
+            names.iter().map(|s| s.to_string()).collect()
+        };
+        let kill: std::collections::BTreeSet<String> = properties::<KillParams>()
+            .difference(&own(&["run_id", "reason"]))
+            .cloned()
+            .collect();
+        assert_eq!(kill, api, "kill_workflow");
+        let adopt_own = own(&[
+            "pid", "run_id", "workflow", "reason", "markers", "dry_run", "kill",
+        ]);
+        let adopt: std::collections::BTreeSet<String> = properties::<AdoptParams>()
+            .difference(&adopt_own)
+            .cloned()
+            .collect();
+        assert_eq!(adopt, api, "adopt_workflow");
+        // The mode is described as its three names.
+        let schema = serde_json::to_string(&schemars::schema_for!(KillParams)).unwrap();
+        for m in KillMode::ALL {
+            assert!(schema.contains(&format!("\"{m}\"")), "{m}: {schema}");
+        }
+    }
+
+    #[test]
+    fn mcp_kill_parameters_read_the_mode_and_the_old_flag_and_refuse_unknown_fields() {
+        let read = |v: serde_json::Value| serde_json::from_value::<KillParams>(v);
+        let p = read(json!({"run_id": "run_5fbae44ab6f0", "mode": "emergency"})).unwrap();
+        assert_eq!(p.settings().unwrap().mode, KillMode::Emergency);
+        let p = read(json!({"run_id": "run_5fbae44ab6f0", "force": true})).unwrap();
+        assert_eq!(p.settings().unwrap().mode, KillMode::Force);
+        let p = read(json!({"run_id": "run_5fbae44ab6f0", "grace_ms": 1500})).unwrap();
+        let s = p.settings().unwrap();
+        assert_eq!((s.mode, s.grace_ms), (KillMode::Graceful, Some(1500)));
+        let err = read(json!({"run_id": "run_5fbae44ab6f0", "forse": true})).unwrap_err();
+        assert!(err.to_string().contains("unknown field `forse`"), "{err}");
+        assert!(read(json!({"run_id": "run_5fbae44ab6f0", "mode": "gentle"})).is_err());
+        let a =
+            serde_json::from_value::<AdoptParams>(json!({"pid": 7, "kill": true, "mode": "force"}))
+                .unwrap();
+        assert_eq!(a.settings().unwrap().mode, KillMode::Force);
+        assert!(serde_json::from_value::<AdoptParams>(json!({"pid": 7, "moed": "force"})).is_err());
+    }
 
     #[test]
     fn six_tools_kill_and_adopt_are_the_destructive_ones() {

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::audit::Audited;
 use super::audit_trail::by_caller;
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result, layout};
@@ -266,7 +267,7 @@ impl Agent {
     /// Adopts a tree (`pid`) or a cgroup in place (`cgroup`) into a new run, or
     /// lists what would be taken (`dry_run`); with `kill`, kills it at once.
     /// The attempt is audited as `adopt`, whatever its outcome.
-    pub fn adopt(self: &Arc<Self>, caller: &Caller, req: AdoptRequest) -> Result<Adopted> {
+    pub fn adopt(self: &Arc<Self>, caller: &Caller, req: AdoptRequest) -> Result<Audited<Adopted>> {
         if let Some(problem) = req.problem() {
             return Err(bad(problem));
         }
@@ -318,11 +319,14 @@ impl Agent {
         if let Ok(a) = &adopted {
             entry.run_id = (!a.run_id.is_empty()).then(|| a.run_id.clone());
         }
-        self.records.auditor.record(&self.runs.store, entry);
-        let mut adopted = adopted?;
+        let receipt = self.records.auditor.record(&self.runs.store, entry);
+        let mut adopted = adopted.map_err(|f| f.recorded(receipt.clone()))?;
         if req.kill && !req.dry_run {
             let run_cg = Cgroup::new(&adopted.cgroup);
-            match self.kill(caller, &adopted.run_id, req.kill_request()) {
+            match self
+                .kill(caller, &adopted.run_id, req.kill_request())
+                .map(Audited::into_inner)
+            {
                 Ok(mut result) => {
                     // Of the tree as far as wfcg can tell: not init, the agent or
                     // the caller's line, which are left alone whatever they are.
@@ -354,11 +358,12 @@ impl Agent {
                             "run {} adopted, but not killed: {}",
                             adopted.run_id, f.message
                         ),
-                    ));
+                    )
+                    .recorded(receipt));
                 }
             }
         }
-        Ok(adopted)
+        Ok(Audited::new(adopted, receipt))
     }
 
     /// Refuses roots wfcg must never take: PID 1, the agent and its ancestors,

@@ -65,6 +65,107 @@ impl Record {
     }
 }
 
+/// The auditor's word that it took a record: written, kept pending (and
+/// retried until it is), or counted into a user's coalesced refusals. Only the
+/// auditor makes one (its field is private to this file), so holding one
+/// proves a record of the request exists.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    written: bool,
+}
+
+impl Receipt {
+    /// Whether everything, this record included, is written now (else the
+    /// record is pending: the answer then says `audit: pending`).
+    pub fn written(&self) -> bool {
+        self.written
+    }
+}
+
+/// The answer of a state-changing request, with the proof that its audit
+/// record was taken: the only thing the server's wrapper for a state-changing
+/// route (`server.rs`, `changed`) turns into an answer. It is made from the
+/// [`Receipt`] the auditor returned, or, where a change is deliberately not
+/// recorded, from the [`Unrecorded`] reason that says why.
+#[derive(Debug)]
+#[must_use]
+pub struct Audited<T> {
+    value: T,
+    /// How the request was recorded.
+    recorded: Recorded,
+}
+
+/// How a state-changing request was recorded.
+#[derive(Debug)]
+enum Recorded {
+    By(Receipt),
+    Not(Unrecorded),
+}
+
+/// The state changes that deliberately write no audit record of their own,
+/// each with why. A new one is a decision to write down here, not an omission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrecorded {
+    /// A lease renewed (`POST /v1/runs/{id}/lease`): an executor renews every
+    /// few seconds, and what matters is recorded anyway: the run's start (with
+    /// its lease), a refused renewal, and the kill when the lease lapses.
+    LeaseRenewed,
+    /// A supervisor moving itself to its run's supervisor leaf
+    /// (`POST /v1/runs/{id}/supervisor`): one step of the run's start (recorded
+    /// as `run_start`), only ever of the caller itself, between two leaves of
+    /// its own run. A refusal is recorded.
+    SupervisorLeaf,
+    /// An exit reported for a run whose end is recorded by something else: it
+    /// had ended already (its `run_end` is written), or a kill under way ends
+    /// it (the kill's own record says how).
+    EndRecordedElsewhere,
+}
+
+impl<T> Audited<T> {
+    /// `value`, whose record the auditor took (`receipt`).
+    pub fn new(value: T, receipt: Receipt) -> Audited<T> {
+        Audited {
+            value,
+            recorded: Recorded::By(receipt),
+        }
+    }
+
+    /// `value`, of a change that is deliberately not recorded, and why.
+    pub fn unrecorded(value: T, why: Unrecorded) -> Audited<T> {
+        Audited {
+            value,
+            recorded: Recorded::Not(why),
+        }
+    }
+
+    /// Whether the request's record is written now (`false` when it is
+    /// pending, and when the change is not recorded).
+    pub fn written(&self) -> bool {
+        matches!(&self.recorded, Recorded::By(r) if r.written)
+    }
+
+    /// Why the change is not recorded, if it is not.
+    pub fn unrecorded_why(&self) -> Option<Unrecorded> {
+        match self.recorded {
+            Recorded::By(_) => None,
+            Recorded::Not(why) => Some(why),
+        }
+    }
+
+    /// The answer itself (for an operation that calls another, or the server).
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
+    /// The answer changed by `f`, with the same record.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Audited<U> {
+        Audited {
+            value: f(self.value),
+            recorded: self.recorded,
+        }
+    }
+}
+
 /// How often pending records are retried.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -156,11 +257,11 @@ impl Auditor {
         any
     }
 
-    /// Appends `entry` after any pending records. Returns whether everything,
-    /// this entry included, is now written.
+    /// Appends `entry` after any pending records. Returns the receipt: whether
+    /// everything, this entry included, is now written.
     /// A user's text is capped, and a user's refused request coalesced with
     /// its repeats (then it is only counted: `true` when nothing else is pending).
-    pub fn record(&self, store: &Mutex<Store>, entry: AuditEntry) -> bool {
+    pub fn record(&self, store: &Mutex<Store>, entry: AuditEntry) -> Receipt {
         self.record_on(store, entry, Disk::Synced)
     }
 
@@ -170,11 +271,11 @@ impl Auditor {
     /// which the host's power loss in that window makes moot (the run dies
     /// with the host) and which an agent's crash does not lose. Kills and
     /// refusals are never written this way.
-    pub fn record_soon(&self, store: &Mutex<Store>, entry: AuditEntry) -> bool {
+    pub fn record_soon(&self, store: &Mutex<Store>, entry: AuditEntry) -> Receipt {
         self.record_on(store, entry, Disk::Unsynced)
     }
 
-    fn record_on(&self, store: &Mutex<Store>, mut entry: AuditEntry, disk: Disk) -> bool {
+    fn record_on(&self, store: &Mutex<Store>, mut entry: AuditEntry, disk: Disk) -> Receipt {
         if entry.actor_uid.is_some_and(|uid| uid != 0) {
             entry.reason = entry.reason.map(|r| denials::cap(&r, api::MAX_REASON));
             // An adoption's outcome lists every process: as long as a user's tree.
@@ -186,18 +287,26 @@ impl Auditor {
             let room = self.room();
             match self.denials.lock().admit(entry, room, Instant::now()) {
                 Some(first) => entry = first,
-                None => return self.pending() == 0,
+                None => {
+                    return Receipt {
+                        written: self.pending() == 0,
+                    };
+                }
             }
         }
         self.pending.lock().push_back(Record::Audit(entry));
-        self.flush(store, disk)
+        Receipt {
+            written: self.flush(store, disk),
+        }
     }
 
     /// Writes `rec` after any pending records, or keeps it pending. Returns
-    /// whether everything, this record included, is now written.
-    pub fn keep(&self, store: &Mutex<Store>, rec: Record) -> bool {
+    /// the receipt: whether everything, this record included, is now written.
+    pub fn keep(&self, store: &Mutex<Store>, rec: Record) -> Receipt {
         self.pending.lock().push_back(rec);
-        self.flush(store, Disk::Synced)
+        Receipt {
+            written: self.flush(store, Disk::Synced),
+        }
     }
 
     /// [`Auditor::keep`] written to the operating system but not synced to
@@ -205,9 +314,11 @@ impl Auditor {
     /// what a force kill writes before it acts (the host's power going kills
     /// the run anyway); the kill's own record, kept durably before its answer,
     /// then syncs both (the write-ahead log is synced as a whole).
-    pub fn keep_unsynced(&self, store: &Mutex<Store>, rec: Record) -> bool {
+    pub fn keep_unsynced(&self, store: &Mutex<Store>, rec: Record) -> Receipt {
         self.pending.lock().push_back(rec);
-        self.flush(store, Disk::Unsynced)
+        Receipt {
+            written: self.flush(store, Disk::Unsynced),
+        }
     }
 
     /// Queues `rec` to be written with the next record kept (in the same
@@ -549,6 +660,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_audited_answer_carries_the_receipt_of_its_record_or_why_there_is_none() {
+        let (_dir, store, auditor) = setup();
+        let receipt = auditor.record(&store, entry("kill"));
+        assert!(receipt.written());
+        let audited = Audited::new(7, receipt).map(|v| v * 6);
+        assert!(audited.written());
+        assert_eq!(audited.unrecorded_why(), None);
+        assert_eq!(audited.into_inner(), 42);
+        let renewal = Audited::unrecorded("renewed", Unrecorded::LeaseRenewed);
+        assert!(!renewal.written());
+        assert_eq!(renewal.unrecorded_why(), Some(Unrecorded::LeaseRenewed));
+        // The record the receipt speaks for is in the store.
+        let n = store
+            .lock()
+            .audit_records(&Default::default())
+            .unwrap()
+            .len();
+        assert_eq!(n, 1);
+    }
+
     fn setup() -> (tempfile::TempDir, Mutex<Store>, Auditor) {
         // (Mutex: parking_lot's, as the agent's.)
         let dir = tempfile::tempdir().unwrap();
@@ -583,7 +715,7 @@ mod tests {
     fn a_record_written_soon_is_stored_at_once_and_synced_within_the_bound() {
         let (dir, store, auditor) = setup();
         let auditor = Arc::new(auditor);
-        assert!(auditor.record_soon(&store, entry("run_start")));
+        assert!(auditor.record_soon(&store, entry("run_start")).written());
         assert!(auditor.unsynced_for().is_some(), "waits for a sync");
         let check = auditor.verify(&store.lock()).unwrap();
         assert_eq!((check.last_seq, check.first_bad), (1, None));
@@ -595,7 +727,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         // A synced record leaves nothing waiting.
-        assert!(auditor.record(&store, entry("kill")));
+        assert!(auditor.record(&store, entry("kill")).written());
         assert!(auditor.unsynced_for().is_none());
         // Another process reading the store (the sqlite3 shell) sees both
         // records, and after it is gone the agent's writes still land: the
@@ -610,7 +742,7 @@ mod tests {
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
         assert_eq!(count(), "2");
-        assert!(auditor.record(&store, entry("kill")));
+        assert!(auditor.record(&store, entry("kill")).written());
         assert_eq!(count(), "3");
     }
 
@@ -624,7 +756,7 @@ mod tests {
                 let (store, auditor) = (&store, &auditor);
                 s.spawn(move || {
                     for i in 0..10 {
-                        assert!(auditor.record(store, entry(&format!("a{t}-{i}"))));
+                        assert!(auditor.record(store, entry(&format!("a{t}-{i}"))).written());
                     }
                 });
             }
@@ -655,11 +787,15 @@ mod tests {
                 let early = at("early", "2020-01-01T00:00:00.000Z".into());
                 made.wait();
                 written.wait();
-                assert!(auditor.record(&store, early));
+                assert!(auditor.record(&store, early).written());
             });
             s.spawn(|| {
                 made.wait();
-                assert!(auditor.record(&store, at("late", "2020-01-01T00:00:01.000Z".into())));
+                assert!(
+                    auditor
+                        .record(&store, at("late", "2020-01-01T00:00:01.000Z".into()))
+                        .written()
+                );
                 written.wait();
             });
         });
@@ -670,7 +806,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..25 {
                         let e = at(&format!("w{t}-{i}"), crate::agent::time::now());
-                        assert!(auditor.record(store, e));
+                        assert!(auditor.record(store, e).written());
                     }
                 });
             }
@@ -710,7 +846,7 @@ mod tests {
         )
         .unwrap();
         auditor.defer(kill_record());
-        assert!(!auditor.record(&store, entry("kill")));
+        assert!(!auditor.record(&store, entry("kill")).written());
         assert_eq!(auditor.pending(), 2);
         let kills = |store: &Mutex<Store>| store.lock().kill_count("run_a").unwrap();
         assert_eq!(kills(&store), 0, "the kill's record was written alone");
@@ -720,7 +856,7 @@ mod tests {
         assert_eq!(run.status, RunStatus::Killed);
 
         db.execute_batch("DROP TRIGGER refuse").unwrap();
-        assert!(auditor.record(&store, entry("later")));
+        assert!(auditor.record(&store, entry("later")).written());
         assert_eq!(auditor.pending(), 0);
         assert_eq!(kills(&store), 1);
         let actions: Vec<String> = store
@@ -741,7 +877,7 @@ mod tests {
     fn a_failed_commit_leaves_the_head_at_the_last_record_committed() {
         let (dir, store, auditor) = setup();
         let head = || read_head(&dir.path().join("audit.head")).unwrap();
-        assert!(auditor.record(&store, entry("first")));
+        assert!(auditor.record(&store, entry("first")).written());
         let first = head();
         assert_eq!(first.0, 1);
         let db = rusqlite::Connection::open(dir.path().join("wfcg.db")).unwrap();
@@ -751,7 +887,7 @@ mod tests {
              CREATE TRIGGER late AFTER INSERT ON audit BEGIN INSERT INTO c VALUES (42); END;",
         )
         .unwrap();
-        assert!(!auditor.record(&store, entry("second")));
+        assert!(!auditor.record(&store, entry("second")).written());
         assert_eq!(auditor.pending(), 1);
         assert_eq!(
             head(),
@@ -760,7 +896,7 @@ mod tests {
         );
 
         db.execute_batch("DROP TRIGGER late").unwrap();
-        assert!(auditor.record(&store, entry("third")));
+        assert!(auditor.record(&store, entry("third")).written());
         let check = auditor.verify(&store.lock()).unwrap();
         assert_eq!((check.last_seq, check.first_bad), (3, None));
         assert_eq!(head(), (3, check.last_hash));

@@ -1,6 +1,7 @@
 //! The agent's own records in the audit trail (policy loads, run ends, kill
 //! starts), the policy reload they follow, and reading and verifying the trail.
 
+use super::audit::Receipt;
 use super::time::{now, rfc3339};
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{self, ErrorKind, RunStatus};
@@ -61,10 +62,10 @@ impl Agent {
     }
 
     /// Writes an event of the agent's own to the audit trail.
-    pub(super) fn audit_event(&self, entry: AuditEntry) {
+    pub(super) fn audit_event(&self, entry: AuditEntry) -> Receipt {
         self.records
             .auditor
-            .record(&self.runs.store, agent_event(entry));
+            .record(&self.runs.store, agent_event(entry))
     }
 
     /// [`Agent::audit_event`] not synced to the disk (see
@@ -79,10 +80,10 @@ impl Agent {
     /// [`Agent::audit_event`] synced to the disk within
     /// [`super::audit::SYNC_WITHIN`] rather than before the answer (see
     /// [`super::audit::Auditor::record_soon`]): a run's start.
-    pub(super) fn audit_event_soon(&self, entry: AuditEntry) {
+    pub(super) fn audit_event_soon(&self, entry: AuditEntry) -> Receipt {
         self.records
             .auditor
-            .record_soon(&self.runs.store, agent_event(entry));
+            .record_soon(&self.runs.store, agent_event(entry))
     }
 
     /// Audit: a run ended, and how.
@@ -95,11 +96,13 @@ impl Agent {
 
     /// [`Agent::audit_run_end`] synced within [`super::audit::SYNC_WITHIN`]:
     /// the end its supervisor reported, after the run's processes are gone.
-    pub(super) fn audit_run_end_soon(&self, run_id: &str, status: RunStatus) {
-        self.records
+    pub(super) fn audit_run_end_soon(&self, run_id: &str, status: RunStatus) -> Receipt {
+        let receipt = self
+            .records
             .auditor
             .record_soon(&self.runs.store, run_end(run_id, status));
         self.breaker_on_end(run_id, status);
+        receipt
     }
 
     /// [`Agent::audit_run_end`] written with the next record kept (the kill's

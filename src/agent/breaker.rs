@@ -11,6 +11,7 @@
 
 use chrono::Utc;
 
+use super::audit::Audited;
 use super::audit_trail::by_caller;
 use super::time::rfc3339;
 use super::{Agent, Caller, Failure, Result};
@@ -235,7 +236,7 @@ impl Agent {
         caller: &Caller,
         workflow: &str,
         scope: ResetScope,
-    ) -> Result<Vec<BreakerInfo>> {
+    ) -> Result<Audited<Vec<BreakerInfo>>> {
         let id = self.access.identity(caller);
         let allowed = caller.is_root()
             || self
@@ -274,7 +275,7 @@ impl Agent {
             ResetScope::Host => " (host-wide)".into(),
             ResetScope::Owner(uid) => format!(" of {}", whose(Some(uid))),
         };
-        self.audit_event(AuditEntry {
+        let receipt = self.audit_event(AuditEntry {
             action: AuditAction::BreakerReset,
             reason: Some(format!("workflow {workflow}{target}")),
             decision: Decision::of(allowed),
@@ -288,13 +289,15 @@ impl Agent {
                 format!(
                     "resetting the breaker of workflow {workflow} needs the kill_any permission"
                 ),
-            ));
+            )
+            .recorded(receipt));
         }
         if before.is_empty() {
             return Err(Failure::new(
                 ErrorKind::NotFound,
                 format!("workflow {workflow} has no breaker{target} counting (nothing to reset)"),
-            ));
+            )
+            .recorded(receipt));
         }
         Ok(before
             .into_iter()
@@ -304,5 +307,6 @@ impl Agent {
                 ..self.shown_to(caller, b)
             })
             .collect())
+        .map(|closed| Audited::new(closed, receipt))
     }
 }

@@ -6,6 +6,7 @@
 //! and the store (see [`Agent::start`]). Under systemd the service manager owns
 //! the agent's life, so a stop is refused there with the command to use.
 
+use super::audit::Audited;
 use super::{Agent, Caller, Failure, Result};
 use crate::api::{AgentStopping, AuditEntry, ErrorKind, Health};
 use crate::api::{AuditAction, Decision};
@@ -34,7 +35,7 @@ impl Agent {
     /// Root asks the agent to stop: allowed (and audited), the agent stops once
     /// the answer is sent ([`Agent::stop_requested`]). Anyone else is refused,
     /// and so is a stop of the service (systemd would not know it stopped).
-    pub fn request_stop(&self, caller: &Caller) -> Result<AgentStopping> {
+    pub fn request_stop(&self, caller: &Caller) -> Result<Audited<AgentStopping>> {
         let refusal = if !caller.is_root() {
             Some(Failure::new(
                 ErrorKind::Forbidden,
@@ -52,7 +53,7 @@ impl Agent {
             })
         };
         let live_runs = self.watched_runs() as u64;
-        self.audit_event(AuditEntry {
+        let receipt = self.audit_event(AuditEntry {
             actor_uid: Some(caller.uid),
             actor_name: crate::users::user_name_cached(caller.uid)
                 .unwrap_or_else(|| caller.uid.to_string()),
@@ -70,13 +71,16 @@ impl Agent {
             ..Default::default()
         });
         if let Some(f) = refusal {
-            return Err(f);
+            return Err(f.recorded(receipt));
         }
         tracing::info!(uid = caller.uid, pid = caller.pid, "stop requested");
-        Ok(AgentStopping {
-            pid: std::process::id(),
-            live_runs,
-        })
+        Ok(Audited::new(
+            AgentStopping {
+                pid: std::process::id(),
+                live_runs,
+            },
+            receipt,
+        ))
     }
 
     /// Tells the server to stop (after a [`Agent::request_stop`] it answered).

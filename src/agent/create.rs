@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use rustix::mount::MountFlags;
 
+use super::audit::Audited;
 use super::audit_trail::by_caller;
 use super::lifecycle::Ceiling;
 use super::runs::Slot;
@@ -375,7 +376,11 @@ impl Agent {
     /// function below: [`Agent::admit`] (the checks; the host untouched),
     /// [`Agent::provision`] (the cgroup and files, undone on drop),
     /// [`Agent::move_caller`] and [`Agent::record_start`].
-    pub fn create_run(self: &Arc<Self>, caller: &Caller, req: CreateRun) -> Result<RunStarted> {
+    pub fn create_run(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: CreateRun,
+    ) -> Result<Audited<RunStarted>> {
         let admitted = self.admit(caller, &req)?;
         let mut made = self.provision(caller, &req, &admitted)?;
         let home = self.move_caller(caller, &req, &admitted, &made)?;
@@ -580,7 +585,7 @@ impl Agent {
         a: Admitted,
         made: &mut Provisioned<'_>,
         home: Home,
-    ) -> Result<RunStarted> {
+    ) -> Result<Audited<RunStarted>> {
         let Admitted {
             run_id,
             template_name,
@@ -643,7 +648,7 @@ impl Agent {
         self.runs.supervisors.pin(&run_id, identity);
         self.parent_still_live(&rec)?;
         tracing::info!(run_id, uid = caller.uid, pid = caller.pid, "run started");
-        self.audit_event_soon(AuditEntry {
+        let receipt = self.audit_event_soon(AuditEntry {
             action: AuditAction::RunStart,
             run_id: Some(run_id.clone()),
             outcome: "started".into(),
@@ -679,6 +684,7 @@ impl Agent {
                 .outside
                 .then(|| cg.child(layout::SUPERVISOR).path().display().to_string()),
         })
+        .map(|started| Audited::new(started, receipt))
     }
 
     /// Whether the caller may start its command into the payload itself with

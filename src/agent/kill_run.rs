@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::audit::Audited;
 use super::audit_trail::by_caller;
 use super::kill_result::{self, already_ended};
 use super::kills::KillSlot;
@@ -53,7 +54,12 @@ impl Agent {
 
     /// Kills a run, if the policy allows, and writes the attempt to the audit
     /// trail before answering, whatever its outcome.
-    pub fn kill(&self, caller: &Caller, run_id: &str, req: KillRequest) -> Result<KillResult> {
+    pub fn kill(
+        &self,
+        caller: &Caller,
+        run_id: &str,
+        req: KillRequest,
+    ) -> Result<Audited<KillResult>> {
         let id = self.access.identity(caller);
         let entry = AuditEntry {
             action: AuditAction::Kill,
@@ -104,14 +110,16 @@ impl Agent {
             ..Default::default()
         };
         let run = rec.clone();
-        let res = self.audited(entry, &req, |_| {
-            self.kill_allowed(
-                Requester::named("monitor"),
-                run,
-                req.clone(),
-                RunStatus::TimedOut,
-            )
-        });
+        let res = self
+            .audited(entry, &req, |_| {
+                self.kill_allowed(
+                    Requester::named("monitor"),
+                    run,
+                    req.clone(),
+                    RunStatus::TimedOut,
+                )
+            })
+            .map(Audited::into_inner);
         match res {
             Ok(r) if r.already_ended => {}
             Ok(r) if r.success => self.alert("auto_killed", &rec, &r.message),
@@ -124,13 +132,14 @@ impl Agent {
     }
 
     /// Carries out `attempt` and writes its audit record (completed with mode,
-    /// reason, outcome, sections and duration) before returning.
+    /// reason, outcome, sections and duration) before returning, whatever the
+    /// outcome: a failure comes back recorded too.
     pub(super) fn audited(
         &self,
         mut entry: AuditEntry,
         req: &KillRequest,
         attempt: impl FnOnce(&mut AuditEntry) -> Result<KillResult>,
-    ) -> Result<KillResult> {
+    ) -> Result<Audited<KillResult>> {
         let t = Instant::now();
         entry.time = now();
         entry.reason = req.reason.as_deref().map(kill_result::recorded_reason);
@@ -151,7 +160,7 @@ impl Agent {
             t.elapsed().as_secs_f64(),
         );
         let t_audit = Instant::now();
-        let written = self.records.auditor.record(&self.runs.store, entry);
+        let receipt = self.records.auditor.record(&self.runs.store, entry);
         // Not a phase of the answer: concurrent kills of one run share one
         // sequence and answer alike, and each writes its own record.
         tracing::debug!(
@@ -159,10 +168,20 @@ impl Agent {
             ms = t_audit.elapsed().as_secs_f64() * 1e3,
             "the kill's audit record written"
         );
-        outcome.map(|mut r| {
-            r.audit = Some(if written { "written" } else { "pending" }.into());
-            r
-        })
+        match outcome {
+            Ok(mut r) => {
+                r.audit = Some(
+                    if receipt.written() {
+                        "written"
+                    } else {
+                        "pending"
+                    }
+                    .into(),
+                );
+                Ok(Audited::new(r, receipt))
+            }
+            Err(f) => Err(f.recorded(receipt)),
+        }
     }
 
     /// Kills a run the caller may kill. Concurrent kills of one run share one kill

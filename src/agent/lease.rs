@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::audit::{Audited, Unrecorded};
 use super::audit_trail::by_caller;
 use super::monitor::Kind;
 use super::time::{now, rfc3339};
@@ -71,7 +72,7 @@ impl Agent {
     /// and to callers with `kill_any`. A refusal is audited (`lease_renew`),
     /// coalesced like every refused request; a renewal is not (an executor
     /// renews every few seconds).
-    pub fn renew_lease(&self, caller: &Caller, run_id: &str) -> Result<LeaseRenewed> {
+    pub fn renew_lease(&self, caller: &Caller, run_id: &str) -> Result<Audited<LeaseRenewed>> {
         let id = self.access.identity(caller);
         let mut entry = AuditEntry {
             time: now(),
@@ -81,8 +82,7 @@ impl Agent {
             ..by_caller(caller, &id)
         };
         let refused = |entry: AuditEntry, f: Failure| {
-            self.records.auditor.record(&self.runs.store, entry);
-            Err(f)
+            Err(f.recorded(self.records.auditor.record(&self.runs.store, entry)))
         };
         let rec = match self.find_run(run_id) {
             Ok(rec) => rec,
@@ -143,11 +143,13 @@ impl Agent {
         if let Some(m) = self.monitor() {
             m.set(run_id, Kind::Lease, Some(expires));
         }
+        // Not recorded: see `Unrecorded::LeaseRenewed`.
         Ok(LeaseRenewed {
             run_id: run_id.to_owned(),
             lease_ms: ms,
             renewed_at: rfc3339(renewed),
             expires_at: rfc3339(expires),
         })
+        .map(|renewal| Audited::unrecorded(renewal, Unrecorded::LeaseRenewed))
     }
 }

@@ -158,6 +158,7 @@ use crate::policy::{Action, Identity, RunScope};
 use crate::procfs;
 use crate::store::{self, AuditFilter, RunRecord, Store};
 use crate::template::Template;
+use audit::Audited;
 use kills::{KILL_START, KillStarted};
 use reaper::{OnEmpty, Reaper};
 
@@ -241,6 +242,9 @@ fn recovery(db: &Path) -> String {
 pub struct Failure {
     pub kind: ErrorKind,
     pub message: String,
+    /// The auditor's receipt when the refusal was recorded: a state-changing
+    /// request refused as `forbidden` must carry one (the server checks it).
+    audited: Option<audit::Receipt>,
 }
 
 impl Failure {
@@ -248,7 +252,17 @@ impl Failure {
         Failure {
             kind,
             message: message.into(),
+            audited: None,
         }
+    }
+    /// This failure, recorded in the audit trail (`receipt`).
+    fn recorded(mut self, receipt: audit::Receipt) -> Failure {
+        self.audited = Some(receipt);
+        self
+    }
+    /// Whether the failure was recorded in the audit trail.
+    fn is_recorded(&self) -> bool {
+        self.audited.is_some()
     }
     fn internal(e: impl std::fmt::Display) -> Failure {
         Failure::new(ErrorKind::Internal, e.to_string())
@@ -561,9 +575,11 @@ impl Agent {
                             ..Default::default()
                         };
                         let run_id = rec.run_id.clone();
-                        let res = agent.audited(entry, &req.clone(), |_| {
-                            agent.kill_allowed(by, rec, req, end)
-                        });
+                        let res = agent
+                            .audited(entry, &req.clone(), |_| {
+                                agent.kill_allowed(by, rec, req, end)
+                            })
+                            .map(Audited::into_inner);
                         if let Err(f) = res {
                             tracing::error!(run_id, "resuming the kill failed: {}", f.message);
                         }

@@ -12,6 +12,7 @@
 //! checks its parent once recorded ([`Agent::parent_still_live`]) and finds it
 //! `stopping` or ended: the child is killed at once.
 
+use super::audit::Audited;
 use super::{Agent, Failure, Requester, Result};
 use crate::api::{AuditAction, Decision};
 use crate::api::{AuditEntry, ErrorKind, KillMode, KillRequest, KillResult, RunStatus};
@@ -169,7 +170,7 @@ impl Agent {
             entry.permission = Some("parent".into());
             self.kill_allowed(by.clone(), child, req.clone(), end)
         });
-        res.unwrap_or_else(|f| KillResult {
+        res.map(Audited::into_inner).unwrap_or_else(|f| KillResult {
             run_id,
             message: f.message,
             ..Default::default()

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::audit::{Audited, Unrecorded};
 use super::reaper::OnEmpty;
 use super::{Agent, Caller, Failure, Result, audit, layout};
 use crate::api::AuditAction;
@@ -24,7 +25,7 @@ impl Agent {
         caller: &Caller,
         run_id: &str,
         report: ExitReport,
-    ) -> Result<ExitAck> {
+    ) -> Result<Audited<ExitAck>> {
         // Only the run's supervisor, as the kernel identified it when the run was
         // created (supervisors.rs); root included: root's supervisors are the same.
         let rec = self.find_run(run_id)?;
@@ -53,10 +54,11 @@ impl Agent {
         });
         let stopped = stopped.filter(|s| matches!(s, RunStatus::Killed | RunStatus::TimedOut));
         if !live || stopped.is_some() || self.kill_in_flight(run_id) {
-            return Ok(ExitAck {
+            let ack = ExitAck {
                 stopped,
                 ..Default::default()
-            });
+            };
+            return Ok(Audited::unrecorded(ack, Unrecorded::EndRecordedElsewhere));
         }
         let cg = layout::payload(&Cgroup::new(&rec.cgroup_path));
         let scope = self.section_scope(&rec);
@@ -107,13 +109,13 @@ impl Agent {
                     )
                 })?
         };
-        if exited {
+        let receipt = exited.then(|| {
             // Its processes are gone: an exit does not wait for the disk (synced
             // within audit::SYNC_WITHIN, with the end recorded above).
-            self.audit_run_end_soon(run_id, end);
-            if end == RunStatus::OomKilled {
-                self.alert_oom(&rec);
-            }
+            self.audit_run_end_soon(run_id, end)
+        });
+        if exited && end == RunStatus::OomKilled {
+            self.alert_oom(&rec);
         }
         tracing::info!(run_id, code = ?report.exit_code, signal = ?report.signal, "run exited");
         // Its payload is empty: a workspace to remove is dealt with now, so that
@@ -124,6 +126,11 @@ impl Agent {
             workspace,
             // A kill that began meanwhile has the last word.
             stopped: (!exited).then(|| self.kill_ending(run_id)).flatten(),
+        })
+        .map(|ack| match receipt {
+            Some(receipt) => Audited::new(ack, receipt),
+            // A kill that began meanwhile records the end.
+            None => Audited::unrecorded(ack, Unrecorded::EndRecordedElsewhere),
         })
     }
 
@@ -136,7 +143,7 @@ impl Agent {
     /// supervisors.rs, and to be in this run's payload now), and only between the
     /// two leaves of its own run: nobody can use this to move another process, and
     /// no cgroup file is handed to a user.
-    pub fn enter_supervisor(&self, caller: &Caller, run_id: &str) -> Result<()> {
+    pub fn enter_supervisor(&self, caller: &Caller, run_id: &str) -> Result<Audited<()>> {
         let rec = self.find_run(run_id)?;
         let proc_root = &self.cfg.proc_root;
         if !self.is_supervisor(caller, &rec) {
@@ -173,7 +180,7 @@ impl Agent {
                 "supervisor exited while it was moved"
             );
         }
-        Ok(())
+        Ok(Audited::unrecorded((), Unrecorded::SupervisorLeaf))
     }
 
     /// The exit the supervisor left in the run directory, if it did.

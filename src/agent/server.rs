@@ -1,5 +1,21 @@
 //! The agent's HTTP/JSON API on a Unix socket (axum), with every request tied to
 //! the peer's credentials (SO_PEERCRED, and SO_PEERPIDFD where the kernel has it).
+//!
+//! # The audit rule, enforced here
+//!
+//! Every state-changing request writes its audit record. Routes are added only
+//! through [`Routes`]: [`Routes::read`] serves `GET`, [`Routes::change`] serves
+//! `POST` and takes only a handler whose answer is a [`ChangeAnswer`], which
+//! only [`changed`] makes, from the operation's [`Audited`] answer; an
+//! `Audited` is made only from the auditor's [`Receipt`](super::audit::Receipt)
+//! (or, for a change deliberately not recorded, from an
+//! [`Unrecorded`](super::audit::Unrecorded) reason). So a new state-changing
+//! route that writes no record does not compile. A refusal (`forbidden`) of a
+//! state-changing request must carry the auditor's receipt too: in a debug
+//! build (the tests) one that does not is answered as an internal error, and
+//! logged as a bug in any build. The test `every_route_is_served_as_its_api_doc_says`
+//! checks that the routes served are `api::route`'s, with the methods its docs
+//! name.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,6 +29,7 @@ use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +38,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use super::audit::Audited;
 use super::{Agent, Caller, Config, Failure, StartError};
 use crate::api::{ApiError, ErrorKind, route};
 
@@ -119,6 +137,43 @@ async fn call<T: serde::Serialize + Send + 'static>(
     }
 }
 
+/// The answer of a state-changing route: made only by [`changed`], and the
+/// only answer [`Routes::change`] takes.
+struct ChangeAnswer(Reply);
+
+impl IntoResponse for ChangeAnswer {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+/// Runs a state-changing agent call off the async workers and turns its
+/// audited answer into JSON. A refusal (`forbidden`) must have been recorded
+/// (see the module's doc).
+async fn changed<T: serde::Serialize + Send + 'static>(
+    f: impl FnOnce() -> Result<Audited<T>, Failure> + Send + 'static,
+) -> ChangeAnswer {
+    ChangeAnswer(match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(axum::Json(v.into_inner()).into_response()),
+        Ok(Err(e)) if e.kind == ErrorKind::Forbidden && !e.is_recorded() => {
+            tracing::error!(
+                "BUG: a refused state-changing request was not audited: {}",
+                e.message
+            );
+            if cfg!(debug_assertions) {
+                Err(Answer(Failure::internal(format!(
+                    "refused without an audit record (a bug): {}",
+                    e.message
+                ))))
+            } else {
+                Err(Answer(e))
+            }
+        }
+        Ok(Err(e)) => Err(Answer(e)),
+        Err(e) => Err(Answer(Failure::internal(format!("request failed: {e}")))),
+    })
+}
+
 #[derive(Deserialize)]
 struct HealthQuery {
     /// Also state the kill course the agent's templates allow (reads them).
@@ -140,24 +195,40 @@ async fn health(
 async fn stop_agent(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-) -> Reply {
-    let caller = caller(peer)?;
+) -> ChangeAnswer {
+    let caller = match caller(peer) {
+        Ok(c) => c,
+        Err(e) => return ChangeAnswer(Err(e)),
+    };
     let stopping = agent.clone();
-    let answer = call(move || stopping.request_stop(&caller)).await;
-    if answer.is_ok() {
+    let answer = changed(move || stopping.request_stop(&caller)).await;
+    if answer.0.is_ok() {
         agent.stop();
     }
     answer
+}
+
+/// [`changed`] with what the request asks (`asked`: the caller and its
+/// request, read from the connection), or its refusal when it could not be
+/// read (no peer credentials, a malformed body or query): then nothing was
+/// asked of the agent and there is nothing to record.
+async fn changed_if<A: Send + 'static, T: serde::Serialize + Send + 'static>(
+    asked: Result<A, Answer>,
+    f: impl FnOnce(A) -> Result<Audited<T>, Failure> + Send + 'static,
+) -> ChangeAnswer {
+    match asked {
+        Ok(a) => changed(move || f(a)).await,
+        Err(e) => ChangeAnswer(Err(e)),
+    }
 }
 
 async fn create_run(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     bytes: Bytes,
-) -> Reply {
-    let caller = caller(peer)?;
-    let req = body(&bytes)?;
-    call(move || agent.create_run(&caller, req)).await
+) -> ChangeAnswer {
+    let asked = caller(peer).and_then(|caller| Ok((caller, body(&bytes)?)));
+    changed_if(asked, move |(caller, req)| agent.create_run(&caller, req)).await
 }
 
 /// A query string's fields, or a `bad_input` answer naming what was wrong.
@@ -194,19 +265,23 @@ async fn report_exit(
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(id): UrlPath<String>,
     bytes: Bytes,
-) -> Reply {
-    let caller = caller(peer)?;
-    let report = body(&bytes)?;
-    call(move || agent.report_exit(&caller, &id, report)).await
+) -> ChangeAnswer {
+    let asked = caller(peer).and_then(|caller| Ok((caller, body(&bytes)?)));
+    changed_if(asked, move |(caller, report)| {
+        agent.report_exit(&caller, &id, report)
+    })
+    .await
 }
 
 async fn enter_supervisor(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(id): UrlPath<String>,
-) -> Reply {
-    let caller = caller(peer)?;
-    call(move || agent.enter_supervisor(&caller, &id)).await
+) -> ChangeAnswer {
+    changed_if(caller(peer), move |caller| {
+        agent.enter_supervisor(&caller, &id)
+    })
+    .await
 }
 
 async fn kill_run(
@@ -214,10 +289,9 @@ async fn kill_run(
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(id): UrlPath<String>,
     bytes: Bytes,
-) -> Reply {
-    let caller = caller(peer)?;
-    let req = body(&bytes)?;
-    call(move || agent.kill(&caller, &id, req)).await
+) -> ChangeAnswer {
+    let asked = caller(peer).and_then(|caller| Ok((caller, body(&bytes)?)));
+    changed_if(asked, move |(caller, req)| agent.kill(&caller, &id, req)).await
 }
 
 async fn renew_lease(
@@ -225,10 +299,12 @@ async fn renew_lease(
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(id): UrlPath<String>,
     bytes: Bytes,
-) -> Reply {
-    let caller = caller(peer)?;
-    let crate::api::RenewLease {} = body(&bytes)?;
-    call(move || agent.renew_lease(&caller, &id)).await
+) -> ChangeAnswer {
+    let asked = caller(peer).and_then(|caller| {
+        let crate::api::RenewLease {} = body(&bytes)?;
+        Ok(caller)
+    });
+    changed_if(asked, move |caller| agent.renew_lease(&caller, &id)).await
 }
 
 async fn may_kill(
@@ -246,10 +322,9 @@ async fn adopt(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     bytes: Bytes,
-) -> Reply {
-    let caller = caller(peer)?;
-    let req = body(&bytes)?;
-    call(move || agent.adopt(&caller, req)).await
+) -> ChangeAnswer {
+    let asked = caller(peer).and_then(|caller| Ok((caller, body(&bytes)?)));
+    changed_if(asked, move |(caller, req)| agent.adopt(&caller, req)).await
 }
 
 async fn audit_list(
@@ -290,20 +365,25 @@ async fn reset_breaker(
     ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(workflow): UrlPath<String>,
     q: Result<Query<ResetQuery>, QueryRejection>,
-) -> Reply {
+) -> ChangeAnswer {
     use super::breaker::ResetScope;
-    let caller = caller(peer)?;
-    let scope = match query(q)?.owner.as_deref() {
-        None => ResetScope::All,
-        Some("host") => ResetScope::Host,
-        Some(uid) => ResetScope::Owner(uid.parse().map_err(|_| {
-            Answer(Failure::new(
-                ErrorKind::BadInput,
-                format!("owner {uid:?}: a uid or \"host\" expected"),
-            ))
-        })?),
-    };
-    call(move || agent.reset_breaker(&caller, &workflow, scope)).await
+    let asked = caller(peer).and_then(|caller| {
+        let scope = match query(q)?.owner.as_deref() {
+            None => ResetScope::All,
+            Some("host") => ResetScope::Host,
+            Some(uid) => ResetScope::Owner(uid.parse().map_err(|_| {
+                Answer(Failure::new(
+                    ErrorKind::BadInput,
+                    format!("owner {uid:?}: a uid or \"host\" expected"),
+                ))
+            })?),
+        };
+        Ok((caller, scope))
+    });
+    changed_if(asked, move |(caller, scope)| {
+        agent.reset_breaker(&caller, &workflow, scope)
+    })
+    .await
 }
 
 /// The content type of the Prometheus text format.
@@ -348,23 +428,98 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
+/// How a route is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// `GET`: reads (a read may write a record, e.g. `permission_query`).
+    Read,
+    /// `POST`: changes state, answered only with an audit receipt.
+    Change,
+}
+
+/// A handler of a state-changing route: an async function whose answer is a
+/// [`ChangeAnswer`] (which only [`changed`] makes). `Args` are its arguments.
+trait ChangeHandler<Args> {}
+
+macro_rules! change_handler {
+    ($($arg:ident),+) => {
+        impl<F, Fut, $($arg,)+> ChangeHandler<($($arg,)+)> for F
+        where
+            F: FnOnce($($arg),+) -> Fut,
+            Fut: std::future::Future<Output = ChangeAnswer>,
+        {
+        }
+    };
+}
+
+change_handler!(A);
+change_handler!(A, B);
+change_handler!(A, B, C);
+change_handler!(A, B, C, D);
+change_handler!(A, B, C, D, E);
+
+/// The socket's routes, and how each is served: the only way a route is added.
+struct Routes {
+    router: Router<Arc<Agent>>,
+    served: Vec<(&'static str, Served)>,
+}
+
+impl Routes {
+    fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            served: Vec::new(),
+        }
+    }
+
+    /// `GET path`, answered by `handler`.
+    fn read<H: Handler<X, Arc<Agent>>, X: 'static>(
+        mut self,
+        path: &'static str,
+        handler: H,
+    ) -> Routes {
+        self.router = self.router.route(path, get(handler));
+        self.served.push((path, Served::Read));
+        self
+    }
+
+    /// `POST path`, answered by `handler`, which must answer through
+    /// [`changed`]: with the operation's audit receipt.
+    fn change<H, X, Args>(mut self, path: &'static str, handler: H) -> Routes
+    where
+        H: Handler<X, Arc<Agent>> + ChangeHandler<Args>,
+        X: 'static,
+    {
+        self.router = self.router.route(path, post(handler));
+        self.served.push((path, Served::Change));
+        self
+    }
+}
+
+/// Every route of the socket.
+fn routes() -> Routes {
+    Routes::new()
+        .read(route::HEALTH, health)
+        .change(route::AGENT_STOP, stop_agent)
+        .read(route::RUNS, list_runs)
+        .change(route::RUNS, create_run)
+        .change(route::ADOPT, adopt)
+        .read(route::RUN, get_run)
+        .change(route::RUN_EXIT, report_exit)
+        .change(route::RUN_SUPERVISOR, enter_supervisor)
+        .change(route::RUN_KILL, kill_run)
+        .read(route::RUN_MAY_KILL, may_kill)
+        .change(route::RUN_LEASE, renew_lease)
+        .read(route::AUDIT, audit_list)
+        .read(route::AUDIT_VERIFY, audit_verify)
+        .read(route::BREAKERS, list_breakers)
+        .change(route::BREAKER_RESET, reset_breaker)
+        .read(route::METRICS, metrics)
+}
+
 pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route(route::HEALTH, get(health))
-        .route(route::AGENT_STOP, post(stop_agent))
-        .route(route::RUNS, get(list_runs).post(create_run))
-        .route(route::ADOPT, post(adopt))
-        .route(route::RUN, get(get_run))
-        .route(route::RUN_EXIT, post(report_exit))
-        .route(route::RUN_SUPERVISOR, post(enter_supervisor))
-        .route(route::RUN_KILL, post(kill_run))
-        .route(route::RUN_MAY_KILL, get(may_kill))
-        .route(route::RUN_LEASE, post(renew_lease))
-        .route(route::AUDIT, get(audit_list))
-        .route(route::AUDIT_VERIFY, get(audit_verify))
-        .route(route::BREAKERS, get(list_breakers))
-        .route(route::BREAKER_RESET, post(reset_breaker))
-        .route(route::METRICS, get(metrics))
+    routes()
+        .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent)
@@ -648,4 +803,88 @@ async fn limit(
         return Answer(Failure::internal("the agent is stopping")).into_response();
     };
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The methods each route of `api::route` takes, as its doc says (`GET`,
+    /// `POST`), read from `src/api.rs`.
+    fn documented() -> BTreeSet<(String, &'static str)> {
+        let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api.rs"))
+            .expect("src/api.rs");
+        let start = src.find("pub mod route {").expect("api::route");
+        let mut doc = String::new();
+        let mut out = BTreeSet::new();
+        for line in src[start..].lines().skip(1) {
+            let line = line.trim();
+            if line.starts_with("pub fn") || line == "}" {
+                break;
+            }
+            if let Some(text) = line.strip_prefix("///") {
+                doc.push_str(text);
+            } else if let Some(rest) = line.strip_prefix("pub const ") {
+                let path = rest.split('"').nth(1).expect("a route's path").to_owned();
+                for method in ["GET", "POST"] {
+                    if doc.contains(&format!("`{method}`")) {
+                        out.insert((path.clone(), method));
+                    }
+                }
+                doc.clear();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_is_served_as_its_api_doc_says() {
+        let served: BTreeSet<(String, &'static str)> = routes()
+            .served
+            .into_iter()
+            .map(|(path, how)| {
+                let method = match how {
+                    Served::Read => "GET",
+                    Served::Change => "POST",
+                };
+                (path.to_owned(), method)
+            })
+            .collect();
+        let documented = documented();
+        assert_eq!(documented.len(), 16, "{documented:?}");
+        assert_eq!(served, documented);
+        for path in route::ALL {
+            assert!(
+                served.iter().any(|(p, _)| p == path),
+                "{path} is not served"
+            );
+        }
+    }
+
+    #[test]
+    fn every_state_changing_route_is_served_through_the_audited_wrapper() {
+        // Every route that is not a GET is one of `Routes::change`'s, whose
+        // handlers can only answer with an audit receipt (`changed`).
+        let routes = routes();
+        let changes: Vec<&str> = routes
+            .served
+            .iter()
+            .filter(|(_, how)| *how == Served::Change)
+            .map(|(p, _)| *p)
+            .collect();
+        let not_get: Vec<String> = documented()
+            .into_iter()
+            .filter(|(_, m)| *m != "GET")
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(not_get.len(), 8, "{not_get:?}");
+        for path in &not_get {
+            assert!(
+                changes.contains(&path.as_str()),
+                "{path} changes state but is not served through Routes::change"
+            );
+        }
+        assert_eq!(changes.len(), not_get.len());
+    }
 }

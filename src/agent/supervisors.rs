@@ -69,13 +69,13 @@ impl Agent {
             pid = caller.pid,
             "{action} refused: the caller is not the run's supervisor"
         );
-        self.audit_event(AuditEntry {
+        let receipt = self.audit_event(AuditEntry {
             action,
             run_id: Some(rec.run_id.clone()),
             decision: Decision::Denied,
             outcome: "refused: not the run's supervisor".into(),
             ..by_caller(caller, &id)
         });
-        Failure::new(ErrorKind::Forbidden, why)
+        Failure::new(ErrorKind::Forbidden, why).recorded(receipt)
     }
 }

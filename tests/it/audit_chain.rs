@@ -86,3 +86,63 @@ fn an_edited_middle_row_keeps_failing_verify_after_new_records() {
     assert_eq!(code, Some(1), "{v:#}");
     assert_eq!(v["first_bad_seq"], 3, "{v:#}");
 }
+
+/// The audit rule as a user meets it: every state-changing route (every
+/// `POST` of `api::route` but a run's start, whose refusals change nothing and
+/// are answered with why) refused to an unprivileged user is on the record,
+/// with the user as its actor (the server answers a refusal that is not
+/// recorded as an internal error in a debug build).
+#[test]
+fn every_state_changing_request_refused_to_a_user_is_audited() {
+    require_privileges!();
+    let bob = crate::util::TestUser::get();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let run = agent.start_run(&["--init-timeout", "0", "--lease", "1h"], "sleep 1000");
+    let mut outside = crate::util::KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap(),
+    );
+    let id = &run.id;
+    let asks = [
+        ("agent_stop", "/v1/agent/stop".to_string(), "{}".to_string()),
+        ("kill", format!("/v1/runs/{id}/kill"), "{}".into()),
+        ("lease_renew", format!("/v1/runs/{id}/lease"), "{}".into()),
+        ("exit_report", format!("/v1/runs/{id}/exit"), "{}".into()),
+        (
+            "enter_supervisor",
+            format!("/v1/runs/{id}/supervisor"),
+            "".into(),
+        ),
+        (
+            "breaker_reset",
+            "/v1/breakers/some-workflow/reset".into(),
+            "".into(),
+        ),
+        (
+            "adopt",
+            "/v1/runs/adopt".into(),
+            format!("{{\"pid\": {}}}", outside.0.id()),
+        ),
+    ];
+    for (action, path, body) in &asks {
+        let (code, answer) = agent.http_as(&bob, "POST", path, body);
+        assert_eq!(code, 403, "{action}: POST {path}: {answer}");
+    }
+    let out = agent.cli(&["audit", "--json"]);
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (action, path, _) in &asks {
+        assert!(
+            all.iter()
+                .any(|r| r["action"] == *action && r["actor_uid"] == bob.uid),
+            "the refusal of POST {path} is not audited as {action}: {all:#?}"
+        );
+    }
+    assert_eq!(agent.status(id)["status"], "running");
+    let _ = outside.0.kill();
+    let _ = outside.0.wait();
+    agent.kill_ok(id, &["--force"]);
+    agent.assert_run_gone(&run);
+}

@@ -400,3 +400,68 @@ fn mcp_adopt_workflow_lists_then_kills_a_tree_started_outside_wfcg() {
     assert!(util::pids_with_env(util::TEST_MARK, &marker).is_empty());
     assert_eq!(agent.status("run_0dcbc991c0d4")["status"], "killed");
 }
+
+#[test]
+fn mcp_kill_workflow_kills_with_mode_force_and_refuses_an_unknown_field() {
+    require_privileges!();
+    let agent = TestAgent::start();
+    let run = agent.start_run(&["--template", util::DEFAULT_TEMPLATE], "sleep 1000");
+    assert!(agent.wait_procs(&run.id, 2), "the run did not start");
+    runtime().block_on(async {
+        let client = connect(&agent).await;
+        // The schema offers `mode` with its three names, beside the old `force`.
+        let tools: Vec<Tool> = client.list_all_tools().await.expect("tools/list");
+        for name in ["kill_workflow", "adopt_workflow"] {
+            let tool = tools.iter().find(|t| t.name == name).unwrap();
+            let schema = Value::Object((*tool.input_schema).clone());
+            assert!(schema["properties"].get("force").is_some(), "{schema:#}");
+            let mode = serde_json::to_string(&schema).unwrap();
+            for m in ["graceful", "force", "emergency"] {
+                assert!(mode.contains(&format!("\"{m}\"")), "{name}: {m}: {mode}");
+            }
+        }
+
+        // An unknown field is refused, and nothing is killed.
+        let Value::Object(args) = json!({"run_id": run.id, "mode": "force", "forcefully": true})
+        else {
+            unreachable!()
+        };
+        let refused = client
+            .call_tool(CallToolRequestParams::new("kill_workflow").with_arguments(args))
+            .await;
+        match refused {
+            Err(e) => assert!(e.to_string().contains("forcefully"), "{e}"),
+            Ok(r) => {
+                assert_eq!(r.is_error, Some(true), "{}", text(&r));
+                assert!(text(&r).contains("forcefully"), "{}", text(&r));
+            }
+        }
+        let status = agent.status(&run.id)["status"].clone();
+        assert!(
+            status == "initializing" || status == "running",
+            "the run is {status} after a refused kill"
+        );
+
+        let result = answer(
+            "kill_workflow",
+            call(
+                &client,
+                "kill_workflow",
+                json!({"run_id": run.id, "mode": "force", "reason": "mode force over MCP"}),
+            )
+            .await,
+        );
+        assert_eq!(result["success"], true, "{result:#}");
+        assert_eq!(result["mode"], "force", "{result:#}");
+        assert_eq!(result["cleanup_status"]["processes_remaining"], 0);
+        client.cancel().await.expect("closing the client");
+    });
+    assert_eq!(agent.status(&run.id)["status"], "killed");
+    agent.assert_run_gone(&run);
+    let audit = agent.cli(&["audit", "--run", &run.id, "--json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.contains("\"mode\":\"force\"") || audit.contains("\"mode\": \"force\""),
+        "{audit}"
+    );
+}
