@@ -22,6 +22,7 @@
 //! out of range is a `bad_input` answer naming the field. It is one file on purpose, over 600 lines:
 //! the whole contract between the agent and its clients, read in one place.
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use std::time::Duration;
 
@@ -91,6 +92,87 @@ pub mod route {
         BREAKER_RESET,
         METRICS,
     ];
+}
+
+/// Times on the wire: `DateTime<Utc>` in the types, RFC 3339 text in UTC with
+/// milliseconds and `Z` in the JSON (`2026-01-01T00:00:00.250Z`), byte for byte
+/// what every wfcg has written (the store's format too). Any RFC 3339 time is
+/// read (another offset, more or fewer digits), so what an older agent or a hand-
+/// written request sent still reads; a text that is not one is a serde error
+/// that says what it got (with the field's path where the reader tracks it, as the
+/// agent's request reader does). Used as `#[serde(with = "time")]`, or
+/// `time::option` for an `Option`; the schema says `string`, format `date-time`
+/// (`#[schemars(with = "time::Rfc3339")]`).
+pub mod time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    /// A time as the API writes it: RFC 3339, UTC, milliseconds, `Z`.
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    /// [`format`] of a time, or `absent` (for a line of text: `-`, `never`).
+    pub fn format_or(t: Option<DateTime<Utc>>, absent: &str) -> String {
+        t.as_ref().map_or_else(|| absent.to_owned(), format)
+    }
+
+    /// Any RFC 3339 time, in UTC; the error says what was given and what is wanted.
+    pub fn parse(text: &str) -> Result<DateTime<Utc>, String> {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                format!("bad time {text:?}: {e} (want RFC 3339, e.g. 2026-01-01T00:00:00.000Z)")
+            })
+    }
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        parse(&text).map_err(D::Error::custom)
+    }
+
+    /// The same for an `Option` (`null` is `None`).
+    pub mod option {
+        use chrono::{DateTime, Utc};
+        use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Option::<std::borrow::Cow<str>>::deserialize(d)?
+                .map(|text| super::parse(&text).map_err(D::Error::custom))
+                .transpose()
+        }
+    }
+
+    /// The schema of a time: `{"type": "string", "format": "date-time"}`.
+    pub struct Rfc3339;
+
+    impl schemars::JsonSchema for Rfc3339 {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "Rfc3339".into()
+        }
+        fn inline_schema() -> bool {
+            true
+        }
+        fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({ "type": "string", "format": "date-time" })
+        }
+    }
 }
 
 /// The JSON Schema (draft 2020-12) of the API, generated from the types of this
@@ -355,8 +437,12 @@ pub struct LeaseRenewed {
     /// The lease's duration.
     pub lease_ms: u64,
     /// When it was renewed, and when it now runs out unless renewed again (RFC 3339).
-    pub renewed_at: String,
-    pub expires_at: String,
+    #[serde(with = "time")]
+    #[schemars(with = "time::Rfc3339")]
+    pub renewed_at: DateTime<Utc>,
+    #[serde(with = "time")]
+    #[schemars(with = "time::Rfc3339")]
+    pub expires_at: DateTime<Utc>,
 }
 
 /// [`Health::kill_course`], in milliseconds.
@@ -534,8 +620,9 @@ pub struct Health {
     pub pid: u32,
     pub version: String,
     /// When the agent started (RFC 3339), and how long ago.
-    #[serde(default)]
-    pub started_at: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub uptime_secs: Option<f64>,
     #[serde(default)]
@@ -588,9 +675,13 @@ pub struct BreakerInfo {
     pub failures: u32,
     /// Whether new runs of the workflow are refused now.
     pub open: bool,
-    pub opened_at: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub opened_at: Option<DateTime<Utc>>,
     /// When the cooldown ends (the next run is let through).
-    pub open_until: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub open_until: Option<DateTime<Utc>>,
     pub last_run_id: Option<String>,
     pub last_reason: Option<String>,
 }
@@ -978,7 +1069,9 @@ pub struct Adopted {
     /// The run's cgroup.
     pub cgroup: String,
     /// The root process's real start (RFC 3339).
-    pub started_at: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub started_at: Option<DateTime<Utc>>,
     /// What was taken (or, in a dry run, would be).
     pub members: Vec<AdoptMember>,
     pub message: String,
@@ -1114,7 +1207,9 @@ pub struct KillResult {
     pub success: bool,
     pub run_id: String,
     /// RFC 3339 time the run was found dead.
-    pub killed_at: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub killed_at: Option<DateTime<Utc>>,
     pub cleanup_status: CleanupStatus,
     pub message: String,
     /// The run had ended before this request; `ended_as` says how.
@@ -1159,8 +1254,12 @@ pub struct RunInfo {
     /// Processes of its payload now: the command and all it started (not its
     /// supervisor, `wfcg run`).
     pub processes: u32,
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub ended_at: Option<DateTime<Utc>>,
     pub age_secs: f64,
     /// CPU time of the cgroup, from `cpu.stat`.
     pub cpu_usec: Option<u64>,
@@ -1175,18 +1274,28 @@ pub struct RunInfo {
     pub sections: Vec<Section>,
     pub template: Option<String>,
     /// When it sent READY=1.
-    pub ready_at: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub ready_at: Option<DateTime<Utc>>,
     /// `first output` when the first bytes of its output already met its ready
     /// condition: readiness then says little (a banner, a warning, an init event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_on: Option<String>,
     /// Its last STATUS= message.
     pub status_text: Option<String>,
-    pub last_heartbeat: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub last_heartbeat: Option<DateTime<Utc>>,
     /// Deadlines in force (RFC 3339).
-    pub init_deadline: Option<String>,
-    pub total_deadline: Option<String>,
-    pub watchdog_deadline: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub init_deadline: Option<DateTime<Utc>>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub total_deadline: Option<DateTime<Utc>>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub watchdog_deadline: Option<DateTime<Utc>>,
     /// Why it counts as stuck: past or near a deadline, or a heartbeat overdue.
     pub stuck: Option<String>,
     /// The same command started again and again while initializing.
@@ -1211,13 +1320,23 @@ pub struct RunInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_when: Option<String>,
     /// When a live run with a stall timeout is killed unless it makes progress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stall_deadline: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::option"
+    )]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub stall_deadline: Option<DateTime<Utc>>,
     /// A watched live run's last progress (RFC 3339) and of what kind: `output`
     /// (a new line), `process` (a new command), `io`, `cpu`, or `start` (none
     /// yet: when the watch began).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_progress: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::option"
+    )]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub last_progress: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_kind: Option<String>,
     /// `retrying: LINE, N times in M`: its newest line of output repeats an
@@ -1231,22 +1350,23 @@ pub struct RunInfo {
     /// yet: null) and when it runs out (RFC 3339); all null without a lease.
     #[serde(default)]
     pub lease_ms: Option<u64>,
-    #[serde(default)]
-    pub lease_renewed_at: Option<String>,
-    #[serde(default)]
-    pub lease_expires_at: Option<String>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub lease_renewed_at: Option<DateTime<Utc>>,
+    #[serde(default, with = "time::option")]
+    #[schemars(with = "Option<time::Rfc3339>")]
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 impl RunInfo {
-    /// Seconds from `now` to an RFC 3339 time (negative when past).
-    fn secs_until(t: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
-        let t = chrono::DateTime::parse_from_rfc3339(t?).ok()?;
-        Some((t.with_timezone(&chrono::Utc) - now).num_milliseconds() as f64 / 1e3)
+    /// Seconds from `now` to a time (negative when past).
+    fn secs_until(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<f64> {
+        Some((t? - now).num_milliseconds() as f64 / 1e3)
     }
 
     /// A live run's deadlines in force, (`init`, `stall`, `total`, `beat`,
     /// `lease`) each with the seconds left (negative when past).
-    pub fn deadlines(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<(&'static str, f64)> {
+    pub fn deadlines(&self, now: DateTime<Utc>) -> Vec<(&'static str, f64)> {
         if !self.status.is_live() {
             return Vec::new();
         }
@@ -1258,20 +1378,20 @@ impl RunInfo {
             ("lease", &self.lease_expires_at),
         ]
         .into_iter()
-        .filter_map(|(name, t)| Some((name, Self::secs_until(t.as_deref(), now)?)))
+        .filter_map(|(name, t)| Some((name, Self::secs_until(*t, now)?)))
         .collect()
     }
 
     /// A live run's nearest deadline and the seconds left.
-    pub fn next_deadline(&self, now: chrono::DateTime<chrono::Utc>) -> Option<(&'static str, f64)> {
+    pub fn next_deadline(&self, now: DateTime<Utc>) -> Option<(&'static str, f64)> {
         self.deadlines(now)
             .into_iter()
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     /// A watched run's last progress: its kind and how many seconds ago.
-    pub fn progress_ago(&self, now: chrono::DateTime<chrono::Utc>) -> Option<(&str, f64)> {
-        let ago = -Self::secs_until(self.last_progress.as_deref(), now)?;
+    pub fn progress_ago(&self, now: DateTime<Utc>) -> Option<(&str, f64)> {
+        let ago = -Self::secs_until(self.last_progress, now)?;
         Some((self.last_progress_kind.as_deref().unwrap_or("?"), ago))
     }
 
@@ -1315,7 +1435,9 @@ pub struct Section {
     pub pid: i32,
     pub command: String,
     /// RFC 3339 time it was first seen open.
-    pub since: String,
+    #[serde(with = "time")]
+    #[schemars(with = "time::Rfc3339")]
+    pub since: DateTime<Utc>,
     /// How long it has been seen open, in seconds.
     pub open_secs: f64,
 }
@@ -1866,5 +1988,104 @@ mod tests {
         for r in route::ALL {
             assert!(r.starts_with("/v1/") || r == route::METRICS, "{r}");
         }
+    }
+}
+#[cfg(test)]
+mod time_tests {
+    use super::time::{self, Rfc3339};
+    use super::*;
+
+    /// What the agent writes, read and written back: the same bytes.
+    #[test]
+    fn a_time_round_trips_byte_for_byte() {
+        let wire = r#"{"run_id":"r","lease_ms":1000,"renewed_at":"2026-01-01T00:00:00.250Z","expires_at":"2026-12-31T23:59:59.999Z"}"#;
+        let l: LeaseRenewed = serde_json::from_str(wire).unwrap();
+        assert_eq!(serde_json::to_string(&l).unwrap(), wire);
+        let b: BreakerInfo = serde_json::from_str(
+            r#"{"workflow":"w","failures":3,"open":true,"opened_at":"2026-01-01T00:00:00.000Z","open_until":null}"#,
+        )
+        .unwrap();
+        let back = serde_json::to_value(&b).unwrap();
+        assert_eq!(back["opened_at"], "2026-01-01T00:00:00.000Z");
+        assert_eq!(back["open_until"], serde_json::Value::Null);
+        assert_eq!(
+            time::format(&time::parse("2026-01-01T00:00:00.000Z").unwrap()),
+            "2026-01-01T00:00:00.000Z"
+        );
+    }
+
+    /// Any RFC 3339 time reads (another offset, no or more fraction digits,
+    /// lower-case separators), and is written in UTC with milliseconds; an
+    /// absent or null optional time is `None`.
+    #[test]
+    fn older_forms_of_a_time_are_accepted() {
+        for (given, written) in [
+            ("2026-01-01T01:00:00+01:00", "2026-01-01T00:00:00.000Z"),
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000Z"),
+            ("2026-01-01T00:00:00.123456789Z", "2026-01-01T00:00:00.123Z"),
+            ("2026-01-01t00:00:00.5z", "2026-01-01T00:00:00.500Z"),
+            ("2025-12-31T19:00:00.250-05:00", "2026-01-01T00:00:00.250Z"),
+        ] {
+            let t = time::parse(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(time::format(&t), written, "{given}");
+        }
+        let h: Health = serde_json::from_str(r#"{"ok":true,"pid":1,"version":"0"}"#).unwrap();
+        assert_eq!(h.started_at, None);
+        let h: Health =
+            serde_json::from_str(r#"{"ok":true,"pid":1,"version":"0","started_at":null}"#).unwrap();
+        assert_eq!(h.started_at, None);
+        assert_eq!(time::format_or(None, "-"), "-");
+    }
+
+    /// A text that is not a time is an error that says what it got, and the
+    /// path of the field where the reader tracks it (the agent's and the
+    /// client's readers do).
+    #[test]
+    fn a_bad_time_is_an_error_naming_the_field() {
+        let wire = r#"{"run_id":"r","lease_ms":1,"renewed_at":"yesterday","expires_at":"2026-01-01T00:00:00Z"}"#;
+        let plain = serde_json::from_str::<LeaseRenewed>(wire)
+            .unwrap_err()
+            .to_string();
+        assert!(plain.starts_with(r#"bad time "yesterday": "#), "{plain}");
+        assert!(plain.contains("want RFC 3339"), "{plain}");
+        let mut de = serde_json::Deserializer::from_str(wire);
+        let e = serde_path_to_error::deserialize::<_, LeaseRenewed>(&mut de).unwrap_err();
+        assert_eq!(e.path().to_string(), "renewed_at");
+        assert!(
+            e.to_string()
+                .starts_with(r#"renewed_at: bad time "yesterday""#),
+            "{e}"
+        );
+        let wire = r#"[{"kind":"git","path":"p","pid":1,"command":"c","since":"2026-13-01T00:00:00Z","open_secs":0}]"#;
+        let mut de = serde_json::Deserializer::from_str(wire);
+        let e = serde_path_to_error::deserialize::<_, Vec<Section>>(&mut de).unwrap_err();
+        assert_eq!(e.path().to_string(), "[0].since");
+        let e =
+            serde_json::from_str::<Health>(r#"{"ok":true,"pid":1,"version":"0","started_at":5}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    /// The schema says what a time is: a string, format `date-time`.
+    #[test]
+    fn a_time_is_a_date_time_string_in_the_schema() {
+        let schema = schema();
+        let run_info = &schema["$defs"]["RunInfo"]["properties"];
+        for field in [
+            "started_at",
+            "last_heartbeat",
+            "stall_deadline",
+            "lease_expires_at",
+        ] {
+            let types = &run_info[field]["type"];
+            assert_eq!(types, &serde_json::json!(["string", "null"]), "{field}");
+            assert_eq!(run_info[field]["format"], "date-time", "{field}");
+        }
+        let lease = &schema["$defs"]["LeaseRenewed"]["properties"]["renewed_at"];
+        assert_eq!(
+            (&lease["type"], &lease["format"]),
+            (&"string".into(), &"date-time".into())
+        );
+        assert_eq!(<Rfc3339 as JsonSchema>::schema_name(), "Rfc3339");
     }
 }

@@ -248,7 +248,12 @@ impl Client {
             })
         })?;
         if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))
+            // The error names the field (`runs[0].started_at: bad time …`).
+            let mut de = serde_json::Deserializer::from_slice(&bytes);
+            serde_path_to_error::deserialize(&mut de)
+                .map_err(|e| e.to_string())
+                .and_then(|v| de.end().map(|()| v).map_err(|e| e.to_string()))
+                .map_err(Error::Protocol)
         } else {
             match serde_json::from_slice::<ApiError>(&bytes) {
                 Ok(e) => Err(Error::Api(e)),

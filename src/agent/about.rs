@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::time::now;
+use chrono::{DateTime, Utc};
 
 /// How the agent was started, found once at its start.
 #[derive(Debug, Clone)]
 pub(super) struct About {
     pub(super) started: Instant,
-    pub(super) started_at: String,
+    pub(super) started_at: DateTime<Utc>,
     pub(super) log: String,
     pub(super) service: Option<String>,
 }
@@ -32,7 +32,7 @@ impl About {
             .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
         About {
             started: Instant::now(),
-            started_at: now(),
+            started_at: Utc::now(),
             log: log_destination(&target, regular, service.is_some()),
             service,
         }

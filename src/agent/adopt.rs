@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::audit::Audited;
 use super::audit_trail::by_caller;
-use super::time::{now, rfc3339};
+use super::time::now;
 use super::{Agent, Caller, Failure, Result, layout};
 use crate::adopt::{self, Gathered, Root, Walk};
 use crate::api::AuditEntry;
@@ -411,7 +411,7 @@ impl Agent {
         Ok(Adopted {
             run_id: rec.run_id.clone(),
             cgroup: rec.cgroup_path,
-            started_at: rec.started_at.map(rfc3339),
+            started_at: rec.started_at,
             message: format!("pid {pid} is in run {} already", rec.run_id),
             already_adopted: true,
             complete: true,
@@ -597,7 +597,7 @@ impl Agent {
             dry_run,
             cgroup: String::new(),
             started_at: procfs::start_wall_time(&self.cfg.proc_root, root.stat.starttime)
-                .map(|t| rfc3339(t.into())),
+                .map(Into::into),
             members: got
                 .members
                 .iter()

@@ -30,8 +30,8 @@ fn info(b: BreakerRecord) -> BreakerInfo {
         owner: b.owner_uid.and_then(crate::users::user_name_cached),
         failures: b.failures,
         open,
-        opened_at: b.opened_at.map(rfc3339),
-        open_until: b.open_until.map(rfc3339),
+        opened_at: b.opened_at,
+        open_until: b.open_until,
         last_run_id: b.last_run_id,
         last_reason: b.last_reason,
     }
@@ -199,9 +199,9 @@ impl Agent {
                      ended stuck{last}; new runs are refused until {}, or until an operator \
                      runs `{}`",
                     whose(owner),
-                    b.opened_at.as_deref().unwrap_or("?"),
+                    b.opened_at.map_or("?".into(), rfc3339),
                     b.failures,
-                    b.open_until.as_deref().unwrap_or("?"),
+                    b.open_until.map_or("?".into(), rfc3339),
                     reset_command(workflow, owner),
                 ),
             ));

@@ -129,6 +129,38 @@ impl Agent {
         steps: &mut Vec<(&'static str, f64)>,
     ) -> CleanupStatus {
         let t = std::time::Instant::now();
+        let seen = self.forget_run(rec, seen);
+        let budget = crate::walk::Budget::from_env();
+        let stale_locks_removed = self.remove_stale_locks(rec, seen, &budget);
+        steps.push(("git_locks", ms(t)));
+        let t = std::time::Instant::now();
+        let cgroup_removed = remove_cgroup(rec);
+        steps.push(("cgroup", ms(t)));
+        let t = std::time::Instant::now();
+        let ([tmpdir_removed, run_dir_removed], mut not_removed) =
+            self.remove_run_dirs(rec, &budget);
+        steps.push(("tmpdir_and_run_dir", ms(t)));
+        let t = std::time::Instant::now();
+        let workspace = self.clean_workspace(rec);
+        steps.push(("workspace", ms(t)));
+        if let Some(why) = workspace.strip_prefix("removal failed: ") {
+            not_removed.push(why.to_string());
+        }
+        CleanupStatus {
+            cgroup_removed,
+            tmpdir_removed,
+            run_dir_removed,
+            stale_locks_removed,
+            workspace,
+            not_removed,
+            ..Default::default()
+        }
+    }
+
+    /// Forgets what the agent kept of the run while it lived (reaper,
+    /// lifecycle, sightings, open files, supervisor); returns the sections
+    /// seen open, with the stale-lock candidates noted for it.
+    fn forget_run(&self, rec: &RunRecord, seen: &[Finding]) -> Vec<Finding> {
         self.watch.reaper.forget(&rec.run_id);
         self.lifecycle_end(&rec.run_id);
         self.kills.sightings.lock().remove(&rec.run_id);
@@ -138,11 +170,21 @@ impl Agent {
         if let Some(more) = self.kills.stale_candidates.lock().remove(&rec.run_id) {
             seen.extend(more);
         }
+        seen
+    }
+
+    /// Removes the git locks the dead tree left (as the run's owner), and
+    /// forgets who created the run's locks; returns the locks removed.
+    fn remove_stale_locks(
+        &self,
+        rec: &RunRecord,
+        seen: Vec<Finding>,
+        budget: &crate::walk::Budget,
+    ) -> Vec<String> {
         // The git directories are in trees the run's owner made: a file system
         // there that never answers (FUSE) must hold up neither the cleanup nor
         // the agent. So the search runs on a thread of its own, waited for at
         // most the walk's time budget.
-        let budget = crate::walk::Budget::from_env();
         let proc_root = self.cfg.proc_root.clone();
         let ws = rec.workspace_path.clone();
         let owner_uid = lock_owner(rec);
@@ -167,7 +209,7 @@ impl Agent {
                 },
             )
         };
-        let stale_locks_removed = match bounded(budget.time, search) {
+        let removed = match bounded(budget.time, search) {
             Some(Ok(removed)) => removed,
             Some(Err(e)) => {
                 tracing::error!(run_id = rec.run_id, "cannot act as the run's owner: {e}");
@@ -183,35 +225,31 @@ impl Agent {
                 Vec::new()
             }
         };
-        for lock in &stale_locks_removed {
+        for lock in &removed {
             tracing::warn!(
                 run_id = rec.run_id,
                 "removed stale lock {lock} left by the dead tree"
             );
         }
         self.forget_lock_creators(&rec.run_id);
-        steps.push(("git_locks", ms(t)));
-        let t = std::time::Instant::now();
-        let cg = Cgroup::new(&rec.cgroup_path);
-        // A cgroup adopted in place is not wfcg's: it is left (empty) to its owner.
-        let cgroup_removed = rec.adopted.as_deref() != Some(adopt::IN_PLACE)
-            && match cg.remove_recursive() {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    false
-                }
-            };
-        steps.push(("cgroup", ms(t)));
-        // Trees the run's owner made: removed by a short-lived process of their
-        // own, as them, within a budget (src/walk.rs); what is left is said.
+        removed
+    }
+
+    /// Ends the run's TMPDIR and run directory: each a tmpfs of its own (or a
+    /// plain directory), emptied and let go, or kept and counted against the
+    /// owner while something still holds it. Trees the run's owner made are
+    /// removed by a short-lived process of their own, as them, within a budget
+    /// (src/walk.rs); what is left is said. Returns whether each was removed
+    /// (`[tmpdir, run_dir]`) and why not.
+    fn remove_run_dirs(
+        &self,
+        rec: &RunRecord,
+        budget: &crate::walk::Budget,
+    ) -> ([bool; 2], Vec<String>) {
         let owner = Cred::of_uid(rec.owner_uid);
         let mut not_removed = Vec::new();
-        // Each a tmpfs of its own (or a plain directory): emptied and let go, or
-        // kept and counted against the owner while something still holds it.
-        let t = std::time::Instant::now();
         let dirs = [rec.tmpdir.as_deref(), rec.run_dir.as_deref()].map(|d| d.map(Path::new));
-        let ended = self.end_run_tmpfs(&rec.run_id, dirs[0], dirs[1], &owner, &budget);
+        let ended = self.end_run_tmpfs(&rec.run_id, dirs[0], dirs[1], &owner, budget);
         let mut removed = [true; 2];
         for ((dir, ended), removed) in dirs.iter().zip(ended).zip(&mut removed) {
             if let (Some(d), Err(e)) = (dir, ended) {
@@ -220,23 +258,7 @@ impl Agent {
                 *removed = false;
             }
         }
-        let [tmpdir_removed, run_dir_removed] = removed;
-        steps.push(("tmpdir_and_run_dir", ms(t)));
-        let t = std::time::Instant::now();
-        let workspace = self.clean_workspace(rec);
-        steps.push(("workspace", ms(t)));
-        if let Some(why) = workspace.strip_prefix("removal failed: ") {
-            not_removed.push(why.to_string());
-        }
-        CleanupStatus {
-            cgroup_removed,
-            tmpdir_removed,
-            run_dir_removed,
-            stale_locks_removed,
-            workspace,
-            not_removed,
-            ..Default::default()
-        }
+        (removed, not_removed)
     }
 
     /// The run's workspace at its end, as said in its cleanup status, its exit
@@ -437,3 +459,17 @@ fn bounded<T: Send + 'static>(
 
 /// The audit action of a workspace's removal or keeping.
 pub const WORKSPACE_ACTION: api::AuditAction = api::AuditAction::Workspace;
+
+/// Removes the run's cgroup; whether it is gone. A cgroup adopted in place is
+/// not wfcg's: it is left (empty) to its owner.
+fn remove_cgroup(rec: &RunRecord) -> bool {
+    let cg = Cgroup::new(&rec.cgroup_path);
+    rec.adopted.as_deref() != Some(adopt::IN_PLACE)
+        && match cg.remove_recursive() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{e}");
+                false
+            }
+        }
+}

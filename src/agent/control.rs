@@ -19,7 +19,7 @@ impl Agent {
             ok: true,
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at: Some(self.about.started_at.clone()),
+            started_at: Some(self.about.started_at),
             uptime_secs: Some(self.about.started.elapsed().as_secs_f64()),
             socket: Some(self.cfg.socket.display().to_string()),
             state_dir: Some(self.cfg.state_dir.display().to_string()),

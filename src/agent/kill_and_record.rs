@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use super::kill_result::{Cleanup, Done};
 use super::kills::{KILL_START, KillStarted};
-use super::time::now;
 use super::{Agent, Requester, audit, layout};
 use crate::api::AuditEntry;
 use crate::api::{KillRequest, KillResult, RunStatus};
@@ -17,6 +16,7 @@ use crate::procfs;
 use crate::sections::{self, Finding};
 use crate::store::RunRecord;
 use crate::userfs::Cred;
+use chrono::Utc;
 
 /// How long a run's supervisor has to exit by itself once its payload is empty.
 const SUPERVISOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -160,7 +160,7 @@ impl Agent {
             Vec::new()
         };
         let cleanup = (report.unconfirmed.is_none() && report.survivors.is_empty()).then(|| {
-            let killed_at = now();
+            let killed_at = Utc::now();
             let t_clean = Instant::now();
             let seen: Vec<Finding> = report
                 .sections

@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 
 use super::Failure;
 use super::kills::Sighting;
-use super::time::rfc3339;
 use crate::api::{self, ErrorKind, KillMode, KillRequest, KillResult, MAX_REASON, RunStatus};
 use crate::kill;
 use crate::store::RunRecord;
@@ -29,7 +28,7 @@ pub(super) fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
     KillResult {
         success: true,
         run_id: rec.run_id.clone(),
-        killed_at: previous.and_then(|p| p.killed_at.clone()),
+        killed_at: previous.and_then(|p| p.killed_at),
         cleanup_status: previous
             .map(|p| p.cleanup_status.clone())
             .unwrap_or_default(),
@@ -41,10 +40,10 @@ pub(super) fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
     }
 }
 
-/// The time `d` after `started_at`, as the store writes it: when a section was
-/// first seen, counted from the kill's start.
-pub(super) fn after(started_at: DateTime<Utc>, d: Duration) -> String {
-    rfc3339(started_at + chrono::Duration::from_std(d).unwrap_or_default())
+/// The time `d` after `started_at`: when a section was first seen, counted
+/// from the kill's start.
+pub(super) fn after(started_at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    started_at + chrono::Duration::from_std(d).unwrap_or_default()
 }
 
 /// What a kill sequence did, for its answer.
@@ -67,7 +66,7 @@ pub(super) struct Done<'a> {
 #[derive(Debug, Default)]
 pub(super) struct Cleanup {
     /// When the cgroup was found empty.
-    pub(super) killed_at: String,
+    pub(super) killed_at: DateTime<Utc>,
     pub(super) status: api::CleanupStatus,
     pub(super) duration_ms: f64,
     /// Each step's name and duration in ms.
@@ -95,7 +94,7 @@ impl KillResult {
                 path: s.finding.path.clone(),
                 pid: s.finding.pid,
                 command: s.finding.command.clone(),
-                since: rfc3339(s.first),
+                since: s.first,
                 open_secs: (s.last - s.first).num_milliseconds() as f64 / 1e3,
             }));
         let status = if let Some(why) = &report.unconfirmed {
@@ -290,6 +289,7 @@ pub(super) fn audit_outcome(outcome: &Result<KillResult, Failure>) -> &'static s
 mod tests {
     use super::*;
     use crate::api::SectionKind;
+    use crate::api::time::{format, parse};
     use crate::sections::Finding;
 
     fn run(status: RunStatus) -> RunRecord {
@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(r.killed_at, None);
 
         let earlier = KillResult {
-            killed_at: Some("2026-01-01T00:00:00.000Z".into()),
+            killed_at: Some(parse("2026-01-01T00:00:00.000Z").unwrap()),
             cleanup_status: api::CleanupStatus {
                 cgroup_removed: true,
                 ..Default::default()
@@ -394,13 +394,16 @@ mod tests {
         assert_eq!(r.graces_expired, vec![SectionKind::Git]);
         assert!(r.max_wait_expired && !r.success);
         assert_eq!(r.sections.len(), 1);
-        assert_eq!(r.sections[0].since, "2026-01-01T00:00:01.500Z");
+        assert_eq!(format(&r.sections[0].since), "2026-01-01T00:00:01.500Z");
         assert_eq!(r.sections[0].open_secs, 2.5);
         assert_eq!(
             (r.sections[0].pid, r.sections[0].kind),
             (42, SectionKind::Git)
         );
-        assert_eq!(after(started, Duration::ZERO), "2026-01-01T00:00:00.000Z");
+        assert_eq!(
+            format(&after(started, Duration::ZERO)),
+            "2026-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -519,7 +522,7 @@ mod tests {
             end: RunStatus::Killed,
         };
         let cleanup = Cleanup {
-            killed_at: "2026-01-01T00:00:03.000Z".into(),
+            killed_at: parse("2026-01-01T00:00:03.000Z").unwrap(),
             status: api::CleanupStatus {
                 cgroup_removed: true,
                 ..Default::default()
@@ -530,7 +533,10 @@ mod tests {
         let (r, status) = KillResult::build(&done(&emptied_report), Some(cleanup));
         assert_eq!(status, RunStatus::Killed);
         assert!(r.success && r.cleanup_status.cgroup_removed);
-        assert_eq!(r.killed_at.as_deref(), Some("2026-01-01T00:00:03.000Z"));
+        assert_eq!(
+            r.killed_at.as_ref().map(format).as_deref(),
+            Some("2026-01-01T00:00:03.000Z")
+        );
         let phases: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(phases, ["prepare", "cleanup"]);
         assert_eq!(r.phases[0].duration_ms, 1.5);
@@ -541,7 +547,10 @@ mod tests {
         );
         assert_eq!(r.sections.len(), 1);
         assert_eq!(
-            (r.sections[0].since.as_str(), r.sections[0].open_secs),
+            (
+                format(&r.sections[0].since).as_str(),
+                r.sections[0].open_secs
+            ),
             ("2026-01-01T00:00:00.000Z", 2.0)
         );
         assert!(
@@ -608,7 +617,7 @@ mod tests {
             ok(|r| r.cleanup_status.processes_remaining = 1),
             "unkillable"
         );
-        assert_eq!(ok(|r| r.killed_at = Some("t".into())), "unkillable");
+        assert_eq!(ok(|r| r.killed_at = Some(Utc::now())), "unkillable");
         let err = |kind| audit_outcome(&Err(Failure::new(kind, "x")));
         assert_eq!(err(ErrorKind::NotFound), "no_such_run");
         assert_eq!(err(ErrorKind::Forbidden), "denied");

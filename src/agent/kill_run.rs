@@ -42,6 +42,16 @@ impl Drop for Answer<'_> {
     }
 }
 
+/// What a kill request is to do ([`Agent::claim_kill`]).
+enum Claim {
+    /// Start the run's kill sequence, in this slot.
+    Lead(Arc<KillSlot>),
+    /// Wait for the sequence under way in this slot.
+    Join(Arc<KillSlot>),
+    /// Nothing: the run had ended; the answer says how.
+    Ended(Box<KillResult>),
+}
+
 impl Agent {
     pub(super) fn kill_in_flight(&self, run_id: &str) -> bool {
         self.kills.in_flight(run_id)
@@ -193,93 +203,123 @@ impl Agent {
         req: KillRequest,
         end: RunStatus,
     ) -> Result<KillResult> {
+        match self.claim_kill(&rec, &req, end)? {
+            Claim::Ended(r) => Ok(*r),
+            Claim::Join(slot) => self.join_kill(&requested_by, &rec, &req, end, slot),
+            Claim::Lead(slot) => Ok(self.lead_kill(&requested_by, &rec, &req, end, slot)),
+        }
+    }
+
+    /// Whether this request starts the run's kill sequence, joins the one under
+    /// way, or finds the run ended.
+    fn claim_kill(&self, rec: &RunRecord, req: &KillRequest, end: RunStatus) -> Result<Claim> {
         let run_id = rec.run_id.as_str();
-        let (slot, leader) = {
-            let mut inflight = self.kills.inflight.lock();
-            match inflight.get(run_id) {
-                Some(slot) => (slot.clone(), false),
-                None => {
-                    // Decide under the lock, so only one request starts the sequence:
-                    // a live run becomes `stopping` in one statement. A store that
-                    // cannot be written does not stop a kill: the run's record
-                    // (read, with what is pending over it) says whether it is live.
-                    // A force kill does not wait for the disk before it acts (its
-                    // result, written before the answer, syncs this too).
-                    let durable = !req.mode().is_forced();
-                    let stopping = self
-                        .store()
-                        .with_sync(durable, |s| {
-                            s.transition(run_id, &RunStatus::live(), RunStatus::Stopping)
-                        })
-                        .unwrap_or_else(|e| {
-                            tracing::error!(
-                                run_id,
-                                "cannot record the kill's start, killing anyway: {e}"
-                            );
-                            false
-                        });
-                    if !stopping {
-                        let mut current =
-                            self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
-                        self.records.auditor.overlay(&mut current);
-                        let status = current.status;
-                        if !status.is_live() {
-                            return Ok(already_ended(&current, status));
-                        }
-                    }
-                    let slot = Arc::new(KillSlot {
-                        end,
-                        ..Default::default()
-                    });
-                    inflight.insert(run_id.to_owned(), slot.clone());
-                    (slot, true)
-                }
-            }
-        };
-        if !leader {
-            let forced = req.mode().is_forced();
-            if forced {
-                slot.escalate
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            if req.mode().is_emergency() {
-                slot.emergency
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            let limit = self.kill_wait_limit(&rec, forced);
-            let deadline = Instant::now() + limit;
-            let mut result = slot.result.lock();
-            slot.done
-                .wait_while_until(&mut result, |r| r.is_none(), deadline);
-            if let Some(r) = result.clone() {
-                return Ok(r);
-            }
-            drop(result);
-            if forced {
-                // The sequence under way does not answer: kill without it
-                // (cgroup.kill may be written any number of times).
-                tracing::warn!(
+        let mut inflight = self.kills.inflight.lock();
+        if let Some(slot) = inflight.get(run_id) {
+            return Ok(Claim::Join(slot.clone()));
+        }
+        // Decide under the lock, so only one request starts the sequence:
+        // a live run becomes `stopping` in one statement. A store that
+        // cannot be written does not stop a kill: the run's record
+        // (read, with what is pending over it) says whether it is live.
+        // A force kill does not wait for the disk before it acts (its
+        // result, written before the answer, syncs this too).
+        let durable = !req.mode().is_forced();
+        let stopping = self
+            .store()
+            .with_sync(durable, |s| {
+                s.transition(run_id, &RunStatus::live(), RunStatus::Stopping)
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(
                     run_id,
-                    "a kill under way did not end in {limit:?}: killing beside it"
+                    "cannot record the kill's start, killing anyway: {e}"
                 );
-                return Ok(self.kill_sequence(
-                    &requested_by,
-                    &rec,
-                    &req,
-                    end,
-                    Arc::default(),
-                    Arc::new(req.mode().is_emergency().into()),
-                ));
+                false
+            });
+        if !stopping {
+            let mut current = self.store().get_run(run_id)?.unwrap_or_else(|| rec.clone());
+            self.records.auditor.overlay(&mut current);
+            let status = current.status;
+            if !status.is_live() {
+                return Ok(Claim::Ended(Box::new(already_ended(&current, status))));
             }
-            return Err(Failure::new(
-                ErrorKind::Conflict,
-                format!(
-                    "a kill of {run_id} has been under way for more than {}; --force or \
-                     --emergency ends it at once",
-                    crate::duration::format(limit)
-                ),
+        }
+        let slot = Arc::new(KillSlot {
+            end,
+            ..Default::default()
+        });
+        inflight.insert(run_id.to_owned(), slot.clone());
+        Ok(Claim::Lead(slot))
+    }
+
+    /// A request for a run whose kill is under way: it waits for that kill's
+    /// answer (a force or emergency request hurries it); a force kill that does
+    /// not get it in time kills beside it, another is a conflict.
+    fn join_kill(
+        &self,
+        requested_by: &Requester,
+        rec: &RunRecord,
+        req: &KillRequest,
+        end: RunStatus,
+        slot: Arc<KillSlot>,
+    ) -> Result<KillResult> {
+        let run_id = rec.run_id.as_str();
+        let forced = req.mode().is_forced();
+        if forced {
+            slot.escalate
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if req.mode().is_emergency() {
+            slot.emergency
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let limit = self.kill_wait_limit(rec, forced);
+        let deadline = Instant::now() + limit;
+        let mut result = slot.result.lock();
+        slot.done
+            .wait_while_until(&mut result, |r| r.is_none(), deadline);
+        if let Some(r) = result.clone() {
+            return Ok(r);
+        }
+        drop(result);
+        if forced {
+            // The sequence under way does not answer: kill without it
+            // (cgroup.kill may be written any number of times).
+            tracing::warn!(
+                run_id,
+                "a kill under way did not end in {limit:?}: killing beside it"
+            );
+            return Ok(self.kill_sequence(
+                requested_by,
+                rec,
+                req,
+                end,
+                Arc::default(),
+                Arc::new(req.mode().is_emergency().into()),
             ));
         }
+        Err(Failure::new(
+            ErrorKind::Conflict,
+            format!(
+                "a kill of {run_id} has been under way for more than {}; --force or \
+                 --emergency ends it at once",
+                crate::duration::format(limit)
+            ),
+        ))
+    }
+
+    /// The request that started the run's kill runs its sequence, kills its
+    /// child runs, and gives the answer to those waiting.
+    fn lead_kill(
+        &self,
+        requested_by: &Requester,
+        rec: &RunRecord,
+        req: &KillRequest,
+        end: RunStatus,
+        slot: Arc<KillSlot>,
+    ) -> KillResult {
+        let run_id = rec.run_id.as_str();
         let answer = Answer {
             agent: self,
             run_id,
@@ -287,9 +327,9 @@ impl Agent {
         };
         let escalate = answer.slot.escalate.clone();
         let emergency = answer.slot.emergency.clone();
-        let mut result = self.kill_sequence(&requested_by, &rec, &req, end, escalate, emergency);
+        let mut result = self.kill_sequence(requested_by, rec, req, end, escalate, emergency);
         // Nothing started inside the run outlives its kill: its child runs.
-        self.kill_children(&requested_by, &rec, &req, end, &mut result);
+        self.kill_children(requested_by, rec, req, end, &mut result);
         *answer.slot.result.lock() = Some(result.clone());
         drop(answer);
         // The reaper skips a run while its kill is under way: if the survivors of
@@ -301,7 +341,7 @@ impl Agent {
         {
             self.on_run_empty(run_id);
         }
-        Ok(result)
+        result
     }
 
     /// A kill asked by someone without `kill_any` (a [`Authority::User`]) waits

@@ -147,8 +147,8 @@ impl Agent {
         Ok(LeaseRenewed {
             run_id: run_id.to_owned(),
             lease_ms: ms,
-            renewed_at: rfc3339(renewed),
-            expires_at: rfc3339(expires),
+            renewed_at: renewed,
+            expires_at: expires,
         })
         .map(|renewal| Audited::unrecorded(renewal, Unrecorded::LeaseRenewed))
     }

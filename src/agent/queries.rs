@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::kills::Sighting;
 use super::layout::workload;
 use super::metrics::Snapshot;
-use super::time::{age_secs, rfc3339};
+use super::time::age_secs;
 use super::{Agent, Caller, Failure, Result, layout};
 use crate::api::{self, ErrorKind, RunInfo, RunStatus};
 use crate::cgroup::{Cgroup, Dirs};
@@ -149,8 +149,8 @@ impl Agent {
             status,
             pid: rec.pid,
             processes,
-            started_at: rec.started_at.map(rfc3339),
-            ended_at: rec.ended_at.map(rfc3339),
+            started_at: rec.started_at,
+            ended_at: rec.ended_at,
             age_secs,
             cpu_usec,
             exit_code: rec.exit_code,
@@ -160,13 +160,13 @@ impl Agent {
             log_path: rec.log_path,
             sections,
             template: rec.template_name,
-            ready_at: rec.ready_at.map(rfc3339),
+            ready_at: rec.ready_at,
             ready_on: rec.ready_on,
             status_text: rec.status_text,
-            last_heartbeat: last_heartbeat.map(rfc3339),
-            init_deadline: rec.init_deadline.map(rfc3339),
-            total_deadline: rec.total_deadline.map(rfc3339),
-            watchdog_deadline: watchdog_deadline.map(rfc3339),
+            last_heartbeat,
+            init_deadline: rec.init_deadline,
+            total_deadline: rec.total_deadline,
+            watchdog_deadline,
             stuck,
             loop_suspected: rec.loop_suspected,
             adopted: rec.adopted,
@@ -174,14 +174,14 @@ impl Agent {
             workspace_cleanup,
             parent_run_id: rec.parent_run_id,
             ready_when,
-            stall_deadline: progress.and_then(|(_, _, d)| d).map(rfc3339),
-            last_progress: progress.map(|(at, _, _)| rfc3339(at)),
+            stall_deadline: progress.and_then(|(_, _, d)| d),
+            last_progress: progress.map(|(at, _, _)| at),
             last_progress_kind: progress.map(|(_, kind, _)| kind.as_str().to_string()),
             retrying,
             end_reason,
             lease_ms: rec.lease_ms,
-            lease_renewed_at: rec.lease_renewed_at.map(rfc3339),
-            lease_expires_at: rec.lease_expires_at.map(rfc3339),
+            lease_renewed_at: rec.lease_renewed_at,
+            lease_expires_at: rec.lease_expires_at,
         }
     }
 }
@@ -237,7 +237,7 @@ impl Agent {
                     path: f.path,
                     pid: f.pid,
                     command: f.command,
-                    since: rfc3339(since),
+                    since,
                     open_secs: (now - since).num_milliseconds() as f64 / 1e3,
                 }
             })

@@ -4,6 +4,7 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use crate::api::time;
 use crate::client;
 use crate::exit::{self, Failure};
 use crate::output::{Shown, outln, shown_or_dash};
@@ -64,7 +65,7 @@ fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         .unwrap_or_default();
     outln!("agent:      running, pid {}{uptime}", health.pid)?;
     outln!("version:    {}", Shown(&health.version))?;
-    outln!("started:    {}", shown_or_dash(&health.started_at))?;
+    outln!("started:    {}", time::format_or(health.started_at, "-"))?;
     outln!("socket:     {}", shown_or_dash(&health.socket))?;
     outln!("state dir:  {}", shown_or_dash(&health.state_dir))?;
     match health.log.as_deref() {

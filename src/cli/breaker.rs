@@ -1,6 +1,6 @@
 //! `wfcg breaker`: the workflows' circuit breakers.
 
-use crate::api::BreakerInfo;
+use crate::api::{BreakerInfo, time};
 use crate::exit::Failure;
 use crate::output::{Shown, outln};
 
@@ -96,7 +96,7 @@ pub fn describe(b: &BreakerInfo) -> String {
             Shown(&b.workflow),
             Shown(&owner(b)),
             b.failures,
-            Shown(b.open_until.as_deref().unwrap_or("?")),
+            time::format_or(b.open_until, "?"),
             Shown(b.last_run_id.as_deref().unwrap_or("?")),
             Shown(b.last_reason.as_deref().unwrap_or("?")),
         )

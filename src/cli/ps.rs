@@ -2,9 +2,10 @@
 
 use std::io::IsTerminal;
 
-use crate::api::{self, RunInfo};
+use crate::api::{self, RunInfo, time};
 use crate::exit::{self, Failure};
 use crate::output::{Shown, outln, shown_or_dash};
+use chrono::{DateTime, Utc};
 
 use super::table::{self, one_line};
 
@@ -137,14 +138,13 @@ pub fn ps(cli: &super::Cli, args: &PsArgs) -> Result<i32, Failure> {
 
 /// The line under `ready:` of a run whose first bytes of output met its ready
 /// condition: `ready at +0.3 s on first output: a banner?`.
-fn ready_on_first_output(r: &RunInfo, ready_at: &str) -> String {
-    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
-    let after = match (r.started_at.as_deref().and_then(at), at(ready_at)) {
-        (Some(start), Some(ready)) => {
-            let ms = (ready - start).num_milliseconds().max(0);
+fn ready_on_first_output(r: &RunInfo, ready_at: DateTime<Utc>) -> String {
+    let after = match r.started_at {
+        Some(start) => {
+            let ms = (ready_at - start).num_milliseconds().max(0);
             format!(" at +{}.{} s", ms / 1000, ms % 1000 / 100)
         }
-        _ => String::new(),
+        None => String::new(),
     };
     format!("ready{after} on first output: a banner?")
 }
@@ -217,14 +217,14 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
     if let Some(t) = &r.status_text {
         outln!("says:       {}", Shown(t))?;
     }
-    if let Some(t) = &r.ready_at {
-        outln!("ready:      {}", Shown(t))?;
+    if let Some(t) = r.ready_at {
+        outln!("ready:      {}", time::format(&t))?;
         if r.ready_on.as_deref() == Some(crate::api::READY_ON_FIRST_OUTPUT) {
             outln!("            {}", ready_on_first_output(&r, t))?;
         }
     }
     if let Some(t) = &r.last_heartbeat {
-        outln!("heartbeat:  {}", Shown(t))?;
+        outln!("heartbeat:  {}", time::format(t))?;
     }
     if let Some(cond) = &r.ready_when {
         outln!("ready when: {}", Shown(cond))?;
@@ -234,7 +234,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         outln!(
             "progress:   {} ago ({kind}), at {}",
             crate::duration::short(ago),
-            shown_or_dash(&r.last_progress)
+            time::format_or(r.last_progress, "-")
         )?;
     }
     for (name, d) in [
@@ -244,15 +244,18 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         ("next beat", &r.watchdog_deadline),
     ] {
         if let Some(d) = d.as_ref().filter(|_| r.status.is_live()) {
-            outln!("{:<11} {}", format!("{name}:"), Shown(d))?;
+            outln!("{:<11} {}", format!("{name}:"), time::format(d))?;
         }
     }
     if let Some(ms) = r.lease_ms {
         let every = crate::duration::format(std::time::Duration::from_millis(ms));
-        let last = r.lease_renewed_at.as_deref().unwrap_or("never");
-        outln!("lease:      {every}, last renewed {}", Shown(last))?;
+        let last = time::format_or(r.lease_renewed_at, "never");
+        outln!("lease:      {every}, last renewed {last}")?;
         if let Some(d) = r.lease_expires_at.as_ref().filter(|_| r.status.is_live()) {
-            outln!("lease ends: {} unless renewed (wfcg lease)", Shown(d))?;
+            outln!(
+                "lease ends: {} unless renewed (wfcg lease)",
+                time::format(d)
+            )?;
         }
     }
     if let Some(w) = &r.waiting_for {
@@ -278,7 +281,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         "processes:  {} (its command and all it started)",
         r.processes
     )?;
-    outln!("started:    {}", opt(&r.started_at))?;
+    outln!("started:    {}", time::format_or(r.started_at, "-"))?;
     outln!("age:        {}", crate::duration::short(r.age_secs))?;
     outln!("cpu:        {}", cpu(r.cpu_usec))?;
     outln!("workspace:  {}", opt(&r.workspace))?;
@@ -290,7 +293,7 @@ pub fn status(cli: &super::Cli, args: &StatusArgs) -> Result<i32, Failure> {
         outln!("log:        {}", Shown(log))?;
     }
     if let Some(ended) = &r.ended_at {
-        outln!("ended:      {}", Shown(ended))?;
+        outln!("ended:      {}", time::format(ended))?;
     }
     if let Some(why) = &r.end_reason {
         outln!("end reason: {}", Shown(why))?;

@@ -13,6 +13,11 @@ use super::view;
 use crate::api::{AuditEntry, AuditRecord};
 use crate::api::{RunInfo, RunStatus, Section, SectionKind};
 
+/// A time written as on the wire.
+fn at(t: &str) -> chrono::DateTime<Utc> {
+    crate::api::time::parse(t).unwrap()
+}
+
 fn info(id: &str, status: RunStatus) -> RunInfo {
     RunInfo {
         run_id: id.into(),
@@ -22,7 +27,7 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         status,
         pid: Some(4242),
         processes: 3,
-        started_at: Some("2026-01-01T12:00:00Z".into()),
+        started_at: Some(at("2026-01-01T12:00:00Z")),
         ended_at: None,
         age_secs: 125.0,
         cpu_usec: Some(1_500_000),
@@ -38,7 +43,7 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         ready_at: None,
         ready_on: None,
         status_text: Some("compiling".into()),
-        last_heartbeat: Some("2026-01-01T12:02:00Z".into()),
+        last_heartbeat: Some(at("2026-01-01T12:02:00Z")),
         init_deadline: None,
         total_deadline: None,
         watchdog_deadline: None,
@@ -50,7 +55,7 @@ fn info(id: &str, status: RunStatus) -> RunInfo {
         parent_run_id: None,
         ready_when: Some("READY=1".into()),
         stall_deadline: None,
-        last_progress: Some("2026-01-01T12:01:50Z".into()),
+        last_progress: Some(at("2026-01-01T12:01:50Z")),
         last_progress_kind: Some("output".into()),
         retrying: None,
         end_reason: None,
@@ -100,7 +105,7 @@ fn sample() -> App {
         path: "/src/.git/index.lock".into(),
         pid: 77,
         command: "git commit".into(),
-        since: "2026-01-01T12:01:59Z".into(),
+        since: at("2026-01-01T12:01:59Z"),
         open_secs: 1.0,
     }];
     let mut ended = info("run_0000000dead0", RunStatus::Killed);

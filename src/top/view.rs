@@ -243,13 +243,7 @@ impl Col {
             Col::Age => crate::duration::short(i.age_secs),
             Col::Beat => i
                 .last_heartbeat
-                .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| {
-                    crate::duration::short(
-                        (now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3,
-                    )
-                })
+                .map(|t| crate::duration::short((now - t).num_milliseconds() as f64 / 1e3))
                 .unwrap_or_else(|| "-".into()),
             Col::Procs => i.processes.to_string(),
             Col::Cpu => percent(r.cpu_percent),
@@ -519,7 +513,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     if notes.is_empty() {
         let text = match (&i.kill_result, &i.ended_at) {
             (Some(k), _) => format!(" {}", k.message),
-            (None, Some(t)) => format!(" {} at {}", i.status, clock(t)),
+            (None, Some(t)) => format!(" {} at {}", i.status, clock_at(t)),
             _ => {
                 let mut facts = Vec::new();
                 if let Some(t) = &i.template {
@@ -535,7 +529,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
                 }
                 if let Some(t) = &i.last_progress {
                     let kind = i.last_progress_kind.as_deref().unwrap_or("?");
-                    facts.push(format!("progress ({kind}) {}", clock(t)));
+                    facts.push(format!("progress ({kind}) {}", clock_at(t)));
                 }
                 let deadlines = [
                     ("init by", &i.init_deadline),
@@ -545,7 +539,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
                 ];
                 for (what, when) in deadlines {
                     if let Some(t) = when {
-                        facts.push(format!("{what} {}", clock(t)));
+                        facts.push(format!("{what} {}", clock_at(t)));
                     }
                 }
                 if facts.is_empty() {
@@ -655,8 +649,13 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
 /// An RFC 3339 time as local `HH:MM:SS` (as given when it does not parse).
 fn clock(t: &str) -> String {
     DateTime::parse_from_rfc3339(t)
-        .map(|t| t.with_timezone(&Local).format("%H:%M:%S").to_string())
+        .map(|t| clock_at(&t.with_timezone(&Utc)))
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// A time as local `HH:MM:SS`.
+fn clock_at(t: &DateTime<Utc>) -> String {
+    t.with_timezone(&Local).format("%H:%M:%S").to_string()
 }
 
 /// Bytes as `512K`, `12.3M`, `1.5G` (powers of 1024).

@@ -108,83 +108,99 @@ impl Agent {
         let Ok(Some(rec)) = self.store().get_run(run_id) else {
             return;
         };
-        let status = rec.status;
-        if !status.is_live() || self.kill_in_flight(run_id) {
+        if !rec.status.is_live() || self.kill_in_flight(run_id) {
             return;
         }
-        let template = self.run_template(&rec);
-        let now_t = Utc::now();
-        let since = |t: &Option<DateTime<Utc>>| {
-            t.map(|t| t.format("%H:%M:%S").to_string())
-                .unwrap_or_else(|| "?".into())
+        let Some(reason) = self.deadline_reason(kind, &rec, stalled) else {
+            return;
         };
+        self.kill_past_deadline(kind, rec, reason);
+    }
+
+    /// Why the run is killed for deadline `kind`, or none when, read against
+    /// its record, the deadline has not passed (`stalled`: what a stall sample
+    /// found).
+    fn deadline_reason(
+        &self,
+        kind: Kind,
+        rec: &RunRecord,
+        stalled: Option<String>,
+    ) -> Option<String> {
+        let template = self.run_template(rec);
+        let now_t = Utc::now();
         let last_status = rec
             .status_text
             .as_deref()
             .map(|s| format!(", last status '{s}'"))
             .unwrap_or_default();
         let fmt = |d: Duration| crate::duration::format(d);
-        let reason = match kind {
-            Kind::Stall | Kind::Probe => match stalled {
-                Some(reason) => reason,
-                None => return,
-            },
-            Kind::Output => match self.output_overdue(&rec) {
-                Some(reason) => reason,
-                None => return,
-            },
+        Some(match kind {
+            Kind::Stall | Kind::Probe => stalled?,
+            Kind::Output => self.output_overdue(rec)?,
             Kind::Init => {
-                if status != RunStatus::Initializing || rec.init_deadline.is_none_or(|d| d > now_t)
+                if rec.status != RunStatus::Initializing
+                    || rec.init_deadline.is_none_or(|d| d > now_t)
                 {
-                    return;
+                    return None;
                 }
                 format!(
                     "initialization timeout {} exceeded: still initializing since {}{last_status}; \
                      it was waiting for {}",
                     fmt(template.timeouts.init),
-                    since(&rec.started_at),
+                    clock(&rec.started_at),
                     template.run.waiting_for()
                 )
             }
             Kind::Total => {
                 if rec.total_deadline.is_none_or(|d| d > now_t) {
-                    return;
+                    return None;
                 }
                 format!(
                     "total timeout {} exceeded: started at {}{last_status}",
                     fmt(template.timeouts.total),
-                    since(&rec.started_at)
+                    clock(&rec.started_at)
                 )
             }
-            Kind::Lease => match self.lease_lapsed(&rec, now_t) {
-                Some(reason) => reason,
-                None => return,
-            },
-            Kind::Watchdog => {
-                let last = self
-                    .watch
-                    .beats
-                    .lock()
-                    .get(run_id)
-                    .map(|b| b.at)
-                    .or(rec.last_heartbeat);
-                let threshold = self
-                    .watch
-                    .lives
-                    .lock()
-                    .get(run_id)
-                    .and_then(|l| l.threshold);
-                format!(
-                    "heartbeat missed: no WATCHDOG=1 for {} (last at {}){last_status}",
-                    threshold.map(fmt).unwrap_or_else(|| "?".into()),
-                    if last.is_some() {
-                        since(&last)
-                    } else {
-                        "never".into()
-                    }
-                )
+            Kind::Lease => self.lease_lapsed(rec, now_t)?,
+            Kind::Watchdog => self.heartbeat_missed(rec, &last_status),
+        })
+    }
+
+    /// Why a run whose watchdog deadline passed is killed: its last heartbeat.
+    fn heartbeat_missed(&self, rec: &RunRecord, last_status: &str) -> String {
+        let run_id = rec.run_id.as_str();
+        let last = self
+            .watch
+            .beats
+            .lock()
+            .get(run_id)
+            .map(|b| b.at)
+            .or(rec.last_heartbeat);
+        let threshold = self
+            .watch
+            .lives
+            .lock()
+            .get(run_id)
+            .and_then(|l| l.threshold);
+        format!(
+            "heartbeat missed: no WATCHDOG=1 for {} (last at {}){last_status}",
+            threshold
+                .map(crate::duration::format)
+                .unwrap_or_else(|| "?".into()),
+            if last.is_some() {
+                clock(&last)
+            } else {
+                "never".into()
             }
-        };
+        )
+    }
+
+    /// Kills a run past its deadline `kind` for `reason`, gracefully, after
+    /// the alert (and, for a stuck run, the breaker's count); a kill that could
+    /// not be confirmed is tried again in a second.
+    fn kill_past_deadline(&self, kind: Kind, rec: RunRecord, reason: String) {
+        let run_id = rec.run_id.clone();
+        let run_id = run_id.as_str();
         tracing::warn!(run_id, "{reason}; killing it");
         // A lapsed lease says the executor is gone, not that the run was stuck:
         // not counted by the breaker, alerted as what it is.
@@ -305,6 +321,12 @@ impl Agent {
         rec.total_deadline = after(template.timeouts.total);
         rec.watchdog_deadline = after(template.timeouts.watchdog.saturating_mul(2));
     }
+}
+
+/// A time as `HH:MM:SS` (UTC) in a deadline's reason; `?` when there is none.
+fn clock(t: &Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_else(|| "?".into())
 }
 
 #[cfg(test)]
