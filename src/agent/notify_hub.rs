@@ -26,14 +26,6 @@ pub const BATCH: Duration = Duration::from_millis(50);
 /// Datagrams read from one socket per wake-up, at most (a socket holds 10 by
 /// default, `net.unix.max_dgram_qlen`; the rest wait for the next wake-up).
 const PER_SOCKET: usize = 32;
-/// Descriptors passed by senders and not closed yet, at most, before a datagram
-/// is read with room for more: beyond that, the closing thread is taken as stuck
-/// (a flush that never returns) and datagrams are read with room for the
-/// credentials only, so the kernel discards the descriptors (and the sender's
-/// pidfd: senders are then judged by pid, and one already gone is dropped, see
-/// sender.rs). One datagram passes at most `notify::SCM_MAX_FD` (253), so the
-/// agent holds at most MAX_UNCLOSED + 252 of them.
-const MAX_UNCLOSED: usize = 16;
 
 /// Called on the notify thread for each datagram: the run, its sender, the bytes.
 pub trait OnDatagram: Send + Sync + 'static {
@@ -107,39 +99,34 @@ impl Hub {
 }
 
 /// Closes what senders passed, off the notify thread: closing a descriptor may
-/// block (the flush of a file on a FUSE mount whose daemon never answers).
+/// block (the flush of a file on a FUSE mount whose daemon never answers; a TCP
+/// socket lingering on data its peer never reads). Sockets are made to close
+/// abortively first (`SO_LINGER {on, 0}`: never a wait). Datagrams are always read
+/// with room for every descriptor one can carry, so the kernel never discards
+/// (closes) one on the notify thread, whether or not this closer keeps up.
 struct Closer {
     tx: std::sync::mpsc::Sender<OwnedFd>,
-    unclosed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Closer {
     fn start() -> Closer {
         let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
-        let unclosed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = unclosed.clone();
         std::thread::Builder::new()
             .name("wfcg-notify-close".into())
             .spawn(move || {
                 for fd in rx {
                     drop(fd);
-                    count.fetch_sub(1, Ordering::Relaxed);
                 }
             })
             .expect("spawning the notify closer thread");
-        Closer { tx, unclosed }
+        Closer { tx }
     }
 
     fn close(&self, fds: Vec<OwnedFd>) {
         for fd in fds {
-            self.unclosed.fetch_add(1, Ordering::Relaxed);
+            crate::sys::socket::abortive_close(&fd);
             let _ = self.tx.send(fd);
         }
-    }
-
-    /// Whether a datagram may be read with room for passed descriptors.
-    fn keeping_up(&self) -> bool {
-        self.unclosed.load(Ordering::Relaxed) < MAX_UNCLOSED
     }
 }
 
@@ -185,7 +172,7 @@ fn serve<T: OnDatagram>(
                 continue;
             };
             for _ in 0..PER_SOCKET {
-                match notify::receive(&*sock, &mut buf, closer.keeping_up()) {
+                match notify::receive(&*sock, &mut buf, true) {
                     Ok((len, mut sender)) => {
                         // Closed whatever becomes of the datagram (sender.rs may drop it).
                         closer.close(std::mem::take(&mut sender.passed));

@@ -539,6 +539,23 @@ fn bind(socket: &Path) -> Result<UnixListener, StartError> {
         .map_err(|e| StartError::Socket(format!("cannot listen on {}: {e}", socket.display())))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| StartError::Socket(format!("cannot chmod {}: {e}", socket.display())))?;
+    // A descriptor passed with a request would be discarded by the kernel in the
+    // tokio worker that reads it, and its final close can block that worker for
+    // good (a TCP socket lingering on data its peer never reads; a FUSE flush).
+    // Refused here (the accepted connections inherit it) where the kernel can.
+    match crate::sys::socket::refuse_passed_fds(&listener) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "this kernel cannot refuse descriptors passed on {} (SO_PASSRIGHTS, Linux >= 6.16)",
+            socket.display()
+        ),
+        Err(e) => {
+            return Err(StartError::Socket(format!(
+                "cannot refuse passed descriptors on {}: {e}",
+                socket.display()
+            )));
+        }
+    }
     Ok(listener)
 }
 
@@ -722,6 +739,8 @@ async fn accept_loop(
                 }
             },
         };
+        // Inherited from the listener already; set again in case it was not.
+        let _ = crate::sys::socket::refuse_passed_fds(&stream);
         let peer = Peer::of(&stream);
         let uid = uid_of(&peer);
         let held = if uid == 0 {

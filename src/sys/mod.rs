@@ -4,7 +4,7 @@
 //! without). The crate root denies `unsafe_code`; this module alone allows it.
 //!
 //! By topic:
-//! - [`socket`], `SO_PEERPIDFD`, `SO_PASSPIDFD`;
+//! - [`socket`], `SO_PEERPIDFD`, `SO_PASSPIDFD`, `SO_PASSRIGHTS`, `SO_LINGER`;
 //! - [`cmsg`], `recvmsg(2)` with the sender's credentials, pidfd and descriptors;
 //! - [`pidfd`], `ioctl(PIDFD_GET_INFO)`;
 //! - [`fd`], `open_by_handle_at(2)`;

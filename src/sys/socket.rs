@@ -48,3 +48,55 @@ pub fn set_passpidfd(sock: impl AsFd) -> io::Result<()> {
         Err(super::last_error())
     }
 }
+
+/// `SO_PASSRIGHTS` (include/uapi/asm-generic/socket.h, Linux ≥ 6.16): 83 on every
+/// architecture but alpha, mips, parisc and sparc, which wfcg does not target.
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// `setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, 0)`: senders cannot pass descriptors
+/// (SCM_RIGHTS) on `sock` (their `sendmsg` fails), so none can reach a thread of
+/// the agent whose final close of it could block. Set on a listening Unix stream
+/// socket, the sockets it accepts inherit it. `Ok(false)`: the kernel has no such
+/// option (before 6.16; `EINVAL`/`ENOPROTOOPT`): descriptors may still arrive.
+pub fn refuse_passed_fds(sock: impl AsFd) -> io::Result<bool> {
+    let zero: libc::c_int = 0;
+    // SAFETY: `zero` is a live c_int of the size given; the socket fd is borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = super::last_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// If `fd` is a socket, `SO_LINGER {on, 0}`: its close is abortive (a reset for
+/// TCP) and never waits for unsent data, whatever linger its sender set. Anything
+/// else (not a socket, an option the family lacks) is left as it is.
+pub fn abortive_close(fd: impl AsFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a live struct of the size given; the fd is borrowed. On a
+    // descriptor that is no socket the call fails with ENOTSOCK and changes nothing.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}

@@ -30,6 +30,7 @@ mod mcp;
 mod metrics;
 mod newcomer;
 mod output;
+mod passed_fds;
 mod policy;
 mod python;
 mod run;
