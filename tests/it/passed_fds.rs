@@ -23,7 +23,7 @@ use crate::util::{KillOnDrop, TestAgent, TestUser, text, wait_until};
 ///   such socket and 20 descriptors of /dev/null, each sent by a child that
 ///   exits at once (a short-lived sender); writes DONE and stays alive.
 const ATTACKER: &str = r#"
-import array, os, socket, struct, sys, time
+import array, os, socket, struct, sys, threading, time
 keep = []
 def lingering():
     lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -49,23 +49,34 @@ if mode == "api":
         a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); a.connect(path)
         try:
             a.sendmsg([b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"], rights([c.fileno()]))
+            # The copy in flight is now the last: the agent's close of it is final.
+            c.close()
             print("passed", i + 1, flush=True)
         except OSError as e:
+            # Refused: never closed here, where it is the last copy (a close that waits).
+            keep.append(c)
             print("refused", i + 1, e, flush=True)
-        # Never closed here: refused, this would be the last copy (a close that waits).
-        keep.extend([c, a])
+        keep.append(a)
 else:
     done = sys.argv[2]
     for i in range(2):
         c = lingering()
         fds = [c.fileno()] + [os.open("/dev/null", os.O_RDONLY) for _ in range(20)]
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.read(r, 1)   # once the parent let go of its copy
             d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Read at once, this leaves the agent's notify thread in its batch
+            # pause (50 ms): the next datagram is read after the close below.
+            d.sendto(b"STATUS=tick", os.environ["NOTIFY_SOCKET"])
+            time.sleep(0.01)
             d.sendmsg([b"STATUS=passing"], rights(fds), 0, os.environ["NOTIFY_SOCKET"])
+            c.close()       # at once: the copy in flight is now the last
             os._exit(0)
-        os.waitpid(pid, 0)
-        keep.append(c)
+        c.close()
+        os.write(w, b"x")
+        threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True).start()
         for f in fds[1:]: os.close(f)
         time.sleep(0.3)
 open(done, "w").close()
