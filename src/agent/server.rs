@@ -28,7 +28,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{FromRequestParts, Path as UrlPath, Query, State};
 use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -231,6 +231,27 @@ async fn create_run(
     changed_if(asked, move |(caller, req)| agent.create_run(&caller, req)).await
 }
 
+/// One path segment (a run id, a workflow), percent-decoded; one that is not
+/// UTF-8 (`/v1/runs/%FF%FE/kill`) is a `bad_input` answer, as every other bad input.
+struct Segment(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = Answer;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match UrlPath::<String>::from_request_parts(parts, state).await {
+            Ok(UrlPath(s)) => Ok(Segment(s)),
+            Err(e) => Err(Answer(Failure::new(
+                ErrorKind::BadInput,
+                format!("bad path: {}", e.body_text()),
+            ))),
+        }
+    }
+}
+
 /// A query string's fields, or a `bad_input` answer naming what was wrong.
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Answer> {
     q.map(|Query(q)| q).map_err(|e| {
@@ -254,7 +275,7 @@ async fn list_runs(
 async fn get_run(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    Segment(id): Segment,
 ) -> Reply {
     let caller = caller(peer)?;
     call(move || agent.get(&caller, &id)).await
@@ -263,7 +284,7 @@ async fn get_run(
 async fn report_exit(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    Segment(id): Segment,
     bytes: Bytes,
 ) -> ChangeAnswer {
     let asked = caller(peer).and_then(|caller| Ok((caller, body(&bytes)?)));
@@ -276,7 +297,7 @@ async fn report_exit(
 async fn enter_supervisor(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    Segment(id): Segment,
 ) -> ChangeAnswer {
     changed_if(caller(peer), move |caller| {
         agent.enter_supervisor(&caller, &id)
@@ -287,7 +308,7 @@ async fn enter_supervisor(
 async fn kill_run(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    Segment(id): Segment,
     bytes: Bytes,
 ) -> ChangeAnswer {
     let asked = caller(peer).and_then(|caller| Ok((caller, body(&bytes)?)));
@@ -297,7 +318,7 @@ async fn kill_run(
 async fn renew_lease(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    Segment(id): Segment,
     bytes: Bytes,
 ) -> ChangeAnswer {
     let asked = caller(peer).and_then(|caller| {
@@ -310,7 +331,7 @@ async fn renew_lease(
 async fn may_kill(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    Segment(id): Segment,
     q: Result<Query<crate::api::MayKillQuery>, QueryRejection>,
 ) -> Reply {
     let caller = caller(peer)?;
@@ -363,7 +384,7 @@ struct ResetQuery {
 async fn reset_breaker(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(workflow): UrlPath<String>,
+    Segment(workflow): Segment,
     q: Result<Query<ResetQuery>, QueryRejection>,
 ) -> ChangeAnswer {
     use super::breaker::ResetScope;

@@ -189,6 +189,9 @@ fn bad_queries_and_methods_are_answered_with_json_errors() {
         ("DELETE", "/v1/runs", 405),
         ("GET", "/v1/runs/run_x/kill", 405),
         ("PUT", "/v1/health", 405),
+        // A run id that is not UTF-8 once percent-decoded.
+        ("POST", "/v1/runs/%FF%FE/kill", 400),
+        ("GET", "/v1/runs/%FF%FE", 400),
     ] {
         let (code, body) = answer(&agent, method, path, b"").expect("no answer");
         assert_eq!(code, want, "{method} {path}: {body}");
