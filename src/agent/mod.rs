@@ -115,6 +115,7 @@ mod control;
 mod create;
 mod denials;
 mod ended_tmpfs;
+mod fd_dropping_stream;
 mod kill_and_record;
 mod kill_result;
 mod kill_run;

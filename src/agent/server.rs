@@ -39,6 +39,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::audit::Audited;
+use super::fd_dropping_stream::FdDroppingStream;
 use super::{Agent, Caller, Config, Failure, StartError};
 use crate::api::{ApiError, ErrorKind, route};
 
@@ -566,8 +567,9 @@ fn bind(socket: &Path) -> Result<UnixListener, StartError> {
     // Refused here (the accepted connections inherit it) where the kernel can.
     match crate::sys::socket::refuse_passed_fds(&listener) {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            "this kernel cannot refuse descriptors passed on {} (SO_PASSRIGHTS, Linux >= 6.16)",
+        Ok(false) => tracing::info!(
+            "this kernel cannot refuse descriptors passed on {} (SO_PASSRIGHTS, Linux >= 6.16): \
+             they are received and closed off the workers",
             socket.display()
         ),
         Err(e) => {
@@ -761,6 +763,8 @@ async fn accept_loop(
             },
         };
         // Inherited from the listener already; set again in case it was not.
+        // Where the kernel cannot refuse them, the connection's reads receive
+        // and dispose of them ([`FdDroppingStream`]).
         let _ = crate::sys::socket::refuse_passed_fds(&stream);
         let peer = Peer::of(&stream);
         let uid = uid_of(&peer);
@@ -784,7 +788,10 @@ async fn accept_loop(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(FdDroppingStream::new(stream)),
+                    service,
+                );
             if let Err(e) = conn.await {
                 tracing::debug!("connection: {e}");
             }
