@@ -111,42 +111,19 @@ impl AsyncWrite for FdDroppingStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
-
-    /// A TCP socket whose close, if it were the last, would wait an hour: it
-    /// lingers on a full send buffer its peer (returned, to keep) never reads.
-    fn lingering_socket() -> (std::net::TcpStream, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (peer, _) = listener.accept().unwrap();
-        rustix::net::sockopt::set_socket_linger(&client, Some(Duration::from_secs(3600))).unwrap();
-        client.set_nonblocking(true).unwrap();
-        let chunk = [0u8; 65536];
-        while client.write(&chunk).is_ok() {}
-        (client, peer)
-    }
 
     #[test]
     fn a_read_receives_passed_descriptors_and_never_waits_on_their_close() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (lingering, _peer) = lingering_socket();
+        let (lingering, _peer) = crate::sys::socket::testing::lingering_socket();
         let null = std::fs::File::open("/dev/null").unwrap();
-        {
-            let fds = [lingering.as_fd(), null.as_fd()];
-            let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 64];
-            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-            assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
-            let sent = rustix::net::sendmsg(
-                &theirs,
-                &[io::IoSlice::new(b"GET /v1/health")],
-                &mut control,
-                rustix::net::SendFlags::empty(),
-            )
-            .unwrap();
-            assert_eq!(sent, 14);
-        }
+        crate::sys::socket::testing::send_with_fds(
+            &theirs,
+            b"GET /v1/health",
+            &[lingering.as_fd(), null.as_fd()],
+        );
         // Ours are the in-flight copies' only company: the agent's close is the last.
         drop((lingering, null));
         let (tx, rx) = std::sync::mpsc::channel();

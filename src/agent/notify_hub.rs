@@ -26,6 +26,9 @@ pub const BATCH: Duration = Duration::from_millis(50);
 /// Datagrams read from one socket per wake-up, at most (a socket holds 10 by
 /// default, `net.unix.max_dgram_qlen`; the rest wait for the next wake-up).
 const PER_SOCKET: usize = 32;
+/// The most datagrams read from a socket being removed: far more than its
+/// queue holds (`net.unix.max_dgram_qlen`).
+const MAX_DRAINED: usize = 100_000;
 
 /// Called on the notify thread for each datagram: the run, its sender, the bytes.
 pub trait OnDatagram: Send + Sync + 'static {
@@ -41,6 +44,7 @@ pub struct Hub {
     epoll: Arc<OwnedFd>,
     sockets: Arc<Mutex<HashMap<u64, Socket>>>,
     next_key: AtomicU64,
+    closer: Arc<Closer>,
 }
 
 impl Hub {
@@ -49,6 +53,7 @@ impl Hub {
             epoll: Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?),
             sockets: Arc::default(),
             next_key: AtomicU64::new(1),
+            closer: Arc::new(Closer::start()),
         })
     }
 
@@ -57,9 +62,10 @@ impl Hub {
     pub fn start<T: OnDatagram>(&self, target: std::sync::Weak<T>) {
         let epoll = self.epoll.clone();
         let sockets = self.sockets.clone();
+        let closer = self.closer.clone();
         std::thread::Builder::new()
             .name("wfcg-notify".into())
-            .spawn(move || serve(&epoll, &sockets, &target))
+            .spawn(move || serve(&epoll, &sockets, &closer, &target))
             .expect("spawning the notify thread");
     }
 
@@ -91,9 +97,25 @@ impl Hub {
     /// it (it may be reading it right now; waiting for that here could deadlock
     /// with a caller holding a lock the datagram's handler takes).
     pub fn remove(&self, key: u64) {
-        if let Some(s) = self.sockets.lock().remove(&key) {
-            let _ = epoll::delete(&*self.epoll, &*s.sock);
-            let _ = rustix::net::shutdown(&*s.sock, rustix::net::Shutdown::Read);
+        let Some(s) = self.sockets.lock().remove(&key) else {
+            return;
+        };
+        let _ = epoll::delete(&*self.epoll, &*s.sock);
+        let _ = rustix::net::shutdown(&*s.sock, rustix::net::Shutdown::Read);
+        // What is still queued goes with the socket's last close, and the
+        // kernel closes the descriptors it carries in the thread that closes
+        // it (here the reaper, holding locks every request takes): a socket
+        // lingering on data nobody reads would hold it for good. The queue is
+        // read empty first (no one can add to it once shut down), and what
+        // the datagrams carry goes to the closer.
+        let mut buf = vec![0u8; notify::MAX_MESSAGE];
+        for _ in 0..MAX_DRAINED {
+            match notify::receive(&*s.sock, &mut buf, true) {
+                // The end of a shut-down queue: nothing, not even credentials.
+                Ok((0, sender)) if sender.pid.is_none() && sender.passed.is_empty() => break,
+                Ok((_, sender)) => self.closer.close(sender.passed),
+                Err(_) => break,
+            }
         }
     }
 }
@@ -133,9 +155,9 @@ impl Closer {
 fn serve<T: OnDatagram>(
     epoll: &OwnedFd,
     sockets: &Mutex<HashMap<u64, Socket>>,
+    closer: &Closer,
     target: &std::sync::Weak<T>,
 ) {
-    let closer = Closer::start();
     let empty = epoll::Event {
         flags: epoll::EventFlags::empty(),
         data: epoll::EventData::new_u64(0),
@@ -205,6 +227,40 @@ mod tests {
                 .lock()
                 .send((run_id.to_owned(), sender.pid, datagram.to_vec()));
         }
+    }
+
+    #[test]
+    fn removing_a_socket_never_waits_on_the_close_of_what_its_queue_carries() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run");
+        // Not started: no thread reads the datagrams, as when a run ends with
+        // its last ones unread.
+        let hub = Arc::new(Hub::new().unwrap());
+        let key = hub.add("run", notify::bind(&path).unwrap()).unwrap();
+        let sender = UnixDatagram::unbound().unwrap();
+        sender.connect(&path).unwrap();
+        let (lingering, _peer) = crate::sys::socket::testing::lingering_socket();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        for _ in 0..3 {
+            crate::sys::socket::testing::send_with_fds(
+                &sender,
+                b"STATUS=x",
+                &[lingering.as_fd(), null.as_fd()],
+            );
+        }
+        // The queue's copies are the last: its close would be theirs.
+        drop((lingering, null));
+        let (tx, rx) = mpsc::channel();
+        let removing = hub.clone();
+        std::thread::spawn(move || {
+            removing.remove(key);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("removing the socket waited on the close of a passed socket");
+        // And the socket is shut: a later datagram is refused.
+        assert!(sender.send(b"READY=1").is_err());
     }
 
     #[test]

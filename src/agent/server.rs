@@ -559,8 +559,6 @@ fn bind(socket: &Path) -> Result<UnixListener, StartError> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)
         .map_err(|e| StartError::Socket(format!("cannot listen on {}: {e}", socket.display())))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| StartError::Socket(format!("cannot chmod {}: {e}", socket.display())))?;
     // A descriptor passed with a request would be discarded by the kernel in the
     // tokio worker that reads it, and its final close can block that worker for
     // good (a TCP socket lingering on data its peer never reads; a FUSE flush).
@@ -579,6 +577,10 @@ fn bind(socket: &Path) -> Result<UnixListener, StartError> {
             )));
         }
     }
+    // Only now may anyone connect: a connection accepted before the option was
+    // set could still pass descriptors.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| StartError::Socket(format!("cannot chmod {}: {e}", socket.display())))?;
     Ok(listener)
 }
 

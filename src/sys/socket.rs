@@ -100,3 +100,39 @@ pub fn abortive_close(fd: impl AsFd) {
         )
     };
 }
+
+/// Sockets for tests of what the agent does with descriptors a user passes.
+#[cfg(test)]
+pub mod testing {
+    use std::io::Write;
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::time::Duration;
+
+    /// A TCP socket whose close, were it the last, would wait an hour: it
+    /// lingers on a full send buffer its peer (returned, to keep) never reads.
+    pub fn lingering_socket() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        rustix::net::sockopt::set_socket_linger(&client, Some(Duration::from_secs(3600))).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 65536];
+        while client.write(&chunk).is_ok() {}
+        (client, peer)
+    }
+
+    /// Sends `data` on `sock` with `fds` passed (SCM_RIGHTS).
+    pub fn send_with_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) {
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 128];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+        let sent = rustix::net::sendmsg(
+            sock,
+            &[std::io::IoSlice::new(data)],
+            &mut control,
+            rustix::net::SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(sent, data.len());
+    }
+}
