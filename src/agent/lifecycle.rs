@@ -193,7 +193,7 @@ impl Agent {
         let notify_key = rec
             .notify_socket
             .as_deref()
-            .and_then(|path| self.serve_notify(&rec.run_id, path));
+            .and_then(|path| self.serve_notify(&rec.run_id, rec.owner_uid, path));
         self.watch.lives.lock().insert(
             rec.run_id.clone(),
             Live {
@@ -267,7 +267,7 @@ impl Agent {
     }
 
     /// Binds the run's notify socket and has the notify hub read it; its key there.
-    fn serve_notify(&self, run_id: &str, path: &str) -> Option<u64> {
+    fn serve_notify(&self, run_id: &str, owner: u32, path: &str) -> Option<u64> {
         let hub = self.watch.hub.get()?;
         let path = std::path::Path::new(path);
         // Only ever in the agent's own directory: a path in a user's directory (a run
@@ -282,7 +282,7 @@ impl Agent {
             );
             return None;
         }
-        match notify::bind(path).and_then(|sock| hub.add(run_id, sock)) {
+        match notify::bind(path).and_then(|sock| hub.add(run_id, owner, sock)) {
             Ok(key) => Some(key),
             Err(e) => {
                 tracing::warn!(

@@ -37,6 +37,8 @@ pub trait OnDatagram: Send + Sync + 'static {
 
 struct Socket {
     run_id: Arc<str>,
+    /// The run's owner: what its senders pass is closed by the owner's closer.
+    owner: u32,
     sock: Arc<UnixDatagram>,
 }
 
@@ -44,7 +46,7 @@ pub struct Hub {
     epoll: Arc<OwnedFd>,
     sockets: Arc<Mutex<HashMap<u64, Socket>>>,
     next_key: AtomicU64,
-    closer: Arc<Closer>,
+    closers: Arc<Closers>,
 }
 
 impl Hub {
@@ -53,7 +55,7 @@ impl Hub {
             epoll: Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?),
             sockets: Arc::default(),
             next_key: AtomicU64::new(1),
-            closer: Arc::new(Closer::start()),
+            closers: Arc::default(),
         })
     }
 
@@ -62,21 +64,22 @@ impl Hub {
     pub fn start<T: OnDatagram>(&self, target: std::sync::Weak<T>) {
         let epoll = self.epoll.clone();
         let sockets = self.sockets.clone();
-        let closer = self.closer.clone();
+        let closers = self.closers.clone();
         std::thread::Builder::new()
             .name("wfcg-notify".into())
-            .spawn(move || serve(&epoll, &sockets, &closer, &target))
+            .spawn(move || serve(&epoll, &sockets, &closers, &target))
             .expect("spawning the notify thread");
     }
 
     /// Reads `sock` (non-blocking) for `run_id` from now on; the key to [`Hub::remove`] it.
-    pub fn add(&self, run_id: &str, sock: UnixDatagram) -> std::io::Result<u64> {
+    pub fn add(&self, run_id: &str, owner: u32, sock: UnixDatagram) -> std::io::Result<u64> {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let sock = Arc::new(sock);
         self.sockets.lock().insert(
             key,
             Socket {
                 run_id: run_id.into(),
+                owner,
                 sock: sock.clone(),
             },
         );
@@ -113,7 +116,7 @@ impl Hub {
             match notify::receive(&*s.sock, &mut buf, true) {
                 // The end of a shut-down queue: nothing, not even credentials.
                 Ok((0, sender)) if sender.pid.is_none() && sender.passed.is_empty() => break,
-                Ok((_, sender)) => self.closer.close(sender.passed),
+                Ok((_, sender)) => self.closers.close(s.owner, sender.passed),
                 Err(_) => break,
             }
         }
@@ -122,40 +125,91 @@ impl Hub {
 
 /// Closes what senders passed, off the notify thread: closing a descriptor may
 /// block (the flush of a file on a FUSE mount whose daemon never answers; a TCP
-/// socket lingering on data its peer never reads). Sockets are made to close
-/// abortively first (`SO_LINGER {on, 0}`: never a wait). Datagrams are always read
-/// with room for every descriptor one can carry, so the kernel never discards
-/// (closes) one on the notify thread, whether or not this closer keeps up.
-struct Closer {
-    tx: std::sync::mpsc::Sender<OwnedFd>,
+/// socket lingering on data its peer never reads, passed as it is or inside a
+/// unix socket's queue). Sockets are made to close abortively first
+/// (`SO_LINGER {on, 0}`), and each run owner's descriptors are closed by a
+/// thread of that owner's: a close that waits holds up only what that owner
+/// passed after it, never another user's (systemd-notify's barrier pipe is
+/// answered by its close). Datagrams are always read with room for every
+/// descriptor one can carry, so the kernel never discards (closes) one on the
+/// notify thread; but an owner with [`MAX_UNCLOSED`] descriptors not yet closed
+/// has their runs' sockets left unread until their closer catches up, so what
+/// they pass stays in the kernel's queues, not in the agent's descriptor table.
+#[derive(Default)]
+struct Closers {
+    by_owner: Mutex<HashMap<u32, Arc<Closer>>>,
 }
 
-impl Closer {
-    fn start() -> Closer {
+/// Descriptors of one owner given to their closer and not closed yet, at most,
+/// before their runs' sockets are left unread.
+const MAX_UNCLOSED: usize = 1024;
+
+struct Closer {
+    tx: std::sync::mpsc::Sender<OwnedFd>,
+    unclosed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Closers {
+    fn close(&self, owner: u32, fds: Vec<OwnedFd>) {
+        if fds.is_empty() {
+            return;
+        }
+        let closer = self.of(owner);
+        for fd in fds {
+            crate::sys::socket::abortive_close(&fd);
+            match &closer {
+                Some(c) => {
+                    c.unclosed.fetch_add(1, Ordering::Relaxed);
+                    let _ = c.tx.send(fd);
+                }
+                // No thread could be started: closed here, abortively at least.
+                None => drop(fd),
+            }
+        }
+    }
+
+    /// Whether `owner` has passed more than their closer has closed so far.
+    fn behind(&self, owner: u32) -> bool {
+        self.by_owner
+            .lock()
+            .get(&owner)
+            .is_some_and(|c| c.unclosed.load(Ordering::Relaxed) >= MAX_UNCLOSED)
+    }
+
+    /// The closer of `owner`'s descriptors, started at their first.
+    fn of(&self, owner: u32) -> Option<Arc<Closer>> {
+        let mut by_owner = self.by_owner.lock();
+        if let Some(c) = by_owner.get(&owner) {
+            return Some(c.clone());
+        }
         let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
-        std::thread::Builder::new()
-            .name("wfcg-notify-close".into())
+        let unclosed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = unclosed.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("wfcg-close-{owner}"))
             .spawn(move || {
                 for fd in rx {
                     drop(fd);
+                    count.fetch_sub(1, Ordering::Relaxed);
                 }
-            })
-            .expect("spawning the notify closer thread");
-        Closer { tx }
-    }
-
-    fn close(&self, fds: Vec<OwnedFd>) {
-        for fd in fds {
-            crate::sys::socket::abortive_close(&fd);
-            let _ = self.tx.send(fd);
+            });
+        if let Err(e) = started {
+            tracing::error!(
+                owner,
+                "cannot start a thread to close passed descriptors: {e}"
+            );
+            return None;
         }
+        let closer = Arc::new(Closer { tx, unclosed });
+        by_owner.insert(owner, closer.clone());
+        Some(closer)
     }
 }
 
 fn serve<T: OnDatagram>(
     epoll: &OwnedFd,
     sockets: &Mutex<HashMap<u64, Socket>>,
-    closer: &Closer,
+    closers: &Closers,
     target: &std::sync::Weak<T>,
 ) {
     let empty = epoll::Event {
@@ -186,18 +240,22 @@ fn serve<T: OnDatagram>(
         };
         for ev in &events[..n] {
             let key = ev.data.u64();
-            let Some((run_id, sock)) = sockets
+            let Some((run_id, owner, sock)) = sockets
                 .lock()
                 .get(&key)
-                .map(|s| (s.run_id.clone(), s.sock.clone()))
+                .map(|s| (s.run_id.clone(), s.owner, s.sock.clone()))
             else {
                 continue;
             };
+            // Left in the kernel's queue while the owner's closer is behind.
+            if closers.behind(owner) {
+                continue;
+            }
             for _ in 0..PER_SOCKET {
                 match notify::receive(&*sock, &mut buf, true) {
                     Ok((len, mut sender)) => {
                         // Closed whatever becomes of the datagram (sender.rs may drop it).
-                        closer.close(std::mem::take(&mut sender.passed));
+                        closers.close(owner, std::mem::take(&mut sender.passed));
                         target.on_datagram(&run_id, sender, &buf[..len]);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -237,7 +295,7 @@ mod tests {
         // Not started: no thread reads the datagrams, as when a run ends with
         // its last ones unread.
         let hub = Arc::new(Hub::new().unwrap());
-        let key = hub.add("run", notify::bind(&path).unwrap()).unwrap();
+        let key = hub.add("run", 1000, notify::bind(&path).unwrap()).unwrap();
         let sender = UnixDatagram::unbound().unwrap();
         sender.connect(&path).unwrap();
         let (lingering, _peer) = crate::sys::socket::testing::lingering_socket();
@@ -264,6 +322,49 @@ mod tests {
     }
 
     #[test]
+    fn a_close_that_waits_holds_up_only_its_own_owners_descriptors() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let target = Arc::new(Collect(Mutex::new(tx)));
+        let hub = Hub::new().unwrap();
+        hub.start(Arc::downgrade(&target));
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        hub.add("a", 1001, notify::bind(&a).unwrap()).unwrap();
+        hub.add("b", 1002, notify::bind(&b).unwrap()).unwrap();
+        // Owner 1001 passes a unix socket whose queue carries a lingering TCP
+        // socket: making the outer one abortive does not reach the inner one,
+        // so its close waits (an hour) in 1001's closer.
+        let (lingering, _peer) = crate::sys::socket::testing::lingering_socket();
+        let (outer, inner) = std::os::unix::net::UnixStream::pair().unwrap();
+        crate::sys::socket::testing::send_with_fds(&inner, b"x", &[lingering.as_fd()]);
+        drop((lingering, inner));
+        let sender = UnixDatagram::unbound().unwrap();
+        crate::sys::socket::testing::send_with_fds_to(&sender, &a, b"STATUS=a", &[outer.as_fd()]);
+        drop(outer);
+        // Owner 1002 passes a pipe's write end, as systemd-notify's barrier
+        // does: its reader sees the end once the agent has closed it.
+        let (mut read_end, write_end) = std::io::pipe().unwrap();
+        crate::sys::socket::testing::send_with_fds_to(
+            &sender,
+            &b,
+            b"STATUS=b",
+            &[write_end.as_fd()],
+        );
+        drop(write_end);
+        let (done, ended) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            let _ = done.send(read_end.read_to_end(&mut rest).map(|_| rest.len()));
+        });
+        let got = ended
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the barrier pipe of another owner was not closed behind a close that waits");
+        assert_eq!(got.unwrap(), 0);
+    }
+
+    #[test]
     fn reads_every_socket_in_order_and_stops_reading_removed_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -271,8 +372,8 @@ mod tests {
         let hub = Hub::new().unwrap();
         hub.start(Arc::downgrade(&target));
         let path = |name: &str| dir.path().join(name);
-        let a = hub.add("a", notify::bind(&path("a")).unwrap()).unwrap();
-        hub.add("b", notify::bind(&path("b")).unwrap()).unwrap();
+        let a = hub.add("a", 0, notify::bind(&path("a")).unwrap()).unwrap();
+        hub.add("b", 0, notify::bind(&path("b")).unwrap()).unwrap();
         let to = UnixDatagram::unbound().unwrap();
         // More than a socket holds (10: the sends wait for the hub to read), interleaved
         // with another socket.
@@ -311,7 +412,7 @@ mod tests {
         let n = 300; // more than the 256 events one epoll_wait returns
         let paths: Vec<_> = (0..n).map(|i| dir.path().join(i.to_string())).collect();
         for (i, path) in paths.iter().enumerate() {
-            hub.add(&i.to_string(), notify::bind(path).unwrap())
+            hub.add(&i.to_string(), 0, notify::bind(path).unwrap())
                 .unwrap();
         }
         // One sender each: unread datagrams count against their sender's buffer.

@@ -121,6 +121,17 @@ pub mod testing {
         (client, peer)
     }
 
+    /// Sends the datagram `data` to the socket at `path` with `fds` passed.
+    pub fn send_with_fds_to(
+        sock: &std::os::unix::net::UnixDatagram,
+        path: &std::path::Path,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) {
+        sock.connect(path).unwrap();
+        send_with_fds(sock, data, fds);
+    }
+
     /// Sends `data` on `sock` with `fds` passed (SCM_RIGHTS).
     pub fn send_with_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) {
         let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 128];
