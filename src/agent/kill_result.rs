@@ -5,8 +5,6 @@
 //! or [`survived`], then [`note_errors`]. A kill request's audit record takes
 //! [`audit_outcome`].
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 
 use super::Failure;
@@ -38,12 +36,6 @@ pub(super) fn already_ended(rec: &RunRecord, status: RunStatus) -> KillResult {
         mode: None,
         ..Default::default()
     }
-}
-
-/// The time `d` after `started_at`: when a section was first seen, counted
-/// from the kill's start.
-pub(super) fn after(started_at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    started_at + chrono::Duration::from_std(d).unwrap_or_default()
 }
 
 /// What a kill sequence did, for its answer.
@@ -144,7 +136,7 @@ fn from_report(
                 path: s.finding.path.clone(),
                 pid: s.finding.pid,
                 command: s.finding.command.clone(),
-                since: after(started_at, s.first),
+                since: crate::bounds::later(started_at, s.first),
                 open_secs: (s.last - s.first).as_secs_f64(),
             })
             .collect(),
@@ -291,6 +283,7 @@ mod tests {
     use crate::api::SectionKind;
     use crate::api::time::{format, parse};
     use crate::sections::Finding;
+    use std::time::Duration;
 
     fn run(status: RunStatus) -> RunRecord {
         RunRecord {
@@ -401,7 +394,7 @@ mod tests {
             (42, SectionKind::Git)
         );
         assert_eq!(
-            format(&after(started, Duration::ZERO)),
+            format(&crate::bounds::later(started, Duration::ZERO)),
             "2026-01-01T00:00:00.000Z"
         );
     }
