@@ -161,23 +161,70 @@ pub fn shrink(dir: &Path) -> io::Result<Usage> {
     }
 }
 
-/// Those of `dirs` over which a mount other than a tmpfs is stacked now (one
-/// read of `/proc/self/mountinfo` for all, made after this call and shared with
-/// the calls at once: [`detach_stacked`] reads it again, for these only).
+/// Those of `dirs` over which a mount other than a tmpfs is stacked now. Each
+/// is asked of the kernel by itself ([`stacked_over`]); those it cannot tell
+/// are looked up in one read of `/proc/self/mountinfo` for all, made after this
+/// call and shared with the calls at once ([`detach_stacked`] reads it again,
+/// for these only).
 pub fn with_stacked(dirs: &[&Path]) -> Vec<PathBuf> {
+    let mut stacked = Vec::new();
+    let mut unsure = Vec::new();
+    for d in dirs {
+        match stacked_over(d) {
+            Some(false) => {}
+            Some(true) => stacked.push(d.to_path_buf()),
+            None => unsure.push(*d),
+        }
+    }
+    if unsure.is_empty() {
+        return stacked;
+    }
     // The table has two lines a run: cleanups at once share their reads of it.
     static TOPS: crate::parallel::Fresh<HashMap<String, String>> = crate::parallel::Fresh::new();
     let top = TOPS.get(|| {
         let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
         top_mounts(&String::from_utf8_lossy(&info))
     });
-    dirs.iter()
-        .filter(|d| {
-            top.get(mountinfo_escaped(d).as_str())
-                .is_some_and(|fstype| fstype != "tmpfs")
-        })
-        .map(|d| d.to_path_buf())
-        .collect()
+    stacked.extend(
+        unsure
+            .into_iter()
+            .filter(|d| {
+                top.get(mountinfo_escaped(d).as_str())
+                    .is_some_and(|fstype| fstype != "tmpfs")
+            })
+            .map(Path::to_path_buf),
+    );
+    stacked
+}
+
+/// Whether what is mounted on top at `dir` is other than a tmpfs (`Some(false)`
+/// when nothing is mounted there), from a `statx(2)` of it that asks its file system
+/// nothing (AT_STATX_DONT_SYNC; the mount's unique id and whether `dir` is a
+/// mount root come from the VFS) and a `statmount(2)` of that mount (its
+/// superblock's magic). `None` when the kernel cannot tell this way: before
+/// Linux 6.8, or a file system that refuses even that to root (FUSE without
+/// `allow_other` does, without asking its server).
+fn stacked_over(dir: &Path) -> Option<bool> {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        dir,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::from_bits_retain(libc::STATX_MNT_ID_UNIQUE),
+    )
+    .ok()?;
+    if st.stx_mask & libc::STATX_MNT_ID_UNIQUE == 0
+        || !st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+    {
+        return None;
+    }
+    if !st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT) {
+        return Some(false);
+    }
+    crate::sys::mount::sb_magic(st.stx_mnt_id)
+        .ok()
+        .map(|magic| magic != TMPFS_MAGIC)
 }
 
 /// The type of the file system mounted last (on top) at each mount point of a
@@ -275,6 +322,40 @@ mod tests {
     fn mount_points_are_escaped_as_mountinfo_writes_them() {
         assert_eq!(mountinfo_escaped(Path::new("/a b\\c")), "/a\\040b\\134c");
         assert_eq!(mountinfo_escaped(Path::new("/run/wfcg")), "/run/wfcg");
+    }
+
+    /// Needs root (mounts): a plain directory, a tmpfs, and a bind mount of
+    /// another file system stacked over the tmpfs, told apart by the kernel's
+    /// answer for the mount at each path, and the same as the mount table says.
+    #[test]
+    fn a_mount_stacked_over_a_tmpfs_is_told_without_the_mount_table() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("t");
+        std::fs::create_dir(&dir).unwrap();
+        let from_table = |d: &Path| {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            top_mounts(&info)
+                .get(mountinfo_escaped(d).as_str())
+                .is_some_and(|fstype| fstype != "tmpfs")
+        };
+        assert_eq!(stacked_over(&dir), Some(false), "a plain directory");
+        assert!(with_stacked(&[&dir]).is_empty());
+        mount(&dir, "1M", 0, 0).unwrap();
+        assert_eq!(stacked_over(&dir), Some(false), "a tmpfs");
+        assert!(!from_table(&dir));
+        // Another file system over it: the directory this test runs in.
+        let other = std::env::current_dir().unwrap();
+        rustix::mount::mount_bind(&other, &dir).unwrap();
+        assert_eq!(
+            stacked_over(&dir),
+            Some(true),
+            "a bind mount over the tmpfs"
+        );
+        assert!(from_table(&dir));
+        assert_eq!(with_stacked(&[&dir, top.path()]), vec![dir.clone()]);
+        assert_eq!(detach_stacked(&dir), 1);
+        assert_eq!(stacked_over(&dir), Some(false), "the tmpfs again");
+        unmount(&dir).unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`pidfd`], `ioctl(PIDFD_GET_INFO)`;
 //! - [`fd`], `open_by_handle_at(2)`;
 //! - [`fanotify`], `fanotify_init(2)`, `fanotify_mark(2)`;
+//! - [`mount`], `statmount(2)`;
 //! - [`creds`], filesystem ids of a thread (`setfsuid(2)`), a process's ids for good;
 //! - [`nss`], the password and group databases (`getpwuid_r(3)` and kin);
 //! - [`signal`], signal sets, masks and `sigwaitinfo(2)`;
@@ -19,6 +20,7 @@ pub mod cmsg;
 pub mod creds;
 pub mod fanotify;
 pub mod fd;
+pub mod mount;
 pub mod nss;
 pub mod pidfd;
 pub mod process;
