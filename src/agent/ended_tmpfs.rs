@@ -22,19 +22,19 @@ use crate::api::RunStatus;
 use crate::userfs::Cred;
 use crate::walk::{self, Budget, Removal};
 
-/// Removes the stop reason a kill wrote into the run directory `dir`, as its
+/// Removes the files wfcg itself writes into the run directory `dir` (the stop
+/// reason a kill wrote, the exit its supervisor left, both read by now), as its
 /// `owner`, in the directory opened without following a symlink (whatever the
-/// run left under that name: a directory stays, for the walk). It is all such a
-/// directory usually holds, and a tmpfs left empty needs no removal process.
-fn drop_stop_reason(dir: &Path, owner: &Cred) {
+/// run left under those names: a directory stays, for the walk). They are all
+/// such a directory usually holds, and a tmpfs left empty needs no removal
+/// process.
+fn drop_run_files(dir: &Path, owner: &Cred) {
     let _ = crate::userfs::as_user(owner, || {
         let dir = crate::userfs::open_dir(dir)?;
-        rustix::fs::unlinkat(
-            dir,
-            crate::api::STOP_REASON_FILE,
-            rustix::fs::AtFlags::empty(),
-        )
-        .map_err(std::io::Error::from)
+        for name in [crate::api::STOP_REASON_FILE, crate::api::EXIT_STATUS_FILE] {
+            let _ = rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty());
+        }
+        Ok::<_, std::io::Error>(())
     });
 }
 
@@ -91,7 +91,7 @@ impl Agent {
             tracing::warn!(run_id, "detached {n} mount(s) made over {}", dir.display());
         }
         if let Some(dir) = run_dir {
-            drop_stop_reason(dir, owner);
+            drop_run_files(dir, owner);
         }
         [tmpdir, run_dir].map(|dir| match dir {
             Some(d) => self.end_unstacked_tmpfs(run_id, d, owner, budget),
@@ -248,5 +248,43 @@ impl Agent {
                 tracing::warn!(run_id, "{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{EXIT_STATUS_FILE, STOP_REASON_FILE};
+
+    /// What wfcg wrote into a run directory goes, what the run made stays (a
+    /// directory under one of those names, another file), and a symlink under
+    /// one of them is removed as a name, never followed.
+    #[test]
+    fn the_files_wfcg_wrote_into_a_run_directory_go_and_nothing_else() {
+        let run_dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("kept");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::write(run_dir.path().join(STOP_REASON_FILE), "{}").unwrap();
+        std::os::unix::fs::symlink(&target, run_dir.path().join(EXIT_STATUS_FILE)).unwrap();
+        std::fs::write(run_dir.path().join("made-by-the-run"), "x").unwrap();
+        drop_run_files(
+            run_dir.path(),
+            &Cred::of_uid(rustix::process::getuid().as_raw()),
+        );
+        let mut left: Vec<String> = std::fs::read_dir(run_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["made-by-the-run"]);
+        assert!(target.exists(), "the symlink was followed");
+
+        std::fs::create_dir(run_dir.path().join(STOP_REASON_FILE)).unwrap();
+        drop_run_files(
+            run_dir.path(),
+            &Cred::of_uid(rustix::process::getuid().as_raw()),
+        );
+        assert!(run_dir.path().join(STOP_REASON_FILE).is_dir());
     }
 }
