@@ -39,6 +39,11 @@ pub use limits::*;
 use mount::host_mount;
 pub use mount::*;
 
+/// How long a wait on `cgroup.events` also re-reads it every millisecond: past
+/// the longest interval by which the kernel defers a notification (10 ms, 12 at
+/// HZ=250), with room for the timer's slack.
+pub const EAGER: Duration = Duration::from_millis(15);
+
 /// How long `remove` retries an `rmdir` that fails with EBUSY.
 const RMDIR_RETRY: Duration = Duration::from_secs(2);
 
@@ -435,12 +440,25 @@ impl Cgroup {
     /// Event-driven: `poll(2)` for POLLPRI on an open `cgroup.events`, which kernfs
     /// wakes synchronously on every change (an inotify watch is woken later, from
     /// a workqueue: 5-15 ms on a busy host). The kernel rate-limits these
-    /// notifications (one per ~10 ms per file, `CGROUP_FILE_NOTIFY_MIN_INTV`), so
-    /// during the first 50 ms the file is also re-read every millisecond.
+    /// notifications: one that comes within `CGROUP_FILE_NOTIFY_MIN_INTV` (10 ms,
+    /// 12 at HZ=250) of the previous one on the same file is deferred to the end
+    /// of that interval. So during the first [`EAGER`] the file is also re-read
+    /// every millisecond; after it, a deferred notification has come.
     /// Returns the last events read and whether `done` held.
     pub fn wait_events(
         &self,
         timeout: Duration,
+        done: impl Fn(&Events) -> bool,
+    ) -> Result<(Events, bool)> {
+        self.wait_events_eager(timeout, EAGER, done)
+    }
+
+    /// [`Cgroup::wait_events`], re-reading every millisecond during the first
+    /// `eager` only.
+    fn wait_events_eager(
+        &self,
+        timeout: Duration,
+        eager: Duration,
         done: impl Fn(&Events) -> bool,
     ) -> Result<(Events, bool)> {
         let start = Instant::now();
@@ -466,7 +484,7 @@ impl Cgroup {
             if left.is_zero() {
                 return Ok((ev, false));
             }
-            let slice = if now - start < Duration::from_millis(50) {
+            let slice = if now - start < eager {
                 Duration::from_millis(1)
             } else {
                 Duration::from_millis(100)
@@ -492,6 +510,15 @@ impl Cgroup {
     /// Waits for `populated 0`. Returns whether the cgroup emptied in time.
     pub fn wait_unpopulated(&self, timeout: Duration) -> Result<bool> {
         Ok(self.wait_events(timeout, |e| !e.populated)?.1)
+    }
+
+    /// [`Cgroup::wait_unpopulated`] for a wait that follows one just made: told
+    /// by the kernel only, with no re-reads every millisecond (a thousand kills
+    /// waiting at once would spend a core on them).
+    pub fn wait_unpopulated_again(&self, timeout: Duration) -> Result<bool> {
+        Ok(self
+            .wait_events_eager(timeout, Duration::ZERO, |e| !e.populated)?
+            .1)
     }
 
     /// Freezes the cgroup (`cgroup.freeze` = 1) and waits for `frozen 1`.

@@ -439,9 +439,10 @@ fn wait_unpopulated_unless_escalated(
     timeout: Duration,
 ) -> Result<bool, crate::cgroup::Error> {
     let deadline = Instant::now() + timeout;
+    let mut first = true;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if cg.wait_unpopulated(left.min(SECTION_POLL))? {
+        if wait_slice(cg, left.min(SECTION_POLL), &mut first)? {
             return Ok(true);
         }
         if left <= SECTION_POLL || plan.escalated() {
@@ -594,6 +595,16 @@ fn hard_kill(
     }
 }
 
+/// One slice of a wait for `populated 0` that is made of several: only the
+/// `first` re-reads `cgroup.events` every millisecond at its start.
+fn wait_slice(cg: &Cgroup, slice: Duration, first: &mut bool) -> crate::cgroup::Result<bool> {
+    if std::mem::take(first) {
+        cg.wait_unpopulated(slice)
+    } else {
+        cg.wait_unpopulated_again(slice)
+    }
+}
+
 /// Waits up to `deadline` for `populated 0`, writing `cgroup.kill` again every
 /// [`SECTION_POLL`] while the cgroup is still populated: a child forked while
 /// the kill went through the cgroup (its parent past fork's check for a fatal
@@ -602,9 +613,10 @@ fn hard_kill(
 /// answers says whether the cgroup emptied.
 fn wait_killed(cg: &Cgroup, deadline: Duration) -> crate::cgroup::Result<bool> {
     let start = Instant::now();
+    let mut first = true;
     loop {
         let left = deadline.saturating_sub(start.elapsed());
-        match cg.wait_unpopulated(left.min(SECTION_POLL)) {
+        match wait_slice(cg, left.min(SECTION_POLL), &mut first) {
             Ok(false) if !left.is_zero() => {
                 let _ = cg.kill();
             }

@@ -270,6 +270,9 @@ pub struct Carriers {
 /// [`scan`]s shared by concurrent callers: each waits for a scan of the host
 /// that starts after it asked, and one scan answers every caller waiting when
 /// it starts. A hundred runs killed at once then cost a few scans, not a hundred.
+/// Scans take at most half of the time: the next does not start before as long
+/// after the last ended as the last took, so that while kills keep coming, each
+/// scan answers more of them (a lone ask, after a quiet while, waits for nothing).
 #[derive(Default)]
 pub struct SharedEnvScan {
     state: parking_lot::Mutex<ScanState>,
@@ -288,6 +291,8 @@ struct ScanState {
     started: u64,
     /// The last scan finished: its number and what it found for each ask.
     last: Option<(u64, Found)>,
+    /// When the next scan may start.
+    next: Option<std::time::Instant>,
 }
 
 impl SharedEnvScan {
@@ -315,20 +320,28 @@ impl SharedEnvScan {
                 st.asked.insert(ask.clone());
                 need = st.started + 1;
             }
-            if !st.running {
+            let now = std::time::Instant::now();
+            if !st.running && st.next.is_none_or(|t| t <= now) {
                 st.running = true;
                 st.started += 1;
                 let n = st.started;
                 let asked = std::mem::take(&mut st.asked);
                 drop(st);
                 let found = scan_asks(asked);
+                let ended = std::time::Instant::now();
                 st = self.state.lock();
                 st.last = Some((n, std::sync::Arc::new(found)));
                 st.running = false;
+                st.next = ended.checked_add(ended - now);
                 self.done.notify_all();
                 continue;
             }
-            self.done.wait(&mut st);
+            match st.next.filter(|_| !st.running) {
+                Some(t) => {
+                    self.done.wait_until(&mut st, t);
+                }
+                None => self.done.wait(&mut st),
+            }
         }
     }
 
@@ -414,6 +427,33 @@ mod tests {
         assert_eq!(not_theirs, EnvScan::default());
         assert_eq!(too_old, EnvScan::default());
         assert!(carried && !carried_other);
+    }
+
+    /// A scan right after another waits as long after it as it took: while
+    /// asks keep coming, scans take at most half of the time.
+    #[test]
+    fn a_scan_right_after_another_starts_as_long_after_it_as_it_took() {
+        let proc_root = Path::new("/proc");
+        let shared = SharedEnvScan::default();
+        let mine = EnvFilter {
+            uid: me(),
+            since: 0,
+        };
+        let t = Instant::now();
+        shared.scan(proc_root, "WFCG_TEST_MARK", "first", mine);
+        let took = t.elapsed();
+        let next = shared
+            .state
+            .lock()
+            .next
+            .expect("no start set for the next scan");
+        assert!(
+            next > t && next <= Instant::now() + took,
+            "{next:?} {t:?} {took:?}"
+        );
+        shared.scan(proc_root, "WFCG_TEST_MARK", "second", mine);
+        assert!(Instant::now() >= next);
+        assert_eq!(shared.scans(), 2);
     }
 
     /// A process started after the filter's start is found, while the age of
