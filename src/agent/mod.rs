@@ -56,7 +56,8 @@
 //! | thread or task | started in | owns, and what it calls |
 //! | --- | --- | --- |
 //! | tokio runtime (main) | `server::serve` | the socket's listener and one task per connection (the per-uid connection and in-flight counts, `server.rs`); the `/metrics` TCP listener; the SIGHUP task |
-//! | blocking pool (`spawn_blocking`) | `server.rs` | every request's [`Agent`] call, the `/metrics` text, [`Agent::start`], a SIGHUP's policy reload |
+//! | blocking pool (`spawn_blocking`) | `server.rs` | every request's [`Agent`] call but a kill's, the `/metrics` text, [`Agent::start`], a SIGHUP's policy reload (at most `WFCG_REQUEST_THREADS` threads, 512 by default) |
+//! | `wfcg-kill` pool | `server.rs` (`KILLS`) | a kill request's [`Agent::kill`]: kills wait (for their processes, for the exit reports of their runs' supervisors, which the blocking pool serves), so they never hold the threads other requests need |
 //! | monitor task (tokio) | `monitor.rs` | the deadline queue (its `Current` map); a passed deadline runs `on_deadline` on the blocking pool |
 //! | heartbeat/sample task (tokio) | `lifecycle.rs` (`start_lifecycle`) | two intervals; `flush_heartbeats` (`watch.beats` → store) and `sample_loops` (`watch.loops`) on the blocking pool |
 //! | `wfcg-notify` | `notify_hub.rs` | the epoll of every run's notify socket (`Hub.sockets`); calls `on_notify` per datagram, never waits on the store |

@@ -154,7 +154,14 @@ impl IntoResponse for ChangeAnswer {
 async fn changed<T: serde::Serialize + Send + 'static>(
     f: impl FnOnce() -> Result<Audited<T>, Failure> + Send + 'static,
 ) -> ChangeAnswer {
-    ChangeAnswer(match tokio::task::spawn_blocking(f).await {
+    changed_on(tokio::task::spawn_blocking(f)).await
+}
+
+/// [`changed`] for a call already started on a blocking thread of some pool.
+async fn changed_on<T: serde::Serialize + Send + 'static>(
+    call: tokio::task::JoinHandle<Result<Audited<T>, Failure>>,
+) -> ChangeAnswer {
+    ChangeAnswer(match call.await {
         Ok(Ok(v)) => Ok(axum::Json(v.into_inner()).into_response()),
         Ok(Err(e)) if e.kind == ErrorKind::Forbidden && !e.is_recorded() => {
             tracing::error!(
@@ -313,8 +320,27 @@ async fn kill_run(
     bytes: Bytes,
 ) -> ChangeAnswer {
     let asked = caller(peer).and_then(|caller| Ok((caller, body(&bytes)?)));
-    changed_if(asked, move |(caller, req)| agent.kill(&caller, &id, req)).await
+    match asked {
+        Ok((caller, req)) => {
+            changed_on(KILLS.spawn_blocking(move || agent.kill(&caller, &id, req))).await
+        }
+        Err(e) => ChangeAnswer(Err(e)),
+    }
 }
+
+/// The pool of threads kill requests run on, apart from every other request's:
+/// a kill waits (for its processes, for its run's supervisor to report its
+/// exit, for critical sections), and a thousand kills at once would otherwise
+/// hold every thread of the shared pool while the exit reports they wait for
+/// queue behind them (each kill then waited out its supervisor's grace).
+static KILLS: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("wfcg-kill")
+        .enable_all()
+        .build()
+        .expect("the kill requests' thread pool")
+});
 
 async fn renew_lease(
     State(agent): State<Arc<Agent>>,

@@ -94,7 +94,17 @@ pub fn run(cli: &super::Cli, args: &Args) -> Result<i32, Failure> {
     // Few malloc arenas: the agent's threads do little allocation each, and every
     // arena costs resident memory.
     crate::sys::process::limit_malloc_arenas(2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // The threads requests are worked on (tokio's default, 512), fewer for
+    // tests that fill them.
+    if let Some(n) = std::env::var("WFCG_REQUEST_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        rt.max_blocking_threads(n);
+    }
+    let rt = rt
         .enable_all()
         .build()
         .map_err(|e| Failure::new(exit::FAILED, format!("cannot start the runtime: {e}")))?;

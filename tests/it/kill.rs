@@ -274,3 +274,52 @@ fn a_user_cannot_kill_another_users_run() {
     agent.kill_ok(&run.id, &["--force"]);
     agent.assert_run_gone(&run);
 }
+
+/// Kills at once beyond the agent's threads for requests: each run's
+/// supervisor reports its exit while its kill waits for it, since kills have
+/// threads of their own. On the requests' threads, the kills held them all, the
+/// reports they waited for queued behind them, and each kill waited out the
+/// supervisor's grace (5 s) and then killed it.
+#[test]
+fn kills_beyond_the_request_threads_do_not_wait_out_the_supervisors_grace() {
+    require_privileges!();
+    let mut agent = TestAgent::unstarted();
+    agent.agent_env = vec![("WFCG_REQUEST_THREADS", std::path::PathBuf::from("3"))];
+    agent.spawn();
+    let runs: Vec<util::Run> = (0..6)
+        .map(|_| agent.start_run(&["--ready-when", "start"], "exec sleep 1000"))
+        .collect();
+    for r in &runs {
+        assert!(agent.wait_procs(&r.id, 2), "run {} did not start", r.id);
+    }
+    let kills: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            agent
+                .wfcg()
+                .args(["kill", "--json", "--force", &r.id])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawning wfcg kill")
+        })
+        .collect();
+    for (kill, run) in kills.into_iter().zip(&runs) {
+        let out = kill.wait_with_output().expect("waiting for wfcg kill");
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let supervisor = result["phases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "supervisor")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            supervisor["detail"],
+            "the supervisor exited",
+            "run {}: {result:#}\nagent log (end):\n{}",
+            run.id,
+            agent.log_tail(20)
+        );
+        agent.assert_run_gone(run);
+    }
+}
