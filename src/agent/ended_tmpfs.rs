@@ -22,19 +22,23 @@ use crate::api::RunStatus;
 use crate::userfs::Cred;
 use crate::walk::{self, Budget, Removal};
 
-/// Removes the stop reason a kill wrote into the run directory `dir`, as its
-/// `owner`, in the directory opened without following a symlink (whatever the
-/// run left under that name: a directory stays, for the walk). It is all such a
-/// directory usually holds, and a tmpfs left empty needs no removal process.
-fn drop_stop_reason(dir: &Path, owner: &Cred) {
+/// The files a run directory holds once its run ended, written there for the
+/// run's supervisor and by it: the stop reason a kill wrote, and the exit the
+/// supervisor left (read, if it was needed, before the run was ended).
+const ENDED_RUN_FILES: [&str; 2] = [crate::api::STOP_REASON_FILE, crate::api::EXIT_STATUS_FILE];
+
+/// Removes [`ENDED_RUN_FILES`] from the run directory `dir`, as its `owner`,
+/// in the directory opened without following a symlink (whatever the run left
+/// under those names: a directory stays, for the walk). They are all such a
+/// directory usually holds (every supervisor leaves its exit), and a tmpfs left
+/// empty needs no removal process (an exec of wfcg for every run's end).
+fn drop_ended_run_files(dir: &Path, owner: &Cred) {
     let _ = crate::userfs::as_user(owner, || {
         let dir = crate::userfs::open_dir(dir)?;
-        rustix::fs::unlinkat(
-            dir,
-            crate::api::STOP_REASON_FILE,
-            rustix::fs::AtFlags::empty(),
-        )
-        .map_err(std::io::Error::from)
+        for name in ENDED_RUN_FILES {
+            let _ = rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty());
+        }
+        Ok::<(), std::io::Error>(())
     });
 }
 
@@ -91,7 +95,7 @@ impl Agent {
             tracing::warn!(run_id, "detached {n} mount(s) made over {}", dir.display());
         }
         if let Some(dir) = run_dir {
-            drop_stop_reason(dir, owner);
+            drop_ended_run_files(dir, owner);
         }
         [tmpdir, run_dir].map(|dir| match dir {
             Some(d) => self.end_unstacked_tmpfs(run_id, d, owner, budget),
@@ -248,5 +252,34 @@ impl Agent {
                 tracing::warn!(run_id, "{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both files a run directory holds at the end go, so that no removal
+    /// process is needed for it; anything else (a directory under either
+    /// name) is left for the walk.
+    #[test]
+    fn the_stop_reason_and_the_exit_status_are_dropped_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = Cred::of_uid(rustix::process::geteuid().as_raw());
+        for name in ENDED_RUN_FILES {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        std::fs::write(dir.path().join("other"), "x").unwrap();
+        drop_ended_run_files(dir.path(), &owner);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["other"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(crate::api::EXIT_STATUS_FILE)).unwrap();
+        drop_ended_run_files(dir.path(), &owner);
+        assert!(dir.path().join(crate::api::EXIT_STATUS_FILE).is_dir());
     }
 }
