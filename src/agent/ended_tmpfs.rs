@@ -28,7 +28,7 @@ use crate::walk::{self, Budget, Removal};
 /// run left under those names: a directory stays, for the walk). They are all
 /// such a directory usually holds, and a tmpfs left empty needs no removal
 /// process.
-fn drop_run_files(dir: &Path, owner: &Cred) {
+fn drop_ended_run_files(dir: &Path, owner: &Cred) {
     let _ = crate::userfs::as_user(owner, || {
         let dir = crate::userfs::open_dir(dir)?;
         for name in [crate::api::STOP_REASON_FILE, crate::api::EXIT_STATUS_FILE] {
@@ -91,7 +91,7 @@ impl Agent {
             tracing::warn!(run_id, "detached {n} mount(s) made over {}", dir.display());
         }
         if let Some(dir) = run_dir {
-            drop_run_files(dir, owner);
+            drop_ended_run_files(dir, owner);
         }
         [tmpdir, run_dir].map(|dir| match dir {
             Some(d) => self.end_unstacked_tmpfs(run_id, d, owner, budget),
@@ -268,7 +268,7 @@ mod tests {
         std::fs::write(run_dir.path().join(STOP_REASON_FILE), "{}").unwrap();
         std::os::unix::fs::symlink(&target, run_dir.path().join(EXIT_STATUS_FILE)).unwrap();
         std::fs::write(run_dir.path().join("made-by-the-run"), "x").unwrap();
-        drop_run_files(
+        drop_ended_run_files(
             run_dir.path(),
             &Cred::of_uid(rustix::process::getuid().as_raw()),
         );
@@ -281,7 +281,7 @@ mod tests {
         assert!(target.exists(), "the symlink was followed");
 
         std::fs::create_dir(run_dir.path().join(STOP_REASON_FILE)).unwrap();
-        drop_run_files(
+        drop_ended_run_files(
             run_dir.path(),
             &Cred::of_uid(rustix::process::getuid().as_raw()),
         );

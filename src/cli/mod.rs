@@ -100,6 +100,13 @@ pub enum Verb {
 /// options only the agent (and `wfcg run`, which may start it) reads. The
 /// binary parses with it and the man pages are made from it.
 pub fn command() -> clap::Command {
+    command_with(true)
+}
+
+/// [`command`], with `wfcg mcp --help`'s list of tools when `mcp_tools` (its
+/// making builds every tool's JSON Schema: most of a parse's time, which no
+/// other command line needs).
+fn command_with(mcp_tools: bool) -> clap::Command {
     let cmd = Cli::command();
     // A global option is copied into each subcommand that has none of its id
     // when the command is built: give `mcp` hidden copies first.
@@ -109,8 +116,19 @@ pub fn command() -> clap::Command {
         .map(|a| a.clone().hide(true))
         .collect();
     cmd.mut_subcommand("mcp", |mcp| {
-        mcp.args(agent_only).after_help(crate::mcp::tools_help())
+        let mcp = mcp.args(agent_only);
+        if mcp_tools {
+            mcp.after_help(crate::mcp::tools_help())
+        } else {
+            mcp
+        }
     })
+}
+
+/// Whether a command line may show `wfcg mcp`'s help (`wfcg mcp --help`,
+/// `wfcg help mcp`): only one that names `mcp` can.
+fn may_show_mcp_help(args: &[std::ffi::OsString]) -> bool {
+    args.iter().skip(1).any(|a| a == "mcp")
 }
 
 /// The global options only the agent (and `wfcg run`, which may start one) reads.
@@ -120,8 +138,11 @@ const AGENT_ONLY: [&str; 2] = ["state_dir", "cgroup_root"];
 /// `--help`, `--version`) prints clap's message and exits as clap does (2).
 pub fn parse() -> Cli {
     use clap::FromArgMatches;
-    let mut cmd = command();
-    let matches = cmd.get_matches_mut();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = command_with(may_show_mcp_help(&args));
+    let matches = cmd
+        .try_get_matches_from_mut(args)
+        .unwrap_or_else(|e| e.exit());
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
 }
 
@@ -173,4 +194,39 @@ fn millis_arg(flag: &str, text: &Option<String>) -> Result<Option<u64>, Failure>
     text.as_deref()
         .map(|t| duration_arg(flag, t).map(|d| d.as_millis() as u64))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mcp_help(args: &[&str]) -> Option<String> {
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let cmd = command_with(may_show_mcp_help(&args));
+        let mcp = cmd.find_subcommand("mcp").expect("the mcp subcommand");
+        mcp.get_after_help().map(|h| h.to_string())
+    }
+
+    /// A start (`wfcg run`) does not build the MCP tools' schemas; every
+    /// command line that can print `wfcg mcp`'s help does.
+    #[test]
+    fn only_a_command_line_naming_mcp_lists_its_tools() {
+        assert_eq!(mcp_help(&["wfcg", "run", "-q", "--", "true"]), None);
+        assert_eq!(mcp_help(&["wfcg", "--version"]), None);
+        for args in [
+            &["wfcg", "mcp", "--help"][..],
+            &["wfcg", "help", "mcp"],
+            &["wfcg", "--socket", "/s", "mcp", "-h"],
+        ] {
+            let help = mcp_help(args).unwrap_or_default();
+            assert!(help.starts_with("Tools:"), "{args:?}: {help:?}");
+        }
+        assert!(
+            command()
+                .find_subcommand("mcp")
+                .unwrap()
+                .get_after_help()
+                .is_some()
+        );
+    }
 }

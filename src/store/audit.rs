@@ -171,11 +171,8 @@ impl Store {
     ) -> Result<Vec<AuditRecord>> {
         self.immediate(|tx| {
         let last: Option<AuditRecord> = tx
-            .query_row(
-                &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"),
-                [],
-                audit_from_row,
-            )
+            .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"))?
+            .query_row([], audit_from_row)
             .optional()?;
         // The newest record as it reads now: its content must still give its hash.
         let edited = last
@@ -229,14 +226,12 @@ impl Store {
             let (prev_seq, prev_hash) = head;
             let seq = prev_seq + 1;
             let hash = audit_hash(seq, &prev_hash, &e);
-            tx.execute(
-                &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
-                params![
+            tx.prepare_cached(&format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"))?
+            .execute(params![
                     seq, e.time, e.actor_uid, e.actor_name, e.caller_pid, e.action, e.run_id,
                     e.reason, e.mode, e.decision, e.permission, e.outcome, e.sections,
                     e.duration_ms, prev_hash, hash
-                ],
-            )?;
+                ])?;
             head = (seq, hash.clone());
             out.push(AuditRecord {
                 seq,

@@ -48,13 +48,10 @@ impl Store {
     pub fn breaker(&self, workflow: &str, owner: Option<u32>) -> Result<Option<BreakerRecord>> {
         Ok(self
             .conn
-            .query_row(
-                &format!(
-                    "SELECT {BREAKER_COLUMNS} FROM breakers WHERE workflow = ?1 AND owner_uid = ?2"
-                ),
-                params![workflow, owner_key(owner)],
-                breaker_from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {BREAKER_COLUMNS} FROM breakers WHERE workflow = ?1 AND owner_uid = ?2"
+            ))?
+            .query_row(params![workflow, owner_key(owner)], breaker_from_row)
             .optional()?)
     }
 
@@ -69,12 +66,12 @@ impl Store {
 
     /// Writes a breaker row (replacing the one of the same workflow and owner).
     pub fn put_breaker(&self, b: &BreakerRecord) -> Result<()> {
-        self.conn.execute(
-            &format!(
+        self.conn
+            .prepare_cached(&format!(
                 "INSERT OR REPLACE INTO breakers ({BREAKER_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ),
-            params![
+            ))?
+            .execute(params![
                 b.workflow,
                 owner_key(b.owner_uid),
                 b.failures,
@@ -82,16 +79,16 @@ impl Store {
                 b.open_until.map(rfc3339),
                 b.last_run_id,
                 b.last_reason
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
     /// Removes a breaker row (its count starts again from 0); whether there was one.
     pub fn delete_breaker(&self, workflow: &str, owner: Option<u32>) -> Result<bool> {
-        Ok(self.conn.execute(
-            "DELETE FROM breakers WHERE workflow = ?1 AND owner_uid = ?2",
-            params![workflow, owner_key(owner)],
-        )? > 0)
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM breakers WHERE workflow = ?1 AND owner_uid = ?2")?
+            .execute(params![workflow, owner_key(owner)])?
+            > 0)
     }
 }

@@ -333,14 +333,13 @@ fn read_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
 impl Store {
     /// Inserts a new run; [`Error::Duplicate`] if its id is taken.
     pub fn insert_run(&self, run: &RunRecord) -> Result<()> {
-        let res = self.conn.execute(
-            &format!(
+        let res = self.conn.prepare_cached(&format!(
                 "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
                  ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, \
                  ?34, ?35, ?36)"
-            ),
-            params![
+            ))?
+            .execute(params![
                 run.run_id,
                 run.pid,
                 run.pid_starttime.map(|v| v as i64),
@@ -377,8 +376,7 @@ impl Store {
                 run.lease_ms.map(|v| v.min(i64::MAX as u64) as i64),
                 time_text(run.lease_renewed_at),
                 time_text(run.lease_expires_at),
-            ],
-        );
+            ]);
         match res {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -393,17 +391,14 @@ impl Store {
     pub fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"),
-                [run_id],
-                run_from_row,
-            )
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))?
+            .query_row([run_id], run_from_row)
             .optional()?)
     }
 
     /// The live runs started from inside `run_id` (its children), oldest first.
     pub fn live_children(&self, run_id: &str) -> Result<Vec<RunRecord>> {
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 \
              AND status IN (SELECT value FROM json_each(?2)) ORDER BY rowid"
         ))?;
@@ -417,7 +412,7 @@ impl Store {
     /// The live runs of one owner (a start's budget check: one user's runs, not
     /// every user's).
     pub fn live_runs_of(&self, owner_uid: u32) -> Result<Vec<RunRecord>> {
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE owner_uid = ?1 \
              AND status IN (SELECT value FROM json_each(?2)) ORDER BY rowid"
         ))?;
@@ -489,10 +484,9 @@ impl Store {
 
     /// Records how the command ended (reported by the supervisor).
     pub fn record_exit(&self, run_id: &str, code: Option<i32>, signal: Option<i32>) -> Result<()> {
-        self.conn.execute(
-            "UPDATE runs SET exit_code = ?2, exit_signal = ?3 WHERE run_id = ?1",
-            params![run_id, code, signal],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE runs SET exit_code = ?2, exit_signal = ?3 WHERE run_id = ?1")?
+            .execute(params![run_id, code, signal])?;
         Ok(())
     }
 
@@ -503,10 +497,9 @@ impl Store {
         status: RunStatus,
         ended_at: DateTime<Utc>,
     ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE runs SET status = ?2, ended_at = ?3 WHERE run_id = ?1",
-            params![run_id, status, rfc3339(ended_at)],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE runs SET status = ?2, ended_at = ?3 WHERE run_id = ?1")?
+            .execute(params![run_id, status, rfc3339(ended_at)])?;
         Ok(())
     }
 
@@ -518,39 +511,52 @@ impl Store {
         status: RunStatus,
         ended_at: DateTime<Utc>,
     ) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE runs SET status = ?3, ended_at = ?4 WHERE run_id = ?1 \
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET status = ?3, ended_at = ?4 WHERE run_id = ?1 \
              AND status IN (SELECT value FROM json_each(?2))",
-            params![run_id, status_list(from), status, rfc3339(ended_at)],
-        )?;
+            )?
+            .execute(params![
+                run_id,
+                status_list(from),
+                status,
+                rfc3339(ended_at)
+            ])?;
         Ok(n == 1)
     }
 
     /// Changes a run's status only if it is one of `from`; returns whether it was.
     pub fn transition(&self, run_id: &str, from: &[RunStatus], to: RunStatus) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE runs SET status = ?3 WHERE run_id = ?1 \
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET status = ?3 WHERE run_id = ?1 \
              AND status IN (SELECT value FROM json_each(?2))",
-            params![run_id, status_list(from), to],
-        )?;
+            )?
+            .execute(params![run_id, status_list(from), to])?;
         Ok(n == 1)
     }
 
     /// Sets one of the lifecycle times.
     pub fn set_time(&self, run_id: &str, col: TimeCol, value: Option<DateTime<Utc>>) -> Result<()> {
-        self.conn.execute(
-            &format!("UPDATE runs SET {} = ?2 WHERE run_id = ?1", col.name()),
-            params![run_id, time_text(value)],
-        )?;
+        self.conn
+            .prepare_cached(&format!(
+                "UPDATE runs SET {} = ?2 WHERE run_id = ?1",
+                col.name()
+            ))?
+            .execute(params![run_id, time_text(value)])?;
         Ok(())
     }
 
     /// Sets one of the lifecycle texts.
     pub fn set_text(&self, run_id: &str, col: TextCol, value: Option<&str>) -> Result<()> {
-        self.conn.execute(
-            &format!("UPDATE runs SET {} = ?2 WHERE run_id = ?1", col.name()),
-            params![run_id, value],
-        )?;
+        self.conn
+            .prepare_cached(&format!(
+                "UPDATE runs SET {} = ?2 WHERE run_id = ?1",
+                col.name()
+            ))?
+            .execute(params![run_id, value])?;
         Ok(())
     }
 
@@ -562,11 +568,12 @@ impl Store {
         renewed_at: Option<DateTime<Utc>>,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE runs SET lease_renewed_at = coalesce(?2, lease_renewed_at), \
+        self.conn
+            .prepare_cached(
+                "UPDATE runs SET lease_renewed_at = coalesce(?2, lease_renewed_at), \
              lease_expires_at = ?3 WHERE run_id = ?1",
-            params![run_id, time_text(renewed_at), rfc3339(expires_at)],
-        )?;
+            )?
+            .execute(params![run_id, time_text(renewed_at), rfc3339(expires_at)])?;
         Ok(())
     }
 
@@ -598,15 +605,15 @@ impl Store {
     ) -> Result<()> {
         let result_json = kill_result_text(result);
         self.immediate(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO kills (run_id, started_at, result) VALUES (?1, ?2, ?3)",
-                params![run_id, rfc3339(started_at), result_json],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![run_id, rfc3339(started_at), result_json])?;
+            tx.prepare_cached(
                 "UPDATE runs SET kill_result = ?2, status = ?3, ended_at = coalesce(?4, ended_at) \
                  WHERE run_id = ?1",
-                params![run_id, result_json, status, time_text(ended_at)],
-            )?;
+            )?
+            .execute(params![run_id, result_json, status, time_text(ended_at)])?;
             Ok(())
         })
     }
@@ -632,20 +639,22 @@ impl Store {
 
     /// How many runs of `owner_uid` have one of `statuses`.
     pub fn count_runs_of(&self, owner_uid: u32, statuses: &[RunStatus]) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM runs WHERE owner_uid = ?1 \
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM runs WHERE owner_uid = ?1 \
              AND status IN (SELECT value FROM json_each(?2))",
-            params![owner_uid, status_list(statuses)],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+            )?
+            .query_row(params![owner_uid, status_list(statuses)], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 
     /// How many kill sequences were carried out on a run.
     pub fn kill_count(&self, run_id: &str) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM kills WHERE run_id = ?1",
-            [run_id],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT count(*) FROM kills WHERE run_id = ?1")?
+            .query_row([run_id], |r| r.get::<_, i64>(0))? as u64)
     }
 }
