@@ -270,9 +270,10 @@ pub struct Carriers {
 /// [`scan`]s shared by concurrent callers: each waits for a scan of the host
 /// that starts after it asked, and one scan answers every caller waiting when
 /// it starts. A hundred runs killed at once then cost a few scans, not a hundred.
-/// Scans take at most half of the time: the next does not start before as long
-/// after the last ended as the last took, so that while kills keep coming, each
-/// scan answers more of them (a lone ask, after a quiet while, waits for nothing).
+/// While kills keep coming, scans take at most half of the time: when callers
+/// asked while a scan ran, the next does not start before as long after it
+/// ended as it took, so that each scan answers more of them. An ask with none
+/// waiting (one caller's scans one after the other) waits for nothing.
 #[derive(Default)]
 pub struct SharedEnvScan {
     state: parking_lot::Mutex<ScanState>,
@@ -332,7 +333,7 @@ impl SharedEnvScan {
                 st = self.state.lock();
                 st.last = Some((n, std::sync::Arc::new(found)));
                 st.running = false;
-                st.next = ended.checked_add(ended - now);
+                st.next = next_start(now, ended, !st.asked.is_empty());
                 self.done.notify_all();
                 continue;
             }
@@ -349,6 +350,19 @@ impl SharedEnvScan {
     pub fn scans(&self) -> u64 {
         self.state.lock().started
     }
+}
+
+/// When the scan after one that ran from `started` to `ended` may start: as
+/// long after it as it took when callers asked meanwhile (`backlog`), at once
+/// otherwise.
+fn next_start(
+    started: std::time::Instant,
+    ended: std::time::Instant,
+    backlog: bool,
+) -> Option<std::time::Instant> {
+    backlog
+        .then(|| ended.checked_add(ended.saturating_duration_since(started)))
+        .flatten()
 }
 
 /// One pass per (proc root, key) over what was asked; every ask gets an answer.
@@ -429,30 +443,27 @@ mod tests {
         assert!(carried && !carried_other);
     }
 
-    /// A scan right after another waits as long after it as it took: while
-    /// asks keep coming, scans take at most half of the time.
+    /// A scan waits as long after the last as the last took only when callers
+    /// asked while the last ran; one caller's scans one after the other do not wait.
     #[test]
-    fn a_scan_right_after_another_starts_as_long_after_it_as_it_took() {
-        let proc_root = Path::new("/proc");
+    fn scans_are_spaced_only_while_callers_wait_for_them() {
+        let t = Instant::now();
+        let took = Duration::from_millis(30);
+        assert_eq!(next_start(t, t + took, true), Some(t + took + took));
+        assert_eq!(next_start(t, t + took, false), None);
         let shared = SharedEnvScan::default();
         let mine = EnvFilter {
             uid: me(),
             since: 0,
         };
-        let t = Instant::now();
+        let proc_root = Path::new("/proc");
         shared.scan(proc_root, "WFCG_TEST_MARK", "first", mine);
-        let took = t.elapsed();
-        let next = shared
-            .state
-            .lock()
-            .next
-            .expect("no start set for the next scan");
-        assert!(
-            next > t && next <= Instant::now() + took,
-            "{next:?} {t:?} {took:?}"
+        assert_eq!(
+            shared.state.lock().next,
+            None,
+            "a lone scan spaced the next"
         );
         shared.scan(proc_root, "WFCG_TEST_MARK", "second", mine);
-        assert!(Instant::now() >= next);
         assert_eq!(shared.scans(), 2);
     }
 
