@@ -478,9 +478,12 @@ impl Auditor {
                     ended_at,
                     ..
                 } => {
+                    // As the store writes it: an ended run stays as it ended.
                     run.kill_result = Some(result.clone());
-                    run.status = *status;
-                    run.ended_at = ended_at.or(run.ended_at);
+                    if run.ended_at.is_none() {
+                        run.status = *status;
+                        run.ended_at = *ended_at;
+                    }
                 }
                 Record::End {
                     status,

@@ -594,7 +594,9 @@ impl Store {
     }
 
     /// Stores a kill sequence's outcome in one transaction: a row in `kills`, and
-    /// the run's last result, its status and (if it ended) its end time.
+    /// the run's last result, its status and (if it ended) its end time. A run
+    /// that ended already keeps its status and end time: a kill that ends after
+    /// its run ended another way (a second kill beside it) never brings it back.
     pub fn record_kill(
         &mut self,
         run_id: &str,
@@ -610,8 +612,9 @@ impl Store {
             )?
             .execute(params![run_id, rfc3339(started_at), result_json])?;
             tx.prepare_cached(
-                "UPDATE runs SET kill_result = ?2, status = ?3, ended_at = coalesce(?4, ended_at) \
-                 WHERE run_id = ?1",
+                "UPDATE runs SET kill_result = ?2, \
+                 status = CASE WHEN ended_at IS NULL THEN ?3 ELSE status END, \
+                 ended_at = coalesce(ended_at, ?4) WHERE run_id = ?1",
             )?
             .execute(params![run_id, result_json, status, time_text(ended_at)])?;
             Ok(())

@@ -716,3 +716,33 @@ fn audit_times_never_go_back_but_an_edited_time_is_not_carried() {
         assert_eq!(rec.entry.time, "2026-01-01T00:00:02.000Z");
     }
 }
+
+/// A kill that ends after its run ended another way (a second kill beside it)
+/// keeps its row in `kills` and is the run's last kill result, but leaves the
+/// run as it ended: its status and end time are not written over.
+#[test]
+fn a_late_kill_result_does_not_bring_an_ended_run_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("wfcg.db")).unwrap();
+    store.insert_run(&sample("run_a")).unwrap();
+    let t0 = at("2026-01-01T00:00:00Z");
+    let killed = KillResult {
+        message: "killed".into(),
+        ..Default::default()
+    };
+    store
+        .record_kill("run_a", t0, &killed, RunStatus::Killed, Some(t0))
+        .unwrap();
+    let late = KillResult {
+        message: "not confirmed".into(),
+        ..Default::default()
+    };
+    store
+        .record_kill("run_a", t0, &late, RunStatus::Running, None)
+        .unwrap();
+    let run = store.get_run("run_a").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Killed);
+    assert_eq!(run.ended_at, Some(t0));
+    assert_eq!(run.kill_result.unwrap().message, "not confirmed");
+    assert_eq!(store.kill_count("run_a").unwrap(), 2);
+}
