@@ -205,12 +205,23 @@ pub fn with_stacked(dirs: &[&Path]) -> Vec<PathBuf> {
 /// Linux 6.8, or a file system that refuses even that to root (FUSE without
 /// `allow_other` does, without asking its server).
 fn stacked_over(dir: &Path) -> Option<bool> {
+    stacked_at(rustix::fs::CWD, dir)
+}
+
+/// [`stacked_over`] for `path` relative to the directory `at` (`""`: `at`
+/// itself, a descriptor opened with `O_PATH`).
+fn stacked_at(at: impl std::os::fd::AsFd, path: &Path) -> Option<bool> {
     use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
     const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let empty = if path.as_os_str().is_empty() {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::empty()
+    };
     let st = rustix::fs::statx(
-        rustix::fs::CWD,
-        dir,
-        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
+        at,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC | empty,
         StatxFlags::from_bits_retain(libc::STATX_MNT_ID_UNIQUE),
     )
     .ok()?;
@@ -242,38 +253,66 @@ fn top_mounts(info: &str) -> HashMap<String, String> {
     top
 }
 
+/// The most mounts [`detach_stacked`] detaches from one directory: a user can
+/// stack one a FUSE server of theirs; past this many, what is left stays, and
+/// the directory is not opened ([`open_unstacked`] refuses it).
+const MAX_DETACHED: usize = 4096;
+
 /// Detaches what is mounted over the tmpfs on `dir` (`umount2(2)` with
-/// MNT_DETACH, which asks the file system nothing): a mount a user stacked
-/// on the directory they own (a FUSE file system, with `fusermount3`) would
-/// otherwise take every later look at `dir`, and one that never answers would
-/// hold the looker for good. Read from `/proc/self/mountinfo` (at most 8).
-/// How many were detached.
+/// MNT_DETACH, which asks the file system nothing), one mount after the other
+/// until a tmpfs (or nothing) is on top, at most [`MAX_DETACHED`]: a mount a
+/// user stacked on the directory they own (a FUSE file system, with
+/// `fusermount3`) would otherwise take every later look at `dir`, and one that
+/// never answers would hold the looker for good. Each time the kernel is asked
+/// as [`with_stacked`] does. How many were detached.
 pub fn detach_stacked(dir: &Path) -> usize {
-    // Most often nothing is: a read shared with the calls at once says so.
-    if with_stacked(&[dir]).is_empty() {
-        return 0;
-    }
-    let want = mountinfo_escaped(dir);
     let mut detached = 0;
-    while detached < 8 {
-        let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-        let info = String::from_utf8_lossy(&info);
-        let top = info
-            .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
-            .filter_map(|l| l.split_once(" - ")?.1.split(' ').next())
-            .next_back();
-        match top {
-            Some(fstype) if fstype != "tmpfs" => {
-                if unmount(dir).is_err() {
-                    break;
-                }
-                detached += 1;
-            }
-            _ => break,
+    while detached < MAX_DETACHED && !with_stacked(&[dir]).is_empty() {
+        if unmount(dir).is_err() {
+            break;
         }
+        detached += 1;
     }
     detached
+}
+
+/// Opens the directory `dir` (as [`crate::userfs::open_dir`] does: no symlink
+/// followed) only when what is on top of it is a tmpfs or no mount at all, and
+/// without a question to any other file system: first as a path only
+/// (`O_PATH`, which calls no file system's open), then the mount that path
+/// reached is asked of the kernel ([`stacked_over`], for that descriptor),
+/// then the directory is opened again through the descriptor (`"."`: a mount
+/// stacked since is not entered). Refused when another file system is on top
+/// (a user's FUSE mount over a run's directory, detached or not). Where the
+/// kernel cannot tell this way, the mount table is read instead.
+pub fn open_unstacked(dir: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let path = rustix::fs::openat2(
+        rustix::fs::CWD,
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    let stacked = match stacked_at(&path, "".as_ref()) {
+        Some(stacked) => stacked,
+        None => !with_stacked(&[dir]).is_empty(),
+    };
+    if stacked {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!(
+                "a file system other than the run's tmpfs is mounted over {}",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(rustix::fs::openat(
+        &path,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// `path` as `/proc/self/mountinfo` writes it (space, tab, newline and
@@ -353,9 +392,20 @@ mod tests {
         );
         assert!(from_table(&dir));
         assert_eq!(with_stacked(&[&dir, top.path()]), vec![dir.clone()]);
+        let refused = open_unstacked(&dir).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ResourceBusy, "{refused}");
         assert_eq!(detach_stacked(&dir), 1);
         assert_eq!(stacked_over(&dir), Some(false), "the tmpfs again");
+        open_unstacked(&dir).expect("the tmpfs opened");
+        // More than a few stacked one over the other: all go.
+        for _ in 0..12 {
+            rustix::mount::mount_bind(&other, &dir).unwrap();
+        }
+        assert_eq!(detach_stacked(&dir), 12);
+        assert_eq!(stacked_over(&dir), Some(false));
         unmount(&dir).unwrap();
+        // A plain directory opens.
+        open_unstacked(&dir).expect("a plain directory opened");
     }
 
     #[test]

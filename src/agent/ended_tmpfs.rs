@@ -30,7 +30,7 @@ use crate::walk::{self, Budget, Removal};
 /// process.
 fn drop_ended_run_files(dir: &Path, owner: &Cred) {
     let _ = crate::userfs::as_user(owner, || {
-        let dir = crate::userfs::open_dir(dir)?;
+        let dir = crate::tmpfs::open_unstacked(dir)?;
         for name in [crate::api::STOP_REASON_FILE, crate::api::EXIT_STATUS_FILE] {
             let _ = rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty());
         }
@@ -107,6 +107,14 @@ impl Agent {
         owner: &Cred,
         budget: &Budget,
     ) -> Result<(), String> {
+        // What could not be detached is never asked anything (it may never answer).
+        if !crate::tmpfs::with_stacked(&[path]).is_empty() {
+            return Err(format!(
+                "{} stays covered by a file system mounted over it that could not be \
+                 detached: left in place",
+                path.display()
+            ));
+        }
         if !crate::tmpfs::is_mount_root(path) {
             return walk::remove_agent_dir(path, owner, budget);
         }
@@ -178,10 +186,17 @@ impl Agent {
         // Its root is the user's: a mount they stacked over it since goes first
         // (found with one read of the mount table for all of them).
         let paths: Vec<&Path> = mine.iter().map(|(p, _)| p.as_path()).collect();
+        let mut covered = Vec::new();
         for stacked in crate::tmpfs::with_stacked(&paths) {
             crate::tmpfs::detach_stacked(&stacked);
+            covered.push(stacked);
         }
+        let covered =
+            crate::tmpfs::with_stacked(&covered.iter().map(PathBuf::as_path).collect::<Vec<_>>());
         for (path, run_id) in mine {
+            if covered.contains(&path) {
+                continue; // never asked: see end_unstacked_tmpfs
+            }
             match crate::tmpfs::usage(&path) {
                 // Counted at what it may hold, not what it holds now: a holder
                 // could empty it before a start and fill it again after.
@@ -240,6 +255,14 @@ impl Agent {
                 continue;
             }
             crate::tmpfs::detach_stacked(&path);
+            if !crate::tmpfs::with_stacked(&[&path]).is_empty() {
+                tracing::warn!(
+                    run_id,
+                    "{} stays covered by a mount over it",
+                    path.display()
+                );
+                continue;
+            }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };

@@ -196,7 +196,7 @@ impl Agent {
         // As for the stop reason: a mount stacked over the directory goes first.
         crate::tmpfs::detach_stacked(&dir);
         let read = userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
-            userfs::read_at(userfs::open_dir(&dir)?, EXIT_STATUS_FILE, 64)
+            userfs::read_at(crate::tmpfs::open_unstacked(&dir)?, EXIT_STATUS_FILE, 64)
         })
         .and_then(|r| r);
         let bytes = match read {

@@ -466,7 +466,7 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
     // open it, and might never answer: it goes first.
     crate::tmpfs::detach_stacked(&stop.dir);
     crate::userfs::as_user(&stop.owner, || {
-        let dir = crate::userfs::open_dir(&stop.dir)?;
+        let dir = crate::tmpfs::open_unstacked(&stop.dir)?;
         crate::userfs::write_at(dir, STOP_REASON_FILE, format!("{body}\n").as_bytes(), 0o644)
     })
     .and_then(|r| r)

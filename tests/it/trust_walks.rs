@@ -300,7 +300,8 @@ struct NeverAnsweringFuse {
 const FUSE_SERVER: &str = r#"
 import ctypes, os, sys
 target, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rootmode = '40000' if os.path.isdir(target) else '100000'
+# Given (a directory) when the target may already be such a mount: a stat of it would wait.
+rootmode = sys.argv[4] if len(sys.argv) > 4 else ('40000' if os.path.isdir(target) else '100000')
 libc = ctypes.CDLL(None, use_errno=True)
 fd = os.open('/dev/fuse', os.O_RDWR)
 opts = f'fd={fd},rootmode={rootmode},user_id={uid},group_id={gid},allow_other'.encode()
@@ -313,11 +314,21 @@ sys.stdin.read()
 
 impl NeverAnsweringFuse {
     fn mount(target: &Path, uid: u32, gid: u32) -> NeverAnsweringFuse {
+        NeverAnsweringFuse::mount_with(target, uid, gid, &[])
+    }
+
+    /// A mount over the directory `target`, which may be such a mount already.
+    fn mount_over_dir(target: &Path, uid: u32, gid: u32) -> NeverAnsweringFuse {
+        NeverAnsweringFuse::mount_with(target, uid, gid, &["40000"])
+    }
+
+    fn mount_with(target: &Path, uid: u32, gid: u32, rootmode: &[&str]) -> NeverAnsweringFuse {
         let mut server = KillOnDrop(
             std::process::Command::new("python3")
                 .args(["-c", FUSE_SERVER])
                 .arg(target)
                 .args([uid.to_string(), gid.to_string()])
+                .args(rootmode)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -456,5 +467,57 @@ fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() 
         "killed",
         "{}",
         agent.log_tail(30)
+    );
+}
+
+/// More never-answering FUSE mounts stacked over a run's directory than the
+/// agent used to detach (8): every one is detached before the kill writes why,
+/// so root's kill answers, the reason is written and the run ends as killed.
+#[test]
+fn every_fuse_mount_stacked_over_a_run_directory_is_detached_before_the_kill_looks() {
+    require_privileges!();
+    let user = TestUser::get();
+    let agent = TestAgent::start();
+    agent.open_to_all_users();
+    let out = agent
+        .wfcg_as(&user)
+        .args([
+            "run",
+            "--detach",
+            "--ready-when",
+            "start",
+            "--",
+            "sleep",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", described(&out));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let run_dir = run_dir(&agent, &id);
+    let _stacked: Vec<NeverAnsweringFuse> = (0..10)
+        .map(|_| NeverAnsweringFuse::mount_over_dir(&run_dir, user.uid, user.gid))
+        .collect();
+    let mut kill = KillOnDrop(
+        agent
+            .wfcg()
+            .args(["kill", "--json", "--force", &id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = kill.wait_timeout(Duration::from_secs(30));
+    assert!(status.is_some(), "the kill never answered");
+    let mut out = String::new();
+    std::io::Read::read_to_string(kill.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["success"], true, "{result:#}");
+    let message = result["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("cannot write"), "{result:#}");
+    assert_eq!(agent.status(&id)["status"], "killed");
+    let left = crate::util::mounts_below(&run_dir);
+    assert!(
+        left.is_empty(),
+        "mounts left over the run directory: {left:?}"
     );
 }
