@@ -294,6 +294,16 @@ fn fd_flags(proc_root: &Path, pid: i32, fd: &str) -> Option<u32> {
     u32::from_str_radix(flags.trim(), 8).ok()
 }
 
+/// Whether the fdinfo of an fd lists a lock held on its file (`lock:` lines:
+/// its flock and OFD locks, and the process's POSIX locks on that file).
+fn fd_locked(proc_root: &Path, pid: i32, fd: &str) -> bool {
+    fs::read_to_string(proc_root.join(pid.to_string()).join("fdinfo").join(fd)).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("lock:"))
+            .any(|l| !l.contains("->"))
+    })
+}
+
 /// Scans the processes of `scope` for open critical sections.
 pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
     // /proc/locks is read only once a regular file turns up: reading it takes the
@@ -401,8 +411,13 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                 })
             };
             // Any holder: a flock's pid is whoever took it, maybe before a fork.
-            let lock_file =
-                || held().iter().any(|l| on(l, &meta)) && lock_file_only(&meta, scope.since);
+            // `/proc/locks` longer than a page is read in several calls, between
+            // which the kernel lets go of its list: a lock can be skipped when
+            // others come and go. The fd's own fdinfo lists its locks too.
+            let lock_file = || {
+                (held().iter().any(|l| on(l, &meta)) || fd_locked(proc_root, pid, &fd.num))
+                    && lock_file_only(&meta, scope.since)
+            };
             let sqlite = std::cell::OnceCell::new();
             let sqlite = || *sqlite.get_or_init(|| is_sqlite_file(&fd.path));
             let kind = if is_git_lock(&fd.path) {

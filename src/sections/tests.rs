@@ -316,3 +316,18 @@ fn a_locked_file_is_only_a_lock_when_empty_or_unchanged() {
     let later = now + std::time::Duration::from_secs(60);
     assert!(lock_file_only(&meta, Some(later)));
 }
+
+/// A lock held on an fd's file is read from that fd's own fdinfo, whatever
+/// `/proc/locks` (read in several calls when long) showed.
+#[test]
+fn a_lock_on_an_fds_file_is_seen_in_its_fdinfo() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let locked = std::fs::File::create(dir.path().join("a.lock")).unwrap();
+    let plain = std::fs::File::create(dir.path().join("b.dat")).unwrap();
+    rustix::fs::flock(&locked, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let me = std::process::id() as i32;
+    let proc_root = Path::new("/proc");
+    assert!(super::fd_locked(proc_root, me, &locked.as_raw_fd().to_string()));
+    assert!(!super::fd_locked(proc_root, me, &plain.as_raw_fd().to_string()));
+}
