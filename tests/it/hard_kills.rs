@@ -407,10 +407,11 @@ fn a_run_dir_with_a_tree_at_stop_reason_is_removed_whole_by_a_force_kill() {
     assert!(!dir.exists(), "{} is left: {result:#}", dir.display());
 }
 
-/// The agent unlinks the stop reason as the run's owner, in the run directory
-/// opened without following symlinks: a real user's run that puts a symlink to
-/// a root-owned file at `$WFCG_RUN_DIR/stop-reason` loses its symlink, never the
-/// file, to root's force kill.
+/// The agent unlinks the stop reason and the exit status as the run's owner, in
+/// the run directory opened without following symlinks: a real user's run that
+/// puts a symlink to a root-owned file at `$WFCG_RUN_DIR/stop-reason`, and one to
+/// a root-owned directory at `exit-status`, loses its symlinks, never their
+/// targets, to root's force kill.
 #[test]
 fn a_users_symlink_at_stop_reason_never_sends_the_cleanup_to_roots_file() {
     require_privileges!();
@@ -435,8 +436,9 @@ fn a_users_symlink_at_stop_reason_never_sends_the_cleanup_to_roots_file() {
         &id,
         &[],
         &format!(
-            "ln -s '{}' \"$WFCG_RUN_DIR/stop-reason\" && echo \"$WFCG_RUN_DIR\" > '{1}.tmp' && mv '{1}.tmp' '{1}' && exec sleep 1000",
+            "ln -s '{}' \"$WFCG_RUN_DIR/stop-reason\" && ln -s '{}' \"$WFCG_RUN_DIR/exit-status\" && echo \"$WFCG_RUN_DIR\" > '{2}.tmp' && mv '{2}.tmp' '{2}' && exec sleep 1000",
             victim.display(),
+            victims.path().display(),
             said.display()
         ),
     );
@@ -453,6 +455,9 @@ fn a_users_symlink_at_stop_reason_never_sends_the_cleanup_to_roots_file() {
         Some("root's\n"),
         "root's file was touched: {result:#}"
     );
+    // The exit-status link to root's directory: unlinked as a name, never
+    // followed (the directory and its file stay).
+    assert!(victims.path().is_dir() && victim.exists(), "{result:#}");
     assert!(
         wait_until(Duration::from_secs(20), || !dir.exists()),
         "{} is left: {result:#}",
