@@ -264,16 +264,18 @@ const MAX_DETACHED: usize = 4096;
 /// user stacked on the directory they own (a FUSE file system, with
 /// `fusermount3`) would otherwise take every later look at `dir`, and one that
 /// never answers would hold the looker for good. Each time the kernel is asked
-/// as [`with_stacked`] does. How many were detached.
-pub fn detach_stacked(dir: &Path) -> usize {
+/// as [`with_stacked`] does. How many were detached; `None` when another file
+/// system stays on top (past [`MAX_DETACHED`], or one that cannot be detached):
+/// the directory must then not be asked anything.
+pub fn detach_stacked(dir: &Path) -> Option<usize> {
     let mut detached = 0;
-    while detached < MAX_DETACHED && !with_stacked(&[dir]).is_empty() {
-        if unmount(dir).is_err() {
-            break;
+    while !with_stacked(&[dir]).is_empty() {
+        if detached == MAX_DETACHED || unmount(dir).is_err() {
+            return None;
         }
         detached += 1;
     }
-    detached
+    Some(detached)
 }
 
 /// Opens the directory `dir` (as [`crate::userfs::open_dir`] does: no symlink
@@ -394,14 +396,14 @@ mod tests {
         assert_eq!(with_stacked(&[&dir, top.path()]), vec![dir.clone()]);
         let refused = open_unstacked(&dir).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::ResourceBusy, "{refused}");
-        assert_eq!(detach_stacked(&dir), 1);
+        assert_eq!(detach_stacked(&dir), Some(1));
         assert_eq!(stacked_over(&dir), Some(false), "the tmpfs again");
         open_unstacked(&dir).expect("the tmpfs opened");
         // More than a few stacked one over the other: all go.
         for _ in 0..12 {
             rustix::mount::mount_bind(&other, &dir).unwrap();
         }
-        assert_eq!(detach_stacked(&dir), 12);
+        assert_eq!(detach_stacked(&dir), Some(12));
         assert_eq!(stacked_over(&dir), Some(false));
         unmount(&dir).unwrap();
         // A plain directory opens.

@@ -38,6 +38,24 @@ fn drop_ended_run_files(dir: &Path, owner: &Cred) {
     });
 }
 
+/// Detaches every mount a user stacked over the run's tmpfs at `path` (said
+/// when there were any); `Err` when another file system stays on top: the
+/// directory is then left in place and never asked anything (it may never answer).
+fn uncover(run_id: &str, path: &Path) -> Result<(), String> {
+    match crate::tmpfs::detach_stacked(path) {
+        Some(0) => Ok(()),
+        Some(n) => {
+            tracing::warn!(run_id, "detached {n} mount(s) made over {}", path.display());
+            Ok(())
+        }
+        None => Err(format!(
+            "{} stays covered by a file system mounted over it that could not be \
+             detached: left in place",
+            path.display()
+        )),
+    }
+}
+
 /// What an inode of a tmpfs counts for against a budget: about what the
 /// kernel keeps for it and its name.
 const INODE_BYTES: u64 = 1024;
@@ -62,21 +80,13 @@ impl Agent {
         budget: &Budget,
     ) -> Result<(), String> {
         // A user's mount over it (FUSE) goes first: what follows asks the tmpfs.
-        let stacked = crate::tmpfs::detach_stacked(path);
-        if stacked > 0 {
-            tracing::warn!(
-                run_id,
-                "detached {stacked} mount(s) made over {}",
-                path.display()
-            );
-        }
+        uncover(run_id, path)?;
         self.end_unstacked_tmpfs(run_id, path, owner, budget)
     }
 
     /// Ends a run's TMPDIR and run directory (`None`: it has none) as
-    /// [`Agent::end_tmpfs`] does, with one read of the mount table for both to
-    /// find the mounts stacked over them (the table is long on a host with many
-    /// runs: each has two tmpfs). Whether each was removed, or why not.
+    /// [`Agent::end_tmpfs`] does, the files wfcg wrote into the run directory
+    /// removed first. Whether each was removed, or why not.
     pub(super) fn end_run_tmpfs(
         &self,
         run_id: &str,
@@ -85,16 +95,13 @@ impl Agent {
         owner: &Cred,
         budget: &Budget,
     ) -> [Result<(), String>; 2] {
-        let present: Vec<&Path> = [tmpdir, run_dir].into_iter().flatten().collect();
-        for dir in crate::tmpfs::with_stacked(&present) {
-            let n = crate::tmpfs::detach_stacked(&dir);
-            tracing::warn!(run_id, "detached {n} mount(s) made over {}", dir.display());
-        }
-        if let Some(dir) = run_dir {
+        if let Some(dir) = run_dir
+            && uncover(run_id, dir).is_ok()
+        {
             drop_ended_run_files(dir, owner);
         }
         [tmpdir, run_dir].map(|dir| match dir {
-            Some(d) => self.end_unstacked_tmpfs(run_id, d, owner, budget),
+            Some(d) => self.end_tmpfs(run_id, d, owner, budget),
             None => Ok(()),
         })
     }
@@ -107,14 +114,6 @@ impl Agent {
         owner: &Cred,
         budget: &Budget,
     ) -> Result<(), String> {
-        // What could not be detached is never asked anything (it may never answer).
-        if !crate::tmpfs::with_stacked(&[path]).is_empty() {
-            return Err(format!(
-                "{} stays covered by a file system mounted over it that could not be \
-                 detached: left in place",
-                path.display()
-            ));
-        }
         if !crate::tmpfs::is_mount_root(path) {
             return walk::remove_agent_dir(path, owner, budget);
         }
@@ -178,24 +177,14 @@ impl Agent {
             .map(|(p, (_, id))| (p.clone(), id.clone()))
             .collect();
         if mine.is_empty() {
-            // Every start asks: no read of the mount table, which grows with
-            // every live run's TMPDIR.
+            // Every start asks: nothing to look at.
             return Vec::new();
         }
         let mut held = Vec::new();
-        // Its root is the user's: a mount they stacked over it since goes first
-        // (found with one read of the mount table for all of them).
-        let paths: Vec<&Path> = mine.iter().map(|(p, _)| p.as_path()).collect();
-        let mut covered = Vec::new();
-        for stacked in crate::tmpfs::with_stacked(&paths) {
-            crate::tmpfs::detach_stacked(&stacked);
-            covered.push(stacked);
-        }
-        let covered =
-            crate::tmpfs::with_stacked(&covered.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        // Its root is the user's: a mount they stacked over it since goes first.
         for (path, run_id) in mine {
-            if covered.contains(&path) {
-                continue; // never asked: see end_unstacked_tmpfs
+            if uncover(&run_id, &path).is_err() {
+                continue; // never asked: it may never answer
             }
             match crate::tmpfs::usage(&path) {
                 // Counted at what it may hold, not what it holds now: a holder
@@ -254,13 +243,8 @@ impl Agent {
             if live {
                 continue;
             }
-            crate::tmpfs::detach_stacked(&path);
-            if !crate::tmpfs::with_stacked(&[&path]).is_empty() {
-                tracing::warn!(
-                    run_id,
-                    "{} stays covered by a mount over it",
-                    path.display()
-                );
+            if let Err(e) = uncover(run_id, &path) {
+                tracing::warn!(run_id, "{e}");
                 continue;
             }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {

@@ -194,7 +194,7 @@ impl Agent {
             return Ok(None);
         };
         // As for the stop reason: a mount stacked over the directory goes first.
-        crate::tmpfs::detach_stacked(&dir);
+        let _ = crate::tmpfs::detach_stacked(&dir);
         let read = userfs::as_user(&Cred::of_uid(rec.owner_uid), || {
             userfs::read_at(crate::tmpfs::open_unstacked(&dir)?, EXIT_STATUS_FILE, 64)
         })

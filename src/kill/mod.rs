@@ -464,7 +464,7 @@ fn write_stop_reason(stop: &StopReason, plan: &Plan) -> Result<(), String> {
     let path = stop.dir.join(STOP_REASON_FILE);
     // A mount the user stacked over their run directory (FUSE) would be asked to
     // open it, and might never answer: it goes first.
-    crate::tmpfs::detach_stacked(&stop.dir);
+    let _ = crate::tmpfs::detach_stacked(&stop.dir);
     crate::userfs::as_user(&stop.owner, || {
         let dir = crate::tmpfs::open_unstacked(&stop.dir)?;
         crate::userfs::write_at(dir, STOP_REASON_FILE, format!("{body}\n").as_bytes(), 0o644)

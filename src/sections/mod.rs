@@ -287,21 +287,24 @@ fn cwd_at(proc_dir: &OwnedFd) -> Option<PathBuf> {
     )))
 }
 
+/// The fdinfo of an fd (empty when it cannot be read).
+fn fdinfo(proc_root: &Path, pid: i32, fd: &str) -> String {
+    fs::read_to_string(proc_root.join(pid.to_string()).join("fdinfo").join(fd)).unwrap_or_default()
+}
+
 /// The open flags of an fd, from the `flags:` line (octal) of its fdinfo.
-fn fd_flags(proc_root: &Path, pid: i32, fd: &str) -> Option<u32> {
-    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("fdinfo").join(fd)).ok()?;
-    let flags = text.lines().find_map(|l| l.strip_prefix("flags:"))?;
+fn fd_flags(fdinfo: &str) -> Option<u32> {
+    let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:"))?;
     u32::from_str_radix(flags.trim(), 8).ok()
 }
 
 /// Whether the fdinfo of an fd lists a lock held on its file (`lock:` lines:
 /// its flock and OFD locks, and the process's POSIX locks on that file).
-fn fd_locked(proc_root: &Path, pid: i32, fd: &str) -> bool {
-    fs::read_to_string(proc_root.join(pid.to_string()).join("fdinfo").join(fd)).is_ok_and(|text| {
-        text.lines()
-            .filter_map(|l| l.strip_prefix("lock:"))
-            .any(|l| !l.contains("->"))
-    })
+fn fd_locked(fdinfo: &str) -> bool {
+    fdinfo
+        .lines()
+        .filter_map(|l| l.strip_prefix("lock:"))
+        .any(|l| !l.contains("->"))
 }
 
 /// Scans the processes of `scope` for open critical sections.
@@ -404,6 +407,12 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
             if !meta.is_file() {
                 continue;
             }
+            // Read once for its flags and its locks.
+            let info = std::cell::OnceCell::new();
+            let info = || {
+                info.get_or_init(|| fdinfo(proc_root, pid, &fd.num))
+                    .as_str()
+            };
             let locked = || {
                 held().iter().any(|l| {
                     // An OFD lock has no owner pid (-1).
@@ -415,8 +424,14 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
             // which the kernel lets go of its list: a lock can be skipped when
             // others come and go. The fd's own fdinfo lists its locks too.
             let lock_file = || {
-                (held().iter().any(|l| on(l, &meta)) || fd_locked(proc_root, pid, &fd.num))
+                (held().iter().any(|l| on(l, &meta)) || fd_locked(info()))
                     && lock_file_only(&meta, scope.since)
+            };
+            // Read once for its flags and its locks.
+            let info = std::cell::OnceCell::new();
+            let info = || {
+                info.get_or_init(|| fdinfo(proc_root, pid, &fd.num))
+                    .as_str()
             };
             let sqlite = std::cell::OnceCell::new();
             let sqlite = || *sqlite.get_or_init(|| is_sqlite_file(&fd.path));
@@ -429,7 +444,7 @@ pub fn scan(proc_root: &Path, scope: &Scope) -> Vec<Finding> {
                 .as_deref()
                 .is_some_and(|ws| Path::new(&fd.path).starts_with(ws))
                 && !is_stream(&fd.num)
-                && fd_flags(proc_root, pid, &fd.num).is_some_and(writes_in_place)
+                && fd_flags(info()).is_some_and(writes_in_place)
                 && !inherited(meta.dev(), meta.ino())
                 && !stream(meta.dev(), meta.ino())
                 && !sqlite()

@@ -328,14 +328,7 @@ fn a_lock_on_an_fds_file_is_seen_in_its_fdinfo() {
     rustix::fs::flock(&locked, rustix::fs::FlockOperation::LockExclusive).unwrap();
     let me = std::process::id() as i32;
     let proc_root = Path::new("/proc");
-    assert!(super::fd_locked(
-        proc_root,
-        me,
-        &locked.as_raw_fd().to_string()
-    ));
-    assert!(!super::fd_locked(
-        proc_root,
-        me,
-        &plain.as_raw_fd().to_string()
-    ));
+    let info = |f: &std::fs::File| super::fdinfo(proc_root, me, &f.as_raw_fd().to_string());
+    assert!(super::fd_locked(&info(&locked)));
+    assert!(!super::fd_locked(&info(&plain)));
 }
