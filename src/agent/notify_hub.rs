@@ -278,6 +278,12 @@ mod tests {
     type Got = (String, Option<i32>, Vec<u8>);
     struct Collect(Mutex<mpsc::Sender<Got>>);
 
+    /// A target that passes on every datagram it gets, and where they go.
+    fn collecting() -> (Arc<Collect>, mpsc::Receiver<Got>) {
+        let (tx, rx) = mpsc::channel();
+        (Arc::new(Collect(Mutex::new(tx))), rx)
+    }
+
     impl OnDatagram for Collect {
         fn on_datagram(&self, run_id: &str, sender: notify::Sender, datagram: &[u8]) {
             let _ = self
@@ -326,8 +332,7 @@ mod tests {
         use std::io::Read;
         use std::os::fd::AsFd;
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _rx) = mpsc::channel();
-        let target = Arc::new(Collect(Mutex::new(tx)));
+        let (target, _rx) = collecting();
         let hub = Hub::new().unwrap();
         hub.start(Arc::downgrade(&target));
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -367,8 +372,7 @@ mod tests {
     #[test]
     fn reads_every_socket_in_order_and_stops_reading_removed_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let target = Arc::new(Collect(Mutex::new(tx)));
+        let (target, rx) = collecting();
         let hub = Hub::new().unwrap();
         hub.start(Arc::downgrade(&target));
         let path = |name: &str| dir.path().join(name);
@@ -406,8 +410,7 @@ mod tests {
     #[test]
     fn more_sockets_ready_at_once_than_one_wait_returns_are_all_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let target = Arc::new(Collect(Mutex::new(tx)));
+        let (target, rx) = collecting();
         let hub = Hub::new().unwrap();
         let n = 300; // more than the 256 events one epoll_wait returns
         let paths: Vec<_> = (0..n).map(|i| dir.path().join(i.to_string())).collect();
