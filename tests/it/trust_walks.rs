@@ -285,6 +285,25 @@ fn a_users_git_file_into_another_users_directory_is_not_followed() {
     assert!(lock.exists(), "another user's lock was removed");
 }
 
+/// `wfcg kill --json --force RUN` started, its output piped.
+fn force_kill(agent: &TestAgent, id: &str) -> KillOnDrop {
+    KillOnDrop(
+        agent
+            .wfcg()
+            .args(["kill", "--json", "--force", id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The kill result a [`force_kill`] that has exited printed.
+fn kill_result(kill: &mut KillOnDrop) -> serde_json::Value {
+    let mut out = String::new();
+    std::io::Read::read_to_string(kill.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// A FUSE file system that never answers, mounted by root on `target` (a
 /// directory or a file) for `uid`:`gid` (as `fusermount3` mounts one for a user
 /// on a directory or file of theirs):
@@ -408,14 +427,7 @@ fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() 
     let _over_tmpdir = NeverAnsweringFuse::mount(&tmpdir, user.uid, user.gid);
 
     let t = Instant::now();
-    let mut kill = KillOnDrop(
-        agent
-            .wfcg()
-            .args(["kill", "--json", "--force", &id])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut kill = force_kill(&agent, &id);
     // The agent answers while the kill's search for git locks waits on the file
     // system (its thread is there).
     let pid = agent.pid().unwrap();
@@ -439,9 +451,7 @@ fn a_fuse_mount_that_never_answers_in_a_workspace_costs_only_the_walks_budget() 
     let took = t.elapsed();
     println!("the kill with a never-answering workspace took {took:?}");
     assert!(status.is_some(), "the kill never answered");
-    let mut out = String::new();
-    std::io::Read::read_to_string(kill.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let result = kill_result(&mut kill);
     let cleanup = &result["cleanup_status"];
     let workspace = cleanup["workspace"].as_str().unwrap_or_default();
     assert!(
@@ -498,19 +508,10 @@ fn every_fuse_mount_stacked_over_a_run_directory_is_detached_before_the_kill_loo
     let _stacked: Vec<NeverAnsweringFuse> = (0..10)
         .map(|_| NeverAnsweringFuse::mount_over_dir(&run_dir, user.uid, user.gid))
         .collect();
-    let mut kill = KillOnDrop(
-        agent
-            .wfcg()
-            .args(["kill", "--json", "--force", &id])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut kill = force_kill(&agent, &id);
     let status = kill.wait_timeout(Duration::from_secs(30));
     assert!(status.is_some(), "the kill never answered");
-    let mut out = String::new();
-    std::io::Read::read_to_string(kill.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let result = kill_result(&mut kill);
     assert_eq!(result["success"], true, "{result:#}");
     let message = result["message"].as_str().unwrap_or_default();
     assert!(!message.contains("cannot write"), "{result:#}");
